@@ -1,0 +1,1 @@
+//! Connector families (PostgreSQL, MySQL, MQTT, ...), filled by later issues.

@@ -1,0 +1,7 @@
+//! hstream-server: a stream server wire-compatible with HStreamDB's `hstream.server.HStreamApi`.
+//!
+//! Guarantees before APIs: an acknowledged append is durable under the configured fsync policy
+//! and survives a crash; every record is stored as the client encoded it; per-shard order is the
+//! order of acknowledgement. See `ARCHITECTURE.md` for the map.
+
+pub mod store;

@@ -1,0 +1,339 @@
+//! The log store: one append-only log per shard, written by a small pool of group-commit
+//! writer threads.
+//!
+//! Guarantees:
+//! - An append is acknowledged only after its bytes are written and, under
+//!   [`FsyncPolicy::Always`], fsynced; under `Interval` a flusher fsyncs dirty shards every
+//!   interval and under `Never` only rolls and shutdown do.
+//! - Appends to one shard are stored in the order the writer received them; each gets the next
+//!   LSN of its shard.
+//! - A failed write is undone before it is reported; a failed fsync poisons the shard.
+//!
+//! Group commit: a writer thread takes every queued append (up to a byte budget), writes each
+//! shard's share with one `write`, fsyncs each touched shard once, then makes the batches
+//! visible and answers all of them.
+
+mod segment;
+mod shard_log;
+
+pub use segment::StoredBatch;
+pub use shard_log::ShardLog;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsyncPolicy {
+    /// Fsync every group commit before acknowledging it.
+    Always,
+    /// Acknowledge after the write; fsync dirty shards every `fsync_interval`.
+    Interval,
+    /// Leave flushing to the OS (fsync only on segment roll and shutdown).
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub segment_bytes: u64,
+    pub index_interval_bytes: u64,
+    pub fsync: FsyncPolicy,
+    pub fsync_interval: Duration,
+    pub writer_threads: usize,
+    /// Bytes of appends a writer gathers into one group commit at most.
+    pub group_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            segment_bytes: 256 << 20,
+            index_interval_bytes: 4096,
+            fsync: FsyncPolicy::Always,
+            fsync_interval: Duration::from_millis(100),
+            writer_threads: 2,
+            group_bytes: 8 << 20,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("io error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("store data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("shard {0} was deleted")]
+    ShardDeleted(u64),
+    #[error("shard {0} already exists in the store")]
+    ShardExists(u64),
+    #[error("shard refuses writes until restart: {0}")]
+    Poisoned(String),
+    #[error("the store is shutting down")]
+    ShuttingDown,
+    #[error("append failed: {0}")]
+    Failed(String),
+}
+
+impl StoreError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        StoreError::Io { path: path.to_owned(), source }
+    }
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub lsn: u64,
+    pub timestamp_ms: i64,
+}
+
+struct Job {
+    shard: Arc<ShardLog>,
+    payload: Bytes,
+    batch_size: u32,
+    compression: u8,
+    reply: oneshot::Sender<Result<Appended, StoreError>>,
+}
+
+pub struct LogStore {
+    root: PathBuf,
+    opts: StoreOptions,
+    shards: RwLock<HashMap<u64, Arc<ShardLog>>>,
+    writers: RwLock<Vec<mpsc::Sender<Job>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    flusher_stop: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl LogStore {
+    /// Opens (recovering) every shard found under `root/shards`.
+    pub fn open(root: &Path, opts: StoreOptions) -> Result<Arc<Self>, StoreError> {
+        let shards_dir = root.join("shards");
+        std::fs::create_dir_all(&shards_dir).map_err(|e| StoreError::io(&shards_dir, e))?;
+        let mut shards = HashMap::new();
+        for entry in std::fs::read_dir(&shards_dir).map_err(|e| StoreError::io(&shards_dir, e))? {
+            let entry = entry.map_err(|e| StoreError::io(&shards_dir, e))?;
+            let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
+                continue;
+            };
+            let log = ShardLog::open(entry.path(), id, opts.clone())?;
+            shards.insert(id, Arc::new(log));
+        }
+        let store = Arc::new(LogStore {
+            root: root.to_owned(),
+            opts: opts.clone(),
+            shards: RwLock::new(shards),
+            writers: RwLock::new(Vec::new()),
+            threads: Mutex::new(Vec::new()),
+            flusher_stop: Mutex::new(None),
+        });
+        let mut writers = Vec::new();
+        let mut threads = Vec::new();
+        for i in 0..opts.writer_threads.max(1) {
+            let (tx, rx) = mpsc::channel::<Job>(4096);
+            writers.push(tx);
+            let opts = opts.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("log-writer-{i}"))
+                    .spawn(move || writer_loop(rx, opts))
+                    .map_err(|e| StoreError::io(root, e))?,
+            );
+        }
+        if opts.fsync == FsyncPolicy::Interval {
+            let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+            let weak = Arc::downgrade(&store);
+            let every = opts.fsync_interval;
+            threads.push(
+                std::thread::Builder::new()
+                    .name("log-flusher".into())
+                    .spawn(move || {
+                        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(every) {
+                            let Some(store) = weak.upgrade() else { break };
+                            store.sync_all();
+                        }
+                    })
+                    .map_err(|e| StoreError::io(root, e))?,
+            );
+            *store.flusher_stop.lock().expect("lock") = Some(stop_tx);
+        }
+        *store.writers.write().expect("lock") = writers;
+        *store.threads.lock().expect("lock") = threads;
+        Ok(store)
+    }
+
+    pub fn options(&self) -> &StoreOptions {
+        &self.opts
+    }
+
+    fn shard_dir(&self, id: u64) -> PathBuf {
+        self.root.join("shards").join(id.to_string())
+    }
+
+    pub fn create_shard(&self, id: u64) -> Result<Arc<ShardLog>, StoreError> {
+        let mut shards = self.shards.write().expect("lock");
+        if shards.contains_key(&id) {
+            return Err(StoreError::ShardExists(id));
+        }
+        let log = Arc::new(ShardLog::create(self.shard_dir(id), id, self.opts.clone())?);
+        shards.insert(id, log.clone());
+        Ok(log)
+    }
+
+    /// Removes a shard and its files. Appends already queued for it fail.
+    pub fn delete_shard(&self, id: u64) -> Result<(), StoreError> {
+        let removed = self.shards.write().expect("lock").remove(&id);
+        if let Some(log) = removed {
+            log.mark_deleted();
+        }
+        let dir = self.shard_dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(&dir, e)),
+        }
+    }
+
+    pub fn shard(&self, id: u64) -> Option<Arc<ShardLog>> {
+        self.shards.read().expect("lock").get(&id).cloned()
+    }
+
+    pub fn shard_ids(&self) -> Vec<u64> {
+        self.shards.read().expect("lock").keys().copied().collect()
+    }
+
+    /// Appends one batch; resolves once it is stored as the fsync policy requires.
+    pub async fn append(
+        &self,
+        shard: &Arc<ShardLog>,
+        payload: Bytes,
+        batch_size: u32,
+        compression: u8,
+    ) -> Result<Appended, StoreError> {
+        let writer = {
+            let writers = self.writers.read().expect("lock");
+            if writers.is_empty() {
+                return Err(StoreError::ShuttingDown);
+            }
+            writers[(shard.id % writers.len() as u64) as usize].clone()
+        };
+        let (reply, rx) = oneshot::channel();
+        writer
+            .send(Job { shard: shard.clone(), payload, batch_size, compression, reply })
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        rx.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// Fsyncs every shard with unsynced writes.
+    pub fn sync_all(&self) {
+        let shards: Vec<_> = self.shards.read().expect("lock").values().cloned().collect();
+        for s in shards {
+            if let Err(e) = s.sync_if_dirty() {
+                tracing::error!(shard = s.id, error = %e, "fsync failed");
+            }
+        }
+    }
+
+    /// Stops taking appends, lets the writers finish what is queued, and fsyncs everything.
+    pub fn shutdown(&self) {
+        self.writers.write().expect("lock").clear();
+        if let Some(stop) = self.flusher_stop.lock().expect("lock").take() {
+            let _ = stop.send(());
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().expect("lock"));
+        for t in threads {
+            let _ = t.join();
+        }
+        self.sync_all();
+    }
+}
+
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        self.writers.get_mut().expect("lock").clear();
+    }
+}
+
+fn writer_loop(mut rx: mpsc::Receiver<Job>, opts: StoreOptions) {
+    let mut buf = Vec::with_capacity(1 << 20);
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        let mut bytes = jobs[0].payload.len();
+        while bytes < opts.group_bytes {
+            match rx.try_recv() {
+                Ok(job) => {
+                    bytes += job.payload.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        commit_group(jobs, &opts, &mut buf);
+    }
+}
+
+fn commit_group(jobs: Vec<Job>, opts: &StoreOptions, buf: &mut Vec<u8>) {
+    // Group by shard, keeping arrival order within each shard.
+    let mut by_shard: Vec<(Arc<ShardLog>, Vec<Job>)> = Vec::new();
+    for job in jobs {
+        match by_shard.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &job.shard)) {
+            Some((_, v)) => v.push(job),
+            None => by_shard.push((job.shard.clone(), vec![job])),
+        }
+    }
+    let now = now_ms();
+    let mut written = Vec::with_capacity(by_shard.len());
+    for (shard, jobs) in by_shard {
+        let batches: Vec<(&[u8], u32, u8)> =
+            jobs.iter().map(|j| (&j.payload[..], j.batch_size, j.compression)).collect();
+        match shard.write_group(&batches, now, buf) {
+            Ok((pending, group)) => written.push((shard, jobs, pending, group)),
+            Err(e) => fail_all(jobs, &e),
+        }
+    }
+    let fsync = opts.fsync == FsyncPolicy::Always;
+    for (shard, jobs, pending, group) in written {
+        match shard.commit(&group, fsync) {
+            Ok(()) => {
+                for (job, p) in jobs.into_iter().zip(pending) {
+                    let _ = job.reply.send(Ok(Appended { lsn: p.lsn, timestamp_ms: p.timestamp_ms }));
+                }
+            }
+            Err(e) => fail_all(jobs, &e),
+        }
+    }
+}
+
+fn fail_all(jobs: Vec<Job>, e: &StoreError) {
+    tracing::error!(error = %e, "append failed");
+    for job in jobs {
+        let err = match e {
+            StoreError::ShardDeleted(id) => StoreError::ShardDeleted(*id),
+            StoreError::ShuttingDown => StoreError::ShuttingDown,
+            StoreError::Poisoned(r) => StoreError::Poisoned(r.clone()),
+            other => StoreError::Failed(other.to_string()),
+        };
+        let _ = job.reply.send(Err(err));
+    }
+}
+
+#[cfg(test)]
+mod tests;

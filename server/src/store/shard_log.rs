@@ -1,0 +1,516 @@
+//! The log of one shard: a directory of segment files, an in-memory sparse index per segment,
+//! a trim point, and the LSN of the last batch readers may see.
+//!
+//! Guarantees:
+//! - LSNs are dense and increase by one per stored batch, starting at 1, and are never reused,
+//!   not even after trims or restarts.
+//! - Append timestamps never decrease within a shard, so timestamp seeks can binary search.
+//! - Readers see a batch only after the writer has made it visible, which under the `always`
+//!   fsync policy is after it is on disk; nothing beyond the visible LSN is ever returned.
+//! - Recovery keeps the longest valid prefix of the last segment and cuts the rest.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use tokio::sync::watch;
+
+use super::segment::{self, FILE_HEADER_LEN, IndexPoint, StoredBatch};
+use super::{StoreError, StoreOptions};
+
+const TRIM_FILE: &str = "trim";
+
+pub struct Segment {
+    pub base: u64,
+    path: PathBuf,
+    file: File,
+    /// Bytes readers may read.
+    committed_len: AtomicU64,
+    /// Last visible LSN in this segment (`base - 1` when none).
+    last_lsn: AtomicU64,
+    last_ts: AtomicI64,
+    index: RwLock<Vec<IndexPoint>>,
+}
+
+impl Segment {
+    fn last_lsn(&self) -> u64 {
+        self.last_lsn.load(Ordering::Acquire)
+    }
+
+    /// Offset of the index point at or before `lsn`.
+    fn seek_lsn(&self, lsn: u64) -> u64 {
+        let index = self.index.read().expect("index lock");
+        match index.partition_point(|p| p.lsn <= lsn) {
+            0 => FILE_HEADER_LEN,
+            i => index[i - 1].offset,
+        }
+    }
+
+    fn seek_timestamp(&self, ts: i64) -> u64 {
+        let index = self.index.read().expect("index lock");
+        match index.partition_point(|p| p.timestamp_ms < ts) {
+            0 => FILE_HEADER_LEN,
+            i => index[i - 1].offset,
+        }
+    }
+}
+
+struct Inner {
+    segments: Vec<Arc<Segment>>,
+    /// Append handle of the last segment.
+    active: File,
+    /// Bytes written to the active segment (may be ahead of what is committed).
+    active_len: u64,
+    bytes_since_index: u64,
+    next_lsn: u64,
+    last_ts: i64,
+    trim_point: u64,
+    /// Set after a failed write or fsync: the file state is unknown, so the shard refuses
+    /// appends until restart recovery has re-established it.
+    poisoned: Option<String>,
+}
+
+pub struct ShardLog {
+    pub id: u64,
+    dir: PathBuf,
+    opts: StoreOptions,
+    inner: Mutex<Inner>,
+    visible: watch::Sender<u64>,
+    unsynced: AtomicBool,
+    deleted: AtomicBool,
+}
+
+/// The part of an append the writer computes under the shard lock.
+pub struct PendingWrite {
+    pub lsn: u64,
+    pub timestamp_ms: i64,
+}
+
+/// A group of entries written to the active segment but not yet visible.
+pub struct WrittenGroup {
+    segment: Arc<Segment>,
+    end_offset: u64,
+    last_lsn: u64,
+    last_ts: i64,
+    sync_handle: File,
+}
+
+fn segment_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.seg"))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl ShardLog {
+    /// Creates the directory of a new, empty shard.
+    pub fn create(dir: PathBuf, id: u64, opts: StoreOptions) -> Result<Self, StoreError> {
+        fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent).map_err(|e| StoreError::io(parent, e))?;
+        }
+        Self::open(dir, id, opts)
+    }
+
+    /// Opens a shard directory, recovering from whatever state a crash left it in.
+    pub fn open(dir: PathBuf, id: u64, opts: StoreOptions) -> Result<Self, StoreError> {
+        let trim_point = read_trim_point(&dir)?;
+        let mut bases = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| StoreError::io(&dir, e))? {
+            let entry = entry.map_err(|e| StoreError::io(&dir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(base) = name.strip_suffix(".seg").and_then(|b| b.parse::<u64>().ok()) {
+                bases.push(base);
+            } else if name.ends_with(".tmp") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        bases.sort_unstable();
+        if bases.is_empty() {
+            bases.push(trim_point + 1);
+            create_segment_file(&dir, trim_point + 1)?;
+        }
+        let mut segments = Vec::with_capacity(bases.len());
+        let last_i = bases.len() - 1;
+        let mut expected_base = None;
+        for (i, &base) in bases.iter().enumerate() {
+            let path = segment_path(&dir, base);
+            let is_last = i == last_i;
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(is_last)
+                .open(&path)
+                .map_err(|e| StoreError::io(&path, e))?;
+            match segment::read_file_header(&mut file).map_err(|e| StoreError::io(&path, e))? {
+                Some(b) if b == base => {}
+                _ if is_last => {
+                    // Crash while creating the segment: it cannot hold an entry yet.
+                    tracing::warn!(shard = id, path = %path.display(), "rewriting unfinished segment header");
+                    file.set_len(0).map_err(|e| StoreError::io(&path, e))?;
+                    file.write_all(&segment::file_header(base)).map_err(|e| StoreError::io(&path, e))?;
+                    file.sync_all().map_err(|e| StoreError::io(&path, e))?;
+                }
+                _ => return Err(StoreError::Corrupt(format!("segment {} has a bad header", path.display()))),
+            }
+            if let Some(exp) = expected_base {
+                if base != exp {
+                    tracing::error!(shard = id, expected = exp, found = base, "gap between segments");
+                }
+            }
+            let scan = segment::scan(&file, base, is_last, opts.index_interval_bytes)
+                .map_err(|e| StoreError::io(&path, e))?;
+            let file_len = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
+            if let Some(reason) = &scan.stopped {
+                if is_last {
+                    tracing::warn!(shard = id, path = %path.display(), cut_bytes = file_len - scan.valid_len,
+                        reason = %reason, "truncating torn tail");
+                    file.set_len(scan.valid_len).map_err(|e| StoreError::io(&path, e))?;
+                    file.sync_all().map_err(|e| StoreError::io(&path, e))?;
+                } else {
+                    tracing::error!(shard = id, path = %path.display(), reason = %reason,
+                        "sealed segment is damaged; entries after the damage are unreadable");
+                }
+            }
+            expected_base = Some(scan.last_lsn + 1);
+            segments.push(Arc::new(Segment {
+                base,
+                path: path.clone(),
+                file,
+                committed_len: AtomicU64::new(scan.valid_len),
+                last_lsn: AtomicU64::new(scan.last_lsn),
+                last_ts: AtomicI64::new(scan.last_timestamp_ms.unwrap_or(i64::MIN)),
+                index: RwLock::new(scan.index),
+            }));
+        }
+        let last = segments.last().expect("at least one segment").clone();
+        let active = OpenOptions::new().append(true).open(&last.path).map_err(|e| StoreError::io(&last.path, e))?;
+        let active_len = last.committed_len.load(Ordering::Acquire);
+        let next_lsn = last.last_lsn() + 1;
+        let last_ts = segments.iter().rev().map(|s| s.last_ts.load(Ordering::Acquire)).find(|t| *t != i64::MIN).unwrap_or(0);
+        let visible = next_lsn - 1;
+        let log = ShardLog {
+            id,
+            dir,
+            opts,
+            inner: Mutex::new(Inner {
+                segments,
+                active,
+                active_len,
+                bytes_since_index: u64::MAX,
+                next_lsn,
+                last_ts,
+                trim_point,
+                poisoned: None,
+            }),
+            visible: watch::Sender::new(visible),
+            unsynced: AtomicBool::new(false),
+            deleted: AtomicBool::new(false),
+        };
+        // Segments wholly below the trim point may remain if a crash came between persisting the
+        // trim point and deleting them.
+        log.drop_trimmed_segments(&mut log.lock())?;
+        Ok(log)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().expect("shard lock poisoned")
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Last LSN readers may see (0 when the shard has never held a batch).
+    pub fn visible_lsn(&self) -> u64 {
+        *self.visible.borrow()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.visible.subscribe()
+    }
+
+    /// First LSN that may still be read.
+    pub fn start_lsn(&self) -> u64 {
+        self.lock().trim_point + 1
+    }
+
+    pub fn trim_point(&self) -> u64 {
+        self.lock().trim_point
+    }
+
+    pub fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::Release);
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Writes a group of batches to the active segment (rolling it first when full). Called
+    /// only by this shard's writer thread. Nothing becomes visible until [`Self::commit`].
+    pub fn write_group(
+        &self,
+        batches: &[(&[u8], u32, u8)],
+        now_ms: i64,
+        buf: &mut Vec<u8>,
+    ) -> Result<(Vec<PendingWrite>, WrittenGroup), StoreError> {
+        let mut inner = self.lock();
+        if let Some(reason) = &inner.poisoned {
+            return Err(StoreError::Poisoned(reason.clone()));
+        }
+        if self.is_deleted() {
+            return Err(StoreError::ShardDeleted(self.id));
+        }
+        if inner.active_len >= self.opts.segment_bytes {
+            self.roll(&mut inner)?;
+        }
+        let segment = inner.segments.last().expect("active segment").clone();
+        buf.clear();
+        let start_len = inner.active_len;
+        let mut pending = Vec::with_capacity(batches.len());
+        let mut new_points = Vec::new();
+        let mut ts = inner.last_ts;
+        let mut lsn = inner.next_lsn;
+        let mut since_index = inner.bytes_since_index;
+        for (payload, batch_size, compression) in batches {
+            ts = ts.max(now_ms);
+            let offset = start_len + buf.len() as u64;
+            let len = segment::encode_entry(buf, lsn, ts, *batch_size, *compression, payload) as u64;
+            if since_index >= self.opts.index_interval_bytes {
+                new_points.push(IndexPoint { lsn, offset, timestamp_ms: ts });
+                since_index = 0;
+            }
+            since_index = since_index.saturating_add(len);
+            pending.push(PendingWrite { lsn, timestamp_ms: ts });
+            lsn += 1;
+        }
+        if let Err(e) = inner.active.write_all(buf) {
+            // Undo a partial write so the file never holds half an entry we did not ack.
+            let undo = inner.active.set_len(start_len);
+            if let Err(u) = undo {
+                inner.poisoned = Some(format!("write failed ({e}) and could not be undone ({u})"));
+            }
+            return Err(StoreError::io(&segment.path, e));
+        }
+        inner.active_len += buf.len() as u64;
+        inner.next_lsn = lsn;
+        inner.last_ts = ts;
+        inner.bytes_since_index = since_index;
+        if !new_points.is_empty() {
+            segment.index.write().expect("index lock").extend(new_points);
+        }
+        let sync_handle = inner.active.try_clone().map_err(|e| StoreError::io(&segment.path, e))?;
+        self.unsynced.store(true, Ordering::Release);
+        Ok((
+            pending,
+            WrittenGroup { segment, end_offset: inner.active_len, last_lsn: lsn - 1, last_ts: ts, sync_handle },
+        ))
+    }
+
+    /// Makes a written group durable (when `fsync`) and then visible to readers.
+    pub fn commit(&self, group: &WrittenGroup, fsync: bool) -> Result<(), StoreError> {
+        if fsync {
+            self.unsynced.store(false, Ordering::Release);
+            if let Err(e) = group.sync_handle.sync_data() {
+                // After a failed fsync the page cache may have dropped the dirty pages: the
+                // data's fate is unknown, so the shard stops taking writes.
+                self.lock().poisoned = Some(format!("fsync failed: {e}"));
+                return Err(StoreError::io(&group.segment.path, e));
+            }
+        }
+        let seg = &group.segment;
+        seg.committed_len.fetch_max(group.end_offset, Ordering::AcqRel);
+        seg.last_lsn.fetch_max(group.last_lsn, Ordering::AcqRel);
+        seg.last_ts.fetch_max(group.last_ts, Ordering::AcqRel);
+        self.visible.send_modify(|v| *v = (*v).max(group.last_lsn));
+        Ok(())
+    }
+
+    /// Fsyncs the active segment if anything was written since the last sync.
+    pub fn sync_if_dirty(&self) -> Result<(), StoreError> {
+        if !self.unsynced.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let (handle, path) = {
+            let inner = self.lock();
+            let seg = inner.segments.last().expect("active segment");
+            (inner.active.try_clone().map_err(|e| StoreError::io(&seg.path, e))?, seg.path.clone())
+        };
+        handle.sync_data().map_err(|e| {
+            self.lock().poisoned = Some(format!("fsync failed: {e}"));
+            StoreError::io(&path, e)
+        })
+    }
+
+    /// Seals the active segment and starts a new one at the next LSN.
+    fn roll(&self, inner: &mut Inner) -> Result<(), StoreError> {
+        let old = inner.segments.last().expect("active segment").clone();
+        inner.active.sync_data().map_err(|e| StoreError::io(&old.path, e))?;
+        let base = inner.next_lsn;
+        let (file, path) = create_segment_file(&self.dir, base)?;
+        let active = OpenOptions::new().append(true).open(&path).map_err(|e| StoreError::io(&path, e))?;
+        inner.segments.push(Arc::new(Segment {
+            base,
+            path,
+            file,
+            committed_len: AtomicU64::new(FILE_HEADER_LEN),
+            last_lsn: AtomicU64::new(base - 1),
+            last_ts: AtomicI64::new(i64::MIN),
+            index: RwLock::new(Vec::new()),
+        }));
+        inner.active = active;
+        inner.active_len = FILE_HEADER_LEN;
+        inner.bytes_since_index = u64::MAX;
+        Ok(())
+    }
+
+    /// Reads up to `max_batches` visible batches starting at `from` (clamped to the first
+    /// untrimmed LSN). Blocking IO: call from a blocking thread.
+    pub fn read(&self, from: u64, max_batches: usize, max_bytes: usize) -> Result<Vec<StoredBatch>, StoreError> {
+        let visible = self.visible_lsn();
+        let (segments, start) = {
+            let inner = self.lock();
+            (inner.segments.clone(), inner.trim_point + 1)
+        };
+        let mut from = from.max(start);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for seg in &segments {
+            if from > visible || out.len() >= max_batches || (bytes >= max_bytes && !out.is_empty()) {
+                break;
+            }
+            if seg.last_lsn() < from {
+                continue;
+            }
+            let end = seg.committed_len.load(Ordering::Acquire);
+            let offset = seg.seek_lsn(from);
+            let got = segment::read_range(&seg.file, offset, end, from, max_batches - out.len(), max_bytes - bytes.min(max_bytes))
+                .map_err(|e| StoreError::io(&seg.path, e))?;
+            for b in got {
+                if b.lsn > visible {
+                    break;
+                }
+                from = b.lsn + 1;
+                bytes += b.payload.len();
+                out.push(b);
+            }
+        }
+        Ok(out)
+    }
+
+    /// First visible LSN whose append timestamp is at or after `ts`; `visible + 1` if none is.
+    pub fn lsn_at_or_after(&self, ts: i64) -> Result<u64, StoreError> {
+        let visible = self.visible_lsn();
+        let (segments, start) = {
+            let inner = self.lock();
+            (inner.segments.clone(), inner.trim_point + 1)
+        };
+        for seg in segments.iter().filter(|s| s.last_lsn() >= start) {
+            if seg.last_ts.load(Ordering::Acquire) < ts {
+                continue;
+            }
+            let end = seg.committed_len.load(Ordering::Acquire);
+            let offset = seg.seek_timestamp(ts);
+            let found = segment::find_entry(&seg.file, offset, end, |h| h.timestamp_ms >= ts && h.lsn >= start)
+                .map_err(|e| StoreError::io(&seg.path, e))?;
+            if let Some((_, head)) = found {
+                return Ok(head.lsn.min(visible + 1));
+            }
+        }
+        Ok(visible + 1)
+    }
+
+    /// Makes every LSN up to and including `upto` unreadable and frees whole segments below it.
+    /// Returns the trim point in effect afterwards.
+    pub fn trim(&self, upto: u64) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        let upto = upto.min(self.visible_lsn());
+        if upto <= inner.trim_point {
+            return Ok(inner.trim_point);
+        }
+        write_trim_point(&self.dir, upto)?;
+        inner.trim_point = upto;
+        // A fully trimmed active segment is rolled so that its file can go too.
+        let active_last = inner.segments.last().expect("active segment").last_lsn();
+        let active_base = inner.segments.last().expect("active segment").base;
+        if active_last >= active_base && active_last <= upto && inner.next_lsn == active_last + 1 {
+            self.roll(&mut inner)?;
+        }
+        self.drop_trimmed_segments(&mut inner)?;
+        Ok(upto)
+    }
+
+    fn drop_trimmed_segments(&self, inner: &mut Inner) -> Result<(), StoreError> {
+        let trim = inner.trim_point;
+        let n = inner.segments.len();
+        let mut removed = false;
+        let mut keep = Vec::with_capacity(n);
+        for (i, seg) in inner.segments.drain(..).enumerate() {
+            if i + 1 < n && seg.last_lsn() <= trim {
+                fs::remove_file(&seg.path).map_err(|e| StoreError::io(&seg.path, e))?;
+                removed = true;
+            } else {
+                keep.push(seg);
+            }
+        }
+        inner.segments = keep;
+        if removed {
+            sync_dir(&self.dir).map_err(|e| StoreError::io(&self.dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// Number of segment files (for tests and stats).
+    pub fn segment_count(&self) -> usize {
+        self.lock().segments.len()
+    }
+}
+
+fn create_segment_file(dir: &Path, base: u64) -> Result<(File, PathBuf), StoreError> {
+    let path = segment_path(dir, base);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| StoreError::io(&path, e))?;
+    file.write_all(&segment::file_header(base)).map_err(|e| StoreError::io(&path, e))?;
+    file.sync_all().map_err(|e| StoreError::io(&path, e))?;
+    sync_dir(dir).map_err(|e| StoreError::io(dir, e))?;
+    Ok((file, path))
+}
+
+fn read_trim_point(dir: &Path) -> Result<u64, StoreError> {
+    let path = dir.join(TRIM_FILE);
+    match fs::read(&path) {
+        Ok(b) if b.len() == 12 => {
+            let v = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
+            let crc = u32::from_le_bytes(b[8..].try_into().expect("4 bytes"));
+            if crc32c::crc32c(&b[..8]) == crc {
+                Ok(v)
+            } else {
+                Err(StoreError::Corrupt(format!("{} fails its checksum", path.display())))
+            }
+        }
+        Ok(_) => Err(StoreError::Corrupt(format!("{} has a bad length", path.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(StoreError::io(&path, e)),
+    }
+}
+
+/// Replaces the trim point file atomically (write, fsync, rename, fsync dir).
+fn write_trim_point(dir: &Path, v: u64) -> Result<(), StoreError> {
+    let tmp = dir.join(format!("{TRIM_FILE}.tmp"));
+    let mut bytes = v.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&crc32c::crc32c(&v.to_le_bytes()).to_le_bytes());
+    let mut f = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
+    f.write_all(&bytes).map_err(|e| StoreError::io(&tmp, e))?;
+    f.sync_all().map_err(|e| StoreError::io(&tmp, e))?;
+    let path = dir.join(TRIM_FILE);
+    fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))?;
+    sync_dir(dir).map_err(|e| StoreError::io(dir, e))
+}
