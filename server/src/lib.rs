@@ -4,4 +4,12 @@
 //! and survives a crash; every record is stored as the client encoded it; per-shard order is the
 //! order of acknowledgement. See `ARCHITECTURE.md` for the map.
 
+pub mod batch;
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod keyspace;
+pub mod meta;
+pub mod node;
+pub mod service;
 pub mod store;

@@ -28,7 +28,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum FsyncPolicy {
     /// Fsync every group commit before acknowledging it.
@@ -87,7 +89,10 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        StoreError::Io { path: path.to_owned(), source }
+        StoreError::Io {
+            path: path.to_owned(),
+            source,
+        }
     }
 }
 
@@ -130,7 +135,11 @@ impl LogStore {
         let mut shards = HashMap::new();
         for entry in std::fs::read_dir(&shards_dir).map_err(|e| StoreError::io(&shards_dir, e))? {
             let entry = entry.map_err(|e| StoreError::io(&shards_dir, e))?;
-            let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
                 continue;
             };
             let log = ShardLog::open(entry.path(), id, opts.clone())?;
@@ -165,7 +174,9 @@ impl LogStore {
                 std::thread::Builder::new()
                     .name("log-flusher".into())
                     .spawn(move || {
-                        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(every) {
+                        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                            stop_rx.recv_timeout(every)
+                        {
                             let Some(store) = weak.upgrade() else { break };
                             store.sync_all();
                         }
@@ -236,7 +247,13 @@ impl LogStore {
         };
         let (reply, rx) = oneshot::channel();
         writer
-            .send(Job { shard: shard.clone(), payload, batch_size, compression, reply })
+            .send(Job {
+                shard: shard.clone(),
+                payload,
+                batch_size,
+                compression,
+                reply,
+            })
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
         rx.await.map_err(|_| StoreError::ShuttingDown)?
@@ -244,7 +261,13 @@ impl LogStore {
 
     /// Fsyncs every shard with unsynced writes.
     pub fn sync_all(&self) {
-        let shards: Vec<_> = self.shards.read().expect("lock").values().cloned().collect();
+        let shards: Vec<_> = self
+            .shards
+            .read()
+            .expect("lock")
+            .values()
+            .cloned()
+            .collect();
         for s in shards {
             if let Err(e) = s.sync_if_dirty() {
                 tracing::error!(shard = s.id, error = %e, "fsync failed");
@@ -294,7 +317,10 @@ fn commit_group(jobs: Vec<Job>, opts: &StoreOptions, buf: &mut Vec<u8>) {
     // Group by shard, keeping arrival order within each shard.
     let mut by_shard: Vec<(Arc<ShardLog>, Vec<Job>)> = Vec::new();
     for job in jobs {
-        match by_shard.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &job.shard)) {
+        match by_shard
+            .iter_mut()
+            .find(|(s, _)| Arc::ptr_eq(s, &job.shard))
+        {
             Some((_, v)) => v.push(job),
             None => by_shard.push((job.shard.clone(), vec![job])),
         }
@@ -302,8 +328,10 @@ fn commit_group(jobs: Vec<Job>, opts: &StoreOptions, buf: &mut Vec<u8>) {
     let now = now_ms();
     let mut written = Vec::with_capacity(by_shard.len());
     for (shard, jobs) in by_shard {
-        let batches: Vec<(&[u8], u32, u8)> =
-            jobs.iter().map(|j| (&j.payload[..], j.batch_size, j.compression)).collect();
+        let batches: Vec<(&[u8], u32, u8)> = jobs
+            .iter()
+            .map(|j| (&j.payload[..], j.batch_size, j.compression))
+            .collect();
         match shard.write_group(&batches, now, buf) {
             Ok((pending, group)) => written.push((shard, jobs, pending, group)),
             Err(e) => fail_all(jobs, &e),
@@ -314,7 +342,10 @@ fn commit_group(jobs: Vec<Job>, opts: &StoreOptions, buf: &mut Vec<u8>) {
         match shard.commit(&group, fsync) {
             Ok(()) => {
                 for (job, p) in jobs.into_iter().zip(pending) {
-                    let _ = job.reply.send(Ok(Appended { lsn: p.lsn, timestamp_ms: p.timestamp_ms }));
+                    let _ = job.reply.send(Ok(Appended {
+                        lsn: p.lsn,
+                        timestamp_ms: p.timestamp_ms,
+                    }));
                 }
             }
             Err(e) => fail_all(jobs, &e),

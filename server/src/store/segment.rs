@@ -50,7 +50,11 @@ pub struct IndexPoint {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("entry at offset {offset} has checksum {found:#010x}, expected {expected:#010x}")]
-    Checksum { offset: u64, expected: u32, found: u32 },
+    Checksum {
+        offset: u64,
+        expected: u32,
+        found: u32,
+    },
     #[error("entry at offset {offset} has an impossible length {len}")]
     Length { offset: u64, len: u64 },
     #[error("entry at offset {offset} has unknown format version {version}")]
@@ -116,7 +120,10 @@ fn parse_head(buf: &[u8], offset: u64) -> Result<Option<(EntryHead, u32)>, Decod
     }
     let body_len = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
     if !(BODY_FIXED_LEN..=MAX_BODY_LEN).contains(&body_len) {
-        return Err(DecodeError::Length { offset, len: body_len as u64 });
+        return Err(DecodeError::Length {
+            offset,
+            len: body_len as u64,
+        });
     }
     let crc = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
     let b = &buf[ENTRY_HEADER_LEN..];
@@ -146,7 +153,11 @@ pub fn decode_entry(buf: &Bytes, offset: u64) -> Result<Option<StoredBatch>, Dec
     let body = &buf[ENTRY_HEADER_LEN..head.len];
     let found = crc32c::crc32c(body);
     if found != crc {
-        return Err(DecodeError::Checksum { offset, expected: crc, found });
+        return Err(DecodeError::Checksum {
+            offset,
+            expected: crc,
+            found,
+        });
     }
     Ok(Some(StoredBatch {
         lsn: head.lsn,
@@ -174,7 +185,12 @@ pub struct ScanOutcome {
 /// Walks a segment from its first entry. With `verify` every body is read and checksummed (used
 /// on the segment that was being written when the process stopped); without it only headers are
 /// read (sealed segments, which were fsynced before the next one began; readers still verify).
-pub fn scan(file: &File, base_lsn: u64, verify: bool, index_interval: u64) -> io::Result<ScanOutcome> {
+pub fn scan(
+    file: &File,
+    base_lsn: u64,
+    verify: bool,
+    index_interval: u64,
+) -> io::Result<ScanOutcome> {
     let file_len = file.metadata()?.len();
     let mut out = ScanOutcome {
         valid_len: FILE_HEADER_LEN,
@@ -218,13 +234,23 @@ pub fn scan(file: &File, base_lsn: u64, verify: bool, index_interval: u64) -> io
             file.read_exact_at(&mut body, offset + ENTRY_HEADER_LEN as u64)?;
             let found = crc32c::crc32c(&body);
             if found != crc {
-                out.stopped =
-                    Some(DecodeError::Checksum { offset, expected: crc, found }.to_string());
+                out.stopped = Some(
+                    DecodeError::Checksum {
+                        offset,
+                        expected: crc,
+                        found,
+                    }
+                    .to_string(),
+                );
                 break;
             }
         }
         if since_index >= index_interval {
-            out.index.push(IndexPoint { lsn: head.lsn, offset, timestamp_ms: head.timestamp_ms });
+            out.index.push(IndexPoint {
+                lsn: head.lsn,
+                offset,
+                timestamp_ms: head.timestamp_ms,
+            });
             since_index = 0;
         }
         since_index = since_index.saturating_add(head.len as u64);
@@ -267,18 +293,22 @@ pub fn read_range(
         file.read_exact_at(&mut buf, offset)?;
         // A single entry may be larger than the chunk: grow to its full length.
         let head = parse_head(&buf, offset).map_err(invalid_data)?;
-        if let Some((h, _)) = head {
-            if h.len > buf.len() {
-                if offset + h.len as u64 > end {
-                    return Err(invalid_data(DecodeError::Length { offset, len: h.len as u64 }));
-                }
-                buf.resize(h.len, 0);
-                file.read_exact_at(&mut buf, offset)?;
+        if let Some((h, _)) = head
+            && h.len > buf.len()
+        {
+            if offset + h.len as u64 > end {
+                return Err(invalid_data(DecodeError::Length {
+                    offset,
+                    len: h.len as u64,
+                }));
             }
+            buf.resize(h.len, 0);
+            file.read_exact_at(&mut buf, offset)?;
         }
         let chunk = Bytes::from(buf);
         let mut pos = 0usize;
-        while pos < chunk.len() && out.len() < max_batches && (bytes < max_bytes || out.is_empty()) {
+        while pos < chunk.len() && out.len() < max_batches && (bytes < max_bytes || out.is_empty())
+        {
             let rest = chunk.slice(pos..);
             match decode_entry(&rest, offset + pos as u64).map_err(invalid_data)? {
                 None => break,
@@ -293,7 +323,10 @@ pub fn read_range(
             }
         }
         if pos == 0 {
-            return Err(invalid_data(DecodeError::Length { offset, len: end - offset }));
+            return Err(invalid_data(DecodeError::Length {
+                offset,
+                len: end - offset,
+            }));
         }
         offset += pos as u64;
     }

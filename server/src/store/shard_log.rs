@@ -123,7 +123,10 @@ impl ShardLog {
             let entry = entry.map_err(|e| StoreError::io(&dir, e))?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if let Some(base) = name.strip_suffix(".seg").and_then(|b| b.parse::<u64>().ok()) {
+            if let Some(base) = name
+                .strip_suffix(".seg")
+                .and_then(|b| b.parse::<u64>().ok())
+            {
                 bases.push(base);
             } else if name.ends_with(".tmp") {
                 let _ = fs::remove_file(entry.path());
@@ -151,15 +154,26 @@ impl ShardLog {
                     // Crash while creating the segment: it cannot hold an entry yet.
                     tracing::warn!(shard = id, path = %path.display(), "rewriting unfinished segment header");
                     file.set_len(0).map_err(|e| StoreError::io(&path, e))?;
-                    file.write_all(&segment::file_header(base)).map_err(|e| StoreError::io(&path, e))?;
+                    file.write_all(&segment::file_header(base))
+                        .map_err(|e| StoreError::io(&path, e))?;
                     file.sync_all().map_err(|e| StoreError::io(&path, e))?;
                 }
-                _ => return Err(StoreError::Corrupt(format!("segment {} has a bad header", path.display()))),
-            }
-            if let Some(exp) = expected_base {
-                if base != exp {
-                    tracing::error!(shard = id, expected = exp, found = base, "gap between segments");
+                _ => {
+                    return Err(StoreError::Corrupt(format!(
+                        "segment {} has a bad header",
+                        path.display()
+                    )));
                 }
+            }
+            if let Some(exp) = expected_base
+                && base != exp
+            {
+                tracing::error!(
+                    shard = id,
+                    expected = exp,
+                    found = base,
+                    "gap between segments"
+                );
             }
             let scan = segment::scan(&file, base, is_last, opts.index_interval_bytes)
                 .map_err(|e| StoreError::io(&path, e))?;
@@ -168,7 +182,8 @@ impl ShardLog {
                 if is_last {
                     tracing::warn!(shard = id, path = %path.display(), cut_bytes = file_len - scan.valid_len,
                         reason = %reason, "truncating torn tail");
-                    file.set_len(scan.valid_len).map_err(|e| StoreError::io(&path, e))?;
+                    file.set_len(scan.valid_len)
+                        .map_err(|e| StoreError::io(&path, e))?;
                     file.sync_all().map_err(|e| StoreError::io(&path, e))?;
                 } else {
                     tracing::error!(shard = id, path = %path.display(), reason = %reason,
@@ -187,10 +202,18 @@ impl ShardLog {
             }));
         }
         let last = segments.last().expect("at least one segment").clone();
-        let active = OpenOptions::new().append(true).open(&last.path).map_err(|e| StoreError::io(&last.path, e))?;
+        let active = OpenOptions::new()
+            .append(true)
+            .open(&last.path)
+            .map_err(|e| StoreError::io(&last.path, e))?;
         let active_len = last.committed_len.load(Ordering::Acquire);
         let next_lsn = last.last_lsn() + 1;
-        let last_ts = segments.iter().rev().map(|s| s.last_ts.load(Ordering::Acquire)).find(|t| *t != i64::MIN).unwrap_or(0);
+        let last_ts = segments
+            .iter()
+            .rev()
+            .map(|s| s.last_ts.load(Ordering::Acquire))
+            .find(|t| *t != i64::MIN)
+            .unwrap_or(0);
         let visible = next_lsn - 1;
         let log = ShardLog {
             id,
@@ -279,13 +302,21 @@ impl ShardLog {
         for (payload, batch_size, compression) in batches {
             ts = ts.max(now_ms);
             let offset = start_len + buf.len() as u64;
-            let len = segment::encode_entry(buf, lsn, ts, *batch_size, *compression, payload) as u64;
+            let len =
+                segment::encode_entry(buf, lsn, ts, *batch_size, *compression, payload) as u64;
             if since_index >= self.opts.index_interval_bytes {
-                new_points.push(IndexPoint { lsn, offset, timestamp_ms: ts });
+                new_points.push(IndexPoint {
+                    lsn,
+                    offset,
+                    timestamp_ms: ts,
+                });
                 since_index = 0;
             }
             since_index = since_index.saturating_add(len);
-            pending.push(PendingWrite { lsn, timestamp_ms: ts });
+            pending.push(PendingWrite {
+                lsn,
+                timestamp_ms: ts,
+            });
             lsn += 1;
         }
         if let Err(e) = inner.active.write_all(buf) {
@@ -301,13 +332,26 @@ impl ShardLog {
         inner.last_ts = ts;
         inner.bytes_since_index = since_index;
         if !new_points.is_empty() {
-            segment.index.write().expect("index lock").extend(new_points);
+            segment
+                .index
+                .write()
+                .expect("index lock")
+                .extend(new_points);
         }
-        let sync_handle = inner.active.try_clone().map_err(|e| StoreError::io(&segment.path, e))?;
+        let sync_handle = inner
+            .active
+            .try_clone()
+            .map_err(|e| StoreError::io(&segment.path, e))?;
         self.unsynced.store(true, Ordering::Release);
         Ok((
             pending,
-            WrittenGroup { segment, end_offset: inner.active_len, last_lsn: lsn - 1, last_ts: ts, sync_handle },
+            WrittenGroup {
+                segment,
+                end_offset: inner.active_len,
+                last_lsn: lsn - 1,
+                last_ts: ts,
+                sync_handle,
+            },
         ))
     }
 
@@ -323,7 +367,8 @@ impl ShardLog {
             }
         }
         let seg = &group.segment;
-        seg.committed_len.fetch_max(group.end_offset, Ordering::AcqRel);
+        seg.committed_len
+            .fetch_max(group.end_offset, Ordering::AcqRel);
         seg.last_lsn.fetch_max(group.last_lsn, Ordering::AcqRel);
         seg.last_ts.fetch_max(group.last_ts, Ordering::AcqRel);
         self.visible.send_modify(|v| *v = (*v).max(group.last_lsn));
@@ -338,7 +383,13 @@ impl ShardLog {
         let (handle, path) = {
             let inner = self.lock();
             let seg = inner.segments.last().expect("active segment");
-            (inner.active.try_clone().map_err(|e| StoreError::io(&seg.path, e))?, seg.path.clone())
+            (
+                inner
+                    .active
+                    .try_clone()
+                    .map_err(|e| StoreError::io(&seg.path, e))?,
+                seg.path.clone(),
+            )
         };
         handle.sync_data().map_err(|e| {
             self.lock().poisoned = Some(format!("fsync failed: {e}"));
@@ -349,10 +400,16 @@ impl ShardLog {
     /// Seals the active segment and starts a new one at the next LSN.
     fn roll(&self, inner: &mut Inner) -> Result<(), StoreError> {
         let old = inner.segments.last().expect("active segment").clone();
-        inner.active.sync_data().map_err(|e| StoreError::io(&old.path, e))?;
+        inner
+            .active
+            .sync_data()
+            .map_err(|e| StoreError::io(&old.path, e))?;
         let base = inner.next_lsn;
         let (file, path) = create_segment_file(&self.dir, base)?;
-        let active = OpenOptions::new().append(true).open(&path).map_err(|e| StoreError::io(&path, e))?;
+        let active = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| StoreError::io(&path, e))?;
         inner.segments.push(Arc::new(Segment {
             base,
             path,
@@ -370,7 +427,12 @@ impl ShardLog {
 
     /// Reads up to `max_batches` visible batches starting at `from` (clamped to the first
     /// untrimmed LSN). Blocking IO: call from a blocking thread.
-    pub fn read(&self, from: u64, max_batches: usize, max_bytes: usize) -> Result<Vec<StoredBatch>, StoreError> {
+    pub fn read(
+        &self,
+        from: u64,
+        max_batches: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredBatch>, StoreError> {
         let visible = self.visible_lsn();
         let (segments, start) = {
             let inner = self.lock();
@@ -380,7 +442,8 @@ impl ShardLog {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for seg in &segments {
-            if from > visible || out.len() >= max_batches || (bytes >= max_bytes && !out.is_empty()) {
+            if from > visible || out.len() >= max_batches || (bytes >= max_bytes && !out.is_empty())
+            {
                 break;
             }
             if seg.last_lsn() < from {
@@ -388,8 +451,15 @@ impl ShardLog {
             }
             let end = seg.committed_len.load(Ordering::Acquire);
             let offset = seg.seek_lsn(from);
-            let got = segment::read_range(&seg.file, offset, end, from, max_batches - out.len(), max_bytes - bytes.min(max_bytes))
-                .map_err(|e| StoreError::io(&seg.path, e))?;
+            let got = segment::read_range(
+                &seg.file,
+                offset,
+                end,
+                from,
+                max_batches - out.len(),
+                max_bytes - bytes.min(max_bytes),
+            )
+            .map_err(|e| StoreError::io(&seg.path, e))?;
             for b in got {
                 if b.lsn > visible {
                     break;
@@ -415,8 +485,10 @@ impl ShardLog {
             }
             let end = seg.committed_len.load(Ordering::Acquire);
             let offset = seg.seek_timestamp(ts);
-            let found = segment::find_entry(&seg.file, offset, end, |h| h.timestamp_ms >= ts && h.lsn >= start)
-                .map_err(|e| StoreError::io(&seg.path, e))?;
+            let found = segment::find_entry(&seg.file, offset, end, |h| {
+                h.timestamp_ms >= ts && h.lsn >= start
+            })
+            .map_err(|e| StoreError::io(&seg.path, e))?;
             if let Some((_, head)) = found {
                 return Ok(head.lsn.min(visible + 1));
             }
@@ -478,7 +550,8 @@ fn create_segment_file(dir: &Path, base: u64) -> Result<(File, PathBuf), StoreEr
         .create_new(true)
         .open(&path)
         .map_err(|e| StoreError::io(&path, e))?;
-    file.write_all(&segment::file_header(base)).map_err(|e| StoreError::io(&path, e))?;
+    file.write_all(&segment::file_header(base))
+        .map_err(|e| StoreError::io(&path, e))?;
     file.sync_all().map_err(|e| StoreError::io(&path, e))?;
     sync_dir(dir).map_err(|e| StoreError::io(dir, e))?;
     Ok((file, path))
@@ -493,10 +566,16 @@ fn read_trim_point(dir: &Path) -> Result<u64, StoreError> {
             if crc32c::crc32c(&b[..8]) == crc {
                 Ok(v)
             } else {
-                Err(StoreError::Corrupt(format!("{} fails its checksum", path.display())))
+                Err(StoreError::Corrupt(format!(
+                    "{} fails its checksum",
+                    path.display()
+                )))
             }
         }
-        Ok(_) => Err(StoreError::Corrupt(format!("{} has a bad length", path.display()))),
+        Ok(_) => Err(StoreError::Corrupt(format!(
+            "{} has a bad length",
+            path.display()
+        ))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
         Err(e) => Err(StoreError::io(&path, e)),
     }

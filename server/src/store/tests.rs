@@ -4,24 +4,37 @@ use super::*;
 use std::io::Write;
 
 fn opts(segment_bytes: u64) -> StoreOptions {
-    StoreOptions { segment_bytes, index_interval_bytes: 256, ..StoreOptions::default() }
+    StoreOptions {
+        segment_bytes,
+        index_interval_bytes: 256,
+        ..StoreOptions::default()
+    }
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 async fn append_n(store: &LogStore, shard: &Arc<ShardLog>, n: usize, tag: &str) -> Vec<u64> {
     let mut lsns = Vec::new();
     for i in 0..n {
-        let a = store.append(shard, Bytes::from(format!("{tag}-{i}")), 1, 0).await.unwrap();
+        let a = store
+            .append(shard, Bytes::from(format!("{tag}-{i}")), 1, 0)
+            .await
+            .unwrap();
         lsns.push(a.lsn);
     }
     lsns
 }
 
 fn payloads(batches: &[StoredBatch]) -> Vec<String> {
-    batches.iter().map(|b| String::from_utf8(b.payload.to_vec()).unwrap()).collect()
+    batches
+        .iter()
+        .map(|b| String::from_utf8(b.payload.to_vec()).unwrap())
+        .collect()
 }
 
 #[test]
@@ -70,13 +83,19 @@ fn torn_tail_is_cut_and_lsn_reused_only_for_unacked_bytes() {
     // Simulate a crash mid-write: half an entry, then junk.
     let mut buf = Vec::new();
     segment::encode_entry(&mut buf, 11, 0, 1, 0, b"never acked");
-    let mut f = std::fs::OpenOptions::new().append(true).open(&seg_path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&seg_path)
+        .unwrap();
     f.write_all(&buf[..buf.len() / 2]).unwrap();
     drop(f);
     let before = std::fs::metadata(&seg_path).unwrap().len();
     let store = LogStore::open(dir.path(), opts(1 << 20)).unwrap();
     let shard = store.shard(1).unwrap();
-    assert!(std::fs::metadata(&seg_path).unwrap().len() < before, "tail truncated");
+    assert!(
+        std::fs::metadata(&seg_path).unwrap().len() < before,
+        "tail truncated"
+    );
     assert_eq!(shard.visible_lsn(), 10);
     let got = shard.read(1, usize::MAX, usize::MAX).unwrap();
     assert_eq!(payloads(&got).last().unwrap(), "x-9");
@@ -136,10 +155,16 @@ fn timestamp_seek_finds_first_batch_at_or_after() {
     let shard = store.create_shard(4).unwrap();
     rt.block_on(append_n(&store, &shard, 20, "p"));
     let all = shard.read(1, usize::MAX, usize::MAX).unwrap();
-    assert!(all.windows(2).all(|w| w[0].timestamp_ms <= w[1].timestamp_ms));
+    assert!(
+        all.windows(2)
+            .all(|w| w[0].timestamp_ms <= w[1].timestamp_ms)
+    );
     for b in &all {
         let lsn = shard.lsn_at_or_after(b.timestamp_ms).unwrap();
-        let first = all.iter().find(|x| x.timestamp_ms >= b.timestamp_ms).unwrap();
+        let first = all
+            .iter()
+            .find(|x| x.timestamp_ms >= b.timestamp_ms)
+            .unwrap();
         assert_eq!(lsn, first.lsn);
     }
     assert_eq!(shard.lsn_at_or_after(i64::MAX).unwrap(), 21);
@@ -150,7 +175,11 @@ fn timestamp_seek_finds_first_batch_at_or_after() {
 #[test]
 fn concurrent_appends_to_many_shards_all_land() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let store = LogStore::open(dir.path(), opts(4096)).unwrap();
     let shards: Vec<_> = (0..4).map(|i| store.create_shard(i).unwrap()).collect();
     rt.block_on(async {
@@ -160,7 +189,10 @@ fn concurrent_appends_to_many_shards_all_land() {
             let shard = shards[(t % 4) as usize].clone();
             tasks.push(tokio::spawn(async move {
                 for i in 0..100 {
-                    store.append(&shard, Bytes::from(format!("{t}:{i}")), 1, 0).await.unwrap();
+                    store
+                        .append(&shard, Bytes::from(format!("{t}:{i}")), 1, 0)
+                        .await
+                        .unwrap();
                 }
             }));
         }
@@ -190,7 +222,9 @@ fn deleted_shard_rejects_appends() {
     let store = LogStore::open(dir.path(), opts(1 << 20)).unwrap();
     let shard = store.create_shard(5).unwrap();
     store.delete_shard(5).unwrap();
-    let err = rt.block_on(store.append(&shard, Bytes::from_static(b"x"), 1, 0)).unwrap_err();
+    let err = rt
+        .block_on(store.append(&shard, Bytes::from_static(b"x"), 1, 0))
+        .unwrap_err();
     assert!(matches!(err, StoreError::ShardDeleted(5)));
     assert!(!shard.dir().exists());
     store.shutdown();

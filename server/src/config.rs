@@ -1,0 +1,271 @@
+//! Server settings: command-line flags over an `hstream.yaml` file over defaults.
+//!
+//! Every flag (except `--config` itself) has a key of the same name in the file's `hserver`
+//! section, e.g. `--data-dir` and `hserver.data-dir`; a test holds the two sets equal.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{FsyncPolicy, StoreOptions};
+
+#[derive(Debug, Clone, Default, Parser, Serialize, Deserialize)]
+#[command(
+    name = "hstream-server",
+    version,
+    about = "Stream server speaking HStreamDB's HStreamApi"
+)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Flags {
+    /// Path of an hstream.yaml; its `hserver` section takes the same keys as these flags.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// This node's id in the cluster [default: 1]
+    #[arg(long)]
+    pub server_id: Option<u32>,
+    /// Address the gRPC listener binds [default: 0.0.0.0]
+    #[arg(long)]
+    pub bind_address: Option<String>,
+    /// gRPC port (HStreamApi); 0 picks a free one [default: 6570]
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Port of the REST API [default: 6580]
+    #[arg(long)]
+    pub http_port: Option<u16>,
+    /// Host clients are told to connect to (DescribeCluster, lookups) [default: 127.0.0.1]
+    #[arg(long)]
+    pub advertised_address: Option<String>,
+    /// Directory for the log store and the embedded metastore [default: ./hstream-data]
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// MetaStore location: sqlite://<path> [default: sqlite://<data-dir>/meta.db]
+    #[arg(long)]
+    pub metastore_uri: Option<String>,
+    /// Largest accepted encoded BatchedRecord, in bytes [default: 1048576]
+    #[arg(long)]
+    pub max_record_size: Option<usize>,
+    /// Log filter, e.g. info or hstream_server=debug [default: info]
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// When appends are fsynced: always (before the ack), interval, never [default: always]
+    #[arg(long, value_enum)]
+    pub fsync: Option<FsyncPolicy>,
+    /// Fsync period under `--fsync interval`, in ms [default: 100]
+    #[arg(long)]
+    pub fsync_interval_ms: Option<u64>,
+    /// Size at which a shard's segment file is sealed and a new one begun [default: 268435456]
+    #[arg(long)]
+    pub segment_bytes: Option<u64>,
+    /// Group-commit writer threads [default: 2]
+    #[arg(long)]
+    pub writer_threads: Option<usize>,
+    /// How often stream retention (backlogDuration) is applied, in ms [default: 1000]
+    #[arg(long)]
+    pub retention_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ConfigFile {
+    hserver: Option<Flags>,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub server_id: u32,
+    pub bind_address: String,
+    pub port: u16,
+    pub http_port: u16,
+    pub advertised_address: String,
+    pub data_dir: PathBuf,
+    pub metastore_uri: String,
+    pub max_record_size: usize,
+    pub log_level: String,
+    pub store: StoreOptions,
+    pub retention_interval: Duration,
+}
+
+impl Settings {
+    /// Reads the config file named by `--config` (if any) and lays the flags over it.
+    pub fn resolve(flags: Flags) -> anyhow::Result<Settings> {
+        let file = match &flags.config {
+            Some(path) => read_file(path)?,
+            None => Flags::default(),
+        };
+        let data_dir = flags
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("hstream-data"));
+        let metastore_uri = flags
+            .metastore_uri
+            .or(file.metastore_uri)
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("meta.db").display()));
+        let defaults = StoreOptions::default();
+        let store = StoreOptions {
+            segment_bytes: flags
+                .segment_bytes
+                .or(file.segment_bytes)
+                .unwrap_or(defaults.segment_bytes),
+            fsync: flags.fsync.or(file.fsync).unwrap_or(defaults.fsync),
+            fsync_interval: flags
+                .fsync_interval_ms
+                .or(file.fsync_interval_ms)
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.fsync_interval),
+            writer_threads: flags
+                .writer_threads
+                .or(file.writer_threads)
+                .unwrap_or(defaults.writer_threads),
+            ..defaults
+        };
+        let settings = Settings {
+            server_id: flags.server_id.or(file.server_id).unwrap_or(1),
+            bind_address: flags
+                .bind_address
+                .or(file.bind_address)
+                .unwrap_or_else(|| "0.0.0.0".into()),
+            port: flags.port.or(file.port).unwrap_or(6570),
+            http_port: flags.http_port.or(file.http_port).unwrap_or(6580),
+            advertised_address: flags
+                .advertised_address
+                .or(file.advertised_address)
+                .unwrap_or_else(|| "127.0.0.1".into()),
+            data_dir,
+            metastore_uri,
+            max_record_size: flags
+                .max_record_size
+                .or(file.max_record_size)
+                .unwrap_or(1 << 20),
+            log_level: flags
+                .log_level
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into()),
+            store,
+            retention_interval: Duration::from_millis(
+                flags
+                    .retention_interval_ms
+                    .or(file.retention_interval_ms)
+                    .unwrap_or(1000),
+            ),
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.max_record_size >= 1024,
+            "max-record-size must be at least 1024 bytes"
+        );
+        anyhow::ensure!(
+            self.store.segment_bytes >= 4096,
+            "segment-bytes must be at least 4096"
+        );
+        anyhow::ensure!(
+            self.store.writer_threads >= 1,
+            "writer-threads must be at least 1"
+        );
+        anyhow::ensure!(
+            !self.store.fsync_interval.is_zero(),
+            "fsync-interval-ms must be positive"
+        );
+        anyhow::ensure!(
+            !self.retention_interval.is_zero(),
+            "retention-interval-ms must be positive"
+        );
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<Flags> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    let file: ConfigFile = serde_norway::from_str(&text)
+        .with_context(|| format!("config file {} is invalid", path.display()))?;
+    Ok(file.hserver.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use std::collections::BTreeSet;
+
+    fn full() -> Flags {
+        Flags {
+            config: None,
+            server_id: Some(3),
+            bind_address: Some("127.0.0.2".into()),
+            port: Some(7000),
+            http_port: Some(7001),
+            advertised_address: Some("h1".into()),
+            data_dir: Some("/d".into()),
+            metastore_uri: Some("sqlite:///m.db".into()),
+            max_record_size: Some(2048),
+            log_level: Some("debug".into()),
+            fsync: Some(FsyncPolicy::Interval),
+            fsync_interval_ms: Some(5),
+            segment_bytes: Some(8192),
+            writer_threads: Some(3),
+            retention_interval_ms: Some(50),
+        }
+    }
+
+    #[test]
+    fn every_flag_has_a_config_key() {
+        let keys: BTreeSet<String> = match serde_norway::to_value(full()).unwrap() {
+            serde_norway::Value::Mapping(m) => {
+                m.keys().map(|k| k.as_str().unwrap().to_owned()).collect()
+            }
+            _ => unreachable!(),
+        };
+        let flags: BTreeSet<String> = Flags::command()
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_owned))
+            .filter(|l| l != "config")
+            .collect();
+        assert_eq!(keys, flags);
+    }
+
+    #[test]
+    fn file_values_apply_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hstream.yaml");
+        std::fs::write(&path, "hserver:\n  port: 7100\n  data-dir: /from-file\n  fsync: never\nhstore:\n  log-level: x\n").unwrap();
+        let s = Settings::resolve(Flags::parse_from([
+            "hstream-server",
+            "--config",
+            path.to_str().unwrap(),
+            "--port",
+            "7200",
+        ]))
+        .unwrap();
+        assert_eq!(s.port, 7200);
+        assert_eq!(s.data_dir, PathBuf::from("/from-file"));
+        assert_eq!(s.store.fsync, FsyncPolicy::Never);
+        assert_eq!(s.metastore_uri, "sqlite:///from-file/meta.db");
+        let all = Settings::resolve(Flags {
+            config: None,
+            ..full()
+        })
+        .unwrap();
+        assert_eq!(all.store.writer_threads, 3);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hstream.yaml");
+        std::fs::write(&path, "hserver:\n  prot: 1\n").unwrap();
+        let err = Settings::resolve(Flags {
+            config: Some(path),
+            ..Flags::default()
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("prot"), "{err:#}");
+    }
+}

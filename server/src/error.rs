@@ -1,0 +1,177 @@
+//! Every failure a client can see, mapped once to a gRPC status whose message is HStreamDB's JSON
+//! error object `{"error": <ErrorCode>, "extra": <json>, "message": <text>}`.
+
+use hstream_proto::ErrorCode;
+use serde_json::json;
+use tonic::Code;
+
+use crate::meta::MetaError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("stream {0:?} not found")]
+    StreamNotFound(String),
+    #[error("stream {0:?} already exists")]
+    StreamExists(String),
+    #[error("stream {0:?} still has subscriptions; delete them or pass force")]
+    StreamHasSubscriptions(String),
+    #[error("replicationFactor must be at least 1")]
+    InvalidReplicationFactor,
+    #[error("invalid {kind} name {name:?}: {reason}")]
+    InvalidName {
+        kind: &'static str,
+        code: ErrorCode,
+        name: String,
+        reason: &'static str,
+    },
+    #[error("shardCount must be between 1 and {max}, got {got}")]
+    InvalidShardCount { got: u32, max: u32 },
+    #[error("batched record is empty: {0}")]
+    EmptyBatch(&'static str),
+    #[error("batched record is {size} bytes, over the {max}-byte limit (max-record-size)")]
+    RecordTooLarge { size: usize, max: usize },
+    #[error("batched record is malformed: {0}")]
+    MalformedBatch(String),
+    #[error("invalid offset: {0}")]
+    InvalidOffset(String),
+    #[error("invalid record id {0:?}: expected \"<shardId>-<batchId>-<batchIndex>\"")]
+    InvalidRecordId(String),
+    #[error("shard {shard} does not exist in stream {stream:?}")]
+    ShardNotInStream { shard: u64, stream: String },
+    #[error("shard {0} does not exist")]
+    ShardNotFound(u64),
+    #[error("shard reader {0:?} already exists")]
+    ReaderExists(String),
+    #[error("shard reader {0:?} not found")]
+    ReaderNotFound(String),
+    #[error("offset conflicts with the shard read: {0}")]
+    ConflictOffset(String),
+    #[error("stream {0:?} has more than one shard")]
+    TooManyShards(String),
+    #[error("{0} is not implemented by this server yet")]
+    Unimplemented(&'static str),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    fn parts(&self) -> (Code, ErrorCode, serde_json::Value) {
+        use ApiError::*;
+        match self {
+            StreamNotFound(n) => (Code::NotFound, ErrorCode::StreamNotFound, json!(n)),
+            StreamExists(n) => (Code::AlreadyExists, ErrorCode::StreamExists, json!(n)),
+            StreamHasSubscriptions(n) => (
+                Code::FailedPrecondition,
+                ErrorCode::StreamFoundSubscription,
+                json!(n),
+            ),
+            InvalidReplicationFactor => (
+                Code::InvalidArgument,
+                ErrorCode::StreamInvalidReplicaFactor,
+                json!(null),
+            ),
+            InvalidName { code, name, .. } => (Code::InvalidArgument, *code, json!(name)),
+            InvalidShardCount { got, .. } => (
+                Code::InvalidArgument,
+                ErrorCode::StreamInvalidShardCount,
+                json!(got),
+            ),
+            EmptyBatch(_) => (
+                Code::InvalidArgument,
+                ErrorCode::StreamEmptyBatchedRecord,
+                json!(null),
+            ),
+            RecordTooLarge { size, .. } => (
+                Code::InvalidArgument,
+                ErrorCode::StreamInvalidRecordSize,
+                json!(size),
+            ),
+            MalformedBatch(_) => (Code::InvalidArgument, ErrorCode::InternalError, json!(null)),
+            InvalidOffset(_) => (
+                Code::InvalidArgument,
+                ErrorCode::StreamInvalidOffset,
+                json!(null),
+            ),
+            InvalidRecordId(s) => (
+                Code::InvalidArgument,
+                ErrorCode::StreamInvalidRecordId,
+                json!(s),
+            ),
+            ShardNotInStream { shard, .. } => (
+                Code::NotFound,
+                ErrorCode::StreamShardNotExists,
+                json!(shard),
+            ),
+            ShardNotFound(s) => (Code::NotFound, ErrorCode::StreamShardNotExists, json!(s)),
+            ReaderExists(r) => (Code::AlreadyExists, ErrorCode::InternalError, json!(r)),
+            ReaderNotFound(r) => (Code::NotFound, ErrorCode::InternalError, json!(r)),
+            ConflictOffset(_) => (
+                Code::InvalidArgument,
+                ErrorCode::ShardReaderConflictOffset,
+                json!(null),
+            ),
+            TooManyShards(s) => (
+                Code::InvalidArgument,
+                ErrorCode::ShardReaderTooManyShards,
+                json!(s),
+            ),
+            Unimplemented(_) => (Code::Unimplemented, ErrorCode::InternalError, json!(null)),
+            ShuttingDown => (Code::Unavailable, ErrorCode::InternalError, json!(null)),
+            Store(e) => {
+                let code = match e {
+                    StoreError::ShardDeleted(_) => Code::NotFound,
+                    StoreError::ShuttingDown | StoreError::Poisoned(_) => Code::Unavailable,
+                    StoreError::Corrupt(_) => Code::DataLoss,
+                    StoreError::Io { source, .. }
+                        if source.kind() == std::io::ErrorKind::InvalidData =>
+                    {
+                        Code::DataLoss
+                    }
+                    _ => Code::Internal,
+                };
+                (code, ErrorCode::InternalError, json!(null))
+            }
+            Meta(e) => {
+                let code = match e {
+                    MetaError::AlreadyExists { .. } => Code::AlreadyExists,
+                    MetaError::NotFound { .. } => Code::NotFound,
+                    _ => Code::Internal,
+                };
+                (code, ErrorCode::InternalError, json!(null))
+            }
+        }
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        let (code, error, extra) = e.parts();
+        if matches!(code, Code::Internal | Code::DataLoss) {
+            tracing::error!(error = %e, "request failed");
+        }
+        let body = json!({ "error": error as i32, "message": e.to_string(), "extra": extra });
+        tonic::Status::new(code, body.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_message_is_hstream_json() {
+        let s: tonic::Status = ApiError::StreamNotFound("s1".into()).into();
+        assert_eq!(s.code(), Code::NotFound);
+        let v: serde_json::Value = serde_json::from_str(s.message()).unwrap();
+        assert_eq!(v["error"], 200);
+        assert_eq!(v["extra"], "s1");
+        assert_eq!(v["message"], "stream \"s1\" not found");
+    }
+}

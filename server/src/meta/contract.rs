@@ -1,0 +1,421 @@
+//! The contract every [`MetaStore`] implementation must pass. Run [`run`] against a fresh,
+//! empty store from the implementation's tests; [`seed_durable`] then [`check_durable`] across a
+//! reopen proves writes outlive the process.
+//!
+//! Panics with a message naming the broken rule; it is test support, compiled always so that
+//! implementations in other crates can call it.
+
+use super::*;
+
+fn stream(name: &str, shards: u32) -> StreamMeta {
+    StreamMeta {
+        name: name.into(),
+        replication_factor: 1,
+        backlog_secs: 60,
+        shard_count: shards,
+        created_ms: 1_700_000_000_000,
+        archived: false,
+    }
+}
+
+fn shard(id: u64, stream: &str, start: u128, end: u128) -> ShardMeta {
+    ShardMeta {
+        id,
+        stream: stream.into(),
+        start_key: start,
+        end_key: end,
+        epoch: 2,
+    }
+}
+
+fn sub(id: &str, stream: &str) -> SubscriptionMeta {
+    SubscriptionMeta {
+        id: id.into(),
+        stream: stream.into(),
+        ack_timeout_secs: 60,
+        max_unacked: 100,
+        offset: StartOffset::Earliest,
+        created_ms: 1,
+    }
+}
+
+pub async fn run(store: &dyn MetaStore) {
+    streams_and_shards(store).await;
+    subscriptions_and_progress(store).await;
+    readers(store).await;
+    connectors_checkpoints_kv(store).await;
+    nodes(store).await;
+}
+
+async fn streams_and_shards(store: &dyn MetaStore) {
+    let a = store.allocate_shard_ids(2).await.unwrap();
+    let b = store.allocate_shard_ids(3).await.unwrap();
+    assert!(b >= a + 2, "shard id ranges must not overlap: {a} then {b}");
+
+    let shards = vec![
+        shard(a, "s1", 0, u128::MAX / 2),
+        shard(a + 1, "s1", u128::MAX / 2 + 1, u128::MAX),
+    ];
+    store
+        .create_stream(&stream("s1", 2), &shards)
+        .await
+        .unwrap();
+    store
+        .create_stream(&stream("s2", 1), &[shard(b, "s2", 0, u128::MAX)])
+        .await
+        .unwrap();
+    store
+        .create_stream(&stream("t_1", 1), &[shard(b + 1, "t_1", 0, u128::MAX)])
+        .await
+        .unwrap();
+
+    let dup = store
+        .create_stream(&stream("s1", 1), &[shard(b + 2, "s1", 0, 1)])
+        .await;
+    assert!(
+        matches!(dup, Err(MetaError::AlreadyExists { .. })),
+        "duplicate stream must fail: {dup:?}"
+    );
+    assert!(
+        store.get_shard(b + 2).await.unwrap().is_none(),
+        "a failed create must not leave shards behind"
+    );
+    let clash = store
+        .create_stream(&stream("s9", 1), &[shard(a, "s9", 0, 1)])
+        .await;
+    assert!(clash.is_err(), "a shard id in use must not be reused");
+    assert!(
+        store.get_stream("s9").await.unwrap().is_none(),
+        "a failed create must not leave a stream behind"
+    );
+
+    assert_eq!(store.get_stream("s1").await.unwrap(), Some(stream("s1", 2)));
+    assert_eq!(
+        store.list_shards("s1").await.unwrap(),
+        shards,
+        "shards keep exact u128 bounds, ordered by id"
+    );
+    assert_eq!(
+        store.get_shard(a + 1).await.unwrap(),
+        Some(shards[1].clone())
+    );
+    let names: Vec<_> = store
+        .list_streams("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["s1", "s2", "t_1"]);
+    let names: Vec<_> = store
+        .list_streams("s")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["s1", "s2"]);
+    // LIKE wildcards in a prefix are literal.
+    let names: Vec<_> = store
+        .list_streams("t_")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["t_1"]);
+    assert!(store.list_streams("_").await.unwrap().is_empty());
+
+    let removed = store.delete_stream("s2").await.unwrap();
+    assert_eq!(removed.len(), 1);
+    assert!(store.get_stream("s2").await.unwrap().is_none());
+    assert!(store.get_shard(b).await.unwrap().is_none());
+    assert!(matches!(
+        store.delete_stream("s2").await,
+        Err(MetaError::NotFound { .. })
+    ));
+
+    // Archiving hides the stream but keeps its shards reachable under the archived name.
+    store
+        .create_subscription(&sub("arch_sub", "t_1"))
+        .await
+        .unwrap();
+    store
+        .archive_stream("t_1", "__deleted__t_1_1")
+        .await
+        .unwrap();
+    assert!(store.get_stream("t_1").await.unwrap().is_none());
+    assert!(
+        store
+            .list_streams("")
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| s.name != "__deleted__t_1_1")
+    );
+    assert_eq!(
+        store.list_shards("__deleted__t_1_1").await.unwrap().len(),
+        1
+    );
+    let archived = store.list_archived_streams().await.unwrap();
+    assert_eq!(archived.len(), 1);
+    assert!(archived[0].archived && archived[0].name == "__deleted__t_1_1");
+    assert_eq!(
+        store
+            .get_subscription("arch_sub")
+            .await
+            .unwrap()
+            .unwrap()
+            .stream,
+        "__deleted__t_1_1"
+    );
+    // The live name is free again.
+    store
+        .create_stream(&stream("t_1", 1), &[shard(b + 2, "t_1", 0, u128::MAX)])
+        .await
+        .unwrap();
+    let all = store.all_shard_ids().await.unwrap();
+    for id in [a, a + 1, b + 1, b + 2] {
+        assert!(
+            all.contains(&id),
+            "all_shard_ids must include archived and live shards"
+        );
+    }
+    store.delete_subscription("arch_sub").await.unwrap();
+    // An archived stream is deleted by its stored name once nothing reads it.
+    assert_eq!(
+        store.delete_stream("__deleted__t_1_1").await.unwrap().len(),
+        1
+    );
+    assert!(store.list_archived_streams().await.unwrap().is_empty());
+}
+
+async fn subscriptions_and_progress(store: &dyn MetaStore) {
+    store
+        .create_subscription(&sub("sub_a", "s1"))
+        .await
+        .unwrap();
+    let mut latest = sub("sub_b", "s1");
+    latest.offset = StartOffset::Latest;
+    store.create_subscription(&latest).await.unwrap();
+    assert!(matches!(
+        store.create_subscription(&sub("sub_a", "other")).await,
+        Err(MetaError::AlreadyExists { .. })
+    ));
+    assert_eq!(
+        store.get_subscription("sub_a").await.unwrap(),
+        Some(sub("sub_a", "s1"))
+    );
+    assert_eq!(
+        store
+            .get_subscription("sub_b")
+            .await
+            .unwrap()
+            .unwrap()
+            .offset,
+        StartOffset::Latest
+    );
+    assert_eq!(store.list_subscriptions("sub_").await.unwrap().len(), 2);
+    assert_eq!(store.subscriptions_of_stream("s1").await.unwrap().len(), 2);
+
+    store
+        .commit_progress(
+            "sub_a",
+            &[
+                ShardProgress {
+                    shard_id: 1,
+                    next_lsn: 10,
+                },
+                ShardProgress {
+                    shard_id: 2,
+                    next_lsn: 5,
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    store
+        .commit_progress(
+            "sub_a",
+            &[ShardProgress {
+                shard_id: 1,
+                next_lsn: 7,
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_progress("sub_a").await.unwrap(),
+        vec![
+            ShardProgress {
+                shard_id: 1,
+                next_lsn: 10
+            },
+            ShardProgress {
+                shard_id: 2,
+                next_lsn: 5
+            }
+        ],
+        "progress never moves back"
+    );
+    assert!(store.delete_subscription("sub_a").await.unwrap());
+    assert!(!store.delete_subscription("sub_a").await.unwrap());
+    assert!(
+        store.get_progress("sub_a").await.unwrap().is_empty(),
+        "progress goes with its subscription"
+    );
+    assert!(store.delete_subscription("sub_b").await.unwrap());
+}
+
+async fn readers(store: &dyn MetaStore) {
+    let r = ReaderMeta {
+        id: "r1".into(),
+        stream: "s1".into(),
+        shard_id: 1,
+        start_lsn: 42,
+        timeout_ms: 100,
+        offset_spec: vec![1, 2, 3],
+    };
+    store.create_reader(&r).await.unwrap();
+    assert!(matches!(
+        store.create_reader(&r).await,
+        Err(MetaError::AlreadyExists { .. })
+    ));
+    assert_eq!(store.get_reader("r1").await.unwrap(), Some(r.clone()));
+    assert_eq!(store.list_readers().await.unwrap(), vec![r]);
+    assert!(store.delete_reader("r1").await.unwrap());
+    assert!(!store.delete_reader("r1").await.unwrap());
+}
+
+async fn connectors_checkpoints_kv(store: &dyn MetaStore) {
+    let mut c = ConnectorMeta {
+        name: "pg1".into(),
+        kind: "SOURCE".into(),
+        target: "postgresql".into(),
+        config: r#"{"host":"x"}"#.into(),
+        status: "RUNNING".into(),
+        created_ms: 5,
+        node: 1,
+    };
+    store.create_connector(&c).await.unwrap();
+    assert!(matches!(
+        store.create_connector(&c).await,
+        Err(MetaError::AlreadyExists { .. })
+    ));
+    c.status = "PAUSED".into();
+    store.update_connector(&c).await.unwrap();
+    assert_eq!(store.get_connector("pg1").await.unwrap(), Some(c.clone()));
+    assert_eq!(store.list_connectors().await.unwrap(), vec![c.clone()]);
+    let mut ghost = c.clone();
+    ghost.name = "nope".into();
+    assert!(matches!(
+        store.update_connector(&ghost).await,
+        Err(MetaError::NotFound { .. })
+    ));
+
+    let cp = Checkpoint {
+        owner: "pg1".into(),
+        version: 1,
+        data: b"lsn=0/16B3748".to_vec(),
+    };
+    store.put_checkpoint(&cp).await.unwrap();
+    let cp2 = Checkpoint {
+        version: 2,
+        data: b"lsn=0/16B4000".to_vec(),
+        ..cp.clone()
+    };
+    store.put_checkpoint(&cp2).await.unwrap();
+    assert_eq!(store.get_checkpoint("pg1").await.unwrap(), Some(cp2));
+    store.kv_set("pg1", "k", b"v1").await.unwrap();
+    store.kv_set("pg1", "k", b"v2").await.unwrap();
+    assert_eq!(
+        store.kv_get("pg1", "k").await.unwrap(),
+        Some(b"v2".to_vec())
+    );
+    assert_eq!(store.kv_get("pg1", "missing").await.unwrap(), None);
+
+    assert!(store.delete_connector("pg1").await.unwrap());
+    assert!(
+        store.get_checkpoint("pg1").await.unwrap().is_none(),
+        "checkpoints go with their connector"
+    );
+    assert!(
+        store.kv_get("pg1", "k").await.unwrap().is_none(),
+        "key-values go with their connector"
+    );
+    assert!(!store.delete_connector("pg1").await.unwrap());
+}
+
+async fn nodes(store: &dyn MetaStore) {
+    let mut n = NodeMeta {
+        id: 1,
+        host: "10.0.0.1".into(),
+        port: 6570,
+        state: "Running".into(),
+        updated_ms: 1,
+    };
+    store.upsert_node(&n).await.unwrap();
+    n.state = "Dead".into();
+    store.upsert_node(&n).await.unwrap();
+    assert_eq!(store.list_nodes().await.unwrap(), vec![n]);
+    assert!(store.remove_node(1).await.unwrap());
+    assert!(store.list_nodes().await.unwrap().is_empty());
+}
+
+/// Writes a little of everything; [`check_durable`] reads it back after a reopen.
+pub async fn seed_durable(store: &dyn MetaStore) {
+    let id = store.allocate_shard_ids(1).await.unwrap();
+    store
+        .create_stream(&stream("durable", 1), &[shard(id, "durable", 0, u128::MAX)])
+        .await
+        .unwrap();
+    store
+        .create_subscription(&sub("durable_sub", "durable"))
+        .await
+        .unwrap();
+    store
+        .commit_progress(
+            "durable_sub",
+            &[ShardProgress {
+                shard_id: id,
+                next_lsn: 99,
+            }],
+        )
+        .await
+        .unwrap();
+    store
+        .put_checkpoint(&Checkpoint {
+            owner: "durable_task".into(),
+            version: 3,
+            data: vec![9],
+        })
+        .await
+        .unwrap();
+}
+
+pub async fn check_durable(store: &dyn MetaStore) {
+    let s = store
+        .get_stream("durable")
+        .await
+        .unwrap()
+        .expect("stream survives reopen");
+    assert_eq!(s.shard_count, 1);
+    let shards = store.list_shards("durable").await.unwrap();
+    assert_eq!(shards.len(), 1);
+    assert_eq!(shards[0].end_key, u128::MAX);
+    let next = store.allocate_shard_ids(1).await.unwrap();
+    assert!(next > shards[0].id, "shard ids are not reused after reopen");
+    assert_eq!(
+        store.get_progress("durable_sub").await.unwrap()[0].next_lsn,
+        99
+    );
+    assert_eq!(
+        store
+            .get_checkpoint("durable_task")
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        3
+    );
+}

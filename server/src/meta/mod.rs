@@ -1,0 +1,175 @@
+//! The MetaStore: everything about the system that is not record data — streams and their
+//! shards, subscriptions and their committed progress, shard readers, connectors and their
+//! checkpoints, cluster members, and a small key-value space per owner.
+//!
+//! Guarantees every implementation gives (checked by [`contract::run`]):
+//! - each call is atomic: a stream is created with all of its shards or not at all, and deleting
+//!   it removes its shards in the same step;
+//! - creating something that exists fails with [`MetaError::AlreadyExists`], and never overwrites;
+//! - a successful write is durable when the call returns;
+//! - listings are ordered by name (or id) so callers see a stable order.
+
+pub mod contract;
+mod sqlite;
+
+pub use sqlite::SqliteMetaStore;
+
+use async_trait::async_trait;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists { kind: &'static str, name: String },
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("metastore value is invalid: {0}")]
+    Invalid(String),
+    #[error("metastore backend failed")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+pub type MetaResult<T> = Result<T, MetaError>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamMeta {
+    pub name: String,
+    pub replication_factor: u32,
+    /// Seconds records are kept; 0 keeps them until trimmed.
+    pub backlog_secs: u32,
+    pub shard_count: u32,
+    pub created_ms: i64,
+    /// Set when the stream was deleted with `force` while subscriptions still read it.
+    pub archived: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardMeta {
+    pub id: u64,
+    pub stream: String,
+    pub start_key: u128,
+    pub end_key: u128,
+    pub epoch: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartOffset {
+    Earliest,
+    Latest,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionMeta {
+    pub id: String,
+    pub stream: String,
+    pub ack_timeout_secs: i32,
+    pub max_unacked: i32,
+    pub offset: StartOffset,
+    pub created_ms: i64,
+}
+
+/// Committed progress of a subscription on one shard: every LSN below `next_lsn` is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardProgress {
+    pub shard_id: u64,
+    pub next_lsn: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReaderMeta {
+    pub id: String,
+    pub stream: String,
+    pub shard_id: u64,
+    /// First LSN the reader returns when (re)opened.
+    pub start_lsn: u64,
+    pub timeout_ms: u32,
+    /// The offset as the client sent it, encoded by the caller (echoed back on create).
+    pub offset_spec: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectorMeta {
+    pub name: String,
+    /// "SOURCE" or "SINK".
+    pub kind: String,
+    pub target: String,
+    /// JSON object text of the connector options.
+    pub config: String,
+    pub status: String,
+    pub created_ms: i64,
+    pub node: u32,
+}
+
+/// A typed, versioned position blob owned by a task (a connector, a subscription, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub owner: String,
+    pub version: u32,
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeMeta {
+    pub id: u32,
+    pub host: String,
+    pub port: u32,
+    pub state: String,
+    pub updated_ms: i64,
+}
+
+#[async_trait]
+pub trait MetaStore: Send + Sync {
+    // --- streams and shards
+    /// Hands out `count` fresh shard ids, never returned again.
+    async fn allocate_shard_ids(&self, count: u32) -> MetaResult<u64>;
+    async fn create_stream(&self, stream: &StreamMeta, shards: &[ShardMeta]) -> MetaResult<()>;
+    /// Live (not archived) stream by name.
+    async fn get_stream(&self, name: &str) -> MetaResult<Option<StreamMeta>>;
+    /// Live streams whose name starts with `prefix`.
+    async fn list_streams(&self, prefix: &str) -> MetaResult<Vec<StreamMeta>>;
+    /// Streams archived by a forced delete, still read by their subscriptions.
+    async fn list_archived_streams(&self) -> MetaResult<Vec<StreamMeta>>;
+    /// Removes a stream (live or archived) and its shards; returns the removed shards.
+    async fn delete_stream(&self, name: &str) -> MetaResult<Vec<ShardMeta>>;
+    /// Renames a stream out of the live namespace, keeping its shards for its subscriptions.
+    async fn archive_stream(&self, name: &str, archived_name: &str) -> MetaResult<()>;
+    async fn list_shards(&self, stream: &str) -> MetaResult<Vec<ShardMeta>>;
+    async fn get_shard(&self, id: u64) -> MetaResult<Option<ShardMeta>>;
+    async fn all_shard_ids(&self) -> MetaResult<Vec<u64>>;
+
+    // --- subscriptions
+    async fn create_subscription(&self, sub: &SubscriptionMeta) -> MetaResult<()>;
+    async fn get_subscription(&self, id: &str) -> MetaResult<Option<SubscriptionMeta>>;
+    async fn list_subscriptions(&self, prefix: &str) -> MetaResult<Vec<SubscriptionMeta>>;
+    async fn subscriptions_of_stream(&self, stream: &str) -> MetaResult<Vec<SubscriptionMeta>>;
+    /// Removes a subscription and its progress; false when it did not exist.
+    async fn delete_subscription(&self, id: &str) -> MetaResult<bool>;
+    /// Stores progress for several shards at once (all or nothing). Progress never moves back.
+    async fn commit_progress(&self, sub: &str, progress: &[ShardProgress]) -> MetaResult<()>;
+    async fn get_progress(&self, sub: &str) -> MetaResult<Vec<ShardProgress>>;
+
+    // --- shard readers
+    async fn create_reader(&self, reader: &ReaderMeta) -> MetaResult<()>;
+    async fn get_reader(&self, id: &str) -> MetaResult<Option<ReaderMeta>>;
+    async fn list_readers(&self) -> MetaResult<Vec<ReaderMeta>>;
+    async fn delete_reader(&self, id: &str) -> MetaResult<bool>;
+
+    // --- connectors and checkpoints
+    async fn create_connector(&self, c: &ConnectorMeta) -> MetaResult<()>;
+    async fn get_connector(&self, name: &str) -> MetaResult<Option<ConnectorMeta>>;
+    async fn list_connectors(&self) -> MetaResult<Vec<ConnectorMeta>>;
+    /// Replaces config and status of an existing connector.
+    async fn update_connector(&self, c: &ConnectorMeta) -> MetaResult<()>;
+    /// Removes a connector and the checkpoints and key-values it owns.
+    async fn delete_connector(&self, name: &str) -> MetaResult<bool>;
+    async fn put_checkpoint(&self, cp: &Checkpoint) -> MetaResult<()>;
+    async fn get_checkpoint(&self, owner: &str) -> MetaResult<Option<Checkpoint>>;
+    async fn kv_set(&self, owner: &str, key: &str, value: &[u8]) -> MetaResult<()>;
+    async fn kv_get(&self, owner: &str, key: &str) -> MetaResult<Option<Vec<u8>>>;
+
+    // --- cluster
+    async fn upsert_node(&self, node: &NodeMeta) -> MetaResult<()>;
+    async fn list_nodes(&self) -> MetaResult<Vec<NodeMeta>>;
+    async fn remove_node(&self, id: u32) -> MetaResult<bool>;
+
+    async fn close(&self);
+}

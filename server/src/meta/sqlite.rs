@@ -1,0 +1,716 @@
+//! Embedded SQLite MetaStore (the default): one file in the data directory, WAL journal,
+//! `synchronous=FULL` so a returned write survives power loss, one connection so every call is
+//! a serialized transaction.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Row, SqliteConnection};
+
+use super::*;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS streams (name TEXT PRIMARY KEY, replication_factor INTEGER NOT NULL,
+        backlog_secs INTEGER NOT NULL, shard_count INTEGER NOT NULL, created_ms INTEGER NOT NULL,
+        archived INTEGER NOT NULL DEFAULT 0)",
+    "CREATE TABLE IF NOT EXISTS shards (id INTEGER PRIMARY KEY, stream TEXT NOT NULL,
+        start_key TEXT NOT NULL, end_key TEXT NOT NULL, epoch INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS shards_by_stream ON shards(stream)",
+    "CREATE TABLE IF NOT EXISTS subscriptions (id TEXT PRIMARY KEY, stream TEXT NOT NULL,
+        ack_timeout_secs INTEGER NOT NULL, max_unacked INTEGER NOT NULL, start_offset INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS subscriptions_by_stream ON subscriptions(stream)",
+    "CREATE TABLE IF NOT EXISTS sub_progress (sub TEXT NOT NULL, shard_id INTEGER NOT NULL,
+        next_lsn INTEGER NOT NULL, PRIMARY KEY (sub, shard_id))",
+    "CREATE TABLE IF NOT EXISTS readers (id TEXT PRIMARY KEY, stream TEXT NOT NULL, shard_id INTEGER NOT NULL,
+        start_lsn INTEGER NOT NULL, timeout_ms INTEGER NOT NULL, offset_spec BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS connectors (name TEXT PRIMARY KEY, kind TEXT NOT NULL, target TEXT NOT NULL,
+        config TEXT NOT NULL, status TEXT NOT NULL, created_ms INTEGER NOT NULL, node INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS checkpoints (owner TEXT PRIMARY KEY, version INTEGER NOT NULL, data BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS kv (owner TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
+        PRIMARY KEY (owner, key))",
+    "CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, host TEXT NOT NULL, port INTEGER NOT NULL,
+        state TEXT NOT NULL, updated_ms INTEGER NOT NULL)",
+];
+
+pub struct SqliteMetaStore {
+    pool: SqlitePool,
+}
+
+fn backend(e: sqlx::Error) -> MetaError {
+    MetaError::Backend(Box::new(e))
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+fn like_prefix(prefix: &str) -> String {
+    let escaped = prefix
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("{escaped}%")
+}
+
+fn parse_key(s: &str) -> MetaResult<u128> {
+    s.parse()
+        .map_err(|_| MetaError::Invalid(format!("hash key {s:?} is not a decimal u128")))
+}
+
+impl SqliteMetaStore {
+    /// Opens (creating if missing) the database file at `path`.
+    pub async fn open(path: &Path) -> MetaResult<Self> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true);
+        Self::with_options(opts).await
+    }
+
+    /// A private in-memory database (tests).
+    pub async fn in_memory() -> MetaResult<Self> {
+        let opts = SqliteConnectOptions::from_str("sqlite::memory:").map_err(backend)?;
+        Self::with_options(opts).await
+    }
+
+    async fn with_options(opts: SqliteConnectOptions) -> MetaResult<Self> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(opts)
+            .await
+            .map_err(backend)?;
+        for stmt in SCHEMA {
+            sqlx::query(stmt).execute(&pool).await.map_err(backend)?;
+        }
+        Ok(SqliteMetaStore { pool })
+    }
+
+    async fn shards_where(conn: &mut SqliteConnection, stream: &str) -> MetaResult<Vec<ShardMeta>> {
+        let rows = sqlx::query(
+            "SELECT id, stream, start_key, end_key, epoch FROM shards WHERE stream = ? ORDER BY id",
+        )
+        .bind(stream)
+        .fetch_all(conn)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(shard_from_row).collect()
+    }
+}
+
+fn shard_from_row(r: &sqlx::sqlite::SqliteRow) -> MetaResult<ShardMeta> {
+    Ok(ShardMeta {
+        id: r.get::<i64, _>(0) as u64,
+        stream: r.get(1),
+        start_key: parse_key(r.get::<&str, _>(2))?,
+        end_key: parse_key(r.get::<&str, _>(3))?,
+        epoch: r.get::<i64, _>(4) as u64,
+    })
+}
+
+fn stream_from_row(r: &sqlx::sqlite::SqliteRow) -> StreamMeta {
+    StreamMeta {
+        name: r.get(0),
+        replication_factor: r.get::<i64, _>(1) as u32,
+        backlog_secs: r.get::<i64, _>(2) as u32,
+        shard_count: r.get::<i64, _>(3) as u32,
+        created_ms: r.get(4),
+        archived: r.get::<i64, _>(5) != 0,
+    }
+}
+
+fn sub_from_row(r: &sqlx::sqlite::SqliteRow) -> SubscriptionMeta {
+    SubscriptionMeta {
+        id: r.get(0),
+        stream: r.get(1),
+        ack_timeout_secs: r.get::<i64, _>(2) as i32,
+        max_unacked: r.get::<i64, _>(3) as i32,
+        offset: if r.get::<i64, _>(4) == 0 {
+            StartOffset::Earliest
+        } else {
+            StartOffset::Latest
+        },
+        created_ms: r.get(5),
+    }
+}
+
+fn reader_from_row(r: &sqlx::sqlite::SqliteRow) -> ReaderMeta {
+    ReaderMeta {
+        id: r.get(0),
+        stream: r.get(1),
+        shard_id: r.get::<i64, _>(2) as u64,
+        start_lsn: r.get::<i64, _>(3) as u64,
+        timeout_ms: r.get::<i64, _>(4) as u32,
+        offset_spec: r.get(5),
+    }
+}
+
+fn connector_from_row(r: &sqlx::sqlite::SqliteRow) -> ConnectorMeta {
+    ConnectorMeta {
+        name: r.get(0),
+        kind: r.get(1),
+        target: r.get(2),
+        config: r.get(3),
+        status: r.get(4),
+        created_ms: r.get(5),
+        node: r.get::<i64, _>(6) as u32,
+    }
+}
+
+const STREAM_COLS: &str =
+    "name, replication_factor, backlog_secs, shard_count, created_ms, archived";
+const SUB_COLS: &str = "id, stream, ack_timeout_secs, max_unacked, start_offset, created_ms";
+const READER_COLS: &str = "id, stream, shard_id, start_lsn, timeout_ms, offset_spec";
+const CONNECTOR_COLS: &str = "name, kind, target, config, status, created_ms, node";
+
+#[async_trait]
+impl MetaStore for SqliteMetaStore {
+    async fn allocate_shard_ids(&self, count: u32) -> MetaResult<u64> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let row = sqlx::query(
+            "INSERT INTO counters (name, value) VALUES ('shard_id', 1 + ?) \
+             ON CONFLICT(name) DO UPDATE SET value = value + ? RETURNING value",
+        )
+        .bind(count as i64)
+        .bind(count as i64)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        let next: i64 = row.get(0);
+        Ok(next as u64 - count as u64)
+    }
+
+    async fn create_stream(&self, stream: &StreamMeta, shards: &[ShardMeta]) -> MetaResult<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let res = sqlx::query(&format!(
+            "INSERT INTO streams ({STREAM_COLS}) VALUES (?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&stream.name)
+        .bind(stream.replication_factor as i64)
+        .bind(stream.backlog_secs as i64)
+        .bind(stream.shard_count as i64)
+        .bind(stream.created_ms)
+        .bind(stream.archived as i64)
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Err(e) if is_unique_violation(&e) => {
+                return Err(MetaError::AlreadyExists {
+                    kind: "stream",
+                    name: stream.name.clone(),
+                });
+            }
+            r => r.map_err(backend)?,
+        };
+        for s in shards {
+            sqlx::query(
+                "INSERT INTO shards (id, stream, start_key, end_key, epoch) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(s.id as i64)
+            .bind(&s.stream)
+            .bind(s.start_key.to_string())
+            .bind(s.end_key.to_string())
+            .bind(s.epoch as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    MetaError::AlreadyExists {
+                        kind: "shard",
+                        name: s.id.to_string(),
+                    }
+                } else {
+                    backend(e)
+                }
+            })?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn get_stream(&self, name: &str) -> MetaResult<Option<StreamMeta>> {
+        let row = sqlx::query(&format!(
+            "SELECT {STREAM_COLS} FROM streams WHERE name = ? AND archived = 0"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(row.as_ref().map(stream_from_row))
+    }
+
+    async fn list_streams(&self, prefix: &str) -> MetaResult<Vec<StreamMeta>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {STREAM_COLS} FROM streams WHERE archived = 0 AND name LIKE ? ESCAPE '\\' ORDER BY name"
+        ))
+        .bind(like_prefix(prefix))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(rows.iter().map(stream_from_row).collect())
+    }
+
+    async fn list_archived_streams(&self) -> MetaResult<Vec<StreamMeta>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {STREAM_COLS} FROM streams WHERE archived = 1 ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(rows.iter().map(stream_from_row).collect())
+    }
+
+    async fn delete_stream(&self, name: &str) -> MetaResult<Vec<ShardMeta>> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let shards = Self::shards_where(&mut tx, name).await?;
+        let res = sqlx::query("DELETE FROM streams WHERE name = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if res.rows_affected() == 0 {
+            return Err(MetaError::NotFound {
+                kind: "stream",
+                name: name.to_owned(),
+            });
+        }
+        sqlx::query("DELETE FROM shards WHERE stream = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(shards)
+    }
+
+    async fn archive_stream(&self, name: &str, archived_name: &str) -> MetaResult<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let res = sqlx::query(
+            "UPDATE streams SET name = ?, archived = 1 WHERE name = ? AND archived = 0",
+        )
+        .bind(archived_name)
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                MetaError::AlreadyExists {
+                    kind: "stream",
+                    name: archived_name.to_owned(),
+                }
+            } else {
+                backend(e)
+            }
+        })?;
+        if res.rows_affected() == 0 {
+            return Err(MetaError::NotFound {
+                kind: "stream",
+                name: name.to_owned(),
+            });
+        }
+        for table in ["shards", "subscriptions", "readers"] {
+            sqlx::query(&format!("UPDATE {table} SET stream = ? WHERE stream = ?"))
+                .bind(archived_name)
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn list_shards(&self, stream: &str) -> MetaResult<Vec<ShardMeta>> {
+        let mut conn = self.pool.acquire().await.map_err(backend)?;
+        Self::shards_where(&mut conn, stream).await
+    }
+
+    async fn get_shard(&self, id: u64) -> MetaResult<Option<ShardMeta>> {
+        let row =
+            sqlx::query("SELECT id, stream, start_key, end_key, epoch FROM shards WHERE id = ?")
+                .bind(id as i64)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+        row.as_ref().map(shard_from_row).transpose()
+    }
+
+    async fn all_shard_ids(&self) -> MetaResult<Vec<u64>> {
+        let rows = sqlx::query("SELECT id FROM shards ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(rows.iter().map(|r| r.get::<i64, _>(0) as u64).collect())
+    }
+
+    async fn create_subscription(&self, sub: &SubscriptionMeta) -> MetaResult<()> {
+        let res = sqlx::query(&format!(
+            "INSERT INTO subscriptions ({SUB_COLS}) VALUES (?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&sub.id)
+        .bind(&sub.stream)
+        .bind(sub.ack_timeout_secs as i64)
+        .bind(sub.max_unacked as i64)
+        .bind(if sub.offset == StartOffset::Earliest {
+            0i64
+        } else {
+            1
+        })
+        .bind(sub.created_ms)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Err(e) if is_unique_violation(&e) => Err(MetaError::AlreadyExists {
+                kind: "subscription",
+                name: sub.id.clone(),
+            }),
+            r => r.map(|_| ()).map_err(backend),
+        }
+    }
+
+    async fn get_subscription(&self, id: &str) -> MetaResult<Option<SubscriptionMeta>> {
+        let row = sqlx::query(&format!(
+            "SELECT {SUB_COLS} FROM subscriptions WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(row.as_ref().map(sub_from_row))
+    }
+
+    async fn list_subscriptions(&self, prefix: &str) -> MetaResult<Vec<SubscriptionMeta>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SUB_COLS} FROM subscriptions WHERE id LIKE ? ESCAPE '\\' ORDER BY id"
+        ))
+        .bind(like_prefix(prefix))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(rows.iter().map(sub_from_row).collect())
+    }
+
+    async fn subscriptions_of_stream(&self, stream: &str) -> MetaResult<Vec<SubscriptionMeta>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SUB_COLS} FROM subscriptions WHERE stream = ? ORDER BY id"
+        ))
+        .bind(stream)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(rows.iter().map(sub_from_row).collect())
+    }
+
+    async fn delete_subscription(&self, id: &str) -> MetaResult<bool> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let res = sqlx::query("DELETE FROM subscriptions WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query("DELETE FROM sub_progress WHERE sub = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    async fn commit_progress(&self, sub: &str, progress: &[ShardProgress]) -> MetaResult<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        for p in progress {
+            sqlx::query(
+                "INSERT INTO sub_progress (sub, shard_id, next_lsn) VALUES (?, ?, ?) \
+                 ON CONFLICT(sub, shard_id) DO UPDATE SET next_lsn = max(next_lsn, excluded.next_lsn)",
+            )
+            .bind(sub)
+            .bind(p.shard_id as i64)
+            .bind(p.next_lsn as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn get_progress(&self, sub: &str) -> MetaResult<Vec<ShardProgress>> {
+        let rows = sqlx::query(
+            "SELECT shard_id, next_lsn FROM sub_progress WHERE sub = ? ORDER BY shard_id",
+        )
+        .bind(sub)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .map(|r| ShardProgress {
+                shard_id: r.get::<i64, _>(0) as u64,
+                next_lsn: r.get::<i64, _>(1) as u64,
+            })
+            .collect())
+    }
+
+    async fn create_reader(&self, reader: &ReaderMeta) -> MetaResult<()> {
+        let res = sqlx::query(&format!(
+            "INSERT INTO readers ({READER_COLS}) VALUES (?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&reader.id)
+        .bind(&reader.stream)
+        .bind(reader.shard_id as i64)
+        .bind(reader.start_lsn as i64)
+        .bind(reader.timeout_ms as i64)
+        .bind(&reader.offset_spec)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Err(e) if is_unique_violation(&e) => Err(MetaError::AlreadyExists {
+                kind: "shard reader",
+                name: reader.id.clone(),
+            }),
+            r => r.map(|_| ()).map_err(backend),
+        }
+    }
+
+    async fn get_reader(&self, id: &str) -> MetaResult<Option<ReaderMeta>> {
+        let row = sqlx::query(&format!("SELECT {READER_COLS} FROM readers WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(row.as_ref().map(reader_from_row))
+    }
+
+    async fn list_readers(&self) -> MetaResult<Vec<ReaderMeta>> {
+        let rows = sqlx::query(&format!("SELECT {READER_COLS} FROM readers ORDER BY id"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(rows.iter().map(reader_from_row).collect())
+    }
+
+    async fn delete_reader(&self, id: &str) -> MetaResult<bool> {
+        let res = sqlx::query("DELETE FROM readers WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    async fn create_connector(&self, c: &ConnectorMeta) -> MetaResult<()> {
+        let res = sqlx::query(&format!(
+            "INSERT INTO connectors ({CONNECTOR_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&c.name)
+        .bind(&c.kind)
+        .bind(&c.target)
+        .bind(&c.config)
+        .bind(&c.status)
+        .bind(c.created_ms)
+        .bind(c.node as i64)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Err(e) if is_unique_violation(&e) => Err(MetaError::AlreadyExists {
+                kind: "connector",
+                name: c.name.clone(),
+            }),
+            r => r.map(|_| ()).map_err(backend),
+        }
+    }
+
+    async fn get_connector(&self, name: &str) -> MetaResult<Option<ConnectorMeta>> {
+        let row = sqlx::query(&format!(
+            "SELECT {CONNECTOR_COLS} FROM connectors WHERE name = ?"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(row.as_ref().map(connector_from_row))
+    }
+
+    async fn list_connectors(&self) -> MetaResult<Vec<ConnectorMeta>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CONNECTOR_COLS} FROM connectors ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(rows.iter().map(connector_from_row).collect())
+    }
+
+    async fn update_connector(&self, c: &ConnectorMeta) -> MetaResult<()> {
+        let res =
+            sqlx::query("UPDATE connectors SET config = ?, status = ?, node = ? WHERE name = ?")
+                .bind(&c.config)
+                .bind(&c.status)
+                .bind(c.node as i64)
+                .bind(&c.name)
+                .execute(&self.pool)
+                .await
+                .map_err(backend)?;
+        if res.rows_affected() == 0 {
+            return Err(MetaError::NotFound {
+                kind: "connector",
+                name: c.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn delete_connector(&self, name: &str) -> MetaResult<bool> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let res = sqlx::query("DELETE FROM connectors WHERE name = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query("DELETE FROM checkpoints WHERE owner = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query("DELETE FROM kv WHERE owner = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    async fn put_checkpoint(&self, cp: &Checkpoint) -> MetaResult<()> {
+        sqlx::query(
+            "INSERT INTO checkpoints (owner, version, data) VALUES (?, ?, ?) \
+             ON CONFLICT(owner) DO UPDATE SET version = excluded.version, data = excluded.data",
+        )
+        .bind(&cp.owner)
+        .bind(cp.version as i64)
+        .bind(&cp.data)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn get_checkpoint(&self, owner: &str) -> MetaResult<Option<Checkpoint>> {
+        let row = sqlx::query("SELECT owner, version, data FROM checkpoints WHERE owner = ?")
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(row.map(|r| Checkpoint {
+            owner: r.get(0),
+            version: r.get::<i64, _>(1) as u32,
+            data: r.get(2),
+        }))
+    }
+
+    async fn kv_set(&self, owner: &str, key: &str, value: &[u8]) -> MetaResult<()> {
+        sqlx::query(
+            "INSERT INTO kv (owner, key, value) VALUES (?, ?, ?) \
+             ON CONFLICT(owner, key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(owner)
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn kv_get(&self, owner: &str, key: &str) -> MetaResult<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT value FROM kv WHERE owner = ? AND key = ?")
+            .bind(owner)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn upsert_node(&self, node: &NodeMeta) -> MetaResult<()> {
+        sqlx::query(
+            "INSERT INTO nodes (id, host, port, state, updated_ms) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT(id) DO UPDATE SET host = excluded.host, port = excluded.port, \
+             state = excluded.state, updated_ms = excluded.updated_ms",
+        )
+        .bind(node.id as i64)
+        .bind(&node.host)
+        .bind(node.port as i64)
+        .bind(&node.state)
+        .bind(node.updated_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn list_nodes(&self) -> MetaResult<Vec<NodeMeta>> {
+        let rows = sqlx::query("SELECT id, host, port, state, updated_ms FROM nodes ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .map(|r| NodeMeta {
+                id: r.get::<i64, _>(0) as u32,
+                host: r.get(1),
+                port: r.get::<i64, _>(2) as u32,
+                state: r.get(3),
+                updated_ms: r.get(4),
+            })
+            .collect())
+    }
+
+    async fn remove_node(&self, id: u32) -> MetaResult<bool> {
+        let res = sqlx::query("DELETE FROM nodes WHERE id = ?")
+            .bind(id as i64)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn contract_in_memory() {
+        let store = SqliteMetaStore::in_memory().await.unwrap();
+        contract::run(&store).await;
+    }
+
+    #[tokio::test]
+    async fn contract_on_file_and_data_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        {
+            let store = SqliteMetaStore::open(&path).await.unwrap();
+            contract::run(&store).await;
+            contract::seed_durable(&store).await;
+            store.close().await;
+        }
+        let store = SqliteMetaStore::open(&path).await.unwrap();
+        contract::check_durable(&store).await;
+        store.close().await;
+    }
+}

@@ -1,0 +1,161 @@
+//! Starting and stopping one server node.
+//!
+//! Start: open the metastore, recover the log store, reconcile the two (orphan shard directories
+//! from an interrupted create or delete are removed), bind, then announce readiness.
+//!
+//! Shutdown phases (on the cancellation token, from SIGTERM/SIGINT):
+//! 1. stop intake: the listener closes and new RPCs are refused; tailing reads end;
+//! 2. drain: in-flight requests finish and request-spawned tasks are awaited;
+//! 3. flush: writer threads commit what is queued, then every shard is fsynced;
+//! 4. close: the metastore is closed.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use hstream_proto::h_stream_api_server::HStreamApiServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{Catalog, ShardEntry, StreamEntry};
+use crate::config::Settings;
+use crate::meta::{MetaStore, NodeMeta, SqliteMetaStore};
+use crate::service::{HStreamService, NodeInfo, ServerCtx};
+use crate::store::LogStore;
+
+pub async fn open_meta(uri: &str) -> anyhow::Result<Arc<dyn MetaStore>> {
+    if let Some(path) = uri.strip_prefix("sqlite://") {
+        let path = std::path::Path::new(path);
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        return Ok(Arc::new(
+            SqliteMetaStore::open(path)
+                .await
+                .with_context(|| format!("opening metastore {uri}"))?,
+        ));
+    }
+    anyhow::bail!("metastore-uri {uri:?} is not supported (use sqlite://<path>)")
+}
+
+async fn load_catalog(meta: &dyn MetaStore, store: &Arc<LogStore>) -> anyhow::Result<Catalog> {
+    let catalog = Catalog::default();
+    let mut streams = meta.list_streams("").await?;
+    streams.extend(meta.list_archived_streams().await?);
+    let mut known = HashSet::new();
+    for s in streams {
+        let mut shards = Vec::new();
+        for sm in meta.list_shards(&s.name).await? {
+            known.insert(sm.id);
+            let log = match store.shard(sm.id) {
+                Some(l) => l,
+                None => {
+                    tracing::error!(stream = %s.name, shard = sm.id, "shard directory missing; recreating it empty");
+                    store.create_shard(sm.id)?
+                }
+            };
+            shards.push(ShardEntry { meta: sm, log });
+        }
+        catalog.insert(StreamEntry { meta: s, shards });
+    }
+    for id in store.shard_ids() {
+        if !known.contains(&id) {
+            tracing::info!(shard = id, "removing orphan shard directory");
+            store.delete_shard(id)?;
+        }
+    }
+    Ok(catalog)
+}
+
+fn now_ms() -> i64 {
+    crate::service::read::now_ms()
+}
+
+/// Runs a node until `shutdown` is cancelled; `ready` gets the bound address once clients can
+/// connect.
+pub async fn run(
+    settings: Settings,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
+    let meta = open_meta(&settings.metastore_uri).await?;
+    let (root, opts) = (settings.data_dir.clone(), settings.store.clone());
+    let store = tokio::task::spawn_blocking(move || LogStore::open(&root, opts)).await??;
+    let catalog = load_catalog(meta.as_ref(), &store).await?;
+
+    let listener = TcpListener::bind((settings.bind_address.as_str(), settings.port))
+        .await
+        .with_context(|| format!("binding {}:{}", settings.bind_address, settings.port))?;
+    let addr = listener.local_addr()?;
+    let node = NodeInfo {
+        id: settings.server_id,
+        host: settings.advertised_address.clone(),
+        port: addr.port() as u32,
+    };
+    meta.upsert_node(&NodeMeta {
+        id: node.id,
+        host: node.host.clone(),
+        port: node.port,
+        state: "Running".into(),
+        updated_ms: now_ms(),
+    })
+    .await?;
+    let ctx = Arc::new(ServerCtx::new(
+        meta.clone(),
+        store.clone(),
+        catalog,
+        node,
+        settings.max_record_size,
+        shutdown.clone(),
+    ));
+
+    let retention_ctx = ctx.clone();
+    let every = settings.retention_interval;
+    ctx.tasks.spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = retention_ctx.shutdown.cancelled() => return,
+                _ = tick.tick() => retention_ctx.enforce_retention().await,
+            }
+        }
+    });
+
+    // Room for a batch of max-record-size plus request framing, so that an oversized batch
+    // reaches our own size check and gets its clear error.
+    let max_message = settings.max_record_size.saturating_mul(2).max(4 << 20);
+    let service = HStreamApiServer::new(HStreamService::new(ctx.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(usize::MAX);
+    tracing::info!(%addr, data_dir = %settings.data_dir.display(), fsync = ?settings.store.fsync, "serving");
+    ready(addr);
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+        .await
+        .context("grpc server failed")?;
+
+    tracing::info!("shutdown: draining");
+    ctx.tasks.close();
+    ctx.tasks.wait().await;
+    tracing::info!("shutdown: flushing log store");
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || s.shutdown()).await?;
+    meta.upsert_node(&NodeMeta {
+        id: ctx.node.id,
+        host: ctx.node.host.clone(),
+        port: ctx.node.port,
+        state: "Dead".into(),
+        updated_ms: now_ms(),
+    })
+    .await?;
+    meta.close().await;
+    tracing::info!("shutdown: done");
+    Ok(())
+}

@@ -1,0 +1,627 @@
+//! The `hstream.server.HStreamApi` gRPC service: request decoding and status mapping at the
+//! edge, the work in `ServerCtx` methods by area.
+
+pub mod read;
+mod readers;
+mod streams;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::Stream;
+use hstream_proto as pb;
+use hstream_proto::h_stream_api_server::HStreamApi;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::catalog::Catalog;
+use crate::error::{ApiError, ApiResult};
+use crate::meta::MetaStore;
+use crate::store::LogStore;
+use read::{ShardCursor, pump};
+
+pub use streams::{parse_record_id, stream_pb};
+
+/// This node as clients must reach it.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub id: u32,
+    pub host: String,
+    pub port: u32,
+}
+
+/// State shared by all requests.
+pub struct ServerCtx {
+    pub meta: Arc<dyn MetaStore>,
+    pub store: Arc<LogStore>,
+    pub catalog: Catalog,
+    pub node: NodeInfo,
+    pub max_record_size: usize,
+    pub started: Instant,
+    /// Cancelled when the server begins to shut down; long-lived streams end on it.
+    pub shutdown: CancellationToken,
+    /// Every request-spawned task (server-stream pumps), awaited at shutdown.
+    pub tasks: TaskTracker,
+    readers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<readers::ReaderState>>>>,
+    /// Serializes stream creation and deletion.
+    ddl: tokio::sync::Mutex<()>,
+}
+
+impl ServerCtx {
+    pub fn new(
+        meta: Arc<dyn MetaStore>,
+        store: Arc<LogStore>,
+        catalog: Catalog,
+        node: NodeInfo,
+        max_record_size: usize,
+        shutdown: CancellationToken,
+    ) -> Self {
+        ServerCtx {
+            meta,
+            store,
+            catalog,
+            node,
+            max_record_size,
+            started: Instant::now(),
+            shutdown,
+            tasks: TaskTracker::new(),
+            readers: Mutex::new(HashMap::new()),
+            ddl: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn server_node(&self) -> pb::ServerNode {
+        pb::ServerNode {
+            id: self.node.id,
+            host: self.node.host.clone(),
+            port: self.node.port,
+            version: Some(pb::HStreamVersion {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                commit: option_env!("HSTREAM_COMMIT").unwrap_or("").to_owned(),
+            }),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct HStreamService {
+    ctx: Arc<ServerCtx>,
+}
+
+impl HStreamService {
+    pub fn new(ctx: Arc<ServerCtx>) -> Self {
+        HStreamService { ctx }
+    }
+}
+
+type RpcResult<T> = Result<Response<T>, Status>;
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+fn ok<T>(r: ApiResult<T>) -> RpcResult<T> {
+    r.map(Response::new).map_err(Status::from)
+}
+
+fn unimplemented<T>(what: &'static str) -> RpcResult<T> {
+    Err(ApiError::Unimplemented(what).into())
+}
+
+/// Starts a pump task feeding a server stream; the stream ends when the pump returns.
+fn spawn_pump<R: Send + 'static>(
+    ctx: &Arc<ServerCtx>,
+    cursors: Vec<ShardCursor>,
+    max_batches: u64,
+    wrap: fn(Vec<pb::ReceivedRecord>) -> R,
+) -> BoxStream<R> {
+    let (tx, rx) = mpsc::channel(4);
+    ctx.tasks
+        .spawn(pump(ctx.clone(), cursors, max_batches, tx, wrap));
+    Box::pin(ReceiverStream::new(rx))
+}
+
+impl HStreamService {
+    async fn shard_cursor(
+        &self,
+        shard: crate::catalog::ShardEntry,
+        from: read::From,
+        until: read::Until,
+    ) -> ApiResult<ShardCursor> {
+        let log = shard.log.clone();
+        let next = tokio::task::spawn_blocking(move || read::resolve_from(&log, from))
+            .await
+            .map_err(|_| ApiError::ShuttingDown)??;
+        Ok(ShardCursor::new(shard, next, until))
+    }
+
+    async fn single_shard_cursor(
+        &self,
+        shard: crate::catalog::ShardEntry,
+        from: Option<&pb::ShardOffset>,
+        until: Option<&pb::ShardOffset>,
+    ) -> ApiResult<ShardCursor> {
+        let start = read::shard_from(shard.meta.id, from)?;
+        let until = read::shard_until(&shard.log, until)?;
+        self.shard_cursor(shard, start, until).await
+    }
+}
+
+#[tonic::async_trait]
+impl HStreamApi for HStreamService {
+    async fn echo(&self, req: Request<pb::EchoRequest>) -> RpcResult<pb::EchoResponse> {
+        Ok(Response::new(pb::EchoResponse {
+            msg: req.into_inner().msg,
+        }))
+    }
+
+    async fn create_stream(&self, req: Request<pb::Stream>) -> RpcResult<pb::Stream> {
+        ok(self.ctx.create_stream(req.into_inner()).await)
+    }
+
+    async fn delete_stream(&self, req: Request<pb::DeleteStreamRequest>) -> RpcResult<()> {
+        ok(self.ctx.delete_stream(req.into_inner()).await)
+    }
+
+    async fn trim_stream(&self, req: Request<pb::TrimStreamRequest>) -> RpcResult<()> {
+        ok(self.ctx.trim_stream(req.into_inner()).await)
+    }
+
+    async fn trim_shards(
+        &self,
+        req: Request<pb::TrimShardsRequest>,
+    ) -> RpcResult<pb::TrimShardsResponse> {
+        ok(self.ctx.trim_shards(req.into_inner()).await)
+    }
+
+    async fn get_stream(
+        &self,
+        req: Request<pb::GetStreamRequest>,
+    ) -> RpcResult<pb::GetStreamResponse> {
+        ok(self.ctx.get_stream(&req.into_inner().name))
+    }
+
+    async fn list_streams(
+        &self,
+        _req: Request<pb::ListStreamsRequest>,
+    ) -> RpcResult<pb::ListStreamsResponse> {
+        Ok(Response::new(self.ctx.list_streams("")))
+    }
+
+    async fn list_streams_with_prefix(
+        &self,
+        req: Request<pb::ListStreamsWithPrefixRequest>,
+    ) -> RpcResult<pb::ListStreamsResponse> {
+        Ok(Response::new(
+            self.ctx.list_streams(&req.into_inner().prefix),
+        ))
+    }
+
+    async fn lookup_shard(
+        &self,
+        req: Request<pb::LookupShardRequest>,
+    ) -> RpcResult<pb::LookupShardResponse> {
+        Ok(Response::new(pb::LookupShardResponse {
+            shard_id: req.into_inner().shard_id,
+            server_node: Some(self.ctx.server_node()),
+        }))
+    }
+
+    async fn append(&self, req: Request<pb::AppendRequest>) -> RpcResult<pb::AppendResponse> {
+        ok(self.ctx.append(req.into_inner()).await)
+    }
+
+    async fn get_tail_record_id(
+        &self,
+        req: Request<pb::GetTailRecordIdRequest>,
+    ) -> RpcResult<pb::GetTailRecordIdResponse> {
+        ok(self.ctx.get_tail_record_id(req.into_inner()))
+    }
+
+    async fn list_shards(
+        &self,
+        req: Request<pb::ListShardsRequest>,
+    ) -> RpcResult<pb::ListShardsResponse> {
+        ok(self.ctx.list_shards(&req.into_inner().stream_name))
+    }
+
+    async fn trim_shard(&self, req: Request<pb::TrimShardRequest>) -> RpcResult<()> {
+        ok(self.ctx.trim_shard(req.into_inner()).await)
+    }
+
+    async fn create_shard_reader(
+        &self,
+        req: Request<pb::CreateShardReaderRequest>,
+    ) -> RpcResult<pb::CreateShardReaderResponse> {
+        ok(self.ctx.create_shard_reader(req.into_inner()).await)
+    }
+
+    async fn lookup_shard_reader(
+        &self,
+        req: Request<pb::LookupShardReaderRequest>,
+    ) -> RpcResult<pb::LookupShardReaderResponse> {
+        Ok(Response::new(pb::LookupShardReaderResponse {
+            reader_id: req.into_inner().reader_id,
+            server_node: Some(self.ctx.server_node()),
+        }))
+    }
+
+    async fn read_shard(
+        &self,
+        req: Request<pb::ReadShardRequest>,
+    ) -> RpcResult<pb::ReadShardResponse> {
+        ok(self.ctx.read_shard(req.into_inner()).await)
+    }
+
+    type ReadShardStreamStream = BoxStream<pb::ReadShardStreamResponse>;
+
+    async fn read_shard_stream(
+        &self,
+        req: Request<pb::ReadShardStreamRequest>,
+    ) -> RpcResult<Self::ReadShardStreamStream> {
+        let req = req.into_inner();
+        let shard = if req.stream_name.is_empty() {
+            self.ctx.catalog.shard(req.shard_id)
+        } else {
+            self.ctx.catalog.shard_of(&req.stream_name, req.shard_id)
+        }?;
+        let cursor = self
+            .single_shard_cursor(shard, req.from.as_ref(), req.until.as_ref())
+            .await?;
+        Ok(Response::new(spawn_pump(
+            &self.ctx,
+            vec![cursor],
+            req.max_read_batches,
+            |r| pb::ReadShardStreamResponse {
+                received_records: r,
+            },
+        )))
+    }
+
+    async fn list_shard_readers(
+        &self,
+        _req: Request<pb::ListShardReadersRequest>,
+    ) -> RpcResult<pb::ListShardReadersResponse> {
+        ok(self.ctx.list_shard_readers().await)
+    }
+
+    async fn delete_shard_reader(
+        &self,
+        req: Request<pb::DeleteShardReaderRequest>,
+    ) -> RpcResult<()> {
+        ok(self
+            .ctx
+            .delete_shard_reader(&req.into_inner().reader_id)
+            .await)
+    }
+
+    type ReadStreamStream = BoxStream<pb::ReadStreamResponse>;
+
+    async fn read_stream(
+        &self,
+        req: Request<pb::ReadStreamRequest>,
+    ) -> RpcResult<Self::ReadStreamStream> {
+        let req = req.into_inner();
+        let stream = self.ctx.catalog.stream(&req.stream_name)?;
+        let from = read::stream_from(req.from.as_ref())?;
+        let mut cursors = Vec::with_capacity(stream.shards.len());
+        for shard in &stream.shards {
+            let until = read::stream_until(&shard.log, req.until.as_ref())?;
+            cursors.push(self.shard_cursor(shard.clone(), from, until).await?);
+        }
+        Ok(Response::new(spawn_pump(
+            &self.ctx,
+            cursors,
+            req.max_read_batches,
+            |r| pb::ReadStreamResponse {
+                received_records: r,
+            },
+        )))
+    }
+
+    type ReadSingleShardStreamStream = BoxStream<pb::ReadSingleShardStreamResponse>;
+
+    async fn read_single_shard_stream(
+        &self,
+        req: Request<pb::ReadSingleShardStreamRequest>,
+    ) -> RpcResult<Self::ReadSingleShardStreamStream> {
+        let req = req.into_inner();
+        let stream = self.ctx.catalog.stream(&req.stream_name)?;
+        if stream.shards.len() != 1 {
+            return Err(ApiError::TooManyShards(req.stream_name).into());
+        }
+        let cursor = self
+            .single_shard_cursor(
+                stream.shards[0].clone(),
+                req.from.as_ref(),
+                req.until.as_ref(),
+            )
+            .await?;
+        Ok(Response::new(spawn_pump(
+            &self.ctx,
+            vec![cursor],
+            req.max_read_batches,
+            |r| pb::ReadSingleShardStreamResponse {
+                received_records: r,
+            },
+        )))
+    }
+
+    type ReadStreamByKeyStream = BoxStream<pb::ReadStreamByKeyResponse>;
+
+    async fn read_stream_by_key(
+        &self,
+        _req: Request<Streaming<pb::ReadStreamByKeyRequest>>,
+    ) -> RpcResult<Self::ReadStreamByKeyStream> {
+        unimplemented("ReadStreamByKey")
+    }
+
+    async fn create_subscription(
+        &self,
+        _req: Request<pb::Subscription>,
+    ) -> RpcResult<pb::Subscription> {
+        unimplemented("CreateSubscription")
+    }
+
+    async fn get_subscription(
+        &self,
+        _req: Request<pb::GetSubscriptionRequest>,
+    ) -> RpcResult<pb::GetSubscriptionResponse> {
+        unimplemented("GetSubscription")
+    }
+
+    async fn list_subscriptions(
+        &self,
+        _req: Request<pb::ListSubscriptionsRequest>,
+    ) -> RpcResult<pb::ListSubscriptionsResponse> {
+        unimplemented("ListSubscriptions")
+    }
+
+    async fn list_subscriptions_with_prefix(
+        &self,
+        _req: Request<pb::ListSubscriptionsWithPrefixRequest>,
+    ) -> RpcResult<pb::ListSubscriptionsResponse> {
+        unimplemented("ListSubscriptionsWithPrefix")
+    }
+
+    async fn list_consumers(
+        &self,
+        _req: Request<pb::ListConsumersRequest>,
+    ) -> RpcResult<pb::ListConsumersResponse> {
+        unimplemented("ListConsumers")
+    }
+
+    async fn check_subscription_exist(
+        &self,
+        _req: Request<pb::CheckSubscriptionExistRequest>,
+    ) -> RpcResult<pb::CheckSubscriptionExistResponse> {
+        unimplemented("CheckSubscriptionExist")
+    }
+
+    async fn delete_subscription(
+        &self,
+        _req: Request<pb::DeleteSubscriptionRequest>,
+    ) -> RpcResult<()> {
+        unimplemented("DeleteSubscription")
+    }
+
+    async fn lookup_subscription(
+        &self,
+        req: Request<pb::LookupSubscriptionRequest>,
+    ) -> RpcResult<pb::LookupSubscriptionResponse> {
+        Ok(Response::new(pb::LookupSubscriptionResponse {
+            subscription_id: req.into_inner().subscription_id,
+            server_node: Some(self.ctx.server_node()),
+        }))
+    }
+
+    type StreamingFetchStream = BoxStream<pb::StreamingFetchResponse>;
+
+    async fn streaming_fetch(
+        &self,
+        _req: Request<Streaming<pb::StreamingFetchRequest>>,
+    ) -> RpcResult<Self::StreamingFetchStream> {
+        unimplemented("StreamingFetch")
+    }
+
+    async fn describe_cluster(&self, _req: Request<()>) -> RpcResult<pb::DescribeClusterResponse> {
+        let node = self.ctx.server_node();
+        Ok(Response::new(pb::DescribeClusterResponse {
+            protocol_version: "0.1.0".to_owned(),
+            server_nodes: vec![node.clone()],
+            server_nodes_status: vec![pb::ServerNodeStatus {
+                node: Some(node),
+                state: pb::NodeState::Running as i32,
+            }],
+            cluster_up_time: self.ctx.started.elapsed().as_secs(),
+        }))
+    }
+
+    async fn lookup_resource(
+        &self,
+        _req: Request<pb::LookupResourceRequest>,
+    ) -> RpcResult<pb::ServerNode> {
+        Ok(Response::new(self.ctx.server_node()))
+    }
+
+    async fn lookup_key(&self, _req: Request<pb::LookupKeyRequest>) -> RpcResult<pb::ServerNode> {
+        Ok(Response::new(self.ctx.server_node()))
+    }
+
+    async fn send_admin_command(
+        &self,
+        _req: Request<pb::AdminCommandRequest>,
+    ) -> RpcResult<pb::AdminCommandResponse> {
+        unimplemented("SendAdminCommand")
+    }
+
+    async fn per_stream_time_series_stats(
+        &self,
+        _req: Request<pb::PerStreamTimeSeriesStatsRequest>,
+    ) -> RpcResult<pb::PerStreamTimeSeriesStatsResponse> {
+        unimplemented("PerStreamTimeSeriesStats")
+    }
+
+    async fn per_stream_time_series_stats_all(
+        &self,
+        _req: Request<pb::PerStreamTimeSeriesStatsAllRequest>,
+    ) -> RpcResult<pb::PerStreamTimeSeriesStatsAllResponse> {
+        unimplemented("PerStreamTimeSeriesStatsAll")
+    }
+
+    async fn get_stats(
+        &self,
+        _req: Request<pb::GetStatsRequest>,
+    ) -> RpcResult<pb::GetStatsResponse> {
+        unimplemented("GetStats")
+    }
+
+    async fn execute_query(
+        &self,
+        _req: Request<pb::CommandQuery>,
+    ) -> RpcResult<pb::CommandQueryResponse> {
+        unimplemented("ExecuteQuery")
+    }
+
+    async fn create_query(&self, _req: Request<pb::CreateQueryRequest>) -> RpcResult<pb::Query> {
+        unimplemented("CreateQuery")
+    }
+
+    async fn create_query_with_namespace(
+        &self,
+        _req: Request<pb::CreateQueryWithNamespaceRequest>,
+    ) -> RpcResult<pb::Query> {
+        unimplemented("CreateQueryWithNamespace")
+    }
+
+    async fn list_queries(
+        &self,
+        _req: Request<pb::ListQueriesRequest>,
+    ) -> RpcResult<pb::ListQueriesResponse> {
+        unimplemented("ListQueries")
+    }
+
+    async fn get_query(&self, _req: Request<pb::GetQueryRequest>) -> RpcResult<pb::Query> {
+        unimplemented("GetQuery")
+    }
+
+    async fn terminate_query(&self, _req: Request<pb::TerminateQueryRequest>) -> RpcResult<()> {
+        unimplemented("TerminateQuery")
+    }
+
+    async fn delete_query(&self, _req: Request<pb::DeleteQueryRequest>) -> RpcResult<()> {
+        unimplemented("DeleteQuery")
+    }
+
+    async fn resume_query(&self, _req: Request<pb::ResumeQueryRequest>) -> RpcResult<()> {
+        unimplemented("ResumeQuery")
+    }
+
+    async fn pause_query(&self, _req: Request<pb::PauseQueryRequest>) -> RpcResult<()> {
+        unimplemented("PauseQuery")
+    }
+
+    async fn parse_sql(
+        &self,
+        _req: Request<pb::ParseSqlRequest>,
+    ) -> RpcResult<pb::ParseSqlResponse> {
+        unimplemented("ParseSql")
+    }
+
+    async fn register_schema(&self, _req: Request<pb::Schema>) -> RpcResult<()> {
+        unimplemented("RegisterSchema")
+    }
+
+    async fn get_schema(&self, _req: Request<pb::GetSchemaRequest>) -> RpcResult<pb::Schema> {
+        unimplemented("GetSchema")
+    }
+
+    async fn unregister_schema(&self, _req: Request<pb::UnregisterSchemaRequest>) -> RpcResult<()> {
+        unimplemented("UnregisterSchema")
+    }
+
+    async fn create_connector(
+        &self,
+        _req: Request<pb::CreateConnectorRequest>,
+    ) -> RpcResult<pb::Connector> {
+        unimplemented("CreateConnector")
+    }
+
+    async fn list_connectors(
+        &self,
+        _req: Request<pb::ListConnectorsRequest>,
+    ) -> RpcResult<pb::ListConnectorsResponse> {
+        unimplemented("ListConnectors")
+    }
+
+    async fn get_connector(
+        &self,
+        _req: Request<pb::GetConnectorRequest>,
+    ) -> RpcResult<pb::Connector> {
+        unimplemented("GetConnector")
+    }
+
+    async fn get_connector_spec(
+        &self,
+        _req: Request<pb::GetConnectorSpecRequest>,
+    ) -> RpcResult<pb::GetConnectorSpecResponse> {
+        unimplemented("GetConnectorSpec")
+    }
+
+    async fn get_connector_logs(
+        &self,
+        _req: Request<pb::GetConnectorLogsRequest>,
+    ) -> RpcResult<pb::GetConnectorLogsResponse> {
+        unimplemented("GetConnectorLogs")
+    }
+
+    async fn delete_connector(&self, _req: Request<pb::DeleteConnectorRequest>) -> RpcResult<()> {
+        unimplemented("DeleteConnector")
+    }
+
+    async fn pause_connector(&self, _req: Request<pb::PauseConnectorRequest>) -> RpcResult<()> {
+        unimplemented("PauseConnector")
+    }
+
+    async fn resume_connector(&self, _req: Request<pb::ResumeConnectorRequest>) -> RpcResult<()> {
+        unimplemented("ResumeConnector")
+    }
+
+    async fn alter_connector_config(
+        &self,
+        _req: Request<pb::AlterConnectorConfigRequest>,
+    ) -> RpcResult<()> {
+        unimplemented("AlterConnectorConfig")
+    }
+
+    async fn list_views(
+        &self,
+        _req: Request<pb::ListViewsRequest>,
+    ) -> RpcResult<pb::ListViewsResponse> {
+        unimplemented("ListViews")
+    }
+
+    async fn get_view(&self, _req: Request<pb::GetViewRequest>) -> RpcResult<pb::View> {
+        unimplemented("GetView")
+    }
+
+    async fn delete_view(&self, _req: Request<pb::DeleteViewRequest>) -> RpcResult<()> {
+        unimplemented("DeleteView")
+    }
+
+    async fn execute_view_query(
+        &self,
+        _req: Request<pb::ExecuteViewQueryRequest>,
+    ) -> RpcResult<pb::ExecuteViewQueryResponse> {
+        unimplemented("ExecuteViewQuery")
+    }
+
+    async fn execute_view_query_with_namespace(
+        &self,
+        _req: Request<pb::ExecuteViewQueryWithNamespaceRequest>,
+    ) -> RpcResult<pb::ExecuteViewQueryResponse> {
+        unimplemented("ExecuteViewQueryWithNamespace")
+    }
+}

@@ -1,0 +1,291 @@
+//! Reading shards: offset resolution, per-shard cursors, and the pump behind the
+//! server-streaming read RPCs.
+//!
+//! Guarantees: within a shard, batches are delivered in LSN order, each once per read; a read
+//! stops at its `until` bound (inclusive), after `maxReadBatches` batches (0 = unlimited), when
+//! the client goes away, or at server shutdown; without `until` it keeps tailing new batches.
+//! Responses stay under [`RESPONSE_BYTES`] of payload (plus one batch) so that clients with the
+//! usual 4 MiB receive limit can take them.
+
+use std::sync::Arc;
+
+use futures::future::select_all;
+use hstream_proto::{
+    BatchedRecord, ReceivedRecord, RecordId, ShardOffset, SpecialOffset, StreamOffset,
+    shard_offset, stream_offset,
+};
+use tokio::sync::{mpsc, watch};
+
+use super::ServerCtx;
+use crate::catalog::ShardEntry;
+use crate::error::{ApiError, ApiResult};
+use crate::store::{ShardLog, StoredBatch};
+
+pub const RESPONSE_BYTES: usize = 2 << 20;
+/// Batches read from one shard before the pump turns to the next.
+const CHUNK_BATCHES: usize = 256;
+
+/// Where a read starts on one shard, before resolution against the log.
+#[derive(Debug, Clone, Copy)]
+pub enum From {
+    Earliest,
+    Latest,
+    Lsn(u64),
+    Timestamp(i64),
+}
+
+/// Where a read ends (inclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    Forever,
+    Lsn(u64),
+    /// Batches appended at or before this time, in ms.
+    Timestamp(i64),
+}
+
+fn special(v: i32) -> ApiResult<SpecialOffset> {
+    SpecialOffset::try_from(v)
+        .map_err(|_| ApiError::InvalidOffset(format!("unknown special offset {v}")))
+}
+
+pub fn shard_from(shard_id: u64, o: Option<&ShardOffset>) -> ApiResult<From> {
+    Ok(match o.and_then(|o| o.offset.as_ref()) {
+        None => From::Earliest,
+        Some(shard_offset::Offset::SpecialOffset(v)) => match special(*v)? {
+            SpecialOffset::Earliest => From::Earliest,
+            SpecialOffset::Latest => From::Latest,
+        },
+        Some(shard_offset::Offset::RecordOffset(r)) => {
+            check_record_shard(shard_id, r)?;
+            From::Lsn(r.batch_id)
+        }
+        Some(shard_offset::Offset::TimestampOffset(t)) => From::Timestamp(t.timestamp_in_ms),
+    })
+}
+
+pub fn stream_from(o: Option<&StreamOffset>) -> ApiResult<From> {
+    Ok(match o.and_then(|o| o.offset.as_ref()) {
+        None => From::Earliest,
+        Some(stream_offset::Offset::SpecialOffset(v)) => match special(*v)? {
+            SpecialOffset::Earliest => From::Earliest,
+            SpecialOffset::Latest => From::Latest,
+        },
+        Some(stream_offset::Offset::TimestampOffset(t)) => From::Timestamp(t.timestamp_in_ms),
+    })
+}
+
+fn check_record_shard(shard_id: u64, r: &RecordId) -> ApiResult<()> {
+    if r.shard_id != shard_id {
+        return Err(ApiError::ConflictOffset(format!(
+            "record id names shard {} but the read is on shard {shard_id}",
+            r.shard_id
+        )));
+    }
+    Ok(())
+}
+
+/// `until` as sent, resolved against the shard's state now (LATEST = the tail at this moment).
+pub fn shard_until(log: &ShardLog, o: Option<&ShardOffset>) -> ApiResult<Until> {
+    Ok(match o.and_then(|o| o.offset.as_ref()) {
+        None => Until::Forever,
+        Some(shard_offset::Offset::SpecialOffset(v)) => match special(*v)? {
+            SpecialOffset::Earliest => Until::Lsn(log.start_lsn()),
+            SpecialOffset::Latest => Until::Lsn(log.visible_lsn()),
+        },
+        Some(shard_offset::Offset::RecordOffset(r)) => {
+            check_record_shard(log.id, r)?;
+            Until::Lsn(r.batch_id)
+        }
+        Some(shard_offset::Offset::TimestampOffset(t)) => Until::Timestamp(t.timestamp_in_ms),
+    })
+}
+
+pub fn stream_until(log: &ShardLog, o: Option<&StreamOffset>) -> ApiResult<Until> {
+    Ok(match o.and_then(|o| o.offset.as_ref()) {
+        None => Until::Forever,
+        Some(stream_offset::Offset::SpecialOffset(v)) => match special(*v)? {
+            SpecialOffset::Earliest => Until::Lsn(log.start_lsn()),
+            SpecialOffset::Latest => Until::Lsn(log.visible_lsn()),
+        },
+        Some(stream_offset::Offset::TimestampOffset(t)) => Until::Timestamp(t.timestamp_in_ms),
+    })
+}
+
+/// Resolves a start position to an LSN (blocking IO for timestamps: call off the runtime).
+pub fn resolve_from(log: &ShardLog, from: From) -> ApiResult<u64> {
+    Ok(match from {
+        From::Earliest => log.start_lsn(),
+        From::Latest => log.visible_lsn() + 1,
+        From::Lsn(l) => l,
+        From::Timestamp(t) => log.lsn_at_or_after(t)?,
+    })
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub fn received(shard_id: u64, b: StoredBatch) -> ReceivedRecord {
+    let record_ids = (0..b.batch_size)
+        .map(|i| RecordId {
+            shard_id,
+            batch_id: b.lsn,
+            batch_index: i,
+        })
+        .collect();
+    ReceivedRecord {
+        record_ids,
+        record: Some(BatchedRecord {
+            compression_type: b.compression as i32,
+            publish_time: Some(prost_types::Timestamp {
+                seconds: b.timestamp_ms.div_euclid(1000),
+                nanos: (b.timestamp_ms.rem_euclid(1000) * 1_000_000) as i32,
+            }),
+            batch_size: b.batch_size,
+            payload: b.payload,
+        }),
+    }
+}
+
+/// A position in one shard with its end bound.
+pub struct ShardCursor {
+    pub shard: ShardEntry,
+    pub next: u64,
+    pub until: Until,
+    pub done: bool,
+    rx: watch::Receiver<u64>,
+}
+
+impl ShardCursor {
+    pub fn new(shard: ShardEntry, next: u64, until: Until) -> Self {
+        let rx = shard.log.subscribe();
+        let done = matches!(until, Until::Lsn(u) if next > u);
+        ShardCursor {
+            shard,
+            next,
+            until,
+            done,
+            rx,
+        }
+    }
+
+    /// Reads what is available now, up to the limits, and marks the cursor done at its bound.
+    pub async fn read_chunk(
+        &mut self,
+        max_batches: usize,
+        max_bytes: usize,
+    ) -> ApiResult<Vec<StoredBatch>> {
+        if self.done {
+            return Ok(Vec::new());
+        }
+        // Mark the current tail seen before reading, so an append racing with the read still
+        // wakes a later wait.
+        let visible = *self.rx.borrow_and_update();
+        let log = self.shard.log.clone();
+        let from = self.next;
+        let mut batches =
+            tokio::task::spawn_blocking(move || log.read(from, max_batches, max_bytes))
+                .await
+                .map_err(|_| ApiError::ShuttingDown)??;
+        match self.until {
+            Until::Forever => {}
+            Until::Lsn(u) => {
+                batches.retain(|b| b.lsn <= u);
+                if batches.last().map_or(from, |b| b.lsn + 1) > u {
+                    self.done = true;
+                }
+            }
+            Until::Timestamp(t) => {
+                if let Some(i) = batches.iter().position(|b| b.timestamp_ms > t) {
+                    batches.truncate(i);
+                    self.done = true;
+                }
+            }
+        }
+        if let Some(last) = batches.last() {
+            self.next = last.lsn + 1;
+        } else if self.next <= visible {
+            // Everything up to the tail was trimmed away under us: skip past it.
+            self.next = self.next.max(self.shard.log.start_lsn());
+        }
+        if let Until::Timestamp(t) = self.until {
+            // Later appends are stamped at least now, so once caught up past `t` nothing more can
+            // qualify.
+            if batches.is_empty() && self.next > self.shard.log.visible_lsn() && t < now_ms() {
+                self.done = true;
+            }
+        }
+        Ok(batches)
+    }
+
+    /// Resolves when the shard's visible tail moves (or the shard goes away).
+    pub async fn wait(&mut self) {
+        if self.rx.changed().await.is_err() {
+            // The shard went away: nothing more will come.
+            self.done = true;
+        }
+    }
+}
+
+/// Feeds batches from `cursors` to `tx` until every cursor is done, `max_batches` (0 =
+/// unlimited) have been sent, the client disconnects, or the server shuts down.
+pub async fn pump<R: Send + 'static>(
+    ctx: Arc<ServerCtx>,
+    mut cursors: Vec<ShardCursor>,
+    max_batches: u64,
+    tx: mpsc::Sender<Result<R, tonic::Status>>,
+    wrap: fn(Vec<ReceivedRecord>) -> R,
+) {
+    let mut remaining = if max_batches == 0 {
+        u64::MAX
+    } else {
+        max_batches
+    };
+    loop {
+        if cursors.iter().all(|c| c.done) || remaining == 0 {
+            return;
+        }
+        let mut progressed = false;
+        for c in cursors.iter_mut().filter(|c| !c.done) {
+            let limit = remaining.min(CHUNK_BATCHES as u64) as usize;
+            let batches = match c.read_chunk(limit, RESPONSE_BYTES).await {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
+            if batches.is_empty() {
+                continue;
+            }
+            progressed = true;
+            remaining -= batches.len() as u64;
+            let shard_id = c.shard.meta.id;
+            let records = batches.into_iter().map(|b| received(shard_id, b)).collect();
+            if tx.send(Ok(wrap(records))).await.is_err() {
+                return;
+            }
+            if remaining == 0 {
+                return;
+            }
+        }
+        if !progressed {
+            let waiting: Vec<_> = cursors
+                .iter_mut()
+                .filter(|c| !c.done)
+                .map(|c| Box::pin(c.wait()))
+                .collect();
+            if waiting.is_empty() {
+                return;
+            }
+            tokio::select! {
+                _ = select_all(waiting) => {}
+                _ = ctx.shutdown.cancelled() => return,
+                _ = tx.closed() => return,
+            }
+        }
+    }
+}
