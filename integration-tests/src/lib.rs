@@ -1,1 +1,275 @@
+//! Test support for end-to-end tests: real `hstream-server` processes on free ports with their own
+//! data directories, gRPC clients, record encoding as HStreamDB clients do it, and the Python venv
+//! that `scripts/test.sh` prepares.
+//!
+//! Nothing here sleeps to synchronise: readiness is the server's own "listening on" line, and
+//! waits are polls of a condition under a deadline.
 
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hstream_proto as pb;
+use hstream_proto::h_stream_api_client::HStreamApiClient;
+use prost::Message;
+use tonic::transport::Channel;
+
+pub type Client = HStreamApiClient<Channel>;
+
+/// The repository root (this crate lives in `<root>/integration-tests`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_owned()
+}
+
+fn target_dir() -> PathBuf {
+    // Test binaries run from <target>/<profile>/deps/.
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent().and_then(Path::parent).expect("target profile dir").to_owned()
+}
+
+/// Path of a workspace binary built next to the running test, e.g. `hstream-server`.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let env_key = format!("{}_BIN", name.to_uppercase().replace('-', "_"));
+    if let Ok(p) = std::env::var(&env_key) {
+        return PathBuf::from(p);
+    }
+    let path = target_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build -p {name}`; scripts/test.sh does) or set {env_key}",
+        path.display()
+    );
+    path
+}
+
+/// The venv's Python made by `scripts/test.sh` (or `HSTREAM_TEST_PYTHON`).
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("HSTREAM_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let p = repo_root().join(".venv/bin/python");
+    assert!(p.exists(), "{} is missing: run scripts/test.sh, which creates the venv with the hstreamdb client", p.display());
+    p
+}
+
+/// A running `hstream-server` process.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+}
+
+impl Server {
+    /// Starts a server on a free port over `data_dir` with extra flags.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::spawn(data_dir, args)
+    }
+
+    fn spawn(data_dir: &Path, args: Vec<String>) -> Server {
+        let mut child = Command::new(workspace_bin("hstream-server"))
+            .args(["--port", "0", "--bind-address", "127.0.0.1", "--advertised-address", "127.0.0.1"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(&args)
+            .env("RUST_LOG", std::env::var("HSTREAM_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn hstream-server");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("hstream-server listening on ") {
+                    let _ = tx.send(addr.parse::<SocketAddr>().expect("address"));
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("hstream-server did not report readiness within 60 s (status {:?})", child.try_wait());
+            }
+        };
+        Server { child, addr, data_dir: data_dir.to_owned(), args }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn client(&self) -> Client {
+        HStreamApiClient::connect(self.endpoint())
+            .await
+            .expect("connect")
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        signal(&self.child, libc::SIGTERM);
+        wait_exit(&mut self.child, Duration::from_secs(30))
+    }
+
+    /// Starts a new process over the same data directory and flags (on a new free port).
+    pub fn restart(&mut self) {
+        let next = Self::spawn(&self.data_dir.clone(), self.args.clone());
+        // Dropping the old handle reaps its (already stopped) process.
+        drop(std::mem::replace(self, next));
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(child: &Child, sig: i32) {
+    let pid = child.id() as i32;
+    let rc = unsafe_kill(pid, sig);
+    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+}
+
+#[allow(unsafe_code)]
+fn unsafe_kill(pid: i32, sig: i32) -> i32 {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid, sig) }
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "server did not exit within {within:?} of SIGTERM");
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+}
+
+/// Polls `cond` until it holds or `within` passes.
+pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Encodes records the way HStreamDB clients do (RAW flag, one partition key).
+pub fn batch(key: &str, payloads: &[Vec<u8>], compression: pb::CompressionType) -> pb::BatchedRecord {
+    let records = payloads
+        .iter()
+        .map(|p| pb::HStreamRecord {
+            header: Some(pb::HStreamRecordHeader {
+                flag: pb::h_stream_record_header::Flag::Raw as i32,
+                attributes: Default::default(),
+                key: key.to_owned(),
+            }),
+            payload: Bytes::from(p.clone()),
+        })
+        .collect();
+    let raw = pb::BatchHStreamRecords { records }.encode_to_vec();
+    let payload = compress(&raw, compression);
+    pb::BatchedRecord {
+        compression_type: compression as i32,
+        publish_time: None,
+        batch_size: payloads.len() as u32,
+        payload: payload.into(),
+    }
+}
+
+pub fn compress(raw: &[u8], compression: pb::CompressionType) -> Vec<u8> {
+    use std::io::Write;
+    match compression {
+        pb::CompressionType::None => raw.to_vec(),
+        pb::CompressionType::Gzip => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(raw).expect("gzip");
+            e.finish().expect("gzip")
+        }
+        pb::CompressionType::Zstd => zstd::encode_all(raw, 1).expect("zstd"),
+    }
+}
+
+/// Decodes a received batch into (record id, key, payload) triples.
+pub fn decode(r: &pb::ReceivedRecord) -> Vec<(pb::RecordId, String, Vec<u8>)> {
+    use std::io::Read;
+    let b = r.record.as_ref().expect("record");
+    let raw = match pb::CompressionType::try_from(b.compression_type).expect("compression") {
+        pb::CompressionType::None => b.payload.to_vec(),
+        pb::CompressionType::Gzip => {
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(&b.payload[..]).read_to_end(&mut out).expect("gunzip");
+            out
+        }
+        pb::CompressionType::Zstd => zstd::decode_all(&b.payload[..]).expect("unzstd"),
+    };
+    let recs = pb::BatchHStreamRecords::decode(&raw[..]).expect("BatchHStreamRecords");
+    assert_eq!(recs.records.len(), r.record_ids.len(), "record ids match records");
+    r.record_ids
+        .iter()
+        .zip(recs.records)
+        .map(|(id, rec)| (*id, rec.header.map(|h| h.key).unwrap_or_default(), rec.payload.to_vec()))
+        .collect()
+}
+
+pub fn earliest() -> pb::ShardOffset {
+    pb::ShardOffset { offset: Some(pb::shard_offset::Offset::SpecialOffset(pb::SpecialOffset::Earliest as i32)) }
+}
+
+pub fn latest() -> pb::ShardOffset {
+    pb::ShardOffset { offset: Some(pb::shard_offset::Offset::SpecialOffset(pb::SpecialOffset::Latest as i32)) }
+}
+
+/// Reads a shard from EARLIEST to its tail as of now, through ReadShardStream.
+pub async fn read_shard_to_tail(client: &mut Client, stream: &str, shard_id: u64) -> Vec<pb::ReceivedRecord> {
+    let mut s = client
+        .read_shard_stream(pb::ReadShardStreamRequest {
+            reader_id: String::new(),
+            shard_id,
+            from: Some(earliest()),
+            max_read_batches: 0,
+            until: Some(latest()),
+            stream_name: stream.to_owned(),
+        })
+        .await
+        .expect("read_shard_stream")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(resp) = s.message().await.expect("stream message") {
+        out.extend(resp.received_records);
+    }
+    out
+}
+
+/// The JSON error object HStreamDB puts in a status message.
+pub fn error_code(status: &tonic::Status) -> i64 {
+    let v: serde_json::Value = serde_json::from_str(status.message())
+        .unwrap_or_else(|e| panic!("status message is not JSON ({e}): {}", status.message()));
+    v["error"].as_i64().expect("error code")
+}

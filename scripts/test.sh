@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test of the project, first installing what the tests need if it is missing:
+#   - a Python venv (.venv) with the official HStreamDB client (hstreamdb 0.5.0) and zstandard.
+# Usage: scripts/test.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! .venv/bin/python -c "import hstreamdb, zstandard" 2>/dev/null; then
+  echo "==> creating .venv with the hstreamdb client"
+  python3 -m venv .venv
+  # hstreamdb 0.5.0 is an sdist whose build needs pkg_resources (setuptools < 70).
+  .venv/bin/pip install -q "setuptools<70" wheel
+  .venv/bin/pip install -q --no-build-isolation hstreamdb==0.5.0 zstandard
+fi
+
+if [ "${CI:-}" = "true" ]; then
+  cargo fmt --all --check
+  cargo clippy --workspace --all-targets -- -D warnings
+fi
+
+# End-to-end tests start the real server binary.
+cargo build --workspace --bins
+cargo test --workspace "$@"
