@@ -1,1 +1,33 @@
-fn main() {}
+//! `hstream-bench`: benchmarks that print our figures beside the physical limit or a peer,
+//! measured in the same run on the same disk. Run through `scripts/bench.sh [name]`.
+
+mod append;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "hstream-bench")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Option<Bench>,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Appends of 1 KiB records over gRPC from concurrent writers, fsync always vs interval,
+    /// beside the disk's sequential write rate (dd).
+    Append(append::Args),
+    /// Every benchmark with its defaults.
+    All,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.bench.unwrap_or(Bench::All) {
+        Bench::Append(args) => rt.block_on(append::run(args)),
+        Bench::All => rt.block_on(append::run(append::Args::default_args())),
+    }
+}

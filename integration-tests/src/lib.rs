@@ -22,13 +22,21 @@ pub type Client = HStreamApiClient<Channel>;
 
 /// The repository root (this crate lives in `<root>/integration-tests`).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_owned()
 }
 
 fn target_dir() -> PathBuf {
-    // Test binaries run from <target>/<profile>/deps/.
+    // Test binaries run from <target>/<profile>/deps/, other binaries from <target>/<profile>/.
     let exe = std::env::current_exe().expect("current exe");
-    exe.parent().and_then(Path::parent).expect("target profile dir").to_owned()
+    let dir = exe.parent().expect("exe dir");
+    if dir.ends_with("deps") {
+        dir.parent().expect("target profile dir").to_owned()
+    } else {
+        dir.to_owned()
+    }
 }
 
 /// Path of a workspace binary built next to the running test, e.g. `hstream-server`.
@@ -52,7 +60,11 @@ pub fn python() -> PathBuf {
         return PathBuf::from(p);
     }
     let p = repo_root().join(".venv/bin/python");
-    assert!(p.exists(), "{} is missing: run scripts/test.sh, which creates the venv with the hstreamdb client", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test.sh, which creates the venv with the hstreamdb client",
+        p.display()
+    );
     p
 }
 
@@ -73,11 +85,21 @@ impl Server {
 
     fn spawn(data_dir: &Path, args: Vec<String>) -> Server {
         let mut child = Command::new(workspace_bin("hstream-server"))
-            .args(["--port", "0", "--bind-address", "127.0.0.1", "--advertised-address", "127.0.0.1"])
+            .args([
+                "--port",
+                "0",
+                "--bind-address",
+                "127.0.0.1",
+                "--advertised-address",
+                "127.0.0.1",
+            ])
             .arg("--data-dir")
             .arg(data_dir)
             .args(&args)
-            .env("RUST_LOG", std::env::var("HSTREAM_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("HSTREAM_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -96,10 +118,18 @@ impl Server {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
-                panic!("hstream-server did not report readiness within 60 s (status {:?})", child.try_wait());
+                panic!(
+                    "hstream-server did not report readiness within 60 s (status {:?})",
+                    child.try_wait()
+                );
             }
         };
-        Server { child, addr, data_dir: data_dir.to_owned(), args }
+        Server {
+            child,
+            addr,
+            data_dir: data_dir.to_owned(),
+            args,
+        }
     }
 
     pub fn endpoint(&self) -> String {
@@ -159,7 +189,10 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
         if let Some(status) = child.try_wait().expect("wait") {
             return status;
         }
-        assert!(Instant::now() < deadline, "server did not exit within {within:?} of SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "server did not exit within {within:?} of SIGTERM"
+        );
         std::thread::park_timeout(Duration::from_millis(20));
     }
 }
@@ -175,13 +208,20 @@ where
         if cond().await {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// Encodes records the way HStreamDB clients do (RAW flag, one partition key).
-pub fn batch(key: &str, payloads: &[Vec<u8>], compression: pb::CompressionType) -> pb::BatchedRecord {
+pub fn batch(
+    key: &str,
+    payloads: &[Vec<u8>],
+    compression: pb::CompressionType,
+) -> pb::BatchedRecord {
     let records = payloads
         .iter()
         .map(|p| pb::HStreamRecord {
@@ -224,30 +264,54 @@ pub fn decode(r: &pb::ReceivedRecord) -> Vec<(pb::RecordId, String, Vec<u8>)> {
         pb::CompressionType::None => b.payload.to_vec(),
         pb::CompressionType::Gzip => {
             let mut out = Vec::new();
-            flate2::read::GzDecoder::new(&b.payload[..]).read_to_end(&mut out).expect("gunzip");
+            flate2::read::GzDecoder::new(&b.payload[..])
+                .read_to_end(&mut out)
+                .expect("gunzip");
             out
         }
         pb::CompressionType::Zstd => zstd::decode_all(&b.payload[..]).expect("unzstd"),
     };
     let recs = pb::BatchHStreamRecords::decode(&raw[..]).expect("BatchHStreamRecords");
-    assert_eq!(recs.records.len(), r.record_ids.len(), "record ids match records");
+    assert_eq!(
+        recs.records.len(),
+        r.record_ids.len(),
+        "record ids match records"
+    );
     r.record_ids
         .iter()
         .zip(recs.records)
-        .map(|(id, rec)| (*id, rec.header.map(|h| h.key).unwrap_or_default(), rec.payload.to_vec()))
+        .map(|(id, rec)| {
+            (
+                *id,
+                rec.header.map(|h| h.key).unwrap_or_default(),
+                rec.payload.to_vec(),
+            )
+        })
         .collect()
 }
 
 pub fn earliest() -> pb::ShardOffset {
-    pb::ShardOffset { offset: Some(pb::shard_offset::Offset::SpecialOffset(pb::SpecialOffset::Earliest as i32)) }
+    pb::ShardOffset {
+        offset: Some(pb::shard_offset::Offset::SpecialOffset(
+            pb::SpecialOffset::Earliest as i32,
+        )),
+    }
 }
 
 pub fn latest() -> pb::ShardOffset {
-    pb::ShardOffset { offset: Some(pb::shard_offset::Offset::SpecialOffset(pb::SpecialOffset::Latest as i32)) }
+    pb::ShardOffset {
+        offset: Some(pb::shard_offset::Offset::SpecialOffset(
+            pb::SpecialOffset::Latest as i32,
+        )),
+    }
 }
 
 /// Reads a shard from EARLIEST to its tail as of now, through ReadShardStream.
-pub async fn read_shard_to_tail(client: &mut Client, stream: &str, shard_id: u64) -> Vec<pb::ReceivedRecord> {
+pub async fn read_shard_to_tail(
+    client: &mut Client,
+    stream: &str,
+    shard_id: u64,
+) -> Vec<pb::ReceivedRecord> {
     let mut s = client
         .read_shard_stream(pb::ReadShardStreamRequest {
             reader_id: String::new(),

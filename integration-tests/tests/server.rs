@@ -19,16 +19,32 @@ fn stream_req(name: &str, shards: u32) -> pb::Stream {
     }
 }
 
-async fn append(client: &mut Client, stream: &str, shard: u64, key: &str, payloads: &[Vec<u8>]) -> pb::AppendResponse {
+async fn append(
+    client: &mut Client,
+    stream: &str,
+    shard: u64,
+    key: &str,
+    payloads: &[Vec<u8>],
+) -> pb::AppendResponse {
     client
-        .append(pb::AppendRequest { stream_name: stream.into(), shard_id: shard, records: Some(batch(key, payloads, Plain)) })
+        .append(pb::AppendRequest {
+            stream_name: stream.into(),
+            shard_id: shard,
+            records: Some(batch(key, payloads, Plain)),
+        })
         .await
         .expect("append")
         .into_inner()
 }
 
 async fn shard_ids(client: &mut Client, stream: &str) -> Vec<u64> {
-    let r = client.list_shards(pb::ListShardsRequest { stream_name: stream.into() }).await.unwrap().into_inner();
+    let r = client
+        .list_shards(pb::ListShardsRequest {
+            stream_name: stream.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     r.shards.iter().map(|s| s.shard_id).collect()
 }
 
@@ -40,12 +56,26 @@ async fn python_client_round_trip() {
     let server = Server::start(dir.path(), &[]);
     let out = tokio::process::Command::new(python())
         .arg(repo_root().join("integration-tests/python/roundtrip.py"))
-        .args(["--port", &server.addr.port().to_string(), "--records", "100000", "--keys", "50", "--shards", "4"])
+        .args([
+            "--port",
+            &server.addr.port().to_string(),
+            "--records",
+            "100000",
+            "--keys",
+            "50",
+            "--shards",
+            "4",
+        ])
         .output()
         .await
         .expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "roundtrip.py failed: {}\n{}", String::from_utf8_lossy(&out.stderr), stdout);
+    assert!(
+        out.status.success(),
+        "roundtrip.py failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        stdout
+    );
     let summary: serde_json::Value = serde_json::from_str(stdout.trim()).expect("summary json");
     for tag in ["none", "gzip", "zstd"] {
         assert_eq!(summary[tag]["appended"], 100_000, "{summary}");
@@ -55,6 +85,9 @@ async fn python_client_round_trip() {
     assert_eq!(summary["none"]["client_readers"], 100_000);
     assert_eq!(summary["gzip"]["client_readers"], 100_000);
 }
+
+/// (shard, lsn) -> (key, payloads) of every acknowledged append.
+type AckedAppends = BTreeMap<(u64, u64), (String, Vec<Vec<u8>>)>;
 
 /// SIGKILL in the middle of a concurrent append load, ten times over one data directory: every
 /// acknowledged append is readable afterwards, byte for byte, and nothing else is returned.
@@ -66,8 +99,7 @@ async fn acknowledged_appends_survive_repeated_sigkill() {
     let mut client = server.client().await;
     client.create_stream(stream_req("crash", 3)).await.unwrap();
     let shards = shard_ids(&mut client, "crash").await;
-    // (shard, lsn) -> (key, payloads) of every acknowledged append.
-    let acked: Arc<Mutex<BTreeMap<(u64, u64), (String, Vec<Vec<u8>>)>>> = Arc::default();
+    let acked: Arc<Mutex<AckedAppends>> = Arc::default();
     let mut total_acked_before_kill = Vec::new();
     for round in 0..10u32 {
         let before = acked.lock().unwrap().len();
@@ -79,18 +111,29 @@ async fn acknowledged_appends_survive_repeated_sigkill() {
             writers.push(tokio::spawn(async move {
                 for i in 0u32.. {
                     let key = format!("r{round}w{w}");
-                    let payloads: Vec<Vec<u8>> =
-                        (0..(1 + i % 7)).map(|j| format!("{key}-{i}-{j}-{}", "x".repeat((i * 37 % 900) as usize)).into_bytes()).collect();
+                    let payloads: Vec<Vec<u8>> = (0..(1 + i % 7))
+                        .map(|j| {
+                            format!("{key}-{i}-{j}-{}", "x".repeat((i * 37 % 900) as usize))
+                                .into_bytes()
+                        })
+                        .collect();
                     let req = pb::AppendRequest {
                         stream_name: "crash".into(),
                         shard_id: shard,
-                        records: Some(batch(&key, &payloads, [Plain, Gzip, Zstd][(i % 3) as usize])),
+                        records: Some(batch(
+                            &key,
+                            &payloads,
+                            [Plain, Gzip, Zstd][(i % 3) as usize],
+                        )),
                     };
                     match c.append(req).await {
                         Ok(resp) => {
                             let ids = resp.into_inner().record_ids;
                             assert_eq!(ids.len(), payloads.len());
-                            acked.lock().unwrap().insert((shard, ids[0].batch_id), (key, payloads));
+                            acked
+                                .lock()
+                                .unwrap()
+                                .insert((shard, ids[0].batch_id), (key, payloads));
                         }
                         Err(_) => return, // the server died under us: this one was never acked
                     }
@@ -133,9 +176,16 @@ async fn acknowledged_appends_survive_repeated_sigkill() {
                 }
             }
         }
-        assert_eq!(found, snapshot.len(), "round {round}: an acknowledged append is missing after SIGKILL");
+        assert_eq!(
+            found,
+            snapshot.len(),
+            "round {round}: an acknowledged append is missing after SIGKILL"
+        );
     }
-    assert!(total_acked_before_kill.windows(2).all(|w| w[1] > w[0]), "every round appended");
+    assert!(
+        total_acked_before_kill.windows(2).all(|w| w[1] > w[0]),
+        "every round appended"
+    );
 }
 
 /// Bad requests get clear errors, change nothing, and the server keeps serving.
@@ -147,13 +197,16 @@ async fn bad_input_is_rejected_without_storing_anything() {
     client.create_stream(stream_req("bad", 1)).await.unwrap();
     let shard = shard_ids(&mut client, "bad").await[0];
     let tail = |mut c: Client| async move {
-        c.get_tail_record_id(pb::GetTailRecordIdRequest { stream_name: "bad".into(), shard_id: shard })
-            .await
-            .unwrap()
-            .into_inner()
-            .tail_record_id
-            .unwrap()
-            .batch_id
+        c.get_tail_record_id(pb::GetTailRecordIdRequest {
+            stream_name: "bad".into(),
+            shard_id: shard,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tail_record_id
+        .unwrap()
+        .batch_id
     };
     append(&mut client, "bad", shard, "k", &[b"good".to_vec()]).await;
     assert_eq!(tail(client.clone()).await, 1);
@@ -161,7 +214,11 @@ async fn bad_input_is_rejected_without_storing_anything() {
     let good = batch("k", &[b"x".to_vec()], Plain);
     let try_append = |stream: &str, shard_id: u64, records: Option<pb::BatchedRecord>| {
         let mut c = client.clone();
-        let req = pb::AppendRequest { stream_name: stream.into(), shard_id, records };
+        let req = pb::AppendRequest {
+            stream_name: stream.into(),
+            shard_id,
+            records,
+        };
         async move { c.append(req).await.unwrap_err() }
     };
     let e = try_append("nope", shard, Some(good.clone())).await;
@@ -169,32 +226,58 @@ async fn bad_input_is_rejected_without_storing_anything() {
     let e = try_append("bad", shard + 1000, Some(good.clone())).await;
     assert_eq!((e.code(), error_code(&e)), (Code::NotFound, 210), "{e:?}");
     let e = try_append("bad", shard, None).await;
-    assert_eq!((e.code(), error_code(&e)), (Code::InvalidArgument, 206), "{e:?}");
+    assert_eq!(
+        (e.code(), error_code(&e)),
+        (Code::InvalidArgument, 206),
+        "{e:?}"
+    );
     let oversized = batch("k", &[vec![7u8; 70_000]], Plain);
     let e = try_append("bad", shard, Some(oversized)).await;
-    assert_eq!((e.code(), error_code(&e)), (Code::InvalidArgument, 207), "{e:?}");
+    assert_eq!(
+        (e.code(), error_code(&e)),
+        (Code::InvalidArgument, 207),
+        "{e:?}"
+    );
     assert!(e.message().contains("max-record-size"), "{}", e.message());
     let mut corrupt = good.clone();
     corrupt.payload = bytes::Bytes::from_static(&[0x0a, 0xff, 0xff, 0xff, 0x01]);
     let e = try_append("bad", shard, Some(corrupt)).await;
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    assert!(e.message().contains("not a BatchHStreamRecords"), "{}", e.message());
+    assert!(
+        e.message().contains("not a BatchHStreamRecords"),
+        "{}",
+        e.message()
+    );
     let mut lying = batch("k", &[b"a".to_vec(), b"b".to_vec()], Plain);
     lying.batch_size = 5;
     let e = try_append("bad", shard, Some(lying)).await;
-    assert!(e.message().contains("batchSize is 5 but the payload holds 2"), "{}", e.message());
+    assert!(
+        e.message()
+            .contains("batchSize is 5 but the payload holds 2"),
+        "{}",
+        e.message()
+    );
     for (ct, what) in [(Gzip, "gzip"), (Zstd, "zstd")] {
         let mut b = good.clone();
         b.compression_type = ct as i32;
         b.payload = bytes::Bytes::from_static(b"definitely not compressed");
         let e = try_append("bad", shard, Some(b)).await;
         assert_eq!(e.code(), Code::InvalidArgument);
-        assert!(e.message().contains(&format!("{what} payload does not decompress")), "{}", e.message());
+        assert!(
+            e.message()
+                .contains(&format!("{what} payload does not decompress")),
+            "{}",
+            e.message()
+        );
     }
     let mut weird = good.clone();
     weird.compression_type = 42;
     let e = try_append("bad", shard, Some(weird)).await;
-    assert!(e.message().contains("unknown compressionType 42"), "{}", e.message());
+    assert!(
+        e.message().contains("unknown compressionType 42"),
+        "{}",
+        e.message()
+    );
 
     // Nothing above was stored; the server still takes good appends.
     assert_eq!(tail(client.clone()).await, 1);
@@ -205,10 +288,20 @@ async fn bad_input_is_rejected_without_storing_anything() {
     assert_eq!(payloads, vec![b"good".to_vec(), b"after".to_vec()]);
 
     // Read-side bad input.
-    let e = client.get_tail_record_id(pb::GetTailRecordIdRequest { stream_name: "bad".into(), shard_id: 999_999 }).await.unwrap_err();
+    let e = client
+        .get_tail_record_id(pb::GetTailRecordIdRequest {
+            stream_name: "bad".into(),
+            shard_id: 999_999,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(error_code(&e), 210);
     let conflict = pb::ShardOffset {
-        offset: Some(pb::shard_offset::Offset::RecordOffset(pb::RecordId { shard_id: shard + 1, batch_id: 1, batch_index: 0 })),
+        offset: Some(pb::shard_offset::Offset::RecordOffset(pb::RecordId {
+            shard_id: shard + 1,
+            batch_id: 1,
+            batch_index: 0,
+        })),
     };
     let e = client
         .create_shard_reader(pb::CreateShardReaderRequest {
@@ -221,10 +314,19 @@ async fn bad_input_is_rejected_without_storing_anything() {
         .await
         .unwrap_err();
     assert_eq!((e.code(), error_code(&e)), (Code::InvalidArgument, 901));
-    let e = client.read_shard(pb::ReadShardRequest { reader_id: "ghost".into(), max_records: 1 }).await.unwrap_err();
+    let e = client
+        .read_shard(pb::ReadShardRequest {
+            reader_id: "ghost".into(),
+            max_records: 1,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     let e = client
-        .trim_shards(pb::TrimShardsRequest { stream_name: "bad".into(), record_ids: vec!["1-x-0".into()] })
+        .trim_shards(pb::TrimShardsRequest {
+            stream_name: "bad".into(),
+            record_ids: vec!["1-x-0".into()],
+        })
         .await
         .unwrap_err();
     assert_eq!((e.code(), error_code(&e)), (Code::InvalidArgument, 209));
@@ -236,7 +338,11 @@ async fn stream_lifecycle() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let mut c = server.client().await;
-    let created = c.create_stream(stream_req("orders", 3)).await.unwrap().into_inner();
+    let created = c
+        .create_stream(stream_req("orders", 3))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(created.shard_count, 3);
     assert!(created.creation_time.is_some());
     c.create_stream(stream_req("orders_eu", 1)).await.unwrap();
@@ -247,37 +353,122 @@ async fn stream_lifecycle() {
     assert_eq!((e.code(), error_code(&e)), (Code::InvalidArgument, 204));
     let e = c.create_stream(stream_req("zero", 0)).await.unwrap_err();
     assert_eq!((e.code(), error_code(&e)), (Code::InvalidArgument, 205));
-    let e = c.create_stream(pb::Stream { replication_factor: 0, ..stream_req("norep", 1) }).await.unwrap_err();
+    let e = c
+        .create_stream(pb::Stream {
+            replication_factor: 0,
+            ..stream_req("norep", 1)
+        })
+        .await
+        .unwrap_err();
     assert_eq!(error_code(&e), 203);
 
-    let names = |r: pb::ListStreamsResponse| r.streams.into_iter().map(|s| s.stream_name).collect::<Vec<_>>();
-    assert_eq!(names(c.list_streams(pb::ListStreamsRequest {}).await.unwrap().into_inner()), ["orders", "orders_eu", "users"]);
-    let pre = c.list_streams_with_prefix(pb::ListStreamsWithPrefixRequest { prefix: "orders".into() }).await.unwrap();
+    let names = |r: pb::ListStreamsResponse| {
+        r.streams
+            .into_iter()
+            .map(|s| s.stream_name)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(
+            c.list_streams(pb::ListStreamsRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+        ),
+        ["orders", "orders_eu", "users"]
+    );
+    let pre = c
+        .list_streams_with_prefix(pb::ListStreamsWithPrefixRequest {
+            prefix: "orders".into(),
+        })
+        .await
+        .unwrap();
     assert_eq!(names(pre.into_inner()), ["orders", "orders_eu"]);
-    let got = c.get_stream(pb::GetStreamRequest { name: "orders".into() }).await.unwrap().into_inner();
+    let got = c
+        .get_stream(pb::GetStreamRequest {
+            name: "orders".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(got.stream.unwrap().shard_count, 3);
-    let e = c.get_stream(pb::GetStreamRequest { name: "nope".into() }).await.unwrap_err();
+    let e = c
+        .get_stream(pb::GetStreamRequest {
+            name: "nope".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(error_code(&e), 200);
 
     // Shards split the MD5 space evenly, as the clients compute it.
-    let shards = c.list_shards(pb::ListShardsRequest { stream_name: "orders".into() }).await.unwrap().into_inner().shards;
+    let shards = c
+        .list_shards(pb::ListShardsRequest {
+            stream_name: "orders".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .shards;
     let cnt = u128::MAX / 3;
-    let ranges: Vec<(u128, u128)> =
-        shards.iter().map(|s| (s.start_hash_range_key.parse().unwrap(), s.end_hash_range_key.parse().unwrap())).collect();
-    assert_eq!(ranges, vec![(0, cnt - 1), (cnt, 2 * cnt - 1), (2 * cnt, u128::MAX)]);
-    assert!(shards.iter().all(|s| s.is_active && s.epoch == 3 && s.stream_name == "orders"));
+    let ranges: Vec<(u128, u128)> = shards
+        .iter()
+        .map(|s| {
+            (
+                s.start_hash_range_key.parse().unwrap(),
+                s.end_hash_range_key.parse().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ranges,
+        vec![(0, cnt - 1), (cnt, 2 * cnt - 1), (2 * cnt, u128::MAX)]
+    );
+    assert!(
+        shards
+            .iter()
+            .all(|s| s.is_active && s.epoch == 3 && s.stream_name == "orders")
+    );
 
     let node = c.describe_cluster(()).await.unwrap().into_inner();
     assert_eq!(node.protocol_version, "0.1.0");
     assert_eq!(node.server_nodes[0].port, server.addr.port() as u32);
-    assert_eq!(node.server_nodes_status[0].state, pb::NodeState::Running as i32);
-    let look = c.lookup_shard(pb::LookupShardRequest { shard_id: shards[0].shard_id }).await.unwrap().into_inner();
-    assert_eq!((look.shard_id, look.server_node.unwrap().host), (shards[0].shard_id, "127.0.0.1".to_string()));
-    let res = c.lookup_resource(pb::LookupResourceRequest { res_type: pb::ResourceType::ResShard as i32, res_id: "1".into() });
-    assert_eq!(res.await.unwrap().into_inner().port, server.addr.port() as u32);
-    assert_eq!(c.echo(pb::EchoRequest { msg: "hi".into() }).await.unwrap().into_inner().msg, "hi");
+    assert_eq!(
+        node.server_nodes_status[0].state,
+        pb::NodeState::Running as i32
+    );
+    let look = c
+        .lookup_shard(pb::LookupShardRequest {
+            shard_id: shards[0].shard_id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (look.shard_id, look.server_node.unwrap().host),
+        (shards[0].shard_id, "127.0.0.1".to_string())
+    );
+    let res = c.lookup_resource(pb::LookupResourceRequest {
+        res_type: pb::ResourceType::ResShard as i32,
+        res_id: "1".into(),
+    });
+    assert_eq!(
+        res.await.unwrap().into_inner().port,
+        server.addr.port() as u32
+    );
+    assert_eq!(
+        c.echo(pb::EchoRequest { msg: "hi".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .msg,
+        "hi"
+    );
 
-    let del = |name: &str, ignore: bool| pb::DeleteStreamRequest { stream_name: name.into(), ignore_non_exist: ignore, force: false };
+    let del = |name: &str, ignore: bool| pb::DeleteStreamRequest {
+        stream_name: name.into(),
+        ignore_non_exist: ignore,
+        force: false,
+    };
     c.delete_stream(del("users", false)).await.unwrap();
     let e = c.delete_stream(del("users", false)).await.unwrap_err();
     assert_eq!((e.code(), error_code(&e)), (Code::NotFound, 200));
@@ -286,7 +477,10 @@ async fn stream_lifecycle() {
     c.create_stream(stream_req("users", 1)).await.unwrap();
     let sid = shard_ids(&mut c, "users").await[0];
     assert!(read_shard_to_tail(&mut c, "users", sid).await.is_empty());
-    let unimpl = c.create_subscription(pb::Subscription::default()).await.unwrap_err();
+    let unimpl = c
+        .create_subscription(pb::Subscription::default())
+        .await
+        .unwrap_err();
     assert_eq!(unimpl.code(), Code::Unimplemented);
 }
 
@@ -301,7 +495,12 @@ async fn reads_offsets_trims_and_retention() {
     let shard = shard_ids(&mut c, "r").await[0];
     let mut lsns = Vec::new();
     for i in 0..10 {
-        lsns.push(append(&mut c, "r", shard, "k", &[format!("m{i}").into_bytes()]).await.record_ids[0].batch_id);
+        lsns.push(
+            append(&mut c, "r", shard, "k", &[format!("m{i}").into_bytes()])
+                .await
+                .record_ids[0]
+                .batch_id,
+        );
     }
     assert_eq!(lsns, (1..=10).collect::<Vec<_>>());
     let reader_client = c.clone();
@@ -321,17 +520,34 @@ async fn reads_offsets_trims_and_retention() {
                 .into_inner();
             let mut out = Vec::new();
             while let Some(m) = s.message().await.unwrap() {
-                out.extend(m.received_records.iter().flat_map(decode).map(|(_, _, p)| String::from_utf8(p).unwrap()));
+                out.extend(
+                    m.received_records
+                        .iter()
+                        .flat_map(decode)
+                        .map(|(_, _, p)| String::from_utf8(p).unwrap()),
+                );
             }
             out
         }
     };
     let rid = |lsn| pb::ShardOffset {
-        offset: Some(pb::shard_offset::Offset::RecordOffset(pb::RecordId { shard_id: shard, batch_id: lsn, batch_index: 0 })),
+        offset: Some(pb::shard_offset::Offset::RecordOffset(pb::RecordId {
+            shard_id: shard,
+            batch_id: lsn,
+            batch_index: 0,
+        })),
     };
     assert_eq!(read(earliest(), Some(latest()), 0).await.len(), 10);
-    assert_eq!(read(rid(4), Some(rid(6)), 0).await, ["m3", "m4", "m5"], "until is inclusive");
-    assert_eq!(read(earliest(), Some(latest()), 2).await, ["m0", "m1"], "maxReadBatches");
+    assert_eq!(
+        read(rid(4), Some(rid(6)), 0).await,
+        ["m3", "m4", "m5"],
+        "until is inclusive"
+    );
+    assert_eq!(
+        read(earliest(), Some(latest()), 2).await,
+        ["m0", "m1"],
+        "maxReadBatches"
+    );
 
     // Timestamp offsets find the first batch at or after the time.
     let all = read_shard_to_tail(&mut c, "r", shard).await;
@@ -342,7 +558,12 @@ async fn reads_offsets_trims_and_retention() {
     let t5 = ts(&all[5]);
     let first_at_t5 = all.iter().position(|rr| ts(rr) >= t5).unwrap();
     let at = pb::ShardOffset {
-        offset: Some(pb::shard_offset::Offset::TimestampOffset(pb::TimestampOffset { timestamp_in_ms: t5, strict_accuracy: true })),
+        offset: Some(pb::shard_offset::Offset::TimestampOffset(
+            pb::TimestampOffset {
+                timestamp_in_ms: t5,
+                strict_accuracy: true,
+            },
+        )),
     };
     assert_eq!(read(at, Some(latest()), 0).await.len(), 10 - first_at_t5);
 
@@ -362,7 +583,10 @@ async fn reads_offsets_trims_and_retention() {
     append(&mut c, "r", shard, "k", &[b"live".to_vec()]).await;
     let m = tail.message().await.unwrap().expect("tailed batch");
     assert_eq!(decode(&m.received_records[0])[0].2, b"live");
-    assert!(tail.message().await.unwrap().is_none(), "ends after maxReadBatches");
+    assert!(
+        tail.message().await.unwrap().is_none(),
+        "ends after maxReadBatches"
+    );
 
     // A shard reader (the Python client's read path) with a timeout that returns empty.
     c.create_shard_reader(pb::CreateShardReaderRequest {
@@ -385,50 +609,119 @@ async fn reads_offsets_trims_and_retention() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists);
-    let r1 = c.read_shard(pb::ReadShardRequest { reader_id: "rd".into(), max_records: 100 }).await.unwrap().into_inner();
-    assert_eq!(r1.received_records.len(), 2, "m9 and live");
-    let r2 = c.read_shard(pb::ReadShardRequest { reader_id: "rd".into(), max_records: 100 }).await.unwrap().into_inner();
-    assert!(r2.received_records.is_empty(), "timeout with no data returns empty");
-    let listed = c.list_shard_readers(pb::ListShardReadersRequest {}).await.unwrap().into_inner().reader_id;
-    assert_eq!(listed, ["rd"]);
-    c.delete_shard_reader(pb::DeleteShardReaderRequest { reader_id: "rd".into() }).await.unwrap();
-
-    // Trims: TrimShards keeps the oldest given record and everything after it.
-    let tr = c
-        .trim_shards(pb::TrimShardsRequest { stream_name: "r".into(), record_ids: vec![format!("{shard}-7-0"), format!("{shard}-5-0")] })
+    let r1 = c
+        .read_shard(pb::ReadShardRequest {
+            reader_id: "rd".into(),
+            max_records: 100,
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(tr.trim_points, HashMap::from([(shard, format!("{shard}-5-0"))]));
-    assert_eq!(read(earliest(), Some(latest()), 0).await.first().map(String::as_str), Some("m4"));
-    c.trim_shard(pb::TrimShardRequest { stream_name: "r".into(), shard_id: shard, trim_point: Some(rid(8)) }).await.unwrap();
-    assert_eq!(read(earliest(), Some(latest()), 0).await, ["m8", "m9", "live"]);
+    assert_eq!(r1.received_records.len(), 2, "m9 and live");
+    let r2 = c
+        .read_shard(pb::ReadShardRequest {
+            reader_id: "rd".into(),
+            max_records: 100,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        r2.received_records.is_empty(),
+        "timeout with no data returns empty"
+    );
+    let listed = c
+        .list_shard_readers(pb::ListShardReadersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .reader_id;
+    assert_eq!(listed, ["rd"]);
+    c.delete_shard_reader(pb::DeleteShardReaderRequest {
+        reader_id: "rd".into(),
+    })
+    .await
+    .unwrap();
+
+    // Trims: TrimShards keeps the oldest given record and everything after it.
+    let tr = c
+        .trim_shards(pb::TrimShardsRequest {
+            stream_name: "r".into(),
+            record_ids: vec![format!("{shard}-7-0"), format!("{shard}-5-0")],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        tr.trim_points,
+        HashMap::from([(shard, format!("{shard}-5-0"))])
+    );
+    assert_eq!(
+        read(earliest(), Some(latest()), 0)
+            .await
+            .first()
+            .map(String::as_str),
+        Some("m4")
+    );
+    c.trim_shard(pb::TrimShardRequest {
+        stream_name: "r".into(),
+        shard_id: shard,
+        trim_point: Some(rid(8)),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        read(earliest(), Some(latest()), 0).await,
+        ["m8", "m9", "live"]
+    );
 
     // Retention: a stream with a 1 s backlog loses its records once they are older than that.
-    c.create_stream(pb::Stream { backlog_duration: 1, ..stream_req("short", 1) }).await.unwrap();
+    c.create_stream(pb::Stream {
+        backlog_duration: 1,
+        ..stream_req("short", 1)
+    })
+    .await
+    .unwrap();
     let s2 = shard_ids(&mut c, "short").await[0];
     append(&mut c, "short", s2, "k", &[b"fleeting".to_vec()]).await;
     assert_eq!(read_shard_to_tail(&mut c, "short", s2).await.len(), 1);
     let probe = c.clone();
-    wait_until(Duration::from_secs(10), "retention to drop the record", || {
-        let mut c = probe.clone();
-        async move { read_shard_to_tail(&mut c, "short", s2).await.is_empty() }
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "retention to drop the record",
+        || {
+            let mut c = probe.clone();
+            async move { read_shard_to_tail(&mut c, "short", s2).await.is_empty() }
+        },
+    )
     .await;
 
     // TrimStream to LATEST empties every shard; appends continue after the old tail.
     c.trim_stream(pb::TrimStreamRequest {
         stream_name: "r".into(),
-        trim_point: Some(pb::StreamOffset { offset: Some(pb::stream_offset::Offset::SpecialOffset(pb::SpecialOffset::Latest as i32)) }),
+        trim_point: Some(pb::StreamOffset {
+            offset: Some(pb::stream_offset::Offset::SpecialOffset(
+                pb::SpecialOffset::Latest as i32,
+            )),
+        }),
     })
     .await
     .unwrap();
     assert!(read_shard_to_tail(&mut c, "r", shard).await.is_empty());
-    assert_eq!(append(&mut c, "r", shard, "k", &[b"next".to_vec()]).await.record_ids[0].batch_id, 12);
+    assert_eq!(
+        append(&mut c, "r", shard, "k", &[b"next".to_vec()])
+            .await
+            .record_ids[0]
+            .batch_id,
+        12
+    );
 
     c.create_stream(stream_req("multi", 2)).await.unwrap();
     let e = c
-        .read_single_shard_stream(pb::ReadSingleShardStreamRequest { stream_name: "multi".into(), ..Default::default() })
+        .read_single_shard_stream(pb::ReadSingleShardStreamRequest {
+            stream_name: "multi".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!((e.code(), error_code(&e)), (Code::InvalidArgument, 902));
@@ -439,12 +732,22 @@ async fn reads_offsets_trims_and_retention() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_restart_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path(), &["--fsync", "interval", "--fsync-interval-ms", "20"]);
+    let mut server = Server::start(
+        dir.path(),
+        &["--fsync", "interval", "--fsync-interval-ms", "20"],
+    );
     let mut c = server.client().await;
     c.create_stream(stream_req("keep", 2)).await.unwrap();
     let shards = shard_ids(&mut c, "keep").await;
     for i in 0..50 {
-        append(&mut c, "keep", shards[i % 2], "k", &[format!("v{i}").into_bytes()]).await;
+        append(
+            &mut c,
+            "keep",
+            shards[i % 2],
+            "k",
+            &[format!("v{i}").into_bytes()],
+        )
+        .await;
     }
     c.create_shard_reader(pb::CreateShardReaderRequest {
         stream_name: "keep".into(),
@@ -456,7 +759,10 @@ async fn graceful_restart_keeps_everything() {
     .await
     .unwrap();
     let mut open_tail = c
-        .read_stream(pb::ReadStreamRequest { stream_name: "keep".into(), ..Default::default() })
+        .read_stream(pb::ReadStreamRequest {
+            stream_name: "keep".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -470,8 +776,21 @@ async fn graceful_restart_keeps_everything() {
         n += read_shard_to_tail(&mut c, "keep", s).await.len();
     }
     assert_eq!(n, 50);
-    let r = c.read_shard(pb::ReadShardRequest { reader_id: "durable_reader".into(), max_records: 1000 }).await.unwrap();
-    assert_eq!(r.into_inner().received_records.len(), 25, "reader definition survives restart");
+    let r = c
+        .read_shard(pb::ReadShardRequest {
+            reader_id: "durable_reader".into(),
+            max_records: 1000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        r.into_inner().received_records.len(),
+        25,
+        "reader definition survives restart"
+    );
     let next = append(&mut c, "keep", shards[0], "k", &[b"after".to_vec()]).await;
-    assert_eq!(next.record_ids[0].batch_id, 26, "LSNs continue after restart");
+    assert_eq!(
+        next.record_ids[0].batch_id, 26,
+        "LSNs continue after restart"
+    );
 }

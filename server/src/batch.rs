@@ -169,3 +169,20 @@ mod tests {
         assert!(err.to_string().contains("more than"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        /// Arbitrary client bytes never panic the validator, whatever the claimed compression.
+        #[test]
+        fn arbitrary_payloads_never_panic(payload in proptest::collection::vec(any::<u8>(), 0..512),
+                                          compression in 0i32..4, size in 0u32..8) {
+            let b = BatchedRecord { compression_type: compression, publish_time: None, batch_size: size, payload: payload.into() };
+            let _ = validate(Some(&b), 1 << 20);
+        }
+    }
+}

@@ -68,6 +68,9 @@ pub struct Flags {
     pub retention_interval_ms: Option<u64>,
 }
 
+/// Largest `max-record-size` accepted: a batch must fit one store entry.
+pub const MAX_RECORD_SIZE: usize = 32 << 20;
+
 #[derive(Debug, Default, Deserialize)]
 struct ConfigFile {
     hserver: Option<Flags>,

@@ -625,3 +625,6 @@ impl HStreamApi for HStreamService {
         unimplemented("ExecuteViewQueryWithNamespace")
     }
 }
+
+#[cfg(test)]
+mod tests;

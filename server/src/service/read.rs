@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use super::ServerCtx;
 use crate::catalog::ShardEntry;
 use crate::error::{ApiError, ApiResult};
-use crate::store::{ShardLog, StoredBatch};
+use crate::store::{ShardLog, StoreError, StoredBatch};
 
 pub const RESPONSE_BYTES: usize = 2 << 20;
 /// Batches read from one shard before the pump turns to the next.
@@ -181,6 +181,10 @@ impl ShardCursor {
         if self.done {
             return Ok(Vec::new());
         }
+        if self.shard.log.is_deleted() {
+            self.done = true;
+            return Err(StoreError::ShardDeleted(self.shard.meta.id).into());
+        }
         // Mark the current tail seen before reading, so an append racing with the read still
         // wakes a later wait.
         let visible = *self.rx.borrow_and_update();
@@ -190,20 +194,14 @@ impl ShardCursor {
             tokio::task::spawn_blocking(move || log.read(from, max_batches, max_bytes))
                 .await
                 .map_err(|_| ApiError::ShuttingDown)??;
-        match self.until {
-            Until::Forever => {}
-            Until::Lsn(u) => {
-                batches.retain(|b| b.lsn <= u);
-                if batches.last().map_or(from, |b| b.lsn + 1) > u {
-                    self.done = true;
-                }
-            }
-            Until::Timestamp(t) => {
-                if let Some(i) = batches.iter().position(|b| b.timestamp_ms > t) {
-                    batches.truncate(i);
-                    self.done = true;
-                }
-            }
+        if let Until::Timestamp(t) = self.until
+            && let Some(i) = batches.iter().position(|b| b.timestamp_ms > t)
+        {
+            batches.truncate(i);
+            self.done = true;
+        }
+        if let Until::Lsn(u) = self.until {
+            batches.retain(|b| b.lsn <= u);
         }
         if let Some(last) = batches.last() {
             self.next = last.lsn + 1;
@@ -211,22 +209,38 @@ impl ShardCursor {
             // Everything up to the tail was trimmed away under us: skip past it.
             self.next = self.next.max(self.shard.log.start_lsn());
         }
-        if let Until::Timestamp(t) = self.until {
-            // Later appends are stamped at least now, so once caught up past `t` nothing more can
-            // qualify.
-            if batches.is_empty() && self.next > self.shard.log.visible_lsn() && t < now_ms() {
-                self.done = true;
+        match self.until {
+            Until::Lsn(u) if self.next > u => self.done = true,
+            // Batches are stamped under the shard lock with max(now, last stamp): once everything
+            // written is read and the clock has passed `t`, no later batch can qualify.
+            Until::Timestamp(t)
+                if batches.is_empty()
+                    && t < now_ms()
+                    && self.next > self.shard.log.written_lsn() =>
+            {
+                self.done = true
             }
+            _ => {}
         }
         Ok(batches)
     }
 
+    /// When a read bounded by a future time must give up waiting for appends.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        match self.until {
+            Until::Timestamp(t) if !self.done => {
+                let wait_ms = (t + 1 - now_ms()).max(0) as u64;
+                Some(tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms))
+            }
+            _ => None,
+        }
+    }
+
     /// Resolves when the shard's visible tail moves (or the shard goes away).
     pub async fn wait(&mut self) {
-        if self.rx.changed().await.is_err() {
-            // The shard went away: nothing more will come.
-            self.done = true;
-        }
+        // The sender lives as long as the shard log this cursor holds, so this cannot fail;
+        // deletion bumps the channel and the next read reports it.
+        let _ = self.rx.changed().await;
     }
 }
 
@@ -245,7 +259,7 @@ pub async fn pump<R: Send + 'static>(
         max_batches
     };
     loop {
-        if cursors.iter().all(|c| c.done) || remaining == 0 {
+        if cursors.iter().all(|c| c.done) || remaining == 0 || ctx.shutdown.is_cancelled() {
             return;
         }
         let mut progressed = false;
@@ -265,14 +279,17 @@ pub async fn pump<R: Send + 'static>(
             remaining -= batches.len() as u64;
             let shard_id = c.shard.meta.id;
             let records = batches.into_iter().map(|b| received(shard_id, b)).collect();
-            if tx.send(Ok(wrap(records))).await.is_err() {
-                return;
+            // A client that stops reading must not hold up shutdown.
+            tokio::select! {
+                sent = tx.send(Ok(wrap(records))) => if sent.is_err() { return },
+                _ = ctx.shutdown.cancelled() => return,
             }
             if remaining == 0 {
                 return;
             }
         }
         if !progressed {
+            let deadline = cursors.iter().filter_map(ShardCursor::deadline).min();
             let waiting: Vec<_> = cursors
                 .iter_mut()
                 .filter(|c| !c.done)
@@ -281,8 +298,15 @@ pub async fn pump<R: Send + 'static>(
             if waiting.is_empty() {
                 return;
             }
+            let timer = async move {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = select_all(waiting) => {}
+                _ = timer => {}
                 _ = ctx.shutdown.cancelled() => return,
                 _ = tx.closed() => return,
             }

@@ -107,8 +107,11 @@ impl ServerCtx {
         let mut batches = state.cursor.read_chunk(max, RESPONSE_BYTES).await?;
         if batches.is_empty() && !state.timeout.is_zero() {
             let timeout = state.timeout;
-            let waited = tokio::time::timeout(timeout, state.cursor.wait()).await;
-            if waited.is_ok() {
+            let woken = tokio::select! {
+                w = tokio::time::timeout(timeout, state.cursor.wait()) => w.is_ok(),
+                _ = self.shutdown.cancelled() => false,
+            };
+            if woken {
                 batches = state.cursor.read_chunk(max, RESPONSE_BYTES).await?;
             }
         }

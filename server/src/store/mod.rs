@@ -120,7 +120,7 @@ pub struct LogStore {
     flusher_stop: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -131,7 +131,12 @@ impl LogStore {
     /// Opens (recovering) every shard found under `root/shards`.
     pub fn open(root: &Path, opts: StoreOptions) -> Result<Arc<Self>, StoreError> {
         let shards_dir = root.join("shards");
-        std::fs::create_dir_all(&shards_dir).map_err(|e| StoreError::io(&shards_dir, e))?;
+        if !shards_dir.exists() {
+            std::fs::create_dir_all(&shards_dir).map_err(|e| StoreError::io(&shards_dir, e))?;
+            std::fs::File::open(root)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| StoreError::io(root, e))?;
+        }
         let mut shards = HashMap::new();
         for entry in std::fs::read_dir(&shards_dir).map_err(|e| StoreError::io(&shards_dir, e))? {
             let entry = entry.map_err(|e| StoreError::io(&shards_dir, e))?;
@@ -325,14 +330,13 @@ fn commit_group(jobs: Vec<Job>, opts: &StoreOptions, buf: &mut Vec<u8>) {
             None => by_shard.push((job.shard.clone(), vec![job])),
         }
     }
-    let now = now_ms();
     let mut written = Vec::with_capacity(by_shard.len());
     for (shard, jobs) in by_shard {
         let batches: Vec<(&[u8], u32, u8)> = jobs
             .iter()
             .map(|j| (&j.payload[..], j.batch_size, j.compression))
             .collect();
-        match shard.write_group(&batches, now, buf) {
+        match shard.write_group(&batches, buf) {
             Ok((pending, group)) => written.push((shard, jobs, pending, group)),
             Err(e) => fail_all(jobs, &e),
         }

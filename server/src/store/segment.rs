@@ -28,6 +28,8 @@ pub const BODY_FIXED_LEN: usize = 24;
 const ENTRY_VERSION: u8 = 1;
 /// Upper bound on one entry's body; anything larger in a length field is corruption.
 pub const MAX_BODY_LEN: usize = 64 << 20;
+/// Largest payload an entry can carry.
+pub const MAX_PAYLOAD_LEN: usize = MAX_BODY_LEN - BODY_FIXED_LEN;
 
 /// One stored batch as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +39,13 @@ pub struct StoredBatch {
     pub batch_size: u32,
     pub compression: u8,
     pub payload: Bytes,
+}
+
+impl StoredBatch {
+    /// Bytes this batch costs in a read response: its payload plus a record id per record.
+    pub fn wire_len(&self) -> usize {
+        self.payload.len() + 16 * self.batch_size as usize + 32
+    }
 }
 
 /// A seek point in the sparse in-memory index of a segment.
@@ -316,7 +325,7 @@ pub fn read_range(
                     let len = ENTRY_HEADER_LEN + BODY_FIXED_LEN + batch.payload.len();
                     pos += len;
                     if batch.lsn >= from_lsn {
-                        bytes += batch.payload.len();
+                        bytes += batch.wire_len();
                         out.push(batch);
                     }
                 }

@@ -35,6 +35,18 @@ pub struct Segment {
 }
 
 impl Segment {
+    fn empty(base: u64, path: PathBuf, file: File) -> Segment {
+        Segment {
+            base,
+            path,
+            file,
+            committed_len: AtomicU64::new(FILE_HEADER_LEN),
+            last_lsn: AtomicU64::new(base - 1),
+            last_ts: AtomicI64::new(i64::MIN),
+            index: RwLock::new(Vec::new()),
+        }
+    }
+
     fn last_lsn(&self) -> u64 {
         self.last_lsn.load(Ordering::Acquire)
     }
@@ -165,15 +177,23 @@ impl ShardLog {
                     )));
                 }
             }
-            if let Some(exp) = expected_base
-                && base != exp
-            {
-                tracing::error!(
-                    shard = id,
-                    expected = exp,
-                    found = base,
-                    "gap between segments"
-                );
+            if let Some(exp) = expected_base {
+                if base < exp {
+                    // LSNs would be handed out twice: refuse rather than guess.
+                    return Err(StoreError::Corrupt(format!(
+                        "segment {} starts at lsn {base} but the previous one reaches lsn {}",
+                        path.display(),
+                        exp - 1
+                    )));
+                }
+                if base > exp {
+                    tracing::error!(
+                        shard = id,
+                        expected = exp,
+                        found = base,
+                        "gap between segments"
+                    );
+                }
             }
             let scan = segment::scan(&file, base, is_last, opts.index_interval_bytes)
                 .map_err(|e| StoreError::io(&path, e))?;
@@ -200,6 +220,12 @@ impl ShardLog {
                 last_ts: AtomicI64::new(scan.last_timestamp_ms.unwrap_or(i64::MIN)),
                 index: RwLock::new(scan.index),
             }));
+        }
+        // Unsynced batches lost in a crash may leave the tail below a trim point that was already
+        // persisted: continue after the trim point so no trimmed LSN is handed out again.
+        if segments.last().expect("at least one segment").last_lsn() < trim_point {
+            let (file, path) = create_segment_file(&dir, trim_point + 1)?;
+            segments.push(Arc::new(Segment::empty(trim_point + 1, path, file)));
         }
         let last = segments.last().expect("at least one segment").clone();
         let active = OpenOptions::new()
@@ -265,8 +291,16 @@ impl ShardLog {
         self.lock().trim_point
     }
 
+    /// Last LSN written to the file, visible or not yet.
+    pub fn written_lsn(&self) -> u64 {
+        self.lock().next_lsn - 1
+    }
+
+    /// Marks the shard deleted (no further rolls, trims or appends) and wakes its readers.
     pub fn mark_deleted(&self) {
+        let _inner = self.lock();
         self.deleted.store(true, Ordering::Release);
+        self.visible.send_modify(|_| {});
     }
 
     pub fn is_deleted(&self) -> bool {
@@ -278,10 +312,22 @@ impl ShardLog {
     pub fn write_group(
         &self,
         batches: &[(&[u8], u32, u8)],
-        now_ms: i64,
         buf: &mut Vec<u8>,
     ) -> Result<(Vec<PendingWrite>, WrittenGroup), StoreError> {
+        if let Some((p, _, _)) = batches
+            .iter()
+            .find(|(p, _, _)| p.len() > segment::MAX_PAYLOAD_LEN)
+        {
+            return Err(StoreError::Failed(format!(
+                "a {}-byte batch exceeds the store's {}-byte entry limit",
+                p.len(),
+                segment::MAX_PAYLOAD_LEN
+            )));
+        }
         let mut inner = self.lock();
+        // Stamped under the lock so that a reader that sees the written tail and a clock past its
+        // bound knows no later batch can carry an earlier stamp.
+        let now_ms = super::now_ms();
         if let Some(reason) = &inner.poisoned {
             return Err(StoreError::Poisoned(reason.clone()));
         }
@@ -292,6 +338,10 @@ impl ShardLog {
             self.roll(&mut inner)?;
         }
         let segment = inner.segments.last().expect("active segment").clone();
+        let sync_handle = inner
+            .active
+            .try_clone()
+            .map_err(|e| StoreError::io(&segment.path, e))?;
         buf.clear();
         let start_len = inner.active_len;
         let mut pending = Vec::with_capacity(batches.len());
@@ -338,10 +388,6 @@ impl ShardLog {
                 .expect("index lock")
                 .extend(new_points);
         }
-        let sync_handle = inner
-            .active
-            .try_clone()
-            .map_err(|e| StoreError::io(&segment.path, e))?;
         self.unsynced.store(true, Ordering::Release);
         Ok((
             pending,
@@ -404,21 +450,23 @@ impl ShardLog {
             .active
             .sync_data()
             .map_err(|e| StoreError::io(&old.path, e))?;
+        if self.is_deleted() {
+            return Err(StoreError::ShardDeleted(self.id));
+        }
         let base = inner.next_lsn;
         let (file, path) = create_segment_file(&self.dir, base)?;
-        let active = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|e| StoreError::io(&path, e))?;
-        inner.segments.push(Arc::new(Segment {
-            base,
-            path,
-            file,
-            committed_len: AtomicU64::new(FILE_HEADER_LEN),
-            last_lsn: AtomicU64::new(base - 1),
-            last_ts: AtomicI64::new(i64::MIN),
-            index: RwLock::new(Vec::new()),
-        }));
+        let active = match OpenOptions::new().append(true).open(&path) {
+            Ok(a) => a,
+            Err(e) => {
+                // An unregistered segment file would be taken as the tail at the next start.
+                let _ = fs::remove_file(&path);
+                let _ = sync_dir(&self.dir);
+                return Err(StoreError::io(&path, e));
+            }
+        };
+        inner
+            .segments
+            .push(Arc::new(Segment::empty(base, path, file)));
         inner.active = active;
         inner.active_len = FILE_HEADER_LEN;
         inner.bytes_since_index = u64::MAX;
@@ -449,6 +497,16 @@ impl ShardLog {
             if seg.last_lsn() < from {
                 continue;
             }
+            if from < seg.base {
+                // Damage in the previous segment (or a missing file) lost these LSNs: fail rather
+                // than skip over them.
+                return Err(StoreError::Corrupt(format!(
+                    "shard {} lost lsns {from}..{} before {}",
+                    self.id,
+                    seg.base - 1,
+                    seg.path.display()
+                )));
+            }
             let end = seg.committed_len.load(Ordering::Acquire);
             let offset = seg.seek_lsn(from);
             let got = segment::read_range(
@@ -465,7 +523,7 @@ impl ShardLog {
                     break;
                 }
                 from = b.lsn + 1;
-                bytes += b.payload.len();
+                bytes += b.wire_len();
                 out.push(b);
             }
         }
@@ -500,9 +558,20 @@ impl ShardLog {
     /// Returns the trim point in effect afterwards.
     pub fn trim(&self, upto: u64) -> Result<u64, StoreError> {
         let mut inner = self.lock();
+        if self.is_deleted() {
+            return Err(StoreError::ShardDeleted(self.id));
+        }
         let upto = upto.min(self.visible_lsn());
         if upto <= inner.trim_point {
             return Ok(inner.trim_point);
+        }
+        // The trim point must never be durable ahead of the data it refers to.
+        if self.unsynced.load(Ordering::Acquire) {
+            let seg = inner.segments.last().expect("active segment").path.clone();
+            inner
+                .active
+                .sync_data()
+                .map_err(|e| StoreError::io(&seg, e))?;
         }
         write_trim_point(&self.dir, upto)?;
         inner.trim_point = upto;
@@ -542,18 +611,42 @@ impl ShardLog {
     }
 }
 
+/// Creates a segment file with its header. It appears under its final name only once complete
+/// (written and fsynced under a `.tmp` name, then renamed), and is removed again if the
+/// directory cannot be synced, so a failure never leaves a stray segment behind.
 fn create_segment_file(dir: &Path, base: u64) -> Result<(File, PathBuf), StoreError> {
     let path = segment_path(dir, base);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(|e| StoreError::io(&path, e))?;
-    file.write_all(&segment::file_header(base))
-        .map_err(|e| StoreError::io(&path, e))?;
-    file.sync_all().map_err(|e| StoreError::io(&path, e))?;
-    sync_dir(dir).map_err(|e| StoreError::io(dir, e))?;
+    let tmp = path.with_extension("seg.tmp");
+    let prepare = || -> io::Result<File> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        file.write_all(&segment::file_header(base))?;
+        file.sync_all()?;
+        Ok(file)
+    };
+    let file = prepare().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        StoreError::io(&tmp, e)
+    })?;
+    if path.exists() {
+        let _ = fs::remove_file(&tmp);
+        return Err(StoreError::Corrupt(format!(
+            "segment {} already exists",
+            path.display()
+        )));
+    }
+    fs::rename(&tmp, &path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        StoreError::io(&path, e)
+    })?;
+    if let Err(e) = sync_dir(dir) {
+        let _ = fs::remove_file(&path);
+        return Err(StoreError::io(dir, e));
+    }
     Ok((file, path))
 }
 

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs the benchmarks (release build). Usage: scripts/bench.sh [all|append] [bench flags]
+# Each benchmark prints its figures beside the physical limit or a peer measured in the same run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -p hstream-server -p hstream-bench
+exec target/release/hstream-bench "${@:-all}"

@@ -1,0 +1,247 @@
+//! Service behaviour that needs state the public RPCs of this issue cannot create yet
+//! (subscriptions), exercised on a `ServerCtx` over a real store and metastore.
+
+use super::*;
+use crate::meta::{SqliteMetaStore, StartOffset, SubscriptionMeta};
+use crate::store::StoreOptions;
+
+async fn ctx(dir: &std::path::Path) -> Arc<ServerCtx> {
+    let meta: Arc<dyn MetaStore> = Arc::new(SqliteMetaStore::in_memory().await.unwrap());
+    let store = LogStore::open(dir, StoreOptions::default()).unwrap();
+    let node = NodeInfo {
+        id: 1,
+        host: "127.0.0.1".into(),
+        port: 6570,
+    };
+    Arc::new(ServerCtx::new(
+        meta,
+        store,
+        Catalog::default(),
+        node,
+        1 << 20,
+        CancellationToken::new(),
+    ))
+}
+
+fn stream(name: &str) -> pb::Stream {
+    pb::Stream {
+        stream_name: name.into(),
+        replication_factor: 1,
+        backlog_duration: 0,
+        shard_count: 2,
+        creation_time: None,
+    }
+}
+
+fn del(name: &str, force: bool) -> pb::DeleteStreamRequest {
+    pb::DeleteStreamRequest {
+        stream_name: name.into(),
+        ignore_non_exist: false,
+        force,
+    }
+}
+
+#[tokio::test]
+async fn delete_with_subscriptions_needs_force_and_then_archives() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = ctx(dir.path()).await;
+    ctx.create_stream(stream("s")).await.unwrap();
+    let shard = ctx.catalog.stream("s").unwrap().shards[0].clone();
+    let rec = pb::BatchedRecord {
+        compression_type: 0,
+        publish_time: None,
+        batch_size: 1,
+        payload: prost::Message::encode_to_vec(&pb::BatchHStreamRecords {
+            records: vec![pb::HStreamRecord {
+                header: None,
+                payload: bytes::Bytes::from_static(b"x"),
+            }],
+        })
+        .into(),
+    };
+    ctx.append(pb::AppendRequest {
+        stream_name: "s".into(),
+        shard_id: shard.meta.id,
+        records: Some(rec),
+    })
+    .await
+    .unwrap();
+    ctx.meta
+        .create_subscription(&SubscriptionMeta {
+            id: "sub".into(),
+            stream: "s".into(),
+            ack_timeout_secs: 60,
+            max_unacked: 100,
+            offset: StartOffset::Earliest,
+            created_ms: 0,
+        })
+        .await
+        .unwrap();
+
+    let err = ctx.delete_stream(del("s", false)).await.unwrap_err();
+    assert!(matches!(err, ApiError::StreamHasSubscriptions(_)), "{err}");
+    assert!(ctx.catalog.stream("s").is_ok(), "nothing changed");
+
+    ctx.delete_stream(del("s", true)).await.unwrap();
+    assert!(matches!(
+        ctx.catalog.stream("s"),
+        Err(ApiError::StreamNotFound(_))
+    ));
+    assert!(
+        ctx.list_streams("").streams.is_empty(),
+        "archived streams are not listed"
+    );
+    // The subscription now points at the archived stream, whose data is kept for it.
+    let sub = ctx.meta.get_subscription("sub").await.unwrap().unwrap();
+    assert!(sub.stream.starts_with(crate::catalog::ARCHIVED_PREFIX));
+    let archived = ctx.catalog.any_stream(&sub.stream).unwrap();
+    assert!(archived.meta.archived);
+    assert_eq!(
+        archived.shards[0]
+            .log
+            .read(1, 10, usize::MAX)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(shard.log.dir().exists());
+    // The name is free for a new stream.
+    ctx.create_stream(stream("s")).await.unwrap();
+}
+
+#[tokio::test]
+async fn delete_without_subscriptions_removes_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = ctx(dir.path()).await;
+    ctx.create_stream(stream("gone")).await.unwrap();
+    let dirs: Vec<_> = ctx
+        .catalog
+        .stream("gone")
+        .unwrap()
+        .shards
+        .iter()
+        .map(|s| s.log.dir().to_owned())
+        .collect();
+    assert!(dirs.iter().all(|d| d.exists()));
+    ctx.delete_stream(del("gone", false)).await.unwrap();
+    assert!(dirs.iter().all(|d| !d.exists()));
+    assert!(ctx.meta.list_shards("gone").await.unwrap().is_empty());
+    ctx.delete_stream(pb::DeleteStreamRequest {
+        ignore_non_exist: true,
+        ..del("gone", false)
+    })
+    .await
+    .unwrap();
+}
+
+fn one_record() -> pb::BatchedRecord {
+    pb::BatchedRecord {
+        compression_type: 0,
+        publish_time: None,
+        batch_size: 1,
+        payload: prost::Message::encode_to_vec(&pb::BatchHStreamRecords {
+            records: vec![pb::HStreamRecord {
+                header: None,
+                payload: bytes::Bytes::from_static(b"x"),
+            }],
+        })
+        .into(),
+    }
+}
+
+async fn filled(ctx: &ServerCtx, name: &str, n: usize) -> crate::catalog::ShardEntry {
+    ctx.create_stream(pb::Stream {
+        shard_count: 1,
+        ..stream(name)
+    })
+    .await
+    .unwrap();
+    let shard = ctx.catalog.stream(name).unwrap().shards[0].clone();
+    for _ in 0..n {
+        let req = pb::AppendRequest {
+            stream_name: name.into(),
+            shard_id: shard.meta.id,
+            records: Some(one_record()),
+        };
+        ctx.append(req).await.unwrap();
+    }
+    shard
+}
+
+#[tokio::test]
+async fn read_bounded_below_the_trim_point_ends_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = ctx(dir.path()).await;
+    let shard = filled(&ctx, "t", 10).await;
+    shard.log.trim(6).unwrap();
+    let mut c = read::ShardCursor::new(shard, 2, read::Until::Lsn(4));
+    assert!(c.read_chunk(100, 1 << 20).await.unwrap().is_empty());
+    assert!(c.done, "nothing left below the bound");
+}
+
+#[tokio::test]
+async fn read_bounded_by_a_future_time_ends_when_it_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = ctx(dir.path()).await;
+    let shard = filled(&ctx, "f", 3).await;
+    let until = read::Until::Timestamp(read::now_ms() + 300);
+    let cursor = read::ShardCursor::new(shard, 1, until);
+    let (tx, mut rx) = mpsc::channel(4);
+    let pumped = tokio::spawn(read::pump(ctx.clone(), vec![cursor], 0, tx, |r| r));
+    let mut got = 0;
+    while let Some(msg) = rx.recv().await {
+        got += msg.unwrap().len();
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(10), pumped)
+        .await
+        .expect("pump ends")
+        .unwrap();
+    assert_eq!(got, 3);
+}
+
+#[tokio::test]
+async fn tailing_read_of_a_deleted_stream_ends_with_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = ctx(dir.path()).await;
+    let shard = filled(&ctx, "d", 1).await;
+    let cursor = read::ShardCursor::new(shard, 1, read::Until::Forever);
+    let (tx, mut rx) = mpsc::channel(4);
+    let pumped = tokio::spawn(read::pump(ctx.clone(), vec![cursor], 0, tx, |r| r));
+    assert_eq!(rx.recv().await.unwrap().unwrap().len(), 1);
+    ctx.delete_stream(del("d", false)).await.unwrap();
+    let end = rx
+        .recv()
+        .await
+        .expect("an error, then the end")
+        .unwrap_err();
+    assert_eq!(end.code(), tonic::Code::NotFound);
+    tokio::time::timeout(std::time::Duration::from_secs(10), pumped)
+        .await
+        .expect("pump ends")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn pump_stops_on_shutdown_even_if_the_client_stops_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = ctx(dir.path()).await;
+    let a = filled(&ctx, "s", 5).await;
+    let b = filled(&ctx, "s2", 5).await;
+    let cursors = vec![
+        read::ShardCursor::new(a, 1, read::Until::Forever),
+        read::ShardCursor::new(b, 1, read::Until::Forever),
+    ];
+    // A channel of one that nobody drains: the pump blocks sending the second shard's batches.
+    let (tx, _rx) = mpsc::channel(1);
+    let pumped = tokio::spawn(read::pump(ctx.clone(), cursors, 0, tx.clone(), |r| r));
+    // Wait until the channel is full, i.e. the pump is parked on its second send.
+    while tx.capacity() > 0 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!pumped.is_finished());
+    ctx.shutdown.cancel();
+    tokio::time::timeout(std::time::Duration::from_secs(10), pumped)
+        .await
+        .expect("pump ends")
+        .unwrap();
+}
