@@ -16,8 +16,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use hstream_proto::h_stream_api_server::HStreamApiServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 use crate::catalog::{Catalog, ShardEntry, StreamEntry};
 use crate::config::Settings;
@@ -137,7 +137,11 @@ pub async fn run(
     ready(addr);
     tonic::transport::Server::builder()
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+        .serve_with_incoming_shutdown(
+            // Small request/response exchanges must not wait on Nagle's algorithm.
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown.cancelled(),
+        )
         .await
         .context("grpc server failed")?;
 
