@@ -148,14 +148,10 @@ async fn measure(args: &Args, dir: &Path, label: &str, flags: &[&str]) -> anyhow
                 .map(|(_, l)| l),
         );
     }
-    anyhow::ensure!(
-        !lat.is_empty(),
-        "no append completed in the measured window"
-    );
+    anyhow::ensure!(!lat.is_empty(), "no append completed in the measured window");
     let batches = lat.len();
     lat.sort();
-    let pct =
-        |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
     let records = batches * args.batch_records;
     Ok(Run {
         label: label.to_owned(),
@@ -187,13 +183,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let dsync_count = 400;
     let dsync = dd(&dir, batch_bytes, dsync_count, "dsync")?;
     let always = measure(&args, &dir, "hstream fsync=always", &["--fsync", "always"]).await?;
-    let interval = measure(
-        &args,
-        &dir,
-        "hstream fsync=interval (100 ms)",
-        &["--fsync", "interval"],
-    )
-    .await?;
+    let interval = measure(&args, &dir, "hstream fsync=interval (100 ms)", &["--fsync", "interval"]).await?;
 
     println!();
     println!(
@@ -230,8 +220,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             format!("{:.2}x dd {name}", r.mb_per_s / limit)
         );
     }
-    println!(
-        "\nClient and server share this machine's cores; MB/s counts record payload bytes only."
-    );
+    println!("\nClient and server share this machine's cores; MB/s counts record payload bytes only.");
     Ok(())
 }

@@ -23,9 +23,7 @@ enum Bench {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.bench.unwrap_or(Bench::All) {
         Bench::Append(args) => rt.block_on(append::run(args)),
         Bench::All => rt.block_on(append::run(append::Args::default_args())),

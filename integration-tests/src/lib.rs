@@ -217,11 +217,7 @@ where
 }
 
 /// Encodes records the way HStreamDB clients do (RAW flag, one partition key).
-pub fn batch(
-    key: &str,
-    payloads: &[Vec<u8>],
-    compression: pb::CompressionType,
-) -> pb::BatchedRecord {
+pub fn batch(key: &str, payloads: &[Vec<u8>], compression: pb::CompressionType) -> pb::BatchedRecord {
     let records = payloads
         .iter()
         .map(|p| pb::HStreamRecord {
@@ -272,21 +268,11 @@ pub fn decode(r: &pb::ReceivedRecord) -> Vec<(pb::RecordId, String, Vec<u8>)> {
         pb::CompressionType::Zstd => zstd::decode_all(&b.payload[..]).expect("unzstd"),
     };
     let recs = pb::BatchHStreamRecords::decode(&raw[..]).expect("BatchHStreamRecords");
-    assert_eq!(
-        recs.records.len(),
-        r.record_ids.len(),
-        "record ids match records"
-    );
+    assert_eq!(recs.records.len(), r.record_ids.len(), "record ids match records");
     r.record_ids
         .iter()
         .zip(recs.records)
-        .map(|(id, rec)| {
-            (
-                *id,
-                rec.header.map(|h| h.key).unwrap_or_default(),
-                rec.payload.to_vec(),
-            )
-        })
+        .map(|(id, rec)| (*id, rec.header.map(|h| h.key).unwrap_or_default(), rec.payload.to_vec()))
         .collect()
 }
 
@@ -307,11 +293,7 @@ pub fn latest() -> pb::ShardOffset {
 }
 
 /// Reads a shard from EARLIEST to its tail as of now, through ReadShardStream.
-pub async fn read_shard_to_tail(
-    client: &mut Client,
-    stream: &str,
-    shard_id: u64,
-) -> Vec<pb::ReceivedRecord> {
+pub async fn read_shard_to_tail(client: &mut Client, stream: &str, shard_id: u64) -> Vec<pb::ReceivedRecord> {
     let mut s = client
         .read_shard_stream(pb::ReadShardStreamRequest {
             reader_id: String::new(),
@@ -336,4 +318,93 @@ pub fn error_code(status: &tonic::Status) -> i64 {
     let v: serde_json::Value = serde_json::from_str(status.message())
         .unwrap_or_else(|e| panic!("status message is not JSON ({e}): {}", status.message()));
     v["error"].as_i64().expect("error code")
+}
+
+/// What a test consumer received, in order: (record id, payload).
+pub type Received = std::sync::Arc<std::sync::Mutex<Vec<(pb::RecordId, Vec<u8>)>>>;
+
+/// A StreamingFetch consumer run by a test: everything it receives is recorded; it acks what it
+/// receives unless told not to; dropping or [`TestConsumer::kill`]ing it breaks its connection.
+pub struct TestConsumer {
+    pub received: Received,
+    acks: tokio::sync::mpsc::Sender<pb::StreamingFetchRequest>,
+    task: tokio::task::JoinHandle<Result<(), tonic::Status>>,
+    sub: String,
+    name: String,
+}
+
+impl TestConsumer {
+    /// Connects `name` to `sub`; with `auto_ack` every received record is acked at once.
+    pub async fn start(client: &Client, sub: &str, name: &str, auto_ack: bool) -> Result<TestConsumer, tonic::Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let first = pb::StreamingFetchRequest {
+            subscription_id: sub.into(),
+            consumer_name: name.into(),
+            ack_ids: vec![],
+        };
+        tx.send(first).await.expect("queue first request");
+        let mut c = client.clone();
+        let mut inbound = c
+            .streaming_fetch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let received: Received = Default::default();
+        let (rec, acks, s, n) = (received.clone(), tx.clone(), sub.to_owned(), name.to_owned());
+        let task = tokio::spawn(async move {
+            while let Some(resp) = inbound.message().await? {
+                let rr = resp.received_records.expect("a batch");
+                let got = decode(&rr);
+                let ids: Vec<pb::RecordId> = got.iter().map(|(id, _, _)| *id).collect();
+                rec.lock().unwrap().extend(got.into_iter().map(|(id, _, p)| (id, p)));
+                if auto_ack {
+                    let req = pb::StreamingFetchRequest {
+                        subscription_id: s.clone(),
+                        consumer_name: n.clone(),
+                        ack_ids: ids,
+                    };
+                    if acks.send(req).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        });
+        Ok(TestConsumer {
+            received,
+            acks: tx,
+            task,
+            sub: sub.into(),
+            name: name.into(),
+        })
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
+    pub fn ids(&self) -> Vec<pb::RecordId> {
+        self.received.lock().unwrap().iter().map(|(id, _)| *id).collect()
+    }
+
+    pub async fn ack(&self, ids: Vec<pb::RecordId>) {
+        let req = pb::StreamingFetchRequest {
+            subscription_id: self.sub.clone(),
+            consumer_name: self.name.clone(),
+            ack_ids: ids,
+        };
+        self.acks.send(req).await.expect("consumer is connected");
+    }
+
+    /// Breaks the connection, as a crashed consumer would.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+
+    /// Waits for the server to end this consumer's stream; returns how it ended.
+    pub async fn ended(self) -> Result<(), tonic::Status> {
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("stream ends")
+            .expect("task")
+    }
 }

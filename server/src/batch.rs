@@ -42,41 +42,29 @@ pub fn validate(batch: Option<&BatchedRecord>, max_record_size: usize) -> ApiRes
 
 /// Decompresses and decodes a batch's records (no more than `limit` decompressed bytes).
 pub fn decode_records(batch: &BatchedRecord, limit: usize) -> ApiResult<BatchHStreamRecords> {
-    let compression = CompressionType::try_from(batch.compression_type).map_err(|_| {
-        ApiError::MalformedBatch(format!(
-            "unknown compressionType {}",
-            batch.compression_type
-        ))
-    })?;
+    let compression = CompressionType::try_from(batch.compression_type)
+        .map_err(|_| ApiError::MalformedBatch(format!("unknown compressionType {}", batch.compression_type)))?;
     let decoded = match compression {
         CompressionType::None => BatchHStreamRecords::decode(batch.payload.clone()),
         CompressionType::Gzip => {
-            let raw = read_bounded(
-                flate2::read::MultiGzDecoder::new(&batch.payload[..]),
-                limit,
-                "gzip",
-            )?;
+            let raw = read_bounded(flate2::read::MultiGzDecoder::new(&batch.payload[..]), limit, "gzip")?;
             BatchHStreamRecords::decode(&raw[..])
         }
         CompressionType::Zstd => {
-            let dec = zstd::stream::read::Decoder::new(&batch.payload[..]).map_err(|e| {
-                ApiError::MalformedBatch(format!("zstd payload does not decompress: {e}"))
-            })?;
+            let dec = zstd::stream::read::Decoder::new(&batch.payload[..])
+                .map_err(|e| ApiError::MalformedBatch(format!("zstd payload does not decompress: {e}")))?;
             let raw = read_bounded(dec, limit, "zstd")?;
             BatchHStreamRecords::decode(&raw[..])
         }
     };
-    decoded
-        .map_err(|e| ApiError::MalformedBatch(format!("payload is not a BatchHStreamRecords: {e}")))
+    decoded.map_err(|e| ApiError::MalformedBatch(format!("payload is not a BatchHStreamRecords: {e}")))
 }
 
 fn read_bounded(r: impl Read, limit: usize, what: &str) -> ApiResult<Vec<u8>> {
     let mut out = Vec::new();
     r.take(limit as u64 + 1)
         .read_to_end(&mut out)
-        .map_err(|e| {
-            ApiError::MalformedBatch(format!("{what} payload does not decompress: {e}"))
-        })?;
+        .map_err(|e| ApiError::MalformedBatch(format!("{what} payload does not decompress: {e}")))?;
     if out.len() > limit {
         return Err(ApiError::MalformedBatch(format!(
             "{what} payload decompresses to more than {limit} bytes"
@@ -148,10 +136,7 @@ mod tests {
             matches!(validate(Some(&batch(CompressionType::Zstd, raw.clone(), 2)), 1 << 20), Err(ApiError::MalformedBatch(m)) if m.contains("zstd"))
         );
         assert!(matches!(
-            validate(
-                Some(&batch(CompressionType::None, vec![0xff, 0xff, 0xff], 1)),
-                1 << 20
-            ),
+            validate(Some(&batch(CompressionType::None, vec![0xff, 0xff, 0xff], 1)), 1 << 20),
             Err(ApiError::MalformedBatch(_))
         ));
         let mut unknown = batch(CompressionType::None, raw, 2);

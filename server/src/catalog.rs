@@ -74,12 +74,7 @@ impl Catalog {
     }
 
     pub fn all_streams(&self) -> Vec<Arc<StreamEntry>> {
-        self.streams
-            .read()
-            .expect("lock")
-            .values()
-            .cloned()
-            .collect()
+        self.streams.read().expect("lock").values().cloned().collect()
     }
 
     /// The shard `id` of the live stream `stream`.
@@ -117,10 +112,7 @@ pub fn validate_name(kind: &'static str, code: ErrorCode, name: &str) -> ApiResu
         Some("must be at most 255 characters")
     } else if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
         Some("must start with a letter")
-    } else if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
+    } else if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         Some("may hold only letters, digits, '-' and '_'")
     } else if name == "zookeeper" {
         Some("is reserved")
@@ -144,8 +136,7 @@ mod tests {
 
     #[test]
     fn names() {
-        let ok =
-            |n: &str| validate_name("stream", ErrorCode::StreamInvalidObjectIdentifier, n).is_ok();
+        let ok = |n: &str| validate_name("stream", ErrorCode::StreamInvalidObjectIdentifier, n).is_ok();
         assert!(ok("s1") && ok("a-b_c") && ok(&"a".repeat(255)));
         assert!(!ok("") && !ok("1s") && !ok("_s") && !ok("s.1") && !ok("s 1") && !ok("zookeeper"));
         assert!(!ok(&"a".repeat(256)) && !ok("é"));

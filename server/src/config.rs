@@ -139,14 +139,8 @@ impl Settings {
                 .unwrap_or_else(|| "127.0.0.1".into()),
             data_dir,
             metastore_uri,
-            max_record_size: flags
-                .max_record_size
-                .or(file.max_record_size)
-                .unwrap_or(1 << 20),
-            log_level: flags
-                .log_level
-                .or(file.log_level)
-                .unwrap_or_else(|| "info".into()),
+            max_record_size: flags.max_record_size.or(file.max_record_size).unwrap_or(1 << 20),
+            log_level: flags.log_level.or(file.log_level).unwrap_or_else(|| "info".into()),
             store,
             retention_interval: Duration::from_millis(
                 flags
@@ -164,14 +158,8 @@ impl Settings {
             self.max_record_size >= 1024,
             "max-record-size must be at least 1024 bytes"
         );
-        anyhow::ensure!(
-            self.store.segment_bytes >= 4096,
-            "segment-bytes must be at least 4096"
-        );
-        anyhow::ensure!(
-            self.store.writer_threads >= 1,
-            "writer-threads must be at least 1"
-        );
+        anyhow::ensure!(self.store.segment_bytes >= 4096, "segment-bytes must be at least 4096");
+        anyhow::ensure!(self.store.writer_threads >= 1, "writer-threads must be at least 1");
         anyhow::ensure!(
             !self.store.fsync_interval.is_zero(),
             "fsync-interval-ms must be positive"
@@ -185,10 +173,9 @@ impl Settings {
 }
 
 fn read_file(path: &Path) -> anyhow::Result<Flags> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config file {}", path.display()))?;
-    let file: ConfigFile = serde_norway::from_str(&text)
-        .with_context(|| format!("config file {} is invalid", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    let file: ConfigFile =
+        serde_norway::from_str(&text).with_context(|| format!("config file {} is invalid", path.display()))?;
     Ok(file.hserver.unwrap_or_default())
 }
 
@@ -221,9 +208,7 @@ mod tests {
     #[test]
     fn every_flag_has_a_config_key() {
         let keys: BTreeSet<String> = match serde_norway::to_value(full()).unwrap() {
-            serde_norway::Value::Mapping(m) => {
-                m.keys().map(|k| k.as_str().unwrap().to_owned()).collect()
-            }
+            serde_norway::Value::Mapping(m) => m.keys().map(|k| k.as_str().unwrap().to_owned()).collect(),
             _ => unreachable!(),
         };
         let flags: BTreeSet<String> = Flags::command()
@@ -238,7 +223,11 @@ mod tests {
     fn file_values_apply_and_flags_win() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hstream.yaml");
-        std::fs::write(&path, "hserver:\n  port: 7100\n  data-dir: /from-file\n  fsync: never\nhstore:\n  log-level: x\n").unwrap();
+        std::fs::write(
+            &path,
+            "hserver:\n  port: 7100\n  data-dir: /from-file\n  fsync: never\nhstore:\n  log-level: x\n",
+        )
+        .unwrap();
         let s = Settings::resolve(Flags::parse_from([
             "hstream-server",
             "--config",
@@ -251,11 +240,7 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from("/from-file"));
         assert_eq!(s.store.fsync, FsyncPolicy::Never);
         assert_eq!(s.metastore_uri, "sqlite:///from-file/meta.db");
-        let all = Settings::resolve(Flags {
-            config: None,
-            ..full()
-        })
-        .unwrap();
+        let all = Settings::resolve(Flags { config: None, ..full() }).unwrap();
         assert_eq!(all.store.writer_threads, 3);
     }
 

@@ -49,6 +49,20 @@ pub enum ApiError {
     ConflictOffset(String),
     #[error("stream {0:?} has more than one shard")]
     TooManyShards(String),
+    #[error("subscription {0:?} not found")]
+    SubscriptionNotFound(String),
+    #[error("subscription {0:?} already exists")]
+    SubscriptionExists(String),
+    #[error("cannot subscribe to stream {0:?}: it does not exist")]
+    SubscriptionOnMissingStream(String),
+    #[error("subscription {0:?} still has consumers; stop them or pass force")]
+    SubscriptionHasConsumers(String),
+    #[error("consumer {consumer:?} is already connected to subscription {subscription:?}")]
+    ConsumerExists { consumer: String, subscription: String },
+    #[error("invalid subscription: {0}")]
+    InvalidSubscription(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
     #[error("{0} is not implemented by this server yet")]
     Unimplemented(&'static str),
     #[error("the server is shutting down")]
@@ -67,61 +81,40 @@ impl ApiError {
         match self {
             StreamNotFound(n) => (Code::NotFound, ErrorCode::StreamNotFound, json!(n)),
             StreamExists(n) => (Code::AlreadyExists, ErrorCode::StreamExists, json!(n)),
-            StreamHasSubscriptions(n) => (
-                Code::FailedPrecondition,
-                ErrorCode::StreamFoundSubscription,
-                json!(n),
-            ),
+            StreamHasSubscriptions(n) => (Code::FailedPrecondition, ErrorCode::StreamFoundSubscription, json!(n)),
             InvalidReplicationFactor => (
                 Code::InvalidArgument,
                 ErrorCode::StreamInvalidReplicaFactor,
                 json!(null),
             ),
             InvalidName { code, name, .. } => (Code::InvalidArgument, *code, json!(name)),
-            InvalidShardCount { got, .. } => (
-                Code::InvalidArgument,
-                ErrorCode::StreamInvalidShardCount,
-                json!(got),
-            ),
-            EmptyBatch(_) => (
-                Code::InvalidArgument,
-                ErrorCode::StreamEmptyBatchedRecord,
-                json!(null),
-            ),
-            RecordTooLarge { size, .. } => (
-                Code::InvalidArgument,
-                ErrorCode::StreamInvalidRecordSize,
-                json!(size),
-            ),
+            InvalidShardCount { got, .. } => (Code::InvalidArgument, ErrorCode::StreamInvalidShardCount, json!(got)),
+            EmptyBatch(_) => (Code::InvalidArgument, ErrorCode::StreamEmptyBatchedRecord, json!(null)),
+            RecordTooLarge { size, .. } => (Code::InvalidArgument, ErrorCode::StreamInvalidRecordSize, json!(size)),
             MalformedBatch(_) => (Code::InvalidArgument, ErrorCode::InternalError, json!(null)),
-            InvalidOffset(_) => (
-                Code::InvalidArgument,
-                ErrorCode::StreamInvalidOffset,
-                json!(null),
-            ),
-            InvalidRecordId(s) => (
-                Code::InvalidArgument,
-                ErrorCode::StreamInvalidRecordId,
-                json!(s),
-            ),
-            ShardNotInStream { shard, .. } => (
-                Code::NotFound,
-                ErrorCode::StreamShardNotExists,
-                json!(shard),
-            ),
+            InvalidOffset(_) => (Code::InvalidArgument, ErrorCode::StreamInvalidOffset, json!(null)),
+            InvalidRecordId(s) => (Code::InvalidArgument, ErrorCode::StreamInvalidRecordId, json!(s)),
+            ShardNotInStream { shard, .. } => (Code::NotFound, ErrorCode::StreamShardNotExists, json!(shard)),
             ShardNotFound(s) => (Code::NotFound, ErrorCode::StreamShardNotExists, json!(s)),
             ReaderExists(r) => (Code::AlreadyExists, ErrorCode::InternalError, json!(r)),
             ReaderNotFound(r) => (Code::NotFound, ErrorCode::InternalError, json!(r)),
-            ConflictOffset(_) => (
-                Code::InvalidArgument,
-                ErrorCode::ShardReaderConflictOffset,
-                json!(null),
-            ),
-            TooManyShards(s) => (
-                Code::InvalidArgument,
-                ErrorCode::ShardReaderTooManyShards,
+            ConflictOffset(_) => (Code::InvalidArgument, ErrorCode::ShardReaderConflictOffset, json!(null)),
+            TooManyShards(s) => (Code::InvalidArgument, ErrorCode::ShardReaderTooManyShards, json!(s)),
+            SubscriptionNotFound(s) => (Code::NotFound, ErrorCode::SubscriptionNotFound, json!(s)),
+            SubscriptionExists(s) => (Code::AlreadyExists, ErrorCode::SubscriptionExists, json!(s)),
+            SubscriptionOnMissingStream(s) => (
+                Code::NotFound,
+                ErrorCode::SubscriptionCreationOnNonExistentStream,
                 json!(s),
             ),
+            SubscriptionHasConsumers(s) => (
+                Code::FailedPrecondition,
+                ErrorCode::SubscriptionFoundActiveConsumers,
+                json!(s),
+            ),
+            ConsumerExists { consumer, .. } => (Code::AlreadyExists, ErrorCode::InternalError, json!(consumer)),
+            InvalidSubscription(_) => (Code::InvalidArgument, ErrorCode::InternalError, json!(null)),
+            InvalidRequest(_) => (Code::InvalidArgument, ErrorCode::InternalError, json!(null)),
             Unimplemented(_) => (Code::Unimplemented, ErrorCode::InternalError, json!(null)),
             ShuttingDown => (Code::Unavailable, ErrorCode::InternalError, json!(null)),
             Store(e) => {
@@ -129,11 +122,7 @@ impl ApiError {
                     StoreError::ShardDeleted(_) => Code::NotFound,
                     StoreError::ShuttingDown | StoreError::Poisoned(_) => Code::Unavailable,
                     StoreError::Corrupt(_) => Code::DataLoss,
-                    StoreError::Io { source, .. }
-                        if source.kind() == std::io::ErrorKind::InvalidData =>
-                    {
-                        Code::DataLoss
-                    }
+                    StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::InvalidData => Code::DataLoss,
                     _ => Code::Internal,
                 };
                 (code, ErrorCode::InternalError, json!(null))

@@ -13,3 +13,4 @@ pub mod meta;
 pub mod node;
 pub mod service;
 pub mod store;
+pub mod subscription;

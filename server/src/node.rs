@@ -29,8 +29,7 @@ pub async fn open_meta(uri: &str) -> anyhow::Result<Arc<dyn MetaStore>> {
     if let Some(path) = uri.strip_prefix("sqlite://") {
         let path = std::path::Path::new(path);
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
         return Ok(Arc::new(
             SqliteMetaStore::open(path)
@@ -113,6 +112,8 @@ pub async fn run(
         settings.max_record_size,
         shutdown.clone(),
     ));
+
+    ctx.start_subscriptions().await?;
 
     let retention_ctx = ctx.clone();
     let every = settings.retention_interval;

@@ -56,10 +56,7 @@ async fn streams_and_shards(store: &dyn MetaStore) {
         shard(a, "s1", 0, u128::MAX / 2),
         shard(a + 1, "s1", u128::MAX / 2 + 1, u128::MAX),
     ];
-    store
-        .create_stream(&stream("s1", 2), &shards)
-        .await
-        .unwrap();
+    store.create_stream(&stream("s1", 2), &shards).await.unwrap();
     store
         .create_stream(&stream("s2", 1), &[shard(b, "s2", 0, u128::MAX)])
         .await
@@ -69,9 +66,7 @@ async fn streams_and_shards(store: &dyn MetaStore) {
         .await
         .unwrap();
 
-    let dup = store
-        .create_stream(&stream("s1", 1), &[shard(b + 2, "s1", 0, 1)])
-        .await;
+    let dup = store.create_stream(&stream("s1", 1), &[shard(b + 2, "s1", 0, 1)]).await;
     assert!(
         matches!(dup, Err(MetaError::AlreadyExists { .. })),
         "duplicate stream must fail: {dup:?}"
@@ -80,9 +75,7 @@ async fn streams_and_shards(store: &dyn MetaStore) {
         store.get_shard(b + 2).await.unwrap().is_none(),
         "a failed create must not leave shards behind"
     );
-    let clash = store
-        .create_stream(&stream("s9", 1), &[shard(a, "s9", 0, 1)])
-        .await;
+    let clash = store.create_stream(&stream("s9", 1), &[shard(a, "s9", 0, 1)]).await;
     assert!(clash.is_err(), "a shard id in use must not be reused");
     assert!(
         store.get_stream("s9").await.unwrap().is_none(),
@@ -95,10 +88,7 @@ async fn streams_and_shards(store: &dyn MetaStore) {
         shards,
         "shards keep exact u128 bounds, ordered by id"
     );
-    assert_eq!(
-        store.get_shard(a + 1).await.unwrap(),
-        Some(shards[1].clone())
-    );
+    assert_eq!(store.get_shard(a + 1).await.unwrap(), Some(shards[1].clone()));
     let names: Vec<_> = store
         .list_streams("")
         .await
@@ -136,14 +126,8 @@ async fn streams_and_shards(store: &dyn MetaStore) {
     ));
 
     // Archiving hides the stream but keeps its shards reachable under the archived name.
-    store
-        .create_subscription(&sub("arch_sub", "t_1"))
-        .await
-        .unwrap();
-    store
-        .archive_stream("t_1", "__deleted__t_1_1")
-        .await
-        .unwrap();
+    store.create_subscription(&sub("arch_sub", "t_1"), &[]).await.unwrap();
+    store.archive_stream("t_1", "__deleted__t_1_1").await.unwrap();
     assert!(store.get_stream("t_1").await.unwrap().is_none());
     assert!(
         store
@@ -153,20 +137,12 @@ async fn streams_and_shards(store: &dyn MetaStore) {
             .iter()
             .all(|s| s.name != "__deleted__t_1_1")
     );
-    assert_eq!(
-        store.list_shards("__deleted__t_1_1").await.unwrap().len(),
-        1
-    );
+    assert_eq!(store.list_shards("__deleted__t_1_1").await.unwrap().len(), 1);
     let archived = store.list_archived_streams().await.unwrap();
     assert_eq!(archived.len(), 1);
     assert!(archived[0].archived && archived[0].name == "__deleted__t_1_1");
     assert_eq!(
-        store
-            .get_subscription("arch_sub")
-            .await
-            .unwrap()
-            .unwrap()
-            .stream,
+        store.get_subscription("arch_sub").await.unwrap().unwrap().stream,
         "__deleted__t_1_1"
     );
     // The live name is free again.
@@ -176,43 +152,35 @@ async fn streams_and_shards(store: &dyn MetaStore) {
         .unwrap();
     let all = store.all_shard_ids().await.unwrap();
     for id in [a, a + 1, b + 1, b + 2] {
-        assert!(
-            all.contains(&id),
-            "all_shard_ids must include archived and live shards"
-        );
+        assert!(all.contains(&id), "all_shard_ids must include archived and live shards");
     }
     store.delete_subscription("arch_sub").await.unwrap();
     // An archived stream is deleted by its stored name once nothing reads it.
-    assert_eq!(
-        store.delete_stream("__deleted__t_1_1").await.unwrap().len(),
-        1
-    );
+    assert_eq!(store.delete_stream("__deleted__t_1_1").await.unwrap().len(), 1);
     assert!(store.list_archived_streams().await.unwrap().is_empty());
 }
 
 async fn subscriptions_and_progress(store: &dyn MetaStore) {
-    store
-        .create_subscription(&sub("sub_a", "s1"))
-        .await
-        .unwrap();
+    let start = [ShardProgress {
+        shard_id: 1,
+        next_lsn: 3,
+    }];
+    store.create_subscription(&sub("sub_a", "s1"), &start).await.unwrap();
+    assert_eq!(
+        store.get_progress("sub_a").await.unwrap(),
+        start,
+        "starting progress is stored with it"
+    );
     let mut latest = sub("sub_b", "s1");
     latest.offset = StartOffset::Latest;
-    store.create_subscription(&latest).await.unwrap();
+    store.create_subscription(&latest, &[]).await.unwrap();
     assert!(matches!(
-        store.create_subscription(&sub("sub_a", "other")).await,
+        store.create_subscription(&sub("sub_a", "other"), &[]).await,
         Err(MetaError::AlreadyExists { .. })
     ));
+    assert_eq!(store.get_subscription("sub_a").await.unwrap(), Some(sub("sub_a", "s1")));
     assert_eq!(
-        store.get_subscription("sub_a").await.unwrap(),
-        Some(sub("sub_a", "s1"))
-    );
-    assert_eq!(
-        store
-            .get_subscription("sub_b")
-            .await
-            .unwrap()
-            .unwrap()
-            .offset,
+        store.get_subscription("sub_b").await.unwrap().unwrap().offset,
         StartOffset::Latest
     );
     assert_eq!(store.list_subscriptions("sub_").await.unwrap().len(), 2);
@@ -326,12 +294,20 @@ async fn connectors_checkpoints_kv(store: &dyn MetaStore) {
     };
     store.put_checkpoint(&cp2).await.unwrap();
     assert_eq!(store.get_checkpoint("pg1").await.unwrap(), Some(cp2));
+    store
+        .put_checkpoint(&Checkpoint {
+            owner: "other".into(),
+            version: 1,
+            data: vec![1],
+        })
+        .await
+        .unwrap();
+    assert!(store.delete_checkpoint("other").await.unwrap());
+    assert!(!store.delete_checkpoint("other").await.unwrap());
+    assert!(store.get_checkpoint("other").await.unwrap().is_none());
     store.kv_set("pg1", "k", b"v1").await.unwrap();
     store.kv_set("pg1", "k", b"v2").await.unwrap();
-    assert_eq!(
-        store.kv_get("pg1", "k").await.unwrap(),
-        Some(b"v2".to_vec())
-    );
+    assert_eq!(store.kv_get("pg1", "k").await.unwrap(), Some(b"v2".to_vec()));
     assert_eq!(store.kv_get("pg1", "missing").await.unwrap(), None);
 
     assert!(store.delete_connector("pg1").await.unwrap());
@@ -370,7 +346,7 @@ pub async fn seed_durable(store: &dyn MetaStore) {
         .await
         .unwrap();
     store
-        .create_subscription(&sub("durable_sub", "durable"))
+        .create_subscription(&sub("durable_sub", "durable"), &[])
         .await
         .unwrap();
     store
@@ -405,17 +381,6 @@ pub async fn check_durable(store: &dyn MetaStore) {
     assert_eq!(shards[0].end_key, u128::MAX);
     let next = store.allocate_shard_ids(1).await.unwrap();
     assert!(next > shards[0].id, "shard ids are not reused after reopen");
-    assert_eq!(
-        store.get_progress("durable_sub").await.unwrap()[0].next_lsn,
-        99
-    );
-    assert_eq!(
-        store
-            .get_checkpoint("durable_task")
-            .await
-            .unwrap()
-            .unwrap()
-            .version,
-        3
-    );
+    assert_eq!(store.get_progress("durable_sub").await.unwrap()[0].next_lsn, 99);
+    assert_eq!(store.get_checkpoint("durable_task").await.unwrap().unwrap().version, 3);
 }

@@ -137,7 +137,8 @@ pub trait MetaStore: Send + Sync {
     async fn all_shard_ids(&self) -> MetaResult<Vec<u64>>;
 
     // --- subscriptions
-    async fn create_subscription(&self, sub: &SubscriptionMeta) -> MetaResult<()>;
+    /// Creates a subscription together with its starting progress on each shard.
+    async fn create_subscription(&self, sub: &SubscriptionMeta, start: &[ShardProgress]) -> MetaResult<()>;
     async fn get_subscription(&self, id: &str) -> MetaResult<Option<SubscriptionMeta>>;
     async fn list_subscriptions(&self, prefix: &str) -> MetaResult<Vec<SubscriptionMeta>>;
     async fn subscriptions_of_stream(&self, stream: &str) -> MetaResult<Vec<SubscriptionMeta>>;
@@ -163,6 +164,7 @@ pub trait MetaStore: Send + Sync {
     async fn delete_connector(&self, name: &str) -> MetaResult<bool>;
     async fn put_checkpoint(&self, cp: &Checkpoint) -> MetaResult<()>;
     async fn get_checkpoint(&self, owner: &str) -> MetaResult<Option<Checkpoint>>;
+    async fn delete_checkpoint(&self, owner: &str) -> MetaResult<bool>;
     async fn kv_set(&self, owner: &str, key: &str, value: &[u8]) -> MetaResult<()>;
     async fn kv_get(&self, owner: &str, key: &str) -> MetaResult<Option<Vec<u8>>>;
 

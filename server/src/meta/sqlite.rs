@@ -6,9 +6,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqliteConnection};
 
 use super::*;
@@ -51,10 +49,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 fn like_prefix(prefix: &str) -> String {
-    let escaped = prefix
-        .replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_");
+    let escaped = prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
     format!("{escaped}%")
 }
 
@@ -97,13 +92,11 @@ impl SqliteMetaStore {
     }
 
     async fn shards_where(conn: &mut SqliteConnection, stream: &str) -> MetaResult<Vec<ShardMeta>> {
-        let rows = sqlx::query(
-            "SELECT id, stream, start_key, end_key, epoch FROM shards WHERE stream = ? ORDER BY id",
-        )
-        .bind(stream)
-        .fetch_all(conn)
-        .await
-        .map_err(backend)?;
+        let rows = sqlx::query("SELECT id, stream, start_key, end_key, epoch FROM shards WHERE stream = ? ORDER BY id")
+            .bind(stream)
+            .fetch_all(conn)
+            .await
+            .map_err(backend)?;
         rows.iter().map(shard_from_row).collect()
     }
 }
@@ -167,8 +160,7 @@ fn connector_from_row(r: &sqlx::sqlite::SqliteRow) -> ConnectorMeta {
     }
 }
 
-const STREAM_COLS: &str =
-    "name, replication_factor, backlog_secs, shard_count, created_ms, archived";
+const STREAM_COLS: &str = "name, replication_factor, backlog_secs, shard_count, created_ms, archived";
 const SUB_COLS: &str = "id, stream, ack_timeout_secs, max_unacked, start_offset, created_ms";
 const READER_COLS: &str = "id, stream, shard_id, start_lsn, timeout_ms, offset_spec";
 const CONNECTOR_COLS: &str = "name, kind, target, config, status, created_ms, node";
@@ -214,26 +206,24 @@ impl MetaStore for SqliteMetaStore {
             r => r.map_err(backend)?,
         };
         for s in shards {
-            sqlx::query(
-                "INSERT INTO shards (id, stream, start_key, end_key, epoch) VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(s.id as i64)
-            .bind(&s.stream)
-            .bind(s.start_key.to_string())
-            .bind(s.end_key.to_string())
-            .bind(s.epoch as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    MetaError::AlreadyExists {
-                        kind: "shard",
-                        name: s.id.to_string(),
+            sqlx::query("INSERT INTO shards (id, stream, start_key, end_key, epoch) VALUES (?, ?, ?, ?, ?)")
+                .bind(s.id as i64)
+                .bind(&s.stream)
+                .bind(s.start_key.to_string())
+                .bind(s.end_key.to_string())
+                .bind(s.epoch as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| {
+                    if is_unique_violation(&e) {
+                        MetaError::AlreadyExists {
+                            kind: "shard",
+                            name: s.id.to_string(),
+                        }
+                    } else {
+                        backend(e)
                     }
-                } else {
-                    backend(e)
-                }
-            })?;
+                })?;
         }
         tx.commit().await.map_err(backend)
     }
@@ -295,23 +285,21 @@ impl MetaStore for SqliteMetaStore {
 
     async fn archive_stream(&self, name: &str, archived_name: &str) -> MetaResult<()> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        let res = sqlx::query(
-            "UPDATE streams SET name = ?, archived = 1 WHERE name = ? AND archived = 0",
-        )
-        .bind(archived_name)
-        .bind(name)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                MetaError::AlreadyExists {
-                    kind: "stream",
-                    name: archived_name.to_owned(),
+        let res = sqlx::query("UPDATE streams SET name = ?, archived = 1 WHERE name = ? AND archived = 0")
+            .bind(archived_name)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    MetaError::AlreadyExists {
+                        kind: "stream",
+                        name: archived_name.to_owned(),
+                    }
+                } else {
+                    backend(e)
                 }
-            } else {
-                backend(e)
-            }
-        })?;
+            })?;
         if res.rows_affected() == 0 {
             return Err(MetaError::NotFound {
                 kind: "stream",
@@ -335,12 +323,11 @@ impl MetaStore for SqliteMetaStore {
     }
 
     async fn get_shard(&self, id: u64) -> MetaResult<Option<ShardMeta>> {
-        let row =
-            sqlx::query("SELECT id, stream, start_key, end_key, epoch FROM shards WHERE id = ?")
-                .bind(id as i64)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(backend)?;
+        let row = sqlx::query("SELECT id, stream, start_key, end_key, epoch FROM shards WHERE id = ?")
+            .bind(id as i64)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
         row.as_ref().map(shard_from_row).transpose()
     }
 
@@ -352,7 +339,8 @@ impl MetaStore for SqliteMetaStore {
         Ok(rows.iter().map(|r| r.get::<i64, _>(0) as u64).collect())
     }
 
-    async fn create_subscription(&self, sub: &SubscriptionMeta) -> MetaResult<()> {
+    async fn create_subscription(&self, sub: &SubscriptionMeta, start: &[ShardProgress]) -> MetaResult<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
         let res = sqlx::query(&format!(
             "INSERT INTO subscriptions ({SUB_COLS}) VALUES (?, ?, ?, ?, ?, ?)"
         ))
@@ -360,31 +348,43 @@ impl MetaStore for SqliteMetaStore {
         .bind(&sub.stream)
         .bind(sub.ack_timeout_secs as i64)
         .bind(sub.max_unacked as i64)
-        .bind(if sub.offset == StartOffset::Earliest {
-            0i64
-        } else {
-            1
-        })
+        .bind(if sub.offset == StartOffset::Earliest { 0i64 } else { 1 })
         .bind(sub.created_ms)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await;
         match res {
-            Err(e) if is_unique_violation(&e) => Err(MetaError::AlreadyExists {
-                kind: "subscription",
-                name: sub.id.clone(),
-            }),
-            r => r.map(|_| ()).map_err(backend),
+            Err(e) if is_unique_violation(&e) => {
+                return Err(MetaError::AlreadyExists {
+                    kind: "subscription",
+                    name: sub.id.clone(),
+                });
+            }
+            r => r.map_err(backend)?,
+        };
+        // A deleted subscription of the same name must not leave its progress behind.
+        sqlx::query("DELETE FROM sub_progress WHERE sub = ?")
+            .bind(&sub.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        for p in start {
+            sqlx::query("INSERT INTO sub_progress (sub, shard_id, next_lsn) VALUES (?, ?, ?)")
+                .bind(&sub.id)
+                .bind(p.shard_id as i64)
+                .bind(p.next_lsn as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
         }
+        tx.commit().await.map_err(backend)
     }
 
     async fn get_subscription(&self, id: &str) -> MetaResult<Option<SubscriptionMeta>> {
-        let row = sqlx::query(&format!(
-            "SELECT {SUB_COLS} FROM subscriptions WHERE id = ?"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
+        let row = sqlx::query(&format!("SELECT {SUB_COLS} FROM subscriptions WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
         Ok(row.as_ref().map(sub_from_row))
     }
 
@@ -444,13 +444,11 @@ impl MetaStore for SqliteMetaStore {
     }
 
     async fn get_progress(&self, sub: &str) -> MetaResult<Vec<ShardProgress>> {
-        let rows = sqlx::query(
-            "SELECT shard_id, next_lsn FROM sub_progress WHERE sub = ? ORDER BY shard_id",
-        )
-        .bind(sub)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
+        let rows = sqlx::query("SELECT shard_id, next_lsn FROM sub_progress WHERE sub = ? ORDER BY shard_id")
+            .bind(sub)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
         Ok(rows
             .iter()
             .map(|r| ShardProgress {
@@ -530,36 +528,31 @@ impl MetaStore for SqliteMetaStore {
     }
 
     async fn get_connector(&self, name: &str) -> MetaResult<Option<ConnectorMeta>> {
-        let row = sqlx::query(&format!(
-            "SELECT {CONNECTOR_COLS} FROM connectors WHERE name = ?"
-        ))
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
+        let row = sqlx::query(&format!("SELECT {CONNECTOR_COLS} FROM connectors WHERE name = ?"))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
         Ok(row.as_ref().map(connector_from_row))
     }
 
     async fn list_connectors(&self) -> MetaResult<Vec<ConnectorMeta>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {CONNECTOR_COLS} FROM connectors ORDER BY name"
-        ))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
+        let rows = sqlx::query(&format!("SELECT {CONNECTOR_COLS} FROM connectors ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
         Ok(rows.iter().map(connector_from_row).collect())
     }
 
     async fn update_connector(&self, c: &ConnectorMeta) -> MetaResult<()> {
-        let res =
-            sqlx::query("UPDATE connectors SET config = ?, status = ?, node = ? WHERE name = ?")
-                .bind(&c.config)
-                .bind(&c.status)
-                .bind(c.node as i64)
-                .bind(&c.name)
-                .execute(&self.pool)
-                .await
-                .map_err(backend)?;
+        let res = sqlx::query("UPDATE connectors SET config = ?, status = ?, node = ? WHERE name = ?")
+            .bind(&c.config)
+            .bind(&c.status)
+            .bind(c.node as i64)
+            .bind(&c.name)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
         if res.rows_affected() == 0 {
             return Err(MetaError::NotFound {
                 kind: "connector",
@@ -615,6 +608,15 @@ impl MetaStore for SqliteMetaStore {
             version: r.get::<i64, _>(1) as u32,
             data: r.get(2),
         }))
+    }
+
+    async fn delete_checkpoint(&self, owner: &str) -> MetaResult<bool> {
+        let res = sqlx::query("DELETE FROM checkpoints WHERE owner = ?")
+            .bind(owner)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(res.rows_affected() > 0)
     }
 
     async fn kv_set(&self, owner: &str, key: &str, value: &[u8]) -> MetaResult<()> {

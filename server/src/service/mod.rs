@@ -4,6 +4,7 @@
 pub mod read;
 mod readers;
 mod streams;
+mod subscriptions;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -48,8 +49,11 @@ pub struct ServerCtx {
     /// Every request-spawned task (server-stream pumps), awaited at shutdown.
     pub tasks: TaskTracker,
     readers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<readers::ReaderState>>>>,
-    /// Serializes stream creation and deletion.
+    /// Serializes creation and deletion of streams and subscriptions.
     ddl: tokio::sync::Mutex<()>,
+    pub subscriptions: crate::subscription::Registry,
+    /// Numbers StreamingFetch sessions.
+    next_conn: std::sync::atomic::AtomicU64,
 }
 
 impl ServerCtx {
@@ -72,6 +76,8 @@ impl ServerCtx {
             tasks: TaskTracker::new(),
             readers: Mutex::new(HashMap::new()),
             ddl: tokio::sync::Mutex::new(()),
+            subscriptions: Default::default(),
+            next_conn: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
@@ -118,8 +124,7 @@ fn spawn_pump<R: Send + 'static>(
     wrap: fn(Vec<pb::ReceivedRecord>) -> R,
 ) -> BoxStream<R> {
     let (tx, rx) = mpsc::channel(4);
-    ctx.tasks
-        .spawn(pump(ctx.clone(), cursors, max_batches, tx, wrap));
+    ctx.tasks.spawn(pump(ctx.clone(), cursors, max_batches, tx, wrap));
     Box::pin(ReceiverStream::new(rx))
 }
 
@@ -169,24 +174,15 @@ impl HStreamApi for HStreamService {
         ok(self.ctx.trim_stream(req.into_inner()).await)
     }
 
-    async fn trim_shards(
-        &self,
-        req: Request<pb::TrimShardsRequest>,
-    ) -> RpcResult<pb::TrimShardsResponse> {
+    async fn trim_shards(&self, req: Request<pb::TrimShardsRequest>) -> RpcResult<pb::TrimShardsResponse> {
         ok(self.ctx.trim_shards(req.into_inner()).await)
     }
 
-    async fn get_stream(
-        &self,
-        req: Request<pb::GetStreamRequest>,
-    ) -> RpcResult<pb::GetStreamResponse> {
+    async fn get_stream(&self, req: Request<pb::GetStreamRequest>) -> RpcResult<pb::GetStreamResponse> {
         ok(self.ctx.get_stream(&req.into_inner().name))
     }
 
-    async fn list_streams(
-        &self,
-        _req: Request<pb::ListStreamsRequest>,
-    ) -> RpcResult<pb::ListStreamsResponse> {
+    async fn list_streams(&self, _req: Request<pb::ListStreamsRequest>) -> RpcResult<pb::ListStreamsResponse> {
         Ok(Response::new(self.ctx.list_streams("")))
     }
 
@@ -194,15 +190,10 @@ impl HStreamApi for HStreamService {
         &self,
         req: Request<pb::ListStreamsWithPrefixRequest>,
     ) -> RpcResult<pb::ListStreamsResponse> {
-        Ok(Response::new(
-            self.ctx.list_streams(&req.into_inner().prefix),
-        ))
+        Ok(Response::new(self.ctx.list_streams(&req.into_inner().prefix)))
     }
 
-    async fn lookup_shard(
-        &self,
-        req: Request<pb::LookupShardRequest>,
-    ) -> RpcResult<pb::LookupShardResponse> {
+    async fn lookup_shard(&self, req: Request<pb::LookupShardRequest>) -> RpcResult<pb::LookupShardResponse> {
         Ok(Response::new(pb::LookupShardResponse {
             shard_id: req.into_inner().shard_id,
             server_node: Some(self.ctx.server_node()),
@@ -220,10 +211,7 @@ impl HStreamApi for HStreamService {
         ok(self.ctx.get_tail_record_id(req.into_inner()))
     }
 
-    async fn list_shards(
-        &self,
-        req: Request<pb::ListShardsRequest>,
-    ) -> RpcResult<pb::ListShardsResponse> {
+    async fn list_shards(&self, req: Request<pb::ListShardsRequest>) -> RpcResult<pb::ListShardsResponse> {
         ok(self.ctx.list_shards(&req.into_inner().stream_name))
     }
 
@@ -248,10 +236,7 @@ impl HStreamApi for HStreamService {
         }))
     }
 
-    async fn read_shard(
-        &self,
-        req: Request<pb::ReadShardRequest>,
-    ) -> RpcResult<pb::ReadShardResponse> {
+    async fn read_shard(&self, req: Request<pb::ReadShardRequest>) -> RpcResult<pb::ReadShardResponse> {
         ok(self.ctx.read_shard(req.into_inner()).await)
     }
 
@@ -274,9 +259,7 @@ impl HStreamApi for HStreamService {
             &self.ctx,
             vec![cursor],
             req.max_read_batches,
-            |r| pb::ReadShardStreamResponse {
-                received_records: r,
-            },
+            |r| pb::ReadShardStreamResponse { received_records: r },
         )))
     }
 
@@ -287,22 +270,13 @@ impl HStreamApi for HStreamService {
         ok(self.ctx.list_shard_readers().await)
     }
 
-    async fn delete_shard_reader(
-        &self,
-        req: Request<pb::DeleteShardReaderRequest>,
-    ) -> RpcResult<()> {
-        ok(self
-            .ctx
-            .delete_shard_reader(&req.into_inner().reader_id)
-            .await)
+    async fn delete_shard_reader(&self, req: Request<pb::DeleteShardReaderRequest>) -> RpcResult<()> {
+        ok(self.ctx.delete_shard_reader(&req.into_inner().reader_id).await)
     }
 
     type ReadStreamStream = BoxStream<pb::ReadStreamResponse>;
 
-    async fn read_stream(
-        &self,
-        req: Request<pb::ReadStreamRequest>,
-    ) -> RpcResult<Self::ReadStreamStream> {
+    async fn read_stream(&self, req: Request<pb::ReadStreamRequest>) -> RpcResult<Self::ReadStreamStream> {
         let req = req.into_inner();
         let stream = self.ctx.catalog.stream(&req.stream_name)?;
         let from = read::stream_from(req.from.as_ref())?;
@@ -315,9 +289,7 @@ impl HStreamApi for HStreamService {
             &self.ctx,
             cursors,
             req.max_read_batches,
-            |r| pb::ReadStreamResponse {
-                received_records: r,
-            },
+            |r| pb::ReadStreamResponse { received_records: r },
         )))
     }
 
@@ -333,19 +305,13 @@ impl HStreamApi for HStreamService {
             return Err(ApiError::TooManyShards(req.stream_name).into());
         }
         let cursor = self
-            .single_shard_cursor(
-                stream.shards[0].clone(),
-                req.from.as_ref(),
-                req.until.as_ref(),
-            )
+            .single_shard_cursor(stream.shards[0].clone(), req.from.as_ref(), req.until.as_ref())
             .await?;
         Ok(Response::new(spawn_pump(
             &self.ctx,
             vec![cursor],
             req.max_read_batches,
-            |r| pb::ReadSingleShardStreamResponse {
-                received_records: r,
-            },
+            |r| pb::ReadSingleShardStreamResponse { received_records: r },
         )))
     }
 
@@ -358,53 +324,45 @@ impl HStreamApi for HStreamService {
         unimplemented("ReadStreamByKey")
     }
 
-    async fn create_subscription(
-        &self,
-        _req: Request<pb::Subscription>,
-    ) -> RpcResult<pb::Subscription> {
-        unimplemented("CreateSubscription")
+    async fn create_subscription(&self, req: Request<pb::Subscription>) -> RpcResult<pb::Subscription> {
+        ok(self.ctx.create_subscription(req.into_inner()).await)
     }
 
     async fn get_subscription(
         &self,
-        _req: Request<pb::GetSubscriptionRequest>,
+        req: Request<pb::GetSubscriptionRequest>,
     ) -> RpcResult<pb::GetSubscriptionResponse> {
-        unimplemented("GetSubscription")
+        ok(self.ctx.get_subscription(&req.into_inner().id).await)
     }
 
     async fn list_subscriptions(
         &self,
         _req: Request<pb::ListSubscriptionsRequest>,
     ) -> RpcResult<pb::ListSubscriptionsResponse> {
-        unimplemented("ListSubscriptions")
+        ok(self.ctx.list_subscriptions("").await)
     }
 
     async fn list_subscriptions_with_prefix(
         &self,
-        _req: Request<pb::ListSubscriptionsWithPrefixRequest>,
+        req: Request<pb::ListSubscriptionsWithPrefixRequest>,
     ) -> RpcResult<pb::ListSubscriptionsResponse> {
-        unimplemented("ListSubscriptionsWithPrefix")
+        ok(self.ctx.list_subscriptions(&req.into_inner().prefix).await)
     }
 
-    async fn list_consumers(
-        &self,
-        _req: Request<pb::ListConsumersRequest>,
-    ) -> RpcResult<pb::ListConsumersResponse> {
-        unimplemented("ListConsumers")
+    async fn list_consumers(&self, req: Request<pb::ListConsumersRequest>) -> RpcResult<pb::ListConsumersResponse> {
+        ok(self.ctx.list_consumers(&req.into_inner().subscription_id).await)
     }
 
     async fn check_subscription_exist(
         &self,
-        _req: Request<pb::CheckSubscriptionExistRequest>,
+        req: Request<pb::CheckSubscriptionExistRequest>,
     ) -> RpcResult<pb::CheckSubscriptionExistResponse> {
-        unimplemented("CheckSubscriptionExist")
+        let exists = self.ctx.subscription_exists(&req.into_inner().subscription_id);
+        Ok(Response::new(pb::CheckSubscriptionExistResponse { exists }))
     }
 
-    async fn delete_subscription(
-        &self,
-        _req: Request<pb::DeleteSubscriptionRequest>,
-    ) -> RpcResult<()> {
-        unimplemented("DeleteSubscription")
+    async fn delete_subscription(&self, req: Request<pb::DeleteSubscriptionRequest>) -> RpcResult<()> {
+        ok(self.ctx.delete_subscription(req.into_inner()).await)
     }
 
     async fn lookup_subscription(
@@ -421,9 +379,17 @@ impl HStreamApi for HStreamService {
 
     async fn streaming_fetch(
         &self,
-        _req: Request<Streaming<pb::StreamingFetchRequest>>,
+        req: Request<Streaming<pb::StreamingFetchRequest>>,
     ) -> RpcResult<Self::StreamingFetchStream> {
-        unimplemented("StreamingFetch")
+        let uri = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let user_agent = req
+            .metadata()
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let stream = self.ctx.streaming_fetch(req.into_inner(), uri, user_agent).await?;
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn describe_cluster(&self, _req: Request<()>) -> RpcResult<pb::DescribeClusterResponse> {
@@ -439,10 +405,7 @@ impl HStreamApi for HStreamService {
         }))
     }
 
-    async fn lookup_resource(
-        &self,
-        _req: Request<pb::LookupResourceRequest>,
-    ) -> RpcResult<pb::ServerNode> {
+    async fn lookup_resource(&self, _req: Request<pb::LookupResourceRequest>) -> RpcResult<pb::ServerNode> {
         Ok(Response::new(self.ctx.server_node()))
     }
 
@@ -450,10 +413,7 @@ impl HStreamApi for HStreamService {
         Ok(Response::new(self.ctx.server_node()))
     }
 
-    async fn send_admin_command(
-        &self,
-        _req: Request<pb::AdminCommandRequest>,
-    ) -> RpcResult<pb::AdminCommandResponse> {
+    async fn send_admin_command(&self, _req: Request<pb::AdminCommandRequest>) -> RpcResult<pb::AdminCommandResponse> {
         unimplemented("SendAdminCommand")
     }
 
@@ -471,17 +431,11 @@ impl HStreamApi for HStreamService {
         unimplemented("PerStreamTimeSeriesStatsAll")
     }
 
-    async fn get_stats(
-        &self,
-        _req: Request<pb::GetStatsRequest>,
-    ) -> RpcResult<pb::GetStatsResponse> {
+    async fn get_stats(&self, _req: Request<pb::GetStatsRequest>) -> RpcResult<pb::GetStatsResponse> {
         unimplemented("GetStats")
     }
 
-    async fn execute_query(
-        &self,
-        _req: Request<pb::CommandQuery>,
-    ) -> RpcResult<pb::CommandQueryResponse> {
+    async fn execute_query(&self, _req: Request<pb::CommandQuery>) -> RpcResult<pb::CommandQueryResponse> {
         unimplemented("ExecuteQuery")
     }
 
@@ -496,10 +450,7 @@ impl HStreamApi for HStreamService {
         unimplemented("CreateQueryWithNamespace")
     }
 
-    async fn list_queries(
-        &self,
-        _req: Request<pb::ListQueriesRequest>,
-    ) -> RpcResult<pb::ListQueriesResponse> {
+    async fn list_queries(&self, _req: Request<pb::ListQueriesRequest>) -> RpcResult<pb::ListQueriesResponse> {
         unimplemented("ListQueries")
     }
 
@@ -523,10 +474,7 @@ impl HStreamApi for HStreamService {
         unimplemented("PauseQuery")
     }
 
-    async fn parse_sql(
-        &self,
-        _req: Request<pb::ParseSqlRequest>,
-    ) -> RpcResult<pb::ParseSqlResponse> {
+    async fn parse_sql(&self, _req: Request<pb::ParseSqlRequest>) -> RpcResult<pb::ParseSqlResponse> {
         unimplemented("ParseSql")
     }
 
@@ -542,24 +490,15 @@ impl HStreamApi for HStreamService {
         unimplemented("UnregisterSchema")
     }
 
-    async fn create_connector(
-        &self,
-        _req: Request<pb::CreateConnectorRequest>,
-    ) -> RpcResult<pb::Connector> {
+    async fn create_connector(&self, _req: Request<pb::CreateConnectorRequest>) -> RpcResult<pb::Connector> {
         unimplemented("CreateConnector")
     }
 
-    async fn list_connectors(
-        &self,
-        _req: Request<pb::ListConnectorsRequest>,
-    ) -> RpcResult<pb::ListConnectorsResponse> {
+    async fn list_connectors(&self, _req: Request<pb::ListConnectorsRequest>) -> RpcResult<pb::ListConnectorsResponse> {
         unimplemented("ListConnectors")
     }
 
-    async fn get_connector(
-        &self,
-        _req: Request<pb::GetConnectorRequest>,
-    ) -> RpcResult<pb::Connector> {
+    async fn get_connector(&self, _req: Request<pb::GetConnectorRequest>) -> RpcResult<pb::Connector> {
         unimplemented("GetConnector")
     }
 
@@ -589,17 +528,11 @@ impl HStreamApi for HStreamService {
         unimplemented("ResumeConnector")
     }
 
-    async fn alter_connector_config(
-        &self,
-        _req: Request<pb::AlterConnectorConfigRequest>,
-    ) -> RpcResult<()> {
+    async fn alter_connector_config(&self, _req: Request<pb::AlterConnectorConfigRequest>) -> RpcResult<()> {
         unimplemented("AlterConnectorConfig")
     }
 
-    async fn list_views(
-        &self,
-        _req: Request<pb::ListViewsRequest>,
-    ) -> RpcResult<pb::ListViewsResponse> {
+    async fn list_views(&self, _req: Request<pb::ListViewsRequest>) -> RpcResult<pb::ListViewsResponse> {
         unimplemented("ListViews")
     }
 

@@ -11,8 +11,7 @@ use std::sync::Arc;
 
 use futures::future::select_all;
 use hstream_proto::{
-    BatchedRecord, ReceivedRecord, RecordId, ShardOffset, SpecialOffset, StreamOffset,
-    shard_offset, stream_offset,
+    BatchedRecord, ReceivedRecord, RecordId, ShardOffset, SpecialOffset, StreamOffset, shard_offset, stream_offset,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -44,8 +43,7 @@ pub enum Until {
 }
 
 fn special(v: i32) -> ApiResult<SpecialOffset> {
-    SpecialOffset::try_from(v)
-        .map_err(|_| ApiError::InvalidOffset(format!("unknown special offset {v}")))
+    SpecialOffset::try_from(v).map_err(|_| ApiError::InvalidOffset(format!("unknown special offset {v}")))
 }
 
 pub fn shard_from(shard_id: u64, o: Option<&ShardOffset>) -> ApiResult<From> {
@@ -173,11 +171,7 @@ impl ShardCursor {
     }
 
     /// Reads what is available now, up to the limits, and marks the cursor done at its bound.
-    pub async fn read_chunk(
-        &mut self,
-        max_batches: usize,
-        max_bytes: usize,
-    ) -> ApiResult<Vec<StoredBatch>> {
+    pub async fn read_chunk(&mut self, max_batches: usize, max_bytes: usize) -> ApiResult<Vec<StoredBatch>> {
         if self.done {
             return Ok(Vec::new());
         }
@@ -190,10 +184,9 @@ impl ShardCursor {
         let visible = *self.rx.borrow_and_update();
         let log = self.shard.log.clone();
         let from = self.next;
-        let mut batches =
-            tokio::task::spawn_blocking(move || log.read(from, max_batches, max_bytes))
-                .await
-                .map_err(|_| ApiError::ShuttingDown)??;
+        let mut batches = tokio::task::spawn_blocking(move || log.read(from, max_batches, max_bytes))
+            .await
+            .map_err(|_| ApiError::ShuttingDown)??;
         if let Until::Timestamp(t) = self.until
             && let Some(i) = batches.iter().position(|b| b.timestamp_ms > t)
         {
@@ -213,11 +206,7 @@ impl ShardCursor {
             Until::Lsn(u) if self.next > u => self.done = true,
             // Batches are stamped under the shard lock with max(now, last stamp): once everything
             // written is read and the clock has passed `t`, no later batch can qualify.
-            Until::Timestamp(t)
-                if batches.is_empty()
-                    && t < now_ms()
-                    && self.next > self.shard.log.written_lsn() =>
-            {
+            Until::Timestamp(t) if batches.is_empty() && t < now_ms() && self.next > self.shard.log.written_lsn() => {
                 self.done = true
             }
             _ => {}
@@ -253,11 +242,7 @@ pub async fn pump<R: Send + 'static>(
     tx: mpsc::Sender<Result<R, tonic::Status>>,
     wrap: fn(Vec<ReceivedRecord>) -> R,
 ) {
-    let mut remaining = if max_batches == 0 {
-        u64::MAX
-    } else {
-        max_batches
-    };
+    let mut remaining = if max_batches == 0 { u64::MAX } else { max_batches };
     loop {
         if cursors.iter().all(|c| c.done) || remaining == 0 || ctx.shutdown.is_cancelled() {
             return;

@@ -58,10 +58,10 @@ impl ServerCtx {
             cursor: ShardCursor::new(shard, start_lsn, Until::Forever),
             timeout: Duration::from_millis(req.timeout as u64),
         };
-        self.readers.lock().expect("lock").insert(
-            req.reader_id.clone(),
-            Arc::new(tokio::sync::Mutex::new(state)),
-        );
+        self.readers
+            .lock()
+            .expect("lock")
+            .insert(req.reader_id.clone(), Arc::new(tokio::sync::Mutex::new(state)));
         Ok(pb::CreateShardReaderResponse {
             stream_name: req.stream_name,
             shard_id: req.shard_id,
@@ -117,10 +117,7 @@ impl ServerCtx {
         }
         let shard_id = state.cursor.shard.meta.id;
         Ok(pb::ReadShardResponse {
-            received_records: batches
-                .into_iter()
-                .map(|b| read::received(shard_id, b))
-                .collect(),
+            received_records: batches.into_iter().map(|b| read::received(shard_id, b)).collect(),
         })
     }
 
@@ -135,13 +132,7 @@ impl ServerCtx {
 
     pub async fn list_shard_readers(&self) -> ApiResult<pb::ListShardReadersResponse> {
         Ok(pb::ListShardReadersResponse {
-            reader_id: self
-                .meta
-                .list_readers()
-                .await?
-                .into_iter()
-                .map(|r| r.id)
-                .collect(),
+            reader_id: self.meta.list_readers().await?.into_iter().map(|r| r.id).collect(),
         })
     }
 }

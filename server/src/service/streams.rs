@@ -51,9 +51,7 @@ fn validate_stream_name(name: &str) -> ApiResult<()> {
     validate_name("stream", ErrorCode::StreamInvalidObjectIdentifier, name)
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
-) -> ApiResult<T> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|_| ApiError::ShuttingDown)?
@@ -108,14 +106,12 @@ impl ServerCtx {
         let logs = match logs {
             Ok(l) => l,
             Err(e) => {
-                self.drop_shard_files(shards.iter().map(|s| s.id).collect())
-                    .await;
+                self.drop_shard_files(shards.iter().map(|s| s.id).collect()).await;
                 return Err(e);
             }
         };
         if let Err(e) = self.meta.create_stream(&meta, &shards).await {
-            self.drop_shard_files(shards.iter().map(|s| s.id).collect())
-                .await;
+            self.drop_shard_files(shards.iter().map(|s| s.id).collect()).await;
             return Err(match e {
                 crate::meta::MetaError::AlreadyExists { .. } => ApiError::StreamExists(meta.name),
                 e => e.into(),
@@ -134,7 +130,7 @@ impl ServerCtx {
         Ok(stream_pb(&meta))
     }
 
-    async fn drop_shard_files(&self, ids: Vec<u64>) {
+    pub(super) async fn drop_shard_files(&self, ids: Vec<u64>) {
         let store = self.store.clone();
         let _ = tokio::task::spawn_blocking(move || {
             for id in ids {
@@ -161,9 +157,7 @@ impl ServerCtx {
             }
             // Subscriptions keep reading the archived data; it goes with the last of them.
             let archived = format!("{ARCHIVED_PREFIX}{}_{}", req.stream_name, now_ms());
-            self.meta
-                .archive_stream(&req.stream_name, &archived)
-                .await?;
+            self.meta.archive_stream(&req.stream_name, &archived).await?;
             self.catalog.remove(&req.stream_name);
             let mut meta = entry.meta.clone();
             meta.name = archived.clone();
@@ -243,10 +237,7 @@ impl ServerCtx {
         })
     }
 
-    pub fn get_tail_record_id(
-        &self,
-        req: pb::GetTailRecordIdRequest,
-    ) -> ApiResult<pb::GetTailRecordIdResponse> {
+    pub fn get_tail_record_id(&self, req: pb::GetTailRecordIdRequest) -> ApiResult<pb::GetTailRecordIdResponse> {
         let shard = self.catalog.shard_of(&req.stream_name, req.shard_id)?;
         Ok(pb::GetTailRecordIdResponse {
             tail_record_id: Some(pb::RecordId {
@@ -295,10 +286,7 @@ impl ServerCtx {
     }
 
     /// For each shard named, trims every batch before the oldest record id given for it.
-    pub async fn trim_shards(
-        &self,
-        req: pb::TrimShardsRequest,
-    ) -> ApiResult<pb::TrimShardsResponse> {
+    pub async fn trim_shards(&self, req: pb::TrimShardsRequest) -> ApiResult<pb::TrimShardsResponse> {
         let stream = self.catalog.stream(&req.stream_name)?;
         let mut oldest: BTreeMap<u64, (u64, u32)> = BTreeMap::new();
         for s in &req.record_ids {
@@ -310,14 +298,15 @@ impl ServerCtx {
         }
         let mut targets = Vec::new();
         for (&shard, &(batch, index)) in &oldest {
-            let entry = stream
-                .shards
-                .iter()
-                .find(|s| s.meta.id == shard)
-                .ok_or_else(|| ApiError::ShardNotInStream {
-                    shard,
-                    stream: req.stream_name.clone(),
-                })?;
+            let entry =
+                stream
+                    .shards
+                    .iter()
+                    .find(|s| s.meta.id == shard)
+                    .ok_or_else(|| ApiError::ShardNotInStream {
+                        shard,
+                        stream: req.stream_name.clone(),
+                    })?;
             targets.push((entry.log.clone(), shard, batch, index));
         }
         let mut trim_points = std::collections::HashMap::new();

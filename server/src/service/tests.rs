@@ -67,14 +67,17 @@ async fn delete_with_subscriptions_needs_force_and_then_archives() {
     .await
     .unwrap();
     ctx.meta
-        .create_subscription(&SubscriptionMeta {
-            id: "sub".into(),
-            stream: "s".into(),
-            ack_timeout_secs: 60,
-            max_unacked: 100,
-            offset: StartOffset::Earliest,
-            created_ms: 0,
-        })
+        .create_subscription(
+            &SubscriptionMeta {
+                id: "sub".into(),
+                stream: "s".into(),
+                ack_timeout_secs: 60,
+                max_unacked: 100,
+                offset: StartOffset::Earliest,
+                created_ms: 0,
+            },
+            &[],
+        )
         .await
         .unwrap();
 
@@ -83,10 +86,7 @@ async fn delete_with_subscriptions_needs_force_and_then_archives() {
     assert!(ctx.catalog.stream("s").is_ok(), "nothing changed");
 
     ctx.delete_stream(del("s", true)).await.unwrap();
-    assert!(matches!(
-        ctx.catalog.stream("s"),
-        Err(ApiError::StreamNotFound(_))
-    ));
+    assert!(matches!(ctx.catalog.stream("s"), Err(ApiError::StreamNotFound(_))));
     assert!(
         ctx.list_streams("").streams.is_empty(),
         "archived streams are not listed"
@@ -96,14 +96,7 @@ async fn delete_with_subscriptions_needs_force_and_then_archives() {
     assert!(sub.stream.starts_with(crate::catalog::ARCHIVED_PREFIX));
     let archived = ctx.catalog.any_stream(&sub.stream).unwrap();
     assert!(archived.meta.archived);
-    assert_eq!(
-        archived.shards[0]
-            .log
-            .read(1, 10, usize::MAX)
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(archived.shards[0].log.read(1, 10, usize::MAX).unwrap().len(), 1);
     assert!(shard.log.dir().exists());
     // The name is free for a new stream.
     ctx.create_stream(stream("s")).await.unwrap();
@@ -209,11 +202,7 @@ async fn tailing_read_of_a_deleted_stream_ends_with_not_found() {
     let pumped = tokio::spawn(read::pump(ctx.clone(), vec![cursor], 0, tx, |r| r));
     assert_eq!(rx.recv().await.unwrap().unwrap().len(), 1);
     ctx.delete_stream(del("d", false)).await.unwrap();
-    let end = rx
-        .recv()
-        .await
-        .expect("an error, then the end")
-        .unwrap_err();
+    let end = rx.recv().await.expect("an error, then the end").unwrap_err();
     assert_eq!(end.code(), tonic::Code::NotFound);
     tokio::time::timeout(std::time::Duration::from_secs(10), pumped)
         .await

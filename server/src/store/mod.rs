@@ -28,9 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum FsyncPolicy {
     /// Fsync every group commit before acknowledging it.
@@ -140,11 +138,7 @@ impl LogStore {
         let mut shards = HashMap::new();
         for entry in std::fs::read_dir(&shards_dir).map_err(|e| StoreError::io(&shards_dir, e))? {
             let entry = entry.map_err(|e| StoreError::io(&shards_dir, e))?;
-            let Some(id) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
+            let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
                 continue;
             };
             let log = ShardLog::open(entry.path(), id, opts.clone())?;
@@ -179,9 +173,7 @@ impl LogStore {
                 std::thread::Builder::new()
                     .name("log-flusher".into())
                     .spawn(move || {
-                        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                            stop_rx.recv_timeout(every)
-                        {
+                        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(every) {
                             let Some(store) = weak.upgrade() else { break };
                             store.sync_all();
                         }
@@ -266,13 +258,7 @@ impl LogStore {
 
     /// Fsyncs every shard with unsynced writes.
     pub fn sync_all(&self) {
-        let shards: Vec<_> = self
-            .shards
-            .read()
-            .expect("lock")
-            .values()
-            .cloned()
-            .collect();
+        let shards: Vec<_> = self.shards.read().expect("lock").values().cloned().collect();
         for s in shards {
             if let Err(e) = s.sync_if_dirty() {
                 tracing::error!(shard = s.id, error = %e, "fsync failed");
@@ -322,10 +308,7 @@ fn commit_group(jobs: Vec<Job>, opts: &StoreOptions, buf: &mut Vec<u8>) {
     // Group by shard, keeping arrival order within each shard.
     let mut by_shard: Vec<(Arc<ShardLog>, Vec<Job>)> = Vec::new();
     for job in jobs {
-        match by_shard
-            .iter_mut()
-            .find(|(s, _)| Arc::ptr_eq(s, &job.shard))
-        {
+        match by_shard.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &job.shard)) {
             Some((_, v)) => v.push(job),
             None => by_shard.push((job.shard.clone(), vec![job])),
         }

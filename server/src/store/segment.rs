@@ -59,11 +59,7 @@ pub struct IndexPoint {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("entry at offset {offset} has checksum {found:#010x}, expected {expected:#010x}")]
-    Checksum {
-        offset: u64,
-        expected: u32,
-        found: u32,
-    },
+    Checksum { offset: u64, expected: u32, found: u32 },
     #[error("entry at offset {offset} has an impossible length {len}")]
     Length { offset: u64, len: u64 },
     #[error("entry at offset {offset} has unknown format version {version}")]
@@ -194,12 +190,7 @@ pub struct ScanOutcome {
 /// Walks a segment from its first entry. With `verify` every body is read and checksummed (used
 /// on the segment that was being written when the process stopped); without it only headers are
 /// read (sealed segments, which were fsynced before the next one began; readers still verify).
-pub fn scan(
-    file: &File,
-    base_lsn: u64,
-    verify: bool,
-    index_interval: u64,
-) -> io::Result<ScanOutcome> {
+pub fn scan(file: &File, base_lsn: u64, verify: bool, index_interval: u64) -> io::Result<ScanOutcome> {
     let file_len = file.metadata()?.len();
     let mut out = ScanOutcome {
         valid_len: FILE_HEADER_LEN,
@@ -316,8 +307,7 @@ pub fn read_range(
         }
         let chunk = Bytes::from(buf);
         let mut pos = 0usize;
-        while pos < chunk.len() && out.len() < max_batches && (bytes < max_bytes || out.is_empty())
-        {
+        while pos < chunk.len() && out.len() < max_batches && (bytes < max_bytes || out.is_empty()) {
             let rest = chunk.slice(pos..);
             match decode_entry(&rest, offset + pos as u64).map_err(invalid_data)? {
                 None => break,

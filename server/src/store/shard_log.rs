@@ -135,10 +135,7 @@ impl ShardLog {
             let entry = entry.map_err(|e| StoreError::io(&dir, e))?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if let Some(base) = name
-                .strip_suffix(".seg")
-                .and_then(|b| b.parse::<u64>().ok())
-            {
+            if let Some(base) = name.strip_suffix(".seg").and_then(|b| b.parse::<u64>().ok()) {
                 bases.push(base);
             } else if name.ends_with(".tmp") {
                 let _ = fs::remove_file(entry.path());
@@ -187,23 +184,17 @@ impl ShardLog {
                     )));
                 }
                 if base > exp {
-                    tracing::error!(
-                        shard = id,
-                        expected = exp,
-                        found = base,
-                        "gap between segments"
-                    );
+                    tracing::error!(shard = id, expected = exp, found = base, "gap between segments");
                 }
             }
-            let scan = segment::scan(&file, base, is_last, opts.index_interval_bytes)
-                .map_err(|e| StoreError::io(&path, e))?;
+            let scan =
+                segment::scan(&file, base, is_last, opts.index_interval_bytes).map_err(|e| StoreError::io(&path, e))?;
             let file_len = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
             if let Some(reason) = &scan.stopped {
                 if is_last {
                     tracing::warn!(shard = id, path = %path.display(), cut_bytes = file_len - scan.valid_len,
                         reason = %reason, "truncating torn tail");
-                    file.set_len(scan.valid_len)
-                        .map_err(|e| StoreError::io(&path, e))?;
+                    file.set_len(scan.valid_len).map_err(|e| StoreError::io(&path, e))?;
                     file.sync_all().map_err(|e| StoreError::io(&path, e))?;
                 } else {
                     tracing::error!(shard = id, path = %path.display(), reason = %reason,
@@ -314,10 +305,7 @@ impl ShardLog {
         batches: &[(&[u8], u32, u8)],
         buf: &mut Vec<u8>,
     ) -> Result<(Vec<PendingWrite>, WrittenGroup), StoreError> {
-        if let Some((p, _, _)) = batches
-            .iter()
-            .find(|(p, _, _)| p.len() > segment::MAX_PAYLOAD_LEN)
-        {
+        if let Some((p, _, _)) = batches.iter().find(|(p, _, _)| p.len() > segment::MAX_PAYLOAD_LEN) {
             return Err(StoreError::Failed(format!(
                 "a {}-byte batch exceeds the store's {}-byte entry limit",
                 p.len(),
@@ -338,10 +326,7 @@ impl ShardLog {
             self.roll(&mut inner)?;
         }
         let segment = inner.segments.last().expect("active segment").clone();
-        let sync_handle = inner
-            .active
-            .try_clone()
-            .map_err(|e| StoreError::io(&segment.path, e))?;
+        let sync_handle = inner.active.try_clone().map_err(|e| StoreError::io(&segment.path, e))?;
         buf.clear();
         let start_len = inner.active_len;
         let mut pending = Vec::with_capacity(batches.len());
@@ -352,8 +337,7 @@ impl ShardLog {
         for (payload, batch_size, compression) in batches {
             ts = ts.max(now_ms);
             let offset = start_len + buf.len() as u64;
-            let len =
-                segment::encode_entry(buf, lsn, ts, *batch_size, *compression, payload) as u64;
+            let len = segment::encode_entry(buf, lsn, ts, *batch_size, *compression, payload) as u64;
             if since_index >= self.opts.index_interval_bytes {
                 new_points.push(IndexPoint {
                     lsn,
@@ -363,10 +347,7 @@ impl ShardLog {
                 since_index = 0;
             }
             since_index = since_index.saturating_add(len);
-            pending.push(PendingWrite {
-                lsn,
-                timestamp_ms: ts,
-            });
+            pending.push(PendingWrite { lsn, timestamp_ms: ts });
             lsn += 1;
         }
         if let Err(e) = inner.active.write_all(buf) {
@@ -382,11 +363,7 @@ impl ShardLog {
         inner.last_ts = ts;
         inner.bytes_since_index = since_index;
         if !new_points.is_empty() {
-            segment
-                .index
-                .write()
-                .expect("index lock")
-                .extend(new_points);
+            segment.index.write().expect("index lock").extend(new_points);
         }
         self.unsynced.store(true, Ordering::Release);
         Ok((
@@ -413,8 +390,7 @@ impl ShardLog {
             }
         }
         let seg = &group.segment;
-        seg.committed_len
-            .fetch_max(group.end_offset, Ordering::AcqRel);
+        seg.committed_len.fetch_max(group.end_offset, Ordering::AcqRel);
         seg.last_lsn.fetch_max(group.last_lsn, Ordering::AcqRel);
         seg.last_ts.fetch_max(group.last_ts, Ordering::AcqRel);
         self.visible.send_modify(|v| *v = (*v).max(group.last_lsn));
@@ -430,10 +406,7 @@ impl ShardLog {
             let inner = self.lock();
             let seg = inner.segments.last().expect("active segment");
             (
-                inner
-                    .active
-                    .try_clone()
-                    .map_err(|e| StoreError::io(&seg.path, e))?,
+                inner.active.try_clone().map_err(|e| StoreError::io(&seg.path, e))?,
                 seg.path.clone(),
             )
         };
@@ -446,10 +419,7 @@ impl ShardLog {
     /// Seals the active segment and starts a new one at the next LSN.
     fn roll(&self, inner: &mut Inner) -> Result<(), StoreError> {
         let old = inner.segments.last().expect("active segment").clone();
-        inner
-            .active
-            .sync_data()
-            .map_err(|e| StoreError::io(&old.path, e))?;
+        inner.active.sync_data().map_err(|e| StoreError::io(&old.path, e))?;
         if self.is_deleted() {
             return Err(StoreError::ShardDeleted(self.id));
         }
@@ -464,9 +434,7 @@ impl ShardLog {
                 return Err(StoreError::io(&path, e));
             }
         };
-        inner
-            .segments
-            .push(Arc::new(Segment::empty(base, path, file)));
+        inner.segments.push(Arc::new(Segment::empty(base, path, file)));
         inner.active = active;
         inner.active_len = FILE_HEADER_LEN;
         inner.bytes_since_index = u64::MAX;
@@ -475,12 +443,7 @@ impl ShardLog {
 
     /// Reads up to `max_batches` visible batches starting at `from` (clamped to the first
     /// untrimmed LSN). Blocking IO: call from a blocking thread.
-    pub fn read(
-        &self,
-        from: u64,
-        max_batches: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<StoredBatch>, StoreError> {
+    pub fn read(&self, from: u64, max_batches: usize, max_bytes: usize) -> Result<Vec<StoredBatch>, StoreError> {
         let visible = self.visible_lsn();
         let (segments, start) = {
             let inner = self.lock();
@@ -490,8 +453,7 @@ impl ShardLog {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for seg in &segments {
-            if from > visible || out.len() >= max_batches || (bytes >= max_bytes && !out.is_empty())
-            {
+            if from > visible || out.len() >= max_batches || (bytes >= max_bytes && !out.is_empty()) {
                 break;
             }
             if seg.last_lsn() < from {
@@ -543,10 +505,8 @@ impl ShardLog {
             }
             let end = seg.committed_len.load(Ordering::Acquire);
             let offset = seg.seek_timestamp(ts);
-            let found = segment::find_entry(&seg.file, offset, end, |h| {
-                h.timestamp_ms >= ts && h.lsn >= start
-            })
-            .map_err(|e| StoreError::io(&seg.path, e))?;
+            let found = segment::find_entry(&seg.file, offset, end, |h| h.timestamp_ms >= ts && h.lsn >= start)
+                .map_err(|e| StoreError::io(&seg.path, e))?;
             if let Some((_, head)) = found {
                 return Ok(head.lsn.min(visible + 1));
             }
@@ -568,10 +528,7 @@ impl ShardLog {
         // The trim point must never be durable ahead of the data it refers to.
         if self.unsynced.load(Ordering::Acquire) {
             let seg = inner.segments.last().expect("active segment").path.clone();
-            inner
-                .active
-                .sync_data()
-                .map_err(|e| StoreError::io(&seg, e))?;
+            inner.active.sync_data().map_err(|e| StoreError::io(&seg, e))?;
         }
         write_trim_point(&self.dir, upto)?;
         inner.trim_point = upto;
@@ -659,16 +616,10 @@ fn read_trim_point(dir: &Path) -> Result<u64, StoreError> {
             if crc32c::crc32c(&b[..8]) == crc {
                 Ok(v)
             } else {
-                Err(StoreError::Corrupt(format!(
-                    "{} fails its checksum",
-                    path.display()
-                )))
+                Err(StoreError::Corrupt(format!("{} fails its checksum", path.display())))
             }
         }
-        Ok(_) => Err(StoreError::Corrupt(format!(
-            "{} has a bad length",
-            path.display()
-        ))),
+        Ok(_) => Err(StoreError::Corrupt(format!("{} has a bad length", path.display()))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
         Err(e) => Err(StoreError::io(&path, e)),
     }

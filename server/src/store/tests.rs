@@ -83,19 +83,13 @@ fn torn_tail_is_cut_and_lsn_reused_only_for_unacked_bytes() {
     // Simulate a crash mid-write: half an entry, then junk.
     let mut buf = Vec::new();
     segment::encode_entry(&mut buf, 11, 0, 1, 0, b"never acked");
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&seg_path)
-        .unwrap();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg_path).unwrap();
     f.write_all(&buf[..buf.len() / 2]).unwrap();
     drop(f);
     let before = std::fs::metadata(&seg_path).unwrap().len();
     let store = LogStore::open(dir.path(), opts(1 << 20)).unwrap();
     let shard = store.shard(1).unwrap();
-    assert!(
-        std::fs::metadata(&seg_path).unwrap().len() < before,
-        "tail truncated"
-    );
+    assert!(std::fs::metadata(&seg_path).unwrap().len() < before, "tail truncated");
     assert_eq!(shard.visible_lsn(), 10);
     let got = shard.read(1, usize::MAX, usize::MAX).unwrap();
     assert_eq!(payloads(&got).last().unwrap(), "x-9");
@@ -155,16 +149,10 @@ fn timestamp_seek_finds_first_batch_at_or_after() {
     let shard = store.create_shard(4).unwrap();
     rt.block_on(append_n(&store, &shard, 20, "p"));
     let all = shard.read(1, usize::MAX, usize::MAX).unwrap();
-    assert!(
-        all.windows(2)
-            .all(|w| w[0].timestamp_ms <= w[1].timestamp_ms)
-    );
+    assert!(all.windows(2).all(|w| w[0].timestamp_ms <= w[1].timestamp_ms));
     for b in &all {
         let lsn = shard.lsn_at_or_after(b.timestamp_ms).unwrap();
-        let first = all
-            .iter()
-            .find(|x| x.timestamp_ms >= b.timestamp_ms)
-            .unwrap();
+        let first = all.iter().find(|x| x.timestamp_ms >= b.timestamp_ms).unwrap();
         assert_eq!(lsn, first.lsn);
     }
     assert_eq!(shard.lsn_at_or_after(i64::MAX).unwrap(), 21);
@@ -243,18 +231,9 @@ fn overlapping_segments_refuse_to_open_instead_of_reusing_lsns() {
         store.shutdown();
     }
     // A stray segment starting inside the range the first one holds.
-    std::fs::write(
-        shard_dir.join(format!("{:020}.seg", 5)),
-        segment::file_header(5),
-    )
-    .unwrap();
-    let err = LogStore::open(dir.path(), opts(1 << 20))
-        .err()
-        .expect("open must fail");
-    assert!(
-        err.to_string().contains("previous one reaches lsn 10"),
-        "{err}"
-    );
+    std::fs::write(shard_dir.join(format!("{:020}.seg", 5)), segment::file_header(5)).unwrap();
+    let err = LogStore::open(dir.path(), opts(1 << 20)).err().expect("open must fail");
+    assert!(err.to_string().contains("previous one reaches lsn 10"), "{err}");
 }
 
 #[test]
@@ -304,10 +283,7 @@ fn damage_inside_a_sealed_segment_fails_reads_of_the_lost_range() {
     let shard = store.shard(4).unwrap();
     // Reads before the damage work; reading into the lost range fails instead of skipping it.
     assert_eq!(
-        shard
-            .read(1, (last.lsn - 1) as usize, usize::MAX)
-            .unwrap()
-            .len() as u64,
+        shard.read(1, (last.lsn - 1) as usize, usize::MAX).unwrap().len() as u64,
         last.lsn - 1
     );
     let err = shard.read(last.lsn, 10, usize::MAX).unwrap_err();
@@ -318,10 +294,7 @@ fn damage_inside_a_sealed_segment_fails_reads_of_the_lost_range() {
     let err = shard.read(1, usize::MAX, usize::MAX).unwrap_err();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
     // Batches after the damage stay readable.
-    assert_eq!(
-        shard.read(last.lsn + 1, 1, usize::MAX).unwrap()[0].lsn,
-        last.lsn + 1
-    );
+    assert_eq!(shard.read(last.lsn + 1, 1, usize::MAX).unwrap()[0].lsn, last.lsn + 1);
     store.shutdown();
 }
 
@@ -333,10 +306,7 @@ fn delete_wakes_waiting_readers() {
     let mut rx = shard.subscribe();
     rx.borrow_and_update();
     store.delete_shard(6).unwrap();
-    assert!(
-        rx.has_changed().unwrap(),
-        "deletion bumps the visible-LSN channel"
-    );
+    assert!(rx.has_changed().unwrap(), "deletion bumps the visible-LSN channel");
     assert!(shard.is_deleted());
     assert!(matches!(shard.trim(1), Err(StoreError::ShardDeleted(6))));
     store.shutdown();

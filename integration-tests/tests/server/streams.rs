@@ -1,4 +1,4 @@
-//! End-to-end tests of the stream server core against real `hstream-server` processes.
+//! Streams, appends, reads, trims, retention and crash safety.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -19,13 +19,7 @@ fn stream_req(name: &str, shards: u32) -> pb::Stream {
     }
 }
 
-async fn append(
-    client: &mut Client,
-    stream: &str,
-    shard: u64,
-    key: &str,
-    payloads: &[Vec<u8>],
-) -> pb::AppendResponse {
+async fn append(client: &mut Client, stream: &str, shard: u64, key: &str, payloads: &[Vec<u8>]) -> pb::AppendResponse {
     client
         .append(pb::AppendRequest {
             stream_name: stream.into(),
@@ -112,28 +106,18 @@ async fn acknowledged_appends_survive_repeated_sigkill() {
                 for i in 0u32.. {
                     let key = format!("r{round}w{w}");
                     let payloads: Vec<Vec<u8>> = (0..(1 + i % 7))
-                        .map(|j| {
-                            format!("{key}-{i}-{j}-{}", "x".repeat((i * 37 % 900) as usize))
-                                .into_bytes()
-                        })
+                        .map(|j| format!("{key}-{i}-{j}-{}", "x".repeat((i * 37 % 900) as usize)).into_bytes())
                         .collect();
                     let req = pb::AppendRequest {
                         stream_name: "crash".into(),
                         shard_id: shard,
-                        records: Some(batch(
-                            &key,
-                            &payloads,
-                            [Plain, Gzip, Zstd][(i % 3) as usize],
-                        )),
+                        records: Some(batch(&key, &payloads, [Plain, Gzip, Zstd][(i % 3) as usize])),
                     };
                     match c.append(req).await {
                         Ok(resp) => {
                             let ids = resp.into_inner().record_ids;
                             assert_eq!(ids.len(), payloads.len());
-                            acked
-                                .lock()
-                                .unwrap()
-                                .insert((shard, ids[0].batch_id), (key, payloads));
+                            acked.lock().unwrap().insert((shard, ids[0].batch_id), (key, payloads));
                         }
                         Err(_) => return, // the server died under us: this one was never acked
                     }
@@ -226,34 +210,21 @@ async fn bad_input_is_rejected_without_storing_anything() {
     let e = try_append("bad", shard + 1000, Some(good.clone())).await;
     assert_eq!((e.code(), error_code(&e)), (Code::NotFound, 210), "{e:?}");
     let e = try_append("bad", shard, None).await;
-    assert_eq!(
-        (e.code(), error_code(&e)),
-        (Code::InvalidArgument, 206),
-        "{e:?}"
-    );
+    assert_eq!((e.code(), error_code(&e)), (Code::InvalidArgument, 206), "{e:?}");
     let oversized = batch("k", &[vec![7u8; 70_000]], Plain);
     let e = try_append("bad", shard, Some(oversized)).await;
-    assert_eq!(
-        (e.code(), error_code(&e)),
-        (Code::InvalidArgument, 207),
-        "{e:?}"
-    );
+    assert_eq!((e.code(), error_code(&e)), (Code::InvalidArgument, 207), "{e:?}");
     assert!(e.message().contains("max-record-size"), "{}", e.message());
     let mut corrupt = good.clone();
     corrupt.payload = bytes::Bytes::from_static(&[0x0a, 0xff, 0xff, 0xff, 0x01]);
     let e = try_append("bad", shard, Some(corrupt)).await;
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    assert!(
-        e.message().contains("not a BatchHStreamRecords"),
-        "{}",
-        e.message()
-    );
+    assert!(e.message().contains("not a BatchHStreamRecords"), "{}", e.message());
     let mut lying = batch("k", &[b"a".to_vec(), b"b".to_vec()], Plain);
     lying.batch_size = 5;
     let e = try_append("bad", shard, Some(lying)).await;
     assert!(
-        e.message()
-            .contains("batchSize is 5 but the payload holds 2"),
+        e.message().contains("batchSize is 5 but the payload holds 2"),
         "{}",
         e.message()
     );
@@ -264,8 +235,7 @@ async fn bad_input_is_rejected_without_storing_anything() {
         let e = try_append("bad", shard, Some(b)).await;
         assert_eq!(e.code(), Code::InvalidArgument);
         assert!(
-            e.message()
-                .contains(&format!("{what} payload does not decompress")),
+            e.message().contains(&format!("{what} payload does not decompress")),
             "{}",
             e.message()
         );
@@ -273,11 +243,7 @@ async fn bad_input_is_rejected_without_storing_anything() {
     let mut weird = good.clone();
     weird.compression_type = 42;
     let e = try_append("bad", shard, Some(weird)).await;
-    assert!(
-        e.message().contains("unknown compressionType 42"),
-        "{}",
-        e.message()
-    );
+    assert!(e.message().contains("unknown compressionType 42"), "{}", e.message());
 
     // Nothing above was stored; the server still takes good appends.
     assert_eq!(tail(client.clone()).await, 1);
@@ -338,11 +304,7 @@ async fn stream_lifecycle() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let mut c = server.client().await;
-    let created = c
-        .create_stream(stream_req("orders", 3))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = c.create_stream(stream_req("orders", 3)).await.unwrap().into_inner();
     assert_eq!(created.shard_count, 3);
     assert!(created.creation_time.is_some());
     c.create_stream(stream_req("orders_eu", 1)).await.unwrap();
@@ -362,19 +324,9 @@ async fn stream_lifecycle() {
         .unwrap_err();
     assert_eq!(error_code(&e), 203);
 
-    let names = |r: pb::ListStreamsResponse| {
-        r.streams
-            .into_iter()
-            .map(|s| s.stream_name)
-            .collect::<Vec<_>>()
-    };
+    let names = |r: pb::ListStreamsResponse| r.streams.into_iter().map(|s| s.stream_name).collect::<Vec<_>>();
     assert_eq!(
-        names(
-            c.list_streams(pb::ListStreamsRequest {})
-                .await
-                .unwrap()
-                .into_inner()
-        ),
+        names(c.list_streams(pb::ListStreamsRequest {}).await.unwrap().into_inner()),
         ["orders", "orders_eu", "users"]
     );
     let pre = c
@@ -385,17 +337,13 @@ async fn stream_lifecycle() {
         .unwrap();
     assert_eq!(names(pre.into_inner()), ["orders", "orders_eu"]);
     let got = c
-        .get_stream(pb::GetStreamRequest {
-            name: "orders".into(),
-        })
+        .get_stream(pb::GetStreamRequest { name: "orders".into() })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(got.stream.unwrap().shard_count, 3);
     let e = c
-        .get_stream(pb::GetStreamRequest {
-            name: "nope".into(),
-        })
+        .get_stream(pb::GetStreamRequest { name: "nope".into() })
         .await
         .unwrap_err();
     assert_eq!(error_code(&e), 200);
@@ -419,10 +367,7 @@ async fn stream_lifecycle() {
             )
         })
         .collect();
-    assert_eq!(
-        ranges,
-        vec![(0, cnt - 1), (cnt, 2 * cnt - 1), (2 * cnt, u128::MAX)]
-    );
+    assert_eq!(ranges, vec![(0, cnt - 1), (cnt, 2 * cnt - 1), (2 * cnt, u128::MAX)]);
     assert!(
         shards
             .iter()
@@ -432,10 +377,7 @@ async fn stream_lifecycle() {
     let node = c.describe_cluster(()).await.unwrap().into_inner();
     assert_eq!(node.protocol_version, "0.1.0");
     assert_eq!(node.server_nodes[0].port, server.addr.port() as u32);
-    assert_eq!(
-        node.server_nodes_status[0].state,
-        pb::NodeState::Running as i32
-    );
+    assert_eq!(node.server_nodes_status[0].state, pb::NodeState::Running as i32);
     let look = c
         .lookup_shard(pb::LookupShardRequest {
             shard_id: shards[0].shard_id,
@@ -451,10 +393,7 @@ async fn stream_lifecycle() {
         res_type: pb::ResourceType::ResShard as i32,
         res_id: "1".into(),
     });
-    assert_eq!(
-        res.await.unwrap().into_inner().port,
-        server.addr.port() as u32
-    );
+    assert_eq!(res.await.unwrap().into_inner().port, server.addr.port() as u32);
     assert_eq!(
         c.echo(pb::EchoRequest { msg: "hi".into() })
             .await
@@ -477,11 +416,6 @@ async fn stream_lifecycle() {
     c.create_stream(stream_req("users", 1)).await.unwrap();
     let sid = shard_ids(&mut c, "users").await[0];
     assert!(read_shard_to_tail(&mut c, "users", sid).await.is_empty());
-    let unimpl = c
-        .create_subscription(pb::Subscription::default())
-        .await
-        .unwrap_err();
-    assert_eq!(unimpl.code(), Code::Unimplemented);
 }
 
 /// Offsets (EARLIEST, LATEST, record id, timestamp), until bounds, maxReadBatches, tailing,
@@ -558,12 +492,10 @@ async fn reads_offsets_trims_and_retention() {
     let t5 = ts(&all[5]);
     let first_at_t5 = all.iter().position(|rr| ts(rr) >= t5).unwrap();
     let at = pb::ShardOffset {
-        offset: Some(pb::shard_offset::Offset::TimestampOffset(
-            pb::TimestampOffset {
-                timestamp_in_ms: t5,
-                strict_accuracy: true,
-            },
-        )),
+        offset: Some(pb::shard_offset::Offset::TimestampOffset(pb::TimestampOffset {
+            timestamp_in_ms: t5,
+            strict_accuracy: true,
+        })),
     };
     assert_eq!(read(at, Some(latest()), 0).await.len(), 10 - first_at_t5);
 
@@ -583,10 +515,7 @@ async fn reads_offsets_trims_and_retention() {
     append(&mut c, "r", shard, "k", &[b"live".to_vec()]).await;
     let m = tail.message().await.unwrap().expect("tailed batch");
     assert_eq!(decode(&m.received_records[0])[0].2, b"live");
-    assert!(
-        tail.message().await.unwrap().is_none(),
-        "ends after maxReadBatches"
-    );
+    assert!(tail.message().await.unwrap().is_none(), "ends after maxReadBatches");
 
     // A shard reader (the Python client's read path) with a timeout that returns empty.
     c.create_shard_reader(pb::CreateShardReaderRequest {
@@ -626,10 +555,7 @@ async fn reads_offsets_trims_and_retention() {
         .await
         .unwrap()
         .into_inner();
-    assert!(
-        r2.received_records.is_empty(),
-        "timeout with no data returns empty"
-    );
+    assert!(r2.received_records.is_empty(), "timeout with no data returns empty");
     let listed = c
         .list_shard_readers(pb::ListShardReadersRequest {})
         .await
@@ -637,11 +563,9 @@ async fn reads_offsets_trims_and_retention() {
         .into_inner()
         .reader_id;
     assert_eq!(listed, ["rd"]);
-    c.delete_shard_reader(pb::DeleteShardReaderRequest {
-        reader_id: "rd".into(),
-    })
-    .await
-    .unwrap();
+    c.delete_shard_reader(pb::DeleteShardReaderRequest { reader_id: "rd".into() })
+        .await
+        .unwrap();
 
     // Trims: TrimShards keeps the oldest given record and everything after it.
     let tr = c
@@ -652,15 +576,9 @@ async fn reads_offsets_trims_and_retention() {
         .await
         .unwrap()
         .into_inner();
+    assert_eq!(tr.trim_points, HashMap::from([(shard, format!("{shard}-5-0"))]));
     assert_eq!(
-        tr.trim_points,
-        HashMap::from([(shard, format!("{shard}-5-0"))])
-    );
-    assert_eq!(
-        read(earliest(), Some(latest()), 0)
-            .await
-            .first()
-            .map(String::as_str),
+        read(earliest(), Some(latest()), 0).await.first().map(String::as_str),
         Some("m4")
     );
     c.trim_shard(pb::TrimShardRequest {
@@ -670,10 +588,7 @@ async fn reads_offsets_trims_and_retention() {
     })
     .await
     .unwrap();
-    assert_eq!(
-        read(earliest(), Some(latest()), 0).await,
-        ["m8", "m9", "live"]
-    );
+    assert_eq!(read(earliest(), Some(latest()), 0).await, ["m8", "m9", "live"]);
 
     // Retention: a stream with a 1 s backlog loses its records once they are older than that.
     c.create_stream(pb::Stream {
@@ -686,14 +601,10 @@ async fn reads_offsets_trims_and_retention() {
     append(&mut c, "short", s2, "k", &[b"fleeting".to_vec()]).await;
     assert_eq!(read_shard_to_tail(&mut c, "short", s2).await.len(), 1);
     let probe = c.clone();
-    wait_until(
-        Duration::from_secs(10),
-        "retention to drop the record",
-        || {
-            let mut c = probe.clone();
-            async move { read_shard_to_tail(&mut c, "short", s2).await.is_empty() }
-        },
-    )
+    wait_until(Duration::from_secs(10), "retention to drop the record", || {
+        let mut c = probe.clone();
+        async move { read_shard_to_tail(&mut c, "short", s2).await.is_empty() }
+    })
     .await;
 
     // TrimStream to LATEST empties every shard; appends continue after the old tail.
@@ -709,10 +620,7 @@ async fn reads_offsets_trims_and_retention() {
     .unwrap();
     assert!(read_shard_to_tail(&mut c, "r", shard).await.is_empty());
     assert_eq!(
-        append(&mut c, "r", shard, "k", &[b"next".to_vec()])
-            .await
-            .record_ids[0]
-            .batch_id,
+        append(&mut c, "r", shard, "k", &[b"next".to_vec()]).await.record_ids[0].batch_id,
         12
     );
 
@@ -732,22 +640,12 @@ async fn reads_offsets_trims_and_retention() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_restart_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(
-        dir.path(),
-        &["--fsync", "interval", "--fsync-interval-ms", "20"],
-    );
+    let mut server = Server::start(dir.path(), &["--fsync", "interval", "--fsync-interval-ms", "20"]);
     let mut c = server.client().await;
     c.create_stream(stream_req("keep", 2)).await.unwrap();
     let shards = shard_ids(&mut c, "keep").await;
     for i in 0..50 {
-        append(
-            &mut c,
-            "keep",
-            shards[i % 2],
-            "k",
-            &[format!("v{i}").into_bytes()],
-        )
-        .await;
+        append(&mut c, "keep", shards[i % 2], "k", &[format!("v{i}").into_bytes()]).await;
     }
     c.create_shard_reader(pb::CreateShardReaderRequest {
         stream_name: "keep".into(),
@@ -789,8 +687,5 @@ async fn graceful_restart_keeps_everything() {
         "reader definition survives restart"
     );
     let next = append(&mut c, "keep", shards[0], "k", &[b"after".to_vec()]).await;
-    assert_eq!(
-        next.record_ids[0].batch_id, 26,
-        "LSNs continue after restart"
-    );
+    assert_eq!(next.record_ids[0].batch_id, 26, "LSNs continue after restart");
 }

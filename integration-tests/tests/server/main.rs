@@ -1,0 +1,4 @@
+//! End-to-end tests against real `hstream-server` processes (one test binary, to link once).
+
+mod streams;
+mod subscriptions;

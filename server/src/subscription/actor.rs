@@ -1,0 +1,565 @@
+//! One task per subscription owns all of its delivery state: which consumer owns which shard,
+//! what was sent to whom and when, and the ack trackers. Consumers and RPCs talk to it with
+//! [`Command`]s, so no lock guards delivery state.
+//!
+//! Delivery rules: a shard is owned by one consumer at a time (shards are spread evenly over the
+//! consumers, sorted by name); each response carries one stored batch; a batch goes again to the
+//! shard's current owner when its ack timeout passes or its consumer leaves, holding only the
+//! records still unacked; no new batch is sent while `maxUnackedRecords` records are out.
+//! Progress (the contiguous acked prefix per shard) is committed to the MetaStore on a short
+//! tick and at shutdown, together with a checkpoint of acks beyond the prefix.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hstream_proto as pb;
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use super::checkpoint;
+use super::tracker::AckTracker;
+use crate::error::{ApiError, ApiResult};
+use crate::meta::{MetaStore, ShardProgress, SubscriptionMeta};
+use crate::store::{ShardLog, StoredBatch};
+
+pub type FetchTx = mpsc::Sender<Result<pb::StreamingFetchResponse, Status>>;
+
+/// Responses buffered per consumer before delivery to it pauses.
+pub const CONSUMER_BUFFER: usize = 64;
+const COMMIT_EVERY: Duration = Duration::from_millis(100);
+/// Batches read from a shard per store read.
+const READ_CHUNK: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerInfo {
+    pub name: String,
+    pub uri: String,
+    pub user_agent: String,
+}
+
+pub enum Command {
+    Join {
+        info: ConsumerInfo,
+        conn: u64,
+        tx: FetchTx,
+        closed: CancellationToken,
+        reply: oneshot::Sender<ApiResult<()>>,
+    },
+    Ack {
+        conn: u64,
+        ids: Vec<pb::RecordId>,
+    },
+    Leave {
+        conn: u64,
+    },
+    Consumers {
+        reply: oneshot::Sender<Vec<ConsumerInfo>>,
+    },
+    Progress {
+        reply: oneshot::Sender<Vec<ShardProgress>>,
+    },
+    /// Ends the subscription (for deletion); refused while consumers are connected unless
+    /// `force`.
+    Stop {
+        force: bool,
+        reply: oneshot::Sender<ApiResult<()>>,
+    },
+}
+
+struct Consumer {
+    info: ConsumerInfo,
+    conn: u64,
+    tx: FetchTx,
+    /// Cancelled when this side drops the consumer, so its request reader ends too.
+    closed: CancellationToken,
+}
+
+struct Sent {
+    conn: u64,
+    at: Instant,
+}
+
+struct ShardSub {
+    id: u64,
+    log: Arc<ShardLog>,
+    rx: watch::Receiver<u64>,
+    tracker: AckTracker,
+    owner: Option<String>,
+    /// Outstanding batches: who has them since when.
+    sent: HashMap<u64, Sent>,
+    /// Batches to send again to the owner.
+    resend: BTreeSet<u64>,
+}
+
+enum Wake {
+    Command(Command),
+    Data,
+    Due,
+    Tick,
+    Closed,
+    Shutdown,
+}
+
+pub struct Actor {
+    sub: SubscriptionMeta,
+    meta: Arc<dyn MetaStore>,
+    shards: Vec<ShardSub>,
+    consumers: BTreeMap<String, Consumer>,
+    inbox: mpsc::Receiver<Command>,
+    /// (due, shard index, lsn, conn) ack deadlines; stale entries are skipped when they come due.
+    deadlines: BTreeSet<(Instant, usize, u64, u64)>,
+    dirty: bool,
+    shutdown: CancellationToken,
+}
+
+impl Actor {
+    pub async fn start(
+        sub: SubscriptionMeta,
+        meta: Arc<dyn MetaStore>,
+        logs: Vec<Arc<ShardLog>>,
+        inbox: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) -> ApiResult<Actor> {
+        let progress: HashMap<u64, u64> = meta
+            .get_progress(&sub.id)
+            .await?
+            .into_iter()
+            .map(|p| (p.shard_id, p.next_lsn))
+            .collect();
+        let restored = match meta.get_checkpoint(&checkpoint::owner(&sub.id)).await? {
+            Some(cp) => checkpoint::decode(&cp).unwrap_or_else(|e| {
+                tracing::warn!(subscription = %sub.id, error = %e, "ignoring unreadable ack checkpoint");
+                HashMap::new()
+            }),
+            None => HashMap::new(),
+        };
+        let mut shards = Vec::with_capacity(logs.len());
+        for log in logs {
+            let committed = progress.get(&log.id).copied().unwrap_or(1).max(1);
+            let mut tracker = AckTracker::new(committed);
+            for (lsn, size, acked) in restored.get(&log.id).into_iter().flatten() {
+                tracker.restore(*lsn, *size, acked);
+            }
+            shards.push(ShardSub {
+                id: log.id,
+                rx: log.subscribe(),
+                log,
+                tracker,
+                owner: None,
+                sent: HashMap::new(),
+                resend: BTreeSet::new(),
+            });
+        }
+        shards.sort_by_key(|s| s.id);
+        Ok(Actor {
+            sub,
+            meta,
+            shards,
+            consumers: BTreeMap::new(),
+            inbox,
+            deadlines: BTreeSet::new(),
+            dirty: false,
+            shutdown,
+        })
+    }
+
+    fn ack_timeout(&self) -> Duration {
+        Duration::from_secs(self.sub.ack_timeout_secs.max(1) as u64)
+    }
+
+    fn outstanding(&self) -> u64 {
+        self.shards.iter().map(|s| s.tracker.outstanding_records()).sum()
+    }
+
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(COMMIT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.deliver().await;
+            match self.wait(&mut tick).await {
+                Wake::Command(Command::Stop { force, reply }) => {
+                    if !force && !self.consumers.is_empty() {
+                        let _ = reply.send(Err(ApiError::SubscriptionHasConsumers(self.sub.id.clone())));
+                        continue;
+                    }
+                    self.close_all(Status::not_found(format!("subscription {} was deleted", self.sub.id)));
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                Wake::Command(cmd) => self.handle(cmd),
+                Wake::Due => self.expire_deadlines(),
+                Wake::Tick => self.commit().await,
+                Wake::Data => {}
+                Wake::Closed => return,
+                Wake::Shutdown => {
+                    self.commit().await;
+                    self.close_all(Status::unavailable("server is shutting down"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits for the next thing that may let delivery continue.
+    async fn wait(&mut self, tick: &mut tokio::time::Interval) -> Wake {
+        let next_deadline = self.deadlines.first().map(|d| d.0);
+        let blocked = self.blocked_consumers();
+        let appended = futures::future::select_all(
+            self.shards
+                .iter_mut()
+                .filter(|s| s.owner.is_some())
+                .map(|s| {
+                    Box::pin(s.rx.changed()) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>>
+                })
+                .chain(std::iter::once(Box::pin(futures::future::pending())
+                    as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>)),
+        );
+        let room = async move {
+            if blocked.is_empty() {
+                return futures::future::pending::<()>().await;
+            }
+            let _ = futures::future::select_all(blocked.iter().map(|tx| Box::pin(tx.reserve()))).await;
+        };
+        let due = async move {
+            match next_deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => futures::future::pending().await,
+            }
+        };
+        tokio::select! {
+            cmd = self.inbox.recv() => cmd.map_or(Wake::Closed, Wake::Command),
+            _ = appended => Wake::Data,
+            _ = room => Wake::Data,
+            _ = due => Wake::Due,
+            _ = tick.tick() => Wake::Tick,
+            _ = self.shutdown.cancelled() => Wake::Shutdown,
+        }
+    }
+
+    fn blocked_consumers(&self) -> Vec<FetchTx> {
+        self.consumers
+            .values()
+            .filter(|c| c.tx.capacity() == 0)
+            .map(|c| c.tx.clone())
+            .collect()
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Join {
+                info,
+                conn,
+                tx,
+                closed,
+                reply,
+            } => {
+                if self.consumers.contains_key(&info.name) {
+                    let _ = reply.send(Err(ApiError::ConsumerExists {
+                        consumer: info.name,
+                        subscription: self.sub.id.clone(),
+                    }));
+                    return;
+                }
+                tracing::info!(subscription = %self.sub.id, consumer = %info.name, "consumer joined");
+                self.consumers
+                    .insert(info.name.clone(), Consumer { info, conn, tx, closed });
+                self.rebalance();
+                let _ = reply.send(Ok(()));
+            }
+            Command::Ack { conn, ids } => self.ack(conn, ids),
+            Command::Leave { conn } => {
+                if let Some(name) = self.consumer_name(conn) {
+                    self.remove_consumer(&name);
+                }
+            }
+            Command::Consumers { reply } => {
+                let _ = reply.send(self.consumers.values().map(|c| c.info.clone()).collect());
+            }
+            Command::Progress { reply } => {
+                let _ = reply.send(self.progress());
+            }
+            Command::Stop { .. } => unreachable!("handled by run"),
+        }
+    }
+
+    fn consumer_name(&self, conn: u64) -> Option<String> {
+        self.consumers
+            .values()
+            .find(|c| c.conn == conn)
+            .map(|c| c.info.name.clone())
+    }
+
+    fn progress(&self) -> Vec<ShardProgress> {
+        self.shards
+            .iter()
+            .map(|s| ShardProgress {
+                shard_id: s.id,
+                next_lsn: s.tracker.committed(),
+            })
+            .collect()
+    }
+
+    /// Spreads shards over consumers in name order. Batches already out stay with whoever has
+    /// them (so a join never causes a second delivery); new and resent batches go to the owner.
+    fn rebalance(&mut self) {
+        let names: Vec<String> = self.consumers.keys().cloned().collect();
+        for (i, s) in self.shards.iter_mut().enumerate() {
+            s.owner = if names.is_empty() {
+                None
+            } else {
+                Some(names[i % names.len()].clone())
+            };
+        }
+    }
+
+    fn remove_consumer(&mut self, name: &str) {
+        let Some(c) = self.consumers.remove(name) else { return };
+        c.closed.cancel();
+        tracing::info!(subscription = %self.sub.id, consumer = %name, "consumer left");
+        for s in &mut self.shards {
+            let theirs: Vec<u64> = s
+                .sent
+                .iter()
+                .filter(|(_, v)| v.conn == c.conn)
+                .map(|(l, _)| *l)
+                .collect();
+            for lsn in theirs {
+                s.sent.remove(&lsn);
+                s.tracker.withdraw(lsn);
+                s.resend.insert(lsn);
+            }
+        }
+        self.rebalance();
+    }
+
+    fn ack(&mut self, conn: u64, ids: Vec<pb::RecordId>) {
+        let Some(name) = self.consumer_name(conn) else { return };
+        for id in ids {
+            let Some(s) = self.shards.iter_mut().find(|s| s.id == id.shard_id) else {
+                return self.reject(
+                    &name,
+                    format!(
+                        "ack for record {}-{}-{} of a shard this subscription does not read",
+                        id.shard_id, id.batch_id, id.batch_index
+                    ),
+                );
+            };
+            match s.tracker.ack(id.batch_id, id.batch_index) {
+                Ok(_) => {
+                    self.dirty = true;
+                    if s.tracker.get(id.batch_id).is_none_or(|f| f.complete()) {
+                        s.sent.remove(&id.batch_id);
+                        s.resend.remove(&id.batch_id);
+                    }
+                }
+                Err(e) => {
+                    return self.reject(
+                        &name,
+                        format!("ack for record {}-{}-{}: {e}", id.shard_id, id.batch_id, id.batch_index),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Ends one consumer's stream with an error; its outstanding batches go to the others.
+    fn reject(&mut self, name: &str, message: String) {
+        tracing::warn!(subscription = %self.sub.id, consumer = %name, %message, "rejecting consumer");
+        if let Some(c) = self.consumers.get(name) {
+            let body = serde_json::json!({ "error": hstream_proto::ErrorCode::InternalError as i32, "message": message, "extra": null });
+            let _ = c.tx.try_send(Err(Status::invalid_argument(body.to_string())));
+        }
+        self.remove_consumer(name);
+    }
+
+    fn close_all(&mut self, status: Status) {
+        for c in std::mem::take(&mut self.consumers).into_values() {
+            let _ = c.tx.try_send(Err(status.clone()));
+            c.closed.cancel();
+        }
+    }
+
+    fn expire_deadlines(&mut self) {
+        let now = Instant::now();
+        let timeout = self.ack_timeout();
+        while let Some(&(due, si, lsn, conn)) = self.deadlines.first() {
+            if due > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            let s = &mut self.shards[si];
+            let still_out = matches!(s.sent.get(&lsn), Some(sent) if sent.conn == conn && sent.at + timeout <= now);
+            if still_out && s.tracker.get(lsn).is_some_and(|f| !f.complete()) {
+                s.sent.remove(&lsn);
+                s.tracker.withdraw(lsn);
+                s.resend.insert(lsn);
+            }
+        }
+    }
+
+    async fn commit(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        let progress = self.progress();
+        let cp = checkpoint::encode(&self.sub.id, self.shards.iter().map(|s| (s.id, &s.tracker)));
+        let res = async {
+            self.meta.commit_progress(&self.sub.id, &progress).await?;
+            self.meta.put_checkpoint(&cp).await
+        }
+        .await;
+        match res {
+            Ok(()) => self.dirty = false,
+            Err(e) => tracing::error!(subscription = %self.sub.id, error = %e, "committing progress failed"),
+        }
+    }
+
+    /// Sends what can be sent now: resends first, then new batches while under the unacked limit.
+    async fn deliver(&mut self) {
+        let max = self.sub.max_unacked.max(1) as u64;
+        for si in 0..self.shards.len() {
+            let Some(owner) = self.shards[si].owner.clone() else {
+                continue;
+            };
+            // Resends: records already counted as out before; the limit does not hold them back.
+            while let Some(&lsn) = self.shards[si].resend.first() {
+                if !self.has_room(&owner) {
+                    break;
+                }
+                self.shards[si].resend.pop_first();
+                match self.read_one(si, lsn).await {
+                    Some(batch) => self.send(si, &owner, batch),
+                    None => {
+                        // Trimmed away meanwhile: nothing left to wait for.
+                        let s = &mut self.shards[si];
+                        if let Some(f) = s.tracker.get(lsn) {
+                            for i in f.unacked_indices() {
+                                let _ = s.tracker.ack(lsn, i);
+                            }
+                        }
+                    }
+                }
+            }
+            // First deliveries.
+            loop {
+                let visible = *self.shards[si].rx.borrow_and_update();
+                let from = self.shards[si].tracker.read_next;
+                if from > visible || self.outstanding() >= max || !self.has_room(&owner) {
+                    break;
+                }
+                let log = self.shards[si].log.clone();
+                let batches = match tokio::task::spawn_blocking(move || log.read(from, READ_CHUNK, 1 << 20)).await {
+                    Ok(Ok(b)) => b,
+                    Ok(Err(e)) => {
+                        tracing::error!(subscription = %self.sub.id, shard = self.shards[si].id, error = %e, "read failed");
+                        break;
+                    }
+                    Err(_) => break,
+                };
+                if batches.is_empty() {
+                    // Trimmed from under us: continue after the trim point.
+                    let start = self.shards[si].log.start_lsn();
+                    if start <= from {
+                        break;
+                    }
+                    self.shards[si].tracker.skip_to(start);
+                    self.dirty = true;
+                    continue;
+                }
+                for batch in batches {
+                    if batch.lsn > self.shards[si].tracker.read_next {
+                        self.shards[si].tracker.skip_to(batch.lsn);
+                    }
+                    if self.outstanding() >= max || !self.has_room(&owner) {
+                        break;
+                    }
+                    self.send(si, &owner, batch);
+                }
+            }
+        }
+    }
+
+    fn has_room(&self, owner: &str) -> bool {
+        self.consumers.get(owner).is_some_and(|c| c.tx.capacity() > 0)
+    }
+
+    async fn read_one(&self, si: usize, lsn: u64) -> Option<StoredBatch> {
+        let log = self.shards[si].log.clone();
+        let got = tokio::task::spawn_blocking(move || log.read(lsn, 1, 1 << 20))
+            .await
+            .ok()?
+            .ok()?;
+        got.into_iter().next().filter(|b| b.lsn == lsn)
+    }
+
+    /// Sends the not-yet-acked records of `batch` to `owner` and starts their ack clock.
+    fn send(&mut self, si: usize, owner: &str, batch: StoredBatch) {
+        let timeout = self.ack_timeout();
+        let Some(c) = self.consumers.get(owner) else { return };
+        let s = &mut self.shards[si];
+        let lsn = batch.lsn;
+        let indices = s.tracker.deliver(lsn, batch.batch_size);
+        if indices.is_empty() {
+            self.dirty = true; // a restored, fully acked batch: the prefix may have moved
+            return;
+        }
+        let record = match subset(s.id, batch, &indices) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(subscription = %self.sub.id, shard = s.id, lsn, error = %e, "cannot rebuild batch");
+                return;
+            }
+        };
+        let response = pb::StreamingFetchResponse {
+            received_records: Some(record),
+        };
+        match c.tx.try_send(Ok(response)) {
+            Ok(()) => {
+                let now = Instant::now();
+                let conn = c.conn;
+                s.sent.insert(lsn, Sent { conn, at: now });
+                self.deadlines.insert((now + timeout, si, lsn, conn));
+            }
+            Err(_) => {
+                // Full or gone: try again later, from the resend queue.
+                s.tracker.withdraw(lsn);
+                s.resend.insert(lsn);
+            }
+        }
+    }
+}
+
+/// The records of `batch` at `indices`: the stored batch as is when that is all of them,
+/// otherwise rebuilt (uncompressed) with record ids keeping their original batch index.
+fn subset(shard_id: u64, batch: StoredBatch, indices: &[u32]) -> ApiResult<pb::ReceivedRecord> {
+    let whole = indices.len() == batch.batch_size as usize;
+    let mut rr = crate::service::read::received(shard_id, batch);
+    if whole {
+        return Ok(rr);
+    }
+    let record = rr.record.take().expect("received batch has a record");
+    let mut all = crate::batch::decode_records(&record, usize::MAX)?;
+    let picked: Vec<pb::HStreamRecord> = indices
+        .iter()
+        .filter_map(|&i| all.records.get_mut(i as usize).map(std::mem::take))
+        .collect();
+    rr.record_ids = indices
+        .iter()
+        .map(|&i| pb::RecordId {
+            shard_id,
+            batch_id: rr.record_ids[0].batch_id,
+            batch_index: i,
+        })
+        .collect();
+    rr.record = Some(pb::BatchedRecord {
+        compression_type: pb::CompressionType::None as i32,
+        publish_time: record.publish_time,
+        batch_size: picked.len() as u32,
+        payload: pb::BatchHStreamRecords { records: picked }.encode_to_vec().into(),
+    });
+    Ok(rr)
+}

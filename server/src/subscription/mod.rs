@@ -1,0 +1,114 @@
+//! Subscriptions: consumer groups reading a stream with acks, redelivery and durable progress.
+//!
+//! Guarantees: every record appended to the stream after the subscription's start offset is
+//! delivered to a consumer at least once, and exactly once when consumers ack within the ack
+//! timeout and nothing fails; within a shard, first deliveries follow LSN order; the committed
+//! progress never passes an unacked record, so a restart (graceful or not) loses nothing, and a
+//! graceful one does not deliver acked records again.
+
+mod actor;
+mod checkpoint;
+mod tracker;
+
+pub use actor::{CONSUMER_BUFFER, Command, ConsumerInfo, FetchTx};
+pub use checkpoint::owner as checkpoint_owner;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::{ApiError, ApiResult};
+use crate::meta::{MetaStore, ShardProgress, SubscriptionMeta};
+use crate::store::ShardLog;
+
+#[derive(Clone)]
+pub struct Handle {
+    /// The definition the actor started with (its stream may be archived since: ask the
+    /// MetaStore for the current one).
+    pub meta: SubscriptionMeta,
+    tx: mpsc::Sender<Command>,
+}
+
+impl Handle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> ApiResult<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| ApiError::SubscriptionNotFound(self.meta.id.clone()))?;
+        rx.await
+            .map_err(|_| ApiError::SubscriptionNotFound(self.meta.id.clone()))
+    }
+
+    pub async fn join(&self, info: ConsumerInfo, conn: u64, tx: FetchTx, closed: CancellationToken) -> ApiResult<()> {
+        self.ask(|reply| Command::Join {
+            info,
+            conn,
+            tx,
+            closed,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn ack(&self, conn: u64, ids: Vec<hstream_proto::RecordId>) {
+        let _ = self.tx.send(Command::Ack { conn, ids }).await;
+    }
+
+    pub async fn leave(&self, conn: u64) {
+        let _ = self.tx.send(Command::Leave { conn }).await;
+    }
+
+    pub async fn consumers(&self) -> ApiResult<Vec<ConsumerInfo>> {
+        self.ask(|reply| Command::Consumers { reply }).await
+    }
+
+    pub async fn progress(&self) -> ApiResult<Vec<ShardProgress>> {
+        self.ask(|reply| Command::Progress { reply }).await
+    }
+
+    pub async fn stop(&self, force: bool) -> ApiResult<()> {
+        self.ask(|reply| Command::Stop { force, reply }).await?
+    }
+}
+
+/// The running subscriptions of this node.
+#[derive(Default)]
+pub struct Registry {
+    running: Mutex<HashMap<String, Handle>>,
+}
+
+impl Registry {
+    /// Starts the actor of a subscription over the given shards.
+    pub async fn start(
+        &self,
+        sub: SubscriptionMeta,
+        meta: Arc<dyn MetaStore>,
+        logs: Vec<Arc<ShardLog>>,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> ApiResult<Handle> {
+        let (tx, rx) = mpsc::channel(1024);
+        let a = actor::Actor::start(sub.clone(), meta, logs, rx, shutdown).await?;
+        tasks.spawn(a.run());
+        let handle = Handle { meta: sub.clone(), tx };
+        self.running.lock().expect("lock").insert(sub.id, handle.clone());
+        Ok(handle)
+    }
+
+    pub fn get(&self, id: &str) -> ApiResult<Handle> {
+        self.running
+            .lock()
+            .expect("lock")
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApiError::SubscriptionNotFound(id.to_owned()))
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.running.lock().expect("lock").remove(id);
+    }
+}

@@ -1,0 +1,281 @@
+//! Ack bookkeeping of one subscription on one shard.
+//!
+//! Guarantees: `committed()` only ever grows, and every LSN below it had every record of its
+//! batch acknowledged; acks may arrive in any order and more than once; an ack for a record that
+//! was never delivered is refused without changing anything.
+
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AckError {
+    #[error("record {lsn}-{index} was never delivered")]
+    NotDelivered { lsn: u64, index: u32 },
+}
+
+/// A delivered (or restored) batch that is not yet below the committed prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InFlight {
+    pub size: u32,
+    acked: Vec<bool>,
+    pub n_acked: u32,
+    /// Delivered to a consumer and not yet acked in full (false for a batch restored from a
+    /// checkpoint or taken from a consumer that left, until it is sent again).
+    pub outstanding: bool,
+}
+
+impl InFlight {
+    fn new(size: u32) -> Self {
+        InFlight {
+            size,
+            acked: vec![false; size as usize],
+            n_acked: 0,
+            outstanding: false,
+        }
+    }
+
+    pub fn complete(&self) -> bool {
+        self.n_acked == self.size
+    }
+
+    pub fn unacked(&self) -> u32 {
+        self.size - self.n_acked
+    }
+
+    /// Indices still waiting for an ack.
+    pub fn unacked_indices(&self) -> Vec<u32> {
+        (0..self.size).filter(|i| !self.acked[*i as usize]).collect()
+    }
+
+    pub fn acked_indices(&self) -> Vec<u32> {
+        (0..self.size).filter(|i| self.acked[*i as usize]).collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckTracker {
+    /// Every LSN below this is fully acked.
+    committed: u64,
+    /// Next LSN to read for first delivery.
+    pub read_next: u64,
+    inflight: BTreeMap<u64, InFlight>,
+    /// Unacked records of outstanding batches.
+    outstanding: u64,
+}
+
+impl AckTracker {
+    pub fn new(committed: u64) -> Self {
+        AckTracker {
+            committed,
+            read_next: committed,
+            inflight: BTreeMap::new(),
+            outstanding: 0,
+        }
+    }
+
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    pub fn get(&self, lsn: u64) -> Option<&InFlight> {
+        self.inflight.get(&lsn)
+    }
+
+    pub fn inflight(&self) -> impl Iterator<Item = (u64, &InFlight)> {
+        self.inflight.iter().map(|(l, f)| (*l, f))
+    }
+
+    /// Records a first delivery of batch `lsn` (at `read_next`), or, for a batch restored from a
+    /// checkpoint, marks it outstanding again. Returns the indices to send.
+    pub fn deliver(&mut self, lsn: u64, size: u32) -> Vec<u32> {
+        self.read_next = self.read_next.max(lsn + 1);
+        let f = self.inflight.entry(lsn).or_insert_with(|| InFlight::new(size));
+        if f.complete() {
+            self.advance();
+            return Vec::new();
+        }
+        if !f.outstanding {
+            f.outstanding = true;
+            self.outstanding += f.unacked() as u64;
+        }
+        f.unacked_indices()
+    }
+
+    /// Takes a batch back from the consumer that had it (it left, or its ack timeout passed):
+    /// its records stop counting as out until it is delivered again.
+    pub fn withdraw(&mut self, lsn: u64) {
+        if let Some(f) = self.inflight.get_mut(&lsn)
+            && f.outstanding
+        {
+            f.outstanding = false;
+            self.outstanding -= f.unacked() as u64;
+        }
+    }
+
+    /// Skips LSNs that no longer exist (trimmed) before `lsn`.
+    pub fn skip_to(&mut self, lsn: u64) {
+        if lsn > self.read_next {
+            self.read_next = lsn;
+        }
+        self.advance();
+    }
+
+    /// Applies one ack. Returns true when it acked a record that was not acked before.
+    pub fn ack(&mut self, lsn: u64, index: u32) -> Result<bool, AckError> {
+        if lsn < self.committed {
+            return Ok(false); // a repeat of an ack already folded into the prefix
+        }
+        let f = self
+            .inflight
+            .get_mut(&lsn)
+            .ok_or(AckError::NotDelivered { lsn, index })?;
+        if index >= f.size {
+            return Err(AckError::NotDelivered { lsn, index });
+        }
+        if f.acked[index as usize] {
+            return Ok(false);
+        }
+        f.acked[index as usize] = true;
+        f.n_acked += 1;
+        if f.outstanding {
+            self.outstanding -= 1;
+        }
+        if f.complete() {
+            f.outstanding = false;
+            self.advance();
+        }
+        Ok(true)
+    }
+
+    /// Restores acks of a batch beyond the committed prefix (from a checkpoint).
+    pub fn restore(&mut self, lsn: u64, size: u32, acked: &[u32]) {
+        if lsn < self.committed || size == 0 {
+            return;
+        }
+        let mut f = InFlight::new(size);
+        for &i in acked {
+            if i < size && !f.acked[i as usize] {
+                f.acked[i as usize] = true;
+                f.n_acked += 1;
+            }
+        }
+        self.inflight.insert(lsn, f);
+    }
+
+    /// Recomputes the committed prefix. Every LSN in `committed..read_next` is either in flight
+    /// or done (acked, or skipped as trimmed), so the prefix ends at the first in-flight batch
+    /// that is not fully acked, or at `read_next`.
+    fn advance(&mut self) {
+        // Fully acked batches are kept until the first delivery pass has gone past them: a
+        // restored batch beyond `read_next` must still be recognised as done when it is read.
+        while let Some((&lsn, f)) = self.inflight.first_key_value() {
+            if lsn < self.read_next && f.complete() {
+                self.inflight.pop_first();
+            } else {
+                break;
+            }
+        }
+        let first_open = self.inflight.iter().find(|(_, f)| !f.complete()).map(|(l, _)| *l);
+        let prefix = first_open.map_or(self.read_next, |l| l.min(self.read_next));
+        self.committed = self.committed.max(prefix);
+    }
+
+    /// Records unacked by consumers across this shard (outstanding deliveries only).
+    pub fn outstanding_records(&self) -> u64 {
+        self.outstanding
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn prefix_waits_for_the_gap() {
+        let mut t = AckTracker::new(1);
+        assert_eq!(t.deliver(1, 2), vec![0, 1]);
+        assert_eq!(t.deliver(2, 1), vec![0]);
+        assert_eq!(t.deliver(3, 1), vec![0]);
+        assert!(t.ack(2, 0).unwrap());
+        assert!(t.ack(3, 0).unwrap());
+        assert_eq!(t.committed(), 1, "batch 1 still unacked");
+        assert!(t.ack(1, 1).unwrap());
+        assert_eq!(t.committed(), 1);
+        assert!(t.ack(1, 0).unwrap());
+        assert_eq!(t.committed(), 4);
+        assert!(!t.ack(2, 0).unwrap(), "repeats are harmless");
+    }
+
+    #[test]
+    fn acks_for_undelivered_records_are_refused() {
+        let mut t = AckTracker::new(1);
+        t.deliver(1, 2);
+        assert_eq!(t.ack(1, 2), Err(AckError::NotDelivered { lsn: 1, index: 2 }));
+        assert_eq!(t.ack(5, 0), Err(AckError::NotDelivered { lsn: 5, index: 0 }));
+        assert_eq!(t.committed(), 1);
+    }
+
+    #[test]
+    fn restored_acks_are_not_sent_again() {
+        let mut t = AckTracker::new(10);
+        t.restore(12, 3, &[0, 2]);
+        t.restore(13, 1, &[0]);
+        assert_eq!(t.deliver(10, 1), vec![0]);
+        assert_eq!(t.deliver(11, 1), vec![0]);
+        assert_eq!(t.deliver(12, 3), vec![1], "only the unacked record");
+        assert_eq!(t.deliver(13, 1), Vec::<u32>::new(), "fully acked: nothing to send");
+        t.ack(10, 0).unwrap();
+        t.ack(11, 0).unwrap();
+        assert_eq!(t.committed(), 12);
+        t.ack(12, 1).unwrap();
+        assert_eq!(t.committed(), 14);
+    }
+
+    #[test]
+    fn trimmed_lsns_are_skipped() {
+        let mut t = AckTracker::new(1);
+        t.skip_to(50);
+        assert_eq!(t.committed(), 50);
+        t.deliver(50, 1);
+        t.ack(50, 0).unwrap();
+        assert_eq!(t.committed(), 51);
+    }
+
+    proptest! {
+        /// Whatever order acks arrive in, the committed prefix never moves back, never passes an
+        /// unacked record, and reaches the end once everything is acked.
+        #[test]
+        fn committed_is_the_contiguous_acked_prefix(sizes in proptest::collection::vec(1u32..5, 1..30), seed in any::<u64>()) {
+            let mut t = AckTracker::new(1);
+            let mut all = Vec::new();
+            for (i, &s) in sizes.iter().enumerate() {
+                let lsn = 1 + i as u64;
+                t.deliver(lsn, s);
+                all.extend((0..s).map(|j| (lsn, j)));
+            }
+            // Deterministic shuffle from the seed.
+            let mut x = seed | 1;
+            for i in (1..all.len()).rev() {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                all.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            let mut acked = std::collections::HashSet::new();
+            let mut last = t.committed();
+            for (lsn, j) in all {
+                t.ack(lsn, j).unwrap();
+                acked.insert((lsn, j));
+                let c = t.committed();
+                prop_assert!(c >= last);
+                last = c;
+                for (i, &s) in sizes.iter().enumerate() {
+                    let l = 1 + i as u64;
+                    if l < c {
+                        for k in 0..s { prop_assert!(acked.contains(&(l, k)), "committed {c} passes unacked {l}-{k}"); }
+                    }
+                }
+            }
+            prop_assert_eq!(t.committed(), 1 + sizes.len() as u64);
+            prop_assert_eq!(t.outstanding_records(), 0);
+        }
+    }
+}
