@@ -2,6 +2,7 @@
 //! measured in the same run on the same disk. Run through `scripts/bench.sh [name]`.
 
 mod append;
+mod subscribe;
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +18,9 @@ enum Bench {
     /// Appends of 1 KiB records over gRPC from concurrent writers, fsync always vs interval,
     /// beside the disk's sequential write rate (dd).
     Append(append::Args),
+    /// Append-to-delivery through one subscription: throughput beside ReadStream, and latency
+    /// percentiles at a fixed rate.
+    Subscribe(subscribe::Args),
     /// Every benchmark with its defaults.
     All,
 }
@@ -26,6 +30,11 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.bench.unwrap_or(Bench::All) {
         Bench::Append(args) => rt.block_on(append::run(args)),
-        Bench::All => rt.block_on(append::run(append::Args::default_args())),
+        Bench::Subscribe(args) => rt.block_on(subscribe::run(args)),
+        Bench::All => rt.block_on(async {
+            append::run(append::Args::default_args()).await?;
+            println!();
+            subscribe::run(subscribe::Args::default_args()).await
+        }),
     }
 }
