@@ -34,12 +34,21 @@ pub struct Args {
 
 impl Args {
     pub fn default_args() -> Args {
-        Args { records: 200_000, batch_records: 100, record_bytes: 256, rate: 10_000, seconds: 10 }
+        Args {
+            records: 200_000,
+            batch_records: 100,
+            record_bytes: 256,
+            rate: 10_000,
+            seconds: 10,
+        }
     }
 }
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 async fn setup(server: &Server, name: &str, sub: &str) -> anyhow::Result<(Client, Vec<u64>)> {
@@ -61,19 +70,31 @@ async fn setup(server: &Server, name: &str, sub: &str) -> anyhow::Result<(Client
         creation_time: None,
     })
     .await?;
-    let shards = c.list_shards(pb::ListShardsRequest { stream_name: name.into() }).await?.into_inner().shards;
+    let shards = c
+        .list_shards(pb::ListShardsRequest {
+            stream_name: name.into(),
+        })
+        .await?
+        .into_inner()
+        .shards;
     Ok((c, shards.iter().map(|s| s.shard_id).collect()))
 }
 
 /// Consumes until `want` records arrived, acking each batch; calls `seen` per record payload.
 async fn consume(c: &Client, sub: &str, want: usize, mut seen: impl FnMut(&[u8])) -> anyhow::Result<()> {
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    tx.send(pb::StreamingFetchRequest { subscription_id: sub.into(), consumer_name: "bench".into(), ack_ids: vec![] })
-        .await?;
+    tx.send(pb::StreamingFetchRequest {
+        subscription_id: sub.into(),
+        consumer_name: "bench".into(),
+        ack_ids: vec![],
+    })
+    .await?;
     let mut inbound = c.clone().streaming_fetch(ReceiverStream::new(rx)).await?.into_inner();
     let mut got = 0;
     while got < want {
-        let Some(resp) = inbound.message().await? else { anyhow::bail!("stream ended after {got} records") };
+        let Some(resp) = inbound.message().await? else {
+            anyhow::bail!("stream ended after {got} records")
+        };
         let rr = resp.received_records.expect("batch");
         let recs = decode(&rr);
         for (_, _, p) in &recs {
@@ -81,8 +102,12 @@ async fn consume(c: &Client, sub: &str, want: usize, mut seen: impl FnMut(&[u8])
         }
         got += recs.len();
         let ack_ids = recs.into_iter().map(|(id, _, _)| id).collect();
-        tx.send(pb::StreamingFetchRequest { subscription_id: sub.into(), consumer_name: "bench".into(), ack_ids })
-            .await?;
+        tx.send(pb::StreamingFetchRequest {
+            subscription_id: sub.into(),
+            consumer_name: "bench".into(),
+            ack_ids,
+        })
+        .await?;
     }
     Ok(())
 }
@@ -101,10 +126,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (mut c, shards) = setup(&server, "tput", "tput_sub").await?;
     let n_batches = args.records / args.batch_records;
     for i in 0..n_batches {
-        let payloads: Vec<Vec<u8>> = (0..args.batch_records).map(|j| vec![(i + j) as u8; args.record_bytes]).collect();
+        let payloads: Vec<Vec<u8>> = (0..args.batch_records)
+            .map(|j| vec![(i + j) as u8; args.record_bytes])
+            .collect();
         let records = batch(&format!("k{i}"), &payloads, pb::CompressionType::None);
-        c.append(pb::AppendRequest { stream_name: "tput".into(), shard_id: shards[i % shards.len()], records: Some(records) })
-            .await?;
+        c.append(pb::AppendRequest {
+            stream_name: "tput".into(),
+            shard_id: shards[i % shards.len()],
+            records: Some(records),
+        })
+        .await?;
     }
     let total = n_batches * args.batch_records;
     let t = Instant::now();
@@ -116,7 +147,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .read_stream(pb::ReadStreamRequest {
             stream_name: "tput".into(),
             until: Some(pb::StreamOffset {
-                offset: Some(pb::stream_offset::Offset::SpecialOffset(pb::SpecialOffset::Latest as i32)),
+                offset: Some(pb::stream_offset::Offset::SpecialOffset(
+                    pb::SpecialOffset::Latest as i32,
+                )),
             }),
             ..Default::default()
         })
@@ -142,7 +175,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let stamp = now_us().to_le_bytes().to_vec();
             let payloads: Vec<Vec<u8>> = (0..per_batch).map(|_| stamp.clone()).collect();
             let records = batch(&format!("k{i}"), &payloads, pb::CompressionType::None);
-            let req = pb::AppendRequest { stream_name: "lat".into(), shard_id: shards[i % shards.len()], records: Some(records) };
+            let req = pb::AppendRequest {
+                stream_name: "lat".into(),
+                shard_id: shards[i % shards.len()],
+                records: Some(records),
+            };
             producer.append(req).await.expect("append");
         }
     });
@@ -157,12 +194,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0;
 
     println!();
-    println!("| {:<52} | {:>12} | {:>9} | {:>9} |", "run", "records/s", "p50 ms", "p99 ms");
+    println!(
+        "| {:<52} | {:>12} | {:>9} | {:>9} |",
+        "run", "records/s", "p50 ms", "p99 ms"
+    );
     println!("|{:-<54}|{:-<14}|{:-<11}|{:-<11}|", "", "", "", "");
-    println!("| {:<52} | {:>12.0} | {:>9} | {:>9} |", "peer: ReadStream of the same records (no acks)", read_rate, "-", "-");
     println!(
         "| {:<52} | {:>12.0} | {:>9} | {:>9} |",
-        format!("subscription, 1 consumer acking ({:.2}x ReadStream)", sub_rate / read_rate),
+        "peer: ReadStream of the same records (no acks)", read_rate, "-", "-"
+    );
+    println!(
+        "| {:<52} | {:>12.0} | {:>9} | {:>9} |",
+        format!(
+            "subscription, 1 consumer acking ({:.2}x ReadStream)",
+            sub_rate / read_rate
+        ),
         sub_rate,
         "-",
         "-"

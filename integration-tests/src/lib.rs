@@ -336,11 +336,22 @@ pub struct TestConsumer {
 impl TestConsumer {
     /// Connects `name` to `sub`; with `auto_ack` every received record is acked at once.
     pub async fn start(client: &Client, sub: &str, name: &str, auto_ack: bool) -> Result<TestConsumer, tonic::Status> {
+        Self::start_acking(client, sub, name, auto_ack, vec![]).await
+    }
+
+    /// Like [`TestConsumer::start`], with `acks` carried by the first request.
+    pub async fn start_acking(
+        client: &Client,
+        sub: &str,
+        name: &str,
+        auto_ack: bool,
+        acks: Vec<pb::RecordId>,
+    ) -> Result<TestConsumer, tonic::Status> {
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let first = pb::StreamingFetchRequest {
             subscription_id: sub.into(),
             consumer_name: name.into(),
-            ack_ids: vec![],
+            ack_ids: acks,
         };
         tx.send(first).await.expect("queue first request");
         let mut c = client.clone();

@@ -165,6 +165,15 @@ async fn consumer_group_shares_shards_and_takes_over_from_a_dead_member() {
         held.iter().all(|p| got.contains(p)),
         "records held by the dead consumer were handed over"
     );
+    // Dead consumers leave the subscription responsive: a forced delete completes promptly.
+    let del = c.delete_subscription(pb::DeleteSubscriptionRequest {
+        subscription_id: "g".into(),
+        force: true,
+    });
+    tokio::time::timeout(Duration::from_secs(10), del)
+        .await
+        .expect("delete completes")
+        .unwrap();
 }
 
 /// maxUnackedRecords stops delivery at the limit; unacked records come back after the ack
@@ -282,6 +291,62 @@ async fn progress_survives_graceful_restart_and_sigkill() {
         async move { all }
     })
     .await;
+}
+
+/// A consumer may ack, right after a restart, records it received before it: that is not an
+/// ack for a record never delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_for_records_delivered_before_a_restart_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    let mut c = server.client().await;
+    let shards = make_stream(&mut c, "early", 1).await;
+    c.create_subscription(sub_req("e", "early", 600, 1000)).await.unwrap();
+    append_each(&mut c, "early", &shards, "old", 5).await;
+    let before = TestConsumer::start(&c, "e", "a", false).await.unwrap();
+    wait_total(&[&before], 5, "the first 5 records").await;
+    let old_ids = before.ids();
+    assert!(server.terminate().success());
+    let _ = before.ended().await;
+    server.restart();
+    let mut c = server.client().await;
+    // The acks ride on the first request, so they are in before anything is delivered again.
+    let after = TestConsumer::start_acking(&c, "e", "a", true, old_ids).await.unwrap();
+    append_each(&mut c, "early", &shards, "new", 1).await;
+    wait_until(Duration::from_secs(30), "the new record", || {
+        let got = after.received.lock().unwrap().iter().any(|(_, p)| p == b"new-0");
+        async move { got }
+    })
+    .await;
+    let probe = c.clone();
+    wait_until(Duration::from_secs(10), "progress over all 6 batches", || {
+        let mut c = probe.clone();
+        async move {
+            let r = c
+                .get_subscription(pb::GetSubscriptionRequest { id: "e".into() })
+                .await
+                .unwrap()
+                .into_inner();
+            r.offsets[0].batch_id == 6
+        }
+    })
+    .await;
+    let list = c
+        .list_consumers(pb::ListConsumersRequest {
+            subscription_id: "e".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(list.into_inner().consumers.len(), 1, "the consumer was not rejected");
+    let again: Vec<_> = after
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, p)| p.starts_with(b"old"))
+        .cloned()
+        .collect();
+    assert!(again.is_empty(), "acked records came again: {again:?}");
 }
 
 /// Bad input: unknown subscription, acks for records never delivered, a consumer name in use,

@@ -116,6 +116,11 @@ pub struct NodeMeta {
     pub updated_ms: i64,
 }
 
+/// Owner of a subscription's ack checkpoint, which lives and dies with the subscription.
+pub fn subscription_checkpoint(id: &str) -> String {
+    format!("subscription/{id}")
+}
+
 #[async_trait]
 pub trait MetaStore: Send + Sync {
     // --- streams and shards
@@ -137,12 +142,14 @@ pub trait MetaStore: Send + Sync {
     async fn all_shard_ids(&self) -> MetaResult<Vec<u64>>;
 
     // --- subscriptions
-    /// Creates a subscription together with its starting progress on each shard.
+    /// Creates a subscription together with its starting progress on each shard (clearing any
+    /// progress or ack checkpoint a deleted subscription of that name left).
     async fn create_subscription(&self, sub: &SubscriptionMeta, start: &[ShardProgress]) -> MetaResult<()>;
     async fn get_subscription(&self, id: &str) -> MetaResult<Option<SubscriptionMeta>>;
     async fn list_subscriptions(&self, prefix: &str) -> MetaResult<Vec<SubscriptionMeta>>;
     async fn subscriptions_of_stream(&self, stream: &str) -> MetaResult<Vec<SubscriptionMeta>>;
-    /// Removes a subscription and its progress; false when it did not exist.
+    /// Removes a subscription, its progress and its ack checkpoint
+    /// ([`subscription_checkpoint`]); false when it did not exist.
     async fn delete_subscription(&self, id: &str) -> MetaResult<bool>;
     /// Stores progress for several shards at once (all or nothing). Progress never moves back.
     async fn commit_progress(&self, sub: &str, progress: &[ShardProgress]) -> MetaResult<()>;

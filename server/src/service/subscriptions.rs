@@ -186,10 +186,6 @@ impl ServerCtx {
         handle.stop(req.force).await?;
         self.subscriptions.remove(&req.subscription_id);
         self.meta.delete_subscription(&req.subscription_id).await?;
-        let _ = self
-            .meta
-            .delete_checkpoint(&crate::subscription::checkpoint_owner(&req.subscription_id))
-            .await;
         // The data of a force-deleted stream goes with its last subscription.
         let stream = &sub.stream;
         if stream.starts_with(ARCHIVED_PREFIX) && self.meta.subscriptions_of_stream(stream).await?.is_empty() {
@@ -228,12 +224,17 @@ impl ServerCtx {
             uri,
             user_agent,
         };
-        handle.join(info, conn, tx, closed.clone()).await?;
-        if !first.ack_ids.is_empty() {
-            handle.ack(conn, first.ack_ids).await;
-        }
+        // Armed before joining: however this session ends, even if this future is dropped
+        // mid-way, the subscription hears that the consumer left.
+        let leave = LeaveOnDrop {
+            handle: handle.clone(),
+            conn,
+            tasks: self.tasks.clone(),
+        };
+        handle.join(info, conn, first.ack_ids, tx, closed.clone()).await?;
         let shutdown = self.shutdown.clone();
         self.tasks.spawn(async move {
+            let _leave = leave;
             loop {
                 tokio::select! {
                     msg = inbound.message() => match msg {
@@ -249,8 +250,19 @@ impl ServerCtx {
                     _ = shutdown.cancelled() => break,
                 }
             }
-            handle.leave(conn).await;
         });
         Ok(ReceiverStream::new(rx))
+    }
+}
+
+struct LeaveOnDrop {
+    handle: crate::subscription::Handle,
+    conn: u64,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl Drop for LeaveOnDrop {
+    fn drop(&mut self) {
+        self.handle.leave_now(self.conn, &self.tasks);
     }
 }

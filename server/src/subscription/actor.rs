@@ -42,9 +42,11 @@ pub struct ConsumerInfo {
 }
 
 pub enum Command {
+    /// Registers a consumer; `acks` (from its first request) apply before anything is sent.
     Join {
         info: ConsumerInfo,
         conn: u64,
+        acks: Vec<pb::RecordId>,
         tx: FetchTx,
         closed: CancellationToken,
         reply: oneshot::Sender<ApiResult<()>>,
@@ -78,7 +80,7 @@ struct Consumer {
     closed: CancellationToken,
 }
 
-struct Sent {
+struct SentTo {
     conn: u64,
     at: Instant,
 }
@@ -90,9 +92,14 @@ struct ShardSub {
     tracker: AckTracker,
     owner: Option<String>,
     /// Outstanding batches: who has them since when.
-    sent: HashMap<u64, Sent>,
+    sent: HashMap<u64, SentTo>,
     /// Batches to send again to the owner.
     resend: BTreeSet<u64>,
+    /// Acks for batches not yet (re)delivered since this actor started, which a consumer may
+    /// have received before a restart; applied when the batch is read.
+    early_acks: HashMap<u64, Vec<u32>>,
+    /// Batches up to this LSN existed before this actor started.
+    visible_at_start: u64,
 }
 
 enum Wake {
@@ -113,6 +120,8 @@ pub struct Actor {
     /// (due, shard index, lsn, conn) ack deadlines; stale entries are skipped when they come due.
     deadlines: BTreeSet<(Instant, usize, u64, u64)>,
     dirty: bool,
+    /// First shard of the next delivery round.
+    rotate: usize,
     shutdown: CancellationToken,
 }
 
@@ -152,7 +161,11 @@ impl Actor {
                 owner: None,
                 sent: HashMap::new(),
                 resend: BTreeSet::new(),
+                early_acks: HashMap::new(),
+                visible_at_start: 0,
             });
+            let s = shards.last_mut().expect("just pushed");
+            s.visible_at_start = s.log.visible_lsn();
         }
         shards.sort_by_key(|s| s.id);
         Ok(Actor {
@@ -163,6 +176,7 @@ impl Actor {
             inbox,
             deadlines: BTreeSet::new(),
             dirty: false,
+            rotate: 0,
             shutdown,
         })
     }
@@ -196,6 +210,20 @@ impl Actor {
                 Wake::Data => {}
                 Wake::Closed => return,
                 Wake::Shutdown => {
+                    // Acks already queued count: apply them before the final commit.
+                    while let Ok(cmd) = self.inbox.try_recv() {
+                        match cmd {
+                            Command::Ack { conn, ids } => self.ack(conn, ids),
+                            Command::Join { reply, .. } => {
+                                let _ = reply.send(Err(ApiError::ShuttingDown));
+                            }
+                            Command::Stop { reply, .. } => {
+                                let _ = reply.send(Err(ApiError::ShuttingDown));
+                            }
+                            other => self.handle(other),
+                        }
+                    }
+                    self.dirty = true;
                     self.commit().await;
                     self.close_all(Status::unavailable("server is shutting down"));
                     return;
@@ -231,12 +259,13 @@ impl Actor {
             }
         };
         tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => Wake::Shutdown,
             cmd = self.inbox.recv() => cmd.map_or(Wake::Closed, Wake::Command),
             _ = appended => Wake::Data,
             _ = room => Wake::Data,
             _ = due => Wake::Due,
             _ = tick.tick() => Wake::Tick,
-            _ = self.shutdown.cancelled() => Wake::Shutdown,
         }
     }
 
@@ -253,6 +282,7 @@ impl Actor {
             Command::Join {
                 info,
                 conn,
+                acks,
                 tx,
                 closed,
                 reply,
@@ -269,6 +299,9 @@ impl Actor {
                     .insert(info.name.clone(), Consumer { info, conn, tx, closed });
                 self.rebalance();
                 let _ = reply.send(Ok(()));
+                if !acks.is_empty() {
+                    self.ack(conn, acks);
+                }
             }
             Command::Ack { conn, ids } => self.ack(conn, ids),
             Command::Leave { conn } => {
@@ -356,6 +389,10 @@ impl Actor {
                         s.resend.remove(&id.batch_id);
                     }
                 }
+                Err(_) if id.batch_id >= s.tracker.read_next && id.batch_id <= s.visible_at_start => {
+                    // Possibly delivered before a restart and not yet delivered again.
+                    s.early_acks.entry(id.batch_id).or_default().push(id.batch_index);
+                }
                 Err(e) => {
                     return self.reject(
                         &name,
@@ -418,119 +455,184 @@ impl Actor {
         }
     }
 
-    /// Sends what can be sent now: resends first, then new batches while under the unacked limit.
+    /// Sends what can be sent now, a chunk per shard per round starting from a rotating shard
+    /// (so a busy shard cannot starve the others): resends first, then new batches, both only
+    /// while fewer than `maxUnackedRecords` records are out.
     async fn deliver(&mut self) {
-        let max = self.sub.max_unacked.max(1) as u64;
-        for si in 0..self.shards.len() {
-            let Some(owner) = self.shards[si].owner.clone() else {
-                continue;
-            };
-            // Resends: records already counted as out before; the limit does not hold them back.
-            while let Some(&lsn) = self.shards[si].resend.first() {
-                if !self.has_room(&owner) {
-                    break;
-                }
-                self.shards[si].resend.pop_first();
-                match self.read_one(si, lsn).await {
-                    Some(batch) => self.send(si, &owner, batch),
-                    None => {
-                        // Trimmed away meanwhile: nothing left to wait for.
-                        let s = &mut self.shards[si];
-                        if let Some(f) = s.tracker.get(lsn) {
-                            for i in f.unacked_indices() {
-                                let _ = s.tracker.ack(lsn, i);
-                            }
-                        }
-                    }
-                }
+        let n = self.shards.len();
+        if n == 0 {
+            return;
+        }
+        self.rotate = (self.rotate + 1) % n;
+        loop {
+            let mut progressed = false;
+            for k in 0..n {
+                let si = (self.rotate + k) % n;
+                progressed |= self.deliver_shard(si).await;
             }
-            // First deliveries.
-            loop {
-                let visible = *self.shards[si].rx.borrow_and_update();
-                let from = self.shards[si].tracker.read_next;
-                if from > visible || self.outstanding() >= max || !self.has_room(&owner) {
-                    break;
-                }
-                let log = self.shards[si].log.clone();
-                let batches = match tokio::task::spawn_blocking(move || log.read(from, READ_CHUNK, 1 << 20)).await {
-                    Ok(Ok(b)) => b,
-                    Ok(Err(e)) => {
-                        tracing::error!(subscription = %self.sub.id, shard = self.shards[si].id, error = %e, "read failed");
-                        break;
-                    }
-                    Err(_) => break,
-                };
-                if batches.is_empty() {
-                    // Trimmed from under us: continue after the trim point.
-                    let start = self.shards[si].log.start_lsn();
-                    if start <= from {
-                        break;
-                    }
-                    self.shards[si].tracker.skip_to(start);
-                    self.dirty = true;
-                    continue;
-                }
-                for batch in batches {
-                    if batch.lsn > self.shards[si].tracker.read_next {
-                        self.shards[si].tracker.skip_to(batch.lsn);
-                    }
-                    if self.outstanding() >= max || !self.has_room(&owner) {
-                        break;
-                    }
-                    self.send(si, &owner, batch);
-                }
+            if !progressed {
+                return;
             }
         }
+    }
+
+    fn below_limit(&self) -> bool {
+        self.outstanding() < self.sub.max_unacked.max(1) as u64
+    }
+
+    /// One round for one shard; true when something was sent or skipped.
+    async fn deliver_shard(&mut self, si: usize) -> bool {
+        let Some(owner) = self.shards[si].owner.clone() else {
+            return false;
+        };
+        let mut progressed = false;
+        for _ in 0..READ_CHUNK {
+            let Some(&lsn) = self.shards[si].resend.first() else {
+                break;
+            };
+            if !self.below_limit() || !self.has_room(&owner) {
+                return progressed;
+            }
+            match self.read_one(si, lsn).await {
+                Ok(Some(batch)) => {
+                    self.shards[si].resend.pop_first();
+                    match self.send(si, &owner, batch) {
+                        Sent::Yes => progressed = true,
+                        Sent::Full => return progressed,
+                        Sent::Gone => return true,
+                    }
+                }
+                Ok(None) => {
+                    // Trimmed while it waited: nothing left to deliver or wait for.
+                    let s = &mut self.shards[si];
+                    s.resend.pop_first();
+                    s.tracker.forget(lsn);
+                    self.dirty = true;
+                    progressed = true;
+                }
+                // Keep it queued; the next round (at the latest the commit tick) tries again.
+                Err(()) => return progressed,
+            }
+        }
+        let visible = *self.shards[si].rx.borrow_and_update();
+        let from = self.shards[si].tracker.read_next;
+        if from > visible || !self.below_limit() || !self.has_room(&owner) {
+            return progressed;
+        }
+        let log = self.shards[si].log.clone();
+        let batches = match tokio::task::spawn_blocking(move || log.read(from, READ_CHUNK, 1 << 20)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                tracing::error!(subscription = %self.sub.id, shard = self.shards[si].id, error = %e, "read failed");
+                return progressed;
+            }
+            Err(_) => return progressed,
+        };
+        if batches.is_empty() {
+            // Trimmed from under us: continue after the trim point.
+            let start = self.shards[si].log.start_lsn();
+            if start <= from {
+                return progressed;
+            }
+            self.shards[si].tracker.skip_to(start);
+            self.dirty = true;
+            return true;
+        }
+        for batch in batches {
+            if batch.lsn > self.shards[si].tracker.read_next {
+                self.shards[si].tracker.skip_to(batch.lsn);
+                self.dirty = true;
+            }
+            if !self.below_limit() || !self.has_room(&owner) {
+                break;
+            }
+            match self.send(si, &owner, batch) {
+                Sent::Yes => progressed = true,
+                Sent::Full => break,
+                Sent::Gone => return true,
+            }
+        }
+        progressed
     }
 
     fn has_room(&self, owner: &str) -> bool {
         self.consumers.get(owner).is_some_and(|c| c.tx.capacity() > 0)
     }
 
-    async fn read_one(&self, si: usize, lsn: u64) -> Option<StoredBatch> {
+    /// The batch at `lsn`: `Ok(None)` when it was trimmed, `Err` when the read failed.
+    async fn read_one(&self, si: usize, lsn: u64) -> Result<Option<StoredBatch>, ()> {
         let log = self.shards[si].log.clone();
-        let got = tokio::task::spawn_blocking(move || log.read(lsn, 1, 1 << 20))
-            .await
-            .ok()?
-            .ok()?;
-        got.into_iter().next().filter(|b| b.lsn == lsn)
+        if lsn < log.start_lsn() {
+            return Ok(None);
+        }
+        match tokio::task::spawn_blocking(move || log.read(lsn, 1, 1 << 20)).await {
+            Ok(Ok(got)) => Ok(got.into_iter().next().filter(|b| b.lsn == lsn)),
+            Ok(Err(e)) => {
+                tracing::error!(subscription = %self.sub.id, shard = self.shards[si].id, lsn, error = %e, "resend read failed");
+                Err(())
+            }
+            Err(_) => Err(()),
+        }
     }
 
     /// Sends the not-yet-acked records of `batch` to `owner` and starts their ack clock.
-    fn send(&mut self, si: usize, owner: &str, batch: StoredBatch) {
+    fn send(&mut self, si: usize, owner: &str, batch: StoredBatch) -> Sent {
         let timeout = self.ack_timeout();
-        let Some(c) = self.consumers.get(owner) else { return };
+        let Some(c) = self.consumers.get(owner) else {
+            return Sent::Gone;
+        };
+        let (tx, conn) = (c.tx.clone(), c.conn);
         let s = &mut self.shards[si];
         let lsn = batch.lsn;
-        let indices = s.tracker.deliver(lsn, batch.batch_size);
-        if indices.is_empty() {
-            self.dirty = true; // a restored, fully acked batch: the prefix may have moved
-            return;
+        let mut indices = s.tracker.deliver(lsn, batch.batch_size);
+        if let Some(early) = s.early_acks.remove(&lsn) {
+            for i in early {
+                let _ = s.tracker.ack(lsn, i);
+            }
+            indices = s.tracker.get(lsn).map(|f| f.unacked_indices()).unwrap_or_default();
         }
-        let record = match subset(s.id, batch, &indices) {
+        if indices.is_empty() {
+            self.dirty = true; // a fully acked (restored) batch: the prefix may have moved
+            return Sent::Yes;
+        }
+        let record = match subset(s.id, batch.clone(), &indices) {
             Ok(r) => r,
             Err(e) => {
+                // Stored batches were validated on append, so this is damage: send it whole
+                // rather than hold up the shard (acked records in it may come again).
                 tracing::error!(subscription = %self.sub.id, shard = s.id, lsn, error = %e, "cannot rebuild batch");
-                return;
+                crate::service::read::received(s.id, batch)
             }
         };
-        let response = pb::StreamingFetchResponse {
+        match tx.try_send(Ok(pb::StreamingFetchResponse {
             received_records: Some(record),
-        };
-        match c.tx.try_send(Ok(response)) {
+        })) {
             Ok(()) => {
                 let now = Instant::now();
-                let conn = c.conn;
-                s.sent.insert(lsn, Sent { conn, at: now });
+                s.sent.insert(lsn, SentTo { conn, at: now });
                 self.deadlines.insert((now + timeout, si, lsn, conn));
+                Sent::Yes
             }
-            Err(_) => {
-                // Full or gone: try again later, from the resend queue.
+            Err(e) => {
                 s.tracker.withdraw(lsn);
                 s.resend.insert(lsn);
+                match e {
+                    mpsc::error::TrySendError::Full(_) => Sent::Full,
+                    mpsc::error::TrySendError::Closed(_) => {
+                        // The consumer's stream is gone: hand its batches to the others now.
+                        self.remove_consumer(owner);
+                        Sent::Gone
+                    }
+                }
             }
         }
     }
+}
+
+enum Sent {
+    Yes,
+    Full,
+    Gone,
 }
 
 /// The records of `batch` at `indices`: the stored batch as is when that is all of them,

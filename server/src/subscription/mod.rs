@@ -11,7 +11,6 @@ mod checkpoint;
 mod tracker;
 
 pub use actor::{CONSUMER_BUFFER, Command, ConsumerInfo, FetchTx};
-pub use checkpoint::owner as checkpoint_owner;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -43,10 +42,18 @@ impl Handle {
             .map_err(|_| ApiError::SubscriptionNotFound(self.meta.id.clone()))
     }
 
-    pub async fn join(&self, info: ConsumerInfo, conn: u64, tx: FetchTx, closed: CancellationToken) -> ApiResult<()> {
+    pub async fn join(
+        &self,
+        info: ConsumerInfo,
+        conn: u64,
+        acks: Vec<hstream_proto::RecordId>,
+        tx: FetchTx,
+        closed: CancellationToken,
+    ) -> ApiResult<()> {
         self.ask(|reply| Command::Join {
             info,
             conn,
+            acks,
             tx,
             closed,
             reply,
@@ -58,8 +65,15 @@ impl Handle {
         let _ = self.tx.send(Command::Ack { conn, ids }).await;
     }
 
-    pub async fn leave(&self, conn: u64) {
-        let _ = self.tx.send(Command::Leave { conn }).await;
+    /// Sends `Leave` for `conn` without waiting (usable from `Drop`); when the inbox is full
+    /// the send is finished by a task on `tasks`.
+    pub fn leave_now(&self, conn: u64, tasks: &TaskTracker) {
+        if let Err(mpsc::error::TrySendError::Full(cmd)) = self.tx.try_send(Command::Leave { conn }) {
+            let tx = self.tx.clone();
+            tasks.spawn(async move {
+                let _ = tx.send(cmd).await;
+            });
+        }
     }
 
     pub async fn consumers(&self) -> ApiResult<Vec<ConsumerInfo>> {

@@ -111,12 +111,25 @@ impl AckTracker {
         }
     }
 
-    /// Skips LSNs that no longer exist (trimmed) before `lsn`.
+    /// Skips LSNs that no longer exist (trimmed) before `lsn`. Batches below it that are not
+    /// with a consumer (restored from a checkpoint, or waiting to be sent again) are gone with the
+    /// data; outstanding ones stay until acked or timed out.
     pub fn skip_to(&mut self, lsn: u64) {
         if lsn > self.read_next {
             self.read_next = lsn;
         }
+        self.inflight.retain(|&l, f| l >= lsn || f.outstanding);
         self.advance();
+    }
+
+    /// Drops a batch whose data is gone (trimmed) while it waited to be sent again.
+    pub fn forget(&mut self, lsn: u64) {
+        if let Some(f) = self.inflight.get(&lsn)
+            && !f.outstanding
+        {
+            self.inflight.remove(&lsn);
+            self.advance();
+        }
     }
 
     /// Applies one ack. Returns true when it acked a record that was not acked before.
@@ -229,6 +242,27 @@ mod tests {
         assert_eq!(t.committed(), 12);
         t.ack(12, 1).unwrap();
         assert_eq!(t.committed(), 14);
+    }
+
+    #[test]
+    fn trim_under_a_restored_batch_does_not_pin_progress() {
+        let mut t = AckTracker::new(5);
+        t.restore(6, 3, &[0]);
+        t.skip_to(20);
+        assert_eq!(t.committed(), 20, "the restored batch went with the trimmed data");
+        assert_eq!(t.inflight().count(), 0);
+    }
+
+    #[test]
+    fn outstanding_batches_survive_a_trim_until_acked() {
+        let mut t = AckTracker::new(1);
+        t.deliver(1, 2);
+        t.skip_to(10);
+        assert_eq!(t.committed(), 1);
+        t.ack(1, 0).unwrap();
+        t.ack(1, 1).unwrap();
+        assert_eq!(t.committed(), 10);
+        assert_eq!(t.outstanding_records(), 0);
     }
 
     #[test]
