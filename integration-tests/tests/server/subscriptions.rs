@@ -463,6 +463,26 @@ async fn force_deleted_stream_keeps_feeding_its_subscription() {
         .into_inner()
         .subscription;
     assert_eq!(subs[0].stream_name, "__deleted_stream__");
+    c.create_subscription(sub_req("other", "survivor", 60, 10))
+        .await
+        .unwrap_err();
+    make_stream(&mut c, "survivor", 1).await;
+    c.create_subscription(sub_req("other", "survivor", 60, 10))
+        .await
+        .unwrap();
+    let with_prefix = c
+        .list_subscriptions_with_prefix(pb::ListSubscriptionsWithPrefixRequest { prefix: "ke".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .subscription;
+    assert_eq!(
+        with_prefix
+            .iter()
+            .map(|s| s.subscription_id.as_str())
+            .collect::<Vec<_>>(),
+        ["keep"]
+    );
     let consumer = TestConsumer::start(&c, "keep", "k", true).await.unwrap();
     wait_total(&[&consumer], 10, "the archived records").await;
     // The name is free again.
@@ -475,5 +495,5 @@ async fn force_deleted_stream_keeps_feeding_its_subscription() {
     .unwrap();
     let _ = consumer.ended().await;
     let archived = std::fs::read_dir(dir.path().join("shards")).unwrap().count();
-    assert_eq!(archived, 1, "only the new stream's shard remains on disk");
+    assert_eq!(archived, 2, "only the live streams' shards remain on disk");
 }
