@@ -68,6 +68,25 @@ pub fn python() -> PathBuf {
     p
 }
 
+/// Runs `integration-tests/python/<script>` with the venv's Python; returns the JSON object it
+/// prints as its last line. Panics with the script's output when it fails.
+pub async fn run_python(script: &str, args: &[&str]) -> serde_json::Value {
+    let out = tokio::process::Command::new(python())
+        .arg(repo_root().join("integration-tests/python").join(script))
+        .args(args)
+        .output()
+        .await
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{script} printed no JSON summary ({e}): {stdout}"))
+}
+
 /// A running `hstream-server` process.
 pub struct Server {
     child: Child,

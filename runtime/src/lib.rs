@@ -1,1 +1,29 @@
-//! The HStream IO runtime: connector API, registry, supervisor, checkpoints (filled by issue 4).
+//! The HStream IO runtime: how connectors are declared, run, checkpointed and controlled.
+//!
+//! Guarantees before APIs (details on each item):
+//! - a source's position is checkpointed, and offered back to it as committed, only after every
+//!   record before it is durable in the stream ([`connector`], [`pipeline`]);
+//! - a sink's read position is checkpointed only after the sink made the records durable;
+//! - a task whose attempt fails with a retryable error is restarted with exponential backoff; a
+//!   config or internal error parks it as FAILED with the reason ([`supervisor`]);
+//! - configs are validated (schema, then types, then the type's checks) before anything starts,
+//!   and errors name the field; secrets never appear in errors or `Debug` output ([`secret`]).
+
+pub mod builtin;
+pub mod connector;
+pub mod error;
+pub mod pipeline;
+pub mod registry;
+pub mod secret;
+pub mod spec;
+pub mod streams;
+pub mod structs;
+pub mod supervisor;
+
+pub use connector::{
+    ConnectorConfig, Done, Offset, PayloadFlag, Record, Sink, SinkRecord, Source, SourceOutput, Written,
+};
+pub use error::{ConnectorError, ErrorKind};
+pub use registry::{ConnectorType, Kind, Registry, builtin};
+pub use secret::Secret;
+pub use streams::{Checkpoints, ReadChunk, Streams};

@@ -66,6 +66,12 @@ pub struct Flags {
     /// How often stream retention (backlogDuration) is applied, in ms [default: 1000]
     #[arg(long)]
     pub retention_interval_ms: Option<u64>,
+    /// First wait before restarting a connector task that failed retryably, in ms [default: 1000]
+    #[arg(long)]
+    pub connector_retry_base_ms: Option<u64>,
+    /// Longest wait between restarts of a failing connector task, in ms [default: 60000]
+    #[arg(long)]
+    pub connector_retry_max_ms: Option<u64>,
 }
 
 /// Largest `max-record-size` accepted: a batch must fit one store entry.
@@ -90,6 +96,8 @@ pub struct Settings {
     pub log_level: String,
     pub store: StoreOptions,
     pub retention_interval: Duration,
+    pub connector_retry_base: Duration,
+    pub connector_retry_max: Duration,
 }
 
 impl Settings {
@@ -148,6 +156,18 @@ impl Settings {
                     .or(file.retention_interval_ms)
                     .unwrap_or(1000),
             ),
+            connector_retry_base: Duration::from_millis(
+                flags
+                    .connector_retry_base_ms
+                    .or(file.connector_retry_base_ms)
+                    .unwrap_or(1000),
+            ),
+            connector_retry_max: Duration::from_millis(
+                flags
+                    .connector_retry_max_ms
+                    .or(file.connector_retry_max_ms)
+                    .unwrap_or(60_000),
+            ),
         };
         settings.validate()?;
         Ok(settings)
@@ -202,6 +222,8 @@ mod tests {
             segment_bytes: Some(8192),
             writer_threads: Some(3),
             retention_interval_ms: Some(50),
+            connector_retry_base_ms: Some(10),
+            connector_retry_max_ms: Some(100),
         }
     }
 

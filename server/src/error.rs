@@ -61,6 +61,20 @@ pub enum ApiError {
     ConsumerExists { consumer: String, subscription: String },
     #[error("invalid subscription: {0}")]
     InvalidSubscription(String),
+    #[error("connector {0:?} not found")]
+    ConnectorNotFound(String),
+    #[error("connector {0:?} already exists")]
+    ConnectorExists(String),
+    #[error("connector type must be SOURCE or SINK, got {0:?}")]
+    ConnectorInvalidType(String),
+    #[error("unknown {kind} connector type {target:?}")]
+    ConnectorUnknown { kind: &'static str, target: String },
+    #[error("invalid connector config: {0}")]
+    InvalidConnectorConfig(String),
+    #[error("connector check failed: {0}")]
+    ConnectorCheckFailed(String),
+    #[error("{0}")]
+    ConnectorInvalidStatus(String),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     #[error("{0} is not implemented by this server yet")]
@@ -115,6 +129,13 @@ impl ApiError {
             ConsumerExists { consumer, .. } => (Code::AlreadyExists, ErrorCode::InternalError, json!(consumer)),
             InvalidSubscription(_) => (Code::InvalidArgument, ErrorCode::InternalError, json!(null)),
             InvalidRequest(_) => (Code::InvalidArgument, ErrorCode::InternalError, json!(null)),
+            ConnectorNotFound(n) => (Code::NotFound, ErrorCode::ConnectorNotFound, json!(n)),
+            ConnectorExists(n) => (Code::AlreadyExists, ErrorCode::ConnectorExists, json!(n)),
+            ConnectorInvalidType(t) => (Code::InvalidArgument, ErrorCode::ConnectorInvalidType, json!(t)),
+            ConnectorUnknown { target, .. } => (Code::Unimplemented, ErrorCode::ConnectorUnimplemented, json!(target)),
+            InvalidConnectorConfig(_) => (Code::InvalidArgument, ErrorCode::InternalError, json!(null)),
+            ConnectorCheckFailed(_) => (Code::FailedPrecondition, ErrorCode::ConnectorCheckFailed, json!(null)),
+            ConnectorInvalidStatus(_) => (Code::FailedPrecondition, ErrorCode::ConnectorInvalidStatus, json!(null)),
             Unimplemented(_) => (Code::Unimplemented, ErrorCode::InternalError, json!(null)),
             ShuttingDown => (Code::Unavailable, ErrorCode::InternalError, json!(null)),
             Store(e) => {

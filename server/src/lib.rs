@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod catalog;
 pub mod config;
+pub mod connectors;
 pub mod error;
 pub mod keyspace;
 pub mod meta;

@@ -104,16 +104,20 @@ pub async fn run(
         updated_ms: now_ms(),
     })
     .await?;
-    let ctx = Arc::new(ServerCtx::new(
+    let ctx = ServerCtx::new(
         meta.clone(),
         store.clone(),
         catalog,
         node,
         settings.max_record_size,
         shutdown.clone(),
-    ));
+        hstream_runtime::builtin(),
+        (settings.connector_retry_base, settings.connector_retry_max),
+    );
 
     ctx.start_subscriptions().await?;
+    let stored = meta.list_connectors().await?;
+    ctx.start_connectors(&stored);
 
     let retention_ctx = ctx.clone();
     let every = settings.retention_interval;

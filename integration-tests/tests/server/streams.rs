@@ -48,9 +48,9 @@ async fn shard_ids(client: &mut Client, stream: &str) -> Vec<u64> {
 async fn python_client_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let out = tokio::process::Command::new(python())
-        .arg(repo_root().join("integration-tests/python/roundtrip.py"))
-        .args([
+    let summary = run_python(
+        "roundtrip.py",
+        &[
             "--port",
             &server.addr.port().to_string(),
             "--records",
@@ -59,18 +59,9 @@ async fn python_client_round_trip() {
             "50",
             "--shards",
             "4",
-        ])
-        .output()
-        .await
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "roundtrip.py failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        stdout
-    );
-    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).expect("summary json");
+        ],
+    )
+    .await;
     for tag in ["none", "gzip", "zstd"] {
         assert_eq!(summary[tag]["appended"], 100_000, "{summary}");
         assert_eq!(summary[tag]["read_stream"], 100_000, "{summary}");

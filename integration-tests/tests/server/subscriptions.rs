@@ -80,20 +80,11 @@ async fn wait_total(consumers: &[&TestConsumer], n: usize, what: &str) {
 async fn python_client_consumes_everything_once_in_key_order() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let out = tokio::process::Command::new(python())
-        .arg(repo_root().join("integration-tests/python/subscribe.py"))
-        .args(["--port", &server.addr.port().to_string(), "--records", "100000"])
-        .output()
-        .await
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "subscribe.py failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        stdout
-    );
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let v = run_python(
+        "subscribe.py",
+        &["--port", &server.addr.port().to_string(), "--records", "100000"],
+    )
+    .await;
     assert_eq!(
         (v["received"].as_u64(), v["duplicates"].as_u64()),
         (Some(100_000), Some(0)),

@@ -282,7 +282,7 @@ async fn connectors_checkpoints_kv(store: &dyn MetaStore) {
     ));
 
     let cp = Checkpoint {
-        owner: "pg1".into(),
+        owner: connector_checkpoint("pg1"),
         version: 1,
         data: b"lsn=0/16B3748".to_vec(),
     };
@@ -293,7 +293,21 @@ async fn connectors_checkpoints_kv(store: &dyn MetaStore) {
         ..cp.clone()
     };
     store.put_checkpoint(&cp2).await.unwrap();
-    assert_eq!(store.get_checkpoint("pg1").await.unwrap(), Some(cp2));
+    assert_eq!(
+        store.get_checkpoint(&connector_checkpoint("pg1")).await.unwrap(),
+        Some(cp2)
+    );
+    store.set_connector_status("pg1", "FAILED").await.unwrap();
+    assert_eq!(store.get_connector("pg1").await.unwrap().unwrap().status, "FAILED");
+    assert_eq!(
+        store.get_connector("pg1").await.unwrap().unwrap().config,
+        c.config,
+        "status alone changes"
+    );
+    assert!(matches!(
+        store.set_connector_status("nope", "NEW").await,
+        Err(MetaError::NotFound { .. })
+    ));
     store
         .put_checkpoint(&Checkpoint {
             owner: "other".into(),
@@ -312,7 +326,11 @@ async fn connectors_checkpoints_kv(store: &dyn MetaStore) {
 
     assert!(store.delete_connector("pg1").await.unwrap());
     assert!(
-        store.get_checkpoint("pg1").await.unwrap().is_none(),
+        store
+            .get_checkpoint(&connector_checkpoint("pg1"))
+            .await
+            .unwrap()
+            .is_none(),
         "checkpoints go with their connector"
     );
     assert!(

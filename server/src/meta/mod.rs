@@ -116,6 +116,11 @@ pub struct NodeMeta {
     pub updated_ms: i64,
 }
 
+/// Owner of a connector task's checkpoint, which lives and dies with the connector.
+pub fn connector_checkpoint(name: &str) -> String {
+    format!("connector/{name}")
+}
+
 /// Owner of a subscription's ack checkpoint, which lives and dies with the subscription.
 pub fn subscription_checkpoint(id: &str) -> String {
     format!("subscription/{id}")
@@ -167,6 +172,8 @@ pub trait MetaStore: Send + Sync {
     async fn list_connectors(&self) -> MetaResult<Vec<ConnectorMeta>>;
     /// Replaces config and status of an existing connector.
     async fn update_connector(&self, c: &ConnectorMeta) -> MetaResult<()>;
+    /// Sets only the status of an existing connector.
+    async fn set_connector_status(&self, name: &str, status: &str) -> MetaResult<()>;
     /// Removes a connector and the checkpoints and key-values it owns.
     async fn delete_connector(&self, name: &str) -> MetaResult<bool>;
     async fn put_checkpoint(&self, cp: &Checkpoint) -> MetaResult<()>;

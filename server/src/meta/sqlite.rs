@@ -562,6 +562,22 @@ impl MetaStore for SqliteMetaStore {
         Ok(())
     }
 
+    async fn set_connector_status(&self, name: &str, status: &str) -> MetaResult<()> {
+        let res = sqlx::query("UPDATE connectors SET status = ? WHERE name = ?")
+            .bind(status)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        if res.rows_affected() == 0 {
+            return Err(MetaError::NotFound {
+                kind: "connector",
+                name: name.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     async fn delete_connector(&self, name: &str) -> MetaResult<bool> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         let res = sqlx::query("DELETE FROM connectors WHERE name = ?")
@@ -570,7 +586,7 @@ impl MetaStore for SqliteMetaStore {
             .await
             .map_err(backend)?;
         sqlx::query("DELETE FROM checkpoints WHERE owner = ?")
-            .bind(name)
+            .bind(connector_checkpoint(name))
             .execute(&mut *tx)
             .await
             .map_err(backend)?;

@@ -1,6 +1,7 @@
 //! The `hstream.server.HStreamApi` gRPC service: request decoding and status mapping at the
 //! edge, the work in `ServerCtx` methods by area.
 
+mod connectors;
 pub mod read;
 mod readers;
 mod streams;
@@ -52,11 +53,14 @@ pub struct ServerCtx {
     /// Serializes creation and deletion of streams and subscriptions.
     ddl: tokio::sync::Mutex<()>,
     pub subscriptions: crate::subscription::Registry,
+    pub connectors: crate::connectors::Connectors,
     /// Numbers StreamingFetch sessions.
     next_conn: std::sync::atomic::AtomicU64,
 }
 
 impl ServerCtx {
+    /// Builds the shared state; connector tasks reach the server through a weak reference to it.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         meta: Arc<dyn MetaStore>,
         store: Arc<LogStore>,
@@ -64,8 +68,11 @@ impl ServerCtx {
         node: NodeInfo,
         max_record_size: usize,
         shutdown: CancellationToken,
-    ) -> Self {
-        ServerCtx {
+        registry: hstream_runtime::Registry,
+        connector_backoff: (std::time::Duration, std::time::Duration),
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|weak| ServerCtx {
+            connectors: crate::connectors::Connectors::new(registry, weak.clone(), meta.clone(), connector_backoff),
             meta,
             store,
             catalog,
@@ -78,7 +85,7 @@ impl ServerCtx {
             ddl: tokio::sync::Mutex::new(()),
             subscriptions: Default::default(),
             next_conn: std::sync::atomic::AtomicU64::new(1),
-        }
+        })
     }
 
     fn server_node(&self) -> pb::ServerNode {
@@ -490,46 +497,47 @@ impl HStreamApi for HStreamService {
         unimplemented("UnregisterSchema")
     }
 
-    async fn create_connector(&self, _req: Request<pb::CreateConnectorRequest>) -> RpcResult<pb::Connector> {
-        unimplemented("CreateConnector")
+    async fn create_connector(&self, req: Request<pb::CreateConnectorRequest>) -> RpcResult<pb::Connector> {
+        ok(self.ctx.create_connector(req.into_inner()).await)
     }
 
     async fn list_connectors(&self, _req: Request<pb::ListConnectorsRequest>) -> RpcResult<pb::ListConnectorsResponse> {
-        unimplemented("ListConnectors")
+        ok(self.ctx.list_connectors().await)
     }
 
-    async fn get_connector(&self, _req: Request<pb::GetConnectorRequest>) -> RpcResult<pb::Connector> {
-        unimplemented("GetConnector")
+    async fn get_connector(&self, req: Request<pb::GetConnectorRequest>) -> RpcResult<pb::Connector> {
+        ok(self.ctx.get_connector(&req.into_inner().name).await)
     }
 
     async fn get_connector_spec(
         &self,
-        _req: Request<pb::GetConnectorSpecRequest>,
+        req: Request<pb::GetConnectorSpecRequest>,
     ) -> RpcResult<pb::GetConnectorSpecResponse> {
-        unimplemented("GetConnectorSpec")
+        let req = req.into_inner();
+        ok(self.ctx.connector_spec(&req.r#type, &req.target))
     }
 
     async fn get_connector_logs(
         &self,
-        _req: Request<pb::GetConnectorLogsRequest>,
+        req: Request<pb::GetConnectorLogsRequest>,
     ) -> RpcResult<pb::GetConnectorLogsResponse> {
-        unimplemented("GetConnectorLogs")
+        ok(self.ctx.connector_logs(req.into_inner()).await)
     }
 
-    async fn delete_connector(&self, _req: Request<pb::DeleteConnectorRequest>) -> RpcResult<()> {
-        unimplemented("DeleteConnector")
+    async fn delete_connector(&self, req: Request<pb::DeleteConnectorRequest>) -> RpcResult<()> {
+        ok(self.ctx.delete_connector(&req.into_inner().name).await)
     }
 
-    async fn pause_connector(&self, _req: Request<pb::PauseConnectorRequest>) -> RpcResult<()> {
-        unimplemented("PauseConnector")
+    async fn pause_connector(&self, req: Request<pb::PauseConnectorRequest>) -> RpcResult<()> {
+        ok(self.ctx.pause_connector(&req.into_inner().name).await)
     }
 
-    async fn resume_connector(&self, _req: Request<pb::ResumeConnectorRequest>) -> RpcResult<()> {
-        unimplemented("ResumeConnector")
+    async fn resume_connector(&self, req: Request<pb::ResumeConnectorRequest>) -> RpcResult<()> {
+        ok(self.ctx.resume_connector(&req.into_inner().name).await)
     }
 
-    async fn alter_connector_config(&self, _req: Request<pb::AlterConnectorConfigRequest>) -> RpcResult<()> {
-        unimplemented("AlterConnectorConfig")
+    async fn alter_connector_config(&self, req: Request<pb::AlterConnectorConfigRequest>) -> RpcResult<()> {
+        ok(self.ctx.alter_connector(req.into_inner()).await)
     }
 
     async fn list_views(&self, _req: Request<pb::ListViewsRequest>) -> RpcResult<pb::ListViewsResponse> {

@@ -13,14 +13,16 @@ async fn ctx(dir: &std::path::Path) -> Arc<ServerCtx> {
         host: "127.0.0.1".into(),
         port: 6570,
     };
-    Arc::new(ServerCtx::new(
+    ServerCtx::new(
         meta,
         store,
         Catalog::default(),
         node,
         1 << 20,
         CancellationToken::new(),
-    ))
+        hstream_runtime::builtin(),
+        (std::time::Duration::from_millis(100), std::time::Duration::from_secs(1)),
+    )
 }
 
 fn stream(name: &str) -> pb::Stream {
@@ -47,18 +49,7 @@ async fn delete_with_subscriptions_needs_force_and_then_archives() {
     let ctx = ctx(dir.path()).await;
     ctx.create_stream(stream("s")).await.unwrap();
     let shard = ctx.catalog.stream("s").unwrap().shards[0].clone();
-    let rec = pb::BatchedRecord {
-        compression_type: 0,
-        publish_time: None,
-        batch_size: 1,
-        payload: prost::Message::encode_to_vec(&pb::BatchHStreamRecords {
-            records: vec![pb::HStreamRecord {
-                header: None,
-                payload: bytes::Bytes::from_static(b"x"),
-            }],
-        })
-        .into(),
-    };
+    let rec = one_record();
     ctx.append(pb::AppendRequest {
         stream_name: "s".into(),
         shard_id: shard.meta.id,

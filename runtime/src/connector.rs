@@ -1,0 +1,153 @@
+//! The connector API.
+//!
+//! The one rule that makes or breaks a connector: **the upstream position (Postgres flush LSN,
+//! binlog GTID, MQTT PUBACK, Airbyte STATE) advances only after our own append is durable.** The
+//! runtime enforces its half: a source's offset is checkpointed, and reported back through
+//! [`SourceOutput::committed`], only once every record emitted before it is durable in the
+//! stream; a sink's read position is checkpointed only once the sink said its records are durable.
+//!
+//! Ordering: records of one `emit` call are appended in order, per partition key; batches are
+//! appended in emit order. Duplicates: after a crash a source restarts from its last committed
+//! offset, so records emitted after it may be appended twice (at-least-once). Concurrency: one
+//! task runs one connector instance at a time; `run` is never called concurrently with itself.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ConnectorError;
+
+/// A connector's typed configuration: parsed with serde (unknown fields refused), checked against
+/// its JSON Schema (derived with schemars, published in `specs/`), then by [`validate`].
+///
+/// [`validate`]: ConnectorConfig::validate
+pub trait ConnectorConfig: DeserializeOwned + Serialize + JsonSchema + Send + Sync + 'static {
+    /// Checks the parts a schema cannot express; no IO. Errors name the field.
+    fn validate(&self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+}
+
+/// A typed, versioned position. Stored as JSON with its version; a stored version the code does
+/// not know is refused rather than guessed at.
+pub trait Offset: DeserializeOwned + Serialize + Clone + Send + Sync + std::fmt::Debug + 'static {
+    const VERSION: u32;
+}
+
+/// How a record's payload is encoded, as HStreamDB's record header flag says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadFlag {
+    /// A protobuf `google.protobuf.Struct` (what HStreamDB calls a JSON record).
+    Json,
+    Raw,
+}
+
+/// One record a source emits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// Partition key: records with one key keep their order.
+    pub key: String,
+    pub flag: PayloadFlag,
+    pub payload: Bytes,
+}
+
+/// One record a sink receives, with where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkRecord {
+    pub shard_id: u64,
+    pub lsn: u64,
+    pub index: u32,
+    pub key: String,
+    pub flag: PayloadFlag,
+    pub payload: Bytes,
+}
+
+/// How a run ended without error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Done {
+    /// Stopped because it was asked to (pause, delete, shutdown).
+    Cancelled,
+    /// Finished its work (a bounded source); the task becomes COMPLETED.
+    Completed,
+}
+
+/// Where a source's output goes: a bounded pipeline, so a slow stream slows the source.
+pub struct SourceOutput<O: Offset> {
+    pub(crate) tx: mpsc::Sender<(Vec<Record>, O)>,
+    pub(crate) committed: watch::Receiver<Option<O>>,
+    pub(crate) cancel: CancellationToken,
+}
+
+impl<O: Offset> SourceOutput<O> {
+    /// Queues records followed by the offset reached after them. Waits while the pipeline is
+    /// full. Errs when the task is stopping.
+    pub async fn emit(&mut self, records: Vec<Record>, offset: O) -> Result<(), ConnectorError> {
+        tokio::select! {
+            r = self.tx.send((records, offset)) => r.map_err(|_| ConnectorError::internal("the append pipeline stopped")),
+            _ = self.cancel.cancelled() => Err(ConnectorError::internal("task is stopping")),
+        }
+    }
+
+    /// The latest offset whose records are all durable and checkpointed: only up to here may a
+    /// source acknowledge upstream.
+    pub fn committed(&self) -> watch::Receiver<Option<O>> {
+        self.committed.clone()
+    }
+
+    /// Cancelled when the task must stop; `run` should return `Done::Cancelled` promptly.
+    pub fn cancelled(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+}
+
+#[async_trait]
+pub trait Source: Send + 'static {
+    type Config: ConnectorConfig;
+    type Offset: Offset;
+
+    /// Tests connectivity and permissions without starting anything.
+    async fn check(config: &Self::Config) -> Result<(), ConnectorError>;
+
+    /// Builds an instance that resumes after `offset` (`None`: from the configured start).
+    async fn open(config: Self::Config, offset: Option<Self::Offset>) -> Result<Self, ConnectorError>
+    where
+        Self: Sized;
+
+    /// The stream records go to.
+    fn stream(config: &Self::Config) -> &str;
+
+    /// Produces records until done or cancelled (select on cancellation first).
+    async fn run(&mut self, out: &mut SourceOutput<Self::Offset>) -> Result<Done, ConnectorError>;
+}
+
+/// Whether a sink's write is merely accepted (buffered) or durable downstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Accepted,
+    Durable,
+}
+
+#[async_trait]
+pub trait Sink: Send + 'static {
+    type Config: ConnectorConfig;
+
+    async fn check(config: &Self::Config) -> Result<(), ConnectorError>;
+
+    async fn open(config: Self::Config) -> Result<Self, ConnectorError>
+    where
+        Self: Sized;
+
+    /// The stream records come from.
+    fn stream(config: &Self::Config) -> &str;
+
+    /// Writes records in order. The runtime commits the read position after a `Durable` answer,
+    /// or after the next successful [`Sink::flush`] following `Accepted` ones.
+    async fn write(&mut self, records: &[SinkRecord]) -> Result<Written, ConnectorError>;
+
+    /// Makes everything accepted so far durable.
+    async fn flush(&mut self) -> Result<(), ConnectorError>;
+}

@@ -1,0 +1,232 @@
+//! One attempt of a task: the source → append pipeline and the read → sink pipeline.
+//!
+//! Guarantees: a source offset is checkpointed (and reported as committed) only after every
+//! record emitted before it was appended durably; a sink position only after the sink said its
+//! records are durable (or flushed them). On a graceful stop both pipelines drain what was already
+//! emitted or read, then checkpoint, so nothing is redone that was done.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::connector::{Done, Offset, Sink, Source, SourceOutput, Written};
+use crate::error::ConnectorError;
+use crate::streams::{Checkpoints, Streams};
+
+/// Checkpoints are written at most this often while running (and always at the end).
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// Emitted batches buffered between a source and its appender.
+const PIPELINE_DEPTH: usize = 16;
+const SINK_READ_BATCHES: usize = 64;
+const SINK_IDLE_WAIT: Duration = Duration::from_millis(200);
+
+/// Counters of a task, shared with its supervisor and the API.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub records: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Unix ms of the last record moved (0: none yet).
+    pub last_progress_ms: AtomicI64,
+    /// The last checkpointed offset, as JSON (shown by GetConnector).
+    pub offset: std::sync::Mutex<Option<Value>>,
+}
+
+impl Progress {
+    fn moved(&self, records: u64, bytes: u64) {
+        self.records.fetch_add(records, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        self.last_progress_ms.store(now, Ordering::Relaxed);
+    }
+}
+
+pub struct RunContext {
+    /// The task (connector) name, which owns the checkpoint.
+    pub task: String,
+    pub config: Value,
+    pub streams: Arc<dyn Streams>,
+    pub checkpoints: Arc<dyn Checkpoints>,
+    pub cancel: CancellationToken,
+    pub progress: Arc<Progress>,
+}
+
+async fn load<O: Offset>(ctx: &RunContext) -> Result<Option<O>, ConnectorError> {
+    let Some((version, data)) = ctx.checkpoints.load(&ctx.task).await? else {
+        return Ok(None);
+    };
+    if version != O::VERSION {
+        return Err(ConnectorError::internal(format!(
+            "checkpoint of task {} has version {version}, this build reads version {}",
+            ctx.task,
+            O::VERSION
+        )));
+    }
+    let offset: O = serde_json::from_slice(&data)
+        .map_err(|e| ConnectorError::internal(format!("checkpoint of task {} is unreadable: {e}", ctx.task)))?;
+    *ctx.progress.offset.lock().expect("lock") = serde_json::to_value(&offset).ok();
+    Ok(Some(offset))
+}
+
+async fn save<O: Offset>(ctx: &RunContext, offset: &O) -> Result<(), ConnectorError> {
+    let data = serde_json::to_vec(offset).map_err(|e| ConnectorError::internal(e.to_string()))?;
+    ctx.checkpoints.store(&ctx.task, O::VERSION, data).await?;
+    *ctx.progress.offset.lock().expect("lock") = serde_json::to_value(offset).ok();
+    Ok(())
+}
+
+pub async fn run_source<S: Source>(ctx: RunContext, config: S::Config) -> Result<Done, ConnectorError> {
+    let stream = S::stream(&config).to_owned();
+    ctx.streams.ensure_stream(&stream).await?;
+    let start = load::<S::Offset>(&ctx).await?;
+    let mut source = S::open(config, start.clone()).await?;
+    let (tx, mut rx) = mpsc::channel::<(Vec<crate::Record>, S::Offset)>(PIPELINE_DEPTH);
+    let (committed_tx, committed_rx) = watch::channel(start);
+    // The source stops on the task's cancellation or when the appender fails.
+    let stop = ctx.cancel.child_token();
+    let mut out = SourceOutput {
+        tx,
+        committed: committed_rx,
+        cancel: stop.clone(),
+    };
+
+    let appender = async {
+        let mut pending: Option<S::Offset> = None;
+        let mut saved_at = Instant::now();
+        let result = async {
+            while let Some((records, offset)) = rx.recv().await {
+                let n = records.len() as u64;
+                let bytes = records.iter().map(|r| r.payload.len() as u64).sum();
+                if n > 0 {
+                    ctx.streams.append(&stream, records).await?;
+                    ctx.progress.moved(n, bytes);
+                }
+                pending = Some(offset);
+                if saved_at.elapsed() >= CHECKPOINT_EVERY {
+                    let p = pending.take().expect("just set");
+                    save(&ctx, &p).await?;
+                    let _ = committed_tx.send(Some(p));
+                    saved_at = Instant::now();
+                }
+            }
+            Ok::<(), ConnectorError>(())
+        }
+        .await;
+        // Whatever was appended durably is checkpointed, even when a later append failed.
+        if let Some(p) = pending.take() {
+            save(&ctx, &p).await?;
+            let _ = committed_tx.send(Some(p));
+        }
+        if result.is_err() {
+            stop.cancel();
+        }
+        result
+    };
+    let runner = async {
+        let r = source.run(&mut out).await;
+        drop(out); // closes the pipeline: the appender drains it and finishes
+        r
+    };
+    let (ran, appended) = tokio::join!(runner, appender);
+    appended?;
+    match ran {
+        // A cancellation the task did not ask for came from a failed append, reported above.
+        Err(_) if ctx.cancel.is_cancelled() => Ok(Done::Cancelled),
+        other => other,
+    }
+}
+
+/// A sink's read position: the next LSN per shard.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SinkPosition {
+    pub shards: BTreeMap<u64, u64>,
+}
+
+impl Offset for SinkPosition {
+    const VERSION: u32 = 1;
+}
+
+pub async fn run_sink<K: Sink>(ctx: RunContext, config: K::Config) -> Result<Done, ConnectorError> {
+    let stream = K::stream(&config).to_owned();
+    if !ctx.streams.stream_exists(&stream).await? {
+        return Err(ConnectorError::config(format!(
+            "stream: stream {stream:?} does not exist"
+        )));
+    }
+    let mut position = load::<SinkPosition>(&ctx).await?.unwrap_or_default();
+    for shard in ctx.streams.shards(&stream).await? {
+        if let std::collections::btree_map::Entry::Vacant(e) = position.shards.entry(shard) {
+            e.insert(ctx.streams.bounds(&stream, shard).await?.0);
+        }
+    }
+    let mut sink = K::open(config).await?;
+    let shards: Vec<u64> = position.shards.keys().copied().collect();
+    // Positions of what was written; `durable` is what may be checkpointed.
+    let mut written = position.clone();
+    let mut durable = position;
+    let mut unflushed = false;
+    let mut saved_at = Instant::now();
+    let mut next = 0usize;
+    let mut idle = 0usize;
+    loop {
+        if ctx.cancel.is_cancelled() {
+            break;
+        }
+        let shard = shards[next % shards.len()];
+        next += 1;
+        let from = written.shards[&shard];
+        // Wait for data only once every shard in turn came back empty.
+        let wait = if idle >= shards.len() {
+            SINK_IDLE_WAIT
+        } else {
+            Duration::ZERO
+        };
+        let chunk = tokio::select! {
+            c = ctx.streams.read(&stream, shard, from, SINK_READ_BATCHES, wait) => c?,
+            _ = ctx.cancel.cancelled() => break,
+        };
+        if !chunk.records.is_empty() {
+            idle = 0;
+            let n = chunk.records.len() as u64;
+            let bytes = chunk.records.iter().map(|r| r.payload.len() as u64).sum();
+            match sink.write(&chunk.records).await? {
+                Written::Durable if !unflushed => {
+                    written.shards.insert(shard, chunk.next_lsn);
+                    durable.shards.insert(shard, chunk.next_lsn);
+                }
+                _ => {
+                    written.shards.insert(shard, chunk.next_lsn);
+                    unflushed = true;
+                }
+            }
+            ctx.progress.moved(n, bytes);
+        } else {
+            idle += 1;
+            written.shards.insert(shard, chunk.next_lsn.max(from));
+            if !unflushed {
+                durable.shards.insert(shard, chunk.next_lsn.max(from));
+            }
+        }
+        if saved_at.elapsed() >= CHECKPOINT_EVERY {
+            if unflushed {
+                sink.flush().await?;
+                unflushed = false;
+                durable = written.clone();
+            }
+            save(&ctx, &durable).await?;
+            saved_at = Instant::now();
+        }
+    }
+    // Graceful stop: make what was written durable, then record it.
+    sink.flush().await?;
+    save(&ctx, &written).await?;
+    Ok(Done::Cancelled)
+}

@@ -1,0 +1,246 @@
+//! The explicit registry of connector types: one line per connector in [`builtin`]. Each entry
+//! erases a typed [`Source`] or [`Sink`] behind [`ConnectorType`].
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::connector::{Done, Sink, Source};
+use crate::error::ConnectorError;
+use crate::pipeline::{self, RunContext};
+use crate::spec::{self, FieldError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Source,
+    Sink,
+}
+
+impl Kind {
+    /// HStream IO's spelling: "SOURCE" / "SINK" (accepted in any case).
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s.to_ascii_uppercase().as_str() {
+            "SOURCE" => Some(Kind::Source),
+            "SINK" => Some(Kind::Sink),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Kind::Source => "SOURCE",
+            Kind::Sink => "SINK",
+        }
+    }
+}
+
+/// What the runtime knows of one connector type, with its config type erased.
+#[async_trait]
+pub trait ConnectorType: Send + Sync {
+    fn kind(&self) -> Kind;
+    /// The Airbyte `ConnectorSpecification` document.
+    fn spec(&self) -> &Value;
+    /// Schema check, parse and the type's own checks; no IO.
+    fn validate(&self, config: &Value) -> Result<(), Vec<FieldError>>;
+    /// The stream the connector reads or writes (from a valid config).
+    fn stream(&self, config: &Value) -> Result<String, ConnectorError>;
+    /// Tests connectivity without starting a task.
+    async fn check(&self, config: &Value) -> Result<(), ConnectorError>;
+    /// Runs one attempt of a task until it ends, fails or is cancelled.
+    async fn run(&self, ctx: RunContext) -> Result<Done, ConnectorError>;
+}
+
+fn parse<C: crate::ConnectorConfig>(spec: &Value, config: &Value) -> Result<C, ConnectorError> {
+    spec::validate::<C>(&spec["connectionSpecification"], config)
+        .map_err(|errors| ConnectorError::config(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))
+}
+
+struct SourceType<S: Source> {
+    spec: Value,
+    _s: PhantomData<fn() -> S>,
+}
+
+#[async_trait]
+impl<S: Source> ConnectorType for SourceType<S> {
+    fn kind(&self) -> Kind {
+        Kind::Source
+    }
+    fn spec(&self) -> &Value {
+        &self.spec
+    }
+    fn validate(&self, config: &Value) -> Result<(), Vec<FieldError>> {
+        spec::validate::<S::Config>(&self.spec["connectionSpecification"], config).map(|_| ())
+    }
+    fn stream(&self, config: &Value) -> Result<String, ConnectorError> {
+        Ok(S::stream(&parse::<S::Config>(&self.spec, config)?).to_owned())
+    }
+    async fn check(&self, config: &Value) -> Result<(), ConnectorError> {
+        S::check(&parse::<S::Config>(&self.spec, config)?).await
+    }
+    async fn run(&self, ctx: RunContext) -> Result<Done, ConnectorError> {
+        let config = parse::<S::Config>(&self.spec, &ctx.config)?;
+        pipeline::run_source::<S>(ctx, config).await
+    }
+}
+
+struct SinkType<K: Sink> {
+    spec: Value,
+    _k: PhantomData<fn() -> K>,
+}
+
+#[async_trait]
+impl<K: Sink> ConnectorType for SinkType<K> {
+    fn kind(&self) -> Kind {
+        Kind::Sink
+    }
+    fn spec(&self) -> &Value {
+        &self.spec
+    }
+    fn validate(&self, config: &Value) -> Result<(), Vec<FieldError>> {
+        spec::validate::<K::Config>(&self.spec["connectionSpecification"], config).map(|_| ())
+    }
+    fn stream(&self, config: &Value) -> Result<String, ConnectorError> {
+        Ok(K::stream(&parse::<K::Config>(&self.spec, config)?).to_owned())
+    }
+    async fn check(&self, config: &Value) -> Result<(), ConnectorError> {
+        K::check(&parse::<K::Config>(&self.spec, config)?).await
+    }
+    async fn run(&self, ctx: RunContext) -> Result<Done, ConnectorError> {
+        let config = parse::<K::Config>(&self.spec, &ctx.config)?;
+        pipeline::run_sink::<K>(ctx, config).await
+    }
+}
+
+/// Connector types by (kind, name).
+#[derive(Default, Clone)]
+pub struct Registry {
+    types: BTreeMap<(Kind, String), Arc<dyn ConnectorType>>,
+}
+
+impl Registry {
+    pub fn source<S: Source>(&mut self, name: &str) -> &mut Self {
+        let t = SourceType::<S> {
+            spec: spec::specification::<S::Config>(name),
+            _s: PhantomData,
+        };
+        self.types.insert((Kind::Source, name.to_owned()), Arc::new(t));
+        self
+    }
+
+    pub fn sink<K: Sink>(&mut self, name: &str) -> &mut Self {
+        let t = SinkType::<K> {
+            spec: spec::specification::<K::Config>(name),
+            _k: PhantomData,
+        };
+        self.types.insert((Kind::Sink, name.to_owned()), Arc::new(t));
+        self
+    }
+
+    pub fn get(&self, kind: Kind, name: &str) -> Option<Arc<dyn ConnectorType>> {
+        self.types.get(&(kind, name.to_owned())).cloned()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Kind, &str, &Arc<dyn ConnectorType>)> {
+        self.types.iter().map(|((k, n), t)| (*k, n.as_str(), t))
+    }
+}
+
+/// Every connector type this build ships, one line each.
+pub fn builtin() -> Registry {
+    let mut r = Registry::default();
+    r.source::<crate::builtin::generator::GeneratorSource>("generator");
+    r.sink::<crate::builtin::blackhole::BlackholeSink>("blackhole");
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// `specs/<kind>-<name>.json` must equal what the Rust config types derive. Run with
+    /// `UPDATE_SPECS=1` to rewrite them after changing a config type.
+    #[test]
+    fn specs_in_the_repo_match_the_config_types() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs");
+        for (kind, name, t) in builtin().iter() {
+            let path = dir.join(format!("{}-{name}.json", kind.as_str().to_lowercase()));
+            let want = serde_json::to_string_pretty(t.spec()).unwrap() + "\n";
+            if std::env::var_os("UPDATE_SPECS").is_some() {
+                std::fs::write(&path, &want).unwrap();
+                continue;
+            }
+            let have = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+                panic!(
+                    "{} is missing: run UPDATE_SPECS=1 cargo test -p hstream-runtime",
+                    path.display()
+                )
+            });
+            assert_eq!(
+                have,
+                want,
+                "{} drifted from the config type: run UPDATE_SPECS=1 cargo test -p hstream-runtime",
+                path.display()
+            );
+        }
+    }
+
+    fn errors(kind: Kind, name: &str, config: serde_json::Value) -> Vec<String> {
+        let t = builtin().get(kind, name).unwrap();
+        t.validate(&config)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn invalid_configs_name_the_field() {
+        let e = errors(Kind::Source, "generator", json!({"rate": 5}));
+        assert!(
+            e.iter().any(|m| m.contains("\"stream\" is a required property")),
+            "{e:?}"
+        );
+        let e = errors(Kind::Source, "generator", json!({"stream": "s", "rate": "fast"}));
+        assert!(e.iter().any(|m| m.starts_with("rate: ")), "{e:?}");
+        let e = errors(Kind::Source, "generator", json!({"stream": "s", "bogus": 1}));
+        assert!(e.iter().any(|m| m.contains("bogus")), "{e:?}");
+        let e = errors(Kind::Source, "generator", json!({"stream": "s", "keys": 0}));
+        assert!(e.iter().any(|m| m.starts_with("keys: ")), "{e:?}");
+        let e = errors(Kind::Sink, "blackhole", json!({}));
+        assert!(e.iter().any(|m| m.contains("stream")), "{e:?}");
+        assert!(
+            builtin()
+                .get(Kind::Source, "generator")
+                .unwrap()
+                .validate(&json!({"stream": "s"}))
+                .is_ok()
+        );
+    }
+
+    #[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct WithSecret {
+        user: String,
+        password: crate::Secret,
+    }
+
+    impl crate::ConnectorConfig for WithSecret {}
+
+    #[test]
+    fn secrets_stay_out_of_errors_and_debug() {
+        let schema = crate::spec::schema_of::<WithSecret>();
+        assert_eq!(schema["properties"]["password"]["airbyte_secret"], true);
+        // A wrong type would quote the value: the message must not.
+        let e = crate::spec::validate::<WithSecret>(&schema, &json!({"user": "u", "password": 123456789})).unwrap_err();
+        let text = e.iter().map(ToString::to_string).collect::<Vec<_>>().join(";");
+        assert!(text.starts_with("password: ") && !text.contains("123456789"), "{text}");
+        let ok = crate::spec::validate::<WithSecret>(&schema, &json!({"user": "u", "password": "hunter2"})).unwrap();
+        assert!(!format!("{:?}", ok.password).contains("hunter2"));
+        let shown = crate::secret::redact(&schema, &json!({"user": "u", "password": "hunter2"}));
+        assert!(!shown.to_string().contains("hunter2"));
+    }
+}

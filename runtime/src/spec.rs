@@ -1,0 +1,100 @@
+//! Connector specs in Airbyte `ConnectorSpecification` form, derived from the Rust config types,
+//! and validation of user configs against them. Errors name the field path.
+
+use schemars::JsonSchema;
+use serde_json::{Value, json};
+
+use crate::connector::ConnectorConfig;
+use crate::error::ConnectorError;
+
+/// One problem with a config, at a JSON path such as `rate` or `shape.bytes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// The JSON Schema of a config type.
+pub fn schema_of<C: JsonSchema>() -> Value {
+    let settings = schemars::generate::SchemaSettings::draft2020_12();
+    let schema = settings.into_generator().into_root_schema_for::<C>();
+    serde_json::to_value(schema).expect("schema serializes")
+}
+
+/// The Airbyte `ConnectorSpecification` of a connector type.
+pub fn specification<C: JsonSchema>(name: &str) -> Value {
+    json!({
+        "documentationUrl": format!("https://github.com/hstream-rs/hstream-rs/tree/main/specs#{name}"),
+        "connectionSpecification": schema_of::<C>(),
+    })
+}
+
+fn pointer_to_path(pointer: &str) -> String {
+    pointer.trim_start_matches('/').replace('/', ".")
+}
+
+/// Whether the schema marks the value at a JSON pointer `airbyte_secret`.
+fn is_secret(schema: &Value, pointer: &str) -> bool {
+    let mut node = schema;
+    for part in pointer.split('/').filter(|p| !p.is_empty()) {
+        match node.get("properties").and_then(|p| p.get(part)) {
+            Some(next) => node = next,
+            None => return false,
+        }
+    }
+    node.get("airbyte_secret").and_then(Value::as_bool) == Some(true)
+}
+
+/// Checks `config` against the schema, then parses it and runs the type's own checks.
+pub fn validate<C: ConnectorConfig>(schema: &Value, config: &Value) -> Result<C, Vec<FieldError>> {
+    let validator = jsonschema::validator_for(schema).map_err(|e| {
+        vec![FieldError {
+            path: String::new(),
+            message: format!("connector schema is invalid: {e}"),
+        }]
+    })?;
+    let errors: Vec<FieldError> = validator
+        .iter_errors(config)
+        .map(|e| {
+            let pointer = e.instance_path().to_string();
+            // Messages quote the offending value: never for a secret.
+            let message = if is_secret(schema, &pointer) {
+                "invalid value (secret, not shown)".to_owned()
+            } else {
+                e.to_string()
+            };
+            FieldError {
+                path: pointer_to_path(&pointer),
+                message,
+            }
+        })
+        .collect();
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    // The schema already refused wrong types, so serde's message (which may quote a value) is
+    // not shown as is.
+    let parsed: C = serde_json::from_value(config.clone()).map_err(|_| {
+        vec![FieldError {
+            path: String::new(),
+            message: "config does not match its type".into(),
+        }]
+    })?;
+    parsed.validate().map_err(|e: ConnectorError| {
+        vec![FieldError {
+            path: String::new(),
+            message: e.message,
+        }]
+    })?;
+    Ok(parsed)
+}

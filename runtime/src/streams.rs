@@ -1,0 +1,51 @@
+//! How the runtime reaches streams and checkpoints: two small traits, implemented in-process by
+//! the server (the default) and implementable over gRPC for a standalone runtime.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::connector::{Record, SinkRecord};
+use crate::error::ConnectorError;
+
+/// A chunk read from one shard: its records and the LSN to read next.
+#[derive(Debug, Clone, Default)]
+pub struct ReadChunk {
+    pub records: Vec<SinkRecord>,
+    pub next_lsn: u64,
+}
+
+#[async_trait]
+pub trait Streams: Send + Sync {
+    /// Creates the stream (one shard) unless it exists.
+    async fn ensure_stream(&self, name: &str) -> Result<(), ConnectorError>;
+
+    async fn stream_exists(&self, name: &str) -> Result<bool, ConnectorError>;
+
+    /// Appends records, each to the shard its key maps to; returns once all are durable.
+    async fn append(&self, stream: &str, records: Vec<Record>) -> Result<(), ConnectorError>;
+
+    /// Shard ids of a stream.
+    async fn shards(&self, stream: &str) -> Result<Vec<u64>, ConnectorError>;
+
+    /// The first LSN still readable in a shard, and the next one to be appended.
+    async fn bounds(&self, stream: &str, shard: u64) -> Result<(u64, u64), ConnectorError>;
+
+    /// Reads up to `max_batches` stored batches of a shard from `from_lsn`, waiting up to `wait`
+    /// when none is there yet.
+    async fn read(
+        &self,
+        stream: &str,
+        shard: u64,
+        from_lsn: u64,
+        max_batches: usize,
+        wait: Duration,
+    ) -> Result<ReadChunk, ConnectorError>;
+}
+
+/// Durable storage of task checkpoints (the MetaStore, in the server).
+#[async_trait]
+pub trait Checkpoints: Send + Sync {
+    async fn load(&self, task: &str) -> Result<Option<(u32, Vec<u8>)>, ConnectorError>;
+    async fn store(&self, task: &str, version: u32, data: Vec<u8>) -> Result<(), ConnectorError>;
+}

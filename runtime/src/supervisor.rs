@@ -1,0 +1,285 @@
+//! One supervisor per task: runs attempts of the connector, restarts retryable failures with
+//! exponential backoff, parks on fatal ones (FAILED, with the reason), and obeys pause, resume
+//! and delete. Its state is published on a `watch` channel.
+//!
+//! States follow HStream IO: NEW → RUNNING → (STOPPED on pause | FAILED | COMPLETED) and
+//! DELETED at the end. A task under restart backoff stays RUNNING with `last_error` set.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::connector::Done;
+use crate::error::ConnectorError;
+use crate::pipeline::{Progress, RunContext};
+use crate::registry::ConnectorType;
+use crate::streams::{Checkpoints, Streams};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    New,
+    Running,
+    Stopped,
+    Failed,
+    Completed,
+    Deleted,
+}
+
+impl State {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            State::New => "NEW",
+            State::Running => "RUNNING",
+            State::Stopped => "STOPPED",
+            State::Failed => "FAILED",
+            State::Completed => "COMPLETED",
+            State::Deleted => "DELETED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        Some(match s {
+            "NEW" => State::New,
+            "RUNNING" => State::Running,
+            "STOPPED" | "PAUSED" => State::Stopped,
+            "FAILED" => State::Failed,
+            "COMPLETED" => State::Completed,
+            "DELETED" => State::Deleted,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub state: State,
+    /// Why the last attempt failed (kept while retrying and in FAILED).
+    pub last_error: Option<String>,
+    pub restarts: u32,
+}
+
+/// The restart policy, a pure function of the error and the attempt number: `None` means do not
+/// retry; otherwise wait this long first.
+pub fn backoff(error: &ConnectorError, attempt: u32, base: Duration, max: Duration) -> Option<Duration> {
+    if !error.retryable() {
+        return None;
+    }
+    let factor = 1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX);
+    Some(base.saturating_mul(factor).min(max))
+}
+
+#[derive(Debug)]
+pub enum Control {
+    Pause,
+    Resume,
+    /// Replace the config and restart the current attempt.
+    Alter(Value),
+    Delete,
+}
+
+pub struct TaskSpec {
+    pub name: String,
+    pub connector: Arc<dyn ConnectorType>,
+    pub config: Value,
+    pub streams: Arc<dyn Streams>,
+    pub checkpoints: Arc<dyn Checkpoints>,
+    /// The state the task had (after a server restart): NEW and RUNNING run, STOPPED stays
+    /// paused, FAILED and COMPLETED stay parked until resumed or altered.
+    pub initial: State,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+/// The handle of a running supervisor.
+#[derive(Clone)]
+pub struct TaskHandle {
+    pub control: mpsc::Sender<Control>,
+    pub status: watch::Receiver<Status>,
+    pub progress: Arc<Progress>,
+}
+
+/// Starts a supervisor on `tasks`; it ends when the task is deleted or `shutdown` fires (after
+/// the running attempt stopped gracefully).
+pub fn spawn(spec: TaskSpec, tasks: &tokio_util::task::TaskTracker, shutdown: CancellationToken) -> TaskHandle {
+    let (control, rx) = mpsc::channel(16);
+    let state = match spec.initial {
+        State::Running | State::Deleted => State::New,
+        s => s,
+    };
+    let initial = Status {
+        state,
+        last_error: None,
+        restarts: 0,
+    };
+    let (status_tx, status) = watch::channel(initial);
+    let progress = Arc::new(Progress::default());
+    tasks.spawn(supervise(spec, rx, status_tx, progress.clone(), shutdown));
+    TaskHandle {
+        control,
+        status,
+        progress,
+    }
+}
+
+enum Outcome {
+    Ended(Result<Done, ConnectorError>),
+    Control(Option<Control>),
+    Shutdown,
+}
+
+async fn supervise(
+    mut spec: TaskSpec,
+    mut control: mpsc::Receiver<Control>,
+    status: watch::Sender<Status>,
+    progress: Arc<Progress>,
+    shutdown: CancellationToken,
+) {
+    let set = |state: State, err: Option<String>, restarts: u32| {
+        status.send_replace(Status {
+            state,
+            last_error: err,
+            restarts,
+        });
+    };
+    let mut restarts = 0u32;
+    let mut paused = spec.initial == State::Stopped;
+    // FAILED or COMPLETED: waiting for resume, alter or delete.
+    let mut parked = matches!(spec.initial, State::Failed | State::Completed);
+    loop {
+        if paused || parked {
+            let cmd = tokio::select! {
+                c = control.recv() => c,
+                _ = shutdown.cancelled() => return,
+            };
+            match cmd {
+                Some(Control::Resume) => {
+                    paused = false;
+                    parked = false;
+                    restarts = 0;
+                }
+                Some(Control::Alter(config)) => {
+                    spec.config = config;
+                    parked = false;
+                    restarts = 0;
+                }
+                Some(Control::Pause) => {
+                    if !parked {
+                        set(State::Stopped, None, restarts);
+                    }
+                }
+                Some(Control::Delete) | None => {
+                    set(State::Deleted, None, restarts);
+                    return;
+                }
+            }
+            if paused || parked {
+                continue;
+            }
+        }
+        let prev_error = status.borrow().last_error.clone();
+        set(State::Running, prev_error, restarts);
+        let cancel = CancellationToken::new();
+        let ctx = RunContext {
+            task: spec.name.clone(),
+            config: spec.config.clone(),
+            streams: spec.streams.clone(),
+            checkpoints: spec.checkpoints.clone(),
+            cancel: cancel.clone(),
+            progress: progress.clone(),
+        };
+        let connector = spec.connector.clone();
+        let mut attempt = Box::pin(async move { connector.run(ctx).await });
+        // Drive the attempt until it ends or a command/shutdown interrupts it; an interruption
+        // cancels the attempt and lets it stop gracefully (flush and checkpoint).
+        let outcome = tokio::select! {
+            r = &mut attempt => Outcome::Ended(r),
+            c = control.recv() => Outcome::Control(c),
+            _ = shutdown.cancelled() => Outcome::Shutdown,
+        };
+        let outcome = match outcome {
+            Outcome::Ended(r) => Outcome::Ended(r),
+            other => {
+                cancel.cancel();
+                let r = attempt.await;
+                if let Err(e) = &r {
+                    tracing::warn!(task = %spec.name, error = %e, "task did not stop cleanly");
+                }
+                other
+            }
+        };
+        match outcome {
+            Outcome::Shutdown => return,
+            Outcome::Control(Some(Control::Pause)) => {
+                paused = true;
+                set(State::Stopped, None, restarts);
+            }
+            Outcome::Control(Some(Control::Resume)) => {}
+            Outcome::Control(Some(Control::Alter(config))) => {
+                spec.config = config;
+                restarts = 0;
+            }
+            Outcome::Control(Some(Control::Delete) | None) => {
+                set(State::Deleted, None, restarts);
+                return;
+            }
+            Outcome::Ended(Ok(Done::Completed)) => {
+                parked = true;
+                set(State::Completed, None, restarts);
+            }
+            Outcome::Ended(Ok(Done::Cancelled)) => {
+                // The connector stopped on its own without finishing: run it again.
+                restarts += 1;
+            }
+            Outcome::Ended(Err(e)) => {
+                tracing::warn!(task = %spec.name, error = %e, restarts, "task attempt failed");
+                match backoff(&e, restarts, spec.backoff_base, spec.backoff_max) {
+                    None => {
+                        parked = true;
+                        set(State::Failed, Some(e.to_string()), restarts);
+                    }
+                    Some(wait) => {
+                        restarts += 1;
+                        set(State::Running, Some(e.to_string()), restarts);
+                        // Commands still work while waiting to retry.
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            c = control.recv() => match c {
+                                Some(Control::Pause) => {
+                                    paused = true;
+                                    set(State::Stopped, Some(e.to_string()), restarts);
+                                }
+                                Some(Control::Alter(config)) => spec.config = config,
+                                Some(Control::Resume) => {}
+                                Some(Control::Delete) | None => {
+                                    set(State::Deleted, None, restarts);
+                                    return;
+                                }
+                            },
+                            _ = shutdown.cancelled() => return,
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_policy_is_a_function_of_the_error() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(10);
+        let ext = ConnectorError::external("db down");
+        assert_eq!(backoff(&ext, 0, base, max), Some(Duration::from_millis(100)));
+        assert_eq!(backoff(&ext, 3, base, max), Some(Duration::from_millis(800)));
+        assert_eq!(backoff(&ext, 30, base, max), Some(max));
+        assert_eq!(backoff(&ConnectorError::config("bad port"), 0, base, max), None);
+        assert_eq!(backoff(&ConnectorError::internal("bug"), 0, base, max), None);
+    }
+}

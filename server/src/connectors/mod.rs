@@ -1,0 +1,168 @@
+//! Connector tasks hosted in the server process: the table of supervisors, their persisted status,
+//! and a bounded log of each task's lifecycle events (GetConnectorLogs).
+//!
+//! Guarantees: a connector exists in the MetaStore before its task starts; status changes are
+//! written back as they happen; a restarted server resumes each task in the state it had
+//! (RUNNING tasks restart from their checkpoints, STOPPED ones stay paused, FAILED ones stay
+//! failed until resumed or altered).
+
+mod streams;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use hstream_runtime::registry::Kind;
+use hstream_runtime::supervisor::{self, Control, State, Status, TaskHandle, TaskSpec};
+use hstream_runtime::{ConnectorType, Registry};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::meta::{ConnectorMeta, MetaStore};
+use crate::service::ServerCtx;
+pub use streams::{LocalStreams, MetaCheckpoints};
+
+/// Lines of lifecycle log kept per task.
+const LOG_LINES: usize = 1000;
+
+pub struct Task {
+    pub handle: TaskHandle,
+    pub connector: Arc<dyn ConnectorType>,
+    pub log: Arc<Mutex<VecDeque<String>>>,
+}
+
+pub struct Connectors {
+    pub registry: Registry,
+    tasks: Mutex<HashMap<String, Arc<Task>>>,
+    streams: Arc<LocalStreams>,
+    checkpoints: Arc<MetaCheckpoints>,
+    meta: Arc<dyn MetaStore>,
+    /// Restart backoff of failed attempts: first wait, and the cap.
+    pub backoff: (Duration, Duration),
+}
+
+impl Connectors {
+    pub fn new(
+        registry: Registry,
+        ctx: Weak<ServerCtx>,
+        meta: Arc<dyn MetaStore>,
+        backoff: (Duration, Duration),
+    ) -> Self {
+        Connectors {
+            registry,
+            tasks: Mutex::new(HashMap::new()),
+            streams: Arc::new(LocalStreams { ctx }),
+            checkpoints: Arc::new(MetaCheckpoints { meta: meta.clone() }),
+            meta,
+            backoff,
+        }
+    }
+
+    pub fn connector_type(&self, kind: &str, target: &str) -> Option<Arc<dyn ConnectorType>> {
+        self.registry.get(Kind::parse(kind)?, target)
+    }
+
+    pub fn task(&self, name: &str) -> Option<Arc<Task>> {
+        self.tasks.lock().expect("lock").get(name).cloned()
+    }
+
+    pub fn remove(&self, name: &str) {
+        self.tasks.lock().expect("lock").remove(name);
+    }
+
+    /// Starts the supervisor of a connector stored in the MetaStore, in the state it had.
+    pub fn start(
+        &self,
+        meta: &ConnectorMeta,
+        config: serde_json::Value,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Arc<Task> {
+        let connector = self
+            .connector_type(&meta.kind, &meta.target)
+            .expect("validated connector type");
+        let initial = State::parse(&meta.status).unwrap_or(State::New);
+        let handle = supervisor::spawn(
+            TaskSpec {
+                name: meta.name.clone(),
+                connector: connector.clone(),
+                config,
+                streams: self.streams.clone(),
+                checkpoints: self.checkpoints.clone(),
+                initial,
+                backoff_base: self.backoff.0,
+                backoff_max: self.backoff.1,
+            },
+            tasks,
+            shutdown.clone(),
+        );
+        let log = Arc::new(Mutex::new(VecDeque::new()));
+        let task = Arc::new(Task {
+            handle: handle.clone(),
+            connector,
+            log: log.clone(),
+        });
+        self.tasks.lock().expect("lock").insert(meta.name.clone(), task.clone());
+        tasks.spawn(persist_status(meta.clone(), handle, log, self.meta.clone()));
+        task
+    }
+
+    pub async fn control(&self, name: &str, c: Control) -> bool {
+        match self.task(name) {
+            Some(t) => t.handle.control.send(c).await.is_ok(),
+            None => false,
+        }
+    }
+}
+
+fn push_log(log: &Mutex<VecDeque<String>>, line: String) {
+    let mut log = log.lock().expect("lock");
+    if log.len() == LOG_LINES {
+        log.pop_front();
+    }
+    log.push_back(line);
+}
+
+/// Follows a task's status: writes each change to the MetaStore and the task's log.
+async fn persist_status(
+    mut meta: ConnectorMeta,
+    handle: TaskHandle,
+    log: Arc<Mutex<VecDeque<String>>>,
+    store: Arc<dyn MetaStore>,
+) {
+    let mut rx = handle.status.clone();
+    let mut last: Option<Status> = None;
+    loop {
+        let status = rx.borrow_and_update().clone();
+        if last.as_ref() != Some(&status) {
+            let now = humantime_now();
+            let line = match &status.last_error {
+                Some(e) if status.state == State::Running => {
+                    format!(
+                        "{now} {} (restart {} after error: {e})",
+                        status.state.as_str(),
+                        status.restarts
+                    )
+                }
+                Some(e) => format!("{now} {}: {e}", status.state.as_str()),
+                None => format!("{now} {}", status.state.as_str()),
+            };
+            push_log(&log, line);
+            if status.state != State::Deleted && meta.status != status.state.as_str() {
+                meta.status = status.state.as_str().to_owned();
+                if let Err(e) = store.set_connector_status(&meta.name, &meta.status).await {
+                    tracing::warn!(connector = %meta.name, error = %e, "could not persist connector status");
+                }
+            }
+            last = Some(status.clone());
+        }
+        if status.state == State::Deleted || rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn humantime_now() -> String {
+    let ms = crate::service::read::now_ms();
+    format!("{}.{:03}", ms / 1000, ms % 1000)
+}

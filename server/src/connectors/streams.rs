@@ -1,0 +1,225 @@
+//! The runtime's view of streams and checkpoints, served in-process from the log store, the
+//! catalog and the MetaStore.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hstream_proto as pb;
+use hstream_runtime::{Checkpoints, ConnectorError, PayloadFlag, ReadChunk, Record, SinkRecord, Streams};
+use prost::Message;
+
+use crate::error::ApiError;
+use crate::keyspace;
+use crate::meta::{Checkpoint, MetaStore, connector_checkpoint};
+use crate::service::ServerCtx;
+
+/// Appends are split so that each stored batch stays well under `max-record-size`.
+const BATCH_BUDGET_DIVISOR: usize = 2;
+
+fn external(e: impl std::fmt::Display) -> ConnectorError {
+    ConnectorError::external(e.to_string())
+}
+
+pub struct LocalStreams {
+    pub ctx: Weak<ServerCtx>,
+}
+
+impl LocalStreams {
+    fn ctx(&self) -> Result<Arc<ServerCtx>, ConnectorError> {
+        self.ctx
+            .upgrade()
+            .ok_or_else(|| ConnectorError::external("the server is shutting down"))
+    }
+}
+
+fn flag(f: PayloadFlag) -> i32 {
+    match f {
+        PayloadFlag::Json => pb::h_stream_record_header::Flag::Json as i32,
+        PayloadFlag::Raw => pb::h_stream_record_header::Flag::Raw as i32,
+    }
+}
+
+#[async_trait]
+impl Streams for LocalStreams {
+    async fn ensure_stream(&self, name: &str) -> Result<(), ConnectorError> {
+        let ctx = self.ctx()?;
+        if ctx.catalog.stream(name).is_ok() {
+            return Ok(());
+        }
+        let req = pb::Stream {
+            stream_name: name.to_owned(),
+            replication_factor: 1,
+            backlog_duration: 0,
+            shard_count: 1,
+            creation_time: None,
+        };
+        match ctx.create_stream(req).await {
+            Ok(_) | Err(ApiError::StreamExists(_)) => Ok(()),
+            Err(e @ ApiError::InvalidName { .. }) => Err(ConnectorError::config(format!("stream: {e}"))),
+            Err(e) => Err(external(e)),
+        }
+    }
+
+    async fn stream_exists(&self, name: &str) -> Result<bool, ConnectorError> {
+        Ok(self.ctx()?.catalog.stream(name).is_ok())
+    }
+
+    async fn append(&self, stream: &str, records: Vec<Record>) -> Result<(), ConnectorError> {
+        let ctx = self.ctx()?;
+        let entry = ctx.catalog.stream(stream).map_err(external)?;
+        // Group by shard, keeping the order of each key.
+        let mut per_shard: Vec<Vec<pb::HStreamRecord>> = vec![Vec::new(); entry.shards.len()];
+        for r in records {
+            let h = keyspace::key_hash(&r.key);
+            let i = entry
+                .shards
+                .iter()
+                .position(|s| s.meta.start_key <= h && h <= s.meta.end_key)
+                .unwrap_or(0);
+            per_shard[i].push(pb::HStreamRecord {
+                header: Some(pb::HStreamRecordHeader {
+                    flag: flag(r.flag),
+                    attributes: Default::default(),
+                    key: r.key,
+                }),
+                payload: r.payload,
+            });
+        }
+        let budget = ctx.max_record_size / BATCH_BUDGET_DIVISOR;
+        let mut appends = Vec::new();
+        for (shard, recs) in entry.shards.iter().zip(per_shard) {
+            let mut chunk = Vec::new();
+            let mut size = 0usize;
+            for rec in recs {
+                let len = rec.encoded_len() + 8;
+                if !chunk.is_empty() && size + len > budget {
+                    appends.push((shard.log.clone(), std::mem::take(&mut chunk)));
+                    size = 0;
+                }
+                size += len;
+                chunk.push(rec);
+            }
+            if !chunk.is_empty() {
+                appends.push((shard.log.clone(), chunk));
+            }
+        }
+        // Shards in parallel; batches of one shard in order (each waits for the previous).
+        let mut by_shard: Vec<Vec<_>> = Vec::new();
+        for (log, recs) in appends {
+            match by_shard
+                .iter_mut()
+                .find(|v: &&mut Vec<(Arc<crate::store::ShardLog>, _)>| Arc::ptr_eq(&v[0].0, &log))
+            {
+                Some(v) => v.push((log, recs)),
+                None => by_shard.push(vec![(log, recs)]),
+            }
+        }
+        let store = ctx.store.clone();
+        let results = futures::future::join_all(by_shard.into_iter().map(|batches| {
+            let store = store.clone();
+            async move {
+                for (log, recs) in batches {
+                    let n = recs.len() as u32;
+                    let payload = pb::BatchHStreamRecords { records: recs }.encode_to_vec();
+                    store
+                        .append(&log, payload.into(), n, pb::CompressionType::None as u8)
+                        .await?;
+                }
+                Ok::<(), crate::store::StoreError>(())
+            }
+        }))
+        .await;
+        results.into_iter().collect::<Result<(), _>>().map_err(external)
+    }
+
+    async fn shards(&self, stream: &str) -> Result<Vec<u64>, ConnectorError> {
+        let entry = self.ctx()?.catalog.stream(stream).map_err(external)?;
+        Ok(entry.shards.iter().map(|s| s.meta.id).collect())
+    }
+
+    async fn bounds(&self, stream: &str, shard: u64) -> Result<(u64, u64), ConnectorError> {
+        let s = self.ctx()?.catalog.shard_of(stream, shard).map_err(external)?;
+        Ok((s.log.start_lsn(), s.log.visible_lsn() + 1))
+    }
+
+    async fn read(
+        &self,
+        stream: &str,
+        shard: u64,
+        from_lsn: u64,
+        max_batches: usize,
+        wait: Duration,
+    ) -> Result<ReadChunk, ConnectorError> {
+        let s = self.ctx()?.catalog.shard_of(stream, shard).map_err(external)?;
+        let mut rx = s.log.subscribe();
+        let read = |log: Arc<crate::store::ShardLog>| async move {
+            tokio::task::spawn_blocking(move || log.read(from_lsn, max_batches, 4 << 20))
+                .await
+                .map_err(external)?
+                .map_err(external)
+        };
+        rx.borrow_and_update();
+        let mut batches = read(s.log.clone()).await?;
+        if batches.is_empty() && !wait.is_zero() && tokio::time::timeout(wait, rx.changed()).await.is_ok() {
+            batches = read(s.log.clone()).await?;
+        }
+        let mut chunk = ReadChunk {
+            records: Vec::new(),
+            next_lsn: from_lsn.max(s.log.start_lsn()),
+        };
+        for b in batches {
+            let lsn = b.lsn;
+            let batch = pb::BatchedRecord {
+                compression_type: b.compression as i32,
+                publish_time: None,
+                batch_size: b.batch_size,
+                payload: b.payload,
+            };
+            let decoded = crate::batch::decode_records(&batch, usize::MAX).map_err(external)?;
+            for (i, r) in decoded.records.into_iter().enumerate() {
+                let header = r.header.unwrap_or_default();
+                let flag = if header.flag == pb::h_stream_record_header::Flag::Json as i32 {
+                    PayloadFlag::Json
+                } else {
+                    PayloadFlag::Raw
+                };
+                chunk.records.push(SinkRecord {
+                    shard_id: shard,
+                    lsn,
+                    index: i as u32,
+                    key: header.key,
+                    flag,
+                    payload: r.payload,
+                });
+            }
+            chunk.next_lsn = lsn + 1;
+        }
+        Ok(chunk)
+    }
+}
+
+pub struct MetaCheckpoints {
+    pub meta: Arc<dyn MetaStore>,
+}
+
+#[async_trait]
+impl Checkpoints for MetaCheckpoints {
+    async fn load(&self, task: &str) -> Result<Option<(u32, Vec<u8>)>, ConnectorError> {
+        let cp = self
+            .meta
+            .get_checkpoint(&connector_checkpoint(task))
+            .await
+            .map_err(external)?;
+        Ok(cp.map(|c| (c.version, c.data)))
+    }
+
+    async fn store(&self, task: &str, version: u32, data: Vec<u8>) -> Result<(), ConnectorError> {
+        let cp = Checkpoint {
+            owner: connector_checkpoint(task),
+            version,
+            data,
+        };
+        self.meta.put_checkpoint(&cp).await.map_err(external)
+    }
+}
