@@ -438,3 +438,10 @@ impl TestConsumer {
             .expect("task")
     }
 }
+
+/// The human message inside the JSON error object of a status.
+pub fn error_message(status: &tonic::Status) -> String {
+    let v: serde_json::Value = serde_json::from_str(status.message())
+        .unwrap_or_else(|e| panic!("status message is not JSON ({e}): {}", status.message()));
+    v["message"].as_str().unwrap_or_default().to_owned()
+}

@@ -1,4 +1,5 @@
 //! End-to-end tests against real `hstream-server` processes (one test binary, to link once).
 
+mod connectors;
 mod streams;
 mod subscriptions;
