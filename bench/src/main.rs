@@ -2,6 +2,7 @@
 //! measured in the same run on the same disk. Run through `scripts/bench.sh [name]`.
 
 mod append;
+mod connectors;
 mod subscribe;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,8 @@ enum Bench {
     /// Append-to-delivery through one subscription: throughput beside ReadStream, and latency
     /// percentiles at a fixed rate.
     Subscribe(subscribe::Args),
+    /// generator -> stream -> blackhole at full speed: records/s and server CPU per record.
+    Connectors(connectors::Args),
     /// Every benchmark with its defaults.
     All,
 }
@@ -31,10 +34,13 @@ fn main() -> anyhow::Result<()> {
     match cli.bench.unwrap_or(Bench::All) {
         Bench::Append(args) => rt.block_on(append::run(args)),
         Bench::Subscribe(args) => rt.block_on(subscribe::run(args)),
+        Bench::Connectors(args) => rt.block_on(connectors::run(args)),
         Bench::All => rt.block_on(async {
             append::run(append::Args::default_args()).await?;
             println!();
-            subscribe::run(subscribe::Args::default_args()).await
+            subscribe::run(subscribe::Args::default_args()).await?;
+            println!();
+            connectors::run(connectors::Args::default_args()).await
         }),
     }
 }
