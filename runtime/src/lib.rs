@@ -14,6 +14,7 @@ pub mod connector;
 pub mod error;
 pub mod pipeline;
 pub mod registry;
+pub mod remote;
 pub mod secret;
 pub mod spec;
 pub mod streams;

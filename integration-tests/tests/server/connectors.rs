@@ -444,3 +444,63 @@ async fn invalid_connector_configs_are_refused() {
     let e = c.create_connector(bad(r#"{"stream": "s"}"#)).await.unwrap_err();
     assert_eq!((e.code(), error_code(&e)), (Code::AlreadyExists, 601));
 }
+
+/// The runtime runs standalone against a remote server over gRPC: a bounded generator completes,
+/// and a second run with the same checkpoint directory resumes at the end instead of redoing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_runtime_over_grpc_resumes_from_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let cp = dir.path().join("runtime-checkpoints");
+    let run = |count: u64| {
+        let cfg = serde_json::json!({"stream": "remote", "count": count, "keys": 3, "batchSize": 250}).to_string();
+        let (endpoint, cp) = (server.endpoint(), cp.clone());
+        async move {
+            tokio::process::Command::new(workspace_bin("hstream-runtime"))
+                .args([
+                    "--server",
+                    &endpoint,
+                    "--name",
+                    "g",
+                    "--type",
+                    "source",
+                    "--target",
+                    "generator",
+                ])
+                .arg("--checkpoints")
+                .arg(&cp)
+                .args(["--config", &cfg])
+                .output()
+                .await
+                .expect("run hstream-runtime")
+        }
+    };
+    let out = run(5000).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut c = server.client().await;
+    assert_eq!(generated(&mut c, "remote").await.len(), 5000);
+    // Same task, larger count: it continues from its checkpoint, so nothing repeats.
+    let out = run(6000).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ns: Vec<u64> = generated(&mut c, "remote").await.iter().map(|r| r.2).collect();
+    assert_eq!(ns, (0..6000).collect::<Vec<_>>());
+    let bad = tokio::process::Command::new(workspace_bin("hstream-runtime"))
+        .args([
+            "--server",
+            &server.endpoint(),
+            "--name",
+            "b",
+            "--type",
+            "source",
+            "--target",
+            "generator",
+        ])
+        .arg("--checkpoints")
+        .arg(&cp)
+        .args(["--config", r#"{"stream": "x", "rate": "fast"}"#])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("rate: "));
+}
