@@ -26,10 +26,13 @@ fn external(e: impl std::fmt::Display) -> ConnectorError {
 /// Records per Append request.
 const APPEND_BATCH: usize = 1000;
 
+/// A shard and its inclusive hash-key range.
+type ShardRange = (u64, u128, u128);
+
 pub struct GrpcStreams {
     client: HStreamApiClient<Channel>,
-    /// (shard id, start key, end key) per stream.
-    shards: Mutex<HashMap<String, Vec<(u64, u128, u128)>>>,
+    /// Shard ranges per stream (from ListShards).
+    shards: Mutex<HashMap<String, Vec<ShardRange>>>,
 }
 
 impl GrpcStreams {
@@ -45,7 +48,7 @@ impl GrpcStreams {
         })
     }
 
-    async fn ranges(&self, stream: &str) -> Result<Vec<(u64, u128, u128)>, ConnectorError> {
+    async fn ranges(&self, stream: &str) -> Result<Vec<ShardRange>, ConnectorError> {
         if let Some(r) = self.shards.lock().await.get(stream) {
             return Ok(r.clone());
         }
