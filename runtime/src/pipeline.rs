@@ -102,16 +102,32 @@ pub async fn run_source<S: Source>(ctx: RunContext, config: S::Config) -> Result
         let mut pending: Option<S::Offset> = None;
         let mut saved_at = Instant::now();
         let result = async {
-            while let Some((records, offset)) = rx.recv().await {
-                let n = records.len() as u64;
-                let bytes = records.iter().map(|r| r.payload.len() as u64).sum();
-                if n > 0 {
-                    ctx.streams.append(&stream, records).await?;
-                    ctx.progress.moved(n, bytes);
+            loop {
+                // A quiet source still gets its last offset committed within CHECKPOINT_EVERY.
+                let next = if pending.is_some() {
+                    let due = tokio::time::sleep_until((saved_at + CHECKPOINT_EVERY).into());
+                    tokio::select! {
+                        m = rx.recv() => Some(m),
+                        _ = due => None,
+                    }
+                } else {
+                    Some(rx.recv().await)
+                };
+                match next {
+                    Some(None) => break,
+                    Some(Some((records, offset))) => {
+                        let n = records.len() as u64;
+                        let bytes = records.iter().map(|r| r.payload.len() as u64).sum();
+                        if n > 0 {
+                            ctx.streams.append(&stream, records).await?;
+                            ctx.progress.moved(n, bytes);
+                        }
+                        pending = Some(offset);
+                    }
+                    None => {}
                 }
-                pending = Some(offset);
-                if saved_at.elapsed() >= CHECKPOINT_EVERY {
-                    let p = pending.take().expect("just set");
+                if pending.is_some() && saved_at.elapsed() >= CHECKPOINT_EVERY {
+                    let p = pending.take().expect("checked");
                     save(&ctx, &p).await?;
                     let _ = committed_tx.send(Some(p));
                     saved_at = Instant::now();
@@ -120,13 +136,14 @@ pub async fn run_source<S: Source>(ctx: RunContext, config: S::Config) -> Result
             Ok::<(), ConnectorError>(())
         }
         .await;
+        if result.is_err() {
+            // Stop the source first: a failing save below must not leave it blocked in emit.
+            stop.cancel();
+        }
         // Whatever was appended durably is checkpointed, even when a later append failed.
         if let Some(p) = pending.take() {
             save(&ctx, &p).await?;
             let _ = committed_tx.send(Some(p));
-        }
-        if result.is_err() {
-            stop.cancel();
         }
         result
     };
@@ -144,9 +161,10 @@ pub async fn run_source<S: Source>(ctx: RunContext, config: S::Config) -> Result
     }
 }
 
-/// A sink's read position: the next LSN per shard.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// A sink's read position: the next LSN per shard of `stream`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SinkPosition {
+    pub stream: String,
     pub shards: BTreeMap<u64, u64>,
 }
 
@@ -161,16 +179,26 @@ pub async fn run_sink<K: Sink>(ctx: RunContext, config: K::Config) -> Result<Don
             "stream: stream {stream:?} does not exist"
         )));
     }
-    let mut position = load::<SinkPosition>(&ctx).await?.unwrap_or_default();
+    // A position is kept only for the stream it was taken on, and only for that stream's
+    // current shards, within what they hold now.
+    let stored = load::<SinkPosition>(&ctx)
+        .await?
+        .filter(|p| p.stream == stream)
+        .unwrap_or_default();
+    let mut position = SinkPosition {
+        stream: stream.clone(),
+        shards: BTreeMap::new(),
+    };
     for shard in ctx.streams.shards(&stream).await? {
-        if let std::collections::btree_map::Entry::Vacant(e) = position.shards.entry(shard) {
-            e.insert(ctx.streams.bounds(&stream, shard).await?.0);
-        }
+        let (start, end) = ctx.streams.bounds(&stream, shard).await?;
+        let at = stored.shards.get(&shard).copied().unwrap_or(start).clamp(start, end);
+        position.shards.insert(shard, at);
     }
     let mut sink = K::open(config).await?;
     let shards: Vec<u64> = position.shards.keys().copied().collect();
     // Positions of what was written; `durable` is what may be checkpointed.
     let mut written = position.clone();
+    let mut saved = position.clone();
     let mut durable = position;
     let mut unflushed = false;
     let mut saved_at = Instant::now();
@@ -221,7 +249,10 @@ pub async fn run_sink<K: Sink>(ctx: RunContext, config: K::Config) -> Result<Don
                 unflushed = false;
                 durable = written.clone();
             }
-            save(&ctx, &durable).await?;
+            if durable != saved {
+                save(&ctx, &durable).await?;
+                saved = durable.clone();
+            }
             saved_at = Instant::now();
         }
     }

@@ -1,12 +1,18 @@
 //! A configuration value that must never be shown: `Debug` and `Display` print a mask, and the
 //! JSON Schema marks it `airbyte_secret`, which is how responses know to redact it.
+//!
+//! Schema walking follows what schemars emits: `properties`, `$ref` into `$defs`, `items`, and
+//! `oneOf`/`anyOf`/`allOf` alternatives (a value is secret if any alternative says so).
 
 use std::borrow::Cow;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 pub const MASK: &str = "**********";
+/// Bound on `$ref` hops, against recursive schemas.
+const MAX_DEPTH: usize = 32;
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -49,28 +55,144 @@ impl JsonSchema for Secret {
     }
 }
 
-/// Replaces every value the connector's spec marks `airbyte_secret` in `config` by [`MASK`].
-pub fn redact(spec: &serde_json::Value, config: &serde_json::Value) -> serde_json::Value {
-    let mut out = config.clone();
-    redact_in(spec, &mut out);
+/// `node` with `$ref`s into the root's `$defs` resolved.
+fn resolve<'a>(root: &'a Value, mut node: &'a Value) -> &'a Value {
+    for _ in 0..MAX_DEPTH {
+        match node
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix("#/"))
+        {
+            Some(path) => match root.pointer(&format!("/{path}")) {
+                Some(next) => node = next,
+                None => return node,
+            },
+            None => return node,
+        }
+    }
+    node
+}
+
+/// The schema alternatives that describe a value at `node`: itself and its combinators.
+fn alternatives<'a>(root: &'a Value, node: &'a Value) -> Vec<&'a Value> {
+    let node = resolve(root, node);
+    let mut out = vec![node];
+    for key in ["oneOf", "anyOf", "allOf"] {
+        if let Some(list) = node.get(key).and_then(Value::as_array) {
+            out.extend(list.iter().map(|n| resolve(root, n)));
+        }
+    }
     out
 }
 
-fn redact_in(schema: &serde_json::Value, value: &mut serde_json::Value) {
-    if schema.get("airbyte_secret").and_then(|v| v.as_bool()) == Some(true) {
+fn marked(node: &Value) -> bool {
+    node.get("airbyte_secret").and_then(Value::as_bool) == Some(true)
+}
+
+/// Schemas for the child `key` (object property) or for array items.
+fn children<'a>(root: &'a Value, node: &'a Value, key: Option<&str>) -> Vec<&'a Value> {
+    alternatives(root, node)
+        .into_iter()
+        .filter_map(|alt| match key {
+            Some(k) => alt.get("properties").and_then(|p| p.get(k)),
+            None => alt.get("items"),
+        })
+        .collect()
+}
+
+fn is_marked(root: &Value, node: &Value) -> bool {
+    alternatives(root, node).into_iter().any(marked)
+}
+
+/// Replaces every value the schema marks `airbyte_secret` in `config` by [`MASK`].
+pub fn redact(schema: &Value, config: &Value) -> Value {
+    let mut out = config.clone();
+    redact_in(schema, &[schema], &mut out, 0);
+    out
+}
+
+fn redact_in(root: &Value, nodes: &[&Value], value: &mut Value, depth: usize) {
+    if depth > MAX_DEPTH || nodes.is_empty() {
+        return;
+    }
+    if nodes.iter().any(|n| is_marked(root, n)) {
         if !value.is_null() {
-            *value = serde_json::Value::String(MASK.into());
+            *value = Value::String(MASK.into());
         }
         return;
     }
-    if let (Some(props), Some(obj)) = (
-        schema.get("properties").and_then(|p| p.as_object()),
-        value.as_object_mut(),
-    ) {
-        for (k, v) in obj.iter_mut() {
-            if let Some(s) = props.get(k) {
-                redact_in(s, v);
+    match value {
+        Value::Object(obj) => {
+            for (k, v) in obj.iter_mut() {
+                let child: Vec<&Value> = nodes.iter().flat_map(|n| children(root, n, Some(k))).collect();
+                redact_in(root, &child, v, depth + 1);
             }
+        }
+        Value::Array(items) => {
+            let child: Vec<&Value> = nodes.iter().flat_map(|n| children(root, n, None)).collect();
+            for v in items {
+                redact_in(root, &child, v, depth + 1);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Whether the value at a JSON pointer, or anything below it, is marked secret: error messages
+/// about such a value must not quote it.
+pub fn touches_secret(schema: &Value, pointer: &str) -> bool {
+    let mut nodes = vec![schema];
+    for part in pointer.split('/').filter(|p| !p.is_empty()) {
+        if nodes.iter().any(|n| is_marked(schema, n)) {
+            return true;
+        }
+        let key = if part.parse::<usize>().is_ok() {
+            None
+        } else {
+            Some(part)
+        };
+        nodes = nodes.iter().flat_map(|n| children(schema, n, key)).collect();
+        if nodes.is_empty() {
+            return false;
+        }
+    }
+    nodes.iter().any(|n| contains_secret(schema, n, 0))
+}
+
+fn contains_secret(root: &Value, node: &Value, depth: usize) -> bool {
+    if depth > MAX_DEPTH {
+        return false;
+    }
+    alternatives(root, node).into_iter().any(|alt| {
+        marked(alt)
+            || alt
+                .get("properties")
+                .and_then(Value::as_object)
+                .is_some_and(|p| p.values().any(|c| contains_secret(root, c, depth + 1)))
+            || alt.get("items").is_some_and(|i| contains_secret(root, i, depth + 1))
+    })
+}
+
+/// For a config update: wherever `patch` holds [`MASK`] at a secret position, keep the stored
+/// value (clients send back what they were shown).
+pub fn unmask(schema: &Value, stored: &Value, patch: &mut Value) {
+    unmask_in(schema, &[schema], stored, patch, 0);
+}
+
+fn unmask_in(root: &Value, nodes: &[&Value], stored: &Value, patch: &mut Value, depth: usize) {
+    if depth > MAX_DEPTH || nodes.is_empty() {
+        return;
+    }
+    if nodes.iter().any(|n| is_marked(root, n)) {
+        if patch.as_str() == Some(MASK) {
+            *patch = stored.clone();
+        }
+        return;
+    }
+    if let (Value::Object(p), Some(s)) = (patch, stored.as_object()) {
+        for (k, v) in p.iter_mut() {
+            let child: Vec<&Value> = nodes.iter().flat_map(|n| children(root, n, Some(k))).collect();
+            unmask_in(root, &child, s.get(k).unwrap_or(&Value::Null), v, depth + 1);
         }
     }
 }
@@ -90,5 +212,44 @@ mod tests {
         let r = redact(&spec, &cfg);
         assert_eq!(r, json!({"password": MASK, "user": "u", "nested": {"token": MASK}}));
         assert!(!r.to_string().contains("hunter2"));
+    }
+
+    #[derive(Serialize, Deserialize, JsonSchema)]
+    struct Tls {
+        key: Secret,
+        ca: String,
+    }
+
+    #[derive(Serialize, Deserialize, JsonSchema)]
+    #[serde(tag = "mode")]
+    enum Auth {
+        None,
+        Basic { user: String, password: Secret },
+    }
+
+    #[derive(Serialize, Deserialize, JsonSchema)]
+    struct Deep {
+        tls: Option<Tls>,
+        auth: Auth,
+        tokens: Vec<Secret>,
+    }
+
+    #[test]
+    fn nested_refs_enums_and_arrays_are_redacted() {
+        let schema = crate::spec::schema_of::<Deep>();
+        let cfg = json!({"tls": {"key": "k3y", "ca": "ca.pem"}, "auth": {"mode": "Basic", "user": "u", "password": "pw"},
+                         "tokens": ["t1", "t2"]});
+        let r = redact(&schema, &cfg).to_string();
+        for leaked in ["k3y", "\"pw\"", "t1", "t2"] {
+            assert!(!r.contains(leaked), "{leaked} leaked in {r}");
+        }
+        assert!(r.contains("ca.pem") && r.contains("\"u\""), "non-secrets stay: {r}");
+        assert!(
+            touches_secret(&schema, "/tls") && touches_secret(&schema, "/tls/key") && touches_secret(&schema, "/auth")
+        );
+        assert!(!touches_secret(&schema, "/tls/ca"));
+        let mut patch = json!({"tls": {"key": MASK, "ca": "new.pem"}});
+        unmask(&schema, &cfg, &mut patch);
+        assert_eq!(patch, json!({"tls": {"key": "k3y", "ca": "new.pem"}}));
     }
 }

@@ -43,18 +43,6 @@ fn pointer_to_path(pointer: &str) -> String {
     pointer.trim_start_matches('/').replace('/', ".")
 }
 
-/// Whether the schema marks the value at a JSON pointer `airbyte_secret`.
-fn is_secret(schema: &Value, pointer: &str) -> bool {
-    let mut node = schema;
-    for part in pointer.split('/').filter(|p| !p.is_empty()) {
-        match node.get("properties").and_then(|p| p.get(part)) {
-            Some(next) => node = next,
-            None => return false,
-        }
-    }
-    node.get("airbyte_secret").and_then(Value::as_bool) == Some(true)
-}
-
 /// Checks `config` against the schema, then parses it and runs the type's own checks.
 pub fn validate<C: ConnectorConfig>(schema: &Value, config: &Value) -> Result<C, Vec<FieldError>> {
     let validator = jsonschema::validator_for(schema).map_err(|e| {
@@ -68,7 +56,7 @@ pub fn validate<C: ConnectorConfig>(schema: &Value, config: &Value) -> Result<C,
         .map(|e| {
             let pointer = e.instance_path().to_string();
             // Messages quote the offending value: never for a secret.
-            let message = if is_secret(schema, &pointer) {
+            let message = if crate::secret::touches_secret(schema, &pointer) {
                 "invalid value (secret, not shown)".to_owned()
             } else {
                 e.to_string()

@@ -103,6 +103,9 @@ pub struct TaskHandle {
 
 /// Starts a supervisor on `tasks`; it ends when the task is deleted or `shutdown` fires (after
 /// the running attempt stopped gracefully).
+/// An attempt that ran this long resets the restart count.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
 pub fn spawn(spec: TaskSpec, tasks: &tokio_util::task::TaskTracker, shutdown: CancellationToken) -> TaskHandle {
     let (control, rx) = mpsc::channel(16);
     let state = match spec.initial {
@@ -116,7 +119,14 @@ pub fn spawn(spec: TaskSpec, tasks: &tokio_util::task::TaskTracker, shutdown: Ca
     };
     let (status_tx, status) = watch::channel(initial);
     let progress = Arc::new(Progress::default());
-    tasks.spawn(supervise(spec, rx, status_tx, progress.clone(), shutdown));
+    tasks.spawn(supervise(
+        spec,
+        rx,
+        status_tx,
+        progress.clone(),
+        shutdown,
+        tasks.clone(),
+    ));
     TaskHandle {
         control,
         status,
@@ -136,6 +146,7 @@ async fn supervise(
     status: watch::Sender<Status>,
     progress: Arc<Progress>,
     shutdown: CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
 ) {
     let set = |state: State, err: Option<String>, restarts: u32| {
         status.send_replace(Status {
@@ -191,14 +202,32 @@ async fn supervise(
             progress: progress.clone(),
         };
         let connector = spec.connector.clone();
-        let mut attempt = Box::pin(async move { connector.run(ctx).await });
+        // The attempt runs as its own task, so a panic in a connector is an internal error of
+        // that attempt rather than the end of the supervisor.
+        let joined = tasks.spawn(async move { connector.run(ctx).await });
+        let mut attempt = Box::pin(async move {
+            joined
+                .await
+                .unwrap_or_else(|e| Err(ConnectorError::internal(format!("connector task panicked: {e}"))))
+        });
+        let started = tokio::time::Instant::now();
         // Drive the attempt until it ends or a command/shutdown interrupts it; an interruption
         // cancels the attempt and lets it stop gracefully (flush and checkpoint).
-        let outcome = tokio::select! {
-            r = &mut attempt => Outcome::Ended(r),
-            c = control.recv() => Outcome::Control(c),
-            _ = shutdown.cancelled() => Outcome::Shutdown,
+        let outcome = loop {
+            break tokio::select! {
+                r = &mut attempt => Outcome::Ended(r),
+                c = control.recv() => match c {
+                    // Already running: nothing to resume.
+                    Some(Control::Resume) => continue,
+                    other => Outcome::Control(other),
+                },
+                _ = shutdown.cancelled() => Outcome::Shutdown,
+            };
         };
+        if started.elapsed() >= HEALTHY_RUN {
+            // A long healthy stretch: the next failure starts the backoff afresh.
+            restarts = 0;
+        }
         let outcome = match outcome {
             Outcome::Ended(r) => Outcome::Ended(r),
             other => {

@@ -176,7 +176,10 @@ impl Streams for LocalStreams {
                 batch_size: b.batch_size,
                 payload: b.payload,
             };
-            let decoded = crate::batch::decode_records(&batch, usize::MAX).map_err(external)?;
+            // Stored batches were validated on append: one that does not decode is damage, which
+            // retrying cannot fix.
+            let decoded = crate::batch::decode_records(&batch, usize::MAX)
+                .map_err(|e| ConnectorError::internal(format!("shard {shard} lsn {lsn}: {e}")))?;
             for (i, r) in decoded.records.into_iter().enumerate() {
                 let header = r.header.unwrap_or_default();
                 let flag = if header.flag == pb::h_stream_record_header::Flag::Json as i32 {

@@ -297,6 +297,14 @@ async fn connectors_checkpoints_kv(store: &dyn MetaStore) {
         store.get_checkpoint(&connector_checkpoint("pg1")).await.unwrap(),
         Some(cp2)
     );
+    store.set_connector_config("pg1", r#"{"host":"y"}"#).await.unwrap();
+    let changed = store.get_connector("pg1").await.unwrap().unwrap();
+    assert_eq!(
+        (changed.config.as_str(), changed.status.as_str()),
+        (r#"{"host":"y"}"#, "PAUSED"),
+        "config alone changes"
+    );
+    store.set_connector_config("pg1", &c.config).await.unwrap();
     store.set_connector_status("pg1", "FAILED").await.unwrap();
     assert_eq!(store.get_connector("pg1").await.unwrap().unwrap().status, "FAILED");
     assert_eq!(

@@ -172,6 +172,8 @@ pub trait MetaStore: Send + Sync {
     async fn list_connectors(&self) -> MetaResult<Vec<ConnectorMeta>>;
     /// Replaces config and status of an existing connector.
     async fn update_connector(&self, c: &ConnectorMeta) -> MetaResult<()>;
+    /// Sets only the config (JSON text) of an existing connector.
+    async fn set_connector_config(&self, name: &str, config: &str) -> MetaResult<()>;
     /// Sets only the status of an existing connector.
     async fn set_connector_status(&self, name: &str, status: &str) -> MetaResult<()>;
     /// Removes a connector and the checkpoints and key-values it owns.

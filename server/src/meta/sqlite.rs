@@ -562,6 +562,22 @@ impl MetaStore for SqliteMetaStore {
         Ok(())
     }
 
+    async fn set_connector_config(&self, name: &str, config: &str) -> MetaResult<()> {
+        let res = sqlx::query("UPDATE connectors SET config = ? WHERE name = ?")
+            .bind(config)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        if res.rows_affected() == 0 {
+            return Err(MetaError::NotFound {
+                kind: "connector",
+                name: name.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     async fn set_connector_status(&self, name: &str, status: &str) -> MetaResult<()> {
         let res = sqlx::query("UPDATE connectors SET status = ? WHERE name = ?")
             .bind(status)

@@ -179,7 +179,8 @@ impl ServerCtx {
         Ok(pb::GetConnectorLogsResponse { logs })
     }
 
-    /// Sends a command and waits until the task reports a state `done` accepts.
+    /// Sends a command and waits until the task reports, after the send, a state `done` accepts
+    /// (or its supervisor ends).
     async fn command(&self, name: &str, c: Control, done: impl Fn(State) -> bool) -> ApiResult<()> {
         let task = self
             .connectors
@@ -188,39 +189,54 @@ impl ServerCtx {
         let mut rx = task.handle.status.clone();
         rx.borrow_and_update();
         if task.handle.control.send(c).await.is_err() {
-            return Err(ApiError::ConnectorNotFound(name.to_owned()));
+            return Ok(()); // the supervisor is gone: nothing left to change
         }
-        let wait = rx.wait_for(|s| done(s.state));
-        match tokio::time::timeout(STATE_WAIT, wait).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Ok(()), // the supervisor ended: the task is gone
-            Err(_) => Err(ApiError::ConnectorInvalidStatus(format!(
-                "connector {name:?} did not change state in time"
-            ))),
-        }
+        let wait = async {
+            loop {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+                if done(rx.borrow_and_update().state) {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(STATE_WAIT, wait)
+            .await
+            .map_err(|_| ApiError::ConnectorInvalidStatus(format!("connector {name:?} did not change state in time")))
+    }
+
+    fn current_state(&self, name: &str) -> Option<State> {
+        self.connectors.task(name).map(|t| t.handle.status.borrow().state)
     }
 
     pub async fn pause_connector(&self, name: &str) -> ApiResult<()> {
         self.stored_connector(name).await?;
-        self.command(name, Control::Pause, |s| {
-            matches!(s, State::Stopped | State::Failed | State::Completed)
-        })
-        .await
+        match self.current_state(name) {
+            Some(State::Stopped | State::Failed | State::Completed) => Ok(()),
+            _ => self.command(name, Control::Pause, |s| s == State::Stopped).await,
+        }
     }
 
+    /// Resumes a STOPPED, FAILED or COMPLETED task; returns once its next attempt started (which
+    /// may fail again: the status says). A running task is left alone.
     pub async fn resume_connector(&self, name: &str) -> ApiResult<()> {
         self.stored_connector(name).await?;
-        self.command(name, Control::Resume, |s| {
-            matches!(s, State::Running | State::Completed | State::Failed)
-        })
-        .await
+        match self.current_state(name) {
+            Some(State::Running | State::New) => Ok(()),
+            _ => self.command(name, Control::Resume, |s| s != State::Stopped).await,
+        }
     }
 
     pub async fn delete_connector(&self, name: &str) -> ApiResult<()> {
         let _ddl = self.ddl.lock().await;
         self.stored_connector(name).await?;
         if self.connectors.task(name).is_some() {
-            self.command(name, Control::Delete, |s| s == State::Deleted).await?;
+            // Even a task that is slow to stop is deleted: the supervisor acts on the command
+            // when it gets to it, and nothing brings the task back once its row is gone.
+            if let Err(e) = self.command(name, Control::Delete, |s| s == State::Deleted).await {
+                tracing::warn!(connector = %name, error = %e, "deleting a task that has not stopped yet");
+            }
             self.connectors.remove(name);
         }
         self.meta.delete_connector(name).await?;
@@ -231,12 +247,9 @@ impl ServerCtx {
     /// Merges the given top-level keys over the config, validates, stores, and restarts the task.
     pub async fn alter_connector(&self, req: pb::AlterConnectorConfigRequest) -> ApiResult<()> {
         let _ddl = self.ddl.lock().await;
-        let mut stored = self.stored_connector(&req.name).await?;
-        let patch = parse_config(&req.config)?;
+        let stored = self.stored_connector(&req.name).await?;
+        let mut patch = parse_config(&req.config)?;
         let mut config: Value = serde_json::from_str(&stored.config).unwrap_or_else(|_| serde_json::json!({}));
-        for (k, v) in patch.as_object().expect("checked object") {
-            config[k] = v.clone();
-        }
         let t = self
             .connectors
             .connector_type(&stored.kind, &stored.target)
@@ -244,11 +257,18 @@ impl ServerCtx {
                 kind: "connector",
                 target: stored.target.clone(),
             })?;
+        // Clients send back what they were shown: a masked secret means "unchanged".
+        secret::unmask(&t.spec()["connectionSpecification"], &config, &mut patch);
+        for (k, v) in patch.as_object().expect("checked object") {
+            config[k] = v.clone();
+        }
         t.validate(&config).map_err(|errors| {
             ApiError::InvalidConnectorConfig(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
         })?;
-        stored.config = config.to_string();
-        self.meta.update_connector(&stored).await?;
+        // Only the config: the status belongs to the task, which may have moved meanwhile.
+        self.meta
+            .set_connector_config(&stored.name, &config.to_string())
+            .await?;
         if !self.connectors.control(&req.name, Control::Alter(config)).await {
             return Err(ApiError::ConnectorNotFound(req.name));
         }

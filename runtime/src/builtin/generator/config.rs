@@ -22,6 +22,7 @@ pub struct GeneratorConfig {
     pub stream: String,
     /// Records per second; 0 means as fast as the stream takes them.
     #[serde(default)]
+    #[schemars(range(max = 100000000))]
     pub rate: u64,
     /// Stop after this many records (the task then completes); unset runs forever.
     #[serde(default)]
@@ -43,6 +44,9 @@ pub struct GeneratorConfig {
     pub payload_bytes: u32,
 }
 
+/// Highest accepted `rate` (records per second).
+pub const MAX_RATE: u64 = 100_000_000;
+
 fn default_keys() -> u32 {
     1
 }
@@ -63,6 +67,9 @@ impl ConnectorConfig for GeneratorConfig {
         }
         if self.keys == 0 {
             return Err(ConnectorError::config("keys: must be at least 1"));
+        }
+        if self.rate > MAX_RATE {
+            return Err(ConnectorError::config(format!("rate: must be at most {MAX_RATE}")));
         }
         if self.batch_size == 0 {
             return Err(ConnectorError::config("batchSize: must be at least 1"));

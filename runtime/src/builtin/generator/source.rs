@@ -66,7 +66,8 @@ impl Source for GeneratorSource {
         let batch = self.config.batch_size as u64;
         // Paced per batch: one batch every batch/rate seconds.
         let mut tick = (self.config.rate > 0).then(|| {
-            let mut t = tokio::time::interval(Duration::from_secs_f64(batch as f64 / self.config.rate as f64));
+            let period = Duration::from_secs_f64(batch as f64 / self.config.rate as f64).max(Duration::from_micros(1));
+            let mut t = tokio::time::interval(period);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             t
         });
