@@ -26,6 +26,40 @@ fn external(e: impl std::fmt::Display) -> ConnectorError {
 /// Records per Append request.
 const APPEND_BATCH: usize = 1000;
 
+/// A source record as HStreamDB stores it.
+pub fn to_hstream_record(r: Record) -> pb::HStreamRecord {
+    let flag = match r.flag {
+        PayloadFlag::Json => pb::h_stream_record_header::Flag::Json as i32,
+        PayloadFlag::Raw => pb::h_stream_record_header::Flag::Raw as i32,
+    };
+    pb::HStreamRecord {
+        header: Some(pb::HStreamRecordHeader {
+            flag,
+            attributes: Default::default(),
+            key: r.key,
+        }),
+        payload: r.payload,
+    }
+}
+
+/// A stored record as a sink sees it.
+pub fn to_sink_record(shard_id: u64, lsn: u64, index: u32, r: pb::HStreamRecord) -> SinkRecord {
+    let header = r.header.unwrap_or_default();
+    let flag = if header.flag == pb::h_stream_record_header::Flag::Json as i32 {
+        PayloadFlag::Json
+    } else {
+        PayloadFlag::Raw
+    };
+    SinkRecord {
+        shard_id,
+        lsn,
+        index,
+        key: header.key,
+        flag,
+        payload: r.payload,
+    }
+}
+
 /// A shard and its inclusive hash-key range.
 type ShardRange = (u64, u128, u128);
 
@@ -95,22 +129,7 @@ fn decode_batch(shard: u64, rr: pb::ReceivedRecord) -> Result<Vec<SinkRecord>, C
         .record_ids
         .iter()
         .zip(recs.records)
-        .map(|(id, r)| {
-            let header = r.header.unwrap_or_default();
-            let flag = if header.flag == pb::h_stream_record_header::Flag::Json as i32 {
-                PayloadFlag::Json
-            } else {
-                PayloadFlag::Raw
-            };
-            SinkRecord {
-                shard_id: shard,
-                lsn: id.batch_id,
-                index: id.batch_index,
-                key: header.key,
-                flag,
-                payload: r.payload,
-            }
-        })
+        .map(|(id, r)| to_sink_record(shard, id.batch_id, id.batch_index, r))
         .collect())
 }
 
@@ -152,18 +171,7 @@ impl Streams for GrpcStreams {
                 .iter()
                 .find(|(_, s, e)| *s <= h && h <= *e)
                 .map_or(ranges[0].0, |r| r.0);
-            let flag = match r.flag {
-                PayloadFlag::Json => pb::h_stream_record_header::Flag::Json as i32,
-                PayloadFlag::Raw => pb::h_stream_record_header::Flag::Raw as i32,
-            };
-            per_shard.entry(shard).or_default().push(pb::HStreamRecord {
-                header: Some(pb::HStreamRecordHeader {
-                    flag,
-                    attributes: Default::default(),
-                    key: r.key,
-                }),
-                payload: r.payload,
-            });
+            per_shard.entry(shard).or_default().push(to_hstream_record(r));
         }
         for (shard, recs) in per_shard {
             for chunk in recs.chunks(APPEND_BATCH) {

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hstream_proto as pb;
-use hstream_runtime::{Checkpoints, ConnectorError, PayloadFlag, ReadChunk, Record, SinkRecord, Streams};
+use hstream_runtime::remote::{to_hstream_record, to_sink_record};
+use hstream_runtime::{Checkpoints, ConnectorError, ReadChunk, Record, Streams};
 use prost::Message;
 
 use crate::error::ApiError;
@@ -30,13 +31,6 @@ impl LocalStreams {
         self.ctx
             .upgrade()
             .ok_or_else(|| ConnectorError::external("the server is shutting down"))
-    }
-}
-
-fn flag(f: PayloadFlag) -> i32 {
-    match f {
-        PayloadFlag::Json => pb::h_stream_record_header::Flag::Json as i32,
-        PayloadFlag::Raw => pb::h_stream_record_header::Flag::Raw as i32,
     }
 }
 
@@ -77,14 +71,7 @@ impl Streams for LocalStreams {
                 .iter()
                 .position(|s| s.meta.start_key <= h && h <= s.meta.end_key)
                 .unwrap_or(0);
-            per_shard[i].push(pb::HStreamRecord {
-                header: Some(pb::HStreamRecordHeader {
-                    flag: flag(r.flag),
-                    attributes: Default::default(),
-                    key: r.key,
-                }),
-                payload: r.payload,
-            });
+            per_shard[i].push(to_hstream_record(r));
         }
         let budget = ctx.max_record_size / BATCH_BUDGET_DIVISOR;
         let mut appends = Vec::new();
@@ -181,20 +168,7 @@ impl Streams for LocalStreams {
             let decoded = crate::batch::decode_records(&batch, usize::MAX)
                 .map_err(|e| ConnectorError::internal(format!("shard {shard} lsn {lsn}: {e}")))?;
             for (i, r) in decoded.records.into_iter().enumerate() {
-                let header = r.header.unwrap_or_default();
-                let flag = if header.flag == pb::h_stream_record_header::Flag::Json as i32 {
-                    PayloadFlag::Json
-                } else {
-                    PayloadFlag::Raw
-                };
-                chunk.records.push(SinkRecord {
-                    shard_id: shard,
-                    lsn,
-                    index: i as u32,
-                    key: header.key,
-                    flag,
-                    payload: r.payload,
-                });
+                chunk.records.push(to_sink_record(shard, lsn, i as u32, r));
             }
             chunk.next_lsn = lsn + 1;
         }

@@ -64,6 +64,9 @@ impl ServerCtx {
                 "deliveredRecords": p.records.load(std::sync::atomic::Ordering::Relaxed),
                 "deliveredBytes": p.bytes.load(std::sync::atomic::Ordering::Relaxed),
                 "restarts": t.handle.status.borrow().restarts,
+                // Health by progress: when the task last moved a record (unix ms, 0 = never).
+                "lastProgressMs": p.last_progress_ms.load(std::sync::atomic::Ordering::Relaxed),
+                "lastError": t.handle.status.borrow().last_error.clone(),
             });
             offsets.push(json_to_struct(&report));
         }
