@@ -247,7 +247,8 @@ impl ServerCtx {
         Ok(())
     }
 
-    /// Merges the given top-level keys over the config, validates, stores, and restarts the task.
+    /// Merges the given top-level keys over the config, validates, stores, and restarts the task;
+    /// returns once the new attempt started (a paused task keeps the config for its resume).
     pub async fn alter_connector(&self, req: pb::AlterConnectorConfigRequest) -> ApiResult<()> {
         let _ddl = self.ddl.lock().await;
         let stored = self.stored_connector(&req.name).await?;
@@ -272,10 +273,17 @@ impl ServerCtx {
         self.meta
             .set_connector_config(&stored.name, &config.to_string())
             .await?;
-        if !self.connectors.control(&req.name, Control::Alter(config)).await {
-            return Err(ApiError::ConnectorNotFound(req.name));
+        match self.current_state(&req.name) {
+            // A paused task takes the new config when resumed.
+            Some(State::Stopped) => {
+                if !self.connectors.control(&req.name, Control::Alter(config)).await {
+                    return Err(ApiError::ConnectorNotFound(req.name));
+                }
+                Ok(())
+            }
+            // Otherwise wait until the task restarted with it (or failed with it).
+            _ => self.command(&req.name, Control::Alter(config), |s| s != State::Stopped).await,
         }
-        Ok(())
     }
 }
 
