@@ -197,6 +197,49 @@ fn unmask_in(root: &Value, nodes: &[&Value], stored: &Value, patch: &mut Value, 
     }
 }
 
+/// The values at secret positions of `config` (to scrub from any text).
+pub fn secret_values(schema: &Value, config: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    collect(schema, &[schema], config, &mut out, 0);
+    out.retain(|v| !v.is_empty() && v != MASK);
+    out.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    out
+}
+
+fn collect(root: &Value, nodes: &[&Value], value: &Value, out: &mut Vec<String>, depth: usize) {
+    if depth > MAX_DEPTH || nodes.is_empty() {
+        return;
+    }
+    if nodes.iter().any(|n| is_marked(root, n)) {
+        match value {
+            Value::String(s) => out.push(s.clone()),
+            Value::Null => {}
+            other => out.push(other.to_string()),
+        }
+        return;
+    }
+    match value {
+        Value::Object(obj) => {
+            for (k, v) in obj {
+                let child: Vec<&Value> = nodes.iter().flat_map(|n| children(root, n, Some(k))).collect();
+                collect(root, &child, v, out, depth + 1);
+            }
+        }
+        Value::Array(items) => {
+            let child: Vec<&Value> = nodes.iter().flat_map(|n| children(root, n, None)).collect();
+            for v in items {
+                collect(root, &child, v, out, depth + 1);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `text` with every secret value replaced by [`MASK`] (for errors that quote their input).
+pub fn scrub(text: &str, secrets: &[String]) -> String {
+    secrets.iter().fold(text.to_owned(), |t, s| t.replace(s.as_str(), MASK))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +291,14 @@ mod tests {
             touches_secret(&schema, "/tls") && touches_secret(&schema, "/tls/key") && touches_secret(&schema, "/auth")
         );
         assert!(!touches_secret(&schema, "/tls/ca"));
+        let values = secret_values(&schema, &cfg);
+        for v in ["k3y", "pw", "t1", "t2"] {
+            assert!(values.iter().any(|x| x == v), "{v} not found in {values:?}");
+        }
+        assert_eq!(
+            scrub("connect failed: user=u password=pw key=k3y", &values),
+            format!("connect failed: user=u password={MASK} key={MASK}")
+        );
         let mut patch = json!({"tls": {"key": MASK, "ca": "new.pem"}});
         unmask(&schema, &cfg, &mut patch);
         assert_eq!(patch, json!({"tls": {"key": "k3y", "ca": "new.pem"}}));

@@ -234,7 +234,10 @@ async fn supervise(
                 cancel.cancel();
                 let r = attempt.await;
                 if let Err(e) = &r {
-                    tracing::warn!(task = %spec.name, error = %e, "task did not stop cleanly");
+                    let secrets =
+                        crate::secret::secret_values(&spec.connector.spec()["connectionSpecification"], &spec.config);
+                    let message = crate::secret::scrub(&e.to_string(), &secrets);
+                    tracing::warn!(task = %spec.name, error = %message, "task did not stop cleanly");
                 }
                 other
             }
@@ -263,22 +266,27 @@ async fn supervise(
                 restarts += 1;
             }
             Outcome::Ended(Err(e)) => {
-                tracing::warn!(task = %spec.name, error = %e, restarts, "task attempt failed");
+                // A connector's error may quote its input: secrets are scrubbed before the text
+                // reaches a log, the status, or an API response.
+                let secrets =
+                    crate::secret::secret_values(&spec.connector.spec()["connectionSpecification"], &spec.config);
+                let message = crate::secret::scrub(&e.to_string(), &secrets);
+                tracing::warn!(task = %spec.name, error = %message, restarts, "task attempt failed");
                 match backoff(&e, restarts, spec.backoff_base, spec.backoff_max) {
                     None => {
                         parked = true;
-                        set(State::Failed, Some(e.to_string()), restarts);
+                        set(State::Failed, Some(message), restarts);
                     }
                     Some(wait) => {
                         restarts += 1;
-                        set(State::Running, Some(e.to_string()), restarts);
+                        set(State::Running, Some(message.clone()), restarts);
                         // Commands still work while waiting to retry.
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => {}
                             c = control.recv() => match c {
                                 Some(Control::Pause) => {
                                     paused = true;
-                                    set(State::Stopped, Some(e.to_string()), restarts);
+                                    set(State::Stopped, Some(message.clone()), restarts);
                                 }
                                 Some(Control::Alter(config)) => spec.config = config,
                                 Some(Control::Resume) => {}
@@ -299,6 +307,105 @@ async fn supervise(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connector::Record;
+    use crate::registry::Kind;
+    use crate::spec::FieldError;
+    use crate::streams::ReadChunk;
+    use async_trait::async_trait;
+
+    /// A connector type whose attempts fail with an error quoting the configured password, as a
+    /// careless database driver might.
+    struct Leaky {
+        spec: Value,
+    }
+
+    #[async_trait]
+    impl ConnectorType for Leaky {
+        fn kind(&self) -> Kind {
+            Kind::Source
+        }
+        fn spec(&self) -> &Value {
+            &self.spec
+        }
+        fn validate(&self, _: &Value) -> Result<(), Vec<FieldError>> {
+            Ok(())
+        }
+        fn stream(&self, _: &Value) -> Result<String, ConnectorError> {
+            Ok("s".into())
+        }
+        async fn check(&self, _: &Value) -> Result<(), ConnectorError> {
+            Ok(())
+        }
+        async fn run(&self, ctx: RunContext) -> Result<Done, ConnectorError> {
+            let pw = ctx.config["password"].as_str().unwrap_or_default().to_owned();
+            Err(ConnectorError::config(format!("login failed: password={pw}")))
+        }
+    }
+
+    /// Streams and checkpoints the failing connector never reaches.
+    struct Unused;
+
+    #[async_trait]
+    impl Streams for Unused {
+        async fn ensure_stream(&self, _: &str) -> Result<(), ConnectorError> {
+            Err(ConnectorError::internal("unused"))
+        }
+        async fn stream_exists(&self, _: &str) -> Result<bool, ConnectorError> {
+            Err(ConnectorError::internal("unused"))
+        }
+        async fn append(&self, _: &str, _: Vec<Record>) -> Result<(), ConnectorError> {
+            Err(ConnectorError::internal("unused"))
+        }
+        async fn shards(&self, _: &str) -> Result<Vec<u64>, ConnectorError> {
+            Err(ConnectorError::internal("unused"))
+        }
+        async fn bounds(&self, _: &str, _: u64) -> Result<(u64, u64), ConnectorError> {
+            Err(ConnectorError::internal("unused"))
+        }
+        async fn read(&self, _: &str, _: u64, _: u64, _: usize, _: Duration) -> Result<ReadChunk, ConnectorError> {
+            Err(ConnectorError::internal("unused"))
+        }
+    }
+
+    #[async_trait]
+    impl Checkpoints for Unused {
+        async fn load(&self, _: &str) -> Result<Option<(u32, Vec<u8>)>, ConnectorError> {
+            Ok(None)
+        }
+        async fn store(&self, _: &str, _: u32, _: Vec<u8>) -> Result<(), ConnectorError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn failure_messages_never_carry_secrets() {
+        let spec = serde_json::json!({"connectionSpecification": {"properties": {"password": {"type": "string", "airbyte_secret": true}}}});
+        let tasks = tokio_util::task::TaskTracker::new();
+        let handle = spawn(
+            TaskSpec {
+                name: "leaky".into(),
+                connector: Arc::new(Leaky { spec }),
+                config: serde_json::json!({"password": "hunter2"}),
+                streams: Arc::new(Unused),
+                checkpoints: Arc::new(Unused),
+                initial: State::New,
+                backoff_base: Duration::from_millis(1),
+                backoff_max: Duration::from_millis(1),
+            },
+            &tasks,
+            CancellationToken::new(),
+        );
+        let mut rx = handle.status.clone();
+        let failed = rx.wait_for(|s| s.state == State::Failed).await.unwrap().clone();
+        let reason = failed.last_error.unwrap();
+        assert!(
+            reason.contains("login failed") && !reason.contains("hunter2"),
+            "{reason}"
+        );
+        handle.control.send(Control::Delete).await.unwrap();
+        tasks.close();
+        tasks.wait().await;
+    }
 
     #[test]
     fn restart_policy_is_a_function_of_the_error() {

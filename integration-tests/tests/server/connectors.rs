@@ -181,7 +181,10 @@ async fn generator_to_blackhole_lifecycle() {
     .await
     .unwrap();
     let altered = get(&mut c, "gen2").await;
-    assert_eq!(altered.status, "RUNNING", "alter returns once the task runs with the new config");
+    assert_eq!(
+        altered.status, "RUNNING",
+        "alter returns once the task runs with the new config"
+    );
     let cfg: serde_json::Value = serde_json::from_str(&altered.config).unwrap();
     assert_eq!((cfg["keys"].as_u64(), cfg["rate"].as_u64()), (Some(7), Some(20000)));
     let e = c

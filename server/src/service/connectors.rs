@@ -282,7 +282,10 @@ impl ServerCtx {
                 Ok(())
             }
             // Otherwise wait until the task restarted with it (or failed with it).
-            _ => self.command(&req.name, Control::Alter(config), |s| s != State::Stopped).await,
+            _ => {
+                self.command(&req.name, Control::Alter(config), |s| s != State::Stopped)
+                    .await
+            }
         }
     }
 }
