@@ -91,6 +91,8 @@ pub async fn run_python(script: &str, args: &[&str]) -> serde_json::Value {
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
+    /// The REST API's address.
+    pub http: SocketAddr,
     pub data_dir: PathBuf,
     args: Vec<String>,
 }
@@ -106,6 +108,8 @@ impl Server {
         let mut child = Command::new(workspace_bin("hstream-server"))
             .args([
                 "--port",
+                "0",
+                "--http-port",
                 "0",
                 "--bind-address",
                 "127.0.0.1",
@@ -126,14 +130,21 @@ impl Server {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            let mut http = None;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("hstream-server rest listening on ") {
+                    http = addr.parse::<SocketAddr>().ok();
+                }
                 if let Some(addr) = line.strip_prefix("hstream-server listening on ") {
-                    let _ = tx.send(addr.parse::<SocketAddr>().expect("address"));
+                    let _ = tx.send((
+                        addr.parse::<SocketAddr>().expect("address"),
+                        http.expect("REST address first"),
+                    ));
                 }
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+        let (addr, http) = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
@@ -146,6 +157,7 @@ impl Server {
         Server {
             child,
             addr,
+            http,
             data_dir: data_dir.to_owned(),
             args,
         }
@@ -459,4 +471,49 @@ pub fn error_message(status: &tonic::Status) -> String {
     let v: serde_json::Value = serde_json::from_str(status.message())
         .unwrap_or_else(|e| panic!("status message is not JSON ({e}): {}", status.message()));
     v["message"].as_str().unwrap_or_default().to_owned()
+}
+
+/// One HTTP/1.1 request to `addr` (no client library needed): returns status and JSON body.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect REST");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw);
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let payload = if chunked { dechunk(rest) } else { rest.to_owned() };
+    (
+        status,
+        serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
 }

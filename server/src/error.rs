@@ -90,6 +90,16 @@ pub enum ApiError {
 pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
+    /// The gRPC status code this error maps to.
+    pub fn code(&self) -> Code {
+        self.parts().0
+    }
+
+    /// HStreamDB's ErrorCode for this error.
+    pub fn error_code(&self) -> ErrorCode {
+        self.parts().1
+    }
+
     fn parts(&self) -> (Code, ErrorCode, serde_json::Value) {
         use ApiError::*;
         match self {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod keyspace;
 pub mod meta;
 pub mod node;
+pub mod rest;
 pub mod service;
 pub mod store;
 pub mod subscription;

@@ -19,8 +19,9 @@ fn main() -> anyhow::Result<()> {
             tracing::info!("signal received, shutting down");
             signals.cancel();
         });
-        hstream_server::node::run(settings, shutdown, |addr| {
-            // A machine-readable readiness line for scripts and tests.
+        hstream_server::node::run(settings, shutdown, |addr, http| {
+            // Machine-readable readiness lines for scripts and tests (REST first).
+            println!("hstream-server rest listening on {http}");
             println!("hstream-server listening on {addr}");
         })
         .await

@@ -73,12 +73,12 @@ fn now_ms() -> i64 {
     crate::service::read::now_ms()
 }
 
-/// Runs a node until `shutdown` is cancelled; `ready` gets the bound address once clients can
-/// connect.
+/// Runs a node until `shutdown` is cancelled; `ready` gets the bound gRPC and REST addresses
+/// once clients can connect.
 pub async fn run(
     settings: Settings,
     shutdown: CancellationToken,
-    ready: impl FnOnce(SocketAddr),
+    ready: impl FnOnce(SocketAddr, SocketAddr),
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
@@ -138,8 +138,22 @@ pub async fn run(
     let service = HStreamApiServer::new(HStreamService::new(ctx.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(usize::MAX);
-    tracing::info!(%addr, data_dir = %settings.data_dir.display(), fsync = ?settings.store.fsync, "serving");
-    ready(addr);
+    let http = TcpListener::bind((settings.bind_address.as_str(), settings.http_port))
+        .await
+        .with_context(|| format!("binding {}:{} (REST)", settings.bind_address, settings.http_port))?;
+    let http_addr = http.local_addr()?;
+    let rest = crate::rest::router(ctx.clone());
+    let rest_shutdown = shutdown.clone();
+    ctx.tasks.spawn(async move {
+        let served = axum::serve(http, rest)
+            .with_graceful_shutdown(rest_shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "REST server failed");
+        }
+    });
+    tracing::info!(%addr, %http_addr, data_dir = %settings.data_dir.display(), fsync = ?settings.store.fsync, "serving");
+    ready(addr, http_addr);
     tonic::transport::Server::builder()
         .add_service(service)
         .serve_with_incoming_shutdown(

@@ -1,0 +1,358 @@
+//! The REST API on `--http-port`, shaped like Kafka Connect's: connectors, connector plugins,
+//! streams, subscriptions and health. It is a second front door onto the same `ServerCtx`
+//! operations the gRPC service uses, so what one door does the other sees. Errors are JSON
+//! `{"code": <http status>, "error": <HStreamDB ErrorCode>, "message": …}`; configs in responses
+//! are redacted.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use hstream_proto as pb;
+use hstream_runtime::Kind;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::meta::connector_checkpoint;
+use crate::service::ServerCtx;
+
+type Ctx = State<Arc<ServerCtx>>;
+
+/// Every route, for the router and the OpenAPI document alike: (method, path, summary).
+pub const ROUTES: &[(&str, &str, &str)] = &[
+    ("get", "/connectors", "List connector names"),
+    (
+        "post",
+        "/connectors",
+        "Create a connector from {name, type, target, config}",
+    ),
+    ("get", "/connectors/{name}", "Describe a connector"),
+    ("delete", "/connectors/{name}", "Delete a connector"),
+    (
+        "get",
+        "/connectors/{name}/config",
+        "A connector's config (secrets redacted)",
+    ),
+    (
+        "put",
+        "/connectors/{name}/config",
+        "Merge keys into a connector's config and restart it",
+    ),
+    ("get", "/connectors/{name}/status", "A connector's state"),
+    ("put", "/connectors/{name}/pause", "Pause a connector"),
+    ("put", "/connectors/{name}/resume", "Resume a connector"),
+    ("post", "/connectors/{name}/restart", "Restart a connector's task"),
+    (
+        "get",
+        "/connectors/{name}/offsets",
+        "A connector's checkpointed position and counters",
+    ),
+    (
+        "delete",
+        "/connectors/{name}/offsets",
+        "Reset a paused connector's position",
+    ),
+    ("get", "/connector-plugins", "Connector types of this build"),
+    (
+        "get",
+        "/connector-plugins/{type}/spec",
+        "A connector type's spec (Airbyte ConnectorSpecification)",
+    ),
+    (
+        "put",
+        "/connector-plugins/{type}/config/validate",
+        "Validate a config, field by field",
+    ),
+    ("get", "/streams", "List streams"),
+    ("get", "/subscriptions", "List subscriptions"),
+    ("get", "/health", "Liveness"),
+    ("get", "/openapi.json", "This document"),
+];
+
+pub struct RestError(ApiError);
+
+impl From<ApiError> for RestError {
+    fn from(e: ApiError) -> Self {
+        RestError(e)
+    }
+}
+
+impl IntoResponse for RestError {
+    fn into_response(self) -> Response {
+        let grpc = self.0.code();
+        let status = match grpc {
+            tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+            tonic::Code::NotFound | tonic::Code::Unimplemented => StatusCode::NOT_FOUND,
+            tonic::Code::AlreadyExists | tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
+            tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let body =
+            json!({ "code": status.as_u16(), "error": self.0.error_code() as i32, "message": self.0.to_string() });
+        (status, Json(body)).into_response()
+    }
+}
+
+type RestResult<T> = Result<T, RestError>;
+
+pub fn router(ctx: Arc<ServerCtx>) -> Router {
+    Router::new()
+        .route("/connectors", get(list_connectors).post(create_connector))
+        .route("/connectors/{name}", get(get_connector).delete(delete_connector))
+        .route("/connectors/{name}/config", get(get_config).put(put_config))
+        .route("/connectors/{name}/status", get(get_status))
+        .route("/connectors/{name}/pause", put(pause))
+        .route("/connectors/{name}/resume", put(resume))
+        .route("/connectors/{name}/restart", post(restart))
+        .route("/connectors/{name}/offsets", get(get_offsets).delete(reset_offsets))
+        .route("/connector-plugins", get(plugins))
+        .route("/connector-plugins/{type}/spec", get(plugin_spec))
+        .route("/connector-plugins/{type}/config/validate", put(validate))
+        .route("/streams", get(streams))
+        .route("/subscriptions", get(subscriptions))
+        .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/openapi.json", get(|| async { Json(openapi()) }))
+        .with_state(ctx)
+}
+
+/// OpenAPI 3.1 document listing every route in [`ROUTES`].
+pub fn openapi() -> Value {
+    let mut paths = serde_json::Map::new();
+    for (method, path, summary) in ROUTES {
+        let params: Vec<Value> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|p| json!({ "name": p, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .collect();
+        let mut op = json!({
+            "summary": summary,
+            "responses": {
+                "200": { "description": "OK" },
+                "400": { "description": "Invalid request; the message names the field" },
+                "404": { "description": "Not found" },
+                "409": { "description": "Conflict" }
+            }
+        });
+        if !params.is_empty() {
+            op["parameters"] = Value::Array(params);
+        }
+        if matches!(*method, "post" | "put") {
+            op["requestBody"] =
+                json!({ "required": false, "content": { "application/json": { "schema": { "type": "object" } } } });
+        }
+        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
+        entry[*method] = op;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "hstream-server REST API", "version": env!("CARGO_PKG_VERSION") },
+        "paths": paths,
+    })
+}
+
+fn info(c: &pb::Connector) -> Value {
+    let config: Value = serde_json::from_str(&c.config).unwrap_or(Value::Null);
+    json!({ "name": c.name, "type": c.r#type.to_lowercase(), "target": c.target, "config": config, "status": c.status })
+}
+
+async fn list_connectors(State(ctx): Ctx) -> RestResult<Json<Value>> {
+    let list = ctx.list_connectors().await?;
+    Ok(Json(json!(
+        list.connectors.iter().map(|c| c.name.clone()).collect::<Vec<_>>()
+    )))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    target: String,
+    #[serde(default)]
+    config: Value,
+}
+
+async fn create_connector(
+    State(ctx): Ctx,
+    body: Result<Json<CreateBody>, axum::extract::rejection::JsonRejection>,
+) -> RestResult<Response> {
+    let Json(body) = body.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    let req = pb::CreateConnectorRequest {
+        name: body.name,
+        r#type: body.kind,
+        target: body.target,
+        config: body.config.to_string(),
+    };
+    let created = ctx.create_connector(req).await?;
+    Ok((StatusCode::CREATED, Json(info(&created))).into_response())
+}
+
+async fn get_connector(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<Json<Value>> {
+    Ok(Json(info(&ctx.get_connector(&name).await?)))
+}
+
+async fn delete_connector(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<StatusCode> {
+    ctx.delete_connector(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn get_config(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<Json<Value>> {
+    Ok(Json(info(&ctx.get_connector(&name).await?)["config"].clone()))
+}
+
+async fn put_config(
+    State(ctx): Ctx,
+    Path(name): Path<String>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> RestResult<Json<Value>> {
+    let Json(patch) = body.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    ctx.alter_connector(pb::AlterConnectorConfigRequest {
+        name: name.clone(),
+        config: patch.to_string(),
+    })
+    .await?;
+    Ok(Json(info(&ctx.get_connector(&name).await?)))
+}
+
+fn report(c: &pb::Connector) -> Value {
+    let bytes = c.offsets.first().map(prost::Message::encode_to_vec).unwrap_or_default();
+    hstream_runtime::structs::decode_json(&bytes).unwrap_or(Value::Null)
+}
+
+async fn get_status(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<Json<Value>> {
+    let c = ctx.get_connector(&name).await?;
+    let r = report(&c);
+    Ok(Json(json!({
+        "name": c.name,
+        "connector": { "state": c.status, "worker_id": c.node },
+        "restarts": r["restarts"],
+        "lastError": r["lastError"],
+        "lastProgressMs": r["lastProgressMs"],
+    })))
+}
+
+async fn pause(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<StatusCode> {
+    ctx.pause_connector(&name).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn resume(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<StatusCode> {
+    ctx.resume_connector(&name).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Restarts the task: a running one starts a new attempt (an empty alter), a stopped or failed
+/// one is resumed.
+async fn restart(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<StatusCode> {
+    let c = ctx.get_connector(&name).await?;
+    if c.status == "RUNNING" || c.status == "NEW" {
+        ctx.alter_connector(pb::AlterConnectorConfigRequest {
+            name,
+            config: "{}".into(),
+        })
+        .await?;
+    } else {
+        ctx.resume_connector(&name).await?;
+    }
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn get_offsets(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<Json<Value>> {
+    Ok(Json(report(&ctx.get_connector(&name).await?)))
+}
+
+/// Forgets a paused connector's checkpoint: on resume it starts from its configured beginning.
+async fn reset_offsets(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<Json<Value>> {
+    let c = ctx.get_connector(&name).await?;
+    if c.status != "STOPPED" {
+        return Err(ApiError::ConnectorInvalidStatus(format!(
+            "connector {name:?} must be paused to reset its offsets"
+        ))
+        .into());
+    }
+    let removed = ctx
+        .meta
+        .delete_checkpoint(&connector_checkpoint(&name))
+        .await
+        .map_err(ApiError::from)?;
+    Ok(Json(json!({ "name": name, "reset": removed })))
+}
+
+async fn plugins(State(ctx): Ctx) -> Json<Value> {
+    let list: Vec<Value> = ctx
+        .connectors
+        .registry
+        .iter()
+        .map(|(kind, target, _)| json!({ "id": plugin_id(kind, target), "type": kind.as_str().to_lowercase(), "target": target }))
+        .collect();
+    Json(Value::Array(list))
+}
+
+fn plugin_id(kind: Kind, target: &str) -> String {
+    format!("{}-{target}", kind.as_str().to_lowercase())
+}
+
+/// A plugin by id (`source-generator`) or by a target name that only one kind has.
+fn plugin(ctx: &ServerCtx, id: &str) -> Result<Arc<dyn hstream_runtime::ConnectorType>, RestError> {
+    let found: Vec<_> = ctx
+        .connectors
+        .registry
+        .iter()
+        .filter(|(k, t, _)| plugin_id(*k, t) == id || *t == id)
+        .map(|(_, _, t)| t.clone())
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(ApiError::ConnectorUnknown {
+            kind: "connector",
+            target: id.to_owned(),
+        }
+        .into()),
+    }
+}
+
+async fn plugin_spec(State(ctx): Ctx, Path(id): Path<String>) -> RestResult<Json<Value>> {
+    Ok(Json(plugin(&ctx, &id)?.spec().clone()))
+}
+
+async fn validate(
+    State(ctx): Ctx,
+    Path(id): Path<String>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> RestResult<Json<Value>> {
+    let Json(config) = body.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    let t = plugin(&ctx, &id)?;
+    let errors: Vec<Value> = match t.validate(&config) {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors
+            .iter()
+            .map(|e| json!({ "field": e.path, "message": e.message }))
+            .collect(),
+    };
+    Ok(Json(json!({ "valid": errors.is_empty(), "errors": errors })))
+}
+
+async fn streams(State(ctx): Ctx) -> Json<Value> {
+    let list: Vec<Value> = ctx
+        .list_streams("")
+        .streams
+        .iter()
+        .map(|s| json!({ "name": s.stream_name, "shardCount": s.shard_count, "replicationFactor": s.replication_factor, "backlogDuration": s.backlog_duration }))
+        .collect();
+    Json(Value::Array(list))
+}
+
+async fn subscriptions(State(ctx): Ctx) -> RestResult<Json<Value>> {
+    let list = ctx.list_subscriptions("").await?;
+    Ok(Json(Value::Array(
+        list.subscription
+            .iter()
+            .map(|s| json!({ "id": s.subscription_id, "stream": s.stream_name, "ackTimeoutSeconds": s.ack_timeout_seconds, "maxUnackedRecords": s.max_unacked_records }))
+            .collect(),
+    )))
+}
