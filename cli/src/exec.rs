@@ -1,0 +1,239 @@
+//! Executes parsed statements against a server over gRPC and renders results as tables.
+
+use hstream_proto as pb;
+use hstream_proto::h_stream_api_client::HStreamApiClient;
+use md5::{Digest, Md5};
+use prost::Message;
+use serde_json::Value;
+use tonic::transport::Channel;
+
+use crate::sql::Statement;
+
+pub type Client = HStreamApiClient<Channel>;
+
+/// The human message of a server error (HStreamDB puts a JSON object in the status message).
+pub fn error_text(s: &tonic::Status) -> String {
+    serde_json::from_str::<Value>(s.message())
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| s.message().to_owned())
+}
+
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..headers.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([headers[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = format!(
+        "+{}+",
+        widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("+")
+    );
+    let row = |cells: Vec<&str>| {
+        format!(
+            "|{}|",
+            cells
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!(" {c:<w$} ", w = *w))
+                .collect::<Vec<_>>()
+                .join("|")
+        )
+    };
+    let mut out = vec![line.clone(), row(headers.to_vec()), line.clone()];
+    for r in rows {
+        out.push(row(r.iter().map(String::as_str).collect()));
+    }
+    out.push(line);
+    out.join("\n")
+}
+
+fn json_to_pb(v: &Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.iter().map(json_to_pb).collect(),
+        }),
+        Value::Object(o) => Kind::StructValue(prost_types::Struct {
+            fields: o.iter().map(|(k, v)| (k.clone(), json_to_pb(v))).collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+pub fn pb_to_json(v: &prost_types::Value) -> Value {
+    use prost_types::value::Kind;
+    match &v.kind {
+        Some(Kind::BoolValue(b)) => Value::Bool(*b),
+        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n).map_or(Value::Null, Value::Number),
+        Some(Kind::StringValue(s)) => Value::String(s.clone()),
+        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(pb_to_json).collect()),
+        Some(Kind::StructValue(s)) => Value::Object(s.fields.iter().map(|(k, v)| (k.clone(), pb_to_json(v))).collect()),
+        _ => Value::Null,
+    }
+}
+
+/// Runs one statement; returns what to print.
+pub async fn execute(c: &mut Client, stmt: Statement) -> Result<String, tonic::Status> {
+    use Statement::*;
+    Ok(match stmt {
+        CreateStream {
+            name,
+            replication,
+            shards,
+            backlog_secs,
+        } => {
+            let req = pb::Stream {
+                stream_name: name.clone(),
+                replication_factor: replication,
+                backlog_duration: backlog_secs,
+                shard_count: shards,
+                creation_time: None,
+            };
+            c.create_stream(req).await?;
+            format!("created stream {name}")
+        }
+        ShowStreams => {
+            let streams = c.list_streams(pb::ListStreamsRequest {}).await?.into_inner().streams;
+            let rows: Vec<Vec<String>> = streams
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.stream_name.clone(),
+                        s.shard_count.to_string(),
+                        s.replication_factor.to_string(),
+                        s.backlog_duration.to_string(),
+                    ]
+                })
+                .collect();
+            table(&["name", "shards", "replication", "backlog_seconds"], &rows)
+        }
+        ShowSubscriptions => {
+            let subs = c
+                .list_subscriptions(pb::ListSubscriptionsRequest {})
+                .await?
+                .into_inner()
+                .subscription;
+            let rows: Vec<Vec<String>> = subs
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.subscription_id.clone(),
+                        s.stream_name.clone(),
+                        s.ack_timeout_seconds.to_string(),
+                    ]
+                })
+                .collect();
+            table(&["id", "stream", "ack_timeout_seconds"], &rows)
+        }
+        DropStream { name, if_exists } => {
+            c.delete_stream(pb::DeleteStreamRequest {
+                stream_name: name.clone(),
+                ignore_non_exist: if_exists,
+                force: false,
+            })
+            .await?;
+            format!("dropped stream {name}")
+        }
+        CreateConnector {
+            name,
+            kind,
+            target,
+            options,
+            if_not_exist,
+        } => {
+            let req = pb::CreateConnectorRequest {
+                name: name.clone(),
+                r#type: kind.into(),
+                target,
+                config: Value::Object(options).to_string(),
+            };
+            match c.create_connector(req).await {
+                Ok(_) => format!("created connector {name}"),
+                Err(s) if if_not_exist && s.code() == tonic::Code::AlreadyExists => format!("connector {name} exists"),
+                Err(s) => return Err(s),
+            }
+        }
+        ShowConnectors => {
+            let list = c
+                .list_connectors(pb::ListConnectorsRequest {})
+                .await?
+                .into_inner()
+                .connectors;
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|k| vec![k.name.clone(), k.r#type.clone(), k.target.clone(), k.status.clone()])
+                .collect();
+            table(&["name", "type", "target", "status"], &rows)
+        }
+        PauseConnector(name) => {
+            c.pause_connector(pb::PauseConnectorRequest { name: name.clone() })
+                .await?;
+            format!("paused connector {name}")
+        }
+        ResumeConnector(name) => {
+            c.resume_connector(pb::ResumeConnectorRequest { name: name.clone() })
+                .await?;
+            format!("resumed connector {name}")
+        }
+        DropConnector { name, if_exists } => match c
+            .delete_connector(pb::DeleteConnectorRequest { name: name.clone() })
+            .await
+        {
+            Ok(_) => format!("dropped connector {name}"),
+            Err(s) if if_exists && s.code() == tonic::Code::NotFound => format!("connector {name} does not exist"),
+            Err(s) => return Err(s),
+        },
+        Insert { stream, row } => {
+            let shards = c
+                .list_shards(pb::ListShardsRequest {
+                    stream_name: stream.clone(),
+                })
+                .await?
+                .into_inner()
+                .shards;
+            // The empty partition key, hashed as every HStreamDB client does.
+            let h = u128::from_be_bytes(Md5::digest(b"").into());
+            let shard = shards
+                .iter()
+                .find(|s| {
+                    s.start_hash_range_key.parse::<u128>().is_ok_and(|a| a <= h)
+                        && s.end_hash_range_key.parse::<u128>().is_ok_and(|b| h <= b)
+                })
+                .ok_or_else(|| tonic::Status::not_found(format!("stream {stream} has no shard for the empty key")))?;
+            let Some(prost_types::value::Kind::StructValue(record)) = json_to_pb(&Value::Object(row)).kind else {
+                unreachable!("an object encodes as a struct")
+            };
+            let rec = pb::HStreamRecord {
+                header: Some(pb::HStreamRecordHeader {
+                    flag: pb::h_stream_record_header::Flag::Json as i32,
+                    attributes: Default::default(),
+                    key: String::new(),
+                }),
+                payload: record.encode_to_vec().into(),
+            };
+            let batch = pb::BatchedRecord {
+                compression_type: pb::CompressionType::None as i32,
+                publish_time: None,
+                batch_size: 1,
+                payload: pb::BatchHStreamRecords { records: vec![rec] }.encode_to_vec().into(),
+            };
+            c.append(pb::AppendRequest {
+                stream_name: stream.clone(),
+                shard_id: shard.shard_id,
+                records: Some(batch),
+            })
+            .await?;
+            format!("inserted 1 row into {stream}")
+        }
+        SelectEmitChanges { .. } => unreachable!("tailing queries are run by the shell"),
+    })
+}
