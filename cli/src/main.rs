@@ -33,6 +33,9 @@ enum Command {
         /// Execute this script and exit.
         #[arg(short = 'e', long = "execute")]
         execute: Option<String>,
+        /// History file of the interactive shell [default: ~/.hstream_history]
+        #[arg(long)]
+        history_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -52,8 +55,17 @@ fn main() {
             }
         };
         match cli.command {
-            Command::Sql { execute: Some(script) } => run_script(client, &script).await,
-            Command::Sql { execute: None } => shell(client).await,
+            Command::Sql {
+                execute: Some(script), ..
+            } => run_script(client, &script).await,
+            Command::Sql {
+                execute: None,
+                history_file,
+            } => {
+                let history = history_file
+                    .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".hstream_history")));
+                shell(client, history).await
+            }
         }
     });
     std::process::exit(code);
@@ -84,28 +96,92 @@ async fn run(client: &mut exec::Client, stmt: sql::Statement) -> Result<(), ()> 
     result.map_err(|s| eprintln!("error: {}", exec::error_text(&s)))
 }
 
-/// Reads statements line by line (a terminal shows a prompt); each runs when complete.
-async fn shell(mut client: exec::Client) -> i32 {
-    let interactive = std::io::stdin().is_terminal();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<String>>(1);
-    // Blocking stdin on its own thread; one line at a time (the channel holds one).
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
-            if tx.blocking_send(Some(line)).is_err() {
+/// Where shell input comes from: a line editor with history on a terminal, plain lines from a
+/// pipe. Either runs on its own thread and is asked for one line at a time, so a prompt appears
+/// only after the previous statement's output.
+enum Input {
+    Line(String),
+    /// Ctrl-C at the prompt: drop the statement being typed.
+    Interrupted,
+    Eof,
+}
+
+type Reader = (
+    std::sync::mpsc::Sender<String>,
+    tokio::sync::mpsc::Receiver<Input>,
+    std::thread::JoinHandle<()>,
+);
+
+fn spawn_reader(interactive: bool, history: Option<std::path::PathBuf>) -> Reader {
+    let (ask_tx, ask_rx) = std::sync::mpsc::channel::<String>();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Input>(1);
+    let handle = std::thread::spawn(move || {
+        if interactive {
+            let Ok(mut editor) = rustyline::DefaultEditor::new() else {
+                let _ = tx.blocking_send(Input::Eof);
                 return;
+            };
+            if let Some(h) = &history {
+                let _ = editor.load_history(h);
+            }
+            while let Ok(prompt) = ask_rx.recv() {
+                let input = match editor.readline(&prompt) {
+                    Ok(line) => {
+                        if !line.trim().is_empty() {
+                            let _ = editor.add_history_entry(line.as_str());
+                        }
+                        Input::Line(line)
+                    }
+                    Err(rustyline::error::ReadlineError::Interrupted) => Input::Interrupted,
+                    Err(_) => Input::Eof,
+                };
+                let eof = matches!(input, Input::Eof);
+                if tx.blocking_send(input).is_err() || eof {
+                    break;
+                }
+            }
+            if let Some(h) = &history {
+                let _ = editor.save_history(h);
+            }
+        } else {
+            let mut lines = std::io::stdin().lock().lines();
+            while ask_rx.recv().is_ok() {
+                let input = match lines.next() {
+                    Some(Ok(line)) => Input::Line(line),
+                    _ => Input::Eof,
+                };
+                let eof = matches!(input, Input::Eof);
+                if tx.blocking_send(input).is_err() || eof {
+                    break;
+                }
             }
         }
-        let _ = tx.blocking_send(None);
     });
+    (ask_tx, rx, handle)
+}
+
+/// Reads statements (with a prompt and line editing on a terminal); each runs when complete.
+async fn shell(mut client: exec::Client, history: Option<std::path::PathBuf>) -> i32 {
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        println!("hstream sql: statements end with ';'; :q to quit");
+    }
+    let (ask, mut rx, reader) = spawn_reader(interactive, history);
     let mut buf = String::new();
     let mut failed = false;
     loop {
-        if interactive {
-            print!("{}", if buf.is_empty() { "> " } else { "| " });
-            let _ = std::io::stdout().flush();
+        let prompt = if buf.is_empty() { "> " } else { "| " };
+        if ask.send(prompt.to_owned()).is_err() {
+            break;
         }
-        let Some(Some(line)) = rx.recv().await else { break };
+        let line = match rx.recv().await {
+            Some(Input::Line(line)) => line,
+            Some(Input::Interrupted) => {
+                buf.clear();
+                continue;
+            }
+            Some(Input::Eof) | None => break,
+        };
         if buf.is_empty() && matches!(line.trim(), ":q" | "quit" | "exit") {
             break;
         }
@@ -131,6 +207,10 @@ async fn shell(mut client: exec::Client) -> i32 {
         eprintln!("error: incomplete statement at end of input (missing ';')");
         failed = true;
     }
+    // Let the reader save the history before the process exits.
+    drop(ask);
+    drop(rx);
+    let _ = tokio::task::spawn_blocking(move || reader.join()).await;
     // A pipe's exit status tells whether every statement succeeded.
     if failed && !interactive { 1 } else { 0 }
 }
@@ -162,6 +242,9 @@ async fn emit_changes(client: &mut exec::Client, stream: &str) -> Result<(), ton
     let _ = tx.send(first).await;
     let result = async {
         let mut inbound = client.clone().streaming_fetch(ReceiverStream::new(rx)).await?.into_inner();
+        // Registered before announcing, so a Ctrl-C right after the announcement is caught.
+        let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .map_err(|e| tonic::Status::internal(format!("cannot catch Ctrl-C: {e}")))?;
         eprintln!("-- tailing {stream}; Ctrl-C to stop");
         loop {
             tokio::select! {
@@ -175,7 +258,7 @@ async fn emit_changes(client: &mut exec::Client, stream: &str) -> Result<(), ton
                     let ack = pb::StreamingFetchRequest { subscription_id: sub.clone(), consumer_name: "cli".into(), ack_ids: rr.record_ids };
                     let _ = tx.send(ack).await;
                 }
-                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = interrupt.recv() => return Ok(()),
             }
         }
     }

@@ -189,3 +189,32 @@ fn sigint(pid: i32) -> i32 {
     // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe { libc::kill(pid, libc::SIGINT) }
 }
+
+/// An interactive session through a pseudo-terminal (pexpect): prompt, multi-line statement,
+/// table, error, Ctrl-C out of EMIT CHANGES, quit; history is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interactive_shell_through_a_pty() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let history = dir.path().join("history");
+    let bin = workspace_bin("hstream");
+    let port = server.addr.port().to_string();
+    let summary = run_python(
+        "shell_pty.py",
+        &[bin.to_str().unwrap(), &port, history.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(summary["exit"], 0, "{summary}");
+    let mut c = server.client().await;
+    assert!(
+        c.list_subscriptions(pb::ListSubscriptionsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .subscription
+            .is_empty(),
+        "Ctrl-C removed the tailing query's subscription"
+    );
+    let hist = std::fs::read_to_string(&history).unwrap();
+    assert!(hist.contains("SHOW STREAMS;"), "{hist}");
+}
