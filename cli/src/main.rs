@@ -3,6 +3,7 @@
 //! terminal or a pipe, each run once its `;` arrives. `SELECT * FROM s EMIT CHANGES` tails new
 //! records until Ctrl-C.
 
+mod commands;
 mod exec;
 mod sql;
 
@@ -37,6 +38,15 @@ enum Command {
         #[arg(long)]
         history_file: Option<std::path::PathBuf>,
     },
+    /// Streams without SQL.
+    #[command(subcommand)]
+    Stream(commands::StreamCmd),
+    /// Subscriptions.
+    #[command(subcommand, alias = "sub")]
+    Subscription(commands::SubscriptionCmd),
+    /// Connectors without SQL.
+    #[command(subcommand)]
+    Connector(commands::ConnectorCmd),
 }
 
 fn main() {
@@ -66,9 +76,26 @@ fn main() {
                     .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".hstream_history")));
                 shell(client, history).await
             }
+            Command::Stream(cmd) => report(commands::stream(&mut client.clone(), cmd).await),
+            Command::Subscription(cmd) => report(commands::subscription(&mut client.clone(), cmd).await),
+            Command::Connector(cmd) => report(commands::connector(&mut client.clone(), cmd).await),
         }
     });
     std::process::exit(code);
+}
+
+/// Prints a subcommand's result; the exit code says whether it worked.
+fn report(r: Result<String, tonic::Status>) -> i32 {
+    match r {
+        Ok(out) => {
+            println!("{out}");
+            0
+        }
+        Err(s) => {
+            eprintln!("error: {}", exec::error_text(&s));
+            1
+        }
+    }
 }
 
 /// Parses the whole script, then runs it statement by statement; stops at the first failure.

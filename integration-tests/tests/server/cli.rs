@@ -66,8 +66,14 @@ async fn piped_sql_drives_the_pipeline_and_other_doors_see_it() {
         http(server.http, "GET", "/connectors/hole/status", None).await.1["connector"]["state"],
         "STOPPED"
     );
-    // And SQL sees what REST does.
-    assert_eq!(http(server.http, "PUT", "/connectors/hole/resume", None).await.0, 202);
+    // And SQL sees what REST does (and resumes through SQL too).
+    assert_eq!(http(server.http, "PUT", "/connectors/hole/pause", None).await.0, 202);
+    let out = hstream(&server)
+        .args(["-e", "RESUME CONNECTOR hole;"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = hstream(&server)
         .args(["-e", "SHOW CONNECTORS;"])
         .output()
@@ -217,4 +223,88 @@ async fn interactive_shell_through_a_pty() {
     );
     let hist = std::fs::read_to_string(&history).unwrap();
     assert!(hist.contains("SHOW STREAMS;"), "{hist}");
+}
+
+/// The subcommands that do without SQL: streams, subscriptions and connectors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subcommands_without_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let port = server.addr.port().to_string();
+    let run = |args: &'static [&'static str]| {
+        let port = port.clone();
+        async move {
+            let out = tokio::process::Command::new(workspace_bin("hstream"))
+                .args(["--port", &port])
+                .args(args)
+                .output()
+                .await
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    assert_eq!(run(&["stream", "create", "cmd_s", "-s", "3"]).await.0, Some(0));
+    let (_, out, _) = run(&["stream", "list"]).await;
+    assert!(has_row(&out, &["cmd_s", "3", "1", "0"]), "{out}");
+    let (_, out, _) = run(&["stream", "list-shard", "cmd_s"]).await;
+    assert_eq!(rows(&out).len(), 4, "header and three shards: {out}");
+    assert_eq!(
+        run(&["sub", "create", "cmd_sub", "--stream", "cmd_s", "--offset", "earliest"])
+            .await
+            .0,
+        Some(0)
+    );
+    let (_, out, _) = run(&["subscription", "describe", "cmd_sub"]).await;
+    assert!(rows(&out).iter().any(|r| r[0] == "cmd_sub" && r[1] == "cmd_s"), "{out}");
+    let (code, _, err) = run(&["stream", "delete", "cmd_s"]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("still has subscriptions"), "{err}");
+    assert_eq!(run(&["subscription", "delete", "cmd_sub"]).await.0, Some(0));
+    assert_eq!(
+        run(&[
+            "connector",
+            "create",
+            "g",
+            "--type",
+            "source",
+            "--target",
+            "generator",
+            "--config",
+            r#"{"stream":"cmd_s","rate":100}"#
+        ])
+        .await
+        .0,
+        Some(0)
+    );
+    assert_eq!(run(&["connector", "pause", "g"]).await.0, Some(0));
+    assert_eq!(
+        run(&["connector", "alter-config", "g", "--config-json", r#"{"rate":200}"#])
+            .await
+            .0,
+        Some(0)
+    );
+    let (_, out, _) = run(&["connector", "describe", "g"]).await;
+    assert!(
+        out.contains("\"rate\":200")
+            && has_row(
+                &out,
+                &[
+                    "g",
+                    "SOURCE",
+                    "generator",
+                    "STOPPED",
+                    r#"{"rate":200,"stream":"cmd_s"}"#
+                ]
+            ),
+        "{out}"
+    );
+    assert_eq!(run(&["connector", "resume", "g"]).await.0, Some(0));
+    assert_eq!(run(&["connector", "delete", "g"]).await.0, Some(0));
+    assert_eq!(run(&["stream", "delete", "cmd_s"]).await.0, Some(0));
+    let (_, out, _) = run(&["stream", "list"]).await;
+    assert_eq!(rows(&out).len(), 1, "only the header is left: {out}");
 }
