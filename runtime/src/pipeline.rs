@@ -211,14 +211,16 @@ pub async fn run_sink<K: Sink>(ctx: RunContext, config: K::Config) -> Result<Don
         let shard = shards[next % shards.len()];
         next += 1;
         let from = written.shards[&shard];
-        // Wait for data only once every shard in turn came back empty.
-        let wait = if idle >= shards.len() {
-            SINK_IDLE_WAIT
-        } else {
-            Duration::ZERO
-        };
+        // Once every shard in turn came back empty, wait for any of them to get data.
+        if idle >= shards.len() {
+            tokio::select! {
+                w = ctx.streams.wait_for_data(&stream, &written.shards, SINK_IDLE_WAIT) => w?,
+                _ = ctx.cancel.cancelled() => break,
+            }
+            idle = 0;
+        }
         let chunk = tokio::select! {
-            c = ctx.streams.read(&stream, shard, from, SINK_READ_BATCHES, wait) => c?,
+            c = ctx.streams.read(&stream, shard, from, SINK_READ_BATCHES, Duration::ZERO) => c?,
             _ = ctx.cancel.cancelled() => break,
         };
         if !chunk.records.is_empty() {

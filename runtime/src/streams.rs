@@ -41,6 +41,18 @@ pub trait Streams: Send + Sync {
         max_batches: usize,
         wait: Duration,
     ) -> Result<ReadChunk, ConnectorError>;
+
+    /// Waits until any shard in `positions` (shard → next LSN to read) has a batch at or past its
+    /// position, or `timeout` passes. The default polls once after the timeout.
+    async fn wait_for_data(
+        &self,
+        _stream: &str,
+        _positions: &std::collections::BTreeMap<u64, u64>,
+        timeout: Duration,
+    ) -> Result<(), ConnectorError> {
+        tokio::time::sleep(timeout).await;
+        Ok(())
+    }
 }
 
 /// Durable storage of task checkpoints (the MetaStore, in the server).

@@ -130,6 +130,30 @@ impl Streams for LocalStreams {
         Ok((s.log.start_lsn(), s.log.visible_lsn() + 1))
     }
 
+    async fn wait_for_data(
+        &self,
+        stream: &str,
+        positions: &std::collections::BTreeMap<u64, u64>,
+        timeout: Duration,
+    ) -> Result<(), ConnectorError> {
+        let entry = self.ctx()?.catalog.stream(stream).map_err(external)?;
+        let mut watches = Vec::new();
+        for s in &entry.shards {
+            let mut rx = s.log.subscribe();
+            let visible = *rx.borrow_and_update();
+            if positions.get(&s.meta.id).is_some_and(|next| visible >= *next) {
+                return Ok(()); // data is already there
+            }
+            watches.push(rx);
+        }
+        if watches.is_empty() {
+            return Ok(());
+        }
+        let changed = futures::future::select_all(watches.iter_mut().map(|rx| Box::pin(rx.changed())));
+        let _ = tokio::time::timeout(timeout, changed).await;
+        Ok(())
+    }
+
     async fn read(
         &self,
         stream: &str,
