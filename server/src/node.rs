@@ -23,7 +23,7 @@ use crate::catalog::{Catalog, ShardEntry, StreamEntry};
 use crate::config::Settings;
 use crate::meta::{MetaStore, NodeMeta, SqliteMetaStore};
 use crate::service::{HStreamService, NodeInfo, ServerCtx};
-use crate::store::LogStore;
+use crate::store::{LogStore, now_ms};
 
 pub async fn open_meta(uri: &str) -> anyhow::Result<Arc<dyn MetaStore>> {
     if let Some(path) = uri.strip_prefix("sqlite://") {
@@ -67,10 +67,6 @@ async fn load_catalog(meta: &dyn MetaStore, store: &Arc<LogStore>) -> anyhow::Re
         }
     }
     Ok(catalog)
-}
-
-fn now_ms() -> i64 {
-    crate::service::read::now_ms()
 }
 
 /// Runs a node until `shutdown` is cancelled; `ready` gets the bound gRPC and REST addresses

@@ -91,6 +91,23 @@ impl SqliteMetaStore {
         Ok(SqliteMetaStore { pool })
     }
 
+    /// Sets one text column of an existing connector (`column` is one of ours, never input).
+    async fn set_connector_column(&self, column: &'static str, name: &str, value: &str) -> MetaResult<()> {
+        let res = sqlx::query(&format!("UPDATE connectors SET {column} = ? WHERE name = ?"))
+            .bind(value)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        if res.rows_affected() == 0 {
+            return Err(MetaError::NotFound {
+                kind: "connector",
+                name: name.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     async fn shards_where(conn: &mut SqliteConnection, stream: &str) -> MetaResult<Vec<ShardMeta>> {
         let rows = sqlx::query("SELECT id, stream, start_key, end_key, epoch FROM shards WHERE stream = ? ORDER BY id")
             .bind(stream)
@@ -563,35 +580,11 @@ impl MetaStore for SqliteMetaStore {
     }
 
     async fn set_connector_config(&self, name: &str, config: &str) -> MetaResult<()> {
-        let res = sqlx::query("UPDATE connectors SET config = ? WHERE name = ?")
-            .bind(config)
-            .bind(name)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        if res.rows_affected() == 0 {
-            return Err(MetaError::NotFound {
-                kind: "connector",
-                name: name.to_owned(),
-            });
-        }
-        Ok(())
+        self.set_connector_column("config", name, config).await
     }
 
     async fn set_connector_status(&self, name: &str, status: &str) -> MetaResult<()> {
-        let res = sqlx::query("UPDATE connectors SET status = ? WHERE name = ?")
-            .bind(status)
-            .bind(name)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        if res.rows_affected() == 0 {
-            return Err(MetaError::NotFound {
-                kind: "connector",
-                name: name.to_owned(),
-            });
-        }
-        Ok(())
+        self.set_connector_column("status", name, status).await
     }
 
     async fn delete_connector(&self, name: &str) -> MetaResult<bool> {

@@ -74,10 +74,7 @@ impl ServerCtx {
             name: c.name.clone(),
             r#type: c.kind.clone(),
             target: c.target.clone(),
-            creation_time: Some(prost_types::Timestamp {
-                seconds: c.created_ms.div_euclid(1000),
-                nanos: (c.created_ms.rem_euclid(1000) * 1_000_000) as i32,
-            }),
+            creation_time: Some(super::read::timestamp(c.created_ms)),
             status,
             config: redacted.to_string(),
             offsets,

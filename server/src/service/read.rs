@@ -119,11 +119,14 @@ pub fn resolve_from(log: &ShardLog, from: From) -> ApiResult<u64> {
     })
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+pub use crate::store::now_ms;
+
+/// A unix-ms instant as a protobuf Timestamp.
+pub fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
 }
 
 pub fn received(shard_id: u64, b: StoredBatch) -> ReceivedRecord {
@@ -138,10 +141,7 @@ pub fn received(shard_id: u64, b: StoredBatch) -> ReceivedRecord {
         record_ids,
         record: Some(BatchedRecord {
             compression_type: b.compression as i32,
-            publish_time: Some(prost_types::Timestamp {
-                seconds: b.timestamp_ms.div_euclid(1000),
-                nanos: (b.timestamp_ms.rem_euclid(1000) * 1_000_000) as i32,
-            }),
+            publish_time: Some(timestamp(b.timestamp_ms)),
             batch_size: b.batch_size,
             payload: b.payload,
         }),

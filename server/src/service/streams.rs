@@ -8,7 +8,7 @@ use hstream_proto as pb;
 use hstream_proto::ErrorCode;
 
 use super::ServerCtx;
-use super::read::{From, now_ms, resolve_from};
+use super::read::{From, now_ms, resolve_from, timestamp};
 use crate::batch;
 use crate::catalog::{ARCHIVED_PREFIX, ShardEntry, StreamEntry, validate_name};
 use crate::error::{ApiError, ApiResult};
@@ -18,13 +18,6 @@ use crate::store::ShardLog;
 
 /// Largest shardCount accepted (each shard is a directory and open files).
 pub const MAX_SHARDS: u32 = 4096;
-
-fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
 
 pub fn stream_pb(m: &StreamMeta) -> pb::Stream {
     pb::Stream {

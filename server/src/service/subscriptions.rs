@@ -37,10 +37,7 @@ fn subscription_pb(m: &SubscriptionMeta) -> pb::Subscription {
             StartOffset::Earliest => pb::SpecialOffset::Earliest as i32,
             StartOffset::Latest => pb::SpecialOffset::Latest as i32,
         },
-        creation_time: Some(prost_types::Timestamp {
-            seconds: m.created_ms.div_euclid(1000),
-            nanos: (m.created_ms.rem_euclid(1000) * 1_000_000) as i32,
-        }),
+        creation_time: Some(super::read::timestamp(m.created_ms)),
     }
 }
 

@@ -118,7 +118,8 @@ pub struct LogStore {
     flusher_stop: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
 
-pub(crate) fn now_ms() -> i64 {
+/// Wall-clock unix milliseconds.
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
