@@ -2,7 +2,8 @@
 # Runs every test of the project, first installing what the tests need if it is missing:
 #   - a Python venv (.venv) with the official HStreamDB client (hstreamdb 0.5.0), zstandard, and
 #     openapi-spec-validator (checks the REST API's OpenAPI document), pexpect (drives the SQL
-#     shell through a pseudo-terminal).
+#     shell through a pseudo-terminal);
+#   - PostgreSQL's server binaries (Debian packages), for the CDC source and sink tests.
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,14 @@ if ! .venv/bin/python -c "import hstreamdb, zstandard, openapi_spec_validator, p
   # hstreamdb 0.5.0 is an sdist whose build needs pkg_resources (setuptools < 70).
   .venv/bin/pip install -q "setuptools<70" wheel
   .venv/bin/pip install -q --no-build-isolation hstreamdb==0.5.0 zstandard openapi-spec-validator pexpect
+fi
+
+# PostgreSQL server binaries for the CDC tests (they run their own throw-away instances with
+# initdb + pg_ctl on free ports; the machine's own server is left alone).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "==> installing PostgreSQL"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql postgresql-contrib
 fi
 
 if [ "${CI:-}" = "true" ]; then

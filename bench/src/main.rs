@@ -3,6 +3,7 @@
 
 mod append;
 mod connectors;
+mod pg_cdc;
 mod subscribe;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +25,9 @@ enum Bench {
     Subscribe(subscribe::Args),
     /// generator -> stream -> blackhole at full speed: records/s and server CPU per record.
     Connectors(connectors::Args),
+    /// PostgreSQL CDC (1M rows: 5 big + 50k one-row transactions) into a durable stream, beside
+    /// pg_recvlogical draining the same WAL to a file.
+    PgCdc(pg_cdc::Args),
     /// Every benchmark with its defaults.
     All,
 }
@@ -35,12 +39,15 @@ fn main() -> anyhow::Result<()> {
         Bench::Append(args) => rt.block_on(append::run(args)),
         Bench::Subscribe(args) => rt.block_on(subscribe::run(args)),
         Bench::Connectors(args) => rt.block_on(connectors::run(args)),
+        Bench::PgCdc(args) => rt.block_on(pg_cdc::run(args)),
         Bench::All => rt.block_on(async {
             append::run(append::Args::default_args()).await?;
             println!();
             subscribe::run(subscribe::Args::default_args()).await?;
             println!();
-            connectors::run(connectors::Args::default_args()).await
+            connectors::run(connectors::Args::default_args()).await?;
+            println!();
+            pg_cdc::run(pg_cdc::Args::default_args()).await
         }),
     }
 }

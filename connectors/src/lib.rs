@@ -1,1 +1,95 @@
-//! Connector families (PostgreSQL, MySQL, MQTT, ...), filled by later issues.
+//! The connectors this build ships, beyond the runtime's built-in generator and blackhole.
+//!
+//! [`registry`] is the one list of every connector type the server offers; `specs/` holds each
+//! one's `ConnectorSpecification`, kept equal to the Rust config types by a test.
+
+pub mod pbstruct;
+pub mod postgres;
+
+use hstream_runtime::Registry;
+
+/// Every connector type of this build, one line each.
+pub fn registry() -> Registry {
+    let mut r = hstream_runtime::builtin();
+    r.source::<postgres::PgSource>("postgresql");
+    r.sink::<postgres::PgSink>("postgresql");
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `specs/<kind>-<name>.json` must equal what the Rust config types derive. Run with
+    /// `UPDATE_SPECS=1` to rewrite them after changing a config type.
+    #[test]
+    fn specs_in_the_repo_match_the_config_types() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs");
+        for (kind, name, t) in registry().iter() {
+            let path = dir.join(format!("{}-{name}.json", kind.as_str().to_lowercase()));
+            let want = serde_json::to_string_pretty(t.spec()).unwrap() + "\n";
+            if std::env::var_os("UPDATE_SPECS").is_some() {
+                std::fs::write(&path, &want).unwrap();
+                continue;
+            }
+            let have = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+                panic!(
+                    "{} is missing: run UPDATE_SPECS=1 cargo test -p hstream-connectors",
+                    path.display()
+                )
+            });
+            assert_eq!(
+                have,
+                want,
+                "{} drifted from the config type: run UPDATE_SPECS=1 cargo test -p hstream-connectors",
+                path.display()
+            );
+        }
+    }
+
+    #[test]
+    fn postgres_configs_name_the_field() {
+        use hstream_runtime::Kind;
+        use serde_json::json;
+        let r = registry();
+        let src = r.get(Kind::Source, "postgresql").unwrap();
+        let errs = |t: &std::sync::Arc<dyn hstream_runtime::ConnectorType>, v| {
+            t.validate(&v)
+                .unwrap_err()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        let e = errs(&src, json!({"stream": "s", "user": "u", "database": "d"}));
+        assert!(e.iter().any(|m| m.starts_with("table")), "{e:?}");
+        let e = errs(
+            &src,
+            json!({"stream": "s", "user": "u", "database": "d", "table": "t", "port": "x"}),
+        );
+        assert!(e.iter().any(|m| m.starts_with("port")), "{e:?}");
+        let e = errs(
+            &src,
+            json!({"stream": "s", "user": "u", "database": "d", "table": "t", "slotName": "Bad-Name"}),
+        );
+        assert!(e.iter().any(|m| m.starts_with("slotName")), "{e:?}");
+        let e = errs(
+            &src,
+            json!({"stream": "s", "user": "u", "database": "d", "table": "t", "snapshotMode": "sometimes"}),
+        );
+        assert!(e.iter().any(|m| m.starts_with("snapshotMode")), "{e:?}");
+        assert!(
+            src.validate(&json!({"stream": "s", "user": "u", "database": "d", "table": "t"}))
+                .is_ok()
+        );
+        let sink = r.get(Kind::Sink, "postgresql").unwrap();
+        let e = errs(&sink, json!({"stream": "s", "user": "u", "database": "d"}));
+        assert!(e.iter().any(|m| m.contains("table")), "{e:?}");
+        // The password is a secret in both specs.
+        for t in [&src, &sink] {
+            assert_eq!(
+                t.spec()["connectionSpecification"]["properties"]["password"]["airbyte_secret"],
+                true
+            );
+        }
+    }
+}

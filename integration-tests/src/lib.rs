@@ -18,6 +18,8 @@ use hstream_proto::h_stream_api_client::HStreamApiClient;
 use prost::Message;
 use tonic::transport::Channel;
 
+pub mod pg;
+
 pub type Client = HStreamApiClient<Channel>;
 
 /// The repository root (this crate lives in `<root>/integration-tests`).
@@ -320,6 +322,45 @@ pub fn decode(r: &pb::ReceivedRecord) -> Vec<(pb::RecordId, String, Vec<u8>)> {
         .zip(recs.records)
         .map(|(id, rec)| (*id, rec.header.map(|h| h.key).unwrap_or_default(), rec.payload.to_vec()))
         .collect()
+}
+
+/// A protobuf Struct (an HStreamDB JSON record) as JSON.
+pub fn struct_to_json(s: &prost_types::Struct) -> serde_json::Value {
+    use prost_types::value::Kind;
+    fn v(x: &prost_types::Value) -> serde_json::Value {
+        match &x.kind {
+            Some(Kind::NumberValue(n)) => serde_json::json!(n),
+            Some(Kind::StringValue(s)) => serde_json::json!(s),
+            Some(Kind::BoolValue(b)) => serde_json::json!(b),
+            Some(Kind::StructValue(s)) => struct_to_json(s),
+            Some(Kind::ListValue(l)) => serde_json::Value::Array(l.values.iter().map(v).collect()),
+            _ => serde_json::Value::Null,
+        }
+    }
+    serde_json::Value::Object(s.fields.iter().map(|(k, x)| (k.clone(), v(x))).collect())
+}
+
+/// Every record of every shard of a JSON stream up to its tail, as (partition key, JSON),
+/// in order within each shard.
+pub async fn read_json_stream(client: &mut Client, stream: &str) -> Vec<(String, serde_json::Value)> {
+    let shards = client
+        .list_shards(pb::ListShardsRequest {
+            stream_name: stream.to_owned(),
+        })
+        .await
+        .expect("list shards")
+        .into_inner()
+        .shards;
+    let mut out = Vec::new();
+    for shard in shards {
+        for r in read_shard_to_tail(client, stream, shard.shard_id).await {
+            for (_, key, payload) in decode(&r) {
+                let s = prost_types::Struct::decode(&payload[..]).expect("a JSON (Struct) record");
+                out.push((key, struct_to_json(&s)));
+            }
+        }
+    }
+    out
 }
 
 pub fn earliest() -> pb::ShardOffset {

@@ -80,6 +80,7 @@ pub struct SourceOutput<O: Offset> {
     pub(crate) tx: mpsc::Sender<(Vec<Record>, O)>,
     pub(crate) committed: watch::Receiver<Option<O>>,
     pub(crate) cancel: CancellationToken,
+    pub(crate) progress: std::sync::Arc<crate::pipeline::Progress>,
 }
 
 impl<O: Offset> SourceOutput<O> {
@@ -96,6 +97,12 @@ impl<O: Offset> SourceOutput<O> {
     /// source acknowledge upstream.
     pub fn committed(&self) -> watch::Receiver<Option<O>> {
         self.committed.clone()
+    }
+
+    /// Says what the source is doing, for people watching (e.g. snapshot progress); shown with
+    /// the task's report.
+    pub fn report(&self, status: impl Into<String>) {
+        *self.progress.status.lock().expect("lock") = Some(status.into());
     }
 
     /// Cancelled when the task must stop; `run` should return `Done::Cancelled` promptly.
@@ -122,6 +129,12 @@ pub trait Source: Send + 'static {
 
     /// Produces records until done or cancelled (select on cancellation first).
     async fn run(&mut self, out: &mut SourceOutput<Self::Offset>) -> Result<Done, ConnectorError>;
+
+    /// Releases what the connector holds upstream once it is deleted (e.g. a replication slot).
+    /// Called after the last attempt stopped.
+    async fn on_delete(_config: &Self::Config) -> Result<(), ConnectorError> {
+        Ok(())
+    }
 }
 
 /// Whether a sink's write is merely accepted (buffered) or durable downstream.

@@ -24,6 +24,8 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// Emitted batches buffered between a source and its appender.
 const PIPELINE_DEPTH: usize = 16;
 const SINK_READ_BATCHES: usize = 64;
+/// Queued source batches are merged into one append up to this many records.
+const COALESCE_RECORDS: usize = 16_384;
 const SINK_IDLE_WAIT: Duration = Duration::from_millis(200);
 
 /// Counters of a task, shared with its supervisor and the API.
@@ -35,6 +37,8 @@ pub struct Progress {
     pub last_progress_ms: AtomicI64,
     /// The last checkpointed offset, as JSON (shown by GetConnector).
     pub offset: std::sync::Mutex<Option<Value>>,
+    /// What the source says it is doing (e.g. "snapshot public.t: 4096/100000 rows").
+    pub status: std::sync::Mutex<Option<String>>,
 }
 
 impl Progress {
@@ -96,6 +100,7 @@ pub async fn run_source<S: Source>(ctx: RunContext, config: S::Config) -> Result
         tx,
         committed: committed_rx,
         cancel: stop.clone(),
+        progress: ctx.progress.clone(),
     };
 
     let appender = async {
@@ -115,7 +120,18 @@ pub async fn run_source<S: Source>(ctx: RunContext, config: S::Config) -> Result
                 };
                 match next {
                     Some(None) => break,
-                    Some(Some((records, offset))) => {
+                    Some(Some((mut records, mut offset))) => {
+                        // Batches that queued up while the last append was in flight go out as
+                        // one append (one fsync), in order, with the last offset.
+                        while records.len() < COALESCE_RECORDS {
+                            match rx.try_recv() {
+                                Ok((more, o)) => {
+                                    records.extend(more);
+                                    offset = o;
+                                }
+                                Err(_) => break,
+                            }
+                        }
                         let n = records.len() as u64;
                         let bytes = records.iter().map(|r| r.payload.len() as u64).sum();
                         if n > 0 {

@@ -51,6 +51,10 @@ pub trait ConnectorType: Send + Sync {
     async fn check(&self, config: &Value) -> Result<(), ConnectorError>;
     /// Runs one attempt of a task until it ends, fails or is cancelled.
     async fn run(&self, ctx: RunContext) -> Result<Done, ConnectorError>;
+    /// Releases upstream resources of a deleted task (after its last attempt stopped).
+    async fn on_delete(&self, _config: &Value) -> Result<(), ConnectorError> {
+        Ok(())
+    }
 }
 
 fn parse<C: crate::ConnectorConfig>(spec: &Value, config: &Value) -> Result<C, ConnectorError> {
@@ -83,6 +87,9 @@ impl<S: Source> ConnectorType for SourceType<S> {
     async fn run(&self, ctx: RunContext) -> Result<Done, ConnectorError> {
         let config = parse::<S::Config>(&self.spec, &ctx.config)?;
         pipeline::run_source::<S>(ctx, config).await
+    }
+    async fn on_delete(&self, config: &Value) -> Result<(), ConnectorError> {
+        S::on_delete(&parse::<S::Config>(&self.spec, config)?).await
     }
 }
 

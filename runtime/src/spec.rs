@@ -55,8 +55,14 @@ pub fn validate<C: ConnectorConfig>(schema: &Value, config: &Value) -> Result<C,
         .iter_errors(config)
         .map(|e| {
             let pointer = e.instance_path().to_string();
-            // Messages quote the offending value: never for a secret.
-            let message = if crate::secret::touches_secret(schema, &pointer) {
+            // Messages quote the offending value: never for a secret. Missing and unknown
+            // properties are named, not quoted, so they are always shown.
+            let names_only = matches!(
+                e.kind(),
+                jsonschema::error::ValidationErrorKind::Required { .. }
+                    | jsonschema::error::ValidationErrorKind::AdditionalProperties { .. }
+            );
+            let message = if !names_only && crate::secret::touches_secret(schema, &pointer) {
                 "invalid value (secret, not shown)".to_owned()
             } else {
                 e.to_string()

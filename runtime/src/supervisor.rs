@@ -140,6 +140,22 @@ enum Outcome {
     Shutdown,
 }
 
+/// Bound on a deleted task's release of its upstream resources.
+const RELEASE_WAIT: Duration = Duration::from_secs(20);
+
+/// Lets the connector release what it holds upstream once its task is deleted; a failure is
+/// logged (with secrets scrubbed), not fatal: the task is deleted either way.
+async fn release(spec: &TaskSpec) {
+    let released = tokio::time::timeout(RELEASE_WAIT, spec.connector.on_delete(&spec.config))
+        .await
+        .unwrap_or_else(|_| Err(ConnectorError::external(format!("gave up after {RELEASE_WAIT:?}"))));
+    if let Err(e) = released {
+        let secrets = crate::secret::secret_values(&spec.connector.spec()["connectionSpecification"], &spec.config);
+        let message = crate::secret::scrub(&e.to_string(), &secrets);
+        tracing::warn!(task = %spec.name, error = %message, "could not release the deleted task's upstream resources");
+    }
+}
+
 async fn supervise(
     mut spec: TaskSpec,
     mut control: mpsc::Receiver<Control>,
@@ -181,7 +197,12 @@ async fn supervise(
                         set(State::Stopped, None, restarts);
                     }
                 }
-                Some(Control::Delete) | None => {
+                Some(Control::Delete) => {
+                    release(&spec).await;
+                    set(State::Deleted, None, restarts);
+                    return;
+                }
+                None => {
                     set(State::Deleted, None, restarts);
                     return;
                 }
@@ -253,7 +274,12 @@ async fn supervise(
                 spec.config = config;
                 restarts = 0;
             }
-            Outcome::Control(Some(Control::Delete) | None) => {
+            Outcome::Control(Some(Control::Delete)) => {
+                release(&spec).await;
+                set(State::Deleted, None, restarts);
+                return;
+            }
+            Outcome::Control(None) => {
                 set(State::Deleted, None, restarts);
                 return;
             }
@@ -290,7 +316,12 @@ async fn supervise(
                                 }
                                 Some(Control::Alter(config)) => spec.config = config,
                                 Some(Control::Resume) => {}
-                                Some(Control::Delete) | None => {
+                                Some(Control::Delete) => {
+                                    release(&spec).await;
+                                    set(State::Deleted, None, restarts);
+                                    return;
+                                }
+                                None => {
                                     set(State::Deleted, None, restarts);
                                     return;
                                 }

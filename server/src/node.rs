@@ -107,7 +107,7 @@ pub async fn run(
         node,
         settings.max_record_size,
         shutdown.clone(),
-        hstream_runtime::builtin(),
+        hstream_connectors::registry(),
         (settings.connector_retry_base, settings.connector_retry_max),
     );
 

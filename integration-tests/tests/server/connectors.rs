@@ -31,21 +31,6 @@ fn report(conn: &pb::Connector) -> serde_json::Value {
     struct_to_json(&s)
 }
 
-fn struct_to_json(s: &prost_types::Struct) -> serde_json::Value {
-    use prost_types::value::Kind;
-    fn v(x: &prost_types::Value) -> serde_json::Value {
-        match &x.kind {
-            Some(Kind::NumberValue(n)) => serde_json::json!(n),
-            Some(Kind::StringValue(s)) => serde_json::json!(s),
-            Some(Kind::BoolValue(b)) => serde_json::json!(b),
-            Some(Kind::StructValue(s)) => struct_to_json(s),
-            Some(Kind::ListValue(l)) => serde_json::Value::Array(l.values.iter().map(v).collect()),
-            _ => serde_json::Value::Null,
-        }
-    }
-    serde_json::Value::Object(s.fields.iter().map(|(k, x)| (k.clone(), v(x))).collect())
-}
-
 async fn wait_status(c: &Client, name: &str, want: &str) {
     let probe = c.clone();
     wait_until(Duration::from_secs(30), &format!("{name} to be {want}"), || {

@@ -20,7 +20,7 @@ async fn ctx(dir: &std::path::Path) -> Arc<ServerCtx> {
         node,
         1 << 20,
         CancellationToken::new(),
-        hstream_runtime::builtin(),
+        hstream_connectors::registry(),
         (std::time::Duration::from_millis(100), std::time::Duration::from_secs(1)),
     )
 }

@@ -1,0 +1,185 @@
+//! PostgreSQL CDC: the workload of `../shared/protocol/cdc.md` (950k rows in 5 transactions, then
+//! 50k one-row transactions) drained by `pg_recvlogical` (pgoutput, proto_version 1, to a file)
+//! and by our `postgresql` source into a durable stream (fsync=always), in the same run, from
+//! clones of one slot created before the load — so both decode exactly the same WAL.
+
+use std::time::{Duration, Instant};
+
+use hstream_integration_tests::pg::{DATABASE, Postgres};
+use hstream_integration_tests::{Server, read_json_stream};
+use hstream_proto as pb;
+
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    /// Rows inserted by the big transactions (split over 5).
+    #[arg(long, default_value_t = 950_000)]
+    bulk_rows: u64,
+    /// One-row transactions after them.
+    #[arg(long, default_value_t = 50_000)]
+    single_txns: u64,
+}
+
+impl Args {
+    pub fn default_args() -> Args {
+        Args {
+            bulk_rows: 950_000,
+            single_txns: 50_000,
+        }
+    }
+}
+
+fn delivered(conn: &pb::Connector) -> f64 {
+    let s = conn.offsets.first().cloned().unwrap_or_default();
+    match s.fields.get("deliveredRecords").and_then(|v| v.kind.clone()) {
+        Some(prost_types::value::Kind::NumberValue(n)) => n,
+        _ => 0.0,
+    }
+}
+
+/// Children's user+system CPU seconds as bash's `times` prints them (`0m1.234s 0m0.567s`).
+fn parse_times(line: &str) -> f64 {
+    line.split_whitespace()
+        .filter_map(|t| {
+            let (m, s) = t.trim_end_matches('s').split_once('m')?;
+            Some(m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+        })
+        .sum()
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let total = args.bulk_rows + args.single_txns;
+    println!(
+        "pg-cdc: {} rows in 5 transactions + {} one-row transactions, pgoutput proto 1",
+        args.bulk_rows, args.single_txns
+    );
+    let pg = Postgres::start();
+    pg.psql(
+        DATABASE,
+        "CREATE TABLE orders (id bigserial PRIMARY KEY, name text NOT NULL, amount numeric(12,2), \
+         payload text, updated_at timestamptz NOT NULL DEFAULT now()); \
+         ALTER TABLE orders OWNER TO cdc; CREATE PUBLICATION bench_pub FOR TABLE orders;",
+    );
+    pg.psql(DATABASE, "SELECT pg_create_logical_replication_slot('tpl', 'pgoutput')");
+    // The one-row transactions need not wait for their commit's flush to be loaded quickly.
+    pg.psql(
+        "postgres",
+        &format!("ALTER DATABASE {DATABASE} SET synchronous_commit = off"),
+    );
+    let t = Instant::now();
+    let per_txn = args.bulk_rows / 5;
+    for _ in 0..5 {
+        pg.psql(
+            DATABASE,
+            &format!(
+                "INSERT INTO orders (name, amount, payload) SELECT 'name-' || g, g % 100000 / 100.0, \
+                 repeat(md5(g::text), 3) FROM generate_series(1, {per_txn}) g"
+            ),
+        );
+    }
+    pg.psql(
+        DATABASE,
+        &format!(
+            "DO $$ BEGIN FOR i IN 1..{} LOOP \
+             INSERT INTO orders (name, amount, payload) VALUES ('one', 1.5, repeat('x', 96)); COMMIT; END LOOP; END $$",
+            args.single_txns
+        ),
+    );
+    let end_lsn = pg.psql(DATABASE, "SELECT pg_current_wal_lsn()");
+    let rows: u64 = pg.psql(DATABASE, "SELECT count(*) FROM orders").parse()?;
+    let id_sum: f64 = pg.psql(DATABASE, "SELECT sum(id) FROM orders").parse()?;
+    anyhow::ensure!(rows == per_txn * 5 + args.single_txns, "loaded {rows} rows");
+    println!("  loaded in {:.1} s; WAL end {end_lsn}", t.elapsed().as_secs_f64());
+
+    // The peer: pg_recvlogical into a file.
+    pg.psql(DATABASE, "SELECT pg_copy_logical_replication_slot('tpl', 'peer')");
+    let out = tempfile::NamedTempFile::new()?;
+    let out_path = out.path().to_owned();
+    drop(out);
+    let bin = hstream_integration_tests::pg::bin_dir();
+    let recv = bin.join("pg_recvlogical");
+    let recv = if recv.exists() { recv } else { "pg_recvlogical".into() };
+    let script = format!(
+        "{} -h {} -p {} -U postgres -d {DATABASE} --slot=peer --start --endpos={end_lsn} --no-loop \
+         -f {} -o proto_version=1 -o publication_names=bench_pub && times",
+        recv.display(),
+        pg.data_dir().display(),
+        pg.port,
+        out_path.display()
+    );
+    let t = Instant::now();
+    let o = std::process::Command::new("bash").arg("-c").arg(&script).output()?;
+    let peer_secs = t.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        o.status.success(),
+        "pg_recvlogical: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let times = String::from_utf8_lossy(&o.stdout);
+    let peer_cpu = times.lines().nth(1).map(parse_times).unwrap_or(0.0);
+    let peer_bytes = std::fs::metadata(&out_path).map(|m| m.len()).unwrap_or(0);
+    let _ = std::fs::remove_file(&out_path);
+    pg.psql(DATABASE, "SELECT pg_drop_replication_slot('peer')");
+
+    // Ours: the postgresql source into a durable stream.
+    pg.psql(DATABASE, "SELECT pg_copy_logical_replication_slot('tpl', 'ours')");
+    let dir = hstream_integration_tests::repo_root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let data = tempfile::tempdir_in(&dir)?;
+    let server = Server::start(data.path(), &["--fsync", "always"]);
+    let mut c = server.client().await;
+    let mut config = pg.connector_config();
+    config["stream"] = "orders".into();
+    config["table"] = "orders".into();
+    config["slotName"] = "ours".into();
+    config["publicationName"] = "bench_pub".into();
+    config["publicationAutocreate"] = false.into();
+    config["snapshotMode"] = "never".into();
+    let cpu0 = server.cpu_seconds();
+    let t = Instant::now();
+    c.create_connector(pb::CreateConnectorRequest {
+        name: "cdc".into(),
+        r#type: "source".into(),
+        target: "postgresql".into(),
+        config: config.to_string(),
+    })
+    .await?;
+    loop {
+        let conn = c
+            .get_connector(pb::GetConnectorRequest { name: "cdc".into() })
+            .await?
+            .into_inner();
+        if delivered(&conn) >= total as f64 {
+            break;
+        }
+        anyhow::ensure!(conn.status == "RUNNING", "connector {}", conn.status);
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "timed out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ours_secs = t.elapsed().as_secs_f64();
+    let ours_cpu = server.cpu_seconds() - cpu0;
+    // Check: every row, once, with the right ids.
+    let records = read_json_stream(&mut c, "orders").await;
+    let sum: f64 = records.iter().filter_map(|(_, r)| r["value"]["id"].as_f64()).sum();
+    anyhow::ensure!(records.len() as u64 == total, "stream has {} records", records.len());
+    anyhow::ensure!(sum == id_sum, "id sum {sum} != {id_sum}");
+    drop(server);
+
+    let peer_rate = total as f64 / peer_secs;
+    let ours_rate = total as f64 / ours_secs;
+    println!(
+        "  pg_recvlogical -> file : {peer_secs:6.2} s  {peer_rate:9.0} rows/s  client CPU {:.2} us/row  ({:.0} MB)",
+        peer_cpu * 1e6 / total as f64,
+        peer_bytes as f64 / 1e6
+    );
+    println!(
+        "  hstream postgresql     : {ours_secs:6.2} s  {ours_rate:9.0} rows/s  server CPU {:.2} us/row  (durable stream, fsync=always)",
+        ours_cpu * 1e6 / total as f64
+    );
+    println!(
+        "  ratio ours/pg_recvlogical: {:.2}x rows/s, {:.2}x CPU per row; checked {} rows, id sum ok",
+        ours_rate / peer_rate,
+        ours_cpu / peer_cpu.max(1e-9),
+        records.len()
+    );
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! PostgreSQL: the CDC source (logical replication with `pgoutput`) and the sink.
+
+pub mod pgoutput;
+pub mod sink;
+pub mod source;
+pub mod types;
+pub mod wire;
+
+use hstream_runtime::{ConnectorError, Secret};
+
+pub use sink::{PgSink, PgSinkConfig};
+pub use source::{PgOffset, PgSource, PgSourceConfig};
+use wire::{ConnectParams, Connection, PgError};
+
+pub(crate) fn default_host() -> String {
+    "127.0.0.1".into()
+}
+pub(crate) fn default_port() -> u16 {
+    5432
+}
+pub(crate) fn default_schema() -> String {
+    "public".into()
+}
+
+/// Connection options shared by the source and the sink (HStream IO's names), taken from a
+/// config. No `Debug`: it holds the password.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<Secret>,
+    pub database: String,
+}
+
+impl Endpoint {
+    pub(crate) fn params(&self, replication: bool, application_name: &str) -> ConnectParams {
+        ConnectParams {
+            host: self.host.clone(),
+            port: self.port,
+            user: self.user.clone(),
+            password: self.password.as_ref().map(|p| p.expose().to_owned()),
+            database: self.database.clone(),
+            replication,
+            application_name: application_name.to_owned(),
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConnectorError> {
+        if self.host.is_empty() {
+            return Err(ConnectorError::config("host: must not be empty"));
+        }
+        if self.user.is_empty() {
+            return Err(ConnectorError::config("user: must not be empty"));
+        }
+        if self.database.is_empty() {
+            return Err(ConnectorError::config("database: must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// Opens a session; errors say which option is wrong where the server tells.
+    pub(crate) async fn connect(
+        &self,
+        replication: bool,
+        application_name: &str,
+    ) -> Result<Connection, ConnectorError> {
+        Connection::connect(&self.params(replication, application_name))
+            .await
+            .map_err(|e| connect_error(self, replication, e))
+    }
+}
+
+/// Classifies a connection failure: wrong credentials, database or permissions are config
+/// errors naming the option; an unreachable server is external (retried).
+pub(crate) fn connect_error(ep: &Endpoint, replication: bool, e: PgError) -> ConnectorError {
+    match e.code() {
+        Some("28P01") => ConnectorError::config(format!("password: authentication failed for user {:?}", ep.user)),
+        Some("28000") if replication => ConnectorError::config(format!(
+            "user: {e} (replication connections need a pg_hba.conf entry and the REPLICATION attribute)"
+        )),
+        Some("28000") => ConnectorError::config(format!("user: {e}")),
+        Some("3D000") => ConnectorError::config(format!("database: {e}")),
+        Some("42501") => ConnectorError::config(format!("user: {e}")),
+        Some("53300") => ConnectorError::external(format!("{e}")),
+        _ => match &e {
+            PgError::Protocol(m) if m.contains("password") => ConnectorError::config(format!("password: {m}")),
+            PgError::Io(_) => {
+                ConnectorError::external(format!("host/port: could not connect to {}:{}: {e}", ep.host, ep.port))
+            }
+            _ => ConnectorError::external(e.to_string()),
+        },
+    }
+}
+
+/// A query error during work: the connection's failures are retried, the server's refusals are not.
+pub(crate) fn query_error(context: &str, e: PgError) -> ConnectorError {
+    match &e {
+        PgError::Io(_) => ConnectorError::external(format!("{context}: {e}")),
+        // Connection-level SQLSTATE classes: 08 connection, 57 operator intervention (restart,
+        // shutdown), 53 resources, 40 rollbacks (serialization, deadlock).
+        PgError::Server { code, .. } if retryable_sqlstate(code) => ConnectorError::external(format!("{context}: {e}")),
+        PgError::Protocol(_) => ConnectorError::external(format!("{context}: {e}")),
+        _ => ConnectorError::config(format!("{context}: {e}")),
+    }
+}
+
+/// SQLSTATEs worth a retry: connection (08), operator intervention such as a restart (57),
+/// resources (53), rollbacks (40), timeouts (25P03 idle in transaction, 55P03 lock), internal (XX).
+pub(crate) fn retryable_sqlstate(code: &str) -> bool {
+    ["08", "57", "53", "40", "XX"].iter().any(|c| code.starts_with(c)) || code == "25P03" || code == "55P03"
+}
+
+/// `schema.table` split, with `default_schema` for unqualified names (quotes allowed).
+pub(crate) fn split_table(name: &str, default_schema: &str) -> (String, String) {
+    let unquote = |s: &str| {
+        let s = s.trim();
+        if s.len() >= 2 && s.starts_with('"') && s.ends_with('"') {
+            s[1..s.len() - 1].replace("\"\"", "\"")
+        } else {
+            s.to_owned()
+        }
+    };
+    // A dot outside quotes separates schema and table.
+    let mut in_quotes = false;
+    for (i, c) in name.char_indices() {
+        match c {
+            '"' => in_quotes = !in_quotes,
+            '.' if !in_quotes => return (unquote(&name[..i]), unquote(&name[i + 1..])),
+            _ => {}
+        }
+    }
+    (default_schema.to_owned(), unquote(name))
+}
+
+/// Columns of a table as the replication stream sends them, with the primary key.
+pub(crate) struct TableInfo {
+    pub oid: u32,
+    pub columns: Vec<(String, u32)>,
+    /// Indexes into `columns` of the key: the replica identity index when the table uses one
+    /// (REPLICA IDENTITY USING INDEX), else the primary key — what pgoutput marks as key.
+    pub key: Vec<usize>,
+}
+
+/// Reads a table's columns and key from the catalog; `None` when it does not exist.
+pub(crate) async fn table_info(conn: &mut Connection, schema: &str, table: &str) -> Result<Option<TableInfo>, PgError> {
+    let qualified = format!("{}.{}", wire::ident(schema), wire::ident(table));
+    let rows = conn
+        .query(&format!("SELECT to_regclass({})::oid::int8", wire::literal(&qualified)))
+        .await?;
+    let Some(oid) = rows
+        .first()
+        .and_then(|r| r[0].as_deref())
+        .and_then(|s| s.parse::<u32>().ok())
+    else {
+        return Ok(None);
+    };
+    relation_info(conn, oid).await.map(Some)
+}
+
+/// Columns (as pgoutput sends them: not dropped, not generated) and key of a relation by OID.
+pub(crate) async fn relation_info(conn: &mut Connection, oid: u32) -> Result<TableInfo, PgError> {
+    let rows = conn
+        .query(&format!(
+            "SELECT a.attname, a.atttypid::int8, \
+                    coalesce((SELECT true FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid \
+                              WHERE i.indrelid = a.attrelid \
+                              AND CASE WHEN c.relreplident = 'i' THEN i.indisreplident ELSE i.indisprimary END \
+                              AND a.attnum = ANY(i.indkey) LIMIT 1), false) \
+             FROM pg_attribute a \
+             WHERE a.attrelid = {oid} AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+             ORDER BY a.attnum"
+        ))
+        .await?;
+    let mut columns = Vec::new();
+    let mut key = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        columns.push((
+            r[0].clone().unwrap_or_default(),
+            r[1].as_deref().and_then(|s| s.parse().ok()).unwrap_or(25),
+        ));
+        if r[2].as_deref() == Some("t") {
+            key.push(i);
+        }
+    }
+    Ok(TableInfo { oid, columns, key })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names() {
+        assert_eq!(split_table("orders", "public"), ("public".into(), "orders".into()));
+        assert_eq!(split_table("s.orders", "public"), ("s".into(), "orders".into()));
+        assert_eq!(split_table("\"a.b\".\"C\"", "public"), ("a.b".into(), "C".into()));
+    }
+}

@@ -1,0 +1,455 @@
+//! The `postgresql` sink: applies a stream of change records to a table — upsert on the primary
+//! key, delete when the value is null — one transaction per batch, idempotent on redelivery.
+//!
+//! Understood record shapes (JSON records; RAW records holding JSON text too):
+//! - HStream IO's CDC form `{"key": {…}, "value": {…} | null}`;
+//! - Debezium envelopes `{"op", "before", "after"}` (`t` truncates the table);
+//! - any other object: upserted as a whole row.
+//!
+//! A batch is reduced to the final state of each key before it is written (so a key appears once
+//! per statement), then written with `json_populate_recordset`, which lets PostgreSQL convert
+//! every value to its column type. Columns a record leaves out (an unchanged TOASTed value) are
+//! left as they are in the table.
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use base64::Engine;
+use hstream_runtime::{ConnectorConfig, ConnectorError, PayloadFlag, Secret, Sink, SinkRecord, Written, structs};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio_postgres::NoTls;
+
+use super::wire::ident;
+use super::{Endpoint, default_host, default_port, default_schema, split_table};
+
+/// Configuration of the `postgresql` sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(
+    title = "postgresql",
+    description = "Applies a stream's change records to a PostgreSQL table."
+)]
+pub struct PgSinkConfig {
+    /// Stream the records are read from.
+    pub stream: String,
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1))]
+    pub port: u16,
+    pub user: String,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    pub database: String,
+    /// Target table; it must have a primary key. Unqualified names are in `schema`.
+    pub table: String,
+    #[serde(default = "default_schema")]
+    pub schema: String,
+}
+
+impl PgSinkConfig {
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            host: self.host.clone(),
+            port: self.port,
+            user: self.user.clone(),
+            password: self.password.clone(),
+            database: self.database.clone(),
+        }
+    }
+}
+
+impl ConnectorConfig for PgSinkConfig {
+    fn validate(&self) -> Result<(), ConnectorError> {
+        if self.stream.is_empty() {
+            return Err(ConnectorError::config("stream: must not be empty"));
+        }
+        if self.table.is_empty() {
+            return Err(ConnectorError::config("table: must not be empty"));
+        }
+        self.endpoint().validate()
+    }
+}
+
+/// The target table as the sink needs it.
+#[derive(Debug)]
+struct Target {
+    /// `"schema"."table"`.
+    qualified: String,
+    /// Column name → type name (`bytea`, `int4`, …).
+    columns: BTreeMap<String, String>,
+    key: Vec<String>,
+}
+
+fn pg_error(context: &str, e: tokio_postgres::Error) -> ConnectorError {
+    let Some(db) = e.as_db_error() else {
+        return ConnectorError::external(format!("{context}: {e}"));
+    };
+    let code = db.code().code();
+    let msg = format!("{context}: {} (SQLSTATE {code})", db.message());
+    match code {
+        "28P01" => ConnectorError::config("password: authentication failed"),
+        "3D000" => ConnectorError::config(format!("database: {msg}")),
+        c if super::retryable_sqlstate(c) => ConnectorError::external(msg),
+        _ => ConnectorError::config(msg),
+    }
+}
+
+async fn connect(cfg: &PgSinkConfig) -> Result<tokio_postgres::Client, ConnectorError> {
+    let ep = cfg.endpoint();
+    let mut pc = tokio_postgres::Config::new();
+    pc.host(&ep.host)
+        .port(ep.port)
+        .user(&ep.user)
+        .dbname(&ep.database)
+        .application_name("hstream-sink")
+        .connect_timeout(std::time::Duration::from_secs(10));
+    if let Some(p) = &ep.password {
+        pc.password(p.expose());
+    }
+    let (client, conn) = pc.connect(NoTls).await.map_err(|e| match e.as_db_error() {
+        Some(_) => pg_error("connect", e),
+        None => ConnectorError::external(format!("host/port: could not connect to {}:{}: {e}", ep.host, ep.port)),
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "sink connection ended");
+        }
+    });
+    Ok(client)
+}
+
+async fn target(client: &tokio_postgres::Client, cfg: &PgSinkConfig) -> Result<Target, ConnectorError> {
+    let (schema, table) = split_table(&cfg.table, &cfg.schema);
+    let qualified = format!("{}.{}", ident(&schema), ident(&table));
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, NULL), \
+                    coalesce(a.attnum = ANY(i.indkey), false) \
+             FROM pg_attribute a LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attnum",
+            &[&qualified],
+        )
+        .await
+        .map_err(|e| pg_error("reading the table's columns", e))?;
+    if rows.is_empty() {
+        return Err(ConnectorError::config(format!(
+            "table: relation {qualified} does not exist in database {:?}",
+            cfg.database
+        )));
+    }
+    let mut columns = BTreeMap::new();
+    let mut key = Vec::new();
+    for r in rows {
+        let name: String = r.get(0);
+        if r.get::<_, bool>(2) {
+            key.push(name.clone());
+        }
+        columns.insert(name, r.get::<_, String>(1));
+    }
+    if key.is_empty() {
+        return Err(ConnectorError::config(format!("table: {qualified} has no primary key")));
+    }
+    Ok(Target {
+        qualified,
+        columns,
+        key,
+    })
+}
+
+pub struct PgSink {
+    client: tokio_postgres::Client,
+    target: Target,
+}
+
+/// What one record asks for.
+#[derive(Debug, PartialEq)]
+enum Change {
+    Upsert(Map<String, Value>),
+    /// Delete by key (the key columns of the object).
+    Delete(Map<String, Value>),
+    Truncate,
+}
+
+fn parse(record: &SinkRecord) -> Result<Value, String> {
+    match record.flag {
+        PayloadFlag::Json => structs::decode_json(&record.payload).map_err(|e| format!("not a JSON record: {e}")),
+        PayloadFlag::Raw => serde_json::from_slice(&record.payload).map_err(|e| format!("not JSON: {e}")),
+    }
+}
+
+fn classify(v: Value) -> Result<Change, String> {
+    let Value::Object(mut o) = v else {
+        return Err("not a JSON object".into());
+    };
+    if o.contains_key("key") && o.contains_key("value") {
+        let key = match o.remove("key") {
+            Some(Value::Object(k)) => k,
+            Some(Value::Null) | None => Map::new(),
+            Some(_) => return Err("\"key\" is not an object".into()),
+        };
+        return match o.remove("value") {
+            Some(Value::Object(mut row)) => {
+                for (k, v) in key {
+                    row.entry(k).or_insert(v);
+                }
+                Ok(Change::Upsert(row))
+            }
+            Some(Value::Null) | None => Ok(Change::Delete(key)),
+            Some(_) => Err("\"value\" is neither an object nor null".into()),
+        };
+    }
+    let op = match o.get("op") {
+        Some(Value::String(op)) if o.contains_key("after") || o.contains_key("before") || op == "t" => Some(op.clone()),
+        _ => None,
+    };
+    if let Some(op) = op {
+        return match op.as_str() {
+            "c" | "r" | "u" => match o.remove("after") {
+                Some(Value::Object(row)) => Ok(Change::Upsert(row)),
+                _ => Err(format!("op {op:?} without an \"after\" object")),
+            },
+            "d" => match o.remove("before") {
+                Some(Value::Object(row)) => Ok(Change::Delete(row)),
+                _ => Err("op \"d\" without a \"before\" object".into()),
+            },
+            "t" => Ok(Change::Truncate),
+            other => Err(format!("unknown op {other:?}")),
+        };
+    }
+    Ok(Change::Upsert(o))
+}
+
+/// A value as `json_populate_recordset` reads it into a column of type `ty`.
+fn for_column(ty: &str, v: Value) -> Value {
+    match v {
+        // Struct numbers are doubles: integral ones are written without a fraction.
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() <= 9.007_199_254_740_992e15 => Value::from(f as i64),
+            _ => Value::Number(n),
+        },
+        // Sources write bytea as base64; PostgreSQL reads `\x` hex.
+        Value::String(s) if ty == "bytea" => match base64::engine::general_purpose::STANDARD.decode(&s) {
+            Ok(bytes) => {
+                let mut hex = String::with_capacity(2 + bytes.len() * 2);
+                hex.push_str("\\x");
+                for b in bytes {
+                    hex.push_str(&format!("{b:02x}"));
+                }
+                Value::String(hex)
+            }
+            Err(_) => Value::String(s),
+        },
+        Value::Array(a) => {
+            let elem = ty.strip_suffix("[]").unwrap_or("");
+            Value::Array(a.into_iter().map(|x| for_column(elem, x)).collect())
+        }
+        // Inside json/jsonb documents too.
+        Value::Object(o) => Value::Object(o.into_iter().map(|(k, x)| (k, for_column("", x))).collect()),
+        other => other,
+    }
+}
+
+impl PgSink {
+    /// The key of a row: its key columns' values (errors when one is missing).
+    fn key_of(&self, row: &Map<String, Value>) -> Result<String, String> {
+        let mut parts = Vec::with_capacity(self.target.key.len());
+        for k in &self.target.key {
+            let ty = self.target.columns.get(k).map_or("", String::as_str);
+            match row.get(k) {
+                Some(v) if !v.is_null() => parts.push(for_column(ty, v.clone())),
+                _ => return Err(format!("key column {k:?} is missing")),
+            }
+        }
+        Ok(Value::Array(parts).to_string())
+    }
+
+    fn row_for_table(&self, row: Map<String, Value>) -> Map<String, Value> {
+        row.into_iter()
+            .filter_map(|(k, v)| {
+                let ty = self.target.columns.get(&k)?;
+                let v = for_column(ty, v);
+                Some((k, v))
+            })
+            .collect()
+    }
+
+    /// Writes the final state of each key in `pending` within `tx`.
+    async fn apply(
+        t: &Target,
+        tx: &tokio_postgres::Transaction<'_>,
+        pending: &mut HashMap<String, Option<Map<String, Value>>>,
+    ) -> Result<(), ConnectorError> {
+        let mut upserts: BTreeMap<Vec<String>, Vec<Value>> = BTreeMap::new();
+        for (_, state) in pending.drain() {
+            match state {
+                None => {}
+                Some(row) if row.is_empty() => {}
+                Some(row) => {
+                    let cols: Vec<String> = row.keys().cloned().collect();
+                    upserts.entry(cols).or_default().push(Value::Object(row));
+                }
+            }
+        }
+        for (cols, rows) in upserts {
+            let list = cols.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+            let key = t.key.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+            let updates: Vec<String> = cols
+                .iter()
+                .filter(|c| !t.key.contains(c))
+                .map(|c| format!("{0} = EXCLUDED.{0}", ident(c)))
+                .collect();
+            let on_conflict = if updates.is_empty() {
+                "DO NOTHING".to_owned()
+            } else {
+                format!("DO UPDATE SET {}", updates.join(", "))
+            };
+            let sql = format!(
+                "INSERT INTO {q} ({list}) SELECT {list} FROM json_populate_recordset(NULL::{q}, $1::text::json) \
+                 ON CONFLICT ({key}) {on_conflict}",
+                q = t.qualified
+            );
+            let json = Value::Array(rows).to_string();
+            tx.execute(&sql, &[&json]).await.map_err(|e| pg_error("upsert", e))?;
+        }
+        Ok(())
+    }
+
+    async fn delete(t: &Target, tx: &tokio_postgres::Transaction<'_>, keys: Vec<Value>) -> Result<(), ConnectorError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let cond = t
+            .key
+            .iter()
+            .map(|c| format!("t.{0} = d.{0}", ident(c)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let sql = format!(
+            "DELETE FROM {q} AS t USING json_populate_recordset(NULL::{q}, $1::text::json) AS d WHERE {cond}",
+            q = t.qualified
+        );
+        let json = Value::Array(keys).to_string();
+        tx.execute(&sql, &[&json]).await.map_err(|e| pg_error("delete", e))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for PgSink {
+    type Config = PgSinkConfig;
+
+    async fn check(cfg: &PgSinkConfig) -> Result<(), ConnectorError> {
+        let client = connect(cfg).await?;
+        target(&client, cfg).await?;
+        Ok(())
+    }
+
+    async fn open(cfg: PgSinkConfig) -> Result<Self, ConnectorError> {
+        let client = connect(&cfg).await?;
+        let target = target(&client, &cfg).await?;
+        Ok(PgSink { client, target })
+    }
+
+    fn stream(cfg: &PgSinkConfig) -> &str {
+        &cfg.stream
+    }
+
+    async fn write(&mut self, records: &[SinkRecord]) -> Result<Written, ConnectorError> {
+        // Reduce to the final state per key, in segments cut by truncates.
+        let mut segments: Vec<(HashMap<String, Option<Map<String, Value>>>, bool)> = vec![(HashMap::new(), false)];
+        for r in records {
+            let bad = |why: String| {
+                ConnectorError::config(format!(
+                    "record {}-{}-{} of stream {:?} cannot be applied: {why}",
+                    r.shard_id, r.lsn, r.index, self.target.qualified
+                ))
+            };
+            let change = parse(r).and_then(classify).map_err(bad)?;
+            let seg = segments.last_mut().expect("one segment at least");
+            match change {
+                Change::Upsert(row) => {
+                    let key = self.key_of(&row).map_err(bad)?;
+                    let row = self.row_for_table(row);
+                    match seg.0.get_mut(&key) {
+                        // A partial row (unchanged TOAST left out) merges over the earlier one.
+                        Some(Some(prev)) => prev.extend(row),
+                        _ => {
+                            seg.0.insert(key, Some(row));
+                        }
+                    }
+                }
+                Change::Delete(k) => {
+                    let key = self.key_of(&k).map_err(bad)?;
+                    seg.0.insert(key, None);
+                }
+                Change::Truncate => segments.push((HashMap::new(), true)),
+            }
+        }
+        let target = &self.target;
+        let tx = self.client.transaction().await.map_err(|e| pg_error("begin", e))?;
+        for (mut pending, truncate_first) in segments {
+            if truncate_first {
+                tx.execute(&format!("TRUNCATE {}", target.qualified), &[])
+                    .await
+                    .map_err(|e| pg_error("truncate", e))?;
+            }
+            let mut keys = Vec::new();
+            for (k, state) in &pending {
+                if state.is_none() {
+                    let vals: Vec<Value> = serde_json::from_str(k).unwrap_or_default();
+                    let obj: Map<String, Value> = target.key.iter().cloned().zip(vals).collect();
+                    keys.push(Value::Object(obj));
+                }
+            }
+            // Deletes first: a key is either deleted or upserted in its final state, never both.
+            Self::delete(target, &tx, keys).await?;
+            Self::apply(target, &tx, &mut pending).await?;
+        }
+        tx.commit().await.map_err(|e| pg_error("commit", e))?;
+        Ok(Written::Durable)
+    }
+
+    async fn flush(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn record_shapes() {
+        let up = classify(json!({"key": {"id": 1.0}, "value": {"id": 1.0, "n": "a"}})).unwrap();
+        assert_eq!(
+            up,
+            Change::Upsert(json!({"id": 1.0, "n": "a"}).as_object().unwrap().clone())
+        );
+        let del = classify(json!({"key": {"id": 1.0}, "value": null})).unwrap();
+        assert_eq!(del, Change::Delete(json!({"id": 1.0}).as_object().unwrap().clone()));
+        let dbz = classify(json!({"op": "d", "before": {"id": 2.0}, "after": null})).unwrap();
+        assert_eq!(dbz, Change::Delete(json!({"id": 2.0}).as_object().unwrap().clone()));
+        assert_eq!(classify(json!({"op": "t", "source": {}})).unwrap(), Change::Truncate);
+        let plain = classify(json!({"id": 3.0})).unwrap();
+        assert_eq!(plain, Change::Upsert(json!({"id": 3.0}).as_object().unwrap().clone()));
+        assert!(classify(json!([1])).is_err());
+        assert!(classify(json!({"op": "c", "after": 5})).is_err());
+    }
+
+    #[test]
+    fn values_for_columns() {
+        assert_eq!(for_column("integer", json!(5.0)), json!(5));
+        assert_eq!(for_column("double precision", json!(5.5)), json!(5.5));
+        assert_eq!(for_column("bytea", json!("AP8Q")), json!("\\x00ff10"));
+        assert_eq!(for_column("bytea[]", json!(["AP8="])), json!(["\\x00ff"]));
+        assert_eq!(
+            for_column("jsonb", json!({"g": 2.0, "l": [2.0, 2.5]})),
+            json!({"g": 2, "l": [2, 2.5]})
+        );
+    }
+}

@@ -1,0 +1,509 @@
+//! The PostgreSQL CDC source and sink against a throw-away PostgreSQL (wal_level=logical):
+//! snapshot + streaming equal to the table, the type matrix, SIGKILL mid-load, a PostgreSQL
+//! restart, the round trip through the sink, `check` errors, heartbeats and slot clean-up.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hstream_integration_tests::pg::{DATABASE, Postgres};
+use hstream_integration_tests::*;
+use hstream_proto as pb;
+use serde_json::{Value, json};
+use tonic::Code;
+
+const FAST_RETRY: &[&str] = &["--connector-retry-base-ms", "50", "--connector-retry-max-ms", "500"];
+
+fn source_config(pg: &Postgres, stream: &str, extra: Value) -> Value {
+    let mut c = pg.connector_config();
+    c["stream"] = json!(stream);
+    for (k, v) in extra.as_object().expect("object") {
+        c[k] = v.clone();
+    }
+    c
+}
+
+async fn create(c: &mut Client, name: &str, kind: &str, config: &Value) -> Result<pb::Connector, tonic::Status> {
+    c.create_connector(pb::CreateConnectorRequest {
+        name: name.into(),
+        r#type: kind.into(),
+        target: "postgresql".into(),
+        config: config.to_string(),
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+/// The stream folded into its final state: primary key text → row (absent once deleted).
+fn final_state(records: &[(String, Value)]) -> BTreeMap<String, Value> {
+    let mut state = BTreeMap::new();
+    for (_, r) in records {
+        let key = r["key"].to_string();
+        match &r["value"] {
+            Value::Null => {
+                state.remove(&key);
+            }
+            v => {
+                // A value without some column (an unchanged TOASTed one) keeps the earlier one.
+                let entry = state.entry(key).or_insert_with(|| json!({}));
+                for (k, x) in v.as_object().expect("row object") {
+                    entry[k] = x.clone();
+                }
+            }
+        }
+    }
+    state
+}
+
+/// `id|name|amount` rows of a table, as `{"id": n}` key JSON → (name, amount).
+fn table_state(pg: &Postgres, table: &str) -> BTreeMap<String, (String, String)> {
+    pg.psql(DATABASE, &format!("SELECT id, name, amount FROM {table} ORDER BY id"))
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            (
+                json!({"id": f[0].parse::<f64>().unwrap()}).to_string(),
+                (f[1].to_owned(), f[2].to_owned()),
+            )
+        })
+        .collect()
+}
+
+fn stream_rows(state: &BTreeMap<String, Value>) -> BTreeMap<String, (String, String)> {
+    state
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                (
+                    v["name"].as_str().unwrap_or("").to_owned(),
+                    v["amount"].as_str().unwrap_or("").to_owned(),
+                ),
+            )
+        })
+        .collect()
+}
+
+async fn wait_for_state(c: &Client, stream: &str, pg: &Postgres, table: &str, within: Duration) {
+    let want = table_state(pg, table);
+    let probe = c.clone();
+    wait_until(within, "the stream's final state to equal the table", || {
+        let mut c = probe.clone();
+        let want = want.clone();
+        let stream = stream.to_owned();
+        async move { stream_rows(&final_state(&read_json_stream(&mut c, &stream).await)) == want }
+    })
+    .await;
+}
+
+fn orders_table(pg: &Postgres, table: &str) {
+    pg.psql(
+        DATABASE,
+        &format!(
+            "CREATE TABLE {table} (id bigint PRIMARY KEY, name text NOT NULL, amount numeric(12,2), \
+             payload text, updated_at timestamptz NOT NULL DEFAULT now()); \
+             ALTER TABLE {table} OWNER TO cdc;"
+        ),
+    );
+}
+
+#[tokio::test]
+async fn pg_snapshot_and_streaming_end_as_the_table() {
+    let pg = Postgres::start();
+    orders_table(&pg, "orders");
+    pg.psql(
+        DATABASE,
+        "INSERT INTO orders (id, name, amount) SELECT g, 'n' || g, g * 1.5 FROM generate_series(1, 20000) g",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST_RETRY);
+    let mut c = server.client().await;
+    // Changes run while the connector takes its snapshot and starts streaming.
+    let mut load = pg
+        .psql_command(
+            DATABASE,
+            "DO $$ BEGIN FOR i IN 1..300 LOOP \
+               INSERT INTO orders (id, name, amount) VALUES (100000 + i, 'during', i); \
+               UPDATE orders SET name = 'upd' || i, amount = amount + 1 WHERE id = i * 7; \
+               DELETE FROM orders WHERE id = i * 11; \
+               COMMIT; END LOOP; END $$",
+        )
+        .spawn()
+        .unwrap();
+    create(
+        &mut c,
+        "pgsrc",
+        "SOURCE",
+        &source_config(&pg, "orders_cdc", json!({"table": "orders"})),
+    )
+    .await
+    .unwrap();
+    assert!(load.wait().unwrap().success());
+    // And after: an update that changes the key, and a delete of a snapshot row.
+    pg.psql(
+        DATABASE,
+        "UPDATE orders SET id = 500000 WHERE id = 2; DELETE FROM orders WHERE id = 3; \
+         INSERT INTO orders (id, name, amount) VALUES (600000, 'after', 99.99)",
+    );
+    wait_for_state(&c, "orders_cdc", &pg, "orders", Duration::from_secs(120)).await;
+    let records = read_json_stream(&mut c, "orders_cdc").await;
+    // The HStream IO shape, the partition key being the primary key.
+    let (key, first) = &records[0];
+    assert_eq!(first["key"]["id"].as_f64().map(|f| f.to_string()), Some(key.clone()));
+    assert!(first["value"]["updated_at"].as_str().unwrap().ends_with('Z'), "{first}");
+    let report = c
+        .get_connector(pb::GetConnectorRequest { name: "pgsrc".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.status, "RUNNING");
+}
+
+#[tokio::test]
+async fn pg_type_matrix() {
+    let pg = Postgres::start();
+    pg.psql(
+        DATABASE,
+        "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy'); \
+         CREATE TABLE types (id int PRIMARY KEY, i2 smallint, i4 int, i8 bigint, big8 bigint, num numeric(30,10), \
+           f4 real, f8 double precision, fnan double precision, b bool, t text, vc varchar(10), ch char(3), \
+           by bytea, u uuid, j json, jb jsonb, d date, tm time, ts timestamp, tstz timestamptz, \
+           ai int[], at text[], a2 int[][], m mood, am mood[], big text); \
+         ALTER TABLE types ALTER COLUMN big SET STORAGE EXTERNAL; \
+         ALTER TABLE types OWNER TO cdc;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST_RETRY);
+    let mut c = server.client().await;
+    create(
+        &mut c,
+        "types",
+        "SOURCE",
+        &source_config(&pg, "types_cdc", json!({"table": "types", "snapshotMode": "never"})),
+    )
+    .await
+    .unwrap();
+    // The slot exists once the task is RUNNING and has checkpointed its start.
+    let probe = c.clone();
+    wait_until(Duration::from_secs(30), "the slot", || {
+        let pg = &pg;
+        let _ = &probe;
+        async move { pg.psql("postgres", "SELECT count(*) FROM pg_replication_slots") == "1" }
+    })
+    .await;
+    pg.psql(
+        DATABASE,
+        "INSERT INTO types VALUES (1, -32768, 2147483647, 9007199254740992, 9223372036854775807, \
+           12345678901234567890.0123456789, 1.5, 2.25, 'NaN', true, 'héllo \"q\"', 'vc', 'ab', '\\x00ff10', \
+           'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{\"a\": [1, 2]}', '{\"b\": {\"c\": null}}', '2024-02-29', \
+           '13:14:15.5', '2024-01-02 03:04:05.123456', '2024-01-02 03:04:05+02', '{1,NULL,3}', \
+           '{\"x y\",\"q\\\"z\",NULL}', '{{1,2},{3,4}}', 'happy', '{sad,ok}', repeat(md5('x'), 400)); \
+         UPDATE types SET i4 = 7 WHERE id = 1; \
+         INSERT INTO types (id) VALUES (2); \
+         DELETE FROM types WHERE id = 2;",
+    );
+    let probe = c.clone();
+    wait_until(Duration::from_secs(60), "four change records", || {
+        let mut c = probe.clone();
+        async move { read_json_stream(&mut c, "types_cdc").await.len() >= 4 }
+    })
+    .await;
+    let records = read_json_stream(&mut c, "types_cdc").await;
+    assert_eq!(records.len(), 4, "{records:?}");
+    let v = &records[0].1["value"];
+    let want = json!({
+        "id": 1.0, "i2": -32768.0, "i4": 2147483647.0, "i8": 9007199254740992.0,
+        "big8": "9223372036854775807", "num": "12345678901234567890.0123456789",
+        "f4": 1.5, "f8": 2.25, "fnan": "NaN", "b": true, "t": "héllo \"q\"", "vc": "vc", "ch": "ab ",
+        "by": "AP8Q", "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "j": {"a": [1.0, 2.0]},
+        "jb": {"b": {"c": null}}, "d": "2024-02-29", "tm": "13:14:15.5",
+        "ts": "2024-01-02T03:04:05.123456", "tstz": "2024-01-02T01:04:05Z",
+        "ai": [1.0, null, 3.0], "at": ["x y", "q\"z", null], "a2": [[1.0, 2.0], [3.0, 4.0]],
+        "m": "happy", "am": ["sad", "ok"],
+    });
+    for (k, w) in want.as_object().unwrap() {
+        assert_eq!(&v[k], w, "column {k}");
+    }
+    assert_eq!(
+        v["big"].as_str().map(str::len),
+        Some(12800),
+        "the TOASTed text arrives whole on insert"
+    );
+    // The update left the TOASTed column unchanged: it is absent, not null.
+    let upd = &records[1].1["value"];
+    assert_eq!(upd["i4"], 7.0);
+    assert!(upd.get("big").is_none(), "unchanged TOAST must be left out, got {upd}");
+    assert_eq!(records[2].1["value"]["big"], Value::Null, "a real NULL stays null");
+    assert_eq!(records[3].1, json!({"key": {"id": 2.0}, "value": null}));
+}
+
+#[tokio::test]
+async fn pg_sigkill_mid_load_loses_no_committed_row() {
+    const ROWS: u64 = 200_000;
+    let pg = Postgres::start();
+    orders_table(&pg, "orders");
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), FAST_RETRY);
+    let mut c = server.client().await;
+    create(
+        &mut c,
+        "pgsrc",
+        "SOURCE",
+        &source_config(&pg, "orders_cdc", json!({"table": "orders"})),
+    )
+    .await
+    .unwrap();
+    let probe = c.clone();
+    wait_until(Duration::from_secs(30), "the slot to exist", || {
+        let _ = &probe;
+        let pg = &pg;
+        async move { pg.psql("postgres", "SELECT count(*) FROM pg_replication_slots WHERE active") == "1" }
+    })
+    .await;
+    // 200 transactions of 1,000 rows.
+    let mut load = pg
+        .psql_command(
+            DATABASE,
+            "DO $$ BEGIN FOR b IN 0..199 LOOP \
+               INSERT INTO orders (id, name, amount, payload) \
+               SELECT b * 1000 + g, 'n', g, repeat('p', 100) FROM generate_series(1, 1000) g; \
+               COMMIT; END LOOP; END $$",
+        )
+        .spawn()
+        .unwrap();
+    let probe = c.clone();
+    wait_until(Duration::from_secs(60), "part of the load in the stream", || {
+        let mut c = probe.clone();
+        async move { read_json_stream(&mut c, "orders_cdc").await.len() >= 20_000 }
+    })
+    .await;
+    server.kill();
+    server.restart();
+    let c = server.client().await;
+    assert!(load.wait().unwrap().success());
+    assert_eq!(pg.psql(DATABASE, "SELECT count(*) FROM orders"), ROWS.to_string());
+    let probe = c.clone();
+    wait_until(Duration::from_secs(120), "every committed row in the stream", || {
+        let mut c = probe.clone();
+        async move {
+            let ids: std::collections::BTreeSet<u64> = read_json_stream(&mut c, "orders_cdc")
+                .await
+                .iter()
+                .filter_map(|(_, r)| r["value"]["id"].as_f64())
+                .map(|f| f as u64)
+                .collect();
+            ids.len() as u64 == ROWS && ids.first() == Some(&1) && ids.last() == Some(&ROWS)
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pg_restart_mid_stream_resumes_from_the_checkpoint() {
+    let pg = Postgres::start();
+    orders_table(&pg, "orders");
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST_RETRY);
+    let mut c = server.client().await;
+    create(
+        &mut c,
+        "pgsrc",
+        "SOURCE",
+        &source_config(&pg, "orders_cdc", json!({"table": "orders"})),
+    )
+    .await
+    .unwrap();
+    pg.psql(
+        DATABASE,
+        "INSERT INTO orders (id, name, amount) SELECT g, 'a', g FROM generate_series(1, 1000) g",
+    );
+    wait_for_state(&c, "orders_cdc", &pg, "orders", Duration::from_secs(60)).await;
+    pg.restart();
+    pg.psql(
+        DATABASE,
+        "INSERT INTO orders (id, name, amount) SELECT g, 'b', g FROM generate_series(1001, 2000) g; \
+         UPDATE orders SET name = 'c' WHERE id <= 10",
+    );
+    wait_for_state(&c, "orders_cdc", &pg, "orders", Duration::from_secs(60)).await;
+    let records = read_json_stream(&mut c, "orders_cdc").await;
+    // Resumed from the checkpoint: nothing before the restart was sent twice.
+    let inserts_of_a = records.iter().filter(|(_, r)| r["value"]["name"] == "a").count();
+    assert_eq!(inserts_of_a, 1000, "rows streamed before the restart arrive once");
+    let conn = c
+        .get_connector(pb::GetConnectorRequest { name: "pgsrc".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(conn.status, "RUNNING");
+}
+
+#[tokio::test]
+async fn pg_round_trip_through_the_sink_reproduces_the_table() {
+    let pg = Postgres::start();
+    let ddl = "(id bigint PRIMARY KEY, name text, amount numeric(12,2), ok bool, at timestamptz, \
+               doc jsonb, bin bytea, tags text[], n int[], u uuid, big text)";
+    pg.psql(
+        DATABASE,
+        &format!("CREATE TABLE src {ddl}; ALTER TABLE src OWNER TO cdc; CREATE TABLE dst {ddl}; ALTER TABLE dst OWNER TO cdc;"),
+    );
+    pg.psql(
+        DATABASE,
+        "INSERT INTO src SELECT g, 'n' || g, g / 3.0, g % 2 = 0, '2024-01-01 00:00:00+00'::timestamptz + g * interval '1 minute', \
+           jsonb_build_object('g', g, 'l', jsonb_build_array(g, 'x')), decode(md5(g::text), 'hex'), \
+           ARRAY['a' || g, 'b,c'], ARRAY[g, g + 1], md5(g::text)::uuid, repeat(md5(g::text), 100) \
+         FROM generate_series(1, 2000) g",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST_RETRY);
+    let mut c = server.client().await;
+    create(
+        &mut c,
+        "src",
+        "SOURCE",
+        &source_config(&pg, "rt", json!({"table": "src"})),
+    )
+    .await
+    .unwrap();
+    let mut sink = pg.connector_config();
+    sink["stream"] = json!("rt");
+    sink["table"] = json!("dst");
+    // The stream exists once the source has started.
+    let probe = c.clone();
+    wait_until(Duration::from_secs(30), "the stream", || {
+        let mut c = probe.clone();
+        async move { c.get_stream(pb::GetStreamRequest { name: "rt".into() }).await.is_ok() }
+    })
+    .await;
+    create(&mut c, "dst", "SINK", &sink).await.unwrap();
+    pg.psql(
+        DATABASE,
+        "UPDATE src SET name = 'changed', ok = NULL WHERE id % 10 = 0; \
+         DELETE FROM src WHERE id % 7 = 0; \
+         UPDATE src SET amount = amount + 1 WHERE id % 5 = 0; \
+         UPDATE src SET id = id + 100000 WHERE id = 1;",
+    );
+    let dump = |t: &str| pg.psql(DATABASE, &format!("SELECT * FROM {t} ORDER BY id"));
+    let want = dump("src");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let got = dump("dst");
+        if got == want {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let first = want.lines().zip(got.lines()).find(|(a, b)| a != b);
+            panic!(
+                "dst differs from src ({} vs {} rows); first difference:\n{first:?}",
+                want.lines().count(),
+                got.lines().count()
+            );
+        }
+        // Polling the sink's progress, not synchronising on time.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn pg_bad_configs_fail_check_with_a_clear_message() {
+    let pg = Postgres::start();
+    orders_table(&pg, "orders");
+    let replica = Postgres::start_with(&["wal_level = replica"]);
+    orders_table(&replica, "orders");
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.client().await;
+    let cases = [
+        (
+            source_config(&pg, "s", json!({"table": "orders", "password": "wrong-pw"})),
+            "password",
+        ),
+        (source_config(&pg, "s", json!({"table": "missing"})), "table: relation"),
+        (
+            source_config(&pg, "s", json!({"tables": ["orders", "nope"]})),
+            "tables: relation",
+        ),
+        (
+            source_config(&pg, "s", json!({"table": "orders", "database": "nodb"})),
+            "database",
+        ),
+        (
+            source_config(&replica, "s", json!({"table": "orders"})),
+            "wal_level=logical",
+        ),
+        (
+            source_config(
+                &pg,
+                "s",
+                json!({"table": "orders", "publicationName": "nopub", "publicationAutocreate": false}),
+            ),
+            "publicationName",
+        ),
+    ];
+    for (cfg, mention) in cases {
+        let e = create(&mut c, "bad", "SOURCE", &cfg).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{cfg}: {e:?}");
+        let msg = error_message(&e);
+        assert!(msg.contains(mention), "{mention}: {msg}");
+        assert!(!msg.contains("wrong-pw") && !msg.contains(pg::CDC_PASSWORD), "{msg}");
+    }
+    let mut sink = pg.connector_config();
+    sink["stream"] = json!("s");
+    sink["table"] = json!("nope");
+    let e = create(&mut c, "bad", "SINK", &sink).await.unwrap_err();
+    assert!(error_message(&e).contains("table: relation"), "{}", error_message(&e));
+    pg.psql(DATABASE, "CREATE TABLE nokey (a int); ALTER TABLE nokey OWNER TO cdc;");
+    sink["table"] = json!("nokey");
+    let e = create(&mut c, "bad", "SINK", &sink).await.unwrap_err();
+    assert!(error_message(&e).contains("no primary key"), "{}", error_message(&e));
+}
+
+#[tokio::test]
+async fn pg_idle_slot_advances_and_delete_drops_the_slot() {
+    let pg = Postgres::start();
+    orders_table(&pg, "orders");
+    pg.psql(DATABASE, "CREATE TABLE other (x int); ALTER TABLE other OWNER TO cdc;");
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST_RETRY);
+    let mut c = server.client().await;
+    let cfg = source_config(&pg, "idle", json!({"table": "orders", "heartbeatIntervalMs": 200}));
+    create(&mut c, "idle", "SOURCE", &cfg).await.unwrap();
+    let confirmed = |pg: &Postgres| {
+        pg.psql(
+            "postgres",
+            "SELECT coalesce(confirmed_flush_lsn - '0/0'::pg_lsn, 0)::int8 FROM pg_replication_slots WHERE slot_name = 'hstream_idle'",
+        )
+        .parse::<i64>()
+        .unwrap_or(0)
+    };
+    let probe = c.clone();
+    wait_until(Duration::from_secs(30), "the slot", || {
+        let _ = &probe;
+        let pg = &pg;
+        async move { confirmed(pg) > 0 }
+    })
+    .await;
+    // Much WAL on a table the connector does not capture: the slot must not hold it back.
+    pg.psql(DATABASE, "INSERT INTO other SELECT generate_series(1, 100000)");
+    let wal_end: i64 = pg
+        .psql("postgres", "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8")
+        .parse()
+        .unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "the idle slot's confirmed position to pass the load",
+        || {
+            let pg = &pg;
+            async move { confirmed(pg) >= wal_end }
+        },
+    )
+    .await;
+    assert!(read_json_stream(&mut c, "idle").await.is_empty());
+    c.delete_connector(pb::DeleteConnectorRequest { name: "idle".into() })
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(30), "the slot to be dropped", || {
+        let pg = &pg;
+        async move { pg.psql("postgres", "SELECT count(*) FROM pg_replication_slots") == "0" }
+    })
+    .await;
+}
