@@ -17,6 +17,9 @@ pub struct Args {
     /// One-row transactions after them.
     #[arg(long, default_value_t = 50_000)]
     single_txns: u64,
+    /// Both clients connect over TCP to 127.0.0.1 instead of the Unix socket.
+    #[arg(long)]
+    tcp: bool,
 }
 
 impl Args {
@@ -24,6 +27,7 @@ impl Args {
         Args {
             bulk_rows: 950_000,
             single_txns: 50_000,
+            tcp: false,
         }
     }
 }
@@ -46,11 +50,37 @@ fn parse_times(line: &str) -> f64 {
         .sum()
 }
 
+/// CPU seconds of the server's exited children (walsenders among them), from the postmaster's
+/// cutime + cstime.
+fn reaped_cpu(pg: &Postgres) -> f64 {
+    let pid = std::fs::read_to_string(pg.data_dir().join("postmaster.pid")).unwrap_or_default();
+    let pid = pid.lines().next().unwrap_or("0").trim().to_owned();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<f64> = after.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    // After the command name: state is field 3; cutime and cstime are fields 16 and 17.
+    let ticks = f.get(12).copied().unwrap_or(0.0) + f.get(13).copied().unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// Waits until no walsender is left and the postmaster has counted their CPU.
+async fn walsenders_gone(pg: &Postgres) {
+    for _ in 0..200 {
+        if pg.psql("postgres", "SELECT count(*) FROM pg_stat_replication") == "0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let total = args.bulk_rows + args.single_txns;
     println!(
-        "pg-cdc: {} rows in 5 transactions + {} one-row transactions, pgoutput proto 1",
-        args.bulk_rows, args.single_txns
+        "pg-cdc: {} rows in 5 transactions + {} one-row transactions, pgoutput proto 1, both over {}",
+        args.bulk_rows,
+        args.single_txns,
+        if args.tcp { "TCP" } else { "the Unix socket" }
     );
     let pg = Postgres::start();
     pg.psql(
@@ -98,14 +128,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let bin = hstream_integration_tests::pg::bin_dir();
     let recv = bin.join("pg_recvlogical");
     let recv = if recv.exists() { recv } else { "pg_recvlogical".into() };
+    let host = if args.tcp {
+        "127.0.0.1".to_owned()
+    } else {
+        pg.data_dir().display().to_string()
+    };
     let script = format!(
-        "{} -h {} -p {} -U postgres -d {DATABASE} --slot=peer --start --endpos={end_lsn} --no-loop \
+        "PGPASSWORD={} {} -h {host} -p {} -U {} -d {DATABASE} --slot=peer --start --endpos={end_lsn} --no-loop \
          -f {} -o proto_version=1 -o publication_names=bench_pub && times",
+        hstream_integration_tests::pg::CDC_PASSWORD,
         recv.display(),
-        pg.data_dir().display(),
         pg.port,
+        hstream_integration_tests::pg::CDC_USER,
         out_path.display()
     );
+    let ws0 = reaped_cpu(&pg);
     let t = Instant::now();
     let o = std::process::Command::new("bash").arg("-c").arg(&script).output()?;
     let peer_secs = t.elapsed().as_secs_f64();
@@ -118,6 +155,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let peer_cpu = times.lines().nth(1).map(parse_times).unwrap_or(0.0);
     let peer_bytes = std::fs::metadata(&out_path).map(|m| m.len()).unwrap_or(0);
     let _ = std::fs::remove_file(&out_path);
+    walsenders_gone(&pg).await;
+    let peer_ws = reaped_cpu(&pg) - ws0;
     pg.psql(DATABASE, "SELECT pg_drop_replication_slot('peer')");
 
     // Ours: the postgresql source into a durable stream.
@@ -134,6 +173,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     config["publicationName"] = "bench_pub".into();
     config["publicationAutocreate"] = false.into();
     config["snapshotMode"] = "never".into();
+    config["host"] = host.clone().into();
+    let ws0 = reaped_cpu(&pg);
     let cpu0 = server.cpu_seconds();
     let t = Instant::now();
     c.create_connector(pb::CreateConnectorRequest {
@@ -163,17 +204,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(records.len() as u64 == total, "stream has {} records", records.len());
     anyhow::ensure!(sum == id_sum, "id sum {sum} != {id_sum}");
     drop(server);
+    walsenders_gone(&pg).await;
+    let ours_ws = reaped_cpu(&pg) - ws0;
 
     let peer_rate = total as f64 / peer_secs;
     let ours_rate = total as f64 / ours_secs;
+    let us = |cpu: f64| cpu * 1e6 / total as f64;
     println!(
-        "  pg_recvlogical -> file : {peer_secs:6.2} s  {peer_rate:9.0} rows/s  client CPU {:.2} us/row  ({:.0} MB)",
-        peer_cpu * 1e6 / total as f64,
+        "  pg_recvlogical -> file : {peer_secs:6.2} s  {peer_rate:9.0} rows/s  client CPU {:.2} us/row  walsender {:.2} us/row  ({:.0} MB)",
+        us(peer_cpu),
+        us(peer_ws),
         peer_bytes as f64 / 1e6
     );
     println!(
-        "  hstream postgresql     : {ours_secs:6.2} s  {ours_rate:9.0} rows/s  server CPU {:.2} us/row  (durable stream, fsync=always)",
-        ours_cpu * 1e6 / total as f64
+        "  hstream postgresql     : {ours_secs:6.2} s  {ours_rate:9.0} rows/s  server CPU {:.2} us/row  walsender {:.2} us/row  (durable stream, fsync=always)",
+        us(ours_cpu),
+        us(ours_ws)
     );
     println!(
         "  ratio ours/pg_recvlogical: {:.2}x rows/s, {:.2}x CPU per row; checked {} rows, id sum ok",

@@ -224,9 +224,24 @@ pub async fn connector(c: &mut Client, cmd: ConnectorCmd) -> Result<String, toni
         ConnectorCmd::List => crate::exec::execute(c, Statement::ShowConnectors).await?,
         ConnectorCmd::Describe { name } => {
             let k = c.get_connector(pb::GetConnectorRequest { name }).await?.into_inner();
+            // The task's report: records moved and what it is doing (snapshot progress).
+            let report = k.offsets.first().cloned().unwrap_or_default();
+            let field = |name: &str| match report.fields.get(name).and_then(|v| v.kind.clone()) {
+                Some(prost_types::value::Kind::StringValue(s)) => s,
+                Some(prost_types::value::Kind::NumberValue(n)) => format!("{n}"),
+                _ => String::new(),
+            };
             table(
-                &["name", "type", "target", "status", "config"],
-                &[vec![k.name, k.r#type, k.target, k.status, k.config]],
+                &["name", "type", "target", "status", "records", "progress", "config"],
+                &[vec![
+                    k.name,
+                    k.r#type,
+                    k.target,
+                    k.status,
+                    field("deliveredRecords"),
+                    field("progress"),
+                    k.config,
+                ]],
             )
         }
         ConnectorCmd::Create {

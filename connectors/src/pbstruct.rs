@@ -4,19 +4,22 @@
 //! Each writer appends to a `Vec<u8>`; nested messages are written in place and their length
 //! prefix is inserted afterwards (a short move, as rows are small).
 
-/// Appends a length-delimited field `tag` whose body `body` writes.
+/// Appends a length-delimited field `tag` whose body `body` writes. One byte is reserved for the
+/// length; only a body of 128 bytes or more moves to make room for a longer varint.
 #[inline]
 pub fn message(buf: &mut Vec<u8>, tag: u8, body: impl FnOnce(&mut Vec<u8>)) {
     buf.push(tag);
-    let start = buf.len();
+    let at = buf.len();
+    buf.push(0);
     body(buf);
-    let len = buf.len() - start;
+    let len = buf.len() - at - 1;
     if len < 0x80 {
-        buf.insert(start, len as u8);
+        buf[at] = len as u8;
     } else {
         let mut v = [0u8; 10];
         let n = varint(&mut v, len as u64);
-        buf.splice(start..start, v[..n].iter().copied());
+        buf[at] = v[0];
+        buf.splice(at + 1..at + 1, v[1..n].iter().copied());
     }
 }
 

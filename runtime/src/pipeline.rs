@@ -103,7 +103,12 @@ pub async fn run_source<S: Source>(ctx: RunContext, config: S::Config) -> Result
         progress: ctx.progress.clone(),
     };
 
-    let appender = async {
+    // The appender runs as its own task, so encoding and appending overlap with the source's
+    // decoding on another core.
+    let ctx = Arc::new(ctx);
+    let actx = ctx.clone();
+    let appender = tokio::spawn(async move {
+        let ctx = actx;
         let mut pending: Option<S::Offset> = None;
         let mut saved_at = Instant::now();
         let result = async {
@@ -162,14 +167,16 @@ pub async fn run_source<S: Source>(ctx: RunContext, config: S::Config) -> Result
             let _ = committed_tx.send(Some(p));
         }
         result
-    };
+    });
     let runner = async {
         let r = source.run(&mut out).await;
         drop(out); // closes the pipeline: the appender drains it and finishes
         r
     };
-    let (ran, appended) = tokio::join!(runner, appender);
-    appended?;
+    let ran = runner.await;
+    appender
+        .await
+        .unwrap_or_else(|e| Err(ConnectorError::internal(format!("appender panicked: {e}"))))?;
     match ran {
         // A cancellation the task did not ask for came from a failed append, reported above.
         Err(_) if ctx.cancel.is_cancelled() => Ok(Done::Cancelled),

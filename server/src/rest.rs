@@ -233,6 +233,8 @@ async fn get_status(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<Jso
         "restarts": r["restarts"],
         "lastError": r["lastError"],
         "lastProgressMs": r["lastProgressMs"],
+        "deliveredRecords": r["deliveredRecords"],
+        "progress": r["progress"],
     })))
 }
 

@@ -609,6 +609,7 @@ impl PgSource {
             snapshot: true,
             db: &self.cfg.database.clone(),
         };
+        let mut total = 0u64;
         for (schema, table) in &tables {
             let info = super::table_info(&mut conn, schema, table)
                 .await
@@ -671,6 +672,7 @@ impl PgSource {
                 out.report(format!("snapshot {schema}.{table}: {done}/{} rows", estimate.max(done)));
             }
             conn.query("CLOSE hstream_snapshot").await.map_err(snap_err)?;
+            total += done;
             tracing::info!(
                 table = %format!("{schema}.{table}"),
                 rows = done,
@@ -681,7 +683,7 @@ impl PgSource {
         conn.query("COMMIT").await.map_err(snap_err)?;
         conn.close().await;
         out.emit(Vec::new(), self.offset(at, true)).await?;
-        out.report(format!("snapshot done: {} tables", tables.len()));
+        out.report(format!("snapshot done: {} tables, {total} rows", tables.len()));
         Ok(None)
     }
 

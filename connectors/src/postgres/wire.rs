@@ -19,6 +19,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 const READ_CHUNK: usize = 256 * 1024;
+/// Chunks the replication reader may read ahead of the decoder.
+const READ_AHEAD_CHUNKS: usize = 32;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where and how to connect.
@@ -381,7 +383,49 @@ impl Connection {
                 Frame::Msg(_) => {}
             }
         }
-        Ok(ReplicationStream { conn: self })
+        // A task of its own reads the socket as fast as the server sends: the walsender never
+        // waits on a full socket buffer while we decode (it spends much more CPU when it must).
+        let (mut read, write) = tokio::io::split(self.io);
+        let (tx, chunks) = tokio::sync::mpsc::channel::<io::Result<BytesMut>>(READ_AHEAD_CHUNKS);
+        let reader = tokio::spawn(async move {
+            // Only whole messages are handed over, so the decoder never copies a chunk to join
+            // it with the previous one; a partial message stays here for the next read.
+            let mut buf = BytesMut::with_capacity(READ_CHUNK);
+            loop {
+                if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                    buf.reserve(READ_CHUNK);
+                }
+                match read.read_buf(&mut buf).await {
+                    Ok(0) => {
+                        let _ = tx
+                            .send(Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "the server closed the replication connection",
+                            )))
+                            .await;
+                        return;
+                    }
+                    Ok(_) => {
+                        let whole = whole_messages(&buf);
+                        if whole > 0 && tx.send(Ok(buf.split_to(whole))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        })
+        .abort_handle();
+        Ok(ReplicationStream {
+            rbuf: self.rbuf,
+            wbuf: self.wbuf,
+            write,
+            chunks,
+            reader,
+        })
     }
 
     pub async fn close(mut self) {
@@ -390,34 +434,50 @@ impl Connection {
     }
 }
 
+/// The length of the longest prefix of `buf` made of whole protocol messages.
+fn whole_messages(buf: &[u8]) -> usize {
+    let mut at = 0;
+    while buf.len() >= at + 5 {
+        let len = u32::from_be_bytes([buf[at + 1], buf[at + 2], buf[at + 3], buf[at + 4]]) as usize;
+        if buf.len() < at + 1 + len {
+            break;
+        }
+        at += 1 + len;
+    }
+    at
+}
+
 /// A session in CopyBoth mode after START_REPLICATION.
 pub struct ReplicationStream {
-    conn: Connection,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    write: tokio::io::WriteHalf<Box<dyn Io>>,
+    chunks: tokio::sync::mpsc::Receiver<io::Result<BytesMut>>,
+    reader: tokio::task::AbortHandle,
+}
+
+impl Drop for ReplicationStream {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 impl ReplicationStream {
-    /// The next replication message; `None` when the server ended the stream.
-    pub async fn next(&mut self) -> Result<Option<ReplicationMessage>, PgError> {
+    /// The next replication message; errs when the server ends the stream.
+    pub async fn next(&mut self) -> Result<ReplicationMessage, PgError> {
         loop {
             if let Some(m) = self.next_buffered()? {
-                return Ok(Some(m));
+                return Ok(m);
             }
-            if !self.conn.fill().await? {
-                return Err(PgError::Io(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the server closed the replication connection",
-                )));
-            }
+            self.read_more().await?;
         }
     }
 
     /// The next message already read off the socket, without waiting.
     pub fn next_buffered(&mut self) -> Result<Option<ReplicationMessage>, PgError> {
         loop {
-            let m = match self.conn.buffered()? {
-                None => return Ok(None),
-                Some(Frame::CopyBoth) => continue,
-                Some(Frame::Msg(m)) => m,
+            let Some(m) = backend::Message::parse(&mut self.rbuf)? else {
+                return Ok(None);
             };
             match m {
                 backend::Message::CopyData(body) => {
@@ -462,13 +522,20 @@ impl ReplicationStream {
 
     /// Waits for more bytes from the server (cancel-safe); errs at end of stream.
     pub async fn read_more(&mut self) -> Result<(), PgError> {
-        if self.conn.fill().await? {
-            Ok(())
-        } else {
-            Err(PgError::Io(io::Error::new(
+        match self.chunks.recv().await {
+            Some(Ok(chunk)) => {
+                if self.rbuf.is_empty() {
+                    self.rbuf = chunk;
+                } else {
+                    self.rbuf.extend_from_slice(&chunk);
+                }
+                Ok(())
+            }
+            Some(Err(e)) => Err(PgError::Io(e)),
+            None => Err(PgError::Io(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                "the server closed the replication connection",
-            )))
+                "the replication connection's reader stopped",
+            ))),
         }
     }
 
@@ -486,12 +553,17 @@ impl ReplicationStream {
         msg.extend_from_slice(&flush.to_be_bytes());
         msg.extend_from_slice(&now_us.to_be_bytes());
         msg.extend_from_slice(&[u8::from(reply)]);
-        frontend::CopyData::new(msg.freeze())?.write(&mut self.conn.wbuf);
-        self.conn.flush().await
+        frontend::CopyData::new(msg.freeze())?.write(&mut self.wbuf);
+        self.write.write_all(&self.wbuf).await?;
+        self.wbuf.clear();
+        self.write.flush().await?;
+        Ok(())
     }
 
-    pub async fn close(self) {
-        self.conn.close().await;
+    pub async fn close(mut self) {
+        frontend::terminate(&mut self.wbuf);
+        let _ = self.write.write_all(&self.wbuf).await;
+        let _ = self.write.flush().await;
     }
 }
 
@@ -525,6 +597,15 @@ mod tests {
         assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
         assert_eq!(parse_lsn("0/0"), Some(0));
         assert_eq!(parse_lsn("nope"), None);
+    }
+
+    #[test]
+    fn whole_messages_stop_before_a_partial_one() {
+        let mut b = vec![b'd', 0, 0, 0, 6, 1, 2, b'd', 0, 0, 0, 5, 9];
+        assert_eq!(whole_messages(&b), 7 + 6);
+        b.extend([b'd', 0, 0, 0, 9, 1]);
+        assert_eq!(whole_messages(&b), 13);
+        assert_eq!(whole_messages(&b[..3]), 0);
     }
 
     #[test]

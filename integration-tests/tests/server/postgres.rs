@@ -157,6 +157,59 @@ async fn pg_snapshot_and_streaming_end_as_the_table() {
         .unwrap()
         .into_inner();
     assert_eq!(report.status, "RUNNING");
+
+    // A snapshot-only connector completes, and the CLI shows what it did.
+    create(
+        &mut c,
+        "snap",
+        "SOURCE",
+        &source_config(
+            &pg,
+            "orders_snap",
+            json!({"table": "orders", "snapshotMode": "initial_only", "slotName": "snap"}),
+        ),
+    )
+    .await
+    .unwrap();
+    let probe = c.clone();
+    wait_until(Duration::from_secs(60), "the snapshot to complete", || {
+        let mut c = probe.clone();
+        async move {
+            c.get_connector(pb::GetConnectorRequest { name: "snap".into() })
+                .await
+                .is_ok_and(|r| r.into_inner().status == "COMPLETED")
+        }
+    })
+    .await;
+    let rows = pg.psql(DATABASE, "SELECT count(*) FROM orders");
+    assert_eq!(read_json_stream(&mut c, "orders_snap").await.len().to_string(), rows);
+    let out = tokio::process::Command::new(workspace_bin("hstream"))
+        .args([
+            "--port",
+            &server.addr.port().to_string(),
+            "connector",
+            "describe",
+            "snap",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("snapshot done: 1 tables, {rows} rows")) && text.contains("COMPLETED"),
+        "{text}"
+    );
+    // Its slot was temporary (gone with its session): only the streaming connector's remains.
+    wait_until(Duration::from_secs(30), "the temporary slot to go", || {
+        let pg = &pg;
+        async move {
+            pg.psql(
+                "postgres",
+                "SELECT string_agg(slot_name, ',') FROM pg_replication_slots",
+            ) == "hstream_orders_cdc"
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -506,4 +559,88 @@ async fn pg_idle_slot_advances_and_delete_drops_the_slot() {
         async move { pg.psql("postgres", "SELECT count(*) FROM pg_replication_slots") == "0" }
     })
     .await;
+}
+
+#[tokio::test]
+async fn pg_schema_changes_streamed_transactions_and_debezium_envelopes() {
+    // A small decoding memory makes PostgreSQL stream big transactions while in progress.
+    let pg = Postgres::start_with(&["logical_decoding_work_mem = '64kB'"]);
+    pg.psql(
+        DATABASE,
+        "CREATE TABLE t (id int PRIMARY KEY, a text); ALTER TABLE t OWNER TO cdc;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST_RETRY);
+    let mut c = server.client().await;
+    let cfg = source_config(
+        &pg,
+        "dbz",
+        json!({"table": "t", "format": "debezium", "streaming": true, "snapshotMode": "never"}),
+    );
+    create(&mut c, "dbz", "SOURCE", &cfg).await.unwrap();
+    wait_until(Duration::from_secs(30), "the slot", || {
+        let pg = &pg;
+        async move { pg.psql("postgres", "SELECT count(*) FROM pg_replication_slots WHERE active") == "1" }
+    })
+    .await;
+    pg.psql(DATABASE, "INSERT INTO t VALUES (1, 'one')");
+    pg.psql(DATABASE, "ALTER TABLE t ADD COLUMN b int DEFAULT 5");
+    pg.psql(
+        DATABASE,
+        "INSERT INTO t VALUES (2, 'two', 7); UPDATE t SET a = 'uno' WHERE id = 1; DELETE FROM t WHERE id = 2",
+    );
+    // A big transaction rolled back (with a subtransaction) and a big one committed: both are
+    // streamed while in progress; only the committed one may appear.
+    let out = pg.psql_output(
+        DATABASE,
+        "BEGIN; INSERT INTO t SELECT g, 'rolled back', 0 FROM generate_series(1000, 6000) g; ROLLBACK;",
+    );
+    assert!(out.status.success());
+    pg.psql(
+        DATABASE,
+        "BEGIN; INSERT INTO t SELECT g, 'big', 1 FROM generate_series(10000, 15000) g; \
+         SAVEPOINT s; INSERT INTO t SELECT g, 'sub aborted', 2 FROM generate_series(20000, 21000) g; ROLLBACK TO s; \
+         INSERT INTO t VALUES (30000, 'after savepoint', 3); COMMIT;",
+    );
+    pg.psql(DATABASE, "ALTER TABLE t DROP COLUMN a; INSERT INTO t VALUES (3, 9)");
+    let expected = 4 + 5001 + 1 + 1;
+    let probe = c.clone();
+    wait_until(Duration::from_secs(60), "every committed change", || {
+        let mut c = probe.clone();
+        async move { read_json_stream(&mut c, "dbz").await.len() >= expected }
+    })
+    .await;
+    let records: Vec<Value> = read_json_stream(&mut c, "dbz")
+        .await
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(records.len(), expected);
+    let ops: Vec<&str> = records.iter().map(|r| r["op"].as_str().unwrap()).collect();
+    assert_eq!(&ops[..4], &["c", "c", "u", "d"]);
+    assert_eq!(records[0]["after"], json!({"id": 1.0, "a": "one"}));
+    assert_eq!(records[0]["before"], Value::Null);
+    // The added column appears from the next change on.
+    assert_eq!(records[1]["after"], json!({"id": 2.0, "a": "two", "b": 7.0}));
+    assert_eq!(records[2]["after"]["a"], "uno");
+    assert_eq!(records[3]["before"]["id"], 2.0);
+    assert_eq!(records[3]["after"], Value::Null);
+    let src = &records[0]["source"];
+    assert_eq!(
+        (src["table"].as_str(), src["schema"].as_str(), src["db"].as_str()),
+        (Some("t"), Some("public"), Some(DATABASE))
+    );
+    assert!(
+        src["lsn"].as_f64().unwrap() > 0.0 && src["txId"].as_f64().unwrap() > 0.0,
+        "{src}"
+    );
+    let big: Vec<&Value> = records[4..].iter().map(|r| &r["after"]).collect();
+    assert!(
+        big.iter().all(|a| a["a"] != "rolled back" && a["a"] != "sub aborted"),
+        "aborted rows leaked"
+    );
+    assert_eq!(big.iter().filter(|a| a["a"] == "big").count(), 5001);
+    assert_eq!(big[5001]["a"], "after savepoint");
+    // The dropped column is gone from the last change.
+    assert_eq!(records[expected - 1]["after"], json!({"id": 3.0, "b": 9.0}));
 }

@@ -64,14 +64,19 @@ impl Streams for LocalStreams {
         let entry = ctx.catalog.stream(stream).map_err(external)?;
         // Group by shard, keeping the order of each key.
         let mut per_shard: Vec<Vec<pb::HStreamRecord>> = vec![Vec::new(); entry.shards.len()];
-        for r in records {
-            let h = keyspace::key_hash(&r.key);
-            let i = entry
-                .shards
-                .iter()
-                .position(|s| s.meta.start_key <= h && h <= s.meta.end_key)
-                .unwrap_or(0);
-            per_shard[i].push(to_hstream_record(r));
+        if entry.shards.len() == 1 {
+            // One shard owns every key: no hashing.
+            per_shard[0].extend(records.into_iter().map(to_hstream_record));
+        } else {
+            for r in records {
+                let h = keyspace::key_hash(&r.key);
+                let i = entry
+                    .shards
+                    .iter()
+                    .position(|s| s.meta.start_key <= h && h <= s.meta.end_key)
+                    .unwrap_or(0);
+                per_shard[i].push(to_hstream_record(r));
+            }
         }
         let budget = ctx.max_record_size / BATCH_BUDGET_DIVISOR;
         let mut appends = Vec::new();

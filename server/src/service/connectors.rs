@@ -67,6 +67,8 @@ impl ServerCtx {
                 // Health by progress: when the task last moved a record (unix ms, 0 = never).
                 "lastProgressMs": p.last_progress_ms.load(std::sync::atomic::Ordering::Relaxed),
                 "lastError": t.handle.status.borrow().last_error.clone(),
+                // What the task says it is doing (e.g. snapshot progress).
+                "progress": p.status.lock().expect("lock").clone(),
             });
             offsets.push(json_to_struct(&report));
         }
