@@ -97,16 +97,38 @@ pub struct Server {
     pub http: SocketAddr,
     pub data_dir: PathBuf,
     args: Vec<String>,
+    log: Option<(PathBuf, String)>,
 }
 
 impl Server {
     /// Starts a server on a free port over `data_dir` with extra flags.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        Self::spawn(data_dir, args)
+        Self::spawn(data_dir, args, None)
     }
 
-    fn spawn(data_dir: &Path, args: Vec<String>) -> Server {
+    /// As [`start`](Self::start), with the server's log (at `level`, e.g. `debug`) appended to
+    /// `log` instead of the test's stderr, for tests that read what it logs.
+    pub fn start_logged(data_dir: &Path, extra: &[&str], log: &Path, level: &str) -> Server {
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::spawn(data_dir, args, Some((log.to_owned(), level.to_owned())))
+    }
+
+    fn spawn(data_dir: &Path, args: Vec<String>, log: Option<(PathBuf, String)>) -> Server {
+        let stderr = match &log {
+            Some((path, _)) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("open server log"),
+            ),
+            None => Stdio::inherit(),
+        };
+        let level = log
+            .as_ref()
+            .map(|(_, l)| l.clone())
+            .unwrap_or_else(|| std::env::var("HSTREAM_TEST_LOG").unwrap_or_else(|_| "warn".into()));
         let mut child = Command::new(workspace_bin("hstream-server"))
             .args([
                 "--port",
@@ -121,12 +143,9 @@ impl Server {
             .arg("--data-dir")
             .arg(data_dir)
             .args(&args)
-            .env(
-                "RUST_LOG",
-                std::env::var("HSTREAM_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .env("RUST_LOG", level)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn hstream-server");
         let stdout = child.stdout.take().expect("stdout");
@@ -162,6 +181,7 @@ impl Server {
             http,
             data_dir: data_dir.to_owned(),
             args,
+            log,
         }
     }
 
@@ -206,7 +226,7 @@ impl Server {
 
     /// Starts a new process over the same data directory and flags (on a new free port).
     pub fn restart(&mut self) {
-        let next = Self::spawn(&self.data_dir.clone(), self.args.clone());
+        let next = Self::spawn(&self.data_dir.clone(), self.args.clone(), self.log.clone());
         // Dropping the old handle reaps its (already stopped) process.
         drop(std::mem::replace(self, next));
     }

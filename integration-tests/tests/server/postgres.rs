@@ -644,3 +644,95 @@ async fn pg_schema_changes_streamed_transactions_and_debezium_envelopes() {
     // The dropped column is gone from the last change.
     assert_eq!(records[expected - 1]["after"], json!({"id": 3.0, "b": 9.0}));
 }
+
+#[tokio::test]
+async fn pg_password_never_shows_in_responses_or_logs() {
+    const WRONG: &str = "Wr0ng-Secret-77";
+    let pg = Postgres::start();
+    orders_table(&pg, "orders");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let log = dir.path().join("server.log");
+    let server = Server::start_logged(&data, FAST_RETRY, &log, "debug");
+    let mut c = server.client().await;
+    create(
+        &mut c,
+        "pgsrc",
+        "SOURCE",
+        &source_config(&pg, "orders_cdc", json!({"table": "orders"})),
+    )
+    .await
+    .unwrap();
+    pg.psql(DATABASE, "INSERT INTO orders (id, name) VALUES (1, 'x')");
+    let probe = c.clone();
+    wait_until(Duration::from_secs(30), "the first change", || {
+        let mut c = probe.clone();
+        async move { !read_json_stream(&mut c, "orders_cdc").await.is_empty() }
+    })
+    .await;
+    // A wrong password: the task fails, saying why, without either password.
+    c.alter_connector_config(pb::AlterConnectorConfigRequest {
+        name: "pgsrc".into(),
+        config: json!({"password": WRONG}).to_string(),
+    })
+    .await
+    .unwrap();
+    let probe = c.clone();
+    wait_until(Duration::from_secs(30), "the task to fail", || {
+        let mut c = probe.clone();
+        async move {
+            c.get_connector(pb::GetConnectorRequest { name: "pgsrc".into() })
+                .await
+                .is_ok_and(|r| r.into_inner().status == "FAILED")
+        }
+    })
+    .await;
+    let got = c
+        .get_connector(pb::GetConnectorRequest { name: "pgsrc".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = vec![format!("{got:?}")];
+    assert!(seen[0].contains("password: authentication failed"), "{}", seen[0]);
+    seen.push(format!(
+        "{:?}",
+        c.list_connectors(pb::ListConnectorsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    ));
+    seen.push(format!(
+        "{:?}",
+        c.get_connector_logs(pb::GetConnectorLogsRequest {
+            name: "pgsrc".into(),
+            begin: 0,
+            count: 100,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+    ));
+    for path in [
+        "/connectors/pgsrc",
+        "/connectors/pgsrc/status",
+        "/connectors/pgsrc/config",
+    ] {
+        seen.push(http(server.http, "GET", path, None).await.1.to_string());
+    }
+    let cli = tokio::process::Command::new(workspace_bin("hstream"))
+        .args(["--port", &server.addr.port().to_string(), "connector", "list"])
+        .output()
+        .await
+        .unwrap();
+    seen.push(String::from_utf8_lossy(&cli.stdout).into_owned());
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("pgsrc"), "the log is the server's: {logged}");
+    seen.push(logged);
+    for text in &seen {
+        assert!(
+            !text.contains(pg::CDC_PASSWORD) && !text.contains(WRONG),
+            "a password leaked: {text}"
+        );
+    }
+}
