@@ -358,14 +358,19 @@ async fn pg_restart_mid_stream_resumes_from_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), FAST_RETRY);
     let mut c = server.client().await;
-    create(
-        &mut c,
-        "pgsrc",
-        "SOURCE",
-        &source_config(&pg, "orders_cdc", json!({"table": "orders"})),
-    )
-    .await
-    .unwrap();
+    // Created the way users do, from the SQL shell.
+    let sql = format!(
+        "CREATE SOURCE CONNECTOR pgsrc FROM postgresql WITH (host = '127.0.0.1', port = {}, user = 'cdc', \
+         password = '{}', database = '{DATABASE}', table = 'orders', stream = 'orders_cdc');",
+        pg.port,
+        pg::CDC_PASSWORD
+    );
+    let out = tokio::process::Command::new(workspace_bin("hstream"))
+        .args(["--port", &server.addr.port().to_string(), "sql", "-e", &sql])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     pg.psql(
         DATABASE,
         "INSERT INTO orders (id, name, amount) SELECT g, 'a', g FROM generate_series(1, 1000) g",
