@@ -107,7 +107,10 @@ pub async fn run_source<S: Source>(ctx: RunContext, config: S::Config) -> Result
     // decoding on another core.
     let ctx = Arc::new(ctx);
     let actx = ctx.clone();
-    let appender = tokio::spawn(async move {
+    let astop = stop.clone();
+    let appender = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        // However the appender ends (even by a panic), the source stops.
+        let _stop_source = astop.drop_guard();
         let ctx = actx;
         let mut pending: Option<S::Offset> = None;
         let mut saved_at = Instant::now();
@@ -167,7 +170,7 @@ pub async fn run_source<S: Source>(ctx: RunContext, config: S::Config) -> Result
             let _ = committed_tx.send(Some(p));
         }
         result
-    });
+    }));
     let runner = async {
         let r = source.run(&mut out).await;
         drop(out); // closes the pipeline: the appender drains it and finishes

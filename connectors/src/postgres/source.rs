@@ -31,7 +31,7 @@ const MAX_BATCH: usize = 4096;
 /// Rows fetched per snapshot round trip.
 const SNAPSHOT_FETCH: usize = 4096;
 /// How long deleting a connector waits for its slot to be released.
-const DROP_SLOT_WAIT: Duration = Duration::from_secs(10);
+const DROP_SLOT_WAIT: Duration = Duration::from_secs(8);
 /// Microseconds from the Unix epoch to PostgreSQL's.
 const PG_EPOCH_US: i64 = 946_684_800_000_000;
 
@@ -694,6 +694,13 @@ impl PgSource {
         out: &mut SourceOutput<PgOffset>,
     ) -> Result<Done, ConnectorError> {
         let v2 = self.cfg.streaming && self.server_version >= 140_000;
+        let mut repl = repl;
+        let sender_timeout = repl
+            .query("SHOW wal_sender_timeout")
+            .await
+            .ok()
+            .and_then(|rows| rows.first().and_then(|r| r[0].clone()))
+            .and_then(|t| parse_pg_duration(&t));
         // A plain literal: the replication grammar takes no E'' strings.
         let publication_names = format!("'{}'", ident(&self.publication).replace('\'', "''"));
         let command = format!(
@@ -724,8 +731,14 @@ impl PgSource {
             relations: HashMap::new(),
             batch: Vec::with_capacity(MAX_BATCH),
         };
-        // Each heartbeat asks for a reply: a server silent for several of them is gone.
-        let silence = Duration::from_millis(self.cfg.heartbeat_interval_ms * 3).max(Duration::from_secs(30));
+        // Each heartbeat asks for a reply, but a walsender busy replaying changes we do not
+        // receive answers only every wal_sender_timeout/2: silence beyond the timeout (plus a
+        // margin) means the server is gone. A timeout of 0 (off) disables the check.
+        let silence = match sender_timeout {
+            Some(t) if t.is_zero() => Duration::from_secs(365 * 24 * 3600),
+            Some(t) => (t + Duration::from_secs(30)).max(Duration::from_millis(self.cfg.heartbeat_interval_ms * 3)),
+            None => Duration::from_secs(90),
+        };
         let mut last_heard = tokio::time::Instant::now();
         let mut heartbeat = tokio::time::interval(Duration::from_millis(self.cfg.heartbeat_interval_ms));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1054,6 +1067,21 @@ impl StreamState {
     }
 }
 
+/// A PostgreSQL duration setting as SHOW prints it (`60s`, `1min`, `500ms`, `0`).
+fn parse_pg_duration(text: &str) -> Option<Duration> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let n: u64 = t[..split].parse().ok()?;
+    Some(match &t[split..] {
+        "" | "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "min" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86400),
+        _ => return None,
+    })
+}
+
 fn stream_err(e: wire::PgError) -> ConnectorError {
     query_error("replication stream", e)
 }
@@ -1175,7 +1203,13 @@ impl Source for PgSource {
                     // A consistent snapshot needs a slot created with it. Our own default slot
                     // left by a snapshot cut short is dropped; a slot the user named is not ours
                     // to drop.
-                    if self.cfg.slot_name.is_some() && Self::slot_state(&mut repl, &self.slot).await?.is_some() {
+                    // A checkpoint of this slot with the snapshot unfinished proves it is ours.
+                    let ours = self
+                        .resume
+                        .as_ref()
+                        .is_some_and(|o| o.slot == self.slot && !o.snapshot_done);
+                    if self.cfg.slot_name.is_some() && !ours && Self::slot_state(&mut repl, &self.slot).await?.is_some()
+                    {
                         return Err(ConnectorError::config(format!(
                             "slotName: slot {:?} already exists; snapshotMode={} creates its slot with the snapshot \
                              (drop the slot, or use snapshotMode=never to stream from it)",
@@ -1191,6 +1225,8 @@ impl Source for PgSource {
                     let only = mode == SnapshotMode::InitialOnly;
                     let (lsn, name) = Self::create_slot(&mut repl, &self.slot, only, true).await?;
                     let name = name.ok_or_else(|| ConnectorError::internal("no snapshot was exported"))?;
+                    // Checkpointed at once: a restart knows the slot is this connector's.
+                    out.emit(Vec::new(), self.offset(lsn, false)).await?;
                     tracing::info!(slot = %self.slot, lsn = %format_lsn(lsn), "slot created; snapshot begins");
                     if let Some(done) = self.snapshot(&name, lsn, out).await? {
                         repl.close().await;
@@ -1240,12 +1276,33 @@ impl Source for PgSource {
             Ok(Err(e)) if e.code() == Some("42704") => Ok(()),
             Ok(Err(e)) => Err(query_error("dropping the replication slot", e)),
             Err(_) => Err(ConnectorError::external(format!(
-                "slotName: slot {slot:?} stayed in use for {DROP_SLOT_WAIT:?}; drop it by hand"
+                "slotName: slot {slot:?} was still in use after {DROP_SLOT_WAIT:?}; the server drops it once \
+                 released (check pg_replication_slots)"
             ))),
         };
         if r.is_ok() {
             conn.close().await;
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_as_show_prints_them() {
+        assert_eq!(parse_pg_duration("1min"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_pg_duration("60s"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_pg_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_pg_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_pg_duration("soon"), None);
+    }
+
+    #[test]
+    fn derived_names_are_valid_slot_names() {
+        assert_eq!(derived_name("Orders-CDC.v2"), "hstream_orders_cdc_v2");
+        assert!(derived_name(&"x".repeat(100)).len() <= 63);
     }
 }

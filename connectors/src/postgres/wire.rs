@@ -385,12 +385,16 @@ impl Connection {
         }
         // A task of its own reads the socket as fast as the server sends: the walsender never
         // waits on a full socket buffer while we decode (it spends much more CPU when it must).
+        // What was read past CopyBothResponse: whole messages go to the decoder, a partial one
+        // stays with the reader, which continues it.
+        let whole = whole_messages(&self.rbuf);
+        let tail = self.rbuf.split_off(whole);
         let (mut read, write) = tokio::io::split(self.io);
         let (tx, chunks) = tokio::sync::mpsc::channel::<io::Result<BytesMut>>(READ_AHEAD_CHUNKS);
         let reader = tokio::spawn(async move {
             // Only whole messages are handed over, so the decoder never copies a chunk to join
             // it with the previous one; a partial message stays here for the next read.
-            let mut buf = BytesMut::with_capacity(READ_CHUNK);
+            let mut buf = tail;
             loop {
                 if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                     buf.reserve(READ_CHUNK);

@@ -96,6 +96,18 @@ async fn wait_for_state(c: &Client, stream: &str, pg: &Postgres, table: &str, wi
     .await;
 }
 
+/// Waits until a source streams (its walsender is past slot creation and snapshot), so changes
+/// made from now on are decoded by it.
+async fn wait_streaming(pg: &Postgres) {
+    wait_until(Duration::from_secs(30), "the source to stream", || async move {
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'hstream-cdc' AND state = 'streaming'",
+        ) == "1"
+    })
+    .await;
+}
+
 fn orders_table(pg: &Postgres, table: &str) {
     pg.psql(
         DATABASE,
@@ -236,14 +248,7 @@ async fn pg_type_matrix() {
     )
     .await
     .unwrap();
-    // The slot exists once the task is RUNNING and has checkpointed its start.
-    let probe = c.clone();
-    wait_until(Duration::from_secs(30), "the slot", || {
-        let pg = &pg;
-        let _ = &probe;
-        async move { pg.psql("postgres", "SELECT count(*) FROM pg_replication_slots") == "1" }
-    })
-    .await;
+    wait_streaming(&pg).await;
     pg.psql(
         DATABASE,
         "INSERT INTO types VALUES (1, -32768, 2147483647, 9007199254740992, 9223372036854775807, \
@@ -306,13 +311,7 @@ async fn pg_sigkill_mid_load_loses_no_committed_row() {
     )
     .await
     .unwrap();
-    let probe = c.clone();
-    wait_until(Duration::from_secs(30), "the slot to exist", || {
-        let _ = &probe;
-        let pg = &pg;
-        async move { pg.psql("postgres", "SELECT count(*) FROM pg_replication_slots WHERE active") == "1" }
-    })
-    .await;
+    wait_streaming(&pg).await;
     // 200 transactions of 1,000 rows.
     let mut load = pg
         .psql_command(
@@ -583,11 +582,7 @@ async fn pg_schema_changes_streamed_transactions_and_debezium_envelopes() {
         json!({"table": "t", "format": "debezium", "streaming": true, "snapshotMode": "never"}),
     );
     create(&mut c, "dbz", "SOURCE", &cfg).await.unwrap();
-    wait_until(Duration::from_secs(30), "the slot", || {
-        let pg = &pg;
-        async move { pg.psql("postgres", "SELECT count(*) FROM pg_replication_slots WHERE active") == "1" }
-    })
-    .await;
+    wait_streaming(&pg).await;
     pg.psql(DATABASE, "INSERT INTO t VALUES (1, 'one')");
     pg.psql(DATABASE, "ALTER TABLE t ADD COLUMN b int DEFAULT 5");
     pg.psql(
@@ -648,6 +643,18 @@ async fn pg_schema_changes_streamed_transactions_and_debezium_envelopes() {
     assert_eq!(big[5001]["a"], "after savepoint");
     // The dropped column is gone from the last change.
     assert_eq!(records[expected - 1]["after"], json!({"id": 3.0, "b": 9.0}));
+    // The big transactions really were streamed while in progress.
+    let streamed: u64 = pg
+        .psql(
+            "postgres",
+            "SELECT coalesce(sum(stream_txns), 0) FROM pg_stat_replication_slots",
+        )
+        .parse()
+        .unwrap();
+    assert!(
+        streamed >= 2,
+        "expected streamed transactions, pg_stat_replication_slots says {streamed}"
+    );
 }
 
 #[tokio::test]
