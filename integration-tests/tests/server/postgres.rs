@@ -96,6 +96,20 @@ async fn wait_for_state(c: &Client, stream: &str, pg: &Postgres, table: &str, wi
     .await;
 }
 
+async fn wait_status(c: &Client, name: &str, want: &str) {
+    let probe = c.clone();
+    wait_until(Duration::from_secs(60), &format!("{name} to be {want}"), || {
+        let mut c = probe.clone();
+        let name = name.to_owned();
+        async move {
+            c.get_connector(pb::GetConnectorRequest { name })
+                .await
+                .is_ok_and(|r| r.into_inner().status == want)
+        }
+    })
+    .await;
+}
+
 /// Waits until a source streams (its walsender is past slot creation and snapshot), so changes
 /// made from now on are decoded by it.
 async fn wait_streaming(pg: &Postgres) {
@@ -183,16 +197,7 @@ async fn pg_snapshot_and_streaming_end_as_the_table() {
     )
     .await
     .unwrap();
-    let probe = c.clone();
-    wait_until(Duration::from_secs(60), "the snapshot to complete", || {
-        let mut c = probe.clone();
-        async move {
-            c.get_connector(pb::GetConnectorRequest { name: "snap".into() })
-                .await
-                .is_ok_and(|r| r.into_inner().status == "COMPLETED")
-        }
-    })
-    .await;
+    wait_status(&c, "snap", "COMPLETED").await;
     let rows = pg.psql(DATABASE, "SELECT count(*) FROM orders");
     assert_eq!(read_json_stream(&mut c, "orders_snap").await.len().to_string(), rows);
     let out = tokio::process::Command::new(workspace_bin("hstream"))
@@ -690,16 +695,7 @@ async fn pg_password_never_shows_in_responses_or_logs() {
     })
     .await
     .unwrap();
-    let probe = c.clone();
-    wait_until(Duration::from_secs(30), "the task to fail", || {
-        let mut c = probe.clone();
-        async move {
-            c.get_connector(pb::GetConnectorRequest { name: "pgsrc".into() })
-                .await
-                .is_ok_and(|r| r.into_inner().status == "FAILED")
-        }
-    })
-    .await;
+    wait_status(&c, "pgsrc", "FAILED").await;
     let got = c
         .get_connector(pb::GetConnectorRequest { name: "pgsrc".into() })
         .await
