@@ -772,6 +772,11 @@ impl PgSource {
                     self.flush(&mut st, out, &mut rs, &mut committed).await?;
                 }
             }
+            // More already read? Decode it into this batch first: fewer, fuller appends.
+            if st.batch.len() < MAX_BATCH && rs.try_read_more().map_err(stream_err)? {
+                last_heard = tokio::time::Instant::now();
+                continue;
+            }
             if !st.batch.is_empty() || st.last_commit > st.emitted {
                 self.flush(&mut st, out, &mut rs, &mut committed).await?;
                 // Not reading while the pipeline was full is not the server's silence.

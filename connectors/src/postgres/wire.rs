@@ -528,15 +528,35 @@ impl ReplicationStream {
     pub async fn read_more(&mut self) -> Result<(), PgError> {
         match self.chunks.recv().await {
             Some(Ok(chunk)) => {
-                if self.rbuf.is_empty() {
-                    self.rbuf = chunk;
-                } else {
-                    self.rbuf.extend_from_slice(&chunk);
-                }
+                self.take(chunk);
                 Ok(())
             }
             Some(Err(e)) => Err(PgError::Io(e)),
             None => Err(PgError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the replication connection's reader stopped",
+            ))),
+        }
+    }
+
+    fn take(&mut self, chunk: BytesMut) {
+        if self.rbuf.is_empty() {
+            self.rbuf = chunk;
+        } else {
+            self.rbuf.extend_from_slice(&chunk);
+        }
+    }
+
+    /// Takes bytes the reader already has, without waiting; false when there are none.
+    pub fn try_read_more(&mut self) -> Result<bool, PgError> {
+        match self.chunks.try_recv() {
+            Ok(Ok(chunk)) => {
+                self.take(chunk);
+                Ok(true)
+            }
+            Ok(Err(e)) => Err(PgError::Io(e)),
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => Ok(false),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => Err(PgError::Io(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the replication connection's reader stopped",
             ))),
