@@ -17,9 +17,16 @@ pub struct Args {
     /// One-row transactions after them.
     #[arg(long, default_value_t = 50_000)]
     single_txns: u64,
-    /// Both clients connect over TCP to 127.0.0.1 instead of the Unix socket.
-    #[arg(long)]
-    tcp: bool,
+    /// How both clients reach PostgreSQL: the Unix socket, TCP to 127.0.0.1, or each in turn.
+    #[arg(long, value_enum, default_value_t = Transport::Both)]
+    transport: Transport,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+pub enum Transport {
+    Unix,
+    Tcp,
+    Both,
 }
 
 impl Args {
@@ -27,7 +34,7 @@ impl Args {
         Args {
             bulk_rows: 950_000,
             single_txns: 50_000,
-            tcp: false,
+            transport: Transport::Both,
         }
     }
 }
@@ -77,12 +84,10 @@ async fn walsenders_gone(pg: &Postgres) {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let total = args.bulk_rows + args.single_txns;
     println!(
-        "pg-cdc: {} rows in 5 transactions + {} one-row transactions, pgoutput proto 1, both over {}",
-        args.bulk_rows,
-        args.single_txns,
-        if args.tcp { "TCP" } else { "the Unix socket" }
+        "pg-cdc: {} rows in 5 transactions + {} one-row transactions, pgoutput proto 1",
+        args.bulk_rows, args.single_txns
     );
-    let pg = Postgres::start();
+    let pg = &Postgres::start();
     pg.psql(
         DATABASE,
         "CREATE TABLE orders (id bigserial PRIMARY KEY, name text NOT NULL, amount numeric(12,2), \
@@ -120,6 +125,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(rows == per_txn * 5 + args.single_txns, "loaded {rows} rows");
     println!("  loaded in {:.1} s; WAL end {end_lsn}", t.elapsed().as_secs_f64());
 
+    for tcp in match args.transport {
+        Transport::Unix => vec![false],
+        Transport::Tcp => vec![true],
+        Transport::Both => vec![false, true],
+    } {
+        println!("  over {}:", if tcp { "TCP (127.0.0.1)" } else { "the Unix socket" });
+        compare(&pg, tcp, &end_lsn, total, id_sum).await?;
+    }
+    Ok(())
+}
+
+/// Drains the same WAL with pg_recvlogical and with our source, over one transport, and prints
+/// both with the ratio.
+async fn compare(pg: &Postgres, tcp: bool, end_lsn: &str, total: u64, id_sum: f64) -> anyhow::Result<()> {
     // The peer: pg_recvlogical into a file.
     pg.psql(DATABASE, "SELECT pg_copy_logical_replication_slot('tpl', 'peer')");
     let out = tempfile::NamedTempFile::new()?;
@@ -128,7 +147,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let bin = hstream_integration_tests::pg::bin_dir();
     let recv = bin.join("pg_recvlogical");
     let recv = if recv.exists() { recv } else { "pg_recvlogical".into() };
-    let host = if args.tcp {
+    let host = if tcp {
         "127.0.0.1".to_owned()
     } else {
         pg.data_dir().display().to_string()
@@ -206,6 +225,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     drop(server);
     walsenders_gone(&pg).await;
     let ours_ws = reaped_cpu(&pg) - ws0;
+    pg.psql(DATABASE, "SELECT pg_drop_replication_slot('ours')");
 
     let peer_rate = total as f64 / peer_secs;
     let ours_rate = total as f64 / ours_secs;
