@@ -131,7 +131,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Transport::Both => vec![false, true],
     } {
         println!("  over {}:", if tcp { "TCP (127.0.0.1)" } else { "the Unix socket" });
-        compare(&pg, tcp, &end_lsn, total, id_sum).await?;
+        compare(pg, tcp, &end_lsn, total, id_sum).await?;
     }
     Ok(())
 }
@@ -161,7 +161,7 @@ async fn compare(pg: &Postgres, tcp: bool, end_lsn: &str, total: u64, id_sum: f6
         hstream_integration_tests::pg::CDC_USER,
         out_path.display()
     );
-    let ws0 = reaped_cpu(&pg);
+    let ws0 = reaped_cpu(pg);
     let t = Instant::now();
     let o = std::process::Command::new("bash").arg("-c").arg(&script).output()?;
     let peer_secs = t.elapsed().as_secs_f64();
@@ -174,8 +174,8 @@ async fn compare(pg: &Postgres, tcp: bool, end_lsn: &str, total: u64, id_sum: f6
     let peer_cpu = times.lines().nth(1).map(parse_times).unwrap_or(0.0);
     let peer_bytes = std::fs::metadata(&out_path).map(|m| m.len()).unwrap_or(0);
     let _ = std::fs::remove_file(&out_path);
-    walsenders_gone(&pg).await;
-    let peer_ws = reaped_cpu(&pg) - ws0;
+    walsenders_gone(pg).await;
+    let peer_ws = reaped_cpu(pg) - ws0;
     pg.psql(DATABASE, "SELECT pg_drop_replication_slot('peer')");
 
     // Ours: the postgresql source into a durable stream.
@@ -193,7 +193,7 @@ async fn compare(pg: &Postgres, tcp: bool, end_lsn: &str, total: u64, id_sum: f6
     config["publicationAutocreate"] = false.into();
     config["snapshotMode"] = "never".into();
     config["host"] = host.clone().into();
-    let ws0 = reaped_cpu(&pg);
+    let ws0 = reaped_cpu(pg);
     let cpu0 = server.cpu_seconds();
     let t = Instant::now();
     c.create_connector(pb::CreateConnectorRequest {
@@ -223,8 +223,8 @@ async fn compare(pg: &Postgres, tcp: bool, end_lsn: &str, total: u64, id_sum: f6
     anyhow::ensure!(records.len() as u64 == total, "stream has {} records", records.len());
     anyhow::ensure!(sum == id_sum, "id sum {sum} != {id_sum}");
     drop(server);
-    walsenders_gone(&pg).await;
-    let ours_ws = reaped_cpu(&pg) - ws0;
+    walsenders_gone(pg).await;
+    let ours_ws = reaped_cpu(pg) - ws0;
     pg.psql(DATABASE, "SELECT pg_drop_replication_slot('ours')");
 
     let peer_rate = total as f64 / peer_secs;
