@@ -291,7 +291,10 @@ fn partition_key(rel: &Rel, cols: &[Col<'_>]) -> String {
             k.push(',');
         }
         if let Some(Col::Text(t)) = cols.get(i) {
-            k.push_str(&String::from_utf8_lossy(t));
+            match std::str::from_utf8(t) {
+                Ok(text) => k.push_str(text),
+                Err(_) => k.push_str(&String::from_utf8_lossy(t)),
+            }
         }
     }
     k
@@ -730,6 +733,7 @@ impl PgSource {
             streamed: HashMap::new(),
             relations: HashMap::new(),
             batch: Vec::with_capacity(MAX_BATCH),
+            produced: Vec::with_capacity(4),
         };
         // Each heartbeat asks for a reply, but a walsender busy replaying changes we do not
         // receive answers only every wal_sender_timeout/2: silence beyond the timeout (plus a
@@ -881,7 +885,7 @@ impl PgSource {
             _ => {}
         }
         let msg = pgoutput::decode(data, streaming).map_err(decode_err)?;
-        let db = self.cfg.database.clone();
+        let db: &str = &self.cfg.database;
         let format = self.cfg.format;
         let subxid = if streaming { pgoutput::streamed_xid(data) } else { None };
         let origin = Origin {
@@ -889,9 +893,10 @@ impl PgSource {
             tx_id: st.in_stream.unwrap_or(st.xid),
             ts_ms: st.commit_ts_ms,
             snapshot: false,
-            db: &db,
+            db,
         };
-        let mut produced: Vec<Record> = Vec::new();
+        // Reused across messages: no allocation per change.
+        let mut produced = std::mem::take(&mut st.produced);
         match msg {
             Message::Begin {
                 xid,
@@ -970,10 +975,11 @@ impl PgSource {
                 st.streamed
                     .entry(top)
                     .or_default()
-                    .extend(produced.into_iter().map(|r| (sub, r)));
+                    .extend(produced.drain(..).map(|r| (sub, r)));
             }
-            _ => st.batch.extend(produced),
+            _ => st.batch.append(&mut produced),
         }
+        st.produced = produced;
         Ok(())
     }
 
@@ -1049,6 +1055,8 @@ struct StreamState {
     streamed: HashMap<u32, Vec<(u32, Record)>>,
     relations: HashMap<u32, Arc<Rel>>,
     batch: Vec<Record>,
+    /// Scratch for the records of one message.
+    produced: Vec<Record>,
 }
 
 impl StreamState {

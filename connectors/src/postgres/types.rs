@@ -131,14 +131,16 @@ pub fn write_value(buf: &mut Vec<u8>, kind: &Kind, text: &[u8]) {
             Ok(v) => pb::json(buf, &v),
             Err(_) => pb::string_bytes(buf, text),
         },
-        Kind::Timestamp => {
-            let mut s = text.to_vec();
-            if let Some(i) = s.iter().position(|&c| c == b' ') {
-                s[i] = b'T';
-            }
-            pb::string_bytes(buf, &s);
-        }
-        Kind::WithZone => pb::string_bytes(buf, &with_zone(text)),
+        Kind::Timestamp => match text.iter().position(|&c| c == b' ') {
+            // Written in place: date, 'T', time (no copy of the text first).
+            Some(i) => pb::message(buf, 0x1a, |b| {
+                b.extend_from_slice(&text[..i]);
+                b.push(b'T');
+                b.extend_from_slice(&text[i + 1..]);
+            }),
+            None => pb::string_bytes(buf, text),
+        },
+        Kind::WithZone => pb::message(buf, 0x1a, |b| with_zone_into(b, text)),
         Kind::Array(elem) => {
             if write_array(buf, elem, text).is_none() {
                 // Not an array text we understand: keep the text rather than guess.
@@ -172,31 +174,43 @@ pub fn bytea_base64(text: &[u8]) -> String {
 
 /// `2024-01-02 03:04:05.5+00` → `2024-01-02T03:04:05.5Z`; `+05:30` stays, `+05` → `+05:00`.
 pub fn with_zone(text: &[u8]) -> Vec<u8> {
-    let mut s = text.to_vec();
+    let mut out = Vec::with_capacity(text.len() + 3);
+    with_zone_into(&mut out, text);
+    out
+}
+
+/// [`with_zone`] appending to `out`, with no allocation of its own.
+fn with_zone_into(out: &mut Vec<u8>, text: &[u8]) {
     // Dates have a space before the time; times (timetz) do not.
-    if s.len() > 10 && s[10] == b' ' {
-        s[10] = b'T';
-    }
+    let dated = text.len() > 10 && text[10] == b' ';
+    let put = |out: &mut Vec<u8>, part: &[u8], from: usize| {
+        // Copies `part` (which starts at byte `from` of the text), with the date's space as 'T'.
+        if dated && from <= 10 && from + part.len() > 10 {
+            out.extend_from_slice(&part[..10 - from]);
+            out.push(b'T');
+            out.extend_from_slice(&part[11 - from..]);
+        } else {
+            out.extend_from_slice(part);
+        }
+    };
     // The offset starts at the last '+' or '-' after the time part.
-    let time_start = if s.len() > 10 && s[10] == b'T' { 11 } else { 0 };
-    let Some(rel) = s[time_start..].iter().rposition(|&c| c == b'+' || c == b'-') else {
-        return s;
+    let time_start = if dated { 11 } else { 0 };
+    let Some(rel) = text[time_start..].iter().rposition(|&c| c == b'+' || c == b'-') else {
+        put(out, text, 0);
+        return;
     };
     let at = time_start + rel;
-    let offset = &s[at + 1..];
+    let mut offset = &text[at + 1..];
     let bc = offset.ends_with(b" BC");
-    let offset: Vec<u8> = if bc {
-        offset[..offset.len() - 3].to_vec()
-    } else {
-        offset.to_vec()
-    };
-    let zero = offset.iter().all(|&c| c == b'0' || c == b':');
-    let mut out = s[..at].to_vec();
-    if zero {
+    if bc {
+        offset = &offset[..offset.len() - 3];
+    }
+    put(out, &text[..at], 0);
+    if offset.iter().all(|&c| c == b'0' || c == b':') {
         out.push(b'Z');
     } else {
-        out.push(s[at]);
-        out.extend_from_slice(&offset);
+        out.push(text[at]);
+        out.extend_from_slice(offset);
         if offset.len() == 2 {
             out.extend_from_slice(b":00");
         }
@@ -204,7 +218,6 @@ pub fn with_zone(text: &[u8]) -> Vec<u8> {
     if bc {
         out.extend_from_slice(b" BC");
     }
-    out
 }
 
 /// Parses PostgreSQL's array text (`{1,2,"a b",NULL}`, nested, with an optional `[1:2]=`
