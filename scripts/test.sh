@@ -3,7 +3,7 @@
 #   - a Python venv (.venv) with the official HStreamDB client (hstreamdb 0.5.0), zstandard, and
 #     openapi-spec-validator (checks the REST API's OpenAPI document), pexpect (drives the SQL
 #     shell through a pseudo-terminal);
-#   - PostgreSQL's server binaries (Debian packages), for the CDC source and sink tests.
+#   - PostgreSQL's and MariaDB's server binaries (Debian packages), for the CDC tests.
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +22,13 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   echo "==> installing PostgreSQL"
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql postgresql-contrib
+fi
+
+# MariaDB server binaries for the binlog CDC tests (same: throw-away instances on free ports).
+if ! command -v mariadbd >/dev/null 2>&1 || ! command -v mariadb-install-db >/dev/null 2>&1; then
+  echo "==> installing MariaDB"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q mariadb-server mariadb-client
 fi
 
 if [ "${CI:-}" = "true" ]; then

@@ -18,6 +18,7 @@ use hstream_proto::h_stream_api_client::HStreamApiClient;
 use prost::Message;
 use tonic::transport::Channel;
 
+pub mod mariadb;
 pub mod pg;
 
 pub type Client = HStreamApiClient<Channel>;

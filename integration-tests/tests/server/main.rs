@@ -2,6 +2,7 @@
 
 mod cli;
 mod connectors;
+mod mysql;
 mod postgres;
 mod rest;
 mod streams;
