@@ -181,22 +181,27 @@ pub fn with_zone(text: &[u8]) -> Vec<u8> {
 
 /// [`with_zone`] appending to `out`, with no allocation of its own.
 fn with_zone_into(out: &mut Vec<u8>, text: &[u8]) {
-    // Dates have a space before the time; times (timetz) do not.
-    let dated = text.len() > 10 && text[10] == b' ';
-    let put = |out: &mut Vec<u8>, part: &[u8], from: usize| {
-        // Copies `part` (which starts at byte `from` of the text), with the date's space as 'T'.
-        if dated && from <= 10 && from + part.len() > 10 {
-            out.extend_from_slice(&part[..10 - from]);
-            out.push(b'T');
-            out.extend_from_slice(&part[11 - from..]);
-        } else {
-            out.extend_from_slice(part);
+    // Dates have a space before the time (after the date, whatever the year's width); times
+    // (timetz) have none, and " BC" is not that space.
+    let sep = text
+        .iter()
+        .position(|&c| c == b' ')
+        .filter(|&i| !text[i + 1..].starts_with(b"BC"));
+    let put = |out: &mut Vec<u8>, part: &[u8]| {
+        // Copies `part` (a prefix of the text), with the date's space as 'T'.
+        match sep {
+            Some(i) if i < part.len() => {
+                out.extend_from_slice(&part[..i]);
+                out.push(b'T');
+                out.extend_from_slice(&part[i + 1..]);
+            }
+            _ => out.extend_from_slice(part),
         }
     };
     // The offset starts at the last '+' or '-' after the time part.
-    let time_start = if dated { 11 } else { 0 };
+    let time_start = sep.map_or(0, |i| i + 1);
     let Some(rel) = text[time_start..].iter().rposition(|&c| c == b'+' || c == b'-') else {
-        put(out, text, 0);
+        put(out, text);
         return;
     };
     let at = time_start + rel;
@@ -205,7 +210,7 @@ fn with_zone_into(out: &mut Vec<u8>, text: &[u8]) {
     if bc {
         offset = &offset[..offset.len() - 3];
     }
-    put(out, &text[..at], 0);
+    put(out, &text[..at]);
     if offset.iter().all(|&c| c == b'0' || c == b':') {
         out.push(b'Z');
     } else {
@@ -368,6 +373,15 @@ mod tests {
         );
         assert_eq!(json_of(&Kind::WithZone, "03:04:05+00"), "03:04:05Z");
         assert_eq!(json_of(&Kind::WithZone, "infinity"), "infinity");
+        assert_eq!(json_of(&Kind::WithZone, "-infinity"), "-infinity");
+        assert_eq!(
+            json_of(&Kind::WithZone, "12024-01-02 03:04:05+00"),
+            "12024-01-02T03:04:05Z"
+        );
+        assert_eq!(
+            json_of(&Kind::WithZone, "0044-03-15 12:00:00+00 BC"),
+            "0044-03-15T12:00:00Z BC"
+        );
     }
 
     #[test]
