@@ -749,7 +749,22 @@ impl PgSource {
         rs.send_status(st.received, st.confirmed, false)
             .await
             .map_err(stream_err)?;
+        let status_every = Duration::from_millis(self.cfg.heartbeat_interval_ms);
+        let mut last_status = tokio::time::Instant::now();
         loop {
+            if cancel.is_cancelled() {
+                rs.close().await;
+                return Ok(Done::Cancelled);
+            }
+            // A sustained stream may not come back to the select below for long: the server
+            // still hears our position on time (it drops a silent client after
+            // wal_sender_timeout), and every newly committed offset promptly.
+            if st.confirm(&committed) || last_status.elapsed() >= status_every {
+                rs.send_status(st.received, st.confirmed, false)
+                    .await
+                    .map_err(stream_err)?;
+                last_status = tokio::time::Instant::now();
+            }
             // Decode what has been read already; emit when the batch is full or the socket dry.
             while let Some(m) = rs.next_buffered().map_err(stream_err)? {
                 match m {
