@@ -21,6 +21,28 @@ use tonic::transport::Channel;
 pub mod mariadb;
 pub mod pg;
 
+/// A free TCP port on 127.0.0.1 (for servers that cannot bind port 0 themselves).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// The uid/gid of system account `user` when the tests run as root (database servers refuse
+/// to run as root); `None` when not root or the account does not exist.
+pub(crate) fn service_account(user: &str) -> Option<(u32, u32)> {
+    let uid = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return None;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    let line = passwd.lines().find(|l| l.starts_with(&format!("{user}:")))?;
+    let f: Vec<&str> = line.split(':').collect();
+    Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?))
+}
+
 pub type Client = HStreamApiClient<Channel>;
 
 /// The repository root (this crate lives in `<root>/integration-tests`).

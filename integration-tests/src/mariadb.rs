@@ -15,33 +15,6 @@ pub const CDC_USER: &str = "cdc";
 pub const CDC_PASSWORD: &str = "cdc-Maria-7c2";
 pub const DATABASE: &str = "app";
 
-fn mysql_user() -> Option<String> {
-    let uid = Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        return None;
-    }
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd
-        .lines()
-        .any(|l| l.starts_with("mysql:"))
-        .then(|| "mysql".to_owned())
-}
-
-fn owner_ids(user: &str) -> Option<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    let line = passwd.lines().find(|l| l.starts_with(&format!("{user}:")))?;
-    let f: Vec<&str> = line.split(':').collect();
-    Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 pub struct MariaDb {
     _dir: tempfile::TempDir,
     pub data: PathBuf,
@@ -65,8 +38,9 @@ impl MariaDb {
             .expect("tempdir");
         let data = dir.path().join("data");
         std::fs::create_dir(&data).expect("mkdir");
-        let user = mysql_user();
-        if let Some((uid, gid)) = user.as_deref().and_then(owner_ids) {
+        let owner = crate::service_account("mysql");
+        let user = owner.map(|_| "mysql".to_owned());
+        if let Some((uid, gid)) = owner {
             for p in [dir.path(), data.as_path()] {
                 std::os::unix::fs::chown(p, Some(uid), Some(gid)).expect("chown");
             }
@@ -97,7 +71,7 @@ impl MariaDb {
         };
         // A free port may be taken between the probe and the bind: try a few.
         for _ in 0..5 {
-            db.port = free_port();
+            db.port = crate::free_port();
             if db.spawn() {
                 db.setup();
                 return db;

@@ -37,26 +37,6 @@ pub fn bin_dir() -> PathBuf {
         .expect("no PostgreSQL server binaries under /usr/lib/postgresql (scripts/test.sh installs them)")
 }
 
-/// The uid/gid to run the server as: `postgres` when we are root.
-fn run_as() -> Option<(u32, u32)> {
-    let uid = Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        return None;
-    }
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    let line = passwd.lines().find(|l| l.starts_with("postgres:"))?;
-    let f: Vec<&str> = line.split(':').collect();
-    Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 pub struct Postgres {
     _dir: tempfile::TempDir,
     pub data: PathBuf,
@@ -74,7 +54,7 @@ impl Postgres {
     /// As [`start`](Self::start), with extra `postgresql.conf` lines.
     pub fn start_with(conf: &[&str]) -> Postgres {
         let bin = bin_dir();
-        let owner = run_as();
+        let owner = crate::service_account("postgres");
         let dir = tempfile::Builder::new()
             .prefix("hstream-pg")
             .tempdir()
@@ -137,7 +117,7 @@ impl Postgres {
         // A free port may be taken between the probe and the server's bind: try a few.
         let mut last = String::new();
         for _ in 0..5 {
-            pg.port = free_port();
+            pg.port = crate::free_port();
             let out = pg.ctl(&["start", "-w", "-t", "60", "-o", &format!("-p {}", pg.port)]);
             if out.status.success() {
                 pg.setup();
