@@ -289,7 +289,20 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
 }
 
 /// Polls `cond` until it holds or `within` passes.
-pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut cond: F)
+pub async fn wait_until<F, Fut>(within: Duration, what: &str, cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    assert!(
+        holds_within(within, cond).await,
+        "timed out after {within:?} waiting for {what}"
+    );
+}
+
+/// Polls `cond` until it holds (true) or `within` passes (false), for callers that explain a
+/// timeout themselves.
+pub async fn holds_within<F, Fut>(within: Duration, mut cond: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -297,15 +310,31 @@ where
     let deadline = Instant::now() + within;
     loop {
         if cond().await {
-            return;
+            return true;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
+
+/// [`holds_within`] for synchronous code (e.g. starting a database server).
+pub fn holds_within_blocking(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// How often a condition is polled.
+const POLL: Duration = Duration::from_millis(20);
 
 /// Encodes records the way HStreamDB clients do (RAW flag, one partition key).
 pub fn batch(key: &str, payloads: &[Vec<u8>], compression: pb::CompressionType) -> pb::BatchedRecord {

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const CDC_USER: &str = "cdc";
 pub const CDC_PASSWORD: &str = "cdc-Maria-7c2";
@@ -111,23 +111,17 @@ impl MariaDb {
             cmd.arg(format!("--user={u}"));
         }
         let mut child = cmd.spawn().expect("spawn mariadbd");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(_)) = child.try_wait() {
-                return false;
-            }
-            if self.root_sql("SELECT 1").status.success() {
-                self.child = Some(child);
-                return true;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "MariaDB not ready in 60 s: {}",
-                self.error_log()
-            );
-            // Polling the server's readiness, not synchronising on time.
-            std::thread::sleep(Duration::from_millis(50));
+        let mut exited = false;
+        let answered = crate::holds_within_blocking(Duration::from_secs(60), || {
+            exited = matches!(child.try_wait(), Ok(Some(_)));
+            exited || self.root_sql("SELECT 1").status.success()
+        });
+        assert!(answered, "MariaDB not ready in 60 s: {}", self.error_log());
+        if exited {
+            return false;
         }
+        self.child = Some(child);
+        true
     }
 
     fn setup(&self) {

@@ -160,6 +160,20 @@ async fn target(client: &tokio_postgres::Client, cfg: &PgSinkConfig) -> Result<T
     })
 }
 
+/// The last change of one key within a batch.
+enum Final {
+    Upsert(Map<String, Value>),
+    /// Delete by these key columns.
+    Delete(Map<String, Value>),
+}
+
+/// A run of a batch's changes, reduced per key; a truncate starts a new one.
+#[derive(Default)]
+struct Segment {
+    truncate_first: bool,
+    changes: HashMap<String, Final>,
+}
+
 pub struct PgSink {
     client: tokio_postgres::Client,
     target: Target,
@@ -254,17 +268,21 @@ fn for_column(ty: &str, v: Value) -> Value {
 }
 
 impl PgSink {
-    /// The key of a row: its key columns' values (errors when one is missing).
-    fn key_of(&self, row: &Map<String, Value>) -> Result<String, String> {
-        let mut parts = Vec::with_capacity(self.target.key.len());
+    /// The key of a row: its key columns as the table reads them, and their text (the identity
+    /// of the row within a batch). Errs when a key column is missing.
+    fn key_of(&self, row: &Map<String, Value>) -> Result<(String, Map<String, Value>), String> {
+        let mut key = Map::new();
         for k in &self.target.key {
             let ty = self.target.columns.get(k).map_or("", String::as_str);
             match row.get(k) {
-                Some(v) if !v.is_null() => parts.push(for_column(ty, v.clone())),
+                Some(v) if !v.is_null() => {
+                    key.insert(k.clone(), for_column(ty, v.clone()));
+                }
                 _ => return Err(format!("key column {k:?} is missing")),
             }
         }
-        Ok(Value::Array(parts).to_string())
+        let text = Value::Array(key.values().cloned().collect()).to_string();
+        Ok((text, key))
     }
 
     fn row_for_table(&self, row: Map<String, Value>) -> Map<String, Value> {
@@ -277,22 +295,16 @@ impl PgSink {
             .collect()
     }
 
-    /// Writes the final state of each key in `pending` within `tx`.
+    /// Writes the final state of each upserted key in `rows` within `tx`.
     async fn apply(
         t: &Target,
         tx: &tokio_postgres::Transaction<'_>,
-        pending: &mut HashMap<String, Option<Map<String, Value>>>,
+        rows: Vec<Map<String, Value>>,
     ) -> Result<(), ConnectorError> {
         let mut upserts: BTreeMap<Vec<String>, Vec<Value>> = BTreeMap::new();
-        for (_, state) in pending.drain() {
-            match state {
-                None => {}
-                Some(row) if row.is_empty() => {}
-                Some(row) => {
-                    let cols: Vec<String> = row.keys().cloned().collect();
-                    upserts.entry(cols).or_default().push(Value::Object(row));
-                }
-            }
+        for row in rows.into_iter().filter(|r| !r.is_empty()) {
+            let cols: Vec<String> = row.keys().cloned().collect();
+            upserts.entry(cols).or_default().push(Value::Object(row));
         }
         for (cols, rows) in upserts {
             let list = cols.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
@@ -360,7 +372,8 @@ impl Sink for PgSink {
 
     async fn write(&mut self, records: &[SinkRecord]) -> Result<Written, ConnectorError> {
         // Reduce to the final state per key, in segments cut by truncates.
-        let mut segments: Vec<(HashMap<String, Option<Map<String, Value>>>, bool)> = vec![(HashMap::new(), false)];
+        let mut segments = Vec::new();
+        let mut seg = Segment::default();
         for r in records {
             let bad = |why: String| {
                 ConnectorError::config(format!(
@@ -368,46 +381,50 @@ impl Sink for PgSink {
                     r.shard_id, r.lsn, r.index, self.target.qualified
                 ))
             };
-            let change = parse(r).and_then(classify).map_err(bad)?;
-            let seg = segments.last_mut().expect("one segment at least");
-            match change {
+            match parse(r).and_then(classify).map_err(bad)? {
                 Change::Upsert(row) => {
-                    let key = self.key_of(&row).map_err(bad)?;
+                    let (id, _) = self.key_of(&row).map_err(bad)?;
                     let row = self.row_for_table(row);
-                    match seg.0.get_mut(&key) {
+                    match seg.changes.get_mut(&id) {
                         // A partial row (unchanged TOAST left out) merges over the earlier one.
-                        Some(Some(prev)) => prev.extend(row),
+                        Some(Final::Upsert(prev)) => prev.extend(row),
                         _ => {
-                            seg.0.insert(key, Some(row));
+                            seg.changes.insert(id, Final::Upsert(row));
                         }
                     }
                 }
                 Change::Delete(k) => {
-                    let key = self.key_of(&k).map_err(bad)?;
-                    seg.0.insert(key, None);
+                    let (id, key) = self.key_of(&k).map_err(bad)?;
+                    seg.changes.insert(id, Final::Delete(key));
                 }
-                Change::Truncate => segments.push((HashMap::new(), true)),
+                Change::Truncate => segments.push(std::mem::replace(
+                    &mut seg,
+                    Segment {
+                        truncate_first: true,
+                        ..Segment::default()
+                    },
+                )),
             }
         }
+        segments.push(seg);
         let target = &self.target;
         let tx = self.client.transaction().await.map_err(|e| pg_error("begin", e))?;
-        for (mut pending, truncate_first) in segments {
-            if truncate_first {
+        for seg in segments {
+            if seg.truncate_first {
                 tx.execute(&format!("TRUNCATE {}", target.qualified), &[])
                     .await
                     .map_err(|e| pg_error("truncate", e))?;
             }
-            let mut keys = Vec::new();
-            for (k, state) in &pending {
-                if state.is_none() {
-                    let vals: Vec<Value> = serde_json::from_str(k).unwrap_or_default();
-                    let obj: Map<String, Value> = target.key.iter().cloned().zip(vals).collect();
-                    keys.push(Value::Object(obj));
+            let (mut keys, mut rows) = (Vec::new(), Vec::new());
+            for change in seg.changes.into_values() {
+                match change {
+                    Final::Delete(key) => keys.push(Value::Object(key)),
+                    Final::Upsert(row) => rows.push(row),
                 }
             }
             // Deletes first: a key is either deleted or upserted in its final state, never both.
             Self::delete(target, &tx, keys).await?;
-            Self::apply(target, &tx, &mut pending).await?;
+            Self::apply(target, &tx, rows).await?;
         }
         tx.commit().await.map_err(|e| pg_error("commit", e))?;
         Ok(Written::Durable)

@@ -1,0 +1,645 @@
+//! The `postgresql` CDC source: a consistent snapshot handed off to logical replication
+//! (`pgoutput`) with no gap and no double, written to a stream as HStream IO's CDC records
+//! (`{"key", "value"}`) or as Debezium envelopes.
+//!
+//! Durability: the flush LSN confirmed to PostgreSQL is the runtime's committed offset, which
+//! exists only once every record before it is durable in the stream and checkpointed. Offsets
+//! advance only at transaction ends (a commit's end LSN, or the server's sent position while no
+//! transaction is open), so a restart resumes at a transaction boundary; records of a transaction
+//! cut short by a crash are sent again (at-least-once).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hstream_runtime::{ConnectorConfig, ConnectorError, Done, Offset, Secret, Source, SourceOutput};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::types::{PgType, TypeMap};
+use super::wire::{self, Connection, format_lsn, ident, literal};
+use super::{Endpoint, default_host, default_port, default_schema, query_error, split_table};
+
+mod records;
+mod snapshot;
+mod stream;
+
+/// Records per emitted batch at most (a batch is also emitted whenever the socket runs dry).
+const MAX_BATCH: usize = 4096;
+/// Rows fetched per snapshot round trip.
+const SNAPSHOT_FETCH: usize = 4096;
+/// How long deleting a connector waits for its slot to be released.
+const DROP_SLOT_WAIT: Duration = Duration::from_secs(8);
+/// Microseconds from the Unix epoch to PostgreSQL's.
+const PG_EPOCH_US: i64 = 946_684_800_000_000;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    /// Copy the tables' rows first, then stream changes (the first run only).
+    #[default]
+    Initial,
+    /// Stream changes only, from where the slot stands.
+    Never,
+    /// Copy the tables' rows, then complete.
+    InitialOnly,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordFormat {
+    /// `{"key": primary key, "value": row after, null on delete}`, as HStream IO's CDC sources.
+    #[default]
+    Hstream,
+    /// `{"before", "after", "op", "ts_ms", "source"}`, as Debezium's change events.
+    Debezium,
+}
+
+/// Configuration of the `postgresql` source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(
+    title = "postgresql",
+    description = "Change data capture from PostgreSQL by logical replication (pgoutput)."
+)]
+pub struct PgSourceConfig {
+    /// Stream the change records are appended to (created if missing).
+    pub stream: String,
+    /// Server host name or address, or a Unix socket directory (starting with `/`).
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1))]
+    pub port: u16,
+    /// A role with the REPLICATION attribute (or a superuser).
+    pub user: String,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    pub database: String,
+    /// One table to capture (HStream IO's option); unqualified names are in `schema`.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Tables to capture (Debezium's table include list); unqualified names are in `schema`.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// Schema of unqualified table names.
+    #[serde(default = "default_schema")]
+    pub schema: String,
+    /// Replication slot; default `hstream_<stream>`.
+    #[serde(default)]
+    pub slot_name: Option<String>,
+    /// Publication; default `hstream_<stream>`.
+    #[serde(default)]
+    pub publication_name: Option<String>,
+    /// Create the publication for the tables if missing, and keep its table list in step.
+    #[serde(default = "yes")]
+    pub publication_autocreate: bool,
+    #[serde(default)]
+    pub snapshot_mode: SnapshotMode,
+    /// How often to tell the server our position (keeps an idle slot from retaining WAL).
+    #[serde(default = "default_heartbeat")]
+    #[schemars(range(min = 100, max = 30000))]
+    pub heartbeat_interval_ms: u64,
+    #[serde(default)]
+    pub format: RecordFormat,
+    /// Drop the replication slot when the connector is deleted; by default only the slot it
+    /// named itself (no `slotName` given).
+    #[serde(default)]
+    pub drop_slot_on_delete: Option<bool>,
+    /// Receive large transactions while in progress (pgoutput protocol 2, PostgreSQL 14+); they
+    /// are held in memory until they commit.
+    #[serde(default)]
+    pub streaming: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_heartbeat() -> u64 {
+    10_000
+}
+
+/// `hstream_<stream>` made a valid slot name (lower case, digits, underscores; 63 bytes).
+fn derived_name(stream: &str) -> String {
+    let mut s: String = format!("hstream_{stream}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    s.truncate(63);
+    s
+}
+
+impl PgSourceConfig {
+    pub(crate) fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            host: self.host.clone(),
+            port: self.port,
+            user: self.user.clone(),
+            password: self.password.clone(),
+            database: self.database.clone(),
+        }
+    }
+
+    pub fn slot(&self) -> String {
+        self.slot_name.clone().unwrap_or_else(|| derived_name(&self.stream))
+    }
+
+    pub fn publication(&self) -> String {
+        self.publication_name
+            .clone()
+            .unwrap_or_else(|| derived_name(&self.stream))
+    }
+
+    /// `(schema, table)` of every captured table, with the option each came from.
+    fn table_list(&self) -> Vec<(String, String, &'static str)> {
+        let mut v: Vec<(String, String, &'static str)> = Vec::new();
+        for (t, field) in self
+            .table
+            .iter()
+            .map(|t| (t, "table"))
+            .chain(self.tables.iter().map(|t| (t, "tables")))
+        {
+            let (s, n) = split_table(t, &self.schema);
+            if !v.iter().any(|(a, b, _)| *a == s && *b == n) {
+                v.push((s, n, field));
+            }
+        }
+        v
+    }
+}
+
+impl ConnectorConfig for PgSourceConfig {
+    fn validate(&self) -> Result<(), ConnectorError> {
+        if self.stream.is_empty() {
+            return Err(ConnectorError::config("stream: must not be empty"));
+        }
+        self.endpoint().validate()?;
+        if self.table.is_none() && self.tables.is_empty() {
+            return Err(ConnectorError::config("table: name a table (or list them in tables)"));
+        }
+        if self.table.as_deref() == Some("") || self.tables.iter().any(String::is_empty) {
+            return Err(ConnectorError::config("table: table names must not be empty"));
+        }
+        let slot = self.slot();
+        if slot.is_empty()
+            || slot.len() > 63
+            || !slot
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            return Err(ConnectorError::config(
+                "slotName: only lower case letters, digits and underscores, at most 63",
+            ));
+        }
+        if self.publication().is_empty() {
+            return Err(ConnectorError::config("publicationName: must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+/// Where the source stands: the slot, and the LSN up to which everything is in the stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PgOffset {
+    pub slot: String,
+    pub lsn: u64,
+    /// The initial snapshot is complete (or was not wanted).
+    pub snapshot_done: bool,
+}
+
+impl Offset for PgOffset {
+    const VERSION: u32 = 1;
+}
+
+/// Learns the kinds of the user-defined types among `oids` (and what they refer to).
+async fn learn_types(conn: &mut Connection, types: &mut TypeMap, oids: &[u32]) -> Result<(), ConnectorError> {
+    let mut want: Vec<u32> = oids.iter().copied().filter(|o| !types.is_known(*o)).collect();
+    let mut rows = Vec::new();
+    for _ in 0..4 {
+        if want.is_empty() {
+            break;
+        }
+        let list = want.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        let got = conn
+            .query(&format!(
+                "SELECT oid::int8, typtype::text, typelem::int8, typcategory::text, typbasetype::int8 \
+                 FROM pg_type WHERE oid IN ({list})"
+            ))
+            .await
+            .map_err(|e| query_error("reading pg_type", e))?;
+        want.clear();
+        for r in got {
+            let num = |i: usize| r[i].as_deref().and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
+            let ch = |i: usize| r[i].as_deref().and_then(|s| s.bytes().next()).unwrap_or(b'b');
+            let t = PgType {
+                oid: num(0),
+                typtype: ch(1),
+                elem: num(2),
+                category: ch(3),
+                base: num(4),
+            };
+            for o in [t.elem, t.base] {
+                if o != 0 && !types.is_known(o) && !rows.iter().any(|x: &PgType| x.oid == o) {
+                    want.push(o);
+                }
+            }
+            rows.push(t);
+        }
+    }
+    types.learn(&rows);
+    Ok(())
+}
+
+pub struct PgSource {
+    cfg: PgSourceConfig,
+    ep: Endpoint,
+    slot: String,
+    publication: String,
+    resume: Option<PgOffset>,
+    /// Catalog lookups (relations, types) while streaming; reopened when lost.
+    control: Option<Connection>,
+    types: TypeMap,
+    server_version: u32,
+}
+
+impl PgSource {
+    async fn control(&mut self) -> Result<&mut Connection, ConnectorError> {
+        if self.control.is_none() {
+            self.control = Some(self.ep.connect(false, "hstream-cdc-catalog").await?);
+        }
+        Ok(self.control.as_mut().expect("just set"))
+    }
+
+    /// The tables, checked to exist.
+    async fn tables(conn: &mut Connection, cfg: &PgSourceConfig) -> Result<Vec<(String, String)>, ConnectorError> {
+        let mut out = Vec::new();
+        for (schema, table, field) in cfg.table_list() {
+            let info = super::table_info(conn, &schema, &table)
+                .await
+                .map_err(|e| query_error("reading the catalog", e))?;
+            if info.is_none() {
+                return Err(ConnectorError::config(format!(
+                    "{field}: relation {}.{} does not exist in database {:?}",
+                    ident(&schema),
+                    ident(&table),
+                    cfg.database
+                )));
+            }
+            out.push((schema, table));
+        }
+        Ok(out)
+    }
+
+    /// Creates the publication if missing; with autocreate keeps its tables equal to ours.
+    async fn ensure_publication(&mut self, tables: &[(String, String)]) -> Result<(), ConnectorError> {
+        let publication = self.publication.clone();
+        let autocreate = self.cfg.publication_autocreate;
+        let conn = self.control().await?;
+        let list = tables
+            .iter()
+            .map(|(s, t)| format!("{}.{}", ident(s), ident(t)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let exists = !conn
+            .query(&format!(
+                "SELECT 1 FROM pg_publication WHERE pubname = {}",
+                literal(&publication)
+            ))
+            .await
+            .map_err(|e| query_error("reading pg_publication", e))?
+            .is_empty();
+        let perr = |e| query_error("publicationName", e);
+        if !exists {
+            if !autocreate {
+                return Err(ConnectorError::config(format!(
+                    "publicationName: publication {publication:?} does not exist and publicationAutocreate is false"
+                )));
+            }
+            conn.query(&format!("CREATE PUBLICATION {} FOR TABLE {list}", ident(&publication)))
+                .await
+                .map_err(perr)?;
+            tracing::info!(publication = %publication, tables = %list, "created publication");
+            return Ok(());
+        }
+        let have = conn
+            .query(&format!(
+                "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = {}",
+                literal(&publication)
+            ))
+            .await
+            .map_err(perr)?;
+        let have: Vec<(String, String)> = have
+            .into_iter()
+            .map(|r| (r[0].clone().unwrap_or_default(), r[1].clone().unwrap_or_default()))
+            .collect();
+        let missing: Vec<_> = tables.iter().filter(|t| !have.contains(t)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if !autocreate {
+            return Err(ConnectorError::config(format!(
+                "publicationName: publication {publication:?} does not include {}.{}",
+                missing[0].0, missing[0].1
+            )));
+        }
+        // Only what is missing is added: other tables of the publication are someone's too.
+        let add = missing
+            .iter()
+            .map(|(s, t)| format!("{}.{}", ident(s), ident(t)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        conn.query(&format!("ALTER PUBLICATION {} ADD TABLE {add}", ident(&publication)))
+            .await
+            .map_err(perr)?;
+        tracing::info!(publication = %publication, tables = %add, "tables added to the publication");
+        Ok(())
+    }
+
+    /// The slot's row: `(active, confirmed_flush_lsn)`, `None` if it does not exist.
+    async fn slot_state(conn: &mut Connection, slot: &str) -> Result<Option<(bool, u64)>, ConnectorError> {
+        let rows = conn
+            .query(&format!(
+                "SELECT active::text, coalesce(confirmed_flush_lsn, restart_lsn)::text, plugin::text, database::text \
+                 FROM pg_replication_slots WHERE slot_name = {}",
+                literal(slot)
+            ))
+            .await
+            .map_err(|e| query_error("reading pg_replication_slots", e))?;
+        let Some(r) = rows.first() else { return Ok(None) };
+        if r[2].as_deref() != Some("pgoutput") {
+            return Err(ConnectorError::config(format!(
+                "slotName: slot {slot:?} exists with plugin {:?}, not pgoutput",
+                r[2].as_deref().unwrap_or("none (physical)")
+            )));
+        }
+        let lsn = r[1].as_deref().and_then(wire::parse_lsn).unwrap_or(0);
+        Ok(Some((r[0].as_deref() == Some("true"), lsn)))
+    }
+
+    async fn drop_slot(conn: &mut Connection, slot: &str) -> Result<(), ConnectorError> {
+        match Self::slot_state(conn, slot).await? {
+            None => Ok(()),
+            Some((true, _)) => Err(ConnectorError::external(format!(
+                "slotName: slot {slot:?} is in use by another connection"
+            ))),
+            Some((false, _)) => conn
+                .query(&format!("DROP_REPLICATION_SLOT {}", ident(slot)))
+                .await
+                .map(|_| ())
+                .map_err(|e| query_error("dropping the replication slot", e)),
+        }
+    }
+
+    /// Creates the slot; with `export`, also an exported snapshot (valid until the next command
+    /// on `conn`). Returns the consistent point and the snapshot name.
+    async fn create_slot(
+        conn: &mut Connection,
+        slot: &str,
+        temporary: bool,
+        export: bool,
+    ) -> Result<(u64, Option<String>), ConnectorError> {
+        let rows = conn
+            .query(&format!(
+                "CREATE_REPLICATION_SLOT {} {}LOGICAL pgoutput {}",
+                ident(slot),
+                if temporary { "TEMPORARY " } else { "" },
+                if export { "EXPORT_SNAPSHOT" } else { "NOEXPORT_SNAPSHOT" }
+            ))
+            .await
+            .map_err(|e| match e.code() {
+                Some("53400") | Some("55000") => ConnectorError::config(format!("slotName: {e}")),
+                _ => query_error("creating the replication slot", e),
+            })?;
+        let row = rows
+            .first()
+            .ok_or_else(|| ConnectorError::internal("CREATE_REPLICATION_SLOT returned no row"))?;
+        let lsn = row
+            .get(1)
+            .and_then(|v| v.as_deref())
+            .and_then(wire::parse_lsn)
+            .ok_or_else(|| ConnectorError::internal("CREATE_REPLICATION_SLOT returned no consistent point"))?;
+        Ok((lsn, row.get(2).cloned().flatten()))
+    }
+
+    fn offset(&self, lsn: u64, snapshot_done: bool) -> PgOffset {
+        PgOffset {
+            slot: self.slot.clone(),
+            lsn,
+            snapshot_done,
+        }
+    }
+}
+
+#[async_trait]
+impl Source for PgSource {
+    type Config = PgSourceConfig;
+    type Offset = PgOffset;
+
+    async fn check(cfg: &PgSourceConfig) -> Result<(), ConnectorError> {
+        let ep = cfg.endpoint();
+        let mut conn = ep.connect(false, "hstream-cdc-check").await?;
+        let wal_level = conn
+            .query("SHOW wal_level")
+            .await
+            .map_err(|e| query_error("SHOW wal_level", e))?
+            .first()
+            .and_then(|r| r[0].clone())
+            .unwrap_or_default();
+        if wal_level != "logical" {
+            return Err(ConnectorError::config(format!(
+                "the server runs with wal_level={wal_level}; logical decoding needs wal_level=logical \
+                 (set it in postgresql.conf and restart the server)"
+            )));
+        }
+        let can = conn
+            .query("SELECT (rolreplication OR rolsuper)::text FROM pg_roles WHERE rolname = current_user")
+            .await
+            .map_err(|e| query_error("reading pg_roles", e))?;
+        if can.first().and_then(|r| r[0].as_deref()) != Some("true") {
+            return Err(ConnectorError::config(format!(
+                "user: role {:?} has neither the REPLICATION attribute nor SUPERUSER",
+                cfg.user
+            )));
+        }
+        Self::tables(&mut conn, cfg).await?;
+        if !cfg.publication_autocreate {
+            let p = cfg.publication();
+            let rows = conn
+                .query(&format!("SELECT 1 FROM pg_publication WHERE pubname = {}", literal(&p)))
+                .await
+                .map_err(|e| query_error("reading pg_publication", e))?;
+            if rows.is_empty() {
+                return Err(ConnectorError::config(format!(
+                    "publicationName: publication {p:?} does not exist and publicationAutocreate is false"
+                )));
+            }
+        }
+        conn.close().await;
+        ep.connect(true, "hstream-cdc-check").await?.close().await;
+        Ok(())
+    }
+
+    async fn open(cfg: PgSourceConfig, offset: Option<PgOffset>) -> Result<Self, ConnectorError> {
+        let ep = cfg.endpoint();
+        let slot = cfg.slot();
+        let publication = cfg.publication();
+        // A checkpoint of another slot (the slot name was altered) does not apply.
+        let resume = offset.filter(|o| o.slot == slot);
+        let mut src = PgSource {
+            ep,
+            slot,
+            publication,
+            resume,
+            control: None,
+            types: TypeMap::default(),
+            server_version: 0,
+            cfg,
+        };
+        let cfg_copy = src.cfg.clone();
+        let conn = src.control().await?;
+        let version = conn
+            .query("SHOW server_version_num")
+            .await
+            .map_err(|e| query_error("SHOW server_version_num", e))?;
+        let version = version
+            .first()
+            .and_then(|r| r[0].as_deref())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let tables = Self::tables(conn, &cfg_copy).await?;
+        src.server_version = version;
+        src.ensure_publication(&tables).await?;
+        Ok(src)
+    }
+
+    fn stream(cfg: &PgSourceConfig) -> &str {
+        &cfg.stream
+    }
+
+    async fn run(&mut self, out: &mut SourceOutput<PgOffset>) -> Result<Done, ConnectorError> {
+        let mut repl = self.ep.connect(true, "hstream-cdc").await?;
+        let start = match self.resume.clone() {
+            Some(o) if o.snapshot_done => {
+                if Self::slot_state(&mut repl, &self.slot).await?.is_none() {
+                    return Err(ConnectorError::config(format!(
+                        "slotName: replication slot {:?} no longer exists; changes after {} are lost to it \
+                         (delete and re-create the connector to take a new snapshot)",
+                        self.slot,
+                        format_lsn(o.lsn)
+                    )));
+                }
+                o.lsn
+            }
+            _ => match self.cfg.snapshot_mode {
+                SnapshotMode::Never => {
+                    let lsn = match Self::slot_state(&mut repl, &self.slot).await? {
+                        Some((_, lsn)) => lsn,
+                        None => Self::create_slot(&mut repl, &self.slot, false, false).await?.0,
+                    };
+                    out.emit(Vec::new(), self.offset(lsn, true)).await?;
+                    lsn
+                }
+                mode => {
+                    // A consistent snapshot needs a slot created with it. Our own default slot
+                    // left by a snapshot cut short is dropped; a slot the user named is not ours
+                    // to drop.
+                    // A checkpoint of this slot with the snapshot unfinished proves it is ours.
+                    let ours = self
+                        .resume
+                        .as_ref()
+                        .is_some_and(|o| o.slot == self.slot && !o.snapshot_done);
+                    if self.cfg.slot_name.is_some() && !ours && Self::slot_state(&mut repl, &self.slot).await?.is_some()
+                    {
+                        return Err(ConnectorError::config(format!(
+                            "slotName: slot {:?} already exists; snapshotMode={} creates its slot with the snapshot \
+                             (drop the slot, or use snapshotMode=never to stream from it)",
+                            self.slot,
+                            if mode == SnapshotMode::Initial {
+                                "initial"
+                            } else {
+                                "initial_only"
+                            }
+                        )));
+                    }
+                    Self::drop_slot(&mut repl, &self.slot).await?;
+                    let only = mode == SnapshotMode::InitialOnly;
+                    let (lsn, name) = Self::create_slot(&mut repl, &self.slot, only, true).await?;
+                    let name = name.ok_or_else(|| ConnectorError::internal("no snapshot was exported"))?;
+                    // Checkpointed at once: a restart knows the slot is this connector's.
+                    out.emit(Vec::new(), self.offset(lsn, false)).await?;
+                    tracing::info!(slot = %self.slot, lsn = %format_lsn(lsn), "slot created; snapshot begins");
+                    if let Some(done) = self.snapshot(&name, lsn, out).await? {
+                        repl.close().await;
+                        return Ok(done);
+                    }
+                    if only {
+                        repl.close().await;
+                        return Ok(Done::Completed);
+                    }
+                    lsn
+                }
+            },
+        };
+        self.resume = Some(self.offset(start, true));
+        self.stream(repl, start, out).await
+    }
+
+    async fn on_delete(cfg: &PgSourceConfig) -> Result<(), ConnectorError> {
+        if !cfg.drop_slot_on_delete.unwrap_or(cfg.slot_name.is_none()) {
+            return Ok(());
+        }
+        let mut conn = cfg.endpoint().connect(true, "hstream-cdc-cleanup").await?;
+        let slot = cfg.slot();
+        if Self::slot_state(&mut conn, &slot).await?.is_none() {
+            conn.close().await;
+            return Ok(());
+        }
+        // The task has stopped; a walsender that has not noticed yet is ended rather than waited
+        // for, then the drop waits (bounded) for the slot to be released.
+        let _ = conn
+            .query(&format!(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                 WHERE slot_name = {} AND active_pid IS NOT NULL",
+                literal(&slot)
+            ))
+            .await;
+        let dropped = tokio::time::timeout(
+            DROP_SLOT_WAIT,
+            conn.query(&format!("DROP_REPLICATION_SLOT {} WAIT", ident(&slot))),
+        )
+        .await;
+        let r = match dropped {
+            Ok(Ok(_)) => {
+                tracing::info!(slot = %slot, "replication slot dropped");
+                Ok(())
+            }
+            Ok(Err(e)) if e.code() == Some("42704") => Ok(()),
+            Ok(Err(e)) => Err(query_error("dropping the replication slot", e)),
+            Err(_) => Err(ConnectorError::external(format!(
+                "slotName: slot {slot:?} was still in use after {DROP_SLOT_WAIT:?}; the server drops it once \
+                 released (check pg_replication_slots)"
+            ))),
+        };
+        if r.is_ok() {
+            conn.close().await;
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_names_are_valid_slot_names() {
+        assert_eq!(derived_name("Orders-CDC.v2"), "hstream_orders_cdc_v2");
+        assert!(derived_name(&"x".repeat(100)).len() <= 63);
+    }
+}

@@ -1,0 +1,113 @@
+//! The initial snapshot: every table read in the snapshot the slot exported.
+
+use hstream_runtime::{ConnectorError, Done, SourceOutput};
+
+use super::records::{Op, Origin, Rel, change, now_ms};
+use super::{PgOffset, PgSource, SNAPSHOT_FETCH, learn_types};
+use crate::postgres::pgoutput::Col;
+use crate::postgres::query_error;
+use crate::postgres::wire::{ident, literal};
+
+impl PgSource {
+    /// Copies every table's rows as of the exported snapshot.
+    pub(super) async fn snapshot(
+        &mut self,
+        snapshot: &str,
+        at: u64,
+        out: &mut SourceOutput<PgOffset>,
+    ) -> Result<Option<Done>, ConnectorError> {
+        let mut conn = self.ep.connect(false, "hstream-cdc-snapshot").await?;
+        let snap_err = |e| query_error("snapshot", e);
+        conn.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(snap_err)?;
+        conn.query(&format!("SET TRANSACTION SNAPSHOT {}", literal(snapshot)))
+            .await
+            .map_err(snap_err)?;
+        let tables = Self::tables(&mut conn, &self.cfg).await?;
+        let cancel = out.cancelled();
+        let origin = Origin {
+            lsn: at,
+            tx_id: 0,
+            ts_ms: now_ms(),
+            snapshot: true,
+            db: &self.cfg.database.clone(),
+        };
+        let mut total = 0u64;
+        for (schema, table) in &tables {
+            let info = crate::postgres::table_info(&mut conn, schema, table)
+                .await
+                .map_err(snap_err)?
+                .ok_or_else(|| ConnectorError::config(format!("table: {schema}.{table} disappeared")))?;
+            let oids: Vec<u32> = info.columns.iter().map(|c| c.1).collect();
+            learn_types(&mut conn, &mut self.types, &oids).await?;
+            let rel = Rel {
+                schema: schema.clone(),
+                table: table.clone(),
+                names: info.columns.iter().map(|c| c.0.clone()).collect(),
+                kinds: info.columns.iter().map(|c| self.types.kind(c.1)).collect(),
+                key: info.key.clone(),
+            };
+            let estimate = conn
+                .query(&format!(
+                    "SELECT greatest(reltuples, 0)::int8 FROM pg_class WHERE oid = {}",
+                    info.oid
+                ))
+                .await
+                .map_err(snap_err)?
+                .first()
+                .and_then(|r| r[0].as_deref().and_then(|s| s.parse::<u64>().ok()))
+                .unwrap_or(0);
+            let cols = rel.names.iter().map(|n| ident(n)).collect::<Vec<_>>().join(", ");
+            conn.query(&format!(
+                "DECLARE hstream_snapshot NO SCROLL CURSOR FOR SELECT {cols} FROM {}.{}",
+                ident(schema),
+                ident(table)
+            ))
+            .await
+            .map_err(snap_err)?;
+            let started = std::time::Instant::now();
+            let mut done = 0u64;
+            tracing::info!(table = %format!("{schema}.{table}"), estimate, "snapshot started");
+            loop {
+                if cancel.is_cancelled() {
+                    conn.close().await;
+                    return Ok(Some(Done::Cancelled));
+                }
+                let mut records = Vec::with_capacity(SNAPSHOT_FETCH);
+                let format = self.cfg.format;
+                conn.query_each(
+                    &format!("FETCH FORWARD {SNAPSHOT_FETCH} FROM hstream_snapshot"),
+                    |row| {
+                        let cols: Vec<Col<'_>> = (0..row.len())
+                            .map(|i| row.get(i).map_or(Col::Null, Col::Text))
+                            .collect();
+                        records.push(change(format, &rel, Op::Read, None, Some(&cols), &origin));
+                        Ok(())
+                    },
+                )
+                .await
+                .map_err(snap_err)?;
+                if records.is_empty() {
+                    break;
+                }
+                done += records.len() as u64;
+                out.emit(records, self.offset(at, false)).await?;
+                out.report(format!("snapshot {schema}.{table}: {done}/{} rows", estimate.max(done)));
+            }
+            conn.query("CLOSE hstream_snapshot").await.map_err(snap_err)?;
+            total += done;
+            tracing::info!(
+                table = %format!("{schema}.{table}"),
+                rows = done,
+                seconds = started.elapsed().as_secs_f64(),
+                "snapshot finished"
+            );
+        }
+        conn.query("COMMIT").await.map_err(snap_err)?;
+        conn.close().await;
+        out.emit(Vec::new(), self.offset(at, true)).await?;
+        out.report(format!("snapshot done: {} tables, {total} rows", tables.len()));
+        Ok(None)
+    }
+}

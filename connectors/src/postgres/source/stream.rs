@@ -1,0 +1,459 @@
+//! Streaming from the slot: decoding pgoutput into records, emitting them at transaction
+//! boundaries, and telling the server what is durable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hstream_runtime::{ConnectorError, Done, PayloadFlag, Record, SourceOutput};
+
+use super::records::{Op, Origin, Rel, change, now_ms, same_key, write_source};
+use super::{MAX_BATCH, PG_EPOCH_US, PgOffset, PgSource, RecordFormat, learn_types};
+use crate::pbstruct as pb;
+use crate::postgres::pgoutput::{self, Message};
+use crate::postgres::query_error;
+use crate::postgres::wire::{self, Connection, ReplicationMessage, ReplicationStream, format_lsn, ident};
+
+impl PgSource {
+    pub(super) async fn stream(
+        &mut self,
+        repl: Connection,
+        start: u64,
+        out: &mut SourceOutput<PgOffset>,
+    ) -> Result<Done, ConnectorError> {
+        let v2 = self.cfg.streaming && self.server_version >= 140_000;
+        let mut repl = repl;
+        let sender_timeout = repl
+            .query("SHOW wal_sender_timeout")
+            .await
+            .ok()
+            .and_then(|rows| rows.first().and_then(|r| r[0].clone()))
+            .and_then(|t| parse_pg_duration(&t));
+        // A plain literal: the replication grammar takes no E'' strings.
+        let publication_names = format!("'{}'", ident(&self.publication).replace('\'', "''"));
+        let command = format!(
+            "START_REPLICATION SLOT {} LOGICAL {} (\"proto_version\" '{}', \"publication_names\" {publication_names}{})",
+            ident(&self.slot),
+            format_lsn(start),
+            if v2 { 2 } else { 1 },
+            if v2 { ", \"streaming\" 'on'" } else { "" }
+        );
+        let mut rs = repl.start_replication(&command).await.map_err(|e| match e.code() {
+            Some("55006") => ConnectorError::external(format!("slotName: {e}")),
+            _ => query_error("START_REPLICATION", e),
+        })?;
+        out.report(format!("streaming from {}", format_lsn(start)));
+        let cancel = out.cancelled();
+        let mut committed = out.committed();
+        let mut st = StreamState {
+            received: start,
+            confirmed: start,
+            emitted: start,
+            last_commit: start,
+            change_lsn: start,
+            in_txn: false,
+            xid: 0,
+            commit_ts_ms: 0,
+            in_stream: None,
+            streamed: HashMap::new(),
+            relations: HashMap::new(),
+            batch: Vec::with_capacity(MAX_BATCH),
+            produced: Vec::with_capacity(4),
+        };
+        // Each heartbeat asks for a reply, but a walsender busy replaying changes we do not
+        // receive answers only every wal_sender_timeout/2: silence beyond the timeout (plus a
+        // margin) means the server is gone. A timeout of 0 (off) disables the check.
+        let silence = match sender_timeout {
+            Some(t) if t.is_zero() => Duration::from_secs(365 * 24 * 3600),
+            Some(t) => (t + Duration::from_secs(30)).max(Duration::from_millis(self.cfg.heartbeat_interval_ms * 3)),
+            None => Duration::from_secs(90),
+        };
+        let mut last_heard = tokio::time::Instant::now();
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(self.cfg.heartbeat_interval_ms));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        rs.send_status(st.received, st.confirmed, false)
+            .await
+            .map_err(stream_err)?;
+        let status_every = Duration::from_millis(self.cfg.heartbeat_interval_ms);
+        let mut last_status = tokio::time::Instant::now();
+        loop {
+            if cancel.is_cancelled() {
+                rs.close().await;
+                return Ok(Done::Cancelled);
+            }
+            // A sustained stream may not come back to the select below for long: the server
+            // still hears our position on time (it drops a silent client after
+            // wal_sender_timeout), and every newly committed offset promptly.
+            if st.confirm(&committed) || last_status.elapsed() >= status_every {
+                rs.send_status(st.received, st.confirmed, false)
+                    .await
+                    .map_err(stream_err)?;
+                last_status = tokio::time::Instant::now();
+            }
+            // Decode what has been read already; emit when the batch is full or the socket dry.
+            while let Some(m) = rs.next_buffered().map_err(stream_err)? {
+                match m {
+                    ReplicationMessage::XLogData { wal_start, data, .. } => {
+                        st.received = st.received.max(wal_start);
+                        st.change_lsn = wal_start;
+                        self.on_data(&mut st, &data).await?;
+                    }
+                    ReplicationMessage::Keepalive { wal_end, reply } => {
+                        st.received = st.received.max(wal_end);
+                        // The server has sent everything before `wal_end`: with no transaction
+                        // open, nothing before it can still arrive.
+                        if !st.in_txn && st.streamed.is_empty() {
+                            st.last_commit = st.last_commit.max(wal_end);
+                        }
+                        if reply {
+                            rs.send_status(st.received, st.confirmed, false)
+                                .await
+                                .map_err(stream_err)?;
+                        }
+                    }
+                }
+                if st.batch.len() >= MAX_BATCH {
+                    self.flush(&mut st, out, &mut rs, &mut committed).await?;
+                }
+            }
+            // More already read? Decode it into this batch first: fewer, fuller appends.
+            if st.batch.len() < MAX_BATCH && rs.try_read_more().map_err(stream_err)? {
+                last_heard = tokio::time::Instant::now();
+                continue;
+            }
+            if !st.batch.is_empty() || st.last_commit > st.emitted {
+                self.flush(&mut st, out, &mut rs, &mut committed).await?;
+                // Not reading while the pipeline was full is not the server's silence.
+                last_heard = tokio::time::Instant::now();
+            }
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    rs.close().await;
+                    return Ok(Done::Cancelled);
+                }
+                changed = committed.changed() => {
+                    if changed.is_err() {
+                        rs.close().await;
+                        return Ok(Done::Cancelled);
+                    }
+                    if st.confirm(&committed) {
+                        rs.send_status(st.received, st.confirmed, false).await.map_err(stream_err)?;
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    // Asking for a reply gets a keepalive with the server's position.
+                    rs.send_status(st.received, st.confirmed, true).await.map_err(stream_err)?;
+                }
+                r = rs.read_more() => {
+                    r.map_err(stream_err)?;
+                    last_heard = tokio::time::Instant::now();
+                }
+                _ = tokio::time::sleep_until(last_heard + silence) => {
+                    return Err(ConnectorError::external(format!(
+                        "replication stream: no message from the server for {silence:?}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Emits the batch with the offset of the last transaction end, answering the server while
+    /// the pipeline is full.
+    async fn flush(
+        &self,
+        st: &mut StreamState,
+        out: &mut SourceOutput<PgOffset>,
+        rs: &mut ReplicationStream,
+        committed: &mut tokio::sync::watch::Receiver<Option<PgOffset>>,
+    ) -> Result<(), ConnectorError> {
+        let mut records = std::mem::replace(&mut st.batch, Vec::with_capacity(MAX_BATCH));
+        // A big streamed transaction arrives whole: it goes out in batches, all but the last
+        // with the previous offset.
+        while !records.is_empty() || st.last_commit > st.emitted {
+            let rest = if records.len() > MAX_BATCH {
+                records.split_off(MAX_BATCH)
+            } else {
+                Vec::new()
+            };
+            let lsn = if rest.is_empty() { st.last_commit } else { st.emitted };
+            st.emitted = lsn;
+            let emit = out.emit(std::mem::replace(&mut records, rest), self.offset(lsn, true));
+            tokio::pin!(emit);
+            let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.heartbeat_interval_ms));
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    r = &mut emit => {
+                        r?;
+                        break;
+                    }
+                    _ = tick.tick() => rs.send_status(st.received, st.confirmed, false).await.map_err(stream_err)?,
+                    changed = committed.changed() => {
+                        if changed.is_ok() && st.confirm(committed) {
+                            rs.send_status(st.received, st.confirmed, false).await.map_err(stream_err)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_data(&mut self, st: &mut StreamState, data: &[u8]) -> Result<(), ConnectorError> {
+        let Some(&tag) = data.first() else { return Ok(()) };
+        let streaming = st.in_stream.is_some();
+        match tag {
+            b'R' => {
+                let Message::Relation(r) = pgoutput::decode(data, streaming).map_err(decode_err)? else {
+                    return Ok(());
+                };
+                let rel = self.learn_relation(r).await?;
+                st.relations.insert(rel.0, Arc::new(rel.1));
+                return Ok(());
+            }
+            b'S' => {
+                if let Message::StreamStart { xid } = pgoutput::decode(data, false).map_err(decode_err)? {
+                    st.in_stream = Some(xid);
+                }
+                return Ok(());
+            }
+            b'E' => {
+                st.in_stream = None;
+                return Ok(());
+            }
+            _ => {}
+        }
+        let msg = pgoutput::decode(data, streaming).map_err(decode_err)?;
+        let db: &str = &self.cfg.database;
+        let format = self.cfg.format;
+        let subxid = if streaming { pgoutput::streamed_xid(data) } else { None };
+        let origin = Origin {
+            lsn: st.change_lsn,
+            tx_id: st.in_stream.unwrap_or(st.xid),
+            ts_ms: st.commit_ts_ms,
+            snapshot: false,
+            db,
+        };
+        // Reused across messages: no allocation per change.
+        let mut produced = std::mem::take(&mut st.produced);
+        match msg {
+            Message::Begin {
+                xid,
+                commit_ts_us,
+                final_lsn,
+            } => {
+                st.in_txn = true;
+                st.xid = xid;
+                st.commit_ts_ms = (commit_ts_us + PG_EPOCH_US) / 1000;
+                let _ = final_lsn;
+            }
+            Message::Commit { end_lsn, .. } => {
+                st.in_txn = false;
+                st.last_commit = st.last_commit.max(end_lsn);
+            }
+            Message::Insert { rel, new } => {
+                let r = st.relation(rel)?;
+                produced.push(change(format, &r, Op::Create, None, Some(&new), &origin));
+            }
+            Message::Update { rel, old, new } => {
+                let r = st.relation(rel)?;
+                match old {
+                    // The key changed: the old row is gone, a new one appears.
+                    Some(old) if !r.key.is_empty() && !same_key(&r, &old, &new) => {
+                        produced.push(change(format, &r, Op::Delete, Some(&old), None, &origin));
+                        produced.push(change(format, &r, Op::Create, None, Some(&new), &origin));
+                    }
+                    old => produced.push(change(format, &r, Op::Update, old.as_deref(), Some(&new), &origin)),
+                }
+            }
+            Message::Delete { rel, old } => {
+                let r = st.relation(rel)?;
+                produced.push(change(format, &r, Op::Delete, Some(&old), None, &origin));
+            }
+            Message::Truncate { rels } => {
+                if format == RecordFormat::Debezium {
+                    for id in rels {
+                        if let Some(r) = st.relations.get(&id).cloned() {
+                            let mut buf = Vec::new();
+                            pb::field(&mut buf, "op", |b| pb::string(b, "t"));
+                            pb::field(&mut buf, "ts_ms", |b| pb::number(b, now_ms() as f64));
+                            pb::field(&mut buf, "source", |b| write_source(b, &r, &origin));
+                            produced.push(Record {
+                                key: String::new(),
+                                flag: PayloadFlag::Json,
+                                payload: Bytes::from(buf),
+                            });
+                        }
+                    }
+                } else {
+                    tracing::warn!("TRUNCATE is not represented in the hstream record format; skipped");
+                }
+            }
+            Message::StreamCommit { xid, end_lsn, .. } => {
+                if let Some(changes) = st.streamed.remove(&xid) {
+                    st.batch.extend(changes.into_iter().map(|(_, r)| r));
+                }
+                st.last_commit = st.last_commit.max(end_lsn);
+            }
+            Message::StreamAbort { xid, subxid } => {
+                if xid == subxid {
+                    st.streamed.remove(&xid);
+                } else if let Some(v) = st.streamed.get_mut(&xid) {
+                    v.retain(|(s, _)| *s != subxid);
+                }
+            }
+            Message::Relation(_)
+            | Message::Type { .. }
+            | Message::Origin
+            | Message::Message
+            | Message::StreamStart { .. }
+            | Message::StreamStop => {}
+        }
+        match (st.in_stream, subxid) {
+            (Some(top), Some(sub)) if !produced.is_empty() => {
+                st.streamed
+                    .entry(top)
+                    .or_default()
+                    .extend(produced.drain(..).map(|r| (sub, r)));
+            }
+            _ => st.batch.append(&mut produced),
+        }
+        st.produced = produced;
+        Ok(())
+    }
+
+    /// A Relation message: column kinds (looking up user-defined types) and the key. The key is
+    /// what pgoutput marks (the replica identity: primary key or the chosen index), except under
+    /// REPLICA IDENTITY FULL or NOTHING, where the catalog's primary key is used.
+    async fn learn_relation(&mut self, r: pgoutput::Relation) -> Result<(u32, Rel), ConnectorError> {
+        let oids: Vec<u32> = r.columns.iter().map(|c| c.type_oid).collect();
+        let mut types = std::mem::take(&mut self.types);
+        let looked = async {
+            let conn = self.control().await?;
+            learn_types(conn, &mut types, &oids).await?;
+            crate::postgres::relation_info(conn, r.id)
+                .await
+                .map_err(|e| query_error("reading the catalog", e))
+        }
+        .await;
+        self.types = types;
+        let info = match looked {
+            Ok(i) => i,
+            Err(e) => {
+                // Reopen the catalog connection on the next attempt; never guess types.
+                self.control = None;
+                return Err(e);
+            }
+        };
+        let flagged: Vec<usize> = r
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.key)
+            .map(|(i, _)| i)
+            .collect();
+        let key = if matches!(r.replica_identity, b'd' | b'i') && !flagged.is_empty() {
+            flagged
+        } else {
+            let pk: Vec<&str> = info.key.iter().map(|&i| info.columns[i].0.as_str()).collect();
+            r.columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| pk.contains(&c.name.as_str()))
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let rel = Rel {
+            schema: r.namespace,
+            table: r.name,
+            names: r.columns.iter().map(|c| c.name.clone()).collect(),
+            kinds: r.columns.iter().map(|c| self.types.kind(c.type_oid)).collect(),
+            key,
+        };
+        Ok((r.id, rel))
+    }
+}
+
+struct StreamState {
+    /// Highest WAL position seen.
+    received: u64,
+    /// Flush position reported to the server (the runtime's committed offset).
+    confirmed: u64,
+    /// The offset last emitted.
+    emitted: u64,
+    /// The end of the last transaction seen (or the server position while idle).
+    last_commit: u64,
+    /// The WAL position of the message being decoded.
+    change_lsn: u64,
+    in_txn: bool,
+    xid: u32,
+    commit_ts_ms: i64,
+    /// Inside Stream Start/Stop: the streamed transaction.
+    in_stream: Option<u32>,
+    /// Changes of streamed transactions not yet committed, with their subtransaction ids.
+    streamed: HashMap<u32, Vec<(u32, Record)>>,
+    relations: HashMap<u32, Arc<Rel>>,
+    batch: Vec<Record>,
+    /// Scratch for the records of one message.
+    produced: Vec<Record>,
+}
+
+impl StreamState {
+    fn relation(&self, id: u32) -> Result<Arc<Rel>, ConnectorError> {
+        self.relations
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ConnectorError::internal(format!("change for relation {id} before its Relation message")))
+    }
+
+    /// Takes up the committed offset; true when the confirmed position moved.
+    fn confirm(&mut self, committed: &tokio::sync::watch::Receiver<Option<PgOffset>>) -> bool {
+        let lsn = committed.borrow().as_ref().filter(|o| o.snapshot_done).map(|o| o.lsn);
+        match lsn {
+            Some(l) if l > self.confirmed => {
+                self.confirmed = l;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A PostgreSQL duration setting as SHOW prints it (`60s`, `1min`, `500ms`, `0`).
+fn parse_pg_duration(text: &str) -> Option<Duration> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let n: u64 = t[..split].parse().ok()?;
+    Some(match &t[split..] {
+        "" | "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "min" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86400),
+        _ => return None,
+    })
+}
+
+fn stream_err(e: wire::PgError) -> ConnectorError {
+    query_error("replication stream", e)
+}
+
+fn decode_err(e: pgoutput::DecodeError) -> ConnectorError {
+    ConnectorError::internal(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_as_show_prints_them() {
+        assert_eq!(parse_pg_duration("1min"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_pg_duration("60s"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_pg_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_pg_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_pg_duration("soon"), None);
+    }
+}
