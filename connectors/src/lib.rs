@@ -1,8 +1,12 @@
-//! The connectors this build ships, beyond the runtime's built-in generator and blackhole.
+//! The connectors this build ships, beyond the runtime's built-in generator and blackhole:
+//! PostgreSQL and MySQL/MariaDB CDC sources and sinks.
 //!
 //! [`registry`] is the one list of every connector type the server offers; `specs/` holds each
 //! one's `ConnectorSpecification`, kept equal to the Rust config types by a test.
 
+pub mod cdc;
+pub mod changes;
+pub mod mysql;
 pub mod pbstruct;
 pub mod postgres;
 
@@ -13,6 +17,8 @@ pub fn registry() -> Registry {
     let mut r = hstream_runtime::builtin();
     r.source::<postgres::PgSource>("postgresql");
     r.sink::<postgres::PgSink>("postgresql");
+    r.source::<mysql::MySqlSource>("mysql");
+    r.sink::<mysql::MySqlSink>("mysql");
     r
 }
 

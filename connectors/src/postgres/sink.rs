@@ -11,11 +11,11 @@
 //! every value to its column type. Columns a record leaves out (an unchanged TOASTed value) are
 //! left as they are in the table.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use base64::Engine;
-use hstream_runtime::{ConnectorConfig, ConnectorError, PayloadFlag, Secret, Sink, SinkRecord, Written, structs};
+use hstream_runtime::{ConnectorConfig, ConnectorError, Secret, Sink, SinkRecord, Written};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -23,6 +23,7 @@ use tokio_postgres::NoTls;
 
 use super::wire::ident;
 use super::{Endpoint, default_host, default_port, default_schema, split_table};
+use crate::changes::{self, Final};
 
 /// Configuration of the `postgresql` sink.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -160,81 +161,9 @@ async fn target(client: &tokio_postgres::Client, cfg: &PgSinkConfig) -> Result<T
     })
 }
 
-/// The last change of one key within a batch.
-enum Final {
-    Upsert(Map<String, Value>),
-    /// Delete by these key columns.
-    Delete(Map<String, Value>),
-}
-
-/// A run of a batch's changes, reduced per key; a truncate starts a new one.
-#[derive(Default)]
-struct Segment {
-    truncate_first: bool,
-    changes: HashMap<String, Final>,
-}
-
 pub struct PgSink {
     client: tokio_postgres::Client,
     target: Target,
-}
-
-/// What one record asks for.
-#[derive(Debug, PartialEq)]
-enum Change {
-    Upsert(Map<String, Value>),
-    /// Delete by key (the key columns of the object).
-    Delete(Map<String, Value>),
-    Truncate,
-}
-
-fn parse(record: &SinkRecord) -> Result<Value, String> {
-    match record.flag {
-        PayloadFlag::Json => structs::decode_json(&record.payload).map_err(|e| format!("not a JSON record: {e}")),
-        PayloadFlag::Raw => serde_json::from_slice(&record.payload).map_err(|e| format!("not JSON: {e}")),
-    }
-}
-
-fn classify(v: Value) -> Result<Change, String> {
-    let Value::Object(mut o) = v else {
-        return Err("not a JSON object".into());
-    };
-    if o.contains_key("key") && o.contains_key("value") {
-        let key = match o.remove("key") {
-            Some(Value::Object(k)) => k,
-            Some(Value::Null) | None => Map::new(),
-            Some(_) => return Err("\"key\" is not an object".into()),
-        };
-        return match o.remove("value") {
-            Some(Value::Object(mut row)) => {
-                for (k, v) in key {
-                    row.entry(k).or_insert(v);
-                }
-                Ok(Change::Upsert(row))
-            }
-            Some(Value::Null) | None => Ok(Change::Delete(key)),
-            Some(_) => Err("\"value\" is neither an object nor null".into()),
-        };
-    }
-    let op = match o.get("op") {
-        Some(Value::String(op)) if o.contains_key("after") || o.contains_key("before") || op == "t" => Some(op.clone()),
-        _ => None,
-    };
-    if let Some(op) = op {
-        return match op.as_str() {
-            "c" | "r" | "u" => match o.remove("after") {
-                Some(Value::Object(row)) => Ok(Change::Upsert(row)),
-                _ => Err(format!("op {op:?} without an \"after\" object")),
-            },
-            "d" => match o.remove("before") {
-                Some(Value::Object(row)) => Ok(Change::Delete(row)),
-                _ => Err("op \"d\" without a \"before\" object".into()),
-            },
-            "t" => Ok(Change::Truncate),
-            other => Err(format!("unknown op {other:?}")),
-        };
-    }
-    Ok(Change::Upsert(o))
 }
 
 /// A value as `json_populate_recordset` reads it into a column of type `ty`.
@@ -371,42 +300,12 @@ impl Sink for PgSink {
     }
 
     async fn write(&mut self, records: &[SinkRecord]) -> Result<Written, ConnectorError> {
-        // Reduce to the final state per key, in segments cut by truncates.
-        let mut segments = Vec::new();
-        let mut seg = Segment::default();
-        for r in records {
-            let bad = |why: String| {
-                ConnectorError::config(format!(
-                    "record {}-{}-{} of stream {:?} cannot be applied: {why}",
-                    r.shard_id, r.lsn, r.index, self.target.qualified
-                ))
-            };
-            match parse(r).and_then(classify).map_err(bad)? {
-                Change::Upsert(row) => {
-                    let (id, _) = self.key_of(&row).map_err(bad)?;
-                    let row = self.row_for_table(row);
-                    match seg.changes.get_mut(&id) {
-                        // A partial row (unchanged TOAST left out) merges over the earlier one.
-                        Some(Final::Upsert(prev)) => prev.extend(row),
-                        _ => {
-                            seg.changes.insert(id, Final::Upsert(row));
-                        }
-                    }
-                }
-                Change::Delete(k) => {
-                    let (id, key) = self.key_of(&k).map_err(bad)?;
-                    seg.changes.insert(id, Final::Delete(key));
-                }
-                Change::Truncate => segments.push(std::mem::replace(
-                    &mut seg,
-                    Segment {
-                        truncate_first: true,
-                        ..Segment::default()
-                    },
-                )),
-            }
-        }
-        segments.push(seg);
+        let segments = changes::reduce(
+            records,
+            &self.target.qualified,
+            |row| self.key_of(row),
+            |row| self.row_for_table(row),
+        )?;
         let target = &self.target;
         let tx = self.client.transaction().await.map_err(|e| pg_error("begin", e))?;
         for seg in segments {
@@ -439,24 +338,6 @@ impl Sink for PgSink {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn record_shapes() {
-        let up = classify(json!({"key": {"id": 1.0}, "value": {"id": 1.0, "n": "a"}})).unwrap();
-        assert_eq!(
-            up,
-            Change::Upsert(json!({"id": 1.0, "n": "a"}).as_object().unwrap().clone())
-        );
-        let del = classify(json!({"key": {"id": 1.0}, "value": null})).unwrap();
-        assert_eq!(del, Change::Delete(json!({"id": 1.0}).as_object().unwrap().clone()));
-        let dbz = classify(json!({"op": "d", "before": {"id": 2.0}, "after": null})).unwrap();
-        assert_eq!(dbz, Change::Delete(json!({"id": 2.0}).as_object().unwrap().clone()));
-        assert_eq!(classify(json!({"op": "t", "source": {}})).unwrap(), Change::Truncate);
-        let plain = classify(json!({"id": 3.0})).unwrap();
-        assert_eq!(plain, Change::Upsert(json!({"id": 3.0}).as_object().unwrap().clone()));
-        assert!(classify(json!([1])).is_err());
-        assert!(classify(json!({"op": "c", "after": 5})).is_err());
-    }
 
     #[test]
     fn values_for_columns() {

@@ -15,6 +15,8 @@ use hstream_runtime::{ConnectorConfig, ConnectorError, Done, Offset, Secret, Sou
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::cdc::{RecordFormat, SnapshotMode};
+
 use super::types::{PgType, TypeMap};
 use super::wire::{self, Connection, format_lsn, ident, literal};
 use super::{Endpoint, default_host, default_port, default_schema, query_error, split_table};
@@ -31,28 +33,6 @@ const SNAPSHOT_FETCH: usize = 4096;
 const DROP_SLOT_WAIT: Duration = Duration::from_secs(8);
 /// Microseconds from the Unix epoch to PostgreSQL's.
 const PG_EPOCH_US: i64 = 946_684_800_000_000;
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum SnapshotMode {
-    /// Copy the tables' rows first, then stream changes (the first run only).
-    #[default]
-    Initial,
-    /// Stream changes only, from where the slot stands.
-    Never,
-    /// Copy the tables' rows, then complete.
-    InitialOnly,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum RecordFormat {
-    /// `{"key": primary key, "value": row after, null on delete}`, as HStream IO's CDC sources.
-    #[default]
-    Hstream,
-    /// `{"before", "after", "op", "ts_ms", "source"}`, as Debezium's change events.
-    Debezium,
-}
 
 /// Configuration of the `postgresql` source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -560,11 +540,7 @@ impl Source for PgSource {
                             "slotName: slot {:?} already exists; snapshotMode={} creates its slot with the snapshot \
                              (drop the slot, or use snapshotMode=never to stream from it)",
                             self.slot,
-                            if mode == SnapshotMode::Initial {
-                                "initial"
-                            } else {
-                                "initial_only"
-                            }
+                            mode.as_str()
                         )));
                     }
                     Self::drop_slot(&mut repl, &self.slot).await?;

@@ -1,10 +1,10 @@
 //! Change records as the stream holds them: HStream IO's `{"key", "value"}` or Debezium's
 //! envelope, written straight to protobuf Struct bytes.
 
-use bytes::Bytes;
-use hstream_runtime::{PayloadFlag, Record};
+use hstream_runtime::Record;
 
-use super::RecordFormat;
+use crate::cdc::{self, RecordFormat, RowImage};
+pub(super) use crate::cdc::{Op, now_ms};
 use crate::pbstruct as pb;
 use crate::postgres::pgoutput::Col;
 use crate::postgres::types::{self, Kind};
@@ -26,25 +26,6 @@ pub(super) struct Origin<'a> {
     pub(super) ts_ms: i64,
     pub(super) snapshot: bool,
     pub(super) db: &'a str,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Op {
-    Read,
-    Create,
-    Update,
-    Delete,
-}
-
-impl Op {
-    fn code(self) -> &'static str {
-        match self {
-            Op::Read => "r",
-            Op::Create => "c",
-            Op::Update => "u",
-            Op::Delete => "d",
-        }
-    }
 }
 
 pub(super) fn write_row(buf: &mut Vec<u8>, rel: &Rel, cols: &[Col<'_>]) {
@@ -93,6 +74,27 @@ pub(super) fn same_key(rel: &Rel, a: &[Col<'_>], b: &[Col<'_>]) -> bool {
     rel.key.iter().all(|&i| a.get(i) == b.get(i))
 }
 
+/// One row image of `rel`, as the shared record writer takes it.
+struct Image<'r, 'c> {
+    rel: &'r Rel,
+    cols: &'r [Col<'c>],
+}
+
+impl RowImage for Image<'_, '_> {
+    fn has_key(&self) -> bool {
+        !self.rel.key.is_empty()
+    }
+    fn write_row(&self, buf: &mut Vec<u8>) {
+        write_row(buf, self.rel, self.cols)
+    }
+    fn write_key(&self, buf: &mut Vec<u8>) {
+        write_key(buf, self.rel, self.cols)
+    }
+    fn partition_key(&self) -> String {
+        partition_key(self.rel, self.cols)
+    }
+}
+
 pub(super) fn change(
     format: RecordFormat,
     rel: &Rel,
@@ -101,60 +103,25 @@ pub(super) fn change(
     after: Option<&[Col<'_>]>,
     origin: &Origin<'_>,
 ) -> Record {
-    let keyed = after.or(before).unwrap_or(&[]);
-    let key = partition_key(rel, keyed);
-    let mut buf = Vec::with_capacity(256);
-    match format {
-        RecordFormat::Hstream => {
-            pb::field(&mut buf, "key", |b| {
-                if rel.key.is_empty() {
-                    pb::null(b)
-                } else {
-                    pb::object(b, |b| write_key(b, rel, keyed))
-                }
-            });
-            pb::field(&mut buf, "value", |b| match after {
-                Some(cols) => pb::object(b, |b| write_row(b, rel, cols)),
-                None => pb::null(b),
-            });
-        }
-        RecordFormat::Debezium => {
-            for (name, cols) in [("before", before), ("after", after)] {
-                pb::field(&mut buf, name, |b| match cols {
-                    Some(cols) => pb::object(b, |b| write_row(b, rel, cols)),
-                    None => pb::null(b),
-                });
-            }
-            pb::field(&mut buf, "op", |b| pb::string(b, op.code()));
-            pb::field(&mut buf, "ts_ms", |b| pb::number(b, now_ms() as f64));
-            pb::field(&mut buf, "source", |b| write_source(b, rel, origin));
-        }
-    }
-    Record {
-        key,
-        flag: PayloadFlag::Json,
-        payload: Bytes::from(buf),
-    }
-}
-
-pub(super) fn write_source(b: &mut Vec<u8>, rel: &Rel, origin: &Origin<'_>) {
-    pb::object(b, |b| {
-        pb::field(b, "connector", |b| pb::string(b, "postgresql"));
-        pb::field(b, "db", |b| pb::string(b, origin.db));
-        pb::field(b, "schema", |b| pb::string(b, &rel.schema));
-        pb::field(b, "table", |b| pb::string(b, &rel.table));
-        pb::field(b, "lsn", |b| pb::number(b, origin.lsn as f64));
-        pb::field(b, "txId", |b| pb::number(b, f64::from(origin.tx_id)));
-        pb::field(b, "ts_ms", |b| pb::number(b, origin.ts_ms as f64));
-        pb::field(b, "snapshot", |b| {
-            pb::string(b, if origin.snapshot { "true" } else { "false" })
-        });
+    let img = |cols| Image { rel, cols };
+    cdc::change(format, op, before.map(img).as_ref(), after.map(img).as_ref(), |b| {
+        write_source_fields(b, rel, origin)
     })
 }
 
-pub(super) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+pub(super) fn write_source(b: &mut Vec<u8>, rel: &Rel, origin: &Origin<'_>) {
+    pb::object(b, |b| write_source_fields(b, rel, origin))
+}
+
+fn write_source_fields(b: &mut Vec<u8>, rel: &Rel, origin: &Origin<'_>) {
+    pb::field(b, "connector", |b| pb::string(b, "postgresql"));
+    pb::field(b, "db", |b| pb::string(b, origin.db));
+    pb::field(b, "schema", |b| pb::string(b, &rel.schema));
+    pb::field(b, "table", |b| pb::string(b, &rel.table));
+    pb::field(b, "lsn", |b| pb::number(b, origin.lsn as f64));
+    pb::field(b, "txId", |b| pb::number(b, f64::from(origin.tx_id)));
+    pb::field(b, "ts_ms", |b| pb::number(b, origin.ts_ms as f64));
+    pb::field(b, "snapshot", |b| {
+        pb::string(b, if origin.snapshot { "true" } else { "false" })
+    });
 }

@@ -1,0 +1,121 @@
+//! What the CDC sources share: their snapshot modes, record formats and the one writer of a
+//! change record, HStream IO's `{"key", "value"}` or Debezium's envelope, as protobuf Struct
+//! bytes. Each source supplies row images through [`RowImage`].
+
+use bytes::Bytes;
+use hstream_runtime::{PayloadFlag, Record};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::pbstruct as pb;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    /// Copy the tables' rows first, then stream changes (the first run only).
+    #[default]
+    Initial,
+    /// Stream changes only, from where the source stands now.
+    Never,
+    /// Copy the tables' rows, then complete.
+    InitialOnly,
+}
+
+impl SnapshotMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotMode::Initial => "initial",
+            SnapshotMode::Never => "never",
+            SnapshotMode::InitialOnly => "initial_only",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordFormat {
+    /// `{"key": primary key, "value": row after, null on delete}`, as HStream IO's CDC sources.
+    #[default]
+    Hstream,
+    /// `{"before", "after", "op", "ts_ms", "source"}`, as Debezium's change events.
+    Debezium,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Op {
+    Read,
+    Create,
+    Update,
+    Delete,
+}
+
+impl Op {
+    pub fn code(self) -> &'static str {
+        match self {
+            Op::Read => "r",
+            Op::Create => "c",
+            Op::Update => "u",
+            Op::Delete => "d",
+        }
+    }
+}
+
+/// One row image of a captured table, able to write itself.
+pub trait RowImage {
+    /// Whether the table has a primary key.
+    fn has_key(&self) -> bool;
+    /// The row's fields (Struct entries).
+    fn write_row(&self, buf: &mut Vec<u8>);
+    /// The key columns' fields.
+    fn write_key(&self, buf: &mut Vec<u8>);
+    /// The partition key: the key columns' text, comma separated.
+    fn partition_key(&self) -> String;
+}
+
+/// A change record. `source` writes the body of Debezium's `source` block.
+pub fn change<R: RowImage + ?Sized>(
+    format: RecordFormat,
+    op: Op,
+    before: Option<&R>,
+    after: Option<&R>,
+    source: impl FnOnce(&mut Vec<u8>),
+) -> Record {
+    let keyed = after.or(before);
+    let key = keyed.map(RowImage::partition_key).unwrap_or_default();
+    let mut buf = Vec::with_capacity(256);
+    match format {
+        RecordFormat::Hstream => {
+            pb::field(&mut buf, "key", |b| match keyed {
+                Some(r) if r.has_key() => pb::object(b, |b| r.write_key(b)),
+                _ => pb::null(b),
+            });
+            pb::field(&mut buf, "value", |b| match after {
+                Some(r) => pb::object(b, |b| r.write_row(b)),
+                None => pb::null(b),
+            });
+        }
+        RecordFormat::Debezium => {
+            for (name, img) in [("before", before), ("after", after)] {
+                pb::field(&mut buf, name, |b| match img {
+                    Some(r) => pb::object(b, |b| r.write_row(b)),
+                    None => pb::null(b),
+                });
+            }
+            pb::field(&mut buf, "op", |b| pb::string(b, op.code()));
+            pb::field(&mut buf, "ts_ms", |b| pb::number(b, now_ms() as f64));
+            pb::field(&mut buf, "source", |b| pb::object(b, source));
+        }
+    }
+    Record {
+        key,
+        flag: PayloadFlag::Json,
+        payload: Bytes::from(buf),
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,442 @@
+//! Streaming: the binlog read from the start offset, rows of captured tables turned into
+//! records, offsets advanced at transaction ends.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use hstream_runtime::{ConnectorError, Done, PayloadFlag, Record, SourceOutput};
+use mysql_async::BinlogStreamRequest;
+use mysql_async::prelude::Queryable;
+
+use super::records::{Origin, change, same_key};
+use super::schema::{self, Described, Table};
+use super::{GtidState, MAX_BATCH, MySqlOffset, MySqlSource, PositionMode, format_gtid_state, parse_gtid_state};
+use crate::cdc::{Op, RecordFormat, now_ms};
+use crate::mysql::binlog::{self, MariaGtid, Rows, TableMap, event};
+use crate::mysql::values::{Cell, DecodeError};
+use crate::mysql::{literal, query_error};
+use crate::pbstruct as pb;
+
+/// A captured table's layout as of its last TABLE_MAP.
+struct Mapped {
+    raw: Vec<u8>,
+    types: Vec<u8>,
+    metas: Vec<[u8; 2]>,
+    table: Arc<Table>,
+}
+
+struct State {
+    file: String,
+    gtid: GtidState,
+    /// The GTID of the transaction being read (MariaDB).
+    current: Option<(u32, u32, u64)>,
+    in_txn: bool,
+    committed: MySqlOffset,
+    /// `committed` moved since the last emit.
+    dirty: bool,
+    batch: Vec<Record>,
+    /// TABLE_MAP per table id; `None`: a table we do not capture.
+    maps: HashMap<u64, Option<Mapped>>,
+    described: HashMap<(String, String), Described>,
+    /// A DDL statement was seen: descriptions are re-read at the next TABLE_MAP.
+    stale: bool,
+}
+
+fn decode_error(e: DecodeError) -> ConnectorError {
+    ConnectorError::internal(format!("binlog: {e}"))
+}
+
+fn binlog_error(e: mysql_async::Error) -> ConnectorError {
+    match &e {
+        // ER_MASTER_FATAL_ERROR_READING_BINLOG: the position is gone (purged) or invalid.
+        mysql_async::Error::Server(s) if s.code == 1236 => ConnectorError::config(format!(
+            "binlog: the server cannot send from the stored position: {} (purged binlogs lose the changes in them; \
+             delete and re-create the connector to take a new snapshot)",
+            s.message
+        )),
+        mysql_async::Error::Server(s) if matches!(s.code, 1227 | 1045 | 1142) => ConnectorError::config(format!(
+            "user: cannot read the binlog: {} (needs REPLICATION SLAVE)",
+            s.message
+        )),
+        _ => ConnectorError::external(format!("binlog: {e}")),
+    }
+}
+
+/// `TRUNCATE [TABLE] [db.]t` → `(db, table)`.
+fn truncated_table(sql: &str, default_db: &str) -> Option<(String, String)> {
+    let mut words = sql.split_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("truncate") {
+        return None;
+    }
+    let mut name = words.next()?;
+    if name.eq_ignore_ascii_case("table") {
+        name = words.next()?;
+    }
+    let name = name.trim_end_matches(';').replace('`', "");
+    Some(match name.split_once('.') {
+        Some((d, t)) => (d.to_owned(), t.to_owned()),
+        None => (default_db.to_owned(), name),
+    })
+}
+
+fn is_ddl(sql: &str) -> bool {
+    let first = sql.split_whitespace().next().unwrap_or("");
+    ["alter", "create", "drop", "rename"]
+        .iter()
+        .any(|k| first.eq_ignore_ascii_case(k))
+}
+
+impl MySqlSource {
+    pub(super) async fn stream(
+        &mut self,
+        start: MySqlOffset,
+        out: &mut SourceOutput<MySqlOffset>,
+    ) -> Result<Done, ConnectorError> {
+        let mut conn = self.ep.connect(&[]).await?;
+        let heartbeat = Duration::from_millis(self.cfg.heartbeat_interval_ms);
+        let set = |e| query_error("preparing the binlog session", e);
+        conn.query_drop(format!("SET @master_heartbeat_period = {}", heartbeat.as_nanos()))
+            .await
+            .map_err(set)?;
+        let gtid = start.gtid.as_deref().unwrap_or("");
+        let by_gtid = self.mariadb && self.cfg.position_mode == PositionMode::Gtid && !gtid.is_empty();
+        if self.mariadb {
+            // MariaDB's own GTID events (rather than BEGIN queries) and, by GTID, where to start.
+            conn.query_drop("SET @mariadb_slave_capability = 4")
+                .await
+                .map_err(set)?;
+            if by_gtid {
+                conn.query_drop(format!("SET @slave_connect_state = {}", literal(gtid)))
+                    .await
+                    .map_err(set)?;
+                conn.query_drop("SET @slave_gtid_strict_mode = 0").await.map_err(set)?;
+                conn.query_drop("SET @slave_gtid_ignore_duplicates = 0")
+                    .await
+                    .map_err(set)?;
+            }
+        }
+        let mut described = HashMap::new();
+        for (db, t, d) in Self::tables(&mut conn, &self.cfg).await? {
+            described.insert((db, t), d);
+        }
+        let server_id = self.cfg.server_id();
+        let file = if by_gtid { String::new() } else { start.file.clone() };
+        let pos = if by_gtid { 4 } else { start.pos.max(4) };
+        let request = BinlogStreamRequest::new(server_id)
+            .with_filename(file.as_bytes())
+            .with_pos(pos);
+        tracing::info!(
+            file = %start.file,
+            pos = start.pos,
+            gtid = %gtid,
+            by_gtid,
+            server_id,
+            "binlog streaming begins"
+        );
+        let mut binlog = conn.get_binlog_stream(request).await.map_err(binlog_error)?;
+        let mut st = State {
+            file: start.file.clone(),
+            gtid: parse_gtid_state(gtid).unwrap_or_default(),
+            current: None,
+            in_txn: false,
+            committed: start,
+            dirty: false,
+            batch: Vec::with_capacity(MAX_BATCH),
+            maps: HashMap::new(),
+            described,
+            stale: false,
+        };
+        let cancel = out.cancelled();
+        // Three missed heartbeats: the connection is dead even if TCP has not noticed.
+        let silence = heartbeat * 3 + Duration::from_secs(5);
+        loop {
+            let next = match binlog.next().now_or_never() {
+                Some(ev) => ev,
+                None => {
+                    // Nothing more to read right now: what we have goes out.
+                    self.flush(&mut st, out).await?;
+                    tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => return Ok(Done::Cancelled),
+                        r = tokio::time::timeout(silence, binlog.next()) => match r {
+                            Ok(ev) => ev,
+                            Err(_) => return Err(ConnectorError::external(format!(
+                                "binlog: no event or heartbeat for {silence:?}; reconnecting"
+                            ))),
+                        },
+                    }
+                }
+            };
+            let ev = match next {
+                None => return Err(ConnectorError::external("binlog: the server ended the stream")),
+                Some(Err(e)) => return Err(binlog_error(e)),
+                Some(Ok(ev)) => ev,
+            };
+            self.handle(&mut st, &ev).await?;
+            if st.batch.len() >= MAX_BATCH {
+                if cancel.is_cancelled() {
+                    return Ok(Done::Cancelled);
+                }
+                self.flush(&mut st, out).await?;
+            }
+        }
+    }
+
+    /// Emits the batch with the last transaction end (records of an open transaction go out
+    /// with the offset before it).
+    async fn flush(&self, st: &mut State, out: &mut SourceOutput<MySqlOffset>) -> Result<(), ConnectorError> {
+        if st.batch.is_empty() && !st.dirty {
+            return Ok(());
+        }
+        if st.dirty {
+            out.report(format!("streaming at {}:{}", st.committed.file, st.committed.pos));
+        }
+        st.dirty = false;
+        out.emit(std::mem::take(&mut st.batch), st.committed.clone()).await
+    }
+
+    fn commit(&self, st: &mut State, end: u64) {
+        if let Some((d, s, n)) = st.current.take() {
+            st.gtid.insert(d, (s, n));
+        }
+        st.in_txn = false;
+        st.committed = MySqlOffset {
+            file: st.file.clone(),
+            pos: end,
+            gtid: self.mariadb.then(|| format_gtid_state(&st.gtid)),
+            snapshot_done: true,
+        };
+        st.dirty = true;
+    }
+
+    async fn handle(&mut self, st: &mut State, ev: &mysql_async::binlog::events::Event) -> Result<(), ConnectorError> {
+        let h = ev.header();
+        let data = ev.data();
+        let end = u64::from(h.log_pos());
+        match h.event_type_raw() {
+            event::ROTATE => {
+                let (file, _) = binlog::rotate(data).map_err(decode_error)?;
+                st.file = file;
+            }
+            event::MARIADB_GTID => {
+                let g = MariaGtid::parse(data).map_err(decode_error)?;
+                st.current = Some((g.domain, h.server_id(), g.seq));
+                st.in_txn = !g.standalone;
+            }
+            event::XID => self.commit(st, end),
+            event::QUERY => {
+                let (schema, sql) = binlog::query(data).map_err(decode_error)?;
+                let sql = String::from_utf8_lossy(sql);
+                let sql = sql.trim();
+                if sql.eq_ignore_ascii_case("BEGIN") {
+                    st.in_txn = true;
+                } else if sql.eq_ignore_ascii_case("COMMIT") {
+                    self.commit(st, end);
+                } else {
+                    if is_ddl(sql) {
+                        tracing::info!(statement = %sql, "DDL in the binlog; table layouts are re-read");
+                        st.stale = true;
+                        st.maps.clear();
+                    }
+                    let db = String::from_utf8_lossy(schema).into_owned();
+                    if let Some(key) = truncated_table(sql, &db)
+                        && st.described.contains_key(&key)
+                    {
+                        self.truncated(st, &key, &h, end);
+                    }
+                    if !st.in_txn {
+                        self.commit(st, end);
+                    }
+                }
+            }
+            event::TABLE_MAP => self.table_map(st, data).await?,
+            t @ (event::WRITE_ROWS_V1
+            | event::UPDATE_ROWS_V1
+            | event::DELETE_ROWS_V1
+            | event::WRITE_ROWS
+            | event::UPDATE_ROWS
+            | event::DELETE_ROWS) => self.rows(st, t, data, &h, end)?,
+            event::PARTIAL_UPDATE_ROWS => {
+                return Err(ConnectorError::config(
+                    "binlog: partial JSON updates (binlog_row_value_options=PARTIAL_JSON) are not supported; \
+                     turn the option off",
+                ));
+            }
+            t @ event::MARIADB_WRITE_ROWS_COMPRESSED_V1..=event::MARIADB_DELETE_ROWS_COMPRESSED_V1 if t >= 166 => {
+                return Err(ConnectorError::config(
+                    "binlog: compressed row events (log_bin_compress=ON) are not supported; turn log_bin_compress off",
+                ));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn truncated(
+        &self,
+        st: &mut State,
+        key: &(String, String),
+        h: &mysql_async::binlog::events::BinlogEventHeader,
+        end: u64,
+    ) {
+        if self.cfg.format != RecordFormat::Debezium {
+            tracing::warn!(table = %format!("{}.{}", key.0, key.1), "TRUNCATE is not represented in the hstream record format; skipped");
+            return;
+        }
+        let mut buf = Vec::new();
+        pb::field(&mut buf, "op", |b| pb::string(b, "t"));
+        pb::field(&mut buf, "ts_ms", |b| pb::number(b, now_ms() as f64));
+        pb::field(&mut buf, "source", |b| {
+            pb::object(b, |b| {
+                pb::field(b, "connector", |b| pb::string(b, "mysql"));
+                pb::field(b, "db", |b| pb::string(b, &key.0));
+                pb::field(b, "table", |b| pb::string(b, &key.1));
+                pb::field(b, "server_id", |b| pb::number(b, f64::from(h.server_id())));
+                pb::field(b, "file", |b| pb::string(b, &st.file));
+                pb::field(b, "pos", |b| pb::number(b, end as f64));
+                pb::field(b, "ts_ms", |b| pb::number(b, f64::from(h.timestamp()) * 1000.0));
+            })
+        });
+        st.batch.push(Record {
+            key: String::new(),
+            flag: PayloadFlag::Json,
+            payload: bytes::Bytes::from(buf),
+        });
+    }
+
+    async fn table_map(&mut self, st: &mut State, data: &[u8]) -> Result<(), ConnectorError> {
+        let id = data.iter().take(6).rev().fold(0u64, |a, &x| (a << 8) | u64::from(x));
+        // Every transaction repeats its TABLE_MAPs; an unchanged one is not decoded again.
+        match st.maps.get(&id) {
+            Some(Some(m)) if m.raw == data => return Ok(()),
+            _ => {}
+        }
+        let tm = TableMap::parse(data).map_err(decode_error)?;
+        let key = (tm.schema.clone(), tm.table.clone());
+        if !st.described.contains_key(&key) {
+            st.maps.insert(id, None);
+            return Ok(());
+        }
+        if st.stale {
+            let mut conn = self.ep.connect(&[]).await?;
+            for ((db, t), d) in st.described.iter_mut() {
+                if let Some(now) = schema::describe(&mut conn, db, t).await? {
+                    *d = now;
+                }
+            }
+            let _ = conn.disconnect().await;
+            st.stale = false;
+        }
+        let table = schema::from_table_map(&tm, &st.described[&key], &self.collations)?;
+        if table.key.is_empty() {
+            tracing::debug!(table = %format!("{}.{}", key.0, key.1), "table has no primary key: records have a null key");
+        }
+        st.maps.insert(
+            id,
+            Some(Mapped {
+                raw: data.to_vec(),
+                types: tm.types,
+                metas: tm.metas,
+                table,
+            }),
+        );
+        Ok(())
+    }
+
+    fn rows(
+        &self,
+        st: &mut State,
+        t: u8,
+        data: &[u8],
+        h: &mysql_async::binlog::events::BinlogEventHeader,
+        end: u64,
+    ) -> Result<(), ConnectorError> {
+        let v2 = t >= event::WRITE_ROWS;
+        let update = matches!(t, event::UPDATE_ROWS_V1 | event::UPDATE_ROWS);
+        let delete = matches!(t, event::DELETE_ROWS_V1 | event::DELETE_ROWS);
+        let rows = Rows::parse(data, v2, update).map_err(decode_error)?;
+        let Some(Some(m)) = st.maps.get(&rows.table_id) else {
+            return Ok(());
+        };
+        if rows.columns != m.types.len() {
+            return Err(decode_error(DecodeError(format!(
+                "rows event for {}.{} has {} columns, its TABLE_MAP {}",
+                m.table.db,
+                m.table.name,
+                rows.columns,
+                m.types.len()
+            ))));
+        }
+        let gtid = st.current.map(|(d, s, n)| format!("{d}-{s}-{n}"));
+        let origin = Origin {
+            file: &st.file,
+            pos: end,
+            gtid: gtid.as_deref(),
+            server_id: h.server_id(),
+            ts_ms: i64::from(h.timestamp()) * 1000,
+            snapshot: false,
+        };
+        let format = self.cfg.format;
+        let table = &*m.table;
+        let mut before: Vec<Cell<'_>> = Vec::with_capacity(m.types.len());
+        let mut after: Vec<Cell<'_>> = Vec::with_capacity(m.types.len());
+        let mut pos = 0;
+        let mut produced = Vec::new();
+        while pos < rows.data.len() {
+            binlog::read_image(
+                rows.data,
+                &mut pos,
+                rows.present,
+                &m.types,
+                &m.metas,
+                &table.kinds,
+                &mut before,
+            )
+            .map_err(decode_error)?;
+            if let Some(present_after) = rows.present_after {
+                binlog::read_image(
+                    rows.data,
+                    &mut pos,
+                    present_after,
+                    &m.types,
+                    &m.metas,
+                    &table.kinds,
+                    &mut after,
+                )
+                .map_err(decode_error)?;
+                if !table.key.is_empty() && !same_key(table, &before, &after) {
+                    // The key changed: the old row is gone, a new one appears.
+                    produced.push(change(format, table, Op::Delete, Some(&before), None, &origin));
+                    produced.push(change(format, table, Op::Create, None, Some(&after), &origin));
+                } else {
+                    produced.push(change(format, table, Op::Update, Some(&before), Some(&after), &origin));
+                }
+            } else if delete {
+                produced.push(change(format, table, Op::Delete, Some(&before), None, &origin));
+            } else {
+                produced.push(change(format, table, Op::Create, None, Some(&before), &origin));
+            }
+        }
+        st.batch.append(&mut produced);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements() {
+        assert_eq!(
+            truncated_table("TRUNCATE TABLE `app`.`t`", "x"),
+            Some(("app".into(), "t".into()))
+        );
+        assert_eq!(truncated_table("truncate t", "app"), Some(("app".into(), "t".into())));
+        assert_eq!(truncated_table("ALTER TABLE t ADD c INT", "app"), None);
+        assert!(is_ddl("  ALTER TABLE t ADD c INT"));
+        assert!(!is_ddl("INSERT INTO t VALUES (1)"));
+    }
+}
