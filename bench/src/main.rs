@@ -3,6 +3,7 @@
 
 mod append;
 mod connectors;
+mod mysql_cdc;
 mod pg_cdc;
 mod subscribe;
 
@@ -28,6 +29,9 @@ enum Bench {
     /// PostgreSQL CDC (1M rows: 5 big + 50k one-row transactions) into a durable stream, beside
     /// pg_recvlogical draining the same WAL to a file.
     PgCdc(pg_cdc::Args),
+    /// MySQL/MariaDB CDC (the same 1M rows) into a durable stream, beside mariadb-binlog decoding
+    /// the same binlog to text.
+    MysqlCdc(mysql_cdc::Args),
     /// Every benchmark with its defaults.
     All,
 }
@@ -40,6 +44,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Subscribe(args) => rt.block_on(subscribe::run(args)),
         Bench::Connectors(args) => rt.block_on(connectors::run(args)),
         Bench::PgCdc(args) => rt.block_on(pg_cdc::run(args)),
+        Bench::MysqlCdc(args) => rt.block_on(mysql_cdc::run(args)),
         Bench::All => rt.block_on(async {
             append::run(append::Args::default_args()).await?;
             println!();
@@ -47,7 +52,9 @@ fn main() -> anyhow::Result<()> {
             println!();
             connectors::run(connectors::Args::default_args()).await?;
             println!();
-            pg_cdc::run(pg_cdc::Args::default_args()).await
+            pg_cdc::run(pg_cdc::Args::default_args()).await?;
+            println!();
+            mysql_cdc::run(mysql_cdc::Args::default_args()).await
         }),
     }
 }

@@ -39,7 +39,7 @@ impl Args {
     }
 }
 
-fn delivered(conn: &pb::Connector) -> f64 {
+pub fn delivered(conn: &pb::Connector) -> f64 {
     let s = conn.offsets.first().cloned().unwrap_or_default();
     match s.fields.get("deliveredRecords").and_then(|v| v.kind.clone()) {
         Some(prost_types::value::Kind::NumberValue(n)) => n,
@@ -48,7 +48,7 @@ fn delivered(conn: &pb::Connector) -> f64 {
 }
 
 /// Children's user+system CPU seconds as bash's `times` prints them (`0m1.234s 0m0.567s`).
-fn parse_times(line: &str) -> f64 {
+pub fn parse_times(line: &str) -> f64 {
     line.split_whitespace()
         .filter_map(|t| {
             let (m, s) = t.trim_end_matches('s').split_once('m')?;

@@ -630,3 +630,25 @@ fn dechunk(mut s: &str) -> String {
     }
     out
 }
+
+/// CDC records (`{"key", "value"}`) folded into their final state: primary key text → row (absent once deleted).
+pub fn fold_changes(records: &[(String, serde_json::Value)]) -> std::collections::BTreeMap<String, serde_json::Value> {
+    use serde_json::{Value, json};
+    let mut state = std::collections::BTreeMap::new();
+    for (_, r) in records {
+        let key = r["key"].to_string();
+        match &r["value"] {
+            Value::Null => {
+                state.remove(&key);
+            }
+            v => {
+                // A value without some column (an unchanged TOASTed one) keeps the earlier one.
+                let entry = state.entry(key).or_insert_with(|| json!({}));
+                for (k, x) in v.as_object().expect("row object") {
+                    entry[k] = x.clone();
+                }
+            }
+        }
+    }
+    state
+}

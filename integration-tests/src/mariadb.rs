@@ -53,6 +53,13 @@ impl MariaDb {
         if let Some(u) = &user {
             install.arg(format!("--user={u}"));
         }
+        // Its own temporary directory: concurrent installs collide in a shared /tmp.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).expect("mkdir");
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&tmp, Some(uid), Some(gid)).expect("chown");
+        }
+        install.arg(format!("--tmpdir={}", tmp.display())).env("TMPDIR", &tmp);
         let out = install.output().expect("run mariadb-install-db");
         assert!(
             out.status.success(),
@@ -91,6 +98,10 @@ impl MariaDb {
             .arg(format!("--datadir={}", self.data.display()))
             .arg(format!("--socket={}", self.socket.display()))
             .arg(format!("--port={}", self.port))
+            .arg(format!(
+                "--tmpdir={}",
+                self.data.parent().expect("parent").join("tmp").display()
+            ))
             .args([
                 "--bind-address=127.0.0.1",
                 "--log-bin=mysql-bin",
@@ -144,6 +155,18 @@ impl MariaDb {
             .stdin(Stdio::null())
             .output()
             .expect("run mariadb")
+    }
+
+    /// A `mariadb` client running one statement `sql` as root (a compound `BEGIN NOT ATOMIC …
+    /// END` may hold `;`), to spawn (e.g. a load running meanwhile).
+    pub fn sql_command(&self, sql: &str) -> Command {
+        let mut c = Command::new("mariadb");
+        c.arg("--no-defaults")
+            .arg(format!("--socket={}", self.socket.display()))
+            .args(["-uroot", "-N", "-B", "--delimiter=$$", "-e", sql])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        c
     }
 
     /// Runs SQL as root; returns tab-separated rows without headers.

@@ -22,8 +22,9 @@ pub mod event {
     pub const TRANSACTION_PAYLOAD: u8 = 40;
     pub const PARTIAL_UPDATE_ROWS: u8 = 39;
     pub const MARIADB_GTID: u8 = 162;
-    pub const MARIADB_WRITE_ROWS_COMPRESSED_V1: u8 = 169;
-    pub const MARIADB_DELETE_ROWS_COMPRESSED_V1: u8 = 171;
+    /// MariaDB's compressed QUERY (165) and row events (166–171), written with log_bin_compress.
+    pub const MARIADB_QUERY_COMPRESSED: u8 = 165;
+    pub const MARIADB_DELETE_ROWS_COMPRESSED: u8 = 171;
 }
 
 fn err(what: &str) -> DecodeError {

@@ -133,6 +133,9 @@ async fn target(conn: &mut Conn, cfg: &MySqlSinkConfig) -> Result<Target, Connec
     if key.is_empty() {
         return Err(ConnectorError::config(format!("table: {qualified} has no primary key")));
     }
+    for c in crate::mysql::source::schema::json_columns(conn, &db, &table).await {
+        columns.insert(c, "json".to_owned());
+    }
     Ok(Target {
         qualified,
         columns,
@@ -144,6 +147,8 @@ async fn target(conn: &mut Conn, cfg: &MySqlSinkConfig) -> Result<Target, Connec
 fn param(ty: &str, v: &Value) -> MyValue {
     match v {
         Value::Null => MyValue::NULL,
+        // A JSON column takes any value as JSON text (a string scalar too).
+        v if ty == "json" => MyValue::Bytes(normalized(v).to_string().into_bytes()),
         Value::Bool(b) => MyValue::Int(i64::from(*b)),
         Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
             (Some(i), _, _) => MyValue::Int(i),
@@ -369,5 +374,6 @@ mod tests {
             MyValue::Bytes(br#"{"a":1}"#.to_vec())
         );
         assert_eq!(param("varchar", &Value::Null), MyValue::NULL);
+        assert_eq!(param("json", &json!("abc")), MyValue::Bytes(br#""abc""#.to_vec()));
     }
 }

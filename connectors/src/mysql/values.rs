@@ -112,8 +112,8 @@ pub enum Cell<'a> {
     UInt(u64),
     Float(f32),
     Double(f64),
-    /// The binlog's packed DECIMAL.
-    DecimalBin(&'a [u8]),
+    /// The binlog's packed DECIMAL, with its precision and scale.
+    DecimalBin(&'a [u8], u8, u8),
     /// Strings, blobs, DECIMAL/ENUM/SET as text, BIT bytes, JSON text.
     Bytes(&'a [u8]),
     /// MySQL's binary JSON.
@@ -326,7 +326,7 @@ pub fn decode<'a>(t: u8, meta: [u8; 2], kind: &Kind, data: &'a [u8], pos: &mut u
             let y = take(data, pos, 1)?[0];
             Cell::Int(if y == 0 { 0 } else { 1900 + i64::from(y) })
         }
-        ty::NEWDECIMAL => Cell::DecimalBin(take(data, pos, decimal_size(meta[0], meta[1]))?),
+        ty::NEWDECIMAL => Cell::DecimalBin(take(data, pos, decimal_size(meta[0], meta[1]))?, meta[0], meta[1]),
         ty::DATE => {
             let v = le(take(data, pos, 3)?);
             Cell::Date {
@@ -447,7 +447,7 @@ fn time2<'a>(b: &[u8], fsp: u8) -> Cell<'a> {
     let int = be(&b[..3]) as i64 - 0x80_0000;
     let packed: i64 = match fsp {
         1 | 2 => {
-            let (mut i, mut f) = (int, i64::from(b[3] as i8));
+            let (mut i, mut f) = (int, i64::from(b[3]));
             if i < 0 && f != 0 {
                 i += 1;
                 f -= 0x100;
@@ -455,7 +455,7 @@ fn time2<'a>(b: &[u8], fsp: u8) -> Cell<'a> {
             (i << 24) + f * 10_000
         }
         3 | 4 => {
-            let (mut i, mut f) = (int, i64::from(i16::from_be_bytes([b[3], b[4]])));
+            let (mut i, mut f) = (int, be(&b[3..5]) as i64);
             if i < 0 && f != 0 {
                 i += 1;
                 f -= 0x10000;
@@ -481,52 +481,66 @@ fn time2<'a>(b: &[u8], fsp: u8) -> Cell<'a> {
 
 const MAX_SAFE: u64 = 1 << 53;
 
-/// Appends the text of a packed DECIMAL (as MySQL prints it: `scale` fraction digits).
+/// Appends the text of a packed DECIMAL (as MySQL prints it: `scale` fraction digits), with no
+/// allocation. Bytes of the wrong length for the precision and scale read as `0`.
 pub fn decimal_text(out: &mut Vec<u8>, raw: &[u8], precision: u8, scale: u8) {
-    if raw.is_empty() {
+    let intg = usize::from(precision.saturating_sub(scale));
+    let frac = usize::from(scale);
+    if raw.is_empty() || raw.len() != decimal_size(precision, scale) {
         out.push(b'0');
         return;
     }
-    let intg = usize::from(precision.saturating_sub(scale));
-    let frac = usize::from(scale);
-    let mut b = raw.to_vec();
-    let neg = b[0] & 0x80 == 0;
-    b[0] ^= 0x80;
-    if neg {
-        for x in &mut b {
-            *x = !*x;
+    // Negative numbers are stored inverted; the first byte's top bit is the sign, flipped.
+    let neg = raw[0] & 0x80 == 0;
+    let mask = if neg { 0xff } else { 0 };
+    let read = |pos: &mut usize, n: usize| -> u64 {
+        let mut v = 0u64;
+        for k in *pos..*pos + n {
+            let b = raw[k] ^ mask ^ if k == 0 { 0x80 } else { 0 };
+            v = (v << 8) | u64::from(b);
         }
-    }
-    let mut pos = 0;
-    let mut digits = String::new();
-    let group = |n_digits: usize, pos: &mut usize, digits: &mut String| {
-        let n = if n_digits == 9 { 4 } else { DIG2BYTES[n_digits] };
-        let v = be(&b[*pos..*pos + n]);
         *pos += n;
-        digits.push_str(&format!("{v:0n_digits$}"));
+        v
     };
-    if intg % 9 > 0 {
-        group(intg % 9, &mut pos, &mut digits);
-    }
-    for _ in 0..intg / 9 {
-        group(9, &mut pos, &mut digits);
-    }
-    let int_part = digits.trim_start_matches('0');
-    let mut fdigits = String::new();
-    for _ in 0..frac / 9 {
-        group(9, &mut pos, &mut fdigits);
-    }
-    if frac % 9 > 0 {
-        group(frac % 9, &mut pos, &mut fdigits);
-    }
-    let zero = int_part.is_empty() && fdigits.bytes().all(|c| c == b'0');
-    if neg && !zero {
+    let start = out.len();
+    if neg {
         out.push(b'-');
     }
-    out.extend_from_slice(if int_part.is_empty() { b"0" } else { int_part.as_bytes() });
+    let mut pos = 0;
+    let mut started = false;
+    let mut int_group = |out: &mut Vec<u8>, v: u64, width: usize| {
+        if started {
+            push_num(out, v, width);
+        } else if v != 0 {
+            push_num(out, v, 0);
+            started = true;
+        }
+    };
+    if intg % 9 > 0 {
+        let v = read(&mut pos, DIG2BYTES[intg % 9]);
+        int_group(out, v, intg % 9);
+    }
+    for _ in 0..intg / 9 {
+        let v = read(&mut pos, 4);
+        int_group(out, v, 9);
+    }
+    if !started {
+        out.push(b'0');
+    }
     if frac > 0 {
         out.push(b'.');
-        out.extend_from_slice(fdigits.as_bytes());
+        for _ in 0..frac / 9 {
+            let v = read(&mut pos, 4);
+            push_num(out, v, 9);
+        }
+        if frac % 9 > 0 {
+            let v = read(&mut pos, DIG2BYTES[frac % 9]);
+            push_num(out, v, frac % 9);
+        }
+    }
+    // No negative zero.
+    if neg && out[start + 1..].iter().all(|&c| c == b'0' || c == b'.') {
+        out.remove(start);
     }
 }
 
@@ -597,7 +611,7 @@ fn text_into(out: &mut Vec<u8>, kind: &Kind, cell: &Cell<'_>) -> bool {
     match (kind, cell) {
         (_, Cell::Int(v)) => out.extend_from_slice(v.to_string().as_bytes()),
         (_, Cell::UInt(v)) => out.extend_from_slice(v.to_string().as_bytes()),
-        (Kind::Decimal { precision, scale }, Cell::DecimalBin(raw)) => decimal_text(out, raw, *precision, *scale),
+        (_, Cell::DecimalBin(raw, precision, scale)) => decimal_text(out, raw, *precision, *scale),
         (Kind::Text(Some(enc)), Cell::Bytes(b)) => {
             out.extend_from_slice(enc.decode_without_bom_handling(b).0.as_bytes())
         }
@@ -787,6 +801,8 @@ mod tests {
         assert_eq!(dec(&zero, 12, 2), "0.00");
         // DECIMAL(4,0) = 2 bytes.
         assert_eq!(dec(&[0x80 ^ 0x00, 0x07], 4, 0), "7");
+        // Bytes of the wrong length are not read past.
+        assert_eq!(dec(&[0x80], 12, 2), "0");
         // DECIMAL(20,10): 10 int digits (1+4 bytes), 10 frac digits (4+1 bytes).
         let mut raw = vec![0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x05, 0x00];
         raw[0] ^= 0x80;
@@ -820,6 +836,11 @@ mod tests {
             let k = Kind::Time { fsp: 0 };
             assert_eq!(text(&k, &decode(ty::TIME2, [0, 0], &k, b, &mut pos).unwrap()), want);
         }
+        // TIME2(2) -00:00:01.10: the fraction byte is unsigned, borrowed from the seconds.
+        let k = Kind::Time { fsp: 2 };
+        let mut pos = 0;
+        let c = decode(ty::TIME2, [2, 0], &k, &[0x7f, 0xff, 0xfe, 0xf6], &mut pos).unwrap();
+        assert_eq!(text(&k, &c), "-00:00:01.10");
         // DATE 2000-01-31.
         let v: u32 = (2000 << 9) | (1 << 5) | 31;
         let mut pos = 0;

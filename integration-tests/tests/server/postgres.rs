@@ -33,27 +33,6 @@ async fn create(c: &mut Client, name: &str, kind: &str, config: &Value) -> Resul
     .map(|r| r.into_inner())
 }
 
-/// The stream folded into its final state: primary key text → row (absent once deleted).
-fn final_state(records: &[(String, Value)]) -> BTreeMap<String, Value> {
-    let mut state = BTreeMap::new();
-    for (_, r) in records {
-        let key = r["key"].to_string();
-        match &r["value"] {
-            Value::Null => {
-                state.remove(&key);
-            }
-            v => {
-                // A value without some column (an unchanged TOASTed one) keeps the earlier one.
-                let entry = state.entry(key).or_insert_with(|| json!({}));
-                for (k, x) in v.as_object().expect("row object") {
-                    entry[k] = x.clone();
-                }
-            }
-        }
-    }
-    state
-}
-
 /// `id|name|amount` rows of a table, as `{"id": n}` key JSON → (name, amount).
 fn table_state(pg: &Postgres, table: &str) -> BTreeMap<String, (String, String)> {
     pg.psql(DATABASE, &format!("SELECT id, name, amount FROM {table} ORDER BY id"))
@@ -91,7 +70,7 @@ async fn wait_for_state(c: &Client, stream: &str, pg: &Postgres, table: &str, wi
         let mut c = probe.clone();
         let want = want.clone();
         let stream = stream.to_owned();
-        async move { stream_rows(&final_state(&read_json_stream(&mut c, &stream).await)) == want }
+        async move { stream_rows(&fold_changes(&read_json_stream(&mut c, &stream).await)) == want }
     })
     .await;
 }

@@ -9,9 +9,10 @@
 //! transaction cut short are sent again (at-least-once).
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use hstream_runtime::{ConnectorConfig, ConnectorError, Done, Offset, Secret, Source, SourceOutput};
-use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
+use mysql_async::{BinlogStreamRequest, Conn};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -384,18 +385,28 @@ impl Source for MySqlSource {
                 e
             }
         })?;
-        // Reading the binlog needs REPLICATION SLAVE; SHOW BINLOG EVENTS asks for the same.
-        if let Err(e) = conn.query_drop("SHOW BINLOG EVENTS LIMIT 1").await {
-            return Err(match &e {
-                mysql_async::Error::Server(s) if matches!(s.code, 1227 | 1142 | 1044) => {
-                    ConnectorError::config(format!(
-                        "user: {:?} cannot read the binlog: it needs REPLICATION SLAVE ({})",
-                        cfg.user, s.message
-                    ))
-                }
-                _ => query_error("SHOW BINLOG EVENTS", e),
-            });
+        // Reading the binlog needs REPLICATION SLAVE: register and read without blocking from the
+        // current end, under a server id of its own (a running reader of this config keeps its own).
+        let (file, pos, _) = current_position(&mut conn, info.mariadb).await?;
+        let probe = cfg.endpoint().connect(&[]).await?;
+        let request = BinlogStreamRequest::new(cfg.server_id() ^ 0x4000_0000)
+            .with_filename(file.as_bytes())
+            .with_pos(pos)
+            .with_non_blocking();
+        let denied = |e: mysql_async::Error| match &e {
+            mysql_async::Error::Server(s) if matches!(s.code, 1227 | 1045 | 1142 | 1044) => {
+                ConnectorError::config(format!(
+                    "user: {:?} cannot read the binlog: it needs REPLICATION SLAVE ({})",
+                    cfg.user, s.message
+                ))
+            }
+            _ => query_error("reading the binlog", e),
+        };
+        let mut binlog = probe.get_binlog_stream(request).await.map_err(denied)?;
+        if let Some(Err(e)) = binlog.next().await {
+            return Err(denied(e));
         }
+        let _ = binlog.close().await;
         if !info.full_metadata {
             tracing::warn!(
                 version = %info.version,
@@ -429,6 +440,9 @@ impl Source for MySqlSource {
 
     async fn run(&mut self, out: &mut SourceOutput<MySqlOffset>) -> Result<Done, ConnectorError> {
         let start = match self.resume.clone() {
+            Some(o) if o.snapshot_done && self.cfg.snapshot_mode == SnapshotMode::InitialOnly => {
+                return Ok(Done::Completed);
+            }
             Some(o) if o.snapshot_done => o,
             _ => match self.cfg.snapshot_mode {
                 SnapshotMode::Never => {

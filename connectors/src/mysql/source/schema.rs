@@ -50,28 +50,7 @@ pub async fn describe(conn: &mut Conn, db: &str, table: &str) -> Result<Option<D
     if rows.is_empty() {
         return Ok(None);
     }
-    // MariaDB keeps JSON's check as a constraint named after the column; MySQL has no such table
-    // before 8.0.16 and a real JSON type anyway.
-    let json: Vec<String> = query_rows(
-        conn,
-        &format!(
-            "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
-             WHERE CONSTRAINT_SCHEMA = {} AND TABLE_NAME = {}",
-            literal(db),
-            literal(table)
-        ),
-        "reading information_schema.CHECK_CONSTRAINTS",
-    )
-    .await
-    .unwrap_or_default()
-    .into_iter()
-    .filter_map(|r| r.into_iter().next().flatten())
-    .filter_map(|clause| {
-        let rest = clause.trim().strip_prefix("json_valid(`")?;
-        let (name, tail) = rest.split_once('`')?;
-        (tail.trim() == ")").then(|| name.replace("``", "`"))
-    })
-    .collect();
+    let json = json_columns(conn, db, table).await;
     let mut columns = Vec::new();
     let mut kinds = Vec::new();
     for r in rows {
@@ -123,6 +102,31 @@ pub async fn describe(conn: &mut Conn, db: &str, table: &str) -> Result<Option<D
         json,
         estimated_rows,
     }))
+}
+
+/// Columns holding JSON by MariaDB's convention: LONGTEXT with a `json_valid` check, kept as a
+/// constraint named after the column (MySQL has a real JSON type instead).
+pub async fn json_columns(conn: &mut Conn, db: &str, table: &str) -> Vec<String> {
+    query_rows(
+        conn,
+        &format!(
+            "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
+             WHERE CONSTRAINT_SCHEMA = {} AND TABLE_NAME = {}",
+            literal(db),
+            literal(table)
+        ),
+        "reading information_schema.CHECK_CONSTRAINTS",
+    )
+    .await
+    .unwrap_or_default()
+    .into_iter()
+    .filter_map(|r| r.into_iter().next().flatten())
+    .filter_map(|clause| {
+        let rest = clause.trim().strip_prefix("json_valid(`")?;
+        let (name, tail) = rest.split_once('`')?;
+        (tail.trim() == ")").then(|| name.replace("``", "`"))
+    })
+    .collect()
 }
 
 /// Collation id → charset name, as the server knows them.

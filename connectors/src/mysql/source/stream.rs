@@ -42,6 +42,9 @@ struct State {
     described: HashMap<(String, String), Described>,
     /// A DDL statement was seen: descriptions are re-read at the next TABLE_MAP.
     stale: bool,
+    /// End position of the last MySQL TRANSACTION_PAYLOAD event.
+    payload_end: u64,
+    last_flush: std::time::Instant,
 }
 
 fn decode_error(e: DecodeError) -> ConnectorError {
@@ -82,6 +85,11 @@ fn truncated_table(sql: &str, default_db: &str) -> Option<(String, String)> {
 }
 
 fn is_ddl(sql: &str) -> bool {
+    let mut sql = sql.trim_start();
+    // Leading comments (`/* ApplicationName=… */ ALTER …`).
+    while let Some(rest) = sql.strip_prefix("/*") {
+        sql = rest.split_once("*/").map_or("", |(_, r)| r).trim_start();
+    }
     let first = sql.split_whitespace().next().unwrap_or("");
     ["alter", "create", "drop", "rename"]
         .iter()
@@ -147,6 +155,8 @@ impl MySqlSource {
             maps: HashMap::new(),
             described,
             stale: false,
+            payload_end: 0,
+            last_flush: std::time::Instant::now(),
         };
         let cancel = out.cancelled();
         // Three missed heartbeats: the connection is dead even if TCP has not noticed.
@@ -175,7 +185,9 @@ impl MySqlSource {
                 Some(Ok(ev)) => ev,
             };
             self.handle(&mut st, &ev).await?;
-            if st.batch.len() >= MAX_BATCH {
+            // Full batches go out; so does a moved position at least every second, even while
+            // the binlog never runs dry (e.g. busy with tables we do not capture).
+            if st.batch.len() >= MAX_BATCH || (st.dirty && st.last_flush.elapsed() >= Duration::from_secs(1)) {
                 if cancel.is_cancelled() {
                     return Ok(Done::Cancelled);
                 }
@@ -194,6 +206,7 @@ impl MySqlSource {
             out.report(format!("streaming at {}:{}", st.committed.file, st.committed.pos));
         }
         st.dirty = false;
+        st.last_flush = std::time::Instant::now();
         out.emit(std::mem::take(&mut st.batch), st.committed.clone()).await
     }
 
@@ -214,8 +227,14 @@ impl MySqlSource {
     async fn handle(&mut self, st: &mut State, ev: &mysql_async::binlog::events::Event) -> Result<(), ConnectorError> {
         let h = ev.header();
         let data = ev.data();
-        let end = u64::from(h.log_pos());
+        // Events unpacked from a MySQL TRANSACTION_PAYLOAD carry no position: they end where the
+        // payload does.
+        let end = match u64::from(h.log_pos()) {
+            0 => st.payload_end,
+            p => p,
+        };
         match h.event_type_raw() {
+            event::TRANSACTION_PAYLOAD => st.payload_end = end,
             event::ROTATE => {
                 let (file, _) = binlog::rotate(data).map_err(decode_error)?;
                 st.file = file;
@@ -264,7 +283,7 @@ impl MySqlSource {
                      turn the option off",
                 ));
             }
-            t @ event::MARIADB_WRITE_ROWS_COMPRESSED_V1..=event::MARIADB_DELETE_ROWS_COMPRESSED_V1 if t >= 166 => {
+            event::MARIADB_QUERY_COMPRESSED..=event::MARIADB_DELETE_ROWS_COMPRESSED => {
                 return Err(ConnectorError::config(
                     "binlog: compressed row events (log_bin_compress=ON) are not supported; turn log_bin_compress off",
                 ));
@@ -357,8 +376,16 @@ impl MySqlSource {
         let update = matches!(t, event::UPDATE_ROWS_V1 | event::UPDATE_ROWS);
         let delete = matches!(t, event::DELETE_ROWS_V1 | event::DELETE_ROWS);
         let rows = Rows::parse(data, v2, update).map_err(decode_error)?;
-        let Some(Some(m)) = st.maps.get(&rows.table_id) else {
-            return Ok(());
+        let m = match st.maps.get(&rows.table_id) {
+            Some(Some(m)) => m,
+            Some(None) => return Ok(()),
+            // Rows must follow their TABLE_MAP; skipping them could lose a captured table's.
+            None => {
+                return Err(decode_error(DecodeError(format!(
+                    "rows event for table id {} without a TABLE_MAP",
+                    rows.table_id
+                ))));
+            }
         };
         if rows.columns != m.types.len() {
             return Err(decode_error(DecodeError(format!(
@@ -438,5 +465,6 @@ mod tests {
         assert_eq!(truncated_table("ALTER TABLE t ADD c INT", "app"), None);
         assert!(is_ddl("  ALTER TABLE t ADD c INT"));
         assert!(!is_ddl("INSERT INTO t VALUES (1)"));
+        assert!(is_ddl("/* app */ alter table t drop c"));
     }
 }
