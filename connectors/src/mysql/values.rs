@@ -495,8 +495,8 @@ pub fn decimal_text(out: &mut Vec<u8>, raw: &[u8], precision: u8, scale: u8) {
     let mask = if neg { 0xff } else { 0 };
     let read = |pos: &mut usize, n: usize| -> u64 {
         let mut v = 0u64;
-        for k in *pos..*pos + n {
-            let b = raw[k] ^ mask ^ if k == 0 { 0x80 } else { 0 };
+        for (k, &byte) in raw.iter().enumerate().skip(*pos).take(n) {
+            let b = byte ^ mask ^ if k == 0 { 0x80 } else { 0 };
             v = (v << 8) | u64::from(b);
         }
         *pos += n;
@@ -800,7 +800,7 @@ mod tests {
         zero[0] ^= 0x80;
         assert_eq!(dec(&zero, 12, 2), "0.00");
         // DECIMAL(4,0) = 2 bytes.
-        assert_eq!(dec(&[0x80 ^ 0x00, 0x07], 4, 0), "7");
+        assert_eq!(dec(&[0x80, 0x07], 4, 0), "7");
         // Bytes of the wrong length are not read past.
         assert_eq!(dec(&[0x80], 12, 2), "0");
         // DECIMAL(20,10): 10 int digits (1+4 bytes), 10 frac digits (4+1 bytes).
