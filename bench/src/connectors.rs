@@ -30,14 +30,6 @@ impl Args {
     }
 }
 
-fn report(conn: &pb::Connector) -> f64 {
-    let s = conn.offsets.first().cloned().unwrap_or_default();
-    match s.fields.get("deliveredRecords").and_then(|v| v.kind.clone()) {
-        Some(prost_types::value::Kind::NumberValue(n)) => n,
-        _ => 0.0,
-    }
-}
-
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let dir = hstream_integration_tests::repo_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -79,7 +71,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .get_connector(pb::GetConnectorRequest { name: "hole".into() })
             .await?
             .into_inner();
-        if report(&hole) >= args.records as f64 {
+        if crate::cdc::delivered(&hole) >= args.records as f64 {
             break;
         }
         anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "pipeline did not finish");

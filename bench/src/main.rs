@@ -2,6 +2,7 @@
 //! measured in the same run on the same disk. Run through `scripts/bench.sh [name]`.
 
 mod append;
+mod cdc;
 mod connectors;
 mod mysql_cdc;
 mod pg_cdc;

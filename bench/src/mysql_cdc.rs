@@ -3,11 +3,10 @@
 //! --read-from-remote-server` (rows decoded to text, into a file) and by our `mysql` source into
 //! a durable stream (fsync=always), in the same run, from the same file and position.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hstream_integration_tests::Server;
 use hstream_integration_tests::mariadb::{CDC_PASSWORD, CDC_USER, DATABASE, MariaDb};
-use hstream_proto as pb;
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
@@ -93,7 +92,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         String::from_utf8_lossy(&o.stderr)
     );
     let times = String::from_utf8_lossy(&o.stdout);
-    let peer_cpu = times.lines().nth(1).map(crate::pg_cdc::parse_times).unwrap_or(0.0);
+    let peer_cpu = times.lines().nth(1).map(crate::cdc::parse_times).unwrap_or(0.0);
     let peer_bytes = std::fs::metadata(out.path()).map(|m| m.len()).unwrap_or(0);
     drop(out);
 
@@ -109,27 +108,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     config["startFile"] = file.clone().into();
     config["startPosition"] = start.into();
     let cpu0 = server.cpu_seconds();
-    let t = Instant::now();
-    c.create_connector(pb::CreateConnectorRequest {
-        name: "cdc".into(),
-        r#type: "source".into(),
-        target: "mysql".into(),
-        config: config.to_string(),
-    })
-    .await?;
-    loop {
-        let conn = c
-            .get_connector(pb::GetConnectorRequest { name: "cdc".into() })
-            .await?
-            .into_inner();
-        if crate::pg_cdc::delivered(&conn) >= total as f64 {
-            break;
-        }
-        anyhow::ensure!(conn.status == "RUNNING", "connector {}", conn.status);
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "timed out");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let ours_secs = t.elapsed().as_secs_f64();
+    let ours_secs = crate::cdc::drain_source(&mut c, "mysql", &config, total).await?;
     let ours_cpu = server.cpu_seconds() - cpu0;
     let records = hstream_integration_tests::read_json_stream(&mut c, "orders").await;
     let sum: f64 = records.iter().filter_map(|(_, r)| r["value"]["id"].as_f64()).sum();

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use hstream_integration_tests::pg::{DATABASE, Postgres};
 use hstream_integration_tests::{Server, read_json_stream};
-use hstream_proto as pb;
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
@@ -37,24 +36,6 @@ impl Args {
             transport: Transport::Both,
         }
     }
-}
-
-pub fn delivered(conn: &pb::Connector) -> f64 {
-    let s = conn.offsets.first().cloned().unwrap_or_default();
-    match s.fields.get("deliveredRecords").and_then(|v| v.kind.clone()) {
-        Some(prost_types::value::Kind::NumberValue(n)) => n,
-        _ => 0.0,
-    }
-}
-
-/// Children's user+system CPU seconds as bash's `times` prints them (`0m1.234s 0m0.567s`).
-pub fn parse_times(line: &str) -> f64 {
-    line.split_whitespace()
-        .filter_map(|t| {
-            let (m, s) = t.trim_end_matches('s').split_once('m')?;
-            Some(m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
-        })
-        .sum()
 }
 
 /// CPU seconds of the server's exited children (walsenders among them), from the postmaster's
@@ -171,7 +152,7 @@ async fn compare(pg: &Postgres, tcp: bool, end_lsn: &str, total: u64, id_sum: f6
         String::from_utf8_lossy(&o.stderr)
     );
     let times = String::from_utf8_lossy(&o.stdout);
-    let peer_cpu = times.lines().nth(1).map(parse_times).unwrap_or(0.0);
+    let peer_cpu = times.lines().nth(1).map(crate::cdc::parse_times).unwrap_or(0.0);
     let peer_bytes = std::fs::metadata(&out_path).map(|m| m.len()).unwrap_or(0);
     let _ = std::fs::remove_file(&out_path);
     walsenders_gone(pg).await;
@@ -195,27 +176,7 @@ async fn compare(pg: &Postgres, tcp: bool, end_lsn: &str, total: u64, id_sum: f6
     config["host"] = host.clone().into();
     let ws0 = reaped_cpu(pg);
     let cpu0 = server.cpu_seconds();
-    let t = Instant::now();
-    c.create_connector(pb::CreateConnectorRequest {
-        name: "cdc".into(),
-        r#type: "source".into(),
-        target: "postgresql".into(),
-        config: config.to_string(),
-    })
-    .await?;
-    loop {
-        let conn = c
-            .get_connector(pb::GetConnectorRequest { name: "cdc".into() })
-            .await?
-            .into_inner();
-        if delivered(&conn) >= total as f64 {
-            break;
-        }
-        anyhow::ensure!(conn.status == "RUNNING", "connector {}", conn.status);
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "timed out");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let ours_secs = t.elapsed().as_secs_f64();
+    let ours_secs = crate::cdc::drain_source(&mut c, "postgresql", &config, total).await?;
     let ours_cpu = server.cpu_seconds() - cpu0;
     // Check: every row, once, with the right ids.
     let records = read_json_stream(&mut c, "orders").await;

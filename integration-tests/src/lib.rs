@@ -652,3 +652,44 @@ pub fn fold_changes(records: &[(String, serde_json::Value)]) -> std::collections
     }
     state
 }
+
+/// A connector config: `base` (a harness's connection options) with `stream` and `extra` set.
+pub fn config_with(mut base: serde_json::Value, stream: &str, extra: serde_json::Value) -> serde_json::Value {
+    base["stream"] = serde_json::json!(stream);
+    for (k, v) in extra.as_object().expect("object") {
+        base[k] = v.clone();
+    }
+    base
+}
+
+pub async fn create_connector(
+    c: &mut Client,
+    name: &str,
+    kind: &str,
+    target: &str,
+    config: &serde_json::Value,
+) -> Result<pb::Connector, tonic::Status> {
+    c.create_connector(pb::CreateConnectorRequest {
+        name: name.into(),
+        r#type: kind.into(),
+        target: target.into(),
+        config: config.to_string(),
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+/// Waits (60 s at most) until connector `name` reports status `want`.
+pub async fn wait_connector_status(c: &Client, name: &str, want: &str) {
+    let probe = c.clone();
+    wait_until(Duration::from_secs(60), &format!("{name} to be {want}"), || {
+        let mut c = probe.clone();
+        let name = name.to_owned();
+        async move {
+            c.get_connector(pb::GetConnectorRequest { name })
+                .await
+                .is_ok_and(|r| r.into_inner().status == want)
+        }
+    })
+    .await;
+}

@@ -40,23 +40,11 @@ fn mariadb_harness_has_a_row_binlog_with_gtids_on_its_own_port() {
 }
 
 fn source_config(db: &MariaDb, stream: &str, extra: Value) -> Value {
-    let mut c = db.connector_config();
-    c["stream"] = json!(stream);
-    for (k, v) in extra.as_object().expect("object") {
-        c[k] = v.clone();
-    }
-    c
+    config_with(db.connector_config(), stream, extra)
 }
 
 async fn create(c: &mut Client, name: &str, kind: &str, config: &Value) -> Result<pb::Connector, tonic::Status> {
-    c.create_connector(pb::CreateConnectorRequest {
-        name: name.into(),
-        r#type: kind.into(),
-        target: "mysql".into(),
-        config: config.to_string(),
-    })
-    .await
-    .map(|r| r.into_inner())
+    create_connector(c, name, kind, "mysql", config).await
 }
 
 /// `id name amount` rows of a table, as `{"id": n}` key JSON → (name, amount).
@@ -113,20 +101,6 @@ async fn wait_for_state(c: &Client, stream: &str, db: &MariaDb, table: &str, wit
             want.len()
         );
     }
-}
-
-async fn wait_status(c: &Client, name: &str, want: &str) {
-    let probe = c.clone();
-    wait_until(Duration::from_secs(60), &format!("{name} to be {want}"), || {
-        let mut c = probe.clone();
-        let name = name.to_owned();
-        async move {
-            c.get_connector(pb::GetConnectorRequest { name })
-                .await
-                .is_ok_and(|r| r.into_inner().status == want)
-        }
-    })
-    .await;
 }
 
 /// Waits until `n` binlog readers are connected, so changes made from now on reach them.
@@ -218,7 +192,7 @@ async fn mysql_snapshot_and_streaming_end_as_the_table() {
     )
     .await
     .unwrap();
-    wait_status(&c, "snap", "COMPLETED").await;
+    wait_connector_status(&c, "snap", "COMPLETED").await;
     let rows = db.sql(&format!("SELECT count(*) FROM {DATABASE}.orders"));
     assert_eq!(records(&c, "orders_snap").await.len().to_string(), rows);
     let out = tokio::process::Command::new(workspace_bin("hstream"))
@@ -430,7 +404,7 @@ async fn mariadb_restart_mid_stream_resumes_from_the_checkpoint() {
     // Resumed from the checkpoint (by GTID): nothing before the restart was sent twice.
     let inserts_of_a = recs.iter().filter(|(_, r)| r["value"]["name"] == "a").count();
     assert_eq!(inserts_of_a, 1000, "rows streamed before the restart arrive once");
-    wait_status(&c, "mysrc", "RUNNING").await;
+    wait_connector_status(&c, "mysrc", "RUNNING").await;
 }
 
 #[tokio::test]

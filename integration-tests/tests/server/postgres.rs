@@ -14,23 +14,11 @@ use tonic::Code;
 const FAST_RETRY: &[&str] = &["--connector-retry-base-ms", "50", "--connector-retry-max-ms", "500"];
 
 fn source_config(pg: &Postgres, stream: &str, extra: Value) -> Value {
-    let mut c = pg.connector_config();
-    c["stream"] = json!(stream);
-    for (k, v) in extra.as_object().expect("object") {
-        c[k] = v.clone();
-    }
-    c
+    config_with(pg.connector_config(), stream, extra)
 }
 
 async fn create(c: &mut Client, name: &str, kind: &str, config: &Value) -> Result<pb::Connector, tonic::Status> {
-    c.create_connector(pb::CreateConnectorRequest {
-        name: name.into(),
-        r#type: kind.into(),
-        target: "postgresql".into(),
-        config: config.to_string(),
-    })
-    .await
-    .map(|r| r.into_inner())
+    create_connector(c, name, kind, "postgresql", config).await
 }
 
 /// `id|name|amount` rows of a table, as `{"id": n}` key JSON → (name, amount).
@@ -71,20 +59,6 @@ async fn wait_for_state(c: &Client, stream: &str, pg: &Postgres, table: &str, wi
         let want = want.clone();
         let stream = stream.to_owned();
         async move { stream_rows(&fold_changes(&read_json_stream(&mut c, &stream).await)) == want }
-    })
-    .await;
-}
-
-async fn wait_status(c: &Client, name: &str, want: &str) {
-    let probe = c.clone();
-    wait_until(Duration::from_secs(60), &format!("{name} to be {want}"), || {
-        let mut c = probe.clone();
-        let name = name.to_owned();
-        async move {
-            c.get_connector(pb::GetConnectorRequest { name })
-                .await
-                .is_ok_and(|r| r.into_inner().status == want)
-        }
     })
     .await;
 }
@@ -176,7 +150,7 @@ async fn pg_snapshot_and_streaming_end_as_the_table() {
     )
     .await
     .unwrap();
-    wait_status(&c, "snap", "COMPLETED").await;
+    wait_connector_status(&c, "snap", "COMPLETED").await;
     let rows = pg.psql(DATABASE, "SELECT count(*) FROM orders");
     assert_eq!(read_json_stream(&mut c, "orders_snap").await.len().to_string(), rows);
     let out = tokio::process::Command::new(workspace_bin("hstream"))
@@ -671,7 +645,7 @@ async fn pg_password_never_shows_in_responses_or_logs() {
     })
     .await
     .unwrap();
-    wait_status(&c, "pgsrc", "FAILED").await;
+    wait_connector_status(&c, "pgsrc", "FAILED").await;
     let got = c
         .get_connector(pb::GetConnectorRequest { name: "pgsrc".into() })
         .await
