@@ -3,7 +3,8 @@
 #   - a Python venv (.venv) with the official HStreamDB client (hstreamdb 0.5.0), zstandard, and
 #     openapi-spec-validator (checks the REST API's OpenAPI document), pexpect (drives the SQL
 #     shell through a pseudo-terminal);
-#   - PostgreSQL's and MariaDB's server binaries (Debian packages), for the CDC tests.
+#   - PostgreSQL's and MariaDB's server binaries (Debian packages), for the CDC tests;
+#   - Mosquitto (Debian package), for the MQTT tests.
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +30,13 @@ if ! command -v mariadbd >/dev/null 2>&1 || ! command -v mariadb-install-db >/de
   echo "==> installing MariaDB"
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q mariadb-server mariadb-client
+fi
+
+# Mosquitto for the MQTT tests (throw-away brokers on free ports; the machine's own is left alone).
+if ! command -v mosquitto >/dev/null 2>&1 || ! command -v mosquitto_pub >/dev/null 2>&1; then
+  echo "==> installing Mosquitto"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto mosquitto-clients
 fi
 
 if [ "${CI:-}" = "true" ]; then

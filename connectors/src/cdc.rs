@@ -106,11 +106,7 @@ pub fn change<R: RowImage + ?Sized>(
             pb::field(&mut buf, "source", |b| pb::object(b, source));
         }
     }
-    Record {
-        key,
-        flag: PayloadFlag::Json,
-        payload: Bytes::from(buf),
-    }
+    Record::new(key, PayloadFlag::Json, Bytes::from(buf))
 }
 
 pub fn now_ms() -> i64 {

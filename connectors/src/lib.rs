@@ -1,11 +1,12 @@
 //! The connectors this build ships, beyond the runtime's built-in generator and blackhole:
-//! PostgreSQL and MySQL/MariaDB CDC sources and sinks.
+//! PostgreSQL and MySQL/MariaDB CDC sources and sinks, and the MQTT source and sink.
 //!
 //! [`registry`] is the one list of every connector type the server offers; `specs/` holds each
 //! one's `ConnectorSpecification`, kept equal to the Rust config types by a test.
 
 pub mod cdc;
 pub mod changes;
+pub mod mqtt;
 pub mod mysql;
 pub mod pbstruct;
 pub mod postgres;
@@ -19,6 +20,8 @@ pub fn registry() -> Registry {
     r.sink::<postgres::PgSink>("postgresql");
     r.source::<mysql::MySqlSource>("mysql");
     r.sink::<mysql::MySqlSink>("mysql");
+    r.source::<mqtt::MqttSource>("mqtt");
+    r.sink::<mqtt::MqttSink>("mqtt");
     r
 }
 

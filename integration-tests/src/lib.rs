@@ -19,6 +19,7 @@ use prost::Message;
 use tonic::transport::Channel;
 
 pub mod mariadb;
+pub mod mosquitto;
 pub mod pg;
 
 /// A free TCP port on 127.0.0.1 (for servers that cannot bind port 0 themselves).
@@ -372,8 +373,78 @@ pub fn compress(raw: &[u8], compression: pb::CompressionType) -> Vec<u8> {
     }
 }
 
+/// The task report GetConnector carries: {offset, deliveredRecords, deliveredBytes, restarts,
+/// lastError, progress}.
+pub fn report(conn: &pb::Connector) -> serde_json::Value {
+    let s = conn.offsets.first().cloned().unwrap_or_default();
+    struct_to_json(&s)
+}
+
+/// [`report`] of connector `name`.
+pub async fn connector_report(c: &Client, name: &str) -> serde_json::Value {
+    match c
+        .clone()
+        .get_connector(pb::GetConnectorRequest { name: name.into() })
+        .await
+    {
+        Ok(r) => report(&r.into_inner()),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+/// Every record of every shard of a stream up to its tail, whole (header and payload), in order
+/// within each shard.
+pub async fn read_stream_records(client: &Client, stream: &str) -> Vec<pb::HStreamRecord> {
+    let mut client = client.clone();
+    let shards = client
+        .list_shards(pb::ListShardsRequest {
+            stream_name: stream.to_owned(),
+        })
+        .await
+        .expect("list shards")
+        .into_inner()
+        .shards;
+    let mut out = Vec::new();
+    for shard in shards {
+        for r in read_shard_to_tail(&mut client, stream, shard.shard_id).await {
+            out.extend(decode_records(&r).into_iter().map(|(_, rec)| rec));
+        }
+    }
+    out
+}
+
+/// How many records a stream holds up to its tail (counted from record ids, nothing decoded).
+pub async fn count_stream_records(client: &Client, stream: &str) -> usize {
+    let mut client = client.clone();
+    let Ok(shards) = client
+        .list_shards(pb::ListShardsRequest {
+            stream_name: stream.to_owned(),
+        })
+        .await
+    else {
+        return 0;
+    };
+    let mut n = 0;
+    for shard in shards.into_inner().shards {
+        n += read_shard_to_tail(&mut client, stream, shard.shard_id)
+            .await
+            .iter()
+            .map(|r| r.record_ids.len())
+            .sum::<usize>();
+    }
+    n
+}
+
 /// Decodes a received batch into (record id, key, payload) triples.
 pub fn decode(r: &pb::ReceivedRecord) -> Vec<(pb::RecordId, String, Vec<u8>)> {
+    decode_records(r)
+        .into_iter()
+        .map(|(id, rec)| (id, rec.header.map(|h| h.key).unwrap_or_default(), rec.payload.to_vec()))
+        .collect()
+}
+
+/// Decodes a received batch into its records, whole, with their ids.
+pub fn decode_records(r: &pb::ReceivedRecord) -> Vec<(pb::RecordId, pb::HStreamRecord)> {
     use std::io::Read;
     let b = r.record.as_ref().expect("record");
     let raw = match pb::CompressionType::try_from(b.compression_type).expect("compression") {
@@ -389,11 +460,7 @@ pub fn decode(r: &pb::ReceivedRecord) -> Vec<(pb::RecordId, String, Vec<u8>)> {
     };
     let recs = pb::BatchHStreamRecords::decode(&raw[..]).expect("BatchHStreamRecords");
     assert_eq!(recs.records.len(), r.record_ids.len(), "record ids match records");
-    r.record_ids
-        .iter()
-        .zip(recs.records)
-        .map(|(id, rec)| (*id, rec.header.map(|h| h.key).unwrap_or_default(), rec.payload.to_vec()))
-        .collect()
+    r.record_ids.iter().copied().zip(recs.records).collect()
 }
 
 /// A protobuf Struct (an HStreamDB JSON record) as JSON.

@@ -46,6 +46,10 @@ pub enum PayloadFlag {
     Raw,
 }
 
+/// A record's attributes (HStreamDB's record header attributes): string pairs beside the payload,
+/// such as an MQTT message's topic.
+pub type Attributes = std::collections::HashMap<String, String>;
+
 /// One record a source emits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
@@ -53,6 +57,26 @@ pub struct Record {
     pub key: String,
     pub flag: PayloadFlag,
     pub payload: Bytes,
+    pub attributes: Attributes,
+}
+
+impl Record {
+    /// A record without attributes.
+    pub fn new(key: impl Into<String>, flag: PayloadFlag, payload: impl Into<Bytes>) -> Record {
+        Record {
+            key: key.into(),
+            flag,
+            payload: payload.into(),
+            attributes: Attributes::new(),
+        }
+    }
+
+    /// An upper bound of the record's encoded size in a stored batch (payload, key, attributes
+    /// and their protobuf framing): what is compared with the stream's max record size.
+    pub fn encoded_size_bound(&self) -> usize {
+        let attrs: usize = self.attributes.iter().map(|(k, v)| k.len() + v.len() + 18).sum();
+        self.payload.len() + self.key.len() + attrs + 32
+    }
 }
 
 /// One record a sink receives, with where it came from.
@@ -64,6 +88,7 @@ pub struct SinkRecord {
     pub key: String,
     pub flag: PayloadFlag,
     pub payload: Bytes,
+    pub attributes: Attributes,
 }
 
 /// How a run ended without error.
@@ -79,6 +104,8 @@ pub enum Done {
 pub struct SourceOutput<O: Offset> {
     pub(crate) tx: mpsc::Sender<(Vec<Record>, O)>,
     pub(crate) committed: watch::Receiver<Option<O>>,
+    pub(crate) durable: watch::Receiver<Option<O>>,
+    pub(crate) max_record_size: usize,
     pub(crate) cancel: CancellationToken,
     pub(crate) progress: std::sync::Arc<crate::pipeline::Progress>,
 }
@@ -97,6 +124,20 @@ impl<O: Offset> SourceOutput<O> {
     /// source acknowledge upstream.
     pub fn committed(&self) -> watch::Receiver<Option<O>> {
         self.committed.clone()
+    }
+
+    /// The latest offset whose records are all durable in the stream, which may run ahead of
+    /// [`committed`](Self::committed) by up to one checkpoint interval. A source whose upstream
+    /// keeps the position itself (an MQTT broker's session, not a checkpoint of ours) may
+    /// acknowledge up to here.
+    pub fn durable(&self) -> watch::Receiver<Option<O>> {
+        self.durable.clone()
+    }
+
+    /// The largest record the stream accepts (compare [`Record::encoded_size_bound`]); a bigger
+    /// one fails the append, so a source that can skip a message (rather than stop) checks first.
+    pub fn max_record_size(&self) -> usize {
+        self.max_record_size
     }
 
     /// Says what the source is doing, for people watching (e.g. snapshot progress); shown with

@@ -22,7 +22,7 @@ pub mod structs;
 pub mod supervisor;
 
 pub use connector::{
-    ConnectorConfig, Done, Offset, PayloadFlag, Record, Sink, SinkRecord, Source, SourceOutput, Written,
+    Attributes, ConnectorConfig, Done, Offset, PayloadFlag, Record, Sink, SinkRecord, Source, SourceOutput, Written,
 };
 pub use error::{ConnectorError, ErrorKind};
 pub use registry::{ConnectorType, Kind, Registry, builtin};

@@ -93,12 +93,15 @@ pub async fn run_source<S: Source>(ctx: RunContext, config: S::Config) -> Result
     let start = load::<S::Offset>(&ctx).await?;
     let mut source = S::open(config, start.clone()).await?;
     let (tx, mut rx) = mpsc::channel::<(Vec<crate::Record>, S::Offset)>(PIPELINE_DEPTH);
-    let (committed_tx, committed_rx) = watch::channel(start);
+    let (committed_tx, committed_rx) = watch::channel(start.clone());
+    let (durable_tx, durable_rx) = watch::channel(start);
     // The source stops on the task's cancellation or when the appender fails.
     let stop = ctx.cancel.child_token();
     let mut out = SourceOutput {
         tx,
         committed: committed_rx,
+        durable: durable_rx,
+        max_record_size: ctx.streams.max_record_size(),
         cancel: stop.clone(),
         progress: ctx.progress.clone(),
     };
@@ -146,6 +149,7 @@ pub async fn run_source<S: Source>(ctx: RunContext, config: S::Config) -> Result
                             ctx.streams.append(&stream, records).await?;
                             ctx.progress.moved(n, bytes);
                         }
+                        let _ = durable_tx.send(Some(offset.clone()));
                         pending = Some(offset);
                     }
                     None => {}

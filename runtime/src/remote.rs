@@ -35,7 +35,7 @@ pub fn to_hstream_record(r: Record) -> pb::HStreamRecord {
     pb::HStreamRecord {
         header: Some(pb::HStreamRecordHeader {
             flag,
-            attributes: Default::default(),
+            attributes: r.attributes,
             key: r.key,
         }),
         payload: r.payload,
@@ -57,6 +57,7 @@ pub fn to_sink_record(shard_id: u64, lsn: u64, index: u32, r: pb::HStreamRecord)
         key: header.key,
         flag,
         payload: r.payload,
+        attributes: header.attributes,
     }
 }
 

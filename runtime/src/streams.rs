@@ -15,6 +15,9 @@ pub struct ReadChunk {
     pub next_lsn: u64,
 }
 
+/// HStreamDB's default `max-record-size`.
+pub const DEFAULT_MAX_RECORD_SIZE: usize = 1 << 20;
+
 #[async_trait]
 pub trait Streams: Send + Sync {
     /// Creates the stream (one shard) unless it exists.
@@ -22,7 +25,14 @@ pub trait Streams: Send + Sync {
 
     async fn stream_exists(&self, name: &str) -> Result<bool, ConnectorError>;
 
-    /// Appends records, each to the shard its key maps to; returns once all are durable.
+    /// The largest encoded record the server stores (its `max-record-size`).
+    fn max_record_size(&self) -> usize {
+        DEFAULT_MAX_RECORD_SIZE
+    }
+
+    /// Appends records, each to the shard its key maps to; returns once all are durable. A record
+    /// over [`max_record_size`](Self::max_record_size) fails the whole call before anything is
+    /// written.
     async fn append(&self, stream: &str, records: Vec<Record>) -> Result<(), ConnectorError>;
 
     /// Shard ids of a stream.

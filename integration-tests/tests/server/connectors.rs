@@ -25,12 +25,6 @@ async fn get(c: &mut Client, name: &str) -> pb::Connector {
         .into_inner()
 }
 
-/// The task report GetConnector carries: {offset, deliveredRecords, deliveredBytes, restarts}.
-fn report(conn: &pb::Connector) -> serde_json::Value {
-    let s = conn.offsets.first().cloned().unwrap_or_default();
-    struct_to_json(&s)
-}
-
 async fn wait_status(c: &Client, name: &str, want: &str) {
     let probe = c.clone();
     wait_until(Duration::from_secs(30), &format!("{name} to be {want}"), || {

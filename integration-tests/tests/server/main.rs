@@ -2,6 +2,7 @@
 
 mod cli;
 mod connectors;
+mod mqtt;
 mod mysql;
 mod postgres;
 mod rest;

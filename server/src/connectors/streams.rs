@@ -59,9 +59,28 @@ impl Streams for LocalStreams {
         Ok(self.ctx()?.catalog.stream(name).is_ok())
     }
 
+    fn max_record_size(&self) -> usize {
+        self.ctx
+            .upgrade()
+            .map_or(hstream_runtime::streams::DEFAULT_MAX_RECORD_SIZE, |c| c.max_record_size)
+    }
+
     async fn append(&self, stream: &str, records: Vec<Record>) -> Result<(), ConnectorError> {
         let ctx = self.ctx()?;
         let entry = ctx.catalog.stream(stream).map_err(external)?;
+        // An oversized record is refused before anything of the call is written.
+        if let Some((i, r)) = records
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.encoded_size_bound() > ctx.max_record_size)
+        {
+            return Err(ConnectorError::config(format!(
+                "record {i} of the batch (key {:?}) is {} bytes, over the server's max-record-size of {} bytes",
+                r.key,
+                r.encoded_size_bound(),
+                ctx.max_record_size
+            )));
+        }
         // Group by shard, keeping the order of each key.
         let mut per_shard: Vec<Vec<pb::HStreamRecord>> = vec![Vec::new(); entry.shards.len()];
         if entry.shards.len() == 1 {

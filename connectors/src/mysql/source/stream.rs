@@ -318,11 +318,8 @@ impl MySqlSource {
                 pb::field(b, "ts_ms", |b| pb::number(b, f64::from(h.timestamp()) * 1000.0));
             })
         });
-        st.batch.push(Record {
-            key: String::new(),
-            flag: PayloadFlag::Json,
-            payload: bytes::Bytes::from(buf),
-        });
+        st.batch
+            .push(Record::new(String::new(), PayloadFlag::Json, bytes::Bytes::from(buf)));
     }
 
     async fn table_map(&mut self, st: &mut State, data: &[u8]) -> Result<(), ConnectorError> {

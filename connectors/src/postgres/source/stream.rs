@@ -280,11 +280,7 @@ impl PgSource {
                             pb::field(&mut buf, "op", |b| pb::string(b, "t"));
                             pb::field(&mut buf, "ts_ms", |b| pb::number(b, now_ms() as f64));
                             pb::field(&mut buf, "source", |b| write_source(b, &r, &origin));
-                            produced.push(Record {
-                                key: String::new(),
-                                flag: PayloadFlag::Json,
-                                payload: Bytes::from(buf),
-                            });
+                            produced.push(Record::new(String::new(), PayloadFlag::Json, Bytes::from(buf)));
                         }
                     }
                 } else {

@@ -22,20 +22,12 @@ impl GeneratorSource {
             PayloadShape::Bytes => {
                 let mut p = format!("{key}:{seq}:").into_bytes();
                 p.resize(p.len().max(self.config.payload_bytes as usize), b'x');
-                Record {
-                    key,
-                    flag: PayloadFlag::Raw,
-                    payload: Bytes::from(p),
-                }
+                Record::new(key, PayloadFlag::Raw, Bytes::from(p))
             }
             PayloadShape::Json => {
                 let data = "x".repeat(self.config.payload_bytes as usize);
                 let value = serde_json::json!({ "key": key, "seq": seq, "n": i, "data": data });
-                Record {
-                    key,
-                    flag: PayloadFlag::Json,
-                    payload: structs::encode_json(&value),
-                }
+                Record::new(key, PayloadFlag::Json, structs::encode_json(&value))
             }
         }
     }

@@ -1,0 +1,434 @@
+//! The `mqtt` source: subscribes to topic filters and appends each message as a record (the
+//! payload, with the topic, QoS, retain flag and MQTT 5 user properties as attributes).
+//!
+//! A QoS 1/2 message is acknowledged only once its record is durable, in the order messages came
+//! (MQTT's rule for acknowledgements). The broker holds our place: with a persistent session it
+//! re-sends what we had not acknowledged when we went away, so after a crash such messages may
+//! appear twice in the stream (at-least-once), never zero times. The offset the runtime stores is
+//! only a counter of messages taken, for people watching.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use hstream_runtime::{
+    Attributes, ConnectorConfig, ConnectorError, Done, Offset, PayloadFlag, Record, Secret, Source, SourceOutput,
+};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::client::{self, Broker, Conn, Event, Msg};
+use super::template::{Side, Template, Var, push_field};
+use super::{Protocol, default_host, default_keep_alive, default_port, default_qos};
+
+/// Messages per emitted batch at most (a batch also goes out whenever nothing more is ready).
+const MAX_BATCH: usize = 4096;
+/// How long a stopping source waits for its last records to be durable, to acknowledge them.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Attribute names of a record, beside the message's own user properties.
+pub const ATTR_TOPIC: &str = "mqtt.topic";
+pub const ATTR_QOS: &str = "mqtt.qos";
+pub const ATTR_RETAIN: &str = "mqtt.retain";
+
+/// How a message's payload becomes a record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    /// The payload as is (a RAW record), as EMQX's HStreamDB bridge writes it.
+    #[default]
+    Raw,
+    /// The payload parsed as a JSON object into a JSON record (a protobuf Struct), so SQL can
+    /// read its fields; a message that is not a JSON object is rejected.
+    Json,
+}
+
+/// Configuration of the `mqtt` source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(
+    title = "mqtt",
+    description = "Subscribes to MQTT topics (MQTT 3.1.1 or 5) and appends every message to a stream."
+)]
+pub struct MqttSourceConfig {
+    /// Stream the messages are appended to (created if missing).
+    pub stream: String,
+    /// Broker host name or address.
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1))]
+    pub port: u16,
+    /// Topic filter to subscribe to (`+` and `#` wildcards), or several separated by commas.
+    pub topic: String,
+    /// Subscription QoS: 0 at most once, 1 at least once, 2 (taken as at least once into the
+    /// stream).
+    #[serde(default = "default_qos")]
+    #[schemars(range(max = 2))]
+    pub qos: u8,
+    /// Client id, which names the broker's session for us: keep it stable, and unique per
+    /// connector. Default: derived from the stream and topic.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// The record's partition key (records with one key keep their order), in `${…}` syntax:
+    /// `${topic}`, `${qos}`, `${payload}`, `${payload.<field>}`, `${user_property.<name>}` and
+    /// literal text.
+    #[serde(default = "default_key_template")]
+    pub key_template: String,
+    /// Connect with TLS.
+    #[serde(default)]
+    pub tls: bool,
+    /// With tls: a PEM file of the CA certificates to trust instead of the system's.
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
+    /// MQTT version: "5" or "3.1.1".
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Start a fresh session each time: messages published while the connector is away are
+    /// lost. Default false (a persistent session).
+    #[serde(default)]
+    pub clean_session: bool,
+    /// MQTT 5: how long the broker keeps our session while we are away, in seconds
+    /// (4294967295: for ever).
+    #[serde(default = "default_session_expiry")]
+    pub session_expiry_secs: u32,
+    /// MQTT 5 Receive Maximum: QoS 1/2 messages not yet durable (so not yet acknowledged) at most.
+    /// With MQTT 3.1.1 the broker's own limit applies (Mosquitto: max_inflight_messages).
+    #[serde(default = "default_inflight")]
+    #[schemars(range(min = 1))]
+    pub inflight: u16,
+    #[serde(default = "default_keep_alive")]
+    #[schemars(range(min = 5))]
+    pub keep_alive_secs: u16,
+    #[serde(default)]
+    pub payload_format: PayloadFormat,
+}
+
+fn default_key_template() -> String {
+    "${topic}".into()
+}
+
+fn default_session_expiry() -> u32 {
+    u32::MAX
+}
+
+fn default_inflight() -> u16 {
+    1000
+}
+
+impl ConnectorConfig for MqttSourceConfig {
+    fn validate(&self) -> Result<(), ConnectorError> {
+        super::filters(&self.topic)?;
+        super::check_qos(self.qos)?;
+        super::check_tls(self.tls, &self.tls_ca_file)?;
+        Template::parse(&self.key_template, Side::Source, "key_template").map_err(ConnectorError::config)?;
+        if self.client_id.as_deref() == Some("") {
+            return Err(ConnectorError::config(
+                "client_id: must not be empty (a persistent session needs a name)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl MqttSourceConfig {
+    /// The client id: as configured, or derived from the stream and topic (stable across runs).
+    pub fn client_id(&self) -> String {
+        use md5::Digest;
+        match &self.client_id {
+            Some(id) => id.clone(),
+            None => {
+                let d = md5::Md5::digest(format!("{}\n{}", self.stream, self.topic).as_bytes());
+                let hex: String = d.iter().take(8).map(|b| format!("{b:02x}")).collect();
+                format!("hstream-{hex}")
+            }
+        }
+    }
+
+    fn broker(&self, client_id: String, clean_session: bool) -> Broker<'_> {
+        Broker {
+            host: &self.host,
+            port: self.port,
+            client_id,
+            username: self.username.as_deref(),
+            password: self.password.as_ref(),
+            tls: self.tls,
+            tls_ca_file: self.tls_ca_file.as_deref(),
+            protocol: self.protocol,
+            keep_alive: Duration::from_secs(u64::from(self.keep_alive_secs)),
+            clean_session,
+            session_expiry: self.session_expiry_secs,
+            receive_maximum: self.inflight,
+            outgoing_inflight: 1,
+            manual_acks: true,
+        }
+    }
+}
+
+/// Messages taken so far (by this connector, across runs).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MqttOffset {
+    pub messages: u64,
+}
+
+impl Offset for MqttOffset {
+    const VERSION: u32 = 1;
+}
+
+pub struct MqttSource {
+    config: MqttSourceConfig,
+    filters: Vec<String>,
+    key: Template,
+    taken: u64,
+    rejected: u64,
+}
+
+/// Waits for the SUBACK of a subscription, taking publishes that come first (a persistent
+/// session's backlog may) into `early`.
+async fn subscribed(conn: &mut Conn, filters: &[String], early: &mut Vec<Msg>) -> Result<(), ConnectorError> {
+    loop {
+        match conn.events.recv().await {
+            None => return Err(ConnectorError::external("MQTT connection ended before the SUBACK")),
+            Some(Err(e)) => return Err(e),
+            Some(Ok(Event::Publish(m))) => early.push(m),
+            Some(Ok(Event::Acked(_))) => {}
+            Some(Ok(Event::SubAck(codes))) => {
+                for (f, c) in filters.iter().zip(codes) {
+                    if let Some(reason) = c {
+                        return Err(ConnectorError::config(format!(
+                            "topic: the broker refused the subscription to {f:?} ({reason})"
+                        )));
+                    }
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Source for MqttSource {
+    type Config = MqttSourceConfig;
+    type Offset = MqttOffset;
+
+    /// Connects with a throw-away clean session under a client id of its own (so a running
+    /// task's session is left alone) and subscribes, which proves the login and the ACLs.
+    async fn check(config: &MqttSourceConfig) -> Result<(), ConnectorError> {
+        let filters = super::filters(&config.topic)?;
+        let mut conn = client::connect(&config.broker(format!("{}-check", config.client_id()), true)).await?;
+        conn.subscribe(&filters, config.qos).await?;
+        let mut early = Vec::new();
+        let r = subscribed(&mut conn, &filters, &mut early).await;
+        conn.disconnect().await;
+        r
+    }
+
+    async fn open(config: MqttSourceConfig, offset: Option<MqttOffset>) -> Result<Self, ConnectorError> {
+        let filters = super::filters(&config.topic)?;
+        let key =
+            Template::parse(&config.key_template, Side::Source, "key_template").map_err(ConnectorError::config)?;
+        Ok(MqttSource {
+            config,
+            filters,
+            key,
+            taken: offset.map_or(0, |o| o.messages),
+            rejected: 0,
+        })
+    }
+
+    fn stream(config: &MqttSourceConfig) -> &str {
+        &config.stream
+    }
+
+    async fn run(&mut self, out: &mut SourceOutput<MqttOffset>) -> Result<Done, ConnectorError> {
+        let cancel = out.cancelled();
+        let connecting = async {
+            let client_id = self.config.client_id();
+            let mut conn = client::connect(&self.config.broker(client_id, self.config.clean_session)).await?;
+            conn.subscribe(&self.filters, self.config.qos).await?;
+            let mut early = Vec::new();
+            subscribed(&mut conn, &self.filters, &mut early).await?;
+            Ok::<_, ConnectorError>((conn, early))
+        };
+        let (mut conn, early) = tokio::select! {
+            c = connecting => c?,
+            _ = cancel.cancelled() => return Ok(Done::Cancelled),
+        };
+        out.report(format!(
+            "connected to {}:{} as {} (session {}), subscribed to {}",
+            self.config.host,
+            self.config.port,
+            self.config.client_id(),
+            if conn.session_present { "resumed" } else { "new" },
+            self.filters.join(", ")
+        ));
+        let max = out.max_record_size();
+        let mut durable = out.durable();
+        durable.borrow_and_update();
+        let acker = conn.acker();
+        // QoS 1/2 messages taken and not yet acknowledged, with the count they were taken at.
+        let mut unacked: VecDeque<(u64, Msg)> = VecDeque::new();
+        let mut batch: Vec<Record> = Vec::new();
+        for m in early {
+            self.take(m, max, &mut batch, &mut unacked, out);
+        }
+        if !batch.is_empty() {
+            out.emit(std::mem::take(&mut batch), self.offset()).await?;
+        }
+        let ack_upto = |upto: u64, unacked: &mut VecDeque<(u64, Msg)>| {
+            while unacked.front().is_some_and(|(n, _)| *n <= upto) {
+                if let Some((_, m)) = unacked.pop_front() {
+                    acker.ack(m);
+                }
+            }
+        };
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                changed = durable.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let upto = durable.borrow_and_update().as_ref().map_or(0, |o| o.messages);
+                    ack_upto(upto, &mut unacked);
+                }
+                ev = conn.events.recv() => {
+                    let mut next = ev;
+                    // Take what is ready, then emit it as one batch.
+                    loop {
+                        match next {
+                            None => return Err(ConnectorError::external("MQTT connection ended")),
+                            Some(Err(e)) => return Err(e),
+                            Some(Ok(Event::Publish(m))) => self.take(m, max, &mut batch, &mut unacked, out),
+                            Some(Ok(Event::SubAck(_) | Event::Acked(_))) => {}
+                        }
+                        if batch.len() >= MAX_BATCH {
+                            break;
+                        }
+                        match conn.events.try_recv() {
+                            Ok(e) => next = Some(e),
+                            Err(_) => break,
+                        }
+                    }
+                    // Also when every message of the round was rejected: the new count lets
+                    // their acknowledgements go out in order.
+                    out.emit(std::mem::take(&mut batch), self.offset()).await?;
+                }
+            }
+        }
+        // Stopping: what was emitted is still being appended. Acknowledge it once durable, so
+        // a pause and resume does not bring it back; give up after a while (it would only come
+        // back as a duplicate).
+        let last = self.taken;
+        let settled = tokio::time::timeout(
+            STOP_GRACE,
+            durable.wait_for(|d| d.as_ref().is_some_and(|o| o.messages >= last)),
+        )
+        .await
+        .ok()
+        .and_then(|r| r.ok().map(|d| d.as_ref().map_or(0, |o| o.messages)));
+        if let Some(upto) = settled {
+            ack_upto(upto, &mut unacked);
+        }
+        acker.finish().await;
+        conn.disconnect().await;
+        Ok(Done::Cancelled)
+    }
+}
+
+impl MqttSource {
+    fn offset(&self) -> MqttOffset {
+        MqttOffset { messages: self.taken }
+    }
+
+    /// Turns a message into a record (or rejects it) and queues its acknowledgement.
+    fn take(
+        &mut self,
+        m: Msg,
+        max_record_size: usize,
+        batch: &mut Vec<Record>,
+        unacked: &mut VecDeque<(u64, Msg)>,
+        out: &SourceOutput<MqttOffset>,
+    ) {
+        self.taken += 1;
+        match self.record(&m) {
+            Ok(r) if r.encoded_size_bound() <= max_record_size => batch.push(r),
+            Ok(r) => self.reject(
+                &m,
+                &format!(
+                    "{} bytes, over the stream's max record size of {max_record_size}",
+                    r.encoded_size_bound()
+                ),
+                out,
+            ),
+            Err(why) => self.reject(&m, &why, out),
+        }
+        if m.qos() > 0 {
+            unacked.push_back((self.taken, m));
+        }
+    }
+
+    /// A rejected message is logged, counted and acknowledged (in turn): it cannot be stored,
+    /// and holding it would stop the session.
+    fn reject(&mut self, m: &Msg, why: &str, out: &SourceOutput<MqttOffset>) {
+        self.rejected += 1;
+        tracing::warn!(topic = %m.topic(), "MQTT message rejected: {why}");
+        out.report(format!(
+            "{} message(s) rejected; last on topic {}: {why}",
+            self.rejected,
+            m.topic()
+        ));
+    }
+
+    fn record(&self, m: &Msg) -> Result<Record, String> {
+        let topic = m.topic();
+        let doc = match self.config.payload_format {
+            PayloadFormat::Json => match serde_json::from_slice::<serde_json::Value>(m.payload()) {
+                Ok(v @ serde_json::Value::Object(_)) => Some(v),
+                Ok(_) => return Err("the payload is JSON but not an object".into()),
+                Err(e) => return Err(format!("the payload is not JSON: {e}")),
+            },
+            PayloadFormat::Raw if self.key.uses_fields() => serde_json::from_slice(m.payload()).ok(),
+            PayloadFormat::Raw => None,
+        };
+        let key = match self.key.only() {
+            Some(Var::Topic) => topic.clone().into_owned(),
+            _ => self.key.render(|v, out| match v {
+                Var::Topic => out.push_str(&topic),
+                Var::Qos => out.push(char::from(b'0' + m.qos())),
+                Var::Payload => out.push_str(&String::from_utf8_lossy(m.payload())),
+                Var::Field(path) => push_field(doc.as_ref(), path, out),
+                Var::UserProperty(name) => {
+                    if let Some((_, v)) = m.user_properties().iter().find(|(k, _)| k == name) {
+                        out.push_str(v);
+                    }
+                }
+                Var::Key | Var::Stream => {}
+            }),
+        };
+        let (flag, payload) = match &doc {
+            Some(v) if self.config.payload_format == PayloadFormat::Json => {
+                (PayloadFlag::Json, hstream_runtime::structs::encode_json(v))
+            }
+            _ => (PayloadFlag::Raw, Bytes::clone(m.payload())),
+        };
+        let mut attributes = Attributes::with_capacity(3 + m.user_properties().len());
+        for (k, v) in m.user_properties() {
+            attributes.insert(k.clone(), v.clone());
+        }
+        attributes.insert(ATTR_TOPIC.into(), topic.into_owned());
+        attributes.insert(ATTR_QOS.into(), m.qos().to_string());
+        attributes.insert(ATTR_RETAIN.into(), m.retain().to_string());
+        Ok(Record {
+            key,
+            flag,
+            payload,
+            attributes,
+        })
+    }
+}
