@@ -33,7 +33,7 @@ if ! command -v mariadbd >/dev/null 2>&1 || ! command -v mariadb-install-db >/de
 fi
 
 # Mosquitto for the MQTT tests (throw-away brokers on free ports; the machine's own is left alone).
-if ! command -v mosquitto >/dev/null 2>&1 || ! command -v mosquitto_pub >/dev/null 2>&1; then
+if ! { [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1; } || ! command -v mosquitto_pub >/dev/null 2>&1; then
   echo "==> installing Mosquitto"
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto mosquitto-clients

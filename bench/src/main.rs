@@ -4,6 +4,7 @@
 mod append;
 mod cdc;
 mod connectors;
+mod mqtt;
 mod mysql_cdc;
 mod pg_cdc;
 mod subscribe;
@@ -33,6 +34,9 @@ enum Bench {
     /// MySQL/MariaDB CDC (the same 1M rows) into a durable stream, beside mariadb-binlog decoding
     /// the same binlog to text.
     MysqlCdc(mysql_cdc::Args),
+    /// QoS 1 messages through Mosquitto into a durable stream by the mqtt source, beside
+    /// mosquitto_sub taking the same messages from the same broker.
+    Mqtt(mqtt::Args),
     /// Every benchmark with its defaults.
     All,
 }
@@ -46,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Connectors(args) => rt.block_on(connectors::run(args)),
         Bench::PgCdc(args) => rt.block_on(pg_cdc::run(args)),
         Bench::MysqlCdc(args) => rt.block_on(mysql_cdc::run(args)),
+        Bench::Mqtt(args) => rt.block_on(mqtt::run(args)),
         Bench::All => rt.block_on(async {
             append::run(append::Args::default_args()).await?;
             println!();
@@ -55,7 +60,9 @@ fn main() -> anyhow::Result<()> {
             println!();
             pg_cdc::run(pg_cdc::Args::default_args()).await?;
             println!();
-            mysql_cdc::run(mysql_cdc::Args::default_args()).await
+            mysql_cdc::run(mysql_cdc::Args::default_args()).await?;
+            println!();
+            mqtt::run(mqtt::Args::default_args()).await
         }),
     }
 }

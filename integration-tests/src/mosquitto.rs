@@ -233,6 +233,24 @@ pub async fn publish(port: u16, client_id: impl Into<String>, messages: Vec<(Str
     }
 }
 
+/// Whether the broker still has a session for `client_id` (connects without ending it).
+pub async fn session_present(port: u16, client_id: &str) -> bool {
+    let (client, mut el) = AsyncClient::new(options(port, client_id, false), 16);
+    let present = loop {
+        match el.poll().await.expect("connect") {
+            Event::Incoming(Packet::ConnAck(c)) => break c.session_present,
+            _ => continue,
+        }
+    };
+    let _ = client.disconnect().await;
+    while let Ok(ev) = tokio::time::timeout(Duration::from_secs(1), el.poll()).await {
+        if ev.is_err() {
+            break;
+        }
+    }
+    present
+}
+
 /// A subscriber collecting every message of a topic filter (QoS 1, automatic acks).
 pub struct Subscriber {
     pub received: Arc<Mutex<Vec<(String, Bytes)>>>,

@@ -90,8 +90,8 @@ impl Msg {
 
 pub(crate) enum Event {
     Publish(Msg),
-    /// Per subscribed filter: `None` granted, `Some(reason)` refused.
-    SubAck(Vec<Option<String>>),
+    /// Per subscribed filter: the QoS granted, or why it was refused.
+    SubAck(Vec<Result<u8, String>>),
     /// The broker acknowledged one of our QoS 1/2 publishes (`Err`: refused it, MQTT 5).
     Acked(Result<(), String>),
 }
@@ -282,8 +282,8 @@ pub(crate) async fn connect(b: &Broker<'_>) -> Result<Conn, ConnectorError> {
                             s.return_codes
                                 .iter()
                                 .map(|c| match c {
-                                    SubscribeReasonCode::Success(_) => None,
-                                    SubscribeReasonCode::Failure => Some("Failure".to_owned()),
+                                    SubscribeReasonCode::Success(q) => Ok(*q as u8),
+                                    SubscribeReasonCode::Failure => Err("Failure".to_owned()),
                                 })
                                 .collect(),
                         )),
@@ -326,8 +326,8 @@ pub(crate) async fn connect(b: &Broker<'_>) -> Result<Conn, ConnectorError> {
                             s.return_codes
                                 .iter()
                                 .map(|c| match c {
-                                    SubscribeReasonCode::Success(_) => None,
-                                    other => Some(format!("{other:?}")),
+                                    SubscribeReasonCode::Success(q) => Ok(*q as u8),
+                                    other => Err(format!("{other:?}")),
                                 })
                                 .collect(),
                         )),

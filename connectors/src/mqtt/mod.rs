@@ -49,6 +49,13 @@ fn default_keep_alive() -> u16 {
     30
 }
 
+/// 14 hex digits of the MD5 of `parts`: a stable suffix for derived client ids.
+pub(crate) fn short_hash(parts: &[&str]) -> String {
+    use md5::Digest;
+    let d = md5::Md5::digest(parts.join("\n").as_bytes());
+    d.iter().take(7).map(|b| format!("{b:02x}")).collect()
+}
+
 /// Checks an MQTT topic filter (`a/+/c`, `a/#`): not empty, no NUL, `#` only as the whole last
 /// level, `+` only as a whole level.
 pub(crate) fn check_filter(filter: &str) -> Result<(), String> {

@@ -1,6 +1,7 @@
 //! The `mqtt` sink: publishes a stream's records to a topic rendered per record, with a chosen
 //! QoS. A batch counts as written once the broker has acknowledged every one of its QoS 1/2
-//! publishes; with QoS 0 once they are handed to the connection (at most once, as QoS 0 is).
+//! publishes; with QoS 0 once the connection they were queued on was closed after them (at
+//! most once, as QoS 0 is).
 //! After a failure the task restarts from its last durable position, so a broker may see a
 //! record again (at-least-once).
 
@@ -71,9 +72,16 @@ impl ConnectorConfig for MqttSinkConfig {
         super::check_qos(self.qos)?;
         super::check_tls(self.tls, &self.tls_ca_file)?;
         let t = Template::parse(&self.topic, Side::Sink, "topic").map_err(ConnectorError::config)?;
-        // A template without placeholders is the topic itself: check it now.
-        if t.render(|_, _| {}) == self.topic {
+        // A template without placeholders is the topic itself: check it now; the text around
+        // placeholders may hold no wildcard either.
+        let text = t.text();
+        if text == self.topic {
             super::check_topic_name(&self.topic).map_err(|e| ConnectorError::config(format!("topic: {e}")))?;
+        } else if text.contains(['+', '#', '\0']) {
+            return Err(ConnectorError::config(format!(
+                "topic: {:?} holds a wildcard or NUL outside its placeholders",
+                self.topic
+            )));
         }
         if self.client_id.as_deref() == Some("") {
             return Err(ConnectorError::config("client_id: must not be empty"));
@@ -84,14 +92,9 @@ impl ConnectorConfig for MqttSinkConfig {
 
 impl MqttSinkConfig {
     fn client_id(&self) -> String {
-        use md5::Digest;
         match &self.client_id {
             Some(id) => id.clone(),
-            None => {
-                let d = md5::Md5::digest(format!("sink\n{}\n{}", self.stream, self.topic).as_bytes());
-                let hex: String = d.iter().take(8).map(|b| format!("{b:02x}")).collect();
-                format!("hstream-{hex}")
-            }
+            None => format!("hstream-{}", super::short_hash(&["sink", &self.stream, &self.topic])),
         }
     }
 
@@ -119,7 +122,8 @@ impl MqttSinkConfig {
 pub struct MqttSink {
     config: MqttSinkConfig,
     topic: Template,
-    conn: Conn,
+    /// None after a flush (which closes the connection to drain it) until the next write.
+    conn: Option<Conn>,
 }
 
 #[async_trait]
@@ -127,7 +131,8 @@ impl Sink for MqttSink {
     type Config = MqttSinkConfig;
 
     async fn check(config: &MqttSinkConfig) -> Result<(), ConnectorError> {
-        let conn = client::connect(&config.broker(format!("{}-check", config.client_id()))).await?;
+        let id = format!("hsck-{}", super::short_hash(&["check", &config.client_id()]));
+        let conn = client::connect(&config.broker(id)).await?;
         conn.disconnect().await;
         Ok(())
     }
@@ -135,7 +140,11 @@ impl Sink for MqttSink {
     async fn open(config: MqttSinkConfig) -> Result<Self, ConnectorError> {
         let topic = Template::parse(&config.topic, Side::Sink, "topic").map_err(ConnectorError::config)?;
         let conn = client::connect(&config.broker(config.client_id())).await?;
-        Ok(MqttSink { config, topic, conn })
+        Ok(MqttSink {
+            config,
+            topic,
+            conn: Some(conn),
+        })
     }
 
     fn stream(config: &MqttSinkConfig) -> &str {
@@ -143,85 +152,103 @@ impl Sink for MqttSink {
     }
 
     async fn write(&mut self, records: &[SinkRecord]) -> Result<Written, ConnectorError> {
+        let conn = match self.conn.take() {
+            Some(c) => c,
+            None => client::connect(&self.config.broker(self.config.client_id())).await?,
+        };
+        let conn = self.conn.insert(conn);
         let mut expected = 0usize;
         let mut acked = 0usize;
         for r in records {
-            let (topic, payload) = self.render(r)?;
+            let (topic, payload) = render(&self.topic, &self.config.stream, r)?;
             let props: Vec<(String, String)> = r
                 .attributes
                 .iter()
                 .filter(|(k, _)| !k.starts_with("mqtt."))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
-            self.conn
-                .publish(topic, self.config.qos, self.config.retain, payload, props)
+            conn.publish(topic, self.config.qos, self.config.retain, payload, props)
                 .await?;
             if self.config.qos > 0 {
                 expected += 1;
             }
             // Take acknowledgements as they come, so the event queue never fills up.
-            while let Ok(ev) = self.conn.events.try_recv() {
-                acked += self.acked(ev)?;
+            while let Ok(ev) = conn.events.try_recv() {
+                acked += acked_count(ev)?;
             }
         }
         while acked < expected {
-            let ev = self
-                .conn
+            let ev = conn
                 .events
                 .recv()
                 .await
                 .ok_or_else(|| ConnectorError::external("MQTT connection ended"))?;
-            acked += self.acked(ev)?;
+            acked += acked_count(ev)?;
         }
-        Ok(Written::Durable)
+        // QoS 0: handed to the connection; `flush` makes sure it went out.
+        Ok(if self.config.qos == 0 {
+            Written::Accepted
+        } else {
+            Written::Durable
+        })
     }
 
+    /// Closes the connection after everything queued on it went out (the DISCONNECT follows the
+    /// publishes); the next write connects again.
     async fn flush(&mut self) -> Result<(), ConnectorError> {
+        if let Some(c) = self.conn.take() {
+            c.disconnect().await;
+        }
         Ok(())
     }
 }
 
-impl MqttSink {
-    /// 1 for an acknowledged publish, 0 for other events.
-    fn acked(&self, ev: Result<Event, ConnectorError>) -> Result<usize, ConnectorError> {
-        match ev? {
-            Event::Acked(Ok(())) => Ok(1),
-            Event::Acked(Err(reason)) => Err(ConnectorError::config(format!(
-                "topic: the broker refused a publish ({reason})"
-            ))),
-            Event::Publish(_) | Event::SubAck(_) => Ok(0),
+/// 1 for an acknowledged publish, 0 for other events.
+fn acked_count(ev: Result<Event, ConnectorError>) -> Result<usize, ConnectorError> {
+    match ev? {
+        Event::Acked(Ok(())) => Ok(1),
+        // MQTT 5 reason codes: those that retrying cannot change park the task.
+        Event::Acked(Err(reason)) => {
+            let message = format!("the broker refused a publish ({reason})");
+            Err(match reason.as_str() {
+                "NotAuthorized" | "TopicNameInvalid" | "PayloadFormatInvalid" => {
+                    ConnectorError::config(format!("topic: {message}"))
+                }
+                _ => ConnectorError::external(message),
+            })
         }
+        Event::Publish(_) | Event::SubAck(_) => Ok(0),
     }
+}
 
-    /// The topic and payload for a record: a JSON record is published as JSON text.
-    fn render(&self, r: &SinkRecord) -> Result<(String, Bytes), ConnectorError> {
-        let doc = match r.flag {
-            PayloadFlag::Json => Some(hstream_runtime::structs::decode_json(&r.payload).map_err(|e| {
-                ConnectorError::internal(format!(
-                    "record at shard {} lsn {} index {}: not a JSON record: {e}",
-                    r.shard_id, r.lsn, r.index
-                ))
-            })?),
-            PayloadFlag::Raw if self.topic.uses_fields() => serde_json::from_slice(&r.payload).ok(),
-            PayloadFlag::Raw => None,
-        };
-        let payload = match (&doc, r.flag) {
-            (Some(v), PayloadFlag::Json) => Bytes::from(v.to_string()),
-            _ => r.payload.clone(),
-        };
-        let topic = self.topic.render(|v, out| match v {
-            Var::Key => out.push_str(&r.key),
-            Var::Stream => out.push_str(&self.config.stream),
-            Var::Payload => out.push_str(&String::from_utf8_lossy(&payload)),
-            Var::Field(path) => push_field(doc.as_ref(), path, out),
-            Var::Topic | Var::Qos | Var::UserProperty(_) => {}
-        });
-        super::check_topic_name(&topic).map_err(|e| {
-            ConnectorError::config(format!(
-                "topic: record at shard {} lsn {} index {} renders {e}",
+/// The topic and payload for a record: a JSON record is published as JSON text.
+fn render(topic: &Template, stream: &str, r: &SinkRecord) -> Result<(String, Bytes), ConnectorError> {
+    let doc = match r.flag {
+        PayloadFlag::Json => Some(hstream_runtime::structs::decode_json(&r.payload).map_err(|e| {
+            ConnectorError::internal(format!(
+                "record at shard {} lsn {} index {}: not a JSON record: {e}",
                 r.shard_id, r.lsn, r.index
             ))
-        })?;
-        Ok((topic, payload))
-    }
+        })?),
+        PayloadFlag::Raw if topic.uses_fields() => serde_json::from_slice(&r.payload).ok(),
+        PayloadFlag::Raw => None,
+    };
+    let payload = match (&doc, r.flag) {
+        (Some(v), PayloadFlag::Json) => Bytes::from(v.to_string()),
+        _ => r.payload.clone(),
+    };
+    let name = topic.render(|v, out| match v {
+        Var::Key => out.push_str(&r.key),
+        Var::Stream => out.push_str(stream),
+        Var::Payload => out.push_str(&String::from_utf8_lossy(&payload)),
+        Var::Field(path) => push_field(doc.as_ref(), path, out),
+        Var::Topic | Var::Qos | Var::UserProperty(_) => {}
+    });
+    super::check_topic_name(&name).map_err(|e| {
+        ConnectorError::config(format!(
+            "topic: record at shard {} lsn {} index {} renders {e}",
+            r.shard_id, r.lsn, r.index
+        ))
+    })?;
+    Ok((name, payload))
 }

@@ -136,17 +136,18 @@ impl ConnectorConfig for MqttSourceConfig {
 }
 
 impl MqttSourceConfig {
-    /// The client id: as configured, or derived from the stream and topic (stable across runs).
+    /// The client id: as configured, or derived from the stream and topic (stable across runs;
+    /// 22 bytes, within the 23 every MQTT 3.1.1 broker must accept).
     pub fn client_id(&self) -> String {
-        use md5::Digest;
         match &self.client_id {
             Some(id) => id.clone(),
-            None => {
-                let d = md5::Md5::digest(format!("{}\n{}", self.stream, self.topic).as_bytes());
-                let hex: String = d.iter().take(8).map(|b| format!("{b:02x}")).collect();
-                format!("hstream-{hex}")
-            }
+            None => format!("hstream-{}", super::short_hash(&["source", &self.stream, &self.topic])),
         }
+    }
+
+    /// The client id `check` uses: its own, so a running task's session is left alone.
+    fn check_client_id(&self) -> String {
+        format!("hsck-{}", super::short_hash(&["check", &self.client_id()]))
     }
 
     fn broker(&self, client_id: String, clean_session: bool) -> Broker<'_> {
@@ -169,10 +170,14 @@ impl MqttSourceConfig {
     }
 }
 
-/// Messages taken so far (by this connector, across runs).
+/// Messages taken so far (by this connector, across runs), and the filters the broker session
+/// is subscribed to (a resumed session with the same filters is not subscribed again, which
+/// would make the broker send its retained messages again).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MqttOffset {
     pub messages: u64,
+    #[serde(default)]
+    pub filters: Vec<String>,
 }
 
 impl Offset for MqttOffset {
@@ -182,14 +187,29 @@ impl Offset for MqttOffset {
 pub struct MqttSource {
     config: MqttSourceConfig,
     filters: Vec<String>,
+    /// The filters the broker session had at the last checkpoint.
+    subscribed: Vec<String>,
     key: Template,
     taken: u64,
     rejected: u64,
 }
 
+/// The QoS to subscribe with: QoS 2 is taken as QoS 1. A QoS 2 delivery ends with the broker's
+/// PUBREL, which a resumed session repeats and rumqttc (fresh state per connection) refuses as
+/// unsolicited; at-least-once into the stream is what either gives.
+fn subscribe_qos(qos: u8) -> u8 {
+    qos.min(1)
+}
+
 /// Waits for the SUBACK of a subscription, taking publishes that come first (a persistent
 /// session's backlog may) into `early`.
-async fn subscribed(conn: &mut Conn, filters: &[String], early: &mut Vec<Msg>) -> Result<(), ConnectorError> {
+/// Returns the filters the broker granted a lower QoS than asked.
+async fn subscribed(
+    conn: &mut Conn,
+    filters: &[String],
+    qos: u8,
+    early: &mut Vec<Msg>,
+) -> Result<Vec<String>, ConnectorError> {
     loop {
         match conn.events.recv().await {
             None => return Err(ConnectorError::external("MQTT connection ended before the SUBACK")),
@@ -197,14 +217,22 @@ async fn subscribed(conn: &mut Conn, filters: &[String], early: &mut Vec<Msg>) -
             Some(Ok(Event::Publish(m))) => early.push(m),
             Some(Ok(Event::Acked(_))) => {}
             Some(Ok(Event::SubAck(codes))) => {
+                let mut downgraded = Vec::new();
                 for (f, c) in filters.iter().zip(codes) {
-                    if let Some(reason) = c {
-                        return Err(ConnectorError::config(format!(
-                            "topic: the broker refused the subscription to {f:?} ({reason})"
-                        )));
+                    match c {
+                        Err(reason) => {
+                            return Err(ConnectorError::config(format!(
+                                "topic: the broker refused the subscription to {f:?} ({reason})"
+                            )));
+                        }
+                        Ok(granted) if granted < qos => {
+                            tracing::warn!(filter = %f, granted, asked = qos, "the broker granted a lower QoS");
+                            downgraded.push(format!("{f} (QoS {granted})"));
+                        }
+                        Ok(_) => {}
                     }
                 }
-                return Ok(());
+                return Ok(downgraded);
             }
         }
     }
@@ -219,23 +247,26 @@ impl Source for MqttSource {
     /// task's session is left alone) and subscribes, which proves the login and the ACLs.
     async fn check(config: &MqttSourceConfig) -> Result<(), ConnectorError> {
         let filters = super::filters(&config.topic)?;
-        let mut conn = client::connect(&config.broker(format!("{}-check", config.client_id()), true)).await?;
-        conn.subscribe(&filters, config.qos).await?;
+        let qos = subscribe_qos(config.qos);
+        let mut conn = client::connect(&config.broker(config.check_client_id(), true)).await?;
+        conn.subscribe(&filters, qos).await?;
         let mut early = Vec::new();
-        let r = subscribed(&mut conn, &filters, &mut early).await;
+        let r = subscribed(&mut conn, &filters, qos, &mut early).await;
         conn.disconnect().await;
-        r
+        r.map(|_| ())
     }
 
     async fn open(config: MqttSourceConfig, offset: Option<MqttOffset>) -> Result<Self, ConnectorError> {
         let filters = super::filters(&config.topic)?;
         let key =
             Template::parse(&config.key_template, Side::Source, "key_template").map_err(ConnectorError::config)?;
+        let (taken, subscribed) = offset.map_or((0, Vec::new()), |o| (o.messages, o.filters));
         Ok(MqttSource {
             config,
             filters,
+            subscribed,
             key,
-            taken: offset.map_or(0, |o| o.messages),
+            taken,
             rejected: 0,
         })
     }
@@ -244,28 +275,52 @@ impl Source for MqttSource {
         &config.stream
     }
 
+    /// Ends the broker session, which would otherwise queue messages for ever.
+    async fn on_delete(config: &MqttSourceConfig) -> Result<(), ConnectorError> {
+        if config.clean_session {
+            return Ok(());
+        }
+        let conn = client::connect(&config.broker(config.client_id(), true)).await?;
+        conn.disconnect().await;
+        Ok(())
+    }
+
     async fn run(&mut self, out: &mut SourceOutput<MqttOffset>) -> Result<Done, ConnectorError> {
         let cancel = out.cancelled();
+        let qos = subscribe_qos(self.config.qos);
         let connecting = async {
             let client_id = self.config.client_id();
             let mut conn = client::connect(&self.config.broker(client_id, self.config.clean_session)).await?;
-            conn.subscribe(&self.filters, self.config.qos).await?;
             let mut early = Vec::new();
-            subscribed(&mut conn, &self.filters, &mut early).await?;
-            Ok::<_, ConnectorError>((conn, early))
+            let mut downgraded = Vec::new();
+            // A resumed session keeps its subscriptions; subscribing again would bring the
+            // retained messages again (MQTT 3.1.1 has no option against it).
+            if !(conn.session_present && self.subscribed == self.filters) {
+                conn.subscribe(&self.filters, qos).await?;
+                downgraded = subscribed(&mut conn, &self.filters, qos, &mut early).await?;
+            }
+            Ok::<_, ConnectorError>((conn, early, downgraded))
         };
-        let (mut conn, early) = tokio::select! {
+        let (mut conn, early, downgraded) = tokio::select! {
             c = connecting => c?,
             _ = cancel.cancelled() => return Ok(Done::Cancelled),
         };
-        out.report(format!(
+        self.subscribed = self.filters.clone();
+        let mut status = format!(
             "connected to {}:{} as {} (session {}), subscribed to {}",
             self.config.host,
             self.config.port,
             self.config.client_id(),
             if conn.session_present { "resumed" } else { "new" },
             self.filters.join(", ")
-        ));
+        );
+        if !downgraded.is_empty() {
+            status.push_str(&format!(
+                "; the broker granted less than QoS {qos} for {}",
+                downgraded.join(", ")
+            ));
+        }
+        out.report(status);
         let max = out.max_record_size();
         let mut durable = out.durable();
         durable.borrow_and_update();
@@ -276,9 +331,11 @@ impl Source for MqttSource {
         for m in early {
             self.take(m, max, &mut batch, &mut unacked, out);
         }
-        if !batch.is_empty() {
-            out.emit(std::mem::take(&mut batch), self.offset()).await?;
+        if !batch.is_empty() && out.emit(std::mem::take(&mut batch), self.offset()).await.is_err() {
+            return Ok(Done::Cancelled);
         }
+        // The count of the last emitted batch: what a stop waits to see durable.
+        let mut emitted = self.taken;
         let ack_upto = |upto: u64, unacked: &mut VecDeque<(u64, Msg)>| {
             while unacked.front().is_some_and(|(n, _)| *n <= upto) {
                 if let Some((_, m)) = unacked.pop_front() {
@@ -299,15 +356,16 @@ impl Source for MqttSource {
                 }
                 ev = conn.events.recv() => {
                     let mut next = ev;
+                    let mut failed = None;
                     // Take what is ready, then emit it as one batch.
                     loop {
                         match next {
-                            None => return Err(ConnectorError::external("MQTT connection ended")),
-                            Some(Err(e)) => return Err(e),
+                            None => failed = Some(ConnectorError::external("MQTT connection ended")),
+                            Some(Err(e)) => failed = Some(e),
                             Some(Ok(Event::Publish(m))) => self.take(m, max, &mut batch, &mut unacked, out),
                             Some(Ok(Event::SubAck(_) | Event::Acked(_))) => {}
                         }
-                        if batch.len() >= MAX_BATCH {
+                        if failed.is_some() || batch.len() >= MAX_BATCH {
                             break;
                         }
                         match conn.events.try_recv() {
@@ -316,25 +374,34 @@ impl Source for MqttSource {
                         }
                     }
                     // Also when every message of the round was rejected: the new count lets
-                    // their acknowledgements go out in order.
-                    out.emit(std::mem::take(&mut batch), self.offset()).await?;
+                    // their acknowledgements go out in order. What was taken before a failure
+                    // is kept (QoS 0 messages would not come again).
+                    if out.emit(std::mem::take(&mut batch), self.offset()).await.is_err() {
+                        break; // stopping
+                    }
+                    emitted = self.taken;
+                    if let Some(e) = failed {
+                        return Err(e);
+                    }
                 }
             }
         }
         // Stopping: what was emitted is still being appended. Acknowledge it once durable, so
         // a pause and resume does not bring it back; give up after a while (it would only come
         // back as a duplicate).
-        let last = self.taken;
+        let last = emitted;
         let settled = tokio::time::timeout(
             STOP_GRACE,
             durable.wait_for(|d| d.as_ref().is_some_and(|o| o.messages >= last)),
         )
         .await
-        .ok()
-        .and_then(|r| r.ok().map(|d| d.as_ref().map_or(0, |o| o.messages)));
-        if let Some(upto) = settled {
-            ack_upto(upto, &mut unacked);
+        .is_ok();
+        if !settled {
+            tracing::warn!("stopping before the last messages were durable; they will be delivered again");
         }
+        // Whatever is durable by now, even when the wait gave up.
+        let upto = durable.borrow().as_ref().map_or(0, |o| o.messages);
+        ack_upto(upto, &mut unacked);
         acker.finish().await;
         conn.disconnect().await;
         Ok(Done::Cancelled)
@@ -343,7 +410,10 @@ impl Source for MqttSource {
 
 impl MqttSource {
     fn offset(&self) -> MqttOffset {
-        MqttOffset { messages: self.taken }
+        MqttOffset {
+            messages: self.taken,
+            filters: self.subscribed.clone(),
+        }
     }
 
     /// Turns a message into a record (or rejects it) and queues its acknowledgement.

@@ -77,6 +77,11 @@ impl Template {
         }
     }
 
+    /// The literal text of the template (placeholders left out).
+    pub fn text(&self) -> String {
+        self.render(|_, _| {})
+    }
+
     /// Whether rendering needs the payload parsed as JSON.
     pub fn uses_fields(&self) -> bool {
         self.parts.iter().any(|p| matches!(p, Part::Var(Var::Field(_))))

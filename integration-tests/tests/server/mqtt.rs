@@ -39,6 +39,21 @@ async fn wait_count(c: &Client, stream: &str, n: usize, within: Duration) {
     }
 }
 
+/// Waits until `n` distinct messages (by payload) are in `stream`: after a failure some may be
+/// there twice, so the record count alone can run ahead.
+async fn wait_unique(c: &Client, stream: &str, n: usize, within: Duration) {
+    wait_count(c, stream, n, within).await;
+    wait_until(within, &format!("{n} distinct messages in {stream}"), || async {
+        let recs = read_stream_records(c, stream).await;
+        recs.iter()
+            .map(|r| r.payload.clone())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            >= n
+    })
+    .await;
+}
+
 /// `messages` per topic over `topics` topics `sensors/<tag>-<t>/temp`, interleaved across topics;
 /// payload `<tag>-<t>:<seq>`.
 fn workload(tag: &str, topics: usize, per_topic: usize) -> Vec<(String, Bytes)> {
@@ -209,21 +224,7 @@ async fn mqtt_source_loses_no_qos1_message_when_the_server_is_killed_mid_load() 
     publisher.await.unwrap();
     server.restart();
     let c = server.client().await;
-    wait_count(&c, "iot", TOPICS * PER_TOPIC, Duration::from_secs(120)).await;
-    let probe = c.clone();
-    // Redeliveries may still be arriving: wait until every message is there.
-    wait_until(Duration::from_secs(60), "every message after the restart", || {
-        let probe = probe.clone();
-        async move {
-            let recs = read_stream_records(&probe, "iot").await;
-            per_topic(&recs)
-                .values()
-                .map(|s| s.iter().collect::<std::collections::HashSet<_>>().len())
-                .sum::<usize>()
-                == TOPICS * PER_TOPIC
-        }
-    })
-    .await;
+    wait_unique(&c, "iot", TOPICS * PER_TOPIC, Duration::from_secs(120)).await;
     assert_complete_in_order(&read_stream_records(&c, "iot").await, TOPICS, PER_TOPIC as u64);
 }
 
@@ -256,7 +257,7 @@ async fn mqtt_source_reconnects_and_continues_across_a_broker_restart() {
         .skip(TOPICS * PER_TOPIC / 2)
         .collect();
     mosquitto::publish(broker.port, "pub-restart", second, QoS::AtLeastOnce).await;
-    wait_count(&c, "iot", TOPICS * PER_TOPIC, Duration::from_secs(60)).await;
+    wait_unique(&c, "iot", TOPICS * PER_TOPIC, Duration::from_secs(60)).await;
     assert_complete_in_order(&read_stream_records(&c, "iot").await, TOPICS, PER_TOPIC as u64);
     let r = connector_report(&c, "mq").await;
     assert!(r["restarts"].as_f64().unwrap_or(0.0) >= 1.0, "{r}");
@@ -467,6 +468,67 @@ async fn mqtt_oversized_and_malformed_messages_are_rejected_without_stopping_the
 }
 
 #[tokio::test]
+async fn mqtt_pause_and_resume_mid_load_loses_and_repeats_nothing_at_qos2() {
+    const TOPICS: usize = 10;
+    const PER_TOPIC: usize = 2_000;
+    let broker = Mosquitto::start();
+    // A retained message waiting for new subscriptions: it must arrive once, not again on
+    // every resume.
+    let out = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1", "-r"])
+        .args(["-t", "sensors/retained-0/temp", "-m", "retained-0:0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.client().await;
+    let cfg = source_config(
+        &broker,
+        "iot",
+        json!({"topic": "sensors/#", "qos": 2, "client_id": "hs-pause"}),
+    );
+    create_connector(&mut c, "mq", "SOURCE", "mqtt", &cfg).await.unwrap();
+    wait_subscribed(&c, "mq").await;
+    let publisher = tokio::spawn(mosquitto::publish(
+        broker.port,
+        "pub-pause",
+        workload("q", TOPICS, PER_TOPIC),
+        QoS::ExactlyOnce,
+    ));
+    for round in 0..3 {
+        wait_count(&c, "iot", 1 + (round + 1) * 3_000, Duration::from_secs(60)).await;
+        c.pause_connector(pb::PauseConnectorRequest { name: "mq".into() })
+            .await
+            .unwrap();
+        wait_connector_status(&c, "mq", "STOPPED").await;
+        c.resume_connector(pb::ResumeConnectorRequest { name: "mq".into() })
+            .await
+            .unwrap();
+        wait_subscribed(&c, "mq").await;
+    }
+    publisher.await.unwrap();
+    wait_count(&c, "iot", 1 + TOPICS * PER_TOPIC, Duration::from_secs(60)).await;
+    let mut recs = read_stream_records(&c, "iot").await;
+    // A stop acknowledges what was appended before it disconnects: nothing came twice.
+    assert_eq!(recs.len(), 1 + TOPICS * PER_TOPIC);
+    let retained: Vec<_> = recs.iter().filter(|r| attr(r, "mqtt.retain") == Some("true")).collect();
+    assert_eq!(retained.len(), 1, "the retained message once");
+    recs.retain(|r| attr(r, "mqtt.retain") != Some("true"));
+    assert_complete_in_order(&recs, TOPICS, PER_TOPIC as u64);
+    let r = connector_report(&c, "mq").await;
+    assert_eq!(r["restarts"], json!(0.0), "{r}");
+    assert!(r["progress"].as_str().unwrap_or("").contains("session resumed"), "{r}");
+    // Deleting the connector ends its broker session: a plain client taking the client id
+    // finds no session.
+    c.delete_connector(pb::DeleteConnectorRequest { name: "mq".into() })
+        .await
+        .unwrap();
+    let probe = mosquitto::session_present(broker.port, "hs-pause").await;
+    assert!(!probe, "the session outlived the connector");
+}
+
+#[tokio::test]
 async fn mqtt_bad_configs_fail_check_with_a_clear_message() {
     let broker = Mosquitto::start_with(&["allow_anonymous false", "password_file /dev/null"]);
     let dir = tempfile::tempdir().unwrap();
@@ -579,10 +641,10 @@ async fn mqtt_source_over_tls_with_a_password() {
         .into_inner()
         .config;
     assert!(!shown.contains("s3cret-pw"), "{shown}");
-    // Without the CA the broker's certificate is not trusted; with a wrong password the login
-    // is refused.
+    // Trusting another certificate than the CA, the broker's is not trusted; with a wrong
+    // password the login is refused.
     let mut untrusted = cfg.clone();
-    untrusted.as_object_mut().unwrap().remove("tls_ca_file");
+    untrusted["tls_ca_file"] = json!(broker.dir().join("server.pem").to_str().unwrap());
     let e = create_connector(&mut c, "x1", "SOURCE", "mqtt", &untrusted)
         .await
         .unwrap_err();
@@ -655,8 +717,19 @@ async fn emqx_bridge_call_sequence_appends_and_reads_back_byte_equal() {
         assert_eq!(h.flag, pb::h_stream_record_header::Flag::Raw as i32);
         got.entry(h.key).or_default().push(r.payload.to_vec());
     }
-    // Bridges interleave, so compare per key as sets of payloads (each bridge's own order per
-    // key is kept by the shard).
+    // Bridges interleave on shared keys: per key and bridge (the payload's `b<n>-` prefix) the
+    // order is the bridge's append order; per key, the same payloads.
+    let by_bridge = |m: &BTreeMap<String, Vec<Vec<u8>>>| {
+        let mut out: BTreeMap<(String, Vec<u8>), Vec<Vec<u8>>> = BTreeMap::new();
+        for (k, ps) in m {
+            for p in ps {
+                let bridge = p.split(|b| *b == b'-').next().unwrap().to_vec();
+                out.entry((k.clone(), bridge)).or_default().push(p.clone());
+            }
+        }
+        out
+    };
+    assert_eq!(by_bridge(&got), by_bridge(&want), "per key and bridge, in order");
     for v in want.values_mut().chain(got.values_mut()) {
         v.sort();
     }
