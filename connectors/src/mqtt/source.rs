@@ -392,7 +392,7 @@ impl Source for MqttSource {
         let last = emitted;
         let settled = tokio::time::timeout(
             STOP_GRACE,
-            durable.wait_for(|d| d.as_ref().is_some_and(|o| o.messages >= last)),
+            durable.wait_for(|d| d.as_ref().map_or(0, |o| o.messages) >= last),
         )
         .await
         .is_ok();
