@@ -65,6 +65,19 @@ pub enum ConnectorCmd {
     Describe {
         name: String,
     },
+    /// State, records, rates, lag and progress of a connector; with --watch, refreshed.
+    Status {
+        name: String,
+        /// Refresh until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// With --watch: stop after this many refreshes.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     Create {
         name: String,
         /// source or sink.
@@ -244,6 +257,32 @@ pub async fn connector(c: &mut Client, cmd: ConnectorCmd) -> Result<String, toni
                 ]],
             )
         }
+        ConnectorCmd::Status {
+            name,
+            watch,
+            interval,
+            count,
+        } => {
+            let every = std::time::Duration::from_secs_f64(interval.max(0.1));
+            let mut last: Option<(std::time::Instant, f64, f64)> = None;
+            let mut shown = 0u64;
+            loop {
+                let k = c
+                    .get_connector(pb::GetConnectorRequest { name: name.clone() })
+                    .await?
+                    .into_inner();
+                let line = status_line(&k, &mut last);
+                shown += 1;
+                if !watch {
+                    break line;
+                }
+                println!("{line}");
+                if count.is_some_and(|n| shown >= n) {
+                    break String::new();
+                }
+                tokio::time::sleep(every).await;
+            }
+        }
         ConnectorCmd::Create {
             name,
             kind,
@@ -273,4 +312,76 @@ pub async fn connector(c: &mut Client, cmd: ConnectorCmd) -> Result<String, toni
             format!("altered connector {name}")
         }
     })
+}
+
+/// One status line: state, records and bytes (with rates since the previous line), lag, and the
+/// task's progress, with a bar when it says `n/~N`.
+fn status_line(k: &pb::Connector, last: &mut Option<(std::time::Instant, f64, f64)>) -> String {
+    use prost_types::value::Kind;
+    let report = k.offsets.first().cloned().unwrap_or_default();
+    let num = |name: &str| match report.fields.get(name).and_then(|v| v.kind.clone()) {
+        Some(Kind::NumberValue(n)) => n,
+        _ => 0.0,
+    };
+    let records = num("deliveredRecords");
+    let bytes = num("deliveredBytes");
+    let now = std::time::Instant::now();
+    let rates = match last.replace((now, records, bytes)) {
+        Some((t, r, b)) if now > t => {
+            let secs = (now - t).as_secs_f64();
+            format!("  {:.0} rec/s  {:.0} B/s", (records - r) / secs, (bytes - b) / secs)
+        }
+        _ => String::new(),
+    };
+    let lag = match report.fields.get("lag").and_then(|v| v.kind.clone()) {
+        Some(Kind::StructValue(s)) => s
+            .fields
+            .iter()
+            .filter_map(|(k, v)| match &v.kind {
+                Some(Kind::NumberValue(n)) => Some(format!("  lag {n:.0} {k}")),
+                _ => None,
+            })
+            .collect::<String>(),
+        _ => String::new(),
+    };
+    let progress = match report.fields.get("progress").and_then(|v| v.kind.clone()) {
+        Some(Kind::StringValue(p)) => format!("  {}{p}", bar(&p)),
+        _ => String::new(),
+    };
+    format!("{} {}  {records:.0} records{rates}{lag}{progress}", k.name, k.status)
+}
+
+/// `[#####.....] 50% ` for a progress text holding `n/~N` or `n/N`, else nothing.
+fn bar(progress: &str) -> String {
+    let Some((done, total)) = progress.split_whitespace().find_map(|w| {
+        let (a, b) = w.trim_end_matches(',').split_once('/')?;
+        let total: f64 = b.trim_start_matches('~').parse().ok()?;
+        Some((a.parse::<f64>().ok()?, total))
+    }) else {
+        return String::new();
+    };
+    if total <= 0.0 {
+        return String::new();
+    }
+    let f = (done / total).clamp(0.0, 1.0);
+    let filled = (f * 20.0).round() as usize;
+    format!(
+        "[{}{}] {:>3.0}% ",
+        "#".repeat(filled),
+        ".".repeat(20 - filled),
+        f * 100.0
+    )
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::bar;
+
+    #[test]
+    fn progress_bars_from_snapshot_reports() {
+        assert_eq!(bar("snapshot app.t: 500/~1000 rows"), "[##########..........]  50% ");
+        assert_eq!(bar("snapshot done: 1 tables, 10 rows"), "");
+        assert_eq!(bar("streaming at mysql-bin.000001:4"), "");
+        assert_eq!(bar("records 30/20"), "[####################] 100% ");
+    }
 }

@@ -146,6 +146,11 @@ impl<O: Offset> SourceOutput<O> {
         *self.progress.status.lock().expect("lock") = Some(status.into());
     }
 
+    /// Says how far behind its upstream the source is (shown as a metric).
+    pub fn set_lag(&self, lag: crate::pipeline::Lag) {
+        *self.progress.lag.lock().expect("lock") = Some(lag);
+    }
+
     /// Cancelled when the task must stop; `run` should return `Done::Cancelled` promptly.
     pub fn cancelled(&self) -> CancellationToken {
         self.cancel.clone()

@@ -12,6 +12,7 @@
 pub mod builtin;
 pub mod connector;
 pub mod error;
+pub mod logs;
 pub mod pipeline;
 pub mod registry;
 pub mod remote;
@@ -25,6 +26,7 @@ pub use connector::{
     Attributes, ConnectorConfig, Done, Offset, PayloadFlag, Record, Sink, SinkRecord, Source, SourceOutput, Written,
 };
 pub use error::{ConnectorError, ErrorKind};
+pub use pipeline::Lag;
 pub use registry::{ConnectorType, Kind, Registry, builtin};
 pub use secret::Secret;
 pub use streams::{Checkpoints, ReadChunk, Streams};

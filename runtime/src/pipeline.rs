@@ -39,18 +39,50 @@ pub struct Progress {
     pub offset: std::sync::Mutex<Option<Value>>,
     /// What the source says it is doing (e.g. "snapshot public.t: 4096/100000 rows").
     pub status: std::sync::Mutex<Option<String>>,
+    /// Unix ms of the last checkpoint stored (0: none yet).
+    pub last_checkpoint_ms: AtomicI64,
+    /// Failed attempts by error class: config, external, internal.
+    pub errors: [AtomicU64; 3],
+    /// How far behind its upstream the source is, in the source's own terms.
+    pub lag: std::sync::Mutex<Option<Lag>>,
+}
+
+/// A source's distance from its upstream, in its own terms.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Lag {
+    /// WAL or log bytes not yet taken (PostgreSQL: server WAL end − our durable LSN).
+    Bytes(u64),
+    /// Age of the newest event taken, while events are waiting (MySQL: now − event time).
+    Seconds(f64),
+    /// Messages taken and not yet acknowledged upstream (MQTT in-flight).
+    Messages(u64),
+    /// Records produced upstream since the last durable checkpoint (Airbyte).
+    Records(u64),
 }
 
 impl Progress {
+    /// Counts a failed attempt by its error class.
+    pub fn failed(&self, kind: crate::ErrorKind) {
+        let i = match kind {
+            crate::ErrorKind::Config => 0,
+            crate::ErrorKind::External => 1,
+            crate::ErrorKind::Internal => 2,
+        };
+        self.errors[i].fetch_add(1, Ordering::Relaxed);
+    }
+
     fn moved(&self, records: u64, bytes: u64) {
         self.records.fetch_add(records, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        self.last_progress_ms.store(now, Ordering::Relaxed);
+        self.last_progress_ms.store(unix_ms(), Ordering::Relaxed);
     }
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 pub struct RunContext {
@@ -84,6 +116,7 @@ async fn save<O: Offset>(ctx: &RunContext, offset: &O) -> Result<(), ConnectorEr
     let data = serde_json::to_vec(offset).map_err(|e| ConnectorError::internal(e.to_string()))?;
     ctx.checkpoints.store(&ctx.task, O::VERSION, data).await?;
     *ctx.progress.offset.lock().expect("lock") = serde_json::to_value(offset).ok();
+    ctx.progress.last_checkpoint_ms.store(unix_ms(), Ordering::Relaxed);
     Ok(())
 }
 
@@ -111,70 +144,71 @@ pub async fn run_source<S: Source>(ctx: RunContext, config: S::Config) -> Result
     let ctx = Arc::new(ctx);
     let actx = ctx.clone();
     let astop = stop.clone();
-    let appender = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-        // However the appender ends (even by a panic), the source stops.
-        let _stop_source = astop.drop_guard();
-        let ctx = actx;
-        let mut pending: Option<S::Offset> = None;
-        let mut saved_at = Instant::now();
-        let result = async {
-            loop {
-                // A quiet source still gets its last offset committed within CHECKPOINT_EVERY.
-                let next = if pending.is_some() {
-                    let due = tokio::time::sleep_until((saved_at + CHECKPOINT_EVERY).into());
-                    tokio::select! {
-                        m = rx.recv() => Some(m),
-                        _ = due => None,
-                    }
-                } else {
-                    Some(rx.recv().await)
-                };
-                match next {
-                    Some(None) => break,
-                    Some(Some((mut records, mut offset))) => {
-                        // Batches that queued up while the last append was in flight go out as
-                        // one append (one fsync), in order, with the last offset.
-                        while records.len() < COALESCE_RECORDS {
-                            match rx.try_recv() {
-                                Ok((more, o)) => {
-                                    records.extend(more);
-                                    offset = o;
+    let appender =
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(tracing::Instrument::in_current_span(async move {
+            // However the appender ends (even by a panic), the source stops.
+            let _stop_source = astop.drop_guard();
+            let ctx = actx;
+            let mut pending: Option<S::Offset> = None;
+            let mut saved_at = Instant::now();
+            let result = async {
+                loop {
+                    // A quiet source still gets its last offset committed within CHECKPOINT_EVERY.
+                    let next = if pending.is_some() {
+                        let due = tokio::time::sleep_until((saved_at + CHECKPOINT_EVERY).into());
+                        tokio::select! {
+                            m = rx.recv() => Some(m),
+                            _ = due => None,
+                        }
+                    } else {
+                        Some(rx.recv().await)
+                    };
+                    match next {
+                        Some(None) => break,
+                        Some(Some((mut records, mut offset))) => {
+                            // Batches that queued up while the last append was in flight go out as
+                            // one append (one fsync), in order, with the last offset.
+                            while records.len() < COALESCE_RECORDS {
+                                match rx.try_recv() {
+                                    Ok((more, o)) => {
+                                        records.extend(more);
+                                        offset = o;
+                                    }
+                                    Err(_) => break,
                                 }
-                                Err(_) => break,
                             }
+                            let n = records.len() as u64;
+                            let bytes = records.iter().map(|r| r.payload.len() as u64).sum();
+                            if n > 0 {
+                                ctx.streams.append(&stream, records).await?;
+                                ctx.progress.moved(n, bytes);
+                            }
+                            let _ = durable_tx.send(Some(offset.clone()));
+                            pending = Some(offset);
                         }
-                        let n = records.len() as u64;
-                        let bytes = records.iter().map(|r| r.payload.len() as u64).sum();
-                        if n > 0 {
-                            ctx.streams.append(&stream, records).await?;
-                            ctx.progress.moved(n, bytes);
-                        }
-                        let _ = durable_tx.send(Some(offset.clone()));
-                        pending = Some(offset);
+                        None => {}
                     }
-                    None => {}
+                    if pending.is_some() && saved_at.elapsed() >= CHECKPOINT_EVERY {
+                        let p = pending.take().expect("checked");
+                        save(&ctx, &p).await?;
+                        let _ = committed_tx.send(Some(p));
+                        saved_at = Instant::now();
+                    }
                 }
-                if pending.is_some() && saved_at.elapsed() >= CHECKPOINT_EVERY {
-                    let p = pending.take().expect("checked");
-                    save(&ctx, &p).await?;
-                    let _ = committed_tx.send(Some(p));
-                    saved_at = Instant::now();
-                }
+                Ok::<(), ConnectorError>(())
             }
-            Ok::<(), ConnectorError>(())
-        }
-        .await;
-        if result.is_err() {
-            // Stop the source first: a failing save below must not leave it blocked in emit.
-            stop.cancel();
-        }
-        // Whatever was appended durably is checkpointed, even when a later append failed.
-        if let Some(p) = pending.take() {
-            save(&ctx, &p).await?;
-            let _ = committed_tx.send(Some(p));
-        }
-        result
-    }));
+            .await;
+            if result.is_err() {
+                // Stop the source first: a failing save below must not leave it blocked in emit.
+                stop.cancel();
+            }
+            // Whatever was appended durably is checkpointed, even when a later append failed.
+            if let Some(p) = pending.take() {
+                save(&ctx, &p).await?;
+                let _ = committed_tx.send(Some(p));
+            }
+            result
+        })));
     let runner = async {
         let r = source.run(&mut out).await;
         drop(out); // closes the pipeline: the appender drains it and finishes

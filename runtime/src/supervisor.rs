@@ -225,7 +225,12 @@ async fn supervise(
         let connector = spec.connector.clone();
         // The attempt runs as its own task, so a panic in a connector is an internal error of
         // that attempt rather than the end of the supervisor.
-        let joined = tasks.spawn(async move { connector.run(ctx).await });
+        // Everything the attempt logs lands in the task's log too (see `logs`).
+        let span = tracing::info_span!(crate::logs::SPAN, task = %spec.name);
+        let joined = tasks.spawn(tracing::Instrument::instrument(
+            async move { connector.run(ctx).await },
+            span,
+        ));
         let mut attempt = Box::pin(async move {
             joined
                 .await
@@ -292,6 +297,7 @@ async fn supervise(
                 restarts += 1;
             }
             Outcome::Ended(Err(e)) => {
+                progress.failed(e.kind);
                 // A connector's error may quote its input: secrets are scrubbed before the text
                 // reaches a log, the status, or an API response.
                 let secrets =

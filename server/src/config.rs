@@ -12,6 +12,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{FsyncPolicy, StoreOptions};
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Clone, Default, Parser, Serialize, Deserialize)]
 #[command(
     name = "hstream-server",
@@ -51,6 +59,9 @@ pub struct Flags {
     /// Log filter, e.g. info or hstream_server=debug [default: info]
     #[arg(long)]
     pub log_level: Option<String>,
+    /// Log line format on stderr: text or json (one JSON object per line) [default: text]
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
     /// When appends are fsynced: always (before the ack), interval, never [default: always]
     #[arg(long, value_enum)]
     pub fsync: Option<FsyncPolicy>,
@@ -94,6 +105,7 @@ pub struct Settings {
     pub metastore_uri: String,
     pub max_record_size: usize,
     pub log_level: String,
+    pub log_format: LogFormat,
     pub store: StoreOptions,
     pub retention_interval: Duration,
     pub connector_retry_base: Duration,
@@ -149,6 +161,7 @@ impl Settings {
             metastore_uri,
             max_record_size: flags.max_record_size.or(file.max_record_size).unwrap_or(1 << 20),
             log_level: flags.log_level.or(file.log_level).unwrap_or_else(|| "info".into()),
+            log_format: flags.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
             store,
             retention_interval: Duration::from_millis(
                 flags
@@ -217,6 +230,7 @@ mod tests {
             metastore_uri: Some("sqlite:///m.db".into()),
             max_record_size: Some(2048),
             log_level: Some("debug".into()),
+            log_format: Some(LogFormat::Json),
             fsync: Some(FsyncPolicy::Interval),
             fsync_interval_ms: Some(5),
             segment_bytes: Some(8192),

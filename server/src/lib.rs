@@ -11,6 +11,7 @@ pub mod connectors;
 pub mod error;
 pub mod keyspace;
 pub mod meta;
+pub mod metrics;
 pub mod node;
 pub mod rest;
 pub mod service;

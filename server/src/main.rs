@@ -1,14 +1,23 @@
 use clap::Parser;
-use hstream_server::config::{Flags, Settings};
+use hstream_server::config::{Flags, LogFormat, Settings};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
 
 fn main() -> anyhow::Result<()> {
     let settings = Settings::resolve(Flags::parse())?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    // stderr as text or JSON lines, plus each connector's own log (GetConnectorLogs).
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match settings.log_format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).with_current_span(true).boxed(),
+    };
+    // The connector logs keep INFO and above whatever stderr's filter says.
+    let task_logs = hstream_runtime::logs::TaskLogLayer.with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(task_logs)
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {

@@ -43,6 +43,7 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "Merge keys into a connector's config and restart it",
     ),
     ("get", "/connectors/{name}/status", "A connector's state"),
+    ("get", "/connectors/{name}/logs", "A connector's recent log lines"),
     ("put", "/connectors/{name}/pause", "Pause a connector"),
     ("put", "/connectors/{name}/resume", "Resume a connector"),
     ("post", "/connectors/{name}/restart", "Restart a connector's task"),
@@ -70,6 +71,7 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/streams", "List streams"),
     ("get", "/subscriptions", "List subscriptions"),
     ("get", "/health", "Liveness"),
+    ("get", "/metrics", "Prometheus metrics (OpenMetrics text)"),
     ("get", "/openapi.json", "This document"),
 ];
 
@@ -99,12 +101,26 @@ impl IntoResponse for RestError {
 
 type RestResult<T> = Result<T, RestError>;
 
+/// Prometheus scrape endpoint (OpenMetrics text).
+async fn metrics(State(ctx): State<Arc<ServerCtx>>) -> Response {
+    let body = ctx.metrics.encode();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
 pub fn router(ctx: Arc<ServerCtx>) -> Router {
     Router::new()
         .route("/connectors", get(list_connectors).post(create_connector))
         .route("/connectors/{name}", get(get_connector).delete(delete_connector))
         .route("/connectors/{name}/config", get(get_config).put(put_config))
         .route("/connectors/{name}/status", get(get_status))
+        .route("/connectors/{name}/logs", get(get_logs))
         .route("/connectors/{name}/pause", put(pause))
         .route("/connectors/{name}/resume", put(resume))
         .route("/connectors/{name}/restart", post(restart))
@@ -115,6 +131,7 @@ pub fn router(ctx: Arc<ServerCtx>) -> Router {
         .route("/streams", get(streams))
         .route("/subscriptions", get(subscriptions))
         .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/metrics", get(metrics))
         .route("/openapi.json", get(|| async { Json(openapi()) }))
         .with_state(ctx)
 }
@@ -222,6 +239,19 @@ async fn put_config(
 fn report(c: &pb::Connector) -> Value {
     let bytes = c.offsets.first().map(prost::Message::encode_to_vec).unwrap_or_default();
     hstream_runtime::structs::decode_json(&bytes).unwrap_or(Value::Null)
+}
+
+/// The connector's recent log lines (its lifecycle and what it logged), oldest first.
+async fn get_logs(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<Json<Value>> {
+    let r = ctx
+        .connector_logs(pb::GetConnectorLogsRequest {
+            name: name.clone(),
+            begin: 0,
+            count: 0,
+        })
+        .await?;
+    let lines: Vec<&str> = r.logs.lines().collect();
+    Ok(Json(json!({ "name": name, "logs": lines })))
 }
 
 async fn get_status(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<Json<Value>> {

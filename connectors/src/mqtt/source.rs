@@ -353,6 +353,7 @@ impl Source for MqttSource {
                     }
                     let upto = durable.borrow_and_update().as_ref().map_or(0, |o| o.messages);
                     ack_upto(upto, &mut unacked);
+                    out.set_lag(hstream_runtime::Lag::Messages(unacked.len() as u64));
                 }
                 ev = conn.events.recv() => {
                     let mut next = ev;
@@ -380,6 +381,7 @@ impl Source for MqttSource {
                         break; // stopping
                     }
                     emitted = self.taken;
+                    out.set_lag(hstream_runtime::Lag::Messages(unacked.len() as u64));
                     if let Some(e) = failed {
                         return Err(e);
                     }

@@ -2,6 +2,7 @@
 
 mod cli;
 mod connectors;
+mod metrics;
 mod mqtt;
 mod mysql;
 mod postgres;

@@ -447,6 +447,27 @@ async fn mqtt_oversized_and_malformed_messages_are_rejected_without_stopping_the
     );
     assert_eq!(r["restarts"], json!(0.0), "{r}");
     wait_connector_status(&c, "mq", "RUNNING").await;
+    // What the connector logged is in its own log, over gRPC and REST.
+    let logs = c
+        .get_connector_logs(pb::GetConnectorLogsRequest {
+            name: "mq".into(),
+            begin: 0,
+            count: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .logs;
+    assert_eq!(logs.matches("MQTT message rejected").count(), 3, "{logs}");
+    assert!(logs.contains("topic=dev/b") && logs.contains("RUNNING"), "{logs}");
+    let (status, body) = http(server.http, "GET", "/connectors/mq/logs", None).await;
+    assert_eq!(status, 200);
+    let lines = body["logs"].as_array().unwrap();
+    let rejected = lines
+        .iter()
+        .filter(|l| l.as_str().unwrap_or("").contains("MQTT message rejected"))
+        .count();
+    assert_eq!(rejected, 3, "{body}");
     // The rejected messages were acknowledged in turn, and a paused source acknowledges what
     // it appended before it disconnects: the session, taken over by a plain client, holds
     // nothing before a marker published now.

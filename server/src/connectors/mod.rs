@@ -22,9 +22,6 @@ use crate::meta::{ConnectorMeta, MetaStore};
 use crate::service::ServerCtx;
 pub use streams::{LocalStreams, MetaCheckpoints};
 
-/// Lines of lifecycle log kept per task.
-const LOG_LINES: usize = 1000;
-
 pub struct Task {
     pub handle: TaskHandle,
     pub connector: Arc<dyn ConnectorType>,
@@ -68,6 +65,22 @@ impl Connectors {
 
     pub fn remove(&self, name: &str) {
         self.tasks.lock().expect("lock").remove(name);
+        hstream_runtime::logs::unregister(name);
+    }
+
+    /// Every task with its kind ("source" / "sink"), for the metrics endpoint.
+    pub fn tasks(&self) -> Vec<(String, &'static str, Arc<Task>)> {
+        let tasks = self.tasks.lock().expect("lock");
+        tasks
+            .iter()
+            .map(|(n, t)| {
+                let kind = match t.connector.kind() {
+                    hstream_runtime::Kind::Source => "source",
+                    hstream_runtime::Kind::Sink => "sink",
+                };
+                (n.clone(), kind, t.clone())
+            })
+            .collect()
     }
 
     /// Starts the supervisor of a connector stored in the MetaStore, in the state it had.
@@ -96,7 +109,8 @@ impl Connectors {
             tasks,
             shutdown.clone(),
         );
-        let log = Arc::new(Mutex::new(VecDeque::new()));
+        let log: hstream_runtime::logs::TaskLog = Arc::new(Mutex::new(VecDeque::new()));
+        hstream_runtime::logs::register(&meta.name, log.clone());
         let task = Arc::new(Task {
             handle: handle.clone(),
             connector,
@@ -116,11 +130,7 @@ impl Connectors {
 }
 
 fn push_log(log: &Mutex<VecDeque<String>>, line: String) {
-    let mut log = log.lock().expect("lock");
-    if log.len() == LOG_LINES {
-        log.pop_front();
-    }
-    log.push_back(line);
+    hstream_runtime::logs::push(log, line);
 }
 
 /// Follows a task's status: writes each change to the MetaStore and the task's log.
@@ -135,7 +145,7 @@ async fn persist_status(
     loop {
         let status = rx.borrow_and_update().clone();
         if last.as_ref() != Some(&status) {
-            let now = humantime_now();
+            let now = hstream_runtime::logs::timestamp();
             let line = match &status.last_error {
                 Some(e) if status.state == State::Running => {
                     format!(
@@ -160,9 +170,4 @@ async fn persist_status(
             return;
         }
     }
-}
-
-fn humantime_now() -> String {
-    let ms = crate::service::read::now_ms();
-    format!("{}.{:03}", ms / 1000, ms % 1000)
 }

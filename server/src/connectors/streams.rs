@@ -129,13 +129,17 @@ impl Streams for LocalStreams {
         let store = ctx.store.clone();
         let results = futures::future::join_all(by_shard.into_iter().map(|batches| {
             let store = store.clone();
+            let ctx = ctx.clone();
             async move {
                 for (log, recs) in batches {
                     let n = recs.len() as u32;
                     let payload = pb::BatchHStreamRecords { records: recs }.encode_to_vec();
+                    let bytes = payload.len() as u64;
+                    let started = std::time::Instant::now();
                     store
                         .append(&log, payload.into(), n, pb::CompressionType::None as u8)
                         .await?;
+                    ctx.metrics.appended(stream, u64::from(n), bytes, started.elapsed());
                 }
                 Ok::<(), crate::store::StoreError>(())
             }

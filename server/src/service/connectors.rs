@@ -69,6 +69,14 @@ impl ServerCtx {
                 "lastError": t.handle.status.borrow().last_error.clone(),
                 // What the task says it is doing (e.g. snapshot progress).
                 "progress": p.status.lock().expect("lock").clone(),
+                // How far behind its upstream a source is, in its own terms.
+                "lag": match *p.lag.lock().expect("lock") {
+                    Some(hstream_runtime::Lag::Bytes(n)) => serde_json::json!({ "bytes": n }),
+                    Some(hstream_runtime::Lag::Seconds(s)) => serde_json::json!({ "seconds": s }),
+                    Some(hstream_runtime::Lag::Messages(n)) => serde_json::json!({ "inflightMessages": n }),
+                    Some(hstream_runtime::Lag::Records(n)) => serde_json::json!({ "uncheckpointedRecords": n }),
+                    None => Value::Null,
+                },
             });
             offsets.push(json_to_struct(&report));
         }

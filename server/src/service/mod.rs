@@ -56,6 +56,7 @@ pub struct ServerCtx {
     pub connectors: crate::connectors::Connectors,
     /// Numbers StreamingFetch sessions.
     next_conn: std::sync::atomic::AtomicU64,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl ServerCtx {
@@ -85,6 +86,7 @@ impl ServerCtx {
             ddl: tokio::sync::Mutex::new(()),
             subscriptions: Default::default(),
             next_conn: std::sync::atomic::AtomicU64::new(1),
+            metrics: crate::metrics::Metrics::new(weak.clone()),
         })
     }
 

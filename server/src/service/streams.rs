@@ -207,6 +207,8 @@ impl ServerCtx {
         let shard = self.catalog.shard_of(&req.stream_name, req.shard_id)?;
         batch::validate(req.records.as_ref(), self.max_record_size)?;
         let records = req.records.expect("validated");
+        let started = std::time::Instant::now();
+        let bytes = records.payload.len() as u64;
         let appended = self
             .store
             .append(
@@ -216,6 +218,12 @@ impl ServerCtx {
                 records.compression_type as u8,
             )
             .await?;
+        self.metrics.appended(
+            &req.stream_name,
+            u64::from(records.batch_size),
+            bytes,
+            started.elapsed(),
+        );
         let record_ids = (0..records.batch_size)
             .map(|i| pb::RecordId {
                 shard_id: req.shard_id,

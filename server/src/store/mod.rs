@@ -118,6 +118,10 @@ pub struct LogStore {
     flusher_stop: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
 
+/// Fsync latency of shard logs, for the metrics endpoint.
+pub static FSYNC_SECONDS: std::sync::LazyLock<prometheus_client::metrics::histogram::Histogram> =
+    std::sync::LazyLock::new(crate::metrics::latency_histogram);
+
 /// Wall-clock unix milliseconds.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -255,6 +259,22 @@ impl LogStore {
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
         rx.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// Bytes of every file under the store's root.
+    pub fn disk_bytes(&self) -> u64 {
+        fn walk(dir: &Path) -> u64 {
+            let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        walk(&self.root)
     }
 
     /// Fsyncs every shard with unsynced writes.

@@ -382,7 +382,10 @@ impl ShardLog {
     pub fn commit(&self, group: &WrittenGroup, fsync: bool) -> Result<(), StoreError> {
         if fsync {
             self.unsynced.store(false, Ordering::Release);
-            if let Err(e) = group.sync_handle.sync_data() {
+            let started = std::time::Instant::now();
+            let synced = group.sync_handle.sync_data();
+            super::FSYNC_SECONDS.observe(started.elapsed().as_secs_f64());
+            if let Err(e) = synced {
                 // After a failed fsync the page cache may have dropped the dirty pages: the
                 // data's fate is unknown, so the shard stops taking writes.
                 self.lock().poisoned = Some(format!("fsync failed: {e}"));
@@ -410,7 +413,10 @@ impl ShardLog {
                 seg.path.clone(),
             )
         };
-        handle.sync_data().map_err(|e| {
+        let started = std::time::Instant::now();
+        let synced = handle.sync_data();
+        super::FSYNC_SECONDS.observe(started.elapsed().as_secs_f64());
+        synced.map_err(|e| {
             self.lock().poisoned = Some(format!("fsync failed: {e}"));
             StoreError::io(&path, e)
         })

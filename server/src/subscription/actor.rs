@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hstream_proto as pb;
@@ -123,6 +124,7 @@ pub struct Actor {
     /// First shard of the next delivery round.
     rotate: usize,
     shutdown: CancellationToken,
+    stats: Arc<super::Stats>,
 }
 
 impl Actor {
@@ -132,6 +134,7 @@ impl Actor {
         logs: Vec<Arc<ShardLog>>,
         inbox: mpsc::Receiver<Command>,
         shutdown: CancellationToken,
+        stats: Arc<super::Stats>,
     ) -> ApiResult<Actor> {
         let progress: HashMap<u64, u64> = meta
             .get_progress(&sub.id)
@@ -178,6 +181,7 @@ impl Actor {
             dirty: false,
             rotate: 0,
             shutdown,
+            stats,
         })
     }
 
@@ -362,6 +366,8 @@ impl Actor {
                 .collect();
             for lsn in theirs {
                 s.sent.remove(&lsn);
+                let again = s.tracker.get(lsn).map_or(0, |f| u64::from(f.unacked()));
+                self.stats.redelivered.fetch_add(again, Ordering::Relaxed);
                 s.tracker.withdraw(lsn);
                 s.resend.insert(lsn);
             }
@@ -382,7 +388,10 @@ impl Actor {
                 );
             };
             match s.tracker.ack(id.batch_id, id.batch_index) {
-                Ok(_) => {
+                Ok(new) => {
+                    if new {
+                        self.stats.acked.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.dirty = true;
                     if s.tracker.get(id.batch_id).is_none_or(|f| f.complete()) {
                         s.sent.remove(&id.batch_id);
@@ -432,6 +441,8 @@ impl Actor {
             let still_out = matches!(s.sent.get(&lsn), Some(sent) if sent.conn == conn && sent.at + timeout <= now);
             if still_out && s.tracker.get(lsn).is_some_and(|f| !f.complete()) {
                 s.sent.remove(&lsn);
+                let again = s.tracker.get(lsn).map_or(0, |f| u64::from(f.unacked()));
+                self.stats.redelivered.fetch_add(again, Ordering::Relaxed);
                 s.tracker.withdraw(lsn);
                 s.resend.insert(lsn);
             }
@@ -449,6 +460,13 @@ impl Actor {
             self.meta.put_checkpoint(&cp).await
         }
         .await;
+        // Batches between the committed position and the tail, for the metrics endpoint.
+        let backlog: u64 = self
+            .shards
+            .iter()
+            .map(|s| (s.log.visible_lsn() + 1).saturating_sub(s.tracker.committed()))
+            .sum();
+        self.stats.backlog.store(backlog, Ordering::Relaxed);
         match res {
             Ok(()) => self.dirty = false,
             Err(e) => tracing::error!(subscription = %self.sub.id, error = %e, "committing progress failed"),
@@ -608,6 +626,7 @@ impl Actor {
             received_records: Some(record),
         })) {
             Ok(()) => {
+                self.stats.delivered.fetch_add(indices.len() as u64, Ordering::Relaxed);
                 let now = Instant::now();
                 s.sent.insert(lsn, SentTo { conn, at: now });
                 self.deadlines.insert((now + timeout, si, lsn, conn));

@@ -29,6 +29,18 @@ pub struct Handle {
     /// MetaStore for the current one).
     pub meta: SubscriptionMeta,
     tx: mpsc::Sender<Command>,
+    pub stats: Arc<Stats>,
+}
+
+/// Counters of a subscription since this node started it, for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub delivered: std::sync::atomic::AtomicU64,
+    pub acked: std::sync::atomic::AtomicU64,
+    /// Records taken back (ack timeout, consumer gone) to be sent again.
+    pub redelivered: std::sync::atomic::AtomicU64,
+    /// Stored batches between the committed position and the tail, as of the last commit.
+    pub backlog: std::sync::atomic::AtomicU64,
 }
 
 impl Handle {
@@ -106,9 +118,14 @@ impl Registry {
         shutdown: CancellationToken,
     ) -> ApiResult<Handle> {
         let (tx, rx) = mpsc::channel(1024);
-        let a = actor::Actor::start(sub.clone(), meta, logs, rx, shutdown).await?;
+        let stats = Arc::new(Stats::default());
+        let a = actor::Actor::start(sub.clone(), meta, logs, rx, shutdown, stats.clone()).await?;
         tasks.spawn(a.run());
-        let handle = Handle { meta: sub.clone(), tx };
+        let handle = Handle {
+            meta: sub.clone(),
+            tx,
+            stats,
+        };
         self.running.lock().expect("lock").insert(sub.id, handle.clone());
         Ok(handle)
     }
@@ -124,5 +141,11 @@ impl Registry {
 
     pub fn remove(&self, id: &str) {
         self.running.lock().expect("lock").remove(id);
+    }
+
+    /// Every running subscription, by id.
+    pub fn all(&self) -> Vec<(String, Handle)> {
+        let running = self.running.lock().expect("lock");
+        running.iter().map(|(k, h)| (k.clone(), h.clone())).collect()
     }
 }

@@ -28,6 +28,8 @@ struct Mapped {
 }
 
 struct State {
+    /// Unix seconds of the newest event read (for the lag metric).
+    event_ts: u32,
     file: String,
     gtid: GtidState,
     /// The GTID of the transaction being read (MariaDB).
@@ -157,6 +159,7 @@ impl MySqlSource {
             stale: false,
             payload_end: 0,
             last_flush: std::time::Instant::now(),
+            event_ts: 0,
         };
         let cancel = out.cancelled();
         // Three missed heartbeats: the connection is dead even if TCP has not noticed.
@@ -165,8 +168,10 @@ impl MySqlSource {
             let next = match binlog.next().now_or_never() {
                 Some(ev) => ev,
                 None => {
-                    // Nothing more to read right now: what we have goes out.
+                    // Nothing more to read right now: what we have goes out, and we are not
+                    // behind.
                     self.flush(&mut st, out).await?;
+                    out.set_lag(hstream_runtime::Lag::Seconds(0.0));
                     tokio::select! {
                         biased;
                         _ = cancel.cancelled() => return Ok(Done::Cancelled),
@@ -184,6 +189,8 @@ impl MySqlSource {
                 Some(Err(e)) => return Err(binlog_error(e)),
                 Some(Ok(ev)) => ev,
             };
+            // Heartbeats and artificial events carry no time.
+            st.event_ts = st.event_ts.max(ev.header().timestamp());
             self.handle(&mut st, &ev).await?;
             // Full batches go out; so does a moved position at least every second, even while
             // the binlog never runs dry (e.g. busy with tables we do not capture).
@@ -192,6 +199,8 @@ impl MySqlSource {
                     return Ok(Done::Cancelled);
                 }
                 self.flush(&mut st, out).await?;
+                let behind = crate::cdc::now_ms() as f64 / 1000.0 - f64::from(st.event_ts);
+                out.set_lag(hstream_runtime::Lag::Seconds(behind.max(0.0)));
             }
         }
     }

@@ -15,7 +15,23 @@ use crate::postgres::pgoutput::{self, Message};
 use crate::postgres::query_error;
 use crate::postgres::wire::{self, Connection, ReplicationMessage, ReplicationStream, format_lsn, ident};
 
+/// How often the slot's lag is measured (one `pg_current_wal_lsn()` query).
+const LAG_PROBE_EVERY: Duration = Duration::from_millis(500);
+
 impl PgSource {
+    /// The server's current WAL write position.
+    async fn server_wal_end(&mut self) -> Option<u64> {
+        let conn = self.control().await.ok()?;
+        match conn.query("SELECT pg_current_wal_lsn()::text").await {
+            Ok(rows) => rows.first()?.first()?.as_deref().and_then(wire::parse_lsn),
+            Err(e) => {
+                tracing::debug!(error = %e, "lag probe failed");
+                self.control = None;
+                None
+            }
+        }
+    }
+
     pub(super) async fn stream(
         &mut self,
         repl: Connection,
@@ -48,6 +64,7 @@ impl PgSource {
         let mut committed = out.committed();
         let mut st = StreamState {
             received: start,
+            server_end: start,
             confirmed: start,
             emitted: start,
             last_commit: start,
@@ -77,6 +94,7 @@ impl PgSource {
             .map_err(stream_err)?;
         let status_every = Duration::from_millis(self.cfg.heartbeat_interval_ms);
         let mut last_status = tokio::time::Instant::now();
+        let mut last_lag_probe = tokio::time::Instant::now() - LAG_PROBE_EVERY;
         loop {
             if cancel.is_cancelled() {
                 rs.close().await;
@@ -90,6 +108,16 @@ impl PgSource {
                     .await
                     .map_err(stream_err)?;
                 last_status = tokio::time::Instant::now();
+            }
+            // The slot's lag: WAL the server has written and we have not made durable yet. A
+            // logical walsender's messages carry only what it sent, so ask on the catalog
+            // connection (a failed probe just skips a reading).
+            if last_lag_probe.elapsed() >= LAG_PROBE_EVERY {
+                last_lag_probe = tokio::time::Instant::now();
+                if let Some(end) = self.server_wal_end().await {
+                    st.server_end = end;
+                }
+                out.set_lag(hstream_runtime::Lag::Bytes(st.server_end.saturating_sub(st.confirmed)));
             }
             // Decode what has been read already; emit when the batch is full or the socket dry.
             while let Some(m) = rs.next_buffered().map_err(stream_err)? {
@@ -375,6 +403,8 @@ impl PgSource {
 struct StreamState {
     /// Highest WAL position seen.
     received: u64,
+    /// The server's WAL write position at the last lag probe.
+    server_end: u64,
     /// Flush position reported to the server (the runtime's committed offset).
     confirmed: u64,
     /// The offset last emitted.
