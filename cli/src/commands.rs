@@ -264,7 +264,7 @@ pub async fn connector(c: &mut Client, cmd: ConnectorCmd) -> Result<String, toni
             count,
         } => {
             let every = std::time::Duration::from_secs_f64(interval.max(0.1));
-            let mut last: Option<(std::time::Instant, f64, f64)> = None;
+            let mut last: Option<Sample> = None;
             let mut shown = 0u64;
             loop {
                 let k = c
@@ -273,13 +273,11 @@ pub async fn connector(c: &mut Client, cmd: ConnectorCmd) -> Result<String, toni
                     .into_inner();
                 let line = status_line(&k, &mut last);
                 shown += 1;
-                if !watch {
+                // The last line is the command's output; earlier ones are printed as they come.
+                if !watch || count.is_some_and(|n| shown >= n) {
                     break line;
                 }
                 println!("{line}");
-                if count.is_some_and(|n| shown >= n) {
-                    break String::new();
-                }
                 tokio::time::sleep(every).await;
             }
         }
@@ -314,9 +312,12 @@ pub async fn connector(c: &mut Client, cmd: ConnectorCmd) -> Result<String, toni
     })
 }
 
+/// What the previous status line saw: when, records, bytes, and progress `n` of `n/N`.
+type Sample = (std::time::Instant, f64, f64, Option<f64>);
+
 /// One status line: state, records and bytes (with rates since the previous line), lag, and the
-/// task's progress, with a bar when it says `n/~N`.
-fn status_line(k: &pb::Connector, last: &mut Option<(std::time::Instant, f64, f64)>) -> String {
+/// task's progress, with a bar and an estimate of the time left when it says `n/~N`.
+fn status_line(k: &pb::Connector, last: &mut Option<Sample>) -> String {
     use prost_types::value::Kind;
     let report = k.offsets.first().cloned().unwrap_or_default();
     let num = |name: &str| match report.fields.get(name).and_then(|v| v.kind.clone()) {
@@ -325,10 +326,22 @@ fn status_line(k: &pb::Connector, last: &mut Option<(std::time::Instant, f64, f6
     };
     let records = num("deliveredRecords");
     let bytes = num("deliveredBytes");
+    let progress_text = match report.fields.get("progress").and_then(|v| v.kind.clone()) {
+        Some(Kind::StringValue(p)) => Some(p),
+        _ => None,
+    };
+    let fraction = progress_text.as_deref().and_then(done_of_total);
     let now = std::time::Instant::now();
-    let rates = match last.replace((now, records, bytes)) {
-        Some((t, r, b)) if now > t => {
+    let mut eta = String::new();
+    let rates = match last.replace((now, records, bytes, fraction.map(|(d, _)| d))) {
+        Some((t, r, b, prev_done)) if now > t => {
             let secs = (now - t).as_secs_f64();
+            if let (Some(p), Some((done, total))) = (prev_done, fraction) {
+                let speed = (done - p) / secs;
+                if speed > 0.0 && total > done {
+                    eta = format!(" ~{:.0}s left", (total - done) / speed);
+                }
+            }
             format!("  {:.0} rec/s  {:.0} B/s", (records - r) / secs, (bytes - b) / secs)
         }
         _ => String::new(),
@@ -344,20 +357,34 @@ fn status_line(k: &pb::Connector, last: &mut Option<(std::time::Instant, f64, f6
             .collect::<String>(),
         _ => String::new(),
     };
-    let progress = match report.fields.get("progress").and_then(|v| v.kind.clone()) {
-        Some(Kind::StringValue(p)) => format!("  {}{p}", bar(&p)),
-        _ => String::new(),
+    let progress = match &progress_text {
+        Some(p) => format!("  {}{p}{eta}", bar(p)),
+        None => String::new(),
     };
     format!("{} {}  {records:.0} records{rates}{lag}{progress}", k.name, k.status)
 }
 
+/// `(n, N)` of a progress text holding `n/~N rows` or `n/N records` (decimal counts followed
+/// by a word; an LSN such as `0/1500000` is not a count).
+fn done_of_total(progress: &str) -> Option<(f64, f64)> {
+    let words: Vec<&str> = progress.split_whitespace().collect();
+    words.windows(2).find_map(|w| {
+        if !w[1].chars().all(|c| c.is_ascii_alphabetic()) {
+            return None;
+        }
+        let (a, b) = w[0].split_once('/')?;
+        let b = b.trim_start_matches('~');
+        let digits = |x: &str| !x.is_empty() && x.chars().all(|c| c.is_ascii_digit());
+        if !digits(a) || !digits(b) {
+            return None;
+        }
+        Some((a.parse().ok()?, b.parse().ok()?))
+    })
+}
+
 /// `[#####.....] 50% ` for a progress text holding `n/~N` or `n/N`, else nothing.
 fn bar(progress: &str) -> String {
-    let Some((done, total)) = progress.split_whitespace().find_map(|w| {
-        let (a, b) = w.trim_end_matches(',').split_once('/')?;
-        let total: f64 = b.trim_start_matches('~').parse().ok()?;
-        Some((a.parse::<f64>().ok()?, total))
-    }) else {
+    let Some((done, total)) = done_of_total(progress) else {
         return String::new();
     };
     if total <= 0.0 {
@@ -382,6 +409,8 @@ mod status_tests {
         assert_eq!(bar("snapshot app.t: 500/~1000 rows"), "[##########..........]  50% ");
         assert_eq!(bar("snapshot done: 1 tables, 10 rows"), "");
         assert_eq!(bar("streaming at mysql-bin.000001:4"), "");
-        assert_eq!(bar("records 30/20"), "[####################] 100% ");
+        assert_eq!(bar("copied 30/20 records"), "[####################] 100% ");
+        assert_eq!(bar("streaming from 0/1500000"), "");
+        assert_eq!(bar("streaming from 0/1E5 now"), "");
     }
 }

@@ -20,11 +20,20 @@ pub const SPAN: &str = "connector";
 
 pub type TaskLog = Arc<Mutex<VecDeque<String>>>;
 
-static LOGS: LazyLock<RwLock<HashMap<String, TaskLog>>> = LazyLock::new(Default::default);
+/// A task's log and the secret values of its config, scrubbed from every line.
+struct Sink {
+    log: TaskLog,
+    secrets: Vec<String>,
+}
 
-/// Routes the log lines of task `name` to `log`.
-pub fn register(name: &str, log: TaskLog) {
-    LOGS.write().expect("lock").insert(name.to_owned(), log);
+static LOGS: LazyLock<RwLock<HashMap<String, Arc<Sink>>>> = LazyLock::new(Default::default);
+
+/// Routes the log lines of task `name` to `log`, with `secrets` (the config's secret values,
+/// see [`crate::secret::secret_values`]) masked.
+pub fn register(name: &str, log: TaskLog, secrets: Vec<String>) {
+    LOGS.write()
+        .expect("lock")
+        .insert(name.to_owned(), Arc::new(Sink { log, secrets }));
 }
 
 pub fn unregister(name: &str) {
@@ -109,23 +118,23 @@ where
         else {
             return;
         };
-        let Some(log) = LOGS.read().expect("lock").get(&task).cloned() else {
+        let Some(sink) = LOGS.read().expect("lock").get(&task).cloned() else {
             return;
         };
         let mut f = Fields::default();
         event.record(&mut f);
         let meta = event.metadata();
-        push(
-            &log,
-            format!(
-                "{} {} {}: {}{}",
-                timestamp(),
-                meta.level(),
-                meta.target(),
-                f.message,
-                f.rest
-            ),
-        );
+        // One entry per event: line breaks inside a message are escaped.
+        let line = format!(
+            "{} {} {}: {}{}",
+            timestamp(),
+            meta.level(),
+            meta.target(),
+            f.message,
+            f.rest
+        )
+        .replace('\n', "\\n");
+        push(&sink.log, crate::secret::scrub(&line, &sink.secrets));
     }
 }
 
@@ -138,8 +147,8 @@ mod tests {
     fn events_in_a_connector_span_reach_that_tasks_log_only() {
         let a: TaskLog = Default::default();
         let b: TaskLog = Default::default();
-        register("layer-test-a", a.clone());
-        register("layer-test-b", b.clone());
+        register("layer-test-a", a.clone(), vec!["hunter2".into()]);
+        register("layer-test-b", b.clone(), vec![]);
         let subscriber = tracing_subscriber::registry().with(TaskLogLayer);
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("connector", task = "layer-test-a");
@@ -147,12 +156,14 @@ mod tests {
             let inner = tracing::debug_span!("inner");
             let _i = inner.enter();
             tracing::warn!(topic = "t/1", "message rejected");
+            tracing::info!("two\nlines with hunter2");
         });
         tracing::subscriber::with_default(tracing_subscriber::registry().with(TaskLogLayer), || {
             tracing::info!("outside any connector");
         });
         let a = a.lock().unwrap();
-        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!(a.len(), 2, "{a:?}");
+        assert!(a[1].ends_with("two\\nlines with **********"), "{}", a[1]);
         assert!(
             a[0].contains("WARN") && a[0].ends_with("message rejected topic=t/1"),
             "{}",

@@ -250,6 +250,8 @@ async fn supervise(
                 _ = shutdown.cancelled() => Outcome::Shutdown,
             };
         };
+        // A source's lag is its own report while it runs; stopped, it says nothing.
+        *progress.lag.lock().expect("lock") = None;
         if started.elapsed() >= HEALTHY_RUN {
             // A long healthy stretch: the next failure starts the backoff afresh.
             restarts = 0;

@@ -30,9 +30,9 @@ use crate::service::ServerCtx;
 /// Every metric this server exposes, one name per line (as scraped: counters with `_total`).
 pub const METRICS: &str = include_str!("../metrics.txt");
 
-/// Latency buckets: 50 µs to ~1.6 s, doubling.
+/// Latency buckets: 50 µs to ~52 s, doubling.
 pub fn latency_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 21))
 }
 
 type StreamLabels = Vec<(&'static str, String)>;
@@ -217,11 +217,6 @@ fn connectors(ctx: &ServerCtx) -> Vec<ConstFamily> {
         "Messages a source took and has not acknowledged upstream yet (MQTT)",
         G,
     );
-    let mut lag_records = ConstFamily::new(
-        "hstream_connector_source_uncheckpointed_records",
-        "Records a source produced since its upstream's last durable checkpoint (Airbyte)",
-        G,
-    );
     let now = crate::store::now_ms();
     for (name, kind, task) in ctx.connectors.tasks() {
         let l = |extra: Option<(&'static str, String)>| {
@@ -254,8 +249,8 @@ fn connectors(ctx: &ServerCtx) -> Vec<ConstFamily> {
             Some(hstream_runtime::Lag::Bytes(b)) => lag_bytes.add(l(None), b as f64),
             Some(hstream_runtime::Lag::Seconds(s)) => lag_seconds.add(l(None), s),
             Some(hstream_runtime::Lag::Messages(m)) => inflight.add(l(None), m as f64),
-            Some(hstream_runtime::Lag::Records(r)) => lag_records.add(l(None), r as f64),
-            None => {}
+            // Airbyte's records since the last STATE get their metric with the Airbyte host.
+            Some(hstream_runtime::Lag::Records(_)) | None => {}
         }
     }
     vec![
@@ -268,7 +263,6 @@ fn connectors(ctx: &ServerCtx) -> Vec<ConstFamily> {
         lag_bytes,
         lag_seconds,
         inflight,
-        lag_records,
     ]
 }
 
@@ -295,7 +289,7 @@ fn subscriptions(ctx: &ServerCtx) -> Vec<ConstFamily> {
         delivered.add(l.clone(), h.stats.delivered.load(Ordering::Relaxed) as f64);
         acked.add(l.clone(), h.stats.acked.load(Ordering::Relaxed) as f64);
         redelivered.add(l.clone(), h.stats.redelivered.load(Ordering::Relaxed) as f64);
-        backlog.add(l, h.stats.backlog.load(Ordering::Relaxed) as f64);
+        backlog.add(l, h.stats.backlog() as f64);
     }
     vec![delivered, acked, redelivered, backlog]
 }
@@ -304,7 +298,7 @@ fn subscriptions(ctx: &ServerCtx) -> Vec<ConstFamily> {
 fn process() -> Vec<ConstFamily> {
     use MetricType::{Counter as C, Gauge as G};
     let mut out = Vec::new();
-    let tick = 100.0; // USER_HZ on Linux
+    let tick = 100.0; // USER_HZ: /proc reports CPU time in 1/100 s on every Linux architecture
     if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
         // Fields after the command name (which may hold spaces) start after the last ')'.
         if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
@@ -317,14 +311,22 @@ fn process() -> Vec<ConstFamily> {
             );
             cpu.add(vec![], (num(11) + num(12)) / tick);
             out.push(cpu);
-            let mut rss = ConstFamily::new(
-                "hstream_process_resident_memory_bytes",
-                "Resident memory of the server process",
-                G,
-            );
-            rss.add(vec![], num(21) * 4096.0);
-            out.push(rss);
         }
+    }
+    // VmRSS is in kB whatever the page size.
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status")
+        && let Some(kb) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+    {
+        let mut rss = ConstFamily::new(
+            "hstream_process_resident_memory_bytes",
+            "Resident memory of the server process",
+            G,
+        );
+        rss.add(vec![], kb * 1024.0);
+        out.push(rss);
     }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
         let mut open = ConstFamily::new(

@@ -103,7 +103,10 @@ type RestResult<T> = Result<T, RestError>;
 
 /// Prometheus scrape endpoint (OpenMetrics text).
 async fn metrics(State(ctx): State<Arc<ServerCtx>>) -> Response {
-    let body = ctx.metrics.encode();
+    // Reading /proc and the store's directory is blocking work.
+    let body = tokio::task::spawn_blocking(move || ctx.metrics.encode())
+        .await
+        .unwrap_or_default();
     (
         [(
             axum::http::header::CONTENT_TYPE,

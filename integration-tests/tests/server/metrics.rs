@@ -71,6 +71,25 @@ async fn metrics_parse_list_everything_and_count_what_moved() {
     .await
     .unwrap();
     let consumer = TestConsumer::start(&c, "sub", "reader", true).await.unwrap();
+    // A subscription nobody reads: its backlog is the whole stream.
+    c.create_subscription(pb::Subscription {
+        subscription_id: "idle".into(),
+        stream_name: "gen".into(),
+        ack_timeout_seconds: 60,
+        max_unacked_records: 100,
+        offset: pb::SpecialOffset::Earliest as i32,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // An MQTT source, for its in-flight gauge.
+    let broker = hstream_integration_tests::mosquitto::Mosquitto::start();
+    let mq = config_with(
+        broker.connector_config(),
+        "mq",
+        json!({"topic": "m/#", "client_id": "hs-metrics"}),
+    );
+    create_connector(&mut c, "mqsrc", "SOURCE", "mqtt", &mq).await.unwrap();
     let pg_cfg = config_with(pg.connector_config(), "pgcdc", json!({"table": "t"}));
     create_connector(&mut c, "pgsrc", "SOURCE", "postgresql", &pg_cfg)
         .await
@@ -102,12 +121,53 @@ async fn metrics_parse_list_everything_and_count_what_moved() {
         ) == Some(N as f64)
     })
     .await;
+    wait_until(Duration::from_secs(30), "the MQTT source subscribed", || async {
+        connector_report(&c, "mqsrc").await["progress"]
+            .as_str()
+            .is_some_and(|p| p.contains("subscribed"))
+    })
+    .await;
+    // Its in-flight gauge is set once a batch went out.
+    hstream_integration_tests::mosquitto::publish(
+        broker.port,
+        "pub-metrics",
+        vec![("m/1".to_owned(), bytes::Bytes::from_static(b"x"))],
+        rumqttc::QoS::AtLeastOnce,
+    )
+    .await;
+    wait_until(Duration::from_secs(30), "the MQTT record", || async {
+        count_stream_records(&c, "mq").await == 1
+    })
+    .await;
     let m = scrape(&server).await;
 
-    // Every listed family, with its type.
+    // Every listed family, with its type, and with samples (MySQL's lag needs a MySQL source,
+    // which this test does not run).
     for (name, ty) in listed() {
         assert_eq!(m[&name]["type"], json!(ty), "{name} missing or of another type");
+        let samples = m[&name]["samples"].as_array().map_or(0, Vec::len);
+        assert!(
+            samples > 0 || name == "hstream_connector_source_lag_seconds",
+            "{name} has no sample"
+        );
     }
+    let backlog = sample(
+        &m,
+        "hstream_subscription_backlog_batches",
+        "hstream_subscription_backlog_batches",
+        &[("subscription", "idle")],
+    );
+    assert!(backlog.unwrap() >= 1.0, "the idle subscription's backlog: {backlog:?}");
+    assert_eq!(
+        sample(
+            &m,
+            "hstream_subscription_backlog_batches",
+            "hstream_subscription_backlog_batches",
+            &[("subscription", "sub")]
+        ),
+        Some(0.0),
+        "everything acked"
+    );
     let records = |conn: &str| {
         sample(
             &m,
@@ -213,6 +273,28 @@ async fn metrics_parse_list_everything_and_count_what_moved() {
         ),
         Some(1.0)
     );
+    // The CLI's live status: state, records, rates and lag, one line per refresh.
+    let out = tokio::process::Command::new(workspace_bin("hstream"))
+        .args([
+            "--port",
+            &server.addr.port().to_string(),
+            "connector",
+            "status",
+            "pgsrc",
+        ])
+        .args(["--watch", "--interval", "0.2", "--count", "2"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].starts_with("pgsrc RUNNING  1000 records") && lines[0].contains("lag "),
+        "{text}"
+    );
+    assert!(lines[1].contains("rec/s") && lines[1].contains("B/s"), "{text}");
     drop(consumer);
 }
 
@@ -343,4 +425,39 @@ fn the_dashboard_imports_and_queries_only_listed_metrics() {
     // The scrape config example points at the REST port's /metrics.
     let prom = std::fs::read_to_string(repo_root().join("deploy/prometheus/prometheus.yml")).unwrap();
     assert!(prom.contains("metrics_path: /metrics") && prom.contains(":6580"));
+}
+
+#[tokio::test]
+async fn json_logs_write_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let data = dir.path().join("data");
+    let server = Server::start_logged(&data, &["--log-format", "json"], &log, "info");
+    let mut c = server.client().await;
+    create_connector(
+        &mut c,
+        "gen",
+        "SOURCE",
+        "generator",
+        &json!({"stream": "g", "count": 10}),
+    )
+    .await
+    .unwrap();
+    wait_connector_status(&c, "gen", "COMPLETED").await;
+    drop(c);
+    // Off the runtime: the client's connection must be able to see the server's GOAWAY.
+    let mut server = server;
+    let status = tokio::task::spawn_blocking(move || server.terminate()).await.unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "{text}");
+    for l in &lines {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string() && v["target"].is_string(),
+            "{l}"
+        );
+    }
+    assert!(lines.iter().any(|l| l.contains("shutting down")), "{text}");
 }

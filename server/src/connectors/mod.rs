@@ -95,6 +95,10 @@ impl Connectors {
             .connector_type(&meta.kind, &meta.target)
             .expect("validated connector type");
         let initial = State::parse(&meta.status).unwrap_or(State::New);
+        // The task's log, registered before it runs so its first lines land there.
+        let log: hstream_runtime::logs::TaskLog = Arc::new(Mutex::new(VecDeque::new()));
+        let secrets = hstream_runtime::secret::secret_values(&connector.spec()["connectionSpecification"], &config);
+        hstream_runtime::logs::register(&meta.name, log.clone(), secrets);
         let handle = supervisor::spawn(
             TaskSpec {
                 name: meta.name.clone(),
@@ -109,8 +113,6 @@ impl Connectors {
             tasks,
             shutdown.clone(),
         );
-        let log: hstream_runtime::logs::TaskLog = Arc::new(Mutex::new(VecDeque::new()));
-        hstream_runtime::logs::register(&meta.name, log.clone());
         let task = Arc::new(Task {
             handle: handle.clone(),
             connector,

@@ -152,6 +152,7 @@ impl ServerCtx {
             let archived = format!("{ARCHIVED_PREFIX}{}_{}", req.stream_name, now_ms());
             self.meta.archive_stream(&req.stream_name, &archived).await?;
             self.catalog.remove(&req.stream_name);
+            self.metrics.stream_deleted(&req.stream_name);
             let mut meta = entry.meta.clone();
             meta.name = archived.clone();
             meta.archived = true;
@@ -172,6 +173,7 @@ impl ServerCtx {
         }
         self.meta.delete_stream(&req.stream_name).await?;
         self.catalog.remove(&req.stream_name);
+        self.metrics.stream_deleted(&req.stream_name);
         self.drop_shard_files(entry.shards.iter().map(|s| s.meta.id).collect())
             .await;
         tracing::info!(stream = %req.stream_name, "stream deleted");

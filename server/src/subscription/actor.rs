@@ -96,6 +96,9 @@ struct ShardSub {
     sent: HashMap<u64, SentTo>,
     /// Batches to send again to the owner.
     resend: BTreeSet<u64>,
+    /// Of those, the ones a consumer had (ack timeout, consumer gone): their next send is a
+    /// redelivery.
+    again: std::collections::HashSet<u64>,
     /// Acks for batches not yet (re)delivered since this actor started, which a consumer may
     /// have received before a restart; applied when the batch is read.
     early_acks: HashMap<u64, Vec<u32>>,
@@ -164,6 +167,7 @@ impl Actor {
                 owner: None,
                 sent: HashMap::new(),
                 resend: BTreeSet::new(),
+                again: Default::default(),
                 early_acks: HashMap::new(),
                 visible_at_start: 0,
             });
@@ -171,7 +175,7 @@ impl Actor {
             s.visible_at_start = s.log.visible_lsn();
         }
         shards.sort_by_key(|s| s.id);
-        Ok(Actor {
+        let actor = Actor {
             sub,
             meta,
             shards,
@@ -182,7 +186,9 @@ impl Actor {
             rotate: 0,
             shutdown,
             stats,
-        })
+        };
+        actor.publish_committed();
+        Ok(actor)
     }
 
     fn ack_timeout(&self) -> Duration {
@@ -366,8 +372,7 @@ impl Actor {
                 .collect();
             for lsn in theirs {
                 s.sent.remove(&lsn);
-                let again = s.tracker.get(lsn).map_or(0, |f| u64::from(f.unacked()));
-                self.stats.redelivered.fetch_add(again, Ordering::Relaxed);
+                s.again.insert(lsn);
                 s.tracker.withdraw(lsn);
                 s.resend.insert(lsn);
             }
@@ -396,6 +401,7 @@ impl Actor {
                     if s.tracker.get(id.batch_id).is_none_or(|f| f.complete()) {
                         s.sent.remove(&id.batch_id);
                         s.resend.remove(&id.batch_id);
+                        s.again.remove(&id.batch_id);
                     }
                 }
                 Err(_) if id.batch_id >= s.tracker.read_next && id.batch_id <= s.visible_at_start => {
@@ -441,12 +447,20 @@ impl Actor {
             let still_out = matches!(s.sent.get(&lsn), Some(sent) if sent.conn == conn && sent.at + timeout <= now);
             if still_out && s.tracker.get(lsn).is_some_and(|f| !f.complete()) {
                 s.sent.remove(&lsn);
-                let again = s.tracker.get(lsn).map_or(0, |f| u64::from(f.unacked()));
-                self.stats.redelivered.fetch_add(again, Ordering::Relaxed);
+                s.again.insert(lsn);
                 s.tracker.withdraw(lsn);
                 s.resend.insert(lsn);
             }
         }
+    }
+
+    /// Tells the metrics endpoint each shard's committed position (for the backlog).
+    fn publish_committed(&self) {
+        *self.stats.committed.lock().expect("lock") = self
+            .shards
+            .iter()
+            .map(|s| (s.log.clone(), s.tracker.committed()))
+            .collect();
     }
 
     async fn commit(&mut self) {
@@ -460,13 +474,7 @@ impl Actor {
             self.meta.put_checkpoint(&cp).await
         }
         .await;
-        // Batches between the committed position and the tail, for the metrics endpoint.
-        let backlog: u64 = self
-            .shards
-            .iter()
-            .map(|s| (s.log.visible_lsn() + 1).saturating_sub(s.tracker.committed()))
-            .sum();
-        self.stats.backlog.store(backlog, Ordering::Relaxed);
+        self.publish_committed();
         match res {
             Ok(()) => self.dirty = false,
             Err(e) => tracing::error!(subscription = %self.sub.id, error = %e, "committing progress failed"),
@@ -524,6 +532,7 @@ impl Actor {
                     // Trimmed while it waited: nothing left to deliver or wait for.
                     let s = &mut self.shards[si];
                     s.resend.pop_first();
+                    s.again.remove(&lsn);
                     s.tracker.forget(lsn);
                     self.dirty = true;
                     progressed = true;
@@ -626,7 +635,14 @@ impl Actor {
             received_records: Some(record),
         })) {
             Ok(()) => {
-                self.stats.delivered.fetch_add(indices.len() as u64, Ordering::Relaxed);
+                // Counted as sent again only when a consumer had it before (not when a full
+                // channel made us hold it back).
+                let counter = if s.again.remove(&lsn) {
+                    &self.stats.redelivered
+                } else {
+                    &self.stats.delivered
+                };
+                counter.fetch_add(indices.len() as u64, Ordering::Relaxed);
                 let now = Instant::now();
                 s.sent.insert(lsn, SentTo { conn, at: now });
                 self.deadlines.insert((now + timeout, si, lsn, conn));

@@ -33,14 +33,26 @@ pub struct Handle {
 }
 
 /// Counters of a subscription since this node started it, for the metrics endpoint.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Stats {
     pub delivered: std::sync::atomic::AtomicU64,
     pub acked: std::sync::atomic::AtomicU64,
     /// Records taken back (ack timeout, consumer gone) to be sent again.
     pub redelivered: std::sync::atomic::AtomicU64,
-    /// Stored batches between the committed position and the tail, as of the last commit.
-    pub backlog: std::sync::atomic::AtomicU64,
+    /// Per shard: its log and the committed position (the first LSN not fully acked), so the
+    /// backlog can be read at any time against the log's tail.
+    pub committed: std::sync::Mutex<Vec<(Arc<ShardLog>, u64)>>,
+}
+
+impl Stats {
+    /// Stored batches between the committed positions and the tails, now.
+    pub fn backlog(&self) -> u64 {
+        let shards = self.committed.lock().expect("lock");
+        shards
+            .iter()
+            .map(|(log, committed)| (log.visible_lsn() + 1).saturating_sub(*committed))
+            .sum()
+    }
 }
 
 impl Handle {

@@ -28,7 +28,7 @@ struct Mapped {
 }
 
 struct State {
-    /// Unix seconds of the newest event read (for the lag metric).
+    /// Unix seconds of the last event read that carried a time (for the lag metric).
     event_ts: u32,
     file: String,
     gtid: GtidState,
@@ -168,10 +168,8 @@ impl MySqlSource {
             let next = match binlog.next().now_or_never() {
                 Some(ev) => ev,
                 None => {
-                    // Nothing more to read right now: what we have goes out, and we are not
-                    // behind.
+                    // Nothing more to read right now: what we have goes out.
                     self.flush(&mut st, out).await?;
-                    out.set_lag(hstream_runtime::Lag::Seconds(0.0));
                     tokio::select! {
                         biased;
                         _ = cancel.cancelled() => return Ok(Done::Cancelled),
@@ -189,8 +187,14 @@ impl MySqlSource {
                 Some(Err(e)) => return Err(binlog_error(e)),
                 Some(Ok(ev)) => ev,
             };
-            // Heartbeats and artificial events carry no time.
-            st.event_ts = st.event_ts.max(ev.header().timestamp());
+            // Heartbeats and artificial events carry no time; a heartbeat comes only while the
+            // server has nothing newer to send: then we are not behind.
+            let ts = ev.header().timestamp();
+            if ts > 0 {
+                st.event_ts = ts;
+            } else if ev.header().event_type_raw() == event::HEARTBEAT {
+                out.set_lag(hstream_runtime::Lag::Seconds(0.0));
+            }
             self.handle(&mut st, &ev).await?;
             // Full batches go out; so does a moved position at least every second, even while
             // the binlog never runs dry (e.g. busy with tables we do not capture).
@@ -264,7 +268,10 @@ impl MySqlSource {
                     self.commit(st, end);
                 } else {
                     if is_ddl(sql) {
-                        tracing::info!(statement = %sql, "DDL in the binlog; table layouts are re-read");
+                        // The statement's first words only: DDL such as CREATE USER … IDENTIFIED BY
+                        // carries credentials.
+                        let head: Vec<&str> = sql.split_whitespace().take(2).collect();
+                        tracing::info!(statement = %head.join(" "), "DDL in the binlog; table layouts are re-read");
                         st.stale = true;
                         st.maps.clear();
                     }

@@ -15,8 +15,11 @@ use crate::postgres::pgoutput::{self, Message};
 use crate::postgres::query_error;
 use crate::postgres::wire::{self, Connection, ReplicationMessage, ReplicationStream, format_lsn, ident};
 
-/// How often the slot's lag is measured (one `pg_current_wal_lsn()` query).
+/// How often the slot's lag is measured (one `pg_current_wal_lsn()` query on the catalog
+/// connection), how long a probe may take, and the pause after a failed one.
 const LAG_PROBE_EVERY: Duration = Duration::from_millis(500);
+const LAG_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+const LAG_PROBE_BACKOFF: Duration = Duration::from_secs(30);
 
 impl PgSource {
     /// The server's current WAL write position.
@@ -25,8 +28,8 @@ impl PgSource {
         match conn.query("SELECT pg_current_wal_lsn()::text").await {
             Ok(rows) => rows.first()?.first()?.as_deref().and_then(wire::parse_lsn),
             Err(e) => {
+                // E.g. a standby ("recovery is in progress"): no reading, the connection stays.
                 tracing::debug!(error = %e, "lag probe failed");
-                self.control = None;
                 None
             }
         }
@@ -94,7 +97,7 @@ impl PgSource {
             .map_err(stream_err)?;
         let status_every = Duration::from_millis(self.cfg.heartbeat_interval_ms);
         let mut last_status = tokio::time::Instant::now();
-        let mut last_lag_probe = tokio::time::Instant::now() - LAG_PROBE_EVERY;
+        let mut next_lag_probe = tokio::time::Instant::now();
         loop {
             if cancel.is_cancelled() {
                 rs.close().await;
@@ -112,12 +115,20 @@ impl PgSource {
             // The slot's lag: WAL the server has written and we have not made durable yet. A
             // logical walsender's messages carry only what it sent, so ask on the catalog
             // connection (a failed probe just skips a reading).
-            if last_lag_probe.elapsed() >= LAG_PROBE_EVERY {
-                last_lag_probe = tokio::time::Instant::now();
-                if let Some(end) = self.server_wal_end().await {
-                    st.server_end = end;
+            if tokio::time::Instant::now() >= next_lag_probe {
+                match tokio::time::timeout(LAG_PROBE_TIMEOUT, self.server_wal_end()).await {
+                    Ok(Some(end)) => {
+                        st.server_end = end;
+                        next_lag_probe = tokio::time::Instant::now() + LAG_PROBE_EVERY;
+                        out.set_lag(hstream_runtime::Lag::Bytes(end.saturating_sub(st.confirmed)));
+                    }
+                    failed => {
+                        if failed.is_err() {
+                            self.control = None; // stalled: reconnect when next needed
+                        }
+                        next_lag_probe = tokio::time::Instant::now() + LAG_PROBE_BACKOFF;
+                    }
                 }
-                out.set_lag(hstream_runtime::Lag::Bytes(st.server_end.saturating_sub(st.confirmed)));
             }
             // Decode what has been read already; emit when the batch is full or the socket dry.
             while let Some(m) = rs.next_buffered().map_err(stream_err)? {
