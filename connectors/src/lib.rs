@@ -4,6 +4,7 @@
 //! [`registry`] is the one list of every connector type the server offers; `specs/` holds each
 //! one's `ConnectorSpecification`, kept equal to the Rust config types by a test.
 
+pub mod airbyte;
 pub mod cdc;
 pub mod changes;
 pub mod mqtt;

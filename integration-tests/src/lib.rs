@@ -392,22 +392,41 @@ pub async fn connector_report(c: &Client, name: &str) -> serde_json::Value {
     }
 }
 
-/// Every record of every shard of a stream up to its tail, whole (header and payload), in order
-/// within each shard.
-pub async fn read_stream_records(client: &Client, stream: &str) -> Vec<pb::HStreamRecord> {
-    let mut client = client.clone();
-    let shards = match client
+/// Creates a stream of `shards` shards; returns their ids.
+pub async fn make_stream(c: &mut Client, name: &str, shards: u32) -> Vec<u64> {
+    c.create_stream(pb::Stream {
+        stream_name: name.into(),
+        replication_factor: 1,
+        backlog_duration: 0,
+        shard_count: shards,
+        creation_time: None,
+    })
+    .await
+    .unwrap();
+    stream_shards(c, name).await.iter().map(|s| s.shard_id).collect()
+}
+
+/// A stream's shards; none for a stream that does not exist (yet: tests poll before a connector
+/// created it).
+pub async fn stream_shards(client: &mut Client, stream: &str) -> Vec<pb::Shard> {
+    match client
         .list_shards(pb::ListShardsRequest {
             stream_name: stream.to_owned(),
         })
         .await
     {
         Ok(r) => r.into_inner().shards,
-        Err(s) if s.code() == tonic::Code::NotFound => return Vec::new(),
+        Err(s) if s.code() == tonic::Code::NotFound => Vec::new(),
         Err(s) => panic!("list shards: {s}"),
-    };
+    }
+}
+
+/// Every record of every shard of a stream up to its tail, whole (header and payload), in order
+/// within each shard.
+pub async fn read_stream_records(client: &Client, stream: &str) -> Vec<pb::HStreamRecord> {
+    let mut client = client.clone();
     let mut out = Vec::new();
-    for shard in shards {
+    for shard in stream_shards(&mut client, stream).await {
         for r in read_shard_to_tail(&mut client, stream, shard.shard_id).await {
             out.extend(decode_records(&r).into_iter().map(|(_, rec)| rec));
         }
@@ -484,19 +503,8 @@ pub fn struct_to_json(s: &prost_types::Struct) -> serde_json::Value {
 /// Every record of every shard of a JSON stream up to its tail, as (partition key, JSON),
 /// in order within each shard; none for a stream that does not exist (yet).
 pub async fn read_json_stream(client: &mut Client, stream: &str) -> Vec<(String, serde_json::Value)> {
-    // A stream a connector has not created yet holds nothing (tests poll before it exists).
-    let shards = match client
-        .list_shards(pb::ListShardsRequest {
-            stream_name: stream.to_owned(),
-        })
-        .await
-    {
-        Ok(r) => r.into_inner().shards,
-        Err(s) if s.code() == tonic::Code::NotFound => return Vec::new(),
-        Err(s) => panic!("list shards: {s}"),
-    };
     let mut out = Vec::new();
-    for shard in shards {
+    for shard in stream_shards(client, stream).await {
         for r in read_shard_to_tail(client, stream, shard.shard_id).await {
             for (_, key, payload) in decode(&r) {
                 let s = prost_types::Struct::decode(&payload[..]).expect("a JSON (Struct) record");

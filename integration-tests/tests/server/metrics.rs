@@ -24,6 +24,19 @@ fn listed() -> BTreeMap<String, String> {
         .collect()
 }
 
+async fn subscribe_earliest(c: &mut Client, id: &str, stream: &str) {
+    c.create_subscription(pb::Subscription {
+        subscription_id: id.into(),
+        stream_name: stream.into(),
+        ack_timeout_seconds: 60,
+        max_unacked_records: 100_000,
+        offset: pb::SpecialOffset::Earliest as i32,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
 async fn scrape(server: &Server) -> Value {
     run_python("metrics_parse.py", &[&format!("http://{}/metrics", server.http)]).await
 }
@@ -60,28 +73,10 @@ async fn metrics_parse_list_everything_and_count_what_moved() {
     create_connector(&mut c, "hole", "SINK", "blackhole", &json!({"stream": "gen"}))
         .await
         .unwrap();
-    c.create_subscription(pb::Subscription {
-        subscription_id: "sub".into(),
-        stream_name: "gen".into(),
-        ack_timeout_seconds: 60,
-        max_unacked_records: 100_000,
-        offset: pb::SpecialOffset::Earliest as i32,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    subscribe_earliest(&mut c, "sub", "gen").await;
     let consumer = TestConsumer::start(&c, "sub", "reader", true).await.unwrap();
     // A subscription nobody reads: its backlog is the whole stream.
-    c.create_subscription(pb::Subscription {
-        subscription_id: "idle".into(),
-        stream_name: "gen".into(),
-        ack_timeout_seconds: 60,
-        max_unacked_records: 100,
-        offset: pb::SpecialOffset::Earliest as i32,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    subscribe_earliest(&mut c, "idle", "gen").await;
     // An MQTT source, for its in-flight gauge.
     let broker = hstream_integration_tests::mosquitto::Mosquitto::start();
     let mq = config_with(

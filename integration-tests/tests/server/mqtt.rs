@@ -265,23 +265,20 @@ async fn mqtt_source_reconnects_and_continues_across_a_broker_restart() {
     wait_connector_status(&c, "mq", "RUNNING").await;
 }
 
-/// Appends RAW records under `keys` and a few JSON records to `stream` through the gRPC API.
-async fn append_records(c: &mut Client, stream: &str, per_key: usize, keys: usize) -> Vec<(String, Vec<u8>)> {
+/// Appends RAW records under `keys` to shard `shard_id` of `stream` through the gRPC API.
+async fn append_records(
+    c: &mut Client,
+    stream: &str,
+    shard_id: u64,
+    per_key: usize,
+    keys: usize,
+) -> Vec<(String, Vec<u8>)> {
     let mut sent = Vec::new();
     for k in 0..keys {
         let key = format!("k{k}");
         for chunk in (0..per_key).collect::<Vec<_>>().chunks(250) {
             let payloads: Vec<Vec<u8>> = chunk.iter().map(|i| format!("{key}/{i}").into_bytes()).collect();
             sent.extend(payloads.iter().map(|p| (key.clone(), p.clone())));
-            let shard_id = c
-                .list_shards(pb::ListShardsRequest {
-                    stream_name: stream.into(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .shards[0]
-                .shard_id;
             c.append(pb::AppendRequest {
                 stream_name: stream.into(),
                 shard_id,
@@ -300,15 +297,8 @@ async fn mqtt_sink_publishes_every_record_of_a_stream() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let mut c = server.client().await;
-    c.create_stream(pb::Stream {
-        stream_name: "out".into(),
-        replication_factor: 1,
-        shard_count: 1,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let sent = append_records(&mut c, "out", 2_000, 5).await;
+    let shard_id = make_stream(&mut c, "out", 1).await[0];
+    let sent = append_records(&mut c, "out", shard_id, 2_000, 5).await;
     // A JSON record goes out as JSON text; its field can name the topic.
     let doc = json!({"room": "r1", "t": 21.5});
     let s = prost::Message::encode_to_vec(&json_struct(&doc));
@@ -320,15 +310,6 @@ async fn mqtt_sink_publishes_every_record_of_a_stream() {
         }),
         payload: s.into(),
     };
-    let shard_id = c
-        .list_shards(pb::ListShardsRequest {
-            stream_name: "out".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .shards[0]
-        .shard_id;
     c.append(pb::AppendRequest {
         stream_name: "out".into(),
         shard_id,
@@ -696,14 +677,7 @@ async fn emqx_bridge_call_sequence_appends_and_reads_back_byte_equal() {
     let server = Server::start(dir.path(), &[]);
     let mut c = server.client().await;
     // EMQX's producer does not create the stream.
-    c.create_stream(pb::Stream {
-        stream_name: "emqx".into(),
-        replication_factor: 1,
-        shard_count: 4,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    make_stream(&mut c, "emqx", 4).await;
     let seed = format!("127.0.0.1:{}", server.addr.port());
     let out = run_python(
         "emqx_bridge.py",

@@ -18,26 +18,6 @@ fn sub_req(id: &str, stream: &str, ack_timeout: i32, max_unacked: i32) -> pb::Su
     }
 }
 
-async fn make_stream(c: &mut Client, name: &str, shards: u32) -> Vec<u64> {
-    c.create_stream(pb::Stream {
-        stream_name: name.into(),
-        replication_factor: 1,
-        backlog_duration: 0,
-        shard_count: shards,
-        creation_time: None,
-    })
-    .await
-    .unwrap();
-    let r = c
-        .list_shards(pb::ListShardsRequest {
-            stream_name: name.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    r.shards.iter().map(|s| s.shard_id).collect()
-}
-
 /// Appends `n` one-record batches round-robin over `shards`, payloads "<tag>-<i>".
 async fn append_each(c: &mut Client, stream: &str, shards: &[u64], tag: &str, n: usize) {
     for i in 0..n {
