@@ -1,0 +1,513 @@
+//! Running an Airbyte connector: as an executable (on PATH or at a path), as a Python package
+//! installed into a managed venv on first use (with `uv` when present, else `python3 -m venv` and
+//! pip), or as a container image through `docker`/`podman` with the Airbyte image conventions.
+//! The one-shot commands (`spec`, `check`, `discover`) are run here; their outcome is classified
+//! into the runtime's errors (config, external) with the connector's own words.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use hstream_runtime::ConnectorError;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::Command;
+
+use super::protocol::{self, LogLevel, Message, Trace};
+
+/// How a connector is started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Launcher {
+    /// An executable: a name found on PATH, or a path.
+    Command(String),
+    /// A PyPI requirement such as `airbyte-source-faker==7.2.1`, installed into a venv under
+    /// `root`; the executable is the package's console script (`source-faker`).
+    Package { requirement: String, root: PathBuf },
+    /// A container image run with `engine` (`docker` or `podman`).
+    Image { image: String, engine: String },
+}
+
+/// The console script of an Airbyte package: `airbyte-source-faker==7.2.1` → `source-faker`.
+pub fn package_executable(requirement: &str) -> Result<String, ConnectorError> {
+    let name = requirement
+        .split(['=', '<', '>', '~', '!', '[', ';', ' '])
+        .next()
+        .unwrap_or_default()
+        .trim();
+    match name.strip_prefix("airbyte-") {
+        Some(exe) if !exe.is_empty() && exe.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') => {
+            Ok(exe.to_owned())
+        }
+        _ => Err(ConnectorError::config(format!(
+            "package: {requirement:?} is not an Airbyte connector package (airbyte-source-… or airbyte-destination-…)"
+        ))),
+    }
+}
+
+/// The venv directory of a requirement: one per exact requirement, so a version change installs
+/// anew and the old one stays usable until then.
+fn venv_dir(root: &Path, requirement: &str) -> Result<PathBuf, ConnectorError> {
+    use md5::Digest;
+    let exe = package_executable(requirement)?;
+    let h = md5::Md5::digest(requirement.as_bytes());
+    let tag: String = h.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    Ok(root.join(format!(".venv-{exe}-{tag}")))
+}
+
+async fn run_tool(cmd: &mut Command, what: &str) -> Result<(), ConnectorError> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| ConnectorError::external(format!("{what}: {e}")))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        return Err(ConnectorError::external(format!(
+            "{what} failed ({}): {}",
+            out.status,
+            tail.join(" | ")
+        )));
+    }
+    Ok(())
+}
+
+/// Serializes installs within this process (two tasks of one package install it once).
+static INSTALLS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The executable of a package, installed first if missing.
+pub async fn ensure_package(requirement: &str, root: &Path) -> Result<PathBuf, ConnectorError> {
+    let exe_name = package_executable(requirement)?;
+    let dir = venv_dir(root, requirement)?;
+    let exe = dir.join("bin").join(&exe_name);
+    let _one = INSTALLS.lock().await;
+    if exe.is_file() {
+        return Ok(exe);
+    }
+    std::fs::create_dir_all(root).map_err(|e| ConnectorError::external(format!("{}: {e}", root.display())))?;
+    // Installed beside, then renamed: a half-finished install is never taken for a good one.
+    let tmp = dir.with_extension("installing");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let uv = which("uv");
+    match &uv {
+        Some(uv) => {
+            run_tool(Command::new(uv).arg("venv").arg("--quiet").arg(&tmp), "uv venv").await?;
+            run_tool(
+                Command::new(uv)
+                    .args(["pip", "install", "--quiet", "--python"])
+                    .arg(tmp.join("bin/python"))
+                    .arg(requirement),
+                &format!("uv pip install {requirement}"),
+            )
+            .await?;
+        }
+        None => {
+            run_tool(
+                Command::new("python3").arg("-m").arg("venv").arg(&tmp),
+                "python3 -m venv",
+            )
+            .await?;
+            run_tool(
+                Command::new(tmp.join("bin/pip"))
+                    .args(["install", "--quiet", "--disable-pip-version-check"])
+                    .arg(requirement),
+                &format!("pip install {requirement}"),
+            )
+            .await?;
+        }
+    }
+    if !tmp.join("bin").join(&exe_name).is_file() {
+        return Err(ConnectorError::config(format!(
+            "package: {requirement} installed no executable {exe_name}"
+        )));
+    }
+    std::fs::rename(&tmp, &dir).map_err(|e| ConnectorError::external(format!("{}: {e}", dir.display())))?;
+    Ok(exe)
+}
+
+/// `name` on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// A connector command ready to spawn: the program, its leading arguments, and how files
+/// given as arguments are seen by it (a container sees them under a mount).
+pub struct Invocation {
+    program: PathBuf,
+    args: Vec<String>,
+    /// Files for `--config`/`--catalog`/`--state`, written here.
+    files: tempfile::TempDir,
+    /// The path prefix the connector sees for `files` (a container mount point).
+    seen_as: Option<String>,
+}
+
+impl Invocation {
+    pub async fn new(launcher: &Launcher) -> Result<Invocation, ConnectorError> {
+        let files = tempfile::Builder::new()
+            .prefix("hstream-airbyte")
+            .tempdir()
+            .map_err(|e| ConnectorError::external(format!("temporary directory: {e}")))?;
+        Ok(match launcher {
+            Launcher::Command(c) => {
+                let program = if c.contains('/') {
+                    PathBuf::from(c)
+                } else {
+                    which(c).ok_or_else(|| ConnectorError::config(format!("command: {c:?} is not on PATH")))?
+                };
+                Invocation {
+                    program,
+                    args: Vec::new(),
+                    files,
+                    seen_as: None,
+                }
+            }
+            Launcher::Package { requirement, root } => Invocation {
+                program: ensure_package(requirement, root).await?,
+                args: Vec::new(),
+                files,
+                seen_as: None,
+            },
+            Launcher::Image { image, engine } => {
+                let program = which(engine).ok_or_else(|| {
+                    ConnectorError::config(format!("image: {engine} is not installed here, so images cannot run"))
+                })?;
+                // The Airbyte convention: the image's ENTRYPOINT is the connector (and equals
+                // AIRBYTE_ENTRYPOINT); arguments follow the image name. Files are mounted
+                // read-only at /airbyte-io.
+                let mount = format!("{}:/airbyte-io:ro", files.path().display());
+                Invocation {
+                    program,
+                    args: vec![
+                        "run".into(),
+                        "--rm".into(),
+                        "-i".into(),
+                        "--network".into(),
+                        "host".into(),
+                        "-v".into(),
+                        mount,
+                        image.clone(),
+                    ],
+                    files,
+                    seen_as: Some("/airbyte-io".into()),
+                }
+            }
+        })
+    }
+
+    /// Writes `value` as file `name` and returns the path the connector sees.
+    pub fn file(&self, name: &str, value: &Value) -> Result<String, ConnectorError> {
+        let path = self.files.path().join(name);
+        std::fs::write(&path, value.to_string())
+            .map_err(|e| ConnectorError::external(format!("{}: {e}", path.display())))?;
+        Ok(match &self.seen_as {
+            Some(prefix) => format!("{prefix}/{name}"),
+            None => path.display().to_string(),
+        })
+    }
+
+    /// A command running `verb` with `args`.
+    pub fn command(&self, verb: &str, args: &[String]) -> Command {
+        let mut c = Command::new(&self.program);
+        c.args(&self.args).arg(verb).args(args).kill_on_drop(true);
+        c
+    }
+}
+
+/// What a one-shot command said.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub messages: Vec<Value>,
+    pub spec: Option<Value>,
+    pub catalog: Option<Value>,
+    pub status: Option<(bool, Option<String>)>,
+    /// The last TRACE error: (message, failure_type).
+    pub error: Option<(String, Option<String>)>,
+    /// Lines that were not AirbyteMessages (kept as log lines).
+    pub noise: usize,
+    pub logs: Vec<String>,
+}
+
+/// Runs a one-shot command (`spec`, `check`, `discover`) to its end, within `limit`.
+pub async fn run_once(
+    inv: &Invocation,
+    verb: &str,
+    args: &[String],
+    limit: Duration,
+) -> Result<Outcome, ConnectorError> {
+    let mut child = inv
+        .command(verb, args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| ConnectorError::external(format!("starting the connector ({verb}): {e}")))?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    // stderr is drained beside stdout (a connector that fills the stderr pipe would otherwise
+    // block); its last 64 KiB are kept for the error message.
+    let stderr_tail = tokio::spawn(async move {
+        let mut kept: Vec<u8> = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = stderr.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            kept.extend_from_slice(&buf[..n]);
+            if kept.len() > 64 << 10 {
+                kept.drain(..kept.len() - (64 << 10));
+            }
+        }
+        String::from_utf8_lossy(&kept).into_owned()
+    });
+    let stderr_tail = tokio_util::task::AbortOnDropHandle::new(stderr_tail);
+    let collect = async {
+        let mut out = Outcome::default();
+        let mut lines = BufReader::new(stdout).lines();
+        while let Some(line) = lines
+            .next_line()
+            .await
+            .map_err(|e| ConnectorError::external(format!("reading the connector's output: {e}")))?
+        {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match protocol::parse(&line) {
+                Ok(Message::Spec(v)) => out.spec = Some(v),
+                Ok(Message::Catalog(v)) => out.catalog = Some(v),
+                Ok(Message::ConnectionStatus { succeeded, message }) => out.status = Some((succeeded, message)),
+                Ok(Message::Trace(Trace::Error {
+                    message, failure_type, ..
+                })) => out.error = Some((message, failure_type)),
+                Ok(Message::Log { level, message }) => {
+                    if matches!(level, LogLevel::Fatal | LogLevel::Error | LogLevel::Warn) {
+                        out.logs.push(message);
+                    }
+                }
+                Ok(_) => {}
+                Err(protocol::ParseError::NotJson(_)) => out.noise += 1,
+                Err(e) => {
+                    return Err(ConnectorError::external(format!(
+                        "the connector ({verb}) wrote a malformed message: {e}"
+                    )));
+                }
+            }
+        }
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| ConnectorError::external(format!("waiting for the connector: {e}")))?;
+        Ok::<_, ConnectorError>((out, status))
+    };
+    let (out, status) = match tokio::time::timeout(limit, collect).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(ConnectorError::external(format!(
+                "the connector's {verb} did not finish within {limit:?}; stopped"
+            )));
+        }
+    };
+    if !status.success() {
+        let err = stderr_tail.await.unwrap_or_default();
+        let why = match &out.error {
+            Some((m, _)) => m.clone(),
+            None => {
+                let tail: Vec<&str> = err
+                    .lines()
+                    .rev()
+                    .take(3)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                tail.join(" | ")
+            }
+        };
+        return Err(classify(
+            &out,
+            format!("the connector's {verb} exited with {status}: {why}"),
+        ));
+    }
+    Ok(out)
+}
+
+/// A config error when the connector blamed its config, else external (retryable).
+fn classify(out: &Outcome, message: String) -> ConnectorError {
+    match out.error.as_ref().and_then(|(_, t)| t.as_deref()) {
+        Some("config_error") => ConnectorError::config(message),
+        _ => ConnectorError::external(message),
+    }
+}
+
+/// The connector's SPEC.
+pub async fn spec(inv: &Invocation, limit: Duration) -> Result<Value, ConnectorError> {
+    let out = run_once(inv, "spec", &[], limit).await?;
+    out.spec
+        .ok_or_else(|| ConnectorError::external("the connector's spec printed no SPEC message"))
+}
+
+/// `check`: Ok when the connector says SUCCEEDED; a FAILED status is a config error with the
+/// connector's message.
+pub async fn check(inv: &Invocation, config: &Value, limit: Duration) -> Result<(), ConnectorError> {
+    let path = inv.file("config.json", config)?;
+    let out = run_once(inv, "check", &["--config".into(), path], limit).await?;
+    match out.status {
+        Some((true, _)) => Ok(()),
+        Some((false, m)) => Err(ConnectorError::config(format!(
+            "config: the connector's check failed: {}",
+            m.unwrap_or_else(|| "no message".into())
+        ))),
+        None => Err(classify(
+            &out,
+            match &out.error {
+                Some((m, _)) => format!("the connector's check failed: {m}"),
+                None => "the connector's check printed no CONNECTION_STATUS".into(),
+            },
+        )),
+    }
+}
+
+/// `discover`: the CATALOG.
+pub async fn discover(inv: &Invocation, config: &Value, limit: Duration) -> Result<Value, ConnectorError> {
+    let path = inv.file("config.json", config)?;
+    let out = run_once(inv, "discover", &["--config".into(), path], limit).await?;
+    match out.catalog {
+        Some(c) => Ok(c),
+        None => Err(classify(
+            &out,
+            match &out.error {
+                Some((m, _)) => format!("the connector's discover failed: {m}"),
+                None => "the connector's discover printed no CATALOG".into(),
+            },
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A connector written as a shell script obeying (or not) the protocol.
+    fn script(body: &str) -> (tempfile::TempDir, Launcher) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fake-connector");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::process::Command::new("chmod")
+            .arg("+x")
+            .arg(&path)
+            .status()
+            .unwrap();
+        let l = Launcher::Command(path.display().to_string());
+        (dir, l)
+    }
+
+    const FAKE: &str = r#"
+case "$1" in
+  spec) echo 'Starting...'; echo '{"type":"SPEC","spec":{"connectionSpecification":{"type":"object","required":["count"],"properties":{"count":{"type":"integer"},"token":{"type":"string","airbyte_secret":true}}}}}' ;;
+  check) if grep -q '"count": *-1' "$3" || grep -q '"count":-1' "$3"; then
+           echo '{"type":"CONNECTION_STATUS","connectionStatus":{"status":"FAILED","message":"count must be positive"}}'
+         else
+           echo '{"type":"LOG","log":{"level":"INFO","message":"ok"}}'
+           echo '{"type":"CONNECTION_STATUS","connectionStatus":{"status":"SUCCEEDED"}}'
+         fi ;;
+  discover) echo '{"type":"CATALOG","catalog":{"streams":[{"name":"users","json_schema":{},"supported_sync_modes":["full_refresh","incremental"]}]}}' ;;
+esac
+"#;
+
+    #[tokio::test]
+    async fn spec_check_and_discover_of_a_connector_that_obeys() {
+        let (_d, l) = script(FAKE);
+        let inv = Invocation::new(&l).await.unwrap();
+        let t = Duration::from_secs(10);
+        let spec = spec(&inv, t).await.unwrap();
+        assert_eq!(spec["connectionSpecification"]["required"], json!(["count"]));
+        check(&inv, &json!({"count": 5}), t).await.unwrap();
+        let e = check(&inv, &json!({"count": -1}), t).await.unwrap_err();
+        assert_eq!(e.kind, hstream_runtime::ErrorKind::Config);
+        assert!(e.message.contains("count must be positive"), "{e}");
+        let cat = discover(&inv, &json!({"count": 5}), t).await.unwrap();
+        assert_eq!(cat["streams"][0]["name"], json!("users"));
+    }
+
+    #[tokio::test]
+    async fn failures_are_classified_with_the_connectors_words() {
+        let t = Duration::from_secs(10);
+        // Exits non-zero after a TRACE error that blames the config.
+        let (_d, l) = script(
+            r#"echo '{"type":"TRACE","trace":{"type":"ERROR","emitted_at":1,"error":{"message":"API key rejected","failure_type":"config_error"}}}'; exit 1"#,
+        );
+        let inv = Invocation::new(&l).await.unwrap();
+        let e = check(&inv, &json!({}), t).await.unwrap_err();
+        assert_eq!(e.kind, hstream_runtime::ErrorKind::Config);
+        assert!(
+            e.message.contains("API key rejected") && e.message.contains("exit status: 1"),
+            "{e}"
+        );
+        // Crashes with only stderr to say why: external, with the stderr tail.
+        let (_d, l) = script("echo 'Traceback: boom' >&2; exit 3");
+        let inv = Invocation::new(&l).await.unwrap();
+        let e = spec(&inv, t).await.unwrap_err();
+        assert_eq!(e.kind, hstream_runtime::ErrorKind::External);
+        assert!(
+            e.message.contains("boom") && e.message.contains("exit status: 3"),
+            "{e}"
+        );
+        // A malformed AirbyteMessage is an error; plain text lines are log noise.
+        let (_d, l) = script(r#"echo 'hello'; echo '{"type":"RECORD","record":{"data":{}}}'"#);
+        let inv = Invocation::new(&l).await.unwrap();
+        let e = spec(&inv, t).await.unwrap_err();
+        assert!(e.message.contains("malformed message"), "{e}");
+        // Floods stderr (beyond a pipe's buffer) and still answers.
+        let (_d, l) = script(
+            r#"i=0; while [ $i -lt 2000 ]; do echo "log line $i with some padding to fill the pipe" >&2; i=$((i+1)); done
+echo '{"type":"SPEC","spec":{"connectionSpecification":{}}}'"#,
+        );
+        let inv = Invocation::new(&l).await.unwrap();
+        spec(&inv, t).await.unwrap();
+        // Says nothing useful.
+        let (_d, l) = script("echo 'just text'");
+        let inv = Invocation::new(&l).await.unwrap();
+        let e = spec(&inv, t).await.unwrap_err();
+        assert!(e.message.contains("no SPEC"), "{e}");
+        // Hangs: stopped at the limit.
+        let (_d, l) = script("sleep 30");
+        let inv = Invocation::new(&l).await.unwrap();
+        let started = std::time::Instant::now();
+        let e = spec(&inv, Duration::from_millis(300)).await.unwrap_err();
+        assert!(e.message.contains("did not finish"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // Not there.
+        let e = Invocation::new(&Launcher::Command("no-such-airbyte-connector".into()))
+            .await
+            .err()
+            .unwrap();
+        assert!(e.message.starts_with("command:"), "{e}");
+    }
+
+    #[test]
+    fn package_names() {
+        assert_eq!(
+            package_executable("airbyte-source-faker==7.2.1").unwrap(),
+            "source-faker"
+        );
+        assert_eq!(
+            package_executable("airbyte-destination-duckdb>=0.4").unwrap(),
+            "destination-duckdb"
+        );
+        assert!(package_executable("requests==2.0").is_err());
+        assert!(package_executable("airbyte-").is_err());
+        let root = Path::new("/r");
+        assert_ne!(
+            venv_dir(root, "airbyte-source-faker==7.2.1").unwrap(),
+            venv_dir(root, "airbyte-source-faker==7.2.0").unwrap()
+        );
+    }
+}
