@@ -23,7 +23,7 @@ pub mod mosquitto;
 pub mod pg;
 
 /// A free TCP port on 127.0.0.1 (for servers that cannot bind port 0 themselves).
-pub(crate) fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -437,16 +437,8 @@ pub async fn read_stream_records(client: &Client, stream: &str) -> Vec<pb::HStre
 /// How many records a stream holds up to its tail (counted from record ids, nothing decoded).
 pub async fn count_stream_records(client: &Client, stream: &str) -> usize {
     let mut client = client.clone();
-    let Ok(shards) = client
-        .list_shards(pb::ListShardsRequest {
-            stream_name: stream.to_owned(),
-        })
-        .await
-    else {
-        return 0;
-    };
     let mut n = 0;
-    for shard in shards.into_inner().shards {
+    for shard in stream_shards(&mut client, stream).await {
         n += read_shard_to_tail(&mut client, stream, shard.shard_id)
             .await
             .iter()

@@ -219,8 +219,14 @@ pub async fn publish(port: u16, client_id: impl Into<String>, messages: Vec<(Str
         match el.poll().await {
             Ok(Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => acked += 1,
             Ok(_) => {}
-            // The broker went away: reconnect (the next poll does) after a pause.
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            // The broker went away: the next poll reconnects once it listens again.
+            Err(_) => {
+                let back = crate::holds_within(Duration::from_secs(60), || async {
+                    tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+                })
+                .await;
+                assert!(back, "the broker on port {port} did not come back");
+            }
         }
     }
     let client = sender.await.expect("sender");

@@ -249,8 +249,9 @@ pub async fn run_once(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| ConnectorError::external(format!("starting the connector ({verb}): {e}")))?;
-    let stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
+    let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(ConnectorError::internal("the connector's output pipes are missing"));
+    };
     // stderr is drained beside stdout (a connector that fills the stderr pipe would otherwise
     // block); its last 64 KiB are kept for the error message.
     let stderr_tail = tokio::spawn(async move {

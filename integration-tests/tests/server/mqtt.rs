@@ -585,7 +585,7 @@ async fn mqtt_bad_configs_fail_check_with_a_clear_message() {
     assert!(!e.contains("hunter2"), "no password in messages: {e}");
     // Nobody listening.
     let closed = config_with(
-        json!({"host": "127.0.0.1", "port": free_port_for_test()}),
+        json!({"host": "127.0.0.1", "port": free_port()}),
         "s",
         json!({"topic": "a"}),
     );
@@ -661,14 +661,6 @@ async fn mqtt_source_over_tls_with_a_password() {
         .await
         .unwrap_err();
     assert!(e.message().contains("username/password"), "{}", e.message());
-}
-
-fn free_port_for_test() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]
