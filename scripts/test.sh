@@ -3,20 +3,22 @@
 #   - a Python venv (.venv) with the official HStreamDB client (hstreamdb 0.5.0), zstandard, and
 #     openapi-spec-validator (checks the REST API's OpenAPI document), pexpect (drives the SQL
 #     shell through a pseudo-terminal), prometheus-client (its strict OpenMetrics parser checks
-#     GET /metrics);
+#     GET /metrics), and uv, with which the test servers install the Airbyte connector packages
+#     (airbyte-source-faker, airbyte-source-hardcoded-records) into .airbyte/ on first use;
 #   - PostgreSQL's and MariaDB's server binaries (Debian packages), for the CDC tests;
 #   - Mosquitto (Debian package), for the MQTT tests.
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! .venv/bin/python -c "import hstreamdb, zstandard, openapi_spec_validator, pexpect, prometheus_client" 2>/dev/null; then
+if ! .venv/bin/python -c "import hstreamdb, zstandard, openapi_spec_validator, pexpect, prometheus_client" 2>/dev/null \
+  || [ ! -x .venv/bin/uv ]; then
   echo "==> creating .venv with the hstreamdb client"
   python3 -m venv .venv
   # hstreamdb 0.5.0 is an sdist whose build needs pkg_resources (setuptools < 70).
   .venv/bin/pip install -q "setuptools<70" wheel
   .venv/bin/pip install -q --no-build-isolation hstreamdb==0.5.0 zstandard openapi-spec-validator pexpect \
-    prometheus-client==0.21.1
+    prometheus-client==0.21.1 uv==0.13.9
 fi
 
 # PostgreSQL server binaries for the CDC tests (they run their own throw-away instances with

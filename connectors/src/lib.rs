@@ -1,5 +1,6 @@
 //! The connectors this build ships, beyond the runtime's built-in generator and blackhole:
-//! PostgreSQL and MySQL/MariaDB CDC sources and sinks, and the MQTT source and sink.
+//! PostgreSQL and MySQL/MariaDB CDC sources and sinks, the MQTT source and sink, and any Airbyte
+//! source or destination.
 //!
 //! [`registry`] is the one list of every connector type the server offers; `specs/` holds each
 //! one's `ConnectorSpecification`, kept equal to the Rust config types by a test.
@@ -23,6 +24,8 @@ pub fn registry() -> Registry {
     r.sink::<mysql::MySqlSink>("mysql");
     r.source::<mqtt::MqttSource>("mqtt");
     r.sink::<mqtt::MqttSink>("mqtt");
+    r.source::<airbyte::source::AirbyteSource>("airbyte");
+    r.sink::<airbyte::sink::AirbyteSink>("airbyte");
     r
 }
 

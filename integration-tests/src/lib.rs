@@ -124,6 +124,20 @@ pub struct Server {
     log: Option<(PathBuf, String)>,
 }
 
+/// Where test servers install Airbyte packages (`.airbyte/` in the repo).
+pub fn airbyte_dir() -> PathBuf {
+    repo_root().join(".airbyte")
+}
+
+/// PATH with the test venv's `bin` appended (for `uv`).
+pub fn path_with_venv() -> std::ffi::OsString {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.push(repo_root().join(".venv/bin"));
+    std::env::join_paths(dirs).unwrap_or_default()
+}
+
 impl Server {
     /// Starts a server on a free port over `data_dir` with extra flags.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
@@ -168,6 +182,10 @@ impl Server {
             .arg(data_dir)
             .args(&args)
             .env("RUST_LOG", level)
+            // Airbyte packages are installed once, beside the repo, for every test server; uv
+            // (from the test venv) installs them.
+            .env("HSTREAM_AIRBYTE_DIR", airbyte_dir())
+            .env("PATH", path_with_venv())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()

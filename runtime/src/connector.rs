@@ -102,7 +102,7 @@ pub enum Done {
 
 /// Where a source's output goes: a bounded pipeline, so a slow stream slows the source.
 pub struct SourceOutput<O: Offset> {
-    pub(crate) tx: mpsc::Sender<(Vec<Record>, O)>,
+    pub(crate) tx: mpsc::Sender<crate::pipeline::Emitted<O>>,
     pub(crate) committed: watch::Receiver<Option<O>>,
     pub(crate) durable: watch::Receiver<Option<O>>,
     pub(crate) max_record_size: usize,
@@ -114,8 +114,34 @@ impl<O: Offset> SourceOutput<O> {
     /// Queues records followed by the offset reached after them. Waits while the pipeline is
     /// full. Errs when the task is stopping.
     pub async fn emit(&mut self, records: Vec<Record>, offset: O) -> Result<(), ConnectorError> {
+        self.send(None, records, offset).await
+    }
+
+    /// Like [`emit`](Self::emit), to the named stream instead of [`Source::stream`]'s (created
+    /// on first use). Records keep their order per stream and key; a later offset is durable only
+    /// once the records before it, to every stream, are.
+    pub async fn emit_to(
+        &mut self,
+        stream: std::sync::Arc<str>,
+        records: Vec<Record>,
+        offset: O,
+    ) -> Result<(), ConnectorError> {
+        self.send(Some(stream), records, offset).await
+    }
+
+    async fn send(
+        &mut self,
+        stream: Option<std::sync::Arc<str>>,
+        records: Vec<Record>,
+        offset: O,
+    ) -> Result<(), ConnectorError> {
+        let e = crate::pipeline::Emitted {
+            stream,
+            records,
+            offset,
+        };
         tokio::select! {
-            r = self.tx.send((records, offset)) => r.map_err(|_| ConnectorError::internal("the append pipeline stopped")),
+            r = self.tx.send(e) => r.map_err(|_| ConnectorError::internal("the append pipeline stopped")),
             _ = self.cancel.cancelled() => Err(ConnectorError::internal("task is stopping")),
         }
     }
@@ -170,8 +196,17 @@ pub trait Source: Send + 'static {
     where
         Self: Sized;
 
-    /// The stream records go to.
+    /// The stream records go to; empty for a source that names the stream of every batch
+    /// ([`SourceOutput::emit_to`]).
     fn stream(config: &Self::Config) -> &str;
+
+    /// Puts a config as given by a user into its stored form (e.g. JSON text into an object),
+    /// before it is validated and stored. No IO.
+    fn normalize(_config: &mut serde_json::Value) {}
+
+    /// Adjusts this connector type's config schema for one config, for redaction of secrets
+    /// (e.g. to describe the secrets of a config nested in it). No IO.
+    fn schema_for(_config: &Self::Config, _schema: &mut serde_json::Value) {}
 
     /// Produces records until done or cancelled (select on cancellation first).
     async fn run(&mut self, out: &mut SourceOutput<Self::Offset>) -> Result<Done, ConnectorError>;
@@ -203,10 +238,27 @@ pub trait Sink: Send + 'static {
     /// The stream records come from.
     fn stream(config: &Self::Config) -> &str;
 
+    /// As [`Source::normalize`].
+    fn normalize(_config: &mut serde_json::Value) {}
+
+    /// As [`Source::schema_for`].
+    fn schema_for(_config: &Self::Config, _schema: &mut serde_json::Value) {}
+
+    /// How often the runtime asks for [`Sink::flush`] (and checkpoints) while records flow.
+    fn flush_every(_config: &Self::Config) -> std::time::Duration {
+        crate::pipeline::CHECKPOINT_EVERY
+    }
+
     /// Writes records in order. The runtime commits the read position after a `Durable` answer,
     /// or after the next successful [`Sink::flush`] following `Accepted` ones.
     async fn write(&mut self, records: &[SinkRecord]) -> Result<Written, ConnectorError>;
 
     /// Makes everything accepted so far durable.
     async fn flush(&mut self) -> Result<(), ConnectorError>;
+
+    /// At a graceful stop: makes everything accepted so far durable, promptly (a periodic
+    /// [`Sink::flush`] may be interrupted by the stop; this one is awaited).
+    async fn close(&mut self) -> Result<(), ConnectorError> {
+        self.flush().await
+    }
 }

@@ -120,12 +120,56 @@ async fn save<O: Offset>(ctx: &RunContext, offset: &O) -> Result<(), ConnectorEr
     Ok(())
 }
 
+/// One `emit`: records for a stream (`None`: the source's own) and the offset after them.
+pub struct Emitted<O> {
+    pub(crate) stream: Option<Arc<str>>,
+    pub(crate) records: Vec<crate::Record>,
+    pub(crate) offset: O,
+}
+
+/// Appends emitted records grouped by target stream, each group in emit order; creates a named
+/// stream on its first use. Returns (records, bytes) appended.
+async fn append_groups(
+    ctx: &RunContext,
+    default: &str,
+    groups: Vec<(Option<Arc<str>>, Vec<crate::Record>)>,
+    ensured: &mut std::collections::HashSet<Arc<str>>,
+) -> Result<(u64, u64), ConnectorError> {
+    let (mut n, mut bytes) = (0u64, 0u64);
+    for (stream, records) in groups {
+        if records.is_empty() {
+            continue;
+        }
+        let name = match &stream {
+            Some(s) => {
+                if !ensured.contains(s) {
+                    ctx.streams.ensure_stream(s).await?;
+                    ensured.insert(s.clone());
+                }
+                s.as_ref()
+            }
+            None if default.is_empty() => {
+                return Err(ConnectorError::internal(
+                    "the source emitted records without a stream and has no stream of its own",
+                ));
+            }
+            None => default,
+        };
+        n += records.len() as u64;
+        bytes += records.iter().map(|r| r.payload.len() as u64).sum::<u64>();
+        ctx.streams.append(name, records).await?;
+    }
+    Ok((n, bytes))
+}
+
 pub async fn run_source<S: Source>(ctx: RunContext, config: S::Config) -> Result<Done, ConnectorError> {
     let stream = S::stream(&config).to_owned();
-    ctx.streams.ensure_stream(&stream).await?;
+    if !stream.is_empty() {
+        ctx.streams.ensure_stream(&stream).await?;
+    }
     let start = load::<S::Offset>(&ctx).await?;
     let mut source = S::open(config, start.clone()).await?;
-    let (tx, mut rx) = mpsc::channel::<(Vec<crate::Record>, S::Offset)>(PIPELINE_DEPTH);
+    let (tx, mut rx) = mpsc::channel::<Emitted<S::Offset>>(PIPELINE_DEPTH);
     let (committed_tx, committed_rx) = watch::channel(start.clone());
     let (durable_tx, durable_rx) = watch::channel(start);
     // The source stops on the task's cancellation or when the appender fails.
@@ -151,6 +195,7 @@ pub async fn run_source<S: Source>(ctx: RunContext, config: S::Config) -> Result
             let ctx = actx;
             let mut pending: Option<S::Offset> = None;
             let mut saved_at = Instant::now();
+            let mut ensured = std::collections::HashSet::new();
             let result = async {
                 loop {
                     // A quiet source still gets its last offset committed within CHECKPOINT_EVERY.
@@ -165,22 +210,28 @@ pub async fn run_source<S: Source>(ctx: RunContext, config: S::Config) -> Result
                     };
                     match next {
                         Some(None) => break,
-                        Some(Some((mut records, mut offset))) => {
-                            // Batches that queued up while the last append was in flight go out as
-                            // one append (one fsync), in order, with the last offset.
-                            while records.len() < COALESCE_RECORDS {
+                        Some(Some(first)) => {
+                            // Batches that queued up while the last append was in flight go out
+                            // together (one append, one fsync, per stream), in order, with the
+                            // last offset.
+                            let mut offset = first.offset;
+                            let mut queued = first.records.len();
+                            let mut groups = vec![(first.stream, first.records)];
+                            while queued < COALESCE_RECORDS {
                                 match rx.try_recv() {
-                                    Ok((more, o)) => {
-                                        records.extend(more);
-                                        offset = o;
+                                    Ok(more) => {
+                                        queued += more.records.len();
+                                        offset = more.offset;
+                                        match groups.iter_mut().find(|(s, _)| *s == more.stream) {
+                                            Some((_, records)) => records.extend(more.records),
+                                            None => groups.push((more.stream, more.records)),
+                                        }
                                     }
                                     Err(_) => break,
                                 }
                             }
-                            let n = records.len() as u64;
-                            let bytes = records.iter().map(|r| r.payload.len() as u64).sum();
+                            let (n, bytes) = append_groups(&ctx, &stream, groups, &mut ensured).await?;
                             if n > 0 {
-                                ctx.streams.append(&stream, records).await?;
                                 ctx.progress.moved(n, bytes);
                             }
                             let _ = durable_tx.send(Some(offset.clone()));
@@ -258,6 +309,7 @@ pub async fn run_sink<K: Sink>(ctx: RunContext, config: K::Config) -> Result<Don
         let at = stored.shards.get(&shard).copied().unwrap_or(start).clamp(start, end);
         position.shards.insert(shard, at);
     }
+    let flush_every = K::flush_every(&config);
     let mut sink = K::open(config).await?;
     let shards: Vec<u64> = position.shards.keys().copied().collect();
     // Positions of what was written; `durable` is what may be checkpointed.
@@ -309,9 +361,13 @@ pub async fn run_sink<K: Sink>(ctx: RunContext, config: K::Config) -> Result<Don
                 durable.shards.insert(shard, chunk.next_lsn.max(from));
             }
         }
-        if saved_at.elapsed() >= CHECKPOINT_EVERY {
+        if saved_at.elapsed() >= flush_every {
             if unflushed {
-                sink.flush().await?;
+                // A stop does not wait for a slow flush: close() below finishes the job.
+                tokio::select! {
+                    r = sink.flush() => r?,
+                    _ = ctx.cancel.cancelled() => break,
+                }
                 unflushed = false;
                 durable = written.clone();
             }
@@ -323,7 +379,7 @@ pub async fn run_sink<K: Sink>(ctx: RunContext, config: K::Config) -> Result<Don
         }
     }
     // Graceful stop: make what was written durable, then record it.
-    sink.flush().await?;
+    sink.close().await?;
     save(&ctx, &written).await?;
     Ok(Done::Cancelled)
 }

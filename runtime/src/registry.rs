@@ -45,6 +45,13 @@ pub trait ConnectorType: Send + Sync {
     fn spec(&self) -> &Value;
     /// Schema check, parse and the type's own checks; no IO.
     fn validate(&self, config: &Value) -> Result<(), Vec<FieldError>>;
+    /// Puts a user's config into its stored form before validation (no IO).
+    fn normalize(&self, _config: &mut Value) {}
+    /// The config schema that describes this config, for redacting its secrets: the spec's
+    /// `connectionSpecification`, adjusted by the type for configs that nest another's.
+    fn config_schema(&self, _config: &Value) -> Value {
+        self.spec()["connectionSpecification"].clone()
+    }
     /// The stream the connector reads or writes (from a valid config).
     fn stream(&self, config: &Value) -> Result<String, ConnectorError>;
     /// Tests connectivity without starting a task.
@@ -81,6 +88,16 @@ impl<S: Source> ConnectorType for SourceType<S> {
     fn stream(&self, config: &Value) -> Result<String, ConnectorError> {
         Ok(S::stream(&parse::<S::Config>(&self.spec, config)?).to_owned())
     }
+    fn normalize(&self, config: &mut Value) {
+        S::normalize(config)
+    }
+    fn config_schema(&self, config: &Value) -> Value {
+        let mut schema = self.spec["connectionSpecification"].clone();
+        if let Ok(c) = parse::<S::Config>(&self.spec, config) {
+            S::schema_for(&c, &mut schema);
+        }
+        schema
+    }
     async fn check(&self, config: &Value) -> Result<(), ConnectorError> {
         S::check(&parse::<S::Config>(&self.spec, config)?).await
     }
@@ -111,6 +128,16 @@ impl<K: Sink> ConnectorType for SinkType<K> {
     }
     fn stream(&self, config: &Value) -> Result<String, ConnectorError> {
         Ok(K::stream(&parse::<K::Config>(&self.spec, config)?).to_owned())
+    }
+    fn normalize(&self, config: &mut Value) {
+        K::normalize(config)
+    }
+    fn config_schema(&self, config: &Value) -> Value {
+        let mut schema = self.spec["connectionSpecification"].clone();
+        if let Ok(c) = parse::<K::Config>(&self.spec, config) {
+            K::schema_for(&c, &mut schema);
+        }
+        schema
     }
     async fn check(&self, config: &Value) -> Result<(), ConnectorError> {
         K::check(&parse::<K::Config>(&self.spec, config)?).await

@@ -43,8 +43,9 @@ fn pointer_to_path(pointer: &str) -> String {
     pointer.trim_start_matches('/').replace('/', ".")
 }
 
-/// Checks `config` against the schema, then parses it and runs the type's own checks.
-pub fn validate<C: ConnectorConfig>(schema: &Value, config: &Value) -> Result<C, Vec<FieldError>> {
+/// Checks `config` against a JSON Schema; errors name the field path and never quote a value
+/// the schema marks secret.
+pub fn check_schema(schema: &Value, config: &Value) -> Result<(), Vec<FieldError>> {
     let validator = jsonschema::validator_for(schema).map_err(|e| {
         vec![FieldError {
             path: String::new(),
@@ -73,9 +74,12 @@ pub fn validate<C: ConnectorConfig>(schema: &Value, config: &Value) -> Result<C,
             }
         })
         .collect();
-    if !errors.is_empty() {
-        return Err(errors);
-    }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+/// Checks `config` against the schema, then parses it and runs the type's own checks.
+pub fn validate<C: ConnectorConfig>(schema: &Value, config: &Value) -> Result<C, Vec<FieldError>> {
+    check_schema(schema, config)?;
     // The schema already refused wrong types, so serde's message (which may quote a value) is
     // not shown as is.
     let parsed: C = serde_json::from_value(config.clone()).map_err(|_| {

@@ -150,7 +150,7 @@ async fn release(spec: &TaskSpec) {
         .await
         .unwrap_or_else(|_| Err(ConnectorError::external(format!("gave up after {RELEASE_WAIT:?}"))));
     if let Err(e) = released {
-        let secrets = crate::secret::secret_values(&spec.connector.spec()["connectionSpecification"], &spec.config);
+        let secrets = crate::secret::secret_values(&spec.connector.config_schema(&spec.config), &spec.config);
         let message = crate::secret::scrub(&e.to_string(), &secrets);
         tracing::warn!(task = %spec.name, error = %message, "could not release the deleted task's upstream resources");
     }
@@ -263,7 +263,7 @@ async fn supervise(
                 let r = attempt.await;
                 if let Err(e) = &r {
                     let secrets =
-                        crate::secret::secret_values(&spec.connector.spec()["connectionSpecification"], &spec.config);
+                        crate::secret::secret_values(&spec.connector.config_schema(&spec.config), &spec.config);
                     let message = crate::secret::scrub(&e.to_string(), &secrets);
                     tracing::warn!(task = %spec.name, error = %message, "task did not stop cleanly");
                 }
@@ -302,8 +302,7 @@ async fn supervise(
                 progress.failed(e.kind);
                 // A connector's error may quote its input: secrets are scrubbed before the text
                 // reaches a log, the status, or an API response.
-                let secrets =
-                    crate::secret::secret_values(&spec.connector.spec()["connectionSpecification"], &spec.config);
+                let secrets = crate::secret::secret_values(&spec.connector.config_schema(&spec.config), &spec.config);
                 let message = crate::secret::scrub(&e.to_string(), &secrets);
                 tracing::warn!(task = %spec.name, error = %message, restarts, "task attempt failed");
                 match backoff(&e, restarts, spec.backoff_base, spec.backoff_max) {

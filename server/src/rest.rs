@@ -360,8 +360,9 @@ async fn validate(
     Path(id): Path<String>,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> RestResult<Json<Value>> {
-    let Json(config) = body.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    let Json(mut config) = body.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
     let t = plugin(&ctx, &id)?;
+    t.normalize(&mut config);
     let errors: Vec<Value> = match t.validate(&config) {
         Ok(()) => Vec::new(),
         Err(errors) => errors

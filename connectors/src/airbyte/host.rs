@@ -82,27 +82,41 @@ async fn run_tool(cmd: &mut Command, what: &str) -> Result<(), ConnectorError> {
 /// Serializes installs within this process (two tasks of one package install it once).
 static INSTALLS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The executable of a package, installed first if missing.
+/// The executable of a package, installed first if missing. A venv is complete once its
+/// `.complete` marker exists (scripts in a venv name its path, so it cannot be built elsewhere
+/// and moved); an incomplete one is removed and built again.
 pub async fn ensure_package(requirement: &str, root: &Path) -> Result<PathBuf, ConnectorError> {
     let exe_name = package_executable(requirement)?;
     let dir = venv_dir(root, requirement)?;
     let exe = dir.join("bin").join(&exe_name);
+    let marker = dir.join(".complete");
     let _one = INSTALLS.lock().await;
-    if exe.is_file() {
+    if marker.is_file() {
         return Ok(exe);
     }
     std::fs::create_dir_all(root).map_err(|e| ConnectorError::external(format!("{}: {e}", root.display())))?;
-    // Installed beside, then renamed: a half-finished install is never taken for a good one.
-    let tmp = dir.with_extension("installing");
-    let _ = std::fs::remove_dir_all(&tmp);
-    let uv = which("uv");
-    match &uv {
+    // And across processes (servers sharing the directory): an exclusive lock on a file there.
+    let lock_path = root.join(".install.lock");
+    let _locked = tokio::task::spawn_blocking(move || {
+        let f = std::fs::File::create(&lock_path)?;
+        f.lock()?;
+        Ok::<_, std::io::Error>(f)
+    })
+    .await
+    .map_err(|e| ConnectorError::internal(e.to_string()))?
+    .map_err(|e| ConnectorError::external(format!("locking {}: {e}", root.display())))?;
+    if marker.is_file() {
+        return Ok(exe);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    tracing::info!(requirement, dir = %dir.display(), "installing the connector package");
+    match which("uv") {
         Some(uv) => {
-            run_tool(Command::new(uv).arg("venv").arg("--quiet").arg(&tmp), "uv venv").await?;
+            run_tool(Command::new(&uv).arg("venv").arg("--quiet").arg(&dir), "uv venv").await?;
             run_tool(
-                Command::new(uv)
+                Command::new(&uv)
                     .args(["pip", "install", "--quiet", "--python"])
-                    .arg(tmp.join("bin/python"))
+                    .arg(dir.join("bin/python"))
                     .arg(requirement),
                 &format!("uv pip install {requirement}"),
             )
@@ -110,12 +124,12 @@ pub async fn ensure_package(requirement: &str, root: &Path) -> Result<PathBuf, C
         }
         None => {
             run_tool(
-                Command::new("python3").arg("-m").arg("venv").arg(&tmp),
+                Command::new("python3").arg("-m").arg("venv").arg(&dir),
                 "python3 -m venv",
             )
             .await?;
             run_tool(
-                Command::new(tmp.join("bin/pip"))
+                Command::new(dir.join("bin/pip"))
                     .args(["install", "--quiet", "--disable-pip-version-check"])
                     .arg(requirement),
                 &format!("pip install {requirement}"),
@@ -123,12 +137,12 @@ pub async fn ensure_package(requirement: &str, root: &Path) -> Result<PathBuf, C
             .await?;
         }
     }
-    if !tmp.join("bin").join(&exe_name).is_file() {
+    if !exe.is_file() {
         return Err(ConnectorError::config(format!(
             "package: {requirement} installed no executable {exe_name}"
         )));
     }
-    std::fs::rename(&tmp, &dir).map_err(|e| ConnectorError::external(format!("{}: {e}", dir.display())))?;
+    std::fs::write(&marker, requirement).map_err(|e| ConnectorError::external(format!("{}: {e}", marker.display())))?;
     Ok(exe)
 }
 

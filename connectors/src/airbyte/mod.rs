@@ -1,6 +1,261 @@
-//! Airbyte connectors (in progress, issue 8): the protocol's messages (`protocol`) and running a
-//! connector as an executable, a venv-installed package or a container image (`host`). The
-//! `airbyte` source and sink build on them.
+//! Airbyte connectors (decision 012): any Airbyte source or destination, run as an executable, a
+//! venv-installed PyPI package or a container image (`host`), speaking the protocol's messages
+//! (`protocol`). The `airbyte` source (`source`) maps each catalog stream to a stream of ours and
+//! stores the connector's STATE as its checkpoint; the `airbyte` sink (`sink`) feeds a stream to a
+//! destination's `write`.
+//!
+//! What both share lives here: how the user names the connector (package, command or image),
+//! the connector's own config (a JSON object, or JSON text from SQL), and the connector's SPEC,
+//! cached in memory and on disk so that validating a config and redacting its secrets need no
+//! Python start-up after the first time.
 
 pub mod host;
 pub mod protocol;
+pub mod sink;
+pub mod source;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hstream_runtime::ConnectorError;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub use host::Launcher;
+
+/// Time limit of `spec`, `check` and `discover` (Python connectors take ~3 s to start).
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(180);
+
+/// Where packages are installed and specs cached: `$HSTREAM_AIRBYTE_DIR`, else
+/// `$XDG_CACHE_HOME/hstream/airbyte`, else `~/.cache/hstream/airbyte`.
+pub fn install_root() -> PathBuf {
+    if let Some(d) = std::env::var_os("HSTREAM_AIRBYTE_DIR") {
+        return PathBuf::from(d);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    cache.join("hstream").join("airbyte")
+}
+
+/// The connector's own config: an object, or JSON text of one (as SQL's `WITH` gives it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ConnectorJson {
+    Object(Map<String, Value>),
+    Text(String),
+}
+
+impl Default for ConnectorJson {
+    fn default() -> Self {
+        ConnectorJson::Object(Map::new())
+    }
+}
+
+impl ConnectorJson {
+    pub fn object(&self) -> Result<Value, ConnectorError> {
+        match self {
+            ConnectorJson::Object(m) => Ok(Value::Object(m.clone())),
+            ConnectorJson::Text(t) => match serde_json::from_str::<Value>(t) {
+                Ok(v @ Value::Object(_)) => Ok(v),
+                // serde's message gives the position, never the text (which may hold secrets).
+                Ok(_) => Err(ConnectorError::config("config: must be a JSON object")),
+                Err(e) => Err(ConnectorError::config(format!("config: not JSON ({e})"))),
+            },
+        }
+    }
+}
+
+/// A list given as an array or as comma-separated text (`'users,products'` in SQL).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum NameList {
+    List(Vec<String>),
+    Text(String),
+}
+
+impl NameList {
+    pub fn names(&self) -> Vec<String> {
+        let items: Vec<&str> = match self {
+            NameList::List(l) => l.iter().map(String::as_str).collect(),
+            NameList::Text(t) => t.split(',').collect(),
+        };
+        items
+            .into_iter()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// The launcher named by a config's `package` / `command` / `image` (exactly one) and `engine`.
+pub fn launcher(
+    package: &Option<String>,
+    command: &Option<String>,
+    image: &Option<String>,
+    engine: &Option<String>,
+) -> Result<Launcher, ConnectorError> {
+    let given = [package.is_some(), command.is_some(), image.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if given != 1 {
+        return Err(ConnectorError::config(
+            "package: give exactly one of package, command or image",
+        ));
+    }
+    if engine.is_some() && image.is_none() {
+        return Err(ConnectorError::config("engine: only with image"));
+    }
+    if let Some(p) = package {
+        host::package_executable(p)?;
+        return Ok(Launcher::Package {
+            requirement: p.trim().to_owned(),
+            root: install_root(),
+        });
+    }
+    if let Some(c) = command {
+        if c.trim().is_empty() {
+            return Err(ConnectorError::config("command: must not be empty"));
+        }
+        return Ok(Launcher::Command(c.clone()));
+    }
+    let image = image.clone().unwrap_or_default();
+    if image.trim().is_empty() {
+        return Err(ConnectorError::config("image: must not be empty"));
+    }
+    let engine = match engine.as_deref() {
+        Some(e @ ("docker" | "podman")) => e.to_owned(),
+        Some(other) => {
+            return Err(ConnectorError::config(format!(
+                "engine: {other:?} is not docker or podman"
+            )));
+        }
+        None if host::which("podman").is_some() => "podman".to_owned(),
+        None => "docker".to_owned(),
+    };
+    Ok(Launcher::Image { image, engine })
+}
+
+/// What identifies one connector build, for its cached SPEC.
+fn spec_key(l: &Launcher) -> String {
+    match l {
+        Launcher::Package { requirement, .. } => format!("package {requirement}"),
+        Launcher::Image { image, engine } => format!("image {engine} {image}"),
+        Launcher::Command(c) => {
+            let path = if c.contains('/') {
+                Some(PathBuf::from(c))
+            } else {
+                host::which(c)
+            };
+            // A command is re-asked when its file changes.
+            let stamp = path
+                .as_ref()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map(|m| format!("{:?} {}", m.modified().ok(), m.len()))
+                .unwrap_or_default();
+            format!("command {c} {stamp}")
+        }
+    }
+}
+
+static SPECS: Mutex<Option<HashMap<String, Value>>> = Mutex::new(None);
+
+fn spec_file(key: &str) -> PathBuf {
+    use md5::Digest;
+    let h = md5::Md5::digest(key.as_bytes());
+    let name: String = h.iter().map(|b| format!("{b:02x}")).collect();
+    install_root().join("specs").join(format!("{name}.json"))
+}
+
+/// The connector's SPEC if it was asked for before (in this process, or on this machine).
+pub fn cached_spec(l: &Launcher) -> Option<Value> {
+    let key = spec_key(l);
+    if let Some(v) = SPECS.lock().expect("lock").as_ref().and_then(|m| m.get(&key)) {
+        return Some(v.clone());
+    }
+    let v: Value = serde_json::from_slice(&std::fs::read(spec_file(&key)).ok()?).ok()?;
+    SPECS
+        .lock()
+        .expect("lock")
+        .get_or_insert_with(HashMap::new)
+        .insert(key, v.clone());
+    Some(v)
+}
+
+/// The connector's SPEC: cached, or asked for (and then cached).
+pub async fn connector_spec(l: &Launcher, inv: &host::Invocation) -> Result<Value, ConnectorError> {
+    if let Some(v) = cached_spec(l) {
+        return Ok(v);
+    }
+    let v = host::spec(inv, COMMAND_LIMIT).await?;
+    let key = spec_key(l);
+    let file = spec_file(&key);
+    if let Some(dir) = file.parent()
+        && std::fs::create_dir_all(dir).is_ok()
+    {
+        // Written beside and renamed, so a reader never sees half a file.
+        let tmp = file.with_extension("tmp");
+        if std::fs::write(&tmp, v.to_string()).is_ok() {
+            let _ = std::fs::rename(&tmp, &file);
+        }
+    }
+    SPECS
+        .lock()
+        .expect("lock")
+        .get_or_insert_with(HashMap::new)
+        .insert(key, v.clone());
+    Ok(v)
+}
+
+/// Checks the connector's config against its own spec; errors name the field under `config.`.
+pub fn validate_against(spec: &Value, config: &Value) -> Result<(), ConnectorError> {
+    let schema = &spec["connectionSpecification"];
+    hstream_runtime::spec::check_schema(schema, config).map_err(|errors| {
+        ConnectorError::config(
+            errors
+                .iter()
+                .map(|e| {
+                    if e.path.is_empty() {
+                        format!("config: {}", e.message)
+                    } else {
+                        format!("config.{}: {}", e.path, e.message)
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })
+}
+
+/// Our config schema with `config` described by the connector's own spec where it is known (so
+/// its `airbyte_secret` fields are redacted), else with the whole `config` taken as secret.
+pub fn schema_with_connector(l: Result<Launcher, ConnectorError>, schema: &mut Value) {
+    let inner = l.ok().and_then(|l| cached_spec(&l));
+    let slot = &mut schema["properties"]["config"];
+    match inner {
+        Some(spec) if spec["connectionSpecification"].is_object() => {
+            *slot = spec["connectionSpecification"].clone();
+        }
+        _ => {
+            if let Value::Object(o) = slot {
+                o.insert("airbyte_secret".into(), Value::Bool(true));
+            }
+        }
+    }
+}
+
+/// JSON text in `config` becomes the object it holds (so secrets inside are found and stored
+/// configs have one shape); text that is not an object is left for validation to refuse.
+pub fn normalize_config(config: &mut Value) {
+    if let Some(Value::String(t)) = config.get("config")
+        && let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(t)
+    {
+        config["config"] = v;
+    }
+}

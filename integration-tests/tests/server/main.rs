@@ -1,5 +1,6 @@
 //! End-to-end tests against real `hstream-server` processes (one test binary, to link once).
 
+mod airbyte;
 mod cli;
 mod connectors;
 mod metrics;

@@ -97,7 +97,7 @@ impl Connectors {
         let initial = State::parse(&meta.status).unwrap_or(State::New);
         // The task's log, registered before it runs so its first lines land there.
         let log: hstream_runtime::logs::TaskLog = Arc::new(Mutex::new(VecDeque::new()));
-        let secrets = hstream_runtime::secret::secret_values(&connector.spec()["connectionSpecification"], &config);
+        let secrets = hstream_runtime::secret::secret_values(&connector.config_schema(&config), &config);
         hstream_runtime::logs::register(&meta.name, log.clone(), secrets);
         let handle = supervisor::spawn(
             TaskSpec {

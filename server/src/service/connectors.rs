@@ -52,7 +52,7 @@ impl ServerCtx {
             .map_or(c.status.clone(), |t| t.handle.status.borrow().state.as_str().to_owned());
         let config: Value = serde_json::from_str(&c.config).unwrap_or(Value::Null);
         let redacted = match self.connectors.connector_type(&c.kind, &c.target) {
-            Some(t) => secret::redact(&t.spec()["connectionSpecification"], &config),
+            Some(t) => secret::redact(&t.config_schema(&config), &config),
             None => Value::Null,
         };
         let mut offsets = Vec::new();
@@ -107,7 +107,8 @@ impl ServerCtx {
                 kind: kind.as_str(),
                 target: req.target.clone(),
             })?;
-        let config = parse_config(&req.config)?;
+        let mut config = parse_config(&req.config)?;
+        connector.normalize(&mut config);
         connector.validate(&config).map_err(|errors| {
             ApiError::InvalidConnectorConfig(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
         })?;
@@ -268,8 +269,9 @@ impl ServerCtx {
                 kind: "connector",
                 target: stored.target.clone(),
             })?;
+        t.normalize(&mut patch);
         // Clients send back what they were shown: a masked secret means "unchanged".
-        secret::unmask(&t.spec()["connectionSpecification"], &config, &mut patch);
+        secret::unmask(&t.config_schema(&config), &config, &mut patch);
         for (k, v) in patch.as_object().expect("checked object") {
             config[k] = v.clone();
         }

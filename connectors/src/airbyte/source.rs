@@ -1,0 +1,708 @@
+//! The `airbyte` source: runs an Airbyte source's `read` and appends its RECORDs, each catalog
+//! stream to a stream of ours (`stream_prefix` + the stream's name, created if missing), as JSON
+//! records keyed by the primary key.
+//!
+//! The connector's STATE messages are the checkpoint: a STATE is emitted to the runtime after the
+//! records before it, so it is stored only once they are all durable, and the stored states go back
+//! to the next `read` with `--state`. A sync cut short (pause, crash, failure) therefore resumes at
+//! the last durable STATE; records after it are read again (at-least-once).
+//!
+//! A sync runs once (`sync_interval_secs` absent: the task then completes), continuously (0), or
+//! every N seconds. A CONTROL message with a new connector config is validated against the spec
+//! and kept in the checkpoint, replacing the user's config for later syncs.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use hstream_runtime::{ConnectorConfig, ConnectorError, Done, Lag, Offset, PayloadFlag, Record, Source, SourceOutput};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tracing::Instrument;
+
+use super::host::{self, Invocation, Launcher};
+use super::protocol::{self, LogLevel, Message, StateKind, Trace};
+use super::{COMMAND_LIMIT, ConnectorJson, NameList};
+
+/// Records per emitted batch at most (a batch also goes out whenever the pipe is drained).
+const MAX_BATCH: usize = 4096;
+/// How long a connector may take to exit after closing its output.
+const EXIT_LIMIT: Duration = Duration::from_secs(30);
+/// Progress is re-reported at most this often.
+const REPORT_EVERY: Duration = Duration::from_millis(500);
+
+/// Which sync mode to ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    FullRefresh,
+    Incremental,
+}
+
+/// Configuration of the `airbyte` source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(
+    title = "airbyte",
+    description = "Runs an Airbyte source (a PyPI package, an executable or a container image) and appends each catalog stream to a stream."
+)]
+pub struct AirbyteSourceConfig {
+    /// A PyPI requirement of an Airbyte source package, e.g. `airbyte-source-faker==7.2.1`,
+    /// installed into a managed venv on first use (with uv where installed).
+    #[serde(default)]
+    pub package: Option<String>,
+    /// An executable speaking the Airbyte protocol: a name on PATH or a path.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// A container image following Airbyte's image conventions, run with docker or podman.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// With image: `docker` or `podman` (default: podman where installed, else docker).
+    #[serde(default)]
+    pub engine: Option<String>,
+    /// The connector's own config (its spec's connectionSpecification), as an object or JSON text.
+    #[serde(default)]
+    pub config: ConnectorJson,
+    /// Catalog streams to read, as a list or comma-separated text (default: every stream).
+    #[serde(default)]
+    pub streams: Option<NameList>,
+    /// Prefix of our stream names: a catalog stream `users` goes to `<prefix>users` (with a
+    /// namespace, `<prefix><namespace>_users`); characters a stream name cannot hold become `_`.
+    #[serde(default)]
+    pub stream_prefix: String,
+    /// `incremental` or `full_refresh` (default: incremental where the stream supports it).
+    #[serde(default)]
+    pub sync_mode: Option<SyncMode>,
+    /// Absent: one sync, then the task completes. 0: sync continuously. N: a sync every N seconds.
+    #[serde(default)]
+    pub sync_interval_secs: Option<u64>,
+    /// A connector that writes nothing for this long is taken as hung and stopped.
+    #[serde(default = "default_idle_timeout")]
+    #[schemars(range(min = 1))]
+    pub idle_timeout_secs: u64,
+}
+
+fn default_idle_timeout() -> u64 {
+    600
+}
+
+impl ConnectorConfig for AirbyteSourceConfig {
+    fn validate(&self) -> Result<(), ConnectorError> {
+        self.launcher()?;
+        self.config.object()?;
+        if !self.stream_prefix.is_empty() && !self.stream_prefix.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            return Err(ConnectorError::config("stream_prefix: must start with a letter"));
+        }
+        if let Some(s) = &self.streams
+            && s.names().is_empty()
+        {
+            return Err(ConnectorError::config("streams: names no stream"));
+        }
+        Ok(())
+    }
+}
+
+impl AirbyteSourceConfig {
+    pub fn launcher(&self) -> Result<Launcher, ConnectorError> {
+        super::launcher(&self.package, &self.command, &self.image, &self.engine)
+    }
+}
+
+/// Our stream for a catalog stream.
+pub fn stream_name(prefix: &str, namespace: Option<&str>, name: &str) -> String {
+    let raw = match namespace {
+        Some(ns) if !ns.is_empty() => format!("{prefix}{ns}_{name}"),
+        _ => format!("{prefix}{name}"),
+    };
+    let mut s: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if !s.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        s.insert_str(0, "s_");
+    }
+    s.truncate(255);
+    s
+}
+
+/// The checkpoint: the connector's latest STATE per scope, whole.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AirbyteOffset {
+    /// What `--state` gets: the latest STATE message per stream (or the one GLOBAL/LEGACY state).
+    pub states: Vec<Value>,
+    /// A config the connector sent (CONTROL), which replaces the user's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_config: Option<Value>,
+    /// Syncs completed.
+    pub syncs: u64,
+    /// Unix ms when the last sync completed.
+    pub last_sync_ms: i64,
+    /// Records appended, as of this checkpoint.
+    pub records: u64,
+}
+
+impl Offset for AirbyteOffset {
+    const VERSION: u32 = 1;
+}
+
+impl AirbyteOffset {
+    /// Takes a STATE: a stream's replaces that stream's; a global or legacy one replaces all.
+    fn take(&mut self, state: protocol::State) {
+        match state.kind() {
+            StateKind::Stream { name, namespace } => {
+                let same = |v: &Value| {
+                    let d = &v["stream"]["stream_descriptor"];
+                    v["type"] == "STREAM"
+                        && d["name"].as_str() == Some(name.as_str())
+                        && d["namespace"].as_str() == namespace.as_deref()
+                };
+                match self.states.iter_mut().find(|v| same(v)) {
+                    Some(slot) => *slot = state.body,
+                    None => {
+                        // A per-stream state ends any global or legacy one.
+                        self.states.retain(|v| v["type"] == "STREAM");
+                        self.states.push(state.body);
+                    }
+                }
+            }
+            StateKind::Global | StateKind::Legacy => self.states = vec![state.body],
+        }
+    }
+}
+
+/// One configured stream: where its records go and what keys them.
+struct Target {
+    stream: Arc<str>,
+    primary_key: Vec<String>,
+    batch: Vec<Record>,
+    /// Records this sync, and the connector's estimate.
+    count: u64,
+    estimate: Option<u64>,
+}
+
+pub struct AirbyteSource {
+    config: AirbyteSourceConfig,
+    inv: Invocation,
+    spec: Value,
+    catalog: Value,
+    targets: HashMap<String, Target>,
+    offset: AirbyteOffset,
+}
+
+/// The configured catalog for the selected streams, and each one's target.
+fn configure(
+    config: &AirbyteSourceConfig,
+    catalog: &Value,
+) -> Result<(Value, HashMap<String, Target>), ConnectorError> {
+    let streams = catalog["streams"].as_array().cloned().unwrap_or_default();
+    let wanted = config.streams.as_ref().map(NameList::names);
+    if let Some(w) = &wanted {
+        let have: Vec<&str> = streams.iter().filter_map(|s| s["name"].as_str()).collect();
+        if let Some(missing) = w.iter().find(|n| !have.contains(&n.as_str())) {
+            return Err(ConnectorError::config(format!(
+                "streams: the connector has no stream {missing:?} (it has: {})",
+                have.join(", ")
+            )));
+        }
+    }
+    let mut configured = Vec::new();
+    let mut targets = HashMap::new();
+    for s in streams {
+        let Some(name) = s["name"].as_str().map(str::to_owned) else {
+            continue;
+        };
+        if wanted.as_ref().is_some_and(|w| !w.contains(&name)) {
+            continue;
+        }
+        let namespace = s["namespace"].as_str().map(str::to_owned);
+        let modes: Vec<&str> = s["supported_sync_modes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let mode = match config.sync_mode {
+            Some(SyncMode::Incremental) if !modes.contains(&"incremental") => {
+                return Err(ConnectorError::config(format!(
+                    "sync_mode: stream {name:?} does not support incremental syncs"
+                )));
+            }
+            Some(SyncMode::Incremental) => "incremental",
+            Some(SyncMode::FullRefresh) => "full_refresh",
+            None if modes.contains(&"incremental") => "incremental",
+            None => "full_refresh",
+        };
+        let primary_key: Vec<Vec<String>> =
+            serde_json::from_value(s["source_defined_primary_key"].clone()).unwrap_or_default();
+        let mut c = json!({
+            "stream": s,
+            "sync_mode": mode,
+            "destination_sync_mode": "append",
+            "primary_key": primary_key,
+        });
+        if mode == "incremental" && s["source_defined_cursor"] != Value::Bool(true) {
+            match s["default_cursor_field"].as_array() {
+                Some(f) if !f.is_empty() => c["cursor_field"] = Value::Array(f.clone()),
+                _ => {
+                    return Err(ConnectorError::config(format!(
+                        "sync_mode: stream {name:?} has no cursor for incremental syncs; use full_refresh"
+                    )));
+                }
+            }
+        }
+        configured.push(c);
+        // Records are matched by stream name (connectors often omit the namespace on them).
+        targets.insert(
+            name.clone(),
+            Target {
+                stream: stream_name(&config.stream_prefix, namespace.as_deref(), &name).into(),
+                // Top-level key fields (a nested path is keyed by its first field).
+                primary_key: primary_key.iter().filter_map(|p| p.first().cloned()).collect(),
+                batch: Vec::new(),
+                count: 0,
+                estimate: None,
+            },
+        );
+    }
+    if configured.is_empty() {
+        return Err(ConnectorError::config("streams: the connector's catalog has no stream"));
+    }
+    Ok((json!({ "streams": configured }), targets))
+}
+
+/// Spec, config validation against it, and the catalog: what `check` and `open` share.
+async fn prepare(
+    config: &AirbyteSourceConfig,
+    connector_config: &Value,
+) -> Result<(Launcher, Invocation, Value), ConnectorError> {
+    let launcher = config.launcher()?;
+    let inv = Invocation::new(&launcher).await?;
+    let spec = super::connector_spec(&launcher, &inv).await?;
+    super::validate_against(&spec, connector_config)?;
+    Ok((launcher, inv, spec))
+}
+
+#[async_trait]
+impl Source for AirbyteSource {
+    type Config = AirbyteSourceConfig;
+    type Offset = AirbyteOffset;
+
+    async fn check(config: &AirbyteSourceConfig) -> Result<(), ConnectorError> {
+        let cc = config.config.object()?;
+        let (_, inv, _) = prepare(config, &cc).await?;
+        host::check(&inv, &cc, COMMAND_LIMIT).await?;
+        let catalog = host::discover(&inv, &cc, COMMAND_LIMIT).await?;
+        configure(config, &catalog)?;
+        Ok(())
+    }
+
+    async fn open(config: AirbyteSourceConfig, offset: Option<AirbyteOffset>) -> Result<AirbyteSource, ConnectorError> {
+        let offset = offset.unwrap_or_default();
+        let cc = match &offset.control_config {
+            Some(c) => c.clone(),
+            None => config.config.object()?,
+        };
+        let (_, inv, spec) = prepare(&config, &cc).await?;
+        let discovered = host::discover(&inv, &cc, COMMAND_LIMIT).await?;
+        let (catalog, targets) = configure(&config, &discovered)?;
+        Ok(AirbyteSource {
+            config,
+            inv,
+            spec,
+            catalog,
+            targets,
+            offset,
+        })
+    }
+
+    fn stream(_config: &AirbyteSourceConfig) -> &str {
+        // Every batch names its stream.
+        ""
+    }
+
+    fn normalize(config: &mut Value) {
+        super::normalize_config(config);
+    }
+
+    fn schema_for(config: &AirbyteSourceConfig, schema: &mut Value) {
+        super::schema_with_connector(config.launcher(), schema);
+    }
+
+    async fn run(&mut self, out: &mut SourceOutput<AirbyteOffset>) -> Result<Done, ConnectorError> {
+        let cancel = out.cancelled();
+        loop {
+            if self.offset.syncs > 0 {
+                let Some(every) = self.config.sync_interval_secs else {
+                    return Ok(Done::Completed);
+                };
+                let since = unix_ms() - self.offset.last_sync_ms;
+                let wait = Duration::from_millis((every * 1000).saturating_sub(since.max(0) as u64));
+                if !wait.is_zero() {
+                    out.report(format!(
+                        "synced {} time(s); next sync in {} s",
+                        self.offset.syncs,
+                        wait.as_secs()
+                    ));
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(Done::Cancelled),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+            match self.sync(out).await? {
+                Done::Cancelled => return Ok(Done::Cancelled),
+                Done::Completed => {}
+            }
+            self.offset.syncs += 1;
+            self.offset.last_sync_ms = unix_ms();
+            out.emit(Vec::new(), self.offset.clone()).await?;
+            tracing::info!(
+                sync = self.offset.syncs,
+                records = self.offset.records,
+                "sync completed"
+            );
+        }
+    }
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl AirbyteSource {
+    /// Sends every target's buffered records, with the current offset (unchanged since the last
+    /// STATE, so nothing new is claimed by it).
+    async fn flush(&mut self, out: &mut SourceOutput<AirbyteOffset>, since_state: u64) -> Result<(), ConnectorError> {
+        for t in self.targets.values_mut() {
+            if !t.batch.is_empty() {
+                let records = std::mem::take(&mut t.batch);
+                out.emit_to(t.stream.clone(), records, self.offset.clone()).await?;
+            }
+        }
+        out.set_lag(Lag::Records(since_state));
+        Ok(())
+    }
+
+    fn progress(&self) -> String {
+        let mut parts: Vec<String> = self
+            .targets
+            .iter()
+            .map(|(name, t)| match t.estimate {
+                Some(e) => format!("{name}: {}/~{e} rows", t.count),
+                None => format!("{name}: {} rows", t.count),
+            })
+            .collect();
+        parts.sort();
+        format!("sync {}: {}", self.offset.syncs + 1, parts.join(", "))
+    }
+
+    /// One `read` to its end. Ok(Completed) when the connector finished well.
+    async fn sync(&mut self, out: &mut SourceOutput<AirbyteOffset>) -> Result<Done, ConnectorError> {
+        let cancel = out.cancelled();
+        let cc = match &self.offset.control_config {
+            Some(c) => c.clone(),
+            None => self.config.config.object()?,
+        };
+        let mut args = vec![
+            "--config".to_owned(),
+            self.inv.file("config.json", &cc)?,
+            "--catalog".to_owned(),
+            self.inv.file("catalog.json", &self.catalog)?,
+        ];
+        if !self.offset.states.is_empty() {
+            args.push("--state".into());
+            args.push(self.inv.file("state.json", &Value::Array(self.offset.states.clone()))?);
+        }
+        for t in self.targets.values_mut() {
+            t.count = 0;
+        }
+        tracing::info!(
+            "starting read (sync {}, {} stored state(s))",
+            self.offset.syncs + 1,
+            self.offset.states.len()
+        );
+        let mut child = self
+            .inv
+            .command("read", &args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| ConnectorError::external(format!("starting the connector's read: {e}")))?;
+        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            return Err(ConnectorError::internal("the connector's output pipes are missing"));
+        };
+        // stderr carries the connector's own logging: into our log (and the task's), last lines
+        // kept for the error message.
+        let stderr_tail = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+            async move {
+                let mut lines = BufReader::new(stderr).lines();
+                let mut tail = std::collections::VecDeque::new();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::info!(target: "airbyte", "{line}");
+                    tail.push_back(line);
+                    if tail.len() > 3 {
+                        tail.pop_front();
+                    }
+                }
+                Vec::from(tail).join(" | ")
+            }
+            .in_current_span(),
+        ));
+
+        let idle = Duration::from_secs(self.config.idle_timeout_secs);
+        let max_record = out.max_record_size();
+        let mut reader = BufReader::with_capacity(1 << 20, stdout);
+        let mut line: Vec<u8> = Vec::with_capacity(4096);
+        let mut line_no = 0u64;
+        let mut pending = 0usize;
+        let mut since_state = 0u64;
+        let mut last_error: Option<(String, Option<String>)> = None;
+        let mut sync_estimate: Option<u64> = None;
+        let mut reported = Instant::now();
+        let mut buf = Vec::with_capacity(1024);
+        out.report(self.progress());
+        loop {
+            line.clear();
+            // A whole line already buffered is taken without waiting; otherwise wait, within the
+            // idle limit, and ready to stop.
+            let n = if reader.buffer().contains(&b'\n') {
+                reader.read_until(b'\n', &mut line).await
+            } else {
+                if pending > 0 {
+                    self.flush(out, since_state).await?;
+                    pending = 0;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(Done::Cancelled),
+                    r = tokio::time::timeout(idle, reader.read_until(b'\n', &mut line)) => match r {
+                        Ok(r) => r,
+                        Err(_) => return Err(ConnectorError::external(format!(
+                            "the connector wrote nothing for {} s; stopped as hung", idle.as_secs()
+                        ))),
+                    },
+                }
+            }
+            .map_err(|e| ConnectorError::external(format!("reading the connector's output: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            line_no += 1;
+            let text = match std::str::from_utf8(&line) {
+                Ok(t) => t.trim_end(),
+                Err(_) => {
+                    return Err(ConnectorError::external(format!(
+                        "the connector's line {line_no} is not UTF-8; stopped (nothing after the last STATE is kept)"
+                    )));
+                }
+            };
+            if text.is_empty() {
+                continue;
+            }
+            match protocol::parse(text) {
+                Ok(Message::Record(r)) => {
+                    let Some(t) = self.targets.get_mut(r.stream.as_ref()) else {
+                        tracing::debug!(stream = %r.stream, "record of a stream not in the catalog ignored");
+                        continue;
+                    };
+                    buf.clear();
+                    let keys =
+                        crate::pbstruct::struct_from_json(&mut buf, r.data.get(), &t.primary_key).map_err(|e| {
+                            ConnectorError::external(format!(
+                                "the connector's line {line_no}: RECORD data is not a JSON object: {e}"
+                            ))
+                        })?;
+                    let key = match keys.as_slice() {
+                        [] => String::new(),
+                        [one] => one.clone().unwrap_or_default(),
+                        many => many
+                            .iter()
+                            .map(|k| k.as_deref().unwrap_or(""))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    };
+                    let record = Record::new(key, PayloadFlag::Json, bytes::Bytes::copy_from_slice(&buf));
+                    if record.encoded_size_bound() > max_record {
+                        return Err(ConnectorError::config(format!(
+                            "a record of stream {} is {} bytes, over the server's max-record-size of {max_record}; \
+                             raise it and resume (the sync resumes at the last STATE)",
+                            r.stream,
+                            record.encoded_size_bound()
+                        )));
+                    }
+                    t.batch.push(record);
+                    t.count += 1;
+                    pending += 1;
+                    since_state += 1;
+                    self.offset.records += 1;
+                    if pending >= MAX_BATCH {
+                        self.flush(out, since_state).await?;
+                        pending = 0;
+                    }
+                }
+                Ok(Message::State(state)) => {
+                    // Every record before this state goes out first; the state rides behind them.
+                    self.flush(out, 0).await?;
+                    pending = 0;
+                    since_state = 0;
+                    self.offset.take(state);
+                    out.emit(Vec::new(), self.offset.clone()).await?;
+                }
+                Ok(Message::Log { level, message }) => match level {
+                    LogLevel::Fatal | LogLevel::Error => tracing::error!(target: "airbyte", "{message}"),
+                    LogLevel::Warn => tracing::warn!(target: "airbyte", "{message}"),
+                    LogLevel::Info => tracing::info!(target: "airbyte", "{message}"),
+                    LogLevel::Debug | LogLevel::Trace => tracing::debug!(target: "airbyte", "{message}"),
+                },
+                Ok(Message::Trace(Trace::Error {
+                    message,
+                    internal_message,
+                    failure_type,
+                })) => {
+                    tracing::error!(
+                        target: "airbyte",
+                        failure_type = failure_type.as_deref().unwrap_or("unknown"),
+                        internal = internal_message.as_deref().unwrap_or(""),
+                        "{message}"
+                    );
+                    last_error = Some((message, failure_type));
+                }
+                Ok(Message::Trace(Trace::Estimate { name, scope, rows, .. })) => {
+                    if scope == "SYNC" {
+                        sync_estimate = rows;
+                    } else if let Some(t) = name.and_then(|n| self.targets.get_mut(&n)) {
+                        t.estimate = rows;
+                    }
+                    tracing::debug!(?sync_estimate, "estimate");
+                }
+                Ok(Message::Trace(Trace::StreamStatus { name, status })) => {
+                    tracing::info!(target: "airbyte", stream = %name, "stream {status}");
+                }
+                Ok(Message::ControlConfig(new)) => match super::validate_against(&self.spec, &new) {
+                    Ok(()) => {
+                        tracing::info!("the connector updated its config (kept with the checkpoint)");
+                        self.offset.control_config = Some(new);
+                    }
+                    Err(e) => tracing::warn!("the connector sent a config its spec refuses; ignored: {e}"),
+                },
+                Ok(_) => {}
+                Err(protocol::ParseError::NotJson(_)) => {
+                    tracing::info!(target: "airbyte", "{text}");
+                }
+                Err(e) => {
+                    return Err(ConnectorError::external(format!(
+                        "the connector's line {line_no} is a malformed message: {e}; stopped (nothing after the last STATE is kept)"
+                    )));
+                }
+            }
+            if reported.elapsed() >= REPORT_EVERY {
+                reported = Instant::now();
+                out.report(self.progress());
+            }
+        }
+        self.flush(out, since_state).await?;
+        let status = tokio::select! {
+            _ = cancel.cancelled() => return Ok(Done::Cancelled),
+            s = tokio::time::timeout(EXIT_LIMIT, child.wait()) => match s {
+                Ok(s) => s.map_err(|e| ConnectorError::external(format!("waiting for the connector: {e}")))?,
+                Err(_) => return Err(ConnectorError::external(format!(
+                    "the connector closed its output but did not exit within {EXIT_LIMIT:?}; stopped"
+                ))),
+            },
+        };
+        out.report(self.progress());
+        let classify = |message: String, failure_type: Option<&str>| match failure_type {
+            Some("config_error") => ConnectorError::config(message),
+            _ => ConnectorError::external(message),
+        };
+        if !status.success() {
+            let tail = stderr_tail.await.unwrap_or_default();
+            return Err(match &last_error {
+                Some((m, t)) => classify(format!("the connector's read exited with {status}: {m}"), t.as_deref()),
+                None => classify(format!("the connector's read exited with {status}: {tail}"), None),
+            });
+        }
+        if let Some((m, t)) = last_error {
+            return Err(classify(
+                format!("the connector's read reported an error: {m}"),
+                t.as_deref(),
+            ));
+        }
+        Ok(Done::Completed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_names_are_valid() {
+        assert_eq!(stream_name("faker_", None, "users"), "faker_users");
+        assert_eq!(stream_name("", Some("public"), "my.table"), "public_my_table");
+        assert_eq!(stream_name("", None, "1st"), "s_1st");
+    }
+
+    #[test]
+    fn states_are_kept_per_scope() {
+        let st = |v: Value| protocol::State { body: v };
+        let mut o = AirbyteOffset::default();
+        o.take(st(
+            json!({"type": "STREAM", "stream": {"stream_descriptor": {"name": "a"}, "stream_state": {"n": 1}}}),
+        ));
+        o.take(st(json!({"type": "STREAM", "stream": {"stream_descriptor": {"name": "b"}, "stream_state": {"n": 1}}, "id": 7})));
+        o.take(st(
+            json!({"type": "STREAM", "stream": {"stream_descriptor": {"name": "a"}, "stream_state": {"n": 2}}}),
+        ));
+        assert_eq!(o.states.len(), 2);
+        assert_eq!(o.states[0]["stream"]["stream_state"]["n"], 2);
+        assert_eq!(o.states[1]["id"], 7, "private fields are kept");
+        o.take(st(
+            json!({"type": "GLOBAL", "global": {"shared_state": {"lsn": 5}, "stream_states": []}}),
+        ));
+        assert_eq!(o.states.len(), 1);
+        o.take(st(json!({"data": {"cursor": 3}})));
+        assert_eq!(o.states, vec![json!({"data": {"cursor": 3}})]);
+    }
+
+    #[test]
+    fn catalogs_are_configured_for_the_chosen_streams() {
+        let catalog = json!({"streams": [
+            {"name": "users", "json_schema": {}, "supported_sync_modes": ["full_refresh", "incremental"], "source_defined_cursor": true, "source_defined_primary_key": [["id"]]},
+            {"name": "items", "json_schema": {}, "supported_sync_modes": ["full_refresh"]},
+        ]});
+        let mut config: AirbyteSourceConfig =
+            serde_json::from_value(json!({"command": "x", "streams": "users", "stream_prefix": "f_"})).unwrap();
+        let (c, t) = configure(&config, &catalog).unwrap();
+        assert_eq!(c["streams"].as_array().unwrap().len(), 1);
+        assert_eq!(c["streams"][0]["sync_mode"], "incremental");
+        assert_eq!(c["streams"][0]["primary_key"], json!([["id"]]));
+        assert_eq!(&*t["users"].stream, "f_users");
+        config.streams = Some(NameList::Text("users, nope".into()));
+        let e = configure(&config, &catalog).err().unwrap();
+        assert!(e.message.starts_with("streams:") && e.message.contains("nope"), "{e}");
+        config.streams = Some(NameList::List(vec!["items".into()]));
+        config.sync_mode = Some(SyncMode::Incremental);
+        assert!(
+            configure(&config, &catalog)
+                .err()
+                .unwrap()
+                .message
+                .starts_with("sync_mode:")
+        );
+        config.sync_mode = None;
+        let (c, _) = configure(&config, &catalog).unwrap();
+        assert_eq!(c["streams"][0]["sync_mode"], "full_refresh");
+    }
+}
