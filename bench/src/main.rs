@@ -1,6 +1,7 @@
 //! `hstream-bench`: benchmarks that print our figures beside the physical limit or a peer,
 //! measured in the same run on the same disk. Run through `scripts/bench.sh [name]`.
 
+mod airbyte;
 mod append;
 mod cdc;
 mod connectors;
@@ -37,6 +38,9 @@ enum Bench {
     /// QoS 1 messages through Mosquitto into a durable stream by the mqtt source, beside
     /// mosquitto_sub taking the same messages from the same broker.
     Mqtt(mqtt::Args),
+    /// source-hardcoded-records into a durable stream by the airbyte source, beside the bare
+    /// connector into `wc -l` and PyAirbyte into its DuckDB cache.
+    Airbyte(airbyte::Args),
     /// Every benchmark with its defaults.
     All,
 }
@@ -51,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         Bench::PgCdc(args) => rt.block_on(pg_cdc::run(args)),
         Bench::MysqlCdc(args) => rt.block_on(mysql_cdc::run(args)),
         Bench::Mqtt(args) => rt.block_on(mqtt::run(args)),
+        Bench::Airbyte(args) => rt.block_on(airbyte::run(args)),
         Bench::All => rt.block_on(async {
             append::run(append::Args::default_args()).await?;
             println!();
@@ -62,7 +67,9 @@ fn main() -> anyhow::Result<()> {
             println!();
             mysql_cdc::run(mysql_cdc::Args::default_args()).await?;
             println!();
-            mqtt::run(mqtt::Args::default_args()).await
+            mqtt::run(mqtt::Args::default_args()).await?;
+            println!();
+            airbyte::run(airbyte::Args::default_args()).await
         }),
     }
 }

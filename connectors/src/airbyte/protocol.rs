@@ -183,8 +183,28 @@ fn value(kind: &str, raw: &RawValue) -> Result<Value, ParseError> {
     serde_json::from_str(raw.get()).map_err(|e| malformed(kind, e))
 }
 
+/// A RECORD line read in one pass (the common case, so it is tried first).
+#[derive(Deserialize)]
+struct RecordLine<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    record: RawRecord<'a>,
+}
+
 /// Parses one stdout line.
 pub fn parse(line: &str) -> Result<Message<'_>, ParseError> {
+    if let Ok(RecordLine { kind, record: r }) = serde_json::from_str::<RecordLine<'_>>(line)
+        && kind == "RECORD"
+        && r.data.get().starts_with('{')
+    {
+        return Ok(Message::Record(Record {
+            stream: r.stream,
+            namespace: r.namespace,
+            data: r.data,
+            emitted_at: r.emitted_at.unwrap_or(0.0) as i64,
+        }));
+    }
     let env: Envelope<'_> = serde_json::from_str(line).map_err(|e| ParseError::NotJson(e.to_string()))?;
     let kind = env.kind.ok_or(ParseError::NoType)?;
     Ok(match kind.as_ref() {

@@ -32,6 +32,8 @@ use super::{COMMAND_LIMIT, ConnectorJson, NameList};
 const MAX_BATCH: usize = 4096;
 /// How long a connector may take to exit after closing its output.
 const EXIT_LIMIT: Duration = Duration::from_secs(30);
+/// The connector's stdout pipe capacity we ask for.
+const PIPE_BYTES: usize = 1 << 20;
 /// Progress is re-reported at most this often.
 const REPORT_EVERY: Duration = Duration::from_millis(500);
 
@@ -443,6 +445,10 @@ impl AirbyteSource {
         let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             return Err(ConnectorError::internal("the connector's output pipes are missing"));
         };
+        // A 1 MiB pipe (Linux default 64 KiB): the connector keeps writing while we append.
+        if let Err(e) = rustix::pipe::fcntl_setpipe_size(&stdout, PIPE_BYTES) {
+            tracing::debug!("pipe size not raised: {e}");
+        }
         // stderr carries the connector's own logging: into our log (and the task's), last lines
         // kept for the error message.
         let stderr_tail = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
@@ -471,7 +477,7 @@ impl AirbyteSource {
         let mut last_error: Option<(String, Option<String>)> = None;
         let mut sync_estimate: Option<u64> = None;
         let mut reported = Instant::now();
-        let mut buf = Vec::with_capacity(1024);
+        let mut last_len = 256;
         out.report(self.progress());
         loop {
             line.clear();
@@ -516,23 +522,25 @@ impl AirbyteSource {
                         tracing::debug!(stream = %r.stream, "record of a stream not in the catalog ignored");
                         continue;
                     };
-                    buf.clear();
-                    let keys =
+                    // The record's own buffer, sized like the last one.
+                    let mut buf = Vec::with_capacity(last_len + 16);
+                    let mut keys =
                         crate::pbstruct::struct_from_json(&mut buf, r.data.get(), &t.primary_key).map_err(|e| {
                             ConnectorError::external(format!(
                                 "the connector's line {line_no}: RECORD data is not a JSON object: {e}"
                             ))
                         })?;
-                    let key = match keys.as_slice() {
+                    last_len = buf.len();
+                    let key = match keys.as_mut_slice() {
                         [] => String::new(),
-                        [one] => one.clone().unwrap_or_default(),
+                        [one] => one.take().unwrap_or_default(),
                         many => many
                             .iter()
                             .map(|k| k.as_deref().unwrap_or(""))
                             .collect::<Vec<_>>()
                             .join(","),
                     };
-                    let record = Record::new(key, PayloadFlag::Json, bytes::Bytes::copy_from_slice(&buf));
+                    let record = Record::new(key, PayloadFlag::Json, buf);
                     if record.encoded_size_bound() > max_record {
                         return Err(ConnectorError::config(format!(
                             "a record of stream {} is {} bytes, over the server's max-record-size of {max_record}; \
