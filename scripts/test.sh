@@ -6,7 +6,9 @@
 #     GET /metrics), and uv, with which the test servers install the Airbyte connector packages
 #     (airbyte-source-faker, airbyte-source-hardcoded-records) into .airbyte/ on first use;
 #   - PostgreSQL's and MariaDB's server binaries (Debian packages), for the CDC tests;
-#   - Mosquitto (Debian package), for the MQTT tests.
+#   - Mosquitto (Debian package), for the MQTT tests;
+#   - podman, runc and busybox (Debian packages), to build and run the Airbyte container test's
+#     image (skipped with the reason printed where that cannot work).
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +50,24 @@ if [ "${CI:-}" = "true" ]; then
   cargo clippy --workspace --all-targets -- -D warnings
 fi
 
+# The Airbyte container test needs podman (with runc) and busybox to build its image; where
+# they cannot be installed or cannot run an image, the test is not run and the reason is printed.
+if ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1 || ! command -v busybox >/dev/null 2>&1; then
+  echo "==> installing podman, runc and busybox (Airbyte container test)"
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q podman runc busybox-static; } \
+    || echo "==> could not install podman (the container test will be skipped)"
+fi
+container_test=""
+if why=$(integration-tests/container/build-image.sh 2>&1); then
+  container_test=yes
+else
+  echo "==> SKIPPED (not run, not passed): airbyte::container_image_source_reads_into_a_stream: $why"
+fi
+
 # End-to-end tests start the real server binary.
 cargo build --workspace --bins
 cargo test --workspace "$@"
+if [ -n "$container_test" ]; then
+  CONTAINERS_CONF="$PWD/integration-tests/container/containers.conf" \
+    cargo test -p hstream-integration-tests --test server -- --ignored airbyte::container
+fi

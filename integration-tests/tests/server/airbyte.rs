@@ -521,3 +521,43 @@ async fn destination_gets_every_record_and_position_moves_only_on_echoes() {
         "after the echoes at the end of input the position is at the end: {r}"
     );
 }
+
+/// The container path: an image following Airbyte's conventions (ENTRYPOINT = AIRBYTE_ENTRYPOINT,
+/// files mounted) run by podman, paused mid-sync and resumed from its STATE. Run by
+/// scripts/test.sh (with `--ignored`) only where `integration-tests/container/build-image.sh`
+/// could build and run the image; elsewhere the script prints why it is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs podman: scripts/test.sh runs it where the test image builds and runs"]
+async fn container_image_source_reads_into_a_stream() {
+    assert!(
+        std::env::var_os("CONTAINERS_CONF").is_some(),
+        "run through scripts/test.sh (CONTAINERS_CONF names integration-tests/container/containers.conf)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST_RETRY);
+    let mut c = server.client().await;
+    let count = 3000;
+    let config = json!({"image": "localhost/hstream-test-airbyte-source:1", "engine": "podman",
+        "config": {"count": count, "password": "pw-in-image"}, "stream_prefix": "img_"});
+    create_connector(&mut c, "img", "SOURCE", "airbyte", &config)
+        .await
+        .unwrap();
+    wait_status(&c, "img", "COMPLETED", SLOW).await;
+    let got = ids(&mut c, "img_rows").await;
+    assert_eq!(got.len(), count);
+    assert!(got.values().all(|n| *n == 1));
+    let recs = read_json_stream(&mut c, "img_rows").await;
+    assert!(recs.iter().all(|(_, v)| v["image"] == "hstream-test-airbyte-source"));
+    let r = connector_report(&c, "img").await;
+    assert_eq!(
+        r["offset"]["states"][0]["stream"]["stream_state"]["next"],
+        (count + 1) as f64
+    );
+    let shown = c
+        .get_connector(pb::GetConnectorRequest { name: "img".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .config;
+    assert!(!shown.contains("pw-in-image"), "{shown}");
+}
