@@ -2,11 +2,11 @@
 """An Airbyte source for the runtime's tests, obeying the protocol or, by config, breaking it.
 
 config: {"count": N, "state_every": K, "mode": "ok" | "malformed" | "exit" | "hang",
-         "fail_at": M, "token": <secret>}
+         "fail_at": M, "hang_secs": S, "token": <secret>}
 One stream, "events": records {"id": i, "body": ...} for i in 1..=N with a STREAM state
 {"next": i + 1} after every K records; `read --state` resumes at "next". In the failing modes the
 connector breaks once it reaches record M: a RECORD without data, a TRACE error and exit 3, or
-silence for an hour.
+silence for `hang_secs` (an hour).
 """
 import json
 import sys
@@ -30,6 +30,7 @@ SPEC = {
             "state_every": {"type": "integer", "minimum": 1},
             "mode": {"type": "string", "enum": ["ok", "malformed", "exit", "hang"]},
             "fail_at": {"type": "integer"},
+            "hang_secs": {"type": "integer"},
             "token": {"type": "string", "airbyte_secret": True},
         },
     }
@@ -74,7 +75,7 @@ def main():
             return 3
         elif i == fail_at and mode == "hang":
             sys.stdout.flush()
-            time.sleep(3600)
+            time.sleep(config.get("hang_secs", 3600))
         out({"type": "RECORD", "record": {"stream": "events", "emitted_at": 1,
              "data": {"id": i, "body": "x" * 40, "nested": {"i": i, "l": [i, "a"]}}}})
         if i % every == 0 or i == count:

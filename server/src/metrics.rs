@@ -217,6 +217,11 @@ fn connectors(ctx: &ServerCtx) -> Vec<ConstFamily> {
         "Messages a source took and has not acknowledged upstream yet (MQTT)",
         G,
     );
+    let mut uncheckpointed = ConstFamily::new(
+        "hstream_connector_source_uncheckpointed_records",
+        "Records a source appended since the last state its upstream gave (Airbyte STATE)",
+        G,
+    );
     let now = crate::store::now_ms();
     for (name, kind, task) in ctx.connectors.tasks() {
         let l = |extra: Option<(&'static str, String)>| {
@@ -249,8 +254,8 @@ fn connectors(ctx: &ServerCtx) -> Vec<ConstFamily> {
             Some(hstream_runtime::Lag::Bytes(b)) => lag_bytes.add(l(None), b as f64),
             Some(hstream_runtime::Lag::Seconds(s)) => lag_seconds.add(l(None), s),
             Some(hstream_runtime::Lag::Messages(m)) => inflight.add(l(None), m as f64),
-            // Airbyte's records since the last STATE get their metric with the Airbyte host.
-            Some(hstream_runtime::Lag::Records(_)) | None => {}
+            Some(hstream_runtime::Lag::Records(r)) => uncheckpointed.add(l(None), r as f64),
+            None => {}
         }
     }
     vec![
@@ -263,6 +268,7 @@ fn connectors(ctx: &ServerCtx) -> Vec<ConstFamily> {
         lag_bytes,
         lag_seconds,
         inflight,
+        uncheckpointed,
     ]
 }
 

@@ -85,6 +85,14 @@ async fn metrics_parse_list_everything_and_count_what_moved() {
         json!({"topic": "m/#", "client_id": "hs-metrics"}),
     );
     create_connector(&mut c, "mqsrc", "SOURCE", "mqtt", &mq).await.unwrap();
+    // An Airbyte source that stops talking 50 records after its last STATE: its records since
+    // the last STATE stay at 50.
+    let script = repo_root().join("integration-tests/python/airbyte_fake_source.py");
+    let ab = json!({"command": script.display().to_string(), "stream_prefix": "ab_",
+        "config": {"count": 1000, "state_every": 100, "mode": "hang", "fail_at": 251, "hang_secs": 120}});
+    create_connector(&mut c, "absrc", "SOURCE", "airbyte", &ab)
+        .await
+        .unwrap();
     let pg_cfg = config_with(pg.connector_config(), "pgcdc", json!({"table": "t"}));
     create_connector(&mut c, "pgsrc", "SOURCE", "postgresql", &pg_cfg)
         .await
@@ -132,6 +140,21 @@ async fn metrics_parse_list_everything_and_count_what_moved() {
     .await;
     wait_until(Duration::from_secs(30), "the MQTT record", || async {
         count_stream_records(&c, "mq").await == 1
+    })
+    .await;
+    wait_until(Duration::from_secs(60), "the Airbyte source's 250 records", || async {
+        count_stream_records(&c, "ab_events").await == 250
+    })
+    .await;
+    let probe = &server;
+    wait_until(Duration::from_secs(30), "records since the Airbyte STATE", || async {
+        let m = scrape(probe).await;
+        sample(
+            &m,
+            "hstream_connector_source_uncheckpointed_records",
+            "hstream_connector_source_uncheckpointed_records",
+            &[("connector", "absrc")],
+        ) == Some(50.0)
     })
     .await;
     let m = scrape(&server).await;
