@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """An Airbyte source for the runtime's tests, obeying the protocol or, by config, breaking it.
 
-config: {"count": N, "state_every": K, "mode": "ok" | "malformed" | "exit" | "hang",
+config: {"count": N, "state_every": K, "mode": "ok" | "malformed" | "nan" | "exit" | "hang",
          "fail_at": M, "hang_secs": S, "token": <secret>}
 One stream, "events": records {"id": i, "body": ...} for i in 1..=N with a STREAM state
 {"next": i + 1} after every K records; `read --state` resumes at "next". In the failing modes the
-connector breaks once it reaches record M: a RECORD without data, a TRACE error and exit 3, or
+connector breaks once it reaches record M: a RECORD without data, a RECORD with NaN (not
+JSON), a TRACE error and exit 3, or
 silence for `hang_secs` (an hour).
 """
 import json
@@ -28,7 +29,7 @@ SPEC = {
         "properties": {
             "count": {"type": "integer", "minimum": 0},
             "state_every": {"type": "integer", "minimum": 1},
-            "mode": {"type": "string", "enum": ["ok", "malformed", "exit", "hang"]},
+            "mode": {"type": "string", "enum": ["ok", "malformed", "nan", "exit", "hang"]},
             "fail_at": {"type": "integer"},
             "hang_secs": {"type": "integer"},
             "token": {"type": "string", "airbyte_secret": True},
@@ -68,6 +69,9 @@ def main():
     for i in range(start, count + 1):
         if i == fail_at and mode == "malformed":
             out({"type": "RECORD", "record": {"stream": "events", "emitted_at": 1}})
+        elif i == fail_at and mode == "nan":
+            # Python's json writes NaN, which is not JSON: a RECORD that cannot be read.
+            out({"type": "RECORD", "record": {"stream": "events", "emitted_at": 1, "data": {"id": i, "v": float("nan")}}})
         elif i == fail_at and mode == "exit":
             out({"type": "TRACE", "trace": {"type": "ERROR", "emitted_at": 1.0,
                  "error": {"message": "the upstream went away", "failure_type": "transient_error"}}})

@@ -27,6 +27,10 @@ const SINK_READ_BATCHES: usize = 64;
 /// Queued source batches are merged into one append up to this many records.
 const COALESCE_RECORDS: usize = 16_384;
 const SINK_IDLE_WAIT: Duration = Duration::from_millis(200);
+/// How long a stop waits for a sink's write in progress.
+const WRITE_GRACE: Duration = Duration::from_secs(10);
+/// How long a stopping sink may take to make its writes durable.
+const CLOSE_LIMIT: Duration = Duration::from_secs(60);
 
 /// Counters of a task, shared with its supervisor and the API.
 #[derive(Debug, Default)]
@@ -168,7 +172,11 @@ pub async fn run_source<S: Source>(ctx: RunContext, config: S::Config) -> Result
         ctx.streams.ensure_stream(&stream).await?;
     }
     let start = load::<S::Offset>(&ctx).await?;
-    let mut source = S::open(config, start.clone()).await?;
+    // Opening may take long (a connector install): a stop does not wait for it.
+    let mut source = tokio::select! {
+        s = S::open(config, start.clone()) => s?,
+        _ = ctx.cancel.cancelled() => return Ok(Done::Cancelled),
+    };
     let (tx, mut rx) = mpsc::channel::<Emitted<S::Offset>>(PIPELINE_DEPTH);
     let (committed_tx, committed_rx) = watch::channel(start.clone());
     let (durable_tx, durable_rx) = watch::channel(start);
@@ -310,7 +318,10 @@ pub async fn run_sink<K: Sink>(ctx: RunContext, config: K::Config) -> Result<Don
         position.shards.insert(shard, at);
     }
     let flush_every = K::flush_every(&config);
-    let mut sink = K::open(config).await?;
+    let mut sink = tokio::select! {
+        s = K::open(config) => s?,
+        _ = ctx.cancel.cancelled() => return Ok(Done::Cancelled),
+    };
     let shards: Vec<u64> = position.shards.keys().copied().collect();
     // Positions of what was written; `durable` is what may be checkpointed.
     let mut written = position.clone();
@@ -343,7 +354,21 @@ pub async fn run_sink<K: Sink>(ctx: RunContext, config: K::Config) -> Result<Don
             idle = 0;
             let n = chunk.records.len() as u64;
             let bytes = chunk.records.iter().map(|r| r.payload.len() as u64).sum();
-            match sink.write(&chunk.records).await? {
+            // A sink blocked downstream holds up a stop for WRITE_GRACE at most. A write cut
+            // short is not asked to finish: the position stays at the last checkpoint and what
+            // followed it is written again by the next attempt.
+            let written_now = {
+                let write = sink.write(&chunk.records);
+                tokio::pin!(write);
+                tokio::select! {
+                    w = &mut write => w?,
+                    _ = ctx.cancel.cancelled() => match tokio::time::timeout(WRITE_GRACE, &mut write).await {
+                        Ok(w) => w?,
+                        Err(_) => return Ok(Done::Cancelled),
+                    },
+                }
+            };
+            match written_now {
                 Written::Durable if !unflushed => {
                     written.shards.insert(shard, chunk.next_lsn);
                     durable.shards.insert(shard, chunk.next_lsn);
@@ -378,8 +403,16 @@ pub async fn run_sink<K: Sink>(ctx: RunContext, config: K::Config) -> Result<Don
             saved_at = Instant::now();
         }
     }
-    // Graceful stop: make what was written durable, then record it.
-    sink.close().await?;
+    // Graceful stop: make what was written durable, then record it. A sink that cannot within
+    // CLOSE_LIMIT leaves the position where it was (what follows is written again).
+    match tokio::time::timeout(CLOSE_LIMIT, sink.close()).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(ConnectorError::external(format!(
+                "the sink did not finish its writes within {CLOSE_LIMIT:?} of the stop"
+            )));
+        }
+    }
     save(&ctx, &written).await?;
     Ok(Done::Cancelled)
 }

@@ -75,8 +75,14 @@ fn resolve<'a>(root: &'a Value, mut node: &'a Value) -> &'a Value {
 
 /// The schema alternatives that describe a value at `node`: itself and its combinators.
 fn alternatives<'a>(root: &'a Value, node: &'a Value) -> Vec<&'a Value> {
+    // Keys beside a `$ref` (such as `airbyte_secret`) count as well as the target's.
+    let mut out = if node.get("$ref").is_some() {
+        vec![node]
+    } else {
+        Vec::new()
+    };
     let node = resolve(root, node);
-    let mut out = vec![node];
+    out.push(node);
     for key in ["oneOf", "anyOf", "allOf"] {
         if let Some(list) = node.get(key).and_then(Value::as_array) {
             out.extend(list.iter().map(|n| resolve(root, n)));

@@ -54,11 +54,13 @@ fn venv_dir(root: &Path, requirement: &str) -> Result<PathBuf, ConnectorError> {
     Ok(root.join(format!(".venv-{exe}-{tag}")))
 }
 
+/// How long one install step (venv, pip) may take.
+const INSTALL_LIMIT: Duration = Duration::from_secs(900);
+
 async fn run_tool(cmd: &mut Command, what: &str) -> Result<(), ConnectorError> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
+    let out = tokio::time::timeout(INSTALL_LIMIT, cmd.stdin(Stdio::null()).kill_on_drop(true).output())
         .await
+        .map_err(|_| ConnectorError::external(format!("{what} did not finish within {INSTALL_LIMIT:?}")))?
         .map_err(|e| ConnectorError::external(format!("{what}: {e}")))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
@@ -228,10 +230,54 @@ impl Invocation {
     }
 
     /// A command running `verb` with `args`.
-    pub fn command(&self, verb: &str, args: &[String]) -> Command {
+    /// A command running `verb` with `args`, and for an image the guard that removes its
+    /// container when dropped (killing the `docker`/`podman` client does not stop the
+    /// container itself). Keep the guard as long as the child.
+    pub fn command(&self, verb: &str, args: &[String]) -> (Command, Option<ContainerGuard>) {
         let mut c = Command::new(&self.program);
-        c.args(&self.args).arg(verb).args(args).kill_on_drop(true);
-        c
+        let guard = match self.seen_as {
+            Some(_) => {
+                static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let name = format!(
+                    "hstream-airbyte-{}-{}",
+                    std::process::id(),
+                    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                );
+                // `run` first, then the name, then the rest (which ends with the image).
+                c.arg(&self.args[0]).arg("--name").arg(&name).args(&self.args[1..]);
+                Some(ContainerGuard {
+                    engine: self.program.clone(),
+                    name,
+                })
+            }
+            None => {
+                c.args(&self.args);
+                None
+            }
+        };
+        c.arg(verb).args(args).kill_on_drop(true);
+        (c, guard)
+    }
+}
+
+/// Removes a connector's container when dropped (in the background; a container that already
+/// ended and was removed makes this a no-op).
+pub struct ContainerGuard {
+    engine: PathBuf,
+    name: String,
+}
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        let (engine, name) = (self.engine.clone(), self.name.clone());
+        std::thread::spawn(move || {
+            let _ = std::process::Command::new(engine)
+                .args(["rm", "-f", &name])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        });
     }
 }
 
@@ -256,8 +302,8 @@ pub async fn run_once(
     args: &[String],
     limit: Duration,
 ) -> Result<Outcome, ConnectorError> {
-    let mut child = inv
-        .command(verb, args)
+    let (mut cmd, _container) = inv.command(verb, args);
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -234,17 +234,28 @@ pub fn validate_against(spec: &Value, config: &Value) -> Result<(), ConnectorErr
 }
 
 /// Our config schema with `config` described by the connector's own spec where it is known (so
-/// its `airbyte_secret` fields are redacted), else with the whole `config` taken as secret.
+/// only its `airbyte_secret` fields are redacted). Otherwise `config` stays as our spec has it:
+/// secret as a whole.
 pub fn schema_with_connector(l: Result<Launcher, ConnectorError>, schema: &mut Value) {
-    let inner = l.ok().and_then(|l| cached_spec(&l));
-    let slot = &mut schema["properties"]["config"];
-    match inner {
-        Some(spec) if spec["connectionSpecification"].is_object() => {
-            *slot = spec["connectionSpecification"].clone();
-        }
-        _ => {
-            if let Value::Object(o) = slot {
-                o.insert("airbyte_secret".into(), Value::Bool(true));
+    let Some(spec) = l.ok().and_then(|l| cached_spec(&l)) else {
+        return;
+    };
+    let inner = &spec["connectionSpecification"];
+    if !inner.is_object() {
+        return;
+    }
+    schema["properties"]["config"] = inner.clone();
+    // The connector's `#/definitions/…` and `#/$defs/…` references now resolve against our root.
+    for key in ["definitions", "$defs"] {
+        if let Some(Value::Object(defs)) = inner.get(key) {
+            let slot = &mut schema[key];
+            if !slot.is_object() {
+                *slot = Value::Object(Map::new());
+            }
+            if let Value::Object(ours) = slot {
+                for (k, v) in defs {
+                    ours.entry(k.clone()).or_insert_with(|| v.clone());
+                }
             }
         }
     }
@@ -257,5 +268,60 @@ pub fn normalize_config(config: &mut Value) {
         && let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(t)
     {
         config["config"] = v;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hstream_runtime::{Kind, secret};
+    use serde_json::json;
+
+    #[test]
+    fn connector_configs_are_masked_whole_until_their_spec_is_known() {
+        let r = crate::registry();
+        let t = r.get(Kind::Source, "airbyte").unwrap();
+        let cmd = "/nonexistent/hstream-test-connector";
+        let cfg = json!({"command": cmd, "config": {"host": "h", "password": "pw"}});
+        let shown = secret::redact(&t.config_schema(&cfg), &cfg);
+        assert_eq!(shown["config"], json!(secret::MASK), "{shown}");
+        assert!(
+            secret::secret_values(&t.config_schema(&cfg), &cfg)
+                .iter()
+                .any(|v| v.contains("pw"))
+        );
+        // Once the connector's spec is known, only what it marks is masked (also through its
+        // own definitions).
+        let spec = json!({"connectionSpecification": {"type": "object", "properties": {
+            "host": {"type": "string"},
+            "password": {"type": "string", "airbyte_secret": true},
+            "auth": {"$ref": "#/definitions/Auth"}},
+            "definitions": {"Auth": {"type": "object", "properties": {"token": {"type": "string", "airbyte_secret": true}}}}}});
+        SPECS
+            .lock()
+            .unwrap()
+            .get_or_insert_with(HashMap::new)
+            .insert(spec_key(&Launcher::Command(cmd.into())), spec);
+        let cfg = json!({"command": cmd, "config": {"host": "h", "password": "pw", "auth": {"token": "tk"}}});
+        let shown = secret::redact(&t.config_schema(&cfg), &cfg);
+        assert_eq!(shown["config"]["host"], "h");
+        assert_eq!(shown["config"]["password"], json!(secret::MASK));
+        assert_eq!(shown["config"]["auth"]["token"], json!(secret::MASK), "{shown}");
+        // A config that does not even parse is masked whole.
+        let bad = json!({"command": cmd, "package": "x", "config": {"password": "pw"}});
+        assert_eq!(
+            secret::redact(&t.config_schema(&bad), &bad)["config"],
+            json!(secret::MASK)
+        );
+    }
+
+    #[test]
+    fn config_text_becomes_an_object() {
+        let mut c = json!({"config": "{\"count\": 3}"});
+        normalize_config(&mut c);
+        assert_eq!(c["config"], json!({"count": 3}));
+        let mut c = json!({"config": "not json"});
+        normalize_config(&mut c);
+        assert_eq!(c["config"], json!("not json"));
     }
 }

@@ -15,7 +15,7 @@ use hstream_runtime::{ConnectorConfig, ConnectorError, PayloadFlag, Sink, SinkRe
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -46,7 +46,10 @@ pub struct AirbyteSinkConfig {
     #[serde(default)]
     pub engine: Option<String>,
     /// The destination's own config, as an object or JSON text.
+    /// Shown with only the fields its spec marks `airbyte_secret` masked once that spec is known
+    /// to the server; masked whole until then.
     #[serde(default)]
+    #[schemars(extend("airbyte_secret" = true))]
     pub config: ConnectorJson,
     /// The Airbyte stream name the destination sees (default: the stream's name).
     #[serde(default)]
@@ -54,7 +57,8 @@ pub struct AirbyteSinkConfig {
     /// The Airbyte namespace the destination sees.
     #[serde(default)]
     pub namespace: Option<String>,
-    /// `append`, `overwrite` or `append_dedup` (which needs `primary_key`).
+    /// `append` or `append_dedup` (which needs `primary_key`). (`overwrite` is refused: every
+    /// `write` is a sync of its own, which would replace what the ones before wrote.)
     #[serde(default = "default_sync_mode")]
     pub destination_sync_mode: String,
     /// Top-level fields of the primary key, comma separated (for `append_dedup`).
@@ -87,7 +91,7 @@ impl ConnectorConfig for AirbyteSinkConfig {
         self.launcher()?;
         self.config.object()?;
         match self.destination_sync_mode.as_str() {
-            "append" | "overwrite" => {}
+            "append" => {}
             "append_dedup" if self.primary_key.is_some() => {}
             "append_dedup" => {
                 return Err(ConnectorError::config(
@@ -96,7 +100,7 @@ impl ConnectorConfig for AirbyteSinkConfig {
             }
             other => {
                 return Err(ConnectorError::config(format!(
-                    "destination_sync_mode: {other:?} is not append, overwrite or append_dedup"
+                    "destination_sync_mode: {other:?} is not append or append_dedup (overwrite would replace earlier writes)"
                 )));
             }
         }
@@ -150,6 +154,8 @@ struct Writer {
     stdin: Option<BufWriter<tokio::process::ChildStdin>>,
     said: mpsc::UnboundedReceiver<Said>,
     stderr_tail: tokio_util::task::AbortOnDropHandle<String>,
+    /// Removes the container (for an image) once the writer is gone.
+    _container: Option<super::host::ContainerGuard>,
 }
 
 pub struct AirbyteSink {
@@ -235,7 +241,7 @@ impl Sink for AirbyteSink {
             .as_mut()
             .ok_or_else(|| ConnectorError::internal("the destination's input is closed"))?;
         for r in records {
-            let data = record_data(r);
+            let data = record_data(r)?;
             self.line.clear();
             self.line.push_str(&protocol::record_line(
                 &self.stream_name,
@@ -304,14 +310,19 @@ impl AirbyteSink {
 
 /// A record as Airbyte RECORD data: a JSON record's object; a RAW record's payload when it is a
 /// JSON object, else `{"key": …, "payload": text}`.
-fn record_data(r: &SinkRecord) -> Value {
-    match r.flag {
-        PayloadFlag::Json => hstream_runtime::structs::decode_json(&r.payload).unwrap_or(Value::Null),
+fn record_data(r: &SinkRecord) -> Result<Value, ConnectorError> {
+    Ok(match r.flag {
+        PayloadFlag::Json => hstream_runtime::structs::decode_json(&r.payload).map_err(|e| {
+            ConnectorError::config(format!(
+                "record {}:{}#{} is flagged JSON but is not a Struct: {e}",
+                r.shard_id, r.lsn, r.index
+            ))
+        })?,
         PayloadFlag::Raw => match serde_json::from_slice::<Value>(&r.payload) {
             Ok(v @ Value::Object(_)) => v,
             _ => json!({"key": r.key, "payload": String::from_utf8_lossy(&r.payload)}),
         },
-    }
+    })
 }
 
 impl AirbyteSink {
@@ -352,9 +363,8 @@ impl AirbyteSink {
             "--catalog".to_owned(),
             self.inv.file("catalog.json", &self.catalog)?,
         ];
-        let mut child = self
-            .inv
-            .command("write", &args)
+        let (mut cmd, container) = self.inv.command("write", &args);
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -369,8 +379,18 @@ impl AirbyteSink {
         let stream = self.stream_name.clone();
         tokio::spawn(
             async move {
-                let mut lines = BufReader::new(stdout).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
+                let mut reader = BufReader::new(stdout);
+                let mut raw = Vec::new();
+                // Lossy and bounded, so a stray byte cannot stop us reading the echoes.
+                while let Ok(n) = super::source::read_line_bounded(&mut reader, &mut raw, 64 << 20).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let line = String::from_utf8_lossy(&raw).trim_end().to_owned();
+                    raw.clear();
+                    if line.is_empty() {
+                        continue;
+                    }
                     match protocol::parse(&line) {
                         Ok(Message::State(s)) => {
                             let st = &s.body["stream"];
@@ -431,6 +451,7 @@ impl AirbyteSink {
             stdin: Some(BufWriter::with_capacity(1 << 20, stdin)),
             said,
             stderr_tail,
+            _container: container,
         })
     }
 
@@ -479,7 +500,11 @@ impl AirbyteSink {
             Ok(Ok(s)) if s.success() => Ok(()),
             Ok(Ok(s)) => Err(ConnectorError::external(format!(
                 "the destination's write exited with {s}: {}",
-                w.stderr_tail.await.unwrap_or_default()
+                tokio::time::timeout(Duration::from_secs(2), w.stderr_tail)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default()
             ))),
             Ok(Err(e)) => Err(ConnectorError::external(format!("waiting for the destination: {e}"))),
             Err(_) => Err(ConnectorError::external(
@@ -501,7 +526,11 @@ impl AirbyteSink {
                 "killed".to_owned()
             }
         };
-        let tail = w.stderr_tail.await.unwrap_or_default();
+        let tail = tokio::time::timeout(Duration::from_secs(2), w.stderr_tail)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
         ConnectorError::external(format!("{what} (write {status}; {tail})"))
     }
 }

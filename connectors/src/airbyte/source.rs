@@ -67,7 +67,10 @@ pub struct AirbyteSourceConfig {
     #[serde(default)]
     pub engine: Option<String>,
     /// The connector's own config (its spec's connectionSpecification), as an object or JSON text.
+    /// Shown with only the fields its spec marks `airbyte_secret` masked once that spec is known
+    /// to the server; masked whole until then.
     #[serde(default)]
+    #[schemars(extend("airbyte_secret" = true))]
     pub config: ConnectorJson,
     /// Catalog streams to read, as a list or comma-separated text (default: every stream).
     #[serde(default)]
@@ -142,15 +145,41 @@ pub fn stream_name(prefix: &str, namespace: Option<&str>, name: &str) -> String 
 pub struct AirbyteOffset {
     /// What `--state` gets: the latest STATE message per stream (or the one GLOBAL/LEGACY state).
     pub states: Vec<Value>,
-    /// A config the connector sent (CONTROL), which replaces the user's.
+    /// A config the connector sent (CONTROL), which replaces the user's while the user's stays
+    /// the one it replaced (an ALTER of the config wins). Shown masked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub control_config: Option<Value>,
+    pub control_config: Option<ControlConfig>,
     /// Syncs completed.
     pub syncs: u64,
     /// Unix ms when the last sync completed.
     pub last_sync_ms: i64,
     /// Records appended, as of this checkpoint.
     pub records: u64,
+}
+
+/// A connector's own config update (CONTROL message) and the user config it replaces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControlConfig {
+    pub config: Value,
+    /// md5 of the user's config it replaced.
+    pub replaces: String,
+}
+
+fn digest(v: &Value) -> String {
+    use md5::Digest;
+    md5::Md5::digest(v.to_string().as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The config to run with: the connector's own update if it replaced this user config.
+fn effective_config(config: &AirbyteSourceConfig, offset: &AirbyteOffset) -> Result<Value, ConnectorError> {
+    let user = config.config.object()?;
+    Ok(match &offset.control_config {
+        Some(c) if c.replaces == digest(&user) => c.config.clone(),
+        _ => user,
+    })
 }
 
 impl Offset for AirbyteOffset {
@@ -253,6 +282,8 @@ fn configure(
         if mode == "incremental" && s["source_defined_cursor"] != Value::Bool(true) {
             match s["default_cursor_field"].as_array() {
                 Some(f) if !f.is_empty() => c["cursor_field"] = Value::Array(f.clone()),
+                // Chosen by default: the stream is read in full instead.
+                _ if config.sync_mode.is_none() => c["sync_mode"] = Value::from("full_refresh"),
                 _ => {
                     return Err(ConnectorError::config(format!(
                         "sync_mode: stream {name:?} has no cursor for incremental syncs; use full_refresh"
@@ -308,10 +339,7 @@ impl Source for AirbyteSource {
 
     async fn open(config: AirbyteSourceConfig, offset: Option<AirbyteOffset>) -> Result<AirbyteSource, ConnectorError> {
         let offset = offset.unwrap_or_default();
-        let cc = match &offset.control_config {
-            Some(c) => c.clone(),
-            None => config.config.object()?,
-        };
+        let cc = effective_config(&config, &offset)?;
         let (_, inv, spec) = prepare(&config, &cc).await?;
         let discovered = host::discover(&inv, &cc, COMMAND_LIMIT).await?;
         let (catalog, targets) = configure(&config, &discovered)?;
@@ -375,6 +403,48 @@ impl Source for AirbyteSource {
     }
 }
 
+/// `read_until(b'\n')` that refuses (InvalidData) a line longer than `limit` instead of
+/// buffering it whole. Returns the bytes read (0 at the end).
+pub(crate) async fn read_line_bounded<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+    limit: usize,
+) -> std::io::Result<usize> {
+    let mut total = 0;
+    loop {
+        let (done, used) = {
+            let buf = reader.fill_buf().await?;
+            if buf.is_empty() {
+                return Ok(total);
+            }
+            match memchr::memchr(b'\n', buf) {
+                Some(i) => {
+                    line.extend_from_slice(&buf[..=i]);
+                    (true, i + 1)
+                }
+                None => {
+                    line.extend_from_slice(buf);
+                    (false, buf.len())
+                }
+            }
+        };
+        reader.consume(used);
+        total += used;
+        if line.len() > limit {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "line too long"));
+        }
+        if done {
+            return Ok(total);
+        }
+    }
+}
+
+/// Whether a line that failed to parse was meant as a RECORD or STATE message.
+fn looks_like_data(text: &str) -> bool {
+    let t = text.trim_start();
+    t.starts_with('{') && (t.contains("\"RECORD\"") || t.contains("\"STATE\""))
+}
+
 fn unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -412,10 +482,7 @@ impl AirbyteSource {
     /// One `read` to its end. Ok(Completed) when the connector finished well.
     async fn sync(&mut self, out: &mut SourceOutput<AirbyteOffset>) -> Result<Done, ConnectorError> {
         let cancel = out.cancelled();
-        let cc = match &self.offset.control_config {
-            Some(c) => c.clone(),
-            None => self.config.config.object()?,
-        };
+        let cc = effective_config(&self.config, &self.offset)?;
         let mut args = vec![
             "--config".to_owned(),
             self.inv.file("config.json", &cc)?,
@@ -434,9 +501,8 @@ impl AirbyteSource {
             self.offset.syncs + 1,
             self.offset.states.len()
         );
-        let mut child = self
-            .inv
-            .command("read", &args)
+        let (mut cmd, _container) = self.inv.command("read", &args);
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -453,9 +519,17 @@ impl AirbyteSource {
         // kept for the error message.
         let stderr_tail = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
             async move {
-                let mut lines = BufReader::new(stderr).lines();
+                let mut reader = BufReader::new(stderr);
                 let mut tail = std::collections::VecDeque::new();
-                while let Ok(Some(line)) = lines.next_line().await {
+                let mut raw = Vec::new();
+                // Lossy and bounded: a stray byte or a huge line must not stop the draining (the
+                // connector would then block on a full pipe).
+                while let Ok(n) = read_line_bounded(&mut reader, &mut raw, 64 << 10).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let line = String::from_utf8_lossy(&raw).trim_end().to_owned();
+                    raw.clear();
                     tracing::info!(target: "airbyte", "{line}");
                     tail.push_back(line);
                     if tail.len() > 3 {
@@ -469,6 +543,8 @@ impl AirbyteSource {
 
         let idle = Duration::from_secs(self.config.idle_timeout_secs);
         let max_record = out.max_record_size();
+        // A RECORD line may be longer than its record (JSON text against protobuf), not unboundedly.
+        let max_line = max_record.saturating_mul(4).max(1 << 20);
         let mut reader = BufReader::with_capacity(1 << 20, stdout);
         let mut line: Vec<u8> = Vec::with_capacity(4096);
         let mut line_no = 0u64;
@@ -483,8 +559,8 @@ impl AirbyteSource {
             line.clear();
             // A whole line already buffered is taken without waiting; otherwise wait, within the
             // idle limit, and ready to stop.
-            let n = if reader.buffer().contains(&b'\n') {
-                reader.read_until(b'\n', &mut line).await
+            let n = if memchr::memchr(b'\n', reader.buffer()).is_some() {
+                read_line_bounded(&mut reader, &mut line, max_line).await
             } else {
                 if pending > 0 {
                     self.flush(out, since_state).await?;
@@ -492,7 +568,7 @@ impl AirbyteSource {
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(Done::Cancelled),
-                    r = tokio::time::timeout(idle, reader.read_until(b'\n', &mut line)) => match r {
+                    r = tokio::time::timeout(idle, read_line_bounded(&mut reader, &mut line, max_line)) => match r {
                         Ok(r) => r,
                         Err(_) => return Err(ConnectorError::external(format!(
                             "the connector wrote nothing for {} s; stopped as hung", idle.as_secs()
@@ -500,7 +576,13 @@ impl AirbyteSource {
                     },
                 }
             }
-            .map_err(|e| ConnectorError::external(format!("reading the connector's output: {e}")))?;
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::InvalidData => ConnectorError::config(format!(
+                    "the connector's line {} is over {max_line} bytes (max-record-size {max_record}); stopped",
+                    line_no + 1
+                )),
+                _ => ConnectorError::external(format!("reading the connector's output: {e}")),
+            })?;
             if n == 0 {
                 break;
             }
@@ -600,12 +682,27 @@ impl AirbyteSource {
                 Ok(Message::ControlConfig(new)) => match super::validate_against(&self.spec, &new) {
                     Ok(()) => {
                         tracing::info!("the connector updated its config (kept with the checkpoint)");
-                        self.offset.control_config = Some(new);
+                        self.offset.control_config = Some(ControlConfig {
+                            config: new,
+                            replaces: digest(&self.config.config.object()?),
+                        });
+                        // Stored at once (behind the records before it): a single-use
+                        // credential must not be lost to a pause.
+                        self.flush(out, since_state).await?;
+                        pending = 0;
+                        out.emit(Vec::new(), self.offset.clone()).await?;
                     }
                     Err(e) => tracing::warn!("the connector sent a config its spec refuses; ignored: {e}"),
                 },
                 Ok(_) => {}
-                Err(protocol::ParseError::NotJson(_)) => {
+                // Plain text, or JSON that is no AirbyteMessage: log lines, as Airbyte's platform
+                // takes them. But a line that means to be a RECORD or STATE and is not one is an
+                // error: skipping it could checkpoint a later STATE past lost data.
+                Err(protocol::ParseError::NotJson(e)) if !looks_like_data(text) => {
+                    let _ = e;
+                    tracing::info!(target: "airbyte", "{text}");
+                }
+                Err(protocol::ParseError::NoType) => {
                     tracing::info!(target: "airbyte", "{text}");
                 }
                 Err(e) => {
@@ -635,7 +732,11 @@ impl AirbyteSource {
             _ => ConnectorError::external(message),
         };
         if !status.success() {
-            let tail = stderr_tail.await.unwrap_or_default();
+            let tail = tokio::time::timeout(Duration::from_secs(2), stderr_tail)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
             return Err(match &last_error {
                 Some((m, t)) => classify(format!("the connector's read exited with {status}: {m}"), t.as_deref()),
                 None => classify(format!("the connector's read exited with {status}: {tail}"), None),
@@ -654,6 +755,20 @@ impl AirbyteSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn lines_are_bounded_and_broken_data_lines_recognised() {
+        let mut r = tokio::io::BufReader::with_capacity(8, &b"short\nthis line is long\nend"[..]);
+        let mut line = Vec::new();
+        assert_eq!(read_line_bounded(&mut r, &mut line, 10).await.unwrap(), 6);
+        assert_eq!(line, b"short\n");
+        line.clear();
+        let e = read_line_bounded(&mut r, &mut line, 10).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        assert!(looks_like_data(r#"{"type":"RECORD","record":{"data":{"v":NaN}}}"#));
+        assert!(!looks_like_data("Traceback: RECORD"));
+        assert!(!looks_like_data(r#"{"level":"info","msg":"hello"}"#));
+    }
 
     #[test]
     fn stream_names_are_valid() {

@@ -385,6 +385,7 @@ async fn broken_connectors_are_classified_restarted_and_store_no_partial_state()
     let mut c = server.client().await;
     for (name, mode, extra, want) in [
         ("mal", "malformed", json!({}), "malformed message"),
+        ("nan", "nan", json!({}), "malformed message: not JSON"),
         (
             "ex",
             "exit",

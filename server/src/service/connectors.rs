@@ -58,7 +58,12 @@ impl ServerCtx {
         let mut offsets = Vec::new();
         if detail && let Some(t) = &task {
             let p = &t.handle.progress;
-            let offset = p.offset.lock().expect("lock").clone().unwrap_or(Value::Null);
+            let mut offset = p.offset.lock().expect("lock").clone().unwrap_or(Value::Null);
+            // A connector's own config update kept in its offset (Airbyte CONTROL) is a config:
+            // never shown.
+            if let Some(c) = offset.get_mut("control_config") {
+                *c = Value::from(secret::MASK);
+            }
             let report = serde_json::json!({
                 "offset": offset,
                 "deliveredRecords": p.records.load(std::sync::atomic::Ordering::Relaxed),
@@ -116,10 +121,11 @@ impl ServerCtx {
         if self.meta.get_connector(&req.name).await?.is_some() {
             return Err(ApiError::ConnectorExists(req.name));
         }
-        connector
-            .check(&config)
-            .await
-            .map_err(|e| ApiError::ConnectorCheckFailed(e.to_string()))?;
+        connector.check(&config).await.map_err(|e| {
+            // The check's words may quote the config (a connector's own message): scrubbed.
+            let secrets = secret::secret_values(&connector.config_schema(&config), &config);
+            ApiError::ConnectorCheckFailed(secret::scrub(&e.to_string(), &secrets))
+        })?;
         let meta = ConnectorMeta {
             name: req.name.clone(),
             kind: kind.as_str().to_owned(),
