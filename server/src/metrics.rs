@@ -290,14 +290,20 @@ fn subscriptions(ctx: &ServerCtx) -> Vec<ConstFamily> {
         "Stored batches between a subscription's committed position and the tail",
         G,
     );
+    let mut backlog_records = ConstFamily::new(
+        "hstream_subscription_backlog_records",
+        "Records between a subscription's committed position and the tail",
+        G,
+    );
     for (id, h) in ctx.subscriptions.all() {
         let l = vec![("subscription", id), ("stream", h.meta.stream.clone())];
+        backlog_records.add(l.clone(), h.stats.backlog_records() as f64);
         delivered.add(l.clone(), h.stats.delivered.load(Ordering::Relaxed) as f64);
         acked.add(l.clone(), h.stats.acked.load(Ordering::Relaxed) as f64);
         redelivered.add(l.clone(), h.stats.redelivered.load(Ordering::Relaxed) as f64);
         backlog.add(l, h.stats.backlog() as f64);
     }
-    vec![delivered, acked, redelivered, backlog]
+    vec![delivered, acked, redelivered, backlog, backlog_records]
 }
 
 /// CPU, memory and open files of this process, from /proc.

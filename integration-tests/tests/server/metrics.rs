@@ -176,6 +176,17 @@ async fn metrics_parse_list_everything_and_count_what_moved() {
         &[("subscription", "idle")],
     );
     assert!(backlog.unwrap() >= 1.0, "the idle subscription's backlog: {backlog:?}");
+    // In records: the whole stream for the idle one, nothing for the one read and acked.
+    let backlog_records = |sub: &str| {
+        sample(
+            &m,
+            "hstream_subscription_backlog_records",
+            "hstream_subscription_backlog_records",
+            &[("subscription", sub)],
+        )
+    };
+    assert_eq!(backlog_records("idle"), Some(N as f64));
+    assert_eq!(backlog_records("sub"), Some(0.0));
     assert_eq!(
         sample(
             &m,

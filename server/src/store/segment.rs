@@ -54,6 +54,9 @@ pub struct IndexPoint {
     pub lsn: u64,
     pub offset: u64,
     pub timestamp_ms: i64,
+    /// Records (the batches' `batch_size`s) in the shard before this entry, counted from an
+    /// arbitrary origin fixed when the shard was opened: only differences mean anything.
+    pub records_before: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -183,6 +186,8 @@ pub struct ScanOutcome {
     pub first_timestamp_ms: Option<i64>,
     pub last_timestamp_ms: Option<i64>,
     pub index: Vec<IndexPoint>,
+    /// Records in the valid entries (index points count from 0 at the segment's start).
+    pub records: u64,
     /// Why the scan stopped before the end of the file, if it did.
     pub stopped: Option<String>,
 }
@@ -198,6 +203,7 @@ pub fn scan(file: &File, base_lsn: u64, verify: bool, index_interval: u64) -> io
         first_timestamp_ms: None,
         last_timestamp_ms: None,
         index: Vec::new(),
+        records: 0,
         stopped: None,
     };
     let mut offset = FILE_HEADER_LEN;
@@ -250,6 +256,7 @@ pub fn scan(file: &File, base_lsn: u64, verify: bool, index_interval: u64) -> io
                 lsn: head.lsn,
                 offset,
                 timestamp_ms: head.timestamp_ms,
+                records_before: out.records,
             });
             since_index = 0;
         }
@@ -257,6 +264,7 @@ pub fn scan(file: &File, base_lsn: u64, verify: bool, index_interval: u64) -> io
         out.first_timestamp_ms.get_or_insert(head.timestamp_ms);
         out.last_timestamp_ms = Some(head.timestamp_ms);
         out.last_lsn = head.lsn;
+        out.records += u64::from(head.batch_size);
         offset += head.len as u64;
         out.valid_len = offset;
     }
@@ -356,6 +364,27 @@ pub fn find_entry(
 
 fn invalid_data(e: DecodeError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// The records (sum of `batch_size`) of the entries from `offset` (an entry boundary) up to,
+/// not including, LSN `before` or `end` (a committed length), reading headers only.
+pub fn records_until(file: &File, mut offset: u64, end: u64, before: u64) -> io::Result<u64> {
+    let mut head_buf = [0u8; ENTRY_HEADER_LEN + BODY_FIXED_LEN];
+    let mut records = 0u64;
+    while offset + head_buf.len() as u64 <= end {
+        file.read_exact_at(&mut head_buf, offset)?;
+        let head = match parse_head(&head_buf, offset) {
+            Ok(Some((h, _))) => h,
+            Ok(None) => break,
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+        };
+        if head.lsn >= before {
+            break;
+        }
+        records += u64::from(head.batch_size);
+        offset += head.len as u64;
+    }
+    Ok(records)
 }
 
 #[cfg(test)]

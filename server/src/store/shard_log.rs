@@ -32,10 +32,12 @@ pub struct Segment {
     last_lsn: AtomicU64,
     last_ts: AtomicI64,
     index: RwLock<Vec<IndexPoint>>,
+    /// Records in the shard before this segment's first entry (same origin as the index's).
+    records_at_base: u64,
 }
 
 impl Segment {
-    fn empty(base: u64, path: PathBuf, file: File) -> Segment {
+    fn empty(base: u64, path: PathBuf, file: File, records_at_base: u64) -> Segment {
         Segment {
             base,
             path,
@@ -44,7 +46,21 @@ impl Segment {
             last_lsn: AtomicU64::new(base - 1),
             last_ts: AtomicI64::new(i64::MIN),
             index: RwLock::new(Vec::new()),
+            records_at_base,
         }
+    }
+
+    /// Records in the shard before `lsn` (which this segment holds, or follows).
+    fn records_before(&self, lsn: u64) -> io::Result<u64> {
+        let (offset, base) = {
+            let index = self.index.read().expect("index lock");
+            match index.partition_point(|p| p.lsn <= lsn) {
+                0 => (FILE_HEADER_LEN, self.records_at_base),
+                i => (index[i - 1].offset, index[i - 1].records_before),
+            }
+        };
+        let end = self.committed_len.load(Ordering::Acquire);
+        Ok(base + segment::records_until(&self.file, offset, end, lsn)?)
     }
 
     fn last_lsn(&self) -> u64 {
@@ -76,6 +92,8 @@ struct Inner {
     /// Bytes written to the active segment (may be ahead of what is committed).
     active_len: u64,
     bytes_since_index: u64,
+    /// Records written (same origin as the index points').
+    records_written: u64,
     next_lsn: u64,
     last_ts: i64,
     trim_point: u64,
@@ -147,6 +165,7 @@ impl ShardLog {
             create_segment_file(&dir, trim_point + 1)?;
         }
         let mut segments = Vec::with_capacity(bases.len());
+        let mut records = 0u64;
         let last_i = bases.len() - 1;
         let mut expected_base = None;
         for (i, &base) in bases.iter().enumerate() {
@@ -202,6 +221,16 @@ impl ShardLog {
                 }
             }
             expected_base = Some(scan.last_lsn + 1);
+            let records_at_base = records;
+            records += scan.records;
+            let index = scan
+                .index
+                .into_iter()
+                .map(|p| IndexPoint {
+                    records_before: p.records_before + records_at_base,
+                    ..p
+                })
+                .collect();
             segments.push(Arc::new(Segment {
                 base,
                 path: path.clone(),
@@ -209,14 +238,15 @@ impl ShardLog {
                 committed_len: AtomicU64::new(scan.valid_len),
                 last_lsn: AtomicU64::new(scan.last_lsn),
                 last_ts: AtomicI64::new(scan.last_timestamp_ms.unwrap_or(i64::MIN)),
-                index: RwLock::new(scan.index),
+                index: RwLock::new(index),
+                records_at_base,
             }));
         }
         // Unsynced batches lost in a crash may leave the tail below a trim point that was already
         // persisted: continue after the trim point so no trimmed LSN is handed out again.
         if segments.last().expect("at least one segment").last_lsn() < trim_point {
             let (file, path) = create_segment_file(&dir, trim_point + 1)?;
-            segments.push(Arc::new(Segment::empty(trim_point + 1, path, file)));
+            segments.push(Arc::new(Segment::empty(trim_point + 1, path, file, records)));
         }
         let last = segments.last().expect("at least one segment").clone();
         let active = OpenOptions::new()
@@ -241,6 +271,7 @@ impl ShardLog {
                 active,
                 active_len,
                 bytes_since_index: u64::MAX,
+                records_written: records,
                 next_lsn,
                 last_ts,
                 trim_point,
@@ -334,6 +365,7 @@ impl ShardLog {
         let mut ts = inner.last_ts;
         let mut lsn = inner.next_lsn;
         let mut since_index = inner.bytes_since_index;
+        let mut records = inner.records_written;
         for (payload, batch_size, compression) in batches {
             ts = ts.max(now_ms);
             let offset = start_len + buf.len() as u64;
@@ -343,10 +375,12 @@ impl ShardLog {
                     lsn,
                     offset,
                     timestamp_ms: ts,
+                    records_before: records,
                 });
                 since_index = 0;
             }
             since_index = since_index.saturating_add(len);
+            records += u64::from(*batch_size);
             pending.push(PendingWrite { lsn, timestamp_ms: ts });
             lsn += 1;
         }
@@ -362,6 +396,7 @@ impl ShardLog {
         inner.next_lsn = lsn;
         inner.last_ts = ts;
         inner.bytes_since_index = since_index;
+        inner.records_written = records;
         if !new_points.is_empty() {
             segment.index.write().expect("index lock").extend(new_points);
         }
@@ -440,11 +475,34 @@ impl ShardLog {
                 return Err(StoreError::io(&path, e));
             }
         };
-        inner.segments.push(Arc::new(Segment::empty(base, path, file)));
+        let records = inner.records_written;
+        inner.segments.push(Arc::new(Segment::empty(base, path, file, records)));
         inner.active = active;
         inner.active_len = FILE_HEADER_LEN;
         inner.bytes_since_index = u64::MAX;
         Ok(())
+    }
+
+    /// Records (sum of the batches' sizes) in the visible batches from LSN `from` (clamped to
+    /// the first untrimmed one) to the tail: a subscription's backlog in records. Reads a few
+    /// entry headers beside two index points. Blocking IO: call from a blocking thread.
+    pub fn records_from(&self, from: u64) -> Result<u64, StoreError> {
+        let visible = self.visible_lsn();
+        let (segments, start) = {
+            let inner = self.lock();
+            (inner.segments.clone(), inner.trim_point + 1)
+        };
+        let from = from.max(start);
+        if from > visible {
+            return Ok(0);
+        }
+        // The segment holding `lsn`: the last one starting at or before it.
+        let before = |lsn: u64| -> Result<u64, StoreError> {
+            let i = segments.partition_point(|s| s.base <= lsn).max(1) - 1;
+            let seg = &segments[i];
+            seg.records_before(lsn).map_err(|e| StoreError::io(&seg.path, e))
+        };
+        Ok(before(visible + 1)?.saturating_sub(before(from)?))
     }
 
     /// Reads up to `max_batches` visible batches starting at `from` (clamped to the first

@@ -311,3 +311,42 @@ fn delete_wakes_waiting_readers() {
     assert!(matches!(shard.trim(1), Err(StoreError::ShardDeleted(6))));
     store.shutdown();
 }
+
+#[test]
+fn records_from_counts_batch_sizes_across_rolls_restarts_and_trims() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    // Batch i (LSN i) holds i records.
+    let sum = |from: u64, to: u64| (from..=to).sum::<u64>();
+    let append = |store: &LogStore, shard: &Arc<ShardLog>, lsns: std::ops::RangeInclusive<u64>| {
+        for i in lsns {
+            let a = rt
+                .block_on(store.append(shard, Bytes::from(format!("b{i}")), i as u32, 0))
+                .unwrap();
+            assert_eq!(a.lsn, i);
+        }
+    };
+    {
+        let store = LogStore::open(dir.path(), opts(300)).unwrap();
+        let shard = store.create_shard(11).unwrap();
+        assert_eq!(shard.records_from(1).unwrap(), 0);
+        append(&store, &shard, 1..=60);
+        assert!(shard.segment_count() > 3, "small segments roll");
+        for from in [1, 2, 17, 33, 59, 60] {
+            assert_eq!(shard.records_from(from).unwrap(), sum(from, 60), "from {from}");
+        }
+        assert_eq!(shard.records_from(61).unwrap(), 0);
+        store.shutdown();
+    }
+    // After a restart the index is rebuilt from the headers: the same answers, and appends go on.
+    let store = LogStore::open(dir.path(), opts(300)).unwrap();
+    let shard = store.shard(11).unwrap();
+    assert_eq!(shard.records_from(1).unwrap(), sum(1, 60));
+    append(&store, &shard, 61..=70);
+    assert_eq!(shard.records_from(45).unwrap(), sum(45, 70));
+    // Trimmed batches are not counted.
+    shard.trim(30).unwrap();
+    assert_eq!(shard.records_from(1).unwrap(), sum(31, 70));
+    assert_eq!(shard.records_from(50).unwrap(), sum(50, 70));
+    store.shutdown();
+}
