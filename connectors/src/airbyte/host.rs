@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hstream_runtime::ConnectorError;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 use super::protocol::{self, LogLevel, Message, Trace};
@@ -281,6 +281,62 @@ impl Drop for ContainerGuard {
     }
 }
 
+/// A connector's stderr, drained beside its stdout (a connector that fills the pipe would block):
+/// lossy and bounded per line, so a stray byte or a huge line never stops the draining; each
+/// line logged when asked (the connector's own logging), the last three kept for errors.
+pub struct Stderr(tokio_util::task::AbortOnDropHandle<String>);
+
+impl Stderr {
+    pub fn drain(stderr: tokio::process::ChildStderr, log: bool) -> Stderr {
+        use tracing::Instrument;
+        let task = async move {
+            let mut reader = BufReader::new(stderr);
+            let mut tail = std::collections::VecDeque::new();
+            let mut raw = Vec::new();
+            loop {
+                match super::source::read_line_bounded(&mut reader, &mut raw, 64 << 10).await {
+                    Ok(0) => break,
+                    // A line over the bound is cut there; the rest comes as the next line.
+                    Ok(_) | Err(_) if !raw.is_empty() => {}
+                    _ => break,
+                }
+                let line = String::from_utf8_lossy(&raw).trim_end().to_owned();
+                raw.clear();
+                if log {
+                    tracing::info!(target: "airbyte", "{line}");
+                }
+                tail.push_back(line);
+                if tail.len() > 3 {
+                    tail.pop_front();
+                }
+            }
+            Vec::from(tail).join(" | ")
+        };
+        Stderr(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+            task.in_current_span(),
+        )))
+    }
+
+    /// The last lines, waiting briefly for the pipe's end (a leftover process may hold it).
+    pub async fn last_words(self) -> String {
+        tokio::time::timeout(Duration::from_secs(2), self.0)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+    }
+}
+
+/// A connector's LOG message into our log (and so the task's), at its level.
+pub fn log(level: LogLevel, message: &str) {
+    match level {
+        LogLevel::Fatal | LogLevel::Error => tracing::error!(target: "airbyte", "{message}"),
+        LogLevel::Warn => tracing::warn!(target: "airbyte", "{message}"),
+        LogLevel::Info => tracing::info!(target: "airbyte", "{message}"),
+        LogLevel::Debug | LogLevel::Trace => tracing::debug!(target: "airbyte", "{message}"),
+    }
+}
+
 /// What a one-shot command said.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -309,26 +365,10 @@ pub async fn run_once(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| ConnectorError::external(format!("starting the connector ({verb}): {e}")))?;
-    let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(ConnectorError::internal("the connector's output pipes are missing"));
     };
-    // stderr is drained beside stdout (a connector that fills the stderr pipe would otherwise
-    // block); its last 64 KiB are kept for the error message.
-    let stderr_tail = tokio::spawn(async move {
-        let mut kept: Vec<u8> = Vec::new();
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = stderr.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-            kept.extend_from_slice(&buf[..n]);
-            if kept.len() > 64 << 10 {
-                kept.drain(..kept.len() - (64 << 10));
-            }
-        }
-        String::from_utf8_lossy(&kept).into_owned()
-    });
-    let stderr_tail = tokio_util::task::AbortOnDropHandle::new(stderr_tail);
+    let stderr = Stderr::drain(stderr, false);
     let collect = async {
         let mut out = Outcome::default();
         let mut lines = BufReader::new(stdout).lines();
@@ -376,20 +416,9 @@ pub async fn run_once(
         }
     };
     if !status.success() {
-        let err = stderr_tail.await.unwrap_or_default();
         let why = match &out.error {
             Some((m, _)) => m.clone(),
-            None => {
-                let tail: Vec<&str> = err
-                    .lines()
-                    .rev()
-                    .take(3)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
-                tail.join(" | ")
-            }
+            None => stderr.last_words().await,
         };
         return Err(classify(
             &out,

@@ -15,12 +15,12 @@ use hstream_runtime::{ConnectorConfig, ConnectorError, PayloadFlag, Sink, SinkRe
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::host::{Invocation, Launcher};
-use super::protocol::{self, LogLevel, Message, Trace};
+use super::protocol::{self, Message, Trace};
 use super::{COMMAND_LIMIT, ConnectorJson};
 
 /// Configuration of the `airbyte` sink.
@@ -153,7 +153,7 @@ struct Writer {
     child: tokio::process::Child,
     stdin: Option<BufWriter<tokio::process::ChildStdin>>,
     said: mpsc::UnboundedReceiver<Said>,
-    stderr_tail: tokio_util::task::AbortOnDropHandle<String>,
+    stderr: super::host::Stderr,
     /// Removes the container (for an image) once the writer is gone.
     _container: Option<super::host::ContainerGuard>,
 }
@@ -370,8 +370,7 @@ impl AirbyteSink {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| ConnectorError::external(format!("starting the destination's write: {e}")))?;
-        let (Some(stdin), Some(stdout), Some(mut stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
             return Err(ConnectorError::internal("the destination's pipes are missing"));
         };
@@ -402,12 +401,7 @@ impl AirbyteSink {
                                 _ => tracing::warn!("the destination echoed a state we did not send; ignored"),
                             }
                         }
-                        Ok(Message::Log { level, message }) => match level {
-                            LogLevel::Fatal | LogLevel::Error => tracing::error!(target: "airbyte", "{message}"),
-                            LogLevel::Warn => tracing::warn!(target: "airbyte", "{message}"),
-                            LogLevel::Info => tracing::info!(target: "airbyte", "{message}"),
-                            _ => tracing::debug!(target: "airbyte", "{message}"),
-                        },
+                        Ok(Message::Log { level, message }) => super::host::log(level, &message),
                         Ok(Message::Trace(Trace::Error {
                             message, failure_type, ..
                         })) => {
@@ -427,30 +421,12 @@ impl AirbyteSink {
             }
             .in_current_span(),
         );
-        let stderr_tail = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
-            async move {
-                let mut kept = Vec::new();
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = stderr.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    kept.extend_from_slice(&buf[..n]);
-                    if kept.len() > 16 << 10 {
-                        kept.drain(..kept.len() - (16 << 10));
-                    }
-                }
-                let text = String::from_utf8_lossy(&kept).into_owned();
-                let tail: Vec<&str> = text.lines().rev().take(3).collect();
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            }
-            .in_current_span(),
-        ));
+        let stderr = super::host::Stderr::drain(stderr, true);
         Ok(Writer {
             child,
             stdin: Some(BufWriter::with_capacity(1 << 20, stdin)),
             said,
-            stderr_tail,
+            stderr,
             _container: container,
         })
     }
@@ -500,11 +476,7 @@ impl AirbyteSink {
             Ok(Ok(s)) if s.success() => Ok(()),
             Ok(Ok(s)) => Err(ConnectorError::external(format!(
                 "the destination's write exited with {s}: {}",
-                tokio::time::timeout(Duration::from_secs(2), w.stderr_tail)
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .unwrap_or_default()
+                w.stderr.last_words().await
             ))),
             Ok(Err(e)) => Err(ConnectorError::external(format!("waiting for the destination: {e}"))),
             Err(_) => Err(ConnectorError::external(
@@ -526,11 +498,7 @@ impl AirbyteSink {
                 "killed".to_owned()
             }
         };
-        let tail = tokio::time::timeout(Duration::from_secs(2), w.stderr_tail)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
+        let tail = w.stderr.last_words().await;
         ConnectorError::external(format!("{what} (write {status}; {tail})"))
     }
 }

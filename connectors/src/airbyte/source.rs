@@ -22,10 +22,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tracing::Instrument;
 
 use super::host::{self, Invocation, Launcher};
-use super::protocol::{self, LogLevel, Message, StateKind, Trace};
+use super::protocol::{self, Message, StateKind, Trace};
 use super::{COMMAND_LIMIT, ConnectorJson, NameList};
 
 /// Records per emitted batch at most (a batch also goes out whenever the pipe is drained).
@@ -515,31 +514,8 @@ impl AirbyteSource {
         if let Err(e) = rustix::pipe::fcntl_setpipe_size(&stdout, PIPE_BYTES) {
             tracing::debug!("pipe size not raised: {e}");
         }
-        // stderr carries the connector's own logging: into our log (and the task's), last lines
-        // kept for the error message.
-        let stderr_tail = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
-            async move {
-                let mut reader = BufReader::new(stderr);
-                let mut tail = std::collections::VecDeque::new();
-                let mut raw = Vec::new();
-                // Lossy and bounded: a stray byte or a huge line must not stop the draining (the
-                // connector would then block on a full pipe).
-                while let Ok(n) = read_line_bounded(&mut reader, &mut raw, 64 << 10).await {
-                    if n == 0 {
-                        break;
-                    }
-                    let line = String::from_utf8_lossy(&raw).trim_end().to_owned();
-                    raw.clear();
-                    tracing::info!(target: "airbyte", "{line}");
-                    tail.push_back(line);
-                    if tail.len() > 3 {
-                        tail.pop_front();
-                    }
-                }
-                Vec::from(tail).join(" | ")
-            }
-            .in_current_span(),
-        ));
+        // stderr carries the connector's own logging: into our log (and the task's).
+        let stderr = host::Stderr::drain(stderr, true);
 
         let idle = Duration::from_secs(self.config.idle_timeout_secs);
         let max_record = out.max_record_size();
@@ -649,12 +625,7 @@ impl AirbyteSource {
                     self.offset.take(state);
                     out.emit(Vec::new(), self.offset.clone()).await?;
                 }
-                Ok(Message::Log { level, message }) => match level {
-                    LogLevel::Fatal | LogLevel::Error => tracing::error!(target: "airbyte", "{message}"),
-                    LogLevel::Warn => tracing::warn!(target: "airbyte", "{message}"),
-                    LogLevel::Info => tracing::info!(target: "airbyte", "{message}"),
-                    LogLevel::Debug | LogLevel::Trace => tracing::debug!(target: "airbyte", "{message}"),
-                },
+                Ok(Message::Log { level, message }) => host::log(level, &message),
                 Ok(Message::Trace(Trace::Error {
                     message,
                     internal_message,
@@ -732,11 +703,7 @@ impl AirbyteSource {
             _ => ConnectorError::external(message),
         };
         if !status.success() {
-            let tail = tokio::time::timeout(Duration::from_secs(2), stderr_tail)
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
+            let tail = stderr.last_words().await;
             return Err(match &last_error {
                 Some((m, t)) => classify(format!("the connector's read exited with {status}: {m}"), t.as_deref()),
                 None => classify(format!("the connector's read exited with {status}: {tail}"), None),
