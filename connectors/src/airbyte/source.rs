@@ -373,7 +373,7 @@ impl Source for AirbyteSource {
                     return Ok(Done::Completed);
                 };
                 let since = unix_ms() - self.offset.last_sync_ms;
-                let wait = Duration::from_millis((every * 1000).saturating_sub(since.max(0) as u64));
+                let wait = Duration::from_millis(every.saturating_mul(1000).saturating_sub(since.max(0) as u64));
                 if !wait.is_zero() {
                     out.report(format!(
                         "synced {} time(s); next sync in {} s",
@@ -584,8 +584,10 @@ impl AirbyteSource {
                     let mut buf = Vec::with_capacity(last_len + 16);
                     let mut keys =
                         crate::pbstruct::struct_from_json(&mut buf, r.data.get(), &t.primary_key).map_err(|e| {
-                            ConnectorError::external(format!(
-                                "the connector's line {line_no}: RECORD data is not a JSON object: {e}"
+                            // The same record would fail again on every retry: the task parks
+                            // with the reason (nothing after the last STATE is claimed).
+                            ConnectorError::config(format!(
+                                "the connector's line {line_no}: RECORD data cannot be stored as a JSON record: {e}"
                             ))
                         })?;
                     last_len = buf.len();
