@@ -227,6 +227,8 @@ pub struct AirbyteSource {
     catalog: Value,
     targets: HashMap<String, Target>,
     offset: AirbyteOffset,
+    /// The connector's estimate of the whole sync's records (TRACE ESTIMATE of type SYNC).
+    sync_estimate: Option<u64>,
 }
 
 /// The configured catalog for the selected streams, and each one's target.
@@ -349,6 +351,7 @@ impl Source for AirbyteSource {
             catalog,
             targets,
             offset,
+            sync_estimate: None,
         })
     }
 
@@ -475,7 +478,18 @@ impl AirbyteSource {
             })
             .collect();
         parts.sort();
-        format!("sync {}: {}", self.offset.syncs + 1, parts.join(", "))
+        // A whole-sync estimate (when streams have none of their own) shows as one bar.
+        let total: u64 = self.targets.values().map(|t| t.count).sum();
+        match self.sync_estimate {
+            Some(e) if self.targets.values().all(|t| t.estimate.is_none()) => {
+                format!(
+                    "sync {}: {total}/~{e} rows ({})",
+                    self.offset.syncs + 1,
+                    parts.join(" | ")
+                )
+            }
+            _ => format!("sync {}: {}", self.offset.syncs + 1, parts.join(" | ")),
+        }
     }
 
     /// One `read` to its end. Ok(Completed) when the connector finished well.
@@ -494,7 +508,9 @@ impl AirbyteSource {
         }
         for t in self.targets.values_mut() {
             t.count = 0;
+            t.estimate = None;
         }
+        self.sync_estimate = None;
         tracing::info!(
             "starting read (sync {}, {} stored state(s))",
             self.offset.syncs + 1,
@@ -527,7 +543,6 @@ impl AirbyteSource {
         let mut pending = 0usize;
         let mut since_state = 0u64;
         let mut last_error: Option<(String, Option<String>)> = None;
-        let mut sync_estimate: Option<u64> = None;
         let mut reported = Instant::now();
         let mut last_len = 256;
         out.report(self.progress());
@@ -643,11 +658,11 @@ impl AirbyteSource {
                 }
                 Ok(Message::Trace(Trace::Estimate { name, scope, rows, .. })) => {
                     if scope == "SYNC" {
-                        sync_estimate = rows;
+                        self.sync_estimate = rows;
                     } else if let Some(t) = name.and_then(|n| self.targets.get_mut(&n)) {
                         t.estimate = rows;
                     }
-                    tracing::debug!(?sync_estimate, "estimate");
+                    tracing::debug!(sync_estimate = ?self.sync_estimate, "estimate");
                 }
                 Ok(Message::Trace(Trace::StreamStatus { name, status })) => {
                     tracing::info!(target: "airbyte", stream = %name, "stream {status}");
@@ -737,6 +752,29 @@ mod tests {
         assert!(looks_like_data(r#"{"type":"RECORD","record":{"data":{"v":NaN}}}"#));
         assert!(!looks_like_data("Traceback: RECORD"));
         assert!(!looks_like_data(r#"{"level":"info","msg":"hello"}"#));
+    }
+
+    #[tokio::test]
+    async fn progress_shows_estimates_per_stream_or_for_the_sync() {
+        let target = |count, estimate| Target {
+            stream: "s".into(),
+            primary_key: Vec::new(),
+            batch: Vec::new(),
+            count,
+            estimate,
+        };
+        let mut src = AirbyteSource {
+            config: serde_json::from_value(json!({"command": "/bin/sh"})).unwrap(),
+            inv: Invocation::new(&Launcher::Command("/bin/sh".into())).await.unwrap(),
+            spec: Value::Null,
+            catalog: Value::Null,
+            targets: HashMap::from([("a".to_owned(), target(10, None)), ("b".to_owned(), target(20, None))]),
+            offset: AirbyteOffset::default(),
+            sync_estimate: Some(1000),
+        };
+        assert_eq!(src.progress(), "sync 1: 30/~1000 rows (a: 10 rows | b: 20 rows)");
+        src.targets.get_mut("a").unwrap().estimate = Some(50);
+        assert_eq!(src.progress(), "sync 1: a: 10/~50 rows | b: 20 rows");
     }
 
     #[test]
