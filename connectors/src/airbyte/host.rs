@@ -294,7 +294,7 @@ impl Stderr {
             let mut tail = std::collections::VecDeque::new();
             let mut raw = Vec::new();
             loop {
-                match super::source::read_line_bounded(&mut reader, &mut raw, 64 << 10).await {
+                match read_line_bounded(&mut reader, &mut raw, 64 << 10).await {
                     Ok(0) => break,
                     // A line over the bound is cut there; the rest comes as the next line.
                     Ok(_) | Err(_) if !raw.is_empty() => {}
@@ -334,6 +334,42 @@ pub fn log(level: LogLevel, message: &str) {
         LogLevel::Warn => tracing::warn!(target: "airbyte", "{message}"),
         LogLevel::Info => tracing::info!(target: "airbyte", "{message}"),
         LogLevel::Debug | LogLevel::Trace => tracing::debug!(target: "airbyte", "{message}"),
+    }
+}
+
+/// `read_until(b'\n')` that refuses (InvalidData) a line longer than `limit` instead of
+/// buffering it whole. Returns the bytes read (0 at the end).
+pub async fn read_line_bounded<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+    limit: usize,
+) -> std::io::Result<usize> {
+    let mut total = 0;
+    loop {
+        let (done, used) = {
+            let buf = reader.fill_buf().await?;
+            if buf.is_empty() {
+                return Ok(total);
+            }
+            match memchr::memchr(b'\n', buf) {
+                Some(i) => {
+                    line.extend_from_slice(&buf[..=i]);
+                    (true, i + 1)
+                }
+                None => {
+                    line.extend_from_slice(buf);
+                    (false, buf.len())
+                }
+            }
+        };
+        reader.consume(used);
+        total += used;
+        if line.len() > limit {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "line too long"));
+        }
+        if done {
+            return Ok(total);
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! cached in memory and on disk so that validating a config and redacting its secrets need no
 //! Python start-up after the first time.
 
+pub mod catalog;
 pub mod host;
 pub mod protocol;
 pub mod sink;

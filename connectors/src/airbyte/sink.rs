@@ -381,7 +381,7 @@ impl AirbyteSink {
                 let mut reader = BufReader::new(stdout);
                 let mut raw = Vec::new();
                 // Lossy and bounded, so a stray byte cannot stop us reading the echoes.
-                while let Ok(n) = super::source::read_line_bounded(&mut reader, &mut raw, 64 << 20).await {
+                while let Ok(n) = super::host::read_line_bounded(&mut reader, &mut raw, 64 << 20).await {
                     if n == 0 {
                         break;
                     }
