@@ -13,6 +13,7 @@ pub mod builtin;
 pub mod connector;
 pub mod error;
 pub mod logs;
+pub mod options;
 pub mod pipeline;
 pub mod registry;
 pub mod remote;
@@ -21,6 +22,7 @@ pub mod spec;
 pub mod streams;
 pub mod structs;
 pub mod supervisor;
+pub mod wasm;
 
 pub use connector::{
     Attributes, ConnectorConfig, Done, Offset, PayloadFlag, Record, Sink, SinkRecord, Source, SourceOutput, Written,

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::connector::{Done, Offset, Sink, Source, SourceOutput, Written};
 use crate::error::ConnectorError;
 use crate::streams::{Checkpoints, Streams};
+use crate::wasm::transforms::Chain;
 
 /// Checkpoints are written at most this often while running (and always at the end).
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
@@ -166,7 +167,11 @@ async fn append_groups(
     Ok((n, bytes))
 }
 
-pub async fn run_source<S: Source>(ctx: RunContext, config: S::Config) -> Result<Done, ConnectorError> {
+pub async fn run_source<S: Source>(
+    ctx: RunContext,
+    config: S::Config,
+    chain: Option<Arc<Chain>>,
+) -> Result<Done, ConnectorError> {
     let stream = S::stream(&config).to_owned();
     if !stream.is_empty() {
         ctx.streams.ensure_stream(&stream).await?;
@@ -238,6 +243,10 @@ pub async fn run_source<S: Source>(ctx: RunContext, config: S::Config) -> Result
                                     Err(_) => break,
                                 }
                             }
+                            let groups = match &chain {
+                                Some(c) => c.apply_source(groups).await?,
+                                None => groups,
+                            };
                             let (n, bytes) = append_groups(&ctx, &stream, groups, &mut ensured).await?;
                             if n > 0 {
                                 ctx.progress.moved(n, bytes);
@@ -295,7 +304,11 @@ impl Offset for SinkPosition {
     const VERSION: u32 = 1;
 }
 
-pub async fn run_sink<K: Sink>(ctx: RunContext, config: K::Config) -> Result<Done, ConnectorError> {
+pub async fn run_sink<K: Sink>(
+    ctx: RunContext,
+    config: K::Config,
+    chain: Option<Arc<Chain>>,
+) -> Result<Done, ConnectorError> {
     let stream = K::stream(&config).to_owned();
     if !ctx.streams.stream_exists(&stream).await? {
         return Err(ConnectorError::config(format!(
@@ -352,13 +365,23 @@ pub async fn run_sink<K: Sink>(ctx: RunContext, config: K::Config) -> Result<Don
         };
         if !chunk.records.is_empty() {
             idle = 0;
-            let n = chunk.records.len() as u64;
-            let bytes = chunk.records.iter().map(|r| r.payload.len() as u64).sum();
+            // Transforms may drop records: a chunk left empty is passed over as written.
+            let records = match &chain {
+                Some(c) => tokio::select! {
+                    r = c.apply_sink(chunk.records) => r?,
+                    _ = ctx.cancel.cancelled() => break,
+                },
+                None => chunk.records,
+            };
+            let n = records.len() as u64;
+            let bytes = records.iter().map(|r| r.payload.len() as u64).sum();
             // A sink blocked downstream holds up a stop for WRITE_GRACE at most. A write cut
             // short is not asked to finish: the position stays at the last checkpoint and what
             // followed it is written again by the next attempt.
-            let written_now = {
-                let write = sink.write(&chunk.records);
+            let written_now = if records.is_empty() {
+                Written::Durable
+            } else {
+                let write = sink.write(&records);
                 tokio::pin!(write);
                 tokio::select! {
                     w = &mut write => w?,

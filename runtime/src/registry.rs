@@ -12,6 +12,7 @@ use crate::connector::{Done, Sink, Source};
 use crate::error::ConnectorError;
 use crate::pipeline::{self, RunContext};
 use crate::spec::{self, FieldError};
+use crate::wasm::transforms;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
@@ -64,8 +65,44 @@ pub trait ConnectorType: Send + Sync {
     }
 }
 
+/// A connector's own config: without its `transforms` (which the runtime applies).
+fn own(config: &Value) -> Value {
+    let mut own = config.clone();
+    if let Value::Object(map) = &mut own {
+        map.retain(|k, _| k != transforms::KEY && !k.starts_with("transforms."));
+    }
+    own
+}
+
+/// Validates the connector's own config and the shape of its transforms.
+fn validate_with_transforms<C: crate::ConnectorConfig>(spec: &Value, config: &Value) -> Result<(), Vec<FieldError>> {
+    let (own, _) = transforms::split(config)?;
+    spec::validate::<C>(&spec["connectionSpecification"], &own).map(|_| ())
+}
+
+/// Starts a task's transforms, unless the task is stopped first (`Ok(None)` then).
+async fn open_chain(ctx: &RunContext) -> Result<Option<Option<Arc<transforms::Chain>>>, ConnectorError> {
+    let (_, specs) = transforms::split(&ctx.config).map_err(field_errors)?;
+    if specs.is_empty() {
+        return Ok(Some(None));
+    }
+    tokio::select! {
+        c = transforms::Chain::open(&specs) => Ok(Some(Some(Arc::new(c?)))),
+        _ = ctx.cancel.cancelled() => Ok(None),
+    }
+}
+
+async fn check_transforms(config: &Value) -> Result<(), ConnectorError> {
+    let (_, specs) = transforms::split(config).map_err(field_errors)?;
+    transforms::check(&specs).await
+}
+
+fn field_errors(errors: Vec<FieldError>) -> ConnectorError {
+    ConnectorError::config(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+}
+
 fn parse<C: crate::ConnectorConfig>(spec: &Value, config: &Value) -> Result<C, ConnectorError> {
-    spec::validate::<C>(&spec["connectionSpecification"], config)
+    spec::validate::<C>(&spec["connectionSpecification"], &own(config))
         .map_err(|errors| ConnectorError::config(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))
 }
 
@@ -83,12 +120,13 @@ impl<S: Source> ConnectorType for SourceType<S> {
         &self.spec
     }
     fn validate(&self, config: &Value) -> Result<(), Vec<FieldError>> {
-        spec::validate::<S::Config>(&self.spec["connectionSpecification"], config).map(|_| ())
+        validate_with_transforms::<S::Config>(&self.spec, config)
     }
     fn stream(&self, config: &Value) -> Result<String, ConnectorError> {
         Ok(S::stream(&parse::<S::Config>(&self.spec, config)?).to_owned())
     }
     fn normalize(&self, config: &mut Value) {
+        transforms::normalize(config);
         S::normalize(config)
     }
     fn config_schema(&self, config: &Value) -> Value {
@@ -99,11 +137,15 @@ impl<S: Source> ConnectorType for SourceType<S> {
         schema
     }
     async fn check(&self, config: &Value) -> Result<(), ConnectorError> {
-        S::check(&parse::<S::Config>(&self.spec, config)?).await
+        S::check(&parse::<S::Config>(&self.spec, config)?).await?;
+        check_transforms(config).await
     }
     async fn run(&self, ctx: RunContext) -> Result<Done, ConnectorError> {
         let config = parse::<S::Config>(&self.spec, &ctx.config)?;
-        pipeline::run_source::<S>(ctx, config).await
+        let Some(chain) = open_chain(&ctx).await? else {
+            return Ok(Done::Cancelled);
+        };
+        pipeline::run_source::<S>(ctx, config, chain).await
     }
     async fn on_delete(&self, config: &Value) -> Result<(), ConnectorError> {
         S::on_delete(&parse::<S::Config>(&self.spec, config)?).await
@@ -124,12 +166,13 @@ impl<K: Sink> ConnectorType for SinkType<K> {
         &self.spec
     }
     fn validate(&self, config: &Value) -> Result<(), Vec<FieldError>> {
-        spec::validate::<K::Config>(&self.spec["connectionSpecification"], config).map(|_| ())
+        validate_with_transforms::<K::Config>(&self.spec, config)
     }
     fn stream(&self, config: &Value) -> Result<String, ConnectorError> {
         Ok(K::stream(&parse::<K::Config>(&self.spec, config)?).to_owned())
     }
     fn normalize(&self, config: &mut Value) {
+        transforms::normalize(config);
         K::normalize(config)
     }
     fn config_schema(&self, config: &Value) -> Value {
@@ -140,11 +183,15 @@ impl<K: Sink> ConnectorType for SinkType<K> {
         schema
     }
     async fn check(&self, config: &Value) -> Result<(), ConnectorError> {
-        K::check(&parse::<K::Config>(&self.spec, config)?).await
+        K::check(&parse::<K::Config>(&self.spec, config)?).await?;
+        check_transforms(config).await
     }
     async fn run(&self, ctx: RunContext) -> Result<Done, ConnectorError> {
         let config = parse::<K::Config>(&self.spec, &ctx.config)?;
-        pipeline::run_sink::<K>(ctx, config).await
+        let Some(chain) = open_chain(&ctx).await? else {
+            return Ok(Done::Cancelled);
+        };
+        pipeline::run_sink::<K>(ctx, config, chain).await
     }
 }
 
@@ -187,6 +234,8 @@ pub fn builtin() -> Registry {
     let mut r = Registry::default();
     r.source::<crate::builtin::generator::GeneratorSource>("generator");
     r.sink::<crate::builtin::blackhole::BlackholeSink>("blackhole");
+    r.source::<crate::wasm::connectors::WasmSource>("wasm");
+    r.sink::<crate::wasm::connectors::WasmSink>("wasm");
     r
 }
 

@@ -21,9 +21,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use hstream_runtime::ConnectorError;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 pub use host::Launcher;
 
@@ -43,56 +41,7 @@ pub fn install_root() -> PathBuf {
     cache.join("hstream").join("airbyte")
 }
 
-/// The connector's own config: an object, or JSON text of one (as SQL's `WITH` gives it).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(untagged)]
-pub enum ConnectorJson {
-    Object(Map<String, Value>),
-    Text(String),
-}
-
-impl Default for ConnectorJson {
-    fn default() -> Self {
-        ConnectorJson::Object(Map::new())
-    }
-}
-
-impl ConnectorJson {
-    pub fn object(&self) -> Result<Value, ConnectorError> {
-        match self {
-            ConnectorJson::Object(m) => Ok(Value::Object(m.clone())),
-            ConnectorJson::Text(t) => match serde_json::from_str::<Value>(t) {
-                Ok(v @ Value::Object(_)) => Ok(v),
-                // serde's message gives the position, never the text (which may hold secrets).
-                Ok(_) => Err(ConnectorError::config("config: must be a JSON object")),
-                Err(e) => Err(ConnectorError::config(format!("config: not JSON ({e})"))),
-            },
-        }
-    }
-}
-
-/// A list given as an array or as comma-separated text (`'users,products'` in SQL).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(untagged)]
-pub enum NameList {
-    List(Vec<String>),
-    Text(String),
-}
-
-impl NameList {
-    pub fn names(&self) -> Vec<String> {
-        let items: Vec<&str> = match self {
-            NameList::List(l) => l.iter().map(String::as_str).collect(),
-            NameList::Text(t) => t.split(',').collect(),
-        };
-        items
-            .into_iter()
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect()
-    }
-}
+pub use hstream_runtime::options::{ConnectorJson, NameList};
 
 /// The launcher named by a config's `package` / `command` / `image` (exactly one) and `engine`.
 pub fn launcher(
@@ -216,22 +165,7 @@ pub async fn connector_spec(l: &Launcher, inv: &host::Invocation) -> Result<Valu
 
 /// Checks the connector's config against its own spec; errors name the field under `config.`.
 pub fn validate_against(spec: &Value, config: &Value) -> Result<(), ConnectorError> {
-    let schema = &spec["connectionSpecification"];
-    hstream_runtime::spec::check_schema(schema, config).map_err(|errors| {
-        ConnectorError::config(
-            errors
-                .iter()
-                .map(|e| {
-                    if e.path.is_empty() {
-                        format!("config: {}", e.message)
-                    } else {
-                        format!("config.{}: {}", e.path, e.message)
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("; "),
-        )
-    })
+    hstream_runtime::options::check_nested(&spec["connectionSpecification"], "config", config)
 }
 
 /// Our config schema with `config` described by the connector's own spec where it is known (so
@@ -241,35 +175,13 @@ pub fn schema_with_connector(l: Result<Launcher, ConnectorError>, schema: &mut V
     let Some(spec) = l.ok().and_then(|l| cached_spec(&l)) else {
         return;
     };
-    let inner = &spec["connectionSpecification"];
-    if !inner.is_object() {
-        return;
-    }
-    schema["properties"]["config"] = inner.clone();
-    // The connector's `#/definitions/…` and `#/$defs/…` references now resolve against our root.
-    for key in ["definitions", "$defs"] {
-        if let Some(Value::Object(defs)) = inner.get(key) {
-            let slot = &mut schema[key];
-            if !slot.is_object() {
-                *slot = Value::Object(Map::new());
-            }
-            if let Value::Object(ours) = slot {
-                for (k, v) in defs {
-                    ours.entry(k.clone()).or_insert_with(|| v.clone());
-                }
-            }
-        }
-    }
+    hstream_runtime::options::embed_schema(schema, "config", &spec["connectionSpecification"]);
 }
 
 /// JSON text in `config` becomes the object it holds (so secrets inside are found and stored
 /// configs have one shape); text that is not an object is left for validation to refuse.
 pub fn normalize_config(config: &mut Value) {
-    if let Some(Value::String(t)) = config.get("config")
-        && let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(t)
-    {
-        config["config"] = v;
-    }
+    hstream_runtime::options::normalize_json_field(config, "config");
 }
 
 #[cfg(test)]
