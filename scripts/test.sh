@@ -8,7 +8,8 @@
 #   - PostgreSQL's and MariaDB's server binaries (Debian packages), for the CDC tests;
 #   - Mosquitto (Debian package), for the MQTT tests;
 #   - podman, runc and busybox (Debian packages), to build and run the Airbyte container test's
-#     image (skipped with the reason printed where that cannot work).
+#     image (skipped with the reason printed where that cannot work);
+#   - the wasm32-wasip2 Rust target, to build the WASM plugins of plugins/ (scripts/build-plugins.sh).
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,6 +64,10 @@ if why=$(integration-tests/container/build-image.sh 2>&1); then
 else
   echo "==> SKIPPED (not run, not passed): airbyte::container_image_source_reads_into_a_stream: $why"
 fi
+
+# The WASM plugins the runtime's and the end-to-end tests load (example and test plugins, built
+# to wasm32-wasip2; the target is added if missing).
+scripts/build-plugins.sh >/dev/null
 
 # End-to-end tests start the real server binary.
 cargo build --workspace --bins

@@ -93,6 +93,8 @@ fn new_store(engine: &Engine, sandbox: &Sandbox) -> Result<Store<HostState>, Con
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
     store.epoch_deadline_trap();
+    // Instantiation runs the plugin's initializers: they get a call's time too.
+    store.set_epoch_deadline(deadline_ticks(sandbox));
     Ok(store)
 }
 

@@ -423,3 +423,6 @@ pub fn expect_kind(loaded: &Loaded, want: PluginKind, used_as: &str) -> Result<(
 pub fn check_plugin_config(loaded: &Loaded, field: &str, config: &Value) -> Result<(), ConnectorError> {
     crate::options::check_nested(&loaded.config_schema, field, config)
 }
+
+#[cfg(test)]
+mod tests;
