@@ -78,6 +78,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
+    // Uploaded WASM plugins (`PUT /wasm-plugins/{name}`), named by `"module" = '<name>'`.
+    let plugins = settings.data_dir.join("plugins");
+    std::fs::create_dir_all(&plugins).with_context(|| format!("creating {}", plugins.display()))?;
+    hstream_runtime::wasm::set_plugin_dir(plugins);
     let meta = open_meta(&settings.metastore_uri).await?;
     let (root, opts) = (settings.data_dir.clone(), settings.store.clone());
     let store = tokio::task::spawn_blocking(move || LogStore::open(&root, opts)).await??;

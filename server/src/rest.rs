@@ -68,6 +68,12 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "/connector-plugins/{type}/config/validate",
         "Validate a config, field by field",
     ),
+    ("get", "/wasm-plugins", "Uploaded WASM plugins"),
+    (
+        "put",
+        "/wasm-plugins/{name}",
+        "Upload a WASM plugin (the component's bytes, application/wasm); connectors name it by `module`",
+    ),
     ("get", "/streams", "List streams"),
     ("get", "/subscriptions", "List subscriptions"),
     ("get", "/health", "Liveness"),
@@ -131,6 +137,13 @@ pub fn router(ctx: Arc<ServerCtx>) -> Router {
         .route("/connector-plugins", get(plugins))
         .route("/connector-plugins/{type}/spec", get(plugin_spec))
         .route("/connector-plugins/{type}/config/validate", put(validate))
+        .route("/wasm-plugins", get(wasm_plugins))
+        .route(
+            "/wasm-plugins/{name}",
+            put(upload_wasm_plugin).layer(axum::extract::DefaultBodyLimit::max(
+                hstream_runtime::wasm::MAX_MODULE_BYTES as usize,
+            )),
+        )
         .route("/streams", get(streams))
         .route("/subscriptions", get(subscriptions))
         .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
@@ -160,7 +173,10 @@ pub fn openapi() -> Value {
         if !params.is_empty() {
             op["parameters"] = Value::Array(params);
         }
-        if matches!(*method, "post" | "put") {
+        if path.starts_with("/wasm-plugins/") {
+            op["requestBody"] = json!({ "required": true, "content": { "application/wasm": {
+                "schema": { "type": "string", "contentMediaType": "application/wasm" } } } });
+        } else if matches!(*method, "post" | "put") {
             op["requestBody"] =
                 json!({ "required": false, "content": { "application/json": { "schema": { "type": "object" } } } });
         }
@@ -316,6 +332,91 @@ async fn reset_offsets(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<
         .await
         .map_err(ApiError::from)?;
     Ok(Json(json!({ "name": name, "reset": removed })))
+}
+
+fn wasm_plugin_dir() -> Result<&'static std::path::Path, RestError> {
+    hstream_runtime::wasm::plugin_dir()
+        .ok_or_else(|| ApiError::InvalidRequest("this server keeps no uploaded plugins".into()).into())
+}
+
+fn wasm_plugin_info(name: &str, l: &hstream_runtime::wasm::Loaded, bytes: usize) -> Value {
+    json!({
+        "name": name,
+        "kind": l.kind.as_str(),
+        "plugin": l.name,
+        "description": l.description,
+        "abi": format!("{}@{}", hstream_runtime::wasm::ABI_PACKAGE, hstream_runtime::wasm::ABI_VERSION),
+        "bytes": bytes,
+        "configSchema": l.config_schema,
+    })
+}
+
+/// Stores an uploaded plugin as `<plugin dir>/<name>.wasm` once it loads (a component of this
+/// ABI, of a known kind, describing itself); a bad module is refused and nothing is written.
+async fn upload_wasm_plugin(Path(name): Path<String>, body: axum::body::Bytes) -> RestResult<Json<Value>> {
+    if !hstream_runtime::wasm::valid_plugin_name(&name) {
+        return Err(ApiError::InvalidRequest(format!(
+            "plugin name {name:?}: use letters, digits, '-' and '_' (at most 128)"
+        ))
+        .into());
+    }
+    let dir = wasm_plugin_dir()?;
+    let origin = format!("upload {name:?}");
+    let task = tokio::task::spawn_blocking(move || {
+        let loaded =
+            hstream_runtime::wasm::load_bytes(&body, &origin).map_err(|e| ApiError::InvalidRequest(e.message))?;
+        let path = dir.join(format!("{name}.wasm"));
+        let tmp = dir.join(format!(".{name}.wasm.tmp"));
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&body)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(dir)?.sync_all()
+        };
+        write().map_err(|e| ApiError::InvalidRequest(format!("storing plugin {name:?}: {e}")))?;
+        tracing::info!(plugin = %name, kind = loaded.kind.as_str(), bytes = body.len(), "wasm plugin uploaded");
+        Ok::<_, ApiError>(wasm_plugin_info(&name, &loaded, body.len()))
+    });
+    let info = task
+        .await
+        .map_err(|e| ApiError::InvalidRequest(format!("plugin loader failed: {e}")))??;
+    Ok(Json(info))
+}
+
+async fn wasm_plugins() -> RestResult<Json<Value>> {
+    let dir = wasm_plugin_dir()?;
+    let list = tokio::task::spawn_blocking(move || {
+        let mut list = Vec::new();
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(|n| n.strip_suffix(".wasm"))
+                            .map(str::to_owned)
+                    })
+                    .filter(|n| hstream_runtime::wasm::valid_plugin_name(n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        for name in names {
+            let size = std::fs::metadata(dir.join(format!("{name}.wasm")))
+                .map(|m| m.len() as usize)
+                .unwrap_or(0);
+            match hstream_runtime::wasm::load_blocking(&name) {
+                Ok(l) => list.push(wasm_plugin_info(&name, &l, size)),
+                Err(e) => list.push(json!({ "name": name, "error": e.message })),
+            }
+        }
+        list
+    })
+    .await
+    .unwrap_or_default();
+    Ok(Json(Value::Array(list)))
 }
 
 async fn plugins(State(ctx): Ctx) -> Json<Value> {

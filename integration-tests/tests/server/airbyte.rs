@@ -118,24 +118,6 @@ async fn wait_report(c: &Client, name: &str, within: Duration, what: &str, cond:
     last
 }
 
-async fn status(c: &Client, name: &str) -> String {
-    let mut c = c.clone();
-    c.get_connector(pb::GetConnectorRequest { name: name.into() })
-        .await
-        .map(|r| r.into_inner().status)
-        .unwrap_or_default()
-}
-
-async fn wait_status(c: &Client, name: &str, want: &str, within: Duration) {
-    let ok = holds_within(within, || async { status(c, name).await == want }).await;
-    assert!(
-        ok,
-        "{name} did not become {want} within {within:?}: {} {}",
-        status(c, name).await,
-        connector_report(c, name).await
-    );
-}
-
 /// Record ids (`id` field) of a JSON stream, with how often each occurs.
 async fn ids(c: &mut Client, stream: &str) -> BTreeMap<i64, usize> {
     let mut m = BTreeMap::new();
@@ -143,26 +125,6 @@ async fn ids(c: &mut Client, stream: &str) -> BTreeMap<i64, usize> {
         *m.entry(v["id"].as_f64().expect("id") as i64).or_insert(0) += 1;
     }
     m
-}
-
-async fn sql(server: &Server, script: &str) -> String {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new(workspace_bin("hstream"))
-        .args(["--port", &server.addr.port().to_string(), "sql"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(script.as_bytes()).await.unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().await.unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Faker through SQL: spec/check/discover at create (a bad config names its field), every record
@@ -239,19 +201,6 @@ async fn faker_from_sql_reads_every_record_and_resumes_after_a_pause() {
     assert_eq!(Some(&ids(&mut c, "faker_products").await.len()), bare.get("products"));
     assert!(!bare.contains_key("purchases"));
     assert_eq!(count_stream_records(&c, "faker_purchases").await, 0);
-}
-
-async fn task_logs(c: &Client, name: &str) -> String {
-    let mut c = c.clone();
-    c.get_connector_logs(pb::GetConnectorLogsRequest {
-        name: name.into(),
-        begin: 0,
-        count: 1000,
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .logs
 }
 
 /// Paused mid-sync and resumed, a source that honours its state continues exactly from the

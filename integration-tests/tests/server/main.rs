@@ -10,3 +10,4 @@ mod postgres;
 mod rest;
 mod streams;
 mod subscriptions;
+mod wasm;

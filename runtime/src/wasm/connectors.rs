@@ -168,14 +168,27 @@ impl Source for WasmSource {
 
     async fn check(config: &WasmSourceConfig) -> Result<(), ConnectorError> {
         let o = config.sandbox_options();
-        prepare(&config.module, &config.config, &o, PluginKind::Source, "a wasm source connector").await?;
+        prepare(
+            &config.module,
+            &config.config,
+            &o,
+            PluginKind::Source,
+            "a wasm source connector",
+        )
+        .await?;
         Ok(())
     }
 
     async fn open(config: WasmSourceConfig, offset: Option<WasmOffset>) -> Result<Self, ConnectorError> {
         let o = config.sandbox_options();
-        let (loaded, text) =
-            prepare(&config.module, &config.config, &o, PluginKind::Source, "a wasm source connector").await?;
+        let (loaded, text) = prepare(
+            &config.module,
+            &config.config,
+            &o,
+            PluginKind::Source,
+            "a wasm source connector",
+        )
+        .await?;
         let instance = Instance::start(loaded, o.sandbox()).await?;
         let offset = offset.unwrap_or_default();
         let at = offset.plugin.as_ref().map(Value::to_string);
@@ -268,14 +281,27 @@ impl Sink for WasmSink {
 
     async fn check(config: &WasmSinkConfig) -> Result<(), ConnectorError> {
         let o = config.sandbox_options();
-        prepare(&config.module, &config.config, &o, PluginKind::Sink, "a wasm sink connector").await?;
+        prepare(
+            &config.module,
+            &config.config,
+            &o,
+            PluginKind::Sink,
+            "a wasm sink connector",
+        )
+        .await?;
         Ok(())
     }
 
     async fn open(config: WasmSinkConfig) -> Result<Self, ConnectorError> {
         let o = config.sandbox_options();
-        let (loaded, text) =
-            prepare(&config.module, &config.config, &o, PluginKind::Sink, "a wasm sink connector").await?;
+        let (loaded, text) = prepare(
+            &config.module,
+            &config.config,
+            &o,
+            PluginKind::Sink,
+            "a wasm sink connector",
+        )
+        .await?;
         let instance = Instance::start(loaded, o.sandbox()).await?;
         instance.call(move |g| g.sink_open(&text)).await?;
         Ok(WasmSink { instance })

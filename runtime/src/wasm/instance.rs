@@ -144,9 +144,8 @@ fn guest_error(name: &str, what: &str, e: types::Error) -> ConnectorError {
 impl Guest {
     fn new(loaded: &Loaded, sandbox: &Sandbox) -> Result<Guest, ConnectorError> {
         let mut store = new_store(super::engine(), sandbox)?;
-        let plugin = instantiate(&mut store, &loaded.component, loaded.kind).map_err(|e| {
-            ConnectorError::internal(format!("plugin {}: cannot instantiate: {e:#}", loaded.name))
-        })?;
+        let plugin = instantiate(&mut store, &loaded.component, loaded.kind)
+            .map_err(|e| ConnectorError::internal(format!("plugin {}: cannot instantiate: {e:#}", loaded.name)))?;
         Ok(Guest {
             store,
             plugin,
@@ -163,7 +162,10 @@ impl Guest {
         f: impl FnOnce(&mut Store<HostState>, &Plugin) -> Option<wasmtime::Result<Result<T, types::Error>>>,
     ) -> Result<T, ConnectorError> {
         if let Some(t) = &self.trapped {
-            return Err(ConnectorError::internal(format!("plugin {} was stopped: {t}", self.name)));
+            return Err(ConnectorError::internal(format!(
+                "plugin {} was stopped: {t}",
+                self.name
+            )));
         }
         self.store.set_epoch_deadline(deadline_ticks(&self.sandbox));
         let Some(result) = f(&mut self.store, &self.plugin) else {
@@ -308,11 +310,18 @@ impl Instance {
 }
 
 /// A record as a plugin sees it: a JSON record's Struct bytes become JSON text.
-pub fn to_wit(key: &str, flag: PayloadFlag, payload: &[u8], attributes: &crate::Attributes) -> Result<WitRecord, ConnectorError> {
+pub fn to_wit(
+    key: &str,
+    flag: PayloadFlag,
+    payload: &[u8],
+    attributes: &crate::Attributes,
+) -> Result<WitRecord, ConnectorError> {
     let (encoding, payload) = match flag {
         PayloadFlag::Json => {
             let v = crate::structs::decode_json(payload).map_err(|e| {
-                ConnectorError::internal(format!("record {key:?} is flagged JSON but is not a protobuf Struct: {e}"))
+                ConnectorError::internal(format!(
+                    "record {key:?} is flagged JSON but is not a protobuf Struct: {e}"
+                ))
             })?;
             (types::Encoding::Json, serde_json::to_vec(&v).unwrap_or_default())
         }

@@ -244,7 +244,9 @@ pub fn plugin_dir() -> Option<&'static Path> {
 pub fn valid_plugin_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// A `module` option: a path (it has a `/` or ends in `.wasm`) or the name of an uploaded plugin.
@@ -332,7 +334,9 @@ pub fn load_bytes(bytes: &[u8], origin: &str) -> Result<Arc<Loaded>, ConnectorEr
     let kind = abi_kind(engine, &component, origin)?;
     let info = instance::describe(engine, &component, kind, origin)?;
     let config_schema: Value = serde_json::from_str(&info.config_schema).map_err(|e| {
-        ConnectorError::config(format!("module: {origin} declares a config schema that is not JSON: {e}"))
+        ConnectorError::config(format!(
+            "module: {origin} declares a config schema that is not JSON: {e}"
+        ))
     })?;
     if jsonschema::validator_for(&config_schema).is_err() {
         return Err(ConnectorError::config(format!(
@@ -396,7 +400,11 @@ fn abi_kind(engine: &Engine, component: &Component, origin: &str) -> Result<Plug
         [] => Err(ConnectorError::config(format!(
             "module: {origin} is not an HStream plugin: it exports no {ABI_PACKAGE}@{ABI_VERSION} \
              interface (exports: {})",
-            if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
         ))),
         _ => Err(ConnectorError::config(format!(
             "module: {origin} exports more than one plugin kind"

@@ -25,7 +25,9 @@ pub fn plugin(name: &str) -> String {
 }
 
 async fn started(name: &str, sandbox: Sandbox) -> Instance {
-    Instance::start(load(&plugin(name)).await.unwrap(), sandbox).await.unwrap()
+    Instance::start(load(&plugin(name)).await.unwrap(), sandbox)
+        .await
+        .unwrap()
 }
 
 fn json_of(r: &Record) -> Value {
@@ -46,16 +48,23 @@ async fn counter_describes_itself_and_resumes_from_its_offset() {
     assert!(Arc::ptr_eq(&l, &load(&plugin("counter_source")).await.unwrap()));
 
     let i = started("counter_source", Sandbox::default()).await;
-    i.call(|g| g.source_open(r#"{"limit": 5, "batch": 2}"#, None)).await.unwrap();
+    i.call(|g| g.source_open(r#"{"limit": 5, "batch": 2}"#, None))
+        .await
+        .unwrap();
     let b = i.call(|g| g.source_next(100)).await.unwrap();
     assert_eq!(b.offset.as_deref(), Some(r#"{"next":2}"#));
     let recs: Vec<Record> = b.records.into_iter().map(|r| from_wit("counter", r).unwrap()).collect();
-    assert_eq!(recs.iter().map(json_of).collect::<Vec<_>>(), vec![json!({"n": 0.0}), json!({"n": 1.0})]);
+    assert_eq!(
+        recs.iter().map(json_of).collect::<Vec<_>>(),
+        vec![json!({"n": 0.0}), json!({"n": 1.0})]
+    );
     assert_eq!((recs[0].key.as_str(), recs[1].key.as_str()), ("k0", "k1"));
 
     // A new instance opened at that offset goes on from it, and completes at the limit.
     let i = started("counter_source", Sandbox::default()).await;
-    i.call(|g| g.source_open(r#"{"limit": 5, "batch": 2}"#, Some(r#"{"next":2}"#))).await.unwrap();
+    i.call(|g| g.source_open(r#"{"limit": 5, "batch": 2}"#, Some(r#"{"next":2}"#)))
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     loop {
         let b = i.call(|g| g.source_next(100)).await.unwrap();
@@ -80,7 +89,8 @@ async fn wrong_abi_kind_and_non_components_are_refused_with_their_reason() {
     let f = load(&plugin("field_filter")).await.unwrap();
     let e = expect_kind(&f, PluginKind::Source, "a wasm source connector").unwrap_err();
     assert!(
-        e.message.contains("is a transform plugin (\"field-filter\"); a wasm source connector needs a source plugin"),
+        e.message
+            .contains("is a transform plugin (\"field-filter\"); a wasm source connector needs a source plugin"),
         "{e}"
     );
     let e = load_bytes(b"\0asm\x01\0\0\0", "core.wasm").err().unwrap();
@@ -105,25 +115,37 @@ fn limits(memory_mb: u32, timeout_ms: u64) -> Sandbox {
 #[tokio::test]
 async fn a_runaway_loop_is_stopped_at_its_deadline() {
     let i = started("misbehave", limits(64, 300)).await;
-    i.call(|g| g.source_open(r#"{"behaviour": "loop"}"#, None)).await.unwrap();
+    i.call(|g| g.source_open(r#"{"behaviour": "loop"}"#, None))
+        .await
+        .unwrap();
     let t = Instant::now();
     let e = i.call(|g| g.source_next(10)).await.unwrap_err();
     let took = t.elapsed();
     assert!(
-        e.message.contains("exceeded its time limit of 300 ms in next (call_timeout_ms): stopped"),
+        e.message
+            .contains("exceeded its time limit of 300 ms in next (call_timeout_ms): stopped"),
         "{e}"
     );
-    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
     assert!(!e.retry, "a runaway plugin is not restarted: {e:?}");
     // The instance is not entered again.
     let e = i.call(|g| g.source_next(10)).await.unwrap_err();
-    assert!(e.message.contains("was stopped: plugin misbehave exceeded its time limit"), "{e}");
+    assert!(
+        e.message
+            .contains("was stopped: plugin misbehave exceeded its time limit"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
 async fn allocating_past_the_memory_limit_is_stopped() {
     let i = started("misbehave", limits(16, 10_000)).await;
-    i.call(|g| g.source_open(r#"{"behaviour": "alloc"}"#, None)).await.unwrap();
+    i.call(|g| g.source_open(r#"{"behaviour": "alloc"}"#, None))
+        .await
+        .unwrap();
     let e = i.call(|g| g.source_next(10)).await.unwrap_err();
     assert!(e.message.contains("exceeded its memory limit of 16 MiB in next"), "{e}");
     // Another instance of the same plugin is unaffected.
@@ -137,7 +159,9 @@ async fn misbehave(config: Value, sandbox: Sandbox) -> Result<Value, ConnectorEr
     let text = config.to_string();
     i.call(move |g| g.source_open(&text, None)).await?;
     let b = i.call(|g| g.source_next(1)).await?;
-    Ok(json_of(&from_wit("misbehave", b.records.into_iter().next().unwrap()).unwrap()))
+    Ok(json_of(
+        &from_wit("misbehave", b.records.into_iter().next().unwrap()).unwrap(),
+    ))
 }
 
 #[tokio::test]
@@ -147,7 +171,11 @@ async fn files_and_sockets_are_reachable_only_when_granted() {
     std::fs::File::create(&path).unwrap().write_all(b"inside").unwrap();
     let cfg = json!({"behaviour": "open_file", "path": path.display().to_string()});
     let e = misbehave(cfg.clone(), Sandbox::default()).await.unwrap_err();
-    assert!(e.message.starts_with(&format!("plugin misbehave: open {}: ", path.display())), "{e}");
+    assert!(
+        e.message
+            .starts_with(&format!("plugin misbehave: open {}: ", path.display())),
+        "{e}"
+    );
     let granted = SandboxOptions {
         grant_dirs: Some(crate::options::NameList::Text(dir.path().display().to_string())),
         ..Default::default()
@@ -162,7 +190,10 @@ async fn files_and_sockets_are_reachable_only_when_granted() {
     let addr = listener.local_addr().unwrap().to_string();
     let cfg = json!({"behaviour": "connect", "addr": addr});
     let e = misbehave(cfg.clone(), Sandbox::default()).await.unwrap_err();
-    assert!(e.message.starts_with(&format!("plugin misbehave: connect {addr}: ")), "{e}");
+    assert!(
+        e.message.starts_with(&format!("plugin misbehave: connect {addr}: ")),
+        "{e}"
+    );
     assert!(listener.accept().is_err(), "an ungranted connect reached the listener");
     let granted = SandboxOptions {
         grant_connect: Some(crate::options::NameList::Text(addr.clone())),
@@ -187,8 +218,14 @@ async fn a_transform_chain_filters_reshapes_and_routes() {
         grant_connect: None,
     };
     let chain = Chain::open(&[
-        spec("keep", json!({"filter": {"field": "n", "greater_than": 2}, "rename": {"n": "m"}})),
-        spec("route", json!({"route": {"field": "$key", "prefix": "to_"}, "remove": ["x"]})),
+        spec(
+            "keep",
+            json!({"filter": {"field": "n", "greater_than": 2}, "rename": {"n": "m"}}),
+        ),
+        spec(
+            "route",
+            json!({"route": {"field": "$key", "prefix": "to_"}, "remove": ["x"]}),
+        ),
     ])
     .await
     .unwrap();
@@ -218,7 +255,11 @@ async fn a_transform_chain_filters_reshapes_and_routes() {
     let e = chain.apply_source(vec![(None, raw)]).await.unwrap_err();
     assert!(e.message.contains("record \"r\" is not JSON"), "{e}");
     // The wire form of a record round-trips.
-    let r = Record::new("k", PayloadFlag::Json, crate::structs::encode_json(&json!({"a": [1, "b"]})));
+    let r = Record::new(
+        "k",
+        PayloadFlag::Json,
+        crate::structs::encode_json(&json!({"a": [1, "b"]})),
+    );
     let back = from_wit("t", to_wit(&r.key, r.flag, &r.payload, &r.attributes).unwrap()).unwrap();
     assert_eq!(json_of(&back), json!({"a": [1.0, "b"]}));
 }

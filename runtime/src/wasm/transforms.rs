@@ -137,7 +137,11 @@ pub fn split(config: &Value) -> Result<(Value, Vec<TransformSpec>), Vec<FieldErr
             message: "must be a list of transforms or comma-separated names".into(),
         }),
     }
-    if errors.is_empty() { Ok((own, specs)) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok((own, specs))
+    } else {
+        Err(errors)
+    }
 }
 
 /// Loads every transform, checks it is one, its config against its schema and its grants (IO).
@@ -276,7 +280,10 @@ impl Chain {
     }
 
     fn last_name(&self) -> String {
-        self.steps.last().map(|s| s.instance.name.to_string()).unwrap_or_default()
+        self.steps
+            .last()
+            .map(|s| s.instance.name.to_string())
+            .unwrap_or_default()
     }
 }
 
@@ -319,7 +326,8 @@ mod tests {
         assert_eq!(e[0].path, "transforms.x.module", "{e:?}");
         let e = split(&json!({"transforms": [{"name": "a"}]})).unwrap_err();
         assert!(e[0].path == "transforms.0" && e[0].message.contains("module"), "{e:?}");
-        let e = split(&json!({"transforms": [{"name": "a", "module": "m"}, {"name": "a", "module": "m"}]})).unwrap_err();
+        let e =
+            split(&json!({"transforms": [{"name": "a", "module": "m"}, {"name": "a", "module": "m"}]})).unwrap_err();
         assert!(e[0].message.contains("twice"), "{e:?}");
         let e = split(&json!({"transforms": 5})).unwrap_err();
         assert_eq!(e[0].path, "transforms");
