@@ -9,6 +9,7 @@ mod mqtt;
 mod mysql_cdc;
 mod pg_cdc;
 mod subscribe;
+mod wasm;
 
 use clap::{Parser, Subcommand};
 
@@ -41,6 +42,8 @@ enum Bench {
     /// source-hardcoded-records into a durable stream by the airbyte source, beside the bare
     /// connector into `wc -l` and PyAirbyte into its DuckDB cache.
     Airbyte(airbyte::Args),
+    /// The field-filter WASM transform beside the same filter written natively, in process.
+    Wasm(wasm::Args),
     /// Every benchmark with its defaults.
     All,
 }
@@ -56,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         Bench::MysqlCdc(args) => rt.block_on(mysql_cdc::run(args)),
         Bench::Mqtt(args) => rt.block_on(mqtt::run(args)),
         Bench::Airbyte(args) => rt.block_on(airbyte::run(args)),
+        Bench::Wasm(args) => rt.block_on(wasm::run(args)),
         Bench::All => rt.block_on(async {
             append::run(append::Args::default_args()).await?;
             println!();
@@ -69,7 +73,9 @@ fn main() -> anyhow::Result<()> {
             println!();
             mqtt::run(mqtt::Args::default_args()).await?;
             println!();
-            airbyte::run(airbyte::Args::default_args()).await
+            airbyte::run(airbyte::Args::default_args()).await?;
+            println!();
+            wasm::run(wasm::Args::default_args()).await
         }),
     }
 }
