@@ -58,7 +58,11 @@ fn native(records: &[Record], keep_from: f64) -> Vec<Record> {
         let Ok(Value::Object(mut fields)) = decode_json(&r.payload) else {
             continue;
         };
-        if !fields.get("n").and_then(Value::as_f64).is_some_and(|n| n > keep_from - 1.0) {
+        if !fields
+            .get("n")
+            .and_then(Value::as_f64)
+            .is_some_and(|n| n > keep_from - 1.0)
+        {
             continue;
         }
         if let Some(v) = fields.remove("n") {
@@ -79,7 +83,11 @@ fn per_record_ns(secs: f64, n: u64) -> f64 {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let module = hstream_integration_tests::repo_root().join("plugins/target/wasm32-wasip2/release/field_filter.wasm");
-    anyhow::ensure!(module.exists(), "{} is missing: run scripts/build-plugins.sh", module.display());
+    anyhow::ensure!(
+        module.exists(),
+        "{} is missing: run scripts/build-plugins.sh",
+        module.display()
+    );
     let keep_from = (args.records * 3 / 10) as f64;
     let spec = TransformSpec {
         name: "keep".into(),
@@ -109,7 +117,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     // Warm both paths once.
     native(&input[..args.batch.min(input.len())], keep_from);
-    chain.apply_source(vec![(None, input[..args.batch.min(input.len())].to_vec())]).await?;
+    chain
+        .apply_source(vec![(None, input[..args.batch.min(input.len())].to_vec())], "s")
+        .await?;
 
     let t = Instant::now();
     let mut kept_native = 0usize;
@@ -121,7 +131,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let t = Instant::now();
     let mut kept_wasm = 0usize;
     for chunk in input.chunks(args.batch) {
-        for (_, rs) in chain.apply_source(vec![(None, chunk.to_vec())]).await? {
+        for (_, rs) in chain.apply_source(vec![(None, chunk.to_vec())], "s").await? {
             kept_wasm += rs.len();
         }
     }
@@ -143,7 +153,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let small = (n / 10).max(1000) as usize;
     let t = Instant::now();
     for r in &input[..small.min(input.len())] {
-        std::hint::black_box(chain.apply_source(vec![(None, vec![r.clone()])]).await?);
+        std::hint::black_box(chain.apply_source(vec![(None, vec![r.clone()])], "s").await?);
     }
     let single_s = t.elapsed().as_secs_f64();
 

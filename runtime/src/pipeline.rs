@@ -235,7 +235,15 @@ pub async fn run_source<S: Source>(
                                     Ok(more) => {
                                         queued += more.records.len();
                                         offset = more.offset;
-                                        match groups.iter_mut().find(|(s, _)| *s == more.stream) {
+                                        // Transforms see emits in order (they may route
+                                        // several streams' records together); otherwise each
+                                        // stream's records form one group.
+                                        let slot = if chain.is_some() {
+                                            groups.last_mut().filter(|(s, _)| *s == more.stream)
+                                        } else {
+                                            groups.iter_mut().find(|(s, _)| *s == more.stream)
+                                        };
+                                        match slot {
                                             Some((_, records)) => records.extend(more.records),
                                             None => groups.push((more.stream, more.records)),
                                         }
@@ -244,7 +252,7 @@ pub async fn run_source<S: Source>(
                                 }
                             }
                             let groups = match &chain {
-                                Some(c) => c.apply_source(groups).await?,
+                                Some(c) => c.apply_source(groups, &stream).await?,
                                 None => groups,
                             };
                             let (n, bytes) = append_groups(&ctx, &stream, groups, &mut ensured).await?;

@@ -134,6 +134,7 @@ impl<S: Source> ConnectorType for SourceType<S> {
         if let Ok(c) = parse::<S::Config>(&self.spec, config) {
             S::schema_for(&c, &mut schema);
         }
+        transforms::schema_for(config, &mut schema);
         schema
     }
     async fn check(&self, config: &Value) -> Result<(), ConnectorError> {
@@ -180,6 +181,7 @@ impl<K: Sink> ConnectorType for SinkType<K> {
         if let Ok(c) = parse::<K::Config>(&self.spec, config) {
             K::schema_for(&c, &mut schema);
         }
+        transforms::schema_for(config, &mut schema);
         schema
     }
     async fn check(&self, config: &Value) -> Result<(), ConnectorError> {

@@ -362,11 +362,15 @@ async fn upload_wasm_plugin(Path(name): Path<String>, body: axum::body::Bytes) -
     }
     let dir = wasm_plugin_dir()?;
     let origin = format!("upload {name:?}");
+    let shown = name.clone();
     let task = tokio::task::spawn_blocking(move || {
         let loaded =
             hstream_runtime::wasm::load_bytes(&body, &origin).map_err(|e| ApiError::InvalidRequest(e.message))?;
         let path = dir.join(format!("{name}.wasm"));
-        let tmp = dir.join(format!(".{name}.wasm.tmp"));
+        // Concurrent uploads of one name each write their own file; the last rename wins whole.
+        static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}.wasm.{}.{n}.tmp", std::process::id()));
         let write = || -> std::io::Result<()> {
             use std::io::Write;
             let mut f = std::fs::File::create(&tmp)?;
@@ -375,12 +379,18 @@ async fn upload_wasm_plugin(Path(name): Path<String>, body: axum::body::Bytes) -
             std::fs::rename(&tmp, &path)?;
             std::fs::File::open(dir)?.sync_all()
         };
-        write().map_err(|e| ApiError::InvalidRequest(format!("storing plugin {name:?}: {e}")))?;
+        if let Err(e) = write() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(ApiError::InvalidRequest(format!("storing plugin {name:?}: {e}")));
+        }
+        hstream_runtime::wasm::remember(path, loaded.clone());
         tracing::info!(plugin = %name, kind = loaded.kind.as_str(), bytes = body.len(), "wasm plugin uploaded");
         Ok::<_, ApiError>(wasm_plugin_info(&name, &loaded, body.len()))
     });
-    let info = task
+    // A plugin that blocks while it describes itself is not waited on for ever.
+    let info = tokio::time::timeout(std::time::Duration::from_secs(60), task)
         .await
+        .map_err(|_| ApiError::InvalidRequest(format!("plugin {shown:?} did not load within 60 s")))?
         .map_err(|e| ApiError::InvalidRequest(format!("plugin loader failed: {e}")))??;
     Ok(Json(info))
 }

@@ -134,7 +134,7 @@ async fn prepare(
     super::expect_kind(&loaded, want, used_as)?;
     let config = config.object()?;
     super::check_plugin_config(&loaded, "config", &config)?;
-    options.sandbox().check()?;
+    options.sandbox().check_async().await?;
     Ok((loaded, config.to_string()))
 }
 

@@ -35,24 +35,41 @@ impl WasiView for HostState {
     }
 }
 
-/// Refuses memory growth past the limit with a trap, remembering the size asked for.
+/// Refuses memory growth past the limit with a trap, remembering the size asked for. The limit
+/// is the instance's total over all its linear memories (a component holds several core
+/// instances).
 struct Limiter {
     max: usize,
+    used: usize,
     denied: Option<usize>,
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.max {
-            self.denied = Some(desired);
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.used.saturating_add(desired.saturating_sub(current));
+        if total > self.max {
+            self.denied = Some(total);
             wasmtime::bail!("memory limit of {} bytes reached", self.max);
         }
+        self.used = total;
         Ok(true)
     }
 
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         // Table elements are pointers: bound them by the same budget.
         Ok(desired.saturating_mul(8) <= self.max)
+    }
+
+    fn instances(&self) -> usize {
+        64
+    }
+
+    fn memories(&self) -> usize {
+        16
+    }
+
+    fn tables(&self) -> usize {
+        64
     }
 }
 
@@ -87,6 +104,7 @@ fn new_store(engine: &Engine, sandbox: &Sandbox) -> Result<Store<HostState>, Con
         table: ResourceTable::new(),
         limiter: Limiter {
             max: sandbox.memory_limit_bytes,
+            used: 0,
             denied: None,
         },
     };
@@ -261,6 +279,17 @@ type Job = Box<dyn FnOnce(&mut Guest) + Send>;
 pub struct Instance {
     tx: std::sync::mpsc::Sender<Job>,
     pub name: Arc<str>,
+    /// How long the host waits for a call: the deadline cannot interrupt a plugin blocked in a
+    /// host call (a sleep, a read on a granted socket), so the caller stops waiting here.
+    wait: std::time::Duration,
+    /// Set once a call outlived `wait`: the instance is abandoned (its thread ends when the
+    /// blocked call returns).
+    abandoned: std::sync::atomic::AtomicBool,
+}
+
+/// How long the host waits for a call with deadline `timeout` before it abandons the instance.
+pub fn host_wait(timeout: std::time::Duration) -> std::time::Duration {
+    timeout * 2 + std::time::Duration::from_secs(1)
 }
 
 impl Instance {
@@ -269,6 +298,7 @@ impl Instance {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let name: Arc<str> = loaded.name.as_str().into();
+        let wait = host_wait(sandbox.call_timeout);
         std::thread::Builder::new()
             .name(format!("wasm-{}", loaded.name))
             .spawn(move || {
@@ -287,10 +317,20 @@ impl Instance {
                 }
             })
             .map_err(|e| ConnectorError::internal(format!("cannot start a plugin thread: {e}")))?;
-        ready_rx
-            .await
-            .map_err(|_| ConnectorError::internal("the plugin thread ended while starting"))??;
-        Ok(Instance { tx, name })
+        match tokio::time::timeout(wait, ready_rx).await {
+            Ok(r) => r.map_err(|_| ConnectorError::internal("the plugin thread ended while starting"))??,
+            Err(_) => {
+                return Err(ConnectorError::internal(format!(
+                    "plugin {name} did not finish starting within {wait:?}: abandoned"
+                )));
+            }
+        }
+        Ok(Instance {
+            tx,
+            name,
+            wait,
+            abandoned: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// Runs `f` on the instance's thread.
@@ -298,14 +338,32 @@ impl Instance {
         &self,
         f: impl FnOnce(&mut Guest) -> Result<R, ConnectorError> + Send + 'static,
     ) -> Result<R, ConnectorError> {
+        use std::sync::atomic::Ordering;
+        if self.abandoned.load(Ordering::Relaxed) {
+            return Err(ConnectorError::internal(format!(
+                "plugin {} was abandoned: an earlier call did not return",
+                self.name
+            )));
+        }
         let (rtx, rrx) = tokio::sync::oneshot::channel();
         self.tx
             .send(Box::new(move |g| {
                 let _ = rtx.send(f(g));
             }))
             .map_err(|_| ConnectorError::internal(format!("plugin {}: its thread is gone", self.name)))?;
-        rrx.await
-            .map_err(|_| ConnectorError::internal(format!("plugin {}: its thread ended during a call", self.name)))?
+        match tokio::time::timeout(self.wait, rrx).await {
+            Ok(r) => r.map_err(|_| {
+                ConnectorError::internal(format!("plugin {}: its thread ended during a call", self.name))
+            })?,
+            Err(_) => {
+                self.abandoned.store(true, Ordering::Relaxed);
+                Err(ConnectorError::internal(format!(
+                    "plugin {} did not return within {:?} (blocked outside its code, where its \
+                     deadline cannot stop it): abandoned",
+                    self.name, self.wait
+                )))
+            }
+        }
     }
 }
 

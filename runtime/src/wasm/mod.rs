@@ -151,6 +151,8 @@ impl Default for Sandbox {
 
 impl Sandbox {
     /// Checks the grants exist (directories) and resolve (addresses).
+    /// A relative path or an address without a port is the config's fault; a directory not
+    /// there (yet: a mount) or a name that does not resolve (now) is the outside's, retried.
     pub fn check(&self) -> Result<(), ConnectorError> {
         for d in &self.dirs {
             if !d.is_absolute() {
@@ -160,7 +162,7 @@ impl Sandbox {
                 )));
             }
             if !d.is_dir() {
-                return Err(ConnectorError::config(format!(
+                return Err(ConnectorError::external(format!(
                     "grant_dirs: {} is not a directory",
                     d.display()
                 )));
@@ -169,12 +171,24 @@ impl Sandbox {
         self.connect_addrs().map(|_| ())
     }
 
+    /// [`check`](Self::check) off the executor (it resolves names).
+    pub async fn check_async(&self) -> Result<(), ConnectorError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.check())
+            .await
+            .map_err(|e| ConnectorError::internal(format!("grant check panicked: {e}")))?
+    }
+
     fn connect_addrs(&self) -> Result<Vec<SocketAddr>, ConnectorError> {
         let mut out = Vec::new();
         for a in &self.connect {
+            let port_ok = a.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok());
+            if !port_ok {
+                return Err(ConnectorError::config(format!("grant_connect: {a:?} is not host:port")));
+            }
             let addrs = a
                 .to_socket_addrs()
-                .map_err(|e| ConnectorError::config(format!("grant_connect: {a}: {e}")))?;
+                .map_err(|e| ConnectorError::external(format!("grant_connect: {a}: {e}")))?;
             out.extend(addrs);
         }
         Ok(out)
@@ -186,7 +200,7 @@ impl Sandbox {
         for d in &self.dirs {
             let guest = d.to_string_lossy().into_owned();
             b.preopened_dir(d, &guest, wasmtime_wasi::FsPerms::ReadWrite)
-                .map_err(|e| ConnectorError::config(format!("grant_dirs: {}: {e}", d.display())))?;
+                .map_err(|e| ConnectorError::external(format!("grant_dirs: {}: {e}", d.display())))?;
         }
         let allowed = self.connect_addrs()?;
         if !allowed.is_empty() {
@@ -286,32 +300,56 @@ pub fn cached(module: &str) -> Option<Arc<Loaded>> {
     cache().lock().expect("lock").by_path.get(&path).cloned()
 }
 
+/// Records that `path` now holds `loaded` (after an upload replaced it).
+pub fn remember(path: PathBuf, loaded: Arc<Loaded>) {
+    cache().lock().expect("lock").by_path.insert(path, loaded);
+}
+
+/// How many compiled plugins are kept beyond those a path or a running instance still uses.
+const CACHE_SPARE: usize = 16;
+/// The longest a load (compile, instantiate, describe) may take before its caller gives up.
+const LOAD_LIMIT: Duration = Duration::from_secs(60);
+
 /// Loads (compiles, inspects and describes) the plugin at `module`; compiled components are
 /// cached by content. Blocking: CPU-heavy on a first load.
 pub fn load_blocking(module: &str) -> Result<Arc<Loaded>, ConnectorError> {
     let path = resolve_module(module)?;
-    let meta = std::fs::metadata(&path)
-        .map_err(|e| ConnectorError::config(format!("module: cannot read {}: {e}", path.display())))?;
-    if meta.len() > MAX_MODULE_BYTES {
+    let unreadable = |e: std::io::Error| ConnectorError::config(format!("module: cannot read {}: {e}", path.display()));
+    let meta = std::fs::metadata(&path).map_err(unreadable)?;
+    // Not a device or a pipe (which could be endless or never end).
+    if !meta.is_file() {
         return Err(ConnectorError::config(format!(
-            "module: {} is {} bytes, over the {MAX_MODULE_BYTES}-byte limit",
-            path.display(),
-            meta.len()
+            "module: {} is not a file",
+            path.display()
         )));
     }
-    let bytes = std::fs::read(&path)
-        .map_err(|e| ConnectorError::config(format!("module: cannot read {}: {e}", path.display())))?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::fs::File::open(&path).map_err(unreadable)?, MAX_MODULE_BYTES + 1),
+        &mut bytes,
+    )
+    .map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_MODULE_BYTES {
+        return Err(ConnectorError::config(format!(
+            "module: {} is over the {MAX_MODULE_BYTES}-byte limit",
+            path.display()
+        )));
+    }
     let loaded = load_bytes(&bytes, &path.display().to_string())?;
     cache().lock().expect("lock").by_path.insert(path, loaded.clone());
     Ok(loaded)
 }
 
-/// [`load_blocking`] off the async executor.
+/// [`load_blocking`] off the async executor, given up after [`LOAD_LIMIT`] (a plugin blocked in
+/// a host call while it describes itself).
 pub async fn load(module: &str) -> Result<Arc<Loaded>, ConnectorError> {
-    let module = module.to_owned();
-    tokio::task::spawn_blocking(move || load_blocking(&module))
-        .await
-        .map_err(|e| ConnectorError::internal(format!("plugin loader panicked: {e}")))?
+    let m = module.to_owned();
+    match tokio::time::timeout(LOAD_LIMIT, tokio::task::spawn_blocking(move || load_blocking(&m))).await {
+        Ok(r) => r.map_err(|e| ConnectorError::internal(format!("plugin loader panicked: {e}")))?,
+        Err(_) => Err(ConnectorError::config(format!(
+            "module: {module} did not load within {LOAD_LIMIT:?}"
+        ))),
+    }
 }
 
 /// Loads a plugin from its bytes (`origin` names it in messages).
@@ -343,6 +381,12 @@ pub fn load_bytes(bytes: &[u8], origin: &str) -> Result<Arc<Loaded>, ConnectorEr
             "module: {origin} declares a config schema that is not a valid JSON Schema"
         )));
     }
+    if !valid_plugin_name(&info.name) {
+        return Err(ConnectorError::config(format!(
+            "module: {origin} names itself {:?}; a plugin name is letters, digits, '-' and '_' (at most 128)",
+            info.name.chars().take(64).collect::<String>()
+        )));
+    }
     let declared = match info.kind {
         bindings::types::Kind::Source => PluginKind::Source,
         bindings::types::Kind::Sink => PluginKind::Sink,
@@ -363,7 +407,12 @@ pub fn load_bytes(bytes: &[u8], origin: &str) -> Result<Arc<Loaded>, ConnectorEr
         config_schema,
         origin: origin.to_owned(),
     });
-    cache().lock().expect("lock").by_hash.insert(key, loaded.clone());
+    let mut c = cache().lock().expect("lock");
+    if c.by_hash.len() >= CACHE_SPARE {
+        // Keep what a path or an instance still holds; forget the rest.
+        c.by_hash.retain(|_, l| Arc::strong_count(l) > 1);
+    }
+    c.by_hash.insert(key, loaded.clone());
     Ok(loaded)
 }
 

@@ -182,8 +182,16 @@ async fn files_and_sockets_are_reachable_only_when_granted() {
     };
     assert_eq!(misbehave(cfg, granted.sandbox()).await.unwrap()["content"], "inside");
     // A granted directory gives nothing outside it.
-    let outside = json!({"behaviour": "open_file", "path": "/etc/hostname"});
-    assert!(misbehave(outside, granted.sandbox()).await.is_err());
+    let other = tempfile::tempdir().unwrap();
+    let beside = other.path().join("beside.txt");
+    std::fs::write(&beside, "outside").unwrap();
+    let outside = json!({"behaviour": "open_file", "path": beside.display().to_string()});
+    let e = misbehave(outside, granted.sandbox()).await.unwrap_err();
+    assert!(
+        e.message
+            .starts_with(&format!("plugin misbehave: open {}: ", beside.display())),
+        "{e}"
+    );
 
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -238,7 +246,7 @@ async fn a_transform_chain_filters_reshapes_and_routes() {
             )
         })
         .collect();
-    let out = chain.apply_source(vec![(None, records)]).await.unwrap();
+    let out = chain.apply_source(vec![(None, records)], "own").await.unwrap();
     let shown: Vec<(String, Vec<Value>)> = out
         .iter()
         .map(|(s, rs)| (s.as_deref().unwrap().to_owned(), rs.iter().map(json_of).collect()))
@@ -252,7 +260,7 @@ async fn a_transform_chain_filters_reshapes_and_routes() {
     );
     // A raw record is not JSON: the filter says so (its error names the record).
     let raw = vec![Record::new("r", PayloadFlag::Raw, bytes::Bytes::from_static(b"\x01"))];
-    let e = chain.apply_source(vec![(None, raw)]).await.unwrap_err();
+    let e = chain.apply_source(vec![(None, raw)], "own").await.unwrap_err();
     assert!(e.message.contains("record \"r\" is not JSON"), "{e}");
     // The wire form of a record round-trips.
     let r = Record::new(
@@ -262,4 +270,142 @@ async fn a_transform_chain_filters_reshapes_and_routes() {
     );
     let back = from_wit("t", to_wit(&r.key, r.flag, &r.payload, &r.attributes).unwrap()).unwrap();
     assert_eq!(json_of(&back), json!({"a": [1.0, "b"]}));
+}
+
+#[tokio::test]
+async fn a_plugin_config_is_masked_whole_until_the_plugin_is_loaded() {
+    // A copy at a path of its own: nothing has loaded it yet in this process.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("sink.wasm");
+    std::fs::copy(plugin("file_sink"), &copy).unwrap();
+    let module = copy.display().to_string();
+    let t = crate::registry::builtin().get(crate::Kind::Sink, "wasm").unwrap();
+    let cfg = json!({"module": module, "stream": "s", "config": {"path": "/x/out.jsonl"}});
+    let shown = crate::secret::redact(&t.config_schema(&cfg), &cfg);
+    assert_eq!(shown["config"], json!(crate::secret::MASK), "{shown}");
+    t.check(&json!({"module": module, "stream": "s", "config": {"path": "/x/out.jsonl"}}))
+        .await
+        .unwrap();
+    // Loaded: only what the plugin's schema marks secret would be masked (nothing here).
+    let shown = crate::secret::redact(&t.config_schema(&cfg), &cfg);
+    assert_eq!(shown["config"], json!({"path": "/x/out.jsonl"}), "{shown}");
+}
+
+#[tokio::test]
+async fn a_plugin_blocked_in_the_host_is_abandoned_not_waited_on() {
+    let i = started("misbehave", limits(64, 200)).await;
+    i.call(|g| g.source_open(r#"{"behaviour": "sleep"}"#, None))
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let e = i.call(|g| g.source_next(1)).await.unwrap_err();
+    assert!(
+        e.message.contains("did not return within") && e.message.contains("abandoned"),
+        "{e}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let e = i.call(|g| g.source_next(1)).await.unwrap_err();
+    assert!(e.message.contains("was abandoned"), "{e}");
+}
+
+fn filter_spec(name: &str, config: Value, memory_mb: Option<u32>) -> TransformSpec {
+    TransformSpec {
+        name: name.into(),
+        module: plugin("field_filter"),
+        config: ConnectorJson::Object(config.as_object().unwrap().clone()),
+        memory_limit_mb: memory_mb,
+        call_timeout_ms: None,
+        grant_dirs: None,
+        grant_connect: None,
+    }
+}
+
+fn numbered(key: &str, n: u64, pad: usize) -> Record {
+    Record::new(
+        key,
+        PayloadFlag::Json,
+        crate::structs::encode_json(&json!({"n": n, "pad": "x".repeat(pad)})),
+    )
+}
+
+#[tokio::test]
+async fn routed_records_keep_their_emit_order_and_big_batches_are_split() {
+    // Everything routed by key: emits to a, b, a come out in emit order, and a transform
+    // naming the source's own stream is the same as naming none.
+    let chain = Chain::open(&[filter_spec(
+        "all",
+        json!({"route": {"field": "$key", "prefix": ""}}),
+        None,
+    )])
+    .await
+    .unwrap();
+    let segments = vec![
+        (Some(Arc::<str>::from("a")), vec![numbered("x", 0, 0)]),
+        (
+            Some(Arc::<str>::from("b")),
+            vec![numbered("x", 1, 0), numbered("own", 2, 0)],
+        ),
+        (
+            Some(Arc::<str>::from("a")),
+            vec![numbered("x", 3, 0), numbered("own", 4, 0)],
+        ),
+    ];
+    let out = chain.apply_source(segments, "own").await.unwrap();
+    let shown: Vec<(Option<String>, Vec<f64>)> = out
+        .iter()
+        .map(|(s, rs)| {
+            (
+                s.as_deref().map(str::to_owned),
+                rs.iter().map(|r| json_of(r)["n"].as_f64().unwrap()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        vec![(Some("x".into()), vec![0.0, 1.0, 3.0]), (None, vec![2.0, 4.0])]
+    );
+
+    // 24 MiB of records through a transform limited to 16 MiB: handed over in pieces.
+    let chain = Chain::open(&[filter_spec(
+        "keep",
+        json!({"filter": {"field": "n", "less_than": 1e12}}),
+        Some(16),
+    )])
+    .await
+    .unwrap();
+    let big: Vec<Record> = (0..24 * 1024).map(|n| numbered("k", n, 1000)).collect();
+    let out = chain.apply_source(vec![(None, big)], "own").await.unwrap();
+    assert_eq!(out.len(), 1);
+    let ns: Vec<u64> = out[0]
+        .1
+        .iter()
+        .map(|r| json_of(r)["n"].as_f64().unwrap() as u64)
+        .collect();
+    assert_eq!(ns, (0..24 * 1024).collect::<Vec<u64>>());
+}
+
+#[tokio::test]
+async fn transform_configs_are_masked_until_their_plugins_are_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("filter.wasm");
+    std::fs::copy(plugin("field_filter"), &copy).unwrap();
+    let t = crate::registry::builtin()
+        .get(crate::Kind::Source, "generator")
+        .unwrap();
+    let cfg = json!({"stream": "s", "transforms": [
+        {"name": "f", "module": copy.display().to_string(), "config": {"remove": ["token"]}}]});
+    let shown = crate::secret::redact(&t.config_schema(&cfg), &cfg);
+    assert_eq!(shown["transforms"][0]["config"], json!(crate::secret::MASK), "{shown}");
+    assert_eq!(shown["transforms"][0]["module"], json!(copy.display().to_string()));
+    t.check(&cfg).await.unwrap();
+    let shown = crate::secret::redact(&t.config_schema(&cfg), &cfg);
+    assert_eq!(
+        shown["transforms"][0]["config"],
+        json!({"remove": ["token"]}),
+        "{shown}"
+    );
+    // Limits out of range are refused by name.
+    let bad = json!({"stream": "s", "transforms": [{"name": "f", "module": "m.wasm", "memory_limit_mb": 0}]});
+    let e = t.validate(&bad).unwrap_err();
+    assert_eq!(e[0].path, "transforms.f.memory_limit_mb", "{e:?}");
 }

@@ -122,6 +122,16 @@ pub fn split(config: &Value) -> Result<(Value, Vec<TransformSpec>), Vec<FieldErr
                         path: format!("{KEY}.{i}"),
                         message: format!("transform {:?} is listed twice", s.name),
                     }),
+                    Ok(s) if s.memory_limit_mb.is_some_and(|m| !(1..=4096).contains(&m)) => errors.push(FieldError {
+                        path: format!("{KEY}.{}.memory_limit_mb", s.name),
+                        message: "must be 1 to 4096 (MiB)".into(),
+                    }),
+                    Ok(s) if s.call_timeout_ms.is_some_and(|t| !(1..=3_600_000).contains(&t)) => {
+                        errors.push(FieldError {
+                            path: format!("{KEY}.{}.call_timeout_ms", s.name),
+                            message: "must be 1 to 3600000 (ms)".into(),
+                        })
+                    }
                     Ok(s) => specs.push(s),
                     // serde's words name the field and the expected type, not a secret's value
                     // (configs are objects or text, which it does not quote).
@@ -144,6 +154,31 @@ pub fn split(config: &Value) -> Result<(Value, Vec<TransformSpec>), Vec<FieldErr
     }
 }
 
+/// Describes the transforms' configs in a connector's config schema, for redaction: each
+/// transform's `config` is masked whole unless every listed plugin is loaded, then by what
+/// their schemas mark secret (any of them).
+pub fn schema_for(config: &Value, schema: &mut Value) {
+    let Ok((_, specs)) = split(config) else { return };
+    if specs.is_empty() {
+        return;
+    }
+    let schemas: Option<Vec<Value>> = specs
+        .iter()
+        .map(|s| super::cached(&s.module).map(|l| l.config_schema.clone()))
+        .collect();
+    let config_schema = match schemas {
+        Some(list) => serde_json::json!({ "anyOf": list }),
+        None => serde_json::json!({ "airbyte_secret": true }),
+    };
+    if !schema["properties"].is_object() {
+        schema["properties"] = Value::Object(Map::new());
+    }
+    schema["properties"][KEY] = serde_json::json!({
+        "type": "array",
+        "items": { "type": "object", "properties": { "config": config_schema } },
+    });
+}
+
 /// Loads every transform, checks it is one, its config against its schema and its grants (IO).
 pub async fn check(specs: &[TransformSpec]) -> Result<(), ConnectorError> {
     for s in specs {
@@ -161,13 +196,19 @@ async fn prepare(s: &TransformSpec) -> Result<(Arc<super::Loaded>, String), Conn
     super::expect_kind(&loaded, PluginKind::Transform, "a transform").map_err(at)?;
     let config = s.config.object().map_err(at)?;
     super::check_plugin_config(&loaded, "config", &config).map_err(at)?;
-    s.sandbox_options().sandbox().check().map_err(at)?;
+    s.sandbox_options().sandbox().check_async().await.map_err(at)?;
     Ok((loaded, config.to_string()))
 }
+
+/// Most records handed to a transform in one call.
+const MAX_CALL_RECORDS: usize = 4096;
 
 struct Step {
     name: String,
     instance: Instance,
+    /// Most payload bytes handed over in one call: an eighth of the plugin's memory, so a
+    /// big batch never runs it out of memory by itself (JSON text is larger than the bytes).
+    call_bytes: usize,
 }
 
 /// A connector's transforms, running, in order.
@@ -189,6 +230,7 @@ impl Chain {
             steps.push(Step {
                 name: s.name.clone(),
                 instance,
+                call_bytes: s.sandbox_options().sandbox().memory_limit_bytes / 8,
             });
         }
         Ok(Chain { steps })
@@ -200,51 +242,67 @@ impl Chain {
             if items.is_empty() {
                 break;
             }
-            let (origins, inputs): (Vec<(usize, Option<String>)>, Vec<WitRecord>) =
-                items.into_iter().map(|(i, s, r)| ((i, s), r)).unzip();
-            let outputs = step.instance.call(move |g| g.transform_apply(&inputs)).await?;
-            let mut next = Vec::with_capacity(outputs.len());
-            let mut last = 0usize;
-            for o in outputs {
-                let i = o.input as usize;
-                // Outputs come in input order, each naming an input it was given.
-                if i >= origins.len() || i < last {
-                    return Err(ConnectorError::internal(format!(
-                        "transform {} (plugin {}) gave an output for input {i} out of order or out of range",
-                        step.name, step.instance.name
-                    )));
+            let mut next = Vec::with_capacity(items.len());
+            let mut rest = items.into_iter().peekable();
+            while rest.peek().is_some() {
+                // One call's worth: bounded in records and in bytes (at least one record).
+                let (mut chunk, mut bytes) = (Vec::new(), 0usize);
+                while let Some(item) = rest.next_if(|(_, _, r)| {
+                    chunk.is_empty() || (chunk.len() < MAX_CALL_RECORDS && bytes + r.payload.len() <= step.call_bytes)
+                }) {
+                    bytes += item.2.payload.len();
+                    chunk.push(item);
                 }
-                last = i;
-                let (origin, routed) = &origins[i];
-                next.push((*origin, o.stream.or_else(|| routed.clone()), o.record));
+                let (origins, inputs): (Vec<(usize, Option<String>)>, Vec<WitRecord>) =
+                    chunk.into_iter().map(|(i, s, r)| ((i, s), r)).unzip();
+                let outputs = step.instance.call(move |g| g.transform_apply(&inputs)).await?;
+                let mut last = 0usize;
+                for o in outputs {
+                    let i = o.input as usize;
+                    // Outputs come in input order, each naming an input it was given.
+                    if i >= origins.len() || i < last {
+                        return Err(ConnectorError::internal(format!(
+                            "transform {} (plugin {}) gave an output for input {i} out of order or out of range",
+                            step.name, step.instance.name
+                        )));
+                    }
+                    last = i;
+                    let (origin, routed) = &origins[i];
+                    next.push((*origin, o.stream.or_else(|| routed.clone()), o.record));
+                }
             }
             items = next;
         }
         Ok(items)
     }
 
-    /// A source's records on their way to the streams: each group (target stream, records) in
-    /// order; routed records join their stream's group.
+    /// A source's records on their way to the streams. `segments` are the emitted batches in
+    /// emit order (target stream, records; `None`: the source's own stream, `default`); what
+    /// comes out is grouped by target stream, each group in emit order.
     pub async fn apply_source(
         &self,
-        groups: Vec<(Option<Arc<str>>, Vec<Record>)>,
+        segments: Vec<(Option<Arc<str>>, Vec<Record>)>,
+        default: &str,
     ) -> Result<Vec<(Option<Arc<str>>, Vec<Record>)>, ConnectorError> {
+        let mut wit = Vec::new();
+        let mut segment_of = Vec::new();
+        for (k, (_, records)) in segments.iter().enumerate() {
+            for r in records {
+                wit.push(to_wit(&r.key, r.flag, &r.payload, &r.attributes)?);
+                segment_of.push(k);
+            }
+        }
         let mut out: Vec<(Option<Arc<str>>, Vec<Record>)> = Vec::new();
-        for (stream, records) in groups {
-            let wit = records
-                .iter()
-                .map(|r| to_wit(&r.key, r.flag, &r.payload, &r.attributes))
-                .collect::<Result<Vec<_>, _>>()?;
-            for (_, routed, r) in self.run(wit).await? {
-                let target = match routed {
-                    Some(s) => Some(Arc::<str>::from(s)),
-                    None => stream.clone(),
-                };
-                let record = from_wit(&self.last_name(), r)?;
-                match out.iter_mut().find(|(s, _)| *s == target) {
-                    Some((_, rs)) => rs.push(record),
-                    None => out.push((target, vec![record])),
-                }
+        for (origin, routed, r) in self.run(wit).await? {
+            let target = match routed {
+                Some(s) if s == default => None,
+                Some(s) => Some(Arc::<str>::from(s)),
+                None => segments[segment_of[origin]].0.clone(),
+            };
+            let record = from_wit(&self.last_name(), r)?;
+            match out.iter_mut().find(|(s, _)| *s == target) {
+                Some((_, rs)) => rs.push(record),
+                None => out.push((target, vec![record])),
             }
         }
         Ok(out)

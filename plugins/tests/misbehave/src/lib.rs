@@ -1,5 +1,5 @@
 //! A source that misbehaves on purpose, for the sandbox tests: `loop` spins forever in `next`,
-//! `alloc` allocates until memory runs out, `open_file` reads `path`, `connect` opens a TCP
+//! `sleep` blocks in the host for an hour, `alloc` allocates until memory runs out, `open_file` reads `path`, `connect` opens a TCP
 //! connection to `addr`. What it reached becomes its one record, so a test sees access too.
 
 use std::io::Read;
@@ -41,6 +41,11 @@ impl Source for Misbehave {
                 loop {
                     i = std::hint::black_box(i.wrapping_add(1));
                 }
+            }
+            "sleep" => {
+                // Blocked in the host (a clock wait), where no deadline reaches.
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                json!({ "slept": true })
             }
             "alloc" => {
                 let mut held: Vec<Vec<u8>> = Vec::new();
