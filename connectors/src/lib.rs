@@ -10,7 +10,7 @@ pub mod cdc;
 pub mod changes;
 pub mod mqtt;
 pub mod mysql;
-pub mod pbstruct;
+pub use hstream_runtime::pbstruct;
 pub mod postgres;
 
 use hstream_runtime::Registry;

@@ -14,6 +14,7 @@ pub mod connector;
 pub mod error;
 pub mod logs;
 pub mod options;
+pub mod pbstruct;
 pub mod pipeline;
 pub mod registry;
 pub mod remote;

@@ -376,12 +376,13 @@ pub fn to_wit(
 ) -> Result<WitRecord, ConnectorError> {
     let (encoding, payload) = match flag {
         PayloadFlag::Json => {
-            let v = crate::structs::decode_json(payload).map_err(|e| {
+            let mut text = Vec::with_capacity(payload.len() + payload.len() / 2);
+            crate::pbstruct::struct_to_json(payload, &mut text).map_err(|e| {
                 ConnectorError::internal(format!(
                     "record {key:?} is flagged JSON but is not a protobuf Struct: {e}"
                 ))
             })?;
-            (types::Encoding::Json, serde_json::to_vec(&v).unwrap_or_default())
+            (types::Encoding::Json, text)
         }
         PayloadFlag::Raw => (types::Encoding::Raw, payload.to_vec()),
     };
@@ -397,15 +398,19 @@ pub fn to_wit(
 /// plugin's bug.
 pub fn from_wit(plugin: &str, r: WitRecord) -> Result<Record, ConnectorError> {
     let (flag, payload) = match r.encoding {
-        types::Encoding::Json => match serde_json::from_slice::<serde_json::Value>(&r.payload) {
-            Ok(v @ serde_json::Value::Object(_)) => (PayloadFlag::Json, crate::structs::encode_json(&v)),
-            _ => {
+        types::Encoding::Json => {
+            let mut buf = Vec::with_capacity(r.payload.len());
+            let written = std::str::from_utf8(&r.payload)
+                .ok()
+                .and_then(|text| crate::pbstruct::struct_from_json(&mut buf, text, &[]).ok());
+            if written.is_none() {
                 return Err(ConnectorError::internal(format!(
                     "plugin {plugin} produced a JSON record (key {:?}) that is not one JSON object",
                     r.key
                 )));
             }
-        },
+            (PayloadFlag::Json, bytes::Bytes::from(buf))
+        }
         types::Encoding::Raw => (PayloadFlag::Raw, bytes::Bytes::from(r.payload)),
     };
     Ok(Record {

@@ -1,5 +1,6 @@
 //! Writes `google.protobuf.Struct` bytes (HStreamDB's JSON records) directly, without building a
-//! tree of `prost_types::Value`s first: CDC sources encode every row through here.
+//! tree of `prost_types::Value`s first: CDC sources encode every row through here; and reads
+//! them into JSON text likewise (how records reach WASM plugins).
 //!
 //! Each writer appends to a `Vec<u8>`; nested messages are written in place and their length
 //! prefix is inserted afterwards (a short move, as rows are small).
@@ -284,6 +285,163 @@ impl<'de> serde::de::Visitor<'de> for ValueBody<'_> {
     }
 }
 
+/// Writes the JSON text of Struct bytes (a JSON record) into `out`, in one pass over the wire
+/// format (no tree): how a record reaches a WASM plugin. Fields keep their wire order; numbers
+/// are written as `serde_json` writes an `f64` (non-finite ones as `null`); unknown fields are
+/// skipped. Errs on bytes that are not a well-formed Struct.
+pub fn struct_to_json(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), StructError> {
+    let mut r = Wire(bytes);
+    write_struct(&mut r, out, 0)
+}
+
+/// Struct bytes that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed protobuf Struct: {0}")]
+pub struct StructError(&'static str);
+
+/// Nesting deeper than this is refused (a stack guard; an object level counts two).
+const MAX_NESTING: usize = 300;
+
+struct Wire<'a>(&'a [u8]);
+
+impl<'a> Wire<'a> {
+    fn varint(&mut self) -> Result<u64, StructError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = self.0.split_first().ok_or(StructError("truncated varint"))?;
+            self.0 = rest;
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Ok(v);
+            }
+        }
+        Err(StructError("varint too long"))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], StructError> {
+        let n = usize::try_from(self.varint()?).map_err(|_| StructError("length too large"))?;
+        if n > self.0.len() {
+            return Err(StructError("truncated field"));
+        }
+        let (b, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(b)
+    }
+
+    fn fixed64(&mut self) -> Result<u64, StructError> {
+        if self.0.len() < 8 {
+            return Err(StructError("truncated fixed64"));
+        }
+        let (b, rest) = self.0.split_at(8);
+        self.0 = rest;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    fn skip(&mut self, wire_type: u64) -> Result<(), StructError> {
+        match wire_type {
+            0 => self.varint().map(|_| ()),
+            1 => self.fixed64().map(|_| ()),
+            2 => self.bytes().map(|_| ()),
+            5 if self.0.len() >= 4 => {
+                self.0 = &self.0[4..];
+                Ok(())
+            }
+            _ => Err(StructError("unsupported wire type")),
+        }
+    }
+
+    /// The next field's number and wire type, or `None` at the end.
+    fn tag(&mut self) -> Result<Option<(u64, u64)>, StructError> {
+        if self.0.is_empty() {
+            return Ok(None);
+        }
+        let t = self.varint()?;
+        Ok(Some((t >> 3, t & 7)))
+    }
+}
+
+fn json_str(out: &mut Vec<u8>, s: &[u8]) -> Result<(), StructError> {
+    let s = std::str::from_utf8(s).map_err(|_| StructError("string is not UTF-8"))?;
+    serde_json::to_writer(out, s).map_err(|_| StructError("string"))
+}
+
+fn write_struct(r: &mut Wire<'_>, out: &mut Vec<u8>, depth: usize) -> Result<(), StructError> {
+    if depth > MAX_NESTING {
+        return Err(StructError("nested too deep"));
+    }
+    out.push(b'{');
+    let mut first = true;
+    while let Some((field, wt)) = r.tag()? {
+        if field != 1 || wt != 2 {
+            r.skip(wt)?;
+            continue;
+        }
+        // A map entry: key (1), value (2).
+        let mut entry = Wire(r.bytes()?);
+        let (mut key, mut value): (&[u8], Option<&[u8]>) = (b"", None);
+        while let Some((f, wt)) = entry.tag()? {
+            match (f, wt) {
+                (1, 2) => key = entry.bytes()?,
+                (2, 2) => value = Some(entry.bytes()?),
+                _ => entry.skip(wt)?,
+            }
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        json_str(out, key)?;
+        out.push(b':');
+        write_value(&mut Wire(value.unwrap_or_default()), out, depth + 1)?;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+fn write_value(r: &mut Wire<'_>, out: &mut Vec<u8>, depth: usize) -> Result<(), StructError> {
+    if depth > MAX_NESTING {
+        return Err(StructError("nested too deep"));
+    }
+    // A Value holds one kind; should several come, the last one counts (protobuf's rule).
+    let mut kind: Option<(u64, Wire<'_>, u64)> = None;
+    while let Some((field, wt)) = r.tag()? {
+        match (field, wt) {
+            (1 | 4, 0) => kind = Some((field, Wire(&[]), r.varint()?)),
+            (2, 1) => kind = Some((2, Wire(&[]), r.fixed64()?)),
+            (3 | 5 | 6, 2) => kind = Some((field, Wire(r.bytes()?), 0)),
+            _ => r.skip(wt)?,
+        }
+    }
+    match kind {
+        None | Some((1, _, _)) => out.extend_from_slice(b"null"),
+        Some((2, _, bits)) => {
+            serde_json::to_writer(&mut *out, &f64::from_bits(bits)).map_err(|_| StructError("number"))?
+        }
+        Some((3, w, _)) => json_str(out, w.0)?,
+        Some((4, _, v)) => out.extend_from_slice(if v != 0 { b"true" } else { b"false" }),
+        Some((5, mut w, _)) => write_struct(&mut w, out, depth + 1)?,
+        Some((_, mut w, _)) => {
+            out.push(b'[');
+            let mut first = true;
+            while let Some((f, wt)) = w.tag()? {
+                if f != 1 || wt != 2 {
+                    w.skip(wt)?;
+                    continue;
+                }
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                write_value(&mut Wire(w.bytes()?), out, depth + 1)?;
+            }
+            out.push(b']');
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,5 +516,44 @@ mod tests {
             prost_types::Struct::decode(buf.as_slice()).unwrap(),
             prost_types::Struct::decode(want.as_slice()).unwrap()
         );
+    }
+
+    #[test]
+    fn struct_to_json_reads_what_the_writers_write() {
+        let text = r#"{"id": 42, "name": "a\"b\u00e9\n", "tags": ["x", 1.5, null, true, false, [], {}], "addr": {"zip": "0123", "geo": {"lat": -1e3}}, "empty": {}, "n": null, "big": 1e300}"#;
+        let mut buf = Vec::new();
+        struct_from_json(&mut buf, text, &[]).unwrap();
+        let mut out = Vec::new();
+        struct_to_json(&buf, &mut out).unwrap();
+        let got: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let want = hstream_structs_decode(&buf);
+        assert_eq!(got, want);
+        assert_eq!(got["tags"][1], serde_json::json!(1.5));
+        // NaN (which JSON cannot hold) becomes null; garbage and truncation are errors.
+        let mut nan = Vec::new();
+        field(&mut nan, "x", |b| number(b, f64::NAN));
+        let mut out = Vec::new();
+        struct_to_json(&nan, &mut out).unwrap();
+        assert_eq!(out, br#"{"x":null}"#);
+        assert!(struct_to_json(&buf[..buf.len() - 1], &mut Vec::new()).is_err());
+        assert!(struct_to_json(&[0x0a, 0x05, 0x0a], &mut Vec::new()).is_err());
+        // Deep nesting is refused, not recursed into without end.
+        fn nest(b: &mut Vec<u8>, levels: usize) {
+            if levels == 0 {
+                number(b, 1.0);
+            } else {
+                object(b, |b| field(b, "a", |b| nest(b, levels - 1)));
+            }
+        }
+        let mut deep = Vec::new();
+        field(&mut deep, "a", |b| nest(b, 200));
+        assert!(struct_to_json(&deep, &mut Vec::new()).is_err());
+        let mut ok = Vec::new();
+        field(&mut ok, "a", |b| nest(b, 100));
+        assert!(struct_to_json(&ok, &mut Vec::new()).is_ok());
+    }
+
+    fn hstream_structs_decode(buf: &[u8]) -> serde_json::Value {
+        crate::structs::decode_json(buf).unwrap()
     }
 }
