@@ -297,7 +297,7 @@ impl Chain {
             let target = match routed {
                 Some(s) if s == default => None,
                 Some(s) => Some(Arc::<str>::from(s)),
-                None => segments[segment_of[origin]].0.clone(),
+                None => segments[segment_of[origin]].0.clone().filter(|s| s.as_ref() != default),
             };
             let record = from_wit(&self.last_name(), r)?;
             match out.iter_mut().find(|(s, _)| *s == target) {
