@@ -263,6 +263,13 @@ async fn sandbox_limits_and_grants_fail_the_task_not_the_server() {
     );
     create_connector(&mut c, "peek", "SOURCE", "wasm", &cfg).await.unwrap();
     failed_with(&c, "peek", &format!("open {}: ", secret.display())).await;
+    // What the plugin printed is in its task's log.
+    let ok = holds_within(WAIT, || async {
+        let logs = task_logs(&c, "peek").await;
+        logs.contains("misbehave: open_file (stdout)") && logs.contains("misbehave: open_file (stderr)")
+    })
+    .await;
+    assert!(ok, "{}", task_logs(&c, "peek").await);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap().to_string();

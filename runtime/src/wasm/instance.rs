@@ -98,9 +98,13 @@ pub struct Guest {
     trapped: Option<String>,
 }
 
-fn new_store(engine: &Engine, sandbox: &Sandbox) -> Result<Store<HostState>, ConnectorError> {
+fn new_store(
+    engine: &Engine,
+    sandbox: &Sandbox,
+    log: Option<(Arc<str>, tracing::Span)>,
+) -> Result<Store<HostState>, ConnectorError> {
     let state = HostState {
-        wasi: sandbox.wasi()?,
+        wasi: sandbox.wasi(log)?,
         table: ResourceTable::new(),
         limiter: Limiter {
             max: sandbox.memory_limit_bytes,
@@ -139,7 +143,7 @@ pub(super) fn describe(
     origin: &str,
 ) -> Result<types::PluginInfo, ConnectorError> {
     let sandbox = Sandbox::default();
-    let mut store = new_store(engine, &sandbox)?;
+    let mut store = new_store(engine, &sandbox, None)?;
     let fail = |e: wasmtime::Error| ConnectorError::config(format!("module: {origin}: {e:#}"));
     let plugin = instantiate(&mut store, component, kind).map_err(fail)?;
     store.set_epoch_deadline(deadline_ticks(&sandbox));
@@ -160,8 +164,9 @@ fn guest_error(name: &str, what: &str, e: types::Error) -> ConnectorError {
 }
 
 impl Guest {
-    fn new(loaded: &Loaded, sandbox: &Sandbox) -> Result<Guest, ConnectorError> {
-        let mut store = new_store(super::engine(), sandbox)?;
+    fn new(loaded: &Loaded, sandbox: &Sandbox, span: tracing::Span) -> Result<Guest, ConnectorError> {
+        let log = Some((Arc::<str>::from(loaded.name.as_str()), span));
+        let mut store = new_store(super::engine(), sandbox, log)?;
         let plugin = instantiate(&mut store, &loaded.component, loaded.kind)
             .map_err(|e| ConnectorError::internal(format!("plugin {}: cannot instantiate: {e:#}", loaded.name)))?;
         Ok(Guest {
@@ -299,10 +304,12 @@ impl Instance {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let name: Arc<str> = loaded.name.as_str().into();
         let wait = host_wait(sandbox.call_timeout);
+        // The plugin's output is logged in the caller's span (its task's).
+        let span = tracing::Span::current();
         std::thread::Builder::new()
             .name(format!("wasm-{}", loaded.name))
             .spawn(move || {
-                let mut guest = match Guest::new(&loaded, &sandbox) {
+                let mut guest = match Guest::new(&loaded, &sandbox, span) {
                     Ok(g) => {
                         let _ = ready_tx.send(Ok(()));
                         g

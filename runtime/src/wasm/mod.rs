@@ -12,6 +12,7 @@
 
 pub mod connectors;
 pub mod instance;
+mod output;
 pub mod transforms;
 
 use std::collections::HashMap;
@@ -194,9 +195,22 @@ impl Sandbox {
         Ok(out)
     }
 
-    /// The WASI context: only what is granted.
-    fn wasi(&self) -> Result<wasmtime_wasi::WasiCtx, ConnectorError> {
+    /// The WASI context: only what is granted. With `log`, the plugin's stdout and stderr
+    /// become log lines of that span (its task's); without, they go nowhere.
+    fn wasi(&self, log: Option<(Arc<str>, tracing::Span)>) -> Result<wasmtime_wasi::WasiCtx, ConnectorError> {
         let mut b = wasmtime_wasi::WasiCtxBuilder::new();
+        if let Some((plugin, span)) = log {
+            b.stdout(output::LogOutput {
+                plugin: plugin.clone(),
+                stream: "stdout",
+                span: span.clone(),
+            });
+            b.stderr(output::LogOutput {
+                plugin,
+                stream: "stderr",
+                span,
+            });
+        }
         for d in &self.dirs {
             let guest = d.to_string_lossy().into_owned();
             b.preopened_dir(d, &guest, wasmtime_wasi::FsPerms::ReadWrite)

@@ -35,6 +35,9 @@ impl Source for Misbehave {
             return Ok(Batch { done: true, ..Batch::default() });
         }
         self.done = true;
+        // Output goes to the task's log.
+        println!("misbehave: {} (stdout)", self.config.behaviour);
+        eprintln!("misbehave: {} (stderr)", self.config.behaviour);
         let reached = match self.config.behaviour.as_str() {
             "loop" => {
                 let mut i: u64 = 0;
