@@ -82,6 +82,7 @@ pub async fn run(
     let plugins = settings.data_dir.join("plugins");
     std::fs::create_dir_all(&plugins).with_context(|| format!("creating {}", plugins.display()))?;
     hstream_runtime::wasm::set_plugin_dir(plugins);
+    hstream_runtime::wasm::set_protected_dir(&settings.data_dir);
     let meta = open_meta(&settings.metastore_uri).await?;
     let (root, opts) = (settings.data_dir.clone(), settings.store.clone());
     let store = tokio::task::spawn_blocking(move || LogStore::open(&root, opts)).await??;

@@ -391,6 +391,12 @@ async fn wrong_abi_or_kind_is_refused_at_create_and_uploads_work_by_name() {
         e.contains("transforms.t.module: not an option of a listed transform"),
         "{e}"
     );
+    // Nothing may be granted the server's own data, nor a directory holding it.
+    for dir in [dir.path().to_path_buf(), std::path::PathBuf::from("/")] {
+        let grant = json!({"grant_dirs": dir.display().to_string(), "config": {"path": "/x"}});
+        let e = refused(wasm_plugin("file_sink"), "SINK", "wasm", grant).await;
+        assert!(e.contains("would give the plugin the server's data directory"), "{e}");
+    }
     let e = refused("/nonexistent/p.wasm".into(), "SOURCE", "wasm", json!({})).await;
     assert!(e.contains("module: cannot read /nonexistent/p.wasm"), "{e}");
     let list = c

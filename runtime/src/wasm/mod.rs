@@ -168,6 +168,14 @@ impl Sandbox {
                     d.display()
                 )));
             }
+            if let (Some(p), Ok(real)) = (PROTECTED_DIR.get(), d.canonicalize())
+                && (real.starts_with(p) || p.starts_with(&real))
+            {
+                return Err(ConnectorError::config(format!(
+                    "grant_dirs: {} would give the plugin the server's data directory",
+                    d.display()
+                )));
+            }
         }
         self.connect_addrs().map(|_| ())
     }
@@ -261,6 +269,14 @@ static PLUGIN_DIR: OnceLock<PathBuf> = OnceLock::new();
 /// Sets the directory of uploaded plugins (`<name>.wasm`).
 pub fn set_plugin_dir(dir: PathBuf) {
     let _ = PLUGIN_DIR.set(dir);
+}
+
+/// A directory no plugin may be granted, nor any directory holding it (the server's data).
+static PROTECTED_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Sets the directory plugins may never reach (the server's data directory).
+pub fn set_protected_dir(dir: &Path) {
+    let _ = PROTECTED_DIR.set(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()));
 }
 
 /// The directory of uploaded plugins, if the host has one.
