@@ -69,7 +69,7 @@ pub trait ConnectorType: Send + Sync {
 fn own(config: &Value) -> Value {
     let mut own = config.clone();
     if let Value::Object(map) = &mut own {
-        map.retain(|k, _| k != transforms::KEY && !k.starts_with("transforms."));
+        map.retain(|k, _| !transforms::is_transform_key(k));
     }
     own
 }

@@ -25,6 +25,11 @@ use crate::spec::FieldError;
 /// The option naming a connector's transforms.
 pub const KEY: &str = "transforms";
 
+/// Whether a config key belongs to the transforms (the list or a flat per-transform option).
+pub fn is_transform_key(key: &str) -> bool {
+    key == KEY || key.strip_prefix(KEY).is_some_and(|rest| rest.starts_with('.'))
+}
+
 /// One transform of a connector.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -100,7 +105,11 @@ pub fn split(config: &Value) -> Result<(Value, Vec<TransformSpec>), Vec<FieldErr
         return Ok((own, Vec::new()));
     };
     let mut errors = Vec::new();
-    let stray: Vec<String> = map.keys().filter(|k| k.starts_with("transforms.")).cloned().collect();
+    let stray: Vec<String> = map
+        .keys()
+        .filter(|k| *k != KEY && is_transform_key(k))
+        .cloned()
+        .collect();
     for k in stray {
         map.remove(&k);
         errors.push(FieldError {

@@ -1,0 +1,184 @@
+//! A test's own `hstream-server` process: started on free ports with its own data directory,
+//! stopped by signal, killed, restarted on the same directory.
+
+use super::*;
+
+/// A running `hstream-server` process.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    /// The REST API's address.
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+    log: Option<(PathBuf, String)>,
+}
+
+impl Server {
+    /// Starts a server on a free port over `data_dir` with extra flags.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::spawn(data_dir, args, None)
+    }
+
+    /// As [`start`](Self::start), with the server's log (at `level`, e.g. `debug`) appended to
+    /// `log` instead of the test's stderr, for tests that read what it logs.
+    pub fn start_logged(data_dir: &Path, extra: &[&str], log: &Path, level: &str) -> Server {
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::spawn(data_dir, args, Some((log.to_owned(), level.to_owned())))
+    }
+
+    fn spawn(data_dir: &Path, args: Vec<String>, log: Option<(PathBuf, String)>) -> Server {
+        let stderr = match &log {
+            Some((path, _)) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("open server log"),
+            ),
+            None => Stdio::inherit(),
+        };
+        let level = log
+            .as_ref()
+            .map(|(_, l)| l.clone())
+            .unwrap_or_else(|| std::env::var("HSTREAM_TEST_LOG").unwrap_or_else(|_| "warn".into()));
+        let mut child = Command::new(workspace_bin("hstream-server"))
+            .args([
+                "--port",
+                "0",
+                "--http-port",
+                "0",
+                "--bind-address",
+                "127.0.0.1",
+                "--advertised-address",
+                "127.0.0.1",
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(&args)
+            .env("RUST_LOG", level)
+            // Airbyte packages are installed once, beside the repo, for every test server; uv
+            // (from the test venv) installs them.
+            .env("HSTREAM_AIRBYTE_DIR", airbyte_dir())
+            .env("PATH", path_with_venv())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn hstream-server");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut http = None;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("hstream-server rest listening on ") {
+                    http = addr.parse::<SocketAddr>().ok();
+                }
+                if let Some(addr) = line.strip_prefix("hstream-server listening on ") {
+                    let _ = tx.send((
+                        addr.parse::<SocketAddr>().expect("address"),
+                        http.expect("REST address first"),
+                    ));
+                }
+            }
+        });
+        let (addr, http) = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "hstream-server did not report readiness within 60 s (status {:?})",
+                    child.try_wait()
+                );
+            }
+        };
+        Server {
+            child,
+            addr,
+            http,
+            data_dir: data_dir.to_owned(),
+            args,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU seconds (user + system) the server process has used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let hz = 100.0; // USER_HZ on Linux
+        (ticks(11) + ticks(12)) / hz
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn client(&self) -> Client {
+        HStreamApiClient::connect(self.endpoint())
+            .await
+            .expect("connect")
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        signal(&self.child, libc::SIGTERM);
+        wait_exit(&mut self.child, Duration::from_secs(30))
+    }
+
+    /// Starts a new process over the same data directory and flags (on a new free port).
+    pub fn restart(&mut self) {
+        let next = Self::spawn(&self.data_dir.clone(), self.args.clone(), self.log.clone());
+        // Dropping the old handle reaps its (already stopped) process.
+        drop(std::mem::replace(self, next));
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub(crate) fn signal(child: &Child, sig: i32) {
+    let pid = child.id() as i32;
+    let rc = unsafe_kill(pid, sig);
+    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+}
+
+#[allow(unsafe_code)]
+fn unsafe_kill(pid: i32, sig: i32) -> i32 {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid, sig) }
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not exit within {within:?} of SIGTERM"
+        );
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+}
