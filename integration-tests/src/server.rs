@@ -118,6 +118,30 @@ impl Server {
         (ticks(11) + ticks(12)) / hz
     }
 
+    /// Resident set size now, in bytes (VmRSS).
+    pub fn rss_bytes(&self) -> u64 {
+        self.proc_status_kb("VmRSS:") * 1024
+    }
+
+    /// Highest resident set size since start or [`reset_peak_rss`](Self::reset_peak_rss).
+    pub fn peak_rss_bytes(&self) -> u64 {
+        self.proc_status_kb("VmHWM:") * 1024
+    }
+
+    /// Resets the peak RSS the kernel keeps for the process (clear_refs 5).
+    pub fn reset_peak_rss(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5").expect("reset peak RSS");
+    }
+
+    fn proc_status_kb(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("status field")
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -56,6 +56,9 @@ pub struct Flags {
     /// Largest accepted encoded BatchedRecord, in bytes [default: 1048576]
     #[arg(long)]
     pub max_record_size: Option<usize>,
+    /// Most records one appended batch may hold [default: 100000]
+    #[arg(long)]
+    pub max_batch_records: Option<u32>,
     /// Log filter, e.g. info or hstream_server=debug [default: info]
     #[arg(long)]
     pub log_level: Option<String>,
@@ -104,6 +107,7 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub metastore_uri: String,
     pub max_record_size: usize,
+    pub max_batch_records: u32,
     pub log_level: String,
     pub log_format: LogFormat,
     pub store: StoreOptions,
@@ -160,6 +164,10 @@ impl Settings {
             data_dir,
             metastore_uri,
             max_record_size: flags.max_record_size.or(file.max_record_size).unwrap_or(1 << 20),
+            max_batch_records: flags
+                .max_batch_records
+                .or(file.max_batch_records)
+                .unwrap_or(crate::batch::DEFAULT_MAX_BATCH_RECORDS),
             log_level: flags.log_level.or(file.log_level).unwrap_or_else(|| "info".into()),
             log_format: flags.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
             store,
@@ -191,6 +199,7 @@ impl Settings {
             self.max_record_size >= 1024,
             "max-record-size must be at least 1024 bytes"
         );
+        anyhow::ensure!(self.max_batch_records >= 1, "max-batch-records must be at least 1");
         anyhow::ensure!(self.store.segment_bytes >= 4096, "segment-bytes must be at least 4096");
         anyhow::ensure!(self.store.writer_threads >= 1, "writer-threads must be at least 1");
         anyhow::ensure!(
@@ -229,6 +238,7 @@ mod tests {
             data_dir: Some("/d".into()),
             metastore_uri: Some("sqlite:///m.db".into()),
             max_record_size: Some(2048),
+            max_batch_records: Some(10),
             log_level: Some("debug".into()),
             log_format: Some(LogFormat::Json),
             fsync: Some(FsyncPolicy::Interval),

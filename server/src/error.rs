@@ -31,6 +31,8 @@ pub enum ApiError {
     EmptyBatch(&'static str),
     #[error("batched record is {size} bytes, over the {max}-byte limit (max-record-size)")]
     RecordTooLarge { size: usize, max: usize },
+    #[error("batched record holds {count} records, over the {max}-record limit (max-batch-records)")]
+    TooManyRecords { count: u32, max: u32 },
     #[error("batched record is malformed: {0}")]
     MalformedBatch(String),
     #[error("invalid offset: {0}")]
@@ -115,6 +117,7 @@ impl ApiError {
             InvalidShardCount { got, .. } => (Code::InvalidArgument, ErrorCode::StreamInvalidShardCount, json!(got)),
             EmptyBatch(_) => (Code::InvalidArgument, ErrorCode::StreamEmptyBatchedRecord, json!(null)),
             RecordTooLarge { size, .. } => (Code::InvalidArgument, ErrorCode::StreamInvalidRecordSize, json!(size)),
+            TooManyRecords { count, .. } => (Code::InvalidArgument, ErrorCode::StreamInvalidRecordSize, json!(count)),
             MalformedBatch(_) => (Code::InvalidArgument, ErrorCode::InternalError, json!(null)),
             InvalidOffset(_) => (Code::InvalidArgument, ErrorCode::StreamInvalidOffset, json!(null)),
             InvalidRecordId(s) => (Code::InvalidArgument, ErrorCode::StreamInvalidRecordId, json!(s)),

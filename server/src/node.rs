@@ -110,7 +110,10 @@ pub async fn run(
         store.clone(),
         catalog,
         node,
-        settings.max_record_size,
+        crate::batch::Limits {
+            max_record_size: settings.max_record_size,
+            max_batch_records: settings.max_batch_records,
+        },
         shutdown.clone(),
         hstream_connectors::registry(),
         (settings.connector_retry_base, settings.connector_retry_max),

@@ -3,6 +3,7 @@
 mod airbyte;
 mod cli;
 mod connectors;
+mod hardening;
 mod metrics;
 mod mqtt;
 mod mysql;

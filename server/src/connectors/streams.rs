@@ -62,7 +62,9 @@ impl Streams for LocalStreams {
     fn max_record_size(&self) -> usize {
         self.ctx
             .upgrade()
-            .map_or(hstream_runtime::streams::DEFAULT_MAX_RECORD_SIZE, |c| c.max_record_size)
+            .map_or(hstream_runtime::streams::DEFAULT_MAX_RECORD_SIZE, |c| {
+                c.limits.max_record_size
+            })
     }
 
     async fn append(&self, stream: &str, records: Vec<Record>) -> Result<(), ConnectorError> {
@@ -72,13 +74,13 @@ impl Streams for LocalStreams {
         if let Some((i, r)) = records
             .iter()
             .enumerate()
-            .find(|(_, r)| r.encoded_size_bound() > ctx.max_record_size)
+            .find(|(_, r)| r.encoded_size_bound() > ctx.limits.max_record_size)
         {
             return Err(ConnectorError::config(format!(
                 "record {i} of the batch (key {:?}) is {} bytes, over the server's max-record-size of {} bytes",
                 r.key,
                 r.encoded_size_bound(),
-                ctx.max_record_size
+                ctx.limits.max_record_size
             )));
         }
         // Group by shard, keeping the order of each key.
@@ -97,14 +99,15 @@ impl Streams for LocalStreams {
                 per_shard[i].push(to_hstream_record(r));
             }
         }
-        let budget = ctx.max_record_size / BATCH_BUDGET_DIVISOR;
+        let budget = ctx.limits.max_record_size / BATCH_BUDGET_DIVISOR;
+        let max_records = ctx.limits.max_batch_records as usize;
         let mut appends = Vec::new();
         for (shard, recs) in entry.shards.iter().zip(per_shard) {
             let mut chunk = Vec::new();
             let mut size = 0usize;
             for rec in recs {
                 let len = rec.encoded_len() + 8;
-                if !chunk.is_empty() && size + len > budget {
+                if !chunk.is_empty() && (size + len > budget || chunk.len() >= max_records) {
                     appends.push((shard.log.clone(), std::mem::take(&mut chunk)));
                     size = 0;
                 }

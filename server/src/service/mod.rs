@@ -43,7 +43,8 @@ pub struct ServerCtx {
     pub store: Arc<LogStore>,
     pub catalog: Catalog,
     pub node: NodeInfo,
-    pub max_record_size: usize,
+    /// What one appended batch may be (`max-record-size`, `max-batch-records`).
+    pub limits: crate::batch::Limits,
     pub started: Instant,
     /// Cancelled when the server begins to shut down; long-lived streams end on it.
     pub shutdown: CancellationToken,
@@ -67,7 +68,7 @@ impl ServerCtx {
         store: Arc<LogStore>,
         catalog: Catalog,
         node: NodeInfo,
-        max_record_size: usize,
+        limits: crate::batch::Limits,
         shutdown: CancellationToken,
         registry: hstream_runtime::Registry,
         connector_backoff: (std::time::Duration, std::time::Duration),
@@ -78,7 +79,7 @@ impl ServerCtx {
             store,
             catalog,
             node,
-            max_record_size,
+            limits,
             started: Instant::now(),
             shutdown,
             tasks: TaskTracker::new(),

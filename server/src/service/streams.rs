@@ -207,7 +207,7 @@ impl ServerCtx {
 
     pub async fn append(&self, req: pb::AppendRequest) -> ApiResult<pb::AppendResponse> {
         let shard = self.catalog.shard_of(&req.stream_name, req.shard_id)?;
-        batch::validate(req.records.as_ref(), self.max_record_size)?;
+        batch::check(req.records.as_ref(), self.limits).await?;
         let records = req.records.expect("validated");
         let started = std::time::Instant::now();
         let bytes = records.payload.len() as u64;

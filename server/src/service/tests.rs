@@ -18,7 +18,7 @@ async fn ctx(dir: &std::path::Path) -> Arc<ServerCtx> {
         store,
         Catalog::default(),
         node,
-        1 << 20,
+        crate::batch::Limits::default(),
         CancellationToken::new(),
         hstream_connectors::registry(),
         (std::time::Duration::from_millis(100), std::time::Duration::from_secs(1)),
