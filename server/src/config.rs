@@ -59,6 +59,10 @@ pub struct Flags {
     /// Most records one appended batch may hold [default: 100000]
     #[arg(long)]
     pub max_batch_records: Option<u32>,
+    /// Start even if the data directory holds shard directories the metastore never handed out,
+    /// moving them to <data-dir>/quarantine/ (never deleted) [default: false]
+    #[arg(long, num_args = 0, default_missing_value = "true")]
+    pub quarantine_unknown_shards: Option<bool>,
     /// Log filter, e.g. info or hstream_server=debug [default: info]
     #[arg(long)]
     pub log_level: Option<String>,
@@ -108,6 +112,7 @@ pub struct Settings {
     pub metastore_uri: String,
     pub max_record_size: usize,
     pub max_batch_records: u32,
+    pub quarantine_unknown_shards: bool,
     pub log_level: String,
     pub log_format: LogFormat,
     pub store: StoreOptions,
@@ -168,6 +173,10 @@ impl Settings {
                 .max_batch_records
                 .or(file.max_batch_records)
                 .unwrap_or(crate::batch::DEFAULT_MAX_BATCH_RECORDS),
+            quarantine_unknown_shards: flags
+                .quarantine_unknown_shards
+                .or(file.quarantine_unknown_shards)
+                .unwrap_or(false),
             log_level: flags.log_level.or(file.log_level).unwrap_or_else(|| "info".into()),
             log_format: flags.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
             store,
@@ -239,6 +248,7 @@ mod tests {
             metastore_uri: Some("sqlite:///m.db".into()),
             max_record_size: Some(2048),
             max_batch_records: Some(10),
+            quarantine_unknown_shards: Some(true),
             log_level: Some("debug".into()),
             log_format: Some(LogFormat::Json),
             fsync: Some(FsyncPolicy::Interval),
@@ -288,6 +298,15 @@ mod tests {
         assert_eq!(s.metastore_uri, "sqlite:///from-file/meta.db");
         let all = Settings::resolve(Flags { config: None, ..full() }).unwrap();
         assert_eq!(all.store.writer_threads, 3);
+    }
+
+    #[test]
+    fn switches_take_no_value() {
+        let s = Settings::resolve(Flags::parse_from(["hstream-server", "--quarantine-unknown-shards"])).unwrap();
+        assert!(s.quarantine_unknown_shards);
+        let s = Settings::resolve(Flags::parse_from(["hstream-server"])).unwrap();
+        assert!(!s.quarantine_unknown_shards);
+        assert_eq!(s.max_batch_records, crate::batch::DEFAULT_MAX_BATCH_RECORDS);
     }
 
     #[test]

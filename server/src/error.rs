@@ -155,7 +155,7 @@ impl ApiError {
                 let code = match e {
                     StoreError::ShardDeleted(_) => Code::NotFound,
                     StoreError::ShuttingDown | StoreError::Poisoned(_) => Code::Unavailable,
-                    StoreError::Corrupt(_) => Code::DataLoss,
+                    StoreError::Corrupt(_) | StoreError::Unavailable { .. } => Code::DataLoss,
                     StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::InvalidData => Code::DataLoss,
                     _ => Code::Internal,
                 };

@@ -1,7 +1,8 @@
 //! Starting and stopping one server node.
 //!
-//! Start: open the metastore, recover the log store, reconcile the two (orphan shard directories
-//! from an interrupted create or delete are removed), bind, then announce readiness.
+//! Start: open the metastore, recover the log store, reconcile the two ([`reconcile`]: the data
+//! directory must belong to the metastore's cluster; orphan shard directories of an interrupted
+//! create or delete are removed, unknown ones refused), bind, then announce readiness.
 //!
 //! Shutdown phases (on the cancellation token, from SIGTERM/SIGINT):
 //! 1. stop intake: the listener closes and new RPCs are refused; tailing reads end;
@@ -40,33 +41,127 @@ pub async fn open_meta(uri: &str) -> anyhow::Result<Arc<dyn MetaStore>> {
     anyhow::bail!("metastore-uri {uri:?} is not supported (use sqlite://<path>)")
 }
 
-async fn load_catalog(meta: &dyn MetaStore, store: &Arc<LogStore>) -> anyhow::Result<Catalog> {
-    let catalog = Catalog::default();
+/// Ties the data directory to the metastore and builds the catalog from the two, or refuses to
+/// start (naming the directory, the metastore and the way out) when they do not belong together.
+/// Never deletes data the metastore does not account for:
+/// - the data directory's `cluster-id` must equal the metastore's; a side without one adopts the
+///   other's only if it holds nothing (a new metastore beside shard data, or a new data
+///   directory beside a metastore that lists shards, is refused);
+/// - a shard directory the metastore does not list is removed only if its id is below the
+///   metastore's next shard id (an interrupted create or delete of this cluster); any other is
+///   refused, or moved to `quarantine/` under `--quarantine-unknown-shards`;
+/// - a listed shard whose directory is missing, or that cannot be opened, is served as
+///   unavailable (DATA_LOSS), never recreated empty.
+pub async fn reconcile(
+    meta: &dyn MetaStore,
+    store: &Arc<LogStore>,
+    metastore_uri: &str,
+    quarantine_unknown: bool,
+) -> anyhow::Result<Catalog> {
+    let dir = store.root().display().to_string();
     let mut streams = meta.list_streams("").await?;
     streams.extend(meta.list_archived_streams().await?);
-    let mut known = HashSet::new();
-    for s in streams {
+    let mut listed = Vec::new();
+    for s in &streams {
+        listed.push(meta.list_shards(&s.name).await?);
+    }
+    let known: HashSet<u64> = listed.iter().flatten().map(|sm| sm.id).collect();
+    let on_disk = store.shard_ids();
+    let next_id = meta.allocate_shard_ids(0).await?;
+
+    let dir_id = store.cluster_id()?;
+    let meta_id = meta.cluster_id(None).await?;
+    let id = match (&dir_id, &meta_id) {
+        (Some(d), Some(m)) if d != m => anyhow::bail!(
+            "data directory {dir} belongs to cluster {d}, but metastore {metastore_uri} belongs to cluster {m}: \
+             one of --data-dir and --metastore-uri is wrong; start with the pair that belong together"
+        ),
+        (Some(d), None) if !on_disk.is_empty() => anyhow::bail!(
+            "data directory {dir} belongs to cluster {d} and holds {} shard(s), but metastore {metastore_uri} \
+             has no cluster id (a new or wrong metastore?): start with the metastore that lists this directory's \
+             streams; nothing was changed",
+            on_disk.len()
+        ),
+        (None, Some(m)) if !known.is_empty() => anyhow::bail!(
+            "metastore {metastore_uri} (cluster {m}) lists {} shard(s), but data directory {dir} has no cluster id \
+             (a new or wrong data directory?): start with the data directory that holds them; nothing was changed",
+            known.len()
+        ),
+        (None, Some(m)) if !on_disk.is_empty() => anyhow::bail!(
+            "data directory {dir} holds {} shard(s) but no cluster id, and metastore {metastore_uri} belongs to \
+             cluster {m}: they do not belong together; nothing was changed",
+            on_disk.len()
+        ),
+        (Some(d), _) => d.clone(),
+        (None, Some(m)) => m.clone(),
+        (None, None) => new_cluster_id(),
+    };
+
+    // Shard directories the metastore does not list.
+    let mut orphans = Vec::new();
+    let mut unknown = Vec::new();
+    for &sid in &on_disk {
+        if !known.contains(&sid) {
+            if sid < next_id {
+                orphans.push(sid)
+            } else {
+                unknown.push(sid)
+            }
+        }
+    }
+    unknown.sort_unstable();
+    if !unknown.is_empty() && !quarantine_unknown {
+        anyhow::bail!(
+            "data directory {dir} holds shard(s) {unknown:?} that metastore {metastore_uri} never handed out \
+             (its next shard id is {next_id}): is --metastore-uri right? Nothing was changed. To start anyway, \
+             pass --quarantine-unknown-shards to move them to {dir}/quarantine/"
+        );
+    }
+
+    // Everything checks out: tie the two together, then tidy.
+    if meta.cluster_id(Some(&id)).await?.as_deref() != Some(id.as_str()) {
+        anyhow::bail!("metastore {metastore_uri} took another cluster id while this node started; restart it");
+    }
+    if dir_id.is_none() {
+        store.set_cluster_id(&id)?;
+        tracing::info!(cluster = %id, data_dir = %dir, "data directory tied to its metastore");
+    }
+    for sid in unknown {
+        let to = store.quarantine_shard(sid)?;
+        tracing::warn!(shard = sid, to = %to.display(), "unknown shard directory quarantined");
+    }
+    for sid in orphans {
+        tracing::info!(
+            shard = sid,
+            "removing the directory of a shard whose create or delete was interrupted"
+        );
+        store.delete_shard(sid)?;
+    }
+    let catalog = Catalog::default();
+    for (s, shard_metas) in streams.into_iter().zip(listed) {
         let mut shards = Vec::new();
-        for sm in meta.list_shards(&s.name).await? {
-            known.insert(sm.id);
+        for sm in shard_metas {
             let log = match store.shard(sm.id) {
                 Some(l) => l,
                 None => {
-                    tracing::error!(stream = %s.name, shard = sm.id, "shard directory missing; recreating it empty");
-                    store.create_shard(sm.id)?
+                    tracing::error!(stream = %s.name, shard = sm.id,
+                        "shard directory missing; the shard is unavailable (not recreated)");
+                    store.missing_shard(sm.id)
                 }
             };
+            if let Some(reason) = log.unavailable_reason() {
+                tracing::error!(stream = %s.name, shard = sm.id, %reason, "shard unavailable");
+            }
             shards.push(ShardEntry { meta: sm, log });
         }
         catalog.insert(StreamEntry { meta: s, shards });
     }
-    for id in store.shard_ids() {
-        if !known.contains(&id) {
-            tracing::info!(shard = id, "removing orphan shard directory");
-            store.delete_shard(id)?;
-        }
-    }
     Ok(catalog)
+}
+
+/// A fresh cluster id (a random UUID).
+fn new_cluster_id() -> String {
+    uuid::Uuid::new_v4().to_string()
 }
 
 /// Runs a node until `shutdown` is cancelled; `ready` gets the bound gRPC and REST addresses
@@ -86,7 +181,13 @@ pub async fn run(
     let meta = open_meta(&settings.metastore_uri).await?;
     let (root, opts) = (settings.data_dir.clone(), settings.store.clone());
     let store = tokio::task::spawn_blocking(move || LogStore::open(&root, opts)).await??;
-    let catalog = load_catalog(meta.as_ref(), &store).await?;
+    let catalog = reconcile(
+        meta.as_ref(),
+        &store,
+        &settings.metastore_uri,
+        settings.quarantine_unknown_shards,
+    )
+    .await?;
 
     let listener = TcpListener::bind((settings.bind_address.as_str(), settings.port))
         .await

@@ -130,3 +130,240 @@ async fn small_hostile_appends_cost_little_memory() {
     .expect("server still answers")
     .unwrap();
 }
+
+/// Runs the server binary over `data_dir` expecting it to refuse to start; returns what it
+/// printed on stderr.
+fn refused_start(data_dir: &std::path::Path, extra: &[&str]) -> String {
+    let mut child = std::process::Command::new(workspace_bin("hstream-server"))
+        .args(["--port", "0", "--http-port", "0", "--bind-address", "127.0.0.1"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn hstream-server");
+    let exited = holds_within_blocking(Duration::from_secs(30), || child.try_wait().expect("wait").is_some());
+    if !exited {
+        let _ = child.kill();
+        panic!("the server started where it must refuse to");
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "refusal must exit non-zero");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Every file under `dir` (recursively) with its bytes.
+fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.insert(
+                    e.path().strip_prefix(dir).unwrap().to_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                );
+            }
+        }
+    }
+    out
+}
+
+async fn append_one(client: &mut Client, stream: &str, shard: u64, payload: &str) -> Result<u64, tonic::Status> {
+    client
+        .append(pb::AppendRequest {
+            stream_name: stream.into(),
+            shard_id: shard,
+            records: Some(batch("k", &[payload.as_bytes().to_vec()], pb::CompressionType::None)),
+        })
+        .await
+        .map(|r| r.into_inner().record_ids[0].batch_id)
+}
+
+fn payload_strings(batches: &[pb::ReceivedRecord]) -> Vec<String> {
+    batches
+        .iter()
+        .flat_map(decode)
+        .map(|(_, _, p)| String::from_utf8(p).unwrap())
+        .collect()
+}
+
+/// A data directory started against a missing, new or foreign metastore, unknown shard
+/// directories, a missing shard directory and a damaged segment header: the node refuses to
+/// start, or serves the healthy shards and answers DATA_LOSS for the damaged one, and never
+/// deletes, truncates or recreates a byte of shard data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_directory_is_tied_to_its_metastore_and_never_wiped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut server = Server::start(&data, &[]);
+    let mut client = server.client().await;
+    let a = make_stream(&mut client, "a", 1).await[0];
+    let b = make_stream(&mut client, "b", 1).await[0];
+    for i in 0..3 {
+        append_one(&mut client, "a", a, &format!("a{i}")).await.unwrap();
+        append_one(&mut client, "b", b, &format!("b{i}")).await.unwrap();
+    }
+    server.terminate();
+    let shards = data.join("shards");
+    let cluster_id = std::fs::read_to_string(data.join("cluster-id")).unwrap();
+    let stored = tree(&shards);
+
+    // A mistyped metastore URI: a new, empty metastore.
+    let err = refused_start(
+        &data,
+        &[
+            "--metastore-uri",
+            &format!("sqlite://{}", tmp.path().join("typo.db").display()),
+        ],
+    );
+    assert!(
+        err.contains("has no cluster id") && err.contains(&data.display().to_string()),
+        "{err}"
+    );
+    // A missing metastore file.
+    let aside = tmp.path().join("meta-aside");
+    std::fs::create_dir(&aside).unwrap();
+    for e in std::fs::read_dir(&data).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("meta.db") {
+            std::fs::rename(e.path(), aside.join(e.file_name())).unwrap();
+        }
+    }
+    let err = refused_start(&data, &[]);
+    assert!(err.contains("has no cluster id"), "{err}");
+    // Another cluster's metastore.
+    let other = tmp.path().join("other");
+    drop(Server::start(&other, &[]));
+    let err = refused_start(
+        &data,
+        &[
+            "--metastore-uri",
+            &format!("sqlite://{}", other.join("meta.db").display()),
+        ],
+    );
+    assert!(
+        err.contains("belongs to cluster") && err.contains(cluster_id.trim()),
+        "{err}"
+    );
+    // A new data directory beside the metastore that lists the shards.
+    for e in std::fs::read_dir(&aside).unwrap().flatten() {
+        std::fs::rename(e.path(), data.join(e.file_name())).unwrap();
+    }
+    let err = refused_start(
+        &tmp.path().join("new-data"),
+        &[
+            "--metastore-uri",
+            &format!("sqlite://{}", data.join("meta.db").display()),
+        ],
+    );
+    assert!(err.contains("lists 2 shard(s)") && err.contains("new-data"), "{err}");
+    assert_eq!(tree(&shards), stored, "refusals changed nothing");
+
+    // A shard directory the metastore never handed out: refused, then quarantined on request.
+    let stray = shards.join("999999");
+    std::fs::create_dir(&stray).unwrap();
+    for (name, bytes) in tree(&shards.join(b.to_string())) {
+        std::fs::write(stray.join(name), bytes).unwrap();
+    }
+    let err = refused_start(&data, &[]);
+    assert!(
+        err.contains("999999") && err.contains("--quarantine-unknown-shards"),
+        "{err}"
+    );
+    assert!(stray.exists());
+    let server = Server::start(&data, &["--quarantine-unknown-shards"]);
+    assert!(!stray.exists() && data.join("quarantine/999999").is_dir());
+    let mut client = server.client().await;
+    assert_eq!(
+        payload_strings(&read_shard_to_tail(&mut client, "a", a).await),
+        ["a0", "a1", "a2"]
+    );
+    assert_eq!(
+        payload_strings(&read_shard_to_tail(&mut client, "b", b).await),
+        ["b0", "b1", "b2"]
+    );
+    drop(client);
+    drop(server);
+
+    // A's shard directory goes missing: the node serves b, answers DATA_LOSS for a, and does
+    // not recreate a's directory (its LSNs would start again at 1).
+    let a_dir = shards.join(a.to_string());
+    let a_aside = tmp.path().join("a-aside");
+    std::fs::rename(&a_dir, &a_aside).unwrap();
+    let server = Server::start(&data, &[]);
+    let mut client = server.client().await;
+    let e = append_one(&mut client, "a", a, "lost").await.unwrap_err();
+    assert_eq!(e.code(), Code::DataLoss, "{e:?}");
+    assert!(e.message().contains("missing"), "{}", e.message());
+    let e = client
+        .get_tail_record_id(pb::GetTailRecordIdRequest {
+            stream_name: "a".into(),
+            shard_id: a,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::DataLoss);
+    assert_eq!(append_one(&mut client, "b", b, "b3").await.unwrap(), 4);
+    assert!(!a_dir.exists(), "a missing shard directory is not recreated");
+    drop(client);
+    drop(server);
+
+    // Back, but with a damaged header on its last segment: kept as it is, DATA_LOSS, b served.
+    std::fs::rename(&a_aside, &a_dir).unwrap();
+    let seg = std::fs::read_dir(&a_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .max()
+        .unwrap();
+    let good = std::fs::read(&seg).unwrap();
+    let mut bad = good.clone();
+    bad[0] ^= 0xff;
+    std::fs::write(&seg, &bad).unwrap();
+    let a_files = tree(&a_dir);
+    let server = Server::start(&data, &[]);
+    let mut client = server.client().await;
+    let mut read = client
+        .read_shard_stream(pb::ReadShardStreamRequest {
+            reader_id: String::new(),
+            shard_id: a,
+            from: Some(earliest()),
+            max_read_batches: 0,
+            until: Some(latest()),
+            stream_name: "a".into(),
+        })
+        .await;
+    let e = match &mut read {
+        Err(e) => e.clone(),
+        Ok(s) => s.get_mut().message().await.unwrap_err(),
+    };
+    assert_eq!(e.code(), Code::DataLoss, "{e:?}");
+    assert!(e.message().contains("bad header"), "{}", e.message());
+    assert_eq!(
+        append_one(&mut client, "a", a, "no").await.unwrap_err().code(),
+        Code::DataLoss
+    );
+    assert_eq!(append_one(&mut client, "b", b, "b4").await.unwrap(), 5);
+    drop(client);
+    drop(server);
+    assert_eq!(tree(&a_dir), a_files, "the damaged shard's files are untouched");
+
+    // Repaired by the operator: everything is there.
+    std::fs::write(&seg, &good).unwrap();
+    let server = Server::start(&data, &[]);
+    let mut client = server.client().await;
+    assert_eq!(
+        payload_strings(&read_shard_to_tail(&mut client, "a", a).await),
+        ["a0", "a1", "a2"]
+    );
+    assert_eq!(
+        payload_strings(&read_shard_to_tail(&mut client, "b", b).await),
+        ["b0", "b1", "b2", "b3", "b4"]
+    );
+    assert_eq!(append_one(&mut client, "a", a, "a3").await.unwrap(), 4);
+}

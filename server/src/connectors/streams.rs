@@ -158,6 +158,7 @@ impl Streams for LocalStreams {
 
     async fn bounds(&self, stream: &str, shard: u64) -> Result<(u64, u64), ConnectorError> {
         let s = self.ctx()?.catalog.shard_of(stream, shard).map_err(external)?;
+        s.log.check_available().map_err(external)?;
         Ok((s.log.start_lsn(), s.log.visible_lsn() + 1))
     }
 

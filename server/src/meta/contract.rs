@@ -40,6 +40,7 @@ fn sub(id: &str, stream: &str) -> SubscriptionMeta {
 }
 
 pub async fn run(store: &dyn MetaStore) {
+    identity(store).await;
     streams_and_shards(store).await;
     subscriptions_and_progress(store).await;
     readers(store).await;
@@ -47,10 +48,37 @@ pub async fn run(store: &dyn MetaStore) {
     nodes(store).await;
 }
 
+async fn identity(store: &dyn MetaStore) {
+    assert_eq!(
+        store.cluster_id(None).await.unwrap(),
+        None,
+        "a new store has no cluster id"
+    );
+    assert_eq!(store.cluster_id(None).await.unwrap(), None, "reading does not set it");
+    assert_eq!(store.cluster_id(Some("c-1")).await.unwrap().as_deref(), Some("c-1"));
+    assert_eq!(
+        store.cluster_id(Some("c-2")).await.unwrap().as_deref(),
+        Some("c-1"),
+        "a set cluster id is never overwritten"
+    );
+    assert_eq!(store.cluster_id(None).await.unwrap().as_deref(), Some("c-1"));
+}
+
 async fn streams_and_shards(store: &dyn MetaStore) {
+    let next = store.allocate_shard_ids(0).await.unwrap();
+    assert_eq!(
+        store.allocate_shard_ids(0).await.unwrap(),
+        next,
+        "count 0 allocates nothing"
+    );
     let a = store.allocate_shard_ids(2).await.unwrap();
+    assert!(a >= next, "ids start at the announced next id");
     let b = store.allocate_shard_ids(3).await.unwrap();
     assert!(b >= a + 2, "shard id ranges must not overlap: {a} then {b}");
+    assert!(
+        store.allocate_shard_ids(0).await.unwrap() >= b + 3,
+        "next id follows the last range"
+    );
 
     let shards = vec![
         shard(a, "s1", 0, u128::MAX / 2),
@@ -366,6 +394,7 @@ async fn nodes(store: &dyn MetaStore) {
 
 /// Writes a little of everything; [`check_durable`] reads it back after a reopen.
 pub async fn seed_durable(store: &dyn MetaStore) {
+    assert!(store.cluster_id(Some("durable-cluster")).await.unwrap().is_some());
     let id = store.allocate_shard_ids(1).await.unwrap();
     store
         .create_stream(&stream("durable", 1), &[shard(id, "durable", 0, u128::MAX)])
@@ -402,6 +431,9 @@ pub async fn check_durable(store: &dyn MetaStore) {
         .unwrap()
         .expect("stream survives reopen");
     assert_eq!(s.shard_count, 1);
+    let id = store.cluster_id(None).await.unwrap();
+    assert!(id.is_some(), "the cluster id survives reopen");
+    assert_eq!(store.cluster_id(Some("after-reopen")).await.unwrap(), id);
     let shards = store.list_shards("durable").await.unwrap();
     assert_eq!(shards.len(), 1);
     assert_eq!(shards[0].end_key, u128::MAX);

@@ -128,8 +128,15 @@ pub fn subscription_checkpoint(id: &str) -> String {
 
 #[async_trait]
 pub trait MetaStore: Send + Sync {
+    // --- identity
+    /// The id of the cluster whose metadata this store holds. With `proposed`, sets it when
+    /// none is set yet (atomically: of two racing proposals one wins, and a set id is never
+    /// overwritten); returns the id in effect either way (`None`: never set).
+    async fn cluster_id(&self, proposed: Option<&str>) -> MetaResult<Option<String>>;
+
     // --- streams and shards
-    /// Hands out `count` fresh shard ids, never returned again.
+    /// Hands out `count` fresh shard ids, never returned again; with `count` 0, returns the
+    /// next id it would hand out (every id below it was handed out at some time).
     async fn allocate_shard_ids(&self, count: u32) -> MetaResult<u64>;
     async fn create_stream(&self, stream: &StreamMeta, shards: &[ShardMeta]) -> MetaResult<()>;
     /// Live (not archived) stream by name.

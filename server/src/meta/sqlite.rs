@@ -184,6 +184,24 @@ const CONNECTOR_COLS: &str = "name, kind, target, config, status, created_ms, no
 
 #[async_trait]
 impl MetaStore for SqliteMetaStore {
+    async fn cluster_id(&self, proposed: Option<&str>) -> MetaResult<Option<String>> {
+        if let Some(id) = proposed {
+            sqlx::query("INSERT INTO kv (owner, key, value) VALUES ('cluster', 'id', ?) ON CONFLICT DO NOTHING")
+                .bind(id.as_bytes())
+                .execute(&self.pool)
+                .await
+                .map_err(backend)?;
+        }
+        let row = sqlx::query("SELECT value FROM kv WHERE owner = 'cluster' AND key = 'id'")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.map(|r| {
+            String::from_utf8(r.get::<Vec<u8>, _>(0)).map_err(|_| MetaError::Invalid("cluster id is not UTF-8".into()))
+        })
+        .transpose()
+    }
+
     async fn allocate_shard_ids(&self, count: u32) -> MetaResult<u64> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         let row = sqlx::query(

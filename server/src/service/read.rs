@@ -84,6 +84,7 @@ fn check_record_shard(shard_id: u64, r: &RecordId) -> ApiResult<()> {
 
 /// `until` as sent, resolved against the shard's state now (LATEST = the tail at this moment).
 pub fn shard_until(log: &ShardLog, o: Option<&ShardOffset>) -> ApiResult<Until> {
+    log.check_available()?;
     Ok(match o.and_then(|o| o.offset.as_ref()) {
         None => Until::Forever,
         Some(shard_offset::Offset::SpecialOffset(v)) => match special(*v)? {
@@ -99,6 +100,7 @@ pub fn shard_until(log: &ShardLog, o: Option<&ShardOffset>) -> ApiResult<Until> 
 }
 
 pub fn stream_until(log: &ShardLog, o: Option<&StreamOffset>) -> ApiResult<Until> {
+    log.check_available()?;
     Ok(match o.and_then(|o| o.offset.as_ref()) {
         None => Until::Forever,
         Some(stream_offset::Offset::SpecialOffset(v)) => match special(*v)? {
@@ -111,6 +113,7 @@ pub fn stream_until(log: &ShardLog, o: Option<&StreamOffset>) -> ApiResult<Until
 
 /// Resolves a start position to an LSN (blocking IO for timestamps: call off the runtime).
 pub fn resolve_from(log: &ShardLog, from: From) -> ApiResult<u64> {
+    log.check_available()?;
     Ok(match from {
         From::Earliest => log.start_lsn(),
         From::Latest => log.visible_lsn() + 1,

@@ -242,6 +242,7 @@ impl ServerCtx {
 
     pub fn get_tail_record_id(&self, req: pb::GetTailRecordIdRequest) -> ApiResult<pb::GetTailRecordIdResponse> {
         let shard = self.catalog.shard_of(&req.stream_name, req.shard_id)?;
+        shard.log.check_available()?;
         Ok(pb::GetTailRecordIdResponse {
             tail_record_id: Some(pb::RecordId {
                 shard_id: req.shard_id,

@@ -8,6 +8,13 @@
 //! - Appends to one shard are stored in the order the writer received them; each gets the next
 //!   LSN of its shard.
 //! - A failed write is undone before it is reported; a failed fsync poisons the shard.
+//! - One shard that cannot be opened does not stop the store: it is kept unavailable (its files
+//!   untouched, every read and write failing with [`StoreError::Unavailable`]).
+//! - The store never deletes a shard directory on its own: only [`LogStore::delete_shard`]
+//!   does, when the caller asks; directories it is told are unknown go to `quarantine/`.
+//!
+//! The store's root also holds `cluster-id`, the id of the cluster (and so of the metastore)
+//! whose shards it holds; `node.rs` refuses to start when the two disagree.
 //!
 //! Group commit: a writer thread takes every queued append (up to a byte budget), writes each
 //! shard's share with one `write`, fsyncs each touched shard once, then makes the batches
@@ -79,6 +86,8 @@ pub enum StoreError {
     ShardExists(u64),
     #[error("shard refuses writes until restart: {0}")]
     Poisoned(String),
+    #[error("shard {shard} is unavailable: {reason} (its files are kept as they are)")]
+    Unavailable { shard: u64, reason: String },
     #[error("the store is shutting down")]
     ShuttingDown,
     #[error("append failed: {0}")]
@@ -118,6 +127,9 @@ pub struct LogStore {
     flusher_stop: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
 
+/// File in the store's root naming the cluster its shards belong to.
+pub const CLUSTER_ID_FILE: &str = "cluster-id";
+
 /// Fsync latency of shard logs, for the metrics endpoint.
 pub static FSYNC_SECONDS: std::sync::LazyLock<prometheus_client::metrics::histogram::Histogram> =
     std::sync::LazyLock::new(crate::metrics::latency_histogram);
@@ -146,7 +158,14 @@ impl LogStore {
             let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
                 continue;
             };
-            let log = ShardLog::open(entry.path(), id, opts.clone())?;
+            let log = match ShardLog::open(entry.path(), id, opts.clone()) {
+                Ok(log) => log,
+                Err(e) => {
+                    tracing::error!(shard = id, dir = %entry.path().display(), error = %e,
+                        "shard cannot be opened; it stays unavailable and its files are kept as they are");
+                    ShardLog::unavailable(entry.path(), id, opts.clone(), e.to_string())
+                }
+            };
             shards.insert(id, Arc::new(log));
         }
         let store = Arc::new(LogStore {
@@ -222,6 +241,72 @@ impl LogStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StoreError::io(&dir, e)),
         }
+    }
+
+    /// Registers a shard whose directory is missing as unavailable (never recreated empty:
+    /// its LSNs would start again at 1).
+    pub fn missing_shard(&self, id: u64) -> Arc<ShardLog> {
+        let dir = self.shard_dir(id);
+        let reason = format!("its directory {} is missing", dir.display());
+        let log = Arc::new(ShardLog::unavailable(dir, id, self.opts.clone(), reason));
+        self.shards.write().expect("lock").insert(id, log.clone());
+        log
+    }
+
+    /// Moves a shard's directory to `<root>/quarantine/<id>` (or `<id>.<n>` if taken), out of
+    /// the store, keeping every file.
+    pub fn quarantine_shard(&self, id: u64) -> Result<PathBuf, StoreError> {
+        let removed = self.shards.write().expect("lock").remove(&id);
+        if let Some(log) = removed {
+            log.mark_deleted();
+        }
+        let quarantine = self.root.join("quarantine");
+        std::fs::create_dir_all(&quarantine).map_err(|e| StoreError::io(&quarantine, e))?;
+        let mut to = quarantine.join(id.to_string());
+        let mut n = 1;
+        while to.exists() {
+            to = quarantine.join(format!("{id}.{n}"));
+            n += 1;
+        }
+        let from = self.shard_dir(id);
+        std::fs::rename(&from, &to).map_err(|e| StoreError::io(&from, e))?;
+        for dir in [&quarantine, &self.root.join("shards")] {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| StoreError::io(dir, e))?;
+        }
+        Ok(to)
+    }
+
+    /// The cluster id this store's root was tied to, if any.
+    pub fn cluster_id(&self) -> Result<Option<String>, StoreError> {
+        let path = self.root.join(CLUSTER_ID_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_owned())),
+            Ok(_) => Err(StoreError::Corrupt(format!("{} is empty", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io(&path, e)),
+        }
+    }
+
+    /// Ties the store's root to a cluster id (written and fsynced under a temporary name, then
+    /// renamed into place).
+    pub fn set_cluster_id(&self, id: &str) -> Result<(), StoreError> {
+        use std::io::Write;
+        let path = self.root.join(CLUSTER_ID_FILE);
+        let tmp = self.root.join(format!("{CLUSTER_ID_FILE}.tmp"));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            writeln!(f, "{id}")?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(&self.root)?.sync_all()
+        };
+        write().map_err(|e| StoreError::io(&path, e))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     pub fn shard(&self, id: u64) -> Option<Arc<ShardLog>> {
@@ -368,6 +453,10 @@ fn fail_all(jobs: Vec<Job>, e: &StoreError) {
             StoreError::ShardDeleted(id) => StoreError::ShardDeleted(*id),
             StoreError::ShuttingDown => StoreError::ShuttingDown,
             StoreError::Poisoned(r) => StoreError::Poisoned(r.clone()),
+            StoreError::Unavailable { shard, reason } => StoreError::Unavailable {
+                shard: *shard,
+                reason: reason.clone(),
+            },
             other => StoreError::Failed(other.to_string()),
         };
         let _ = job.reply.send(Err(err));

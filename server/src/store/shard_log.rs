@@ -7,7 +7,12 @@
 //! - Append timestamps never decrease within a shard, so timestamp seeks can binary search.
 //! - Readers see a batch only after the writer has made it visible, which under the `always`
 //!   fsync policy is after it is on disk; nothing beyond the visible LSN is ever returned.
-//! - Recovery keeps the longest valid prefix of the last segment and cuts the rest.
+//! - Recovery keeps the longest valid prefix of the last segment and cuts the rest. Anything
+//!   else that is wrong (a bad segment header, a bad trim file, an unreadable file) is
+//!   corruption: the shard is opened [`unavailable`](ShardLog::unavailable), its files untouched,
+//!   and every read or write of it fails with [`StoreError::Unavailable`].
+//! - Every failed fsync (of a group commit, a flush, a segment roll, a trim, or a directory)
+//!   poisons the shard: it refuses writes until restart recovery re-establishes its state.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -106,7 +111,8 @@ pub struct ShardLog {
     pub id: u64,
     dir: PathBuf,
     opts: StoreOptions,
-    inner: Mutex<Inner>,
+    /// `Err(reason)` for a shard that could not be opened: it serves nothing and touches no file.
+    inner: Result<Mutex<Inner>, String>,
     visible: watch::Sender<u64>,
     unsynced: AtomicBool,
     deleted: AtomicBool,
@@ -131,8 +137,29 @@ fn segment_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.seg"))
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
+fn sync_dir(id: u64, dir: &Path) -> io::Result<()> {
+    injected(id, "store::dir-fsync")?;
     File::open(dir)?.sync_all()
+}
+
+/// Under the `failpoints` feature (tests), a failpoint named `site` configured as
+/// `return(<shard id>)` fails this IO for that shard only. Otherwise nothing.
+fn injected(id: u64, site: &str) -> io::Result<()> {
+    let _ = id; // read only by the failpoint
+    let hit = || -> bool {
+        fail::fail_point!(site, |shard: Option<String>| shard.is_some_and(|s| s == id.to_string()));
+        false
+    };
+    if hit() {
+        return Err(io::Error::other(format!("injected failure at {site}")));
+    }
+    Ok(())
+}
+
+/// `fsync` of a segment's data, with its failpoint.
+fn sync_data(id: u64, file: &File, site: &str) -> io::Result<()> {
+    injected(id, site)?;
+    file.sync_data()
 }
 
 impl ShardLog {
@@ -140,7 +167,7 @@ impl ShardLog {
     pub fn create(dir: PathBuf, id: u64, opts: StoreOptions) -> Result<Self, StoreError> {
         fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
         if let Some(parent) = dir.parent() {
-            sync_dir(parent).map_err(|e| StoreError::io(parent, e))?;
+            sync_dir(id, parent).map_err(|e| StoreError::io(parent, e))?;
         }
         Self::open(dir, id, opts)
     }
@@ -162,7 +189,7 @@ impl ShardLog {
         bases.sort_unstable();
         if bases.is_empty() {
             bases.push(trim_point + 1);
-            create_segment_file(&dir, trim_point + 1)?;
+            create_segment_file(id, &dir, trim_point + 1)?;
         }
         let mut segments = Vec::with_capacity(bases.len());
         let mut records = 0u64;
@@ -178,14 +205,8 @@ impl ShardLog {
                 .map_err(|e| StoreError::io(&path, e))?;
             match segment::read_file_header(&mut file).map_err(|e| StoreError::io(&path, e))? {
                 Some(b) if b == base => {}
-                _ if is_last => {
-                    // Crash while creating the segment: it cannot hold an entry yet.
-                    tracing::warn!(shard = id, path = %path.display(), "rewriting unfinished segment header");
-                    file.set_len(0).map_err(|e| StoreError::io(&path, e))?;
-                    file.write_all(&segment::file_header(base))
-                        .map_err(|e| StoreError::io(&path, e))?;
-                    file.sync_all().map_err(|e| StoreError::io(&path, e))?;
-                }
+                // Segments appear under their name only once their header is on disk
+                // (`create_segment_file`), so a bad header, even on the last one, is damage.
                 _ => {
                     return Err(StoreError::Corrupt(format!(
                         "segment {} has a bad header",
@@ -245,7 +266,7 @@ impl ShardLog {
         // Unsynced batches lost in a crash may leave the tail below a trim point that was already
         // persisted: continue after the trim point so no trimmed LSN is handed out again.
         if segments.last().expect("at least one segment").last_lsn() < trim_point {
-            let (file, path) = create_segment_file(&dir, trim_point + 1)?;
+            let (file, path) = create_segment_file(id, &dir, trim_point + 1)?;
             segments.push(Arc::new(Segment::empty(trim_point + 1, path, file, records)));
         }
         let last = segments.last().expect("at least one segment").clone();
@@ -266,7 +287,7 @@ impl ShardLog {
             id,
             dir,
             opts,
-            inner: Mutex::new(Inner {
+            inner: Ok(Mutex::new(Inner {
                 segments,
                 active,
                 active_len,
@@ -276,19 +297,57 @@ impl ShardLog {
                 last_ts,
                 trim_point,
                 poisoned: None,
-            }),
+            })),
             visible: watch::Sender::new(visible),
             unsynced: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
         };
         // Segments wholly below the trim point may remain if a crash came between persisting the
         // trim point and deleting them.
-        log.drop_trimmed_segments(&mut log.lock())?;
+        log.drop_trimmed_segments(&mut *log.lock()?)?;
         Ok(log)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().expect("shard lock poisoned")
+    /// A shard that could not be opened (`reason`): it keeps its directory as it is, reads as
+    /// empty in its positions, and fails every read, write and trim with
+    /// [`StoreError::Unavailable`].
+    pub fn unavailable(dir: PathBuf, id: u64, opts: StoreOptions, reason: String) -> Self {
+        ShardLog {
+            id,
+            dir,
+            opts,
+            inner: Err(reason),
+            visible: watch::Sender::new(0),
+            unsynced: AtomicBool::new(false),
+            deleted: AtomicBool::new(false),
+        }
+    }
+
+    /// Why the shard serves nothing, if it does not.
+    pub fn unavailable_reason(&self) -> Option<&str> {
+        self.inner.as_ref().err().map(String::as_str)
+    }
+
+    /// `Ok` unless the shard is unavailable: read paths that might otherwise see an empty
+    /// shard (its positions read as 0) call this first.
+    pub fn check_available(&self) -> Result<(), StoreError> {
+        self.lock().map(drop)
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>, StoreError> {
+        match &self.inner {
+            Ok(m) => Ok(m.lock().expect("shard lock poisoned")),
+            Err(reason) => Err(StoreError::Unavailable {
+                shard: self.id,
+                reason: reason.clone(),
+            }),
+        }
+    }
+
+    /// Stops writes after an IO failure whose effect on the files is unknown.
+    fn poison(&self, inner: &mut Inner, why: String) {
+        tracing::error!(shard = self.id, reason = %why, "shard refuses writes until restart");
+        inner.poisoned.get_or_insert(why);
     }
 
     pub fn dir(&self) -> &Path {
@@ -306,21 +365,21 @@ impl ShardLog {
 
     /// First LSN that may still be read.
     pub fn start_lsn(&self) -> u64 {
-        self.lock().trim_point + 1
+        self.lock().map_or(1, |i| i.trim_point + 1)
     }
 
     pub fn trim_point(&self) -> u64 {
-        self.lock().trim_point
+        self.lock().map_or(0, |i| i.trim_point)
     }
 
     /// Last LSN written to the file, visible or not yet.
     pub fn written_lsn(&self) -> u64 {
-        self.lock().next_lsn - 1
+        self.lock().map_or(0, |i| i.next_lsn - 1)
     }
 
     /// Marks the shard deleted (no further rolls, trims or appends) and wakes its readers.
     pub fn mark_deleted(&self) {
-        let _inner = self.lock();
+        let _inner = self.lock().ok();
         self.deleted.store(true, Ordering::Release);
         self.visible.send_modify(|_| {});
     }
@@ -343,7 +402,7 @@ impl ShardLog {
                 segment::MAX_PAYLOAD_LEN
             )));
         }
-        let mut inner = self.lock();
+        let mut inner = self.lock()?;
         // Stamped under the lock so that a reader that sees the written tail and a clock past its
         // bound knows no later batch can carry an earlier stamp.
         let now_ms = super::now_ms();
@@ -384,11 +443,16 @@ impl ShardLog {
             pending.push(PendingWrite { lsn, timestamp_ms: ts });
             lsn += 1;
         }
-        if let Err(e) = inner.active.write_all(buf) {
+        let written = match injected(self.id, "store::write") {
+            Ok(()) => inner.active.write_all(buf),
+            // A test's torn write: half the group reaches the file before the error.
+            Err(e) => inner.active.write_all(&buf[..buf.len() / 2]).and(Err(e)),
+        };
+        if let Err(e) = written {
             // Undo a partial write so the file never holds half an entry we did not ack.
-            let undo = inner.active.set_len(start_len);
+            let undo = injected(self.id, "store::undo").and_then(|()| inner.active.set_len(start_len));
             if let Err(u) = undo {
-                inner.poisoned = Some(format!("write failed ({e}) and could not be undone ({u})"));
+                self.poison(&mut inner, format!("write failed ({e}) and could not be undone ({u})"));
             }
             return Err(StoreError::io(&segment.path, e));
         }
@@ -418,12 +482,12 @@ impl ShardLog {
         if fsync {
             self.unsynced.store(false, Ordering::Release);
             let started = std::time::Instant::now();
-            let synced = group.sync_handle.sync_data();
+            let synced = sync_data(self.id, &group.sync_handle, "store::commit-fsync");
             super::FSYNC_SECONDS.observe(started.elapsed().as_secs_f64());
             if let Err(e) = synced {
                 // After a failed fsync the page cache may have dropped the dirty pages: the
                 // data's fate is unknown, so the shard stops taking writes.
-                self.lock().poisoned = Some(format!("fsync failed: {e}"));
+                self.poison(&mut *self.lock()?, format!("fsync failed: {e}"));
                 return Err(StoreError::io(&group.segment.path, e));
             }
         }
@@ -441,7 +505,7 @@ impl ShardLog {
             return Ok(());
         }
         let (handle, path) = {
-            let inner = self.lock();
+            let inner = self.lock()?;
             let seg = inner.segments.last().expect("active segment");
             (
                 inner.active.try_clone().map_err(|e| StoreError::io(&seg.path, e))?,
@@ -449,29 +513,43 @@ impl ShardLog {
             )
         };
         let started = std::time::Instant::now();
-        let synced = handle.sync_data();
+        let synced = sync_data(self.id, &handle, "store::flush-fsync");
         super::FSYNC_SECONDS.observe(started.elapsed().as_secs_f64());
         synced.map_err(|e| {
-            self.lock().poisoned = Some(format!("fsync failed: {e}"));
+            if let Ok(mut inner) = self.lock() {
+                self.poison(&mut inner, format!("fsync failed: {e}"));
+            }
             StoreError::io(&path, e)
         })
     }
 
-    /// Seals the active segment and starts a new one at the next LSN.
+    /// Seals the active segment and starts a new one at the next LSN. Any failure poisons the
+    /// shard: the sealed segment's fsync, or the new segment's file or directory entry, is in
+    /// an unknown state.
     fn roll(&self, inner: &mut Inner) -> Result<(), StoreError> {
         let old = inner.segments.last().expect("active segment").clone();
-        inner.active.sync_data().map_err(|e| StoreError::io(&old.path, e))?;
+        if let Err(e) = sync_data(self.id, &inner.active, "store::roll-fsync") {
+            self.poison(inner, format!("fsync failed sealing a segment: {e}"));
+            return Err(StoreError::io(&old.path, e));
+        }
         if self.is_deleted() {
             return Err(StoreError::ShardDeleted(self.id));
         }
         let base = inner.next_lsn;
-        let (file, path) = create_segment_file(&self.dir, base)?;
+        let (file, path) = match create_segment_file(self.id, &self.dir, base) {
+            Ok(created) => created,
+            Err(e) => {
+                self.poison(inner, format!("could not start a new segment: {e}"));
+                return Err(e);
+            }
+        };
         let active = match OpenOptions::new().append(true).open(&path) {
             Ok(a) => a,
             Err(e) => {
                 // An unregistered segment file would be taken as the tail at the next start.
                 let _ = fs::remove_file(&path);
-                let _ = sync_dir(&self.dir);
+                let _ = sync_dir(self.id, &self.dir);
+                self.poison(inner, format!("could not open the new segment: {e}"));
                 return Err(StoreError::io(&path, e));
             }
         };
@@ -489,7 +567,7 @@ impl ShardLog {
     pub fn records_from(&self, from: u64) -> Result<u64, StoreError> {
         let visible = self.visible_lsn();
         let (segments, start) = {
-            let inner = self.lock();
+            let inner = self.lock()?;
             (inner.segments.clone(), inner.trim_point + 1)
         };
         let from = from.max(start);
@@ -510,7 +588,7 @@ impl ShardLog {
     pub fn read(&self, from: u64, max_batches: usize, max_bytes: usize) -> Result<Vec<StoredBatch>, StoreError> {
         let visible = self.visible_lsn();
         let (segments, start) = {
-            let inner = self.lock();
+            let inner = self.lock()?;
             (inner.segments.clone(), inner.trim_point + 1)
         };
         let mut from = from.max(start);
@@ -560,7 +638,7 @@ impl ShardLog {
     pub fn lsn_at_or_after(&self, ts: i64) -> Result<u64, StoreError> {
         let visible = self.visible_lsn();
         let (segments, start) = {
-            let inner = self.lock();
+            let inner = self.lock()?;
             (inner.segments.clone(), inner.trim_point + 1)
         };
         for seg in segments.iter().filter(|s| s.last_lsn() >= start) {
@@ -581,9 +659,12 @@ impl ShardLog {
     /// Makes every LSN up to and including `upto` unreadable and frees whole segments below it.
     /// Returns the trim point in effect afterwards.
     pub fn trim(&self, upto: u64) -> Result<u64, StoreError> {
-        let mut inner = self.lock();
+        let mut inner = self.lock()?;
         if self.is_deleted() {
             return Err(StoreError::ShardDeleted(self.id));
+        }
+        if let Some(reason) = &inner.poisoned {
+            return Err(StoreError::Poisoned(reason.clone()));
         }
         let upto = upto.min(self.visible_lsn());
         if upto <= inner.trim_point {
@@ -592,9 +673,16 @@ impl ShardLog {
         // The trim point must never be durable ahead of the data it refers to.
         if self.unsynced.load(Ordering::Acquire) {
             let seg = inner.segments.last().expect("active segment").path.clone();
-            inner.active.sync_data().map_err(|e| StoreError::io(&seg, e))?;
+            if let Err(e) = sync_data(self.id, &inner.active, "store::trim-fsync") {
+                self.poison(&mut inner, format!("fsync failed before a trim: {e}"));
+                return Err(StoreError::io(&seg, e));
+            }
         }
-        write_trim_point(&self.dir, upto)?;
+        if let Err(e) = write_trim_point(self.id, &self.dir, upto) {
+            // The old or the new trim point may be on disk.
+            self.poison(&mut inner, format!("could not store the trim point: {e}"));
+            return Err(e);
+        }
         inner.trim_point = upto;
         // A fully trimmed active segment is rolled so that its file can go too.
         let active_last = inner.segments.last().expect("active segment").last_lsn();
@@ -620,22 +708,26 @@ impl ShardLog {
             }
         }
         inner.segments = keep;
-        if removed {
-            sync_dir(&self.dir).map_err(|e| StoreError::io(&self.dir, e))?;
+        if removed && let Err(e) = sync_dir(self.id, &self.dir) {
+            self.poison(
+                inner,
+                format!("fsync of the shard directory failed after removing segments: {e}"),
+            );
+            return Err(StoreError::io(&self.dir, e));
         }
         Ok(())
     }
 
     /// Number of segment files (for tests and stats).
     pub fn segment_count(&self) -> usize {
-        self.lock().segments.len()
+        self.lock().map_or(0, |i| i.segments.len())
     }
 }
 
 /// Creates a segment file with its header. It appears under its final name only once complete
 /// (written and fsynced under a `.tmp` name, then renamed), and is removed again if the
 /// directory cannot be synced, so a failure never leaves a stray segment behind.
-fn create_segment_file(dir: &Path, base: u64) -> Result<(File, PathBuf), StoreError> {
+fn create_segment_file(id: u64, dir: &Path, base: u64) -> Result<(File, PathBuf), StoreError> {
     let path = segment_path(dir, base);
     let tmp = path.with_extension("seg.tmp");
     let prepare = || -> io::Result<File> {
@@ -646,6 +738,7 @@ fn create_segment_file(dir: &Path, base: u64) -> Result<(File, PathBuf), StoreEr
             .truncate(true)
             .open(&tmp)?;
         file.write_all(&segment::file_header(base))?;
+        injected(id, "store::segment-fsync")?;
         file.sync_all()?;
         Ok(file)
     };
@@ -664,7 +757,7 @@ fn create_segment_file(dir: &Path, base: u64) -> Result<(File, PathBuf), StoreEr
         let _ = fs::remove_file(&tmp);
         StoreError::io(&path, e)
     })?;
-    if let Err(e) = sync_dir(dir) {
+    if let Err(e) = sync_dir(id, dir) {
         let _ = fs::remove_file(&path);
         return Err(StoreError::io(dir, e));
     }
@@ -690,14 +783,16 @@ fn read_trim_point(dir: &Path) -> Result<u64, StoreError> {
 }
 
 /// Replaces the trim point file atomically (write, fsync, rename, fsync dir).
-fn write_trim_point(dir: &Path, v: u64) -> Result<(), StoreError> {
+fn write_trim_point(id: u64, dir: &Path, v: u64) -> Result<(), StoreError> {
     let tmp = dir.join(format!("{TRIM_FILE}.tmp"));
     let mut bytes = v.to_le_bytes().to_vec();
     bytes.extend_from_slice(&crc32c::crc32c(&v.to_le_bytes()).to_le_bytes());
     let mut f = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
     f.write_all(&bytes).map_err(|e| StoreError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| StoreError::io(&tmp, e))?;
+    injected(id, "store::trim-file-fsync")
+        .and_then(|()| f.sync_all())
+        .map_err(|e| StoreError::io(&tmp, e))?;
     let path = dir.join(TRIM_FILE);
     fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))?;
-    sync_dir(dir).map_err(|e| StoreError::io(dir, e))
+    sync_dir(id, dir).map_err(|e| StoreError::io(dir, e))
 }

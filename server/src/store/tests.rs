@@ -232,8 +232,14 @@ fn overlapping_segments_refuse_to_open_instead_of_reusing_lsns() {
     }
     // A stray segment starting inside the range the first one holds.
     std::fs::write(shard_dir.join(format!("{:020}.seg", 5)), segment::file_header(5)).unwrap();
-    let err = LogStore::open(dir.path(), opts(1 << 20)).err().expect("open must fail");
-    assert!(err.to_string().contains("previous one reaches lsn 10"), "{err}");
+    let store = LogStore::open(dir.path(), opts(1 << 20)).unwrap();
+    let shard = store.shard(2).unwrap();
+    let reason = shard.unavailable_reason().expect("shard must be unavailable");
+    assert!(reason.contains("previous one reaches lsn 10"), "{reason}");
+    assert!(matches!(
+        shard.read(1, 10, usize::MAX),
+        Err(StoreError::Unavailable { shard: 2, .. })
+    ));
 }
 
 #[test]
@@ -349,4 +355,216 @@ fn records_from_counts_batch_sizes_across_rolls_restarts_and_trims() {
     assert_eq!(shard.records_from(1).unwrap(), sum(31, 70));
     assert_eq!(shard.records_from(50).unwrap(), sum(50, 70));
     store.shutdown();
+}
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| (e.path(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_bad_segment_header_leaves_that_shard_unavailable_and_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let damaged_dir;
+    {
+        let store = LogStore::open(dir.path(), opts(1 << 20)).unwrap();
+        let damaged = store.create_shard(3).unwrap();
+        let healthy = store.create_shard(4).unwrap();
+        rt.block_on(append_n(&store, &damaged, 10, "d"));
+        rt.block_on(append_n(&store, &healthy, 10, "h"));
+        damaged_dir = damaged.dir().to_owned();
+        store.shutdown();
+    }
+    // The last (only) segment's header loses its magic: no crash can do that.
+    let seg = damaged_dir.join(format!("{:020}.seg", 1));
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+    let before = snapshot(&damaged_dir);
+
+    let store = LogStore::open(dir.path(), opts(1 << 20)).unwrap();
+    let healthy = store.shard(4).unwrap();
+    assert_eq!(payloads(&healthy.read(1, 100, usize::MAX).unwrap()).len(), 10);
+    assert_eq!(rt.block_on(append_n(&store, &healthy, 1, "h2")), vec![11]);
+    let damaged = store.shard(3).unwrap();
+    assert!(damaged.unavailable_reason().unwrap().contains("bad header"));
+    let unavailable = |r: Result<_, StoreError>| matches!(r, Err(StoreError::Unavailable { shard: 3, .. }));
+    assert!(unavailable(damaged.read(1, 10, usize::MAX).map(|_| ())));
+    assert!(unavailable(damaged.trim(5).map(|_| ())));
+    assert!(unavailable(damaged.lsn_at_or_after(0).map(|_| ())));
+    assert!(unavailable(damaged.records_from(1).map(|_| ())));
+    assert!(unavailable(
+        rt.block_on(store.append(&damaged, Bytes::from_static(b"x"), 1, 0))
+            .map(|_| ())
+    ));
+    let err = ApiErrorCode::of(damaged.read(1, 1, 1).unwrap_err());
+    assert_eq!(err, tonic::Code::DataLoss);
+    store.shutdown();
+    assert_eq!(
+        snapshot(&damaged_dir),
+        before,
+        "an unavailable shard's files are never touched"
+    );
+}
+
+/// The gRPC code a store error reaches clients with.
+struct ApiErrorCode;
+impl ApiErrorCode {
+    fn of(e: StoreError) -> tonic::Code {
+        crate::error::ApiError::from(e).code()
+    }
+}
+
+#[test]
+fn missing_and_quarantined_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let store = LogStore::open(dir.path(), opts(1 << 20)).unwrap();
+    let missing = store.missing_shard(9);
+    assert!(!missing.dir().exists(), "a missing shard is not recreated");
+    assert!(matches!(
+        rt.block_on(store.append(&missing, Bytes::from_static(b"x"), 1, 0)),
+        Err(StoreError::Unavailable { shard: 9, .. })
+    ));
+    let kept = store.create_shard(10).unwrap();
+    rt.block_on(append_n(&store, &kept, 3, "q"));
+    let files = snapshot(kept.dir());
+    let to = store.quarantine_shard(10).unwrap();
+    assert_eq!(to, dir.path().join("quarantine").join("10"));
+    assert!(store.shard(10).is_none() && !dir.path().join("shards/10").exists());
+    let moved: Vec<_> = snapshot(&to)
+        .into_iter()
+        .map(|(p, b)| (p.file_name().unwrap().to_owned(), b))
+        .collect();
+    let orig: Vec<_> = files
+        .into_iter()
+        .map(|(p, b)| (p.file_name().unwrap().to_owned(), b))
+        .collect();
+    assert_eq!(moved, orig, "quarantine keeps every byte");
+    assert_eq!(store.cluster_id().unwrap(), None);
+    store.set_cluster_id("abc").unwrap();
+    assert_eq!(store.cluster_id().unwrap().as_deref(), Some("abc"));
+    store.shutdown();
+}
+
+/// Appends that fail once the failpoint `site` is set for `shard`: returns the error.
+fn fail_at(site: &str, shard: u64) {
+    fail::cfg(site, &format!("return({shard})")).unwrap();
+}
+
+#[test]
+fn a_failed_fsync_at_a_roll_or_a_trim_poisons_the_shard() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let never = StoreOptions {
+        fsync: FsyncPolicy::Never,
+        ..opts(300)
+    };
+    let store = LogStore::open(dir.path(), never.clone()).unwrap();
+    let other = store.create_shard(20).unwrap();
+    for (id, site) in [
+        (21, "store::roll-fsync"),
+        (22, "store::segment-fsync"),
+        (23, "store::dir-fsync"),
+        (24, "store::trim-fsync"),
+        (25, "store::trim-file-fsync"),
+    ] {
+        let shard = store.create_shard(id).unwrap();
+        let acked = rt.block_on(append_n(&store, &shard, 5, "p"));
+        fail_at(site, id);
+        let failed = if site.contains("trim") {
+            shard.trim(3).map(|_| ())
+        } else {
+            // Small segments: a few more appends roll.
+            (0..20).try_for_each(|i| {
+                rt.block_on(store.append(&shard, Bytes::from(format!("r{i}")), 1, 0))
+                    .map(|_| ())
+            })
+        };
+        assert!(failed.is_err(), "{site}: the injected failure must surface");
+        fail::remove(site);
+        let next = rt.block_on(store.append(&shard, Bytes::from_static(b"after"), 1, 0));
+        assert!(matches!(next, Err(StoreError::Poisoned(_))), "{site}: {next:?}");
+        assert!(matches!(shard.trim(2), Err(StoreError::Poisoned(_))), "{site}");
+        assert!(shard.read(1, 100, usize::MAX).unwrap().len() >= acked.len());
+        // Other shards go on.
+        rt.block_on(append_n(&store, &other, 1, "o"));
+    }
+    store.shutdown();
+    drop(store);
+    // A restart recovers every poisoned shard: appends go on after what is on disk.
+    let store = LogStore::open(dir.path(), never).unwrap();
+    for id in 21..=25 {
+        let shard = store.shard(id).unwrap();
+        assert!(shard.unavailable_reason().is_none(), "shard {id}");
+        let tail = shard.visible_lsn();
+        assert!(tail >= 5, "shard {id} kept its acked batches");
+        let lsn = rt
+            .block_on(store.append(&shard, Bytes::from_static(b"again"), 1, 0))
+            .unwrap()
+            .lsn;
+        assert_eq!(lsn, tail + 1);
+    }
+    store.shutdown();
+    scenario.teardown();
+}
+
+#[test]
+fn a_failed_write_is_undone_and_a_failed_undo_poisons() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let store = LogStore::open(dir.path(), opts(1 << 20)).unwrap();
+    let undone = store.create_shard(30).unwrap();
+    let stuck = store.create_shard(31).unwrap();
+    rt.block_on(append_n(&store, &undone, 3, "u"));
+    rt.block_on(append_n(&store, &stuck, 3, "s"));
+
+    // Half of the group reaches the file, then the write fails; the undo cuts it off.
+    fail_at("store::write", 30);
+    let big = Bytes::from(vec![b'x'; 4096]);
+    assert!(rt.block_on(store.append(&undone, big.clone(), 1, 0)).is_err());
+    fail::remove("store::write");
+    let lsn = rt
+        .block_on(store.append(&undone, Bytes::from_static(b"next"), 1, 0))
+        .unwrap()
+        .lsn;
+    assert_eq!(lsn, 4, "the failed batch took no LSN");
+    assert_eq!(
+        payloads(&undone.read(1, 10, usize::MAX).unwrap()),
+        ["u-0", "u-1", "u-2", "next"]
+    );
+
+    // The undo fails too: the file holds half an entry, so the shard stops taking writes.
+    fail::cfg("store::write", "return(31)").unwrap();
+    fail::cfg("store::undo", "return(31)").unwrap();
+    assert!(rt.block_on(store.append(&stuck, big, 1, 0)).is_err());
+    fail::remove("store::write");
+    fail::remove("store::undo");
+    assert!(matches!(
+        rt.block_on(store.append(&stuck, Bytes::from_static(b"no"), 1, 0)),
+        Err(StoreError::Poisoned(_))
+    ));
+    store.shutdown();
+    drop(store);
+    // Recovery cuts the torn half entry; the acked batches stay and LSNs go on from them.
+    let store = LogStore::open(dir.path(), opts(1 << 20)).unwrap();
+    let stuck = store.shard(31).unwrap();
+    assert_eq!(payloads(&stuck.read(1, 10, usize::MAX).unwrap()), ["s-0", "s-1", "s-2"]);
+    assert_eq!(
+        rt.block_on(store.append(&stuck, Bytes::from_static(b"ok"), 1, 0))
+            .unwrap()
+            .lsn,
+        4
+    );
+    store.shutdown();
+    scenario.teardown();
 }
