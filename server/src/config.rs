@@ -63,6 +63,13 @@ pub struct Flags {
     /// moving them to <data-dir>/quarantine/ (never deleted) [default: false]
     #[arg(long, num_args = 0, default_missing_value = "true")]
     pub quarantine_unknown_shards: Option<bool>,
+    /// HTTP/2 ping interval on client connections (also the TCP keepalive time), in ms; a
+    /// client that vanished is noticed within interval + timeout [default: 10000]
+    #[arg(long)]
+    pub grpc_keepalive_interval_ms: Option<u64>,
+    /// How long a ping may go unanswered before the connection is dropped, in ms [default: 10000]
+    #[arg(long)]
+    pub grpc_keepalive_timeout_ms: Option<u64>,
     /// Log filter, e.g. info or hstream_server=debug [default: info]
     #[arg(long)]
     pub log_level: Option<String>,
@@ -113,6 +120,8 @@ pub struct Settings {
     pub max_record_size: usize,
     pub max_batch_records: u32,
     pub quarantine_unknown_shards: bool,
+    pub grpc_keepalive_interval: Duration,
+    pub grpc_keepalive_timeout: Duration,
     pub log_level: String,
     pub log_format: LogFormat,
     pub store: StoreOptions,
@@ -177,6 +186,18 @@ impl Settings {
                 .quarantine_unknown_shards
                 .or(file.quarantine_unknown_shards)
                 .unwrap_or(false),
+            grpc_keepalive_interval: Duration::from_millis(
+                flags
+                    .grpc_keepalive_interval_ms
+                    .or(file.grpc_keepalive_interval_ms)
+                    .unwrap_or(10_000),
+            ),
+            grpc_keepalive_timeout: Duration::from_millis(
+                flags
+                    .grpc_keepalive_timeout_ms
+                    .or(file.grpc_keepalive_timeout_ms)
+                    .unwrap_or(10_000),
+            ),
             log_level: flags.log_level.or(file.log_level).unwrap_or_else(|| "info".into()),
             log_format: flags.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
             store,
@@ -209,6 +230,11 @@ impl Settings {
             "max-record-size must be at least 1024 bytes"
         );
         anyhow::ensure!(self.max_batch_records >= 1, "max-batch-records must be at least 1");
+        anyhow::ensure!(
+            self.grpc_keepalive_interval >= Duration::from_millis(100)
+                && self.grpc_keepalive_timeout >= Duration::from_millis(100),
+            "grpc-keepalive-interval-ms and grpc-keepalive-timeout-ms must be at least 100"
+        );
         anyhow::ensure!(self.store.segment_bytes >= 4096, "segment-bytes must be at least 4096");
         anyhow::ensure!(self.store.writer_threads >= 1, "writer-threads must be at least 1");
         anyhow::ensure!(
@@ -249,6 +275,8 @@ mod tests {
             max_record_size: Some(2048),
             max_batch_records: Some(10),
             quarantine_unknown_shards: Some(true),
+            grpc_keepalive_interval_ms: Some(1000),
+            grpc_keepalive_timeout_ms: Some(2000),
             log_level: Some("debug".into()),
             log_format: Some(LogFormat::Json),
             fsync: Some(FsyncPolicy::Interval),

@@ -60,7 +60,15 @@ pub async fn reconcile(
 ) -> anyhow::Result<Catalog> {
     let dir = store.root().display().to_string();
     let mut streams = meta.list_streams("").await?;
-    streams.extend(meta.list_archived_streams().await?);
+    for archived in meta.list_archived_streams().await? {
+        // Left by a crash (in an older version) between deleting its last subscription and it.
+        if meta.subscriptions_of_stream(&archived.name).await?.is_empty() {
+            tracing::info!(stream = %archived.name, "removing an archived stream no subscription reads");
+            meta.delete_stream(&archived.name).await?;
+        } else {
+            streams.push(archived);
+        }
+    }
     let mut listed = Vec::new();
     for s in &streams {
         listed.push(meta.list_shards(&s.name).await?);
@@ -260,10 +268,17 @@ pub async fn run(
     tracing::info!(%addr, %http_addr, data_dir = %settings.data_dir.display(), fsync = ?settings.store.fsync, "serving");
     ready(addr, http_addr);
     tonic::transport::Server::builder()
+        // A client whose host or network vanished (no FIN, no RST) is noticed by its unanswered
+        // pings, so its StreamingFetch sessions end and their shards go to other consumers
+        // within interval + timeout, not the kernel's retransmission timeout (~15 min).
+        .http2_keepalive_interval(Some(settings.grpc_keepalive_interval))
+        .http2_keepalive_timeout(Some(settings.grpc_keepalive_timeout))
         .add_service(service)
         .serve_with_incoming_shutdown(
             // Small request/response exchanges must not wait on Nagle's algorithm.
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(settings.grpc_keepalive_interval)),
             shutdown.cancelled(),
         )
         .await

@@ -367,3 +367,295 @@ async fn data_directory_is_tied_to_its_metastore_and_never_wiped() {
     );
     assert_eq!(append_one(&mut client, "a", a, "a3").await.unwrap(), 4);
 }
+
+/// A TCP proxy that, once cut, forwards nothing in either direction while keeping both
+/// connections open: a network that silently drops everything (no FIN, no RST).
+struct BlackholeProxy {
+    addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl BlackholeProxy {
+    async fn start(target: std::net::SocketAddr) -> BlackholeProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, watch) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let (ir, iw) = inbound.into_split();
+                let (or, ow) = outbound.into_split();
+                tokio::spawn(Self::pipe(ir, ow, watch.clone()));
+                tokio::spawn(Self::pipe(or, iw, watch.clone()));
+            }
+        });
+        BlackholeProxy { addr, cut }
+    }
+
+    async fn pipe(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        mut cut: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 16 << 10];
+        loop {
+            tokio::select! {
+                _ = async { drop(cut.wait_for(|c| *c).await) } => {
+                    // Hold both sockets open and forward nothing, for ever.
+                    let _keep = (from, to);
+                    std::future::pending::<()>().await;
+                    return;
+                }
+                n = from.read(&mut buf) => match n {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => if to.write_all(&buf[..n]).await.is_err() { return },
+                },
+            }
+        }
+    }
+
+    fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+}
+
+/// A consumer whose network vanishes (its packets silently dropped) gives its shards back
+/// within the keepalive bound, and may connect again under the same name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_whose_network_vanishes_gives_its_shards_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--grpc-keepalive-interval-ms",
+            "500",
+            "--grpc-keepalive-timeout-ms",
+            "1000",
+        ],
+    );
+    let mut client = server.client().await;
+    let shards = make_stream(&mut client, "ka", 2).await;
+    client
+        .create_subscription(pb::Subscription {
+            subscription_id: "ka_sub".into(),
+            stream_name: "ka".into(),
+            ack_timeout_seconds: 600,
+            max_unacked_records: 10_000,
+            offset: pb::SpecialOffset::Earliest as i32,
+            creation_time: None,
+        })
+        .await
+        .unwrap();
+    let proxy = BlackholeProxy::start(server.addr).await;
+    let via_proxy: Client =
+        hstream_proto::h_stream_api_client::HStreamApiClient::connect(format!("http://{}", proxy.addr))
+            .await
+            .unwrap();
+    let a = TestConsumer::start(&via_proxy, "ka_sub", "a", true).await.unwrap();
+    let b = TestConsumer::start(&client, "ka_sub", "b", true).await.unwrap();
+    for i in 0..20 {
+        append_one(&mut client, "ka", shards[i % 2], &format!("before-{i}"))
+            .await
+            .unwrap();
+    }
+    wait_until(
+        Duration::from_secs(20),
+        "both consumers get their shard's records",
+        || {
+            let (na, nb) = (a.count(), b.count());
+            async move { na + nb == 20 && na > 0 && nb > 0 }
+        },
+    )
+    .await;
+
+    proxy.cut();
+    let cut_at = std::time::Instant::now();
+    for i in 0..20 {
+        append_one(&mut client, "ka", shards[i % 2], &format!("after-{i}"))
+            .await
+            .unwrap();
+    }
+    let after = |c: &TestConsumer| {
+        c.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, p)| p.starts_with(b"after-"))
+            .count()
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "b gets every record appended after the cut",
+        || {
+            let n = after(&b);
+            async move { n == 20 }
+        },
+    )
+    .await;
+    let took = cut_at.elapsed();
+    eprintln!("shards of the vanished consumer reassigned {took:?} after the cut (keepalive 0.5 s + 1 s)");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(after(&a), 0);
+
+    // Its name is free again: the consumer reconnects (directly) under it.
+    let again = TestConsumer::start(&client, "ka_sub", "a", true).await.unwrap();
+    drop((a, again, b));
+}
+
+/// Runs SQL against a stopped server's SQLite metastore (Python's sqlite3), as an older
+/// version's crash or an operator's hand would leave it.
+fn metastore_sql(data_dir: &std::path::Path, sql: &str) {
+    let db = data_dir.join("meta.db");
+    let script =
+        "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1])\nc.executescript(sys.argv[2])\nc.commit()\nc.close()";
+    let out = std::process::Command::new(python())
+        .args(["-c", script])
+        .arg(&db)
+        .arg(sql)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn sub_req(id: &str, stream: &str) -> pb::Subscription {
+    pb::Subscription {
+        subscription_id: id.into(),
+        stream_name: stream.into(),
+        ack_timeout_seconds: 60,
+        max_unacked_records: 100,
+        offset: pb::SpecialOffset::Earliest as i32,
+        creation_time: None,
+    }
+}
+
+/// Subscriptions survive what a crash between two metastore steps left behind: one whose
+/// stream is gone can still be deleted, an archived stream no subscription reads is removed at
+/// start, and recreating a deleted subscription under the same name replays everything (the
+/// acks the old one had beyond its committed prefix went with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_leftovers_can_be_cleaned_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    let mut c = server.client().await;
+    let gone = make_stream(&mut c, "gone", 1).await[0];
+    let kept = make_stream(&mut c, "kept", 1).await[0];
+    let replay = make_stream(&mut c, "replay", 1).await[0];
+    for i in 0..4 {
+        append_one(&mut c, "gone", gone, &format!("g{i}")).await.unwrap();
+        append_one(&mut c, "kept", kept, &format!("k{i}")).await.unwrap();
+        append_one(&mut c, "replay", replay, &format!("r{i}")).await.unwrap();
+    }
+    c.create_subscription(sub_req("orphan_sub", "gone")).await.unwrap();
+    c.create_subscription(sub_req("arch_sub", "kept")).await.unwrap();
+    c.delete_stream(pb::DeleteStreamRequest {
+        stream_name: "kept".into(),
+        ignore_non_exist: false,
+        force: true,
+    })
+    .await
+    .unwrap();
+    // Acks out of order (kept in the ack checkpoint, beyond the committed prefix).
+    c.create_subscription(sub_req("again", "replay")).await.unwrap();
+    let first = TestConsumer::start(&c, "again", "c1", false).await.unwrap();
+    wait_until(Duration::from_secs(10), "four records delivered", || {
+        let n = first.count();
+        async move { n == 4 }
+    })
+    .await;
+    let ids = first.ids();
+    first.ack(vec![ids[1], ids[3]]).await;
+    drop(first);
+    server.terminate();
+    // What a crash between two steps (or an older version) could leave: a subscription whose
+    // stream is gone, an archived stream whose last subscription is gone.
+    metastore_sql(
+        dir.path(),
+        "DELETE FROM streams WHERE name = 'gone'; DELETE FROM shards WHERE stream = 'gone'; \
+         DELETE FROM subscriptions WHERE id = 'arch_sub'; DELETE FROM sub_progress WHERE sub = 'arch_sub';",
+    );
+    server.restart();
+    let c = server.client().await;
+    assert!(
+        !dir.path().join(format!("shards/{kept}")).exists(),
+        "the unread archived stream's files went"
+    );
+    assert!(!dir.path().join(format!("shards/{gone}")).exists());
+    let mut c2 = c.clone();
+    c2.delete_subscription(pb::DeleteSubscriptionRequest {
+        subscription_id: "orphan_sub".into(),
+        force: false,
+    })
+    .await
+    .expect("a subscription whose stream is gone can be deleted");
+    c2.create_subscription(sub_req("orphan_sub", "replay"))
+        .await
+        .expect("and its name reused");
+
+    c2.delete_subscription(pb::DeleteSubscriptionRequest {
+        subscription_id: "again".into(),
+        force: true,
+    })
+    .await
+    .unwrap();
+    c2.create_subscription(sub_req("again", "replay")).await.unwrap();
+    let second = TestConsumer::start(&c, "again", "c2", true).await.unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "every record, the ones acked before the delete included",
+        || {
+            let n = second.count();
+            async move { n == 4 }
+        },
+    )
+    .await;
+    let got: Vec<_> = second.received.lock().unwrap().iter().map(|(_, p)| p.clone()).collect();
+    assert_eq!(got, [b"r0".to_vec(), b"r1".to_vec(), b"r2".to_vec(), b"r3".to_vec()]);
+}
+
+/// A read bounded by a client timestamp at the ends of i64 neither panics nor ends early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_client_timestamps_are_handled() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.client().await;
+    let shard = make_stream(&mut c, "ts", 1).await[0];
+    append_one(&mut c, "ts", shard, "x0").await.unwrap();
+    for t in [i64::MAX, i64::MIN] {
+        let until = pb::ShardOffset {
+            offset: Some(pb::shard_offset::Offset::TimestampOffset(pb::TimestampOffset {
+                timestamp_in_ms: t,
+                strict_accuracy: false,
+            })),
+        };
+        let mut s = c
+            .read_shard_stream(pb::ReadShardStreamRequest {
+                reader_id: String::new(),
+                shard_id: shard,
+                from: Some(earliest()),
+                max_read_batches: 0,
+                until: Some(until),
+                stream_name: "ts".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if t == i64::MAX {
+            let got = tokio::time::timeout(Duration::from_secs(10), s.message())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(payload_strings(&got.unwrap().received_records), ["x0"]);
+        } else {
+            // Everything is after i64::MIN: the read ends with nothing.
+            let end = tokio::time::timeout(Duration::from_secs(10), s.message())
+                .await
+                .unwrap();
+            assert!(matches!(end, Ok(None)), "{end:?}");
+        }
+    }
+    // The server is alive and appends go on.
+    assert_eq!(append_one(&mut c, "ts", shard, "x1").await.unwrap(), 2);
+}

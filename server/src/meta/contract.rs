@@ -182,10 +182,15 @@ async fn streams_and_shards(store: &dyn MetaStore) {
     for id in [a, a + 1, b + 1, b + 2] {
         assert!(all.contains(&id), "all_shard_ids must include archived and live shards");
     }
-    store.delete_subscription("arch_sub").await.unwrap();
-    // An archived stream is deleted by its stored name once nothing reads it.
-    assert_eq!(store.delete_stream("__deleted__t_1_1").await.unwrap().len(), 1);
+    // An archived stream goes with its last subscription, in the same step.
+    let removed = store
+        .delete_subscription("arch_sub")
+        .await
+        .unwrap()
+        .expect("it existed");
+    assert_eq!(removed.iter().map(|s| s.id).collect::<Vec<_>>(), [b + 1]);
     assert!(store.list_archived_streams().await.unwrap().is_empty());
+    assert!(store.list_shards("__deleted__t_1_1").await.unwrap().is_empty());
 }
 
 async fn subscriptions_and_progress(store: &dyn MetaStore) {
@@ -254,13 +259,48 @@ async fn subscriptions_and_progress(store: &dyn MetaStore) {
         ],
         "progress never moves back"
     );
-    assert!(store.delete_subscription("sub_a").await.unwrap());
-    assert!(!store.delete_subscription("sub_a").await.unwrap());
+    store
+        .put_checkpoint(&Checkpoint {
+            owner: subscription_checkpoint("sub_a"),
+            version: 1,
+            data: vec![1],
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.delete_subscription("sub_a").await.unwrap(), Some(vec![]));
+    assert_eq!(store.delete_subscription("sub_a").await.unwrap(), None);
+    assert!(
+        store
+            .get_checkpoint(&subscription_checkpoint("sub_a"))
+            .await
+            .unwrap()
+            .is_none(),
+        "the ack checkpoint goes with its subscription"
+    );
     assert!(
         store.get_progress("sub_a").await.unwrap().is_empty(),
         "progress goes with its subscription"
     );
-    assert!(store.delete_subscription("sub_b").await.unwrap());
+    // A subscription created under a deleted one's name starts clean, even if that one's
+    // checkpoint was left behind (by an older version).
+    store
+        .put_checkpoint(&Checkpoint {
+            owner: subscription_checkpoint("sub_c"),
+            version: 1,
+            data: vec![1],
+        })
+        .await
+        .unwrap();
+    store.create_subscription(&sub("sub_c", "s1"), &[]).await.unwrap();
+    assert!(
+        store
+            .get_checkpoint(&subscription_checkpoint("sub_c"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.delete_subscription("sub_c").await.unwrap().is_some());
+    assert!(store.delete_subscription("sub_b").await.unwrap().is_some());
 }
 
 async fn readers(store: &dyn MetaStore) {

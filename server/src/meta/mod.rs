@@ -161,8 +161,10 @@ pub trait MetaStore: Send + Sync {
     async fn list_subscriptions(&self, prefix: &str) -> MetaResult<Vec<SubscriptionMeta>>;
     async fn subscriptions_of_stream(&self, stream: &str) -> MetaResult<Vec<SubscriptionMeta>>;
     /// Removes a subscription, its progress and its ack checkpoint
-    /// ([`subscription_checkpoint`]); false when it did not exist.
-    async fn delete_subscription(&self, id: &str) -> MetaResult<bool>;
+    /// ([`subscription_checkpoint`]), and, when it was the last subscription of an archived
+    /// stream, that stream and its shards, all in one step. `None` when it did not exist; else
+    /// the shards removed with an archived stream (usually none).
+    async fn delete_subscription(&self, id: &str) -> MetaResult<Option<Vec<ShardMeta>>>;
     /// Stores progress for several shards at once (all or nothing). Progress never moves back.
     async fn commit_progress(&self, sub: &str, progress: &[ShardProgress]) -> MetaResult<()>;
     async fn get_progress(&self, sub: &str) -> MetaResult<Vec<ShardProgress>>;

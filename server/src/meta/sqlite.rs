@@ -396,9 +396,14 @@ impl MetaStore for SqliteMetaStore {
             }
             r => r.map_err(backend)?,
         };
-        // A deleted subscription of the same name must not leave its progress behind.
+        // A deleted subscription of the same name must not leave its progress or acks behind.
         sqlx::query("DELETE FROM sub_progress WHERE sub = ?")
             .bind(&sub.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query("DELETE FROM checkpoints WHERE owner = ?")
+            .bind(super::subscription_checkpoint(&sub.id))
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
@@ -445,20 +450,56 @@ impl MetaStore for SqliteMetaStore {
         Ok(rows.iter().map(sub_from_row).collect())
     }
 
-    async fn delete_subscription(&self, id: &str) -> MetaResult<bool> {
+    async fn delete_subscription(&self, id: &str) -> MetaResult<Option<Vec<ShardMeta>>> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        let res = sqlx::query("DELETE FROM subscriptions WHERE id = ?")
+        let stream: Option<String> = sqlx::query("SELECT stream FROM subscriptions WHERE id = ?")
             .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?
+            .map(|r| r.get(0));
+        for sql in [
+            "DELETE FROM subscriptions WHERE id = ?",
+            "DELETE FROM sub_progress WHERE sub = ?",
+        ] {
+            sqlx::query(sql).bind(id).execute(&mut *tx).await.map_err(backend)?;
+        }
+        sqlx::query("DELETE FROM checkpoints WHERE owner = ?")
+            .bind(super::subscription_checkpoint(id))
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        sqlx::query("DELETE FROM sub_progress WHERE sub = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        let Some(stream) = stream else {
+            tx.commit().await.map_err(backend)?;
+            return Ok(None);
+        };
+        // The data of a force-deleted stream goes with its last subscription, in this step.
+        let orphaned = sqlx::query(
+            "SELECT 1 FROM streams WHERE name = ? AND archived = 1 \
+             AND NOT EXISTS (SELECT 1 FROM subscriptions WHERE stream = ?)",
+        )
+        .bind(&stream)
+        .bind(&stream)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?
+        .is_some();
+        let mut removed = Vec::new();
+        if orphaned {
+            removed = Self::shards_where(&mut tx, &stream).await?;
+            for sql in [
+                "DELETE FROM streams WHERE name = ?",
+                "DELETE FROM shards WHERE stream = ?",
+            ] {
+                sqlx::query(sql)
+                    .bind(&stream)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+            }
+        }
         tx.commit().await.map_err(backend)?;
-        Ok(res.rows_affected() > 0)
+        Ok(Some(removed))
     }
 
     async fn commit_progress(&self, sub: &str, progress: &[ShardProgress]) -> MetaResult<()> {

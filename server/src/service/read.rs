@@ -221,8 +221,10 @@ impl ShardCursor {
     fn deadline(&self) -> Option<tokio::time::Instant> {
         match self.until {
             Until::Timestamp(t) if !self.done => {
-                let wait_ms = (t + 1 - now_ms()).max(0) as u64;
-                Some(tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms))
+                // The client's `t` may be anything: a time beyond what an Instant can hold means
+                // no deadline at all.
+                let wait_ms = t.saturating_add(1).saturating_sub(now_ms()).max(0) as u64;
+                tokio::time::Instant::now().checked_add(std::time::Duration::from_millis(wait_ms))
             }
             _ => None,
         }

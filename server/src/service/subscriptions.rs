@@ -176,21 +176,20 @@ impl ServerCtx {
 
     pub async fn delete_subscription(&self, req: pb::DeleteSubscriptionRequest) -> ApiResult<()> {
         let _ddl = self.ddl.lock().await;
-        let handle = self.subscriptions.get(&req.subscription_id)?;
         let Some(sub) = self.meta.get_subscription(&req.subscription_id).await? else {
             return Err(ApiError::SubscriptionNotFound(req.subscription_id));
         };
-        handle.stop(req.force).await?;
-        self.subscriptions.remove(&req.subscription_id);
-        self.meta.delete_subscription(&req.subscription_id).await?;
-        // The data of a force-deleted stream goes with its last subscription.
-        let stream = &sub.stream;
-        if stream.starts_with(ARCHIVED_PREFIX) && self.meta.subscriptions_of_stream(stream).await?.is_empty() {
-            self.meta.delete_stream(stream).await?;
-            if let Some(entry) = self.catalog.remove(stream) {
-                self.drop_shard_files(entry.shards.iter().map(|s| s.meta.id).collect())
-                    .await;
-            }
+        // A subscription whose stream was gone at start-up has no actor; it can still go.
+        if let Ok(handle) = self.subscriptions.get(&req.subscription_id) {
+            handle.stop(req.force).await?;
+            self.subscriptions.remove(&req.subscription_id);
+        }
+        // The data of a force-deleted stream goes with its last subscription (one metastore
+        // step; its files after it, or as orphans at the next start).
+        let removed = self.meta.delete_subscription(&req.subscription_id).await?;
+        if let Some(shards) = removed.filter(|s| !s.is_empty()) {
+            self.catalog.remove(&sub.stream);
+            self.drop_shard_files(shards.iter().map(|s| s.id).collect()).await;
         }
         tracing::info!(subscription = %req.subscription_id, "subscription deleted");
         Ok(())

@@ -383,6 +383,12 @@ impl LogStore {
             let _ = t.join();
         }
         self.sync_all();
+        let shards: Vec<_> = self.shards.read().expect("lock").values().cloned().collect();
+        for s in shards {
+            if let Err(e) = s.release_reservation() {
+                tracing::warn!(shard = s.id, error = %e, "could not release the lsn reservation; the next start skips it");
+            }
+        }
     }
 }
 

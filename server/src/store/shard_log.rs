@@ -2,8 +2,14 @@
 //! a trim point, and the LSN of the last batch readers may see.
 //!
 //! Guarantees:
-//! - LSNs are dense and increase by one per stored batch, starting at 1, and are never reused,
-//!   not even after trims or restarts.
+//! - LSNs increase by one per stored batch, starting at 1, and are never reused, not even after
+//!   trims, restarts or a power loss. Under `--fsync interval|never` an acknowledged batch may be
+//!   lost with the page cache, so its LSN must not be handed out again (a subscription or
+//!   connector may have committed past it): before a batch gets an LSN above the durable
+//!   *reservation* (`reserved`), the reservation moves `RESERVE_STEP` ahead, fsynced. Recovery
+//!   continues numbering after the reservation; the LSNs between the recovered tail and it are a
+//!   recorded *gap* (`gaps`) that readers step over. A clean shutdown shrinks the reservation to
+//!   the tail, so LSNs stay dense across clean restarts; under `always` nothing is reserved.
 //! - Append timestamps never decrease within a shard, so timestamp seeks can binary search.
 //! - Readers see a batch only after the writer has made it visible, which under the `always`
 //!   fsync policy is after it is on disk; nothing beyond the visible LSN is ever returned.
@@ -26,6 +32,12 @@ use super::segment::{self, FILE_HEADER_LEN, IndexPoint, StoredBatch};
 use super::{StoreError, StoreOptions};
 
 const TRIM_FILE: &str = "trim";
+/// The highest LSN that may have been handed out (under `--fsync interval|never`).
+const RESERVED_FILE: &str = "reserved";
+/// LSN ranges lost in an unclean stop, skipped by readers.
+const GAPS_FILE: &str = "gaps";
+/// LSNs reserved at once: one small fsynced write per this many batches.
+const RESERVE_STEP: u64 = 1 << 16;
 
 pub struct Segment {
     pub base: u64,
@@ -102,6 +114,8 @@ struct Inner {
     next_lsn: u64,
     last_ts: i64,
     trim_point: u64,
+    /// LSNs up to this one may be handed out without moving the durable reservation.
+    reserved: u64,
     /// Set after a failed write or fsync: the file state is unknown, so the shard refuses
     /// appends until restart recovery has re-established it.
     poisoned: Option<String>,
@@ -113,6 +127,8 @@ pub struct ShardLog {
     opts: StoreOptions,
     /// `Err(reason)` for a shard that could not be opened: it serves nothing and touches no file.
     inner: Result<Mutex<Inner>, String>,
+    /// LSN ranges (inclusive) lost in unclean stops; fixed at open.
+    gaps: Vec<(u64, u64)>,
     visible: watch::Sender<u64>,
     unsynced: AtomicBool,
     deleted: AtomicBool,
@@ -156,10 +172,17 @@ fn injected(id: u64, site: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// `fsync` of a segment's data, with its failpoint.
-fn sync_data(id: u64, file: &File, site: &str) -> io::Result<()> {
+/// `fsync` of a segment's data, with its failpoint (and, in tests, a record of what it made
+/// durable: [`power`]).
+fn sync_data(id: u64, file: &File, path: &Path, site: &str) -> io::Result<()> {
     injected(id, site)?;
-    file.sync_data()
+    #[cfg(test)]
+    let len = file.metadata()?.len();
+    file.sync_data()?;
+    #[cfg(test)]
+    power::synced(path, len);
+    let _ = path;
+    Ok(())
 }
 
 impl ShardLog {
@@ -174,7 +197,9 @@ impl ShardLog {
 
     /// Opens a shard directory, recovering from whatever state a crash left it in.
     pub fn open(dir: PathBuf, id: u64, opts: StoreOptions) -> Result<Self, StoreError> {
-        let trim_point = read_trim_point(&dir)?;
+        let trim_point = read_u64_file(&dir, TRIM_FILE)?;
+        let reserved = read_u64_file(&dir, RESERVED_FILE)?;
+        let mut gaps = read_gaps(&dir)?;
         let mut bases = Vec::new();
         for entry in fs::read_dir(&dir).map_err(|e| StoreError::io(&dir, e))? {
             let entry = entry.map_err(|e| StoreError::io(&dir, e))?;
@@ -223,7 +248,7 @@ impl ShardLog {
                         exp - 1
                     )));
                 }
-                if base > exp {
+                if base > exp && !covers(&gaps, exp, base - 1) {
                     tracing::error!(shard = id, expected = exp, found = base, "gap between segments");
                 }
             }
@@ -269,6 +294,24 @@ impl ShardLog {
             let (file, path) = create_segment_file(id, &dir, trim_point + 1)?;
             segments.push(Arc::new(Segment::empty(trim_point + 1, path, file, records)));
         }
+        // LSNs up to the reservation may have reached readers and been lost with the page cache:
+        // record them as a gap (first, so a crash here redoes the same), then go on after them.
+        let tail = segments.last().expect("at least one segment").last_lsn();
+        if reserved > tail {
+            let gap = (tail + 1, reserved);
+            tracing::warn!(
+                shard = id,
+                first = gap.0,
+                last = gap.1,
+                "lsns that may have been handed out before an unclean stop are skipped"
+            );
+            if !gaps.contains(&gap) {
+                gaps.push(gap);
+                write_gaps(id, &dir, &gaps)?;
+            }
+            let (file, path) = create_segment_file(id, &dir, reserved + 1)?;
+            segments.push(Arc::new(Segment::empty(reserved + 1, path, file, records)));
+        }
         let last = segments.last().expect("at least one segment").clone();
         let active = OpenOptions::new()
             .append(true)
@@ -296,8 +339,10 @@ impl ShardLog {
                 next_lsn,
                 last_ts,
                 trim_point,
+                reserved,
                 poisoned: None,
             })),
+            gaps,
             visible: watch::Sender::new(visible),
             unsynced: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
@@ -317,6 +362,7 @@ impl ShardLog {
             dir,
             opts,
             inner: Err(reason),
+            gaps: Vec::new(),
             visible: watch::Sender::new(0),
             unsynced: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
@@ -443,6 +489,14 @@ impl ShardLog {
             pending.push(PendingWrite { lsn, timestamp_ms: ts });
             lsn += 1;
         }
+        if self.opts.fsync != super::FsyncPolicy::Always && lsn - 1 > inner.reserved {
+            let target = (lsn - 1).saturating_add(RESERVE_STEP);
+            if let Err(e) = write_u64_file(self.id, &self.dir, RESERVED_FILE, target, "store::reserve-fsync") {
+                self.poison(&mut inner, format!("could not reserve lsns: {e}"));
+                return Err(e);
+            }
+            inner.reserved = target;
+        }
         let written = match injected(self.id, "store::write") {
             Ok(()) => inner.active.write_all(buf),
             // A test's torn write: half the group reaches the file before the error.
@@ -482,7 +536,7 @@ impl ShardLog {
         if fsync {
             self.unsynced.store(false, Ordering::Release);
             let started = std::time::Instant::now();
-            let synced = sync_data(self.id, &group.sync_handle, "store::commit-fsync");
+            let synced = sync_data(self.id, &group.sync_handle, &group.segment.path, "store::commit-fsync");
             super::FSYNC_SECONDS.observe(started.elapsed().as_secs_f64());
             if let Err(e) = synced {
                 // After a failed fsync the page cache may have dropped the dirty pages: the
@@ -513,7 +567,7 @@ impl ShardLog {
             )
         };
         let started = std::time::Instant::now();
-        let synced = sync_data(self.id, &handle, "store::flush-fsync");
+        let synced = sync_data(self.id, &handle, &path, "store::flush-fsync");
         super::FSYNC_SECONDS.observe(started.elapsed().as_secs_f64());
         synced.map_err(|e| {
             if let Ok(mut inner) = self.lock() {
@@ -528,7 +582,7 @@ impl ShardLog {
     /// an unknown state.
     fn roll(&self, inner: &mut Inner) -> Result<(), StoreError> {
         let old = inner.segments.last().expect("active segment").clone();
-        if let Err(e) = sync_data(self.id, &inner.active, "store::roll-fsync") {
+        if let Err(e) = sync_data(self.id, &inner.active, &old.path, "store::roll-fsync") {
             self.poison(inner, format!("fsync failed sealing a segment: {e}"));
             return Err(StoreError::io(&old.path, e));
         }
@@ -600,6 +654,10 @@ impl ShardLog {
             }
             if seg.last_lsn() < from {
                 continue;
+            }
+            if from < seg.base && covers(&self.gaps, from, seg.base - 1) {
+                // Lost in an unclean stop and recorded so: nothing to return for them.
+                from = seg.base;
             }
             if from < seg.base {
                 // Damage in the previous segment (or a missing file) lost these LSNs: fail rather
@@ -673,12 +731,12 @@ impl ShardLog {
         // The trim point must never be durable ahead of the data it refers to.
         if self.unsynced.load(Ordering::Acquire) {
             let seg = inner.segments.last().expect("active segment").path.clone();
-            if let Err(e) = sync_data(self.id, &inner.active, "store::trim-fsync") {
+            if let Err(e) = sync_data(self.id, &inner.active, &seg, "store::trim-fsync") {
                 self.poison(&mut inner, format!("fsync failed before a trim: {e}"));
                 return Err(StoreError::io(&seg, e));
             }
         }
-        if let Err(e) = write_trim_point(self.id, &self.dir, upto) {
+        if let Err(e) = write_u64_file(self.id, &self.dir, TRIM_FILE, upto, "store::trim-file-fsync") {
             // The old or the new trim point may be on disk.
             self.poison(&mut inner, format!("could not store the trim point: {e}"));
             return Err(e);
@@ -716,6 +774,28 @@ impl ShardLog {
             return Err(StoreError::io(&self.dir, e));
         }
         Ok(())
+    }
+
+    /// After a clean flush: shrinks the durable reservation to the tail, so the next start
+    /// continues densely.
+    pub fn release_reservation(&self) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        let tail = inner.next_lsn - 1;
+        if inner.reserved <= tail
+            || inner.poisoned.is_some()
+            || self.is_deleted()
+            || self.unsynced.load(Ordering::Acquire)
+        {
+            return Ok(());
+        }
+        write_u64_file(self.id, &self.dir, RESERVED_FILE, tail, "store::reserve-fsync")?;
+        inner.reserved = tail;
+        Ok(())
+    }
+
+    /// LSN ranges lost in unclean stops (for tests and stats).
+    pub fn gaps(&self) -> &[(u64, u64)] {
+        &self.gaps
     }
 
     /// Number of segment files (for tests and stats).
@@ -764,8 +844,14 @@ fn create_segment_file(id: u64, dir: &Path, base: u64) -> Result<(File, PathBuf)
     Ok((file, path))
 }
 
-fn read_trim_point(dir: &Path) -> Result<u64, StoreError> {
-    let path = dir.join(TRIM_FILE);
+/// Whether recorded gaps cover every LSN of `first..=last`.
+fn covers(gaps: &[(u64, u64)], first: u64, last: u64) -> bool {
+    gaps.iter().any(|&(a, b)| a <= first && last <= b)
+}
+
+/// A checksummed u64 file (the trim point, the reservation); 0 when absent.
+fn read_u64_file(dir: &Path, name: &str) -> Result<u64, StoreError> {
+    let path = dir.join(name);
     match fs::read(&path) {
         Ok(b) if b.len() == 12 => {
             let v = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
@@ -782,17 +868,107 @@ fn read_trim_point(dir: &Path) -> Result<u64, StoreError> {
     }
 }
 
-/// Replaces the trim point file atomically (write, fsync, rename, fsync dir).
-fn write_trim_point(id: u64, dir: &Path, v: u64) -> Result<(), StoreError> {
-    let tmp = dir.join(format!("{TRIM_FILE}.tmp"));
+/// Replaces a checksummed u64 file atomically (write, fsync, rename, fsync dir).
+fn write_u64_file(id: u64, dir: &Path, name: &str, v: u64, site: &str) -> Result<(), StoreError> {
     let mut bytes = v.to_le_bytes().to_vec();
     bytes.extend_from_slice(&crc32c::crc32c(&v.to_le_bytes()).to_le_bytes());
+    replace_file(id, dir, name, &bytes, site)
+}
+
+/// The recorded gaps: pairs of u64 (first, last) and a CRC32C of them all.
+fn read_gaps(dir: &Path) -> Result<Vec<(u64, u64)>, StoreError> {
+    let path = dir.join(GAPS_FILE);
+    let b = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StoreError::io(&path, e)),
+    };
+    let body = b.len().checked_sub(4).filter(|n| n % 16 == 0);
+    let Some(n) = body else {
+        return Err(StoreError::Corrupt(format!("{} has a bad length", path.display())));
+    };
+    let crc = u32::from_le_bytes(b[n..].try_into().expect("4 bytes"));
+    if crc32c::crc32c(&b[..n]) != crc {
+        return Err(StoreError::Corrupt(format!("{} fails its checksum", path.display())));
+    }
+    let word = |c: &[u8]| u64::from_le_bytes(c.try_into().expect("8 bytes"));
+    Ok(b[..n]
+        .chunks_exact(16)
+        .map(|c| (word(&c[..8]), word(&c[8..])))
+        .collect())
+}
+
+fn write_gaps(id: u64, dir: &Path, gaps: &[(u64, u64)]) -> Result<(), StoreError> {
+    let mut bytes: Vec<u8> = gaps
+        .iter()
+        .flat_map(|(a, b)| [a.to_le_bytes(), b.to_le_bytes()])
+        .flatten()
+        .collect();
+    let crc = crc32c::crc32c(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    replace_file(id, dir, GAPS_FILE, &bytes, "store::gaps-fsync")
+}
+
+/// Replaces `dir/name` atomically: written and fsynced under a temporary name, renamed, and
+/// the directory fsynced.
+fn replace_file(id: u64, dir: &Path, name: &str, bytes: &[u8], site: &str) -> Result<(), StoreError> {
+    let tmp = dir.join(format!("{name}.tmp"));
     let mut f = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
-    f.write_all(&bytes).map_err(|e| StoreError::io(&tmp, e))?;
-    injected(id, "store::trim-file-fsync")
+    f.write_all(bytes).map_err(|e| StoreError::io(&tmp, e))?;
+    injected(id, site)
         .and_then(|()| f.sync_all())
         .map_err(|e| StoreError::io(&tmp, e))?;
-    let path = dir.join(TRIM_FILE);
+    let path = dir.join(name);
     fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))?;
     sync_dir(id, dir).map_err(|e| StoreError::io(dir, e))
+}
+
+/// A test-only model of the disk under the page cache: what each segment file's fsyncs made
+/// durable, so that a test can cut the files back to it as a power loss would.
+#[cfg(test)]
+pub(crate) mod power {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    static SYNCED: Mutex<BTreeMap<PathBuf, u64>> = Mutex::new(BTreeMap::new());
+
+    pub fn synced(path: &Path, len: u64) {
+        let mut m = SYNCED.lock().unwrap();
+        let e = m.entry(path.to_owned()).or_insert(0);
+        *e = (*e).max(len);
+    }
+
+    fn segments(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for shard in std::fs::read_dir(dir.join("shards")).unwrap().flatten() {
+            for f in std::fs::read_dir(shard.path()).unwrap().flatten() {
+                if f.path().extension().is_some_and(|e| e == "seg") {
+                    out.push(f.path());
+                }
+            }
+        }
+        out
+    }
+
+    /// Counts every segment file under the store root `dir` durable as it is now.
+    pub fn settle(dir: &Path) {
+        for p in segments(dir) {
+            synced(&p, std::fs::metadata(&p).unwrap().len());
+        }
+    }
+
+    /// Cuts every segment file under the store root `dir` back to what was fsynced (its header
+    /// if nothing was: segments are created with a synced header). Files written with a
+    /// rename after an fsync (trim point, reservation, gaps) are durable as they are.
+    pub fn lose_unsynced(dir: &Path) {
+        let m = SYNCED.lock().unwrap();
+        for p in segments(dir) {
+            let durable = m.get(&p).copied().unwrap_or(super::FILE_HEADER_LEN);
+            let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+            if f.metadata().unwrap().len() > durable {
+                f.set_len(durable).unwrap();
+            }
+        }
+    }
 }

@@ -568,3 +568,97 @@ fn a_failed_write_is_undone_and_a_failed_undo_poisons() {
     store.shutdown();
     scenario.teardown();
 }
+
+/// A power loss under `--fsync never` (simulated: every segment cut back to what fsync made
+/// durable) drops acknowledged batches; the LSNs they had are never handed out again, and a
+/// reader that had committed past them (a subscription at the old tail) gets the new batches.
+#[test]
+fn lsns_are_not_reused_after_a_power_loss() {
+    use super::shard_log::power;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let never = StoreOptions {
+        fsync: FsyncPolicy::Never,
+        ..opts(1 << 20)
+    };
+    let handed_out;
+    {
+        let store = LogStore::open(dir.path(), never.clone()).unwrap();
+        let shard = store.create_shard(40).unwrap();
+        power::settle(dir.path());
+        handed_out = rt.block_on(append_n(&store, &shard, 10, "lost"));
+        assert_eq!(handed_out, (1..=10).collect::<Vec<_>>());
+        assert_eq!(
+            shard.visible_lsn(),
+            10,
+            "acknowledged and visible before the power loss"
+        );
+        // No shutdown: the power goes.
+    }
+    power::lose_unsynced(dir.path());
+    let committed = 11; // a subscription that acked all ten
+    let first_gap_end;
+    {
+        let store = LogStore::open(dir.path(), never.clone()).unwrap();
+        let shard = store.shard(40).unwrap();
+        assert!(
+            shard.read(1, 100, usize::MAX).unwrap().is_empty(),
+            "the page cache lost them"
+        );
+        let gap = *shard.gaps().last().expect("the lost range is recorded");
+        assert_eq!(gap.0, 1);
+        first_gap_end = gap.1;
+        power::settle(dir.path());
+        let lsns = rt.block_on(append_n(&store, &shard, 3, "new"));
+        assert!(
+            lsns[0] > *handed_out.last().unwrap(),
+            "no LSN handed out twice: {lsns:?}"
+        );
+        assert_eq!(lsns, (first_gap_end + 1..=first_gap_end + 3).collect::<Vec<_>>());
+        // The reader at its committed position sees the new batches; so does one from the start.
+        assert_eq!(
+            payloads(&shard.read(committed, 100, usize::MAX).unwrap()),
+            ["new-0", "new-1", "new-2"]
+        );
+        assert_eq!(payloads(&shard.read(1, 100, usize::MAX).unwrap()).len(), 3);
+        // Some of it reaches the disk (a flush), the rest is lost again.
+        shard.sync_if_dirty().unwrap();
+        rt.block_on(append_n(&store, &shard, 2, "lost-again"));
+    }
+    power::lose_unsynced(dir.path());
+    {
+        let store = LogStore::open(dir.path(), never.clone()).unwrap();
+        let shard = store.shard(40).unwrap();
+        assert_eq!(
+            payloads(&shard.read(committed, 100, usize::MAX).unwrap()),
+            ["new-0", "new-1", "new-2"]
+        );
+        assert_eq!(shard.gaps().len(), 2);
+        let next = rt.block_on(append_n(&store, &shard, 1, "after"))[0];
+        assert!(next > first_gap_end + 5, "{next}");
+        assert_eq!(
+            payloads(&shard.read(first_gap_end + 4, 100, usize::MAX).unwrap()),
+            ["after-0"]
+        );
+        // A clean shutdown releases the reservation: the next start continues densely.
+        store.shutdown();
+        drop(store);
+        let store = LogStore::open(dir.path(), never).unwrap();
+        let shard = store.shard(40).unwrap();
+        assert_eq!(shard.gaps().len(), 2, "no gap after a clean stop");
+        assert_eq!(rt.block_on(append_n(&store, &shard, 1, "dense"))[0], next + 1);
+        store.shutdown();
+    }
+}
+
+/// Under `always` nothing is reserved: no extra file, no fsync beyond the group commit.
+#[test]
+fn always_reserves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let store = LogStore::open(dir.path(), opts(1 << 20)).unwrap();
+    let shard = store.create_shard(41).unwrap();
+    rt.block_on(append_n(&store, &shard, 5, "a"));
+    assert!(!shard.dir().join("reserved").exists());
+    store.shutdown();
+}

@@ -71,6 +71,22 @@ pub enum Command {
         force: bool,
         reply: oneshot::Sender<ApiResult<()>>,
     },
+    /// The size of the actor's bookkeeping (tests hold it bounded).
+    #[cfg(test)]
+    Footprint {
+        reply: oneshot::Sender<Footprint>,
+    },
+}
+
+/// How much bookkeeping a subscription holds (for tests).
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    pub deadlines: usize,
+    pub sent: usize,
+    pub early_acks: usize,
+    pub inflight: usize,
+    pub done_ranges: usize,
 }
 
 struct Consumer {
@@ -84,6 +100,8 @@ struct Consumer {
 struct SentTo {
     conn: u64,
     at: Instant,
+    /// Its entry in `Actor::deadlines`, removed with it.
+    due: Instant,
 }
 
 struct ShardSub {
@@ -101,9 +119,31 @@ struct ShardSub {
     again: std::collections::HashSet<u64>,
     /// Acks for batches not yet (re)delivered since this actor started, which a consumer may
     /// have received before a restart; applied when the batch is read.
-    early_acks: HashMap<u64, Vec<u32>>,
+    early_acks: HashMap<u64, std::collections::BTreeSet<u32>>,
+    /// Entries in `early_acks`, bounded by [`Actor::early_ack_limit`].
+    early_count: usize,
     /// Batches up to this LSN existed before this actor started.
     visible_at_start: u64,
+}
+
+impl ShardSub {
+    /// Drops early acks of batches the read pass skipped (trimmed): they will never be sent.
+    fn prune_early(&mut self) {
+        let next = self.tracker.read_next;
+        let before = self.early_acks.len();
+        if before == 0 {
+            return;
+        }
+        let mut dropped = 0;
+        self.early_acks.retain(|&lsn, acks| {
+            let keep = lsn >= next;
+            if !keep {
+                dropped += acks.len();
+            }
+            keep
+        });
+        self.early_count -= dropped;
+    }
 }
 
 enum Wake {
@@ -121,7 +161,8 @@ pub struct Actor {
     shards: Vec<ShardSub>,
     consumers: BTreeMap<String, Consumer>,
     inbox: mpsc::Receiver<Command>,
-    /// (due, shard index, lsn, conn) ack deadlines; stale entries are skipped when they come due.
+    /// (due, shard index, lsn, conn) ack deadlines of the batches in the shards' `sent`; an
+    /// entry leaves with its batch (acked, taken back, timed out).
     deadlines: BTreeSet<(Instant, usize, u64, u64)>,
     dirty: bool,
     /// First shard of the next delivery round.
@@ -156,8 +197,8 @@ impl Actor {
         for log in logs {
             let committed = progress.get(&log.id).copied().unwrap_or(1).max(1);
             let mut tracker = AckTracker::new(committed);
-            for (lsn, size, acked) in restored.get(&log.id).into_iter().flatten() {
-                tracker.restore(*lsn, *size, acked);
+            if let Some(r) = restored.get(&log.id) {
+                r.restore_into(&mut tracker);
             }
             shards.push(ShardSub {
                 id: log.id,
@@ -169,6 +210,7 @@ impl Actor {
                 resend: BTreeSet::new(),
                 again: Default::default(),
                 early_acks: HashMap::new(),
+                early_count: 0,
                 visible_at_start: 0,
             });
             let s = shards.last_mut().expect("just pushed");
@@ -189,6 +231,12 @@ impl Actor {
         };
         actor.publish_committed();
         Ok(actor)
+    }
+
+    /// Most acks a shard keeps for batches not delivered since this actor started: what
+    /// consumers could have had out before a restart (maxUnackedRecords), with room to spare.
+    fn early_ack_limit(&self) -> usize {
+        (self.sub.max_unacked.max(1) as usize).saturating_mul(2).max(1024)
     }
 
     fn ack_timeout(&self) -> Duration {
@@ -326,6 +374,16 @@ impl Actor {
                 let _ = reply.send(self.progress());
             }
             Command::Stop { .. } => unreachable!("handled by run"),
+            #[cfg(test)]
+            Command::Footprint { reply } => {
+                let _ = reply.send(Footprint {
+                    deadlines: self.deadlines.len(),
+                    sent: self.shards.iter().map(|s| s.sent.len()).sum(),
+                    early_acks: self.shards.iter().map(|s| s.early_count).sum(),
+                    inflight: self.shards.iter().map(|s| s.tracker.inflight().count()).sum(),
+                    done_ranges: self.shards.iter().map(|s| s.tracker.done_ranges().count()).sum(),
+                });
+            }
         }
     }
 
@@ -363,7 +421,7 @@ impl Actor {
         let Some(c) = self.consumers.remove(name) else { return };
         c.closed.cancel();
         tracing::info!(subscription = %self.sub.id, consumer = %name, "consumer left");
-        for s in &mut self.shards {
+        for (si, s) in self.shards.iter_mut().enumerate() {
             let theirs: Vec<u64> = s
                 .sent
                 .iter()
@@ -371,7 +429,9 @@ impl Actor {
                 .map(|(l, _)| *l)
                 .collect();
             for lsn in theirs {
-                s.sent.remove(&lsn);
+                if let Some(st) = s.sent.remove(&lsn) {
+                    self.deadlines.remove(&(st.due, si, lsn, st.conn));
+                }
                 s.again.insert(lsn);
                 s.tracker.withdraw(lsn);
                 s.resend.insert(lsn);
@@ -382,8 +442,9 @@ impl Actor {
 
     fn ack(&mut self, conn: u64, ids: Vec<pb::RecordId>) {
         let Some(name) = self.consumer_name(conn) else { return };
+        let early_limit = self.early_ack_limit();
         for id in ids {
-            let Some(s) = self.shards.iter_mut().find(|s| s.id == id.shard_id) else {
+            let Some(si) = self.shards.iter().position(|s| s.id == id.shard_id) else {
                 return self.reject(
                     &name,
                     format!(
@@ -392,21 +453,36 @@ impl Actor {
                     ),
                 );
             };
+            let s = &mut self.shards[si];
             match s.tracker.ack(id.batch_id, id.batch_index) {
                 Ok(new) => {
                     if new {
+                        // Repeats change nothing, so they do not cost a checkpoint write.
                         self.stats.acked.fetch_add(1, Ordering::Relaxed);
+                        self.dirty = true;
                     }
-                    self.dirty = true;
                     if s.tracker.get(id.batch_id).is_none_or(|f| f.complete()) {
-                        s.sent.remove(&id.batch_id);
+                        if let Some(st) = s.sent.remove(&id.batch_id) {
+                            self.deadlines.remove(&(st.due, si, id.batch_id, st.conn));
+                        }
                         s.resend.remove(&id.batch_id);
                         s.again.remove(&id.batch_id);
                     }
                 }
                 Err(_) if id.batch_id >= s.tracker.read_next && id.batch_id <= s.visible_at_start => {
-                    // Possibly delivered before a restart and not yet delivered again.
-                    s.early_acks.entry(id.batch_id).or_default().push(id.batch_index);
+                    // Possibly delivered before a restart and not yet delivered again. At most
+                    // what a consumer can have had out, so a flood of made-up acks is refused.
+                    if s.early_acks.entry(id.batch_id).or_default().insert(id.batch_index) {
+                        s.early_count += 1;
+                    }
+                    if s.early_count > early_limit {
+                        return self.reject(
+                            &name,
+                            format!(
+                                "more than {early_limit} acks for records not delivered since the subscription started"
+                            ),
+                        );
+                    }
                 }
                 Err(e) => {
                     return self.reject(
@@ -444,6 +520,7 @@ impl Actor {
             }
             self.deadlines.pop_first();
             let s = &mut self.shards[si];
+            // Only a deadline still in `sent` reaches here: the others left with their batch.
             let still_out = matches!(s.sent.get(&lsn), Some(sent) if sent.conn == conn && sent.at + timeout <= now);
             if still_out && s.tracker.get(lsn).is_some_and(|f| !f.complete()) {
                 s.sent.remove(&lsn);
@@ -562,12 +639,14 @@ impl Actor {
                 return progressed;
             }
             self.shards[si].tracker.skip_to(start);
+            self.shards[si].prune_early();
             self.dirty = true;
             return true;
         }
         for batch in batches {
             if batch.lsn > self.shards[si].tracker.read_next {
                 self.shards[si].tracker.skip_to(batch.lsn);
+                self.shards[si].prune_early();
                 self.dirty = true;
             }
             if !self.below_limit() || !self.has_room(&owner) {
@@ -613,6 +692,7 @@ impl Actor {
         let lsn = batch.lsn;
         let mut indices = s.tracker.deliver(lsn, batch.batch_size);
         if let Some(early) = s.early_acks.remove(&lsn) {
+            s.early_count -= early.len();
             for i in early {
                 let _ = s.tracker.ack(lsn, i);
             }
@@ -644,8 +724,11 @@ impl Actor {
                 };
                 counter.fetch_add(indices.len() as u64, Ordering::Relaxed);
                 let now = Instant::now();
-                s.sent.insert(lsn, SentTo { conn, at: now });
-                self.deadlines.insert((now + timeout, si, lsn, conn));
+                let due = now + timeout;
+                if let Some(old) = s.sent.insert(lsn, SentTo { conn, at: now, due }) {
+                    self.deadlines.remove(&(old.due, si, lsn, old.conn));
+                }
+                self.deadlines.insert((due, si, lsn, conn));
                 Sent::Yes
             }
             Err(e) => {

@@ -10,6 +10,9 @@ mod actor;
 mod checkpoint;
 mod tracker;
 
+#[cfg(test)]
+mod tests;
+
 pub use actor::{CONSUMER_BUFFER, Command, ConsumerInfo, FetchTx};
 
 use std::collections::HashMap;
@@ -120,6 +123,11 @@ impl Handle {
 
     pub async fn stop(&self, force: bool) -> ApiResult<()> {
         self.ask(|reply| Command::Stop { force, reply }).await?
+    }
+
+    #[cfg(test)]
+    pub async fn footprint(&self) -> ApiResult<actor::Footprint> {
+        self.ask(|reply| Command::Footprint { reply }).await
     }
 }
 

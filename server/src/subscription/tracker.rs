@@ -3,6 +3,10 @@
 //! Guarantees: `committed()` only ever grows, and every LSN below it had every record of its
 //! batch acknowledged; acks may arrive in any order and more than once; an ack for a record that
 //! was never delivered is refused without changing anything.
+//!
+//! State stays small however acks arrive: a batch is kept record by record only while it is
+//! partly acked; fully acked batches beyond the committed prefix are merged into LSN ranges, so
+//! one record never acked in front of millions of acked batches costs one batch and one range.
 
 use std::collections::BTreeMap;
 
@@ -57,7 +61,10 @@ pub struct AckTracker {
     committed: u64,
     /// Next LSN to read for first delivery.
     pub read_next: u64,
+    /// Batches delivered (or restored) and not yet fully acked.
     inflight: BTreeMap<u64, InFlight>,
+    /// Fully acked batches at or beyond `committed`, as merged ranges `start -> end` (exclusive).
+    done: BTreeMap<u64, u64>,
     /// Unacked records of outstanding batches.
     outstanding: u64,
 }
@@ -68,8 +75,47 @@ impl AckTracker {
             committed,
             read_next: committed,
             inflight: BTreeMap::new(),
+            done: BTreeMap::new(),
             outstanding: 0,
         }
+    }
+
+    /// Whether batch `lsn` is fully acked beyond the committed prefix.
+    pub fn is_done(&self, lsn: u64) -> bool {
+        self.done.range(..=lsn).next_back().is_some_and(|(_, &end)| lsn < end)
+    }
+
+    /// Fully acked ranges beyond the committed prefix, `(start, end)` with `end` exclusive.
+    pub fn done_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.done.iter().map(|(s, e)| (*s, *e))
+    }
+
+    /// Adds `start..end` to the done ranges, merging neighbours.
+    fn mark_done(&mut self, mut start: u64, mut end: u64) {
+        if let Some((&s, &e)) = self.done.range(..=start).next_back()
+            && e >= start
+        {
+            start = s;
+            end = end.max(e);
+        }
+        while let Some((&s, &e)) = self.done.range(start..).next() {
+            if s > end {
+                break;
+            }
+            end = end.max(e);
+            self.done.remove(&s);
+        }
+        self.done.insert(start, end);
+    }
+
+    /// Moves a batch that just became fully acked from `inflight` to the done ranges.
+    fn complete(&mut self, lsn: u64) {
+        if let Some(f) = self.inflight.remove(&lsn)
+            && f.outstanding
+        {
+            self.outstanding -= f.unacked() as u64;
+        }
+        self.mark_done(lsn, lsn + 1);
     }
 
     pub fn committed(&self) -> u64 {
@@ -88,11 +134,11 @@ impl AckTracker {
     /// checkpoint, marks it outstanding again. Returns the indices to send.
     pub fn deliver(&mut self, lsn: u64, size: u32) -> Vec<u32> {
         self.read_next = self.read_next.max(lsn + 1);
-        let f = self.inflight.entry(lsn).or_insert_with(|| InFlight::new(size));
-        if f.complete() {
+        if self.is_done(lsn) || size == 0 {
             self.advance();
             return Vec::new();
         }
+        let f = self.inflight.entry(lsn).or_insert_with(|| InFlight::new(size));
         if !f.outstanding {
             f.outstanding = true;
             self.outstanding += f.unacked() as u64;
@@ -119,6 +165,7 @@ impl AckTracker {
             self.read_next = lsn;
         }
         self.inflight.retain(|&l, f| l >= lsn || f.outstanding);
+        self.prune_done(lsn);
         self.advance();
     }
 
@@ -134,13 +181,18 @@ impl AckTracker {
 
     /// Applies one ack. Returns true when it acked a record that was not acked before.
     pub fn ack(&mut self, lsn: u64, index: u32) -> Result<bool, AckError> {
-        if lsn < self.committed {
-            return Ok(false); // a repeat of an ack already folded into the prefix
+        if lsn < self.committed || self.is_done(lsn) {
+            return Ok(false); // a repeat of an ack already folded into the prefix or a range
         }
-        let f = self
-            .inflight
-            .get_mut(&lsn)
-            .ok_or(AckError::NotDelivered { lsn, index })?;
+        let Some(f) = self.inflight.get_mut(&lsn) else {
+            // Below `read_next` every batch not in flight is done: acked, or trimmed after it was
+            // taken back. A late ack for it changes nothing and is no fault of the consumer.
+            return if lsn < self.read_next {
+                Ok(false)
+            } else {
+                Err(AckError::NotDelivered { lsn, index })
+            };
+        };
         if index >= f.size {
             return Err(AckError::NotDelivered { lsn, index });
         }
@@ -154,6 +206,7 @@ impl AckTracker {
         }
         if f.complete() {
             f.outstanding = false;
+            self.complete(lsn);
             self.advance();
         }
         Ok(true)
@@ -171,25 +224,54 @@ impl AckTracker {
                 f.n_acked += 1;
             }
         }
-        self.inflight.insert(lsn, f);
+        if f.complete() {
+            self.mark_done(lsn, lsn + 1);
+        } else {
+            self.inflight.insert(lsn, f);
+        }
+    }
+
+    /// Restores a range of fully acked batches beyond the committed prefix (from a checkpoint).
+    pub fn restore_done(&mut self, start: u64, end: u64) {
+        let start = start.max(self.committed);
+        if start < end {
+            self.mark_done(start, end);
+        }
+    }
+
+    /// Drops done ranges below `lsn`.
+    fn prune_done(&mut self, lsn: u64) {
+        while let Some((&s, &e)) = self.done.first_key_value() {
+            if s >= lsn {
+                break;
+            }
+            self.done.remove(&s);
+            if e > lsn {
+                self.done.insert(lsn, e);
+                break;
+            }
+        }
     }
 
     /// Recomputes the committed prefix. Every LSN in `committed..read_next` is either in flight
     /// or done (acked, or skipped as trimmed), so the prefix ends at the first in-flight batch
     /// that is not fully acked, or at `read_next`.
     fn advance(&mut self) {
-        // Fully acked batches are kept until the first delivery pass has gone past them: a
-        // restored batch beyond `read_next` must still be recognised as done when it is read.
-        while let Some((&lsn, f)) = self.inflight.first_key_value() {
-            if lsn < self.read_next && f.complete() {
-                self.inflight.pop_first();
+        // Done ranges beyond `read_next` (restored) are kept until the delivery pass reaches
+        // them; one starting at it is passed over without reading its batches again.
+        while let Some((&s, &e)) = self.done.range(..=self.read_next).next_back() {
+            if s <= self.read_next && self.read_next < e {
+                self.read_next = e;
             } else {
                 break;
             }
         }
-        let first_open = self.inflight.iter().find(|(_, f)| !f.complete()).map(|(l, _)| *l);
+        // Every batch in `inflight` is open, so the prefix ends at the first one or at
+        // `read_next`.
+        let first_open = self.inflight.first_key_value().map(|(l, _)| *l);
         let prefix = first_open.map_or(self.read_next, |l| l.min(self.read_next));
         self.committed = self.committed.max(prefix);
+        self.prune_done(self.committed);
     }
 
     /// Records unacked by consumers across this shard (outstanding deliveries only).
@@ -226,6 +308,76 @@ mod tests {
         assert_eq!(t.ack(1, 2), Err(AckError::NotDelivered { lsn: 1, index: 2 }));
         assert_eq!(t.ack(5, 0), Err(AckError::NotDelivered { lsn: 5, index: 0 }));
         assert_eq!(t.committed(), 1);
+    }
+
+    /// A batch taken back from its consumer (ack timeout) and then trimmed before it was sent
+    /// again: the first consumer's late ack for it is a harmless no-op, not a protocol error.
+    #[test]
+    fn a_late_ack_for_a_trimmed_batch_is_harmless() {
+        let mut t = AckTracker::new(1);
+        t.deliver(1, 1);
+        t.deliver(2, 1);
+        t.withdraw(2);
+        t.skip_to(3);
+        assert_eq!(t.ack(2, 0), Ok(false));
+        assert_eq!(t.ack(2, 7), Ok(false));
+        assert_eq!(t.committed(), 1, "batch 1 is still out");
+        assert!(t.ack(1, 0).unwrap());
+        assert_eq!(t.committed(), 3);
+        assert_eq!(
+            t.ack(9, 0),
+            Err(AckError::NotDelivered { lsn: 9, index: 0 }),
+            "beyond what was read"
+        );
+    }
+
+    /// One record never acked in front of 10,000 fully acked batches: the state is one open
+    /// batch and one range, and so is the checkpoint.
+    #[test]
+    fn acked_batches_fold_into_ranges() {
+        let mut t = AckTracker::new(1);
+        t.deliver(1, 10);
+        for lsn in 2..=10_001 {
+            t.deliver(lsn, 10);
+            for i in 0..10 {
+                assert!(t.ack(lsn, i).unwrap());
+                assert!(!t.ack(lsn, i).unwrap(), "a repeat changes nothing");
+            }
+        }
+        assert_eq!(t.committed(), 1);
+        assert_eq!(t.inflight().count(), 1);
+        assert_eq!(t.done_ranges().collect::<Vec<_>>(), [(2, 10_002)]);
+        let cp = super::super::checkpoint::encode("s", [(7u64, &t)].into_iter());
+        assert!(cp.data.len() < 256, "checkpoint of {} bytes", cp.data.len());
+        // Restored elsewhere: nothing acked is sent again, and the prefix moves over the range
+        // as soon as the open batch is acked.
+        let back = super::super::checkpoint::decode(&cp).unwrap();
+        let mut r = AckTracker::new(1);
+        back[&7].restore_into(&mut r);
+        assert_eq!(r.deliver(1, 10), (0..10).collect::<Vec<_>>());
+        for i in 0..10 {
+            r.ack(1, i).unwrap();
+        }
+        assert_eq!(r.committed(), 10_002);
+        assert_eq!(r.done_ranges().count(), 0);
+        assert_eq!(r.deliver(10_002, 1), vec![0]);
+    }
+
+    #[test]
+    fn done_ranges_merge_from_any_side() {
+        let mut t = AckTracker::new(1);
+        for lsn in [5, 7, 6, 9, 3, 4, 8] {
+            t.restore_done(lsn, lsn + 1);
+        }
+        assert_eq!(t.done_ranges().collect::<Vec<_>>(), [(3, 10)]);
+        t.restore_done(20, 30);
+        t.restore_done(12, 21);
+        assert_eq!(t.done_ranges().collect::<Vec<_>>(), [(3, 10), (12, 30)]);
+        assert!(t.is_done(12) && t.is_done(29) && !t.is_done(30) && !t.is_done(10));
+        t.skip_to(15);
+        assert_eq!(t.committed(), 30, "the range at the trim point is passed over");
+        assert_eq!(t.read_next, 30);
+        assert_eq!(t.done_ranges().count(), 0, "ranges go once the prefix passes them");
     }
 
     #[test]

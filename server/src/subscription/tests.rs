@@ -1,0 +1,159 @@
+//! A subscription actor driven through its handle over a real store and metastore: its
+//! bookkeeping stays bounded however consumers ack.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use hstream_proto as pb;
+
+use super::*;
+use crate::meta::{SqliteMetaStore, StartOffset};
+use crate::store::{LogStore, StoreOptions};
+
+fn sub(id: &str, max_unacked: i32) -> SubscriptionMeta {
+    SubscriptionMeta {
+        id: id.into(),
+        stream: "s".into(),
+        ack_timeout_secs: 3600,
+        max_unacked,
+        offset: StartOffset::Earliest,
+        created_ms: 0,
+    }
+}
+
+/// One record per batch: the payload is a valid `BatchHStreamRecords` of one empty record.
+async fn fill(store: &LogStore, log: &Arc<ShardLog>, n: usize) {
+    let one = Bytes::from_static(&[0x0a, 0x00]);
+    for _ in 0..n {
+        store.append(log, one.clone(), 1, 0).await.unwrap();
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    registry: Registry,
+    meta: Arc<dyn MetaStore>,
+    log: Arc<ShardLog>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+async fn setup(batches: usize) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let log = store.create_shard(1).unwrap();
+    fill(&store, &log, batches).await;
+    let meta: Arc<dyn MetaStore> = Arc::new(SqliteMetaStore::in_memory().await.unwrap());
+    Setup {
+        _dir: dir,
+        registry: Registry::default(),
+        meta,
+        log,
+        tasks: TaskTracker::new(),
+        shutdown: CancellationToken::new(),
+    }
+}
+
+impl Setup {
+    async fn start(&self, s: SubscriptionMeta) -> Handle {
+        self.meta.create_subscription(&s, &[]).await.unwrap();
+        self.registry
+            .start(
+                s,
+                self.meta.clone(),
+                vec![self.log.clone()],
+                &self.tasks,
+                self.shutdown.clone(),
+            )
+            .await
+            .unwrap()
+    }
+}
+
+async fn join(h: &Handle, conn: u64) -> mpsc::Receiver<Result<pb::StreamingFetchResponse, tonic::Status>> {
+    let (tx, rx) = mpsc::channel(CONSUMER_BUFFER);
+    let info = ConsumerInfo {
+        name: format!("c{conn}"),
+        uri: String::new(),
+        user_agent: String::new(),
+    };
+    h.join(info, conn, vec![], tx, CancellationToken::new()).await.unwrap();
+    rx
+}
+
+fn id(lsn: u64, index: u32) -> pb::RecordId {
+    pb::RecordId {
+        shard_id: 1,
+        batch_id: lsn,
+        batch_index: index,
+    }
+}
+
+/// Every batch delivered and acked: no ack deadline, no sent entry and no per-batch state is
+/// left; one batch never acked in front of them keeps one batch and one range.
+#[tokio::test]
+async fn acked_batches_leave_no_bookkeeping() {
+    let s = setup(1000).await;
+    let h = s.start(sub("all", 10_000)).await;
+    let mut rx = join(&h, 1).await;
+    let mut got = Vec::new();
+    while got.len() < 1000 {
+        let resp = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        got.extend(resp.received_records.unwrap().record_ids);
+    }
+    // The first stays unacked; the others are acked, out of order and twice.
+    let mut rest: Vec<_> = got[1..].to_vec();
+    rest.reverse();
+    h.ack(1, rest.clone()).await;
+    h.ack(1, rest).await;
+    let f = h.footprint().await.unwrap();
+    assert_eq!(f.sent, 1, "{f:?}");
+    assert_eq!(f.deadlines, 1, "ack deadlines leave with their batches: {f:?}");
+    assert_eq!((f.inflight, f.done_ranges), (1, 1), "{f:?}");
+    assert_eq!(h.progress().await.unwrap()[0].next_lsn, 1);
+    h.ack(1, vec![got[0]]).await;
+    let f = h.footprint().await.unwrap();
+    assert_eq!((f.sent, f.deadlines, f.inflight, f.done_ranges), (0, 0, 0, 0), "{f:?}");
+    assert_eq!(h.progress().await.unwrap()[0].next_lsn, 1001);
+    s.shutdown.cancel();
+}
+
+/// Acks for batches not delivered since the actor started are kept for a restarted consumer,
+/// but repeats take no room and a flood of made-up ones ends the consumer.
+#[tokio::test]
+async fn early_acks_are_bounded() {
+    let s = setup(3000).await;
+    let h = s.start(sub("early", 1)).await;
+    let mut rx = join(&h, 1).await;
+    // maxUnackedRecords 1: only batch 1 goes out; acks for 2..=3000 are "early".
+    let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.received_records.unwrap().record_ids[0].batch_id, 1);
+    for _ in 0..100 {
+        h.ack(1, vec![id(500, 0)]).await;
+    }
+    assert_eq!(h.footprint().await.unwrap().early_acks, 1, "repeats take no room");
+    h.ack(1, (2..=2000).map(|l| id(l, 0)).collect()).await;
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap() {
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => break e,
+            None => panic!("closed without a reason"),
+        }
+    };
+    assert_eq!(end.code(), tonic::Code::InvalidArgument);
+    assert!(
+        end.message().contains("not delivered since the subscription started"),
+        "{}",
+        end.message()
+    );
+    assert!(h.footprint().await.unwrap().early_acks <= 1025);
+    s.shutdown.cancel();
+}
