@@ -8,6 +8,7 @@ mod connectors;
 mod mqtt;
 mod mysql_cdc;
 mod pg_cdc;
+mod startup;
 mod subscribe;
 mod wasm;
 
@@ -44,6 +45,8 @@ enum Bench {
     Airbyte(airbyte::Args),
     /// The field-filter WASM transform beside the same filter written natively, in process.
     Wasm(wasm::Args),
+    /// Start-up time, RSS and open files over 1 GB, 10 GB and 10,000 streams / 100,000 shards.
+    Startup(startup::Args),
     /// Every benchmark with its defaults.
     All,
 }
@@ -60,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Mqtt(args) => rt.block_on(mqtt::run(args)),
         Bench::Airbyte(args) => rt.block_on(airbyte::run(args)),
         Bench::Wasm(args) => rt.block_on(wasm::run(args)),
+        Bench::Startup(args) => rt.block_on(startup::run(args)),
         Bench::All => rt.block_on(async {
             append::run(append::Args::default_args()).await?;
             println!();
@@ -75,7 +79,9 @@ fn main() -> anyhow::Result<()> {
             println!();
             airbyte::run(airbyte::Args::default_args()).await?;
             println!();
-            wasm::run(wasm::Args::default_args()).await
+            wasm::run(wasm::Args::default_args()).await?;
+            println!();
+            startup::run(startup::Args::default_args()).await
         }),
     }
 }

@@ -12,23 +12,36 @@ pub struct Server {
     pub data_dir: PathBuf,
     args: Vec<String>,
     log: Option<(PathBuf, String)>,
+    /// RLIMIT_NOFILE the process runs under (set with prlimit), if not inherited.
+    nofile: Option<u64>,
 }
 
 impl Server {
     /// Starts a server on a free port over `data_dir` with extra flags.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        Self::spawn(data_dir, args, None)
+        Self::spawn(data_dir, args, None, None)
+    }
+
+    /// As [`start`](Self::start), under an open-file limit of `nofile` (soft and hard).
+    pub fn start_with_nofile(data_dir: &Path, extra: &[&str], nofile: u64) -> Server {
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::spawn(data_dir, args, None, Some(nofile))
+    }
+
+    /// Open file descriptors of the process now.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).map_or(0, |d| d.count())
     }
 
     /// As [`start`](Self::start), with the server's log (at `level`, e.g. `debug`) appended to
     /// `log` instead of the test's stderr, for tests that read what it logs.
     pub fn start_logged(data_dir: &Path, extra: &[&str], log: &Path, level: &str) -> Server {
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        Self::spawn(data_dir, args, Some((log.to_owned(), level.to_owned())))
+        Self::spawn(data_dir, args, Some((log.to_owned(), level.to_owned())), None)
     }
 
-    fn spawn(data_dir: &Path, args: Vec<String>, log: Option<(PathBuf, String)>) -> Server {
+    fn spawn(data_dir: &Path, args: Vec<String>, log: Option<(PathBuf, String)>, nofile: Option<u64>) -> Server {
         let stderr = match &log {
             Some((path, _)) => Stdio::from(
                 std::fs::OpenOptions::new()
@@ -43,7 +56,16 @@ impl Server {
             .as_ref()
             .map(|(_, l)| l.clone())
             .unwrap_or_else(|| std::env::var("HSTREAM_TEST_LOG").unwrap_or_else(|_| "warn".into()));
-        let mut child = Command::new(workspace_bin("hstream-server"))
+        // prlimit sets the limit and then execs the server, so the child's pid is the server's.
+        let mut command = match nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(workspace_bin("hstream-server"));
+                c
+            }
+            None => Command::new(workspace_bin("hstream-server")),
+        };
+        let mut child = command
             .args([
                 "--port",
                 "0",
@@ -100,6 +122,7 @@ impl Server {
             data_dir: data_dir.to_owned(),
             args,
             log,
+            nofile,
         }
     }
 
@@ -168,7 +191,7 @@ impl Server {
 
     /// Starts a new process over the same data directory and flags (on a new free port).
     pub fn restart(&mut self) {
-        let next = Self::spawn(&self.data_dir.clone(), self.args.clone(), self.log.clone());
+        let next = Self::spawn(&self.data_dir.clone(), self.args.clone(), self.log.clone(), self.nofile);
         // Dropping the old handle reaps its (already stopped) process.
         drop(std::mem::replace(self, next));
     }

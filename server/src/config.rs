@@ -226,8 +226,9 @@ impl Settings {
 
     fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
-            self.max_record_size >= 1024,
-            "max-record-size must be at least 1024 bytes"
+            (1024..=MAX_RECORD_SIZE).contains(&self.max_record_size),
+            "max-record-size must be between 1024 and {MAX_RECORD_SIZE} bytes (a batch is one store entry), got {}",
+            self.max_record_size
         );
         anyhow::ensure!(self.max_batch_records >= 1, "max-batch-records must be at least 1");
         anyhow::ensure!(
@@ -335,6 +336,21 @@ mod tests {
         let s = Settings::resolve(Flags::parse_from(["hstream-server"])).unwrap();
         assert!(!s.quarantine_unknown_shards);
         assert_eq!(s.max_batch_records, crate::batch::DEFAULT_MAX_BATCH_RECORDS);
+    }
+
+    /// A batch the store could not hold would fail as INTERNAL after passing validation: such
+    /// a limit is refused at start instead.
+    #[test]
+    fn max_record_size_is_bounded_by_the_store_entry() {
+        let err = Settings::resolve(Flags::parse_from(["hstream-server", "--max-record-size", "1073741824"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("max-record-size must be between 1024 and 33554432"),
+            "{err}"
+        );
+        const { assert!(MAX_RECORD_SIZE <= crate::store::MAX_PAYLOAD_LEN) };
+        Settings::resolve(Flags::parse_from(["hstream-server", "--max-record-size", "33554432"])).unwrap();
     }
 
     #[test]

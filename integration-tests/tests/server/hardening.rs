@@ -659,3 +659,35 @@ async fn extreme_client_timestamps_are_handled() {
     // The server is alive and appends go on.
     assert_eq!(append_one(&mut c, "ts", shard, "x1").await.unwrap(), 2);
 }
+
+/// Open files follow what is in use, not how many shards exist: under an open-file limit of
+/// 512, a node with 1,200 shards (each written and read) runs, restarts and serves them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_shards_fit_a_small_open_file_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_with_nofile(dir.path(), &[], 512);
+    let mut c = server.client().await;
+    let mut shards = make_stream(&mut c, "wide", 600).await;
+    shards.extend(make_stream(&mut c, "wider", 600).await);
+    for (i, &s) in shards.iter().enumerate() {
+        let stream = if i < 600 { "wide" } else { "wider" };
+        append_one(&mut c, stream, s, &format!("r{i}")).await.unwrap();
+    }
+    eprintln!("1,200 shards written: {} open fds", server.open_fds());
+    assert!(server.open_fds() < 512);
+    server.terminate();
+    server.restart();
+    let mut c = server.client().await;
+    let after_start = server.open_fds();
+    eprintln!("restarted over 1,200 shards: {after_start} open fds");
+    assert!(after_start < 128, "{after_start} fds open after start");
+    for (i, &s) in shards.iter().enumerate() {
+        let stream = if i < 600 { "wide" } else { "wider" };
+        assert_eq!(
+            payload_strings(&read_shard_to_tail(&mut c, stream, s).await),
+            [format!("r{i}")]
+        );
+        assert_eq!(append_one(&mut c, stream, s, "again").await.unwrap(), 2);
+    }
+    assert!(server.open_fds() < 512);
+}

@@ -20,10 +20,11 @@
 //! shard's share with one `write`, fsyncs each touched shard once, then makes the batches
 //! visible and answers all of them.
 
+mod handles;
 mod segment;
 mod shard_log;
 
-pub use segment::StoredBatch;
+pub use segment::{MAX_PAYLOAD_LEN, StoredBatch};
 pub use shard_log::ShardLog;
 
 use std::collections::HashMap;
@@ -124,7 +125,8 @@ pub struct LogStore {
     shards: RwLock<HashMap<u64, Arc<ShardLog>>>,
     writers: RwLock<Vec<mpsc::Sender<Job>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    flusher_stop: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    /// Dropping these ends the background threads (flusher, janitor).
+    stops: Mutex<Vec<std::sync::mpsc::Sender<()>>>,
 }
 
 /// File in the store's root naming the cluster its shards belong to.
@@ -174,7 +176,7 @@ impl LogStore {
             shards: RwLock::new(shards),
             writers: RwLock::new(Vec::new()),
             threads: Mutex::new(Vec::new()),
-            flusher_stop: Mutex::new(None),
+            stops: Mutex::new(Vec::new()),
         });
         let mut writers = Vec::new();
         let mut threads = Vec::new();
@@ -204,7 +206,24 @@ impl LogStore {
                     })
                     .map_err(|e| StoreError::io(root, e))?,
             );
-            *store.flusher_stop.lock().expect("lock") = Some(stop_tx);
+            store.stops.lock().expect("lock").push(stop_tx);
+        }
+        {
+            let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+            let weak = Arc::downgrade(&store);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("log-janitor".into())
+                    .spawn(move || {
+                        let every = Duration::from_secs(1);
+                        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(every) {
+                            let Some(store) = weak.upgrade() else { break };
+                            store.close_idle_handles();
+                        }
+                    })
+                    .map_err(|e| StoreError::io(root, e))?,
+            );
+            store.stops.lock().expect("lock").push(stop_tx);
         }
         *store.writers.write().expect("lock") = writers;
         *store.threads.lock().expect("lock") = threads;
@@ -236,6 +255,7 @@ impl LogStore {
             log.mark_deleted();
         }
         let dir = self.shard_dir(id);
+        handles::forget_dir(&dir);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -269,6 +289,7 @@ impl LogStore {
             n += 1;
         }
         let from = self.shard_dir(id);
+        handles::forget_dir(&from);
         std::fs::rename(&from, &to).map_err(|e| StoreError::io(&from, e))?;
         for dir in [&quarantine, &self.root.join("shards")] {
             std::fs::File::open(dir)
@@ -325,6 +346,12 @@ impl LogStore {
         batch_size: u32,
         compression: u8,
     ) -> Result<Appended, StoreError> {
+        // A write opens its shard's append handle if closed: make room first when the budget is
+        // spent (synced shards only, so nothing waits on an fsync).
+        if handles::active_open() >= handles::active_budget() {
+            let shards: Vec<_> = self.shards.read().expect("lock").values().cloned().collect();
+            Self::shed_handles(&shards, 0);
+        }
         let writer = {
             let writers = self.writers.read().expect("lock");
             if writers.is_empty() {
@@ -372,12 +399,40 @@ impl LogStore {
         }
     }
 
+    /// Closes the append handles of shards idle for a minute, and, while more than
+    /// `handles::active_budget()` are open, of the longest idle (for a second at least).
+    pub fn close_idle_handles(&self) {
+        let shards: Vec<_> = self.shards.read().expect("lock").values().cloned().collect();
+        for s in &shards {
+            s.close_idle_handle(60_000);
+        }
+        if handles::active_open() > handles::active_budget() {
+            Self::shed_handles(&shards, 1000);
+        }
+    }
+
+    /// Closes append handles of synced shards, least recently written first, idle for at least
+    /// `idle_ms`, until a quarter of the budget is free again.
+    fn shed_handles(shards: &[Arc<ShardLog>], idle_ms: i64) {
+        let mut by_age: Vec<_> = shards.iter().filter(|s| s.last_write_ms() > 0).collect();
+        by_age.sort_by_key(|s| s.last_write_ms());
+        for s in by_age {
+            if handles::active_open() <= handles::active_budget() * 3 / 4 {
+                break;
+            }
+            s.close_idle_handle(idle_ms);
+        }
+    }
+
+    /// Segment files open now: (cached read handles, append handles).
+    pub fn open_files() -> (usize, usize) {
+        (handles::readers_open(), handles::active_open())
+    }
+
     /// Stops taking appends, lets the writers finish what is queued, and fsyncs everything.
     pub fn shutdown(&self) {
         self.writers.write().expect("lock").clear();
-        if let Some(stop) = self.flusher_stop.lock().expect("lock").take() {
-            let _ = stop.send(());
-        }
+        self.stops.lock().expect("lock").clear();
         let threads = std::mem::take(&mut *self.threads.lock().expect("lock"));
         for t in threads {
             let _ = t.join();

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use tokio::sync::watch;
 
+use super::handles::{self, ActiveFile};
 use super::segment::{self, FILE_HEADER_LEN, IndexPoint, StoredBatch};
 use super::{StoreError, StoreOptions};
 
@@ -42,7 +43,6 @@ const RESERVE_STEP: u64 = 1 << 16;
 pub struct Segment {
     pub base: u64,
     path: PathBuf,
-    file: File,
     /// Bytes readers may read.
     committed_len: AtomicU64,
     /// Last visible LSN in this segment (`base - 1` when none).
@@ -54,11 +54,10 @@ pub struct Segment {
 }
 
 impl Segment {
-    fn empty(base: u64, path: PathBuf, file: File, records_at_base: u64) -> Segment {
+    fn empty(base: u64, path: PathBuf, records_at_base: u64) -> Segment {
         Segment {
             base,
             path,
-            file,
             committed_len: AtomicU64::new(FILE_HEADER_LEN),
             last_lsn: AtomicU64::new(base - 1),
             last_ts: AtomicI64::new(i64::MIN),
@@ -77,7 +76,12 @@ impl Segment {
             }
         };
         let end = self.committed_len.load(Ordering::Acquire);
-        Ok(base + segment::records_until(&self.file, offset, end, lsn)?)
+        Ok(base + segment::records_until(&*self.reader()?, offset, end, lsn)?)
+    }
+
+    /// A read handle on the segment's file, from the process-wide cache of open segments.
+    fn reader(&self) -> io::Result<Arc<File>> {
+        super::handles::reader(&self.path)
     }
 
     fn last_lsn(&self) -> u64 {
@@ -104,8 +108,9 @@ impl Segment {
 
 struct Inner {
     segments: Vec<Arc<Segment>>,
-    /// Append handle of the last segment.
-    active: File,
+    /// Append handle of the last segment, opened on the first write and closed by the store's
+    /// janitor when the shard is idle and synced (`handles`).
+    active: Option<ActiveFile>,
     /// Bytes written to the active segment (may be ahead of what is committed).
     active_len: u64,
     bytes_since_index: u64,
@@ -129,6 +134,13 @@ pub struct ShardLog {
     inner: Result<Mutex<Inner>, String>,
     /// LSN ranges (inclusive) lost in unclean stops; fixed at open.
     gaps: Vec<(u64, u64)>,
+    /// Mirrors of `Inner::trim_point` and `Inner::next_lsn - 1`, read without the lock.
+    trim_point: AtomicU64,
+    written: AtomicU64,
+    /// Held by a trim from start to end, so trims are ordered without holding the shard lock.
+    trimming: Mutex<()>,
+    /// Wall-clock ms of the last write, for the janitor that closes idle append handles.
+    last_write_ms: AtomicI64,
     visible: watch::Sender<u64>,
     unsynced: AtomicBool,
     deleted: AtomicBool,
@@ -277,10 +289,10 @@ impl ShardLog {
                     ..p
                 })
                 .collect();
+            drop(file); // read handles are opened on demand (`handles`), not held per segment
             segments.push(Arc::new(Segment {
                 base,
                 path: path.clone(),
-                file,
                 committed_len: AtomicU64::new(scan.valid_len),
                 last_lsn: AtomicU64::new(scan.last_lsn),
                 last_ts: AtomicI64::new(scan.last_timestamp_ms.unwrap_or(i64::MIN)),
@@ -291,8 +303,8 @@ impl ShardLog {
         // Unsynced batches lost in a crash may leave the tail below a trim point that was already
         // persisted: continue after the trim point so no trimmed LSN is handed out again.
         if segments.last().expect("at least one segment").last_lsn() < trim_point {
-            let (file, path) = create_segment_file(id, &dir, trim_point + 1)?;
-            segments.push(Arc::new(Segment::empty(trim_point + 1, path, file, records)));
+            let path = create_segment_file(id, &dir, trim_point + 1)?;
+            segments.push(Arc::new(Segment::empty(trim_point + 1, path, records)));
         }
         // LSNs up to the reservation may have reached readers and been lost with the page cache:
         // record them as a gap (first, so a crash here redoes the same), then go on after them.
@@ -309,14 +321,10 @@ impl ShardLog {
                 gaps.push(gap);
                 write_gaps(id, &dir, &gaps)?;
             }
-            let (file, path) = create_segment_file(id, &dir, reserved + 1)?;
-            segments.push(Arc::new(Segment::empty(reserved + 1, path, file, records)));
+            let path = create_segment_file(id, &dir, reserved + 1)?;
+            segments.push(Arc::new(Segment::empty(reserved + 1, path, records)));
         }
         let last = segments.last().expect("at least one segment").clone();
-        let active = OpenOptions::new()
-            .append(true)
-            .open(&last.path)
-            .map_err(|e| StoreError::io(&last.path, e))?;
         let active_len = last.committed_len.load(Ordering::Acquire);
         let next_lsn = last.last_lsn() + 1;
         let last_ts = segments
@@ -332,7 +340,7 @@ impl ShardLog {
             opts,
             inner: Ok(Mutex::new(Inner {
                 segments,
-                active,
+                active: None,
                 active_len,
                 bytes_since_index: u64::MAX,
                 records_written: records,
@@ -343,13 +351,18 @@ impl ShardLog {
                 poisoned: None,
             })),
             gaps,
+            trim_point: AtomicU64::new(trim_point),
+            written: AtomicU64::new(next_lsn - 1),
+            trimming: Mutex::new(()),
+            last_write_ms: AtomicI64::new(0),
             visible: watch::Sender::new(visible),
             unsynced: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
         };
         // Segments wholly below the trim point may remain if a crash came between persisting the
         // trim point and deleting them.
-        log.drop_trimmed_segments(&mut *log.lock()?)?;
+        let doomed = Self::take_trimmed(&mut *log.lock()?);
+        log.remove_segments(&doomed)?;
         Ok(log)
     }
 
@@ -363,6 +376,10 @@ impl ShardLog {
             opts,
             inner: Err(reason),
             gaps: Vec::new(),
+            trim_point: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            trimming: Mutex::new(()),
+            last_write_ms: AtomicI64::new(0),
             visible: watch::Sender::new(0),
             unsynced: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
@@ -411,16 +428,16 @@ impl ShardLog {
 
     /// First LSN that may still be read.
     pub fn start_lsn(&self) -> u64 {
-        self.lock().map_or(1, |i| i.trim_point + 1)
+        self.trim_point.load(Ordering::Acquire) + 1
     }
 
     pub fn trim_point(&self) -> u64 {
-        self.lock().map_or(0, |i| i.trim_point)
+        self.trim_point.load(Ordering::Acquire)
     }
 
     /// Last LSN written to the file, visible or not yet.
     pub fn written_lsn(&self) -> u64 {
-        self.lock().map_or(0, |i| i.next_lsn - 1)
+        self.written.load(Ordering::Acquire)
     }
 
     /// Marks the shard deleted (no further rolls, trims or appends) and wakes its readers.
@@ -462,7 +479,12 @@ impl ShardLog {
             self.roll(&mut inner)?;
         }
         let segment = inner.segments.last().expect("active segment").clone();
-        let sync_handle = inner.active.try_clone().map_err(|e| StoreError::io(&segment.path, e))?;
+        if inner.active.is_none() {
+            inner.active = Some(handles::open_active(&segment.path).map_err(|e| StoreError::io(&segment.path, e))?);
+        }
+        self.last_write_ms.store(super::now_ms(), Ordering::Relaxed);
+        let active = inner.active.as_mut().expect("opened above");
+        let sync_handle = active.try_clone().map_err(|e| StoreError::io(&segment.path, e))?;
         buf.clear();
         let start_len = inner.active_len;
         let mut pending = Vec::with_capacity(batches.len());
@@ -497,14 +519,15 @@ impl ShardLog {
             }
             inner.reserved = target;
         }
+        let active = inner.active.as_mut().expect("opened above");
         let written = match injected(self.id, "store::write") {
-            Ok(()) => inner.active.write_all(buf),
+            Ok(()) => active.write_all(buf),
             // A test's torn write: half the group reaches the file before the error.
-            Err(e) => inner.active.write_all(&buf[..buf.len() / 2]).and(Err(e)),
+            Err(e) => active.write_all(&buf[..buf.len() / 2]).and(Err(e)),
         };
         if let Err(e) = written {
             // Undo a partial write so the file never holds half an entry we did not ack.
-            let undo = injected(self.id, "store::undo").and_then(|()| inner.active.set_len(start_len));
+            let undo = injected(self.id, "store::undo").and_then(|()| active.set_len(start_len));
             if let Err(u) = undo {
                 self.poison(&mut inner, format!("write failed ({e}) and could not be undone ({u})"));
             }
@@ -512,6 +535,7 @@ impl ShardLog {
         }
         inner.active_len += buf.len() as u64;
         inner.next_lsn = lsn;
+        self.written.store(lsn - 1, Ordering::Release);
         inner.last_ts = ts;
         inner.bytes_since_index = since_index;
         inner.records_written = records;
@@ -561,8 +585,10 @@ impl ShardLog {
         let (handle, path) = {
             let inner = self.lock()?;
             let seg = inner.segments.last().expect("active segment");
+            // A closed handle was closed synced: nothing to flush.
+            let Some(active) = &inner.active else { return Ok(()) };
             (
-                inner.active.try_clone().map_err(|e| StoreError::io(&seg.path, e))?,
+                active.try_clone().map_err(|e| StoreError::io(&seg.path, e))?,
                 seg.path.clone(),
             )
         };
@@ -582,7 +608,10 @@ impl ShardLog {
     /// an unknown state.
     fn roll(&self, inner: &mut Inner) -> Result<(), StoreError> {
         let old = inner.segments.last().expect("active segment").clone();
-        if let Err(e) = sync_data(self.id, &inner.active, &old.path, "store::roll-fsync") {
+        // No handle: it was closed synced, and nothing was written since.
+        if let Some(active) = &inner.active
+            && let Err(e) = sync_data(self.id, active, &old.path, "store::roll-fsync")
+        {
             self.poison(inner, format!("fsync failed sealing a segment: {e}"));
             return Err(StoreError::io(&old.path, e));
         }
@@ -590,26 +619,17 @@ impl ShardLog {
             return Err(StoreError::ShardDeleted(self.id));
         }
         let base = inner.next_lsn;
-        let (file, path) = match create_segment_file(self.id, &self.dir, base) {
+        let path = match create_segment_file(self.id, &self.dir, base) {
             Ok(created) => created,
             Err(e) => {
                 self.poison(inner, format!("could not start a new segment: {e}"));
                 return Err(e);
             }
         };
-        let active = match OpenOptions::new().append(true).open(&path) {
-            Ok(a) => a,
-            Err(e) => {
-                // An unregistered segment file would be taken as the tail at the next start.
-                let _ = fs::remove_file(&path);
-                let _ = sync_dir(self.id, &self.dir);
-                self.poison(inner, format!("could not open the new segment: {e}"));
-                return Err(StoreError::io(&path, e));
-            }
-        };
         let records = inner.records_written;
-        inner.segments.push(Arc::new(Segment::empty(base, path, file, records)));
-        inner.active = active;
+        inner.segments.push(Arc::new(Segment::empty(base, path, records)));
+        // The next write opens the new segment's append handle.
+        inner.active = None;
         inner.active_len = FILE_HEADER_LEN;
         inner.bytes_since_index = u64::MAX;
         Ok(())
@@ -671,8 +691,14 @@ impl ShardLog {
             }
             let end = seg.committed_len.load(Ordering::Acquire);
             let offset = seg.seek_lsn(from);
+            let file = match seg.reader() {
+                Ok(f) => f,
+                // Trimmed away since the list was taken: its LSNs are no longer readable.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && seg.last_lsn() <= self.trim_point() => continue,
+                Err(e) => return Err(StoreError::io(&seg.path, e)),
+            };
             let got = segment::read_range(
-                &seg.file,
+                &file,
                 offset,
                 end,
                 from,
@@ -705,7 +731,12 @@ impl ShardLog {
             }
             let end = seg.committed_len.load(Ordering::Acquire);
             let offset = seg.seek_timestamp(ts);
-            let found = segment::find_entry(&seg.file, offset, end, |h| h.timestamp_ms >= ts && h.lsn >= start)
+            let file = match seg.reader() {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && seg.last_lsn() <= self.trim_point() => continue,
+                Err(e) => return Err(StoreError::io(&seg.path, e)),
+            };
+            let found = segment::find_entry(&file, offset, end, |h| h.timestamp_ms >= ts && h.lsn >= start)
                 .map_err(|e| StoreError::io(&seg.path, e))?;
             if let Some((_, head)) = found {
                 return Ok(head.lsn.min(visible + 1));
@@ -717,60 +748,99 @@ impl ShardLog {
     /// Makes every LSN up to and including `upto` unreadable and frees whole segments below it.
     /// Returns the trim point in effect afterwards.
     pub fn trim(&self, upto: u64) -> Result<u64, StoreError> {
-        let mut inner = self.lock()?;
-        if self.is_deleted() {
-            return Err(StoreError::ShardDeleted(self.id));
-        }
-        if let Some(reason) = &inner.poisoned {
-            return Err(StoreError::Poisoned(reason.clone()));
-        }
-        let upto = upto.min(self.visible_lsn());
-        if upto <= inner.trim_point {
-            return Ok(inner.trim_point);
-        }
-        // The trim point must never be durable ahead of the data it refers to.
-        if self.unsynced.load(Ordering::Acquire) {
-            let seg = inner.segments.last().expect("active segment").path.clone();
-            if let Err(e) = sync_data(self.id, &inner.active, &seg, "store::trim-fsync") {
-                self.poison(&mut inner, format!("fsync failed before a trim: {e}"));
-                return Err(StoreError::io(&seg, e));
+        // One trim at a time. Its fsyncs happen outside the shard lock, so appends (and the
+        // other shards of the same writer thread) and position lookups never wait on them.
+        let _trimming = self.trimming.lock().expect("trim lock poisoned");
+        let (upto, unsynced) = {
+            let inner = self.lock()?;
+            if self.is_deleted() {
+                return Err(StoreError::ShardDeleted(self.id));
             }
+            if let Some(reason) = &inner.poisoned {
+                return Err(StoreError::Poisoned(reason.clone()));
+            }
+            let upto = upto.min(self.visible_lsn());
+            if upto <= inner.trim_point {
+                return Ok(inner.trim_point);
+            }
+            let unsynced = match &inner.active {
+                Some(active) if self.unsynced.load(Ordering::Acquire) => {
+                    let seg = inner.segments.last().expect("active segment").path.clone();
+                    let handle = active.try_clone().map_err(|e| StoreError::io(&seg, e))?;
+                    Some((handle, seg))
+                }
+                _ => None,
+            };
+            (upto, unsynced)
+        };
+        // The trim point must never be durable ahead of the data it refers to (everything up
+        // to it was written before this fsync began).
+        if let Some((handle, seg)) = unsynced
+            && let Err(e) = sync_data(self.id, &handle, &seg, "store::trim-fsync")
+        {
+            self.poison(&mut *self.lock()?, format!("fsync failed before a trim: {e}"));
+            return Err(StoreError::io(&seg, e));
         }
         if let Err(e) = write_u64_file(self.id, &self.dir, TRIM_FILE, upto, "store::trim-file-fsync") {
             // The old or the new trim point may be on disk.
-            self.poison(&mut inner, format!("could not store the trim point: {e}"));
+            self.poison(&mut *self.lock()?, format!("could not store the trim point: {e}"));
             return Err(e);
         }
-        inner.trim_point = upto;
-        // A fully trimmed active segment is rolled so that its file can go too.
-        let active_last = inner.segments.last().expect("active segment").last_lsn();
-        let active_base = inner.segments.last().expect("active segment").base;
-        if active_last >= active_base && active_last <= upto && inner.next_lsn == active_last + 1 {
-            self.roll(&mut inner)?;
-        }
-        self.drop_trimmed_segments(&mut inner)?;
+        let doomed = {
+            let mut inner = self.lock()?;
+            inner.trim_point = upto;
+            self.trim_point.store(upto, Ordering::Release);
+            // A fully trimmed active segment is rolled so that its file can go too (its data is
+            // already synced, so the roll's fsync has nothing to write).
+            let active_last = inner.segments.last().expect("active segment").last_lsn();
+            let active_base = inner.segments.last().expect("active segment").base;
+            if active_last >= active_base && active_last <= upto && inner.next_lsn == active_last + 1 {
+                self.roll(&mut inner)?;
+            }
+            Self::take_trimmed(&mut inner)
+        };
+        self.remove_segments(&doomed)?;
         Ok(upto)
     }
 
-    fn drop_trimmed_segments(&self, inner: &mut Inner) -> Result<(), StoreError> {
+    /// Takes the segments wholly at or below the trim point (never the active one) out of the
+    /// list; readers that hold them keep reading their open files.
+    fn take_trimmed(inner: &mut Inner) -> Vec<Arc<Segment>> {
         let trim = inner.trim_point;
-        let n = inner.segments.len();
-        let mut removed = false;
-        let mut keep = Vec::with_capacity(n);
-        for (i, seg) in inner.segments.drain(..).enumerate() {
-            if i + 1 < n && seg.last_lsn() <= trim {
-                fs::remove_file(&seg.path).map_err(|e| StoreError::io(&seg.path, e))?;
-                removed = true;
-            } else {
-                keep.push(seg);
+        let last = inner.segments.len() - 1;
+        let mut doomed = Vec::new();
+        let mut i = 0;
+        inner.segments.retain(|seg| {
+            let drop = i < last && seg.last_lsn() <= trim;
+            i += 1;
+            if drop {
+                doomed.push(seg.clone());
+            }
+            !drop
+        });
+        doomed
+    }
+
+    /// Deletes the files of segments taken out of the list, then fsyncs the directory (a failure
+    /// of that poisons the shard). A file that cannot be removed is left for the next start.
+    fn remove_segments(&self, doomed: &[Arc<Segment>]) -> Result<(), StoreError> {
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        for seg in doomed {
+            handles::forget(&seg.path);
+            if let Err(e) = fs::remove_file(&seg.path) {
+                tracing::warn!(shard = self.id, path = %seg.path.display(), error = %e,
+                    "could not remove a trimmed segment; the next start removes it");
             }
         }
-        inner.segments = keep;
-        if removed && let Err(e) = sync_dir(self.id, &self.dir) {
-            self.poison(
-                inner,
-                format!("fsync of the shard directory failed after removing segments: {e}"),
-            );
+        if let Err(e) = sync_dir(self.id, &self.dir) {
+            if let Ok(mut inner) = self.lock() {
+                self.poison(
+                    &mut inner,
+                    format!("fsync of the shard directory failed after removing segments: {e}"),
+                );
+            }
             return Err(StoreError::io(&self.dir, e));
         }
         Ok(())
@@ -793,6 +863,26 @@ impl ShardLog {
         Ok(())
     }
 
+    /// Closes the append handle if the shard has written nothing for `idle_ms` and everything
+    /// it wrote is synced; never waits for the shard lock. Returns whether it closed one.
+    pub fn close_idle_handle(&self, idle_ms: i64) -> bool {
+        let Ok(m) = &self.inner else { return false };
+        let Ok(mut inner) = m.try_lock() else { return false };
+        if inner.active.is_none()
+            || self.unsynced.load(Ordering::Acquire)
+            || super::now_ms() - self.last_write_ms.load(Ordering::Relaxed) < idle_ms
+        {
+            return false;
+        }
+        inner.active = None;
+        true
+    }
+
+    /// When the shard last wrote (wall-clock ms; 0 if not since open).
+    pub fn last_write_ms(&self) -> i64 {
+        self.last_write_ms.load(Ordering::Relaxed)
+    }
+
     /// LSN ranges lost in unclean stops (for tests and stats).
     pub fn gaps(&self) -> &[(u64, u64)] {
         &self.gaps
@@ -807,7 +897,7 @@ impl ShardLog {
 /// Creates a segment file with its header. It appears under its final name only once complete
 /// (written and fsynced under a `.tmp` name, then renamed), and is removed again if the
 /// directory cannot be synced, so a failure never leaves a stray segment behind.
-fn create_segment_file(id: u64, dir: &Path, base: u64) -> Result<(File, PathBuf), StoreError> {
+fn create_segment_file(id: u64, dir: &Path, base: u64) -> Result<PathBuf, StoreError> {
     let path = segment_path(dir, base);
     let tmp = path.with_extension("seg.tmp");
     let prepare = || -> io::Result<File> {
@@ -841,7 +931,8 @@ fn create_segment_file(id: u64, dir: &Path, base: u64) -> Result<(File, PathBuf)
         let _ = fs::remove_file(&path);
         return Err(StoreError::io(dir, e));
     }
-    Ok((file, path))
+    drop(file);
+    Ok(path)
 }
 
 /// Whether recorded gaps cover every LSN of `first..=last`.

@@ -662,3 +662,68 @@ fn always_reserves_nothing() {
     assert!(!shard.dir().join("reserved").exists());
     store.shutdown();
 }
+
+/// A trim held up in its fsync (a slow disk) blocks neither appends to its own shard nor those
+/// of another shard on the same writer thread, nor lookups of positions.
+#[test]
+fn a_slow_trim_blocks_no_writer_and_no_lookup() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let one_writer = StoreOptions {
+        writer_threads: 1,
+        ..opts(1 << 20)
+    };
+    let store = LogStore::open(dir.path(), one_writer).unwrap();
+    let a = store.create_shard(50).unwrap();
+    let b = store.create_shard(51).unwrap();
+    rt.block_on(append_n(&store, &a, 5, "a"));
+    rt.block_on(append_n(&store, &b, 5, "b"));
+
+    let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let released = std::sync::Mutex::new(released);
+    fail::cfg_callback("store::trim-file-fsync", move || {
+        let _ = entered_tx.send(());
+        let _ = released.lock().unwrap().recv();
+    })
+    .unwrap();
+    let trimmer = {
+        let a = a.clone();
+        std::thread::spawn(move || a.trim(3))
+    };
+    entered.recv().unwrap();
+    // The trim sits in its fsync now. Appends to both shards (one writer thread) and position
+    // lookups go through.
+    let (done_tx, done) = std::sync::mpsc::channel();
+    {
+        let (store, a, b) = (store.clone(), a.clone(), b.clone());
+        std::thread::spawn(move || {
+            let rt = super::tests::rt();
+            let la = rt
+                .block_on(store.append(&a, Bytes::from_static(b"a-late"), 1, 0))
+                .unwrap()
+                .lsn;
+            let lb = rt
+                .block_on(store.append(&b, Bytes::from_static(b"b-late"), 1, 0))
+                .unwrap()
+                .lsn;
+            let _ = done_tx.send((la, lb, a.start_lsn(), a.trim_point(), a.written_lsn()));
+        });
+    }
+    let got = done.recv_timeout(std::time::Duration::from_secs(10));
+    let _ = release.send(());
+    let (la, lb, start, trim, written) = got.expect("appends and lookups waited for the trim's fsync");
+    assert_eq!((la, lb), (6, 6));
+    assert_eq!(
+        (start, trim, written),
+        (1, 0, 6),
+        "the trim is not in effect until it is durable"
+    );
+    assert_eq!(trimmer.join().unwrap().unwrap(), 3);
+    assert_eq!((a.start_lsn(), a.trim_point()), (4, 3));
+    assert_eq!(payloads(&a.read(1, 10, usize::MAX).unwrap()), ["a-3", "a-4", "a-late"]);
+    fail::remove("store::trim-file-fsync");
+    store.shutdown();
+    scenario.teardown();
+}
