@@ -33,6 +33,9 @@ pub const ZSTD_WINDOW_LOG_MAX: u32 = 23;
 /// the blocking pool, so decompression never runs on the async executor.
 const INLINE_CHECK_BYTES: usize = 64 << 10;
 
+/// Batches checked on the blocking pool at once (the rest wait their turn).
+static CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
+
 /// What one appended batch may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -68,6 +71,8 @@ pub async fn check(batch: Option<&BatchedRecord>, limits: Limits) -> ApiResult<(
     }
     // Cheap refusals first, so a refused batch never waits for a blocking thread.
     check_envelope(b, &limits)?;
+    // Each check may hold a decompressor's window (up to 8 MiB): only a few run at once.
+    let _slot = CHECKS.acquire().await.expect("the semaphore is never closed");
     let b = b.clone(); // payload is `Bytes`: a reference count, not a copy
     tokio::task::spawn_blocking(move || validate(Some(&b), &limits))
         .await

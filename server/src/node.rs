@@ -60,15 +60,8 @@ pub async fn reconcile(
 ) -> anyhow::Result<Catalog> {
     let dir = store.root().display().to_string();
     let mut streams = meta.list_streams("").await?;
-    for archived in meta.list_archived_streams().await? {
-        // Left by a crash (in an older version) between deleting its last subscription and it.
-        if meta.subscriptions_of_stream(&archived.name).await?.is_empty() {
-            tracing::info!(stream = %archived.name, "removing an archived stream no subscription reads");
-            meta.delete_stream(&archived.name).await?;
-        } else {
-            streams.push(archived);
-        }
-    }
+    let archived = meta.list_archived_streams().await?;
+    streams.extend(archived.iter().cloned());
     let mut listed = Vec::new();
     for s in &streams {
         listed.push(meta.list_shards(&s.name).await?);
@@ -90,10 +83,15 @@ pub async fn reconcile(
              streams; nothing was changed",
             on_disk.len()
         ),
+        // Holding shards, all of them this metastore's: the first start of this directory with
+        // a cluster id stopped between tying the metastore and tying the directory.
+        (None, Some(m)) if !on_disk.is_empty() && on_disk.iter().all(|s| known.contains(s)) => m.clone(),
         (None, Some(m)) if !known.is_empty() => anyhow::bail!(
             "metastore {metastore_uri} (cluster {m}) lists {} shard(s), but data directory {dir} has no cluster id \
-             (a new or wrong data directory?): start with the data directory that holds them; nothing was changed",
-            known.len()
+             and {} of them (a new or wrong data directory?): start with the data directory that holds them; \
+             nothing was changed",
+            known.len(),
+            if on_disk.is_empty() { "none" } else { "not all" }
         ),
         (None, Some(m)) if !on_disk.is_empty() => anyhow::bail!(
             "data directory {dir} holds {} shard(s) but no cluster id, and metastore {metastore_uri} belongs to \
@@ -130,6 +128,20 @@ pub async fn reconcile(
     if meta.cluster_id(Some(&id)).await?.as_deref() != Some(id.as_str()) {
         anyhow::bail!("metastore {metastore_uri} took another cluster id while this node started; restart it");
     }
+    // An archived stream no subscription reads any more (left by a crash between deleting its
+    // last subscription and it, in older versions) goes now; its directories are orphans below.
+    let mut gone = HashSet::new();
+    for a in &archived {
+        if meta.subscriptions_of_stream(&a.name).await?.is_empty() {
+            tracing::info!(stream = %a.name, "removing an archived stream no subscription reads");
+            for sm in meta.delete_stream(&a.name).await? {
+                gone.insert(sm.id);
+                if store.shard(sm.id).is_some() {
+                    store.delete_shard(sm.id)?;
+                }
+            }
+        }
+    }
     if dir_id.is_none() {
         store.set_cluster_id(&id)?;
         tracing::info!(cluster = %id, data_dir = %dir, "data directory tied to its metastore");
@@ -147,6 +159,9 @@ pub async fn reconcile(
     }
     let catalog = Catalog::default();
     for (s, shard_metas) in streams.into_iter().zip(listed) {
+        if shard_metas.iter().any(|sm| gone.contains(&sm.id)) {
+            continue;
+        }
         let mut shards = Vec::new();
         for sm in shard_metas {
             let log = match store.shard(sm.id) {

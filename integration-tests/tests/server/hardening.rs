@@ -263,6 +263,13 @@ async fn data_directory_is_tied_to_its_metastore_and_never_wiped() {
     assert!(err.contains("lists 2 shard(s)") && err.contains("new-data"), "{err}");
     assert_eq!(tree(&shards), stored, "refusals changed nothing");
 
+    // The first start of this directory stopped after tying the metastore, before tying the
+    // directory (its cluster-id file is missing): every shard on disk is the metastore's, so it
+    // is adopted.
+    std::fs::remove_file(data.join("cluster-id")).unwrap();
+    drop(Server::start(&data, &[]));
+    assert_eq!(std::fs::read_to_string(data.join("cluster-id")).unwrap(), cluster_id);
+
     // A shard directory the metastore never handed out: refused, then quarantined on request.
     let stray = shards.join("999999");
     std::fs::create_dir(&stray).unwrap();

@@ -62,6 +62,10 @@ async fn identity(store: &dyn MetaStore) {
         "a set cluster id is never overwritten"
     );
     assert_eq!(store.cluster_id(None).await.unwrap().as_deref(), Some("c-1"));
+    // No connector's name reaches it: deleting a connector named "cluster" leaves it alone.
+    store.kv_set("cluster", "id", b"x").await.unwrap();
+    store.delete_connector("cluster").await.unwrap();
+    assert_eq!(store.cluster_id(None).await.unwrap().as_deref(), Some("c-1"));
 }
 
 async fn streams_and_shards(store: &dyn MetaStore) {

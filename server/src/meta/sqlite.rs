@@ -184,15 +184,17 @@ const CONNECTOR_COLS: &str = "name, kind, target, config, status, created_ms, no
 
 #[async_trait]
 impl MetaStore for SqliteMetaStore {
+    /// Kept in `kv` under an owner no connector can be named (names start with a letter), so
+    /// deleting a connector never takes it.
     async fn cluster_id(&self, proposed: Option<&str>) -> MetaResult<Option<String>> {
         if let Some(id) = proposed {
-            sqlx::query("INSERT INTO kv (owner, key, value) VALUES ('cluster', 'id', ?) ON CONFLICT DO NOTHING")
+            sqlx::query("INSERT INTO kv (owner, key, value) VALUES ('__cluster__', 'id', ?) ON CONFLICT DO NOTHING")
                 .bind(id.as_bytes())
                 .execute(&self.pool)
                 .await
                 .map_err(backend)?;
         }
-        let row = sqlx::query("SELECT value FROM kv WHERE owner = 'cluster' AND key = 'id'")
+        let row = sqlx::query("SELECT value FROM kv WHERE owner = '__cluster__' AND key = 'id'")
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?;

@@ -46,11 +46,14 @@ static ACTIVE: AtomicUsize = AtomicUsize::new(0);
 
 /// A read handle on the file at `path`.
 pub fn reader(path: &Path) -> io::Result<Arc<File>> {
-    if let Some(f) = READERS.lock().expect("handle cache").get(path) {
+    // Opened under the cache's lock, so a `forget` before an unlink cannot be overtaken by an
+    // insert of the file it forgot.
+    let mut cache = READERS.lock().expect("handle cache");
+    if let Some(f) = cache.get(path) {
         return Ok(f.clone());
     }
     let f = Arc::new(File::open(path)?);
-    READERS.lock().expect("handle cache").put(path.to_owned(), f.clone());
+    cache.put(path.to_owned(), f.clone());
     Ok(f)
 }
 

@@ -127,6 +127,8 @@ pub struct LogStore {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Dropping these ends the background threads (flusher, janitor).
     stops: Mutex<Vec<std::sync::mpsc::Sender<()>>>,
+    /// Wakes the janitor at once (the append handle budget is spent).
+    janitor: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
 
 /// File in the store's root naming the cluster its shards belong to.
@@ -177,6 +179,7 @@ impl LogStore {
             writers: RwLock::new(Vec::new()),
             threads: Mutex::new(Vec::new()),
             stops: Mutex::new(Vec::new()),
+            janitor: Mutex::new(None),
         });
         let mut writers = Vec::new();
         let mut threads = Vec::new();
@@ -216,14 +219,18 @@ impl LogStore {
                     .name("log-janitor".into())
                     .spawn(move || {
                         let every = Duration::from_secs(1);
-                        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(every) {
+                        loop {
+                            // A message is a kick; the sender's drop (shutdown) ends the thread.
+                            if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) = stop_rx.recv_timeout(every) {
+                                break;
+                            }
                             let Some(store) = weak.upgrade() else { break };
                             store.close_idle_handles();
                         }
                     })
                     .map_err(|e| StoreError::io(root, e))?,
             );
-            store.stops.lock().expect("lock").push(stop_tx);
+            *store.janitor.lock().expect("lock") = Some(stop_tx);
         }
         *store.writers.write().expect("lock") = writers;
         *store.threads.lock().expect("lock") = threads;
@@ -346,11 +353,12 @@ impl LogStore {
         batch_size: u32,
         compression: u8,
     ) -> Result<Appended, StoreError> {
-        // A write opens its shard's append handle if closed: make room first when the budget is
-        // spent (synced shards only, so nothing waits on an fsync).
-        if handles::active_open() >= handles::active_budget() {
-            let shards: Vec<_> = self.shards.read().expect("lock").values().cloned().collect();
-            Self::shed_handles(&shards, 0);
+        // A write opens its shard's append handle if closed: when the budget is spent, the
+        // janitor makes room (it may fsync, so not here on the executor).
+        if handles::active_open() >= handles::active_budget()
+            && let Some(kick) = &*self.janitor.lock().expect("lock")
+        {
+            let _ = kick.send(());
         }
         let writer = {
             let writers = self.writers.read().expect("lock");
@@ -407,12 +415,12 @@ impl LogStore {
             s.close_idle_handle(60_000);
         }
         if handles::active_open() > handles::active_budget() {
-            Self::shed_handles(&shards, 1000);
+            Self::shed_handles(&shards, 0);
         }
     }
 
-    /// Closes append handles of synced shards, least recently written first, idle for at least
-    /// `idle_ms`, until a quarter of the budget is free again.
+    /// Closes append handles (fsyncing what is unsynced), least recently written first, idle for
+    /// at least `idle_ms`, until a quarter of the budget is free again. Janitor thread only.
     fn shed_handles(shards: &[Arc<ShardLog>], idle_ms: i64) {
         let mut by_age: Vec<_> = shards.iter().filter(|s| s.last_write_ms() > 0).collect();
         by_age.sort_by_key(|s| s.last_write_ms());
@@ -433,6 +441,7 @@ impl LogStore {
     pub fn shutdown(&self) {
         self.writers.write().expect("lock").clear();
         self.stops.lock().expect("lock").clear();
+        self.janitor.lock().expect("lock").take();
         let threads = std::mem::take(&mut *self.threads.lock().expect("lock"));
         for t in threads {
             let _ = t.join();

@@ -579,13 +579,18 @@ impl ShardLog {
 
     /// Fsyncs the active segment if anything was written since the last sync.
     pub fn sync_if_dirty(&self) -> Result<(), StoreError> {
-        if !self.unsynced.swap(false, Ordering::AcqRel) {
+        if !self.unsynced.load(Ordering::Acquire) {
             return Ok(());
         }
         let (handle, path) = {
+            // Cleared under the lock, in one step with taking the handle: the janitor (which
+            // closes only synced handles, under the lock) cannot slip in between.
             let inner = self.lock()?;
+            if !self.unsynced.swap(false, Ordering::AcqRel) {
+                return Ok(());
+            }
             let seg = inner.segments.last().expect("active segment");
-            // A closed handle was closed synced: nothing to flush.
+            // A handle is closed only once synced, and a write reopens it: nothing to flush.
             let Some(active) = &inner.active else { return Ok(()) };
             (
                 active.try_clone().map_err(|e| StoreError::io(&seg.path, e))?,
@@ -608,10 +613,13 @@ impl ShardLog {
     /// an unknown state.
     fn roll(&self, inner: &mut Inner) -> Result<(), StoreError> {
         let old = inner.segments.last().expect("active segment").clone();
-        // No handle: it was closed synced, and nothing was written since.
-        if let Some(active) = &inner.active
-            && let Err(e) = sync_data(self.id, active, &old.path, "store::roll-fsync")
-        {
+        // Sealed segments are whole on disk before the next begins, whoever else may be syncing
+        // this file right now (a flusher holding its own handle): fsync it here in any case.
+        let sealed = match &inner.active {
+            Some(active) => sync_data(self.id, active, &old.path, "store::roll-fsync"),
+            None => File::open(&old.path).and_then(|f| sync_data(self.id, &f, &old.path, "store::roll-fsync")),
+        };
+        if let Err(e) = sealed {
             self.poison(inner, format!("fsync failed sealing a segment: {e}"));
             return Err(StoreError::io(&old.path, e));
         }
@@ -675,6 +683,8 @@ impl ShardLog {
             if seg.last_lsn() < from {
                 continue;
             }
+            // A trim since the list was taken may have moved the start past `from`.
+            from = from.max(self.trim_point() + 1);
             if from < seg.base && covers(&self.gaps, from, seg.base - 1) {
                 // Lost in an unclean stop and recorded so: nothing to return for them.
                 from = seg.base;
@@ -694,7 +704,10 @@ impl ShardLog {
             let file = match seg.reader() {
                 Ok(f) => f,
                 // Trimmed away since the list was taken: its LSNs are no longer readable.
-                Err(e) if e.kind() == io::ErrorKind::NotFound && seg.last_lsn() <= self.trim_point() => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && seg.last_lsn() <= self.trim_point() => {
+                    from = from.max(seg.last_lsn() + 1);
+                    continue;
+                }
                 Err(e) => return Err(StoreError::io(&seg.path, e)),
             };
             let got = segment::read_range(
@@ -863,16 +876,30 @@ impl ShardLog {
         Ok(())
     }
 
-    /// Closes the append handle if the shard has written nothing for `idle_ms` and everything
-    /// it wrote is synced; never waits for the shard lock. Returns whether it closed one.
+    /// Closes the append handle if the shard has written nothing for `idle_ms`, fsyncing it
+    /// first if anything is unsynced (so a closed handle always means a synced file); never
+    /// waits for the shard lock. Runs on the janitor thread. Returns whether it closed one.
     pub fn close_idle_handle(&self, idle_ms: i64) -> bool {
         let Ok(m) = &self.inner else { return false };
         let Ok(mut inner) = m.try_lock() else { return false };
         if inner.active.is_none()
-            || self.unsynced.load(Ordering::Acquire)
+            || inner.poisoned.is_some()
             || super::now_ms() - self.last_write_ms.load(Ordering::Relaxed) < idle_ms
         {
             return false;
+        }
+        if self.unsynced.swap(false, Ordering::AcqRel) {
+            let path = inner.segments.last().expect("active segment").path.clone();
+            let synced = sync_data(
+                self.id,
+                inner.active.as_ref().expect("checked above"),
+                &path,
+                "store::flush-fsync",
+            );
+            if let Err(e) = synced {
+                self.poison(&mut inner, format!("fsync failed: {e}"));
+                return false;
+            }
         }
         inner.active = None;
         true

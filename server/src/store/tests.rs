@@ -727,3 +727,33 @@ fn a_slow_trim_blocks_no_writer_and_no_lookup() {
     store.shutdown();
     scenario.teardown();
 }
+
+/// The janitor closes an idle append handle only after fsyncing what it holds, so a closed
+/// handle always means a synced file, even under `--fsync never`.
+#[test]
+fn closing_an_idle_handle_syncs_it_first() {
+    use super::shard_log::power;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let never = StoreOptions {
+        fsync: FsyncPolicy::Never,
+        ..opts(1 << 20)
+    };
+    {
+        let store = LogStore::open(dir.path(), never.clone()).unwrap();
+        let shard = store.create_shard(60).unwrap();
+        power::settle(dir.path());
+        rt.block_on(append_n(&store, &shard, 5, "kept"));
+        assert!(
+            shard.close_idle_handle(0),
+            "an unsynced idle handle is synced and closed"
+        );
+        assert!(!shard.close_idle_handle(0), "nothing left to close");
+        // The power goes.
+    }
+    power::lose_unsynced(dir.path());
+    let store = LogStore::open(dir.path(), never).unwrap();
+    let shard = store.shard(60).unwrap();
+    assert_eq!(payloads(&shard.read(1, 10, usize::MAX).unwrap()).len(), 5);
+    store.shutdown();
+}

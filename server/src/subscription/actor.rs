@@ -236,7 +236,9 @@ impl Actor {
     /// Most acks a shard keeps for batches not delivered since this actor started: what
     /// consumers could have had out before a restart (maxUnackedRecords), with room to spare.
     fn early_ack_limit(&self) -> usize {
-        (self.sub.max_unacked.max(1) as usize).saturating_mul(2).max(1024)
+        (self.sub.max_unacked.max(1) as usize)
+            .saturating_mul(2)
+            .clamp(1024, 1 << 16)
     }
 
     fn ack_timeout(&self) -> Duration {
