@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hstream_integration_tests::{Server, batch};
+use hstream_integration_tests::{Server, batch, make_stream};
 use hstream_proto as pb;
 
 #[derive(clap::Args, Clone)]
@@ -110,24 +110,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let data = tempfile::tempdir_in(&dir)?;
         let mut server = Server::start(data.path(), &["--fsync", "never"]);
         let mut c = server.client().await;
-        c.create_stream(pb::Stream {
-            stream_name: "big".into(),
-            replication_factor: 1,
-            backlog_duration: 0,
-            shard_count: 4,
-            creation_time: None,
-        })
-        .await?;
-        let shards: Vec<u64> = c
-            .list_shards(pb::ListShardsRequest {
-                stream_name: "big".into(),
-            })
-            .await?
-            .into_inner()
-            .shards
-            .iter()
-            .map(|s| s.shard_id)
-            .collect();
+        let shards = make_stream(&mut c, "big", 4).await;
         // Batches of 100 x 1 KiB incompressible records, as the append bench writes.
         let payloads: Vec<Vec<u8>> = (0..100)
             .map(|i| (0..1024).map(|j| ((i * 131 + j * 7) % 251) as u8).collect())

@@ -7,7 +7,8 @@
 //! Shutdown phases (on the cancellation token, from SIGTERM/SIGINT):
 //! 1. stop intake: the listener closes and new RPCs are refused; tailing reads end;
 //! 2. drain: in-flight requests finish and request-spawned tasks are awaited;
-//! 3. flush: writer threads commit what is queued, then every shard is fsynced;
+//! 3. flush: writer threads commit what is queued, then every shard is fsynced and its LSN
+//!    reservation released;
 //! 4. close: the metastore is closed.
 
 use std::collections::HashSet;

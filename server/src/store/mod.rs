@@ -23,6 +23,7 @@
 mod handles;
 mod segment;
 mod shard_log;
+mod summary;
 
 pub use segment::{MAX_PAYLOAD_LEN, StoredBatch};
 pub use shard_log::ShardLog;

@@ -30,6 +30,7 @@ use tokio::sync::watch;
 
 use super::handles::{self, ActiveFile};
 use super::segment::{self, FILE_HEADER_LEN, IndexPoint, StoredBatch};
+use super::summary::{self, Summary};
 use super::{StoreError, StoreOptions};
 
 const TRIM_FILE: &str = "trim";
@@ -141,6 +142,8 @@ pub struct ShardLog {
     trimming: Mutex<()>,
     /// Wall-clock ms of the last write, for the janitor that closes idle append handles.
     last_write_ms: AtomicI64,
+    /// Segments whose entry headers were walked at open (no usable summary): for tests.
+    pub scanned_at_open: usize,
     visible: watch::Sender<u64>,
     unsynced: AtomicBool,
     deleted: AtomicBool,
@@ -213,6 +216,7 @@ impl ShardLog {
         let reserved = read_u64_file(&dir, RESERVED_FILE)?;
         let mut gaps = read_gaps(&dir)?;
         let mut bases = Vec::new();
+        let mut summaries = Vec::new();
         for entry in fs::read_dir(&dir).map_err(|e| StoreError::io(&dir, e))? {
             let entry = entry.map_err(|e| StoreError::io(&dir, e))?;
             let name = entry.file_name();
@@ -221,15 +225,22 @@ impl ShardLog {
                 bases.push(base);
             } else if name.ends_with(".tmp") {
                 let _ = fs::remove_file(entry.path());
+            } else if let Some(base) = name.strip_suffix(".idx").and_then(|b| b.parse::<u64>().ok()) {
+                summaries.push(base);
             }
         }
         bases.sort_unstable();
+        // Summaries whose segment went (a trim that stopped between the two removals).
+        for base in summaries.into_iter().filter(|b| bases.binary_search(b).is_err()) {
+            let _ = fs::remove_file(summary::path(&segment_path(&dir, base)));
+        }
         if bases.is_empty() {
             bases.push(trim_point + 1);
             create_segment_file(id, &dir, trim_point + 1)?;
         }
         let mut segments = Vec::with_capacity(bases.len());
         let mut records = 0u64;
+        let mut scanned = 0usize;
         let last_i = bases.len() - 1;
         let mut expected_base = None;
         for (i, &base) in bases.iter().enumerate() {
@@ -264,9 +275,38 @@ impl ShardLog {
                     tracing::error!(shard = id, expected = exp, found = base, "gap between segments");
                 }
             }
-            let scan =
-                segment::scan(&file, base, is_last, opts.index_interval_bytes).map_err(|e| StoreError::io(&path, e))?;
             let file_len = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
+            // A sealed segment's summary spares walking its entry headers.
+            let cached = if is_last { None } else { summary::load(&path, file_len) };
+            let scan = match cached {
+                Some(s) => segment::ScanOutcome {
+                    valid_len: s.len,
+                    last_lsn: s.last_lsn,
+                    first_timestamp_ms: None,
+                    last_timestamp_ms: (s.last_ts != i64::MIN).then_some(s.last_ts),
+                    index: s.index,
+                    records: s.records,
+                    stopped: None,
+                },
+                None => {
+                    scanned += 1;
+                    let scan = segment::scan(&file, base, is_last, opts.index_interval_bytes)
+                        .map_err(|e| StoreError::io(&path, e))?;
+                    if !is_last && scan.stopped.is_none() {
+                        summary::store(
+                            &path,
+                            &Summary {
+                                len: scan.valid_len,
+                                last_lsn: scan.last_lsn,
+                                last_ts: scan.last_timestamp_ms.unwrap_or(i64::MIN),
+                                records: scan.records,
+                                index: scan.index.clone(),
+                            },
+                        );
+                    }
+                    scan
+                }
+            };
             if let Some(reason) = &scan.stopped {
                 if is_last {
                     tracing::warn!(shard = id, path = %path.display(), cut_bytes = file_len - scan.valid_len,
@@ -355,6 +395,7 @@ impl ShardLog {
             written: AtomicU64::new(next_lsn - 1),
             trimming: Mutex::new(()),
             last_write_ms: AtomicI64::new(0),
+            scanned_at_open: scanned,
             visible: watch::Sender::new(visible),
             unsynced: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
@@ -380,6 +421,7 @@ impl ShardLog {
             written: AtomicU64::new(0),
             trimming: Mutex::new(()),
             last_write_ms: AtomicI64::new(0),
+            scanned_at_open: 0,
             visible: watch::Sender::new(0),
             unsynced: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
@@ -623,6 +665,26 @@ impl ShardLog {
             self.poison(inner, format!("fsync failed sealing a segment: {e}"));
             return Err(StoreError::io(&old.path, e));
         }
+        // Cache its summary, so start-up need not walk its headers.
+        summary::store(
+            &old.path,
+            &Summary {
+                len: inner.active_len,
+                last_lsn: old.last_lsn(),
+                last_ts: old.last_ts.load(Ordering::Acquire),
+                records: inner.records_written - old.records_at_base,
+                index: old
+                    .index
+                    .read()
+                    .expect("index lock")
+                    .iter()
+                    .map(|p| IndexPoint {
+                        records_before: p.records_before - old.records_at_base,
+                        ..*p
+                    })
+                    .collect(),
+            },
+        );
         if self.is_deleted() {
             return Err(StoreError::ShardDeleted(self.id));
         }
@@ -842,6 +904,7 @@ impl ShardLog {
         }
         for seg in doomed {
             handles::forget(&seg.path);
+            let _ = fs::remove_file(summary::path(&seg.path));
             if let Err(e) = fs::remove_file(&seg.path) {
                 tracing::warn!(shard = self.id, path = %seg.path.display(), error = %e,
                     "could not remove a trimmed segment; the next start removes it");

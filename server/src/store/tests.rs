@@ -285,6 +285,22 @@ fn damage_inside_a_sealed_segment_fails_reads_of_the_lost_range() {
     let mut bytes = std::fs::read(&first).unwrap();
     bytes[last.offset as usize + segment::ENTRY_HEADER_LEN + 21] = 99;
     std::fs::write(&first, &bytes).unwrap();
+    // With the segment's summary (cached when it was sealed), open trusts it and the damage
+    // shows on reading: every read verifies its entries, so it fails as data loss, not data.
+    {
+        let store = LogStore::open(dir.path(), opts(400)).unwrap();
+        let shard = store.shard(4).unwrap();
+        assert_eq!(
+            shard.read(1, (last.lsn - 1) as usize, usize::MAX).unwrap().len() as u64,
+            last.lsn - 1
+        );
+        let err = shard.read(last.lsn, 10, usize::MAX).unwrap_err();
+        assert_eq!(crate::error::ApiError::from(err).code(), tonic::Code::DataLoss);
+        assert_eq!(shard.read(last.lsn + 1, 1, usize::MAX).unwrap()[0].lsn, last.lsn + 1);
+        store.shutdown();
+    }
+    // Without it, open walks the headers and finds the damage up front.
+    std::fs::remove_file(super::summary::path(&first)).unwrap();
     let store = LogStore::open(dir.path(), opts(400)).unwrap();
     let shard = store.shard(4).unwrap();
     // Reads before the damage work; reading into the lost range fails instead of skipping it.
@@ -755,5 +771,65 @@ fn closing_an_idle_handle_syncs_it_first() {
     let store = LogStore::open(dir.path(), never).unwrap();
     let shard = store.shard(60).unwrap();
     assert_eq!(payloads(&shard.read(1, 10, usize::MAX).unwrap()).len(), 5);
+    store.shutdown();
+}
+
+/// Sealed segments are summarized when sealed: a restart walks only the last segment's entry
+/// headers, answers exactly as a full scan does, and falls back to a scan for a summary that
+/// is damaged or missing.
+#[test]
+fn restart_reads_summaries_not_headers_of_sealed_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let shard_dir;
+    let (all, records, at_ts);
+    {
+        let store = LogStore::open(dir.path(), opts(400)).unwrap();
+        let shard = store.create_shard(70).unwrap();
+        rt.block_on(append_n(&store, &shard, 60, "s"));
+        assert!(shard.segment_count() > 4);
+        shard_dir = shard.dir().to_owned();
+        all = payloads(&shard.read(1, 100, usize::MAX).unwrap());
+        records = shard.records_from(17).unwrap();
+        let t = shard.read(30, 1, usize::MAX).unwrap()[0].timestamp_ms;
+        at_ts = (t, shard.lsn_at_or_after(t).unwrap());
+        store.shutdown();
+    }
+    let check = |expect_scanned: usize| {
+        let store = LogStore::open(dir.path(), opts(400)).unwrap();
+        let shard = store.shard(70).unwrap();
+        assert_eq!(shard.scanned_at_open, expect_scanned);
+        assert_eq!(payloads(&shard.read(1, 100, usize::MAX).unwrap()), all);
+        assert_eq!(shard.records_from(17).unwrap(), records);
+        assert_eq!(shard.lsn_at_or_after(at_ts.0).unwrap(), at_ts.1);
+        let n = shard.segment_count();
+        store.shutdown();
+        n
+    };
+    let segments = check(1);
+    // A damaged summary and a missing one: those two are scanned (and summarized again).
+    let mut idx: Vec<_> = std::fs::read_dir(&shard_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+        .collect();
+    idx.sort();
+    assert_eq!(idx.len(), segments - 1, "every sealed segment has a summary");
+    let mut b = std::fs::read(&idx[0]).unwrap();
+    b[20] ^= 0xff;
+    std::fs::write(&idx[0], b).unwrap();
+    std::fs::remove_file(&idx[1]).unwrap();
+    check(3);
+    check(1);
+    // A trim removes summaries with their segments.
+    let store = LogStore::open(dir.path(), opts(400)).unwrap();
+    store.shard(70).unwrap().trim(40).unwrap();
+    let left = std::fs::read_dir(&shard_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "idx"))
+        .count();
+    assert_eq!(left, store.shard(70).unwrap().segment_count() - 1);
     store.shutdown();
 }
