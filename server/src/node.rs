@@ -46,8 +46,9 @@ pub async fn open_meta(uri: &str) -> anyhow::Result<Arc<dyn MetaStore>> {
 /// start (naming the directory, the metastore and the way out) when they do not belong together.
 /// Never deletes data the metastore does not account for:
 /// - the data directory's `cluster-id` must equal the metastore's; a side without one adopts the
-///   other's only if it holds nothing (a new metastore beside shard data, or a new data
-///   directory beside a metastore that lists shards, is refused);
+///   other's only if it holds nothing, or (a data directory) only shards the metastore lists (a
+///   first start that stopped between tying the two); a new metastore beside shard data, or a
+///   new data directory beside a metastore that lists shards, is refused;
 /// - a shard directory the metastore does not list is removed only if its id is below the
 ///   metastore's next shard id (an interrupted create or delete of this cluster); any other is
 ///   refused, or moved to `quarantine/` under `--quarantine-unknown-shards`;
