@@ -20,6 +20,7 @@
 //! shard's share with one `write`, fsyncs each touched shard once, then makes the batches
 //! visible and answers all of them.
 
+mod durable;
 mod handles;
 mod segment;
 mod shard_log;
@@ -534,5 +535,7 @@ fn fail_all(jobs: Vec<Job>, e: &StoreError) {
     }
 }
 
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod tests;
