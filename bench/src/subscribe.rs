@@ -6,6 +6,9 @@
 //! the subscription machinery costs.
 //! Latency: a producer appends at a fixed rate (batches of 10) with the send time in each
 //! payload; the consumer computes append-to-delivery latency per record (p50/p99).
+//! Idle shards: the same latency run on a stream of `--wide-shards` shards (10,000) of which
+//! one gets the appends; idle shards must cost an append nothing, so the figures should match
+//! the 4-shard run.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,6 +33,9 @@ pub struct Args {
     /// Seconds of the latency run.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Shards of the stream in the idle-shards run.
+    #[arg(long, default_value_t = 10_000)]
+    wide_shards: u32,
 }
 
 impl Args {
@@ -40,6 +46,7 @@ impl Args {
             record_bytes: 256,
             rate: 10_000,
             seconds: 10,
+            wide_shards: 10_000,
         }
     }
 }
@@ -51,13 +58,13 @@ fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
-async fn setup(server: &Server, name: &str, sub: &str) -> anyhow::Result<(Client, Vec<u64>)> {
+async fn setup(server: &Server, name: &str, sub: &str, shard_count: u32) -> anyhow::Result<(Client, Vec<u64>)> {
     let mut c = server.client().await;
     c.create_stream(pb::Stream {
         stream_name: name.into(),
         replication_factor: 1,
         backlog_duration: 0,
-        shard_count: 4,
+        shard_count,
         creation_time: None,
     })
     .await?;
@@ -123,7 +130,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
 
     // Throughput: preload, then drain.
-    let (mut c, shards) = setup(&server, "tput", "tput_sub").await?;
+    let (mut c, shards) = setup(&server, "tput", "tput_sub", 4).await?;
     let n_batches = args.records / args.batch_records;
     for i in 0..n_batches {
         let payloads: Vec<Vec<u8>> = (0..args.batch_records)
@@ -161,38 +168,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(read == total, "ReadStream returned {read} of {total}");
     let read_rate = total as f64 / t.elapsed().as_secs_f64();
 
-    // Latency at a fixed rate.
-    let (c2, shards) = setup(&server, "lat", "lat_sub").await?;
-    let per_batch = 10usize;
-    let batches = args.rate * args.seconds as usize / per_batch;
-    let interval = Duration::from_secs_f64(per_batch as f64 / args.rate as f64);
-    let mut producer = c2.clone();
-    let prod = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        for i in 0..batches {
-            tick.tick().await;
-            let stamp = now_us().to_le_bytes().to_vec();
-            let payloads: Vec<Vec<u8>> = (0..per_batch).map(|_| stamp.clone()).collect();
-            let records = batch(&format!("k{i}"), &payloads, pb::CompressionType::None);
-            let req = pb::AppendRequest {
-                stream_name: "lat".into(),
-                shard_id: shards[i % shards.len()],
-                records: Some(records),
-            };
-            producer.append(req).await.expect("append");
-        }
-    });
-    let mut lat = Vec::with_capacity(batches * per_batch);
-    consume(&c2, "lat_sub", batches * per_batch, |p| {
-        let sent = u64::from_le_bytes(p[..8].try_into().expect("stamp"));
-        lat.push(now_us().saturating_sub(sent));
-    })
-    .await?;
-    prod.await?;
-    lat.sort_unstable();
-    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0;
-
+    // Latency at a fixed rate: over 4 shards, then into one of many idle ones.
+    let (p50, p99) = latency(&server, "lat", 4, &args).await?;
+    let (wide50, wide99) = latency(&server, "wide", args.wide_shards, &args).await?;
     println!();
     println!(
         "| {:<52} | {:>12} | {:>9} | {:>9} |",
@@ -217,8 +195,56 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "| {:<52} | {:>12} | {:>9.2} | {:>9.2} |",
         format!("append->delivery at {} records/s (fsync=always)", args.rate),
         "-",
-        pct(0.5),
-        pct(0.99)
+        p50,
+        p99
+    );
+    println!(
+        "| {:<52} | {:>12} | {:>9.2} | {:>9.2} |",
+        format!("same, 1 busy of {} shards ({:.2}x p50)", args.wide_shards, wide50 / p50),
+        "-",
+        wide50,
+        wide99
     );
     Ok(())
+}
+
+/// p50 and p99 append-to-delivery latency (ms) at `args.rate` on a new stream of `shard_count`
+/// shards; a stream of more than 4 shards gets appends on its first shard only.
+async fn latency(server: &Server, name: &str, shard_count: u32, args: &Args) -> anyhow::Result<(f64, f64)> {
+    let sub = format!("{name}_sub");
+    let (c2, mut shards) = setup(server, name, &sub, shard_count).await?;
+    if shards.len() > 4 {
+        shards.truncate(1);
+    }
+    let per_batch = 10usize;
+    let batches = args.rate * args.seconds as usize / per_batch;
+    let interval = Duration::from_secs_f64(per_batch as f64 / args.rate as f64);
+    let mut producer = c2.clone();
+    let stream = name.to_owned();
+    let prod = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        for i in 0..batches {
+            tick.tick().await;
+            let stamp = now_us().to_le_bytes().to_vec();
+            let payloads: Vec<Vec<u8>> = (0..per_batch).map(|_| stamp.clone()).collect();
+            let records = batch(&format!("k{i}"), &payloads, pb::CompressionType::None);
+            let req = pb::AppendRequest {
+                stream_name: stream.clone(),
+                shard_id: shards[i % shards.len()],
+                records: Some(records),
+            };
+            producer.append(req).await.expect("append");
+        }
+    });
+    let mut lat = Vec::with_capacity(batches * per_batch);
+    consume(&c2, &sub, batches * per_batch, |p| {
+        let sent = u64::from_le_bytes(p[..8].try_into().expect("stamp"));
+        lat.push(now_us().saturating_sub(sent));
+    })
+    .await?;
+    prod.await?;
+    lat.sort_unstable();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0;
+    Ok((pct(0.5), pct(0.99)))
 }

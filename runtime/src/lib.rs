@@ -23,6 +23,7 @@ pub mod spec;
 pub mod streams;
 pub mod structs;
 pub mod supervisor;
+pub mod testing;
 pub mod wasm;
 
 pub use connector::{
@@ -32,4 +33,4 @@ pub use error::{ConnectorError, ErrorKind};
 pub use pipeline::Lag;
 pub use registry::{ConnectorType, Kind, Registry, builtin};
 pub use secret::Secret;
-pub use streams::{Checkpoints, ReadChunk, Streams};
+pub use streams::{Checkpoints, ReadChunk, ShardWatch, Streams};

@@ -350,71 +350,79 @@ pub async fn run_sink<K: Sink>(
     let mut durable = position;
     let mut unflushed = false;
     let mut saved_at = Instant::now();
-    let mut next = 0usize;
-    let mut idle = 0usize;
+    // Shards take turns, a chunk each; one that came back empty sits out until the watch
+    // (started before the first read, so it misses nothing) names it again.
+    let mut watch = ctx.streams.watch(&stream, &shards).await?;
+    let mut turns: std::collections::VecDeque<u64> = shards.iter().copied().collect();
+    let mut queued: std::collections::BTreeSet<u64> = shards.iter().copied().collect();
     loop {
         if ctx.cancel.is_cancelled() {
             break;
         }
-        let shard = shards[next % shards.len()];
-        next += 1;
-        let from = written.shards[&shard];
-        // Once every shard in turn came back empty, wait for any of them to get data.
-        if idle >= shards.len() {
-            tokio::select! {
-                w = ctx.streams.wait_for_data(&stream, &written.shards, SINK_IDLE_WAIT) => w?,
+        if let Some(shard) = turns.pop_front() {
+            queued.remove(&shard);
+            let from = written.shards[&shard];
+            let chunk = tokio::select! {
+                c = ctx.streams.read(&stream, shard, from, SINK_READ_BATCHES, Duration::ZERO) => c?,
                 _ = ctx.cancel.cancelled() => break,
-            }
-            idle = 0;
-        }
-        let chunk = tokio::select! {
-            c = ctx.streams.read(&stream, shard, from, SINK_READ_BATCHES, Duration::ZERO) => c?,
-            _ = ctx.cancel.cancelled() => break,
-        };
-        if !chunk.records.is_empty() {
-            idle = 0;
-            // Transforms may drop records: a chunk left empty is passed over as written.
-            let records = match &chain {
-                Some(c) => tokio::select! {
-                    r = c.apply_sink(chunk.records) => r?,
-                    _ = ctx.cancel.cancelled() => break,
-                },
-                None => chunk.records,
             };
-            let n = records.len() as u64;
-            let bytes = records.iter().map(|r| r.payload.len() as u64).sum();
-            // A sink blocked downstream holds up a stop for WRITE_GRACE at most. A write cut
-            // short is not asked to finish: the position stays at the last checkpoint and what
-            // followed it is written again by the next attempt.
-            let written_now = if records.is_empty() {
-                Written::Durable
-            } else {
-                let write = sink.write(&records);
-                tokio::pin!(write);
-                tokio::select! {
-                    w = &mut write => w?,
-                    _ = ctx.cancel.cancelled() => match tokio::time::timeout(WRITE_GRACE, &mut write).await {
-                        Ok(w) => w?,
-                        Err(_) => return Ok(Done::Cancelled),
+            if !chunk.records.is_empty() {
+                // It may have more: another turn after the others.
+                if queued.insert(shard) {
+                    turns.push_back(shard);
+                }
+                // Transforms may drop records: a chunk left empty is passed over as written.
+                let records = match &chain {
+                    Some(c) => tokio::select! {
+                        r = c.apply_sink(chunk.records) => r?,
+                        _ = ctx.cancel.cancelled() => break,
                     },
+                    None => chunk.records,
+                };
+                let n = records.len() as u64;
+                let bytes = records.iter().map(|r| r.payload.len() as u64).sum();
+                // A sink blocked downstream holds up a stop for WRITE_GRACE at most. A write cut
+                // short is not asked to finish: the position stays at the last checkpoint and what
+                // followed it is written again by the next attempt.
+                let written_now = if records.is_empty() {
+                    Written::Durable
+                } else {
+                    let write = sink.write(&records);
+                    tokio::pin!(write);
+                    tokio::select! {
+                        w = &mut write => w?,
+                        _ = ctx.cancel.cancelled() => match tokio::time::timeout(WRITE_GRACE, &mut write).await {
+                            Ok(w) => w?,
+                            Err(_) => return Ok(Done::Cancelled),
+                        },
+                    }
+                };
+                match written_now {
+                    Written::Durable if !unflushed => {
+                        written.shards.insert(shard, chunk.next_lsn);
+                        durable.shards.insert(shard, chunk.next_lsn);
+                    }
+                    _ => {
+                        written.shards.insert(shard, chunk.next_lsn);
+                        unflushed = true;
+                    }
                 }
-            };
-            match written_now {
-                Written::Durable if !unflushed => {
-                    written.shards.insert(shard, chunk.next_lsn);
-                    durable.shards.insert(shard, chunk.next_lsn);
-                }
-                _ => {
-                    written.shards.insert(shard, chunk.next_lsn);
-                    unflushed = true;
+                ctx.progress.moved(n, bytes);
+            } else {
+                written.shards.insert(shard, chunk.next_lsn.max(from));
+                if !unflushed {
+                    durable.shards.insert(shard, chunk.next_lsn.max(from));
                 }
             }
-            ctx.progress.moved(n, bytes);
         } else {
-            idle += 1;
-            written.shards.insert(shard, chunk.next_lsn.max(from));
-            if !unflushed {
-                durable.shards.insert(shard, chunk.next_lsn.max(from));
+            let woke = tokio::select! {
+                w = watch.ready(SINK_IDLE_WAIT) => w?,
+                _ = ctx.cancel.cancelled() => break,
+            };
+            for shard in woke {
+                if written.shards.contains_key(&shard) && queued.insert(shard) {
+                    turns.push_back(shard);
+                }
             }
         }
         if saved_at.elapsed() >= flush_every {
@@ -446,4 +454,82 @@ pub async fn run_sink<K: Sink>(
     }
     save(&ctx, &written).await?;
     Ok(Done::Cancelled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connector::{ConnectorConfig, PayloadFlag, Record, SinkRecord};
+    use crate::testing::{MemoryCheckpoints, MemoryStreams};
+
+    #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+    struct CountConfig {
+        stream: String,
+    }
+    impl ConnectorConfig for CountConfig {}
+
+    /// Counts what it is given; each write is durable.
+    struct Count(mpsc::UnboundedSender<usize>);
+
+    static COUNTED: std::sync::Mutex<Option<mpsc::UnboundedSender<usize>>> = std::sync::Mutex::new(None);
+
+    #[async_trait::async_trait]
+    impl Sink for Count {
+        type Config = CountConfig;
+        async fn check(_: &CountConfig) -> Result<(), ConnectorError> {
+            Ok(())
+        }
+        async fn open(_: CountConfig) -> Result<Self, ConnectorError> {
+            Ok(Count(COUNTED.lock().unwrap().clone().expect("a test's counter")))
+        }
+        fn stream(config: &CountConfig) -> &str {
+            &config.stream
+        }
+        async fn write(&mut self, records: &[SinkRecord]) -> Result<Written, ConnectorError> {
+            let _ = self.0.send(records.len());
+            Ok(Written::Durable)
+        }
+        async fn flush(&mut self) -> Result<(), ConnectorError> {
+            Ok(())
+        }
+    }
+
+    /// A sink over many idle shards reads, once it has caught up, only the shards the watch
+    /// names: appends to one shard cost the idle ones no read.
+    #[tokio::test]
+    async fn a_sink_reads_only_shards_that_got_data() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        *COUNTED.lock().unwrap() = Some(tx);
+        let streams = MemoryStreams::new();
+        streams.create("wide", 300);
+        let ctx = RunContext {
+            task: "count".into(),
+            config: Value::Null,
+            streams: streams.clone(),
+            checkpoints: MemoryCheckpoints::new(),
+            cancel: CancellationToken::new(),
+            progress: Arc::default(),
+        };
+        let cancel = ctx.cancel.clone();
+        let run = tokio::spawn(run_sink::<Count>(ctx, CountConfig { stream: "wide".into() }, None));
+        // The first pass reads every shard once.
+        while streams.reads("wide").values().any(|&r| r == 0) {
+            tokio::task::yield_now().await;
+        }
+        for i in 0..50 {
+            let r = Record::new(format!("k{i}"), PayloadFlag::Raw, vec![1u8]);
+            streams.append_to("wide", 150, vec![r]);
+            let n = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("the append reaches the sink")
+                .unwrap();
+            assert_eq!(n, 1);
+        }
+        let reads = streams.reads("wide");
+        let idle: Vec<_> = reads.iter().filter(|(id, r)| **id != 150 && **r != 1).collect();
+        assert!(idle.is_empty(), "idle shards read again: {idle:?}");
+        assert!(reads[&150] <= 1 + 2 * 50, "{}", reads[&150]);
+        cancel.cancel();
+        assert_eq!(run.await.unwrap().unwrap(), Done::Cancelled);
+    }
 }

@@ -52,16 +52,32 @@ pub trait Streams: Send + Sync {
         wait: Duration,
     ) -> Result<ReadChunk, ConnectorError>;
 
-    /// Waits until any shard in `positions` (shard → next LSN to read) has a batch at or past its
-    /// position, or `timeout` passes. The default polls once after the timeout.
-    async fn wait_for_data(
-        &self,
-        _stream: &str,
-        _positions: &std::collections::BTreeMap<u64, u64>,
-        timeout: Duration,
-    ) -> Result<(), ConnectorError> {
+    /// Starts watching `shards` of `stream` for appends. Call it before the first read of
+    /// them, so no append after it is missed. The default watch polls: it names every shard
+    /// once per timeout.
+    async fn watch(&self, _stream: &str, shards: &[u64]) -> Result<Box<dyn ShardWatch>, ConnectorError> {
+        Ok(Box::new(PollWatch(shards.to_vec())))
+    }
+}
+
+/// Which shards of a stream got data: a reader of many shards reads only those, so idle shards
+/// cost it nothing.
+#[async_trait]
+pub trait ShardWatch: Send {
+    /// The shards whose tail moved since the last call (or since the watch started), once there
+    /// is at least one or `timeout` passed (then possibly none). A shard may be named without
+    /// new data (reading it finds nothing); a shard that got data is never left out.
+    async fn ready(&mut self, timeout: Duration) -> Result<Vec<u64>, ConnectorError>;
+}
+
+/// Names every shard once per timeout, for stream access that cannot tell which shards moved.
+struct PollWatch(Vec<u64>);
+
+#[async_trait]
+impl ShardWatch for PollWatch {
+    async fn ready(&mut self, timeout: Duration) -> Result<Vec<u64>, ConnectorError> {
         tokio::time::sleep(timeout).await;
-        Ok(())
+        Ok(self.0.clone())
     }
 }
 

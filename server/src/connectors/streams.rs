@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hstream_proto as pb;
 use hstream_runtime::remote::{to_hstream_record, to_sink_record};
-use hstream_runtime::{Checkpoints, ConnectorError, ReadChunk, Record, Streams};
+use hstream_runtime::{Checkpoints, ConnectorError, ReadChunk, Record, ShardWatch, Streams};
 use prost::Message;
 
 use crate::error::ApiError;
@@ -20,6 +20,21 @@ const BATCH_BUDGET_DIVISOR: usize = 2;
 
 fn external(e: impl std::fmt::Display) -> ConnectorError {
     ConnectorError::external(e.to_string())
+}
+
+/// The shards of a stream whose tail moved, as the store marks them.
+struct StoreWatch {
+    ready: Arc<crate::store::ReadySet>,
+    /// Shard id by key.
+    shards: Vec<u64>,
+}
+
+#[async_trait]
+impl ShardWatch for StoreWatch {
+    async fn ready(&mut self, timeout: Duration) -> Result<Vec<u64>, ConnectorError> {
+        let _ = tokio::time::timeout(timeout, self.ready.ready()).await;
+        Ok(self.ready.take().into_iter().map(|k| self.shards[k]).collect())
+    }
 }
 
 pub struct LocalStreams {
@@ -162,28 +177,17 @@ impl Streams for LocalStreams {
         Ok((s.log.start_lsn(), s.log.visible_lsn() + 1))
     }
 
-    async fn wait_for_data(
-        &self,
-        stream: &str,
-        positions: &std::collections::BTreeMap<u64, u64>,
-        timeout: Duration,
-    ) -> Result<(), ConnectorError> {
-        let entry = self.ctx()?.catalog.stream(stream).map_err(external)?;
-        let mut watches = Vec::new();
-        for s in &entry.shards {
-            let mut rx = s.log.subscribe();
-            let visible = *rx.borrow_and_update();
-            if positions.get(&s.meta.id).is_some_and(|next| visible >= *next) {
-                return Ok(()); // data is already there
-            }
-            watches.push(rx);
+    async fn watch(&self, stream: &str, shards: &[u64]) -> Result<Box<dyn ShardWatch>, ConnectorError> {
+        let ctx = self.ctx()?;
+        let ready = crate::store::ReadySet::new();
+        for (key, &shard) in shards.iter().enumerate() {
+            let s = ctx.catalog.shard_of(stream, shard).map_err(external)?;
+            s.log.notify_on_append(&ready, key);
         }
-        if watches.is_empty() {
-            return Ok(());
-        }
-        let changed = futures::future::select_all(watches.iter_mut().map(|rx| Box::pin(rx.changed())));
-        let _ = tokio::time::timeout(timeout, changed).await;
-        Ok(())
+        Ok(Box::new(StoreWatch {
+            ready,
+            shards: shards.to_vec(),
+        }))
     }
 
     async fn read(

@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 
-use futures::future::select_all;
 use hstream_proto::{
     BatchedRecord, ReceivedRecord, RecordId, ShardOffset, SpecialOffset, StreamOffset, shard_offset, stream_offset,
 };
@@ -18,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use super::ServerCtx;
 use crate::catalog::ShardEntry;
 use crate::error::{ApiError, ApiResult};
-use crate::store::{ShardLog, StoreError, StoredBatch};
+use crate::store::{ReadySet, ShardLog, StoreError, StoredBatch};
 
 pub const RESPONSE_BYTES: usize = 2 << 20;
 /// Batches read from one shard before the pump turns to the next.
@@ -240,6 +239,10 @@ impl ShardCursor {
 
 /// Feeds batches from `cursors` to `tx` until every cursor is done, `max_batches` (0 =
 /// unlimited) have been sent, the client disconnects, or the server shuts down.
+///
+/// Cursors take turns (a chunk each); one whose read came back empty sits out until its shard's
+/// tail moves (the store marks it in a [`ReadySet`]) or its time bound passes, so a tailing
+/// read over many idle shards reads only the shards that got data.
 pub async fn pump<R: Send + 'static>(
     ctx: Arc<ServerCtx>,
     mut cursors: Vec<ShardCursor>,
@@ -248,46 +251,37 @@ pub async fn pump<R: Send + 'static>(
     wrap: fn(Vec<ReceivedRecord>) -> R,
 ) {
     let mut remaining = if max_batches == 0 { u64::MAX } else { max_batches };
+    // Registered before the first read, so no append after it is missed.
+    let ready = ReadySet::new();
+    for (i, c) in cursors.iter().enumerate() {
+        c.shard.log.notify_on_append(&ready, i);
+    }
+    let mut queued = vec![false; cursors.len()];
+    let mut turns = std::collections::VecDeque::new();
+    let mut open = 0;
+    for (i, c) in cursors.iter().enumerate() {
+        if !c.done {
+            open += 1;
+            queued[i] = true;
+            turns.push_back(i);
+        }
+    }
+    // Only cursors bounded by a future time have a deadline; they are few and rarely woken.
+    let timed: Vec<usize> = (0..cursors.len())
+        .filter(|&i| matches!(cursors[i].until, Until::Timestamp(_)))
+        .collect();
     loop {
-        if cursors.iter().all(|c| c.done) || remaining == 0 || ctx.shutdown.is_cancelled() {
+        if open == 0 || remaining == 0 || ctx.shutdown.is_cancelled() {
             return;
         }
-        let mut progressed = false;
-        for c in cursors.iter_mut().filter(|c| !c.done) {
-            let limit = remaining.min(CHUNK_BATCHES as u64) as usize;
-            let batches = match c.read_chunk(limit, RESPONSE_BYTES).await {
-                Ok(b) => b,
-                Err(e) => {
-                    let _ = tx.send(Err(e.into())).await;
-                    return;
-                }
-            };
-            if batches.is_empty() {
-                continue;
-            }
-            progressed = true;
-            remaining -= batches.len() as u64;
-            let shard_id = c.shard.meta.id;
-            let records = batches.into_iter().map(|b| received(shard_id, b)).collect();
-            // A client that stops reading must not hold up shutdown.
-            tokio::select! {
-                sent = tx.send(Ok(wrap(records))) => if sent.is_err() { return },
-                _ = ctx.shutdown.cancelled() => return,
-            }
-            if remaining == 0 {
-                return;
+        for i in ready.take() {
+            if !cursors[i].done && !queued[i] {
+                queued[i] = true;
+                turns.push_back(i);
             }
         }
-        if !progressed {
-            let deadline = cursors.iter().filter_map(ShardCursor::deadline).min();
-            let waiting: Vec<_> = cursors
-                .iter_mut()
-                .filter(|c| !c.done)
-                .map(|c| Box::pin(c.wait()))
-                .collect();
-            if waiting.is_empty() {
-                return;
-            }
+        let Some(i) = turns.pop_front() else {
+            let deadline = timed.iter().filter_map(|&i| cursors[i].deadline()).min();
             let timer = async move {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -295,11 +289,48 @@ pub async fn pump<R: Send + 'static>(
                 }
             };
             tokio::select! {
-                _ = select_all(waiting) => {}
-                _ = timer => {}
+                _ = ready.ready() => {}
+                _ = timer => {
+                    for &i in &timed {
+                        if !cursors[i].done && !queued[i] {
+                            queued[i] = true;
+                            turns.push_back(i);
+                        }
+                    }
+                }
                 _ = ctx.shutdown.cancelled() => return,
                 _ = tx.closed() => return,
             }
+            continue;
+        };
+        queued[i] = false;
+        let c = &mut cursors[i];
+        let limit = remaining.min(CHUNK_BATCHES as u64) as usize;
+        let batches = match c.read_chunk(limit, RESPONSE_BYTES).await {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+                return;
+            }
+        };
+        if c.done {
+            open -= 1;
+        }
+        if batches.is_empty() {
+            continue;
+        }
+        if !c.done {
+            // It may have more: another turn after the others.
+            queued[i] = true;
+            turns.push_back(i);
+        }
+        remaining -= batches.len() as u64;
+        let shard_id = c.shard.meta.id;
+        let records = batches.into_iter().map(|b| received(shard_id, b)).collect();
+        // A client that stops reading must not hold up shutdown.
+        tokio::select! {
+            sent = tx.send(Ok(wrap(records))) => if sent.is_err() { return },
+            _ = ctx.shutdown.cancelled() => return,
         }
     }
 }

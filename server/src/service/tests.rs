@@ -225,3 +225,50 @@ async fn pump_stops_on_shutdown_even_if_the_client_stops_reading() {
         .expect("pump ends")
         .unwrap();
 }
+
+/// A tailing read over many idle shards reads only the shard that got data: after the first
+/// pass, appends to one shard cost the idle ones no read.
+#[tokio::test]
+async fn tailing_read_touches_only_shards_that_got_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = ctx(dir.path()).await;
+    ctx.create_stream(pb::Stream {
+        shard_count: 300,
+        ..stream("wide")
+    })
+    .await
+    .unwrap();
+    let shards = ctx.catalog.stream("wide").unwrap().shards.clone();
+    let cursors = shards
+        .iter()
+        .map(|s| read::ShardCursor::new(s.clone(), 1, read::Until::Forever))
+        .collect();
+    let (tx, mut rx) = mpsc::channel(4);
+    let pumped = tokio::spawn(read::pump(ctx.clone(), cursors, 0, tx, |r| r));
+    // The first pass reads every shard once and finds nothing.
+    while shards.iter().any(|s| s.log.reads() == 0) {
+        tokio::task::yield_now().await;
+    }
+    let idle_reads = |busy: u64| -> u64 { shards.iter().filter(|s| s.meta.id != busy).map(|s| s.log.reads()).sum() };
+    let before = idle_reads(shards[150].meta.id);
+    assert_eq!(before, 299);
+    for _ in 0..50 {
+        ctx.append(pb::AppendRequest {
+            stream_name: "wide".into(),
+            shard_id: shards[150].meta.id,
+            records: Some(one_record()),
+        })
+        .await
+        .unwrap();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the append is read")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.len(), 1);
+    }
+    assert_eq!(idle_reads(shards[150].meta.id), before, "idle shards were read again");
+    assert!(shards[150].log.reads() <= 1 + 2 * 50, "{}", shards[150].log.reads());
+    ctx.shutdown.cancel();
+    pumped.await.unwrap();
+}

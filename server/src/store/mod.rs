@@ -22,10 +22,12 @@
 
 mod durable;
 mod handles;
+mod ready;
 mod segment;
 mod shard_log;
 mod summary;
 
+pub use ready::ReadySet;
 pub use segment::{MAX_PAYLOAD_LEN, StoredBatch};
 pub use shard_log::ShardLog;
 

@@ -146,6 +146,10 @@ pub struct ShardLog {
     /// Segments whose entry headers were walked at open (no usable summary): for tests.
     pub scanned_at_open: usize,
     visible: watch::Sender<u64>,
+    /// Readers of many shards, told when `visible` moves.
+    listeners: super::ready::Listeners,
+    /// Calls of [`Self::read`], so tests can tell which shards a reader touched.
+    reads: AtomicU64,
     unsynced: AtomicBool,
     deleted: AtomicBool,
 }
@@ -366,6 +370,8 @@ impl ShardLog {
             last_write_ms: AtomicI64::new(0),
             scanned_at_open: scanned,
             visible: watch::Sender::new(visible),
+            listeners: Default::default(),
+            reads: AtomicU64::new(0),
             unsynced: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
         };
@@ -392,6 +398,8 @@ impl ShardLog {
             last_write_ms: AtomicI64::new(0),
             scanned_at_open: 0,
             visible: watch::Sender::new(0),
+            listeners: Default::default(),
+            reads: AtomicU64::new(0),
             unsynced: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
         }
@@ -437,6 +445,17 @@ impl ShardLog {
         self.visible.subscribe()
     }
 
+    /// How many reads this shard served since it was opened.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Marks `key` in `set` whenever the visible tail moves or the shard is deleted, for as long
+    /// as the set lives. Register before the first read, so no append is missed.
+    pub fn notify_on_append(&self, set: &std::sync::Arc<super::ReadySet>, key: usize) {
+        self.listeners.register(set, key);
+    }
+
     /// First LSN that may still be read.
     pub fn start_lsn(&self) -> u64 {
         self.trim_point.load(Ordering::Acquire) + 1
@@ -456,6 +475,7 @@ impl ShardLog {
         let _inner = self.lock().ok();
         self.deleted.store(true, Ordering::Release);
         self.visible.send_modify(|_| {});
+        self.listeners.wake();
     }
 
     pub fn is_deleted(&self) -> bool {
@@ -585,6 +605,7 @@ impl ShardLog {
         seg.last_lsn.fetch_max(group.last_lsn, Ordering::AcqRel);
         seg.last_ts.fetch_max(group.last_ts, Ordering::AcqRel);
         self.visible.send_modify(|v| *v = (*v).max(group.last_lsn));
+        self.listeners.wake();
         Ok(())
     }
 
@@ -699,6 +720,7 @@ impl ShardLog {
     /// Reads up to `max_batches` visible batches starting at `from` (clamped to the first
     /// untrimmed LSN). Blocking IO: call from a blocking thread.
     pub fn read(&self, from: u64, max_batches: usize, max_bytes: usize) -> Result<Vec<StoredBatch>, StoreError> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let visible = self.visible_lsn();
         let (segments, start) = {
             let inner = self.lock()?;

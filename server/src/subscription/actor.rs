@@ -9,14 +9,14 @@
 //! Progress (the contiguous acked prefix per shard) is committed to the MetaStore on a short
 //! tick and at shutdown, together with a checkpoint of acks beyond the prefix.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hstream_proto as pb;
 use prost::Message;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -25,7 +25,7 @@ use super::checkpoint;
 use super::tracker::AckTracker;
 use crate::error::{ApiError, ApiResult};
 use crate::meta::{MetaStore, ShardProgress, SubscriptionMeta};
-use crate::store::{ShardLog, StoredBatch};
+use crate::store::{ReadySet, ShardLog, StoredBatch};
 
 pub type FetchTx = mpsc::Sender<Result<pb::StreamingFetchResponse, Status>>;
 
@@ -87,6 +87,10 @@ pub struct Footprint {
     pub early_acks: usize,
     pub inflight: usize,
     pub done_ranges: usize,
+    /// Shards queued for delivery turns.
+    pub active: usize,
+    /// Delivery turns taken so far (one shard each).
+    pub turns: u64,
 }
 
 struct Consumer {
@@ -107,8 +111,9 @@ struct SentTo {
 struct ShardSub {
     id: u64,
     log: Arc<ShardLog>,
-    rx: watch::Receiver<u64>,
     tracker: AckTracker,
+    /// In `Actor::active`: it may have something to send.
+    active: bool,
     owner: Option<String>,
     /// Outstanding batches: who has them since when.
     sent: HashMap<u64, SentTo>,
@@ -161,12 +166,26 @@ pub struct Actor {
     shards: Vec<ShardSub>,
     consumers: BTreeMap<String, Consumer>,
     inbox: mpsc::Receiver<Command>,
+    /// Shard index by shard id.
+    index: HashMap<u64, usize>,
+    /// Shards whose tail moved since `active` last took them (marked by the store).
+    ready: Arc<ReadySet>,
+    /// Shards that may have something to send (new batches, resends), visited in turn; a shard
+    /// leaves when a visit finds nothing to do, so idle shards cost delivery nothing.
+    active: VecDeque<usize>,
+    /// Sum of the trackers' outstanding records, kept in step with them.
+    outstanding: u64,
+    /// Shards whose acks or position changed since the last commit.
+    touched: BTreeSet<usize>,
+    /// Shards with acks beyond their committed prefix, as of the last commit (what the
+    /// checkpoint holds).
+    with_acks: BTreeSet<usize>,
     /// (due, shard index, lsn, conn) ack deadlines of the batches in the shards' `sent`; an
     /// entry leaves with its batch (acked, taken back, timed out).
     deadlines: BTreeSet<(Instant, usize, u64, u64)>,
     dirty: bool,
-    /// First shard of the next delivery round.
-    rotate: usize,
+    /// Delivery turns taken (for tests: the work an append costs).
+    turns: u64,
     shutdown: CancellationToken,
     stats: Arc<super::Stats>,
 }
@@ -202,9 +221,9 @@ impl Actor {
             }
             shards.push(ShardSub {
                 id: log.id,
-                rx: log.subscribe(),
                 log,
                 tracker,
+                active: false,
                 owner: None,
                 sent: HashMap::new(),
                 resend: BTreeSet::new(),
@@ -217,20 +236,31 @@ impl Actor {
             s.visible_at_start = s.log.visible_lsn();
         }
         shards.sort_by_key(|s| s.id);
-        let actor = Actor {
+        let ready = ReadySet::new();
+        for (i, s) in shards.iter().enumerate() {
+            s.log.notify_on_append(&ready, i);
+        }
+        let with_acks = (0..shards.len()).filter(|&i| has_acks(&shards[i].tracker)).collect();
+        *stats.committed.lock().expect("lock") =
+            shards.iter().map(|s| (s.log.clone(), s.tracker.committed())).collect();
+        Ok(Actor {
             sub,
             meta,
+            index: shards.iter().enumerate().map(|(i, s)| (s.id, i)).collect(),
             shards,
             consumers: BTreeMap::new(),
             inbox,
+            ready,
+            active: VecDeque::new(),
+            outstanding: 0,
+            touched: BTreeSet::new(),
+            with_acks,
             deadlines: BTreeSet::new(),
             dirty: false,
-            rotate: 0,
+            turns: 0,
             shutdown,
             stats,
-        };
-        actor.publish_committed();
-        Ok(actor)
+        })
     }
 
     /// Most acks a shard keeps for batches not delivered since this actor started: what
@@ -245,8 +275,19 @@ impl Actor {
         Duration::from_secs(self.sub.ack_timeout_secs.max(1) as u64)
     }
 
-    fn outstanding(&self) -> u64 {
-        self.shards.iter().map(|s| s.tracker.outstanding_records()).sum()
+    /// Queues shard `si` for the delivery rounds.
+    fn activate(&mut self, si: usize) {
+        let s = &mut self.shards[si];
+        if !s.active {
+            s.active = true;
+            self.active.push_back(si);
+        }
+    }
+
+    /// Notes that shard `si`'s acks or position changed, for the next commit.
+    fn touch(&mut self, si: usize) {
+        self.dirty = true;
+        self.touched.insert(si);
     }
 
     pub async fn run(mut self) {
@@ -267,7 +308,11 @@ impl Actor {
                 Wake::Command(cmd) => self.handle(cmd),
                 Wake::Due => self.expire_deadlines(),
                 Wake::Tick => self.commit().await,
-                Wake::Data => {}
+                Wake::Data => {
+                    for si in self.ready.take() {
+                        self.activate(si);
+                    }
+                }
                 Wake::Closed => return,
                 Wake::Shutdown => {
                     // Acks already queued count: apply them before the final commit.
@@ -296,16 +341,7 @@ impl Actor {
     async fn wait(&mut self, tick: &mut tokio::time::Interval) -> Wake {
         let next_deadline = self.deadlines.first().map(|d| d.0);
         let blocked = self.blocked_consumers();
-        let appended = futures::future::select_all(
-            self.shards
-                .iter_mut()
-                .filter(|s| s.owner.is_some())
-                .map(|s| {
-                    Box::pin(s.rx.changed()) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>>
-                })
-                .chain(std::iter::once(Box::pin(futures::future::pending())
-                    as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>)),
-        );
+        let appended = self.ready.ready();
         let room = async move {
             if blocked.is_empty() {
                 return futures::future::pending::<()>().await;
@@ -378,12 +414,19 @@ impl Actor {
             Command::Stop { .. } => unreachable!("handled by run"),
             #[cfg(test)]
             Command::Footprint { reply } => {
+                debug_assert_eq!(
+                    self.outstanding,
+                    self.shards.iter().map(|s| s.tracker.outstanding_records()).sum::<u64>(),
+                    "outstanding count out of step"
+                );
                 let _ = reply.send(Footprint {
                     deadlines: self.deadlines.len(),
                     sent: self.shards.iter().map(|s| s.sent.len()).sum(),
                     early_acks: self.shards.iter().map(|s| s.early_count).sum(),
                     inflight: self.shards.iter().map(|s| s.tracker.inflight().count()).sum(),
                     done_ranges: self.shards.iter().map(|s| s.tracker.done_ranges().count()).sum(),
+                    active: self.active.len(),
+                    turns: self.turns,
                 });
             }
         }
@@ -410,12 +453,15 @@ impl Actor {
     /// them (so a join never causes a second delivery); new and resent batches go to the owner.
     fn rebalance(&mut self) {
         let names: Vec<String> = self.consumers.keys().cloned().collect();
-        for (i, s) in self.shards.iter_mut().enumerate() {
-            s.owner = if names.is_empty() {
+        for i in 0..self.shards.len() {
+            self.shards[i].owner = if names.is_empty() {
                 None
             } else {
                 Some(names[i % names.len()].clone())
             };
+            if !names.is_empty() {
+                self.activate(i);
+            }
         }
     }
 
@@ -423,21 +469,23 @@ impl Actor {
         let Some(c) = self.consumers.remove(name) else { return };
         c.closed.cancel();
         tracing::info!(subscription = %self.sub.id, consumer = %name, "consumer left");
-        for (si, s) in self.shards.iter_mut().enumerate() {
-            let theirs: Vec<u64> = s
-                .sent
-                .iter()
-                .filter(|(_, v)| v.conn == c.conn)
-                .map(|(l, _)| *l)
-                .collect();
-            for lsn in theirs {
-                if let Some(st) = s.sent.remove(&lsn) {
-                    self.deadlines.remove(&(st.due, si, lsn, st.conn));
-                }
-                s.again.insert(lsn);
-                s.tracker.withdraw(lsn);
-                s.resend.insert(lsn);
+        // The consumer's batches, found through the deadlines (each outstanding batch has one).
+        let theirs: Vec<(usize, u64)> = self
+            .deadlines
+            .iter()
+            .filter(|d| d.3 == c.conn)
+            .map(|d| (d.1, d.2))
+            .collect();
+        for (si, lsn) in theirs {
+            let s = &mut self.shards[si];
+            if let Some(st) = s.sent.remove(&lsn) {
+                self.deadlines.remove(&(st.due, si, lsn, st.conn));
             }
+            s.again.insert(lsn);
+            let before = s.tracker.outstanding_records();
+            s.tracker.withdraw(lsn);
+            self.outstanding -= before - s.tracker.outstanding_records();
+            s.resend.insert(lsn);
         }
         self.rebalance();
     }
@@ -446,7 +494,7 @@ impl Actor {
         let Some(name) = self.consumer_name(conn) else { return };
         let early_limit = self.early_ack_limit();
         for id in ids {
-            let Some(si) = self.shards.iter().position(|s| s.id == id.shard_id) else {
+            let Some(&si) = self.index.get(&id.shard_id) else {
                 return self.reject(
                     &name,
                     format!(
@@ -456,12 +504,16 @@ impl Actor {
                 );
             };
             let s = &mut self.shards[si];
-            match s.tracker.ack(id.batch_id, id.batch_index) {
+            let before = s.tracker.outstanding_records();
+            let acked = s.tracker.ack(id.batch_id, id.batch_index);
+            self.outstanding -= before - s.tracker.outstanding_records();
+            match acked {
                 Ok(new) => {
                     if new {
                         // Repeats change nothing, so they do not cost a checkpoint write.
                         self.stats.acked.fetch_add(1, Ordering::Relaxed);
                         self.dirty = true;
+                        self.touched.insert(si);
                     }
                     if s.tracker.get(id.batch_id).is_none_or(|f| f.complete()) {
                         if let Some(st) = s.sent.remove(&id.batch_id) {
@@ -527,84 +579,111 @@ impl Actor {
             if still_out && s.tracker.get(lsn).is_some_and(|f| !f.complete()) {
                 s.sent.remove(&lsn);
                 s.again.insert(lsn);
+                let before = s.tracker.outstanding_records();
                 s.tracker.withdraw(lsn);
+                self.outstanding -= before - s.tracker.outstanding_records();
                 s.resend.insert(lsn);
+                self.activate(si);
             }
         }
     }
 
-    /// Tells the metrics endpoint each shard's committed position (for the backlog).
-    fn publish_committed(&self) {
-        *self.stats.committed.lock().expect("lock") = self
-            .shards
-            .iter()
-            .map(|s| (s.log.clone(), s.tracker.committed()))
-            .collect();
-    }
-
+    /// Commits the positions of the shards touched since the last commit, and the checkpoint of
+    /// acks beyond them; work in proportion to what changed, not to the shards read.
     async fn commit(&mut self) {
         if !self.dirty {
             return;
         }
-        let progress = self.progress();
-        let cp = checkpoint::encode(&self.sub.id, self.shards.iter().map(|s| (s.id, &s.tracker)));
+        let touched = std::mem::take(&mut self.touched);
+        let progress: Vec<ShardProgress> = touched
+            .iter()
+            .map(|&si| ShardProgress {
+                shard_id: self.shards[si].id,
+                next_lsn: self.shards[si].tracker.committed(),
+            })
+            .collect();
+        for &si in &touched {
+            if has_acks(&self.shards[si].tracker) {
+                self.with_acks.insert(si);
+            } else {
+                self.with_acks.remove(&si);
+            }
+        }
+        let cp = checkpoint::encode(
+            &self.sub.id,
+            self.with_acks
+                .iter()
+                .map(|&si| (self.shards[si].id, &self.shards[si].tracker)),
+        );
         let res = async {
             self.meta.commit_progress(&self.sub.id, &progress).await?;
             self.meta.put_checkpoint(&cp).await
         }
         .await;
-        self.publish_committed();
+        {
+            // The metrics endpoint's view of the committed positions (for the backlog).
+            let mut committed = self.stats.committed.lock().expect("lock");
+            for (&si, p) in touched.iter().zip(&progress) {
+                committed[si].1 = p.next_lsn;
+            }
+        }
         match res {
             Ok(()) => self.dirty = false,
-            Err(e) => tracing::error!(subscription = %self.sub.id, error = %e, "committing progress failed"),
+            Err(e) => {
+                tracing::error!(subscription = %self.sub.id, error = %e, "committing progress failed");
+                self.touched.extend(touched);
+            }
         }
     }
 
-    /// Sends what can be sent now, a chunk per shard per round starting from a rotating shard
-    /// (so a busy shard cannot starve the others): resends first, then new batches, both only
-    /// while fewer than `maxUnackedRecords` records are out.
+    /// Sends what can be sent now, a chunk per shard per turn over the active shards in queue
+    /// order (so a busy shard cannot starve the others): resends first, then new batches, both
+    /// only while fewer than `maxUnackedRecords` records are out. Stops once every active shard
+    /// had a turn without progress; shards with nothing to do leave the queue.
     async fn deliver(&mut self) {
-        let n = self.shards.len();
-        if n == 0 {
-            return;
-        }
-        self.rotate = (self.rotate + 1) % n;
-        loop {
-            let mut progressed = false;
-            for k in 0..n {
-                let si = (self.rotate + k) % n;
-                progressed |= self.deliver_shard(si).await;
-            }
-            if !progressed {
-                return;
+        let mut stalled = 0;
+        while stalled < self.active.len() && self.below_limit() {
+            let si = self.active.pop_front().expect("stalled < len");
+            match self.deliver_shard(si).await {
+                Turn::Progressed => {
+                    stalled = 0;
+                    self.active.push_back(si);
+                }
+                Turn::Blocked => {
+                    stalled += 1;
+                    self.active.push_back(si);
+                }
+                Turn::Idle => self.shards[si].active = false,
             }
         }
     }
 
     fn below_limit(&self) -> bool {
-        self.outstanding() < self.sub.max_unacked.max(1) as u64
+        self.outstanding < self.sub.max_unacked.max(1) as u64
     }
 
-    /// One round for one shard; true when something was sent or skipped.
-    async fn deliver_shard(&mut self, si: usize) -> bool {
+    /// One turn for one shard.
+    async fn deliver_shard(&mut self, si: usize) -> Turn {
+        self.turns += 1;
         let Some(owner) = self.shards[si].owner.clone() else {
-            return false;
+            return Turn::Idle;
         };
         let mut progressed = false;
+        let stop = |progressed: bool| if progressed { Turn::Progressed } else { Turn::Blocked };
         for _ in 0..READ_CHUNK {
             let Some(&lsn) = self.shards[si].resend.first() else {
                 break;
             };
             if !self.below_limit() || !self.has_room(&owner) {
-                return progressed;
+                return stop(progressed);
             }
             match self.read_one(si, lsn).await {
                 Ok(Some(batch)) => {
                     self.shards[si].resend.pop_first();
                     match self.send(si, &owner, batch) {
                         Sent::Yes => progressed = true,
-                        Sent::Full => return progressed,
-                        Sent::Gone => return true,
+                        Sent::Full => return stop(progressed),
+                        Sent::Gone => return Turn::Progressed,
                     }
                 }
                 Ok(None) => {
@@ -613,43 +692,50 @@ impl Actor {
                     s.resend.pop_first();
                     s.again.remove(&lsn);
                     s.tracker.forget(lsn);
-                    self.dirty = true;
+                    self.touch(si);
                     progressed = true;
                 }
-                // Keep it queued; the next round (at the latest the commit tick) tries again.
-                Err(()) => return progressed,
+                // Keep it queued; a later turn (at the latest after the commit tick) tries again.
+                Err(()) => return stop(progressed),
             }
         }
-        let visible = *self.shards[si].rx.borrow_and_update();
+        let visible = self.shards[si].log.visible_lsn();
         let from = self.shards[si].tracker.read_next;
-        if from > visible || !self.below_limit() || !self.has_room(&owner) {
-            return progressed;
+        if from > visible {
+            return if progressed || !self.shards[si].resend.is_empty() {
+                stop(progressed)
+            } else {
+                Turn::Idle
+            };
+        }
+        if !self.below_limit() || !self.has_room(&owner) {
+            return stop(progressed);
         }
         let log = self.shards[si].log.clone();
         let batches = match tokio::task::spawn_blocking(move || log.read(from, READ_CHUNK, 1 << 20)).await {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
                 tracing::error!(subscription = %self.sub.id, shard = self.shards[si].id, error = %e, "read failed");
-                return progressed;
+                return stop(progressed);
             }
-            Err(_) => return progressed,
+            Err(_) => return stop(progressed),
         };
         if batches.is_empty() {
             // Trimmed from under us: continue after the trim point.
             let start = self.shards[si].log.start_lsn();
             if start <= from {
-                return progressed;
+                return stop(progressed);
             }
             self.shards[si].tracker.skip_to(start);
             self.shards[si].prune_early();
-            self.dirty = true;
-            return true;
+            self.touch(si);
+            return Turn::Progressed;
         }
         for batch in batches {
             if batch.lsn > self.shards[si].tracker.read_next {
                 self.shards[si].tracker.skip_to(batch.lsn);
                 self.shards[si].prune_early();
-                self.dirty = true;
+                self.touch(si);
             }
             if !self.below_limit() || !self.has_room(&owner) {
                 break;
@@ -657,10 +743,10 @@ impl Actor {
             match self.send(si, &owner, batch) {
                 Sent::Yes => progressed = true,
                 Sent::Full => break,
-                Sent::Gone => return true,
+                Sent::Gone => return Turn::Progressed,
             }
         }
-        progressed
+        stop(progressed)
     }
 
     fn has_room(&self, owner: &str) -> bool {
@@ -692,6 +778,7 @@ impl Actor {
         let (tx, conn) = (c.tx.clone(), c.conn);
         let s = &mut self.shards[si];
         let lsn = batch.lsn;
+        let before = s.tracker.outstanding_records();
         let mut indices = s.tracker.deliver(lsn, batch.batch_size);
         if let Some(early) = s.early_acks.remove(&lsn) {
             s.early_count -= early.len();
@@ -700,8 +787,11 @@ impl Actor {
             }
             indices = s.tracker.get(lsn).map(|f| f.unacked_indices()).unwrap_or_default();
         }
+        self.outstanding = self.outstanding + s.tracker.outstanding_records() - before;
         if indices.is_empty() {
-            self.dirty = true; // a fully acked (restored) batch: the prefix may have moved
+            // A fully acked (restored) batch: the prefix may have moved.
+            self.dirty = true;
+            self.touched.insert(si);
             return Sent::Yes;
         }
         let record = match subset(s.id, batch.clone(), &indices) {
@@ -734,7 +824,9 @@ impl Actor {
                 Sent::Yes
             }
             Err(e) => {
+                let before = s.tracker.outstanding_records();
                 s.tracker.withdraw(lsn);
+                self.outstanding -= before - s.tracker.outstanding_records();
                 s.resend.insert(lsn);
                 match e {
                     mpsc::error::TrySendError::Full(_) => Sent::Full,
@@ -753,6 +845,21 @@ enum Sent {
     Yes,
     Full,
     Gone,
+}
+
+/// What one delivery turn of a shard came to.
+enum Turn {
+    /// Something was sent or skipped: the shard may have more.
+    Progressed,
+    /// It has something to send but cannot now (limit, full consumer, failed read).
+    Blocked,
+    /// Nothing to send until its tail moves, a batch comes back or its owner changes.
+    Idle,
+}
+
+/// Whether a tracker has acks beyond its committed prefix (what a checkpoint keeps).
+fn has_acks(t: &AckTracker) -> bool {
+    t.done_ranges().next().is_some() || t.inflight().any(|(_, f)| f.n_acked > 0)
 }
 
 /// The records of `batch` at `indices`: the stored batch as is when that is all of them,

@@ -157,3 +157,59 @@ async fn early_acks_are_bounded() {
     assert!(h.footprint().await.unwrap().early_acks <= 1025);
     s.shutdown.cancel();
 }
+
+/// A subscription over many idle shards spends on an append to one of them a few delivery
+/// turns, not one per shard, and never reads the idle ones; it commits only the shards whose
+/// position moved.
+#[tokio::test]
+async fn idle_shards_cost_an_append_nothing() {
+    const SHARDS: u64 = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let logs: Vec<Arc<ShardLog>> = (1..=SHARDS).map(|i| store.create_shard(i).unwrap()).collect();
+    let meta: Arc<dyn MetaStore> = Arc::new(SqliteMetaStore::in_memory().await.unwrap());
+    let (registry, tasks, shutdown) = (Registry::default(), TaskTracker::new(), CancellationToken::new());
+    let s = sub("wide", 100);
+    meta.create_subscription(&s, &[]).await.unwrap();
+    let h = registry
+        .start(s, meta.clone(), logs.clone(), &tasks, shutdown.clone())
+        .await
+        .unwrap();
+    let mut rx = join(&h, 1).await;
+    // Joining gives every shard one turn; the empty ones leave the queue.
+    let joined = h.footprint().await.unwrap();
+    assert!(joined.turns <= SHARDS, "{joined:?}");
+    let busy = &logs[200];
+    const APPENDS: u64 = 100;
+    for _ in 0..APPENDS {
+        fill(&store, busy, 1).await;
+        let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("delivered")
+            .unwrap()
+            .unwrap();
+        let ids = got.received_records.unwrap().record_ids;
+        h.ack(1, ids).await;
+    }
+    let f = h.footprint().await.unwrap();
+    let per_append = (f.turns - joined.turns) as f64 / APPENDS as f64;
+    assert!(per_append <= 4.0, "{per_append} turns per append: {f:?}");
+    assert!(f.active <= 1, "{f:?}");
+    let idle_reads: u64 = logs.iter().filter(|l| l.id != busy.id).map(|l| l.reads()).sum();
+    assert_eq!(idle_reads, 0);
+    // The commit writes the one shard that moved.
+    let progress = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let p = meta.get_progress("wide").await.unwrap();
+            if p.iter().any(|p| p.shard_id == busy.id && p.next_lsn == APPENDS + 1) {
+                return p;
+            }
+            // The commit tick is 100 ms: look again a little later.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the acks are committed");
+    assert_eq!(progress.len(), 1, "{progress:?}");
+    shutdown.cancel();
+}
