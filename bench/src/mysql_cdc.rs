@@ -1,4 +1,4 @@
-//! MySQL/MariaDB CDC: the workload of `../shared/protocol/cdc.md` (950k rows in 5 transactions,
+//! MySQL/MariaDB CDC: the workload of `docs/reference/cdc.md` (950k rows in 5 transactions,
 //! then 50k one-row transactions) in a binlog file of its own, decoded by `mariadb-binlog
 //! --read-from-remote-server` (rows decoded to text, into a file) and by our `mysql` source into
 //! a durable stream (fsync=always), in the same run, from the same file and position.

@@ -1,4 +1,4 @@
-//! PostgreSQL CDC: the workload of `../shared/protocol/cdc.md` (950k rows in 5 transactions, then
+//! PostgreSQL CDC: the workload of `docs/reference/cdc.md` (950k rows in 5 transactions, then
 //! 50k one-row transactions) drained by `pg_recvlogical` (pgoutput, proto_version 1, to a file)
 //! and by our `postgresql` source into a durable stream (fsync=always), in the same run, from
 //! clones of one slot created before the load — so both decode exactly the same WAL.

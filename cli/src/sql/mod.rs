@@ -1,6 +1,7 @@
 //! HStreamDB's SQL, the statements the shell executes (v1 grammar subset, see
-//! `../shared/protocol/hstream-io.md` §3.6 and §4.1). Parsing is separate from execution: a
-//! malformed script executes nothing, and its error names the line, column and token.
+//! `docs/reference/hstream-io.md`, "SQL for connectors" and "Shell statements"). Parsing is
+//! separate from execution: a malformed script executes nothing, and its error names the line,
+//! column and token.
 
 mod lexer;
 
