@@ -30,6 +30,9 @@ pub fn registry() -> Registry {
 }
 
 #[cfg(test)]
+mod conformance_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -100,14 +100,25 @@ pub enum Done {
     Completed,
 }
 
+/// Checkpoints are written at most this often while running (and always at the end).
+pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// One `emit`: records for a stream (`None`: the source's own) and the offset after them, as
+/// the pipeline receives it.
+pub(crate) struct Emitted<O> {
+    pub(crate) stream: Option<std::sync::Arc<str>>,
+    pub(crate) records: Vec<Record>,
+    pub(crate) offset: O,
+}
+
 /// Where a source's output goes: a bounded pipeline, so a slow stream slows the source.
 pub struct SourceOutput<O: Offset> {
-    pub(crate) tx: mpsc::Sender<crate::pipeline::Emitted<O>>,
+    pub(crate) tx: mpsc::Sender<Emitted<O>>,
     pub(crate) committed: watch::Receiver<Option<O>>,
     pub(crate) durable: watch::Receiver<Option<O>>,
     pub(crate) max_record_size: usize,
     pub(crate) cancel: CancellationToken,
-    pub(crate) progress: std::sync::Arc<crate::pipeline::Progress>,
+    pub(crate) progress: std::sync::Arc<crate::progress::Progress>,
 }
 
 impl<O: Offset> SourceOutput<O> {
@@ -135,7 +146,7 @@ impl<O: Offset> SourceOutput<O> {
         records: Vec<Record>,
         offset: O,
     ) -> Result<(), ConnectorError> {
-        let e = crate::pipeline::Emitted {
+        let e = Emitted {
             stream,
             records,
             offset,
@@ -173,7 +184,7 @@ impl<O: Offset> SourceOutput<O> {
     }
 
     /// Says how far behind its upstream the source is (shown as a metric).
-    pub fn set_lag(&self, lag: crate::pipeline::Lag) {
+    pub fn set_lag(&self, lag: crate::progress::Lag) {
         *self.progress.lag.lock().expect("lock") = Some(lag);
     }
 
@@ -246,7 +257,7 @@ pub trait Sink: Send + 'static {
 
     /// How often the runtime asks for [`Sink::flush`] (and checkpoints) while records flow.
     fn flush_every(_config: &Self::Config) -> std::time::Duration {
-        crate::pipeline::CHECKPOINT_EVERY
+        CHECKPOINT_EVERY
     }
 
     /// Writes records in order. The runtime commits the read position after a `Durable` answer,

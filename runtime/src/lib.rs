@@ -16,6 +16,7 @@ pub mod logs;
 pub mod options;
 pub mod pbstruct;
 pub mod pipeline;
+pub mod progress;
 pub mod registry;
 pub mod remote;
 pub mod secret;
@@ -24,13 +25,15 @@ pub mod streams;
 pub mod structs;
 pub mod supervisor;
 pub mod testing;
+pub mod transform;
 pub mod wasm;
 
+pub use builtin::registry as builtin;
 pub use connector::{
     Attributes, ConnectorConfig, Done, Offset, PayloadFlag, Record, Sink, SinkRecord, Source, SourceOutput, Written,
 };
 pub use error::{ConnectorError, ErrorKind};
-pub use pipeline::Lag;
-pub use registry::{ConnectorType, Kind, Registry, builtin};
+pub use progress::{Lag, Progress};
+pub use registry::{ConnectorType, Kind, Registry};
 pub use secret::Secret;
 pub use streams::{Checkpoints, ReadChunk, ShardWatch, Streams};

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -15,13 +15,12 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::connector::{Done, Offset, Sink, Source, SourceOutput, Written};
+use crate::connector::{CHECKPOINT_EVERY, Done, Emitted, Offset, Record, Sink, Source, SourceOutput, Written};
 use crate::error::ConnectorError;
+use crate::progress::{Progress, unix_ms};
 use crate::streams::{Checkpoints, Streams};
-use crate::wasm::transforms::Chain;
+use crate::transform::Transform;
 
-/// Checkpoints are written at most this often while running (and always at the end).
-pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// Emitted batches buffered between a source and its appender.
 const PIPELINE_DEPTH: usize = 16;
 const SINK_READ_BATCHES: usize = 64;
@@ -32,63 +31,6 @@ const SINK_IDLE_WAIT: Duration = Duration::from_millis(200);
 const WRITE_GRACE: Duration = Duration::from_secs(10);
 /// How long a stopping sink may take to make its writes durable.
 const CLOSE_LIMIT: Duration = Duration::from_secs(60);
-
-/// Counters of a task, shared with its supervisor and the API.
-#[derive(Debug, Default)]
-pub struct Progress {
-    pub records: AtomicU64,
-    pub bytes: AtomicU64,
-    /// Unix ms of the last record moved (0: none yet).
-    pub last_progress_ms: AtomicI64,
-    /// The last checkpointed offset, as JSON (shown by GetConnector).
-    pub offset: std::sync::Mutex<Option<Value>>,
-    /// What the source says it is doing (e.g. "snapshot public.t: 4096/100000 rows").
-    pub status: std::sync::Mutex<Option<String>>,
-    /// Unix ms of the last checkpoint stored (0: none yet).
-    pub last_checkpoint_ms: AtomicI64,
-    /// Failed attempts by error class: config, external, internal.
-    pub errors: [AtomicU64; 3],
-    /// How far behind its upstream the source is, in the source's own terms.
-    pub lag: std::sync::Mutex<Option<Lag>>,
-}
-
-/// A source's distance from its upstream, in its own terms.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Lag {
-    /// WAL or log bytes not yet taken (PostgreSQL: server WAL end − our durable LSN).
-    Bytes(u64),
-    /// Age of the newest event taken, while events are waiting (MySQL: now − event time).
-    Seconds(f64),
-    /// Messages taken and not yet acknowledged upstream (MQTT in-flight).
-    Messages(u64),
-    /// Records produced upstream since the last durable checkpoint (Airbyte).
-    Records(u64),
-}
-
-impl Progress {
-    /// Counts a failed attempt by its error class.
-    pub fn failed(&self, kind: crate::ErrorKind) {
-        let i = match kind {
-            crate::ErrorKind::Config => 0,
-            crate::ErrorKind::External => 1,
-            crate::ErrorKind::Internal => 2,
-        };
-        self.errors[i].fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn moved(&self, records: u64, bytes: u64) {
-        self.records.fetch_add(records, Ordering::Relaxed);
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.last_progress_ms.store(unix_ms(), Ordering::Relaxed);
-    }
-}
-
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 pub struct RunContext {
     /// The task (connector) name, which owns the checkpoint.
@@ -125,19 +67,12 @@ async fn save<O: Offset>(ctx: &RunContext, offset: &O) -> Result<(), ConnectorEr
     Ok(())
 }
 
-/// One `emit`: records for a stream (`None`: the source's own) and the offset after them.
-pub struct Emitted<O> {
-    pub(crate) stream: Option<Arc<str>>,
-    pub(crate) records: Vec<crate::Record>,
-    pub(crate) offset: O,
-}
-
 /// Appends emitted records grouped by target stream, each group in emit order; creates a named
 /// stream on its first use. Returns (records, bytes) appended.
 async fn append_groups(
     ctx: &RunContext,
     default: &str,
-    groups: Vec<(Option<Arc<str>>, Vec<crate::Record>)>,
+    groups: Vec<(Option<Arc<str>>, Vec<Record>)>,
     ensured: &mut std::collections::HashSet<Arc<str>>,
 ) -> Result<(u64, u64), ConnectorError> {
     let (mut n, mut bytes) = (0u64, 0u64);
@@ -170,7 +105,7 @@ async fn append_groups(
 pub async fn run_source<S: Source>(
     ctx: RunContext,
     config: S::Config,
-    chain: Option<Arc<Chain>>,
+    chain: Option<Arc<dyn Transform>>,
 ) -> Result<Done, ConnectorError> {
     let stream = S::stream(&config).to_owned();
     if !stream.is_empty() {
@@ -315,7 +250,7 @@ impl Offset for SinkPosition {
 pub async fn run_sink<K: Sink>(
     ctx: RunContext,
     config: K::Config,
-    chain: Option<Arc<Chain>>,
+    chain: Option<Arc<dyn Transform>>,
 ) -> Result<Done, ConnectorError> {
     let stream = K::stream(&config).to_owned();
     if !ctx.streams.stream_exists(&stream).await? {

@@ -1,5 +1,6 @@
-//! The explicit registry of connector types: one line per connector in [`builtin`]. Each entry
-//! erases a typed [`Source`] or [`Sink`] behind [`ConnectorType`].
+//! The explicit registry of connector types: one line per connector (the runtime's own in
+//! [`crate::builtin`]). Each entry erases a typed [`Source`] or [`Sink`] behind
+//! [`ConnectorType`]; the registry's [`TransformOption`] owns every config's transform keys.
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -8,11 +9,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::connector::{Done, Sink, Source};
+use crate::connector::{ConnectorConfig, Done, Sink, Source};
 use crate::error::ConnectorError;
 use crate::pipeline::{self, RunContext};
 use crate::spec::{self, FieldError};
-use crate::wasm::transforms;
+use crate::transform::{NoTransforms, Transform, TransformOption};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
@@ -65,49 +66,36 @@ pub trait ConnectorType: Send + Sync {
     }
 }
 
-/// A connector's own config: without its `transforms` (which the runtime applies).
-fn own(config: &Value) -> Value {
-    let mut own = config.clone();
-    if let Value::Object(map) = &mut own {
-        map.retain(|k, _| !transforms::is_transform_key(k));
-    }
-    own
-}
-
 /// Validates the connector's own config and the shape of its transforms.
-fn validate_with_transforms<C: crate::ConnectorConfig>(spec: &Value, config: &Value) -> Result<(), Vec<FieldError>> {
-    let (own, _) = transforms::split(config)?;
-    spec::validate::<C>(&spec["connectionSpecification"], &own).map(|_| ())
+fn validate_with_transforms<C: ConnectorConfig>(
+    t: &dyn TransformOption,
+    spec: &Value,
+    config: &Value,
+) -> Result<(), Vec<FieldError>> {
+    t.validate(config)?;
+    spec::validate::<C>(&spec["connectionSpecification"], &t.own(config)).map(|_| ())
 }
 
 /// Starts a task's transforms, unless the task is stopped first (`Ok(None)` then).
-async fn open_chain(ctx: &RunContext) -> Result<Option<Option<Arc<transforms::Chain>>>, ConnectorError> {
-    let (_, specs) = transforms::split(&ctx.config).map_err(field_errors)?;
-    if specs.is_empty() {
-        return Ok(Some(None));
-    }
+async fn open_chain(
+    t: &dyn TransformOption,
+    ctx: &RunContext,
+) -> Result<Option<Option<Arc<dyn Transform>>>, ConnectorError> {
     tokio::select! {
-        c = transforms::Chain::open(&specs) => Ok(Some(Some(Arc::new(c?)))),
+        c = t.open(&ctx.config) => Ok(Some(c?)),
         _ = ctx.cancel.cancelled() => Ok(None),
     }
 }
 
-async fn check_transforms(config: &Value) -> Result<(), ConnectorError> {
-    let (_, specs) = transforms::split(config).map_err(field_errors)?;
-    transforms::check(&specs).await
-}
-
-fn field_errors(errors: Vec<FieldError>) -> ConnectorError {
-    ConnectorError::config(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
-}
-
-fn parse<C: crate::ConnectorConfig>(spec: &Value, config: &Value) -> Result<C, ConnectorError> {
-    spec::validate::<C>(&spec["connectionSpecification"], &own(config))
+/// The connector's own part of `config`, parsed and checked.
+fn parse<C: ConnectorConfig>(t: &dyn TransformOption, spec: &Value, config: &Value) -> Result<C, ConnectorError> {
+    spec::validate::<C>(&spec["connectionSpecification"], &t.own(config))
         .map_err(|errors| ConnectorError::config(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))
 }
 
 struct SourceType<S: Source> {
     spec: Value,
+    transforms: Arc<dyn TransformOption>,
     _s: PhantomData<fn() -> S>,
 }
 
@@ -120,41 +108,42 @@ impl<S: Source> ConnectorType for SourceType<S> {
         &self.spec
     }
     fn validate(&self, config: &Value) -> Result<(), Vec<FieldError>> {
-        validate_with_transforms::<S::Config>(&self.spec, config)
+        validate_with_transforms::<S::Config>(&*self.transforms, &self.spec, config)
     }
     fn stream(&self, config: &Value) -> Result<String, ConnectorError> {
-        Ok(S::stream(&parse::<S::Config>(&self.spec, config)?).to_owned())
+        Ok(S::stream(&parse::<S::Config>(&*self.transforms, &self.spec, config)?).to_owned())
     }
     fn normalize(&self, config: &mut Value) {
-        transforms::normalize(config);
+        self.transforms.normalize(config);
         S::normalize(config)
     }
     fn config_schema(&self, config: &Value) -> Value {
         let mut schema = self.spec["connectionSpecification"].clone();
-        if let Ok(c) = parse::<S::Config>(&self.spec, config) {
+        if let Ok(c) = parse::<S::Config>(&*self.transforms, &self.spec, config) {
             S::schema_for(&c, &mut schema);
         }
-        transforms::schema_for(config, &mut schema);
+        self.transforms.schema_for(config, &mut schema);
         schema
     }
     async fn check(&self, config: &Value) -> Result<(), ConnectorError> {
-        S::check(&parse::<S::Config>(&self.spec, config)?).await?;
-        check_transforms(config).await
+        S::check(&parse::<S::Config>(&*self.transforms, &self.spec, config)?).await?;
+        self.transforms.check(config).await
     }
     async fn run(&self, ctx: RunContext) -> Result<Done, ConnectorError> {
-        let config = parse::<S::Config>(&self.spec, &ctx.config)?;
-        let Some(chain) = open_chain(&ctx).await? else {
+        let config = parse::<S::Config>(&*self.transforms, &self.spec, &ctx.config)?;
+        let Some(chain) = open_chain(&*self.transforms, &ctx).await? else {
             return Ok(Done::Cancelled);
         };
         pipeline::run_source::<S>(ctx, config, chain).await
     }
     async fn on_delete(&self, config: &Value) -> Result<(), ConnectorError> {
-        S::on_delete(&parse::<S::Config>(&self.spec, config)?).await
+        S::on_delete(&parse::<S::Config>(&*self.transforms, &self.spec, config)?).await
     }
 }
 
 struct SinkType<K: Sink> {
     spec: Value,
+    transforms: Arc<dyn TransformOption>,
     _k: PhantomData<fn() -> K>,
 }
 
@@ -167,46 +156,63 @@ impl<K: Sink> ConnectorType for SinkType<K> {
         &self.spec
     }
     fn validate(&self, config: &Value) -> Result<(), Vec<FieldError>> {
-        validate_with_transforms::<K::Config>(&self.spec, config)
+        validate_with_transforms::<K::Config>(&*self.transforms, &self.spec, config)
     }
     fn stream(&self, config: &Value) -> Result<String, ConnectorError> {
-        Ok(K::stream(&parse::<K::Config>(&self.spec, config)?).to_owned())
+        Ok(K::stream(&parse::<K::Config>(&*self.transforms, &self.spec, config)?).to_owned())
     }
     fn normalize(&self, config: &mut Value) {
-        transforms::normalize(config);
+        self.transforms.normalize(config);
         K::normalize(config)
     }
     fn config_schema(&self, config: &Value) -> Value {
         let mut schema = self.spec["connectionSpecification"].clone();
-        if let Ok(c) = parse::<K::Config>(&self.spec, config) {
+        if let Ok(c) = parse::<K::Config>(&*self.transforms, &self.spec, config) {
             K::schema_for(&c, &mut schema);
         }
-        transforms::schema_for(config, &mut schema);
+        self.transforms.schema_for(config, &mut schema);
         schema
     }
     async fn check(&self, config: &Value) -> Result<(), ConnectorError> {
-        K::check(&parse::<K::Config>(&self.spec, config)?).await?;
-        check_transforms(config).await
+        K::check(&parse::<K::Config>(&*self.transforms, &self.spec, config)?).await?;
+        self.transforms.check(config).await
     }
     async fn run(&self, ctx: RunContext) -> Result<Done, ConnectorError> {
-        let config = parse::<K::Config>(&self.spec, &ctx.config)?;
-        let Some(chain) = open_chain(&ctx).await? else {
+        let config = parse::<K::Config>(&*self.transforms, &self.spec, &ctx.config)?;
+        let Some(chain) = open_chain(&*self.transforms, &ctx).await? else {
             return Ok(Done::Cancelled);
         };
         pipeline::run_sink::<K>(ctx, config, chain).await
     }
 }
 
-/// Connector types by (kind, name).
-#[derive(Default, Clone)]
+/// Connector types by (kind, name), and the transforms every one of them takes.
+#[derive(Clone)]
 pub struct Registry {
     types: BTreeMap<(Kind, String), Arc<dyn ConnectorType>>,
+    transforms: Arc<dyn TransformOption>,
+}
+
+impl Default for Registry {
+    /// No connector types, and no transforms.
+    fn default() -> Self {
+        Registry::with_transforms(Arc::new(NoTransforms))
+    }
 }
 
 impl Registry {
+    /// An empty registry whose connectors take `transforms`; register it before the types.
+    pub fn with_transforms(transforms: Arc<dyn TransformOption>) -> Registry {
+        Registry {
+            types: BTreeMap::new(),
+            transforms,
+        }
+    }
+
     pub fn source<S: Source>(&mut self, name: &str) -> &mut Self {
         let t = SourceType::<S> {
             spec: spec::specification::<S::Config>(name),
+            transforms: self.transforms.clone(),
             _s: PhantomData,
         };
         self.types.insert((Kind::Source, name.to_owned()), Arc::new(t));
@@ -216,6 +222,7 @@ impl Registry {
     pub fn sink<K: Sink>(&mut self, name: &str) -> &mut Self {
         let t = SinkType::<K> {
             spec: spec::specification::<K::Config>(name),
+            transforms: self.transforms.clone(),
             _k: PhantomData,
         };
         self.types.insert((Kind::Sink, name.to_owned()), Arc::new(t));
@@ -231,19 +238,10 @@ impl Registry {
     }
 }
 
-/// Every connector type this build ships, one line each.
-pub fn builtin() -> Registry {
-    let mut r = Registry::default();
-    r.source::<crate::builtin::generator::GeneratorSource>("generator");
-    r.sink::<crate::builtin::blackhole::BlackholeSink>("blackhole");
-    r.source::<crate::wasm::connectors::WasmSource>("wasm");
-    r.sink::<crate::wasm::connectors::WasmSink>("wasm");
-    r
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::builtin;
     use serde_json::json;
 
     // The specs in `specs/` are checked against every registered type, built-ins included, by

@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connector::Done;
 use crate::error::ConnectorError;
-use crate::pipeline::{Progress, RunContext};
+use crate::pipeline::RunContext;
+use crate::progress::Progress;
 use crate::registry::ConnectorType;
 use crate::streams::{Checkpoints, Streams};
 

@@ -4,7 +4,14 @@
 //! 1..=n), records of one key go to one shard in append order, every `append` call stores one
 //! batch per shard it touches (LSNs dense from 1), and a watch names every shard that got a
 //! batch since its last answer. It also counts reads per shard, so a test can tell which shards
-//! a reader touched. [`MemoryCheckpoints`] keeps the last checkpoint of each task.
+//! a reader touched, and can refuse appends past a count, to stand for a store failing mid-load.
+//! [`MemoryCheckpoints`] keeps the last checkpoint of each task.
+//!
+//! [`conformance`] is the suite every source and sink runs: the runtime's contract (durable
+//! before checkpointed, prompt stops, resumption without loss or repeats) checked on these
+//! in-memory streams.
+
+pub mod conformance;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -27,6 +34,9 @@ struct Shard {
 #[derive(Default)]
 struct State {
     streams: HashMap<String, BTreeMap<u64, Shard>>,
+    /// Appends are refused once this many records are stored in all streams together.
+    refuse_after: Option<u64>,
+    stored: u64,
 }
 
 /// Streams held in memory (see the module doc).
@@ -60,6 +70,12 @@ impl MemoryStreams {
             .insert(name.to_owned(), (1..=shards).map(|id| (id, Shard::default())).collect());
     }
 
+    /// Refuses every append that would take the records stored (in all streams) past `records`
+    /// (`None`: accept again). A refused append stores nothing.
+    pub fn refuse_appends_after(&self, records: Option<u64>) {
+        self.state.lock().expect("lock").refuse_after = records;
+    }
+
     /// Appends `records` as one batch to one shard, whatever their keys.
     pub fn append_to(&self, stream: &str, shard: u64, records: Vec<Record>) {
         let mut st = self.state.lock().expect("lock");
@@ -68,7 +84,9 @@ impl MemoryStreams {
             .get_mut(stream)
             .and_then(|s| s.get_mut(&shard))
             .expect("append_to an existing shard");
+        let n = records.len() as u64;
         s.batches.push(records);
+        st.stored += n;
         drop(st);
         self.appended.send_modify(|v| *v += 1);
     }
@@ -80,6 +98,20 @@ impl MemoryStreams {
             .get(stream)
             .map(|s| s.values().flat_map(|sh| sh.batches.iter().flatten().cloned()).collect())
             .unwrap_or_default()
+    }
+
+    /// Every record of every stream.
+    pub fn all_records(&self) -> Vec<Record> {
+        let st = self.state.lock().expect("lock");
+        st.streams
+            .values()
+            .flat_map(|s| s.values().flat_map(|sh| sh.batches.iter().flatten().cloned()))
+            .collect()
+    }
+
+    /// Records stored in all streams together.
+    pub fn stored(&self) -> u64 {
+        self.state.lock().expect("lock").stored
     }
 
     /// Reads served per shard of a stream.
@@ -138,6 +170,13 @@ impl Streams for MemoryStreams {
         }
         {
             let mut st = self.state.lock().expect("lock");
+            let total = st.stored + records.len() as u64;
+            if st.refuse_after.is_some_and(|limit| total > limit) {
+                return Err(ConnectorError::external(
+                    "the store refused the append (a test's fault)",
+                ));
+            }
+            st.stored = total;
             let s = st.streams.get_mut(stream).ok_or_else(|| Self::unknown(stream))?;
             let n = s.len() as u64;
             let mut by_shard: BTreeMap<u64, Vec<Record>> = BTreeMap::new();

@@ -379,7 +379,7 @@ pub fn to_wit(
     key: &str,
     flag: PayloadFlag,
     payload: &[u8],
-    attributes: &crate::Attributes,
+    attributes: &crate::connector::Attributes,
 ) -> Result<WitRecord, ConnectorError> {
     let (encoding, payload) = match flag {
         PayloadFlag::Json => {

@@ -279,7 +279,7 @@ async fn a_plugin_config_is_masked_whole_until_the_plugin_is_loaded() {
     let copy = dir.path().join("sink.wasm");
     std::fs::copy(plugin("file_sink"), &copy).unwrap();
     let module = copy.display().to_string();
-    let t = crate::registry::builtin().get(crate::Kind::Sink, "wasm").unwrap();
+    let t = crate::builtin().get(crate::Kind::Sink, "wasm").unwrap();
     let cfg = json!({"module": module, "stream": "s", "config": {"path": "/x/out.jsonl"}});
     let shown = crate::secret::redact(&t.config_schema(&cfg), &cfg);
     assert_eq!(shown["config"], json!(crate::secret::MASK), "{shown}");
@@ -389,9 +389,7 @@ async fn transform_configs_are_masked_until_their_plugins_are_loaded() {
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("filter.wasm");
     std::fs::copy(plugin("field_filter"), &copy).unwrap();
-    let t = crate::registry::builtin()
-        .get(crate::Kind::Source, "generator")
-        .unwrap();
+    let t = crate::builtin().get(crate::Kind::Source, "generator").unwrap();
     let cfg = json!({"stream": "s", "transforms": [
         {"name": "f", "module": copy.display().to_string(), "config": {"remove": ["token"]}}]});
     let shown = crate::secret::redact(&t.config_schema(&cfg), &cfg);

@@ -354,6 +354,60 @@ impl Chain {
     }
 }
 
+/// WASM plugins as the transforms of every connector (the `transforms` option above).
+pub struct WasmTransforms;
+
+#[async_trait::async_trait]
+impl crate::transform::TransformOption for WasmTransforms {
+    fn is_key(&self, key: &str) -> bool {
+        is_transform_key(key)
+    }
+
+    fn validate(&self, config: &Value) -> Result<(), Vec<FieldError>> {
+        split(config).map(drop)
+    }
+
+    fn normalize(&self, config: &mut Value) {
+        normalize(config)
+    }
+
+    fn schema_for(&self, config: &Value, schema: &mut Value) {
+        schema_for(config, schema)
+    }
+
+    async fn check(&self, config: &Value) -> Result<(), ConnectorError> {
+        let (_, specs) = split(config).map_err(field_errors)?;
+        check(&specs).await
+    }
+
+    async fn open(&self, config: &Value) -> Result<Option<Arc<dyn crate::transform::Transform>>, ConnectorError> {
+        let (_, specs) = split(config).map_err(field_errors)?;
+        if specs.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(Chain::open(&specs).await?)))
+    }
+}
+
+fn field_errors(errors: Vec<FieldError>) -> ConnectorError {
+    ConnectorError::config(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+}
+
+#[async_trait::async_trait]
+impl crate::transform::Transform for Chain {
+    async fn apply_source(
+        &self,
+        segments: crate::transform::Segments,
+        default: &str,
+    ) -> Result<crate::transform::Segments, ConnectorError> {
+        Chain::apply_source(self, segments, default).await
+    }
+
+    async fn apply_sink(&self, records: Vec<SinkRecord>) -> Result<Vec<SinkRecord>, ConnectorError> {
+        Chain::apply_sink(self, records).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

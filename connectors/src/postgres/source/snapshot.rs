@@ -9,7 +9,11 @@ use crate::postgres::query_error;
 use crate::postgres::wire::{ident, literal};
 
 impl PgSource {
-    /// Copies every table's rows as of the exported snapshot.
+    /// Copies every table's rows as of the exported snapshot. The last rows go out in one emit
+    /// with the offset that marks the snapshot done, so there is no moment at which every row
+    /// is in the stream but the snapshot counts as unfinished (a stop or crash there would make
+    /// the restart take the snapshot again). Each batch is held until the next fetch shows
+    /// whether it is the last.
     pub(super) async fn snapshot(
         &mut self,
         snapshot: &str,
@@ -34,6 +38,7 @@ impl PgSource {
             db: &self.cfg.database.clone(),
         };
         let mut total = 0u64;
+        let mut held: Option<Vec<_>> = None;
         for (schema, table) in &tables {
             let info = crate::postgres::table_info(&mut conn, schema, table)
                 .await
@@ -92,7 +97,9 @@ impl PgSource {
                     break;
                 }
                 done += records.len() as u64;
-                out.emit(records, self.offset(at, false)).await?;
+                if let Some(previous) = held.replace(records) {
+                    out.emit(previous, self.offset(at, false)).await?;
+                }
                 out.report(format!("snapshot {schema}.{table}: {done}/{} rows", estimate.max(done)));
             }
             conn.query("CLOSE hstream_snapshot").await.map_err(snap_err)?;
@@ -106,7 +113,7 @@ impl PgSource {
         }
         conn.query("COMMIT").await.map_err(snap_err)?;
         conn.close().await;
-        out.emit(Vec::new(), self.offset(at, true)).await?;
+        out.emit(held.unwrap_or_default(), self.offset(at, true)).await?;
         out.report(format!("snapshot done: {} tables, {total} rows", tables.len()));
         Ok(None)
     }
