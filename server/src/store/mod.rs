@@ -20,6 +20,8 @@
 //! shard's share with one `write`, fsyncs each touched shard once, then makes the batches
 //! visible and answers all of them.
 
+mod api;
+pub mod contract;
 mod durable;
 mod handles;
 mod ready;
@@ -27,6 +29,7 @@ mod segment;
 mod shard_log;
 mod summary;
 
+pub use api::{LocalShard, LocalStore, Shard, Store};
 pub use ready::ReadySet;
 pub use segment::{MAX_PAYLOAD_LEN, StoredBatch};
 pub use shard_log::ShardLog;

@@ -372,3 +372,17 @@ fn records_from_counts_batch_sizes_across_rolls_restarts_and_trims() {
     assert_eq!(shard.records_from(50).unwrap(), sum(50, 70));
     store.shutdown();
 }
+
+/// The local store keeps the store contract, and its batches and LSNs outlive a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_store_keeps_the_store_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path(), StoreOptions::default()).unwrap();
+    contract::run(&LocalStore(store.clone())).await;
+    let written = contract::seed_durable(&LocalStore(store.clone())).await;
+    store.shutdown();
+    drop(store);
+    let store = LogStore::open(dir.path(), StoreOptions::default()).unwrap();
+    contract::check_durable(&LocalStore(store.clone()), &written).await;
+    store.shutdown();
+}

@@ -1,0 +1,178 @@
+//! The store interface: what the rest of the server may assume of any store (the local segment
+//! log today; a replicated one later), async throughout, with the blocking work inside each
+//! implementation.
+//!
+//! Guarantees every implementation keeps ([`super::contract`] checks them):
+//! - **Dense, growing LSNs**: a shard's batches get LSNs 1, 2, 3, … in the order its appends
+//!   were acknowledged; an LSN is never handed out twice, also across restarts and crashes
+//!   (where a crash may leave a recorded gap, never a reuse).
+//! - **Durable before ack**: an append resolves only once its batch is stored as the store's
+//!   durability setting promises; until then no reader sees it, and afterwards every reader
+//!   does ([`Shard::visible_lsn`] covers it).
+//! - **Timestamps never decrease** within a shard: a batch's timestamp is at least its
+//!   predecessor's, so seeking by time is a search.
+//! - **Reads return whole batches in LSN order**, never past the visible LSN, starting at the
+//!   first LSN still held when asked below it; at least one batch when there is one, whatever
+//!   the byte budget.
+//! - **Trims only move forward**: after `trim(n)` nothing at or below `n` is read again and
+//!   [`Shard::start_lsn`] is above `n` (a trim is clamped to the visible LSN).
+//! - **Waiting for the tail**: a [`super::ReadySet`] registered with a shard is marked after
+//!   every change of its visible LSN and at deletion; [`Shard::subscribe`] sees the same.
+//! - **A deleted shard refuses** appends, reads and trims with `ShardDeleted`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::{Appended, LogStore, ReadySet, ShardLog, StoreError, StoredBatch};
+
+/// One shard's log.
+#[async_trait]
+pub trait Shard: Send + Sync + 'static {
+    fn id(&self) -> u64;
+    /// First LSN that may still be read.
+    fn start_lsn(&self) -> u64;
+    /// Last LSN readers may see (0 when the shard never held a batch).
+    fn visible_lsn(&self) -> u64;
+    /// Last LSN handed out, visible or not yet.
+    fn written_lsn(&self) -> u64;
+    fn is_deleted(&self) -> bool;
+    /// `Ok` unless the shard cannot serve (its positions then read as 0).
+    fn check_available(&self) -> Result<(), StoreError>;
+    /// The visible LSN as a watch, for a reader of this one shard.
+    fn subscribe(&self) -> watch::Receiver<u64>;
+    /// Marks `key` in `set` whenever the visible LSN moves or the shard is deleted, while the
+    /// set lives.
+    fn notify_on_append(&self, set: &Arc<ReadySet>, key: usize);
+    /// Up to `max_batches` batches from `from` (clamped to [`Self::start_lsn`]), stopping once
+    /// `max_bytes` are reached (at least one batch).
+    async fn read(&self, from: u64, max_batches: usize, max_bytes: usize) -> Result<Vec<StoredBatch>, StoreError>;
+    /// The first visible LSN stamped at or after `ts`; `visible + 1` when none is.
+    async fn lsn_at_or_after(&self, ts: i64) -> Result<u64, StoreError>;
+    /// Records (sum of batch sizes) in the visible batches from `from` on.
+    async fn records_from(&self, from: u64) -> Result<u64, StoreError>;
+    /// Makes every LSN up to `upto` unreadable; returns the trim point in effect.
+    async fn trim(&self, upto: u64) -> Result<u64, StoreError>;
+}
+
+/// The shards of one node's data.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates an empty shard; `ShardExists` if the store holds it already.
+    async fn create_shard(&self, id: u64) -> Result<Arc<dyn Shard>, StoreError>;
+    /// Removes a shard and its data; appends still queued for it fail.
+    async fn delete_shard(&self, id: u64) -> Result<(), StoreError>;
+    fn shard(&self, id: u64) -> Option<Arc<dyn Shard>>;
+    /// Appends one batch of `batch_size` records (its payload as the client encoded it, with
+    /// its compression code); resolves once it is durable (see the module guarantees).
+    async fn append(
+        &self,
+        shard: u64,
+        payload: Bytes,
+        batch_size: u32,
+        compression: u8,
+    ) -> Result<Appended, StoreError>;
+    /// Bytes the store keeps on this node's disks.
+    fn disk_bytes(&self) -> u64;
+}
+
+/// A local shard behind the interface: the blocking work on the blocking pool.
+pub struct LocalShard(pub Arc<ShardLog>);
+
+impl LocalShard {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ShardLog) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let log = self.0.clone();
+        tokio::task::spawn_blocking(move || f(&log))
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?
+    }
+}
+
+#[async_trait]
+impl Shard for LocalShard {
+    fn id(&self) -> u64 {
+        self.0.id
+    }
+    fn start_lsn(&self) -> u64 {
+        self.0.start_lsn()
+    }
+    fn visible_lsn(&self) -> u64 {
+        self.0.visible_lsn()
+    }
+    fn written_lsn(&self) -> u64 {
+        self.0.written_lsn()
+    }
+    fn is_deleted(&self) -> bool {
+        self.0.is_deleted()
+    }
+    fn check_available(&self) -> Result<(), StoreError> {
+        self.0.check_available()
+    }
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+    fn notify_on_append(&self, set: &Arc<ReadySet>, key: usize) {
+        self.0.notify_on_append(set, key)
+    }
+    async fn read(&self, from: u64, max_batches: usize, max_bytes: usize) -> Result<Vec<StoredBatch>, StoreError> {
+        if self.0.is_deleted() {
+            return Err(StoreError::ShardDeleted(self.0.id));
+        }
+        self.blocking(move |l| l.read(from, max_batches, max_bytes)).await
+    }
+    async fn lsn_at_or_after(&self, ts: i64) -> Result<u64, StoreError> {
+        self.blocking(move |l| l.lsn_at_or_after(ts)).await
+    }
+    async fn records_from(&self, from: u64) -> Result<u64, StoreError> {
+        self.blocking(move |l| l.records_from(from)).await
+    }
+    async fn trim(&self, upto: u64) -> Result<u64, StoreError> {
+        self.blocking(move |l| l.trim(upto)).await
+    }
+}
+
+/// The local segment store behind the interface.
+pub struct LocalStore(pub Arc<LogStore>);
+
+#[async_trait]
+impl Store for LocalStore {
+    async fn create_shard(&self, id: u64) -> Result<Arc<dyn Shard>, StoreError> {
+        let store = self.0.clone();
+        let log = tokio::task::spawn_blocking(move || store.create_shard(id))
+            .await
+            .map_err(|_| StoreError::ShuttingDown)??;
+        Ok(Arc::new(LocalShard(log)))
+    }
+
+    async fn delete_shard(&self, id: u64) -> Result<(), StoreError> {
+        let store = self.0.clone();
+        tokio::task::spawn_blocking(move || store.delete_shard(id))
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    fn shard(&self, id: u64) -> Option<Arc<dyn Shard>> {
+        self.0.shard(id).map(|l| Arc::new(LocalShard(l)) as Arc<dyn Shard>)
+    }
+
+    async fn append(
+        &self,
+        shard: u64,
+        payload: Bytes,
+        batch_size: u32,
+        compression: u8,
+    ) -> Result<Appended, StoreError> {
+        // A shard deleted (or never created) takes no appends.
+        let log = self.0.shard(shard).ok_or(StoreError::ShardDeleted(shard))?;
+        self.0.append(&log, payload, batch_size, compression).await
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        self.0.disk_bytes()
+    }
+}
