@@ -9,7 +9,7 @@ use hstream_proto::ErrorCode;
 
 use crate::error::{ApiError, ApiResult};
 use crate::meta::{ShardMeta, StreamMeta};
-use crate::store::ShardLog;
+use crate::store::Shard;
 
 /// Prefix of the names that force-deleted streams are archived under.
 pub const ARCHIVED_PREFIX: &str = "__deleted_stream__";
@@ -17,7 +17,7 @@ pub const ARCHIVED_PREFIX: &str = "__deleted_stream__";
 #[derive(Clone)]
 pub struct ShardEntry {
     pub meta: ShardMeta,
-    pub log: Arc<ShardLog>,
+    pub log: Arc<dyn Shard>,
 }
 
 #[derive(Clone)]

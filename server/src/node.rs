@@ -25,7 +25,7 @@ use crate::catalog::{Catalog, ShardEntry, StreamEntry};
 use crate::config::Settings;
 use crate::meta::{MetaStore, NodeMeta, SqliteMetaStore};
 use crate::service::{HStreamService, NodeInfo, ServerCtx};
-use crate::store::{LogStore, now_ms};
+use crate::store::{LocalShard, LocalStore, LogStore, now_ms};
 
 pub async fn open_meta(uri: &str) -> anyhow::Result<Arc<dyn MetaStore>> {
     if let Some(path) = uri.strip_prefix("sqlite://") {
@@ -177,7 +177,10 @@ pub async fn reconcile(
             if let Some(reason) = log.unavailable_reason() {
                 tracing::error!(stream = %s.name, shard = sm.id, %reason, "shard unavailable");
             }
-            shards.push(ShardEntry { meta: sm, log });
+            shards.push(ShardEntry {
+                meta: sm,
+                log: Arc::new(LocalShard(log)),
+            });
         }
         catalog.insert(StreamEntry { meta: s, shards });
     }
@@ -233,7 +236,7 @@ pub async fn run(
     .await?;
     let ctx = ServerCtx::new(
         meta.clone(),
-        store.clone(),
+        Arc::new(LocalStore(store.clone())),
         catalog,
         node,
         crate::batch::Limits {

@@ -123,41 +123,32 @@ impl Streams for LocalStreams {
             for rec in recs {
                 let len = rec.encoded_len() + 8;
                 if !chunk.is_empty() && (size + len > budget || chunk.len() >= max_records) {
-                    appends.push((shard.log.clone(), std::mem::take(&mut chunk)));
+                    appends.push((shard.meta.id, std::mem::take(&mut chunk)));
                     size = 0;
                 }
                 size += len;
                 chunk.push(rec);
             }
             if !chunk.is_empty() {
-                appends.push((shard.log.clone(), chunk));
+                appends.push((shard.meta.id, chunk));
             }
         }
         // Shards in parallel; batches of one shard in order (each waits for the previous).
         let mut by_shard: Vec<Vec<_>> = Vec::new();
-        for (log, recs) in appends {
-            match by_shard
-                .iter_mut()
-                .find(|v: &&mut Vec<(Arc<crate::store::ShardLog>, _)>| Arc::ptr_eq(&v[0].0, &log))
-            {
-                Some(v) => v.push((log, recs)),
-                None => by_shard.push(vec![(log, recs)]),
+        for (shard, recs) in appends {
+            match by_shard.iter_mut().find(|v: &&mut Vec<(u64, _)>| v[0].0 == shard) {
+                Some(v) => v.push((shard, recs)),
+                None => by_shard.push(vec![(shard, recs)]),
             }
         }
-        let store = ctx.store.clone();
         let results = futures::future::join_all(by_shard.into_iter().map(|batches| {
-            let store = store.clone();
             let ctx = ctx.clone();
             async move {
-                for (log, recs) in batches {
+                for (shard, recs) in batches {
                     let n = recs.len() as u32;
                     let payload = pb::BatchHStreamRecords { records: recs }.encode_to_vec();
-                    let bytes = payload.len() as u64;
-                    let started = std::time::Instant::now();
-                    store
-                        .append(&log, payload.into(), n, pb::CompressionType::None as u8)
+                    ctx.append_batch(stream, shard, payload.into(), n, pb::CompressionType::None as u8)
                         .await?;
-                    ctx.metrics.appended(stream, u64::from(n), bytes, started.elapsed());
                 }
                 Ok::<(), crate::store::StoreError>(())
             }
@@ -200,16 +191,11 @@ impl Streams for LocalStreams {
     ) -> Result<ReadChunk, ConnectorError> {
         let s = self.ctx()?.catalog.shard_of(stream, shard).map_err(external)?;
         let mut rx = s.log.subscribe();
-        let read = |log: Arc<crate::store::ShardLog>| async move {
-            tokio::task::spawn_blocking(move || log.read(from_lsn, max_batches, 4 << 20))
-                .await
-                .map_err(external)?
-                .map_err(external)
-        };
         rx.borrow_and_update();
-        let mut batches = read(s.log.clone()).await?;
+        let read = || async { s.log.read(from_lsn, max_batches, 4 << 20).await.map_err(external) };
+        let mut batches = read().await?;
         if batches.is_empty() && !wait.is_zero() && tokio::time::timeout(wait, rx.changed()).await.is_ok() {
-            batches = read(s.log.clone()).await?;
+            batches = read().await?;
         }
         let mut chunk = ReadChunk {
             records: Vec::new(),

@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::catalog::Catalog;
 use crate::error::{ApiError, ApiResult};
 use crate::meta::MetaStore;
-use crate::store::LogStore;
+use crate::store::Store;
 use read::{ShardCursor, pump};
 
 pub use streams::{parse_record_id, stream_pb};
@@ -40,7 +40,7 @@ pub struct NodeInfo {
 /// State shared by all requests.
 pub struct ServerCtx {
     pub meta: Arc<dyn MetaStore>,
-    pub store: Arc<LogStore>,
+    pub store: Arc<dyn Store>,
     pub catalog: Catalog,
     pub node: NodeInfo,
     /// What one appended batch may be (`max-record-size`, `max-batch-records`).
@@ -65,7 +65,7 @@ impl ServerCtx {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         meta: Arc<dyn MetaStore>,
-        store: Arc<LogStore>,
+        store: Arc<dyn Store>,
         catalog: Catalog,
         node: NodeInfo,
         limits: crate::batch::Limits,
@@ -145,10 +145,7 @@ impl HStreamService {
         from: read::From,
         until: read::Until,
     ) -> ApiResult<ShardCursor> {
-        let log = shard.log.clone();
-        let next = tokio::task::spawn_blocking(move || read::resolve_from(&log, from))
-            .await
-            .map_err(|_| ApiError::ShuttingDown)??;
+        let next = read::resolve_from(&*shard.log, from).await?;
         Ok(ShardCursor::new(shard, next, until))
     }
 
@@ -159,7 +156,7 @@ impl HStreamService {
         until: Option<&pb::ShardOffset>,
     ) -> ApiResult<ShardCursor> {
         let start = read::shard_from(shard.meta.id, from)?;
-        let until = read::shard_until(&shard.log, until)?;
+        let until = read::shard_until(&*shard.log, until)?;
         self.shard_cursor(shard, start, until).await
     }
 }
@@ -292,7 +289,7 @@ impl HStreamApi for HStreamService {
         let from = read::stream_from(req.from.as_ref())?;
         let mut cursors = Vec::with_capacity(stream.shards.len());
         for shard in &stream.shards {
-            let until = read::stream_until(&shard.log, req.until.as_ref())?;
+            let until = read::stream_until(&*shard.log, req.until.as_ref())?;
             cursors.push(self.shard_cursor(shard.clone(), from, until).await?);
         }
         Ok(Response::new(spawn_pump(

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use super::ServerCtx;
 use crate::catalog::ShardEntry;
 use crate::error::{ApiError, ApiResult};
-use crate::store::{ReadySet, ShardLog, StoreError, StoredBatch};
+use crate::store::{ReadySet, Shard, StoreError, StoredBatch};
 
 pub const RESPONSE_BYTES: usize = 2 << 20;
 /// Batches read from one shard before the pump turns to the next.
@@ -82,7 +82,7 @@ fn check_record_shard(shard_id: u64, r: &RecordId) -> ApiResult<()> {
 }
 
 /// `until` as sent, resolved against the shard's state now (LATEST = the tail at this moment).
-pub fn shard_until(log: &ShardLog, o: Option<&ShardOffset>) -> ApiResult<Until> {
+pub fn shard_until(log: &dyn Shard, o: Option<&ShardOffset>) -> ApiResult<Until> {
     log.check_available()?;
     Ok(match o.and_then(|o| o.offset.as_ref()) {
         None => Until::Forever,
@@ -91,14 +91,14 @@ pub fn shard_until(log: &ShardLog, o: Option<&ShardOffset>) -> ApiResult<Until> 
             SpecialOffset::Latest => Until::Lsn(log.visible_lsn()),
         },
         Some(shard_offset::Offset::RecordOffset(r)) => {
-            check_record_shard(log.id, r)?;
+            check_record_shard(log.id(), r)?;
             Until::Lsn(r.batch_id)
         }
         Some(shard_offset::Offset::TimestampOffset(t)) => Until::Timestamp(t.timestamp_in_ms),
     })
 }
 
-pub fn stream_until(log: &ShardLog, o: Option<&StreamOffset>) -> ApiResult<Until> {
+pub fn stream_until(log: &dyn Shard, o: Option<&StreamOffset>) -> ApiResult<Until> {
     log.check_available()?;
     Ok(match o.and_then(|o| o.offset.as_ref()) {
         None => Until::Forever,
@@ -110,14 +110,14 @@ pub fn stream_until(log: &ShardLog, o: Option<&StreamOffset>) -> ApiResult<Until
     })
 }
 
-/// Resolves a start position to an LSN (blocking IO for timestamps: call off the runtime).
-pub fn resolve_from(log: &ShardLog, from: From) -> ApiResult<u64> {
+/// Resolves a start position to an LSN.
+pub async fn resolve_from(log: &dyn Shard, from: From) -> ApiResult<u64> {
     log.check_available()?;
     Ok(match from {
         From::Earliest => log.start_lsn(),
         From::Latest => log.visible_lsn() + 1,
         From::Lsn(l) => l,
-        From::Timestamp(t) => log.lsn_at_or_after(t)?,
+        From::Timestamp(t) => log.lsn_at_or_after(t).await?,
     })
 }
 
@@ -184,11 +184,7 @@ impl ShardCursor {
         // Mark the current tail seen before reading, so an append racing with the read still
         // wakes a later wait.
         let visible = *self.rx.borrow_and_update();
-        let log = self.shard.log.clone();
-        let from = self.next;
-        let mut batches = tokio::task::spawn_blocking(move || log.read(from, max_batches, max_bytes))
-            .await
-            .map_err(|_| ApiError::ShuttingDown)??;
+        let mut batches = self.shard.log.read(self.next, max_batches, max_bytes).await?;
         if let Until::Timestamp(t) = self.until
             && let Some(i) = batches.iter().position(|b| b.timestamp_ms > t)
         {

@@ -38,10 +38,7 @@ impl ServerCtx {
             .as_ref()
             .ok_or_else(|| ApiError::InvalidOffset("shardOffset is missing".into()))?;
         let from = read::shard_from(req.shard_id, Some(offset))?;
-        let log = shard.log.clone();
-        let start_lsn = tokio::task::spawn_blocking(move || read::resolve_from(&log, from))
-            .await
-            .map_err(|_| ApiError::ShuttingDown)??;
+        let start_lsn = read::resolve_from(&*shard.log, from).await?;
         let meta = ReaderMeta {
             id: req.reader_id.clone(),
             stream: req.stream_name.clone(),

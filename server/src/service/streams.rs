@@ -14,7 +14,7 @@ use crate::catalog::{ARCHIVED_PREFIX, ShardEntry, StreamEntry, validate_name};
 use crate::error::{ApiError, ApiResult};
 use crate::keyspace;
 use crate::meta::{ShardMeta, StreamMeta};
-use crate::store::ShardLog;
+use crate::store::Shard;
 
 /// Largest shardCount accepted (each shard is a directory and open files).
 pub const MAX_SHARDS: u32 = 4096;
@@ -42,12 +42,6 @@ fn shard_pb(m: &ShardMeta) -> pb::Shard {
 
 fn validate_stream_name(name: &str) -> ApiResult<()> {
     validate_name("stream", ErrorCode::StreamInvalidObjectIdentifier, name)
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| ApiError::ShuttingDown)?
 }
 
 impl ServerCtx {
@@ -88,15 +82,18 @@ impl ServerCtx {
             .collect();
         // Shard directories first: a crash before the metadata commit leaves orphans that the next
         // start removes, never a stream whose shards are missing.
-        let store = self.store.clone();
-        let ids: Vec<u64> = shards.iter().map(|s| s.id).collect();
-        let logs = blocking(move || {
-            ids.iter()
-                .map(|id| Ok(store.create_shard(*id)?))
-                .collect::<ApiResult<Vec<_>>>()
-        })
-        .await;
-        let logs = match logs {
+        let mut created = Vec::with_capacity(shards.len());
+        let mut failed = None;
+        for s in &shards {
+            match self.store.create_shard(s.id).await {
+                Ok(log) => created.push(log),
+                Err(e) => {
+                    failed = Some(e.into());
+                    break;
+                }
+            }
+        }
+        let logs = match failed.map_or(Ok(created), Err) {
             Ok(l) => l,
             Err(e) => {
                 self.drop_shard_files(shards.iter().map(|s| s.id).collect()).await;
@@ -124,15 +121,11 @@ impl ServerCtx {
     }
 
     pub(super) async fn drop_shard_files(&self, ids: Vec<u64>) {
-        let store = self.store.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            for id in ids {
-                if let Err(e) = store.delete_shard(id) {
-                    tracing::warn!(shard = id, error = %e, "could not remove shard files");
-                }
+        for id in ids {
+            if let Err(e) = self.store.delete_shard(id).await {
+                tracing::warn!(shard = id, error = %e, "could not remove shard files");
             }
-        })
-        .await;
+        }
     }
 
     pub async fn delete_stream(&self, req: pb::DeleteStreamRequest) -> ApiResult<()> {
@@ -209,23 +202,15 @@ impl ServerCtx {
         let shard = self.catalog.shard_of(&req.stream_name, req.shard_id)?;
         batch::check(req.records.as_ref(), self.limits).await?;
         let records = req.records.expect("validated");
-        let started = std::time::Instant::now();
-        let bytes = records.payload.len() as u64;
         let appended = self
-            .store
-            .append(
-                &shard.log,
+            .append_batch(
+                &req.stream_name,
+                shard.meta.id,
                 records.payload,
                 records.batch_size,
                 records.compression_type as u8,
             )
             .await?;
-        self.metrics.appended(
-            &req.stream_name,
-            u64::from(records.batch_size),
-            bytes,
-            started.elapsed(),
-        );
         let record_ids = (0..records.batch_size)
             .map(|i| pb::RecordId {
                 shard_id: req.shard_id,
@@ -252,17 +237,32 @@ impl ServerCtx {
         })
     }
 
+    /// The one append path (RPCs and connectors): a checked batch to the store, counted in the
+    /// stream's metrics once it is durable.
+    pub async fn append_batch(
+        &self,
+        stream: &str,
+        shard: u64,
+        payload: bytes::Bytes,
+        batch_size: u32,
+        compression: u8,
+    ) -> Result<crate::store::Appended, crate::store::StoreError> {
+        let started = std::time::Instant::now();
+        let bytes = payload.len() as u64;
+        let appended = self.store.append(shard, payload, batch_size, compression).await?;
+        self.metrics
+            .appended(stream, u64::from(batch_size), bytes, started.elapsed());
+        Ok(appended)
+    }
+
     /// Trims one shard up to and including the LSN `from` resolves to (EARLIEST trims nothing).
-    async fn trim_to(log: Arc<ShardLog>, point: From) -> ApiResult<u64> {
-        blocking(move || {
-            let upto = match point {
-                From::Earliest => return Ok(log.trim_point()),
-                From::Latest => log.visible_lsn(),
-                other => resolve_from(&log, other)?,
-            };
-            Ok(log.trim(upto)?)
-        })
-        .await
+    async fn trim_to(log: Arc<dyn Shard>, point: From) -> ApiResult<u64> {
+        let upto = match point {
+            From::Earliest => return Ok(log.start_lsn() - 1),
+            From::Latest => log.visible_lsn(),
+            other => resolve_from(&*log, other).await?,
+        };
+        Ok(log.trim(upto).await?)
     }
 
     pub async fn trim_stream(&self, req: pb::TrimStreamRequest) -> ApiResult<()> {
@@ -316,8 +316,7 @@ impl ServerCtx {
         let mut trim_points = std::collections::HashMap::new();
         for (log, shard, batch, index) in targets {
             if batch > 1 {
-                let log2 = log.clone();
-                blocking(move || Ok(log2.trim(batch - 1)?)).await?;
+                log.trim(batch - 1).await?;
             }
             trim_points.insert(shard, format!("{shard}-{batch}-{index}"));
         }
@@ -333,14 +332,14 @@ impl ServerCtx {
             }
             let cutoff = now - stream.meta.backlog_secs as i64 * 1000;
             for s in &stream.shards {
-                let log = s.log.clone();
-                let res = blocking(move || {
-                    let first_kept = log.lsn_at_or_after(cutoff)?;
+                let log = &s.log;
+                let res = async {
+                    let first_kept = log.lsn_at_or_after(cutoff).await?;
                     if first_kept > log.start_lsn() {
-                        log.trim(first_kept - 1)?;
+                        log.trim(first_kept - 1).await?;
                     }
-                    Ok(())
-                })
+                    Ok::<(), crate::store::StoreError>(())
+                }
                 .await;
                 if let Err(e) = res {
                     tracing::warn!(shard = s.meta.id, error = %e, "retention trim failed");

@@ -7,7 +7,9 @@ use crate::store::StoreOptions;
 
 async fn ctx(dir: &std::path::Path) -> Arc<ServerCtx> {
     let meta: Arc<dyn MetaStore> = Arc::new(SqliteMetaStore::in_memory().await.unwrap());
-    let store = LogStore::open(dir, StoreOptions::default()).unwrap();
+    let store = Arc::new(crate::store::LocalStore(
+        crate::store::LogStore::open(dir, StoreOptions::default()).unwrap(),
+    ));
     let node = NodeInfo {
         id: 1,
         host: "127.0.0.1".into(),
@@ -23,6 +25,11 @@ async fn ctx(dir: &std::path::Path) -> Arc<ServerCtx> {
         hstream_connectors::registry(),
         (std::time::Duration::from_millis(100), std::time::Duration::from_secs(1)),
     )
+}
+
+/// Where the local store keeps a shard's files.
+fn shard_dir(root: &std::path::Path, id: u64) -> std::path::PathBuf {
+    root.join("shards").join(id.to_string())
 }
 
 fn stream(name: &str) -> pb::Stream {
@@ -87,8 +94,8 @@ async fn delete_with_subscriptions_needs_force_and_then_archives() {
     assert!(sub.stream.starts_with(crate::catalog::ARCHIVED_PREFIX));
     let archived = ctx.catalog.any_stream(&sub.stream).unwrap();
     assert!(archived.meta.archived);
-    assert_eq!(archived.shards[0].log.read(1, 10, usize::MAX).unwrap().len(), 1);
-    assert!(shard.log.dir().exists());
+    assert_eq!(archived.shards[0].log.read(1, 10, usize::MAX).await.unwrap().len(), 1);
+    assert!(shard_dir(dir.path(), shard.meta.id).exists());
     // The name is free for a new stream.
     ctx.create_stream(stream("s")).await.unwrap();
 }
@@ -104,7 +111,7 @@ async fn delete_without_subscriptions_removes_files() {
         .unwrap()
         .shards
         .iter()
-        .map(|s| s.log.dir().to_owned())
+        .map(|s| shard_dir(dir.path(), s.meta.id))
         .collect();
     assert!(dirs.iter().all(|d| d.exists()));
     ctx.delete_stream(del("gone", false)).await.unwrap();
@@ -157,7 +164,7 @@ async fn read_bounded_below_the_trim_point_ends_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let ctx = ctx(dir.path()).await;
     let shard = filled(&ctx, "t", 10).await;
-    shard.log.trim(6).unwrap();
+    shard.log.trim(6).await.unwrap();
     let mut c = read::ShardCursor::new(shard, 2, read::Until::Lsn(4));
     assert!(c.read_chunk(100, 1 << 20).await.unwrap().is_empty());
     assert!(c.done, "nothing left below the bound");

@@ -46,6 +46,8 @@ pub trait Shard: Send + Sync + 'static {
     /// Marks `key` in `set` whenever the visible LSN moves or the shard is deleted, while the
     /// set lives.
     fn notify_on_append(&self, set: &Arc<ReadySet>, key: usize);
+    /// Reads served since the shard was opened (for tests and diagnostics).
+    fn reads(&self) -> u64;
     /// Up to `max_batches` batches from `from` (clamped to [`Self::start_lsn`]), stopping once
     /// `max_bytes` are reached (at least one batch).
     async fn read(&self, from: u64, max_batches: usize, max_bytes: usize) -> Result<Vec<StoredBatch>, StoreError>;
@@ -118,6 +120,9 @@ impl Shard for LocalShard {
     }
     fn notify_on_append(&self, set: &Arc<ReadySet>, key: usize) {
         self.0.notify_on_append(set, key)
+    }
+    fn reads(&self) -> u64 {
+        self.0.reads()
     }
     async fn read(&self, from: u64, max_batches: usize, max_bytes: usize) -> Result<Vec<StoredBatch>, StoreError> {
         if self.0.is_deleted() {

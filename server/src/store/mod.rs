@@ -143,7 +143,12 @@ pub const CLUSTER_ID_FILE: &str = "cluster-id";
 
 /// Fsync latency of shard logs, for the metrics endpoint.
 pub static FSYNC_SECONDS: std::sync::LazyLock<prometheus_client::metrics::histogram::Histogram> =
-    std::sync::LazyLock::new(crate::metrics::latency_histogram);
+    std::sync::LazyLock::new(|| {
+        // The same buckets as the server's other latencies: 50 µs doubling up to about 52 s.
+        prometheus_client::metrics::histogram::Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 2.0, 21),
+        )
+    });
 
 /// Wall-clock unix milliseconds.
 pub fn now_ms() -> i64 {

@@ -25,7 +25,7 @@ use super::checkpoint;
 use super::tracker::AckTracker;
 use crate::error::{ApiError, ApiResult};
 use crate::meta::{MetaStore, ShardProgress, SubscriptionMeta};
-use crate::store::{ReadySet, ShardLog, StoredBatch};
+use crate::store::{ReadySet, Shard, StoredBatch};
 
 pub type FetchTx = mpsc::Sender<Result<pb::StreamingFetchResponse, Status>>;
 
@@ -110,7 +110,7 @@ struct SentTo {
 
 struct ShardSub {
     id: u64,
-    log: Arc<ShardLog>,
+    log: Arc<dyn Shard>,
     tracker: AckTracker,
     /// In `Actor::active`: it may have something to send.
     active: bool,
@@ -194,7 +194,7 @@ impl Actor {
     pub async fn start(
         sub: SubscriptionMeta,
         meta: Arc<dyn MetaStore>,
-        logs: Vec<Arc<ShardLog>>,
+        logs: Vec<Arc<dyn Shard>>,
         inbox: mpsc::Receiver<Command>,
         shutdown: CancellationToken,
         stats: Arc<super::Stats>,
@@ -214,13 +214,13 @@ impl Actor {
         };
         let mut shards = Vec::with_capacity(logs.len());
         for log in logs {
-            let committed = progress.get(&log.id).copied().unwrap_or(1).max(1);
+            let committed = progress.get(&log.id()).copied().unwrap_or(1).max(1);
             let mut tracker = AckTracker::new(committed);
-            if let Some(r) = restored.get(&log.id) {
+            if let Some(r) = restored.get(&log.id()) {
                 r.restore_into(&mut tracker);
             }
             shards.push(ShardSub {
-                id: log.id,
+                id: log.id(),
                 log,
                 tracker,
                 active: false,
@@ -711,14 +711,12 @@ impl Actor {
         if !self.below_limit() || !self.has_room(&owner) {
             return stop(progressed);
         }
-        let log = self.shards[si].log.clone();
-        let batches = match tokio::task::spawn_blocking(move || log.read(from, READ_CHUNK, 1 << 20)).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
+        let batches = match self.shards[si].log.read(from, READ_CHUNK, 1 << 20).await {
+            Ok(b) => b,
+            Err(e) => {
                 tracing::error!(subscription = %self.sub.id, shard = self.shards[si].id, error = %e, "read failed");
                 return stop(progressed);
             }
-            Err(_) => return stop(progressed),
         };
         if batches.is_empty() {
             // Trimmed from under us: continue after the trim point.
@@ -755,17 +753,16 @@ impl Actor {
 
     /// The batch at `lsn`: `Ok(None)` when it was trimmed, `Err` when the read failed.
     async fn read_one(&self, si: usize, lsn: u64) -> Result<Option<StoredBatch>, ()> {
-        let log = self.shards[si].log.clone();
+        let log = &self.shards[si].log;
         if lsn < log.start_lsn() {
             return Ok(None);
         }
-        match tokio::task::spawn_blocking(move || log.read(lsn, 1, 1 << 20)).await {
-            Ok(Ok(got)) => Ok(got.into_iter().next().filter(|b| b.lsn == lsn)),
-            Ok(Err(e)) => {
+        match log.read(lsn, 1, 1 << 20).await {
+            Ok(got) => Ok(got.into_iter().next().filter(|b| b.lsn == lsn)),
+            Err(e) => {
                 tracing::error!(subscription = %self.sub.id, shard = self.shards[si].id, lsn, error = %e, "resend read failed");
                 Err(())
             }
-            Err(_) => Err(()),
         }
     }
 

@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::{ApiError, ApiResult};
 use crate::meta::{MetaStore, ShardProgress, SubscriptionMeta};
-use crate::store::ShardLog;
+use crate::store::Shard;
 
 #[derive(Clone)]
 pub struct Handle {
@@ -44,7 +44,7 @@ pub struct Stats {
     pub redelivered: std::sync::atomic::AtomicU64,
     /// Per shard: its log and the committed position (the first LSN not fully acked), so the
     /// backlog can be read at any time against the log's tail.
-    pub committed: std::sync::Mutex<Vec<(Arc<ShardLog>, u64)>>,
+    pub committed: std::sync::Mutex<Vec<(Arc<dyn Shard>, u64)>>,
 }
 
 impl Stats {
@@ -57,14 +57,18 @@ impl Stats {
             .sum()
     }
 
-    /// Records between the committed positions and the tails, now (reads a few entry headers per
-    /// shard: call off the async workers). A shard whose headers cannot be read counts 0.
+    /// Records between the committed positions and the tails, now (the store may read a few
+    /// entry headers per shard: call from a blocking thread of the runtime). A shard whose
+    /// count cannot be read counts 0.
     pub fn backlog_records(&self) -> u64 {
-        let shards: Vec<(Arc<ShardLog>, u64)> = self.committed.lock().expect("lock").clone();
-        shards
-            .iter()
-            .map(|(log, committed)| log.records_from(*committed).unwrap_or(0))
-            .sum()
+        let shards: Vec<(Arc<dyn Shard>, u64)> = self.committed.lock().expect("lock").clone();
+        tokio::runtime::Handle::current().block_on(async {
+            let mut sum = 0;
+            for (log, committed) in &shards {
+                sum += log.records_from(*committed).await.unwrap_or(0);
+            }
+            sum
+        })
     }
 }
 
@@ -143,7 +147,7 @@ impl Registry {
         &self,
         sub: SubscriptionMeta,
         meta: Arc<dyn MetaStore>,
-        logs: Vec<Arc<ShardLog>>,
+        logs: Vec<Arc<dyn Shard>>,
         tasks: &TaskTracker,
         shutdown: CancellationToken,
     ) -> ApiResult<Handle> {

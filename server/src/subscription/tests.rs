@@ -8,7 +8,7 @@ use hstream_proto as pb;
 
 use super::*;
 use crate::meta::{SqliteMetaStore, StartOffset};
-use crate::store::{LogStore, StoreOptions};
+use crate::store::{LocalShard, LogStore, ShardLog, StoreOptions};
 
 fn sub(id: &str, max_unacked: i32) -> SubscriptionMeta {
     SubscriptionMeta {
@@ -61,7 +61,7 @@ impl Setup {
             .start(
                 s,
                 self.meta.clone(),
-                vec![self.log.clone()],
+                vec![Arc::new(LocalShard(self.log.clone()))],
                 &self.tasks,
                 self.shutdown.clone(),
             )
@@ -172,7 +172,15 @@ async fn idle_shards_cost_an_append_nothing() {
     let s = sub("wide", 100);
     meta.create_subscription(&s, &[]).await.unwrap();
     let h = registry
-        .start(s, meta.clone(), logs.clone(), &tasks, shutdown.clone())
+        .start(
+            s,
+            meta.clone(),
+            logs.iter()
+                .map(|l| Arc::new(LocalShard(l.clone())) as Arc<dyn crate::store::Shard>)
+                .collect(),
+            &tasks,
+            shutdown.clone(),
+        )
         .await
         .unwrap();
     let mut rx = join(&h, 1).await;
