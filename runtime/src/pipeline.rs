@@ -290,6 +290,9 @@ pub async fn run_sink<K: Sink>(
     let mut watch = ctx.streams.watch(&stream, &shards).await?;
     let mut turns: std::collections::VecDeque<u64> = shards.iter().copied().collect();
     let mut queued: std::collections::BTreeSet<u64> = shards.iter().copied().collect();
+    // Turns since the watch was last asked: while shards keep having data it is asked (without
+    // waiting) once per pass, so a busy shard cannot keep the others waiting.
+    let mut since_asked = 0usize;
     loop {
         if ctx.cancel.is_cancelled() {
             break;
@@ -305,6 +308,19 @@ pub async fn run_sink<K: Sink>(
                 // It may have more: another turn after the others.
                 if queued.insert(shard) {
                     turns.push_back(shard);
+                }
+                since_asked += 1;
+                if since_asked >= turns.len() {
+                    since_asked = 0;
+                    let woke = tokio::select! {
+                        w = watch.ready(Duration::ZERO) => w?,
+                        _ = ctx.cancel.cancelled() => break,
+                    };
+                    for s in woke {
+                        if written.shards.contains_key(&s) && queued.insert(s) {
+                            turns.push_back(s);
+                        }
+                    }
                 }
                 // Transforms may drop records: a chunk left empty is passed over as written.
                 let records = match &chain {
@@ -359,6 +375,7 @@ pub async fn run_sink<K: Sink>(
                     turns.push_back(shard);
                 }
             }
+            since_asked = 0;
         }
         if saved_at.elapsed() >= flush_every {
             if unflushed {
@@ -403,10 +420,35 @@ mod tests {
     }
     impl ConnectorConfig for CountConfig {}
 
-    /// Counts what it is given; each write is durable.
-    struct Count(mpsc::UnboundedSender<usize>);
+    /// Tells its test the shard of every record it is given; each write is durable.
+    struct Count(mpsc::UnboundedSender<Vec<u64>>);
 
-    static COUNTED: std::sync::Mutex<Option<mpsc::UnboundedSender<usize>>> = std::sync::Mutex::new(None);
+    /// Each test's channel, by the stream its sink reads.
+    static COUNTED: std::sync::Mutex<BTreeMap<String, mpsc::UnboundedSender<Vec<u64>>>> =
+        std::sync::Mutex::new(BTreeMap::new());
+
+    fn counted(stream: &str) -> mpsc::UnboundedReceiver<Vec<u64>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        COUNTED.lock().unwrap().insert(stream.to_owned(), tx);
+        rx
+    }
+
+    fn start(
+        streams: &Arc<MemoryStreams>,
+        stream: &str,
+    ) -> (CancellationToken, tokio::task::JoinHandle<Result<Done, ConnectorError>>) {
+        let ctx = RunContext {
+            task: "count".into(),
+            config: Value::Null,
+            streams: streams.clone(),
+            checkpoints: MemoryCheckpoints::new(),
+            cancel: CancellationToken::new(),
+            progress: Arc::default(),
+        };
+        let cancel = ctx.cancel.clone();
+        let config = CountConfig { stream: stream.into() };
+        (cancel, tokio::spawn(run_sink::<Count>(ctx, config, None)))
+    }
 
     #[async_trait::async_trait]
     impl Sink for Count {
@@ -414,14 +456,14 @@ mod tests {
         async fn check(_: &CountConfig) -> Result<(), ConnectorError> {
             Ok(())
         }
-        async fn open(_: CountConfig) -> Result<Self, ConnectorError> {
-            Ok(Count(COUNTED.lock().unwrap().clone().expect("a test's counter")))
+        async fn open(config: CountConfig) -> Result<Self, ConnectorError> {
+            Ok(Count(COUNTED.lock().unwrap()[&config.stream].clone()))
         }
         fn stream(config: &CountConfig) -> &str {
             &config.stream
         }
         async fn write(&mut self, records: &[SinkRecord]) -> Result<Written, ConnectorError> {
-            let _ = self.0.send(records.len());
+            let _ = self.0.send(records.iter().map(|r| r.shard_id).collect());
             Ok(Written::Durable)
         }
         async fn flush(&mut self) -> Result<(), ConnectorError> {
@@ -433,20 +475,10 @@ mod tests {
     /// names: appends to one shard cost the idle ones no read.
     #[tokio::test]
     async fn a_sink_reads_only_shards_that_got_data() {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        *COUNTED.lock().unwrap() = Some(tx);
+        let mut rx = counted("wide");
         let streams = MemoryStreams::new();
         streams.create("wide", 300);
-        let ctx = RunContext {
-            task: "count".into(),
-            config: Value::Null,
-            streams: streams.clone(),
-            checkpoints: MemoryCheckpoints::new(),
-            cancel: CancellationToken::new(),
-            progress: Arc::default(),
-        };
-        let cancel = ctx.cancel.clone();
-        let run = tokio::spawn(run_sink::<Count>(ctx, CountConfig { stream: "wide".into() }, None));
+        let (cancel, run) = start(&streams, "wide");
         // The first pass reads every shard once.
         while streams.reads("wide").values().any(|&r| r == 0) {
             tokio::task::yield_now().await;
@@ -458,12 +490,47 @@ mod tests {
                 .await
                 .expect("the append reaches the sink")
                 .unwrap();
-            assert_eq!(n, 1);
+            assert_eq!(n, vec![150]);
         }
         let reads = streams.reads("wide");
         let idle: Vec<_> = reads.iter().filter(|(id, r)| **id != 150 && **r != 1).collect();
         assert!(idle.is_empty(), "idle shards read again: {idle:?}");
         assert!(reads[&150] <= 1 + 2 * 50, "{}", reads[&150]);
+        cancel.cancel();
+        assert_eq!(run.await.unwrap().unwrap(), Done::Cancelled);
+    }
+
+    /// A shard with a standing backlog does not keep a shard that got data later waiting: the
+    /// sink asks which shards got data once per pass, not only when every shard ran dry.
+    #[tokio::test]
+    async fn a_busy_shard_does_not_starve_the_others() {
+        let mut rx = counted("two");
+        let streams = MemoryStreams::new();
+        streams.create("two", 2);
+        // A backlog of many reads' worth on shard 1.
+        for i in 0..(SINK_READ_BATCHES * 50) {
+            let r = Record::new(format!("k{i}"), PayloadFlag::Raw, vec![1u8]);
+            streams.append_to("two", 1, vec![r]);
+        }
+        let (cancel, run) = start(&streams, "two");
+        let next = async |rx: &mut mpsc::UnboundedReceiver<Vec<u64>>| {
+            tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("a write")
+                .unwrap()
+        };
+        // Two writes of shard 1: shard 2 had its first turn (and was empty) between them.
+        assert_eq!(next(&mut rx).await[0], 1);
+        assert_eq!(next(&mut rx).await[0], 1);
+        streams.append_to("two", 2, vec![Record::new("late", PayloadFlag::Raw, vec![2u8])]);
+        let mut writes = 0;
+        loop {
+            writes += 1;
+            if next(&mut rx).await.contains(&2) {
+                break;
+            }
+            assert!(writes < 5, "shard 2 waited behind {writes} writes of shard 1");
+        }
         cancel.cancel();
         assert_eq!(run.await.unwrap().unwrap(), Done::Cancelled);
     }

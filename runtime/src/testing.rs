@@ -37,6 +37,8 @@ struct State {
     /// Appends are refused once this many records are stored in all streams together.
     refuse_after: Option<u64>,
     stored: u64,
+    /// Appends refused so far.
+    refused: u64,
 }
 
 /// Streams held in memory (see the module doc).
@@ -109,6 +111,11 @@ impl MemoryStreams {
             .collect()
     }
 
+    /// Appends refused so far (see [`Self::refuse_appends_after`]).
+    pub fn refused(&self) -> u64 {
+        self.state.lock().expect("lock").refused
+    }
+
     /// Records stored in all streams together.
     pub fn stored(&self) -> u64 {
         self.state.lock().expect("lock").stored
@@ -170,14 +177,18 @@ impl Streams for MemoryStreams {
         }
         {
             let mut st = self.state.lock().expect("lock");
+            if !st.streams.contains_key(stream) {
+                return Err(Self::unknown(stream));
+            }
             let total = st.stored + records.len() as u64;
             if st.refuse_after.is_some_and(|limit| total > limit) {
+                st.refused += 1;
                 return Err(ConnectorError::external(
                     "the store refused the append (a test's fault)",
                 ));
             }
             st.stored = total;
-            let s = st.streams.get_mut(stream).ok_or_else(|| Self::unknown(stream))?;
+            let s = st.streams.get_mut(stream).expect("checked above");
             let n = s.len() as u64;
             let mut by_shard: BTreeMap<u64, Vec<Record>> = BTreeMap::new();
             for r in records {

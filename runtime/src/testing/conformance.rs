@@ -31,6 +31,8 @@ use crate::registry::ConnectorType;
 
 /// The longest any one step may take.
 const STEP: Duration = Duration::from_secs(60);
+/// The longest a stop may take: "promptly".
+const STOP: Duration = Duration::from_secs(10);
 
 /// The upstream system of a source under test.
 #[async_trait]
@@ -138,12 +140,12 @@ impl Attempt {
         }
     }
 
-    /// Stops it and expects `Done::Cancelled` within [`STEP`].
+    /// Stops it and expects `Done::Cancelled` within [`STOP`].
     async fn stop(self, what: &str) {
         self.cancel.cancel();
-        let done = tokio::time::timeout(STEP, self.handle)
+        let done = tokio::time::timeout(STOP, self.handle)
             .await
-            .unwrap_or_else(|_| panic!("{what}: the attempt did not end within {STEP:?} of the stop"))
+            .unwrap_or_else(|_| panic!("{what}: the attempt did not end within {STOP:?} of the stop"))
             .expect("the attempt panicked");
         assert_eq!(
             done.unwrap_or_else(|e| panic!("{what}: the stopped attempt failed: {e}")),
@@ -265,15 +267,27 @@ pub async fn check_source(connector: Arc<dyn ConnectorType>, config: Value, up: 
     // The store refuses appends mid-load: the attempt fails, and the restart loses nothing.
     streams.refuse_appends_after(Some(streams.stored() + 5));
     expected.extend(up.produce(40).await);
-    let a = Attempt::once(&connector, &config, &streams, &checkpoints);
-    let failed = tokio::time::timeout(STEP, a.handle)
-        .await
-        .expect("an attempt whose appends are refused ends")
-        .expect("the attempt panicked");
-    assert!(
-        failed.is_err(),
-        "an attempt whose appends were refused ended with {failed:?}"
-    );
+    let refused = streams.refused();
+    loop {
+        let a = Attempt::once(&connector, &config, &streams, &checkpoints);
+        let failed = tokio::time::timeout(STEP, a.handle)
+            .await
+            .expect("an attempt whose appends are refused ends")
+            .expect("the attempt panicked");
+        match failed {
+            _ if streams.refused() > refused => {
+                assert!(
+                    failed.is_err(),
+                    "an attempt whose appends were refused ended with {failed:?}"
+                );
+                break;
+            }
+            // Failed before it appended (an upstream still busy with the last connection):
+            // as the supervisor would, try again.
+            Err(e) if e.retryable() => tokio::time::sleep(Duration::from_millis(200)).await,
+            other => panic!("an attempt whose appends would be refused ended with {other:?} before appending"),
+        }
+    }
     streams.refuse_appends_after(None);
     let mut a = Attempt::start(&connector, &config, &streams, &checkpoints);
     arrive(
@@ -366,6 +380,45 @@ async fn written(
     .unwrap_or_else(|_| panic!("{what}: not within {STEP:?}"))
 }
 
+/// Records in `stream` at or past the sink's checkpointed position.
+async fn records_past_checkpoint(streams: &MemoryStreams, checkpoints: &MemoryCheckpoints, stream: &str) -> usize {
+    use crate::streams::{Checkpoints, Streams};
+    let position: crate::pipeline::SinkPosition = match checkpoints.load("conformance").await.expect("load") {
+        Some((_, data)) => serde_json::from_slice(&data).expect("a sink position"),
+        None => Default::default(),
+    };
+    let mut owed = 0;
+    for shard in streams.shards(stream).await.expect("shards") {
+        let from = position.shards.get(&shard).copied().unwrap_or(1);
+        owed += streams
+            .read(stream, shard, from, usize::MAX, Duration::ZERO)
+            .await
+            .expect("read")
+            .records
+            .len();
+    }
+    owed
+}
+
+/// After a graceful stop the sink's checkpointed position is every shard's end.
+async fn position_at_end(streams: &MemoryStreams, checkpoints: &MemoryCheckpoints, stream: &str, what: &str) {
+    use crate::streams::{Checkpoints, Streams};
+    let (_, data) = checkpoints
+        .load("conformance")
+        .await
+        .expect("load")
+        .unwrap_or_else(|| panic!("{what}: no checkpoint"));
+    let position: crate::pipeline::SinkPosition = serde_json::from_slice(&data).expect("a sink position");
+    for shard in streams.shards(stream).await.expect("shards") {
+        let (_, end) = streams.bounds(stream, shard).await.expect("bounds");
+        assert_eq!(
+            position.shards.get(&shard),
+            Some(&end),
+            "{what}: the checkpointed position of shard {shard} is not its end"
+        );
+    }
+}
+
 /// Runs the sink suite (see the module doc) on `config`, a valid config of `connector` whose
 /// stream is `stream`; the suite creates the stream with 4 shards.
 pub async fn check_sink(
@@ -401,7 +454,7 @@ pub async fn check_sink(
     feed(&streams, stream, down, &mut expected, 40).await;
     let a = Attempt::start(&connector, &config, &streams, &checkpoints);
     attempts.push(a.progress.clone());
-    let seen = written(
+    written(
         down,
         &attempts,
         &expected,
@@ -409,8 +462,14 @@ pub async fn check_sink(
     )
     .await;
     a.stop("the second stop").await;
-    match &seen {
-        Some(seen) => {
+    position_at_end(&streams, &checkpoints, stream, "the second stop").await;
+    // Counted after the stop, so repeats written late are seen too.
+    match down.written().await {
+        Some(ids) => {
+            let mut seen: HashMap<String, usize> = HashMap::new();
+            for id in ids {
+                *seen.entry(id).or_insert(0) += 1;
+            }
             let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).map(|(id, _)| id).collect();
             assert!(twice.is_empty(), "written again after a graceful restart: {twice:?}");
         }
@@ -422,7 +481,6 @@ pub async fn check_sink(
     }
 
     // A crash mid-load: nothing is lost.
-    let before = seen.as_ref().map_or(counted(&attempts), |s| s.values().sum());
     let a = Attempt::start(&connector, &config, &streams, &checkpoints);
     attempts.push(a.progress.clone());
     let progress = a.progress.clone();
@@ -432,8 +490,15 @@ pub async fn check_sink(
     })
     .await;
     a.kill().await;
+    // What lies past the checkpoint the crash left is the restart's to write.
+    let owed = records_past_checkpoint(&streams, &checkpoints, stream).await;
     let a = Attempt::start(&connector, &config, &streams, &checkpoints);
     attempts.push(a.progress.clone());
+    let progress = a.progress.clone();
+    wait_until(&streams, "the restart writes what lies past the checkpoint", || {
+        progress.records.load(Ordering::Relaxed) as usize >= owed
+    })
+    .await;
     let seen = written(
         down,
         &attempts,
@@ -442,8 +507,10 @@ pub async fn check_sink(
     )
     .await;
     a.stop("the stop after the crash").await;
+    // The restart read to the end and checkpointed it, so whatever the killed attempt left
+    // unwritten was written by the restart.
+    position_at_end(&streams, &checkpoints, stream, "the stop after the crash").await;
     let total = seen.as_ref().map_or(counted(&attempts), |s| s.values().sum());
-    let _ = before;
     SinkReport {
         written: total,
         repeats_after_crash: total - expected.len(),

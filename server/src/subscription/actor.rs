@@ -308,11 +308,8 @@ impl Actor {
                 Wake::Command(cmd) => self.handle(cmd),
                 Wake::Due => self.expire_deadlines(),
                 Wake::Tick => self.commit().await,
-                Wake::Data => {
-                    for si in self.ready.take() {
-                        self.activate(si);
-                    }
-                }
+                // `deliver` takes the shards that got data.
+                Wake::Data => {}
                 Wake::Closed => return,
                 Wake::Shutdown => {
                     // Acks already queued count: apply them before the final commit.
@@ -641,6 +638,11 @@ impl Actor {
     /// only while fewer than `maxUnackedRecords` records are out. Stops once every active shard
     /// had a turn without progress; shards with nothing to do leave the queue.
     async fn deliver(&mut self) {
+        // Shards that got data join the queue here too, not only when the wait returns for
+        // them: a steady flow of commands (acks for a busy shard) must not starve the others.
+        for si in self.ready.take() {
+            self.activate(si);
+        }
         let mut stalled = 0;
         while stalled < self.active.len() && self.below_limit() {
             let si = self.active.pop_front().expect("stalled < len");
@@ -783,6 +785,9 @@ impl Actor {
                 let _ = s.tracker.ack(lsn, i);
             }
             indices = s.tracker.get(lsn).map(|f| f.unacked_indices()).unwrap_or_default();
+            // Acks beyond the prefix now: the next checkpoint must hold them.
+            self.dirty = true;
+            self.touched.insert(si);
         }
         self.outstanding = self.outstanding + s.tracker.outstanding_records() - before;
         if indices.is_empty() {
