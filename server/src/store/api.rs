@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::{Appended, LogStore, ReadySet, ShardLog, StoreError, StoredBatch};
+use super::{Appended, ReadySet, StoreError, StoredBatch};
 
 /// One shard's log.
 #[async_trait]
@@ -78,106 +78,4 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Appended, StoreError>;
     /// Bytes the store keeps on this node's disks.
     fn disk_bytes(&self) -> u64;
-}
-
-/// A local shard behind the interface: the blocking work on the blocking pool.
-pub struct LocalShard(pub Arc<ShardLog>);
-
-impl LocalShard {
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&ShardLog) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let log = self.0.clone();
-        tokio::task::spawn_blocking(move || f(&log))
-            .await
-            .map_err(|_| StoreError::ShuttingDown)?
-    }
-}
-
-#[async_trait]
-impl Shard for LocalShard {
-    fn id(&self) -> u64 {
-        self.0.id
-    }
-    fn start_lsn(&self) -> u64 {
-        self.0.start_lsn()
-    }
-    fn visible_lsn(&self) -> u64 {
-        self.0.visible_lsn()
-    }
-    fn written_lsn(&self) -> u64 {
-        self.0.written_lsn()
-    }
-    fn is_deleted(&self) -> bool {
-        self.0.is_deleted()
-    }
-    fn check_available(&self) -> Result<(), StoreError> {
-        self.0.check_available()
-    }
-    fn subscribe(&self) -> watch::Receiver<u64> {
-        self.0.subscribe()
-    }
-    fn notify_on_append(&self, set: &Arc<ReadySet>, key: usize) {
-        self.0.notify_on_append(set, key)
-    }
-    fn reads(&self) -> u64 {
-        self.0.reads()
-    }
-    async fn read(&self, from: u64, max_batches: usize, max_bytes: usize) -> Result<Vec<StoredBatch>, StoreError> {
-        if self.0.is_deleted() {
-            return Err(StoreError::ShardDeleted(self.0.id));
-        }
-        self.blocking(move |l| l.read(from, max_batches, max_bytes)).await
-    }
-    async fn lsn_at_or_after(&self, ts: i64) -> Result<u64, StoreError> {
-        self.blocking(move |l| l.lsn_at_or_after(ts)).await
-    }
-    async fn records_from(&self, from: u64) -> Result<u64, StoreError> {
-        self.blocking(move |l| l.records_from(from)).await
-    }
-    async fn trim(&self, upto: u64) -> Result<u64, StoreError> {
-        self.blocking(move |l| l.trim(upto)).await
-    }
-}
-
-/// The local segment store behind the interface.
-pub struct LocalStore(pub Arc<LogStore>);
-
-#[async_trait]
-impl Store for LocalStore {
-    async fn create_shard(&self, id: u64) -> Result<Arc<dyn Shard>, StoreError> {
-        let store = self.0.clone();
-        let log = tokio::task::spawn_blocking(move || store.create_shard(id))
-            .await
-            .map_err(|_| StoreError::ShuttingDown)??;
-        Ok(Arc::new(LocalShard(log)))
-    }
-
-    async fn delete_shard(&self, id: u64) -> Result<(), StoreError> {
-        let store = self.0.clone();
-        tokio::task::spawn_blocking(move || store.delete_shard(id))
-            .await
-            .map_err(|_| StoreError::ShuttingDown)?
-    }
-
-    fn shard(&self, id: u64) -> Option<Arc<dyn Shard>> {
-        self.0.shard(id).map(|l| Arc::new(LocalShard(l)) as Arc<dyn Shard>)
-    }
-
-    async fn append(
-        &self,
-        shard: u64,
-        payload: Bytes,
-        batch_size: u32,
-        compression: u8,
-    ) -> Result<Appended, StoreError> {
-        // A shard deleted (or never created) takes no appends.
-        let log = self.0.shard(shard).ok_or(StoreError::ShardDeleted(shard))?;
-        self.0.append(&log, payload, batch_size, compression).await
-    }
-
-    fn disk_bytes(&self) -> u64 {
-        self.0.disk_bytes()
-    }
 }

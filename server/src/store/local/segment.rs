@@ -21,6 +21,8 @@ use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
 
+use crate::store::StoredBatch;
+
 pub const MAGIC: &[u8; 8] = b"HSSEG\0\0\x01";
 pub const FILE_HEADER_LEN: u64 = 16;
 pub const ENTRY_HEADER_LEN: usize = 8;
@@ -30,23 +32,6 @@ const ENTRY_VERSION: u8 = 1;
 pub const MAX_BODY_LEN: usize = 64 << 20;
 /// Largest payload an entry can carry.
 pub const MAX_PAYLOAD_LEN: usize = MAX_BODY_LEN - BODY_FIXED_LEN;
-
-/// One stored batch as read back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredBatch {
-    pub lsn: u64,
-    pub timestamp_ms: i64,
-    pub batch_size: u32,
-    pub compression: u8,
-    pub payload: Bytes,
-}
-
-impl StoredBatch {
-    /// Bytes this batch costs in a read response: its payload plus a record id per record.
-    pub fn wire_len(&self) -> usize {
-        self.payload.len() + 16 * self.batch_size as usize + 32
-    }
-}
 
 /// A seek point in the sparse in-memory index of a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

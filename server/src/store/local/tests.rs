@@ -1,6 +1,7 @@
 //! Shard-log behaviour across restarts, rolls, trims and torn tails.
 
 use super::*;
+use crate::store::StoredBatch;
 use std::io::Write;
 
 pub(super) fn opts(segment_bytes: u64) -> StoreOptions {
@@ -378,11 +379,11 @@ fn records_from_counts_batch_sizes_across_rolls_restarts_and_trims() {
 async fn local_store_keeps_the_store_contract() {
     let dir = tempfile::tempdir().unwrap();
     let store = LogStore::open(dir.path(), StoreOptions::default()).unwrap();
-    contract::run(&LocalStore(store.clone())).await;
-    let written = contract::seed_durable(&LocalStore(store.clone())).await;
+    crate::store::contract::run(&LocalStore(store.clone())).await;
+    let written = crate::store::contract::seed_durable(&LocalStore(store.clone())).await;
     store.shutdown();
     drop(store);
     let store = LogStore::open(dir.path(), StoreOptions::default()).unwrap();
-    contract::check_durable(&LocalStore(store.clone()), &written).await;
+    crate::store::contract::check_durable(&LocalStore(store.clone()), &written).await;
     store.shutdown();
 }

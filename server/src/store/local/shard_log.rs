@@ -32,9 +32,10 @@ use super::durable::{
     covers, create_segment_file, injected, read_gaps, read_u64_file, sync_data, sync_dir, write_gaps, write_u64_file,
 };
 use super::handles::{self, ActiveFile};
-use super::segment::{self, FILE_HEADER_LEN, IndexPoint, StoredBatch};
+use super::segment::{self, FILE_HEADER_LEN, IndexPoint};
 use super::summary::{self, Summary};
 use super::{StoreError, StoreOptions};
+use crate::store::StoredBatch;
 
 const TRIM_FILE: &str = "trim";
 /// The highest LSN that may have been handed out (under `--fsync interval|never`).
@@ -147,7 +148,7 @@ pub struct ShardLog {
     pub scanned_at_open: usize,
     visible: watch::Sender<u64>,
     /// Readers of many shards, told when `visible` moves.
-    listeners: super::ready::Listeners,
+    listeners: crate::store::ready::Listeners,
     /// Calls of [`Self::read`], so tests can tell which shards a reader touched.
     reads: AtomicU64,
     unsynced: AtomicBool,
