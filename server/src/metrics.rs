@@ -2,12 +2,12 @@
 //!
 //! Names follow `hstream_<area>_<name>_<unit>[_total]`; labels are bounded (stream,
 //! subscription and connector names, error class, state). Two kinds of source:
-//! - instruments updated where things happen: appends per stream (records, bytes, latency) and
-//!   fsync latency (`store::FSYNC_SECONDS`);
+//! - instruments updated where things happen: appends per stream (records, bytes, latency);
 //! - a collector that reads the live state at scrape time: connectors (the runtime's progress
 //!   counters, state, restarts, errors, checkpoint age, source lag), subscriptions (delivered,
-//!   acked, redelivered, backlog), the store's bytes on disk, the process (CPU, memory, open
-//!   files) and the build.
+//!   acked, redelivered, backlog), the process (CPU, memory, open files) and the build;
+//! - the store's own metrics (`hstream_store_*`: fsync latency, bytes on disk), which it
+//!   registers itself (`Store::register_metrics`).
 //!
 //! `METRICS` (the file `server/metrics.txt`) lists every metric name; a test fails when one of
 //! them is missing from a scrape.
@@ -47,7 +47,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(ctx: Weak<ServerCtx>) -> Metrics {
+    pub fn new(ctx: Weak<ServerCtx>, store: &dyn crate::store::Store) -> Metrics {
         let mut registry = Registry::default();
         let appended_records = Family::<StreamLabels, Counter>::default();
         let appended_bytes = Family::<StreamLabels, Counter>::default();
@@ -67,11 +67,7 @@ impl Metrics {
             "Time from an append's arrival at the store to its durable acknowledgement",
             append_latency.clone(),
         );
-        registry.register(
-            "hstream_store_fsync_latency_seconds",
-            "Time one fsync of a shard's log took",
-            crate::store::FSYNC_SECONDS.clone(),
-        );
+        store.register_metrics(&mut registry);
         registry.register_collector(Box::new(Live { ctx }));
         Metrics {
             registry,
@@ -154,13 +150,6 @@ impl Collector for Live {
         if let Some(ctx) = self.ctx.upgrade() {
             families.extend(connectors(&ctx));
             families.extend(subscriptions(&ctx));
-            let mut disk = ConstFamily::new(
-                "hstream_store_disk_bytes",
-                "Bytes of the log store on disk",
-                MetricType::Gauge,
-            );
-            disk.add(vec![], ctx.store.disk_bytes() as f64);
-            families.push(disk);
         }
         families.extend(process());
         for f in &families {

@@ -74,6 +74,7 @@ impl ServerCtx {
         connector_backoff: (std::time::Duration, std::time::Duration),
     ) -> Arc<Self> {
         Arc::new_cyclic(|weak| ServerCtx {
+            metrics: crate::metrics::Metrics::new(weak.clone(), &*store),
             connectors: crate::connectors::Connectors::new(registry, weak.clone(), meta.clone(), connector_backoff),
             meta,
             store,
@@ -87,7 +88,6 @@ impl ServerCtx {
             ddl: tokio::sync::Mutex::new(()),
             subscriptions: Default::default(),
             next_conn: std::sync::atomic::AtomicU64::new(1),
-            metrics: crate::metrics::Metrics::new(weak.clone()),
         })
     }
 

@@ -76,6 +76,7 @@ pub trait Store: Send + Sync + 'static {
         batch_size: u32,
         compression: u8,
     ) -> Result<Appended, StoreError>;
-    /// Bytes the store keeps on this node's disks.
-    fn disk_bytes(&self) -> u64;
+    /// Registers the store's own metrics (the metrics endpoint calls this once at start;
+    /// collectors read the store at scrape time). Names start with `hstream_store_`.
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry);
 }

@@ -9,8 +9,7 @@ mod ready;
 
 pub use api::{Shard, Store};
 pub use local::{
-    CLUSTER_ID_FILE, FSYNC_SECONDS, FsyncPolicy, LocalShard, LocalStore, LogStore, MAX_PAYLOAD_LEN, ShardLog,
-    StoreOptions,
+    CLUSTER_ID_FILE, FsyncPolicy, LocalShard, LocalStore, LogStore, MAX_PAYLOAD_LEN, ShardLog, StoreOptions,
 };
 pub use ready::ReadySet;
 

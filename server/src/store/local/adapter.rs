@@ -71,6 +71,26 @@ impl Shard for LocalShard {
     }
 }
 
+/// `hstream_store_disk_bytes`, read at scrape time (a walk of the store's directory: the
+/// metrics endpoint encodes on a blocking thread).
+#[derive(Debug)]
+struct DiskBytes(std::sync::Weak<LogStore>);
+
+impl prometheus_client::collector::Collector for DiskBytes {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        let Some(store) = self.0.upgrade() else { return Ok(()) };
+        let gauge = prometheus_client::metrics::gauge::ConstGauge::new(store.disk_bytes() as f64);
+        let metric = encoder.encode_descriptor(
+            "hstream_store_disk_bytes",
+            "Bytes of the log store on disk",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
+    }
+}
+
 /// The local segment store behind the interface.
 pub struct LocalStore(pub Arc<LogStore>);
 
@@ -107,7 +127,12 @@ impl Store for LocalStore {
         self.0.append(&log, payload, batch_size, compression).await
     }
 
-    fn disk_bytes(&self) -> u64 {
-        self.0.disk_bytes()
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "hstream_store_fsync_latency_seconds",
+            "Time one fsync of a shard's log took",
+            super::FSYNC_SECONDS.clone(),
+        );
+        registry.register_collector(Box::new(DiskBytes(Arc::downgrade(&self.0))));
     }
 }
