@@ -447,6 +447,35 @@ impl<R: BufRead> Wire<R> {
     }
 }
 
+/// A unix-ms instant as a protobuf Timestamp.
+pub fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+/// A stored batch as a reader receives it: its record ids (one per record, sharing the
+/// batch's LSN) and the batch as appended, stamped with its append time.
+pub fn received(shard_id: u64, b: crate::store::StoredBatch) -> hstream_proto::ReceivedRecord {
+    let record_ids = (0..b.batch_size)
+        .map(|i| hstream_proto::RecordId {
+            shard_id,
+            batch_id: b.lsn,
+            batch_index: i,
+        })
+        .collect();
+    hstream_proto::ReceivedRecord {
+        record_ids,
+        record: Some(BatchedRecord {
+            compression_type: b.compression as i32,
+            publish_time: Some(timestamp(b.timestamp_ms)),
+            batch_size: b.batch_size,
+            payload: b.payload,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,9 +9,7 @@
 
 use std::sync::Arc;
 
-use hstream_proto::{
-    BatchedRecord, ReceivedRecord, RecordId, ShardOffset, SpecialOffset, StreamOffset, shard_offset, stream_offset,
-};
+use hstream_proto::{ReceivedRecord, RecordId, ShardOffset, SpecialOffset, StreamOffset, shard_offset, stream_offset};
 use tokio::sync::{mpsc, watch};
 
 use super::ServerCtx;
@@ -123,32 +121,7 @@ pub async fn resolve_from(log: &dyn Shard, from: From) -> ApiResult<u64> {
 
 pub use crate::store::now_ms;
 
-/// A unix-ms instant as a protobuf Timestamp.
-pub fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
-
-pub fn received(shard_id: u64, b: StoredBatch) -> ReceivedRecord {
-    let record_ids = (0..b.batch_size)
-        .map(|i| RecordId {
-            shard_id,
-            batch_id: b.lsn,
-            batch_index: i,
-        })
-        .collect();
-    ReceivedRecord {
-        record_ids,
-        record: Some(BatchedRecord {
-            compression_type: b.compression as i32,
-            publish_time: Some(timestamp(b.timestamp_ms)),
-            batch_size: b.batch_size,
-            payload: b.payload,
-        }),
-    }
-}
+pub use crate::batch::{received, timestamp};
 
 /// A position in one shard with its end bound.
 pub struct ShardCursor {

@@ -802,7 +802,7 @@ impl Actor {
                 // Stored batches were validated on append, so this is damage: send it whole
                 // rather than hold up the shard (acked records in it may come again).
                 tracing::error!(subscription = %self.sub.id, shard = s.id, lsn, error = %e, "cannot rebuild batch");
-                crate::service::read::received(s.id, batch)
+                crate::batch::received(s.id, batch)
             }
         };
         match tx.try_send(Ok(pb::StreamingFetchResponse {
@@ -868,7 +868,7 @@ fn has_acks(t: &AckTracker) -> bool {
 /// otherwise rebuilt (uncompressed) with record ids keeping their original batch index.
 fn subset(shard_id: u64, batch: StoredBatch, indices: &[u32]) -> ApiResult<pb::ReceivedRecord> {
     let whole = indices.len() == batch.batch_size as usize;
-    let mut rr = crate::service::read::received(shard_id, batch);
+    let mut rr = crate::batch::received(shard_id, batch);
     if whole {
         return Ok(rr);
     }
