@@ -81,28 +81,29 @@ struct Attempt {
     handle: JoinHandle<Result<Done, ConnectorError>>,
 }
 
-impl Attempt {
+/// What every attempt of one check runs: the connector, its config, and the streams and
+/// checkpoints it keeps across attempts.
+struct Rig {
+    connector: Arc<dyn ConnectorType>,
+    config: Value,
+    streams: Arc<MemoryStreams>,
+    checkpoints: Arc<MemoryCheckpoints>,
+}
+
+impl Rig {
     /// Runs the connector as the supervisor would: a retryable failure (an upstream still
     /// busy with the previous connection, say) starts it again after a short pause.
-    fn start(
-        connector: &Arc<dyn ConnectorType>,
-        config: &Value,
-        streams: &Arc<MemoryStreams>,
-        checkpoints: &Arc<MemoryCheckpoints>,
-    ) -> Attempt {
-        Self::spawn(connector, config, streams, checkpoints, true)
+    fn start(&self) -> Attempt {
+        Attempt::spawn(&self.connector, &self.config, &self.streams, &self.checkpoints, true)
     }
 
     /// One run, its failure returned as it is.
-    fn once(
-        connector: &Arc<dyn ConnectorType>,
-        config: &Value,
-        streams: &Arc<MemoryStreams>,
-        checkpoints: &Arc<MemoryCheckpoints>,
-    ) -> Attempt {
-        Self::spawn(connector, config, streams, checkpoints, false)
+    fn once(&self) -> Attempt {
+        Attempt::spawn(&self.connector, &self.config, &self.streams, &self.checkpoints, false)
     }
+}
 
+impl Attempt {
     fn spawn(
         connector: &Arc<dyn ConnectorType>,
         config: &Value,
@@ -233,10 +234,16 @@ pub async fn check_source(connector: Arc<dyn ConnectorType>, config: Value, up: 
     }
     let streams = MemoryStreams::new();
     let checkpoints = MemoryCheckpoints::new();
+    let rig = Rig {
+        connector,
+        config,
+        streams: streams.clone(),
+        checkpoints: checkpoints.clone(),
+    };
     let mut expected = up.produce(20).await;
 
     // Before and while it runs.
-    let mut a = Attempt::start(&connector, &config, &streams, &checkpoints);
+    let mut a = rig.start();
     expected.extend(up.produce(20).await);
     arrive(
         &streams,
@@ -250,7 +257,7 @@ pub async fn check_source(connector: Arc<dyn ConnectorType>, config: Value, up: 
 
     // Made while stopped: they arrive after the restart, and nothing arrives twice.
     expected.extend(up.produce(20).await);
-    let mut a = Attempt::start(&connector, &config, &streams, &checkpoints);
+    let mut a = rig.start();
     arrive(
         &streams,
         up,
@@ -269,7 +276,7 @@ pub async fn check_source(connector: Arc<dyn ConnectorType>, config: Value, up: 
     expected.extend(up.produce(40).await);
     let refused = streams.refused();
     loop {
-        let a = Attempt::once(&connector, &config, &streams, &checkpoints);
+        let a = rig.once();
         let failed = tokio::time::timeout(STEP, a.handle)
             .await
             .expect("an attempt whose appends are refused ends")
@@ -289,7 +296,7 @@ pub async fn check_source(connector: Arc<dyn ConnectorType>, config: Value, up: 
         }
     }
     streams.refuse_appends_after(None);
-    let mut a = Attempt::start(&connector, &config, &streams, &checkpoints);
+    let mut a = rig.start();
     arrive(
         &streams,
         up,
@@ -302,12 +309,12 @@ pub async fn check_source(connector: Arc<dyn ConnectorType>, config: Value, up: 
     let repeats_after_refusal = repeats(&census(&streams, up));
 
     // A crash mid-load: nothing is lost.
-    let a = Attempt::start(&connector, &config, &streams, &checkpoints);
+    let a = rig.start();
     let stored = streams.stored();
     expected.extend(up.produce(200).await);
     wait_until(&streams, "the load starts arriving", || streams.stored() > stored).await;
     a.kill().await;
-    let mut a = Attempt::start(&connector, &config, &streams, &checkpoints);
+    let mut a = rig.start();
     arrive(
         &streams,
         up,
@@ -433,12 +440,18 @@ pub async fn check_sink(
     let streams = MemoryStreams::new();
     streams.create(stream, 4);
     let checkpoints = MemoryCheckpoints::new();
+    let rig = Rig {
+        connector,
+        config,
+        streams: streams.clone(),
+        checkpoints: checkpoints.clone(),
+    };
     let mut expected = Vec::new();
     let mut attempts = Vec::new();
 
     // Before and while it runs.
     feed(&streams, stream, down, &mut expected, 40).await;
-    let a = Attempt::start(&connector, &config, &streams, &checkpoints);
+    let a = rig.start();
     attempts.push(a.progress.clone());
     feed(&streams, stream, down, &mut expected, 40).await;
     written(
@@ -452,7 +465,7 @@ pub async fn check_sink(
 
     // Appended while stopped: written after the restart, and nothing twice.
     feed(&streams, stream, down, &mut expected, 40).await;
-    let a = Attempt::start(&connector, &config, &streams, &checkpoints);
+    let a = rig.start();
     attempts.push(a.progress.clone());
     written(
         down,
@@ -481,7 +494,7 @@ pub async fn check_sink(
     }
 
     // A crash mid-load: nothing is lost.
-    let a = Attempt::start(&connector, &config, &streams, &checkpoints);
+    let a = rig.start();
     attempts.push(a.progress.clone());
     let progress = a.progress.clone();
     feed(&streams, stream, down, &mut expected, 400).await;
@@ -492,7 +505,7 @@ pub async fn check_sink(
     a.kill().await;
     // What lies past the checkpoint the crash left is the restart's to write.
     let owed = records_past_checkpoint(&streams, &checkpoints, stream).await;
-    let a = Attempt::start(&connector, &config, &streams, &checkpoints);
+    let a = rig.start();
     attempts.push(a.progress.clone());
     let progress = a.progress.clone();
     wait_until(&streams, "the restart writes what lies past the checkpoint", || {
