@@ -23,15 +23,42 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{kind} error: {message}")]
+/// A connector's failure: its class, what it was doing (`message`), and the error that caused
+/// it (`source`, kept as an error, not flattened into text). `Display` shows the whole chain
+/// (`external error: reading the connector's output: broken pipe`), since that is what task
+/// states, logs and API responses show; `Error::source` gives the cause itself.
+#[derive(Debug)]
 pub struct ConnectorError {
     pub kind: ErrorKind,
     pub message: String,
     /// Whether the supervisor should restart the task.
     pub retry: bool,
-    #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl fmt::Display for ConnectorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} error: {}", self.kind, self.message)?;
+        // Each cause once: many errors (a ConnectorError, tokio-postgres's) already show their
+        // own cause, so a cause whose text its parent showed is not repeated.
+        let mut cause = self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static));
+        let mut parent = String::new();
+        while let Some(e) = cause {
+            let text = e.to_string();
+            if !parent.contains(&text) {
+                write!(f, ": {text}")?;
+            }
+            parent = text;
+            cause = e.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConnectorError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
 }
 
 impl ConnectorError {
@@ -62,12 +89,49 @@ impl ConnectorError {
         }
     }
 
+    /// Keeps `source` as the cause (shown after the message, reachable by `Error::source`).
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         self.source = Some(Box::new(source));
         self
     }
 
+    /// The message and every cause, as one line (what `Display` shows after the class).
+    pub fn full_message(&self) -> String {
+        let shown = self.to_string();
+        let prefix = format!("{} error: ", self.kind);
+        shown.strip_prefix(&prefix).map(str::to_owned).unwrap_or(shown)
+    }
+
     pub fn retryable(&self) -> bool {
         self.retry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cause stays an error (for `Error::source`) and shows after the message.
+    #[test]
+    fn the_cause_is_kept_and_shown() {
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
+        let e = ConnectorError::external("reading the connector's output").with_source(io);
+        assert_eq!(
+            e.to_string(),
+            "external error: reading the connector's output: broken pipe"
+        );
+        assert_eq!(e.full_message(), "reading the connector's output: broken pipe");
+        let cause = std::error::Error::source(&e).expect("a source");
+        assert_eq!(
+            cause.downcast_ref::<std::io::Error>().map(|e| e.kind()),
+            Some(std::io::ErrorKind::BrokenPipe)
+        );
+        // Wrapped again, the whole chain shows.
+        let outer = ConnectorError::internal("attempt").with_source(e);
+        assert_eq!(
+            outer.to_string(),
+            "internal error: attempt: external error: reading the connector's output: broken pipe"
+        );
+        assert!(ConnectorError::config("user").source.is_none(), "no cause unless given");
     }
 }

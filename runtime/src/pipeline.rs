@@ -53,8 +53,9 @@ async fn load<O: Offset>(ctx: &RunContext) -> Result<Option<O>, ConnectorError> 
             O::VERSION
         )));
     }
-    let offset: O = serde_json::from_slice(&data)
-        .map_err(|e| ConnectorError::internal(format!("checkpoint of task {} is unreadable: {e}", ctx.task)))?;
+    let offset: O = serde_json::from_slice(&data).map_err(|e| {
+        ConnectorError::internal(format!("checkpoint of task {} is unreadable", ctx.task)).with_source(e)
+    })?;
     *ctx.progress.offset.lock().expect("lock") = serde_json::to_value(&offset).ok();
     Ok(Some(offset))
 }
@@ -228,7 +229,7 @@ pub async fn run_source<S: Source>(
     let ran = runner.await;
     appender
         .await
-        .unwrap_or_else(|e| Err(ConnectorError::internal(format!("appender panicked: {e}"))))?;
+        .unwrap_or_else(|e| Err(ConnectorError::internal("appender panicked").with_source(e)))?;
     match ran {
         // A cancellation the task did not ask for came from a failed append, reported above.
         Err(_) if ctx.cancel.is_cancelled() => Ok(Done::Cancelled),

@@ -75,7 +75,7 @@ impl GrpcStreams {
     pub async fn connect(endpoint: &str) -> Result<Self, ConnectorError> {
         let client = HStreamApiClient::connect(endpoint.to_owned())
             .await
-            .map_err(|e| ConnectorError::external(format!("connecting to {endpoint}: {e}")))?
+            .map_err(|e| ConnectorError::external(format!("connecting to {endpoint}")).with_source(e))?
             .max_decoding_message_size(64 << 20);
         Ok(GrpcStreams {
             client,
@@ -272,7 +272,8 @@ pub struct FileCheckpoints {
 impl FileCheckpoints {
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self, ConnectorError> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(|e| ConnectorError::internal(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ConnectorError::internal(format!("{}", dir.display())).with_source(e))?;
         Ok(FileCheckpoints { dir })
     }
 

@@ -235,7 +235,7 @@ async fn supervise(
         let mut attempt = Box::pin(async move {
             joined
                 .await
-                .unwrap_or_else(|e| Err(ConnectorError::internal(format!("connector task panicked: {e}"))))
+                .unwrap_or_else(|e| Err(ConnectorError::internal("connector task panicked").with_source(e)))
         });
         let started = tokio::time::Instant::now();
         // Drive the attempt until it ends or a command/shutdown interrupts it; an interruption

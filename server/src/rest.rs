@@ -364,8 +364,8 @@ async fn upload_wasm_plugin(Path(name): Path<String>, body: axum::body::Bytes) -
     let origin = format!("upload {name:?}");
     let shown = name.clone();
     let task = tokio::task::spawn_blocking(move || {
-        let loaded =
-            hstream_runtime::wasm::load_bytes(&body, &origin).map_err(|e| ApiError::InvalidRequest(e.message))?;
+        let loaded = hstream_runtime::wasm::load_bytes(&body, &origin)
+            .map_err(|e| ApiError::InvalidRequest(e.full_message()))?;
         let path = dir.join(format!("{name}.wasm"));
         // Concurrent uploads of one name each write their own file; the last rename wins whole.
         static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -419,7 +419,7 @@ async fn wasm_plugins() -> RestResult<Json<Value>> {
                 .unwrap_or(0);
             match hstream_runtime::wasm::load_blocking(&name) {
                 Ok(l) => list.push(wasm_plugin_info(&name, &l, size)),
-                Err(e) => list.push(json!({ "name": name, "error": e.message })),
+                Err(e) => list.push(json!({ "name": name, "error": e.full_message() })),
             }
         }
         list

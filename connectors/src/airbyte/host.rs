@@ -61,7 +61,7 @@ async fn run_tool(cmd: &mut Command, what: &str) -> Result<(), ConnectorError> {
     let out = tokio::time::timeout(INSTALL_LIMIT, cmd.stdin(Stdio::null()).kill_on_drop(true).output())
         .await
         .map_err(|_| ConnectorError::external(format!("{what} did not finish within {INSTALL_LIMIT:?}")))?
-        .map_err(|e| ConnectorError::external(format!("{what}: {e}")))?;
+        .map_err(|e| ConnectorError::external(what.to_string()).with_source(e))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = err
@@ -96,7 +96,8 @@ pub async fn ensure_package(requirement: &str, root: &Path) -> Result<PathBuf, C
     if marker.is_file() {
         return Ok(exe);
     }
-    std::fs::create_dir_all(root).map_err(|e| ConnectorError::external(format!("{}: {e}", root.display())))?;
+    std::fs::create_dir_all(root)
+        .map_err(|e| ConnectorError::external(format!("{}", root.display())).with_source(e))?;
     // And across processes (servers sharing the directory): an exclusive lock on a file there.
     let lock_path = root.join(".install.lock");
     let _locked = tokio::task::spawn_blocking(move || {
@@ -106,7 +107,7 @@ pub async fn ensure_package(requirement: &str, root: &Path) -> Result<PathBuf, C
     })
     .await
     .map_err(|e| ConnectorError::internal(e.to_string()))?
-    .map_err(|e| ConnectorError::external(format!("locking {}: {e}", root.display())))?;
+    .map_err(|e| ConnectorError::external(format!("locking {}", root.display())).with_source(e))?;
     if marker.is_file() {
         return Ok(exe);
     }
@@ -144,7 +145,8 @@ pub async fn ensure_package(requirement: &str, root: &Path) -> Result<PathBuf, C
             "package: {requirement} installed no executable {exe_name}"
         )));
     }
-    std::fs::write(&marker, requirement).map_err(|e| ConnectorError::external(format!("{}: {e}", marker.display())))?;
+    std::fs::write(&marker, requirement)
+        .map_err(|e| ConnectorError::external(format!("{}", marker.display())).with_source(e))?;
     Ok(exe)
 }
 
@@ -170,7 +172,7 @@ impl Invocation {
         let files = tempfile::Builder::new()
             .prefix("hstream-airbyte")
             .tempdir()
-            .map_err(|e| ConnectorError::external(format!("temporary directory: {e}")))?;
+            .map_err(|e| ConnectorError::external("temporary directory").with_source(e))?;
         Ok(match launcher {
             Launcher::Command(c) => {
                 let program = if c.contains('/') {
@@ -222,7 +224,7 @@ impl Invocation {
     pub fn file(&self, name: &str, value: &Value) -> Result<String, ConnectorError> {
         let path = self.files.path().join(name);
         std::fs::write(&path, value.to_string())
-            .map_err(|e| ConnectorError::external(format!("{}: {e}", path.display())))?;
+            .map_err(|e| ConnectorError::external(format!("{}", path.display())).with_source(e))?;
         Ok(match &self.seen_as {
             Some(prefix) => format!("{prefix}/{name}"),
             None => path.display().to_string(),
@@ -400,7 +402,7 @@ pub async fn run_once(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| ConnectorError::external(format!("starting the connector ({verb}): {e}")))?;
+        .map_err(|e| ConnectorError::external(format!("starting the connector ({verb})")).with_source(e))?;
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(ConnectorError::internal("the connector's output pipes are missing"));
     };
@@ -411,7 +413,7 @@ pub async fn run_once(
         while let Some(line) = lines
             .next_line()
             .await
-            .map_err(|e| ConnectorError::external(format!("reading the connector's output: {e}")))?
+            .map_err(|e| ConnectorError::external("reading the connector's output").with_source(e))?
         {
             if line.trim().is_empty() {
                 continue;
@@ -440,7 +442,7 @@ pub async fn run_once(
         let status = child
             .wait()
             .await
-            .map_err(|e| ConnectorError::external(format!("waiting for the connector: {e}")))?;
+            .map_err(|e| ConnectorError::external("waiting for the connector").with_source(e))?;
         Ok::<_, ConnectorError>((out, status))
     };
     let (out, status) = match tokio::time::timeout(limit, collect).await {

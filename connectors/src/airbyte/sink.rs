@@ -369,7 +369,7 @@ impl AirbyteSink {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| ConnectorError::external(format!("starting the destination's write: {e}")))?;
+            .map_err(|e| ConnectorError::external("starting the destination's write").with_source(e))?;
         let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
             return Err(ConnectorError::internal("the destination's pipes are missing"));
@@ -453,7 +453,11 @@ impl AirbyteSink {
                 Ok(Some(Said::Error(m, t))) => {
                     let e = self.ended(format!("the destination reported an error: {m}")).await;
                     return Err(match t.as_deref() {
-                        Some("config_error") => ConnectorError::config(e.message),
+                        Some("config_error") => ConnectorError {
+                            kind: hstream_runtime::ErrorKind::Config,
+                            retry: false,
+                            ..e
+                        },
                         _ => e,
                     });
                 }
@@ -478,7 +482,7 @@ impl AirbyteSink {
                 "the destination's write exited with {s}: {}",
                 w.stderr.last_words().await
             ))),
-            Ok(Err(e)) => Err(ConnectorError::external(format!("waiting for the destination: {e}"))),
+            Ok(Err(e)) => Err(ConnectorError::external("waiting for the destination").with_source(e)),
             Err(_) => Err(ConnectorError::external(
                 "the destination did not exit after its input ended",
             )),

@@ -292,7 +292,7 @@ impl AirbyteSource {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| ConnectorError::external(format!("starting the connector's read: {e}")))?;
+            .map_err(|e| ConnectorError::external("starting the connector's read").with_source(e))?;
         let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             return Err(ConnectorError::internal("the connector's output pipes are missing"));
         };
@@ -342,7 +342,7 @@ impl AirbyteSource {
                     "the connector's line {} is over {max_line} bytes (max-record-size {max_record}); stopped",
                     line_no + 1
                 )),
-                _ => ConnectorError::external(format!("reading the connector's output: {e}")),
+                _ => ConnectorError::external("reading the connector's output").with_source(e),
             })?;
             if n == 0 {
                 break;
@@ -478,7 +478,7 @@ impl AirbyteSource {
         let status = tokio::select! {
             _ = cancel.cancelled() => return Ok(Done::Cancelled),
             s = tokio::time::timeout(EXIT_LIMIT, child.wait()) => match s {
-                Ok(s) => s.map_err(|e| ConnectorError::external(format!("waiting for the connector: {e}")))?,
+                Ok(s) => s.map_err(|e| ConnectorError::external("waiting for the connector").with_source(e))?,
                 Err(_) => return Err(ConnectorError::external(format!(
                     "the connector closed its output but did not exit within {EXIT_LIMIT:?}; stopped"
                 ))),

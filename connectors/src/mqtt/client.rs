@@ -133,12 +133,12 @@ fn tls_config(ca_file: Option<&str>) -> Result<Arc<rustls::ClientConfig>, Connec
     match ca_file {
         Some(path) => {
             let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| ConnectorError::config(format!("tls_ca_file: cannot read {path}: {e}")))?;
+                .map_err(|e| ConnectorError::config(format!("tls_ca_file: cannot read {path}")).with_source(e))?;
             for cert in certs {
-                let cert = cert.map_err(|e| ConnectorError::config(format!("tls_ca_file: {path}: {e}")))?;
+                let cert = cert.map_err(|e| ConnectorError::config(format!("tls_ca_file: {path}")).with_source(e))?;
                 roots
                     .add(cert)
-                    .map_err(|e| ConnectorError::config(format!("tls_ca_file: {path}: {e}")))?;
+                    .map_err(|e| ConnectorError::config(format!("tls_ca_file: {path}")).with_source(e))?;
             }
         }
         None => {
@@ -154,7 +154,7 @@ fn tls_config(ca_file: Option<&str>) -> Result<Arc<rustls::ClientConfig>, Connec
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
-        .map_err(|e| ConnectorError::internal(format!("TLS setup: {e}")))?
+        .map_err(|e| ConnectorError::internal("TLS setup").with_source(e))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))

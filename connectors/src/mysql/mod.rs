@@ -102,7 +102,7 @@ pub(crate) fn connect_error(ep: &Endpoint, e: mysql_async::Error) -> ConnectorEr
         mysql_async::Error::Io(io) => {
             ConnectorError::external(format!("host/port: could not connect to {}:{}: {io}", ep.host, ep.port))
         }
-        _ => ConnectorError::external(format!("connect to {}:{}: {e}", ep.host, ep.port)),
+        _ => ConnectorError::external(format!("connect to {}:{}", ep.host, ep.port)).with_source(e),
     }
 }
 

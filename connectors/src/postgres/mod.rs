@@ -79,14 +79,15 @@ pub(crate) fn connect_error(ep: &Endpoint, replication: bool, e: PgError) -> Con
         Some("28000") if replication => ConnectorError::config(format!(
             "user: {e} (replication connections need a pg_hba.conf entry and the REPLICATION attribute)"
         )),
-        Some("28000") => ConnectorError::config(format!("user: {e}")),
-        Some("3D000") => ConnectorError::config(format!("database: {e}")),
-        Some("42501") => ConnectorError::config(format!("user: {e}")),
-        Some("53300") => ConnectorError::external(format!("{e}")),
+        Some("28000") => ConnectorError::config("user").with_source(e),
+        Some("3D000") => ConnectorError::config("database").with_source(e),
+        Some("42501") => ConnectorError::config("user").with_source(e),
+        Some("53300") => ConnectorError::external(e.to_string()),
         _ => match &e {
             PgError::Protocol(m) if m.contains("password") => ConnectorError::config(format!("password: {m}")),
             PgError::Io(_) => {
-                ConnectorError::external(format!("host/port: could not connect to {}:{}: {e}", ep.host, ep.port))
+                ConnectorError::external(format!("host/port: could not connect to {}:{}", ep.host, ep.port))
+                    .with_source(e)
             }
             _ => ConnectorError::external(e.to_string()),
         },
@@ -96,12 +97,14 @@ pub(crate) fn connect_error(ep: &Endpoint, replication: bool, e: PgError) -> Con
 /// A query error during work: the connection's failures are retried, the server's refusals are not.
 pub(crate) fn query_error(context: &str, e: PgError) -> ConnectorError {
     match &e {
-        PgError::Io(_) => ConnectorError::external(format!("{context}: {e}")),
+        PgError::Io(_) => ConnectorError::external(context.to_string()).with_source(e),
         // Connection-level SQLSTATE classes: 08 connection, 57 operator intervention (restart,
         // shutdown), 53 resources, 40 rollbacks (serialization, deadlock).
-        PgError::Server { code, .. } if retryable_sqlstate(code) => ConnectorError::external(format!("{context}: {e}")),
-        PgError::Protocol(_) => ConnectorError::external(format!("{context}: {e}")),
-        _ => ConnectorError::config(format!("{context}: {e}")),
+        PgError::Server { code, .. } if retryable_sqlstate(code) => {
+            ConnectorError::external(context.to_string()).with_source(e)
+        }
+        PgError::Protocol(_) => ConnectorError::external(context.to_string()).with_source(e),
+        _ => ConnectorError::config(context.to_string()).with_source(e),
     }
 }
 

@@ -86,7 +86,7 @@ struct Target {
 
 fn pg_error(context: &str, e: tokio_postgres::Error) -> ConnectorError {
     let Some(db) = e.as_db_error() else {
-        return ConnectorError::external(format!("{context}: {e}"));
+        return ConnectorError::external(context.to_string()).with_source(e);
     };
     let code = db.code().code();
     let msg = format!("{context}: {} (SQLSTATE {code})", db.message());
@@ -112,7 +112,9 @@ async fn connect(cfg: &PgSinkConfig) -> Result<tokio_postgres::Client, Connector
     }
     let (client, conn) = pc.connect(NoTls).await.map_err(|e| match e.as_db_error() {
         Some(_) => pg_error("connect", e),
-        None => ConnectorError::external(format!("host/port: could not connect to {}:{}: {e}", ep.host, ep.port)),
+        None => {
+            ConnectorError::external(format!("host/port: could not connect to {}:{}", ep.host, ep.port)).with_source(e)
+        }
     })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {

@@ -571,7 +571,7 @@ mod tests {
     impl Downstream for Nothing {
         fn record(&self, i: u64) -> (Record, String) {
             (
-                Record::new(format!("k{i}"), PayloadFlag::Raw, format!("{i}").into_bytes()),
+                Record::new(format!("k{i}"), PayloadFlag::Raw, i.to_string().into_bytes()),
                 i.to_string(),
             )
         }

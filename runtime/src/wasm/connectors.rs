@@ -239,7 +239,8 @@ impl Source for WasmSource {
             let moved = match batch.offset {
                 Some(o) => {
                     let v: Value = serde_json::from_str(&o).map_err(|e| {
-                        ConnectorError::internal(format!("plugin {name} gave an offset that is not JSON: {e}"))
+                        ConnectorError::internal(format!("plugin {name} gave an offset that is not JSON"))
+                            .with_source(e)
                     })?;
                     self.offset.plugin = Some(v);
                     true

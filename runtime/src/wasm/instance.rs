@@ -202,7 +202,7 @@ impl Guest {
             Ok(Err(e)) => Err(guest_error(&self.name, what, e)),
             Err(e) => {
                 let err = self.classify(&e, what);
-                self.trapped = Some(err.message.clone());
+                self.trapped = Some(err.full_message());
                 Err(err)
             }
         }
@@ -323,7 +323,7 @@ impl Instance {
                     job(&mut guest);
                 }
             })
-            .map_err(|e| ConnectorError::internal(format!("cannot start a plugin thread: {e}")))?;
+            .map_err(|e| ConnectorError::internal("cannot start a plugin thread").with_source(e))?;
         match tokio::time::timeout(wait, ready_rx).await {
             Ok(r) => r.map_err(|_| ConnectorError::internal("the plugin thread ended while starting"))??,
             Err(_) => {

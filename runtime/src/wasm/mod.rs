@@ -185,7 +185,7 @@ impl Sandbox {
         let me = self.clone();
         tokio::task::spawn_blocking(move || me.check())
             .await
-            .map_err(|e| ConnectorError::internal(format!("grant check panicked: {e}")))?
+            .map_err(|e| ConnectorError::internal("grant check panicked").with_source(e))?
     }
 
     fn connect_addrs(&self) -> Result<Vec<SocketAddr>, ConnectorError> {
@@ -197,7 +197,7 @@ impl Sandbox {
             }
             let addrs = a
                 .to_socket_addrs()
-                .map_err(|e| ConnectorError::external(format!("grant_connect: {a}: {e}")))?;
+                .map_err(|e| ConnectorError::external(format!("grant_connect: {a}")).with_source(e))?;
             out.extend(addrs);
         }
         Ok(out)
@@ -344,7 +344,8 @@ const LOAD_LIMIT: Duration = Duration::from_secs(60);
 /// cached by content. Blocking: CPU-heavy on a first load.
 pub fn load_blocking(module: &str) -> Result<Arc<Loaded>, ConnectorError> {
     let path = resolve_module(module)?;
-    let unreadable = |e: std::io::Error| ConnectorError::config(format!("module: cannot read {}: {e}", path.display()));
+    let unreadable =
+        |e: std::io::Error| ConnectorError::config(format!("module: cannot read {}", path.display())).with_source(e);
     let meta = std::fs::metadata(&path).map_err(unreadable)?;
     // Not a device or a pipe (which could be endless or never end).
     if !meta.is_file() {
@@ -375,7 +376,7 @@ pub fn load_blocking(module: &str) -> Result<Arc<Loaded>, ConnectorError> {
 pub async fn load(module: &str) -> Result<Arc<Loaded>, ConnectorError> {
     let m = module.to_owned();
     match tokio::time::timeout(LOAD_LIMIT, tokio::task::spawn_blocking(move || load_blocking(&m))).await {
-        Ok(r) => r.map_err(|e| ConnectorError::internal(format!("plugin loader panicked: {e}")))?,
+        Ok(r) => r.map_err(|e| ConnectorError::internal("plugin loader panicked").with_source(e))?,
         Err(_) => Err(ConnectorError::config(format!(
             "module: {module} did not load within {LOAD_LIMIT:?}"
         ))),

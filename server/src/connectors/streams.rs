@@ -65,7 +65,7 @@ impl Streams for LocalStreams {
         };
         match ctx.create_stream(req).await {
             Ok(_) | Err(ApiError::StreamExists(_)) => Ok(()),
-            Err(e @ ApiError::InvalidName { .. }) => Err(ConnectorError::config(format!("stream: {e}"))),
+            Err(e @ ApiError::InvalidName { .. }) => Err(ConnectorError::config("stream").with_source(e)),
             Err(e) => Err(external(e)),
         }
     }
@@ -212,7 +212,7 @@ impl Streams for LocalStreams {
             // Stored batches were validated on append: one that does not decode is damage, which
             // retrying cannot fix.
             let decoded = crate::batch::decode_records(&batch, usize::MAX)
-                .map_err(|e| ConnectorError::internal(format!("shard {shard} lsn {lsn}: {e}")))?;
+                .map_err(|e| ConnectorError::internal(format!("shard {shard} lsn {lsn}")).with_source(e))?;
             for (i, r) in decoded.records.into_iter().enumerate() {
                 chunk.records.push(to_sink_record(shard, lsn, i as u32, r));
             }

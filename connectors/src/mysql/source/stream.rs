@@ -65,7 +65,7 @@ fn binlog_error(e: mysql_async::Error) -> ConnectorError {
             "user: cannot read the binlog: {} (needs REPLICATION SLAVE)",
             s.message
         )),
-        _ => ConnectorError::external(format!("binlog: {e}")),
+        _ => ConnectorError::external("binlog").with_source(e),
     }
 }
 

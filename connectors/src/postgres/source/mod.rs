@@ -393,7 +393,7 @@ impl PgSource {
             ))
             .await
             .map_err(|e| match e.code() {
-                Some("53400") | Some("55000") => ConnectorError::config(format!("slotName: {e}")),
+                Some("53400") | Some("55000") => ConnectorError::config("slotName").with_source(e),
                 _ => query_error("creating the replication slot", e),
             })?;
         let row = rows

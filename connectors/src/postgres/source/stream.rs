@@ -59,7 +59,7 @@ impl PgSource {
             if v2 { ", \"streaming\" 'on'" } else { "" }
         );
         let mut rs = repl.start_replication(&command).await.map_err(|e| match e.code() {
-            Some("55006") => ConnectorError::external(format!("slotName: {e}")),
+            Some("55006") => ConnectorError::external("slotName").with_source(e),
             _ => query_error("START_REPLICATION", e),
         })?;
         out.report(format!("streaming from {}", format_lsn(start)));
