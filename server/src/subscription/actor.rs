@@ -670,6 +670,10 @@ impl Actor {
         let Some(owner) = self.shards[si].owner.clone() else {
             return Turn::Idle;
         };
+        if self.shards[si].log.is_deleted() {
+            // Nothing more will come from it (the subscription is being deleted with it).
+            return Turn::Idle;
+        }
         let mut progressed = false;
         let stop = |progressed: bool| if progressed { Turn::Progressed } else { Turn::Blocked };
         for _ in 0..READ_CHUNK {

@@ -221,3 +221,47 @@ async fn idle_shards_cost_an_append_nothing() {
     assert_eq!(progress.len(), 1, "{progress:?}");
     shutdown.cancel();
 }
+
+/// A shard that got data while another shard's backlog keeps the consumer (and its acks) busy
+/// is delivered within a few turns, not after the backlog: delivery takes the shards that got
+/// data at every round, not only when the actor finds nothing else to do.
+#[tokio::test]
+async fn a_busy_shard_does_not_starve_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let busy = store.create_shard(1).unwrap();
+    let late = store.create_shard(2).unwrap();
+    fill(&store, &busy, 3000).await;
+    let meta: Arc<dyn MetaStore> = Arc::new(SqliteMetaStore::in_memory().await.unwrap());
+    let (registry, tasks, shutdown) = (Registry::default(), TaskTracker::new(), CancellationToken::new());
+    let s = sub("two", 100);
+    meta.create_subscription(&s, &[]).await.unwrap();
+    let shards = [&busy, &late]
+        .iter()
+        .map(|l| Arc::new(LocalShard((*l).clone())) as Arc<dyn crate::store::Shard>)
+        .collect();
+    let h = registry
+        .start(s, meta.clone(), shards, &tasks, shutdown.clone())
+        .await
+        .unwrap();
+    let mut rx = join(&h, 1).await;
+    let mut received = 0;
+    loop {
+        let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("delivered")
+            .unwrap()
+            .unwrap();
+        received += 1;
+        let ids = got.received_records.unwrap().record_ids;
+        if ids[0].shard_id == 2 {
+            break;
+        }
+        if received == 1 {
+            fill(&store, &late, 1).await;
+        }
+        h.ack(1, ids).await;
+        assert!(received < 300, "shard 2 waited behind {received} batches of shard 1");
+    }
+    shutdown.cancel();
+}
