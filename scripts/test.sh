@@ -51,6 +51,9 @@ if [ "${CI:-}" = "true" ]; then
   cargo clippy --workspace --all-targets -- -D warnings
 fi
 
+# The crates' top-level modules must not import each other in a circle (issue 19).
+python3 scripts/module-cycles.py server/src runtime/src connectors/src
+
 # The Airbyte container test needs podman (with runc) and busybox to build its image; where
 # they cannot be installed or cannot run an image, the test is not run and the reason is printed.
 if ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1 || ! command -v busybox >/dev/null 2>&1; then

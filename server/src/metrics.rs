@@ -25,7 +25,12 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::service::ServerCtx;
+/// What the scrape-time collector reads: the running connectors and subscriptions. The service
+/// implements it; this module does not know the service.
+pub trait LiveState: Send + Sync {
+    fn connectors(&self) -> &crate::connectors::Connectors;
+    fn subscriptions(&self) -> &crate::subscription::Registry;
+}
 
 /// Every metric this server exposes, one name per line (as scraped: counters with `_total`).
 pub const METRICS: &str = include_str!("../metrics.txt");
@@ -47,7 +52,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(ctx: Weak<ServerCtx>, store: &dyn crate::store::Store) -> Metrics {
+    pub fn new(ctx: Weak<dyn LiveState>, store: &dyn crate::store::Store) -> Metrics {
         let mut registry = Registry::default();
         let appended_records = Family::<StreamLabels, Counter>::default();
         let appended_bytes = Family::<StreamLabels, Counter>::default();
@@ -104,9 +109,14 @@ impl Metrics {
 }
 
 /// Reads the live state at scrape time.
-#[derive(Debug)]
 struct Live {
-    ctx: Weak<ServerCtx>,
+    ctx: Weak<dyn LiveState>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Live")
+    }
 }
 
 /// One metric family of values read at scrape time.
@@ -148,8 +158,8 @@ impl Collector for Live {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut families = Vec::new();
         if let Some(ctx) = self.ctx.upgrade() {
-            families.extend(connectors(&ctx));
-            families.extend(subscriptions(&ctx));
+            families.extend(connectors(ctx.connectors()));
+            families.extend(subscriptions(ctx.subscriptions()));
         }
         families.extend(process());
         for f in &families {
@@ -167,7 +177,7 @@ impl Collector for Live {
 
 const STATES: [&str; 6] = ["NEW", "RUNNING", "STOPPED", "FAILED", "COMPLETED", "DELETED"];
 
-fn connectors(ctx: &ServerCtx) -> Vec<ConstFamily> {
+fn connectors(running: &crate::connectors::Connectors) -> Vec<ConstFamily> {
     use MetricType::{Counter as C, Gauge as G};
     let mut records = ConstFamily::new(
         "hstream_connector_records",
@@ -212,7 +222,7 @@ fn connectors(ctx: &ServerCtx) -> Vec<ConstFamily> {
         G,
     );
     let now = crate::store::now_ms();
-    for (name, kind, task) in ctx.connectors.tasks() {
+    for (name, kind, task) in running.tasks() {
         let l = |extra: Option<(&'static str, String)>| {
             let mut v = vec![("connector", name.clone()), ("kind", kind.to_owned())];
             v.extend(extra);
@@ -261,7 +271,7 @@ fn connectors(ctx: &ServerCtx) -> Vec<ConstFamily> {
     ]
 }
 
-fn subscriptions(ctx: &ServerCtx) -> Vec<ConstFamily> {
+fn subscriptions(running: &crate::subscription::Registry) -> Vec<ConstFamily> {
     use MetricType::{Counter as C, Gauge as G};
     let mut delivered = ConstFamily::new("hstream_subscription_delivered_records", "Records sent to consumers", C);
     let mut acked = ConstFamily::new(
@@ -284,7 +294,7 @@ fn subscriptions(ctx: &ServerCtx) -> Vec<ConstFamily> {
         "Records between a subscription's committed position and the tail",
         G,
     );
-    for (id, h) in ctx.subscriptions.all() {
+    for (id, h) in running.all() {
         let l = vec![("subscription", id), ("stream", h.meta.stream.clone())];
         backlog_records.add(l.clone(), h.stats.backlog_records() as f64);
         delivered.add(l.clone(), h.stats.delivered.load(Ordering::Relaxed) as f64);

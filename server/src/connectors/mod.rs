@@ -19,8 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::meta::{ConnectorMeta, MetaStore};
-use crate::service::ServerCtx;
-pub use streams::{LocalStreams, MetaCheckpoints};
+pub use streams::{LocalStreams, MetaCheckpoints, StreamHost};
 
 pub struct Task {
     pub handle: TaskHandle,
@@ -41,14 +40,14 @@ pub struct Connectors {
 impl Connectors {
     pub fn new(
         registry: Registry,
-        ctx: Weak<ServerCtx>,
+        host: Weak<dyn StreamHost>,
         meta: Arc<dyn MetaStore>,
         backoff: (Duration, Duration),
     ) -> Self {
         Connectors {
             registry,
             tasks: Mutex::new(HashMap::new()),
-            streams: Arc::new(LocalStreams { ctx }),
+            streams: Arc::new(LocalStreams { host }),
             checkpoints: Arc::new(MetaCheckpoints { meta: meta.clone() }),
             meta,
             backoff,

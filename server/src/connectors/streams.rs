@@ -13,7 +13,6 @@ use prost::Message;
 use crate::error::ApiError;
 use crate::keyspace;
 use crate::meta::{Checkpoint, MetaStore, connector_checkpoint};
-use crate::service::ServerCtx;
 
 /// Appends are split so that each stored batch stays well under `max-record-size`.
 const BATCH_BUDGET_DIVISOR: usize = 2;
@@ -37,13 +36,32 @@ impl ShardWatch for StoreWatch {
     }
 }
 
+/// What connectors need of the server's streams: the catalog, the limits, stream creation and
+/// the one append path. The service implements it; this module does not know the service.
+#[async_trait]
+pub trait StreamHost: Send + Sync {
+    fn catalog(&self) -> &crate::catalog::Catalog;
+    fn limits(&self) -> crate::batch::Limits;
+    /// Creates a stream of one shard (as a source's `emit_to` does on first use).
+    async fn create_stream(&self, name: &str) -> Result<(), ApiError>;
+    /// See `ServerCtx::append_batch`.
+    async fn append_batch(
+        &self,
+        stream: &str,
+        shard: u64,
+        payload: bytes::Bytes,
+        batch_size: u32,
+        compression: u8,
+    ) -> Result<crate::store::Appended, crate::store::StoreError>;
+}
+
 pub struct LocalStreams {
-    pub ctx: Weak<ServerCtx>,
+    pub host: Weak<dyn StreamHost>,
 }
 
 impl LocalStreams {
-    fn ctx(&self) -> Result<Arc<ServerCtx>, ConnectorError> {
-        self.ctx
+    fn ctx(&self) -> Result<Arc<dyn StreamHost>, ConnectorError> {
+        self.host
             .upgrade()
             .ok_or_else(|| ConnectorError::external("the server is shutting down"))
     }
@@ -53,17 +71,10 @@ impl LocalStreams {
 impl Streams for LocalStreams {
     async fn ensure_stream(&self, name: &str) -> Result<(), ConnectorError> {
         let ctx = self.ctx()?;
-        if ctx.catalog.stream(name).is_ok() {
+        if ctx.catalog().stream(name).is_ok() {
             return Ok(());
         }
-        let req = pb::Stream {
-            stream_name: name.to_owned(),
-            replication_factor: 1,
-            backlog_duration: 0,
-            shard_count: 1,
-            creation_time: None,
-        };
-        match ctx.create_stream(req).await {
+        match ctx.create_stream(name).await {
             Ok(_) | Err(ApiError::StreamExists(_)) => Ok(()),
             Err(e @ ApiError::InvalidName { .. }) => Err(ConnectorError::config("stream").with_source(e)),
             Err(e) => Err(external(e)),
@@ -71,31 +82,31 @@ impl Streams for LocalStreams {
     }
 
     async fn stream_exists(&self, name: &str) -> Result<bool, ConnectorError> {
-        Ok(self.ctx()?.catalog.stream(name).is_ok())
+        Ok(self.ctx()?.catalog().stream(name).is_ok())
     }
 
     fn max_record_size(&self) -> usize {
-        self.ctx
+        self.host
             .upgrade()
             .map_or(hstream_runtime::streams::DEFAULT_MAX_RECORD_SIZE, |c| {
-                c.limits.max_record_size
+                c.limits().max_record_size
             })
     }
 
     async fn append(&self, stream: &str, records: Vec<Record>) -> Result<(), ConnectorError> {
         let ctx = self.ctx()?;
-        let entry = ctx.catalog.stream(stream).map_err(external)?;
+        let entry = ctx.catalog().stream(stream).map_err(external)?;
         // An oversized record is refused before anything of the call is written.
         if let Some((i, r)) = records
             .iter()
             .enumerate()
-            .find(|(_, r)| r.encoded_size_bound() > ctx.limits.max_record_size)
+            .find(|(_, r)| r.encoded_size_bound() > ctx.limits().max_record_size)
         {
             return Err(ConnectorError::config(format!(
                 "record {i} of the batch (key {:?}) is {} bytes, over the server's max-record-size of {} bytes",
                 r.key,
                 r.encoded_size_bound(),
-                ctx.limits.max_record_size
+                ctx.limits().max_record_size
             )));
         }
         // Group by shard, keeping the order of each key.
@@ -114,8 +125,8 @@ impl Streams for LocalStreams {
                 per_shard[i].push(to_hstream_record(r));
             }
         }
-        let budget = ctx.limits.max_record_size / BATCH_BUDGET_DIVISOR;
-        let max_records = ctx.limits.max_batch_records as usize;
+        let budget = ctx.limits().max_record_size / BATCH_BUDGET_DIVISOR;
+        let max_records = ctx.limits().max_batch_records as usize;
         let mut appends = Vec::new();
         for (shard, recs) in entry.shards.iter().zip(per_shard) {
             let mut chunk = Vec::new();
@@ -158,12 +169,12 @@ impl Streams for LocalStreams {
     }
 
     async fn shards(&self, stream: &str) -> Result<Vec<u64>, ConnectorError> {
-        let entry = self.ctx()?.catalog.stream(stream).map_err(external)?;
+        let entry = self.ctx()?.catalog().stream(stream).map_err(external)?;
         Ok(entry.shards.iter().map(|s| s.meta.id).collect())
     }
 
     async fn bounds(&self, stream: &str, shard: u64) -> Result<(u64, u64), ConnectorError> {
-        let s = self.ctx()?.catalog.shard_of(stream, shard).map_err(external)?;
+        let s = self.ctx()?.catalog().shard_of(stream, shard).map_err(external)?;
         s.log.check_available().map_err(external)?;
         Ok((s.log.start_lsn(), s.log.visible_lsn() + 1))
     }
@@ -172,7 +183,7 @@ impl Streams for LocalStreams {
         let ctx = self.ctx()?;
         let ready = crate::store::ReadySet::new();
         for (key, &shard) in shards.iter().enumerate() {
-            let s = ctx.catalog.shard_of(stream, shard).map_err(external)?;
+            let s = ctx.catalog().shard_of(stream, shard).map_err(external)?;
             s.log.notify_on_append(&ready, key);
         }
         Ok(Box::new(StoreWatch {
@@ -189,7 +200,7 @@ impl Streams for LocalStreams {
         max_batches: usize,
         wait: Duration,
     ) -> Result<ReadChunk, ConnectorError> {
-        let s = self.ctx()?.catalog.shard_of(stream, shard).map_err(external)?;
+        let s = self.ctx()?.catalog().shard_of(stream, shard).map_err(external)?;
         let mut rx = s.log.subscribe();
         rx.borrow_and_update();
         let read = || async { s.log.read(from_lsn, max_batches, 4 << 20).await.map_err(external) };

@@ -73,7 +73,7 @@ impl ServerCtx {
         registry: hstream_runtime::Registry,
         connector_backoff: (std::time::Duration, std::time::Duration),
     ) -> Arc<Self> {
-        Arc::new_cyclic(|weak| ServerCtx {
+        Arc::new_cyclic(|weak: &std::sync::Weak<ServerCtx>| ServerCtx {
             metrics: crate::metrics::Metrics::new(weak.clone(), &*store),
             connectors: crate::connectors::Connectors::new(registry, weak.clone(), meta.clone(), connector_backoff),
             meta,
@@ -564,6 +564,15 @@ impl HStreamApi for HStreamService {
         _req: Request<pb::ExecuteViewQueryWithNamespaceRequest>,
     ) -> RpcResult<pb::ExecuteViewQueryResponse> {
         unimplemented("ExecuteViewQueryWithNamespace")
+    }
+}
+
+impl crate::metrics::LiveState for ServerCtx {
+    fn connectors(&self) -> &crate::connectors::Connectors {
+        &self.connectors
+    }
+    fn subscriptions(&self) -> &crate::subscription::Registry {
+        &self.subscriptions
     }
 }
 

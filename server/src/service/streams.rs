@@ -362,6 +362,43 @@ pub fn parse_record_id(s: &str) -> ApiResult<(u64, u64, u32)> {
     Ok((shard, batch, index))
 }
 
+#[async_trait::async_trait]
+impl crate::connectors::StreamHost for ServerCtx {
+    fn catalog(&self) -> &crate::catalog::Catalog {
+        &self.catalog
+    }
+
+    fn limits(&self) -> crate::batch::Limits {
+        self.limits
+    }
+
+    async fn create_stream(&self, name: &str) -> ApiResult<()> {
+        ServerCtx::create_stream(
+            self,
+            pb::Stream {
+                stream_name: name.to_owned(),
+                replication_factor: 1,
+                backlog_duration: 0,
+                shard_count: 1,
+                creation_time: None,
+            },
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn append_batch(
+        &self,
+        stream: &str,
+        shard: u64,
+        payload: bytes::Bytes,
+        batch_size: u32,
+        compression: u8,
+    ) -> Result<crate::store::Appended, crate::store::StoreError> {
+        ServerCtx::append_batch(self, stream, shard, payload, batch_size, compression).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
