@@ -1,13 +1,39 @@
 #!/usr/bin/env python3
 """Fails when the top-level modules of a crate's src/ import each other in a circle.
 
-An edge a -> b is any `crate::b` path in module a's code (comments and `#[cfg(test)] mod
-tests` blocks and test files excluded). Run on each crate named; prints the circles found.
+An edge a -> b is any `crate::b` path in module a's code, including the top-level names of a
+`crate::{…}` group (comments, inline `#[cfg(test)] mod tests { … }` blocks and test files
+excluded). Run on each crate named; prints the circles found.
 Usage: scripts/module-cycles.py server/src runtime/src
 """
 import os
 import re
 import sys
+
+
+def group_heads(src, start):
+    """The first name of each top-level item of the `{…}` group opened just before `start`."""
+    depth, item, heads = 0, "", []
+    for ch in src[start:]:
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            if depth == 0:
+                break
+            depth -= 1
+        elif ch == "," and depth == 0:
+            heads.append(item)
+            item = ""
+            continue
+        if depth == 0:
+            item += ch
+    heads.append(item)
+    names = []
+    for h in heads:
+        m = re.match(r"\s*([a-z_]+)", h)
+        if m:
+            names.append(m.group(1))
+    return names
 
 
 def graph(root):
@@ -27,15 +53,16 @@ def graph(root):
             name = os.path.basename(path)
             if name == "tests.rs" or name.endswith("_tests.rs"):
                 continue
-            src = re.split(r"#\[cfg\(test\)\]\s*mod tests", open(path).read())[0]
+            # An inline test module runs to the end of its file (house style); a `mod tests;`
+            # declaration is only a line.
+            src = re.split(r"#\[cfg\(test\)\]\s*mod tests\s*\{", open(path).read())[0]
             src = "\n".join(l for l in src.split("\n") if not l.strip().startswith("//"))
-            for target in re.findall(r"crate::([a-z_]+)", src):
+            targets = re.findall(r"crate::([a-z_]+)", src)
+            for start in [g.end() for g in re.finditer(r"crate::\{", src)]:
+                targets.extend(group_heads(src, start))
+            for target in targets:
                 if target in mods and target != m:
                     edges[m].add(target)
-            for group in re.findall(r"crate::\{([^}]*)\}", src):
-                for target in re.findall(r"([a-z_]+)", group):
-                    if target in mods and target != m:
-                        edges[m].add(target)
     return edges
 
 

@@ -258,7 +258,7 @@ impl ServerCtx {
     /// Trims one shard up to and including the LSN `from` resolves to (EARLIEST trims nothing).
     async fn trim_to(log: Arc<dyn Shard>, point: From) -> ApiResult<u64> {
         let upto = match point {
-            From::Earliest => return Ok(log.start_lsn() - 1),
+            From::Earliest => return Ok(log.start_lsn().saturating_sub(1)),
             From::Latest => log.visible_lsn(),
             other => resolve_from(&*log, other).await?,
         };

@@ -1,7 +1,9 @@
 //! The contract every [`Store`] implementation must pass: the guarantees in `api.rs`. Run
 //! [`run`] against a fresh, empty store from the implementation's tests; [`seed_durable`] then
-//! [`check_durable`] across a reopen prove acknowledged batches outlive the process and LSNs
-//! are not handed out again.
+//! [`check_durable`] across a reopen (a clean restart) prove acknowledged batches outlive the
+//! store and LSNs are not handed out again. What a crash or a power loss may cost depends on
+//! the store's durability setting; each store tests that itself (the local store: SIGKILL
+//! tests and its power-loss model, decision 015).
 //!
 //! Panics with a message naming the broken rule; test support, compiled always so that stores
 //! in other crates can run it. Shard ids 1–99 are used by `run`, 100 by the durability pair.
