@@ -109,6 +109,10 @@ type RestResult<T> = Result<T, RestError>;
 
 /// Prometheus scrape endpoint (OpenMetrics text).
 async fn metrics(State(ctx): State<Arc<ServerCtx>>) -> Response {
+    // Backlogs in records are counted by the store (it may read), before the encoding.
+    for (_, h) in ctx.subscriptions.all() {
+        h.stats.count_backlog_records().await;
+    }
     // Reading /proc and the store's directory is blocking work.
     let body = tokio::task::spawn_blocking(move || ctx.metrics.encode())
         .await

@@ -18,7 +18,7 @@
 //!   [`Shard::start_lsn`] is above `n` (a trim is clamped to the visible LSN).
 //! - **Waiting for the tail**: a [`super::ReadySet`] registered with a shard is marked after
 //!   every change of its visible LSN and at deletion; [`Shard::subscribe`] sees the same.
-//! - **A deleted shard refuses** appends, reads and trims with `ShardDeleted`.
+//! - **A deleted shard refuses** appends, reads, seeks, counts and trims with `ShardDeleted`.
 
 use std::sync::Arc;
 

@@ -255,6 +255,14 @@ async fn deletion(store: &dyn Store) {
         matches!(shard.trim(1).await, Err(StoreError::ShardDeleted(7))),
         "a deleted shard takes no trims"
     );
+    assert!(
+        matches!(shard.lsn_at_or_after(0).await, Err(StoreError::ShardDeleted(7))),
+        "a deleted shard answers no seeks"
+    );
+    assert!(
+        matches!(shard.records_from(1).await, Err(StoreError::ShardDeleted(7))),
+        "a deleted shard counts no records"
+    );
     store.delete_shard(7).await.expect("deleting twice is harmless");
 }
 

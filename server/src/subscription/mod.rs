@@ -45,6 +45,8 @@ pub struct Stats {
     /// Per shard: its log and the committed position (the first LSN not fully acked), so the
     /// backlog can be read at any time against the log's tail.
     pub committed: std::sync::Mutex<Vec<(Arc<dyn Shard>, u64)>>,
+    /// The backlog in records, as last counted.
+    backlog_records: std::sync::atomic::AtomicU64,
 }
 
 impl Stats {
@@ -57,18 +59,21 @@ impl Stats {
             .sum()
     }
 
-    /// Records between the committed positions and the tails, now (the store may read a few
-    /// entry headers per shard: call from a blocking thread of the runtime). A shard whose
-    /// count cannot be read counts 0.
-    pub fn backlog_records(&self) -> u64 {
+    /// Counts the records between the committed positions and the tails now (the store may
+    /// read a few entry headers per shard, all shards at once) and keeps the figure for
+    /// [`Self::backlog_records`]. A shard whose count cannot be read counts 0.
+    pub async fn count_backlog_records(&self) -> u64 {
         let shards: Vec<(Arc<dyn Shard>, u64)> = self.committed.lock().expect("lock").clone();
-        tokio::runtime::Handle::current().block_on(async {
-            let mut sum = 0;
-            for (log, committed) in &shards {
-                sum += log.records_from(*committed).await.unwrap_or(0);
-            }
-            sum
-        })
+        let counts =
+            futures::future::join_all(shards.iter().map(|(log, committed)| log.records_from(*committed))).await;
+        let sum = counts.into_iter().map(|c| c.unwrap_or(0)).sum();
+        self.backlog_records.store(sum, std::sync::atomic::Ordering::Relaxed);
+        sum
+    }
+
+    /// The backlog in records as last counted by [`Self::count_backlog_records`].
+    pub fn backlog_records(&self) -> u64 {
+        self.backlog_records.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -14,6 +14,14 @@ use crate::store::{Appended, ReadySet, Shard, Store, StoreError, StoredBatch};
 pub struct LocalShard(pub Arc<ShardLog>);
 
 impl LocalShard {
+    /// `ShardDeleted` once the shard is deleted: its files are going or gone.
+    fn live(&self) -> Result<(), StoreError> {
+        if self.0.is_deleted() {
+            return Err(StoreError::ShardDeleted(self.0.id));
+        }
+        Ok(())
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&ShardLog) -> Result<T, StoreError> + Send + 'static,
@@ -55,15 +63,15 @@ impl Shard for LocalShard {
         self.0.reads()
     }
     async fn read(&self, from: u64, max_batches: usize, max_bytes: usize) -> Result<Vec<StoredBatch>, StoreError> {
-        if self.0.is_deleted() {
-            return Err(StoreError::ShardDeleted(self.0.id));
-        }
+        self.live()?;
         self.blocking(move |l| l.read(from, max_batches, max_bytes)).await
     }
     async fn lsn_at_or_after(&self, ts: i64) -> Result<u64, StoreError> {
+        self.live()?;
         self.blocking(move |l| l.lsn_at_or_after(ts)).await
     }
     async fn records_from(&self, from: u64) -> Result<u64, StoreError> {
+        self.live()?;
         self.blocking(move |l| l.records_from(from)).await
     }
     async fn trim(&self, upto: u64) -> Result<u64, StoreError> {
