@@ -44,7 +44,8 @@ pub trait StreamHost: Send + Sync {
     fn limits(&self) -> crate::batch::Limits;
     /// Creates a stream of one shard (as a source's `emit_to` does on first use).
     async fn create_stream(&self, name: &str) -> Result<(), ApiError>;
-    /// See `ServerCtx::append_batch`.
+    /// The one append path (RPCs and connectors): a batch to the store, counted in the stream's
+    /// metrics once it is durable.
     async fn append_batch(
         &self,
         stream: &str,

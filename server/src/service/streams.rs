@@ -11,6 +11,7 @@ use super::ServerCtx;
 use super::read::{From, now_ms, resolve_from, timestamp};
 use crate::batch;
 use crate::catalog::{ARCHIVED_PREFIX, ShardEntry, StreamEntry, validate_name};
+use crate::connectors::StreamHost;
 use crate::error::{ApiError, ApiResult};
 use crate::keyspace;
 use crate::meta::{ShardMeta, StreamMeta};
@@ -237,24 +238,6 @@ impl ServerCtx {
         })
     }
 
-    /// The one append path (RPCs and connectors): a checked batch to the store, counted in the
-    /// stream's metrics once it is durable.
-    pub async fn append_batch(
-        &self,
-        stream: &str,
-        shard: u64,
-        payload: bytes::Bytes,
-        batch_size: u32,
-        compression: u8,
-    ) -> Result<crate::store::Appended, crate::store::StoreError> {
-        let started = std::time::Instant::now();
-        let bytes = payload.len() as u64;
-        let appended = self.store.append(shard, payload, batch_size, compression).await?;
-        self.metrics
-            .appended(stream, u64::from(batch_size), bytes, started.elapsed());
-        Ok(appended)
-    }
-
     /// Trims one shard up to and including the LSN `from` resolves to (EARLIEST trims nothing).
     async fn trim_to(log: Arc<dyn Shard>, point: From) -> ApiResult<u64> {
         let upto = match point {
@@ -395,7 +378,12 @@ impl crate::connectors::StreamHost for ServerCtx {
         batch_size: u32,
         compression: u8,
     ) -> Result<crate::store::Appended, crate::store::StoreError> {
-        ServerCtx::append_batch(self, stream, shard, payload, batch_size, compression).await
+        let started = std::time::Instant::now();
+        let bytes = payload.len() as u64;
+        let appended = self.store.append(shard, payload, batch_size, compression).await?;
+        self.metrics
+            .appended(stream, u64::from(batch_size), bytes, started.elapsed());
+        Ok(appended)
     }
 }
 
