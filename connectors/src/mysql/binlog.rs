@@ -356,16 +356,72 @@ pub fn query(data: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
     Ok((schema, r.rest()))
 }
 
-/// ROTATE: the next file and the position in it.
-pub fn rotate(data: &[u8]) -> Result<(String, u64), DecodeError> {
+/// ROTATE: the next file and the position in it. `header` is the event's 19-byte header.
+///
+/// The artificial ROTATE a server sends first comes before the FORMAT_DESCRIPTION that says
+/// whether events carry a CRC32, so the client library cannot strip it: the file name would end
+/// in four checksum bytes (and could not be resumed from). A trailing CRC32 that matches the
+/// event is therefore removed here.
+pub fn rotate(header: &[u8; 19], data: &[u8]) -> Result<(String, u64), DecodeError> {
+    let data = match data.len().checked_sub(4) {
+        Some(n) if n >= 8 => {
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(header);
+            crc.update(&data[..n]);
+            let stored = u32::from_le_bytes([data[n], data[n + 1], data[n + 2], data[n + 3]]);
+            if crc.finalize() == stored { &data[..n] } else { data }
+        }
+        _ => data,
+    };
     let mut r = Reader::new(data);
     let pos = r.uint(8).ok_or_else(|| err("ROTATE"))?;
-    Ok((String::from_utf8_lossy(r.rest()).into_owned(), pos))
+    let name = std::str::from_utf8(r.rest()).map_err(|_| err("ROTATE file name"))?;
+    Ok((name.to_owned(), pos))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A ROTATE event's header and body (position, file name), with or without its CRC32.
+    fn rotate_event(name: &str, crc: bool) -> ([u8; 19], Vec<u8>) {
+        let mut body = 4u64.to_le_bytes().to_vec();
+        body.extend_from_slice(name.as_bytes());
+        let size = 19 + body.len() as u32 + if crc { 4 } else { 0 };
+        let mut header = [0u8; 19];
+        header[4] = event::ROTATE;
+        header[5..9].copy_from_slice(&1u32.to_le_bytes());
+        header[9..13].copy_from_slice(&size.to_le_bytes());
+        header[17..19].copy_from_slice(&0x20u16.to_le_bytes());
+        if crc {
+            let mut h = crc32fast::Hasher::new();
+            h.update(&header);
+            h.update(&body);
+            body.extend_from_slice(&h.finalize().to_le_bytes());
+        }
+        (header, body)
+    }
+
+    #[test]
+    fn rotate_names_lose_a_checksum_the_library_left_on() {
+        for crc in [true, false] {
+            let (header, body) = rotate_event("binlog.000001", crc);
+            assert_eq!(
+                rotate(&header, &body).unwrap(),
+                ("binlog.000001".to_owned(), 4),
+                "crc {crc}"
+            );
+        }
+        // Four trailing bytes that are no checksum of the event stay part of the name.
+        let (header, mut body) = rotate_event("mysql-bin.000002", false);
+        body.truncate(body.len() - 4);
+        body.extend_from_slice(b"abcd");
+        assert_eq!(rotate(&header, &body).unwrap().0, "mysql-bin.00abcd");
+        // Trailing bytes that are neither a checksum nor UTF-8 are refused, not stored as a name.
+        let (header, mut body) = rotate_event("x", false);
+        body.extend_from_slice(&[0xff, 0xfe, 0xfd, 0xfc]);
+        assert!(rotate(&header, &body).is_err());
+    }
 
     /// A TABLE_MAP for `app.t (id BIGINT UNSIGNED PK, name VARCHAR(10) latin1, e ENUM('x','y'))`
     /// with full metadata.

@@ -373,6 +373,18 @@ async fn mysql_sigkill_mid_load_loses_no_committed_row() {
 
 #[tokio::test]
 async fn mariadb_restart_mid_stream_resumes_from_the_checkpoint() {
+    restart_mid_stream_resumes("gtid").await;
+}
+
+/// By file and position, the stored file name is the server's own: the artificial ROTATE's
+/// checksum is not part of it (it used to be, and the resume failed with "Could not find first
+/// log file name").
+#[tokio::test]
+async fn mariadb_restart_mid_stream_resumes_by_file_and_position() {
+    restart_mid_stream_resumes("file").await;
+}
+
+async fn restart_mid_stream_resumes(position_mode: &str) {
     let mut db = MariaDb::start();
     orders_table(&db, "orders");
     let dir = tempfile::tempdir().unwrap();
@@ -381,7 +393,8 @@ async fn mariadb_restart_mid_stream_resumes_from_the_checkpoint() {
     // Created the way users do, from the SQL shell.
     let sql = format!(
         "CREATE SOURCE CONNECTOR mysrc FROM mysql WITH (host = '127.0.0.1', port = {}, user = 'cdc', \
-         password = '{CDC_PASSWORD}', database = '{DATABASE}', table = 'orders', stream = 'orders_cdc');",
+         password = '{CDC_PASSWORD}', database = '{DATABASE}', table = 'orders', stream = 'orders_cdc', \
+         positionMode = '{position_mode}');",
         db.port
     );
     let out = tokio::process::Command::new(workspace_bin("hstream"))
@@ -394,6 +407,28 @@ async fn mariadb_restart_mid_stream_resumes_from_the_checkpoint() {
         "INSERT INTO {DATABASE}.orders (id, name, amount) SELECT seq, 'a', seq FROM {DATABASE}.seq_1_to_1000"
     ));
     wait_for_state(&c, "orders_cdc", &db, "orders", Duration::from_secs(60)).await;
+    // The checkpoint names a binlog file the server lists (it once carried the artificial
+    // ROTATE's checksum bytes after the name).
+    let files = db.sql("SHOW BINARY LOGS");
+    let end: f64 = db
+        .sql("SHOW MASTER STATUS")
+        .split('\t')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let probe = c.clone();
+    wait_until(Duration::from_secs(30), "a checkpoint at the binlog's end", || {
+        let probe = probe.clone();
+        async move { connector_report(&probe, "mysrc").await["offset"]["pos"].as_f64() == Some(end) }
+    })
+    .await;
+    let offset = connector_report(&c, "mysrc").await["offset"].clone();
+    let file = offset["file"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        !file.is_empty() && files.lines().any(|l| l.split('\t').next() == Some(file.as_str())),
+        "checkpointed file {file:?} is not one of the server's binlogs:\n{files}"
+    );
     db.restart();
     db.sql(&format!(
         "INSERT INTO {DATABASE}.orders (id, name, amount) SELECT seq, 'b', seq FROM {DATABASE}.seq_1001_to_2000; \
@@ -401,7 +436,7 @@ async fn mariadb_restart_mid_stream_resumes_from_the_checkpoint() {
     ));
     wait_for_state(&c, "orders_cdc", &db, "orders", Duration::from_secs(60)).await;
     let recs = records(&c, "orders_cdc").await;
-    // Resumed from the checkpoint (by GTID): nothing before the restart was sent twice.
+    // Resumed from the checkpoint: nothing before the restart was sent twice.
     let inserts_of_a = recs.iter().filter(|(_, r)| r["value"]["name"] == "a").count();
     assert_eq!(inserts_of_a, 1000, "rows streamed before the restart arrive once");
     wait_connector_status(&c, "mysrc", "RUNNING").await;

@@ -86,6 +86,18 @@ fn truncated_table(sql: &str, default_db: &str) -> Option<(String, String)> {
     })
 }
 
+/// An event's header as the server wrote it (what its checksum covers).
+fn header_bytes(h: &mysql_async::binlog::events::BinlogEventHeader) -> [u8; 19] {
+    let mut b = [0u8; 19];
+    b[0..4].copy_from_slice(&h.timestamp().to_le_bytes());
+    b[4] = h.event_type_raw();
+    b[5..9].copy_from_slice(&h.server_id().to_le_bytes());
+    b[9..13].copy_from_slice(&h.event_size().to_le_bytes());
+    b[13..17].copy_from_slice(&h.log_pos().to_le_bytes());
+    b[17..19].copy_from_slice(&h.flags_raw().to_le_bytes());
+    b
+}
+
 fn is_ddl(sql: &str) -> bool {
     let mut sql = sql.trim_start();
     // Leading comments (`/* ApplicationName=… */ ALTER …`).
@@ -249,7 +261,7 @@ impl MySqlSource {
         match h.event_type_raw() {
             event::TRANSACTION_PAYLOAD => st.payload_end = end,
             event::ROTATE => {
-                let (file, _) = binlog::rotate(data).map_err(decode_error)?;
+                let (file, _) = binlog::rotate(&header_bytes(&h), data).map_err(decode_error)?;
                 st.file = file;
             }
             event::MARIADB_GTID => {

@@ -8,6 +8,8 @@
 //! transaction is open), so a restart resumes at a transaction boundary; records of a transaction
 //! cut short by a crash are sent again (at-least-once).
 
+use std::collections::HashSet;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,6 +33,9 @@ const MAX_BATCH: usize = 4096;
 const SNAPSHOT_FETCH: usize = 4096;
 /// How long deleting a connector waits for its slot to be released.
 const DROP_SLOT_WAIT: Duration = Duration::from_secs(8);
+/// The comment that marks a publication this connector created (its table list is ours to keep
+/// equal to `tables`; a publication someone else made only ever gains tables).
+const OWN_PUBLICATION: &str = "created by an HStream CDC source; its tables follow the connector's";
 /// Microseconds from the Unix epoch to PostgreSQL's.
 const PG_EPOCH_US: i64 = 946_684_800_000_000;
 
@@ -197,6 +202,21 @@ impl Offset for PgOffset {
     const VERSION: u32 = 1;
 }
 
+/// Waits until `offset` is committed; false when the task stops first.
+async fn wait_committed(out: &SourceOutput<PgOffset>, offset: &PgOffset) -> bool {
+    let mut committed = out.committed();
+    let cancel = out.cancelled();
+    loop {
+        if committed.borrow_and_update().as_ref() == Some(offset) {
+            return true;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return false,
+            changed = committed.changed() => if changed.is_err() { return false },
+        }
+    }
+}
+
 /// Learns the kinds of the user-defined types among `oids` (and what they refer to).
 async fn learn_types(conn: &mut Connection, types: &mut TypeMap, oids: &[u32]) -> Result<(), ConnectorError> {
     let mut want: Vec<u32> = oids.iter().copied().filter(|o| !types.is_known(*o)).collect();
@@ -246,6 +266,11 @@ pub struct PgSource {
     control: Option<Connection>,
     types: TypeMap,
     server_version: u32,
+    /// `(schema, table)` of the captured tables, as the catalog names them.
+    captured: HashSet<(String, String)>,
+    /// initial_only taken again over its slot: the WAL position streaming must reach (the new
+    /// snapshot's end) before the run is complete.
+    catch_up: Option<u64>,
 }
 
 impl PgSource {
@@ -280,6 +305,7 @@ impl PgSource {
     async fn ensure_publication(&mut self, tables: &[(String, String)]) -> Result<(), ConnectorError> {
         let publication = self.publication.clone();
         let autocreate = self.cfg.publication_autocreate;
+        let named = self.cfg.publication_name.is_some();
         let conn = self.control().await?;
         let list = tables
             .iter()
@@ -304,9 +330,30 @@ impl PgSource {
             conn.query(&format!("CREATE PUBLICATION {} FOR TABLE {list}", ident(&publication)))
                 .await
                 .map_err(perr)?;
+            // Marked, so a later start knows the publication's table list is ours to keep.
+            conn.query(&format!(
+                "COMMENT ON PUBLICATION {} IS {}",
+                ident(&publication),
+                literal(OWN_PUBLICATION)
+            ))
+            .await
+            .map_err(perr)?;
             tracing::info!(publication = %publication, tables = %list, "created publication");
             return Ok(());
         }
+        let ours = !named
+            || conn
+                .query(&format!(
+                    "SELECT 1 FROM pg_publication p JOIN pg_description d \
+                     ON d.objoid = p.oid AND d.classoid = 'pg_publication'::regclass \
+                     WHERE p.pubname = {} AND d.description = {}",
+                    literal(&publication),
+                    literal(OWN_PUBLICATION)
+                ))
+                .await
+                .map_err(perr)?
+                .first()
+                .is_some();
         let have = conn
             .query(&format!(
                 "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = {}",
@@ -319,6 +366,18 @@ impl PgSource {
             .map(|r| (r[0].clone().unwrap_or_default(), r[1].clone().unwrap_or_default()))
             .collect();
         let missing: Vec<_> = tables.iter().filter(|t| !have.contains(t)).collect();
+        if autocreate && ours {
+            // Our own publication holds exactly the configured tables: one no longer listed
+            // goes (its changes would only be decoded to be dropped).
+            let extra: Vec<_> = have.iter().filter(|t| !tables.contains(t)).collect();
+            if !extra.is_empty() || !missing.is_empty() {
+                conn.query(&format!("ALTER PUBLICATION {} SET TABLE {list}", ident(&publication)))
+                    .await
+                    .map_err(perr)?;
+                tracing::info!(publication = %publication, tables = %list, "publication tables set");
+            }
+            return Ok(());
+        }
         if missing.is_empty() {
             return Ok(());
         }
@@ -407,6 +466,46 @@ impl PgSource {
         Ok((lsn, row.get(2).cloned().flatten()))
     }
 
+    /// Whether changes of `schema.table` belong in the stream.
+    fn captures(&self, schema: &str, table: &str) -> bool {
+        self.captured.contains(&(schema.to_owned(), table.to_owned()))
+    }
+
+    /// Ends an initial_only run: the offset that says so committed first, then the slot dropped
+    /// (a crash in between finds the run complete and drops it then).
+    async fn complete(
+        &mut self,
+        mut repl: Connection,
+        out: &mut SourceOutput<PgOffset>,
+        lsn: u64,
+    ) -> Result<Done, ConnectorError> {
+        let last = self.offset(lsn, true);
+        out.emit(Vec::new(), last.clone()).await?;
+        if !wait_committed(out, &last).await {
+            repl.close().await;
+            return Ok(Done::Cancelled);
+        }
+        // A walsender of this task that has just stopped may still hold the slot: wait for it.
+        let dropped = tokio::time::timeout(
+            DROP_SLOT_WAIT,
+            repl.query(&format!("DROP_REPLICATION_SLOT {} WAIT", ident(&self.slot))),
+        )
+        .await;
+        match dropped {
+            Ok(Ok(_)) => tracing::info!(slot = %self.slot, "snapshot complete; slot dropped"),
+            Ok(Err(e)) if e.code() == Some("42704") => {}
+            Ok(Err(e)) => return Err(query_error("dropping the replication slot", e)),
+            Err(_) => {
+                return Err(ConnectorError::external(format!(
+                    "slotName: slot {:?} was still in use after {DROP_SLOT_WAIT:?}",
+                    self.slot
+                )));
+            }
+        }
+        repl.close().await;
+        Ok(Done::Completed)
+    }
+
     fn offset(&self, lsn: u64, snapshot_done: bool) -> PgOffset {
         PgOffset {
             slot: self.slot.clone(),
@@ -479,6 +578,8 @@ impl Source for PgSource {
             control: None,
             types: TypeMap::default(),
             server_version: 0,
+            captured: HashSet::new(),
+            catch_up: None,
             cfg,
         };
         let cfg_copy = src.cfg.clone();
@@ -495,6 +596,7 @@ impl Source for PgSource {
         let tables = Self::tables(conn, &cfg_copy).await?;
         src.server_version = version;
         src.ensure_publication(&tables).await?;
+        src.captured = tables.into_iter().collect();
         Ok(src)
     }
 
@@ -526,15 +628,57 @@ impl Source for PgSource {
                     lsn
                 }
                 mode => {
-                    // A consistent snapshot needs a slot created with it. Our own default slot
-                    // left by a snapshot cut short is dropped; a slot the user named is not ours
-                    // to drop.
                     // A checkpoint of this slot with the snapshot unfinished proves it is ours.
                     let ours = self
                         .resume
                         .as_ref()
-                        .is_some_and(|o| o.slot == self.slot && !o.snapshot_done);
-                    if self.cfg.slot_name.is_some() && !ours && Self::slot_state(&mut repl, &self.slot).await?.is_some()
+                        .filter(|o| o.slot == self.slot && !o.snapshot_done)
+                        .map(|o| o.lsn);
+                    // A snapshot cut short (a crash, a stop) is taken again over the slot that
+                    // was created with it: the rows it already sent may since have changed or
+                    // gone, and only that slot still holds those changes. The new snapshot is
+                    // newer than the slot's start, and streaming replays every change after the
+                    // start, so the stream ends equal to the table (changes of the gap arrive
+                    // twice: at-least-once). A new slot would start after the gap and leave a
+                    // deleted row in the stream for good.
+                    if let Some(lsn) = ours
+                        && let Some((active, _)) = Self::slot_state(&mut repl, &self.slot).await?
+                    {
+                        if active {
+                            return Err(ConnectorError::external(format!(
+                                "slotName: slot {:?} is in use by another connection",
+                                self.slot
+                            )));
+                        }
+                        tracing::info!(
+                            slot = %self.slot,
+                            lsn = %format_lsn(lsn),
+                            "snapshot taken again over its slot; the changes since the slot's start follow it"
+                        );
+                        let snapshot_end = match self.snapshot(None, lsn, out).await? {
+                            ControlFlow::Break(done) => {
+                                repl.close().await;
+                                return Ok(done);
+                            }
+                            ControlFlow::Continue(end) => end,
+                        };
+                        if mode == SnapshotMode::InitialOnly {
+                            // Streams the changes up to the new snapshot's end (still counting
+                            // as the snapshot, so a crash now takes it again), then completes.
+                            self.catch_up =
+                                Some(snapshot_end.ok_or_else(|| {
+                                    ConnectorError::internal("pg_current_wal_lsn() gave no position")
+                                })?);
+                        }
+                        self.resume = Some(self.offset(lsn, true));
+                        return self.stream(repl, lsn, out).await;
+                    }
+                    // A consistent snapshot needs a slot created with it. Our own default slot
+                    // left without a checkpoint (a crash before the first one) is dropped; a slot
+                    // the user named is not ours to drop.
+                    if self.cfg.slot_name.is_some()
+                        && ours.is_none()
+                        && Self::slot_state(&mut repl, &self.slot).await?.is_some()
                     {
                         return Err(ConnectorError::config(format!(
                             "slotName: slot {:?} already exists; snapshotMode={} creates its slot with the snapshot \
@@ -545,24 +689,36 @@ impl Source for PgSource {
                     }
                     Self::drop_slot(&mut repl, &self.slot).await?;
                     let only = mode == SnapshotMode::InitialOnly;
-                    let (lsn, name) = Self::create_slot(&mut repl, &self.slot, only, true).await?;
+                    // A permanent slot in both modes: a snapshot cut short is taken again over
+                    // it (above). initial_only drops it once the snapshot is complete.
+                    let (lsn, name) = Self::create_slot(&mut repl, &self.slot, false, true).await?;
                     let name = name.ok_or_else(|| ConnectorError::internal("no snapshot was exported"))?;
-                    // Checkpointed at once: a restart knows the slot is this connector's.
-                    out.emit(Vec::new(), self.offset(lsn, false)).await?;
+                    // Checkpointed before any row goes out, so a restart knows the slot is this
+                    // connector's and takes the snapshot again over it rather than over a new
+                    // slot that would miss the changes in between.
+                    let created = self.offset(lsn, false);
+                    out.emit(Vec::new(), created.clone()).await?;
+                    if !wait_committed(out, &created).await {
+                        repl.close().await;
+                        return Ok(Done::Cancelled);
+                    }
                     tracing::info!(slot = %self.slot, lsn = %format_lsn(lsn), "slot created; snapshot begins");
-                    if let Some(done) = self.snapshot(&name, lsn, out).await? {
+                    if let ControlFlow::Break(done) = self.snapshot(Some(&name), lsn, out).await? {
                         repl.close().await;
                         return Ok(done);
                     }
                     if only {
-                        repl.close().await;
-                        return Ok(Done::Completed);
+                        return self.complete(repl, out, lsn).await;
                     }
                     lsn
                 }
             },
         };
         self.resume = Some(self.offset(start, true));
+        if self.cfg.snapshot_mode == SnapshotMode::InitialOnly {
+            // Complete already (a restart after the end): nothing is left but the slot.
+            return self.complete(repl, out, start).await;
+        }
         self.stream(repl, start, out).await
     }
 

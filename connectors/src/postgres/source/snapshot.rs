@@ -1,33 +1,57 @@
 //! The initial snapshot: every table read in the snapshot the slot exported.
 
+use std::ops::ControlFlow;
+
 use hstream_runtime::{ConnectorError, Done, SourceOutput};
 
 use super::records::{Op, Origin, Rel, change, now_ms};
-use super::{PgOffset, PgSource, SNAPSHOT_FETCH, learn_types};
+use super::{PgOffset, PgSource, SNAPSHOT_FETCH, SnapshotMode, learn_types};
 use crate::postgres::pgoutput::Col;
 use crate::postgres::query_error;
 use crate::postgres::wire::{ident, literal};
 
 impl PgSource {
-    /// Copies every table's rows as of the exported snapshot. The last rows go out in one emit
-    /// with the offset that marks the snapshot done, so there is no moment at which every row
-    /// is in the stream but the snapshot counts as unfinished (a stop or crash there would make
-    /// the restart take the snapshot again). Each batch is held until the next fetch shows
-    /// whether it is the last.
+    /// Copies every table's rows as of the snapshot the slot exported (`snapshot`), or, taken
+    /// again over an existing slot (`None`), as of now. The last rows go out in one emit with
+    /// the offset that marks the snapshot done, so there is no moment at which every row is in
+    /// the stream but the snapshot counts as unfinished (a stop or crash there would make the
+    /// restart take the snapshot again). Each batch is held until the next fetch shows whether
+    /// it is the last.
+    ///
+    /// Taken again, it returns the WAL position after every transaction it sees; an
+    /// initial_only run streams up to there before it is done, so its snapshot does not count
+    /// as done here yet.
     pub(super) async fn snapshot(
         &mut self,
-        snapshot: &str,
+        snapshot: Option<&str>,
         at: u64,
         out: &mut SourceOutput<PgOffset>,
-    ) -> Result<Option<Done>, ConnectorError> {
+    ) -> Result<ControlFlow<Done, Option<u64>>, ConnectorError> {
         let mut conn = self.ep.connect(false, "hstream-cdc-snapshot").await?;
         let snap_err = |e| query_error("snapshot", e);
         conn.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
             .map_err(snap_err)?;
-        conn.query(&format!("SET TRANSACTION SNAPSHOT {}", literal(snapshot)))
-            .await
-            .map_err(snap_err)?;
+        let mut end = None;
+        match snapshot {
+            Some(name) => {
+                conn.query(&format!("SET TRANSACTION SNAPSHOT {}", literal(name)))
+                    .await
+                    .map_err(snap_err)?;
+            }
+            None => {
+                // The transaction's snapshot is taken by its first query; the WAL end read
+                // after it lies past every commit the snapshot sees.
+                conn.query("SELECT 1").await.map_err(snap_err)?;
+                end = conn
+                    .query("SELECT pg_current_wal_lsn()::text")
+                    .await
+                    .map_err(snap_err)?
+                    .first()
+                    .and_then(|r| r[0].as_deref().and_then(crate::postgres::wire::parse_lsn));
+            }
+        }
+        let finished = snapshot.is_some() || self.cfg.snapshot_mode != SnapshotMode::InitialOnly;
         let tables = Self::tables(&mut conn, &self.cfg).await?;
         let cancel = out.cancelled();
         let origin = Origin {
@@ -77,7 +101,7 @@ impl PgSource {
             loop {
                 if cancel.is_cancelled() {
                     conn.close().await;
-                    return Ok(Some(Done::Cancelled));
+                    return Ok(ControlFlow::Break(Done::Cancelled));
                 }
                 let mut records = Vec::with_capacity(SNAPSHOT_FETCH);
                 let format = self.cfg.format;
@@ -113,8 +137,8 @@ impl PgSource {
         }
         conn.query("COMMIT").await.map_err(snap_err)?;
         conn.close().await;
-        out.emit(held.unwrap_or_default(), self.offset(at, true)).await?;
+        out.emit(held.unwrap_or_default(), self.offset(at, finished)).await?;
         out.report(format!("snapshot done: {} tables, {total} rows", tables.len()));
-        Ok(None)
+        Ok(ControlFlow::Continue(end))
     }
 }

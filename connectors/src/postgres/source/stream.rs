@@ -1,7 +1,7 @@
 //! Streaming from the slot: decoding pgoutput into records, emitting them at transaction
 //! boundaries, and telling the server what is durable.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,6 +78,7 @@ impl PgSource {
             in_stream: None,
             streamed: HashMap::new(),
             relations: HashMap::new(),
+            foreign: HashSet::new(),
             batch: Vec::with_capacity(MAX_BATCH),
             produced: Vec::with_capacity(4),
         };
@@ -90,7 +91,14 @@ impl PgSource {
             None => Duration::from_secs(90),
         };
         let mut last_heard = tokio::time::Instant::now();
-        let mut heartbeat = tokio::time::interval(Duration::from_millis(self.cfg.heartbeat_interval_ms));
+        // Catching up to a known end, the server's position is asked for often: an idle server
+        // says it has sent everything only when asked.
+        let beat = if self.catch_up.is_some() {
+            100
+        } else {
+            self.cfg.heartbeat_interval_ms
+        };
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(beat));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         rs.send_status(st.received, st.confirmed, false)
             .await
@@ -166,6 +174,15 @@ impl PgSource {
                 // Not reading while the pipeline was full is not the server's silence.
                 last_heard = tokio::time::Instant::now();
             }
+            if let Some(end) = self.catch_up
+                && st.emitted >= end
+            {
+                // initial_only taken again has streamed past its snapshot's end: done.
+                rs.close().await;
+                self.catch_up = None;
+                let repl = self.ep.connect(true, "hstream-cdc").await?;
+                return self.complete(repl, out, st.emitted).await;
+            }
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
@@ -218,7 +235,11 @@ impl PgSource {
             };
             let lsn = if rest.is_empty() { st.last_commit } else { st.emitted };
             st.emitted = lsn;
-            let emit = out.emit(std::mem::replace(&mut records, rest), self.offset(lsn, true));
+            // While an initial_only run catches up, its snapshot does not count as done yet.
+            let emit = out.emit(
+                std::mem::replace(&mut records, rest),
+                self.offset(lsn, self.catch_up.is_none()),
+            );
             tokio::pin!(emit);
             let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.heartbeat_interval_ms));
             tick.tick().await;
@@ -248,6 +269,14 @@ impl PgSource {
                 let Message::Relation(r) = pgoutput::decode(data, streaming).map_err(decode_err)? else {
                     return Ok(());
                 };
+                // A publication may hold tables this connector was not asked for (a shared one,
+                // or a table since removed from `tables`): their changes are not ours.
+                if !self.captures(&r.namespace, &r.name) {
+                    st.relations.remove(&r.id);
+                    st.foreign.insert(r.id);
+                    return Ok(());
+                }
+                st.foreign.remove(&r.id);
                 let rel = self.learn_relation(r).await?;
                 st.relations.insert(rel.0, Arc::new(rel.1));
                 return Ok(());
@@ -292,6 +321,8 @@ impl PgSource {
                 st.in_txn = false;
                 st.last_commit = st.last_commit.max(end_lsn);
             }
+            Message::Insert { rel, .. } | Message::Update { rel, .. } | Message::Delete { rel, .. }
+                if st.foreign.contains(&rel) => {}
             Message::Insert { rel, new } => {
                 let r = st.relation(rel)?;
                 produced.push(change(format, &r, Op::Create, None, Some(&new), &origin));
@@ -432,6 +463,8 @@ struct StreamState {
     /// Changes of streamed transactions not yet committed, with their subtransaction ids.
     streamed: HashMap<u32, Vec<(u32, Record)>>,
     relations: HashMap<u32, Arc<Rel>>,
+    /// Relations of the publication that this connector does not capture.
+    foreign: HashSet<u32>,
     batch: Vec<Record>,
     /// Scratch for the records of one message.
     produced: Vec<Record>,
