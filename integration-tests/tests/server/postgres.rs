@@ -965,18 +965,187 @@ async fn pg_kill_during_slot_creation_and_snapshot_ends_equal_to_the_tables() {
         got.len(),
         want.len()
     );
-    // The scenario happened: the restarted task took its snapshot again over the same slot.
+    // 3. initial_only, inside the snapshot: taken again, it streams up to the new snapshot's
+    // end, completes and drops its slot.
+    orders_table(&pg, "once");
+    orders_table(&pg, "once_late");
+    pg.psql(
+        DATABASE,
+        "INSERT INTO once (id, name, amount) SELECT g, 'o', g FROM generate_series(1, 10000) g; \
+         INSERT INTO once_late (id, name, amount) SELECT 100000 + g, 'l', g FROM generate_series(1, 100) g;",
+    );
+    gated(&pg, "once_late");
+    let gate = Gate::close(&pg);
+    let mut c = c;
+    create(
+        &mut c,
+        "once",
+        "SOURCE",
+        &source_config(
+            &pg,
+            "once",
+            json!({"tables": ["once", "once_late"], "snapshotMode": "initial_only"}),
+        ),
+    )
+    .await
+    .unwrap();
+    wait_at_gate(&pg).await;
+    let probe = c.clone();
+    wait_until(Duration::from_secs(60), "once's rows in the stream", || {
+        let probe = probe.clone();
+        async move { count_stream_records(&probe, "once").await >= 10000 - 4096 }
+    })
+    .await;
+    server.kill();
+    pg.psql(
+        DATABASE,
+        "DELETE FROM once WHERE id <= 400; UPDATE once SET name = 'u' WHERE id BETWEEN 401 AND 800;",
+    );
+    gate.open();
+    server.restart();
+    let c = server.client().await;
+    wait_connector_status(&c, "once", "COMPLETED").await;
+    let mut want = table_state(&pg, "once");
+    want.extend(table_state(&pg, "once_late"));
+    let got = stream_rows(&fold_changes(&read_json_stream(&mut c.clone(), "once").await));
+    assert!(
+        got == want,
+        "initial_only: stream {} keys ≠ tables {} rows",
+        got.len(),
+        want.len()
+    );
+
+    // The scenario happened: each restarted task took its snapshot again over the same slot.
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(
         text.matches("snapshot taken again over its slot").count(),
-        2,
-        "both restarts resumed over their slot"
+        3,
+        "every restart resumed over its slot"
     );
     assert_eq!(
         pg.psql(
             "postgres",
             "SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_replication_slots"
         ),
-        "hstream_at_slot,hstream_mid"
+        "hstream_at_slot,hstream_mid",
+        "the completed initial_only run dropped its slot"
     );
+}
+
+/// kill -9 at the hand-off from snapshot to streaming, under a load that provably overlaps
+/// the snapshot (it runs before the slot is made and after the snapshot is done): every
+/// change committed is in the stream afterwards, each key's changes in commit order.
+#[tokio::test]
+async fn pg_kill_at_the_hand_off_under_load_ends_equal_to_the_table() {
+    let pg = Postgres::start();
+    orders_table(&pg, "orders");
+    pg.psql(
+        DATABASE,
+        "INSERT INTO orders (id, name, amount) SELECT g, 's', g FROM generate_series(1, 30000) g; \
+         CREATE TABLE stop (x int);",
+    );
+    // Until told to stop: insert a row, update one, delete one, one transaction each round.
+    let mut load = pg
+        .psql_command(
+            DATABASE,
+            "DO $$ DECLARE i int := 0; BEGIN LOOP i := i + 1; \
+               INSERT INTO orders (id, name, amount) VALUES (100000 + i, 'during', i); \
+               UPDATE orders SET name = 'upd' || i, amount = amount + 1 WHERE id = i * 7; \
+               DELETE FROM orders WHERE id = i * 11; \
+               COMMIT; EXIT WHEN EXISTS (SELECT 1 FROM stop); PERFORM pg_sleep(0.002); END LOOP; END $$",
+        )
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(30), "the load to run", || async {
+        pg.psql(DATABASE, "SELECT count(*) > 20 FROM orders WHERE name = 'during'") == "t"
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), FAST_RETRY);
+    let mut c = server.client().await;
+    let cfg = source_config(&pg, "orders_cdc", json!({"table": "orders", "format": "debezium"}));
+    create(&mut c, "pgsrc", "SOURCE", &cfg).await.unwrap();
+    let probe = c.clone();
+    wait_until(Duration::from_secs(60), "the snapshot to finish", || {
+        let probe = probe.clone();
+        async move {
+            connector_report(&probe, "pgsrc").await["progress"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("snapshot done") || p.starts_with("streaming"))
+        }
+    })
+    .await;
+    server.kill();
+    server.restart();
+    let c = server.client().await;
+    // The load goes on while the restarted task streams, then stops.
+    wait_streaming(&pg).await;
+    let probe = c.clone();
+    wait_until(Duration::from_secs(60), "streamed changes of the load", || {
+        let mut probe = probe.clone();
+        async move {
+            read_json_stream(&mut probe, "orders_cdc")
+                .await
+                .iter()
+                .filter(|(_, r)| r["op"] == "c")
+                .count()
+                > 50
+        }
+    })
+    .await;
+    pg.psql(DATABASE, "INSERT INTO stop VALUES (1)");
+    assert!(load.wait().unwrap().success());
+    let want = table_state(&pg, "orders");
+    let probe = c.clone();
+    let ok = holds_within(Duration::from_secs(60), || {
+        let mut probe = probe.clone();
+        let want = want.clone();
+        async move { stream_rows(&fold_debezium(&read_json_stream(&mut probe, "orders_cdc").await)) == want }
+    })
+    .await;
+    let records = read_json_stream(&mut c.clone(), "orders_cdc").await;
+    assert!(
+        ok,
+        "stream {} keys ≠ table {} rows",
+        fold_debezium(&records).len(),
+        want.len()
+    );
+    // The load overlapped the snapshot: some of its rows were read by the snapshot, later ones
+    // were streamed.
+    let during = |op: &str| {
+        records
+            .iter()
+            .filter(|(_, r)| r["op"] == op && r["after"]["name"] == "during")
+            .count()
+    };
+    assert!(
+        during("r") > 0 && during("c") > 0,
+        "snapshot {} / streamed {}",
+        during("r"),
+        during("c")
+    );
+    // Per key, streamed updates come in commit order: a key's amount only grows.
+    let mut last: BTreeMap<String, f64> = BTreeMap::new();
+    for (key, r) in records.iter().filter(|(_, r)| r["op"] == "u") {
+        let amount: f64 = r["after"]["amount"].as_str().unwrap().parse().unwrap();
+        if let Some(prev) = last.insert(key.clone(), amount) {
+            assert!(amount > prev, "key {key}: update to {amount} after {prev}");
+        }
+    }
+}
+
+/// Debezium envelopes folded into `{"id": n}` key JSON → the row after (absent once deleted).
+fn fold_debezium(records: &[(String, Value)]) -> BTreeMap<String, Value> {
+    let mut state = BTreeMap::new();
+    for (_, r) in records {
+        let image = if r["op"] == "d" { &r["before"] } else { &r["after"] };
+        let Some(id) = image["id"].as_f64() else { continue };
+        let key = json!({ "id": id }).to_string();
+        if r["op"] == "d" {
+            state.remove(&key);
+        } else {
+            state.insert(key, r["after"].clone());
+        }
+    }
+    state
 }
