@@ -147,7 +147,12 @@ async fn target(conn: &mut Conn, cfg: &MySqlSinkConfig) -> Result<Target, Connec
 fn param(ty: &str, v: &Value) -> MyValue {
     match v {
         Value::Null => MyValue::NULL,
-        // A JSON column takes any value as JSON text (a string scalar too).
+        // A string holding a JSON document is the document (what CDC sources send for a JSON
+        // column), taken byte for byte so every number keeps its value; any other value is
+        // written as JSON text (a plain string as a JSON string).
+        Value::String(s) if ty == "json" && serde_json::from_str::<&serde_json::value::RawValue>(s).is_ok() => {
+            MyValue::Bytes(s.as_bytes().to_vec())
+        }
         v if ty == "json" => MyValue::Bytes(normalized(v).to_string().into_bytes()),
         Value::Bool(b) => MyValue::Int(i64::from(*b)),
         Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
@@ -375,5 +380,8 @@ mod tests {
         );
         assert_eq!(param("varchar", &Value::Null), MyValue::NULL);
         assert_eq!(param("json", &json!("abc")), MyValue::Bytes(br#""abc""#.to_vec()));
+        // A document's text is the document, exact.
+        let doc = r#"{"n": 12345678901234567890123, "f": 0.1000000000000000055511151231257827}"#;
+        assert_eq!(param("json", &json!(doc)), MyValue::Bytes(doc.as_bytes().to_vec()));
     }
 }

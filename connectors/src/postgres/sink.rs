@@ -168,6 +168,44 @@ pub struct PgSink {
     target: Target,
 }
 
+/// Whether `s` is a JSON document's text: what CDC sources (ours, Debezium's) send for a json
+/// or jsonb column.
+fn is_document(s: &str) -> bool {
+    serde_json::from_str::<&serde_json::value::RawValue>(s).is_ok()
+}
+
+/// Rows as the JSON array `json_populate_recordset` reads. A string for a json/jsonb column that
+/// holds a JSON document is put in as the document itself, byte for byte, so that every number
+/// in it keeps its exact value (a parsed `Value` would round big ones to doubles).
+fn rows_text(t: &Target, rows: &[Value]) -> String {
+    let mut out = String::from("[");
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let Value::Object(fields) = row else {
+            out.push_str(&row.to_string());
+            continue;
+        };
+        out.push('{');
+        for (n, (k, v)) in fields.iter().enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            out.push_str(&Value::from(k.as_str()).to_string());
+            out.push(':');
+            let json_column = matches!(t.columns.get(k).map(String::as_str), Some("json" | "jsonb"));
+            match v {
+                Value::String(doc) if json_column && is_document(doc) => out.push_str(doc),
+                v => out.push_str(&v.to_string()),
+            }
+        }
+        out.push('}');
+    }
+    out.push(']');
+    out
+}
+
 /// A value as `json_populate_recordset` reads it into a column of type `ty`.
 fn for_column(ty: &str, v: Value) -> Value {
     match v {
@@ -255,7 +293,7 @@ impl PgSink {
                  ON CONFLICT ({key}) {on_conflict}",
                 q = t.qualified
             );
-            let json = Value::Array(rows).to_string();
+            let json = rows_text(t, &rows);
             tx.execute(&sql, &[&json]).await.map_err(|e| pg_error("upsert", e))?;
         }
         Ok(())
@@ -340,6 +378,27 @@ impl Sink for PgSink {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn documents_go_in_byte_for_byte() {
+        let t = Target {
+            qualified: "t".into(),
+            columns: [("doc", "jsonb"), ("name", "text")]
+                .into_iter()
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                .collect(),
+            key: vec![],
+        };
+        let doc = r#"{"n": 123456789012345678901234567890, "f": 0.1000000000000000055511151231257827}"#;
+        let rows = [
+            json!({"doc": doc, "name": "{\"not\": \"a doc\"}"}),
+            json!({"doc": "plain"}),
+        ];
+        assert_eq!(
+            rows_text(&t, &rows),
+            format!(r#"[{{"doc":{doc},"name":"{{\"not\": \"a doc\"}}"}},{{"doc":"plain"}}]"#)
+        );
+    }
 
     #[test]
     fn values_for_columns() {

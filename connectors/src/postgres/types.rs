@@ -7,7 +7,7 @@
 //! | int8 | number within ±2^53, else a string (doubles cannot hold it exactly) |
 //! | numeric | string, exact |
 //! | bytea | base64 string |
-//! | json, jsonb | the JSON value itself |
+//! | json, jsonb | the document's exact text, a string (as Debezium's `io.debezium.data.Json`; decision 020) |
 //! | date, time | ISO 8601 string as PostgreSQL prints it |
 //! | timestamp | ISO 8601 string without zone (`2024-01-02T03:04:05.5`) |
 //! | timestamptz, timetz | ISO 8601 string with offset, `Z` for UTC |
@@ -127,10 +127,9 @@ pub fn write_value(buf: &mut Vec<u8>, kind: &Kind, text: &[u8]) {
         },
         Kind::Numeric | Kind::Text => pb::string_bytes(buf, text),
         Kind::Bytea => pb::string(buf, &bytea_base64(text)),
-        Kind::Json => match serde_json::from_slice::<serde_json::Value>(text) {
-            Ok(v) => pb::json(buf, &v),
-            Err(_) => pb::string_bytes(buf, text),
-        },
+        // The document's exact text, as Debezium's io.debezium.data.Json: a number in it that a
+        // double cannot hold keeps its value.
+        Kind::Json => pb::string_bytes(buf, text),
         Kind::Timestamp => match text.iter().position(|&c| c == b' ') {
             // Written in place: date, 'T', time (no copy of the text first).
             Some(i) => pb::message(buf, 0x1a, |b| {
@@ -352,8 +351,8 @@ mod tests {
         );
         assert_eq!(json_of(&Kind::Bytea, "\\x00ff10"), "AP8Q");
         assert_eq!(
-            json_of(&Kind::Json, r#"{"a": [1, null]}"#),
-            serde_json::json!({"a": [1.0, null]})
+            json_of(&Kind::Json, r#"{"a": [1, null], "n": 12345678901234567890}"#),
+            r#"{"a": [1, null], "n": 12345678901234567890}"#
         );
         assert_eq!(
             json_of(&Kind::Timestamp, "2024-01-02 03:04:05.5"),
@@ -400,7 +399,7 @@ mod tests {
             serde_json::json!(["plain", "with space", "quote\"d", "back\\slash", "NULL", null])
         );
         let js = Kind::Array(Box::new(Kind::Json));
-        assert_eq!(json_of(&js, r#"{"{\"a\": 1}"}"#), serde_json::json!([{"a": 1.0}]));
+        assert_eq!(json_of(&js, r#"{"{\"a\": 1}"}"#), serde_json::json!([r#"{"a": 1}"#]));
         let by = Kind::Array(Box::new(Kind::Bytea));
         assert_eq!(json_of(&by, r#"{"\\x00ff"}"#), serde_json::json!(["AP8="]));
         // Not an array: kept as text.

@@ -195,6 +195,18 @@ async fn pg_type_matrix() {
          ALTER TABLE types ALTER COLUMN big SET STORAGE EXTERNAL; \
          ALTER TABLE types OWNER TO cdc;",
     );
+    // The same values through the snapshot (row 100) and through streaming (row 1).
+    let row = |id: u32| {
+        format!(
+            "INSERT INTO types VALUES ({id}, -32768, 2147483647, 9007199254740992, 9223372036854775807, \
+               12345678901234567890.0123456789, 1.5, 2.25, 'NaN', true, 'héllo \"q\"', 'vc', 'ab', '\\x00ff10', \
+               'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{{\"a\": [1, 2], \"n\": 12345678901234567890}}', \
+               '{{\"b\": {{\"c\": null}}, \"n\": [-9007199254740993, 0.1000000000000000055511151231257827, 123456789012345678901234567890]}}', \
+               '2024-02-29', '13:14:15.5', '2024-01-02 03:04:05.123456', '2024-01-02 03:04:05+02', '{{1,NULL,3}}', \
+               '{{\"x y\",\"q\\\"z\",NULL}}', '{{{{1,2}},{{3,4}}}}', 'happy', '{{sad,ok}}', repeat(md5('x'), 400));"
+        )
+    };
+    pg.psql(DATABASE, &row(100));
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), FAST_RETRY);
     let mut c = server.client().await;
@@ -202,55 +214,57 @@ async fn pg_type_matrix() {
         &mut c,
         "types",
         "SOURCE",
-        &source_config(&pg, "types_cdc", json!({"table": "types", "snapshotMode": "never"})),
+        &source_config(&pg, "types_cdc", json!({"table": "types"})),
     )
     .await
     .unwrap();
     wait_streaming(&pg).await;
     pg.psql(
         DATABASE,
-        "INSERT INTO types VALUES (1, -32768, 2147483647, 9007199254740992, 9223372036854775807, \
-           12345678901234567890.0123456789, 1.5, 2.25, 'NaN', true, 'héllo \"q\"', 'vc', 'ab', '\\x00ff10', \
-           'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{\"a\": [1, 2]}', '{\"b\": {\"c\": null}}', '2024-02-29', \
-           '13:14:15.5', '2024-01-02 03:04:05.123456', '2024-01-02 03:04:05+02', '{1,NULL,3}', \
-           '{\"x y\",\"q\\\"z\",NULL}', '{{1,2},{3,4}}', 'happy', '{sad,ok}', repeat(md5('x'), 400)); \
-         UPDATE types SET i4 = 7 WHERE id = 1; \
-         INSERT INTO types (id) VALUES (2); \
-         DELETE FROM types WHERE id = 2;",
+        &format!(
+            "{} UPDATE types SET i4 = 7 WHERE id = 1; INSERT INTO types (id) VALUES (2); DELETE FROM types WHERE id = 2;",
+            row(1)
+        ),
     );
     let probe = c.clone();
-    wait_until(Duration::from_secs(60), "four change records", || {
+    wait_until(Duration::from_secs(60), "five change records", || {
         let mut c = probe.clone();
-        async move { read_json_stream(&mut c, "types_cdc").await.len() >= 4 }
+        async move { read_json_stream(&mut c, "types_cdc").await.len() >= 5 }
     })
     .await;
     let records = read_json_stream(&mut c, "types_cdc").await;
-    assert_eq!(records.len(), 4, "{records:?}");
-    let v = &records[0].1["value"];
+    assert_eq!(records.len(), 5, "{records:?}");
     let want = json!({
-        "id": 1.0, "i2": -32768.0, "i4": 2147483647.0, "i8": 9007199254740992.0,
+        "i2": -32768.0, "i4": 2147483647.0, "i8": 9007199254740992.0,
         "big8": "9223372036854775807", "num": "12345678901234567890.0123456789",
         "f4": 1.5, "f8": 2.25, "fnan": "NaN", "b": true, "t": "héllo \"q\"", "vc": "vc", "ch": "ab ",
-        "by": "AP8Q", "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "j": {"a": [1.0, 2.0]},
-        "jb": {"b": {"c": null}}, "d": "2024-02-29", "tm": "13:14:15.5",
+        "by": "AP8Q", "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        // JSON documents are their exact text: no number passes through a double.
+        "j": "{\"a\": [1, 2], \"n\": 12345678901234567890}",
+        "jb": "{\"b\": {\"c\": null}, \"n\": [-9007199254740993, 0.1000000000000000055511151231257827, 123456789012345678901234567890]}",
+        "d": "2024-02-29", "tm": "13:14:15.5",
         "ts": "2024-01-02T03:04:05.123456", "tstz": "2024-01-02T01:04:05Z",
         "ai": [1.0, null, 3.0], "at": ["x y", "q\"z", null], "a2": [[1.0, 2.0], [3.0, 4.0]],
         "m": "happy", "am": ["sad", "ok"],
     });
-    for (k, w) in want.as_object().unwrap() {
-        assert_eq!(&v[k], w, "column {k}");
+    for (n, path) in [(0, "snapshot"), (1, "streaming")] {
+        let v = &records[n].1["value"];
+        for (k, w) in want.as_object().unwrap() {
+            assert_eq!(&v[k], w, "column {k} ({path})");
+        }
+        assert_eq!(
+            v["big"].as_str().map(str::len),
+            Some(12800),
+            "the TOASTed text arrives whole ({path})"
+        );
     }
-    assert_eq!(
-        v["big"].as_str().map(str::len),
-        Some(12800),
-        "the TOASTed text arrives whole on insert"
-    );
+    assert_eq!(records[0].1["value"]["id"], 100.0);
     // The update left the TOASTed column unchanged: it is absent, not null.
-    let upd = &records[1].1["value"];
+    let upd = &records[2].1["value"];
     assert_eq!(upd["i4"], 7.0);
     assert!(upd.get("big").is_none(), "unchanged TOAST must be left out, got {upd}");
-    assert_eq!(records[2].1["value"]["big"], Value::Null, "a real NULL stays null");
-    assert_eq!(records[3].1, json!({"key": {"id": 2.0}, "value": null}));
+    assert_eq!(records[3].1["value"]["big"], Value::Null, "a real NULL stays null");
+    assert_eq!(records[4].1, json!({"key": {"id": 2.0}, "value": null}));
 }
 
 #[tokio::test]
@@ -395,7 +409,9 @@ async fn pg_round_trip_through_the_sink_reproduces_the_table() {
         "UPDATE src SET name = 'changed', ok = NULL WHERE id % 10 = 0; \
          DELETE FROM src WHERE id % 7 = 0; \
          UPDATE src SET amount = amount + 1 WHERE id % 5 = 0; \
-         UPDATE src SET id = id + 100000 WHERE id = 1;",
+         UPDATE src SET id = id + 100000 WHERE id = 1; \
+         UPDATE src SET doc = '{\"n\": [123456789012345678901234567890, -9007199254740993, 0.1000000000000000055511151231257827]}' \
+           WHERE id = 3;",
     );
     let dump = |t: &str| pg.psql(DATABASE, &format!("SELECT * FROM {t} ORDER BY id"));
     let want = dump("src");

@@ -4,7 +4,8 @@
 //!
 //! JSON mapping (the same from the snapshot and the binlog): integers → numbers (beyond ±2^53 →
 //! strings), DECIMAL → exact string, FLOAT/DOUBLE → numbers (FLOAT by its shortest decimal),
-//! text → string (converted from the column's charset), binary → base64, JSON → JSON, DATE →
+//! text → string (converted from the column's charset), binary → base64, JSON → its exact text as a string
+//! (decision 020), DATE →
 //! `YYYY-MM-DD`, TIME → `[-]HH:MM:SS[.f]`, DATETIME → `YYYY-MM-DDTHH:MM:SS[.f]`, TIMESTAMP → the
 //! same in UTC with `Z`, ENUM → its string, SET → comma-separated strings, BIT(1) → boolean,
 //! BIT(n) → number, YEAR → number. Fractions have the column's precision in digits.

@@ -244,12 +244,27 @@ fn text_into(out: &mut Vec<u8>, kind: &Kind, cell: &Cell<'_>) -> bool {
 /// The value as text (for partition keys).
 pub fn text(kind: &Kind, cell: &Cell<'_>) -> String {
     let mut out = Vec::new();
-    if !text_into(&mut out, kind, cell) && matches!(cell, Cell::JsonBin(_)) {
-        let mut v = Vec::new();
-        write(&mut v, kind, cell);
-        return String::from_utf8_lossy(&v).into_owned();
+    if let Cell::JsonBin(b) = cell {
+        return json_text(b);
     }
+    text_into(&mut out, kind, cell);
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// MySQL's binary JSON as text. A document the decoder cannot read is kept whole, as MySQL
+/// shows an opaque value (`base64:type245:…`), with a warning: never dropped or nulled.
+fn json_text(doc: &[u8]) -> String {
+    crate::mysql::jsonb::to_text(doc).unwrap_or_else(|| {
+        use base64::Engine;
+        tracing::warn!(
+            bytes = doc.len(),
+            "a binary JSON document could not be decoded; kept as base64"
+        );
+        format!(
+            "base64:type245:{}",
+            base64::engine::general_purpose::STANDARD.encode(doc)
+        )
+    })
 }
 
 fn bit_bytes(b: &[u8]) -> u64 {
@@ -287,15 +302,10 @@ pub fn write(buf: &mut Vec<u8>, kind: &Kind, cell: &Cell<'_>) {
             Some(n) => pb::number(buf, n),
             None => pb::string_bytes(buf, b),
         },
-        (Kind::Json, Cell::Bytes(b)) => match serde_json::from_slice::<serde_json::Value>(b) {
-            Ok(v) => pb::json(buf, &v),
-            Err(_) => pb::string(buf, &String::from_utf8_lossy(b)),
-        },
-        (_, Cell::JsonBin(b)) => {
-            if crate::mysql::jsonb::write(buf, b).is_none() {
-                pb::null(buf)
-            }
-        }
+        // A JSON document is its exact text (MariaDB stores it as text; MySQL's binary form is
+        // printed as MySQL prints it): numbers never pass through a double.
+        (Kind::Json, Cell::Bytes(b)) => pb::string(buf, &String::from_utf8_lossy(b)),
+        (_, Cell::JsonBin(b)) => pb::string(buf, &json_text(b)),
         (Kind::Text(None), Cell::Bytes(b)) if std::str::from_utf8(b).is_ok() => pb::string_bytes(buf, b),
         (kind, cell) => pb::message(buf, 0x1a, |out| {
             text_into(out, kind, cell);
