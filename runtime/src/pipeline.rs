@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -17,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connector::{CHECKPOINT_EVERY, Done, Emitted, Offset, Record, Sink, Source, SourceOutput, Written};
 use crate::error::ConnectorError;
-use crate::progress::{Progress, unix_ms};
+use crate::progress::Progress;
 use crate::streams::{Checkpoints, Streams};
 use crate::transform::Transform;
 
@@ -63,8 +62,7 @@ async fn load<O: Offset>(ctx: &RunContext) -> Result<Option<O>, ConnectorError> 
 async fn save<O: Offset>(ctx: &RunContext, offset: &O) -> Result<(), ConnectorError> {
     let data = serde_json::to_vec(offset).map_err(|e| ConnectorError::internal(e.to_string()))?;
     ctx.checkpoints.store(&ctx.task, O::VERSION, data).await?;
-    *ctx.progress.offset.lock().expect("lock") = serde_json::to_value(offset).ok();
-    ctx.progress.last_checkpoint_ms.store(unix_ms(), Ordering::Relaxed);
+    ctx.progress.checkpointed(serde_json::to_value(offset).ok());
     Ok(())
 }
 

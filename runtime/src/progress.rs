@@ -25,6 +25,9 @@ pub struct Progress {
     pub errors: [AtomicU64; 3],
     /// How far behind its upstream the source is, in the source's own terms.
     pub lag: std::sync::Mutex<Option<Lag>>,
+    /// Notified when a stored checkpoint moved: the supervisor clears a recovered task's last
+    /// error then.
+    pub(crate) moved_on: tokio::sync::Notify,
 }
 
 /// A source's distance from its upstream, in its own terms.
@@ -49,6 +52,20 @@ impl Progress {
             ErrorKind::Internal => 2,
         };
         self.errors[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A checkpoint was stored: shows it, and says so if it moved.
+    pub(crate) fn checkpointed(&self, offset: Option<Value>) {
+        let moved = {
+            let mut current = self.offset.lock().expect("lock");
+            let moved = *current != offset;
+            *current = offset;
+            moved
+        };
+        self.last_checkpoint_ms.store(unix_ms(), Ordering::Relaxed);
+        if moved {
+            self.moved_on.notify_one();
+        }
     }
 
     pub(crate) fn moved(&self, records: u64, bytes: u64) {

@@ -3,7 +3,8 @@
 //! and delete. Its state is published on a `watch` channel.
 //!
 //! States follow HStream IO: NEW → RUNNING → (STOPPED on pause | FAILED | COMPLETED) and
-//! DELETED at the end. A task under restart backoff stays RUNNING with `last_error` set.
+//! DELETED at the end. A task under restart backoff stays RUNNING with `last_error` set, until
+//! a checkpoint of a later attempt moves (it has recovered) and the error is cleared.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -238,11 +239,19 @@ async fn supervise(
                 .unwrap_or_else(|e| Err(ConnectorError::internal("connector task panicked").with_source(e)))
         });
         let started = tokio::time::Instant::now();
+        let started_ms = crate::progress::unix_ms();
         // Drive the attempt until it ends or a command/shutdown interrupts it; an interruption
         // cancels the attempt and lets it stop gracefully (flush and checkpoint).
         let outcome = loop {
             break tokio::select! {
                 r = &mut attempt => Outcome::Ended(r),
+                // Recovered: a checkpoint of this attempt moved, so the last failure is history.
+                _ = progress.moved_on.notified(), if status.borrow().last_error.is_some() => {
+                    if progress.last_checkpoint_ms.load(std::sync::atomic::Ordering::Relaxed) >= started_ms {
+                        set(State::Running, None, restarts);
+                    }
+                    continue;
+                }
                 c = control.recv() => match c {
                     // Already running: nothing to resume.
                     Some(Control::Resume) => continue,
@@ -441,6 +450,82 @@ mod tests {
             reason.contains("login failed") && !reason.contains("hunter2"),
             "{reason}"
         );
+        handle.control.send(Control::Delete).await.unwrap();
+        tasks.close();
+        tasks.wait().await;
+    }
+
+    /// Fails its first attempt; the second moves a checkpoint, then runs until stopped.
+    struct Recovering {
+        spec: Value,
+        attempts: std::sync::atomic::AtomicU32,
+        proceed: tokio::sync::Notify,
+    }
+
+    #[async_trait]
+    impl ConnectorType for Recovering {
+        fn kind(&self) -> Kind {
+            Kind::Source
+        }
+        fn spec(&self) -> &Value {
+            &self.spec
+        }
+        fn validate(&self, _: &Value) -> Result<(), Vec<FieldError>> {
+            Ok(())
+        }
+        fn stream(&self, _: &Value) -> Result<String, ConnectorError> {
+            Ok("s".into())
+        }
+        async fn check(&self, _: &Value) -> Result<(), ConnectorError> {
+            Ok(())
+        }
+        async fn run(&self, ctx: RunContext) -> Result<Done, ConnectorError> {
+            if self.attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                return Err(ConnectorError::external("db down"));
+            }
+            // The same offset as before first (no progress), then a moved one.
+            ctx.progress.checkpointed(None);
+            self.proceed.notified().await;
+            ctx.progress.checkpointed(Some(serde_json::json!({"lsn": 2})));
+            ctx.cancel.cancelled().await;
+            Ok(Done::Cancelled)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_recovered_task_clears_its_last_error_once_it_moves() {
+        let tasks = tokio_util::task::TaskTracker::new();
+        let connector = Arc::new(Recovering {
+            spec: serde_json::json!({}),
+            attempts: Default::default(),
+            proceed: tokio::sync::Notify::new(),
+        });
+        let handle = spawn(
+            TaskSpec {
+                name: "rec".into(),
+                connector: connector.clone(),
+                config: serde_json::json!({}),
+                streams: Arc::new(Unused),
+                checkpoints: Arc::new(Unused),
+                initial: State::New,
+                backoff_base: Duration::from_millis(1),
+                backoff_max: Duration::from_millis(1),
+            },
+            &tasks,
+            CancellationToken::new(),
+        );
+        let mut rx = handle.status.clone();
+        // Restarted after the failure: RUNNING, the error still shown (nothing moved yet).
+        rx.wait_for(|s| s.state == State::Running && s.restarts == 1).await.unwrap();
+        assert!(
+            rx.borrow().last_error.as_deref().is_some_and(|e| e.contains("db down")),
+            "{:?}",
+            *rx.borrow()
+        );
+        connector.proceed.notify_one();
+        let cleared = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| s.last_error.is_none())).await;
+        let s = cleared.expect("the error was not cleared once the task moved").unwrap().clone();
+        assert_eq!(s.state, State::Running);
         handle.control.send(Control::Delete).await.unwrap();
         tasks.close();
         tasks.wait().await;
