@@ -561,6 +561,8 @@ async fn mysql_bad_configs_fail_check_with_a_clear_message() {
     for (set, mention) in [
         ("SET GLOBAL binlog_format = 'STATEMENT'", "binlog_format=ROW"),
         ("SET GLOBAL binlog_row_image = 'MINIMAL'", "binlog_row_image=FULL"),
+        // Rows would be decoded against today's columns, not those they were written with.
+        ("SET GLOBAL binlog_row_metadata = 'MINIMAL'", "binlog_row_metadata=FULL"),
     ] {
         db.sql(set);
         expect_failure(
@@ -570,7 +572,10 @@ async fn mysql_bad_configs_fail_check_with_a_clear_message() {
             mention,
         )
         .await;
-        db.sql("SET GLOBAL binlog_format = 'ROW'; SET GLOBAL binlog_row_image = 'FULL'");
+        db.sql(
+            "SET GLOBAL binlog_format = 'ROW'; SET GLOBAL binlog_row_image = 'FULL'; \
+             SET GLOBAL binlog_row_metadata = 'FULL'",
+        );
     }
     let mut sink = db.connector_config();
     sink["stream"] = json!("s");

@@ -235,8 +235,6 @@ pub fn format_gtid_state(st: &GtidState) -> String {
 /// The server's binlog settings and flavour.
 struct ServerInfo {
     mariadb: bool,
-    version: String,
-    full_metadata: bool,
 }
 
 async fn server_info(conn: &mut Conn) -> Result<ServerInfo, ConnectorError> {
@@ -278,10 +276,21 @@ async fn server_info(conn: &mut Conn) -> Result<ServerInfo, ConnectorError> {
         .and_then(|r| r.into_iter().next())
         .and_then(|r| r.into_iter().next().flatten())
         .unwrap_or_default();
+    // Without it a TABLE_MAP carries no column names: rows would be decoded against today's
+    // columns, and after a schema change silently mislabelled. Refused rather than guessed.
+    if !metadata.eq_ignore_ascii_case("FULL") {
+        let now = if metadata.is_empty() {
+            "no binlog_row_metadata (MySQL before 8.0.1, MariaDB before 10.5)".to_owned()
+        } else {
+            format!("binlog_row_metadata={metadata}")
+        };
+        return Err(ConnectorError::config(format!(
+            "the server writes {now}; CDC needs binlog_row_metadata=FULL, so that each row is decoded by the \
+             columns it was written with (SET GLOBAL binlog_row_metadata=FULL and in the server's configuration)"
+        )));
+    }
     Ok(ServerInfo {
         mariadb: version.to_lowercase().contains("mariadb"),
-        version,
-        full_metadata: metadata.eq_ignore_ascii_case("FULL"),
     })
 }
 
@@ -407,13 +416,6 @@ impl Source for MySqlSource {
             return Err(denied(e));
         }
         let _ = binlog.close().await;
-        if !info.full_metadata {
-            tracing::warn!(
-                version = %info.version,
-                "binlog_row_metadata is not FULL: column names come from information_schema, so a schema change \
-                 between a change and its reading can mislabel columns"
-            );
-        }
         let _ = conn.disconnect().await;
         Ok(())
     }

@@ -155,23 +155,13 @@ pub fn from_table_map(
 ) -> Result<Arc<Table>, ConnectorError> {
     let n = tm.types.len();
     if tm.names.len() != n {
-        if described.columns.len() != n {
-            return Err(ConnectorError::config(format!(
-                "table: {}.{} has {} columns in the binlog but {} now; without binlog_row_metadata=FULL the \
-                 binlog cannot be decoded across this schema change (set binlog_row_metadata=FULL)",
-                tm.schema,
-                tm.table,
-                n,
-                described.columns.len()
-            )));
-        }
-        return Ok(Arc::new(Table {
-            db: tm.schema.clone(),
-            name: tm.table.clone(),
-            columns: described.columns.clone(),
-            kinds: described.kinds.clone(),
-            key: described.key.clone(),
-        }));
+        // binlog_row_metadata was turned down while we stream (start-up refuses it): decoding
+        // against today's columns could mislabel them, so stop instead.
+        return Err(ConnectorError::config(format!(
+            "table: the binlog's TABLE_MAP of {}.{} carries no column names; CDC needs \
+             binlog_row_metadata=FULL (SET GLOBAL binlog_row_metadata=FULL and in the server's configuration)",
+            tm.schema, tm.table
+        )));
     }
     let (mut numeric, mut character, mut enums, mut sets) = (0usize, 0usize, 0usize, 0usize);
     let mut kinds = Vec::with_capacity(n);
