@@ -361,14 +361,16 @@ mod tests {
     use crate::streams::ReadChunk;
     use async_trait::async_trait;
 
-    /// A connector type whose attempts fail with an error quoting the configured password, as a
-    /// careless database driver might.
-    struct Leaky {
+    type Attempt = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Done, ConnectorError>> + Send>>;
+
+    /// A source connector type whose attempts run `run`.
+    struct TestType {
         spec: Value,
+        run: Box<dyn Fn(RunContext) -> Attempt + Send + Sync>,
     }
 
     #[async_trait]
-    impl ConnectorType for Leaky {
+    impl ConnectorType for TestType {
         fn kind(&self) -> Kind {
             Kind::Source
         }
@@ -385,8 +387,7 @@ mod tests {
             Ok(())
         }
         async fn run(&self, ctx: RunContext) -> Result<Done, ConnectorError> {
-            let pw = ctx.config["password"].as_str().unwrap_or_default().to_owned();
-            Err(ConnectorError::config(format!("login failed: password={pw}")))
+            (self.run)(ctx).await
         }
     }
 
@@ -432,7 +433,16 @@ mod tests {
         let handle = spawn(
             TaskSpec {
                 name: "leaky".into(),
-                connector: Arc::new(Leaky { spec }),
+                // Fails quoting the configured password, as a careless database driver might.
+                connector: Arc::new(TestType {
+                    spec,
+                    run: Box::new(|ctx| {
+                        Box::pin(async move {
+                            let pw = ctx.config["password"].as_str().unwrap_or_default().to_owned();
+                            Err(ConnectorError::config(format!("login failed: password={pw}")))
+                        })
+                    }),
+                }),
                 config: serde_json::json!({"password": "hunter2"}),
                 streams: Arc::new(Unused),
                 checkpoints: Arc::new(Unused),
@@ -455,55 +465,34 @@ mod tests {
         tasks.wait().await;
     }
 
-    /// Fails its first attempt; the second moves a checkpoint, then runs until stopped.
-    struct Recovering {
-        spec: Value,
-        attempts: std::sync::atomic::AtomicU32,
-        proceed: tokio::sync::Notify,
-    }
-
-    #[async_trait]
-    impl ConnectorType for Recovering {
-        fn kind(&self) -> Kind {
-            Kind::Source
-        }
-        fn spec(&self) -> &Value {
-            &self.spec
-        }
-        fn validate(&self, _: &Value) -> Result<(), Vec<FieldError>> {
-            Ok(())
-        }
-        fn stream(&self, _: &Value) -> Result<String, ConnectorError> {
-            Ok("s".into())
-        }
-        async fn check(&self, _: &Value) -> Result<(), ConnectorError> {
-            Ok(())
-        }
-        async fn run(&self, ctx: RunContext) -> Result<Done, ConnectorError> {
-            if self.attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
-                return Err(ConnectorError::external("db down"));
-            }
-            // The same offset as before first (no progress), then a moved one.
-            ctx.progress.checkpointed(None);
-            self.proceed.notified().await;
-            ctx.progress.checkpointed(Some(serde_json::json!({"lsn": 2})));
-            ctx.cancel.cancelled().await;
-            Ok(Done::Cancelled)
-        }
-    }
-
     #[tokio::test]
     async fn a_recovered_task_clears_its_last_error_once_it_moves() {
         let tasks = tokio_util::task::TaskTracker::new();
-        let connector = Arc::new(Recovering {
+        // Fails its first attempt; the second stores the same offset (no progress), then, when
+        // told to, a moved one, and runs until stopped.
+        let attempts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let proceed = Arc::new(tokio::sync::Notify::new());
+        let go = proceed.clone();
+        let connector = Arc::new(TestType {
             spec: serde_json::json!({}),
-            attempts: Default::default(),
-            proceed: tokio::sync::Notify::new(),
+            run: Box::new(move |ctx| {
+                let (attempts, go) = (attempts.clone(), go.clone());
+                Box::pin(async move {
+                    if attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                        return Err(ConnectorError::external("db down"));
+                    }
+                    ctx.progress.checkpointed(None);
+                    go.notified().await;
+                    ctx.progress.checkpointed(Some(serde_json::json!({"lsn": 2})));
+                    ctx.cancel.cancelled().await;
+                    Ok(Done::Cancelled)
+                })
+            }),
         });
         let handle = spawn(
             TaskSpec {
                 name: "rec".into(),
-                connector: connector.clone(),
+                connector,
                 config: serde_json::json!({}),
                 streams: Arc::new(Unused),
                 checkpoints: Arc::new(Unused),
@@ -516,15 +505,20 @@ mod tests {
         );
         let mut rx = handle.status.clone();
         // Restarted after the failure: RUNNING, the error still shown (nothing moved yet).
-        rx.wait_for(|s| s.state == State::Running && s.restarts == 1).await.unwrap();
+        rx.wait_for(|s| s.state == State::Running && s.restarts == 1)
+            .await
+            .unwrap();
         assert!(
             rx.borrow().last_error.as_deref().is_some_and(|e| e.contains("db down")),
             "{:?}",
             *rx.borrow()
         );
-        connector.proceed.notify_one();
+        proceed.notify_one();
         let cleared = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| s.last_error.is_none())).await;
-        let s = cleared.expect("the error was not cleared once the task moved").unwrap().clone();
+        let s = cleared
+            .expect("the error was not cleared once the task moved")
+            .unwrap()
+            .clone();
         assert_eq!(s.state, State::Running);
         handle.control.send(Control::Delete).await.unwrap();
         tasks.close();

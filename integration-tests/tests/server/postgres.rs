@@ -890,6 +890,35 @@ async fn wait_at_gate(pg: &Postgres) {
     .await;
 }
 
+/// Creates source `name` (writing to stream `name`, its last table gated) and kills the server
+/// once its snapshot waits at the gate with the first table's `first_rows` in the stream (all
+/// but the last fetch, held until the next shows whether it is the last); applies `changes`
+/// while the server is down, opens the gate and restarts the server.
+async fn kill_inside_snapshot(
+    pg: &Postgres,
+    server: &mut Server,
+    name: &str,
+    cfg: Value,
+    first_rows: usize,
+    changes: &str,
+) -> Client {
+    let gate = Gate::close(pg);
+    let mut c = server.client().await;
+    create(&mut c, name, "SOURCE", &cfg).await.unwrap();
+    wait_at_gate(pg).await;
+    let probe = c.clone();
+    wait_until(Duration::from_secs(60), "the first table's rows in the stream", || {
+        let probe = probe.clone();
+        async move { count_stream_records(&probe, name).await >= first_rows.saturating_sub(4096) }
+    })
+    .await;
+    server.kill();
+    pg.psql(DATABASE, changes);
+    gate.open();
+    server.restart();
+    server.client().await
+}
+
 /// kill -9 at the slot's creation (slot made, no row sent) and inside the snapshot (one table's
 /// rows durable, the next table's not), with rows changed and deleted before the restart: the
 /// restarted task takes its snapshot again over the same slot, and the stream ends equal to
@@ -934,36 +963,21 @@ async fn pg_kill_during_slot_creation_and_snapshot_ends_equal_to_the_tables() {
     );
     gate.open();
     server.restart();
-    let mut c = server.client().await;
+    let c = server.client().await;
     wait_for_state(&c, "at_slot", &pg, "early", Duration::from_secs(60)).await;
 
     // 2. Inside the snapshot: `plain` is in the stream, `late` waits at the gate.
-    let gate = Gate::close(&pg);
-    create(
-        &mut c,
+    let cfg = source_config(&pg, "mid", json!({"tables": ["plain", "late"]}));
+    let c = kill_inside_snapshot(
+        &pg,
+        &mut server,
         "mid",
-        "SOURCE",
-        &source_config(&pg, "mid", json!({"tables": ["plain", "late"]})),
-    )
-    .await
-    .unwrap();
-    wait_at_gate(&pg).await;
-    // All but the last fetch of `plain` (held until the next shows whether it is the last).
-    let probe = c.clone();
-    wait_until(Duration::from_secs(60), "plain's rows in the stream", || {
-        let probe = probe.clone();
-        async move { count_stream_records(&probe, "mid").await >= 20000 - 4096 }
-    })
-    .await;
-    server.kill();
-    pg.psql(
-        DATABASE,
+        cfg,
+        20000,
         "DELETE FROM plain WHERE id <= 500; UPDATE plain SET name = 'u', amount = 0 WHERE id BETWEEN 501 AND 1000; \
          DELETE FROM late WHERE id <= 100100;",
-    );
-    gate.open();
-    server.restart();
-    let c = server.client().await;
+    )
+    .await;
     let mut want = table_state(&pg, "plain");
     want.extend(table_state(&pg, "late"));
     let probe = c.clone();
@@ -981,6 +995,7 @@ async fn pg_kill_during_slot_creation_and_snapshot_ends_equal_to_the_tables() {
         got.len(),
         want.len()
     );
+
     // 3. initial_only, inside the snapshot: taken again, it streams up to the new snapshot's
     // end, completes and drops its slot.
     orders_table(&pg, "once");
@@ -991,35 +1006,20 @@ async fn pg_kill_during_slot_creation_and_snapshot_ends_equal_to_the_tables() {
          INSERT INTO once_late (id, name, amount) SELECT 100000 + g, 'l', g FROM generate_series(1, 100) g;",
     );
     gated(&pg, "once_late");
-    let gate = Gate::close(&pg);
-    let mut c = c;
-    create(
-        &mut c,
+    let cfg = source_config(
+        &pg,
         "once",
-        "SOURCE",
-        &source_config(
-            &pg,
-            "once",
-            json!({"tables": ["once", "once_late"], "snapshotMode": "initial_only"}),
-        ),
-    )
-    .await
-    .unwrap();
-    wait_at_gate(&pg).await;
-    let probe = c.clone();
-    wait_until(Duration::from_secs(60), "once's rows in the stream", || {
-        let probe = probe.clone();
-        async move { count_stream_records(&probe, "once").await >= 10000 - 4096 }
-    })
-    .await;
-    server.kill();
-    pg.psql(
-        DATABASE,
-        "DELETE FROM once WHERE id <= 400; UPDATE once SET name = 'u' WHERE id BETWEEN 401 AND 800;",
+        json!({"tables": ["once", "once_late"], "snapshotMode": "initial_only"}),
     );
-    gate.open();
-    server.restart();
-    let c = server.client().await;
+    let c = kill_inside_snapshot(
+        &pg,
+        &mut server,
+        "once",
+        cfg,
+        10000,
+        "DELETE FROM once WHERE id <= 400; UPDATE once SET name = 'u' WHERE id BETWEEN 401 AND 800;",
+    )
+    .await;
     wait_connector_status(&c, "once", "COMPLETED").await;
     let mut want = table_state(&pg, "once");
     want.extend(table_state(&pg, "once_late"));

@@ -342,7 +342,7 @@ impl PgSource {
             return Ok(());
         }
         let ours = !named
-            || conn
+            || !conn
                 .query(&format!(
                     "SELECT 1 FROM pg_publication p JOIN pg_description d \
                      ON d.objoid = p.oid AND d.classoid = 'pg_publication'::regclass \
@@ -352,8 +352,7 @@ impl PgSource {
                 ))
                 .await
                 .map_err(perr)?
-                .first()
-                .is_some();
+                .is_empty();
         let have = conn
             .query(&format!(
                 "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = {}",
