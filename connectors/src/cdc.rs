@@ -3,7 +3,7 @@
 //! bytes. Each source supplies row images through [`RowImage`].
 
 use bytes::Bytes;
-use hstream_runtime::{PayloadFlag, Record};
+use hstream_runtime::{Attributes, PayloadFlag, Record};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -70,6 +70,45 @@ pub trait RowImage {
     fn write_key(&self, buf: &mut Vec<u8>);
     /// The partition key: the key columns' text, comma separated.
     fn partition_key(&self) -> String;
+}
+
+/// Record attributes naming the table a change came from, set on every change record in both
+/// formats; the sinks route by them.
+pub const ATTR_DB: &str = "source.db";
+pub const ATTR_SCHEMA: &str = "source.schema";
+pub const ATTR_TABLE: &str = "source.table";
+
+/// The attributes of a table's change records (`schema` is PostgreSQL's; MySQL has none).
+pub fn source_attributes(db: &str, schema: Option<&str>, table: &str) -> Attributes {
+    let mut a = Attributes::with_capacity(3);
+    a.insert(ATTR_DB.to_owned(), db.to_owned());
+    if let Some(s) = schema {
+        a.insert(ATTR_SCHEMA.to_owned(), s.to_owned());
+    }
+    a.insert(ATTR_TABLE.to_owned(), table.to_owned());
+    a
+}
+
+/// A truncate of the table `attributes` name: Debezium's `{"op": "t", "ts_ms", "source"}`, or
+/// in HStream IO's format `{"key": null, "value": null, "op": "t"}` (a shape with no truncate
+/// of its own). `source` writes the body of Debezium's `source` block.
+pub fn truncate(format: RecordFormat, attributes: &Attributes, source: impl FnOnce(&mut Vec<u8>)) -> Record {
+    let mut buf = Vec::with_capacity(128);
+    match format {
+        RecordFormat::Hstream => {
+            pb::field(&mut buf, "key", pb::null);
+            pb::field(&mut buf, "value", pb::null);
+            pb::field(&mut buf, "op", |b| pb::string(b, "t"));
+        }
+        RecordFormat::Debezium => {
+            pb::field(&mut buf, "op", |b| pb::string(b, "t"));
+            pb::field(&mut buf, "ts_ms", |b| pb::number(b, now_ms() as f64));
+            pb::field(&mut buf, "source", |b| pb::object(b, source));
+        }
+    }
+    let mut r = Record::new(String::new(), PayloadFlag::Json, Bytes::from(buf));
+    r.attributes = attributes.clone();
+    r
 }
 
 /// A change record. `source` writes the body of Debezium's `source` block.

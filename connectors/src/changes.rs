@@ -1,15 +1,164 @@
-//! What the sinks share: the change records they understand, and a batch reduced to the final
-//! state of each key.
+//! What the sinks share: the change records they understand, which table each goes to, and a
+//! batch reduced to the final state of each key.
 //!
 //! Understood record shapes (JSON records; RAW records holding JSON text too):
-//! - HStream IO's CDC form `{"key": {…}, "value": {…} | null}`;
+//! - HStream IO's CDC form `{"key": {…}, "value": {…} | null}` (`"op": "t"` truncates);
 //! - Debezium envelopes `{"op", "before", "after"}` (`t` truncates the table);
 //! - any other object: upserted as a whole row.
+//!
+//! A record's source table comes from its attributes (`source.db`, `source.schema`,
+//! `source.table`, set by our CDC sources in both formats) or a Debezium envelope's `source`.
 
 use std::collections::HashMap;
 
 use hstream_runtime::{ConnectorError, PayloadFlag, SinkRecord, structs};
 use serde_json::{Map, Value};
+
+use crate::cdc::{ATTR_DB, ATTR_SCHEMA, ATTR_TABLE};
+
+/// The table a change was captured from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceTable {
+    pub db: String,
+    /// PostgreSQL's schema; empty for MySQL.
+    pub schema: String,
+    pub table: String,
+}
+
+impl std::fmt::Display for SourceTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for part in [&self.db, &self.schema] {
+            if !part.is_empty() {
+                write!(f, "{part}.")?;
+            }
+        }
+        f.write_str(&self.table)
+    }
+}
+
+/// Which table of the destination each record goes to.
+#[derive(Debug)]
+pub enum Routing {
+    /// Every record to this table (the `table` option): the stream must hold changes of one
+    /// source table only, else rows of several tables would be mixed in one.
+    Fixed { table: String, seen: Option<SourceTable> },
+    /// Each record to the table this pattern names from its source (`tableNameFormat`, with
+    /// `${db}`, `${schema}` and `${table}`).
+    Format(String),
+}
+
+/// The placeholders of `tableNameFormat`.
+const PLACEHOLDERS: [&str; 3] = ["${db}", "${schema}", "${table}"];
+
+/// Checks a `tableNameFormat`: not empty, and no placeholder but the known ones.
+pub fn check_format(format: &str) -> Result<(), String> {
+    if format.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    let mut rest = format;
+    while let Some(at) = rest.find("${") {
+        let tail = &rest[at..];
+        match PLACEHOLDERS.iter().find(|p| tail.starts_with(*p)) {
+            Some(p) => rest = &tail[p.len()..],
+            None => {
+                let end = tail.find('}').map_or(tail.len(), |i| i + 1);
+                return Err(format!(
+                    "unknown placeholder {:?} (use ${{db}}, ${{schema}}, ${{table}})",
+                    &tail[..end]
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Routing {
+    /// The table `source`'s changes go to.
+    fn target(&mut self, source: Option<SourceTable>) -> Result<String, String> {
+        match self {
+            Routing::Fixed { table, seen } => {
+                if let Some(src) = source {
+                    match seen {
+                        None => *seen = Some(src),
+                        Some(first) if *first != src => {
+                            return Err(format!(
+                                "the stream holds changes of {first} and of {src}, and `table` would write both \
+                                 into {table}: set tableNameFormat (e.g. \"${{table}}\") instead of table to write \
+                                 each into its own table"
+                            ));
+                        }
+                        Some(_) => {}
+                    }
+                }
+                Ok(table.clone())
+            }
+            Routing::Format(format) => {
+                let src = source.ok_or_else(|| {
+                    "it names no source table (no source.table attribute, no Debezium source block): set table \
+                     to name the target"
+                        .to_owned()
+                })?;
+                Ok(format
+                    .replace("${db}", &src.db)
+                    .replace("${schema}", &src.schema)
+                    .replace("${table}", &src.table))
+            }
+        }
+    }
+}
+
+/// The part of a batch bound for one table: indexes into the batch and what each asks for, in
+/// batch order.
+pub struct Routed {
+    pub target: String,
+    changes: Vec<(usize, Change)>,
+}
+
+/// Splits a batch by target table (in the order tables first appear), each record parsed once.
+/// A record that cannot be applied fails the batch, naming it.
+pub fn route(records: &[SinkRecord], routing: &mut Routing) -> Result<Vec<Routed>, ConnectorError> {
+    let mut parts: Vec<Routed> = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        let bad = |why: String| {
+            ConnectorError::config(format!(
+                "record {}-{}-{} cannot be applied: {why}",
+                r.shard_id, r.lsn, r.index
+            ))
+        };
+        let value = parse(r).map_err(bad)?;
+        let source = source_of(r, &value);
+        let change = classify(value).map_err(bad)?;
+        let target = routing.target(source).map_err(bad)?;
+        match parts.iter_mut().find(|p| p.target == target) {
+            Some(p) => p.changes.push((i, change)),
+            None => parts.push(Routed {
+                target,
+                changes: vec![(i, change)],
+            }),
+        }
+    }
+    Ok(parts)
+}
+
+/// The source table a record names: its attributes, else a Debezium envelope's `source`.
+fn source_of(r: &SinkRecord, value: &Value) -> Option<SourceTable> {
+    if let Some(table) = r.attributes.get(ATTR_TABLE) {
+        let get = |k: &str| r.attributes.get(k).cloned().unwrap_or_default();
+        return Some(SourceTable {
+            db: get(ATTR_DB),
+            schema: get(ATTR_SCHEMA),
+            table: table.clone(),
+        });
+    }
+    let source = value.get("source")?;
+    let text = |k: &str| source.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let table = source.get("table")?.as_str()?.to_owned();
+    Some(SourceTable {
+        db: text("db"),
+        schema: text("schema"),
+        table,
+    })
+}
 
 /// The last change of one key within a batch.
 pub enum Final {
@@ -25,26 +174,28 @@ pub struct Segment {
     pub changes: HashMap<String, Final>,
 }
 
-/// Reduces `records` to the final state per key, in segments cut by truncates. `key_of` gives a
-/// row's identity text and its key columns as the table reads them; `row_for_table` keeps (and
-/// converts) the columns the table has. A record that cannot be applied fails the batch, naming
-/// it.
+/// Reduces one table's part of a batch (`records` is the whole batch) to the final state per
+/// key, in segments cut by truncates. `key_of` gives a row's identity text and its key columns
+/// as the table reads them; `row_for_table` keeps (and converts) the columns the table has. A
+/// record that cannot be applied fails the batch, naming it.
 pub fn reduce(
     records: &[SinkRecord],
+    part: Routed,
     table: &str,
     key_of: impl Fn(&Map<String, Value>) -> Result<(String, Map<String, Value>), String>,
     row_for_table: impl Fn(Map<String, Value>) -> Map<String, Value>,
 ) -> Result<Vec<Segment>, ConnectorError> {
     let mut segments = Vec::new();
     let mut seg = Segment::default();
-    for r in records {
+    for (i, change) in part.changes {
+        let r = &records[i];
         let bad = |why: String| {
             ConnectorError::config(format!(
                 "record {}-{}-{} cannot be applied to {table}: {why}",
                 r.shard_id, r.lsn, r.index
             ))
         };
-        match parse(r).and_then(classify).map_err(bad)? {
+        match change {
             Change::Upsert(row) => {
                 let (id, _) = key_of(&row).map_err(bad)?;
                 let row = row_for_table(row);
@@ -75,7 +226,7 @@ pub fn reduce(
 
 /// What one record asks for.
 #[derive(Debug, PartialEq)]
-enum Change {
+pub enum Change {
     Upsert(Map<String, Value>),
     /// Delete by key (the key columns of the object).
     Delete(Map<String, Value>),
@@ -93,6 +244,13 @@ fn classify(v: Value) -> Result<Change, String> {
     let Value::Object(mut o) = v else {
         return Err("not a JSON object".into());
     };
+    // A truncate in either format (HStream IO's shape has no truncate of its own: ours marks it
+    // with "op": "t" beside a null key and value).
+    if o.get("op").and_then(Value::as_str) == Some("t")
+        && (o.contains_key("source") || (o.get("key") == Some(&Value::Null) && o.get("value") == Some(&Value::Null)))
+    {
+        return Ok(Change::Truncate);
+    }
     if o.contains_key("key") && o.contains_key("value") {
         let key = match o.remove("key") {
             Some(Value::Object(k)) => k,
@@ -152,5 +310,55 @@ mod tests {
         assert_eq!(plain, Change::Upsert(json!({"id": 3.0}).as_object().unwrap().clone()));
         assert!(classify(json!([1])).is_err());
         assert!(classify(json!({"op": "c", "after": 5})).is_err());
+        assert_eq!(
+            classify(json!({"key": null, "value": null, "op": "t"})).unwrap(),
+            Change::Truncate
+        );
+    }
+
+    fn record(attrs: &[(&str, &str)], payload: Value) -> SinkRecord {
+        SinkRecord {
+            shard_id: 1,
+            lsn: 2,
+            index: 0,
+            key: String::new(),
+            flag: PayloadFlag::Raw,
+            payload: payload.to_string().into(),
+            attributes: attrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    #[test]
+    fn records_route_by_their_source_table() {
+        let a = record(
+            &[(ATTR_DB, "app"), (ATTR_SCHEMA, "public"), (ATTR_TABLE, "a")],
+            json!({"key": {"id": 1.0}, "value": {"id": 1.0}}),
+        );
+        let b = record(&[], json!({"op": "t", "source": {"db": "app", "table": "b"}}));
+        let anon = record(&[], json!({"id": 3.0}));
+        let mut by_name = Routing::Format("${schema}_${table}_copy".into());
+        let parts = route(&[a.clone(), b.clone(), a.clone()], &mut by_name).unwrap();
+        let seen: Vec<(&str, usize)> = parts.iter().map(|p| (p.target.as_str(), p.changes.len())).collect();
+        assert_eq!(seen, [("public_a_copy", 2), ("_b_copy", 1)]);
+        assert!(matches!(parts[1].changes[0].1, Change::Truncate));
+        let e = route(std::slice::from_ref(&anon), &mut by_name)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("names no source table"), "{e}");
+        // A fixed table takes records without a source, and one source table, not two.
+        let mut fixed = Routing::Fixed {
+            table: "dst".into(),
+            seen: None,
+        };
+        assert_eq!(route(&[anon, a.clone(), a], &mut fixed).unwrap().len(), 1);
+        let e = route(&[b], &mut fixed).err().unwrap().to_string();
+        assert!(
+            e.contains("app.public.a and of app.b") && e.contains("tableNameFormat"),
+            "{e}"
+        );
+        assert!(check_format("${db}.${table}").is_ok());
+        assert!(check_format("${tabel}").unwrap_err().contains("${tabel}"));
+        assert!(check_format(" ").is_err());
     }
 }

@@ -98,8 +98,24 @@ mod tests {
                 .is_ok()
         );
         let sink = r.get(Kind::Sink, "postgresql").unwrap();
-        let e = errs(&sink, json!({"stream": "s", "user": "u", "database": "d"}));
-        assert!(e.iter().any(|m| m.contains("table")), "{e:?}");
+        // No table: each record goes to the table named after its source (tableNameFormat).
+        assert!(
+            sink.validate(&json!({"stream": "s", "user": "u", "database": "d"}))
+                .is_ok()
+        );
+        let e = errs(&sink, json!({"stream": "s", "user": "u", "database": "d", "table": ""}));
+        assert!(e.iter().any(|m| m.starts_with("table")), "{e:?}");
+        let e = errs(
+            &sink,
+            json!({"stream": "s", "user": "u", "database": "d", "tableNameFormat": "${tabel}_copy"}),
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("tableNameFormat") && m.contains("${tabel}")),
+            "{e:?}"
+        );
+        let both = json!({"stream": "s", "user": "u", "database": "d", "table": "t", "tableNameFormat": "x"});
+        assert!(errs(&sink, both).iter().any(|m| m.starts_with("tableNameFormat")));
         // The password is a secret in both specs.
         for t in [&src, &sink] {
             assert_eq!(

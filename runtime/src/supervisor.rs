@@ -472,16 +472,18 @@ mod tests {
         // told to, a moved one, and runs until stopped.
         let attempts = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let proceed = Arc::new(tokio::sync::Notify::new());
-        let go = proceed.clone();
+        let (go, same_stored) = (proceed.clone(), Arc::new(tokio::sync::Notify::new()));
+        let same = same_stored.clone();
         let connector = Arc::new(TestType {
             spec: serde_json::json!({}),
             run: Box::new(move |ctx| {
-                let (attempts, go) = (attempts.clone(), go.clone());
+                let (attempts, go, same) = (attempts.clone(), go.clone(), same.clone());
                 Box::pin(async move {
                     if attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
                         return Err(ConnectorError::external("db down"));
                     }
                     ctx.progress.checkpointed(None);
+                    same.notify_one();
                     go.notified().await;
                     ctx.progress.checkpointed(Some(serde_json::json!({"lsn": 2})));
                     ctx.cancel.cancelled().await;
@@ -508,6 +510,12 @@ mod tests {
         rx.wait_for(|s| s.state == State::Running && s.restarts == 1)
             .await
             .unwrap();
+        // The same offset stored again is no progress: the error stays. (The test runs on one
+        // thread: yielding lets the supervisor act on a notification, had there been one.)
+        same_stored.notified().await;
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
         assert!(
             rx.borrow().last_error.as_deref().is_some_and(|e| e.contains("db down")),
             "{:?}",

@@ -41,8 +41,14 @@ pub struct MySqlSinkConfig {
     #[serde(default)]
     pub password: Option<Secret>,
     pub database: String,
-    /// Target table; it must have a primary key. Unqualified names are in `database`.
-    pub table: String,
+    /// One target table for every record (the stream must hold one source table's changes); it
+    /// must have a primary key. Unqualified names are in `database`.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Without `table`: the target of each record, named from its source table (`${db}`,
+    /// `${table}`; default `${table}`). Each target must exist and have a primary key.
+    #[serde(default)]
+    pub table_name_format: Option<String>,
     /// Require TLS.
     #[serde(default)]
     pub tls: bool,
@@ -70,10 +76,39 @@ impl ConnectorConfig for MySqlSinkConfig {
         if self.stream.is_empty() {
             return Err(ConnectorError::config("stream: must not be empty"));
         }
-        if self.table.is_empty() {
+        if self.table.as_deref() == Some("") {
             return Err(ConnectorError::config("table: must not be empty"));
         }
+        if self.table.is_some() && self.table_name_format.is_some() {
+            return Err(ConnectorError::config(
+                "tableNameFormat: give either table (one target) or tableNameFormat (a target per source table)",
+            ));
+        }
+        if let Some(f) = &self.table_name_format {
+            changes::check_format(f).map_err(|e| ConnectorError::config(format!("tableNameFormat: {e}")))?;
+        }
         self.endpoint().validate()
+    }
+}
+
+impl MySqlSinkConfig {
+    fn routing(&self) -> changes::Routing {
+        match &self.table {
+            Some(table) => changes::Routing::Fixed {
+                table: table.clone(),
+                seen: None,
+            },
+            None => changes::Routing::Format(self.table_name_format.clone().unwrap_or_else(|| "${table}".to_owned())),
+        }
+    }
+
+    /// The option that names target tables (for errors).
+    fn table_option(&self) -> &'static str {
+        if self.table.is_some() {
+            "table"
+        } else {
+            "tableNameFormat"
+        }
     }
 }
 
@@ -94,8 +129,9 @@ async fn connect(cfg: &MySqlSinkConfig) -> Result<Conn, ConnectorError> {
         .await
 }
 
-async fn target(conn: &mut Conn, cfg: &MySqlSinkConfig) -> Result<Target, ConnectorError> {
-    let (db, table) = split_table(&cfg.table, &cfg.database);
+async fn target(conn: &mut Conn, cfg: &MySqlSinkConfig, name: &str) -> Result<Target, ConnectorError> {
+    let field = cfg.table_option();
+    let (db, table) = split_table(name, &cfg.database);
     let rows = query_rows(
         conn,
         &format!(
@@ -109,7 +145,7 @@ async fn target(conn: &mut Conn, cfg: &MySqlSinkConfig) -> Result<Target, Connec
     .await?;
     let qualified = format!("{}.{}", ident(&db), ident(&table));
     if rows.is_empty() {
-        return Err(ConnectorError::config(format!("table: {qualified} does not exist")));
+        return Err(ConnectorError::config(format!("{field}: {qualified} does not exist")));
     }
     let mut columns = BTreeMap::new();
     for r in &rows {
@@ -131,7 +167,9 @@ async fn target(conn: &mut Conn, cfg: &MySqlSinkConfig) -> Result<Target, Connec
     .filter_map(|r| r.into_iter().next().flatten())
     .collect();
     if key.is_empty() {
-        return Err(ConnectorError::config(format!("table: {qualified} has no primary key")));
+        return Err(ConnectorError::config(format!(
+            "{field}: {qualified} has no primary key"
+        )));
     }
     for c in crate::mysql::source::schema::json_columns(conn, &db, &table).await {
         columns.insert(c, "json".to_owned());
@@ -196,13 +234,16 @@ fn normalized(v: &Value) -> Value {
 
 pub struct MySqlSink {
     conn: Conn,
-    target: Target,
+    cfg: MySqlSinkConfig,
+    routing: changes::Routing,
+    /// Target tables by the name records are routed to, read on first use.
+    targets: std::collections::HashMap<String, Target>,
 }
 
-impl MySqlSink {
+impl Target {
     fn key_of(&self, row: &Map<String, Value>) -> Result<(String, Map<String, Value>), String> {
         let mut key = Map::new();
-        for k in &self.target.key {
+        for k in &self.key {
             match row.get(k) {
                 Some(v) if !v.is_null() => {
                     key.insert(k.clone(), normalized(v));
@@ -215,24 +256,23 @@ impl MySqlSink {
     }
 
     fn row_for_table(&self, row: Map<String, Value>) -> Map<String, Value> {
-        row.into_iter()
-            .filter(|(k, _)| self.target.columns.contains_key(k))
-            .collect()
+        row.into_iter().filter(|(k, _)| self.columns.contains_key(k)).collect()
     }
 
     fn ty(&self, col: &str) -> &str {
-        self.target.columns.get(col).map_or("", String::as_str)
+        self.columns.get(col).map_or("", String::as_str)
     }
+}
 
-    async fn delete(&mut self, keys: Vec<Map<String, Value>>) -> Result<(), ConnectorError> {
-        let t = &self.target;
+impl MySqlSink {
+    async fn delete(conn: &mut Conn, t: &Target, keys: Vec<Map<String, Value>>) -> Result<(), ConnectorError> {
         let cols = t.key.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
         let tuple = format!("({})", vec!["?"; t.key.len()].join(", "));
         for chunk in keys.chunks((MAX_PARAMS / t.key.len()).max(1)) {
             let mut params = Vec::with_capacity(chunk.len() * t.key.len());
             for k in chunk {
                 for c in &t.key {
-                    params.push(param(self.ty(c), k.get(c).unwrap_or(&Value::Null)));
+                    params.push(param(t.ty(c), k.get(c).unwrap_or(&Value::Null)));
                 }
             }
             let sql = format!(
@@ -240,15 +280,14 @@ impl MySqlSink {
                 t.qualified,
                 vec![tuple.as_str(); chunk.len()].join(", ")
             );
-            self.conn
-                .exec_drop(sql, Params::Positional(params))
+            conn.exec_drop(sql, Params::Positional(params))
                 .await
                 .map_err(|e| query_error("delete", e))?;
         }
         Ok(())
     }
 
-    async fn upsert(&mut self, rows: Vec<Map<String, Value>>) -> Result<(), ConnectorError> {
+    async fn upsert(conn: &mut Conn, t: &Target, rows: Vec<Map<String, Value>>) -> Result<(), ConnectorError> {
         let mut by_cols: BTreeMap<Vec<String>, Vec<Map<String, Value>>> = BTreeMap::new();
         for row in rows.into_iter().filter(|r| !r.is_empty()) {
             by_cols.entry(row.keys().cloned().collect()).or_default().push(row);
@@ -257,7 +296,7 @@ impl MySqlSink {
             let list = cols.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
             let updates: Vec<String> = cols
                 .iter()
-                .filter(|c| !self.target.key.contains(c))
+                .filter(|c| !t.key.contains(c))
                 .map(|c| format!("{0} = VALUES({0})", ident(c)))
                 .collect();
             // All columns are key columns: re-setting one to itself makes the insert a no-op.
@@ -271,16 +310,15 @@ impl MySqlSink {
                 let mut params = Vec::with_capacity(chunk.len() * cols.len());
                 for row in chunk {
                     for c in &cols {
-                        params.push(param(self.ty(c), &row[c]));
+                        params.push(param(t.ty(c), &row[c]));
                     }
                 }
                 let sql = format!(
                     "INSERT INTO {} ({list}) VALUES {} ON DUPLICATE KEY UPDATE {on_dup}",
-                    self.target.qualified,
+                    t.qualified,
                     vec![tuple.as_str(); chunk.len()].join(", ")
                 );
-                self.conn
-                    .exec_drop(sql, Params::Positional(params))
+                conn.exec_drop(sql, Params::Positional(params))
                     .await
                     .map_err(|e| query_error("upsert", e))?;
             }
@@ -295,15 +333,26 @@ impl Sink for MySqlSink {
 
     async fn check(cfg: &MySqlSinkConfig) -> Result<(), ConnectorError> {
         let mut conn = connect(cfg).await?;
-        target(&mut conn, cfg).await?;
+        // Routed targets are known only from the records; a fixed one is checked now.
+        if let Some(t) = &cfg.table {
+            target(&mut conn, cfg, t).await?;
+        }
         let _ = conn.disconnect().await;
         Ok(())
     }
 
     async fn open(cfg: MySqlSinkConfig) -> Result<Self, ConnectorError> {
         let mut conn = connect(&cfg).await?;
-        let target = target(&mut conn, &cfg).await?;
-        Ok(MySqlSink { conn, target })
+        let mut targets = std::collections::HashMap::new();
+        if let Some(t) = &cfg.table {
+            targets.insert(t.clone(), target(&mut conn, &cfg, t).await?);
+        }
+        Ok(MySqlSink {
+            conn,
+            routing: cfg.routing(),
+            cfg,
+            targets,
+        })
     }
 
     fn stream(cfg: &MySqlSinkConfig) -> &str {
@@ -311,45 +360,56 @@ impl Sink for MySqlSink {
     }
 
     async fn write(&mut self, records: &[SinkRecord]) -> Result<Written, ConnectorError> {
-        let segments = changes::reduce(
-            records,
-            &self.target.qualified,
-            |row| self.key_of(row),
-            |row| self.row_for_table(row),
-        )?;
-        self.conn
-            .query_drop("START TRANSACTION")
+        let parts = changes::route(records, &mut self.routing)?;
+        for p in &parts {
+            if !self.targets.contains_key(&p.target) {
+                let t = target(&mut self.conn, &self.cfg, &p.target).await?;
+                self.targets.insert(p.target.clone(), t);
+            }
+        }
+        // Every part reduced before anything is written: a bad record fails the whole batch.
+        let mut work = Vec::with_capacity(parts.len());
+        for part in parts {
+            let t = &self.targets[&part.target];
+            let segments = changes::reduce(
+                records,
+                part,
+                &t.qualified,
+                |row| t.key_of(row),
+                |row| t.row_for_table(row),
+            )?;
+            work.push((t, segments));
+        }
+        let conn = &mut self.conn;
+        conn.query_drop("START TRANSACTION")
             .await
             .map_err(|e| query_error("begin", e))?;
         let result = async {
-            for seg in segments {
-                if seg.truncate_first {
-                    // Not TRUNCATE: that would commit the transaction.
-                    let sql = format!("DELETE FROM {}", self.target.qualified);
-                    self.conn
-                        .query_drop(sql)
-                        .await
-                        .map_err(|e| query_error("truncate", e))?;
-                }
-                let (mut keys, mut rows) = (Vec::new(), Vec::new());
-                for change in seg.changes.into_values() {
-                    match change {
-                        Final::Delete(key) => keys.push(key),
-                        Final::Upsert(row) => rows.push(row),
+            for (t, segments) in work {
+                for seg in segments {
+                    if seg.truncate_first {
+                        // Not TRUNCATE: that would commit the transaction.
+                        conn.query_drop(format!("DELETE FROM {}", t.qualified))
+                            .await
+                            .map_err(|e| query_error("truncate", e))?;
                     }
+                    let (mut keys, mut rows) = (Vec::new(), Vec::new());
+                    for change in seg.changes.into_values() {
+                        match change {
+                            Final::Delete(key) => keys.push(key),
+                            Final::Upsert(row) => rows.push(row),
+                        }
+                    }
+                    // Deletes first: a key is either deleted or upserted in its final state.
+                    Self::delete(conn, t, keys).await?;
+                    Self::upsert(conn, t, rows).await?;
                 }
-                // Deletes first: a key is either deleted or upserted in its final state, never both.
-                self.delete(keys).await?;
-                self.upsert(rows).await?;
             }
-            self.conn
-                .query_drop("COMMIT")
-                .await
-                .map_err(|e| query_error("commit", e))
+            conn.query_drop("COMMIT").await.map_err(|e| query_error("commit", e))
         }
         .await;
         if result.is_err() {
-            let _ = self.conn.query_drop("ROLLBACK").await;
+            let _ = conn.query_drop("ROLLBACK").await;
         }
         result.map(|()| Written::Durable)
     }

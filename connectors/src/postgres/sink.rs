@@ -44,8 +44,15 @@ pub struct PgSinkConfig {
     #[serde(default)]
     pub password: Option<Secret>,
     pub database: String,
-    /// Target table; it must have a primary key. Unqualified names are in `schema`.
-    pub table: String,
+    /// One target table for every record (the stream must hold one source table's changes); it
+    /// must have a primary key. Unqualified names are in `schema`.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Without `table`: the target of each record, named from its source table (`${db}`,
+    /// `${schema}`, `${table}`; default `${table}`, in `schema`). Each target must exist and
+    /// have a primary key.
+    #[serde(default)]
+    pub table_name_format: Option<String>,
     #[serde(default = "default_schema")]
     pub schema: String,
 }
@@ -67,10 +74,39 @@ impl ConnectorConfig for PgSinkConfig {
         if self.stream.is_empty() {
             return Err(ConnectorError::config("stream: must not be empty"));
         }
-        if self.table.is_empty() {
+        if self.table.as_deref() == Some("") {
             return Err(ConnectorError::config("table: must not be empty"));
         }
+        if self.table.is_some() && self.table_name_format.is_some() {
+            return Err(ConnectorError::config(
+                "tableNameFormat: give either table (one target) or tableNameFormat (a target per source table)",
+            ));
+        }
+        if let Some(f) = &self.table_name_format {
+            changes::check_format(f).map_err(|e| ConnectorError::config(format!("tableNameFormat: {e}")))?;
+        }
         self.endpoint().validate()
+    }
+}
+
+impl PgSinkConfig {
+    fn routing(&self) -> changes::Routing {
+        match &self.table {
+            Some(table) => changes::Routing::Fixed {
+                table: table.clone(),
+                seen: None,
+            },
+            None => changes::Routing::Format(self.table_name_format.clone().unwrap_or_else(|| "${table}".to_owned())),
+        }
+    }
+
+    /// The option that names target tables (for errors).
+    fn table_option(&self) -> &'static str {
+        if self.table.is_some() {
+            "table"
+        } else {
+            "tableNameFormat"
+        }
     }
 }
 
@@ -124,8 +160,9 @@ async fn connect(cfg: &PgSinkConfig) -> Result<tokio_postgres::Client, Connector
     Ok(client)
 }
 
-async fn target(client: &tokio_postgres::Client, cfg: &PgSinkConfig) -> Result<Target, ConnectorError> {
-    let (schema, table) = split_table(&cfg.table, &cfg.schema);
+async fn target(client: &tokio_postgres::Client, cfg: &PgSinkConfig, name: &str) -> Result<Target, ConnectorError> {
+    let field = cfg.table_option();
+    let (schema, table) = split_table(name, &cfg.schema);
     let qualified = format!("{}.{}", ident(&schema), ident(&table));
     let rows = client
         .query(
@@ -140,7 +177,7 @@ async fn target(client: &tokio_postgres::Client, cfg: &PgSinkConfig) -> Result<T
         .map_err(|e| pg_error("reading the table's columns", e))?;
     if rows.is_empty() {
         return Err(ConnectorError::config(format!(
-            "table: relation {qualified} does not exist in database {:?}",
+            "{field}: relation {qualified} does not exist in database {:?}",
             cfg.database
         )));
     }
@@ -154,7 +191,9 @@ async fn target(client: &tokio_postgres::Client, cfg: &PgSinkConfig) -> Result<T
         columns.insert(name, r.get::<_, String>(1));
     }
     if key.is_empty() {
-        return Err(ConnectorError::config(format!("table: {qualified} has no primary key")));
+        return Err(ConnectorError::config(format!(
+            "{field}: {qualified} has no primary key"
+        )));
     }
     Ok(Target {
         qualified,
@@ -165,7 +204,10 @@ async fn target(client: &tokio_postgres::Client, cfg: &PgSinkConfig) -> Result<T
 
 pub struct PgSink {
     client: tokio_postgres::Client,
-    target: Target,
+    cfg: PgSinkConfig,
+    routing: changes::Routing,
+    /// Target tables by the name records are routed to, read on first use.
+    targets: std::collections::HashMap<String, Target>,
 }
 
 /// Whether `s` is a JSON document's text: what CDC sources (ours, Debezium's) send for a json
@@ -194,10 +236,24 @@ fn rows_text(t: &Target, rows: &[Value]) -> String {
             }
             out.push_str(&Value::from(k.as_str()).to_string());
             out.push(':');
-            let json_column = matches!(t.columns.get(k).map(String::as_str), Some("json" | "jsonb"));
-            match v {
-                Value::String(doc) if json_column && is_document(doc) => out.push_str(doc),
-                v => out.push_str(&v.to_string()),
+            let ty = t.columns.get(k).map(String::as_str);
+            match (ty, v) {
+                (Some("json" | "jsonb"), Value::String(doc)) if is_document(doc) => out.push_str(doc),
+                // json[]/jsonb[]: each element that is a document's text is that document.
+                (Some("json[]" | "jsonb[]"), Value::Array(docs)) => {
+                    out.push('[');
+                    for (i, d) in docs.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        match d {
+                            Value::String(doc) if is_document(doc) => out.push_str(doc),
+                            d => out.push_str(&d.to_string()),
+                        }
+                    }
+                    out.push(']');
+                }
+                (_, v) => out.push_str(&v.to_string()),
             }
         }
         out.push('}');
@@ -236,13 +292,13 @@ fn for_column(ty: &str, v: Value) -> Value {
     }
 }
 
-impl PgSink {
+impl Target {
     /// The key of a row: its key columns as the table reads them, and their text (the identity
     /// of the row within a batch). Errs when a key column is missing.
     fn key_of(&self, row: &Map<String, Value>) -> Result<(String, Map<String, Value>), String> {
         let mut key = Map::new();
-        for k in &self.target.key {
-            let ty = self.target.columns.get(k).map_or("", String::as_str);
+        for k in &self.key {
+            let ty = self.columns.get(k).map_or("", String::as_str);
             match row.get(k) {
                 Some(v) if !v.is_null() => {
                     key.insert(k.clone(), for_column(ty, v.clone()));
@@ -257,13 +313,15 @@ impl PgSink {
     fn row_for_table(&self, row: Map<String, Value>) -> Map<String, Value> {
         row.into_iter()
             .filter_map(|(k, v)| {
-                let ty = self.target.columns.get(&k)?;
+                let ty = self.columns.get(&k)?;
                 let v = for_column(ty, v);
                 Some((k, v))
             })
             .collect()
     }
+}
 
+impl PgSink {
     /// Writes the final state of each upserted key in `rows` within `tx`.
     async fn apply(
         t: &Target,
@@ -325,14 +383,25 @@ impl Sink for PgSink {
 
     async fn check(cfg: &PgSinkConfig) -> Result<(), ConnectorError> {
         let client = connect(cfg).await?;
-        target(&client, cfg).await?;
+        // Routed targets are known only from the records; a fixed one is checked now.
+        if let Some(t) = &cfg.table {
+            target(&client, cfg, t).await?;
+        }
         Ok(())
     }
 
     async fn open(cfg: PgSinkConfig) -> Result<Self, ConnectorError> {
         let client = connect(&cfg).await?;
-        let target = target(&client, &cfg).await?;
-        Ok(PgSink { client, target })
+        let mut targets = std::collections::HashMap::new();
+        if let Some(t) = &cfg.table {
+            targets.insert(t.clone(), target(&client, &cfg, t).await?);
+        }
+        Ok(PgSink {
+            client,
+            routing: cfg.routing(),
+            cfg,
+            targets,
+        })
     }
 
     fn stream(cfg: &PgSinkConfig) -> &str {
@@ -340,30 +409,45 @@ impl Sink for PgSink {
     }
 
     async fn write(&mut self, records: &[SinkRecord]) -> Result<Written, ConnectorError> {
-        let segments = changes::reduce(
-            records,
-            &self.target.qualified,
-            |row| self.key_of(row),
-            |row| self.row_for_table(row),
-        )?;
-        let target = &self.target;
+        let parts = changes::route(records, &mut self.routing)?;
+        for p in &parts {
+            if !self.targets.contains_key(&p.target) {
+                let t = target(&self.client, &self.cfg, &p.target).await?;
+                self.targets.insert(p.target.clone(), t);
+            }
+        }
+        // Every part reduced before anything is written: a bad record fails the whole batch.
+        let mut work = Vec::with_capacity(parts.len());
+        for part in parts {
+            let t = &self.targets[&part.target];
+            let segments = changes::reduce(
+                records,
+                part,
+                &t.qualified,
+                |row| t.key_of(row),
+                |row| t.row_for_table(row),
+            )?;
+            work.push((t, segments));
+        }
         let tx = self.client.transaction().await.map_err(|e| pg_error("begin", e))?;
-        for seg in segments {
-            if seg.truncate_first {
-                tx.execute(&format!("TRUNCATE {}", target.qualified), &[])
-                    .await
-                    .map_err(|e| pg_error("truncate", e))?;
-            }
-            let (mut keys, mut rows) = (Vec::new(), Vec::new());
-            for change in seg.changes.into_values() {
-                match change {
-                    Final::Delete(key) => keys.push(Value::Object(key)),
-                    Final::Upsert(row) => rows.push(row),
+        for (target, segments) in work {
+            for seg in segments {
+                if seg.truncate_first {
+                    tx.execute(&format!("TRUNCATE {}", target.qualified), &[])
+                        .await
+                        .map_err(|e| pg_error("truncate", e))?;
                 }
+                let (mut keys, mut rows) = (Vec::new(), Vec::new());
+                for change in seg.changes.into_values() {
+                    match change {
+                        Final::Delete(key) => keys.push(Value::Object(key)),
+                        Final::Upsert(row) => rows.push(row),
+                    }
+                }
+                // Deletes first: a key is either deleted or upserted in its final state.
+                Self::delete(target, &tx, keys).await?;
+                Self::apply(target, &tx, rows).await?;
             }
-            // Deletes first: a key is either deleted or upserted in its final state, never both.
-            Self::delete(target, &tx, keys).await?;
-            Self::apply(target, &tx, rows).await?;
         }
         tx.commit().await.map_err(|e| pg_error("commit", e))?;
         Ok(Written::Durable)
@@ -383,7 +467,7 @@ mod tests {
     fn documents_go_in_byte_for_byte() {
         let t = Target {
             qualified: "t".into(),
-            columns: [("doc", "jsonb"), ("name", "text")]
+            columns: [("doc", "jsonb"), ("name", "text"), ("docs", "json[]")]
                 .into_iter()
                 .map(|(a, b)| (a.to_owned(), b.to_owned()))
                 .collect(),
@@ -392,11 +476,11 @@ mod tests {
         let doc = r#"{"n": 123456789012345678901234567890, "f": 0.1000000000000000055511151231257827}"#;
         let rows = [
             json!({"doc": doc, "name": "{\"not\": \"a doc\"}"}),
-            json!({"doc": "plain"}),
+            json!({"doc": "plain", "docs": [doc, "x"]}),
         ];
         assert_eq!(
             rows_text(&t, &rows),
-            format!(r#"[{{"doc":{doc},"name":"{{\"not\": \"a doc\"}}"}},{{"doc":"plain"}}]"#)
+            format!(r#"[{{"doc":{doc},"name":"{{\"not\": \"a doc\"}}"}},{{"doc":"plain","docs":[{doc},"x"]}}]"#)
         );
     }
 

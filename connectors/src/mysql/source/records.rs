@@ -75,7 +75,7 @@ pub fn change(
     origin: &Origin<'_>,
 ) -> Record {
     let img = |cells| Image { table, cells };
-    cdc::change(format, op, before.map(img).as_ref(), after.map(img).as_ref(), |b| {
+    let mut r = cdc::change(format, op, before.map(img).as_ref(), after.map(img).as_ref(), |b| {
         pb::field(b, "connector", |b| pb::string(b, "mysql"));
         pb::field(b, "db", |b| pb::string(b, &table.db));
         pb::field(b, "table", |b| pb::string(b, &table.name));
@@ -89,5 +89,7 @@ pub fn change(
         pb::field(b, "snapshot", |b| {
             pb::string(b, if origin.snapshot { "true" } else { "false" })
         });
-    })
+    });
+    r.attributes = table.attributes.clone();
+    r
 }

@@ -20,6 +20,8 @@ pub struct Table {
     pub columns: Vec<String>,
     pub kinds: Vec<Kind>,
     pub key: Vec<usize>,
+    /// Set on each of its records: the table's identity (`cdc::source_attributes`).
+    pub attributes: hstream_runtime::Attributes,
 }
 
 /// A table as `information_schema` describes it now.
@@ -159,7 +161,9 @@ pub fn from_table_map(
         // against today's columns could mislabel them, so stop instead.
         return Err(ConnectorError::config(format!(
             "table: the binlog's TABLE_MAP of {}.{} carries no column names; CDC needs \
-             binlog_row_metadata=FULL (SET GLOBAL binlog_row_metadata=FULL and in the server's configuration)",
+             binlog_row_metadata=FULL (SET GLOBAL binlog_row_metadata=FULL and in the server's configuration). \
+             If it is FULL now, this part of the binlog was written before: re-create the connector so that it \
+             takes a new snapshot and streams from after the change",
             tm.schema, tm.table
         )));
     }
@@ -244,6 +248,7 @@ pub fn from_table_map(
             .collect(),
     };
     Ok(Arc::new(Table {
+        attributes: crate::cdc::source_attributes(&tm.schema, None, &tm.table),
         db: tm.schema.clone(),
         name: tm.table.clone(),
         columns: tm.names.clone(),

@@ -119,6 +119,7 @@ impl MySqlSource {
                 })
                 .collect();
             let table = super::schema::Table {
+                attributes: crate::cdc::source_attributes(&db, None, &name),
                 db: db.clone(),
                 name: name.clone(),
                 columns: described.columns.clone(),

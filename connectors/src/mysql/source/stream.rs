@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use hstream_runtime::{ConnectorError, Done, PayloadFlag, Record, SourceOutput};
+use hstream_runtime::{ConnectorError, Done, Record, SourceOutput};
 use mysql_async::BinlogStreamRequest;
 use mysql_async::prelude::Queryable;
 
 use super::records::{Origin, change, same_key};
 use super::schema::{self, Described, Table};
 use super::{GtidState, MAX_BATCH, MySqlOffset, MySqlSource, PositionMode, format_gtid_state, parse_gtid_state};
-use crate::cdc::{Op, RecordFormat, now_ms};
+use crate::cdc::Op;
 use crate::mysql::binlog::{self, MariaGtid, Rows, TableMap, event};
 use crate::mysql::values::{Cell, DecodeError};
 use crate::mysql::{literal, query_error};
@@ -328,26 +328,17 @@ impl MySqlSource {
         h: &mysql_async::binlog::events::BinlogEventHeader,
         end: u64,
     ) {
-        if self.cfg.format != RecordFormat::Debezium {
-            tracing::warn!(table = %format!("{}.{}", key.0, key.1), "TRUNCATE is not represented in the hstream record format; skipped");
-            return;
-        }
-        let mut buf = Vec::new();
-        pb::field(&mut buf, "op", |b| pb::string(b, "t"));
-        pb::field(&mut buf, "ts_ms", |b| pb::number(b, now_ms() as f64));
-        pb::field(&mut buf, "source", |b| {
-            pb::object(b, |b| {
-                pb::field(b, "connector", |b| pb::string(b, "mysql"));
-                pb::field(b, "db", |b| pb::string(b, &key.0));
-                pb::field(b, "table", |b| pb::string(b, &key.1));
-                pb::field(b, "server_id", |b| pb::number(b, f64::from(h.server_id())));
-                pb::field(b, "file", |b| pb::string(b, &st.file));
-                pb::field(b, "pos", |b| pb::number(b, end as f64));
-                pb::field(b, "ts_ms", |b| pb::number(b, f64::from(h.timestamp()) * 1000.0));
-            })
+        let attributes = crate::cdc::source_attributes(&key.0, None, &key.1);
+        let record = crate::cdc::truncate(self.cfg.format, &attributes, |b| {
+            pb::field(b, "connector", |b| pb::string(b, "mysql"));
+            pb::field(b, "db", |b| pb::string(b, &key.0));
+            pb::field(b, "table", |b| pb::string(b, &key.1));
+            pb::field(b, "server_id", |b| pb::number(b, f64::from(h.server_id())));
+            pb::field(b, "file", |b| pb::string(b, &st.file));
+            pb::field(b, "pos", |b| pb::number(b, end as f64));
+            pb::field(b, "ts_ms", |b| pb::number(b, f64::from(h.timestamp()) * 1000.0));
         });
-        st.batch
-            .push(Record::new(String::new(), PayloadFlag::Json, bytes::Bytes::from(buf)));
+        st.batch.push(record);
     }
 
     async fn table_map(&mut self, st: &mut State, data: &[u8]) -> Result<(), ConnectorError> {

@@ -25,6 +25,7 @@ use super::{Endpoint, default_host, default_port, default_schema, query_error, s
 
 mod records;
 mod snapshot;
+mod spill;
 mod stream;
 
 /// Records per emitted batch at most (a batch is also emitted whenever the socket runs dry).
@@ -91,9 +92,14 @@ pub struct PgSourceConfig {
     #[serde(default)]
     pub drop_slot_on_delete: Option<bool>,
     /// Receive large transactions while in progress (pgoutput protocol 2, PostgreSQL 14+); they
-    /// are held in memory until they commit.
+    /// are held until they commit.
     #[serde(default)]
     pub streaming: bool,
+    /// With streaming: memory for transactions in progress; past it a transaction goes to a
+    /// temporary file until it commits.
+    #[serde(default = "default_streaming_memory")]
+    #[schemars(range(min = 65536))]
+    pub streaming_memory_bytes: u64,
 }
 
 fn yes() -> bool {
@@ -101,6 +107,9 @@ fn yes() -> bool {
 }
 fn default_heartbeat() -> u64 {
     10_000
+}
+fn default_streaming_memory() -> u64 {
+    64 << 20
 }
 
 /// `hstream_<stream>` made a valid slot name (lower case, digits, underscores; 63 bytes).
@@ -353,9 +362,23 @@ impl PgSource {
                 .await
                 .map_err(perr)?
                 .is_empty();
+        // The tables named in the publication (a partitioned table is one entry, not its
+        // partitions); a FOR ALL TABLES publication names none and holds every table.
+        let all = conn
+            .query(&format!(
+                "SELECT puballtables::text FROM pg_publication WHERE pubname = {}",
+                literal(&publication)
+            ))
+            .await
+            .map_err(perr)?;
+        if all.first().and_then(|r| r[0].as_deref()) == Some("true") {
+            return Ok(());
+        }
         let have = conn
             .query(&format!(
-                "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = {}",
+                "SELECT n.nspname::text, c.relname::text FROM pg_publication_rel r \
+                 JOIN pg_publication p ON p.oid = r.prpubid JOIN pg_class c ON c.oid = r.prrelid \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.pubname = {}",
                 literal(&publication)
             ))
             .await
@@ -465,9 +488,34 @@ impl PgSource {
         Ok((lsn, row.get(2).cloned().flatten()))
     }
 
-    /// Whether changes of `schema.table` belong in the stream.
-    fn captures(&self, schema: &str, table: &str) -> bool {
-        self.captured.contains(&(schema.to_owned(), table.to_owned()))
+    /// Whether changes of relation `id` (`schema.table`) belong in the stream: a configured
+    /// table, or a partition or inheritance child of one (a publication without
+    /// publish_via_partition_root sends a partition's changes under its own name).
+    async fn captures(&mut self, id: u32, schema: &str, table: &str) -> Result<bool, ConnectorError> {
+        if self.captured.contains(&(schema.to_owned(), table.to_owned())) {
+            return Ok(true);
+        }
+        let rows = self
+            .control()
+            .await?
+            .query(&format!(
+                "WITH RECURSIVE up(oid) AS (SELECT {id}::oid UNION \
+                   SELECT i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.oid) \
+                 SELECT n.nspname::text, c.relname::text FROM up JOIN pg_class c ON c.oid = up.oid \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace"
+            ))
+            .await;
+        let rows = match rows {
+            Ok(r) => r,
+            Err(e) => {
+                self.control = None;
+                return Err(query_error("reading the catalog", e));
+            }
+        };
+        Ok(rows.iter().any(|r| {
+            let (s, t) = (r[0].clone().unwrap_or_default(), r[1].clone().unwrap_or_default());
+            self.captured.contains(&(s, t))
+        }))
     }
 
     /// Ends an initial_only run: the offset that says so committed first, then the slot dropped
@@ -606,6 +654,11 @@ impl Source for PgSource {
     async fn run(&mut self, out: &mut SourceOutput<PgOffset>) -> Result<Done, ConnectorError> {
         let mut repl = self.ep.connect(true, "hstream-cdc").await?;
         let start = match self.resume.clone() {
+            // initial_only already complete (a restart after its end, a resume): nothing is
+            // left but the slot, which may be gone already.
+            Some(o) if o.snapshot_done && self.cfg.snapshot_mode == SnapshotMode::InitialOnly => {
+                return self.complete(repl, out, o.lsn).await;
+            }
             Some(o) if o.snapshot_done => {
                 if Self::slot_state(&mut repl, &self.slot).await?.is_none() {
                     return Err(ConnectorError::config(format!(
@@ -714,15 +767,13 @@ impl Source for PgSource {
             },
         };
         self.resume = Some(self.offset(start, true));
-        if self.cfg.snapshot_mode == SnapshotMode::InitialOnly {
-            // Complete already (a restart after the end): nothing is left but the slot.
-            return self.complete(repl, out, start).await;
-        }
         self.stream(repl, start, out).await
     }
 
     async fn on_delete(cfg: &PgSourceConfig) -> Result<(), ConnectorError> {
-        if !cfg.drop_slot_on_delete.unwrap_or(cfg.slot_name.is_none()) {
+        // initial_only's slot exists only for its snapshot: always ours to drop by default.
+        let default = cfg.slot_name.is_none() || cfg.snapshot_mode == SnapshotMode::InitialOnly;
+        if !cfg.drop_slot_on_delete.unwrap_or(default) {
             return Ok(());
         }
         let mut conn = cfg.endpoint().connect(true, "hstream-cdc-cleanup").await?;

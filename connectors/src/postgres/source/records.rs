@@ -17,6 +17,8 @@ pub(super) struct Rel {
     pub(super) names: Vec<String>,
     pub(super) kinds: Vec<Kind>,
     pub(super) key: Vec<usize>,
+    /// Set on each of its records: the table's identity (`cdc::source_attributes`).
+    pub(super) attributes: hstream_runtime::Attributes,
 }
 
 /// Where a change came from (Debezium's `source` block).
@@ -104,16 +106,14 @@ pub(super) fn change(
     origin: &Origin<'_>,
 ) -> Record {
     let img = |cols| Image { rel, cols };
-    cdc::change(format, op, before.map(img).as_ref(), after.map(img).as_ref(), |b| {
+    let mut r = cdc::change(format, op, before.map(img).as_ref(), after.map(img).as_ref(), |b| {
         write_source_fields(b, rel, origin)
-    })
+    });
+    r.attributes = rel.attributes.clone();
+    r
 }
 
-pub(super) fn write_source(b: &mut Vec<u8>, rel: &Rel, origin: &Origin<'_>) {
-    pb::object(b, |b| write_source_fields(b, rel, origin))
-}
-
-fn write_source_fields(b: &mut Vec<u8>, rel: &Rel, origin: &Origin<'_>) {
+pub(super) fn write_source_fields(b: &mut Vec<u8>, rel: &Rel, origin: &Origin<'_>) {
     pb::field(b, "connector", |b| pb::string(b, "postgresql"));
     pb::field(b, "db", |b| pb::string(b, origin.db));
     pb::field(b, "schema", |b| pb::string(b, &rel.schema));

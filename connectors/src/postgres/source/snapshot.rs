@@ -39,17 +39,19 @@ impl PgSource {
                     .await
                     .map_err(snap_err)?;
             }
-            None => {
-                // The transaction's snapshot is taken by its first query; the WAL end read
-                // after it lies past every commit the snapshot sees.
+            None if self.cfg.snapshot_mode == SnapshotMode::InitialOnly => {
+                // The transaction's snapshot is taken by its first query; the WAL insert
+                // position read after it lies past the commit record of every transaction the
+                // snapshot sees (even an asynchronous commit not yet written).
                 conn.query("SELECT 1").await.map_err(snap_err)?;
                 end = conn
-                    .query("SELECT pg_current_wal_lsn()::text")
+                    .query("SELECT pg_current_wal_insert_lsn()::text")
                     .await
                     .map_err(snap_err)?
                     .first()
                     .and_then(|r| r[0].as_deref().and_then(crate::postgres::wire::parse_lsn));
             }
+            None => {}
         }
         let finished = snapshot.is_some() || self.cfg.snapshot_mode != SnapshotMode::InitialOnly;
         let tables = Self::tables(&mut conn, &self.cfg).await?;
@@ -71,6 +73,7 @@ impl PgSource {
             let oids: Vec<u32> = info.columns.iter().map(|c| c.1).collect();
             learn_types(&mut conn, &mut self.types, &oids).await?;
             let rel = Rel {
+                attributes: crate::cdc::source_attributes(&self.cfg.database, Some(schema), table),
                 schema: schema.clone(),
                 table: table.clone(),
                 names: info.columns.iter().map(|c| c.0.clone()).collect(),

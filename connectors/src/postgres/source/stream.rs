@@ -5,12 +5,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use hstream_runtime::{ConnectorError, Done, PayloadFlag, Record, SourceOutput};
+use hstream_runtime::{ConnectorError, Done, Record, SourceOutput};
 
-use super::records::{Op, Origin, Rel, change, now_ms, same_key, write_source};
-use super::{MAX_BATCH, PG_EPOCH_US, PgOffset, PgSource, RecordFormat, learn_types};
-use crate::pbstruct as pb;
+use super::records::{Op, Origin, Rel, change, same_key, write_source_fields};
+use super::spill::{Committed, InProgress, SpillReader};
+use super::{MAX_BATCH, PG_EPOCH_US, PgOffset, PgSource, learn_types};
 use crate::postgres::pgoutput::{self, Message};
 use crate::postgres::query_error;
 use crate::postgres::wire::{self, Connection, ReplicationMessage, ReplicationStream, format_lsn, ident};
@@ -71,12 +70,14 @@ impl PgSource {
             confirmed: start,
             emitted: start,
             last_commit: start,
+            quiet_through: start,
             change_lsn: start,
             in_txn: false,
             xid: 0,
             commit_ts_ms: 0,
             in_stream: None,
-            streamed: HashMap::new(),
+            streamed: InProgress::new(self.cfg.streaming_memory_bytes as usize),
+            spilled: None,
             relations: HashMap::new(),
             foreign: HashSet::new(),
             batch: Vec::with_capacity(MAX_BATCH),
@@ -148,6 +149,11 @@ impl PgSource {
                     }
                     ReplicationMessage::Keepalive { wal_end, reply } => {
                         st.received = st.received.max(wal_end);
+                        // Outside a decoded transaction, every commit before `wal_end` has been
+                        // received (streamed transactions still open do not matter here).
+                        if !st.in_txn {
+                            st.quiet_through = st.quiet_through.max(wal_end);
+                        }
                         // The server has sent everything before `wal_end`: with no transaction
                         // open, nothing before it can still arrive.
                         if !st.in_txn && st.streamed.is_empty() {
@@ -160,7 +166,7 @@ impl PgSource {
                         }
                     }
                 }
-                if st.batch.len() >= MAX_BATCH {
+                if st.batch.len() >= MAX_BATCH || st.spilled.is_some() {
                     self.flush(&mut st, out, &mut rs, &mut committed).await?;
                 }
             }
@@ -175,7 +181,7 @@ impl PgSource {
                 last_heard = tokio::time::Instant::now();
             }
             if let Some(end) = self.catch_up
-                && st.emitted >= end
+                && (st.emitted >= end || (st.quiet_through >= end && st.batch.is_empty() && st.spilled.is_none()))
             {
                 // initial_only taken again has streamed past its snapshot's end: done.
                 rs.close().await;
@@ -234,31 +240,53 @@ impl PgSource {
                 Vec::new()
             };
             let lsn = if rest.is_empty() { st.last_commit } else { st.emitted };
-            st.emitted = lsn;
-            // While an initial_only run catches up, its snapshot does not count as done yet.
-            let emit = out.emit(
-                std::mem::replace(&mut records, rest),
-                self.offset(lsn, self.catch_up.is_none()),
-            );
-            tokio::pin!(emit);
-            let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.heartbeat_interval_ms));
-            tick.tick().await;
+            self.emit_answering(st, out, rs, committed, std::mem::replace(&mut records, rest), lsn)
+                .await?;
+        }
+        // A spilled transaction that just committed: read back in batches with the offset
+        // before it, then its end.
+        if let Some((mut spilled, end)) = st.spilled.take() {
             loop {
-                tokio::select! {
-                    r = &mut emit => {
-                        r?;
-                        break;
-                    }
-                    _ = tick.tick() => rs.send_status(st.received, st.confirmed, false).await.map_err(stream_err)?,
-                    changed = committed.changed() => {
-                        if changed.is_ok() && st.confirm(committed) {
-                            rs.send_status(st.received, st.confirmed, false).await.map_err(stream_err)?;
-                        }
+                let chunk = spilled.next_chunk(MAX_BATCH).map_err(spill_err)?;
+                if chunk.is_empty() {
+                    break;
+                }
+                self.emit_answering(st, out, rs, committed, chunk, st.emitted).await?;
+            }
+            st.last_commit = st.last_commit.max(end);
+            self.emit_answering(st, out, rs, committed, Vec::new(), st.last_commit)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// One emit with the offset `lsn`, telling the server our position while the pipeline is full.
+    async fn emit_answering(
+        &self,
+        st: &mut StreamState,
+        out: &mut SourceOutput<PgOffset>,
+        rs: &mut ReplicationStream,
+        committed: &mut tokio::sync::watch::Receiver<Option<PgOffset>>,
+        records: Vec<Record>,
+        lsn: u64,
+    ) -> Result<(), ConnectorError> {
+        st.emitted = lsn;
+        // While an initial_only run catches up, its snapshot does not count as done yet.
+        let emit = out.emit(records, self.offset(lsn, self.catch_up.is_none()));
+        tokio::pin!(emit);
+        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.heartbeat_interval_ms));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                r = &mut emit => return r,
+                _ = tick.tick() => rs.send_status(st.received, st.confirmed, false).await.map_err(stream_err)?,
+                changed = committed.changed() => {
+                    if changed.is_ok() && st.confirm(committed) {
+                        rs.send_status(st.received, st.confirmed, false).await.map_err(stream_err)?;
                     }
                 }
             }
         }
-        Ok(())
     }
 
     async fn on_data(&mut self, st: &mut StreamState, data: &[u8]) -> Result<(), ConnectorError> {
@@ -271,7 +299,7 @@ impl PgSource {
                 };
                 // A publication may hold tables this connector was not asked for (a shared one,
                 // or a table since removed from `tables`): their changes are not ours.
-                if !self.captures(&r.namespace, &r.name) {
+                if !self.captures(r.id, &r.namespace, &r.name).await? {
                     st.relations.remove(&r.id);
                     st.foreign.insert(r.id);
                     return Ok(());
@@ -343,33 +371,27 @@ impl PgSource {
                 produced.push(change(format, &r, Op::Delete, Some(&old), None, &origin));
             }
             Message::Truncate { rels } => {
-                if format == RecordFormat::Debezium {
-                    for id in rels {
-                        if let Some(r) = st.relations.get(&id).cloned() {
-                            let mut buf = Vec::new();
-                            pb::field(&mut buf, "op", |b| pb::string(b, "t"));
-                            pb::field(&mut buf, "ts_ms", |b| pb::number(b, now_ms() as f64));
-                            pb::field(&mut buf, "source", |b| write_source(b, &r, &origin));
-                            produced.push(Record::new(String::new(), PayloadFlag::Json, Bytes::from(buf)));
-                        }
+                // Foreign relations are not in `relations`: their truncates stay out too.
+                for id in rels {
+                    if let Some(r) = st.relations.get(&id).cloned() {
+                        produced.push(crate::cdc::truncate(format, &r.attributes, |b| {
+                            write_source_fields(b, &r, &origin)
+                        }));
                     }
-                } else {
-                    tracing::warn!("TRUNCATE is not represented in the hstream record format; skipped");
                 }
             }
-            Message::StreamCommit { xid, end_lsn, .. } => {
-                if let Some(changes) = st.streamed.remove(&xid) {
-                    st.batch.extend(changes.into_iter().map(|(_, r)| r));
+            Message::StreamCommit { xid, end_lsn, .. } => match st.streamed.commit(xid).map_err(spill_err)? {
+                Some(Committed::Spilled(reader)) => {
+                    // Emitted by the next flush (right away), before anything decoded after it.
+                    st.spilled = Some((reader, end_lsn));
                 }
-                st.last_commit = st.last_commit.max(end_lsn);
-            }
-            Message::StreamAbort { xid, subxid } => {
-                if xid == subxid {
-                    st.streamed.remove(&xid);
-                } else if let Some(v) = st.streamed.get_mut(&xid) {
-                    v.retain(|(s, _)| *s != subxid);
+                Some(Committed::Memory(changes)) => {
+                    st.batch.extend(changes);
+                    st.last_commit = st.last_commit.max(end_lsn);
                 }
-            }
+                None => st.last_commit = st.last_commit.max(end_lsn),
+            },
+            Message::StreamAbort { xid, subxid } => st.streamed.abort(xid, subxid),
             Message::Relation(_)
             | Message::Type { .. }
             | Message::Origin
@@ -379,10 +401,7 @@ impl PgSource {
         }
         match (st.in_stream, subxid) {
             (Some(top), Some(sub)) if !produced.is_empty() => {
-                st.streamed
-                    .entry(top)
-                    .or_default()
-                    .extend(produced.drain(..).map(|r| (sub, r)));
+                st.streamed.add(top, sub, &mut produced).map_err(spill_err)?;
             }
             _ => st.batch.append(&mut produced),
         }
@@ -432,6 +451,7 @@ impl PgSource {
                 .collect()
         };
         let rel = Rel {
+            attributes: crate::cdc::source_attributes(&self.cfg.database, Some(&r.namespace), &r.name),
             schema: r.namespace,
             table: r.name,
             names: r.columns.iter().map(|c| c.name.clone()).collect(),
@@ -453,6 +473,9 @@ struct StreamState {
     emitted: u64,
     /// The end of the last transaction seen (or the server position while idle).
     last_commit: u64,
+    /// The server's position in a keepalive received outside a decoded transaction: every
+    /// commit before it has been received (transactions streamed while open aside).
+    quiet_through: u64,
     /// The WAL position of the message being decoded.
     change_lsn: u64,
     in_txn: bool,
@@ -460,8 +483,10 @@ struct StreamState {
     commit_ts_ms: i64,
     /// Inside Stream Start/Stop: the streamed transaction.
     in_stream: Option<u32>,
-    /// Changes of streamed transactions not yet committed, with their subtransaction ids.
-    streamed: HashMap<u32, Vec<(u32, Record)>>,
+    /// Changes of streamed transactions not yet committed (spilled past the memory budget).
+    streamed: InProgress,
+    /// A spilled transaction that committed, with its end: emitted by the next flush.
+    spilled: Option<(SpillReader, u64)>,
     relations: HashMap<u32, Arc<Rel>>,
     /// Relations of the publication that this connector does not capture.
     foreign: HashSet<u32>,
@@ -508,6 +533,10 @@ fn parse_pg_duration(text: &str) -> Option<Duration> {
 
 fn stream_err(e: wire::PgError) -> ConnectorError {
     query_error("replication stream", e)
+}
+
+fn spill_err(e: std::io::Error) -> ConnectorError {
+    ConnectorError::external("spilling an in-progress transaction to a temporary file").with_source(e)
 }
 
 fn decode_err(e: pgoutput::DecodeError) -> ConnectorError {
