@@ -43,15 +43,34 @@ pub enum Routing {
     /// source table only, else rows of several tables would be mixed in one.
     Fixed { table: String, seen: Option<SourceTable> },
     /// Each record to the table this pattern names from its source (`tableNameFormat`, with
-    /// `${db}`, `${schema}` and `${table}`).
-    Format(String),
+    /// `${db}`, `${schema}` and `${table}`); two source tables may not meet in one target.
+    Format {
+        format: String,
+        sources: HashMap<String, SourceTable>,
+    },
 }
 
 /// The placeholders of `tableNameFormat`.
 const PLACEHOLDERS: [&str; 3] = ["${db}", "${schema}", "${table}"];
 
+/// Checks a sink's `table` and `tableNameFormat` options, naming the one at fault.
+pub fn check_options(table: &Option<String>, table_name_format: &Option<String>) -> Result<(), ConnectorError> {
+    if table.as_deref() == Some("") {
+        return Err(ConnectorError::config("table: must not be empty"));
+    }
+    if table.is_some() && table_name_format.is_some() {
+        return Err(ConnectorError::config(
+            "tableNameFormat: give either table (one target) or tableNameFormat (a target per source table)",
+        ));
+    }
+    if let Some(f) = table_name_format {
+        check_format(f).map_err(|e| ConnectorError::config(format!("tableNameFormat: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Checks a `tableNameFormat`: not empty, and no placeholder but the known ones.
-pub fn check_format(format: &str) -> Result<(), String> {
+fn check_format(format: &str) -> Result<(), String> {
     if format.trim().is_empty() {
         return Err("must not be empty".into());
     }
@@ -73,6 +92,29 @@ pub fn check_format(format: &str) -> Result<(), String> {
 }
 
 impl Routing {
+    /// The routing a sink's `table` and `tableNameFormat` options ask for (checked by
+    /// [`check_options`]).
+    pub fn from_options(table: &Option<String>, table_name_format: &Option<String>) -> Routing {
+        match table {
+            Some(table) => Routing::Fixed {
+                table: table.clone(),
+                seen: None,
+            },
+            None => Routing::Format {
+                format: table_name_format.clone().unwrap_or_else(|| "${table}".to_owned()),
+                sources: HashMap::new(),
+            },
+        }
+    }
+
+    /// The option that names the target tables (for errors about them).
+    pub fn option(&self) -> &'static str {
+        match self {
+            Routing::Fixed { .. } => "table",
+            Routing::Format { .. } => "tableNameFormat",
+        }
+    }
+
     /// The table `source`'s changes go to.
     fn target(&mut self, source: Option<SourceTable>) -> Result<String, String> {
         match self {
@@ -84,7 +126,7 @@ impl Routing {
                             return Err(format!(
                                 "the stream holds changes of {first} and of {src}, and `table` would write both \
                                  into {table}: set tableNameFormat (e.g. \"${{table}}\") instead of table to write \
-                                 each into its own table"
+                                 each into its own table (after a rename of the source table, re-create the sink)"
                             ));
                         }
                         Some(_) => {}
@@ -92,16 +134,27 @@ impl Routing {
                 }
                 Ok(table.clone())
             }
-            Routing::Format(format) => {
+            Routing::Format { format, sources } => {
                 let src = source.ok_or_else(|| {
                     "it names no source table (no source.table attribute, no Debezium source block): set table \
                      to name the target"
                         .to_owned()
                 })?;
-                Ok(format
+                let target = format
                     .replace("${db}", &src.db)
                     .replace("${schema}", &src.schema)
-                    .replace("${table}", &src.table))
+                    .replace("${table}", &src.table);
+                match sources.get(&target) {
+                    Some(other) if *other != src => Err(format!(
+                        "tableNameFormat {format:?} names {target} for both {other} and {src}: include ${{schema}} \
+                         or ${{db}} so that each source table has its own target"
+                    )),
+                    Some(_) => Ok(target),
+                    None => {
+                        sources.insert(target.clone(), src);
+                        Ok(target)
+                    }
+                }
             }
         }
     }
@@ -244,12 +297,18 @@ fn classify(v: Value) -> Result<Change, String> {
     let Value::Object(mut o) = v else {
         return Err("not a JSON object".into());
     };
-    // A truncate in either format (HStream IO's shape has no truncate of its own: ours marks it
-    // with "op": "t" beside a null key and value).
-    if o.get("op").and_then(Value::as_str) == Some("t")
-        && (o.contains_key("source") || (o.get("key") == Some(&Value::Null) && o.get("value") == Some(&Value::Null)))
-    {
-        return Ok(Change::Truncate);
+    // A truncate only in the two shapes CDC sources write: Debezium's (a `source` block, no row
+    // image) and ours in HStream IO's shape (a null key and value). A user's row that happens
+    // to have an "op" column is a row.
+    if o.get("op").and_then(Value::as_str) == Some("t") {
+        let no_image = ["key", "value", "before", "after"]
+            .iter()
+            .all(|k| o.get(*k).is_none_or(Value::is_null));
+        let debezium = o.get("source").is_some_and(Value::is_object) && no_image;
+        let hstream = o.get("key") == Some(&Value::Null) && o.get("value") == Some(&Value::Null);
+        if debezium || hstream {
+            return Ok(Change::Truncate);
+        }
     }
     if o.contains_key("key") && o.contains_key("value") {
         let key = match o.remove("key") {
@@ -269,7 +328,7 @@ fn classify(v: Value) -> Result<Change, String> {
         };
     }
     let op = match o.get("op") {
-        Some(Value::String(op)) if o.contains_key("after") || o.contains_key("before") || op == "t" => Some(op.clone()),
+        Some(Value::String(op)) if o.contains_key("after") || o.contains_key("before") => Some(op.clone()),
         _ => None,
     };
     if let Some(op) = op {
@@ -282,7 +341,7 @@ fn classify(v: Value) -> Result<Change, String> {
                 Some(Value::Object(row)) => Ok(Change::Delete(row)),
                 _ => Err("op \"d\" without a \"before\" object".into()),
             },
-            "t" => Ok(Change::Truncate),
+            "t" => Err("op \"t\" with a row image".into()),
             other => Err(format!("unknown op {other:?}")),
         };
     }
@@ -328,6 +387,13 @@ mod tests {
         }
     }
 
+    fn a_again() -> SinkRecord {
+        record(
+            &[(ATTR_DB, "app"), (ATTR_SCHEMA, "public"), (ATTR_TABLE, "a")],
+            json!({"key": {"id": 1.0}, "value": {"id": 1.0}}),
+        )
+    }
+
     #[test]
     fn records_route_by_their_source_table() {
         let a = record(
@@ -336,7 +402,7 @@ mod tests {
         );
         let b = record(&[], json!({"op": "t", "source": {"db": "app", "table": "b"}}));
         let anon = record(&[], json!({"id": 3.0}));
-        let mut by_name = Routing::Format("${schema}_${table}_copy".into());
+        let mut by_name = Routing::from_options(&None, &Some("${schema}_${table}_copy".into()));
         let parts = route(&[a.clone(), b.clone(), a.clone()], &mut by_name).unwrap();
         let seen: Vec<(&str, usize)> = parts.iter().map(|p| (p.target.as_str(), p.changes.len())).collect();
         assert_eq!(seen, [("public_a_copy", 2), ("_b_copy", 1)]);
@@ -356,6 +422,28 @@ mod tests {
         assert!(
             e.contains("app.public.a and of app.b") && e.contains("tableNameFormat"),
             "{e}"
+        );
+        // Two source tables meeting in one target are refused.
+        let other_schema = record(
+            &[(ATTR_DB, "app"), (ATTR_SCHEMA, "sales"), (ATTR_TABLE, "a")],
+            json!({"key": {"id": 1.0}, "value": {"id": 1.0}}),
+        );
+        let mut by_table = Routing::from_options(&None, &None);
+        assert_eq!(route(&[a_again()], &mut by_table).unwrap()[0].target, "a");
+        let e = route(&[other_schema], &mut by_table).err().unwrap().to_string();
+        assert!(e.contains("app.public.a and app.sales.a"), "{e}");
+        // A user's row with an "op" column is a row, not a truncate.
+        assert!(matches!(
+            classify(json!({"id": 1.0, "op": "t"})).unwrap(),
+            Change::Upsert(_)
+        ));
+        assert!(matches!(
+            classify(json!({"key": {"id": 1.0}, "value": {"id": 1.0, "op": "t"}, "op": "t", "source": {}})).unwrap(),
+            Change::Upsert(_)
+        ));
+        assert_eq!(
+            classify(json!({"op": "t", "before": null, "after": null, "source": {"table": "a"}})).unwrap(),
+            Change::Truncate
         );
         assert!(check_format("${db}.${table}").is_ok());
         assert!(check_format("${tabel}").unwrap_err().contains("${tabel}"));

@@ -426,33 +426,41 @@ mod tests {
         }
     }
 
+    /// Starts a task of `connector` whose streams and checkpoints are never reached.
+    fn spawn_test(
+        name: &str,
+        connector: Arc<TestType>,
+        config: Value,
+        tasks: &tokio_util::task::TaskTracker,
+    ) -> TaskHandle {
+        let spec = TaskSpec {
+            name: name.into(),
+            connector,
+            config,
+            streams: Arc::new(Unused),
+            checkpoints: Arc::new(Unused),
+            initial: State::New,
+            backoff_base: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(1),
+        };
+        spawn(spec, tasks, CancellationToken::new())
+    }
+
     #[tokio::test]
     async fn failure_messages_never_carry_secrets() {
         let spec = serde_json::json!({"connectionSpecification": {"properties": {"password": {"type": "string", "airbyte_secret": true}}}});
         let tasks = tokio_util::task::TaskTracker::new();
-        let handle = spawn(
-            TaskSpec {
-                name: "leaky".into(),
-                // Fails quoting the configured password, as a careless database driver might.
-                connector: Arc::new(TestType {
-                    spec,
-                    run: Box::new(|ctx| {
-                        Box::pin(async move {
-                            let pw = ctx.config["password"].as_str().unwrap_or_default().to_owned();
-                            Err(ConnectorError::config(format!("login failed: password={pw}")))
-                        })
-                    }),
-                }),
-                config: serde_json::json!({"password": "hunter2"}),
-                streams: Arc::new(Unused),
-                checkpoints: Arc::new(Unused),
-                initial: State::New,
-                backoff_base: Duration::from_millis(1),
-                backoff_max: Duration::from_millis(1),
-            },
-            &tasks,
-            CancellationToken::new(),
-        );
+        // Fails quoting the configured password, as a careless database driver might.
+        let connector = Arc::new(TestType {
+            spec,
+            run: Box::new(|ctx| {
+                Box::pin(async move {
+                    let pw = ctx.config["password"].as_str().unwrap_or_default().to_owned();
+                    Err(ConnectorError::config(format!("login failed: password={pw}")))
+                })
+            }),
+        });
+        let handle = spawn_test("leaky", connector, serde_json::json!({"password": "hunter2"}), &tasks);
         let mut rx = handle.status.clone();
         let failed = rx.wait_for(|s| s.state == State::Failed).await.unwrap().clone();
         let reason = failed.last_error.unwrap();
@@ -491,20 +499,7 @@ mod tests {
                 })
             }),
         });
-        let handle = spawn(
-            TaskSpec {
-                name: "rec".into(),
-                connector,
-                config: serde_json::json!({}),
-                streams: Arc::new(Unused),
-                checkpoints: Arc::new(Unused),
-                initial: State::New,
-                backoff_base: Duration::from_millis(1),
-                backoff_max: Duration::from_millis(1),
-            },
-            &tasks,
-            CancellationToken::new(),
-        );
+        let handle = spawn_test("rec", connector, serde_json::json!({}), &tasks);
         let mut rx = handle.status.clone();
         // Restarted after the failure: RUNNING, the error still shown (nothing moved yet).
         rx.wait_for(|s| s.state == State::Running && s.restarts == 1)

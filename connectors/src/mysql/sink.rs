@@ -76,39 +76,8 @@ impl ConnectorConfig for MySqlSinkConfig {
         if self.stream.is_empty() {
             return Err(ConnectorError::config("stream: must not be empty"));
         }
-        if self.table.as_deref() == Some("") {
-            return Err(ConnectorError::config("table: must not be empty"));
-        }
-        if self.table.is_some() && self.table_name_format.is_some() {
-            return Err(ConnectorError::config(
-                "tableNameFormat: give either table (one target) or tableNameFormat (a target per source table)",
-            ));
-        }
-        if let Some(f) = &self.table_name_format {
-            changes::check_format(f).map_err(|e| ConnectorError::config(format!("tableNameFormat: {e}")))?;
-        }
+        changes::check_options(&self.table, &self.table_name_format)?;
         self.endpoint().validate()
-    }
-}
-
-impl MySqlSinkConfig {
-    fn routing(&self) -> changes::Routing {
-        match &self.table {
-            Some(table) => changes::Routing::Fixed {
-                table: table.clone(),
-                seen: None,
-            },
-            None => changes::Routing::Format(self.table_name_format.clone().unwrap_or_else(|| "${table}".to_owned())),
-        }
-    }
-
-    /// The option that names target tables (for errors).
-    fn table_option(&self) -> &'static str {
-        if self.table.is_some() {
-            "table"
-        } else {
-            "tableNameFormat"
-        }
     }
 }
 
@@ -130,7 +99,7 @@ async fn connect(cfg: &MySqlSinkConfig) -> Result<Conn, ConnectorError> {
 }
 
 async fn target(conn: &mut Conn, cfg: &MySqlSinkConfig, name: &str) -> Result<Target, ConnectorError> {
-    let field = cfg.table_option();
+    let field = changes::Routing::from_options(&cfg.table, &cfg.table_name_format).option();
     let (db, table) = split_table(name, &cfg.database);
     let rows = query_rows(
         conn,
@@ -349,7 +318,7 @@ impl Sink for MySqlSink {
         }
         Ok(MySqlSink {
             conn,
-            routing: cfg.routing(),
+            routing: changes::Routing::from_options(&cfg.table, &cfg.table_name_format),
             cfg,
             targets,
         })

@@ -594,3 +594,46 @@ async fn mysql_bad_configs_fail_check_with_a_clear_message() {
     .await
     .unwrap();
 }
+
+/// Changes of two tables in one stream go to a table each (`tableNameFormat`), a truncate only
+/// to its own table's copy.
+#[tokio::test]
+async fn mysql_sink_routes_each_source_table_to_its_own_table() {
+    let db = MariaDb::start();
+    for t in ["a", "b", "a_copy", "b_copy"] {
+        orders_table(&db, t);
+    }
+    db.sql(&format!(
+        "INSERT INTO {DATABASE}.a (id, name, amount) SELECT seq, 'a', seq FROM {DATABASE}.seq_1_to_100; \
+         INSERT INTO {DATABASE}.b (id, name, amount) SELECT seq, 'b', seq FROM {DATABASE}.seq_1_to_100;"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST_RETRY);
+    let mut c = server.client().await;
+    create(
+        &mut c,
+        "multi",
+        "SOURCE",
+        &source_config(&db, "multi", json!({"tables": ["a", "b"]})),
+    )
+    .await
+    .unwrap();
+    wait_streaming(&db, 1).await;
+    let mut sink = db.connector_config();
+    sink["stream"] = json!("multi");
+    sink["tableNameFormat"] = json!("${table}_copy");
+    create(&mut c, "copy", "SINK", &sink).await.unwrap();
+    db.sql(&format!(
+        "UPDATE {DATABASE}.a SET name = 'a2' WHERE id <= 10; DELETE FROM {DATABASE}.b WHERE id > 90; \
+         TRUNCATE TABLE {DATABASE}.a; INSERT INTO {DATABASE}.a (id, name, amount) VALUES (500, 'after', 1); \
+         INSERT INTO {DATABASE}.b (id, name) VALUES (600, 'b new');"
+    ));
+    let dump = |t: &str| db.sql(&format!("SELECT id, name, amount FROM {DATABASE}.{t} ORDER BY id"));
+    for (src, dst) in [("a", "a_copy"), ("b", "b_copy")] {
+        wait_until(Duration::from_secs(60), &format!("{dst} to equal {src}"), || async {
+            dump(src) == dump(dst)
+        })
+        .await;
+    }
+    assert_eq!(db.sql(&format!("SELECT count(*) FROM {DATABASE}.b_copy")), "91");
+}

@@ -21,6 +21,7 @@ pub use crate::cdc::{RecordFormat, SnapshotMode};
 
 use super::{Endpoint, default_host, default_port, ident, query_error, query_rows, split_table};
 
+mod gtid_set;
 mod records;
 pub mod schema;
 mod snapshot;
@@ -87,8 +88,9 @@ pub struct MySqlSourceConfig {
     /// With startFile: the position in it (default 4, the file's start).
     #[serde(default)]
     pub start_position: Option<u64>,
-    /// With snapshotMode=never on MariaDB: the GTID position to start after (`domain-server-seq`,
-    /// comma separated).
+    /// With snapshotMode=never: the GTIDs to start after, MariaDB's position
+    /// (`domain-server-seq`, comma separated) or MySQL's executed set (`uuid:1-5:7`, comma
+    /// separated).
     #[serde(default)]
     pub start_gtid: Option<String>,
     /// How often the server sends a heartbeat on an idle binlog (a silent connection is dropped
@@ -179,9 +181,11 @@ impl ConnectorConfig for MySqlSourceConfig {
         }
         if let Some(g) = &self.start_gtid
             && parse_gtid_state(g).is_none()
+            && gtid_set::GtidSet::parse(g).is_none()
         {
             return Err(ConnectorError::config(format!(
-                "startGtid: {g:?} is not a MariaDB GTID position (domain-server-sequence, comma separated)"
+                "startGtid: {g:?} is neither a MariaDB GTID position (domain-server-sequence, comma separated) \
+                 nor a MySQL GTID set (uuid:1-5:7, comma separated)"
             )));
         }
         Ok(())
@@ -194,7 +198,8 @@ impl ConnectorConfig for MySqlSourceConfig {
 pub struct MySqlOffset {
     pub file: String,
     pub pos: u64,
-    /// MariaDB: the GTID position (`domain-server-seq` per domain) at the same point.
+    /// The GTIDs at the same point: MariaDB's position (`domain-server-seq` per domain), or
+    /// MySQL's executed set (`uuid:1-5`, when the server runs with gtid_mode=ON).
     #[serde(default)]
     pub gtid: Option<String>,
     /// The initial snapshot is complete (or was not wanted).

@@ -10,6 +10,7 @@ use hstream_runtime::{ConnectorError, Done, Record, SourceOutput};
 use mysql_async::BinlogStreamRequest;
 use mysql_async::prelude::Queryable;
 
+use super::gtid_set::GtidSet;
 use super::records::{Origin, change, same_key};
 use super::schema::{self, Described, Table};
 use super::{GtidState, MAX_BATCH, MySqlOffset, MySqlSource, PositionMode, format_gtid_state, parse_gtid_state};
@@ -34,6 +35,10 @@ struct State {
     gtid: GtidState,
     /// The GTID of the transaction being read (MariaDB).
     current: Option<(u32, u32, u64)>,
+    /// MySQL: the executed GTID set at `committed` (when the start had one).
+    mysql_set: Option<GtidSet>,
+    /// The GTID of the transaction being read (MySQL): source UUID and number.
+    current_mysql: Option<([u8; 16], u64)>,
     in_txn: bool,
     committed: MySqlOffset,
     /// `committed` moved since the last emit.
@@ -123,7 +128,20 @@ impl MySqlSource {
             .await
             .map_err(set)?;
         let gtid = start.gtid.as_deref().unwrap_or("");
-        let by_gtid = self.mariadb && self.cfg.position_mode == PositionMode::Gtid && !gtid.is_empty();
+        let by_gtid = self.cfg.position_mode == PositionMode::Gtid && !gtid.is_empty();
+        // MySQL: the executed GTID set resumed from, and grown by each transaction read.
+        let mysql_set = match GtidSet::parse(gtid) {
+            _ if self.mariadb || gtid.is_empty() => None,
+            Some(set) => Some(set),
+            // By file and position, a set we cannot read is just not kept.
+            None if !by_gtid => None,
+            None => {
+                return Err(ConnectorError::config(format!(
+                    "positionMode: the GTID set {gtid:?} cannot be resumed from by this source (uuid:interval…; \
+                     tagged GTIDs are not supported): use positionMode=file"
+                )));
+            }
+        };
         if self.mariadb {
             // MariaDB's own GTID events (rather than BEGIN queries) and, by GTID, where to start.
             conn.query_drop("SET @mariadb_slave_capability = 4")
@@ -146,9 +164,13 @@ impl MySqlSource {
         let server_id = self.cfg.server_id();
         let file = if by_gtid { String::new() } else { start.file.clone() };
         let pos = if by_gtid { 4 } else { start.pos.max(4) };
-        let request = BinlogStreamRequest::new(server_id)
+        let mut request = BinlogStreamRequest::new(server_id)
             .with_filename(file.as_bytes())
             .with_pos(pos);
+        if by_gtid && let Some(set) = &mysql_set {
+            // COM_BINLOG_DUMP_GTID: the server sends what is not in the set.
+            request = request.with_gtid().with_gtid_set(set.to_sids());
+        }
         tracing::info!(
             file = %start.file,
             pos = start.pos,
@@ -160,7 +182,13 @@ impl MySqlSource {
         let mut binlog = conn.get_binlog_stream(request).await.map_err(binlog_error)?;
         let mut st = State {
             file: start.file.clone(),
-            gtid: parse_gtid_state(gtid).unwrap_or_default(),
+            gtid: if self.mariadb {
+                parse_gtid_state(gtid).unwrap_or_default()
+            } else {
+                GtidState::new()
+            },
+            mysql_set,
+            current_mysql: None,
             current: None,
             in_txn: false,
             committed: start,
@@ -239,11 +267,18 @@ impl MySqlSource {
         if let Some((d, s, n)) = st.current.take() {
             st.gtid.insert(d, (s, n));
         }
+        if let (Some((uuid, gno)), Some(set)) = (st.current_mysql.take(), st.mysql_set.as_mut()) {
+            set.add(uuid, gno);
+        }
         st.in_txn = false;
         st.committed = MySqlOffset {
             file: st.file.clone(),
             pos: end,
-            gtid: self.mariadb.then(|| format_gtid_state(&st.gtid)),
+            gtid: if self.mariadb {
+                Some(format_gtid_state(&st.gtid))
+            } else {
+                st.mysql_set.as_ref().map(ToString::to_string)
+            },
             snapshot_done: true,
         };
         st.dirty = true;
@@ -268,6 +303,10 @@ impl MySqlSource {
                 let g = MariaGtid::parse(data).map_err(decode_error)?;
                 st.current = Some((g.domain, h.server_id(), g.seq));
                 st.in_txn = !g.standalone;
+            }
+            event::MYSQL_GTID => {
+                let (uuid, gno) = binlog::mysql_gtid(data).map_err(decode_error)?;
+                st.current_mysql = Some((uuid, gno));
             }
             event::XID => self.commit(st, end),
             event::QUERY => {

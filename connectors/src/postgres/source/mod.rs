@@ -488,12 +488,19 @@ impl PgSource {
         Ok((lsn, row.get(2).cloned().flatten()))
     }
 
-    /// Whether changes of relation `id` (`schema.table`) belong in the stream: a configured
-    /// table, or a partition or inheritance child of one (a publication without
-    /// publish_via_partition_root sends a partition's changes under its own name).
-    async fn captures(&mut self, id: u32, schema: &str, table: &str) -> Result<bool, ConnectorError> {
-        if self.captured.contains(&(schema.to_owned(), table.to_owned())) {
-            return Ok(true);
+    /// The configured table that changes of relation `id` (`schema.table`) belong to: itself,
+    /// or the table it is a partition or inheritance child of (a publication without
+    /// publish_via_partition_root sends a partition's changes under its own name); `None` for
+    /// a relation not captured.
+    async fn captures(
+        &mut self,
+        id: u32,
+        schema: &str,
+        table: &str,
+    ) -> Result<Option<(String, String)>, ConnectorError> {
+        let own = (schema.to_owned(), table.to_owned());
+        if self.captured.contains(&own) {
+            return Ok(Some(own));
         }
         let rows = self
             .control()
@@ -512,10 +519,10 @@ impl PgSource {
                 return Err(query_error("reading the catalog", e));
             }
         };
-        Ok(rows.iter().any(|r| {
-            let (s, t) = (r[0].clone().unwrap_or_default(), r[1].clone().unwrap_or_default());
-            self.captured.contains(&(s, t))
-        }))
+        Ok(rows
+            .iter()
+            .map(|r| (r[0].clone().unwrap_or_default(), r[1].clone().unwrap_or_default()))
+            .find(|st| self.captured.contains(st)))
     }
 
     /// Ends an initial_only run: the offset that says so committed first, then the slot dropped

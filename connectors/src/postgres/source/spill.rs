@@ -65,7 +65,7 @@ impl InProgress {
             return Ok(());
         }
         for r in records.drain(..) {
-            let size = r.encoded_size_bound();
+            let size = held_size(&r);
             txn.bytes += size;
             self.used += size;
             txn.mem.push((sub, r));
@@ -98,10 +98,16 @@ impl InProgress {
             return;
         }
         if let Some(t) = self.txns.get_mut(&xid) {
-            let before = t.bytes;
-            t.mem.retain(|(s, _)| *s != sub);
-            t.bytes = t.mem.iter().map(|(_, r)| r.encoded_size_bound()).sum();
-            self.used -= before - t.bytes;
+            let mut removed = 0;
+            t.mem.retain(|(s, r)| {
+                let keep = *s != sub;
+                if !keep {
+                    removed += held_size(r);
+                }
+                keep
+            });
+            t.bytes -= removed;
+            self.used -= removed;
             if t.file.is_some() {
                 t.aborted.insert(sub);
             }
@@ -126,6 +132,12 @@ impl InProgress {
             }
         }
     }
+}
+
+/// Memory a held record takes: its encoded size plus the record itself and its attributes'
+/// allocations (estimated), so that many small rows count for what they cost.
+fn held_size(r: &Record) -> usize {
+    r.encoded_size_bound() + std::mem::size_of::<(u32, Record)>() + 64 * r.attributes.len()
 }
 
 /// Reads a spilled transaction back, in order, skipping aborted subtransactions.

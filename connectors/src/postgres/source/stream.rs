@@ -168,6 +168,8 @@ impl PgSource {
                 }
                 if st.batch.len() >= MAX_BATCH || st.spilled.is_some() {
                     self.flush(&mut st, out, &mut rs, &mut committed).await?;
+                    // Emitting (a spilled transaction may take long) is not the server's silence.
+                    last_heard = tokio::time::Instant::now();
                 }
             }
             // More already read? Decode it into this batch first: fewer, fuller appends.
@@ -299,13 +301,13 @@ impl PgSource {
                 };
                 // A publication may hold tables this connector was not asked for (a shared one,
                 // or a table since removed from `tables`): their changes are not ours.
-                if !self.captures(r.id, &r.namespace, &r.name).await? {
+                let Some(captured) = self.captures(r.id, &r.namespace, &r.name).await? else {
                     st.relations.remove(&r.id);
                     st.foreign.insert(r.id);
                     return Ok(());
-                }
+                };
                 st.foreign.remove(&r.id);
-                let rel = self.learn_relation(r).await?;
+                let rel = self.learn_relation(r, captured).await?;
                 st.relations.insert(rel.0, Arc::new(rel.1));
                 return Ok(());
             }
@@ -412,7 +414,14 @@ impl PgSource {
     /// A Relation message: column kinds (looking up user-defined types) and the key. The key is
     /// what pgoutput marks (the replica identity: primary key or the chosen index), except under
     /// REPLICA IDENTITY FULL or NOTHING, where the catalog's primary key is used.
-    async fn learn_relation(&mut self, r: pgoutput::Relation) -> Result<(u32, Rel), ConnectorError> {
+    /// `captured` is the configured table the relation belongs to (itself, or the partitioned
+    /// or parent table of a partition or child): its changes are reported as that table's, as
+    /// the snapshot reports them.
+    async fn learn_relation(
+        &mut self,
+        r: pgoutput::Relation,
+        captured: (String, String),
+    ) -> Result<(u32, Rel), ConnectorError> {
         let oids: Vec<u32> = r.columns.iter().map(|c| c.type_oid).collect();
         let mut types = std::mem::take(&mut self.types);
         let looked = async {
@@ -450,10 +459,11 @@ impl PgSource {
                 .map(|(i, _)| i)
                 .collect()
         };
+        let (schema, table) = captured;
         let rel = Rel {
-            attributes: crate::cdc::source_attributes(&self.cfg.database, Some(&r.namespace), &r.name),
-            schema: r.namespace,
-            table: r.name,
+            attributes: crate::cdc::source_attributes(&self.cfg.database, Some(&schema), &table),
+            schema,
+            table,
             names: r.columns.iter().map(|c| c.name.clone()).collect(),
             kinds: r.columns.iter().map(|c| self.types.kind(c.type_oid)).collect(),
             key,
