@@ -169,8 +169,8 @@ async fn pg_snapshot_and_streaming_end_as_the_table() {
         text.contains(&format!("snapshot done: 1 tables, {rows} rows")) && text.contains("COMPLETED"),
         "{text}"
     );
-    // Its slot was temporary (gone with its session): only the streaming connector's remains.
-    wait_until(Duration::from_secs(30), "the temporary slot to go", || {
+    // Its slot was dropped once the snapshot was complete: only the streaming connector's remains.
+    wait_until(Duration::from_secs(30), "the snapshot-only slot to go", || {
         let pg = &pg;
         async move {
             pg.psql(

@@ -457,19 +457,17 @@ impl PgSource {
         }
     }
 
-    /// Creates the slot; with `export`, also an exported snapshot (valid until the next command
-    /// on `conn`). Returns the consistent point and the snapshot name.
+    /// Creates the (permanent) slot; with `export`, also an exported snapshot (valid until the
+    /// next command on `conn`). Returns the consistent point and the snapshot name.
     async fn create_slot(
         conn: &mut Connection,
         slot: &str,
-        temporary: bool,
         export: bool,
     ) -> Result<(u64, Option<String>), ConnectorError> {
         let rows = conn
             .query(&format!(
-                "CREATE_REPLICATION_SLOT {} {}LOGICAL pgoutput {}",
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {}",
                 ident(slot),
-                if temporary { "TEMPORARY " } else { "" },
                 if export { "EXPORT_SNAPSHOT" } else { "NOEXPORT_SNAPSHOT" }
             ))
             .await
@@ -681,7 +679,7 @@ impl Source for PgSource {
                 SnapshotMode::Never => {
                     let lsn = match Self::slot_state(&mut repl, &self.slot).await? {
                         Some((_, lsn)) => lsn,
-                        None => Self::create_slot(&mut repl, &self.slot, false, false).await?.0,
+                        None => Self::create_slot(&mut repl, &self.slot, false).await?.0,
                     };
                     out.emit(Vec::new(), self.offset(lsn, true)).await?;
                     lsn
@@ -724,10 +722,9 @@ impl Source for PgSource {
                         if mode == SnapshotMode::InitialOnly {
                             // Streams the changes up to the new snapshot's end (still counting
                             // as the snapshot, so a crash now takes it again), then completes.
-                            self.catch_up =
-                                Some(snapshot_end.ok_or_else(|| {
-                                    ConnectorError::internal("pg_current_wal_lsn() gave no position")
-                                })?);
+                            self.catch_up = Some(snapshot_end.ok_or_else(|| {
+                                ConnectorError::internal("pg_current_wal_insert_lsn() gave no position")
+                            })?);
                         }
                         self.resume = Some(self.offset(lsn, true));
                         return self.stream(repl, lsn, out).await;
@@ -750,7 +747,7 @@ impl Source for PgSource {
                     let only = mode == SnapshotMode::InitialOnly;
                     // A permanent slot in both modes: a snapshot cut short is taken again over
                     // it (above). initial_only drops it once the snapshot is complete.
-                    let (lsn, name) = Self::create_slot(&mut repl, &self.slot, false, true).await?;
+                    let (lsn, name) = Self::create_slot(&mut repl, &self.slot, true).await?;
                     let name = name.ok_or_else(|| ConnectorError::internal("no snapshot was exported"))?;
                     // Checkpointed before any row goes out, so a restart knows the slot is this
                     // connector's and takes the snapshot again over it rather than over a new
