@@ -8,6 +8,7 @@ mod metrics;
 mod mqtt;
 mod mysql;
 mod postgres;
+mod postgres_crashes;
 mod rest;
 mod streams;
 mod subscriptions;
