@@ -1,19 +1,21 @@
 //! Prometheus metrics, served as OpenMetrics text at `GET /metrics` on the REST port.
 //!
 //! Names follow `hstream_<area>_<name>_<unit>[_total]`; labels are bounded (stream,
-//! subscription and connector names, error class, state). Two kinds of source:
-//! - instruments updated where things happen: appends per stream (records, bytes, latency);
-//! - a collector that reads the live state at scrape time: connectors (the runtime's progress
-//!   counters, state, restarts, errors, checkpoint age, source lag), subscriptions (delivered,
-//!   acked, redelivered, backlog), the process (CPU, memory, open files) and the build;
-//! - the store's own metrics (`hstream_store_*`: fsync latency, bytes on disk), which it
-//!   registers itself (`Store::register_metrics`).
+//! subscription and connector names, error class, state). Each part of the server registers its
+//! own metrics in one registry while `node.rs` builds it, and this module knows none of them:
+//! - the streams service updates its append instruments per stream ([`StreamMetrics`]: records,
+//!   bytes, latency);
+//! - the connectors and subscriptions services register collectors that read their live state
+//!   at scrape time (`connectors/metrics.rs`: progress counters, state, restarts, errors,
+//!   checkpoint age, source lag; `subscription/metrics.rs`: delivered, acked, redelivered,
+//!   backlog);
+//! - the store registers its own (`hstream_store_*`: fsync latency, bytes on disk) through
+//!   `Store::register_metrics`;
+//! - [`Metrics::new`] adds the process (CPU, memory, open files) and the build.
 //!
 //! `METRICS` (the file `server/metrics.txt`) lists every metric name; a test fails when one of
 //! them is missing from a scrape.
 
-use std::sync::Weak;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -24,13 +26,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-
-/// What the scrape-time collector reads: the running connectors and subscriptions. The service
-/// implements it; this module does not know the service.
-pub trait LiveState: Send + Sync {
-    fn connectors(&self) -> &crate::connectors::Connectors;
-    fn subscriptions(&self) -> &crate::subscription::Registry;
-}
 
 /// Every metric this server exposes, one name per line (as scraped: counters with `_total`).
 pub const METRICS: &str = include_str!("../metrics.txt");
@@ -43,43 +38,38 @@ pub fn latency_histogram() -> Histogram {
 type StreamLabels = Vec<(&'static str, String)>;
 type LatencyFamily = Family<StreamLabels, Histogram, fn() -> Histogram>;
 
-/// The instruments updated on the request paths.
-pub struct Metrics {
-    registry: Registry,
+/// The instruments of the append path, per stream; the streams service updates them.
+#[derive(Clone)]
+pub struct StreamMetrics {
     appended_records: Family<StreamLabels, Counter>,
     appended_bytes: Family<StreamLabels, Counter>,
     append_latency: LatencyFamily,
 }
 
-impl Metrics {
-    pub fn new(ctx: Weak<dyn LiveState>, store: &dyn crate::store::Store) -> Metrics {
-        let mut registry = Registry::default();
-        let appended_records = Family::<StreamLabels, Counter>::default();
-        let appended_bytes = Family::<StreamLabels, Counter>::default();
-        let append_latency: LatencyFamily = Family::new_with_constructor(latency_histogram);
+impl StreamMetrics {
+    /// Creates the families and registers them.
+    pub fn register(registry: &mut Registry) -> StreamMetrics {
+        let m = StreamMetrics {
+            appended_records: Family::default(),
+            appended_bytes: Family::default(),
+            append_latency: Family::new_with_constructor(latency_histogram),
+        };
         registry.register(
             "hstream_stream_appended_records",
             "Records appended to a stream",
-            appended_records.clone(),
+            m.appended_records.clone(),
         );
         registry.register(
             "hstream_stream_appended_bytes",
             "Bytes of stored batches appended to a stream",
-            appended_bytes.clone(),
+            m.appended_bytes.clone(),
         );
         registry.register(
             "hstream_stream_append_latency_seconds",
             "Time from an append's arrival at the store to its durable acknowledgement",
-            append_latency.clone(),
+            m.append_latency.clone(),
         );
-        store.register_metrics(&mut registry);
-        registry.register_collector(Box::new(Live { ctx }));
-        Metrics {
-            registry,
-            appended_records,
-            appended_bytes,
-            append_latency,
-        }
+        m
     }
 
     /// Records one durable append of `records` records (`bytes` stored) to `stream`.
@@ -97,6 +87,19 @@ impl Metrics {
         self.appended_bytes.remove(&labels);
         self.append_latency.remove(&labels);
     }
+}
+
+/// The registry every part of the server registered its metrics in, frozen for scraping.
+pub struct Metrics {
+    registry: Registry,
+}
+
+impl Metrics {
+    /// Freezes `registry` after adding the process and build metrics.
+    pub fn new(mut registry: Registry) -> Metrics {
+        registry.register_collector(Box::new(Process));
+        Metrics { registry }
+    }
 
     /// The OpenMetrics text of every metric.
     pub fn encode(&self) -> String {
@@ -108,61 +111,13 @@ impl Metrics {
     }
 }
 
-/// Reads the live state at scrape time.
-struct Live {
-    ctx: Weak<dyn LiveState>,
-}
+/// The process and build metrics, read at scrape time.
+#[derive(Debug)]
+struct Process;
 
-impl std::fmt::Debug for Live {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Live")
-    }
-}
-
-/// One metric family of values read at scrape time.
-struct ConstFamily {
-    name: &'static str,
-    help: &'static str,
-    kind: MetricType,
-    rows: Vec<(Vec<(&'static str, String)>, f64)>,
-}
-
-impl ConstFamily {
-    fn new(name: &'static str, help: &'static str, kind: MetricType) -> Self {
-        ConstFamily {
-            name,
-            help,
-            kind,
-            rows: Vec::new(),
-        }
-    }
-
-    fn add(&mut self, labels: Vec<(&'static str, String)>, v: f64) {
-        self.rows.push((labels, v));
-    }
-
-    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let mut m = encoder.encode_descriptor(self.name, self.help, None, self.kind)?;
-        for (labels, v) in &self.rows {
-            let e = m.encode_family(labels)?;
-            match self.kind {
-                MetricType::Counter => ConstCounter::new(*v).encode(e)?,
-                _ => ConstGauge::new(*v).encode(e)?,
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Collector for Live {
+impl Collector for Process {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let mut families = Vec::new();
-        if let Some(ctx) = self.ctx.upgrade() {
-            families.extend(connectors(ctx.connectors()));
-            families.extend(subscriptions(ctx.subscriptions()));
-        }
-        families.extend(process());
-        for f in &families {
+        for f in &process() {
             f.encode(&mut encoder)?;
         }
         let info = encoder.encode_descriptor("hstream_build", "Version of this server", None, MetricType::Info)?;
@@ -175,134 +130,48 @@ impl Collector for Live {
     }
 }
 
-const STATES: [&str; 6] = ["NEW", "RUNNING", "STOPPED", "FAILED", "COMPLETED", "DELETED"];
-
-fn connectors(running: &crate::connectors::Connectors) -> Vec<ConstFamily> {
-    use MetricType::{Counter as C, Gauge as G};
-    let mut records = ConstFamily::new(
-        "hstream_connector_records",
-        "Records a connector moved (appended by a source, written by a sink)",
-        C,
-    );
-    let mut bytes = ConstFamily::new("hstream_connector_bytes", "Payload bytes a connector moved", C);
-    let mut errors = ConstFamily::new(
-        "hstream_connector_errors",
-        "Failed attempts of a connector by error class",
-        C,
-    );
-    let mut restarts = ConstFamily::new(
-        "hstream_connector_restarts",
-        "Restarts of a connector since its last healthy run",
-        G,
-    );
-    let mut state = ConstFamily::new("hstream_connector_state", "1 for a connector's current state", G);
-    let mut checkpoint = ConstFamily::new(
-        "hstream_connector_checkpoint_age_seconds",
-        "Seconds since a connector last stored a checkpoint",
-        G,
-    );
-    let mut lag_bytes = ConstFamily::new(
-        "hstream_connector_source_lag_bytes",
-        "Bytes of upstream log a source has not taken yet (PostgreSQL WAL)",
-        G,
-    );
-    let mut lag_seconds = ConstFamily::new(
-        "hstream_connector_source_lag_seconds",
-        "Age of the newest upstream event a source took while behind (MySQL binlog)",
-        G,
-    );
-    let mut inflight = ConstFamily::new(
-        "hstream_connector_source_inflight_messages",
-        "Messages a source took and has not acknowledged upstream yet (MQTT)",
-        G,
-    );
-    let mut uncheckpointed = ConstFamily::new(
-        "hstream_connector_source_uncheckpointed_records",
-        "Records a source appended since the last state its upstream gave (Airbyte STATE)",
-        G,
-    );
-    let now = crate::store::now_ms();
-    for (name, kind, task) in running.tasks() {
-        let l = |extra: Option<(&'static str, String)>| {
-            let mut v = vec![("connector", name.clone()), ("kind", kind.to_owned())];
-            v.extend(extra);
-            v
-        };
-        let p = &task.handle.progress;
-        records.add(l(None), p.records.load(Ordering::Relaxed) as f64);
-        bytes.add(l(None), p.bytes.load(Ordering::Relaxed) as f64);
-        for (i, class) in ["config", "external", "internal"].iter().enumerate() {
-            errors.add(
-                l(Some(("class", (*class).to_owned()))),
-                p.errors[i].load(Ordering::Relaxed) as f64,
-            );
-        }
-        let status = task.handle.status.borrow().clone();
-        restarts.add(l(None), f64::from(status.restarts));
-        for s in STATES {
-            state.add(
-                l(Some(("state", s.to_owned()))),
-                if status.state.as_str() == s { 1.0 } else { 0.0 },
-            );
-        }
-        let last = p.last_checkpoint_ms.load(Ordering::Relaxed);
-        if last > 0 {
-            checkpoint.add(l(None), (now - last).max(0) as f64 / 1000.0);
-        }
-        match *p.lag.lock().expect("lock") {
-            Some(hstream_runtime::Lag::Bytes(b)) => lag_bytes.add(l(None), b as f64),
-            Some(hstream_runtime::Lag::Seconds(s)) => lag_seconds.add(l(None), s),
-            Some(hstream_runtime::Lag::Messages(m)) => inflight.add(l(None), m as f64),
-            Some(hstream_runtime::Lag::Records(r)) => uncheckpointed.add(l(None), r as f64),
-            None => {}
-        }
-    }
-    vec![
-        records,
-        bytes,
-        errors,
-        restarts,
-        state,
-        checkpoint,
-        lag_bytes,
-        lag_seconds,
-        inflight,
-        uncheckpointed,
-    ]
+/// One metric family of values read at scrape time (the collectors of connectors and
+/// subscriptions build these).
+pub struct ConstFamily {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    rows: Vec<(Vec<(&'static str, String)>, f64)>,
 }
 
-fn subscriptions(running: &crate::subscription::Registry) -> Vec<ConstFamily> {
-    use MetricType::{Counter as C, Gauge as G};
-    let mut delivered = ConstFamily::new("hstream_subscription_delivered_records", "Records sent to consumers", C);
-    let mut acked = ConstFamily::new(
-        "hstream_subscription_acked_records",
-        "Records consumers acknowledged",
-        C,
-    );
-    let mut redelivered = ConstFamily::new(
-        "hstream_subscription_redelivered_records",
-        "Records sent again (ack timeout or a consumer leaving)",
-        C,
-    );
-    let mut backlog = ConstFamily::new(
-        "hstream_subscription_backlog_batches",
-        "Stored batches between a subscription's committed position and the tail",
-        G,
-    );
-    let mut backlog_records = ConstFamily::new(
-        "hstream_subscription_backlog_records",
-        "Records between a subscription's committed position and the tail",
-        G,
-    );
-    for (id, h) in running.all() {
-        let l = vec![("subscription", id), ("stream", h.meta.stream.clone())];
-        backlog_records.add(l.clone(), h.stats.backlog_records() as f64);
-        delivered.add(l.clone(), h.stats.delivered.load(Ordering::Relaxed) as f64);
-        acked.add(l.clone(), h.stats.acked.load(Ordering::Relaxed) as f64);
-        redelivered.add(l.clone(), h.stats.redelivered.load(Ordering::Relaxed) as f64);
-        backlog.add(l, h.stats.backlog() as f64);
+impl ConstFamily {
+    pub fn new(name: &'static str, help: &'static str, kind: MetricType) -> Self {
+        ConstFamily {
+            name,
+            help,
+            kind,
+            rows: Vec::new(),
+        }
     }
-    vec![delivered, acked, redelivered, backlog, backlog_records]
+
+    pub fn add(&mut self, labels: Vec<(&'static str, String)>, v: f64) {
+        self.rows.push((labels, v));
+    }
+
+    pub fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut m = encoder.encode_descriptor(self.name, self.help, None, self.kind)?;
+        for (labels, v) in &self.rows {
+            let e = m.encode_family(labels)?;
+            match self.kind {
+                MetricType::Counter => ConstCounter::new(*v).encode(e)?,
+                _ => ConstGauge::new(*v).encode(e)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Encodes families read at scrape time, in order.
+pub fn encode_families(families: &[ConstFamily], encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    for f in families {
+        f.encode(encoder)?;
+    }
+    Ok(())
 }
 
 /// CPU, memory and open files of this process, from /proc.

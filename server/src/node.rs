@@ -19,13 +19,19 @@ use anyhow::Context;
 use hstream_proto::h_stream_api_server::HStreamApiServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::transport::server::TcpIncoming;
 
 use crate::catalog::{Catalog, ShardEntry, StreamEntry};
 use crate::config::Settings;
+use crate::connectors::{Connectors, Hosting};
 use crate::meta::{MetaStore, NodeMeta, SqliteMetaStore};
-use crate::service::{HStreamService, NodeInfo, ServerCtx};
-use crate::store::{LocalShard, LocalStore, LogStore, now_ms};
+use crate::metrics::Metrics;
+use crate::readers::Readers;
+use crate::service::{Api, HStreamService, NodeInfo};
+use crate::store::{LocalShard, LocalStore, LogStore, Store, now_ms};
+use crate::streams::Streams;
+use crate::subscription::Subscriptions;
 
 pub async fn open_meta(uri: &str) -> anyhow::Result<Arc<dyn MetaStore>> {
     if let Some(path) = uri.strip_prefix("sqlite://") {
@@ -234,33 +240,67 @@ pub async fn run(
         updated_ms: now_ms(),
     })
     .await?;
-    let ctx = ServerCtx::new(
+    // The services, each built with what it needs; metrics registered as they are built.
+    let tasks = TaskTracker::new();
+    let shared_store: Arc<dyn Store> = Arc::new(LocalStore(store.clone()));
+    let mut registry = prometheus_client::registry::Registry::default();
+    let stream_metrics = crate::metrics::StreamMetrics::register(&mut registry);
+    shared_store.register_metrics(&mut registry);
+    let streams = Arc::new(Streams::new(
         meta.clone(),
-        Arc::new(LocalStore(store.clone())),
+        shared_store,
         catalog,
-        node,
         crate::batch::Limits {
             max_record_size: settings.max_record_size,
             max_batch_records: settings.max_batch_records,
         },
-        shutdown.clone(),
+        stream_metrics,
+    ));
+    let connectors = Arc::new(Connectors::new(
         hstream_connectors::registry(),
-        (settings.connector_retry_base, settings.connector_retry_max),
-    );
+        streams.clone(),
+        meta.clone(),
+        Hosting {
+            node_id: node.id,
+            node_address: format!("{}:{}", node.host, node.port),
+            backoff: (settings.connector_retry_base, settings.connector_retry_max),
+            tasks: tasks.clone(),
+            shutdown: shutdown.clone(),
+        },
+    ));
+    connectors.register_metrics(&mut registry);
+    let subscriptions = Arc::new(Subscriptions::new(
+        meta.clone(),
+        streams.clone(),
+        tasks.clone(),
+        shutdown.clone(),
+    ));
+    subscriptions.register_metrics(&mut registry);
+    let readers = Arc::new(Readers::new(meta.clone(), streams.clone(), shutdown.clone()));
+    let api = Arc::new(Api {
+        node,
+        started: std::time::Instant::now(),
+        streams: streams.clone(),
+        subscriptions: subscriptions.clone(),
+        readers,
+        connectors: connectors.clone(),
+        metrics: Arc::new(Metrics::new(registry)),
+        shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
+    });
 
-    ctx.start_subscriptions().await?;
-    let stored = meta.list_connectors().await?;
-    ctx.start_connectors(&stored);
+    subscriptions.start_all().await?;
+    connectors.resume_all(&meta.list_connectors().await?);
 
-    let retention_ctx = ctx.clone();
     let every = settings.retention_interval;
-    ctx.tasks.spawn(async move {
+    let retention_shutdown = shutdown.clone();
+    tasks.spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = retention_ctx.shutdown.cancelled() => return,
-                _ = tick.tick() => retention_ctx.enforce_retention().await,
+                _ = retention_shutdown.cancelled() => return,
+                _ = tick.tick() => streams.enforce_retention().await,
             }
         }
     });
@@ -268,16 +308,16 @@ pub async fn run(
     // Room for a batch of max-record-size plus request framing, so that an oversized batch
     // reaches our own size check and gets its clear error.
     let max_message = settings.max_record_size.saturating_mul(2).max(4 << 20);
-    let service = HStreamApiServer::new(HStreamService::new(ctx.clone()))
+    let service = HStreamApiServer::new(HStreamService::new(api.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(usize::MAX);
     let http = TcpListener::bind((settings.bind_address.as_str(), settings.http_port))
         .await
         .with_context(|| format!("binding {}:{} (REST)", settings.bind_address, settings.http_port))?;
     let http_addr = http.local_addr()?;
-    let rest = crate::rest::router(ctx.clone());
+    let rest = crate::rest::router(api.clone());
     let rest_shutdown = shutdown.clone();
-    ctx.tasks.spawn(async move {
+    tasks.spawn(async move {
         let served = axum::serve(http, rest)
             .with_graceful_shutdown(rest_shutdown.cancelled_owned())
             .await;
@@ -305,15 +345,15 @@ pub async fn run(
         .context("grpc server failed")?;
 
     tracing::info!("shutdown: draining");
-    ctx.tasks.close();
-    ctx.tasks.wait().await;
+    tasks.close();
+    tasks.wait().await;
     tracing::info!("shutdown: flushing log store");
     let s = store.clone();
     tokio::task::spawn_blocking(move || s.shutdown()).await?;
     meta.upsert_node(&NodeMeta {
-        id: ctx.node.id,
-        host: ctx.node.host.clone(),
-        port: ctx.node.port,
+        id: api.node.id,
+        host: api.node.host.clone(),
+        port: api.node.port,
         state: "Dead".into(),
         updated_ms: now_ms(),
     })

@@ -1,6 +1,6 @@
 //! The REST API on `--http-port`, shaped like Kafka Connect's: connectors, connector plugins,
-//! streams, subscriptions and health. It is a second front door onto the same `ServerCtx`
-//! operations the gRPC service uses, so what one door does the other sees. Errors are JSON
+//! streams, subscriptions and health. It is a second front door onto the same domain services
+//! the gRPC service calls (`service::Api`), so what one door does the other sees. Errors are JSON
 //! `{"code": <http status>, "error": <HStreamDB ErrorCode>, "message": …}`; configs in responses
 //! are redacted.
 
@@ -11,16 +11,15 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use hstream_proto as pb;
 use hstream_runtime::Kind;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::connectors::{ConnectorSpec, ConnectorView};
 use crate::error::ApiError;
-use crate::meta::connector_checkpoint;
-use crate::service::ServerCtx;
+use crate::service::Api;
 
-type Ctx = State<Arc<ServerCtx>>;
+type Ctx = State<Arc<Api>>;
 
 /// Every route, for the router and the OpenAPI document alike: (method, path, summary).
 pub const ROUTES: &[(&str, &str, &str)] = &[
@@ -108,13 +107,12 @@ impl IntoResponse for RestError {
 type RestResult<T> = Result<T, RestError>;
 
 /// Prometheus scrape endpoint (OpenMetrics text).
-async fn metrics(State(ctx): State<Arc<ServerCtx>>) -> Response {
+async fn metrics(State(ctx): Ctx) -> Response {
     // Backlogs in records are counted by the store (it may read), before the encoding.
-    for (_, h) in ctx.subscriptions.all() {
-        h.stats.count_backlog_records().await;
-    }
+    ctx.subscriptions.count_backlogs().await;
     // Reading /proc and the store's directory is blocking work.
-    let body = tokio::task::spawn_blocking(move || ctx.metrics.encode())
+    let metrics = ctx.metrics.clone();
+    let body = tokio::task::spawn_blocking(move || metrics.encode())
         .await
         .unwrap_or_default();
     (
@@ -127,7 +125,7 @@ async fn metrics(State(ctx): State<Arc<ServerCtx>>) -> Response {
         .into_response()
 }
 
-pub fn router(ctx: Arc<ServerCtx>) -> Router {
+pub fn router(ctx: Arc<Api>) -> Router {
     Router::new()
         .route("/connectors", get(list_connectors).post(create_connector))
         .route("/connectors/{name}", get(get_connector).delete(delete_connector))
@@ -194,16 +192,13 @@ pub fn openapi() -> Value {
     })
 }
 
-fn info(c: &pb::Connector) -> Value {
-    let config: Value = serde_json::from_str(&c.config).unwrap_or(Value::Null);
-    json!({ "name": c.name, "type": c.r#type.to_lowercase(), "target": c.target, "config": config, "status": c.status })
+fn info(c: &ConnectorView) -> Value {
+    json!({ "name": c.name, "type": c.kind.to_lowercase(), "target": c.target, "config": c.config, "status": c.status })
 }
 
 async fn list_connectors(State(ctx): Ctx) -> RestResult<Json<Value>> {
-    let list = ctx.list_connectors().await?;
-    Ok(Json(json!(
-        list.connectors.iter().map(|c| c.name.clone()).collect::<Vec<_>>()
-    )))
+    let list = ctx.connectors.list().await?;
+    Ok(Json(json!(list.iter().map(|c| c.name.clone()).collect::<Vec<_>>())))
 }
 
 #[derive(Deserialize)]
@@ -222,27 +217,27 @@ async fn create_connector(
     body: Result<Json<CreateBody>, axum::extract::rejection::JsonRejection>,
 ) -> RestResult<Response> {
     let Json(body) = body.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
-    let req = pb::CreateConnectorRequest {
+    let spec = ConnectorSpec {
         name: body.name,
-        r#type: body.kind,
+        kind: body.kind,
         target: body.target,
-        config: body.config.to_string(),
+        config: body.config,
     };
-    let created = ctx.create_connector(req).await?;
+    let created = ctx.connectors.create(spec).await?;
     Ok((StatusCode::CREATED, Json(info(&created))).into_response())
 }
 
 async fn get_connector(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<Json<Value>> {
-    Ok(Json(info(&ctx.get_connector(&name).await?)))
+    Ok(Json(info(&ctx.connectors.get(&name).await?)))
 }
 
 async fn delete_connector(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<StatusCode> {
-    ctx.delete_connector(&name).await?;
+    ctx.connectors.delete(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn get_config(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<Json<Value>> {
-    Ok(Json(info(&ctx.get_connector(&name).await?)["config"].clone()))
+    Ok(Json(ctx.connectors.get(&name).await?.config))
 }
 
 async fn put_config(
@@ -251,34 +246,22 @@ async fn put_config(
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> RestResult<Json<Value>> {
     let Json(patch) = body.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
-    ctx.alter_connector(pb::AlterConnectorConfigRequest {
-        name: name.clone(),
-        config: patch.to_string(),
-    })
-    .await?;
-    Ok(Json(info(&ctx.get_connector(&name).await?)))
+    ctx.connectors.alter(&name, patch).await?;
+    Ok(Json(info(&ctx.connectors.get(&name).await?)))
 }
 
-fn report(c: &pb::Connector) -> Value {
-    let bytes = c.offsets.first().map(prost::Message::encode_to_vec).unwrap_or_default();
-    hstream_runtime::structs::decode_json(&bytes).unwrap_or(Value::Null)
+fn report(c: &ConnectorView) -> Value {
+    c.report.clone().unwrap_or(Value::Null)
 }
 
 /// The connector's recent log lines (its lifecycle and what it logged), oldest first.
 async fn get_logs(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<Json<Value>> {
-    let r = ctx
-        .connector_logs(pb::GetConnectorLogsRequest {
-            name: name.clone(),
-            begin: 0,
-            count: 0,
-        })
-        .await?;
-    let lines: Vec<&str> = r.logs.lines().collect();
+    let lines = ctx.connectors.logs(&name, 0, usize::MAX).await?;
     Ok(Json(json!({ "name": name, "logs": lines })))
 }
 
 async fn get_status(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<Json<Value>> {
-    let c = ctx.get_connector(&name).await?;
+    let c = ctx.connectors.get(&name).await?;
     let r = report(&c);
     Ok(Json(json!({
         "name": c.name,
@@ -292,49 +275,29 @@ async fn get_status(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<Jso
 }
 
 async fn pause(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<StatusCode> {
-    ctx.pause_connector(&name).await?;
+    ctx.connectors.pause(&name).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
 async fn resume(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<StatusCode> {
-    ctx.resume_connector(&name).await?;
+    ctx.connectors.resume(&name).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
 /// Restarts the task: a running one starts a new attempt (an empty alter), a stopped or failed
 /// one is resumed.
 async fn restart(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<StatusCode> {
-    let c = ctx.get_connector(&name).await?;
-    if c.status == "RUNNING" || c.status == "NEW" {
-        ctx.alter_connector(pb::AlterConnectorConfigRequest {
-            name,
-            config: "{}".into(),
-        })
-        .await?;
-    } else {
-        ctx.resume_connector(&name).await?;
-    }
+    ctx.connectors.restart(&name).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
 async fn get_offsets(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<Json<Value>> {
-    Ok(Json(report(&ctx.get_connector(&name).await?)))
+    Ok(Json(report(&ctx.connectors.get(&name).await?)))
 }
 
 /// Forgets a paused connector's checkpoint: on resume it starts from its configured beginning.
 async fn reset_offsets(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<Json<Value>> {
-    let c = ctx.get_connector(&name).await?;
-    if c.status != "STOPPED" {
-        return Err(ApiError::ConnectorInvalidStatus(format!(
-            "connector {name:?} must be paused to reset its offsets"
-        ))
-        .into());
-    }
-    let removed = ctx
-        .meta
-        .delete_checkpoint(&connector_checkpoint(&name))
-        .await
-        .map_err(ApiError::from)?;
+    let removed = ctx.connectors.reset_offsets(&name).await?;
     Ok(Json(json!({ "name": name, "reset": removed })))
 }
 
@@ -448,7 +411,7 @@ fn plugin_id(kind: Kind, target: &str) -> String {
 }
 
 /// A plugin by id (`source-generator`) or by a target name that only one kind has.
-fn plugin(ctx: &ServerCtx, id: &str) -> Result<Arc<dyn hstream_runtime::ConnectorType>, RestError> {
+fn plugin(ctx: &Api, id: &str) -> Result<Arc<dyn hstream_runtime::ConnectorType>, RestError> {
     let found: Vec<_> = ctx
         .connectors
         .registry
@@ -490,20 +453,30 @@ async fn validate(
 
 async fn streams(State(ctx): Ctx) -> Json<Value> {
     let list: Vec<Value> = ctx
-        .list_streams("")
         .streams
+        .list("")
         .iter()
-        .map(|s| json!({ "name": s.stream_name, "shardCount": s.shard_count, "replicationFactor": s.replication_factor, "backlogDuration": s.backlog_duration }))
+        .map(|s| &s.meta)
+        .map(|s| json!({ "name": s.name, "shardCount": s.shard_count, "replicationFactor": s.replication_factor, "backlogDuration": s.backlog_secs }))
         .collect();
     Json(Value::Array(list))
 }
 
 async fn subscriptions(State(ctx): Ctx) -> RestResult<Json<Value>> {
-    let list = ctx.list_subscriptions("").await?;
+    let list = ctx.subscriptions.list("").await?;
     Ok(Json(Value::Array(
-        list.subscription
-            .iter()
-            .map(|s| json!({ "id": s.subscription_id, "stream": s.stream_name, "ackTimeoutSeconds": s.ack_timeout_seconds, "maxUnackedRecords": s.max_unacked_records }))
+        list.iter()
+            .map(|s| json!({ "id": s.id, "stream": shown_stream(&s.stream), "ackTimeoutSeconds": s.ack_timeout_secs, "maxUnackedRecords": s.max_unacked }))
             .collect(),
     )))
+}
+
+/// A subscription's stream as HStreamDB shows it: the archived name of a force-deleted stream
+/// is shown as the bare archive prefix.
+fn shown_stream(stream: &str) -> &str {
+    if stream.starts_with(crate::catalog::ARCHIVED_PREFIX) {
+        crate::catalog::ARCHIVED_PREFIX
+    } else {
+        stream
+    }
 }

@@ -6,10 +6,12 @@
 //! (RUNNING tasks restart from their checkpoints, STOPPED ones stay paused, FAILED ones stay
 //! failed until resumed or altered).
 
+mod manage;
+mod metrics;
 mod streams;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hstream_runtime::registry::Kind;
@@ -19,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::meta::{ConnectorMeta, MetaStore};
-pub use streams::{LocalStreams, MetaCheckpoints, StreamHost};
+pub use manage::{ConnectorSpec, ConnectorView};
+pub use streams::{LocalStreams, MetaCheckpoints};
 
 pub struct Task {
     pub handle: TaskHandle,
@@ -27,31 +30,71 @@ pub struct Task {
     pub log: Arc<Mutex<VecDeque<String>>>,
 }
 
+/// The running tasks by connector name (shared with the metrics collector).
+type Tasks = Mutex<HashMap<String, Arc<Task>>>;
+
+/// Where this node's connectors run and how they restart.
+#[derive(Debug, Clone)]
+pub struct Hosting {
+    /// This node's id, stored with each connector.
+    pub node_id: u32,
+    /// This node as clients reach it (`host:port`), shown as a connector's node.
+    pub node_address: String,
+    /// Restart backoff of failed attempts: first wait, and the cap.
+    pub backoff: (Duration, Duration),
+    /// Every task runs on this tracker (awaited at shutdown) and stops on this token.
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+/// The connectors service: connector types of this build, the tasks that run them, and their
+/// lifecycle (`manage.rs`).
 pub struct Connectors {
     pub registry: Registry,
-    tasks: Mutex<HashMap<String, Arc<Task>>>,
+    tasks: Arc<Tasks>,
     streams: Arc<LocalStreams>,
     checkpoints: Arc<MetaCheckpoints>,
     meta: Arc<dyn MetaStore>,
-    /// Restart backoff of failed attempts: first wait, and the cap.
-    pub backoff: (Duration, Duration),
+    hosting: Hosting,
+    /// Serializes create, delete and alter.
+    ddl: tokio::sync::Mutex<()>,
+}
+
+fn task_list(tasks: &Tasks) -> Vec<(String, &'static str, Arc<Task>)> {
+    let tasks = tasks.lock().expect("lock");
+    tasks
+        .iter()
+        .map(|(n, t)| {
+            let kind = match t.connector.kind() {
+                hstream_runtime::Kind::Source => "source",
+                hstream_runtime::Kind::Sink => "sink",
+            };
+            (n.clone(), kind, t.clone())
+        })
+        .collect()
 }
 
 impl Connectors {
     pub fn new(
         registry: Registry,
-        host: Weak<dyn StreamHost>,
+        streams: Arc<crate::streams::Streams>,
         meta: Arc<dyn MetaStore>,
-        backoff: (Duration, Duration),
+        hosting: Hosting,
     ) -> Self {
         Connectors {
             registry,
-            tasks: Mutex::new(HashMap::new()),
-            streams: Arc::new(LocalStreams { host }),
+            tasks: Arc::new(Mutex::new(HashMap::new())),
+            streams: Arc::new(LocalStreams { streams }),
             checkpoints: Arc::new(MetaCheckpoints { meta: meta.clone() }),
             meta,
-            backoff,
+            hosting,
+            ddl: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Registers the collector of the connectors' metrics.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register_collector(Box::new(metrics::Live(self.tasks.clone())));
     }
 
     pub fn connector_type(&self, kind: &str, target: &str) -> Option<Arc<dyn ConnectorType>> {
@@ -62,34 +105,14 @@ impl Connectors {
         self.tasks.lock().expect("lock").get(name).cloned()
     }
 
-    pub fn remove(&self, name: &str) {
+    fn remove(&self, name: &str) {
         self.tasks.lock().expect("lock").remove(name);
         hstream_runtime::logs::unregister(name);
     }
 
-    /// Every task with its kind ("source" / "sink"), for the metrics endpoint.
-    pub fn tasks(&self) -> Vec<(String, &'static str, Arc<Task>)> {
-        let tasks = self.tasks.lock().expect("lock");
-        tasks
-            .iter()
-            .map(|(n, t)| {
-                let kind = match t.connector.kind() {
-                    hstream_runtime::Kind::Source => "source",
-                    hstream_runtime::Kind::Sink => "sink",
-                };
-                (n.clone(), kind, t.clone())
-            })
-            .collect()
-    }
-
     /// Starts the supervisor of a connector stored in the MetaStore, in the state it had.
-    pub fn start(
-        &self,
-        meta: &ConnectorMeta,
-        config: serde_json::Value,
-        tasks: &TaskTracker,
-        shutdown: &CancellationToken,
-    ) -> Arc<Task> {
+    fn start(&self, meta: &ConnectorMeta, config: serde_json::Value) -> Arc<Task> {
+        let (tasks, shutdown) = (&self.hosting.tasks, &self.hosting.shutdown);
         let connector = self
             .connector_type(&meta.kind, &meta.target)
             .expect("validated connector type");
@@ -106,8 +129,8 @@ impl Connectors {
                 streams: self.streams.clone(),
                 checkpoints: self.checkpoints.clone(),
                 initial,
-                backoff_base: self.backoff.0,
-                backoff_max: self.backoff.1,
+                backoff_base: self.hosting.backoff.0,
+                backoff_max: self.hosting.backoff.1,
             },
             tasks,
             shutdown.clone(),
@@ -122,7 +145,7 @@ impl Connectors {
         task
     }
 
-    pub async fn control(&self, name: &str, c: Control) -> bool {
+    async fn control(&self, name: &str, c: Control) -> bool {
         match self.task(name) {
             Some(t) => t.handle.control.send(c).await.is_ok(),
             None => false,

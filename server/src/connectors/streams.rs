@@ -1,7 +1,7 @@
 //! The runtime's view of streams and checkpoints, served in-process from the log store, the
 //! catalog and the MetaStore.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -36,46 +36,19 @@ impl ShardWatch for StoreWatch {
     }
 }
 
-/// What connectors need of the server's streams: the catalog, the limits, stream creation and
-/// the one append path. The service implements it; this module does not know the service.
-#[async_trait]
-pub trait StreamHost: Send + Sync {
-    fn catalog(&self) -> &crate::catalog::Catalog;
-    fn limits(&self) -> crate::batch::Limits;
-    /// Creates a stream of one shard (as a source's `emit_to` does on first use).
-    async fn create_stream(&self, name: &str) -> Result<(), ApiError>;
-    /// The one append path (RPCs and connectors): a batch to the store, counted in the stream's
-    /// metrics once it is durable.
-    async fn append_batch(
-        &self,
-        stream: &str,
-        shard: u64,
-        payload: bytes::Bytes,
-        batch_size: u32,
-        compression: u8,
-    ) -> Result<crate::store::Appended, crate::store::StoreError>;
-}
-
+/// The runtime's streams, served by the streams service in this process.
 pub struct LocalStreams {
-    pub host: Weak<dyn StreamHost>,
-}
-
-impl LocalStreams {
-    fn ctx(&self) -> Result<Arc<dyn StreamHost>, ConnectorError> {
-        self.host
-            .upgrade()
-            .ok_or_else(|| ConnectorError::external("the server is shutting down"))
-    }
+    pub streams: Arc<crate::streams::Streams>,
 }
 
 #[async_trait]
 impl Streams for LocalStreams {
     async fn ensure_stream(&self, name: &str) -> Result<(), ConnectorError> {
-        let ctx = self.ctx()?;
+        let ctx = &self.streams;
         if ctx.catalog().stream(name).is_ok() {
             return Ok(());
         }
-        match ctx.create_stream(name).await {
+        match ctx.create(crate::streams::StreamSpec::single_shard(name)).await {
             Ok(_) | Err(ApiError::StreamExists(_)) => Ok(()),
             Err(e @ ApiError::InvalidName { .. }) => Err(ConnectorError::config("stream").with_source(e)),
             Err(e) => Err(external(e)),
@@ -83,19 +56,15 @@ impl Streams for LocalStreams {
     }
 
     async fn stream_exists(&self, name: &str) -> Result<bool, ConnectorError> {
-        Ok(self.ctx()?.catalog().stream(name).is_ok())
+        Ok(self.streams.catalog().stream(name).is_ok())
     }
 
     fn max_record_size(&self) -> usize {
-        self.host
-            .upgrade()
-            .map_or(hstream_runtime::streams::DEFAULT_MAX_RECORD_SIZE, |c| {
-                c.limits().max_record_size
-            })
+        self.streams.limits().max_record_size
     }
 
     async fn append(&self, stream: &str, records: Vec<Record>) -> Result<(), ConnectorError> {
-        let ctx = self.ctx()?;
+        let ctx = &self.streams;
         let entry = ctx.catalog().stream(stream).map_err(external)?;
         // An oversized record is refused before anything of the call is written.
         if let Some((i, r)) = records
@@ -170,18 +139,18 @@ impl Streams for LocalStreams {
     }
 
     async fn shards(&self, stream: &str) -> Result<Vec<u64>, ConnectorError> {
-        let entry = self.ctx()?.catalog().stream(stream).map_err(external)?;
+        let entry = self.streams.catalog().stream(stream).map_err(external)?;
         Ok(entry.shards.iter().map(|s| s.meta.id).collect())
     }
 
     async fn bounds(&self, stream: &str, shard: u64) -> Result<(u64, u64), ConnectorError> {
-        let s = self.ctx()?.catalog().shard_of(stream, shard).map_err(external)?;
+        let s = self.streams.catalog().shard_of(stream, shard).map_err(external)?;
         s.log.check_available().map_err(external)?;
         Ok((s.log.start_lsn(), s.log.visible_lsn() + 1))
     }
 
     async fn watch(&self, stream: &str, shards: &[u64]) -> Result<Box<dyn ShardWatch>, ConnectorError> {
-        let ctx = self.ctx()?;
+        let ctx = &self.streams;
         let ready = crate::store::ReadySet::new();
         for (key, &shard) in shards.iter().enumerate() {
             let s = ctx.catalog().shard_of(stream, shard).map_err(external)?;
@@ -201,7 +170,7 @@ impl Streams for LocalStreams {
         max_batches: usize,
         wait: Duration,
     ) -> Result<ReadChunk, ConnectorError> {
-        let s = self.ctx()?.catalog().shard_of(stream, shard).map_err(external)?;
+        let s = self.streams.catalog().shard_of(stream, shard).map_err(external)?;
         let mut rx = s.log.subscribe();
         rx.borrow_and_update();
         let read = || async { s.log.read(from_lsn, max_batches, 4 << 20).await.map_err(external) };

@@ -1,5 +1,6 @@
-//! The `hstream.server.HStreamApi` gRPC service: request decoding and status mapping at the
-//! edge, the work in `ServerCtx` methods by area.
+//! The `hstream.server.HStreamApi` gRPC service: the edge where protobuf requests become calls
+//! of the domain services (`streams`, `subscription`, `readers`, `connectors`) and their answers
+//! become responses and statuses. One file per area translates; the work is in the services.
 
 mod connectors;
 pub mod read;
@@ -7,9 +8,8 @@ mod readers;
 mod streams;
 mod subscriptions;
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures::Stream;
@@ -21,10 +21,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::catalog::Catalog;
+use crate::connectors::Connectors;
 use crate::error::{ApiError, ApiResult};
-use crate::meta::MetaStore;
-use crate::store::Store;
+use crate::metrics::Metrics;
+use crate::readers::Readers;
+use crate::streams::Streams;
+use crate::subscription::Subscriptions;
 use read::{ShardCursor, pump};
 
 pub use streams::{parse_record_id, stream_pb};
@@ -37,60 +39,23 @@ pub struct NodeInfo {
     pub port: u32,
 }
 
-/// State shared by all requests.
-pub struct ServerCtx {
-    pub meta: Arc<dyn MetaStore>,
-    pub store: Arc<dyn Store>,
-    pub catalog: Catalog,
+/// What both front doors (this gRPC service and `rest.rs`) serve: the domain services, which
+/// `node.rs` builds with what each needs, and what the doors themselves need.
+pub struct Api {
     pub node: NodeInfo,
-    /// What one appended batch may be (`max-record-size`, `max-batch-records`).
-    pub limits: crate::batch::Limits,
     pub started: Instant,
+    pub streams: Arc<Streams>,
+    pub subscriptions: Arc<Subscriptions>,
+    pub readers: Arc<Readers>,
+    pub connectors: Arc<Connectors>,
+    pub metrics: Arc<Metrics>,
     /// Cancelled when the server begins to shut down; long-lived streams end on it.
     pub shutdown: CancellationToken,
-    /// Every request-spawned task (server-stream pumps), awaited at shutdown.
+    /// Every request-spawned task (server-stream pumps, fetch sessions), awaited at shutdown.
     pub tasks: TaskTracker,
-    readers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<readers::ReaderState>>>>,
-    /// Serializes creation and deletion of streams and subscriptions.
-    ddl: tokio::sync::Mutex<()>,
-    pub subscriptions: crate::subscription::Registry,
-    pub connectors: crate::connectors::Connectors,
-    /// Numbers StreamingFetch sessions.
-    next_conn: std::sync::atomic::AtomicU64,
-    pub metrics: crate::metrics::Metrics,
 }
 
-impl ServerCtx {
-    /// Builds the shared state; connector tasks reach the server through a weak reference to it.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        meta: Arc<dyn MetaStore>,
-        store: Arc<dyn Store>,
-        catalog: Catalog,
-        node: NodeInfo,
-        limits: crate::batch::Limits,
-        shutdown: CancellationToken,
-        registry: hstream_runtime::Registry,
-        connector_backoff: (std::time::Duration, std::time::Duration),
-    ) -> Arc<Self> {
-        Arc::new_cyclic(|weak: &std::sync::Weak<ServerCtx>| ServerCtx {
-            metrics: crate::metrics::Metrics::new(weak.clone(), &*store),
-            connectors: crate::connectors::Connectors::new(registry, weak.clone(), meta.clone(), connector_backoff),
-            meta,
-            store,
-            catalog,
-            node,
-            limits,
-            started: Instant::now(),
-            shutdown,
-            tasks: TaskTracker::new(),
-            readers: Mutex::new(HashMap::new()),
-            ddl: tokio::sync::Mutex::new(()),
-            subscriptions: Default::default(),
-            next_conn: std::sync::atomic::AtomicU64::new(1),
-        })
-    }
-
+impl Api {
     fn server_node(&self) -> pb::ServerNode {
         pb::ServerNode {
             id: self.node.id,
@@ -106,12 +71,12 @@ impl ServerCtx {
 
 #[derive(Clone)]
 pub struct HStreamService {
-    ctx: Arc<ServerCtx>,
+    api: Arc<Api>,
 }
 
 impl HStreamService {
-    pub fn new(ctx: Arc<ServerCtx>) -> Self {
-        HStreamService { ctx }
+    pub fn new(api: Arc<Api>) -> Self {
+        HStreamService { api }
     }
 }
 
@@ -128,13 +93,14 @@ fn unimplemented<T>(what: &'static str) -> RpcResult<T> {
 
 /// Starts a pump task feeding a server stream; the stream ends when the pump returns.
 fn spawn_pump<R: Send + 'static>(
-    ctx: &Arc<ServerCtx>,
+    api: &Api,
     cursors: Vec<ShardCursor>,
     max_batches: u64,
     wrap: fn(Vec<pb::ReceivedRecord>) -> R,
 ) -> BoxStream<R> {
     let (tx, rx) = mpsc::channel(4);
-    ctx.tasks.spawn(pump(ctx.clone(), cursors, max_batches, tx, wrap));
+    api.tasks
+        .spawn(pump(api.shutdown.clone(), cursors, max_batches, tx, wrap));
     Box::pin(ReceiverStream::new(rx))
 }
 
@@ -170,67 +136,67 @@ impl HStreamApi for HStreamService {
     }
 
     async fn create_stream(&self, req: Request<pb::Stream>) -> RpcResult<pb::Stream> {
-        ok(self.ctx.create_stream(req.into_inner()).await)
+        ok(self.create_stream_rpc(req.into_inner()).await)
     }
 
     async fn delete_stream(&self, req: Request<pb::DeleteStreamRequest>) -> RpcResult<()> {
-        ok(self.ctx.delete_stream(req.into_inner()).await)
+        ok(self.delete_stream_rpc(req.into_inner()).await)
     }
 
     async fn trim_stream(&self, req: Request<pb::TrimStreamRequest>) -> RpcResult<()> {
-        ok(self.ctx.trim_stream(req.into_inner()).await)
+        ok(self.trim_stream_rpc(req.into_inner()).await)
     }
 
     async fn trim_shards(&self, req: Request<pb::TrimShardsRequest>) -> RpcResult<pb::TrimShardsResponse> {
-        ok(self.ctx.trim_shards(req.into_inner()).await)
+        ok(self.trim_shards_rpc(req.into_inner()).await)
     }
 
     async fn get_stream(&self, req: Request<pb::GetStreamRequest>) -> RpcResult<pb::GetStreamResponse> {
-        ok(self.ctx.get_stream(&req.into_inner().name))
+        ok(self.get_stream_rpc(&req.into_inner().name))
     }
 
     async fn list_streams(&self, _req: Request<pb::ListStreamsRequest>) -> RpcResult<pb::ListStreamsResponse> {
-        Ok(Response::new(self.ctx.list_streams("")))
+        Ok(Response::new(self.list_streams_rpc("")))
     }
 
     async fn list_streams_with_prefix(
         &self,
         req: Request<pb::ListStreamsWithPrefixRequest>,
     ) -> RpcResult<pb::ListStreamsResponse> {
-        Ok(Response::new(self.ctx.list_streams(&req.into_inner().prefix)))
+        Ok(Response::new(self.list_streams_rpc(&req.into_inner().prefix)))
     }
 
     async fn lookup_shard(&self, req: Request<pb::LookupShardRequest>) -> RpcResult<pb::LookupShardResponse> {
         Ok(Response::new(pb::LookupShardResponse {
             shard_id: req.into_inner().shard_id,
-            server_node: Some(self.ctx.server_node()),
+            server_node: Some(self.api.server_node()),
         }))
     }
 
     async fn append(&self, req: Request<pb::AppendRequest>) -> RpcResult<pb::AppendResponse> {
-        ok(self.ctx.append(req.into_inner()).await)
+        ok(self.append_rpc(req.into_inner()).await)
     }
 
     async fn get_tail_record_id(
         &self,
         req: Request<pb::GetTailRecordIdRequest>,
     ) -> RpcResult<pb::GetTailRecordIdResponse> {
-        ok(self.ctx.get_tail_record_id(req.into_inner()))
+        ok(self.get_tail_record_id_rpc(req.into_inner()))
     }
 
     async fn list_shards(&self, req: Request<pb::ListShardsRequest>) -> RpcResult<pb::ListShardsResponse> {
-        ok(self.ctx.list_shards(&req.into_inner().stream_name))
+        ok(self.list_shards_rpc(&req.into_inner().stream_name))
     }
 
     async fn trim_shard(&self, req: Request<pb::TrimShardRequest>) -> RpcResult<()> {
-        ok(self.ctx.trim_shard(req.into_inner()).await)
+        ok(self.trim_shard_rpc(req.into_inner()).await)
     }
 
     async fn create_shard_reader(
         &self,
         req: Request<pb::CreateShardReaderRequest>,
     ) -> RpcResult<pb::CreateShardReaderResponse> {
-        ok(self.ctx.create_shard_reader(req.into_inner()).await)
+        ok(self.create_shard_reader_rpc(req.into_inner()).await)
     }
 
     async fn lookup_shard_reader(
@@ -239,12 +205,12 @@ impl HStreamApi for HStreamService {
     ) -> RpcResult<pb::LookupShardReaderResponse> {
         Ok(Response::new(pb::LookupShardReaderResponse {
             reader_id: req.into_inner().reader_id,
-            server_node: Some(self.ctx.server_node()),
+            server_node: Some(self.api.server_node()),
         }))
     }
 
     async fn read_shard(&self, req: Request<pb::ReadShardRequest>) -> RpcResult<pb::ReadShardResponse> {
-        ok(self.ctx.read_shard(req.into_inner()).await)
+        ok(self.read_shard_rpc(req.into_inner()).await)
     }
 
     type ReadShardStreamStream = BoxStream<pb::ReadShardStreamResponse>;
@@ -255,15 +221,15 @@ impl HStreamApi for HStreamService {
     ) -> RpcResult<Self::ReadShardStreamStream> {
         let req = req.into_inner();
         let shard = if req.stream_name.is_empty() {
-            self.ctx.catalog.shard(req.shard_id)
+            self.api.streams.catalog().shard(req.shard_id)
         } else {
-            self.ctx.catalog.shard_of(&req.stream_name, req.shard_id)
+            self.api.streams.catalog().shard_of(&req.stream_name, req.shard_id)
         }?;
         let cursor = self
             .single_shard_cursor(shard, req.from.as_ref(), req.until.as_ref())
             .await?;
         Ok(Response::new(spawn_pump(
-            &self.ctx,
+            &self.api,
             vec![cursor],
             req.max_read_batches,
             |r| pb::ReadShardStreamResponse { received_records: r },
@@ -274,18 +240,18 @@ impl HStreamApi for HStreamService {
         &self,
         _req: Request<pb::ListShardReadersRequest>,
     ) -> RpcResult<pb::ListShardReadersResponse> {
-        ok(self.ctx.list_shard_readers().await)
+        ok(self.list_shard_readers_rpc().await)
     }
 
     async fn delete_shard_reader(&self, req: Request<pb::DeleteShardReaderRequest>) -> RpcResult<()> {
-        ok(self.ctx.delete_shard_reader(&req.into_inner().reader_id).await)
+        ok(self.api.readers.delete(&req.into_inner().reader_id).await)
     }
 
     type ReadStreamStream = BoxStream<pb::ReadStreamResponse>;
 
     async fn read_stream(&self, req: Request<pb::ReadStreamRequest>) -> RpcResult<Self::ReadStreamStream> {
         let req = req.into_inner();
-        let stream = self.ctx.catalog.stream(&req.stream_name)?;
+        let stream = self.api.streams.catalog().stream(&req.stream_name)?;
         let from = read::stream_from(req.from.as_ref())?;
         let mut cursors = Vec::with_capacity(stream.shards.len());
         for shard in &stream.shards {
@@ -293,7 +259,7 @@ impl HStreamApi for HStreamService {
             cursors.push(self.shard_cursor(shard.clone(), from, until).await?);
         }
         Ok(Response::new(spawn_pump(
-            &self.ctx,
+            &self.api,
             cursors,
             req.max_read_batches,
             |r| pb::ReadStreamResponse { received_records: r },
@@ -307,7 +273,7 @@ impl HStreamApi for HStreamService {
         req: Request<pb::ReadSingleShardStreamRequest>,
     ) -> RpcResult<Self::ReadSingleShardStreamStream> {
         let req = req.into_inner();
-        let stream = self.ctx.catalog.stream(&req.stream_name)?;
+        let stream = self.api.streams.catalog().stream(&req.stream_name)?;
         if stream.shards.len() != 1 {
             return Err(ApiError::TooManyShards(req.stream_name).into());
         }
@@ -315,7 +281,7 @@ impl HStreamApi for HStreamService {
             .single_shard_cursor(stream.shards[0].clone(), req.from.as_ref(), req.until.as_ref())
             .await?;
         Ok(Response::new(spawn_pump(
-            &self.ctx,
+            &self.api,
             vec![cursor],
             req.max_read_batches,
             |r| pb::ReadSingleShardStreamResponse { received_records: r },
@@ -332,44 +298,45 @@ impl HStreamApi for HStreamService {
     }
 
     async fn create_subscription(&self, req: Request<pb::Subscription>) -> RpcResult<pb::Subscription> {
-        ok(self.ctx.create_subscription(req.into_inner()).await)
+        ok(self.create_subscription_rpc(req.into_inner()).await)
     }
 
     async fn get_subscription(
         &self,
         req: Request<pb::GetSubscriptionRequest>,
     ) -> RpcResult<pb::GetSubscriptionResponse> {
-        ok(self.ctx.get_subscription(&req.into_inner().id).await)
+        ok(self.get_subscription_rpc(&req.into_inner().id).await)
     }
 
     async fn list_subscriptions(
         &self,
         _req: Request<pb::ListSubscriptionsRequest>,
     ) -> RpcResult<pb::ListSubscriptionsResponse> {
-        ok(self.ctx.list_subscriptions("").await)
+        ok(self.list_subscriptions_rpc("").await)
     }
 
     async fn list_subscriptions_with_prefix(
         &self,
         req: Request<pb::ListSubscriptionsWithPrefixRequest>,
     ) -> RpcResult<pb::ListSubscriptionsResponse> {
-        ok(self.ctx.list_subscriptions(&req.into_inner().prefix).await)
+        ok(self.list_subscriptions_rpc(&req.into_inner().prefix).await)
     }
 
     async fn list_consumers(&self, req: Request<pb::ListConsumersRequest>) -> RpcResult<pb::ListConsumersResponse> {
-        ok(self.ctx.list_consumers(&req.into_inner().subscription_id).await)
+        ok(self.list_consumers_rpc(&req.into_inner().subscription_id).await)
     }
 
     async fn check_subscription_exist(
         &self,
         req: Request<pb::CheckSubscriptionExistRequest>,
     ) -> RpcResult<pb::CheckSubscriptionExistResponse> {
-        let exists = self.ctx.subscription_exists(&req.into_inner().subscription_id);
+        let exists = self.api.subscriptions.exists(&req.into_inner().subscription_id);
         Ok(Response::new(pb::CheckSubscriptionExistResponse { exists }))
     }
 
     async fn delete_subscription(&self, req: Request<pb::DeleteSubscriptionRequest>) -> RpcResult<()> {
-        ok(self.ctx.delete_subscription(req.into_inner()).await)
+        let req = req.into_inner();
+        ok(self.api.subscriptions.delete(&req.subscription_id, req.force).await)
     }
 
     async fn lookup_subscription(
@@ -378,7 +345,7 @@ impl HStreamApi for HStreamService {
     ) -> RpcResult<pb::LookupSubscriptionResponse> {
         Ok(Response::new(pb::LookupSubscriptionResponse {
             subscription_id: req.into_inner().subscription_id,
-            server_node: Some(self.ctx.server_node()),
+            server_node: Some(self.api.server_node()),
         }))
     }
 
@@ -395,12 +362,12 @@ impl HStreamApi for HStreamService {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        let stream = self.ctx.streaming_fetch(req.into_inner(), uri, user_agent).await?;
+        let stream = self.streaming_fetch_rpc(req.into_inner(), uri, user_agent).await?;
         Ok(Response::new(Box::pin(stream)))
     }
 
     async fn describe_cluster(&self, _req: Request<()>) -> RpcResult<pb::DescribeClusterResponse> {
-        let node = self.ctx.server_node();
+        let node = self.api.server_node();
         Ok(Response::new(pb::DescribeClusterResponse {
             protocol_version: "0.1.0".to_owned(),
             server_nodes: vec![node.clone()],
@@ -408,16 +375,16 @@ impl HStreamApi for HStreamService {
                 node: Some(node),
                 state: pb::NodeState::Running as i32,
             }],
-            cluster_up_time: self.ctx.started.elapsed().as_secs(),
+            cluster_up_time: self.api.started.elapsed().as_secs(),
         }))
     }
 
     async fn lookup_resource(&self, _req: Request<pb::LookupResourceRequest>) -> RpcResult<pb::ServerNode> {
-        Ok(Response::new(self.ctx.server_node()))
+        Ok(Response::new(self.api.server_node()))
     }
 
     async fn lookup_key(&self, _req: Request<pb::LookupKeyRequest>) -> RpcResult<pb::ServerNode> {
-        Ok(Response::new(self.ctx.server_node()))
+        Ok(Response::new(self.api.server_node()))
     }
 
     async fn send_admin_command(&self, _req: Request<pb::AdminCommandRequest>) -> RpcResult<pb::AdminCommandResponse> {
@@ -498,15 +465,15 @@ impl HStreamApi for HStreamService {
     }
 
     async fn create_connector(&self, req: Request<pb::CreateConnectorRequest>) -> RpcResult<pb::Connector> {
-        ok(self.ctx.create_connector(req.into_inner()).await)
+        ok(self.create_connector_rpc(req.into_inner()).await)
     }
 
     async fn list_connectors(&self, _req: Request<pb::ListConnectorsRequest>) -> RpcResult<pb::ListConnectorsResponse> {
-        ok(self.ctx.list_connectors().await)
+        ok(self.list_connectors_rpc().await)
     }
 
     async fn get_connector(&self, req: Request<pb::GetConnectorRequest>) -> RpcResult<pb::Connector> {
-        ok(self.ctx.get_connector(&req.into_inner().name).await)
+        ok(self.get_connector_rpc(&req.into_inner().name).await)
     }
 
     async fn get_connector_spec(
@@ -514,30 +481,30 @@ impl HStreamApi for HStreamService {
         req: Request<pb::GetConnectorSpecRequest>,
     ) -> RpcResult<pb::GetConnectorSpecResponse> {
         let req = req.into_inner();
-        ok(self.ctx.connector_spec(&req.r#type, &req.target))
+        ok(self.connector_spec_rpc(&req.r#type, &req.target))
     }
 
     async fn get_connector_logs(
         &self,
         req: Request<pb::GetConnectorLogsRequest>,
     ) -> RpcResult<pb::GetConnectorLogsResponse> {
-        ok(self.ctx.connector_logs(req.into_inner()).await)
+        ok(self.connector_logs_rpc(req.into_inner()).await)
     }
 
     async fn delete_connector(&self, req: Request<pb::DeleteConnectorRequest>) -> RpcResult<()> {
-        ok(self.ctx.delete_connector(&req.into_inner().name).await)
+        ok(self.api.connectors.delete(&req.into_inner().name).await)
     }
 
     async fn pause_connector(&self, req: Request<pb::PauseConnectorRequest>) -> RpcResult<()> {
-        ok(self.ctx.pause_connector(&req.into_inner().name).await)
+        ok(self.api.connectors.pause(&req.into_inner().name).await)
     }
 
     async fn resume_connector(&self, req: Request<pb::ResumeConnectorRequest>) -> RpcResult<()> {
-        ok(self.ctx.resume_connector(&req.into_inner().name).await)
+        ok(self.api.connectors.resume(&req.into_inner().name).await)
     }
 
     async fn alter_connector_config(&self, req: Request<pb::AlterConnectorConfigRequest>) -> RpcResult<()> {
-        ok(self.ctx.alter_connector(req.into_inner()).await)
+        ok(self.alter_connector_rpc(req.into_inner()).await)
     }
 
     async fn list_views(&self, _req: Request<pb::ListViewsRequest>) -> RpcResult<pb::ListViewsResponse> {
@@ -564,15 +531,6 @@ impl HStreamApi for HStreamService {
         _req: Request<pb::ExecuteViewQueryWithNamespaceRequest>,
     ) -> RpcResult<pb::ExecuteViewQueryResponse> {
         unimplemented("ExecuteViewQueryWithNamespace")
-    }
-}
-
-impl crate::metrics::LiveState for ServerCtx {
-    fn connectors(&self) -> &crate::connectors::Connectors {
-        &self.connectors
-    }
-    fn subscriptions(&self) -> &crate::subscription::Registry {
-        &self.subscriptions
     }
 }
 

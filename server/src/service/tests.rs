@@ -1,11 +1,37 @@
-//! Service behaviour that needs state the public RPCs of this issue cannot create yet
-//! (subscriptions), exercised on a `ServerCtx` over a real store and metastore.
+//! Service behaviour that needs state the public RPCs cannot create (subscriptions written to
+//! the MetaStore directly), exercised through the gRPC service over real services, store and
+//! metastore.
 
 use super::*;
-use crate::meta::{SqliteMetaStore, StartOffset, SubscriptionMeta};
+use crate::meta::{MetaStore, SqliteMetaStore, StartOffset, SubscriptionMeta};
 use crate::store::StoreOptions;
 
-async fn ctx(dir: &std::path::Path) -> Arc<ServerCtx> {
+/// The gRPC service over real services, with the handles the tests look through.
+struct Ctx {
+    svc: HStreamService,
+    meta: Arc<dyn MetaStore>,
+    shutdown: CancellationToken,
+}
+
+impl Ctx {
+    fn catalog(&self) -> &crate::catalog::Catalog {
+        self.svc.api.streams.catalog()
+    }
+    async fn create_stream(&self, req: pb::Stream) -> ApiResult<pb::Stream> {
+        self.svc.create_stream_rpc(req).await
+    }
+    async fn delete_stream(&self, req: pb::DeleteStreamRequest) -> ApiResult<()> {
+        self.svc.delete_stream_rpc(req).await
+    }
+    async fn append(&self, req: pb::AppendRequest) -> ApiResult<pb::AppendResponse> {
+        self.svc.append_rpc(req).await
+    }
+    fn list_streams(&self, prefix: &str) -> pb::ListStreamsResponse {
+        self.svc.list_streams_rpc(prefix)
+    }
+}
+
+async fn ctx(dir: &std::path::Path) -> Arc<Ctx> {
     let meta: Arc<dyn MetaStore> = Arc::new(SqliteMetaStore::in_memory().await.unwrap());
     let store = Arc::new(crate::store::LocalStore(
         crate::store::LogStore::open(dir, StoreOptions::default()).unwrap(),
@@ -15,16 +41,49 @@ async fn ctx(dir: &std::path::Path) -> Arc<ServerCtx> {
         host: "127.0.0.1".into(),
         port: 6570,
     };
-    ServerCtx::new(
-        meta,
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let streams = Arc::new(Streams::new(
+        meta.clone(),
         store,
-        Catalog::default(),
-        node,
+        crate::catalog::Catalog::default(),
         crate::batch::Limits::default(),
-        CancellationToken::new(),
+        crate::metrics::StreamMetrics::register(&mut registry),
+    ));
+    let connectors = Arc::new(Connectors::new(
         hstream_connectors::registry(),
-        (std::time::Duration::from_millis(100), std::time::Duration::from_secs(1)),
-    )
+        streams.clone(),
+        meta.clone(),
+        crate::connectors::Hosting {
+            node_id: node.id,
+            node_address: "127.0.0.1:6570".into(),
+            backoff: (std::time::Duration::from_millis(100), std::time::Duration::from_secs(1)),
+            tasks: tasks.clone(),
+            shutdown: shutdown.clone(),
+        },
+    ));
+    let api = Arc::new(Api {
+        node,
+        started: Instant::now(),
+        subscriptions: Arc::new(Subscriptions::new(
+            meta.clone(),
+            streams.clone(),
+            tasks.clone(),
+            shutdown.clone(),
+        )),
+        readers: Arc::new(Readers::new(meta.clone(), streams.clone(), shutdown.clone())),
+        streams,
+        connectors,
+        metrics: Arc::new(Metrics::new(registry)),
+        shutdown: shutdown.clone(),
+        tasks,
+    });
+    Arc::new(Ctx {
+        svc: HStreamService::new(api),
+        meta,
+        shutdown,
+    })
 }
 
 /// Where the local store keeps a shard's files.
@@ -55,7 +114,7 @@ async fn delete_with_subscriptions_needs_force_and_then_archives() {
     let dir = tempfile::tempdir().unwrap();
     let ctx = ctx(dir.path()).await;
     ctx.create_stream(stream("s")).await.unwrap();
-    let shard = ctx.catalog.stream("s").unwrap().shards[0].clone();
+    let shard = ctx.catalog().stream("s").unwrap().shards[0].clone();
     let rec = one_record();
     ctx.append(pb::AppendRequest {
         stream_name: "s".into(),
@@ -81,10 +140,10 @@ async fn delete_with_subscriptions_needs_force_and_then_archives() {
 
     let err = ctx.delete_stream(del("s", false)).await.unwrap_err();
     assert!(matches!(err, ApiError::StreamHasSubscriptions(_)), "{err}");
-    assert!(ctx.catalog.stream("s").is_ok(), "nothing changed");
+    assert!(ctx.catalog().stream("s").is_ok(), "nothing changed");
 
     ctx.delete_stream(del("s", true)).await.unwrap();
-    assert!(matches!(ctx.catalog.stream("s"), Err(ApiError::StreamNotFound(_))));
+    assert!(matches!(ctx.catalog().stream("s"), Err(ApiError::StreamNotFound(_))));
     assert!(
         ctx.list_streams("").streams.is_empty(),
         "archived streams are not listed"
@@ -92,7 +151,7 @@ async fn delete_with_subscriptions_needs_force_and_then_archives() {
     // The subscription now points at the archived stream, whose data is kept for it.
     let sub = ctx.meta.get_subscription("sub").await.unwrap().unwrap();
     assert!(sub.stream.starts_with(crate::catalog::ARCHIVED_PREFIX));
-    let archived = ctx.catalog.any_stream(&sub.stream).unwrap();
+    let archived = ctx.catalog().any_stream(&sub.stream).unwrap();
     assert!(archived.meta.archived);
     assert_eq!(archived.shards[0].log.read(1, 10, usize::MAX).await.unwrap().len(), 1);
     assert!(shard_dir(dir.path(), shard.meta.id).exists());
@@ -106,7 +165,7 @@ async fn delete_without_subscriptions_removes_files() {
     let ctx = ctx(dir.path()).await;
     ctx.create_stream(stream("gone")).await.unwrap();
     let dirs: Vec<_> = ctx
-        .catalog
+        .catalog()
         .stream("gone")
         .unwrap()
         .shards
@@ -140,14 +199,14 @@ fn one_record() -> pb::BatchedRecord {
     }
 }
 
-async fn filled(ctx: &ServerCtx, name: &str, n: usize) -> crate::catalog::ShardEntry {
+async fn filled(ctx: &Ctx, name: &str, n: usize) -> crate::catalog::ShardEntry {
     ctx.create_stream(pb::Stream {
         shard_count: 1,
         ..stream(name)
     })
     .await
     .unwrap();
-    let shard = ctx.catalog.stream(name).unwrap().shards[0].clone();
+    let shard = ctx.catalog().stream(name).unwrap().shards[0].clone();
     for _ in 0..n {
         let req = pb::AppendRequest {
             stream_name: name.into(),
@@ -178,7 +237,7 @@ async fn read_bounded_by_a_future_time_ends_when_it_passes() {
     let until = read::Until::Timestamp(read::now_ms() + 300);
     let cursor = read::ShardCursor::new(shard, 1, until);
     let (tx, mut rx) = mpsc::channel(4);
-    let pumped = tokio::spawn(read::pump(ctx.clone(), vec![cursor], 0, tx, |r| r));
+    let pumped = tokio::spawn(read::pump(ctx.shutdown.clone(), vec![cursor], 0, tx, |r| r));
     let mut got = 0;
     while let Some(msg) = rx.recv().await {
         got += msg.unwrap().len();
@@ -197,7 +256,7 @@ async fn tailing_read_of_a_deleted_stream_ends_with_not_found() {
     let shard = filled(&ctx, "d", 1).await;
     let cursor = read::ShardCursor::new(shard, 1, read::Until::Forever);
     let (tx, mut rx) = mpsc::channel(4);
-    let pumped = tokio::spawn(read::pump(ctx.clone(), vec![cursor], 0, tx, |r| r));
+    let pumped = tokio::spawn(read::pump(ctx.shutdown.clone(), vec![cursor], 0, tx, |r| r));
     assert_eq!(rx.recv().await.unwrap().unwrap().len(), 1);
     ctx.delete_stream(del("d", false)).await.unwrap();
     let end = rx.recv().await.expect("an error, then the end").unwrap_err();
@@ -220,7 +279,7 @@ async fn pump_stops_on_shutdown_even_if_the_client_stops_reading() {
     ];
     // A channel of one that nobody drains: the pump blocks sending the second shard's batches.
     let (tx, _rx) = mpsc::channel(1);
-    let pumped = tokio::spawn(read::pump(ctx.clone(), cursors, 0, tx.clone(), |r| r));
+    let pumped = tokio::spawn(read::pump(ctx.shutdown.clone(), cursors, 0, tx.clone(), |r| r));
     // Wait until the channel is full, i.e. the pump is parked on its second send.
     while tx.capacity() > 0 {
         tokio::task::yield_now().await;
@@ -245,13 +304,13 @@ async fn tailing_read_touches_only_shards_that_got_data() {
     })
     .await
     .unwrap();
-    let shards = ctx.catalog.stream("wide").unwrap().shards.clone();
+    let shards = ctx.catalog().stream("wide").unwrap().shards.clone();
     let cursors = shards
         .iter()
         .map(|s| read::ShardCursor::new(s.clone(), 1, read::Until::Forever))
         .collect();
     let (tx, mut rx) = mpsc::channel(4);
-    let pumped = tokio::spawn(read::pump(ctx.clone(), cursors, 0, tx, |r| r));
+    let pumped = tokio::spawn(read::pump(ctx.shutdown.clone(), cursors, 0, tx, |r| r));
     // The first pass reads every shard once and finds nothing.
     while shards.iter().any(|s| s.log.reads() == 0) {
         tokio::task::yield_now().await;

@@ -28,7 +28,10 @@ use crate::store::{ReadySet, Shard};
 
 mod deliver;
 
-pub type FetchTx = mpsc::Sender<Result<pb::StreamingFetchResponse, Status>>;
+/// What a consumer's session receives: the StreamingFetch response itself, built once on the
+/// delivery path (decision 021).
+pub type Delivery = Result<pb::StreamingFetchResponse, Status>;
+pub type FetchTx = mpsc::Sender<Delivery>;
 
 /// Responses buffered per consumer before delivery to it pauses.
 pub const CONSUMER_BUFFER: usize = 64;

@@ -8,12 +8,15 @@
 
 mod actor;
 mod checkpoint;
+mod metrics;
+mod service;
 mod tracker;
 
 #[cfg(test)]
 mod tests;
 
-pub use actor::{CONSUMER_BUFFER, Command, ConsumerInfo, FetchTx};
+pub use actor::{CONSUMER_BUFFER, Command, ConsumerInfo, Delivery, FetchTx};
+pub use service::{Leave, Session, SubscriptionSpec, Subscriptions};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,358 @@
+//! A connector's lifecycle over the in-process runtime: create (validate, check, persist,
+//! start), describe, list, spec, logs, pause, resume, restart, alter, reset offsets, delete.
+//!
+//! Secrets: every config leaving this module (views, errors, logs) is redacted by the
+//! connector's spec (`airbyte_secret` fields).
+
+use hstream_proto::ErrorCode;
+use hstream_runtime::secret;
+use hstream_runtime::supervisor::{Control, State};
+use serde_json::Value;
+
+use super::Connectors;
+use crate::catalog::validate_name;
+use crate::error::{ApiError, ApiResult};
+use crate::meta::{ConnectorMeta, MetaError, connector_checkpoint};
+use crate::store::now_ms;
+
+/// How long a pause, resume or delete waits for the task to reach its new state.
+const STATE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A connector to create.
+#[derive(Debug, Clone)]
+pub struct ConnectorSpec {
+    pub name: String,
+    /// `source` or `sink` (any case).
+    pub kind: String,
+    pub target: String,
+    /// Must be a JSON object.
+    pub config: Value,
+}
+
+/// A connector as the front doors show it: config redacted, status the task's own.
+#[derive(Debug, Clone)]
+pub struct ConnectorView {
+    pub name: String,
+    /// `SOURCE` or `SINK`.
+    pub kind: String,
+    pub target: String,
+    pub created_ms: i64,
+    pub status: String,
+    /// The stored config with its secrets masked (null when the type is not in this build).
+    pub config: Value,
+    /// Position, counters and health of the running task (asked for in detail, and running).
+    pub report: Option<Value>,
+    /// The node running it (`host:port`).
+    pub node: String,
+}
+
+fn object(config: &Value, what: &str) -> ApiResult<()> {
+    if !config.is_object() {
+        return Err(ApiError::InvalidConnectorConfig(format!(
+            "{what} must be a JSON object"
+        )));
+    }
+    Ok(())
+}
+
+impl Connectors {
+    /// Resumes every stored connector in the state it had (at node start).
+    pub fn resume_all(&self, stored: &[ConnectorMeta]) {
+        for c in stored {
+            if self.connector_type(&c.kind, &c.target).is_none() {
+                tracing::error!(connector = %c.name, target = %c.target, "connector type is not in this build");
+                continue;
+            }
+            match serde_json::from_str(&c.config) {
+                Ok(config) => {
+                    self.start(c, config);
+                }
+                Err(e) => tracing::error!(connector = %c.name, error = %e, "stored config is unreadable"),
+            }
+        }
+    }
+
+    fn view(&self, c: &ConnectorMeta, detail: bool) -> ConnectorView {
+        let task = self.task(&c.name);
+        let status = task
+            .as_ref()
+            .map_or(c.status.clone(), |t| t.handle.status.borrow().state.as_str().to_owned());
+        let config: Value = serde_json::from_str(&c.config).unwrap_or(Value::Null);
+        let redacted = match self.connector_type(&c.kind, &c.target) {
+            Some(t) => secret::redact(&t.config_schema(&config), &config),
+            None => Value::Null,
+        };
+        let report = task.filter(|_| detail).map(|t| {
+            let p = &t.handle.progress;
+            let mut offset = p.offset.lock().expect("lock").clone().unwrap_or(Value::Null);
+            // A connector's own config update kept in its offset (Airbyte CONTROL) is a config:
+            // never shown.
+            if let Some(c) = offset.get_mut("control_config") {
+                *c = Value::from(secret::MASK);
+            }
+            serde_json::json!({
+                "offset": offset,
+                "deliveredRecords": p.records.load(std::sync::atomic::Ordering::Relaxed),
+                "deliveredBytes": p.bytes.load(std::sync::atomic::Ordering::Relaxed),
+                "restarts": t.handle.status.borrow().restarts,
+                // Health by progress: when the task last moved a record (unix ms, 0 = never).
+                "lastProgressMs": p.last_progress_ms.load(std::sync::atomic::Ordering::Relaxed),
+                "lastError": t.handle.status.borrow().last_error.clone(),
+                // What the task says it is doing (e.g. snapshot progress).
+                "progress": p.status.lock().expect("lock").clone(),
+                // How far behind its upstream a source is, in its own terms.
+                "lag": match *p.lag.lock().expect("lock") {
+                    Some(hstream_runtime::Lag::Bytes(n)) => serde_json::json!({ "bytes": n }),
+                    Some(hstream_runtime::Lag::Seconds(s)) => serde_json::json!({ "seconds": s }),
+                    Some(hstream_runtime::Lag::Messages(n)) => serde_json::json!({ "inflightMessages": n }),
+                    Some(hstream_runtime::Lag::Records(n)) => serde_json::json!({ "uncheckpointedRecords": n }),
+                    None => Value::Null,
+                },
+            })
+        });
+        ConnectorView {
+            name: c.name.clone(),
+            kind: c.kind.clone(),
+            target: c.target.clone(),
+            created_ms: c.created_ms,
+            status,
+            config: redacted,
+            report,
+            node: self.hosting.node_address.clone(),
+        }
+    }
+
+    /// Checks a new connector's name, kind and target, as `create` does before it reads the
+    /// config; returns the connector type.
+    pub fn check_identity(
+        &self,
+        name: &str,
+        kind: &str,
+        target: &str,
+    ) -> ApiResult<(
+        hstream_runtime::Kind,
+        std::sync::Arc<dyn hstream_runtime::ConnectorType>,
+    )> {
+        validate_name("connector", ErrorCode::ConnectorInvalidObjectIdentifier, name)?;
+        let kind = hstream_runtime::Kind::parse(kind).ok_or_else(|| ApiError::ConnectorInvalidType(kind.to_owned()))?;
+        let connector = self
+            .registry
+            .get(kind, target)
+            .ok_or_else(|| ApiError::ConnectorUnknown {
+                kind: kind.as_str(),
+                target: target.to_owned(),
+            })?;
+        Ok((kind, connector))
+    }
+
+    /// Fails with ConnectorNotFound unless the connector is stored.
+    pub async fn check_exists(&self, name: &str) -> ApiResult<()> {
+        self.stored(name).await.map(drop)
+    }
+
+    pub async fn create(&self, spec: ConnectorSpec) -> ApiResult<ConnectorView> {
+        let (kind, connector) = self.check_identity(&spec.name, &spec.kind, &spec.target)?;
+        let mut config = spec.config;
+        object(&config, "config")?;
+        connector.normalize(&mut config);
+        connector.validate(&config).map_err(|errors| {
+            ApiError::InvalidConnectorConfig(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+        })?;
+        let _ddl = self.ddl.lock().await;
+        if self.meta.get_connector(&spec.name).await?.is_some() {
+            return Err(ApiError::ConnectorExists(spec.name));
+        }
+        connector.check(&config).await.map_err(|e| {
+            // The check's words may quote the config (a connector's own message): scrubbed.
+            let secrets = secret::secret_values(&connector.config_schema(&config), &config);
+            ApiError::ConnectorCheckFailed(secret::scrub(&e.to_string(), &secrets))
+        })?;
+        let meta = ConnectorMeta {
+            name: spec.name.clone(),
+            kind: kind.as_str().to_owned(),
+            target: spec.target.clone(),
+            config: config.to_string(),
+            status: State::New.as_str().to_owned(),
+            created_ms: now_ms(),
+            node: self.hosting.node_id,
+        };
+        self.meta.create_connector(&meta).await.map_err(|e| match e {
+            MetaError::AlreadyExists { .. } => ApiError::ConnectorExists(spec.name.clone()),
+            e => e.into(),
+        })?;
+        self.start(&meta, config);
+        tracing::info!(connector = %meta.name, kind = %meta.kind, target = %meta.target, "connector created");
+        Ok(self.view(&meta, true))
+    }
+
+    async fn stored(&self, name: &str) -> ApiResult<ConnectorMeta> {
+        self.meta
+            .get_connector(name)
+            .await?
+            .ok_or_else(|| ApiError::ConnectorNotFound(name.to_owned()))
+    }
+
+    pub async fn get(&self, name: &str) -> ApiResult<ConnectorView> {
+        Ok(self.view(&self.stored(name).await?, true))
+    }
+
+    /// Every connector not deleted, without the task reports.
+    pub async fn list(&self) -> ApiResult<Vec<ConnectorView>> {
+        let all = self.meta.list_connectors().await?;
+        Ok(all
+            .iter()
+            .map(|c| self.view(c, false))
+            .filter(|c| c.status != State::Deleted.as_str())
+            .collect())
+    }
+
+    /// A connector type's config schema (the spec's `connectionSpecification`).
+    pub fn config_spec(&self, kind: &str, target: &str) -> ApiResult<Value> {
+        let t = self
+            .connector_type(kind, target)
+            .ok_or_else(|| ApiError::ConnectorUnknown {
+                kind: "connector",
+                target: format!("{kind} {target}"),
+            })?;
+        Ok(t.spec()["connectionSpecification"].clone())
+    }
+
+    /// Up to `count` of a connector's recent log lines from the `begin`th, oldest first.
+    pub async fn logs(&self, name: &str, begin: usize, count: usize) -> ApiResult<Vec<String>> {
+        self.stored(name).await?;
+        let Some(task) = self.task(name) else {
+            return Ok(Vec::new());
+        };
+        let log = task.log.lock().expect("lock");
+        Ok(log.iter().skip(begin).take(count).cloned().collect())
+    }
+
+    /// Sends a command and waits until the task reports, after the send, a state `done` accepts
+    /// (or its supervisor ends).
+    async fn command(&self, name: &str, c: Control, done: impl Fn(State) -> bool) -> ApiResult<()> {
+        let task = self
+            .task(name)
+            .ok_or_else(|| ApiError::ConnectorNotFound(name.to_owned()))?;
+        let mut rx = task.handle.status.clone();
+        rx.borrow_and_update();
+        if task.handle.control.send(c).await.is_err() {
+            return Ok(()); // the supervisor is gone: nothing left to change
+        }
+        let wait = async {
+            loop {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+                if done(rx.borrow_and_update().state) {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(STATE_WAIT, wait)
+            .await
+            .map_err(|_| ApiError::ConnectorInvalidStatus(format!("connector {name:?} did not change state in time")))
+    }
+
+    fn current_state(&self, name: &str) -> Option<State> {
+        self.task(name).map(|t| t.handle.status.borrow().state)
+    }
+
+    pub async fn pause(&self, name: &str) -> ApiResult<()> {
+        self.stored(name).await?;
+        match self.current_state(name) {
+            Some(State::Stopped | State::Failed | State::Completed) => Ok(()),
+            _ => self.command(name, Control::Pause, |s| s == State::Stopped).await,
+        }
+    }
+
+    /// Resumes a STOPPED, FAILED or COMPLETED task; returns once its next attempt started (which
+    /// may fail again: the status says). A running task is left alone.
+    pub async fn resume(&self, name: &str) -> ApiResult<()> {
+        self.stored(name).await?;
+        match self.current_state(name) {
+            Some(State::Running | State::New) => Ok(()),
+            _ => self.command(name, Control::Resume, |s| s != State::Stopped).await,
+        }
+    }
+
+    /// Restarts the task: a running one starts a new attempt (an empty alter), a stopped or
+    /// failed one is resumed.
+    pub async fn restart(&self, name: &str) -> ApiResult<()> {
+        let c = self.get(name).await?;
+        if c.status == State::Running.as_str() || c.status == State::New.as_str() {
+            self.alter(name, serde_json::json!({})).await
+        } else {
+            self.resume(name).await
+        }
+    }
+
+    pub async fn delete(&self, name: &str) -> ApiResult<()> {
+        let _ddl = self.ddl.lock().await;
+        self.stored(name).await?;
+        if self.task(name).is_some() {
+            // Even a task that is slow to stop is deleted: the supervisor acts on the command
+            // when it gets to it, and nothing brings the task back once its row is gone.
+            if let Err(e) = self.command(name, Control::Delete, |s| s == State::Deleted).await {
+                tracing::warn!(connector = %name, error = %e, "deleting a task that has not stopped yet");
+            }
+            self.remove(name);
+        }
+        self.meta.delete_connector(name).await?;
+        tracing::info!(connector = %name, "connector deleted");
+        Ok(())
+    }
+
+    /// Merges the given top-level keys over the config, validates, stores, and restarts the task;
+    /// returns once the new attempt started (a paused task keeps the config for its resume).
+    pub async fn alter(&self, name: &str, mut patch: Value) -> ApiResult<()> {
+        let _ddl = self.ddl.lock().await;
+        let stored = self.stored(name).await?;
+        object(&patch, "config")?;
+        let mut config: Value = serde_json::from_str(&stored.config).unwrap_or_else(|_| serde_json::json!({}));
+        let t = self
+            .connector_type(&stored.kind, &stored.target)
+            .ok_or_else(|| ApiError::ConnectorUnknown {
+                kind: "connector",
+                target: stored.target.clone(),
+            })?;
+        t.normalize(&mut patch);
+        // Clients send back what they were shown: a masked secret means "unchanged".
+        secret::unmask(&t.config_schema(&config), &config, &mut patch);
+        for (k, v) in patch.as_object().expect("checked object") {
+            config[k] = v.clone();
+        }
+        t.validate(&config).map_err(|errors| {
+            ApiError::InvalidConnectorConfig(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+        })?;
+        // Only the config: the status belongs to the task, which may have moved meanwhile.
+        self.meta
+            .set_connector_config(&stored.name, &config.to_string())
+            .await?;
+        match self.current_state(name) {
+            // A paused task takes the new config when resumed.
+            Some(State::Stopped) => {
+                if !self.control(name, Control::Alter(config)).await {
+                    return Err(ApiError::ConnectorNotFound(name.to_owned()));
+                }
+                Ok(())
+            }
+            // Otherwise wait until the task restarted with it (or failed with it).
+            _ => {
+                self.command(name, Control::Alter(config), |s| s != State::Stopped)
+                    .await
+            }
+        }
+    }
+
+    /// Forgets a paused connector's checkpoint: on resume it starts from its configured
+    /// beginning. Returns whether there was one.
+    pub async fn reset_offsets(&self, name: &str) -> ApiResult<bool> {
+        let c = self.get(name).await?;
+        if c.status != State::Stopped.as_str() {
+            return Err(ApiError::ConnectorInvalidStatus(format!(
+                "connector {name:?} must be paused to reset its offsets"
+            )));
+        }
+        Ok(self.meta.delete_checkpoint(&connector_checkpoint(name)).await?)
+    }
+}

@@ -1,0 +1,257 @@
+//! The subscriptions service: create, describe, list and delete subscriptions, start their
+//! actors, and open one consumer's session.
+//!
+//! Guarantees: a subscription is in the MetaStore before its actor starts; creating one and
+//! deleting its stream are serialized (the streams service's DDL lock), so a subscription never
+//! starts on a stream being deleted; the data of a force-deleted stream goes with its last
+//! subscription, in one MetaStore step.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hstream_proto::ErrorCode;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{CONSUMER_BUFFER, ConsumerInfo, FetchTx, Handle, Registry};
+use crate::catalog::validate_name;
+use crate::error::{ApiError, ApiResult};
+use crate::meta::{MetaError, MetaStore, ShardProgress, StartOffset, SubscriptionMeta};
+use crate::store::now_ms;
+use crate::streams::Streams;
+
+/// HStreamDB's bounds on ackTimeoutSeconds.
+const MAX_ACK_TIMEOUT_SECS: i32 = 36_000;
+
+/// A subscription to create.
+#[derive(Debug, Clone)]
+pub struct SubscriptionSpec {
+    pub id: String,
+    pub stream: String,
+    pub ack_timeout_secs: i32,
+    pub max_unacked: i32,
+    pub offset: StartOffset,
+}
+
+pub struct Subscriptions {
+    meta: Arc<dyn MetaStore>,
+    streams: Arc<Streams>,
+    running: Arc<Registry>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    /// Numbers consumer sessions.
+    next_conn: AtomicU64,
+}
+
+/// One consumer's open session: deliveries arrive on `rx`; the subscription has it as `conn`.
+/// Dropping it (or its [`Leave`] guard) tells the subscription the consumer left.
+pub struct Session {
+    pub handle: Handle,
+    pub conn: u64,
+    pub deliveries: mpsc::Receiver<super::Delivery>,
+    /// Cancelled when the subscription drops the consumer.
+    pub closed: CancellationToken,
+    pub leave: Leave,
+}
+
+/// Tells the subscription its consumer left, however the session ends (even when the future
+/// that opened it is dropped mid-way).
+pub struct Leave {
+    handle: Handle,
+    conn: u64,
+    tasks: TaskTracker,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.handle.leave_now(self.conn, &self.tasks);
+    }
+}
+
+impl Subscriptions {
+    pub fn new(
+        meta: Arc<dyn MetaStore>,
+        streams: Arc<Streams>,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Subscriptions {
+            meta,
+            streams,
+            running: Arc::new(Registry::default()),
+            tasks,
+            shutdown,
+            next_conn: AtomicU64::new(1),
+        }
+    }
+
+    /// Registers the collector of the subscriptions' metrics.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register_collector(Box::new(super::metrics::Live(self.running.clone())));
+    }
+
+    /// Counts every running subscription's backlog in records (the store may read), all at
+    /// once, so a scrape that follows reports them.
+    pub async fn count_backlogs(&self) {
+        let all = self.running.all();
+        futures::future::join_all(all.iter().map(|(_, h)| h.stats.count_backlog_records())).await;
+    }
+
+    /// The running subscriptions of this node, by id.
+    pub fn running(&self) -> &Registry {
+        &self.running
+    }
+
+    /// Starts the actors of every subscription in the MetaStore (at node start).
+    pub async fn start_all(&self) -> ApiResult<()> {
+        for sub in self.meta.list_subscriptions("").await? {
+            let Some(stream) = self.streams.catalog().any_stream(&sub.stream) else {
+                tracing::error!(subscription = %sub.id, stream = %sub.stream, "stream of subscription is missing");
+                continue;
+            };
+            let logs = stream.shards.iter().map(|s| s.log.clone()).collect();
+            self.running
+                .start(sub, self.meta.clone(), logs, &self.tasks, self.shutdown.clone())
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn create(&self, spec: SubscriptionSpec) -> ApiResult<SubscriptionMeta> {
+        validate_name("subscription", ErrorCode::SubscriptionInvalidObjectIdentifier, &spec.id)?;
+        if !(1..=MAX_ACK_TIMEOUT_SECS).contains(&spec.ack_timeout_secs) {
+            return Err(ApiError::InvalidSubscription(format!(
+                "ackTimeoutSeconds must be between 1 and {MAX_ACK_TIMEOUT_SECS}, got {}",
+                spec.ack_timeout_secs
+            )));
+        }
+        if spec.max_unacked < 1 {
+            return Err(ApiError::InvalidSubscription(format!(
+                "maxUnackedRecords must be at least 1, got {}",
+                spec.max_unacked
+            )));
+        }
+        let _ddl = self.streams.ddl().lock().await;
+        let stream = self
+            .streams
+            .get(&spec.stream)
+            .map_err(|_| ApiError::SubscriptionOnMissingStream(spec.stream.clone()))?;
+        let meta = SubscriptionMeta {
+            id: spec.id,
+            stream: spec.stream,
+            ack_timeout_secs: spec.ack_timeout_secs,
+            max_unacked: spec.max_unacked,
+            offset: spec.offset,
+            created_ms: now_ms(),
+        };
+        let start: Vec<ShardProgress> = stream
+            .shards
+            .iter()
+            .map(|s| ShardProgress {
+                shard_id: s.meta.id,
+                next_lsn: match meta.offset {
+                    StartOffset::Earliest => s.log.start_lsn(),
+                    StartOffset::Latest => s.log.visible_lsn() + 1,
+                },
+            })
+            .collect();
+        self.meta
+            .create_subscription(&meta, &start)
+            .await
+            .map_err(|e| match e {
+                MetaError::AlreadyExists { .. } => ApiError::SubscriptionExists(meta.id.clone()),
+                e => e.into(),
+            })?;
+        let logs = stream.shards.iter().map(|s| s.log.clone()).collect();
+        self.running
+            .start(
+                meta.clone(),
+                self.meta.clone(),
+                logs,
+                &self.tasks,
+                self.shutdown.clone(),
+            )
+            .await?;
+        tracing::info!(subscription = %meta.id, stream = %meta.stream, "subscription created");
+        Ok(meta)
+    }
+
+    /// The stored definition (its stream may have been archived since the actor started) and
+    /// the committed progress of each shard.
+    pub async fn get(&self, id: &str) -> ApiResult<(SubscriptionMeta, Vec<ShardProgress>)> {
+        let handle = self.running.get(id)?;
+        let meta = self
+            .meta
+            .get_subscription(id)
+            .await?
+            .ok_or_else(|| ApiError::SubscriptionNotFound(id.to_owned()))?;
+        Ok((meta, handle.progress().await?))
+    }
+
+    pub async fn list(&self, prefix: &str) -> ApiResult<Vec<SubscriptionMeta>> {
+        Ok(self.meta.list_subscriptions(prefix).await?)
+    }
+
+    pub fn exists(&self, id: &str) -> bool {
+        self.running.get(id).is_ok()
+    }
+
+    pub async fn consumers(&self, id: &str) -> ApiResult<Vec<ConsumerInfo>> {
+        self.running.get(id)?.consumers().await
+    }
+
+    pub async fn delete(&self, id: &str, force: bool) -> ApiResult<()> {
+        let _ddl = self.streams.ddl().lock().await;
+        let Some(sub) = self.meta.get_subscription(id).await? else {
+            return Err(ApiError::SubscriptionNotFound(id.to_owned()));
+        };
+        // A subscription whose stream was gone at start-up has no actor; it can still go.
+        if let Ok(handle) = self.running.get(id) {
+            handle.stop(force).await?;
+            self.running.remove(id);
+        }
+        // The data of a force-deleted stream goes with its last subscription (one metastore
+        // step; its files after it, or as orphans at the next start).
+        let removed = self.meta.delete_subscription(id).await?;
+        if let Some(shards) = removed.filter(|s| !s.is_empty()) {
+            self.streams
+                .drop_archived(&sub.stream, shards.iter().map(|s| s.id).collect())
+                .await;
+        }
+        tracing::info!(subscription = %id, "subscription deleted");
+        Ok(())
+    }
+
+    /// Joins a consumer to a subscription, acking `acks` first (as StreamingFetch's first
+    /// request may).
+    pub async fn open_session(
+        &self,
+        id: &str,
+        info: ConsumerInfo,
+        acks: Vec<hstream_proto::RecordId>,
+    ) -> ApiResult<Session> {
+        let handle = self.running.get(id)?;
+        if info.name.is_empty() {
+            return Err(ApiError::InvalidRequest("consumerName is empty".into()));
+        }
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx): (FetchTx, _) = mpsc::channel(CONSUMER_BUFFER);
+        let closed = CancellationToken::new();
+        // Armed before joining: however this session ends, the subscription hears that the
+        // consumer left.
+        let leave = Leave {
+            handle: handle.clone(),
+            conn,
+            tasks: self.tasks.clone(),
+        };
+        handle.join(info, conn, acks, tx, closed.clone()).await?;
+        Ok(Session {
+            handle,
+            conn,
+            deliveries: rx,
+            closed,
+            leave,
+        })
+    }
+}
