@@ -77,5 +77,5 @@ cargo build --workspace --bins
 cargo test --workspace "$@"
 if [ -n "$container_test" ]; then
   CONTAINERS_CONF="$PWD/integration-tests/container/containers.conf" \
-    cargo test -p hstream-integration-tests --test server -- --ignored airbyte::container
+    cargo test --workspace --test server -- --ignored airbyte::container
 fi

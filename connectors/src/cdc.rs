@@ -1,5 +1,5 @@
-//! What the CDC sources share: their snapshot modes, record formats and the one writer of a
-//! change record, HStream IO's `{"key", "value"}` or Debezium's envelope, as protobuf Struct
+//! What the CDC sources share: the options saying what they capture ([`Capture`]: tables,
+//! snapshot mode, record format) and the one writer of a change record, HStream IO's `{"key", "value"}` or Debezium's envelope, as protobuf Struct
 //! bytes. Each source supplies row images through [`RowImage`].
 
 use bytes::Bytes;
@@ -39,6 +39,38 @@ pub enum RecordFormat {
     Hstream,
     /// `{"before", "after", "op", "ts_ms", "source"}`, as Debezium's change events.
     Debezium,
+}
+
+/// What a CDC source captures and how it writes it: the options every CDC source has, under
+/// HStream IO's and Debezium's names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Capture {
+    /// One table to capture (HStream IO's option). An unqualified name is in the source's
+    /// default schema (`schema` for PostgreSQL, `database` for MySQL).
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Tables to capture (Debezium's table include list); unqualified names as for `table`.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    #[serde(default)]
+    pub snapshot_mode: SnapshotMode,
+    #[serde(default)]
+    pub format: RecordFormat,
+}
+
+impl Capture {
+    /// At least one table, and no empty name.
+    pub fn validate(&self) -> Result<(), hstream_runtime::ConnectorError> {
+        use hstream_runtime::ConnectorError;
+        if self.table.is_none() && self.tables.is_empty() {
+            return Err(ConnectorError::config("table: name a table (or list them in tables)"));
+        }
+        if self.table.as_deref() == Some("") || self.tables.iter().any(String::is_empty) {
+            return Err(ConnectorError::config("table: table names must not be empty"));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

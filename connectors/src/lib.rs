@@ -124,4 +124,59 @@ mod tests {
             );
         }
     }
+
+    /// Every family's configs refuse an option they do not have, both at validation (the spec's
+    /// schema) and in serde itself (the endpoint is flattened into them), naming it; the
+    /// endpoint's options are read into the endpoint.
+    #[test]
+    fn configs_refuse_unknown_options() {
+        use hstream_runtime::Kind;
+        use serde_json::json;
+        let base = |target: &str| match target {
+            "mqtt" => json!({"stream": "s", "topic": "t", "host": "broker", "port": 1884, "username": "u"}),
+            _ => json!({"stream": "s", "user": "u", "database": "d", "table": "t", "host": "db", "port": 7}),
+        };
+        for (kind, target) in [
+            (Kind::Source, "postgresql"),
+            (Kind::Sink, "postgresql"),
+            (Kind::Source, "mysql"),
+            (Kind::Sink, "mysql"),
+            (Kind::Source, "mqtt"),
+            (Kind::Sink, "mqtt"),
+        ] {
+            let t = registry().get(kind, target).unwrap();
+            let good = base(target);
+            assert!(t.validate(&good).is_ok(), "{kind:?} {target}: {:?}", t.validate(&good));
+            let mut bad = good.clone();
+            bad["hots"] = json!("x");
+            let errs = t.validate(&bad).unwrap_err();
+            assert!(
+                errs.iter().any(|e| e.to_string().contains("hots")),
+                "{kind:?} {target}: {errs:?}"
+            );
+            let typed = |v: serde_json::Value| -> Result<serde_json::Value, String> {
+                let v2 = v.clone();
+                let round = match (kind, target) {
+                    (Kind::Source, "postgresql") => serde_json::from_value::<postgres::PgSourceConfig>(v2)
+                        .map(|c| json!([c.endpoint.host, c.endpoint.port])),
+                    (Kind::Sink, "postgresql") => serde_json::from_value::<postgres::PgSinkConfig>(v2)
+                        .map(|c| json!([c.endpoint.host, c.endpoint.port])),
+                    (Kind::Source, "mysql") => serde_json::from_value::<mysql::MySqlSourceConfig>(v2)
+                        .map(|c| json!([c.endpoint.host, c.endpoint.port])),
+                    (Kind::Sink, "mysql") => serde_json::from_value::<mysql::MySqlSinkConfig>(v2)
+                        .map(|c| json!([c.endpoint.host, c.endpoint.port])),
+                    (Kind::Source, _) => serde_json::from_value::<mqtt::MqttSourceConfig>(v2)
+                        .map(|c| json!([c.endpoint.host, c.endpoint.port])),
+                    (Kind::Sink, _) => serde_json::from_value::<mqtt::MqttSinkConfig>(v2)
+                        .map(|c| json!([c.endpoint.host, c.endpoint.port])),
+                };
+                round.map_err(|e| e.to_string())
+            };
+            let port = if target == "mqtt" { 1884 } else { 7 };
+            let host = if target == "mqtt" { "broker" } else { "db" };
+            assert_eq!(typed(good).unwrap(), json!([host, port]), "{kind:?} {target}");
+            let e = typed(bad).unwrap_err();
+            assert!(e.contains("unknown field `hots`"), "{kind:?} {target}: {e}");
+        }
+    }
 }

@@ -39,14 +39,19 @@ pub struct ConnectorError {
 impl fmt::Display for ConnectorError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} error: {}", self.kind, self.message)?;
-        // Each cause once: many errors (a ConnectorError, tokio-postgres's) already show their
-        // own cause, so a cause whose text its parent showed is not repeated.
+        // Each cause once. A `ConnectorError` cause shows its own chain, so the walk ends there;
+        // other errors that show their cause (tokio-postgres's, `io::Error` wrapping one) end
+        // their text with it, so a cause whose text ends its parent's is not repeated. A cause
+        // the parent merely mentions somewhere else is shown.
         let mut cause = self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static));
-        let mut parent = String::new();
+        let mut parent = self.message.clone();
         while let Some(e) = cause {
             let text = e.to_string();
-            if !parent.contains(&text) {
+            if text.is_empty() || !parent.ends_with(&text) {
                 write!(f, ": {text}")?;
+            }
+            if e.is::<ConnectorError>() {
+                break;
             }
             parent = text;
             cause = e.source();
@@ -95,6 +100,12 @@ impl ConnectorError {
         self
     }
 
+    /// Keeps an already boxed error as the cause (`wasmtime::Error::into_boxed_dyn_error`).
+    pub fn with_boxed_source(mut self, source: Box<dyn std::error::Error + Send + Sync>) -> Self {
+        self.source = Some(source);
+        self
+    }
+
     /// The message and every cause, as one line (what `Display` shows after the class).
     pub fn full_message(&self) -> String {
         let shown = self.to_string();
@@ -133,5 +144,42 @@ mod tests {
             "internal error: attempt: external error: reading the connector's output: broken pipe"
         );
         assert!(ConnectorError::config("user").source.is_none(), "no cause unless given");
+    }
+
+    /// An error that shows its own cause at the end of its text.
+    #[derive(Debug)]
+    struct Wrapping(std::io::Error);
+
+    impl fmt::Display for Wrapping {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "db error: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Wrapping {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    /// A cause that its parent already shows at the end is not repeated; a short cause that
+    /// the parent only mentions elsewhere still shows.
+    #[test]
+    fn each_cause_shows_once_and_none_is_hidden() {
+        let io = || std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
+        let e = ConnectorError::external("query").with_source(Wrapping(io()));
+        assert_eq!(e.to_string(), "external error: query: db error: timed out");
+        let e = ConnectorError::external("timed out waiting for the lock, retrying").with_source(io());
+        assert_eq!(
+            e.to_string(),
+            "external error: timed out waiting for the lock, retrying: timed out"
+        );
+        // A ConnectorError cause shows its chain itself, once.
+        let inner = ConnectorError::external("connect").with_source(Wrapping(io()));
+        let outer = ConnectorError::internal("attempt").with_source(inner);
+        assert_eq!(
+            outer.to_string(),
+            "internal error: attempt: external error: connect: db error: timed out"
+        );
     }
 }

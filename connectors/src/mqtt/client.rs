@@ -199,8 +199,15 @@ impl Peer {
         }
     }
 
-    fn lost(&self, e: impl std::fmt::Display) -> ConnectorError {
-        ConnectorError::external(format!("MQTT connection to {}: {e}", self.at))
+    fn lost(&self, e: impl std::error::Error + Send + Sync + 'static) -> ConnectorError {
+        ConnectorError::external(format!("MQTT connection to {}", self.at)).with_source(e)
+    }
+
+    fn disconnected(&self, reason: impl std::fmt::Debug) -> ConnectorError {
+        ConnectorError::external(format!(
+            "MQTT connection to {}: the broker disconnected us ({reason:?})",
+            self.at
+        ))
     }
 }
 
@@ -341,9 +348,7 @@ pub(crate) async fn connect(b: &Broker<'_>) -> Result<Conn, ConnectorError> {
                             other => Step::Event(Event::Acked(Err(format!("{other:?}")))),
                         },
                         Packet::PubComp(_) => Step::Event(Event::Acked(Ok(()))),
-                        Packet::Disconnect(d) => {
-                            Step::Failed(peer.lost(format_args!("the broker disconnected us ({:?})", d.reason_code)))
-                        }
+                        Packet::Disconnect(d) => Step::Failed(peer.disconnected(d.reason_code)),
                         _ => Step::Skip,
                     },
                     Ok(_) => Step::Skip,
@@ -391,8 +396,8 @@ impl Acker {
     }
 }
 
-fn gone(e: impl std::fmt::Display) -> ConnectorError {
-    ConnectorError::external(format!("MQTT connection closed: {e}"))
+fn gone(e: impl std::error::Error + Send + Sync + 'static) -> ConnectorError {
+    ConnectorError::external("MQTT connection closed").with_source(e)
 }
 
 impl Conn {

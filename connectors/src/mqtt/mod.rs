@@ -9,12 +9,14 @@
 //! broker has acknowledged every publish of the batch.
 
 mod client;
+pub mod config;
 pub mod sink;
 pub mod source;
 mod template;
 
-pub use sink::{MqttSink, MqttSinkConfig};
-pub use source::{MqttSource, MqttSourceConfig};
+pub use config::{MqttSinkConfig, MqttSourceConfig};
+pub use sink::MqttSink;
+pub use source::MqttSource;
 
 use hstream_runtime::ConnectorError;
 use schemars::JsonSchema;
@@ -32,22 +34,6 @@ pub enum Protocol {
 
 /// MQTT's largest packet (the remaining-length field's limit).
 const MAX_PACKET: u32 = 268_435_455;
-
-fn default_host() -> String {
-    "127.0.0.1".into()
-}
-
-fn default_port() -> u16 {
-    1883
-}
-
-fn default_qos() -> u8 {
-    1
-}
-
-fn default_keep_alive() -> u16 {
-    30
-}
 
 /// 14 hex digits of the MD5 of `parts`: a stable suffix for derived client ids.
 pub(crate) fn short_hash(parts: &[&str]) -> String {

@@ -5,119 +5,13 @@
 //! After a failure the task restarts from its last durable position, so a broker may see a
 //! record again (at-least-once).
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use bytes::Bytes;
-use hstream_runtime::{ConnectorConfig, ConnectorError, PayloadFlag, Secret, Sink, SinkRecord, Written};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use hstream_runtime::{ConnectorError, PayloadFlag, Sink, SinkRecord, Written};
 
-use super::client::{self, Broker, Conn, Event};
+use super::client::{self, Conn, Event};
+pub use super::config::MqttSinkConfig;
 use super::template::{Side, Template, Var, push_field};
-use super::{Protocol, default_host, default_keep_alive, default_port, default_qos};
-
-/// Configuration of the `mqtt` sink.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(
-    title = "mqtt",
-    description = "Publishes a stream's records to an MQTT broker (MQTT 3.1.1 or 5)."
-)]
-pub struct MqttSinkConfig {
-    /// Stream whose records are published.
-    pub stream: String,
-    #[serde(default = "default_host")]
-    pub host: String,
-    #[serde(default = "default_port")]
-    #[schemars(range(min = 1))]
-    pub port: u16,
-    /// Topic to publish to, in `${…}` syntax: literal text with `${key}`, `${stream}`,
-    /// `${payload}` and `${payload.<field>}` (of a JSON record, or a RAW one holding JSON).
-    pub topic: String,
-    #[serde(default = "default_qos")]
-    #[schemars(range(max = 2))]
-    pub qos: u8,
-    /// Publish with the retain flag.
-    #[serde(default)]
-    pub retain: bool,
-    /// Default: derived from the stream and topic.
-    #[serde(default)]
-    pub client_id: Option<String>,
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub password: Option<Secret>,
-    #[serde(default)]
-    pub tls: bool,
-    #[serde(default)]
-    pub tls_ca_file: Option<String>,
-    #[serde(default)]
-    pub protocol: Protocol,
-    /// QoS 1/2 publishes awaiting the broker's acknowledgement at most.
-    #[serde(default = "default_inflight")]
-    #[schemars(range(min = 1))]
-    pub inflight: u16,
-    #[serde(default = "default_keep_alive")]
-    #[schemars(range(min = 5))]
-    pub keep_alive_secs: u16,
-}
-
-fn default_inflight() -> u16 {
-    1000
-}
-
-impl ConnectorConfig for MqttSinkConfig {
-    fn validate(&self) -> Result<(), ConnectorError> {
-        super::check_qos(self.qos)?;
-        super::check_tls(self.tls, &self.tls_ca_file)?;
-        let t = Template::parse(&self.topic, Side::Sink, "topic").map_err(ConnectorError::config)?;
-        // A template without placeholders is the topic itself: check it now; the text around
-        // placeholders may hold no wildcard either.
-        let text = t.text();
-        if text == self.topic {
-            super::check_topic_name(&self.topic).map_err(|e| ConnectorError::config(format!("topic: {e}")))?;
-        } else if text.contains(['+', '#', '\0']) {
-            return Err(ConnectorError::config(format!(
-                "topic: {:?} holds a wildcard or NUL outside its placeholders",
-                self.topic
-            )));
-        }
-        if self.client_id.as_deref() == Some("") {
-            return Err(ConnectorError::config("client_id: must not be empty"));
-        }
-        Ok(())
-    }
-}
-
-impl MqttSinkConfig {
-    fn client_id(&self) -> String {
-        match &self.client_id {
-            Some(id) => id.clone(),
-            None => format!("hstream-{}", super::short_hash(&["sink", &self.stream, &self.topic])),
-        }
-    }
-
-    fn broker(&self, client_id: String) -> Broker<'_> {
-        Broker {
-            host: &self.host,
-            port: self.port,
-            client_id,
-            username: self.username.as_deref(),
-            password: self.password.as_ref(),
-            tls: self.tls,
-            tls_ca_file: self.tls_ca_file.as_deref(),
-            protocol: self.protocol,
-            keep_alive: Duration::from_secs(u64::from(self.keep_alive_secs)),
-            // Our position is our own checkpoint, not a broker session.
-            clean_session: true,
-            session_expiry: 0,
-            receive_maximum: 16,
-            outgoing_inflight: self.inflight,
-            manual_acks: false,
-        }
-    }
-}
 
 pub struct MqttSink {
     config: MqttSinkConfig,

@@ -12,15 +12,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use hstream_runtime::{
-    Attributes, ConnectorConfig, ConnectorError, Done, Offset, PayloadFlag, Record, Secret, Source, SourceOutput,
-};
-use schemars::JsonSchema;
+use hstream_runtime::{Attributes, ConnectorError, Done, Offset, PayloadFlag, Record, Source, SourceOutput};
 use serde::{Deserialize, Serialize};
 
-use super::client::{self, Broker, Conn, Event, Msg};
+use super::client::{self, Conn, Event, Msg};
+pub use super::config::{MqttSourceConfig, PayloadFormat};
 use super::template::{Side, Template, Var, push_field};
-use super::{Protocol, default_host, default_keep_alive, default_port, default_qos};
 
 /// Messages per emitted batch at most (a batch also goes out whenever nothing more is ready).
 const MAX_BATCH: usize = 4096;
@@ -30,145 +27,6 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 pub const ATTR_TOPIC: &str = "mqtt.topic";
 pub const ATTR_QOS: &str = "mqtt.qos";
 pub const ATTR_RETAIN: &str = "mqtt.retain";
-
-/// How a message's payload becomes a record.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum PayloadFormat {
-    /// The payload as is (a RAW record), as EMQX's HStreamDB bridge writes it.
-    #[default]
-    Raw,
-    /// The payload parsed as a JSON object into a JSON record (a protobuf Struct), so SQL can
-    /// read its fields; a message that is not a JSON object is rejected.
-    Json,
-}
-
-/// Configuration of the `mqtt` source.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(
-    title = "mqtt",
-    description = "Subscribes to MQTT topics (MQTT 3.1.1 or 5) and appends every message to a stream."
-)]
-pub struct MqttSourceConfig {
-    /// Stream the messages are appended to (created if missing).
-    pub stream: String,
-    /// Broker host name or address.
-    #[serde(default = "default_host")]
-    pub host: String,
-    #[serde(default = "default_port")]
-    #[schemars(range(min = 1))]
-    pub port: u16,
-    /// Topic filter to subscribe to (`+` and `#` wildcards), or several separated by commas.
-    pub topic: String,
-    /// Subscription QoS: 0 at most once, 1 at least once, 2 (taken as at least once into the
-    /// stream).
-    #[serde(default = "default_qos")]
-    #[schemars(range(max = 2))]
-    pub qos: u8,
-    /// Client id, which names the broker's session for us: keep it stable, and unique per
-    /// connector. Default: derived from the stream and topic.
-    #[serde(default)]
-    pub client_id: Option<String>,
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub password: Option<Secret>,
-    /// The record's partition key (records with one key keep their order), in `${…}` syntax:
-    /// `${topic}`, `${qos}`, `${payload}`, `${payload.<field>}`, `${user_property.<name>}` and
-    /// literal text.
-    #[serde(default = "default_key_template")]
-    pub key_template: String,
-    /// Connect with TLS.
-    #[serde(default)]
-    pub tls: bool,
-    /// With tls: a PEM file of the CA certificates to trust instead of the system's.
-    #[serde(default)]
-    pub tls_ca_file: Option<String>,
-    /// MQTT version: "5" or "3.1.1".
-    #[serde(default)]
-    pub protocol: Protocol,
-    /// Start a fresh session each time: messages published while the connector is away are
-    /// lost. Default false (a persistent session).
-    #[serde(default)]
-    pub clean_session: bool,
-    /// MQTT 5: how long the broker keeps our session while we are away, in seconds
-    /// (4294967295: for ever).
-    #[serde(default = "default_session_expiry")]
-    pub session_expiry_secs: u32,
-    /// MQTT 5 Receive Maximum: QoS 1/2 messages not yet durable (so not yet acknowledged) at most.
-    /// With MQTT 3.1.1 the broker's own limit applies (Mosquitto: max_inflight_messages).
-    #[serde(default = "default_inflight")]
-    #[schemars(range(min = 1))]
-    pub inflight: u16,
-    #[serde(default = "default_keep_alive")]
-    #[schemars(range(min = 5))]
-    pub keep_alive_secs: u16,
-    #[serde(default)]
-    pub payload_format: PayloadFormat,
-}
-
-fn default_key_template() -> String {
-    "${topic}".into()
-}
-
-fn default_session_expiry() -> u32 {
-    u32::MAX
-}
-
-fn default_inflight() -> u16 {
-    1000
-}
-
-impl ConnectorConfig for MqttSourceConfig {
-    fn validate(&self) -> Result<(), ConnectorError> {
-        super::filters(&self.topic)?;
-        super::check_qos(self.qos)?;
-        super::check_tls(self.tls, &self.tls_ca_file)?;
-        Template::parse(&self.key_template, Side::Source, "key_template").map_err(ConnectorError::config)?;
-        if self.client_id.as_deref() == Some("") {
-            return Err(ConnectorError::config(
-                "client_id: must not be empty (a persistent session needs a name)",
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl MqttSourceConfig {
-    /// The client id: as configured, or derived from the stream and topic (stable across runs;
-    /// 22 bytes, within the 23 every MQTT 3.1.1 broker must accept).
-    pub fn client_id(&self) -> String {
-        match &self.client_id {
-            Some(id) => id.clone(),
-            None => format!("hstream-{}", super::short_hash(&["source", &self.stream, &self.topic])),
-        }
-    }
-
-    /// The client id `check` uses: its own, so a running task's session is left alone.
-    fn check_client_id(&self) -> String {
-        format!("hsck-{}", super::short_hash(&["check", &self.client_id()]))
-    }
-
-    fn broker(&self, client_id: String, clean_session: bool) -> Broker<'_> {
-        Broker {
-            host: &self.host,
-            port: self.port,
-            client_id,
-            username: self.username.as_deref(),
-            password: self.password.as_ref(),
-            tls: self.tls,
-            tls_ca_file: self.tls_ca_file.as_deref(),
-            protocol: self.protocol,
-            keep_alive: Duration::from_secs(u64::from(self.keep_alive_secs)),
-            clean_session,
-            session_expiry: self.session_expiry_secs,
-            receive_maximum: self.inflight,
-            outgoing_inflight: 1,
-            manual_acks: true,
-        }
-    }
-}
 
 /// Messages taken so far (by this connector, across runs), and the filters the broker session
 /// is subscribed to (a resumed session with the same filters is not subscribed again, which
@@ -308,8 +166,8 @@ impl Source for MqttSource {
         self.subscribed = self.filters.clone();
         let mut status = format!(
             "connected to {}:{} as {} (session {}), subscribed to {}",
-            self.config.host,
-            self.config.port,
+            self.config.endpoint.host,
+            self.config.endpoint.port,
             self.config.client_id(),
             if conn.session_present { "resumed" } else { "new" },
             self.filters.join(", ")

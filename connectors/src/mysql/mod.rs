@@ -3,38 +3,19 @@
 //! decoded here (decision 009).
 
 pub mod binlog;
+pub mod config;
 pub mod jsonb;
 pub mod sink;
 pub mod source;
 pub mod values;
 
-use hstream_runtime::{ConnectorError, Secret};
+use hstream_runtime::ConnectorError;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, SslOpts};
 
-pub use sink::{MySqlSink, MySqlSinkConfig};
-pub use source::{MySqlOffset, MySqlSource, MySqlSourceConfig};
-
-pub(crate) fn default_host() -> String {
-    "127.0.0.1".into()
-}
-pub(crate) fn default_port() -> u16 {
-    3306
-}
-
-/// Connection options shared by the source and the sink (HStream IO's names). No `Debug`: it
-/// holds the password.
-#[derive(Clone)]
-pub struct Endpoint {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub password: Option<Secret>,
-    pub database: String,
-    /// Require TLS (the server's certificate is verified unless `tls_skip_verify`).
-    pub tls: bool,
-    pub tls_skip_verify: bool,
-}
+pub use config::{Endpoint, MySqlSinkConfig, MySqlSourceConfig, PositionMode};
+pub use sink::MySqlSink;
+pub use source::{MySqlOffset, MySqlSource};
 
 impl Endpoint {
     pub(crate) fn validate(&self) -> Result<(), ConnectorError> {
@@ -99,8 +80,8 @@ pub(crate) fn connect_error(ep: &Endpoint, e: mysql_async::Error) -> ConnectorEr
             1044 | 1049 => ConnectorError::config(format!("database: {} (error {})", s.message, s.code)),
             _ => query_error("connect", e),
         },
-        mysql_async::Error::Io(io) => {
-            ConnectorError::external(format!("host/port: could not connect to {}:{}: {io}", ep.host, ep.port))
+        mysql_async::Error::Io(_) => {
+            ConnectorError::external(format!("host/port: could not connect to {}:{}", ep.host, ep.port)).with_source(e)
         }
         _ => ConnectorError::external(format!("connect to {}:{}", ep.host, ep.port)).with_source(e),
     }

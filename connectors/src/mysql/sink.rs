@@ -9,77 +9,17 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use base64::Engine;
-use hstream_runtime::{ConnectorConfig, ConnectorError, Secret, Sink, SinkRecord, Written};
+use hstream_runtime::{ConnectorError, Sink, SinkRecord, Written};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Params, Value as MyValue};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{Endpoint, default_host, default_port, ident, literal, query_error, query_rows, split_table};
+pub use super::config::MySqlSinkConfig;
+use super::{ident, literal, query_error, query_rows, split_table};
 use crate::changes::{self, Final};
 
 /// Placeholders per statement at most (the protocol allows 65,535).
 const MAX_PARAMS: usize = 30_000;
-
-/// Configuration of the `mysql` sink.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schemars(
-    title = "mysql",
-    description = "Applies a stream's change records to a MySQL or MariaDB table."
-)]
-pub struct MySqlSinkConfig {
-    /// Stream the records are read from.
-    pub stream: String,
-    #[serde(default = "default_host")]
-    pub host: String,
-    #[serde(default = "default_port")]
-    #[schemars(range(min = 1))]
-    pub port: u16,
-    pub user: String,
-    #[serde(default)]
-    pub password: Option<Secret>,
-    pub database: String,
-    /// One target table for every record (the stream must hold one source table's changes); it
-    /// must have a primary key. Unqualified names are in `database`.
-    #[serde(default)]
-    pub table: Option<String>,
-    /// Without `table`: the target of each record, named from its source table (`${db}`,
-    /// `${table}`; default `${table}`). Each target must exist and have a primary key.
-    #[serde(default)]
-    pub table_name_format: Option<String>,
-    /// Require TLS.
-    #[serde(default)]
-    pub tls: bool,
-    /// With tls: accept any server certificate (testing only).
-    #[serde(default)]
-    pub tls_skip_verify: bool,
-}
-
-impl MySqlSinkConfig {
-    fn endpoint(&self) -> Endpoint {
-        Endpoint {
-            host: self.host.clone(),
-            port: self.port,
-            user: self.user.clone(),
-            password: self.password.clone(),
-            database: self.database.clone(),
-            tls: self.tls,
-            tls_skip_verify: self.tls_skip_verify,
-        }
-    }
-}
-
-impl ConnectorConfig for MySqlSinkConfig {
-    fn validate(&self) -> Result<(), ConnectorError> {
-        if self.stream.is_empty() {
-            return Err(ConnectorError::config("stream: must not be empty"));
-        }
-        changes::check_options(&self.table, &self.table_name_format)?;
-        self.endpoint().validate()
-    }
-}
 
 /// The target table as the sink needs it.
 #[derive(Debug)]
@@ -93,14 +33,14 @@ struct Target {
 
 async fn connect(cfg: &MySqlSinkConfig) -> Result<Conn, ConnectorError> {
     // Strict, so a value that does not fit fails rather than being cut; an id of 0 is kept as 0.
-    cfg.endpoint()
+    cfg.endpoint
         .connect(&["SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION'"])
         .await
 }
 
 async fn target(conn: &mut Conn, cfg: &MySqlSinkConfig, name: &str) -> Result<Target, ConnectorError> {
     let field = changes::Routing::from_options(&cfg.table, &cfg.table_name_format).option();
-    let (db, table) = split_table(name, &cfg.database);
+    let (db, table) = split_table(name, &cfg.endpoint.database);
     let rows = query_rows(
         conn,
         &format!(

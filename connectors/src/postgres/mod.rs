@@ -1,37 +1,18 @@
 //! PostgreSQL: the CDC source (logical replication with `pgoutput`) and the sink.
 
+pub mod config;
 pub mod pgoutput;
 pub mod sink;
 pub mod source;
 pub mod types;
 pub mod wire;
 
-use hstream_runtime::{ConnectorError, Secret};
+use hstream_runtime::ConnectorError;
 
-pub use sink::{PgSink, PgSinkConfig};
-pub use source::{PgOffset, PgSource, PgSourceConfig};
+pub use config::{Endpoint, PgSinkConfig, PgSourceConfig};
+pub use sink::PgSink;
+pub use source::{PgOffset, PgSource};
 use wire::{ConnectParams, Connection, PgError};
-
-pub(crate) fn default_host() -> String {
-    "127.0.0.1".into()
-}
-pub(crate) fn default_port() -> u16 {
-    5432
-}
-pub(crate) fn default_schema() -> String {
-    "public".into()
-}
-
-/// Connection options shared by the source and the sink (HStream IO's names), taken from a
-/// config. No `Debug`: it holds the password.
-#[derive(Clone)]
-pub struct Endpoint {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub password: Option<Secret>,
-    pub database: String,
-}
 
 impl Endpoint {
     pub(crate) fn params(&self, replication: bool, application_name: &str) -> ConnectParams {

@@ -15,69 +15,14 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use base64::Engine;
-use hstream_runtime::{ConnectorConfig, ConnectorError, Secret, Sink, SinkRecord, Written};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use hstream_runtime::{ConnectorError, Sink, SinkRecord, Written};
 use serde_json::{Map, Value};
 use tokio_postgres::NoTls;
 
+pub use super::config::PgSinkConfig;
+use super::split_table;
 use super::wire::ident;
-use super::{Endpoint, default_host, default_port, default_schema, split_table};
 use crate::changes::{self, Final};
-
-/// Configuration of the `postgresql` sink.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schemars(
-    title = "postgresql",
-    description = "Applies a stream's change records to a PostgreSQL table."
-)]
-pub struct PgSinkConfig {
-    /// Stream the records are read from.
-    pub stream: String,
-    #[serde(default = "default_host")]
-    pub host: String,
-    #[serde(default = "default_port")]
-    #[schemars(range(min = 1))]
-    pub port: u16,
-    pub user: String,
-    #[serde(default)]
-    pub password: Option<Secret>,
-    pub database: String,
-    /// One target table for every record (the stream must hold one source table's changes); it
-    /// must have a primary key. Unqualified names are in `schema`.
-    #[serde(default)]
-    pub table: Option<String>,
-    /// Without `table`: the target of each record, named from its source table (`${db}`,
-    /// `${schema}`, `${table}`; default `${table}`, in `schema`). Each target must exist and
-    /// have a primary key.
-    #[serde(default)]
-    pub table_name_format: Option<String>,
-    #[serde(default = "default_schema")]
-    pub schema: String,
-}
-
-impl PgSinkConfig {
-    fn endpoint(&self) -> Endpoint {
-        Endpoint {
-            host: self.host.clone(),
-            port: self.port,
-            user: self.user.clone(),
-            password: self.password.clone(),
-            database: self.database.clone(),
-        }
-    }
-}
-
-impl ConnectorConfig for PgSinkConfig {
-    fn validate(&self) -> Result<(), ConnectorError> {
-        if self.stream.is_empty() {
-            return Err(ConnectorError::config("stream: must not be empty"));
-        }
-        changes::check_options(&self.table, &self.table_name_format)?;
-        self.endpoint().validate()
-    }
-}
 
 /// The target table as the sink needs it.
 #[derive(Debug)]
@@ -104,7 +49,7 @@ fn pg_error(context: &str, e: tokio_postgres::Error) -> ConnectorError {
 }
 
 async fn connect(cfg: &PgSinkConfig) -> Result<tokio_postgres::Client, ConnectorError> {
-    let ep = cfg.endpoint();
+    let ep = cfg.endpoint.clone();
     let mut pc = tokio_postgres::Config::new();
     pc.host(&ep.host)
         .port(ep.port)
@@ -147,7 +92,7 @@ async fn target(client: &tokio_postgres::Client, cfg: &PgSinkConfig, name: &str)
     if rows.is_empty() {
         return Err(ConnectorError::config(format!(
             "{field}: relation {qualified} does not exist in database {:?}",
-            cfg.database
+            cfg.endpoint.database
         )));
     }
     let mut columns = BTreeMap::new();

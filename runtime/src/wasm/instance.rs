@@ -144,7 +144,9 @@ pub(super) fn describe(
 ) -> Result<types::PluginInfo, ConnectorError> {
     let sandbox = Sandbox::default();
     let mut store = new_store(engine, &sandbox, None)?;
-    let fail = |e: wasmtime::Error| ConnectorError::config(format!("module: {origin}: {e:#}"));
+    let fail = |e: wasmtime::Error| {
+        ConnectorError::config(format!("module: {origin}")).with_boxed_source(e.into_boxed_dyn_error())
+    };
     let plugin = instantiate(&mut store, component, kind).map_err(fail)?;
     store.set_epoch_deadline(deadline_ticks(&sandbox));
     match &plugin {
@@ -167,8 +169,10 @@ impl Guest {
     fn new(loaded: &Loaded, sandbox: &Sandbox, span: tracing::Span) -> Result<Guest, ConnectorError> {
         let log = Some((Arc::<str>::from(loaded.name.as_str()), span));
         let mut store = new_store(super::engine(), sandbox, log)?;
-        let plugin = instantiate(&mut store, &loaded.component, loaded.kind)
-            .map_err(|e| ConnectorError::internal(format!("plugin {}: cannot instantiate: {e:#}", loaded.name)))?;
+        let plugin = instantiate(&mut store, &loaded.component, loaded.kind).map_err(|e| {
+            ConnectorError::internal(format!("plugin {}: cannot instantiate", loaded.name))
+                .with_boxed_source(e.into_boxed_dyn_error())
+        })?;
         Ok(Guest {
             store,
             plugin,
@@ -201,14 +205,14 @@ impl Guest {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(guest_error(&self.name, what, e)),
             Err(e) => {
-                let err = self.classify(&e, what);
+                let err = self.classify(e, what);
                 self.trapped = Some(err.full_message());
                 Err(err)
             }
         }
     }
 
-    fn classify(&self, e: &wasmtime::Error, what: &str) -> ConnectorError {
+    fn classify(&self, e: wasmtime::Error, what: &str) -> ConnectorError {
         let name = &self.name;
         if let Some(asked) = self.store.data().limiter.denied {
             return ConnectorError::internal(format!(
@@ -224,7 +228,7 @@ impl Guest {
                 self.sandbox.call_timeout.as_millis()
             ));
         }
-        ConnectorError::internal(format!("plugin {name} trapped in {what}: {e:#}"))
+        ConnectorError::internal(format!("plugin {name} trapped in {what}")).with_boxed_source(e.into_boxed_dyn_error())
     }
 
     pub fn source_open(&mut self, config: &str, offset: Option<&str>) -> Result<(), ConnectorError> {

@@ -222,7 +222,10 @@ impl Sandbox {
         for d in &self.dirs {
             let guest = d.to_string_lossy().into_owned();
             b.preopened_dir(d, &guest, wasmtime_wasi::FsPerms::ReadWrite)
-                .map_err(|e| ConnectorError::external(format!("grant_dirs: {}: {e}", d.display())))?;
+                .map_err(|e| {
+                    ConnectorError::external(format!("grant_dirs: {}", d.display()))
+                        .with_boxed_source(e.into_boxed_dyn_error())
+                })?;
         }
         let allowed = self.connect_addrs()?;
         if !allowed.is_empty() {

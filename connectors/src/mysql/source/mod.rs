@@ -10,16 +10,16 @@
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use hstream_runtime::{ConnectorConfig, ConnectorError, Done, Offset, Secret, Source, SourceOutput};
+use hstream_runtime::{ConnectorError, Done, Offset, Source, SourceOutput};
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStreamRequest, Conn};
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 pub use crate::cdc::{RecordFormat, SnapshotMode};
 
-use super::{Endpoint, default_host, default_port, ident, query_error, query_rows, split_table};
+pub use super::config::{MySqlSourceConfig, PositionMode};
+use super::{Endpoint, ident, query_error, query_rows};
 
 mod gtid_set;
 mod records;
@@ -29,168 +29,6 @@ mod stream;
 
 /// Records per emitted batch at most (a batch is also emitted whenever the socket runs dry).
 const MAX_BATCH: usize = 4096;
-
-/// How the position is tracked and resumed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum PositionMode {
-    /// By GTID where the server has them (MariaDB always), else by file and position.
-    #[default]
-    Gtid,
-    /// By binlog file name and position.
-    File,
-}
-
-/// Configuration of the `mysql` source.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schemars(
-    title = "mysql",
-    description = "Change data capture from MySQL or MariaDB by reading the binlog (ROW format)."
-)]
-pub struct MySqlSourceConfig {
-    /// Stream the change records are appended to (created if missing).
-    pub stream: String,
-    /// Server host name or address, or a Unix socket path (starting with `/`).
-    #[serde(default = "default_host")]
-    pub host: String,
-    #[serde(default = "default_port")]
-    #[schemars(range(min = 1))]
-    pub port: u16,
-    /// A user with SELECT, RELOAD, SHOW DATABASES, LOCK TABLES, REPLICATION SLAVE and
-    /// REPLICATION CLIENT (BINLOG MONITOR on MariaDB 10.5+).
-    pub user: String,
-    #[serde(default)]
-    pub password: Option<Secret>,
-    pub database: String,
-    /// One table to capture (HStream IO's option); unqualified names are in `database`.
-    #[serde(default)]
-    pub table: Option<String>,
-    /// Tables to capture (a table include list); unqualified names are in `database`.
-    #[serde(default)]
-    pub tables: Vec<String>,
-    /// Accepted for HStream IO compatibility. TIMESTAMP values are always read in UTC (and
-    /// written with `Z`); DATETIME values carry no zone.
-    #[serde(default)]
-    pub server_time_zone: Option<String>,
-    /// Replica server id this reader registers with; unique among the server's replicas.
-    /// Default: derived from the stream name.
-    #[serde(default)]
-    #[schemars(range(min = 1))]
-    pub server_id: Option<u32>,
-    #[serde(default)]
-    pub snapshot_mode: SnapshotMode,
-    #[serde(default)]
-    pub position_mode: PositionMode,
-    /// With snapshotMode=never: the binlog file to start from (default: the current end).
-    #[serde(default)]
-    pub start_file: Option<String>,
-    /// With startFile: the position in it (default 4, the file's start).
-    #[serde(default)]
-    pub start_position: Option<u64>,
-    /// With snapshotMode=never: the GTIDs to start after, MariaDB's position
-    /// (`domain-server-seq`, comma separated) or MySQL's executed set (`uuid:1-5:7`, comma
-    /// separated).
-    #[serde(default)]
-    pub start_gtid: Option<String>,
-    /// How often the server sends a heartbeat on an idle binlog (a silent connection is dropped
-    /// and reopened after three missed ones).
-    #[serde(default = "default_heartbeat")]
-    #[schemars(range(min = 100, max = 60000))]
-    pub heartbeat_interval_ms: u64,
-    #[serde(default)]
-    pub format: RecordFormat,
-    /// Require TLS.
-    #[serde(default)]
-    pub tls: bool,
-    /// With tls: accept any server certificate (testing only).
-    #[serde(default)]
-    pub tls_skip_verify: bool,
-}
-
-fn default_heartbeat() -> u64 {
-    10_000
-}
-
-impl MySqlSourceConfig {
-    pub(crate) fn endpoint(&self) -> Endpoint {
-        Endpoint {
-            host: self.host.clone(),
-            port: self.port,
-            user: self.user.clone(),
-            password: self.password.clone(),
-            database: self.database.clone(),
-            tls: self.tls,
-            tls_skip_verify: self.tls_skip_verify,
-        }
-    }
-
-    /// `(database, table, option)` of every captured table.
-    fn table_list(&self) -> Vec<(String, String, &'static str)> {
-        let mut v: Vec<(String, String, &'static str)> = Vec::new();
-        for (t, field) in self
-            .table
-            .iter()
-            .map(|t| (t, "table"))
-            .chain(self.tables.iter().map(|t| (t, "tables")))
-        {
-            let (d, n) = split_table(t, &self.database);
-            if !v.iter().any(|(a, b, _)| *a == d && *b == n) {
-                v.push((d, n, field));
-            }
-        }
-        v
-    }
-
-    pub fn server_id(&self) -> u32 {
-        self.server_id.unwrap_or_else(|| {
-            // FNV-1a of the stream name, kept clear of small ids people give their servers.
-            let h = self
-                .stream
-                .bytes()
-                .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
-            100_000 + h % 2_000_000_000
-        })
-    }
-}
-
-impl ConnectorConfig for MySqlSourceConfig {
-    fn validate(&self) -> Result<(), ConnectorError> {
-        if self.stream.is_empty() {
-            return Err(ConnectorError::config("stream: must not be empty"));
-        }
-        self.endpoint().validate()?;
-        if self.table.is_none() && self.tables.is_empty() {
-            return Err(ConnectorError::config("table: name a table (or list them in tables)"));
-        }
-        if self.table.as_deref() == Some("") || self.tables.iter().any(String::is_empty) {
-            return Err(ConnectorError::config("table: table names must not be empty"));
-        }
-        if self.server_id == Some(0) {
-            return Err(ConnectorError::config("serverId: must be at least 1"));
-        }
-        if self.snapshot_mode != SnapshotMode::Never
-            && (self.start_file.is_some() || self.start_gtid.is_some() || self.start_position.is_some())
-        {
-            return Err(ConnectorError::config(
-                "startFile: startFile/startPosition/startGtid apply only with snapshotMode=never",
-            ));
-        }
-        if self.start_position.is_some() && self.start_file.is_none() {
-            return Err(ConnectorError::config("startPosition: needs startFile"));
-        }
-        if let Some(g) = &self.start_gtid
-            && parse_gtid_state(g).is_none()
-            && gtid_set::GtidSet::parse(g).is_none()
-        {
-            return Err(ConnectorError::config(format!(
-                "startGtid: {g:?} is neither a MariaDB GTID position (domain-server-sequence, comma separated) \
-                 nor a MySQL GTID set (uuid:1-5:7, comma separated)"
-            )));
-        }
-        Ok(())
-    }
-}
 
 /// Where the source stands: the binlog position after the last transaction in the stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,6 +50,11 @@ impl Offset for MySqlOffset {
 
 /// MariaDB GTID state: domain → (server, sequence).
 pub type GtidState = std::collections::BTreeMap<u32, (u32, u64)>;
+
+/// Whether `startGtid` is a MariaDB GTID position or a MySQL GTID set.
+pub(crate) fn valid_start_gtid(g: &str) -> bool {
+    parse_gtid_state(g).is_some() || gtid_set::GtidSet::parse(g).is_some()
+}
 
 pub fn parse_gtid_state(s: &str) -> Option<GtidState> {
     let mut st = GtidState::new();
@@ -375,7 +218,7 @@ impl Source for MySqlSource {
     type Offset = MySqlOffset;
 
     async fn check(cfg: &MySqlSourceConfig) -> Result<(), ConnectorError> {
-        let mut conn = cfg.endpoint().connect(&[]).await?;
+        let mut conn = cfg.endpoint.connect(&[]).await?;
         let info = server_info(&mut conn).await?;
         let tables = Self::tables(&mut conn, cfg).await?;
         for (db, t, _) in &tables {
@@ -388,7 +231,7 @@ impl Source for MySqlSource {
             if e.to_string().contains("privilege") || e.to_string().contains("denied") {
                 ConnectorError::config(format!(
                     "user: {:?} cannot read the binlog position: it needs {} ({e})",
-                    cfg.user,
+                    cfg.endpoint.user,
                     if info.mariadb {
                         "BINLOG MONITOR"
                     } else {
@@ -402,7 +245,7 @@ impl Source for MySqlSource {
         // Reading the binlog needs REPLICATION SLAVE: register and read without blocking from the
         // current end, under a server id of its own (a running reader of this config keeps its own).
         let (file, pos, _) = current_position(&mut conn, info.mariadb).await?;
-        let probe = cfg.endpoint().connect(&[]).await?;
+        let probe = cfg.endpoint.connect(&[]).await?;
         let request = BinlogStreamRequest::new(cfg.server_id() ^ 0x4000_0000)
             .with_filename(file.as_bytes())
             .with_pos(pos)
@@ -411,7 +254,7 @@ impl Source for MySqlSource {
             mysql_async::Error::Server(s) if matches!(s.code, 1227 | 1045 | 1142 | 1044) => {
                 ConnectorError::config(format!(
                     "user: {:?} cannot read the binlog: it needs REPLICATION SLAVE ({})",
-                    cfg.user, s.message
+                    cfg.endpoint.user, s.message
                 ))
             }
             _ => query_error("reading the binlog", e),
@@ -426,7 +269,7 @@ impl Source for MySqlSource {
     }
 
     async fn open(cfg: MySqlSourceConfig, offset: Option<MySqlOffset>) -> Result<Self, ConnectorError> {
-        let ep = cfg.endpoint();
+        let ep = cfg.endpoint.clone();
         let mut conn = ep.connect(&[]).await?;
         let info = server_info(&mut conn).await?;
         Self::tables(&mut conn, &cfg).await?;
@@ -447,11 +290,11 @@ impl Source for MySqlSource {
 
     async fn run(&mut self, out: &mut SourceOutput<MySqlOffset>) -> Result<Done, ConnectorError> {
         let start = match self.resume.clone() {
-            Some(o) if o.snapshot_done && self.cfg.snapshot_mode == SnapshotMode::InitialOnly => {
+            Some(o) if o.snapshot_done && self.cfg.capture.snapshot_mode == SnapshotMode::InitialOnly => {
                 return Ok(Done::Completed);
             }
             Some(o) if o.snapshot_done => o,
-            _ => match self.cfg.snapshot_mode {
+            _ => match self.cfg.capture.snapshot_mode {
                 SnapshotMode::Never => {
                     let o = match (&self.cfg.start_file, &self.cfg.start_gtid) {
                         (Some(file), _) => {

@@ -105,7 +105,7 @@ impl MySqlSource {
         };
         let tables = Self::tables(&mut conn, &self.cfg).await?;
         let cancel = out.cancelled();
-        let format = self.cfg.format;
+        let format = self.cfg.capture.format;
         let mut total = 0u64;
         let count = tables.len();
         for (db, name, described) in tables {

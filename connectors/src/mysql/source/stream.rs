@@ -55,7 +55,7 @@ struct State {
 }
 
 fn decode_error(e: DecodeError) -> ConnectorError {
-    ConnectorError::internal(format!("binlog: {e}"))
+    ConnectorError::internal("binlog").with_source(e)
 }
 
 fn binlog_error(e: mysql_async::Error) -> ConnectorError {
@@ -368,7 +368,7 @@ impl MySqlSource {
         end: u64,
     ) {
         let attributes = crate::cdc::source_attributes(&key.0, None, &key.1);
-        let record = crate::cdc::truncate(self.cfg.format, &attributes, |b| {
+        let record = crate::cdc::truncate(self.cfg.capture.format, &attributes, |b| {
             pb::field(b, "connector", |b| pb::string(b, "mysql"));
             pb::field(b, "db", |b| pb::string(b, &key.0));
             pb::field(b, "table", |b| pb::string(b, &key.1));
@@ -460,7 +460,7 @@ impl MySqlSource {
             ts_ms: i64::from(h.timestamp()) * 1000,
             snapshot: false,
         };
-        let format = self.cfg.format;
+        let format = self.cfg.capture.format;
         let table = &*m.table;
         let mut before: Vec<Cell<'_>> = Vec::with_capacity(m.types.len());
         let mut after: Vec<Cell<'_>> = Vec::with_capacity(m.types.len());

@@ -12,6 +12,8 @@ impl std::fmt::Display for DecodeError {
     }
 }
 
+impl std::error::Error for DecodeError {}
+
 fn short() -> DecodeError {
     DecodeError("row image ends early".into())
 }

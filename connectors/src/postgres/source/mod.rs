@@ -13,15 +13,15 @@ use std::ops::ControlFlow;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hstream_runtime::{ConnectorConfig, ConnectorError, Done, Offset, Secret, Source, SourceOutput};
-use schemars::JsonSchema;
+use hstream_runtime::{ConnectorError, Done, Offset, Source, SourceOutput};
 use serde::{Deserialize, Serialize};
 
 pub use crate::cdc::{RecordFormat, SnapshotMode};
 
+pub use super::config::PgSourceConfig;
 use super::types::{PgType, TypeMap};
 use super::wire::{Connection, format_lsn, ident, literal};
-use super::{Endpoint, default_host, default_port, default_schema, query_error, split_table};
+use super::{Endpoint, query_error};
 
 mod publication;
 mod records;
@@ -41,163 +41,6 @@ const DROP_SLOT_WAIT: Duration = Duration::from_secs(8);
 const OWN_PUBLICATION: &str = "created by an HStream CDC source; its tables follow the connector's";
 /// Microseconds from the Unix epoch to PostgreSQL's.
 const PG_EPOCH_US: i64 = 946_684_800_000_000;
-
-/// Configuration of the `postgresql` source.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schemars(
-    title = "postgresql",
-    description = "Change data capture from PostgreSQL by logical replication (pgoutput)."
-)]
-pub struct PgSourceConfig {
-    /// Stream the change records are appended to (created if missing).
-    pub stream: String,
-    /// Server host name or address, or a Unix socket directory (starting with `/`).
-    #[serde(default = "default_host")]
-    pub host: String,
-    #[serde(default = "default_port")]
-    #[schemars(range(min = 1))]
-    pub port: u16,
-    /// A role with the REPLICATION attribute (or a superuser).
-    pub user: String,
-    #[serde(default)]
-    pub password: Option<Secret>,
-    pub database: String,
-    /// One table to capture (HStream IO's option); unqualified names are in `schema`.
-    #[serde(default)]
-    pub table: Option<String>,
-    /// Tables to capture (Debezium's table include list); unqualified names are in `schema`.
-    #[serde(default)]
-    pub tables: Vec<String>,
-    /// Schema of unqualified table names.
-    #[serde(default = "default_schema")]
-    pub schema: String,
-    /// Replication slot; default `hstream_<stream>`.
-    #[serde(default)]
-    pub slot_name: Option<String>,
-    /// Publication; default `hstream_<stream>`.
-    #[serde(default)]
-    pub publication_name: Option<String>,
-    /// Create the publication for the tables if missing, and keep its table list in step.
-    #[serde(default = "yes")]
-    pub publication_autocreate: bool,
-    #[serde(default)]
-    pub snapshot_mode: SnapshotMode,
-    /// How often to tell the server our position (keeps an idle slot from retaining WAL).
-    #[serde(default = "default_heartbeat")]
-    #[schemars(range(min = 100, max = 30000))]
-    pub heartbeat_interval_ms: u64,
-    #[serde(default)]
-    pub format: RecordFormat,
-    /// Drop the replication slot when the connector is deleted; by default only the slot it
-    /// named itself (no `slotName` given).
-    #[serde(default)]
-    pub drop_slot_on_delete: Option<bool>,
-    /// Receive large transactions while in progress (pgoutput protocol 2, PostgreSQL 14+); they
-    /// are held until they commit.
-    #[serde(default)]
-    pub streaming: bool,
-    /// With streaming: memory for transactions in progress; past it a transaction goes to a
-    /// temporary file until it commits.
-    #[serde(default = "default_streaming_memory")]
-    #[schemars(range(min = 65536))]
-    pub streaming_memory_bytes: u64,
-}
-
-fn yes() -> bool {
-    true
-}
-fn default_heartbeat() -> u64 {
-    10_000
-}
-fn default_streaming_memory() -> u64 {
-    64 << 20
-}
-
-/// `hstream_<stream>` made a valid slot name (lower case, digits, underscores; 63 bytes).
-fn derived_name(stream: &str) -> String {
-    let mut s: String = format!("hstream_{stream}")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    s.truncate(63);
-    s
-}
-
-impl PgSourceConfig {
-    pub(crate) fn endpoint(&self) -> Endpoint {
-        Endpoint {
-            host: self.host.clone(),
-            port: self.port,
-            user: self.user.clone(),
-            password: self.password.clone(),
-            database: self.database.clone(),
-        }
-    }
-
-    pub fn slot(&self) -> String {
-        self.slot_name.clone().unwrap_or_else(|| derived_name(&self.stream))
-    }
-
-    pub fn publication(&self) -> String {
-        self.publication_name
-            .clone()
-            .unwrap_or_else(|| derived_name(&self.stream))
-    }
-
-    /// `(schema, table)` of every captured table, with the option each came from.
-    fn table_list(&self) -> Vec<(String, String, &'static str)> {
-        let mut v: Vec<(String, String, &'static str)> = Vec::new();
-        for (t, field) in self
-            .table
-            .iter()
-            .map(|t| (t, "table"))
-            .chain(self.tables.iter().map(|t| (t, "tables")))
-        {
-            let (s, n) = split_table(t, &self.schema);
-            if !v.iter().any(|(a, b, _)| *a == s && *b == n) {
-                v.push((s, n, field));
-            }
-        }
-        v
-    }
-}
-
-impl ConnectorConfig for PgSourceConfig {
-    fn validate(&self) -> Result<(), ConnectorError> {
-        if self.stream.is_empty() {
-            return Err(ConnectorError::config("stream: must not be empty"));
-        }
-        self.endpoint().validate()?;
-        if self.table.is_none() && self.tables.is_empty() {
-            return Err(ConnectorError::config("table: name a table (or list them in tables)"));
-        }
-        if self.table.as_deref() == Some("") || self.tables.iter().any(String::is_empty) {
-            return Err(ConnectorError::config("table: table names must not be empty"));
-        }
-        let slot = self.slot();
-        if slot.is_empty()
-            || slot.len() > 63
-            || !slot
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        {
-            return Err(ConnectorError::config(
-                "slotName: only lower case letters, digits and underscores, at most 63",
-            ));
-        }
-        if self.publication().is_empty() {
-            return Err(ConnectorError::config("publicationName: must not be empty"));
-        }
-        Ok(())
-    }
-}
 
 /// Where the source stands: the slot, and the LSN up to which everything is in the stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -304,7 +147,7 @@ impl PgSource {
                     "{field}: relation {}.{} does not exist in database {:?}",
                     ident(&schema),
                     ident(&table),
-                    cfg.database
+                    cfg.endpoint.database
                 )));
             }
             out.push((schema, table));
@@ -327,7 +170,7 @@ impl Source for PgSource {
     type Offset = PgOffset;
 
     async fn check(cfg: &PgSourceConfig) -> Result<(), ConnectorError> {
-        let ep = cfg.endpoint();
+        let ep = cfg.endpoint.clone();
         let mut conn = ep.connect(false, "hstream-cdc-check").await?;
         let wal_level = conn
             .query("SHOW wal_level")
@@ -349,7 +192,7 @@ impl Source for PgSource {
         if can.first().and_then(|r| r[0].as_deref()) != Some("true") {
             return Err(ConnectorError::config(format!(
                 "user: role {:?} has neither the REPLICATION attribute nor SUPERUSER",
-                cfg.user
+                cfg.endpoint.user
             )));
         }
         Self::tables(&mut conn, cfg).await?;
@@ -371,7 +214,7 @@ impl Source for PgSource {
     }
 
     async fn open(cfg: PgSourceConfig, offset: Option<PgOffset>) -> Result<Self, ConnectorError> {
-        let ep = cfg.endpoint();
+        let ep = cfg.endpoint.clone();
         let slot = cfg.slot();
         let publication = cfg.publication();
         // A checkpoint of another slot (the slot name was altered) does not apply.
@@ -415,7 +258,7 @@ impl Source for PgSource {
         let start = match self.resume.clone() {
             // initial_only already complete (a restart after its end, a resume): nothing is
             // left but the slot, which may be gone already.
-            Some(o) if o.snapshot_done && self.cfg.snapshot_mode == SnapshotMode::InitialOnly => {
+            Some(o) if o.snapshot_done && self.cfg.capture.snapshot_mode == SnapshotMode::InitialOnly => {
                 return self.complete(repl, out, o.lsn).await;
             }
             Some(o) if o.snapshot_done => {
@@ -429,7 +272,7 @@ impl Source for PgSource {
                 }
                 o.lsn
             }
-            _ => match self.cfg.snapshot_mode {
+            _ => match self.cfg.capture.snapshot_mode {
                 SnapshotMode::Never => {
                     let lsn = match Self::slot_state(&mut repl, &self.slot).await? {
                         Some((_, lsn)) => lsn,
@@ -530,11 +373,11 @@ impl Source for PgSource {
 
     async fn on_delete(cfg: &PgSourceConfig) -> Result<(), ConnectorError> {
         // initial_only's slot exists only for its snapshot: always ours to drop by default.
-        let default = cfg.slot_name.is_none() || cfg.snapshot_mode == SnapshotMode::InitialOnly;
+        let default = cfg.slot_name.is_none() || cfg.capture.snapshot_mode == SnapshotMode::InitialOnly;
         if !cfg.drop_slot_on_delete.unwrap_or(default) {
             return Ok(());
         }
-        let mut conn = cfg.endpoint().connect(true, "hstream-cdc-cleanup").await?;
+        let mut conn = cfg.endpoint.connect(true, "hstream-cdc-cleanup").await?;
         let slot = cfg.slot();
         if Self::slot_state(&mut conn, &slot).await?.is_none() {
             conn.close().await;
@@ -570,16 +413,5 @@ impl Source for PgSource {
             conn.close().await;
         }
         r
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn derived_names_are_valid_slot_names() {
-        assert_eq!(derived_name("Orders-CDC.v2"), "hstream_orders_cdc_v2");
-        assert!(derived_name(&"x".repeat(100)).len() <= 63);
     }
 }

@@ -39,7 +39,7 @@ impl PgSource {
                     .await
                     .map_err(snap_err)?;
             }
-            None if self.cfg.snapshot_mode == SnapshotMode::InitialOnly => {
+            None if self.cfg.capture.snapshot_mode == SnapshotMode::InitialOnly => {
                 // The transaction's snapshot is taken by its first query; the WAL insert
                 // position read after it lies past the commit record of every transaction the
                 // snapshot sees (even an asynchronous commit not yet written).
@@ -53,7 +53,7 @@ impl PgSource {
             }
             None => {}
         }
-        let finished = snapshot.is_some() || self.cfg.snapshot_mode != SnapshotMode::InitialOnly;
+        let finished = snapshot.is_some() || self.cfg.capture.snapshot_mode != SnapshotMode::InitialOnly;
         let tables = Self::tables(&mut conn, &self.cfg).await?;
         let cancel = out.cancelled();
         let origin = Origin {
@@ -61,7 +61,7 @@ impl PgSource {
             tx_id: 0,
             ts_ms: now_ms(),
             snapshot: true,
-            db: &self.cfg.database.clone(),
+            db: &self.cfg.endpoint.database.clone(),
         };
         let mut total = 0u64;
         let mut held: Option<Vec<_>> = None;
@@ -73,7 +73,7 @@ impl PgSource {
             let oids: Vec<u32> = info.columns.iter().map(|c| c.1).collect();
             learn_types(&mut conn, &mut self.types, &oids).await?;
             let rel = Rel {
-                attributes: crate::cdc::source_attributes(&self.cfg.database, Some(schema), table),
+                attributes: crate::cdc::source_attributes(&self.cfg.endpoint.database, Some(schema), table),
                 schema: schema.clone(),
                 table: table.clone(),
                 names: info.columns.iter().map(|c| c.0.clone()).collect(),
@@ -107,7 +107,7 @@ impl PgSource {
                     return Ok(ControlFlow::Break(Done::Cancelled));
                 }
                 let mut records = Vec::with_capacity(SNAPSHOT_FETCH);
-                let format = self.cfg.format;
+                let format = self.cfg.capture.format;
                 conn.query_each(
                     &format!("FETCH FORWARD {SNAPSHOT_FETCH} FROM hstream_snapshot"),
                     |row| {

@@ -324,8 +324,8 @@ impl PgSource {
             _ => {}
         }
         let msg = pgoutput::decode(data, streaming).map_err(decode_err)?;
-        let db: &str = &self.cfg.database;
-        let format = self.cfg.format;
+        let db: &str = &self.cfg.endpoint.database;
+        let format = self.cfg.capture.format;
         let subxid = if streaming { pgoutput::streamed_xid(data) } else { None };
         let origin = Origin {
             lsn: st.change_lsn,
@@ -461,7 +461,7 @@ impl PgSource {
         };
         let (schema, table) = captured;
         let rel = Rel {
-            attributes: crate::cdc::source_attributes(&self.cfg.database, Some(&schema), &table),
+            attributes: crate::cdc::source_attributes(&self.cfg.endpoint.database, Some(&schema), &table),
             schema,
             table,
             names: r.columns.iter().map(|c| c.name.clone()).collect(),

@@ -1,0 +1,201 @@
+//! The MySQL family's configuration (MySQL and MariaDB): the server endpoint the source and the
+//! sink share, and each one's options (HStream IO's and Debezium's names). Every error names
+//! the option.
+
+use hstream_runtime::{ConnectorConfig, ConnectorError, Secret};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use crate::cdc::{Capture, RecordFormat, SnapshotMode};
+use crate::changes;
+
+use super::split_table;
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_port() -> u16 {
+    3306
+}
+
+/// A MySQL or MariaDB server and the login to it, shared by the source and the sink. Its
+/// secret (`password`) shows as a mask in `Debug`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// Server host name or address, or a Unix socket path (starting with `/`).
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1))]
+    pub port: u16,
+    /// The user to log in as; the source's needs SELECT, RELOAD, SHOW DATABASES, LOCK TABLES,
+    /// REPLICATION SLAVE and REPLICATION CLIENT (BINLOG MONITOR on MariaDB 10.5+).
+    pub user: String,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// The default database (of unqualified table names).
+    pub database: String,
+    /// Require TLS.
+    #[serde(default)]
+    pub tls: bool,
+    /// With tls: accept any server certificate (testing only).
+    #[serde(default)]
+    pub tls_skip_verify: bool,
+}
+
+/// How the position is tracked and resumed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PositionMode {
+    /// By GTID where the server has them (MariaDB always), else by file and position.
+    #[default]
+    Gtid,
+    /// By binlog file name and position.
+    File,
+}
+
+/// Configuration of the `mysql` source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(
+    title = "mysql",
+    description = "Change data capture from MySQL or MariaDB by reading the binlog (ROW format)."
+)]
+pub struct MySqlSourceConfig {
+    /// Stream the change records are appended to (created if missing).
+    pub stream: String,
+    /// The server (its options are flattened into this config).
+    #[serde(flatten)]
+    pub endpoint: Endpoint,
+    /// The tables, the snapshot mode and the record format.
+    #[serde(flatten)]
+    pub capture: Capture,
+    /// Accepted for HStream IO compatibility. TIMESTAMP values are always read in UTC (and
+    /// written with `Z`); DATETIME values carry no zone.
+    #[serde(default)]
+    pub server_time_zone: Option<String>,
+    /// Replica server id this reader registers with; unique among the server's replicas.
+    /// Default: derived from the stream name.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub server_id: Option<u32>,
+    #[serde(default)]
+    pub position_mode: PositionMode,
+    /// With snapshotMode=never: the binlog file to start from (default: the current end).
+    #[serde(default)]
+    pub start_file: Option<String>,
+    /// With startFile: the position in it (default 4, the file's start).
+    #[serde(default)]
+    pub start_position: Option<u64>,
+    /// With snapshotMode=never: the GTIDs to start after, MariaDB's position
+    /// (`domain-server-seq`, comma separated) or MySQL's executed set (`uuid:1-5:7`, comma
+    /// separated).
+    #[serde(default)]
+    pub start_gtid: Option<String>,
+    /// How often the server sends a heartbeat on an idle binlog (a silent connection is dropped
+    /// and reopened after three missed ones).
+    #[serde(default = "default_heartbeat")]
+    #[schemars(range(min = 100, max = 60000))]
+    pub heartbeat_interval_ms: u64,
+}
+
+fn default_heartbeat() -> u64 {
+    10_000
+}
+
+impl MySqlSourceConfig {
+    /// `(database, table, option)` of every captured table.
+    pub(crate) fn table_list(&self) -> Vec<(String, String, &'static str)> {
+        let mut v: Vec<(String, String, &'static str)> = Vec::new();
+        for (t, field) in self
+            .capture
+            .table
+            .iter()
+            .map(|t| (t, "table"))
+            .chain(self.capture.tables.iter().map(|t| (t, "tables")))
+        {
+            let (d, n) = split_table(t, &self.endpoint.database);
+            if !v.iter().any(|(a, b, _)| *a == d && *b == n) {
+                v.push((d, n, field));
+            }
+        }
+        v
+    }
+
+    pub fn server_id(&self) -> u32 {
+        self.server_id.unwrap_or_else(|| {
+            // FNV-1a of the stream name, kept clear of small ids people give their servers.
+            let h = self
+                .stream
+                .bytes()
+                .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+            100_000 + h % 2_000_000_000
+        })
+    }
+}
+
+impl ConnectorConfig for MySqlSourceConfig {
+    fn validate(&self) -> Result<(), ConnectorError> {
+        if self.stream.is_empty() {
+            return Err(ConnectorError::config("stream: must not be empty"));
+        }
+        self.endpoint.validate()?;
+        self.capture.validate()?;
+        if self.server_id == Some(0) {
+            return Err(ConnectorError::config("serverId: must be at least 1"));
+        }
+        if self.capture.snapshot_mode != SnapshotMode::Never
+            && (self.start_file.is_some() || self.start_gtid.is_some() || self.start_position.is_some())
+        {
+            return Err(ConnectorError::config(
+                "startFile: startFile/startPosition/startGtid apply only with snapshotMode=never",
+            ));
+        }
+        if self.start_position.is_some() && self.start_file.is_none() {
+            return Err(ConnectorError::config("startPosition: needs startFile"));
+        }
+        if let Some(g) = &self.start_gtid
+            && !super::source::valid_start_gtid(g)
+        {
+            return Err(ConnectorError::config(format!(
+                "startGtid: {g:?} is neither a MariaDB GTID position (domain-server-sequence, comma separated) \
+                 nor a MySQL GTID set (uuid:1-5:7, comma separated)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Configuration of the `mysql` sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(
+    title = "mysql",
+    description = "Applies a stream's change records to a MySQL or MariaDB table."
+)]
+pub struct MySqlSinkConfig {
+    /// Stream the records are read from.
+    pub stream: String,
+    /// The server.
+    #[serde(flatten)]
+    pub endpoint: Endpoint,
+    /// One target table for every record (the stream must hold one source table's changes); it
+    /// must have a primary key. Unqualified names are in `database`.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Without `table`: the target of each record, named from its source table (`${db}`,
+    /// `${table}`; default `${table}`). Each target must exist and have a primary key.
+    #[serde(default)]
+    pub table_name_format: Option<String>,
+}
+
+impl ConnectorConfig for MySqlSinkConfig {
+    fn validate(&self) -> Result<(), ConnectorError> {
+        if self.stream.is_empty() {
+            return Err(ConnectorError::config("stream: must not be empty"));
+        }
+        changes::check_options(&self.table, &self.table_name_format)?;
+        self.endpoint.validate()
+    }
+}
