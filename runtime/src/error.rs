@@ -36,18 +36,23 @@ pub struct ConnectorError {
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
+/// A cause at least this long that its parent's text holds anywhere counts as shown by it.
+const QUOTED_CAUSE_MIN: usize = 24;
+
 impl fmt::Display for ConnectorError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} error: {}", self.kind, self.message)?;
-        // Each cause once. A `ConnectorError` cause shows its own chain, so the walk ends there;
-        // other errors that show their cause (tokio-postgres's, `io::Error` wrapping one) end
-        // their text with it, so a cause whose text ends its parent's is not repeated. A cause
-        // the parent merely mentions somewhere else is shown.
+        // Each cause once. A `ConnectorError` cause shows its own chain, so the walk ends there.
+        // Other errors that show their cause (tokio-postgres's, `io::Error` wrapping one) end
+        // their text with it, or quote it inside (mysql_async's driver errors): a cause whose
+        // text ends its parent's, or a long one the parent holds, is not repeated. A short cause
+        // ("timed out") the parent merely mentions somewhere else is shown.
         let mut cause = self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static));
         let mut parent = self.message.clone();
         while let Some(e) = cause {
             let text = e.to_string();
-            if text.is_empty() || !parent.ends_with(&text) {
+            let shown = parent.ends_with(&text) || (text.len() >= QUOTED_CAUSE_MIN && parent.contains(&text));
+            if !text.is_empty() && !shown {
                 write!(f, ": {text}")?;
             }
             if e.is::<ConnectorError>() {
@@ -174,6 +179,28 @@ mod tests {
             e.to_string(),
             "external error: timed out waiting for the lock, retrying: timed out"
         );
+        // A long cause its parent quotes inside its text is not repeated; an empty one adds
+        // nothing.
+        #[derive(Debug)]
+        struct Quoting(std::io::Error);
+        impl fmt::Display for Quoting {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "Driver error: `{}'", self.0)
+            }
+        }
+        impl std::error::Error for Quoting {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let long = || std::io::Error::other("the server closed the connection unexpectedly");
+        let e = ConnectorError::external("query").with_source(Quoting(long()));
+        assert_eq!(
+            e.to_string(),
+            "external error: query: Driver error: `the server closed the connection unexpectedly'"
+        );
+        let e = ConnectorError::external("query").with_source(std::io::Error::other(""));
+        assert_eq!(e.to_string(), "external error: query");
         // A ConnectorError cause shows its chain itself, once.
         let inner = ConnectorError::external("connect").with_source(Wrapping(io()));
         let outer = ConnectorError::internal("attempt").with_source(inner);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use hstream_proto::ErrorCode;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::validate_name;
+use crate::catalog::{ShardEntry, validate_name};
 use crate::error::{ApiError, ApiResult};
 use crate::meta::{MetaError, MetaStore, ReaderMeta};
 use crate::store::StoredBatch;
@@ -54,9 +54,15 @@ impl Readers {
         }
     }
 
+    /// Checks a new reader's id and that its shard exists, as `create` does first (a front door
+    /// that reads the start offset checks these before it).
+    pub fn check_spec(&self, id: &str, stream: &str, shard_id: u64) -> ApiResult<ShardEntry> {
+        validate_name("shard reader", ErrorCode::ShardReaderInvalidObjectIdentifier, id)?;
+        self.streams.catalog().shard_of(stream, shard_id)
+    }
+
     pub async fn create(&self, spec: ReaderSpec) -> ApiResult<ReaderMeta> {
-        validate_name("shard reader", ErrorCode::ShardReaderInvalidObjectIdentifier, &spec.id)?;
-        let shard = self.streams.catalog().shard_of(&spec.stream, spec.shard_id)?;
+        let shard = self.check_spec(&spec.id, &spec.stream, spec.shard_id)?;
         let start_lsn = resolve_from(&*shard.log, spec.from).await?;
         let meta = ReaderMeta {
             id: spec.id.clone(),

@@ -74,16 +74,17 @@ impl Endpoint {
 /// Classifies a connection failure: wrong credentials, database or permissions are config
 /// errors naming the option; an unreachable server is external (retried).
 pub(crate) fn connect_error(ep: &Endpoint, e: mysql_async::Error) -> ConnectorError {
-    match &e {
-        mysql_async::Error::Server(s) => match s.code {
+    match e {
+        mysql_async::Error::Server(ref s) => match s.code {
             1045 => ConnectorError::config(format!("password: access denied for user {:?}", ep.user)),
             1044 | 1049 => ConnectorError::config(format!("database: {} (error {})", s.message, s.code)),
             _ => query_error("connect", e),
         },
-        mysql_async::Error::Io(_) => {
-            ConnectorError::external(format!("host/port: could not connect to {}:{}", ep.host, ep.port)).with_source(e)
+        // The I/O error itself is the cause (the outer one only repeats its text).
+        mysql_async::Error::Io(io) => {
+            ConnectorError::external(format!("host/port: could not connect to {}:{}", ep.host, ep.port)).with_source(io)
         }
-        _ => ConnectorError::external(format!("connect to {}:{}", ep.host, ep.port)).with_source(e),
+        e => ConnectorError::external(format!("connect to {}:{}", ep.host, ep.port)).with_source(e),
     }
 }
 

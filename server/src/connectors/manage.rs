@@ -18,8 +18,8 @@ use crate::store::now_ms;
 /// How long a pause, resume or delete waits for the task to reach its new state.
 const STATE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// A connector to create.
-#[derive(Debug, Clone)]
+/// A connector to create. No `Debug`: its config holds secrets in the clear.
+#[derive(Clone)]
 pub struct ConnectorSpec {
     pub name: String,
     /// `source` or `sink` (any case).

@@ -13,6 +13,10 @@ impl HStreamService {
         &self,
         req: pb::CreateShardReaderRequest,
     ) -> ApiResult<pb::CreateShardReaderResponse> {
+        // The id and shard are checked before the offset, as the request reads.
+        self.api
+            .readers
+            .check_spec(&req.reader_id, &req.stream_name, req.shard_id)?;
         let offset = req
             .shard_offset
             .as_ref()

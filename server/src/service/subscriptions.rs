@@ -10,7 +10,7 @@ use super::read::timestamp;
 use crate::catalog::ARCHIVED_PREFIX;
 use crate::error::{ApiError, ApiResult};
 use crate::meta::{StartOffset, SubscriptionMeta};
-use crate::subscription::{ConsumerInfo, Delivery, SubscriptionSpec};
+use crate::subscription::{ConsumerInfo, Delivery, SubscriptionSpec, Subscriptions};
 
 fn subscription_pb(m: &SubscriptionMeta) -> pb::Subscription {
     // Subscriptions of a force-deleted stream show its archived name as HStreamDB does.
@@ -34,6 +34,8 @@ fn subscription_pb(m: &SubscriptionMeta) -> pb::Subscription {
 
 impl HStreamService {
     pub(super) async fn create_subscription_rpc(&self, req: pb::Subscription) -> ApiResult<pb::Subscription> {
+        // The id and limits are checked before the offset, as the request reads.
+        Subscriptions::check_spec(&req.subscription_id, req.ack_timeout_seconds, req.max_unacked_records)?;
         let offset = match pb::SpecialOffset::try_from(req.offset) {
             Ok(pb::SpecialOffset::Earliest) => StartOffset::Earliest,
             Ok(pb::SpecialOffset::Latest) => StartOffset::Latest,

@@ -118,20 +118,25 @@ impl Subscriptions {
         Ok(())
     }
 
+    /// Checks a new subscription's id and limits, as `create` does first (a front door that
+    /// reads more of the request checks these before it).
+    pub fn check_spec(id: &str, ack_timeout_secs: i32, max_unacked: i32) -> ApiResult<()> {
+        validate_name("subscription", ErrorCode::SubscriptionInvalidObjectIdentifier, id)?;
+        if !(1..=MAX_ACK_TIMEOUT_SECS).contains(&ack_timeout_secs) {
+            return Err(ApiError::InvalidSubscription(format!(
+                "ackTimeoutSeconds must be between 1 and {MAX_ACK_TIMEOUT_SECS}, got {ack_timeout_secs}"
+            )));
+        }
+        if max_unacked < 1 {
+            return Err(ApiError::InvalidSubscription(format!(
+                "maxUnackedRecords must be at least 1, got {max_unacked}"
+            )));
+        }
+        Ok(())
+    }
+
     pub async fn create(&self, spec: SubscriptionSpec) -> ApiResult<SubscriptionMeta> {
-        validate_name("subscription", ErrorCode::SubscriptionInvalidObjectIdentifier, &spec.id)?;
-        if !(1..=MAX_ACK_TIMEOUT_SECS).contains(&spec.ack_timeout_secs) {
-            return Err(ApiError::InvalidSubscription(format!(
-                "ackTimeoutSeconds must be between 1 and {MAX_ACK_TIMEOUT_SECS}, got {}",
-                spec.ack_timeout_secs
-            )));
-        }
-        if spec.max_unacked < 1 {
-            return Err(ApiError::InvalidSubscription(format!(
-                "maxUnackedRecords must be at least 1, got {}",
-                spec.max_unacked
-            )));
-        }
+        Self::check_spec(&spec.id, spec.ack_timeout_secs, spec.max_unacked)?;
         let _ddl = self.streams.ddl().lock().await;
         let stream = self
             .streams
