@@ -46,6 +46,13 @@ if ! { [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1; } || 
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto mosquitto-clients
 fi
 
+# etcd for the etcd MetaStore's contract tests (a throw-away member on free ports).
+if ! [ -x /usr/bin/etcd ] && ! command -v etcd >/dev/null 2>&1; then
+  echo "==> installing etcd"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server
+fi
+
 if [ "${CI:-}" = "true" ]; then
   cargo fmt --all --check
   cargo clippy --workspace --all-targets -- -D warnings

@@ -19,6 +19,7 @@ use prost::Message;
 use tonic::transport::Channel;
 
 mod connectors;
+pub mod etcd;
 pub mod mariadb;
 pub mod mosquitto;
 pub mod pg;

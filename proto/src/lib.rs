@@ -11,3 +11,18 @@ pub mod server {
 }
 
 pub use server::*;
+
+/// etcd's v3 API, client side (`etcdserverpb`), for the etcd MetaStore.
+pub mod etcd {
+    tonic::include_proto!("etcdserverpb");
+}
+
+/// etcd's key-value messages (`mvccpb`), which `etcd` refers to.
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+/// etcd's auth messages (`authpb`), which `etcd` refers to.
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}

@@ -50,7 +50,8 @@ pub struct Flags {
     /// Directory for the log store and the embedded metastore [default: ./hstream-data]
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// MetaStore location: sqlite://<path> [default: sqlite://<data-dir>/meta.db]
+    /// MetaStore location: sqlite://<path>, or etcd://host:port[,host:port...][/prefix] (prefix
+    /// default /hstream) [default: sqlite://<data-dir>/meta.db]
     #[arg(long)]
     pub metastore_uri: Option<String>,
     /// Largest accepted encoded BatchedRecord, in bytes [default: 1048576]

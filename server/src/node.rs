@@ -25,7 +25,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::catalog::{Catalog, ShardEntry, StreamEntry};
 use crate::config::Settings;
 use crate::connectors::{Connectors, Hosting};
-use crate::meta::{MetaStore, NodeMeta, SqliteMetaStore};
+use crate::meta::{EtcdMetaStore, MetaStore, NodeMeta, SqliteMetaStore};
 use crate::metrics::Metrics;
 use crate::readers::Readers;
 use crate::service::{Api, HStreamService, NodeInfo};
@@ -45,7 +45,14 @@ pub async fn open_meta(uri: &str) -> anyhow::Result<Arc<dyn MetaStore>> {
                 .with_context(|| format!("opening metastore {uri}"))?,
         ));
     }
-    anyhow::bail!("metastore-uri {uri:?} is not supported (use sqlite://<path>)")
+    if uri.starts_with("etcd://") {
+        return Ok(Arc::new(
+            EtcdMetaStore::connect(uri, std::time::Duration::from_secs(10))
+                .await
+                .with_context(|| format!("opening metastore {uri}"))?,
+        ));
+    }
+    anyhow::bail!("metastore-uri {uri:?} is not supported (use sqlite://<path> or etcd://host:port,...[/prefix])")
 }
 
 /// Ties the data directory to the metastore and builds the catalog from the two, or refuses to

@@ -698,3 +698,56 @@ async fn many_shards_fit_a_small_open_file_limit() {
     }
     assert!(server.open_fds() < 512);
 }
+
+/// The server on the etcd MetaStore (`--metastore-uri etcd://…/prefix`): streams and records
+/// survive a restart, the data directory is tied to the etcd cluster id as to SQLite's, a new
+/// data directory beside the metadata is refused, and another prefix is another cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_keeps_its_metadata_in_etcd() {
+    let etcd = hstream_integration_tests::etcd::Etcd::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let uri = etcd.uri("e2e");
+    let flags = ["--metastore-uri", uri.as_str()];
+    let mut server = Server::start(&data, &flags);
+    let mut client = server.client().await;
+    let shards = make_stream(&mut client, "s", 2).await;
+    for i in 0..3 {
+        append_one(&mut client, "s", shards[0], &format!("r{i}")).await.unwrap();
+    }
+    server.terminate();
+    assert!(!data.join("meta.db").exists(), "no SQLite metastore beside etcd");
+
+    let mut server = Server::start(&data, &flags);
+    let mut client = server.client().await;
+    let listed = client
+        .list_streams(pb::ListStreamsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .streams;
+    assert_eq!(listed.iter().map(|s| s.stream_name.as_str()).collect::<Vec<_>>(), ["s"]);
+    assert_eq!(
+        payload_strings(&read_shard_to_tail(&mut client, "s", shards[0]).await),
+        ["r0", "r1", "r2"]
+    );
+    assert_eq!(append_one(&mut client, "s", shards[0], "r3").await.unwrap(), 4);
+    server.terminate();
+
+    let err = refused_start(&tmp.path().join("new-data"), &flags);
+    assert!(err.contains("lists 2 shard(s)"), "{err}");
+    // Another prefix of the same etcd is another, empty cluster.
+    let other_uri = etcd.uri("other");
+    let mut other = Server::start(&tmp.path().join("other-data"), &["--metastore-uri", other_uri.as_str()]);
+    let mut client = other.client().await;
+    assert!(
+        client
+            .list_streams(pb::ListStreamsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .streams
+            .is_empty()
+    );
+    other.terminate();
+}

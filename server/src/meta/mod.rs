@@ -10,8 +10,10 @@
 //! - listings are ordered by name (or id) so callers see a stable order.
 
 pub mod contract;
+mod etcd;
 mod sqlite;
 
+pub use etcd::EtcdMetaStore;
 pub use sqlite::SqliteMetaStore;
 
 use async_trait::async_trait;
