@@ -82,6 +82,12 @@ scripts/build-plugins.sh >/dev/null
 # End-to-end tests start the real server binary.
 cargo build --workspace --bins
 cargo test --workspace "$@"
+if [ $# -eq 0 ]; then
+  # The end-to-end suites that matter for metadata, again with the server on the etcd MetaStore
+  # (one throw-away etcd for the run, a key prefix per server).
+  echo "==> streams, subscriptions, connectors, REST, CLI and metrics end to end on the etcd MetaStore"
+  HSTREAM_TEST_METASTORE=etcd cargo test --workspace --test server -- streams:: subscriptions:: connectors:: rest:: cli:: metrics::
+fi
 if [ -n "$container_test" ]; then
   CONTAINERS_CONF="$PWD/integration-tests/container/containers.conf" \
     cargo test --workspace --test server -- --ignored airbyte::container

@@ -89,6 +89,7 @@ impl Server {
             .arg("--data-dir")
             .arg(data_dir)
             .args(&args)
+            .args(etcd_metastore(data_dir, &args))
             .env("RUST_LOG", level)
             // Airbyte packages are installed once, beside the repo, for every test server; uv
             // (from the test venv) installs them.
@@ -238,4 +239,21 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
         );
         std::thread::park_timeout(Duration::from_millis(20));
     }
+}
+
+/// With `HSTREAM_TEST_METASTORE=etcd`, servers started without their own `--metastore-uri` keep
+/// their metadata in one etcd shared by the test process, under a prefix named after their data
+/// directory (a restart over the same directory finds its metadata again): how `scripts/test.sh`
+/// runs the end-to-end suites that matter for metadata on the etcd MetaStore.
+fn etcd_metastore(data_dir: &Path, args: &[String]) -> Vec<String> {
+    if std::env::var("HSTREAM_TEST_METASTORE").as_deref() != Ok("etcd") || args.iter().any(|a| a == "--metastore-uri") {
+        return Vec::new();
+    }
+    let etcd = crate::etcd::Etcd::shared();
+    let prefix: String = data_dir
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    vec!["--metastore-uri".into(), etcd.uri(&prefix)]
 }

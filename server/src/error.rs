@@ -165,6 +165,7 @@ impl ApiError {
                 let code = match e {
                     MetaError::AlreadyExists { .. } => Code::AlreadyExists,
                     MetaError::NotFound { .. } => Code::NotFound,
+                    MetaError::Unavailable(_) => Code::Unavailable,
                     _ => Code::Internal,
                 };
                 (code, ErrorCode::InternalError, json!(null))

@@ -700,8 +700,10 @@ async fn many_shards_fit_a_small_open_file_limit() {
 }
 
 /// The server on the etcd MetaStore (`--metastore-uri etcd://…/prefix`): streams and records
-/// survive a restart, the data directory is tied to the etcd cluster id as to SQLite's, a new
-/// data directory beside the metadata is refused, and another prefix is another cluster.
+/// survive a restart; with etcd down, metadata requests fail with UNAVAILABLE, appends go on,
+/// and the server recovers by itself when etcd is back; the data directory is tied to the etcd
+/// cluster id as to SQLite's, a new data directory beside the metadata is refused, and another
+/// prefix is another cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_keeps_its_metadata_in_etcd() {
     let etcd = hstream_integration_tests::etcd::Etcd::start().await;
@@ -732,10 +734,29 @@ async fn the_server_keeps_its_metadata_in_etcd() {
         ["r0", "r1", "r2"]
     );
     assert_eq!(append_one(&mut client, "s", shards[0], "r3").await.unwrap(), 4);
+
+    // etcd gone: a request that needs metadata fails with UNAVAILABLE naming etcd, and changes
+    // nothing; appends to known shards need no metadata and go on; once etcd is back the
+    // server serves again without a restart.
+    let mut etcd = etcd;
+    tokio::task::block_in_place(|| etcd.kill());
+    let new_stream = pb::Stream {
+        stream_name: "t".into(),
+        replication_factor: 1,
+        backlog_duration: 0,
+        shard_count: 1,
+        creation_time: None,
+    };
+    let err = client.create_stream(new_stream.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(error_message(&err).contains("etcd at 127.0.0.1"), "{err:?}");
+    assert_eq!(append_one(&mut client, "s", shards[0], "r4").await.unwrap(), 5);
+    tokio::task::block_in_place(|| etcd.restart());
+    client.create_stream(new_stream).await.unwrap();
     server.terminate();
 
     let err = refused_start(&tmp.path().join("new-data"), &flags);
-    assert!(err.contains("lists 2 shard(s)"), "{err}");
+    assert!(err.contains("lists 3 shard(s)"), "{err}");
     // Another prefix of the same etcd is another, empty cluster.
     let other_uri = etcd.uri("other");
     let mut other = Server::start(&tmp.path().join("other-data"), &["--metastore-uri", other_uri.as_str()]);

@@ -21,6 +21,15 @@ async fn connectors_over_rest_match_grpc() {
     assert_eq!(body["config"]["rate"], 5000);
     let (code, _) = http(h, "POST", "/connectors", Some(&generator)).await;
     assert_eq!(code, 409, "conflicting create");
+    // The sink reads the stream the generator creates on its first append: created after it.
+    wait_until(Duration::from_secs(30), "the generator's stream", || async move {
+        http(h, "GET", "/streams", None)
+            .await
+            .1
+            .as_array()
+            .is_some_and(|l| l.iter().any(|s| s["name"] == "rest_s"))
+    })
+    .await;
     let sink = json!({"name": "hole", "type": "sink", "target": "blackhole", "config": {"stream": "rest_s"}});
     assert_eq!(http(h, "POST", "/connectors", Some(&sink)).await.0, 201);
     let mut c = server.client().await;

@@ -318,6 +318,8 @@ fn parse<T: for<'de> Deserialize<'de>>(what: &str, kv: &KeyValue) -> MetaResult<
 pub struct EtcdMetaStore {
     kv: KvClient<Channel>,
     prefix: String,
+    /// `host:port,…` as configured, for messages.
+    hosts: String,
 }
 
 impl EtcdMetaStore {
@@ -333,12 +335,29 @@ impl EtcdMetaStore {
                     .map_err(|err| MetaError::Invalid(format!("etcd endpoint {e:?}: {err}")))
             })
             .collect::<MetaResult<Vec<_>>>()?;
+        let hosts = endpoints
+            .iter()
+            .map(|e| e.uri().authority().map_or(String::new(), |a| a.to_string()))
+            .collect::<Vec<_>>()
+            .join(",");
         let channel = Channel::balance_list(endpoints.into_iter());
         let kv = KvClient::new(channel).max_decoding_message_size(usize::MAX);
-        let store = EtcdMetaStore { kv, prefix };
+        let store = EtcdMetaStore { kv, prefix, hosts };
         // Reachable now, or a clear error now rather than at the first request.
         store.get(store.key("cluster-id")).await?;
         Ok(store)
+    }
+
+    /// etcd's answer as a MetaError: one that says etcd cannot serve now (unreachable, no
+    /// leader, a timed-out request) is `Unavailable`, naming the endpoints.
+    fn failed(&self, s: tonic::Status) -> MetaError {
+        use tonic::Code;
+        match s.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => MetaError::Unavailable(
+                format!("etcd at {} cannot serve the request now: {}", self.hosts, s.message()),
+            ),
+            _ => backend(s),
+        }
     }
 
     fn key(&self, rest: &str) -> Vec<u8> {
@@ -358,7 +377,7 @@ impl EtcdMetaStore {
                 ..Default::default()
             })
             .await
-            .map_err(backend)?
+            .map_err(|e| self.failed(e))?
             .into_inner();
         Ok(resp.kvs.into_iter().next())
     }
@@ -382,7 +401,7 @@ impl EtcdMetaStore {
                     ..Default::default()
                 })
                 .await
-                .map_err(backend)?
+                .map_err(|e| self.failed(e))?
                 .into_inner();
             if revision == 0 {
                 revision = resp.header.as_ref().map_or(0, |h| h.revision);
@@ -409,7 +428,7 @@ impl EtcdMetaStore {
                 failure: Vec::new(),
             })
             .await
-            .map_err(backend)?
+            .map_err(|e| self.failed(e))?
             .into_inner())
     }
 

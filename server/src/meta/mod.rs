@@ -28,6 +28,10 @@ pub enum MetaError {
     Invalid(String),
     #[error("metastore backend failed")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The backend cannot be reached or cannot commit now (etcd down or without a quorum).
+    /// Retrying later is the remedy; a write that timed out may still have been applied.
+    #[error("metastore unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub type MetaResult<T> = Result<T, MetaError>;
