@@ -54,6 +54,11 @@ pub struct Flags {
     /// default /hstream) [default: sqlite://<data-dir>/meta.db]
     #[arg(long)]
     pub metastore_uri: Option<String>,
+    /// Copy the metastore (--metastore-uri) into this one and exit, e.g. the embedded SQLite
+    /// into etcd://… before running on etcd; stop the server first; safe to run again
+    #[arg(long)]
+    #[serde(skip)]
+    pub copy_metastore_to: Option<String>,
     /// Largest accepted encoded BatchedRecord, in bytes [default: 1048576]
     #[arg(long)]
     pub max_record_size: Option<usize>,
@@ -118,6 +123,8 @@ pub struct Settings {
     pub advertised_address: String,
     pub data_dir: PathBuf,
     pub metastore_uri: String,
+    /// `--copy-metastore-to`: copy the metastore there and exit instead of serving.
+    pub copy_metastore_to: Option<String>,
     pub max_record_size: usize,
     pub max_batch_records: u32,
     pub quarantine_unknown_shards: bool,
@@ -178,6 +185,7 @@ impl Settings {
                 .unwrap_or_else(|| "127.0.0.1".into()),
             data_dir,
             metastore_uri,
+            copy_metastore_to: flags.copy_metastore_to,
             max_record_size: flags.max_record_size.or(file.max_record_size).unwrap_or(1 << 20),
             max_batch_records: flags
                 .max_batch_records
@@ -274,6 +282,7 @@ mod tests {
             advertised_address: Some("h1".into()),
             data_dir: Some("/d".into()),
             metastore_uri: Some("sqlite:///m.db".into()),
+            copy_metastore_to: None,
             max_record_size: Some(2048),
             max_batch_records: Some(10),
             quarantine_unknown_shards: Some(true),

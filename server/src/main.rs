@@ -20,6 +20,22 @@ fn main() -> anyhow::Result<()> {
         .with(task_logs)
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    if let Some(to) = &settings.copy_metastore_to {
+        let c = rt.block_on(hstream_server::node::copy_metastore(&settings.metastore_uri, to))?;
+        println!(
+            "copied {} stream(s) with {} shard(s), {} subscription(s), {} reader(s), {} connector(s), \
+             {} checkpoint(s) and {} node(s) from {} into {to}",
+            c.streams,
+            c.shards,
+            c.subscriptions,
+            c.readers,
+            c.connectors,
+            c.checkpoints,
+            c.nodes,
+            settings.metastore_uri
+        );
+        return Ok(());
+    }
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();

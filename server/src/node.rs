@@ -55,6 +55,19 @@ pub async fn open_meta(uri: &str) -> anyhow::Result<Arc<dyn MetaStore>> {
     anyhow::bail!("metastore-uri {uri:?} is not supported (use sqlite://<path> or etcd://host:port,...[/prefix])")
 }
 
+/// Copies the metastore at `from` into the one at `to` (`--copy-metastore-to`); the server
+/// must not be running on either.
+pub async fn copy_metastore(from: &str, to: &str) -> anyhow::Result<crate::meta::copy::Copied> {
+    let source = open_meta(from).await?;
+    let target = open_meta(to).await?;
+    let copied = crate::meta::copy::copy(source.as_ref(), target.as_ref())
+        .await
+        .with_context(|| format!("copying metastore {from} into {to}"))?;
+    source.close().await;
+    target.close().await;
+    Ok(copied)
+}
+
 /// Ties the data directory to the metastore and builds the catalog from the two, or refuses to
 /// start (naming the directory, the metastore and the way out) when they do not belong together.
 /// Never deletes data the metastore does not account for:

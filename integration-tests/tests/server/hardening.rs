@@ -772,3 +772,81 @@ async fn the_server_keeps_its_metadata_in_etcd() {
     );
     other.terminate();
 }
+
+/// Moving from the embedded SQLite metastore to etcd (`--copy-metastore-to`): the stream and
+/// its records, the subscription with its committed progress and the connector with its
+/// checkpoint are all there on etcd, and the connector resumes from its checkpoint (no record
+/// generated twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_moves_its_metadata_from_sqlite_to_etcd() {
+    let etcd = hstream_integration_tests::etcd::Etcd::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut server = Server::start(&data, &[]);
+    let h = server.http;
+    let mut client = server.client().await;
+    let generator = serde_json::json!({"name": "gen", "type": "source", "target": "generator",
+        "config": {"stream": "moved", "rate": 2000, "keys": 3}});
+    assert_eq!(http(h, "POST", "/connectors", Some(&generator)).await.0, 201);
+    let next = |h| async move {
+        http(h, "GET", "/connectors/gen/offsets", None).await.1["offset"]["next"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    wait_until(Duration::from_secs(30), "1000 generated records", || async move {
+        next(h).await >= 1000
+    })
+    .await;
+    assert_eq!(http(h, "PUT", "/connectors/gen/pause", None).await.0, 202);
+    let before = next(h).await;
+    assert_eq!(
+        count_stream_records(&client, "moved").await as u64,
+        before,
+        "one record per step"
+    );
+    let shard = stream_shards(&mut client, "moved").await[0].shard_id;
+    client.create_subscription(sub_req("sub", "moved")).await.unwrap();
+    server.terminate();
+
+    let out = std::process::Command::new(workspace_bin("hstream-server"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--copy-metastore-to", &etcd.uri("moved")])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        said.contains("1 stream(s)") && said.contains("1 connector(s)"),
+        "{said}"
+    );
+
+    let uri = etcd.uri("moved");
+    let mut server = Server::start(&data, &["--metastore-uri", uri.as_str()]);
+    let h = server.http;
+    let mut client = server.client().await;
+    assert_eq!(count_stream_records(&client, "moved").await as u64, before);
+    let got = client
+        .get_subscription(pb::GetSubscriptionRequest { id: "sub".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.offsets.iter().map(|o| o.shard_id).collect::<Vec<_>>(), [shard]);
+    assert_eq!(
+        http(h, "GET", "/connectors/gen/status", None).await.1["connector"]["state"],
+        "STOPPED"
+    );
+    assert_eq!(http(h, "PUT", "/connectors/gen/resume", None).await.0, 202);
+    wait_until(Duration::from_secs(30), "500 more records", || async move {
+        next(h).await >= before + 500
+    })
+    .await;
+    assert_eq!(http(h, "PUT", "/connectors/gen/pause", None).await.0, 202);
+    let after = next(h).await;
+    assert_eq!(
+        count_stream_records(&client, "moved").await as u64,
+        after,
+        "the generator went on from its checkpoint ({before}), not from the start"
+    );
+    server.terminate();
+}

@@ -10,6 +10,7 @@
 //! - listings are ordered by name (or id) so callers see a stable order.
 
 pub mod contract;
+pub mod copy;
 mod etcd;
 mod sqlite;
 
