@@ -55,7 +55,8 @@ pub struct Flags {
     #[arg(long)]
     pub metastore_uri: Option<String>,
     /// Copy the metastore (--metastore-uri) into this one and exit, e.g. the embedded SQLite
-    /// into etcd://… before running on etcd; stop the server first; safe to run again
+    /// into etcd://… before running on etcd; stop the server first; a copy that stopped
+    /// half-way can be run again, a finished one is refused
     #[arg(long)]
     #[serde(skip)]
     pub copy_metastore_to: Option<String>,

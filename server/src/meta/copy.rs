@@ -2,12 +2,12 @@
 //! single-node user on embedded SQLite moves to etcd without losing streams, subscriptions,
 //! readers or connectors.
 //!
-//! Guarantees: nothing is read from the target that is not written back equal; an object the
-//! target already holds must equal the source's (so a copy that stopped half-way can be run
-//! again, and a copy into another cluster's metadata is refused); the cluster id is copied last,
-//! so a target without it is never mistaken for a finished copy (a server refuses to start on
-//! it with the data directory, which names the cluster); subscription progress only moves
-//! forward in the target, as everywhere.
+//! Guarantees: the cluster id is copied last, so a target without it is never mistaken for a
+//! finished copy (a server refuses to start on it with the data directory, which names the
+//! cluster); a copy that stopped half-way can be run again (an object the target already holds
+//! must equal the source's); a target that holds a cluster id, a finished copy or another
+//! cluster's metadata, is refused before anything is written, so a copy never rolls back what
+//! servers wrote to the target since; subscription progress only moves forward, as everywhere.
 //!
 //! Not copied: the per-owner key-value space (`kv_*`), which nothing uses yet and the trait
 //! cannot list.
@@ -68,12 +68,21 @@ pub async fn copy(from: &dyn MetaStore, to: &dyn MetaStore) -> MetaResult<Copied
             "the source metastore has no cluster id: no server ever started on it".into(),
         ));
     };
-    if let Some(other) = to.cluster_id(None).await?
-        && other != cluster
-    {
-        return Err(MetaError::Invalid(format!(
-            "the target belongs to cluster {other}, the source to {cluster}"
-        )));
+    // A target with a cluster id was copied into already (or served a cluster): copying
+    // again would roll back what its servers wrote since (checkpoints, statuses, deletions).
+    match to.cluster_id(None).await? {
+        Some(other) if other == cluster => {
+            return Err(MetaError::Invalid(format!(
+                "the target already holds cluster {cluster}: it was copied into before, and servers \
+                 may have written to it since; nothing was copied"
+            )));
+        }
+        Some(other) => {
+            return Err(MetaError::Invalid(format!(
+                "the target belongs to cluster {other}, the source to {cluster}; nothing was copied"
+            )));
+        }
+        None => {}
     }
     let mut done = Copied::default();
     // Shard ids the source handed out are never handed out again by the target.
@@ -91,7 +100,12 @@ pub async fn copy(from: &dyn MetaStore, to: &dyn MetaStore) -> MetaResult<Copied
     for s in &streams {
         let shards = from.list_shards(&s.name).await?;
         create_or_same("stream", &s.name, to.create_stream(s, &shards), async {
-            Ok(to.list_shards(&s.name).await? == shards)
+            let meta = if s.archived {
+                to.list_archived_streams().await?.into_iter().find(|a| a.name == s.name)
+            } else {
+                to.get_stream(&s.name).await?
+            };
+            Ok(meta.as_ref() == Some(s) && to.list_shards(&s.name).await? == shards)
         })
         .await?;
         done.streams += 1;
@@ -269,7 +283,37 @@ mod tests {
             nodes: 1,
         };
         assert_eq!(copy(&from, &to).await.unwrap(), want);
-        assert_eq!(copy(&from, &to).await.unwrap(), want, "a second copy");
+        // A finished copy is not repeated: it would roll back what servers wrote since.
+        to.put_checkpoint(&Checkpoint {
+            owner: connector_checkpoint("gen"),
+            version: 2,
+            data: b"{\"n\":99}".to_vec(),
+        })
+        .await
+        .unwrap();
+        let err = copy(&from, &to).await.unwrap_err();
+        assert!(err.to_string().contains("copied into before"), "{err}");
+        assert_eq!(
+            to.get_checkpoint(&connector_checkpoint("gen"))
+                .await
+                .unwrap()
+                .unwrap()
+                .data,
+            b"{\"n\":99}"
+        );
+        // A copy that stopped before the cluster id runs again to the end.
+        let half = SqliteMetaStore::in_memory().await.unwrap();
+        half.create_stream(
+            &from.get_stream("live").await.unwrap().unwrap(),
+            &from.list_shards("live").await.unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            copy(&from, &half).await.unwrap(),
+            want,
+            "a copy completing a half-done one"
+        );
         assert_eq!(to.cluster_id(None).await.unwrap().as_deref(), Some("c1"));
         assert_eq!(to.list_streams("").await.unwrap(), from.list_streams("").await.unwrap());
         assert_eq!(
@@ -293,7 +337,7 @@ mod tests {
             to.list_connectors().await.unwrap(),
             from.list_connectors().await.unwrap()
         );
-        for owner in [connector_checkpoint("gen"), subscription_checkpoint("s1")] {
+        for owner in [subscription_checkpoint("s1")] {
             assert_eq!(
                 to.get_checkpoint(&owner).await.unwrap(),
                 from.get_checkpoint(&owner).await.unwrap()

@@ -27,8 +27,8 @@ pub enum MetaError {
     NotFound { kind: &'static str, name: String },
     #[error("metastore value is invalid: {0}")]
     Invalid(String),
-    #[error("metastore backend failed")]
-    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("metastore backend failed: {0}")]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
     /// The backend cannot be reached or cannot commit now (etcd down or without a quorum).
     /// Retrying later is the remedy; a write that timed out may still have been applied.
     #[error("metastore unavailable: {0}")]
