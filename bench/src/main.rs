@@ -5,6 +5,7 @@ mod airbyte;
 mod append;
 mod cdc;
 mod connectors;
+mod metastore;
 mod mqtt;
 mod mysql_cdc;
 mod pg_cdc;
@@ -47,6 +48,9 @@ enum Bench {
     Wasm(wasm::Args),
     /// Start-up time, RSS and open files over 1 GB, 10 GB and 10,000 streams / 100,000 shards.
     Startup(startup::Args),
+    /// MetaStore operations per second (create stream, commit progress, connector checkpoint),
+    /// embedded SQLite beside etcd.
+    Metastore(metastore::Args),
     /// Every benchmark with its defaults.
     All,
 }
@@ -64,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Airbyte(args) => rt.block_on(airbyte::run(args)),
         Bench::Wasm(args) => rt.block_on(wasm::run(args)),
         Bench::Startup(args) => rt.block_on(startup::run(args)),
+        Bench::Metastore(args) => rt.block_on(metastore::run(args)),
         Bench::All => rt.block_on(async {
             append::run(append::Args::default_args()).await?;
             println!();
@@ -81,7 +86,9 @@ fn main() -> anyhow::Result<()> {
             println!();
             wasm::run(wasm::Args::default_args()).await?;
             println!();
-            startup::run(startup::Args::default_args()).await
+            startup::run(startup::Args::default_args()).await?;
+            println!();
+            metastore::run(metastore::Args::default_args()).await
         }),
     }
 }
