@@ -53,6 +53,35 @@ pub enum Routing {
 /// The placeholders of `tableNameFormat`.
 const PLACEHOLDERS: [&str; 3] = ["${db}", "${schema}", "${table}"];
 
+/// Where a sink writes: the `table` and `tableNameFormat` options both database sinks have,
+/// flattened into their configs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Targets {
+    /// One target table for every record (the stream must hold one source table's changes); it
+    /// must have a primary key. An unqualified name is in the sink's default schema (`schema`
+    /// for PostgreSQL, `database` for MySQL).
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Without `table`: the target of each record, named from its source table (`${db}`,
+    /// `${schema}` of PostgreSQL sources, `${table}`; default `${table}`, in the default
+    /// schema). Each target must exist and have a primary key.
+    #[serde(default)]
+    pub table_name_format: Option<String>,
+}
+
+impl Targets {
+    /// Checks both options, naming the one at fault.
+    pub fn validate(&self) -> Result<(), ConnectorError> {
+        check_options(&self.table, &self.table_name_format)
+    }
+
+    /// The routing the options ask for.
+    pub fn routing(&self) -> Routing {
+        Routing::from_options(&self.table, &self.table_name_format)
+    }
+}
+
 /// Checks a sink's `table` and `tableNameFormat` options, naming the one at fault.
 pub fn check_options(table: &Option<String>, table_name_format: &Option<String>) -> Result<(), ConnectorError> {
     if table.as_deref() == Some("") {

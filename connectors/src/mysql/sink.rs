@@ -39,7 +39,7 @@ async fn connect(cfg: &MySqlSinkConfig) -> Result<Conn, ConnectorError> {
 }
 
 async fn target(conn: &mut Conn, cfg: &MySqlSinkConfig, name: &str) -> Result<Target, ConnectorError> {
-    let field = changes::Routing::from_options(&cfg.table, &cfg.table_name_format).option();
+    let field = cfg.targets.routing().option();
     let (db, table) = split_table(name, &cfg.endpoint.database);
     let rows = query_rows(
         conn,
@@ -243,7 +243,7 @@ impl Sink for MySqlSink {
     async fn check(cfg: &MySqlSinkConfig) -> Result<(), ConnectorError> {
         let mut conn = connect(cfg).await?;
         // Routed targets are known only from the records; a fixed one is checked now.
-        if let Some(t) = &cfg.table {
+        if let Some(t) = &cfg.targets.table {
             target(&mut conn, cfg, t).await?;
         }
         let _ = conn.disconnect().await;
@@ -253,12 +253,12 @@ impl Sink for MySqlSink {
     async fn open(cfg: MySqlSinkConfig) -> Result<Self, ConnectorError> {
         let mut conn = connect(&cfg).await?;
         let mut targets = std::collections::HashMap::new();
-        if let Some(t) = &cfg.table {
+        if let Some(t) = &cfg.targets.table {
             targets.insert(t.clone(), target(&mut conn, &cfg, t).await?);
         }
         Ok(MySqlSink {
             conn,
-            routing: changes::Routing::from_options(&cfg.table, &cfg.table_name_format),
+            routing: cfg.targets.routing(),
             cfg,
             targets,
         })

@@ -180,15 +180,9 @@ pub struct PgSinkConfig {
     /// The server.
     #[serde(flatten)]
     pub endpoint: Endpoint,
-    /// One target table for every record (the stream must hold one source table's changes); it
-    /// must have a primary key. Unqualified names are in `schema`.
-    #[serde(default)]
-    pub table: Option<String>,
-    /// Without `table`: the target of each record, named from its source table (`${db}`,
-    /// `${schema}`, `${table}`; default `${table}`, in `schema`). Each target must exist and
-    /// have a primary key.
-    #[serde(default)]
-    pub table_name_format: Option<String>,
+    /// The target table, or how each record's is named.
+    #[serde(flatten)]
+    pub targets: changes::Targets,
     #[serde(default = "default_schema")]
     pub schema: String,
 }
@@ -198,7 +192,7 @@ impl ConnectorConfig for PgSinkConfig {
         if self.stream.is_empty() {
             return Err(ConnectorError::config("stream: must not be empty"));
         }
-        changes::check_options(&self.table, &self.table_name_format)?;
+        self.targets.validate()?;
         self.endpoint.validate()
     }
 }

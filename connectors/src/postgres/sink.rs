@@ -75,7 +75,7 @@ async fn connect(cfg: &PgSinkConfig) -> Result<tokio_postgres::Client, Connector
 }
 
 async fn target(client: &tokio_postgres::Client, cfg: &PgSinkConfig, name: &str) -> Result<Target, ConnectorError> {
-    let field = changes::Routing::from_options(&cfg.table, &cfg.table_name_format).option();
+    let field = cfg.targets.routing().option();
     let (schema, table) = split_table(name, &cfg.schema);
     let qualified = format!("{}.{}", ident(&schema), ident(&table));
     let rows = client
@@ -298,7 +298,7 @@ impl Sink for PgSink {
     async fn check(cfg: &PgSinkConfig) -> Result<(), ConnectorError> {
         let client = connect(cfg).await?;
         // Routed targets are known only from the records; a fixed one is checked now.
-        if let Some(t) = &cfg.table {
+        if let Some(t) = &cfg.targets.table {
             target(&client, cfg, t).await?;
         }
         Ok(())
@@ -307,12 +307,12 @@ impl Sink for PgSink {
     async fn open(cfg: PgSinkConfig) -> Result<Self, ConnectorError> {
         let client = connect(&cfg).await?;
         let mut targets = std::collections::HashMap::new();
-        if let Some(t) = &cfg.table {
+        if let Some(t) = &cfg.targets.table {
             targets.insert(t.clone(), target(&client, &cfg, t).await?);
         }
         Ok(PgSink {
             client,
-            routing: changes::Routing::from_options(&cfg.table, &cfg.table_name_format),
+            routing: cfg.targets.routing(),
             cfg,
             targets,
         })

@@ -3,7 +3,9 @@
 //! consensus of our own; etcd's Raft does it.
 //!
 //! Layout under the prefix (default `/hstream`), one key per object, values JSON unless said:
-//! - `cluster-id`, `next-shard-id` (decimal text);
+//! - `cluster-id`, `next-shard-id` (decimal text); `shard-ids/<id / 64>`: the shard ids in use
+//!   in that chunk (written with the stream that owns them, so uniqueness costs a few keys, not
+//!   a read of every stream);
 //! - `streams/<name>`: the stream and all its shards in one value (live and archived alike), so
 //!   creating or deleting a stream of 4096 shards is one put or delete, within etcd's default
 //!   limit of 128 operations per transaction;
@@ -321,6 +323,36 @@ fn parse<T: for<'de> Deserialize<'de>>(what: &str, kv: &KeyValue) -> MetaResult<
     serde_json::from_slice(&kv.value).map_err(|e| invalid(&format!("{what} {}", String::from_utf8_lossy(&kv.key)), e))
 }
 
+/// One key of the shard ids in use (`shard-ids/<id / 64>`), as read.
+struct IdChunk {
+    chunk: u64,
+    key: Vec<u8>,
+    ids: std::collections::BTreeSet<u64>,
+    guard: Compare,
+}
+
+impl IdChunk {
+    /// The write that leaves the chunk with its ids now (a delete when none is left).
+    fn write(&self) -> RequestOp {
+        if self.ids.is_empty() {
+            delete(self.key.clone())
+        } else {
+            put(self.key.clone(), json(&self.ids))
+        }
+    }
+}
+
+/// Guards and writes that take `ids` out of the chunks of shard ids in use.
+fn release_ids(chunks: &mut [IdChunk], ids: &[u64], guards: &mut Vec<Compare>, ops: &mut Vec<RequestOp>) {
+    for c in chunks.iter_mut() {
+        for id in ids {
+            c.ids.remove(id);
+        }
+        guards.push(c.guard.clone());
+        ops.push(c.write());
+    }
+}
+
 pub struct EtcdMetaStore {
     kv: KvClient<Channel>,
     prefix: String,
@@ -380,6 +412,24 @@ impl EtcdMetaStore {
 
     fn progress_chunk_key(&self, sub: &str, chunk: u64) -> Vec<u8> {
         self.key(&format!("progress/{sub}/{chunk:020}"))
+    }
+
+    /// The shard ids in use whose id divided by [`PROGRESS_CHUNK`] is the chunk, for each chunk
+    /// that `ids` fall in: its key, its ids now, and a guard that it is still so.
+    async fn id_chunks(&self, ids: impl Iterator<Item = u64>) -> MetaResult<Vec<IdChunk>> {
+        let mut wanted: Vec<u64> = ids.map(|id| id / PROGRESS_CHUNK).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut out = Vec::with_capacity(wanted.len());
+        for chunk in wanted {
+            let key = self.key(&format!("shard-ids/{chunk:020}"));
+            let (ids, guard) = match self.get(key.clone()).await? {
+                Some(kv) => (parse("shard ids", &kv)?, unchanged(key.clone(), kv.mod_revision)),
+                None => (std::collections::BTreeSet::new(), absent(key.clone())),
+            };
+            out.push(IdChunk { chunk, key, ids, guard });
+        }
+        Ok(out)
     }
 
     async fn get(&self, key: Vec<u8>) -> MetaResult<Option<KeyValue>> {
@@ -573,33 +623,39 @@ impl MetaStore for EtcdMetaStore {
 
     async fn create_stream(&self, stream: &StreamMeta, shards: &[ShardMeta]) -> MetaResult<()> {
         let key = self.key(&format!("streams/{}", stream.name));
+        let exists = || MetaError::AlreadyExists {
+            kind: "stream",
+            name: stream.name.clone(),
+        };
+        let mut seen = std::collections::HashSet::new();
+        if let Some(s) = shards.iter().find(|s| !seen.insert(s.id)) {
+            return Err(MetaError::AlreadyExists {
+                kind: "shard",
+                name: s.id.to_string(),
+            });
+        }
         for _ in 0..RETRIES {
-            // Shard ids are unique across streams: checked against every stream as read, and
-            // the create only commits if no stream changed since.
-            let (kvs, rev) = self.list(self.key("streams/")).await?;
-            let mut in_use = std::collections::HashSet::new();
-            for kv in &kvs {
-                let r: StreamRec = parse("stream", kv)?;
-                if r.name == stream.name {
-                    return Err(MetaError::AlreadyExists {
-                        kind: "stream",
-                        name: stream.name.clone(),
-                    });
+            if self.get(key.clone()).await?.is_some() {
+                return Err(exists());
+            }
+            // Shard ids are unique across streams: the ids in use are kept in chunks
+            // (`shard-ids/<id / 64>`), read and written with the stream in one transaction.
+            let mut chunks = self.id_chunks(shards.iter().map(|s| s.id)).await?;
+            let mut guards = vec![absent(key.clone())];
+            let mut ops = vec![put(key.clone(), json(&StreamRec::new(stream, shards)))];
+            for c in &mut chunks {
+                for s in shards.iter().filter(|s| s.id / PROGRESS_CHUNK == c.chunk) {
+                    if !c.ids.insert(s.id) {
+                        return Err(MetaError::AlreadyExists {
+                            kind: "shard",
+                            name: s.id.to_string(),
+                        });
+                    }
                 }
-                in_use.extend(r.shards.iter().map(|s| s.id));
+                guards.push(c.guard.clone());
+                ops.push(c.write());
             }
-            let mut seen = std::collections::HashSet::new();
-            if let Some(s) = shards.iter().find(|s| in_use.contains(&s.id) || !seen.insert(s.id)) {
-                return Err(MetaError::AlreadyExists {
-                    kind: "shard",
-                    name: s.id.to_string(),
-                });
-            }
-            let guards = vec![absent(key.clone()), range_unchanged(self.key("streams/"), rev)];
-            let resp = self
-                .txn(guards, vec![put(key.clone(), json(&StreamRec::new(stream, shards)))])
-                .await?;
-            if resp.succeeded {
+            if self.txn(guards, ops).await?.succeeded {
                 return Ok(());
             }
         }
@@ -645,11 +701,14 @@ impl MetaStore for EtcdMetaStore {
                     name: name.to_owned(),
                 });
             };
-            let resp = self
-                .txn(vec![unchanged(key.clone(), rev)], vec![delete(key.clone())])
-                .await?;
-            if resp.succeeded {
-                return Ok(rec.shards());
+            let shards = rec.shards();
+            let ids: Vec<u64> = shards.iter().map(|s| s.id).collect();
+            let mut chunks = self.id_chunks(ids.iter().copied()).await?;
+            let mut guards = vec![unchanged(key.clone(), rev)];
+            let mut ops = vec![delete(key.clone())];
+            release_ids(&mut chunks, &ids, &mut guards, &mut ops);
+            if self.txn(guards, ops).await?.succeeded {
+                return Ok(shards);
             }
         }
         Err(contended("stream", name))
@@ -732,12 +791,12 @@ impl MetaStore for EtcdMetaStore {
     }
 
     async fn all_shard_ids(&self) -> MetaResult<Vec<u64>> {
-        let mut ids: Vec<u64> = self
-            .all_streams()
-            .await?
-            .iter()
-            .flat_map(|r| r.shards.iter().map(|s| s.id))
-            .collect();
+        let (kvs, _) = self.list(self.key("shard-ids/")).await?;
+        let mut ids = Vec::new();
+        for kv in &kvs {
+            let chunk: std::collections::BTreeSet<u64> = parse("shard ids", kv)?;
+            ids.extend(chunk);
+        }
         ids.sort_unstable();
         Ok(ids)
     }
@@ -857,6 +916,9 @@ impl MetaStore for EtcdMetaStore {
                     removed = rec.shards();
                     guards.push(unchanged(stream_key.clone(), rev));
                     ops.push(delete(stream_key));
+                    let ids: Vec<u64> = removed.iter().map(|s| s.id).collect();
+                    let mut chunks = self.id_chunks(ids.iter().copied()).await?;
+                    release_ids(&mut chunks, &ids, &mut guards, &mut ops);
                 }
                 Some((_, rev)) => guards.push(unchanged(stream_key, rev)),
                 None => guards.push(absent(stream_key)),
@@ -1119,103 +1181,15 @@ impl MetaStore for EtcdMetaStore {
 
 #[cfg(test)]
 mod tests {
-    use std::net::TcpListener;
-    use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
-
     use super::*;
 
-    /// A throw-away single-member etcd on free loopback ports (Debian's `etcd-server`, which
-    /// `scripts/test.sh` installs), killed when dropped.
-    struct TestEtcd {
-        child: Child,
-        dir: PathBuf,
-        client: u16,
-        peer: u16,
-    }
+    use hstream_integration_tests::etcd::Etcd;
 
-    fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-    }
-
-    impl TestEtcd {
-        fn start(dir: &Path) -> TestEtcd {
-            Self::start_on(dir.to_path_buf(), free_port(), free_port())
-        }
-
-        fn start_on(dir: PathBuf, client: u16, peer: u16) -> TestEtcd {
-            let child = Self::spawn(&dir, client, peer);
-            TestEtcd {
-                child,
-                dir,
-                client,
-                peer,
-            }
-        }
-
-        fn spawn(dir: &Path, client: u16, peer: u16) -> Child {
-            let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
-                .into_iter()
-                .find(|p| Path::new(p).exists())
-                .expect("etcd is not installed: scripts/test.sh installs Debian's etcd-server");
-            let client_url = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
-            Command::new(bin)
-                .args(["--name", "t", "--data-dir"])
-                .arg(dir.join("etcd"))
-                .args([
-                    "--listen-client-urls",
-                    &client_url,
-                    "--advertise-client-urls",
-                    &client_url,
-                ])
-                .args([
-                    "--listen-peer-urls",
-                    &peer_url,
-                    "--initial-advertise-peer-urls",
-                    &peer_url,
-                ])
-                .args(["--initial-cluster", &format!("t={peer_url}")])
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.join("etcd.log")).unwrap())
-                .spawn()
-                .expect("starting etcd")
-        }
-
-        fn uri(&self, prefix: &str) -> String {
-            format!("etcd://127.0.0.1:{}/{prefix}", self.client)
-        }
-
-        /// Connects once etcd answers (it is ready when a read succeeds), for at most 30 s.
-        async fn store(&self, prefix: &str) -> EtcdMetaStore {
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            loop {
-                match EtcdMetaStore::connect(&self.uri(prefix), Duration::from_secs(2)).await {
-                    Ok(s) => return s,
-                    Err(e) if std::time::Instant::now() > deadline => {
-                        let log = std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default();
-                        panic!("etcd did not come up: {e}\n{log}");
-                    }
-                    // Polled every 50 ms until it answers (a readiness poll, not a sleep
-                    // standing in for one).
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-            }
-        }
-
-        /// Kills etcd without a chance to flush anything and starts it again on the same data.
-        fn crash_and_restart(&mut self) {
-            self.child.kill().unwrap();
-            self.child.wait().unwrap();
-            self.child = Self::spawn(&self.dir, self.client, self.peer);
-        }
-    }
-
-    impl Drop for TestEtcd {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    /// Connects to `etcd` under `prefix`.
+    async fn store(etcd: &Etcd, prefix: &str) -> EtcdMetaStore {
+        EtcdMetaStore::connect(&etcd.uri(prefix), Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("etcd is healthy but refuses us: {e}\n{}", etcd.log()))
     }
 
     #[test]
@@ -1239,18 +1213,23 @@ mod tests {
     /// nothing a call returned from.
     #[tokio::test]
     async fn contract_on_etcd_and_data_survives_an_etcd_crash() {
-        let dir = tempfile::tempdir().unwrap();
-        let etcd = TestEtcd::start(dir.path());
-        let store = etcd.store("contract").await;
-        contract::run(&store).await;
-        contract::seed_durable(&store).await;
-        drop(store);
-        let mut etcd = etcd;
-        etcd.crash_and_restart();
-        let store = etcd.store("contract").await;
-        contract::check_durable(&store).await;
+        let etcd = Etcd::start().await;
+        let s = store(&etcd, "contract").await;
+        contract::run(&s).await;
+        contract::seed_durable(&s).await;
+        drop(s);
+        // SIGKILL: nothing flushed on the way out; then the same data again.
+        let etcd = tokio::task::spawn_blocking(move || {
+            let mut etcd = etcd;
+            etcd.restart();
+            etcd
+        })
+        .await
+        .unwrap();
+        let s = store(&etcd, "contract").await;
+        contract::check_durable(&s).await;
         // Another prefix is another cluster's metadata.
-        let other = etcd.store("other").await;
+        let other = store(&etcd, "other").await;
         assert!(other.list_streams("").await.unwrap().is_empty());
         assert_eq!(other.cluster_id(None).await.unwrap(), None);
     }
@@ -1259,9 +1238,8 @@ mod tests {
     /// default of 128 operations per transaction.
     #[tokio::test]
     async fn the_largest_stream_and_its_progress_fit_etcd_transactions() {
-        let dir = tempfile::tempdir().unwrap();
-        let etcd = TestEtcd::start(dir.path());
-        let store = etcd.store("big").await;
+        let etcd = Etcd::start().await;
+        let store = store(&etcd, "big").await;
         let first = store.allocate_shard_ids(4096).await.unwrap();
         let stream = StreamMeta {
             name: "wide".into(),
