@@ -7,8 +7,9 @@
 //!   in that chunk (written with the stream that owns them, so uniqueness costs a few keys, not
 //!   a read of every stream);
 //! - `streams/<name>`: the stream and all its shards in one value (live and archived alike), so
-//!   creating or deleting a stream of 4096 shards is one put or delete, within etcd's default
-//!   limit of 128 operations per transaction;
+//!   creating or deleting a stream of 4096 shards is one put or delete of it plus at most 65
+//!   writes of its id chunks, within etcd's default limit of 128 operations per transaction
+//!   (each chunk is read first, one round trip each);
 //! - `subscriptions/<id>`; `progress/<id>/<chunk>`: the committed progress of the shards whose
 //!   id divided by [`PROGRESS_CHUNK`] is `chunk` (a map shard → next LSN), so a commit of a
 //!   subscription's every shard is one transaction of at most 4096 / 64 puts;
