@@ -133,7 +133,7 @@ async fn small_hostile_appends_cost_little_memory() {
 
 /// Runs the server binary over `data_dir` expecting it to refuse to start; returns what it
 /// printed on stderr.
-fn refused_start(data_dir: &std::path::Path, extra: &[&str]) -> String {
+pub(crate) fn refused_start(data_dir: &std::path::Path, extra: &[&str]) -> String {
     let mut child = std::process::Command::new(workspace_bin("hstream-server"))
         .args(["--port", "0", "--http-port", "0", "--bind-address", "127.0.0.1"])
         .arg("--data-dir")
@@ -173,7 +173,12 @@ fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf,
     out
 }
 
-async fn append_one(client: &mut Client, stream: &str, shard: u64, payload: &str) -> Result<u64, tonic::Status> {
+pub(crate) async fn append_one(
+    client: &mut Client,
+    stream: &str,
+    shard: u64,
+    payload: &str,
+) -> Result<u64, tonic::Status> {
     client
         .append(pb::AppendRequest {
             stream_name: stream.into(),
@@ -184,7 +189,7 @@ async fn append_one(client: &mut Client, stream: &str, shard: u64, payload: &str
         .map(|r| r.into_inner().record_ids[0].batch_id)
 }
 
-fn payload_strings(batches: &[pb::ReceivedRecord]) -> Vec<String> {
+pub(crate) fn payload_strings(batches: &[pb::ReceivedRecord]) -> Vec<String> {
     batches
         .iter()
         .flat_map(decode)
@@ -527,7 +532,7 @@ fn metastore_sql(data_dir: &std::path::Path, sql: &str) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn sub_req(id: &str, stream: &str) -> pb::Subscription {
+pub(crate) fn sub_req(id: &str, stream: &str) -> pb::Subscription {
     pb::Subscription {
         subscription_id: id.into(),
         stream_name: stream.into(),
@@ -697,156 +702,4 @@ async fn many_shards_fit_a_small_open_file_limit() {
         assert_eq!(append_one(&mut c, stream, s, "again").await.unwrap(), 2);
     }
     assert!(server.open_fds() < 512);
-}
-
-/// The server on the etcd MetaStore (`--metastore-uri etcd://…/prefix`): streams and records
-/// survive a restart; with etcd down, metadata requests fail with UNAVAILABLE, appends go on,
-/// and the server recovers by itself when etcd is back; the data directory is tied to the etcd
-/// cluster id as to SQLite's, a new data directory beside the metadata is refused, and another
-/// prefix is another cluster.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_server_keeps_its_metadata_in_etcd() {
-    let etcd = hstream_integration_tests::etcd::Etcd::start().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let uri = etcd.uri("e2e");
-    let flags = ["--metastore-uri", uri.as_str()];
-    let mut server = Server::start(&data, &flags);
-    let mut client = server.client().await;
-    let shards = make_stream(&mut client, "s", 2).await;
-    for i in 0..3 {
-        append_one(&mut client, "s", shards[0], &format!("r{i}")).await.unwrap();
-    }
-    server.terminate();
-    assert!(!data.join("meta.db").exists(), "no SQLite metastore beside etcd");
-
-    let mut server = Server::start(&data, &flags);
-    let mut client = server.client().await;
-    let listed = client
-        .list_streams(pb::ListStreamsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .streams;
-    assert_eq!(listed.iter().map(|s| s.stream_name.as_str()).collect::<Vec<_>>(), ["s"]);
-    assert_eq!(
-        payload_strings(&read_shard_to_tail(&mut client, "s", shards[0]).await),
-        ["r0", "r1", "r2"]
-    );
-    assert_eq!(append_one(&mut client, "s", shards[0], "r3").await.unwrap(), 4);
-
-    // etcd gone: a request that needs metadata fails with UNAVAILABLE naming etcd, and changes
-    // nothing; appends to known shards need no metadata and go on; once etcd is back the
-    // server serves again without a restart.
-    let mut etcd = etcd;
-    tokio::task::block_in_place(|| etcd.kill());
-    let new_stream = pb::Stream {
-        stream_name: "t".into(),
-        replication_factor: 1,
-        backlog_duration: 0,
-        shard_count: 1,
-        creation_time: None,
-    };
-    let err = client.create_stream(new_stream.clone()).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert!(error_message(&err).contains("etcd at 127.0.0.1"), "{err:?}");
-    assert_eq!(append_one(&mut client, "s", shards[0], "r4").await.unwrap(), 5);
-    tokio::task::block_in_place(|| etcd.restart());
-    client.create_stream(new_stream).await.unwrap();
-    server.terminate();
-
-    let err = refused_start(&tmp.path().join("new-data"), &flags);
-    assert!(err.contains("lists 3 shard(s)"), "{err}");
-    // Another prefix of the same etcd is another, empty cluster.
-    let other_uri = etcd.uri("other");
-    let mut other = Server::start(&tmp.path().join("other-data"), &["--metastore-uri", other_uri.as_str()]);
-    let mut client = other.client().await;
-    assert!(
-        client
-            .list_streams(pb::ListStreamsRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .streams
-            .is_empty()
-    );
-    other.terminate();
-}
-
-/// Moving from the embedded SQLite metastore to etcd (`--copy-metastore-to`): the stream and
-/// its records, the subscription with its committed progress and the connector with its
-/// checkpoint are all there on etcd, and the connector resumes from its checkpoint (no record
-/// generated twice).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_single_node_moves_its_metadata_from_sqlite_to_etcd() {
-    let etcd = hstream_integration_tests::etcd::Etcd::start().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let mut server = Server::start(&data, &[]);
-    let h = server.http;
-    let mut client = server.client().await;
-    let generator = serde_json::json!({"name": "gen", "type": "source", "target": "generator",
-        "config": {"stream": "moved", "rate": 2000, "keys": 3}});
-    assert_eq!(http(h, "POST", "/connectors", Some(&generator)).await.0, 201);
-    let next = |h| async move {
-        http(h, "GET", "/connectors/gen/offsets", None).await.1["offset"]["next"]
-            .as_u64()
-            .unwrap_or(0)
-    };
-    wait_until(Duration::from_secs(30), "1000 generated records", || async move {
-        next(h).await >= 1000
-    })
-    .await;
-    assert_eq!(http(h, "PUT", "/connectors/gen/pause", None).await.0, 202);
-    let before = next(h).await;
-    assert_eq!(
-        count_stream_records(&client, "moved").await as u64,
-        before,
-        "one record per step"
-    );
-    let shard = stream_shards(&mut client, "moved").await[0].shard_id;
-    client.create_subscription(sub_req("sub", "moved")).await.unwrap();
-    server.terminate();
-
-    let out = std::process::Command::new(workspace_bin("hstream-server"))
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--copy-metastore-to", &etcd.uri("moved")])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        said.contains("1 stream(s)") && said.contains("1 connector(s)"),
-        "{said}"
-    );
-
-    let uri = etcd.uri("moved");
-    let mut server = Server::start(&data, &["--metastore-uri", uri.as_str()]);
-    let h = server.http;
-    let mut client = server.client().await;
-    assert_eq!(count_stream_records(&client, "moved").await as u64, before);
-    let got = client
-        .get_subscription(pb::GetSubscriptionRequest { id: "sub".into() })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(got.offsets.iter().map(|o| o.shard_id).collect::<Vec<_>>(), [shard]);
-    assert_eq!(
-        http(h, "GET", "/connectors/gen/status", None).await.1["connector"]["state"],
-        "STOPPED"
-    );
-    assert_eq!(http(h, "PUT", "/connectors/gen/resume", None).await.0, 202);
-    wait_until(Duration::from_secs(30), "500 more records", || async move {
-        next(h).await >= before + 500
-    })
-    .await;
-    assert_eq!(http(h, "PUT", "/connectors/gen/pause", None).await.0, 202);
-    let after = next(h).await;
-    assert_eq!(
-        count_stream_records(&client, "moved").await as u64,
-        after,
-        "the generator went on from its checkpoint ({before}), not from the start"
-    );
-    server.terminate();
 }

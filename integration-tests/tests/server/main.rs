@@ -3,6 +3,7 @@
 mod airbyte;
 mod cli;
 mod connectors;
+mod etcd;
 mod hardening;
 mod metrics;
 mod mqtt;

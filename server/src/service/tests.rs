@@ -39,7 +39,8 @@ async fn ctx(dir: &std::path::Path) -> Arc<Ctx> {
     let node = NodeInfo {
         id: 1,
         host: "127.0.0.1".into(),
-        port: 6570,
+        // Not bound: the tests drive the service directly.
+        port: 0,
     };
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -57,7 +58,7 @@ async fn ctx(dir: &std::path::Path) -> Arc<Ctx> {
         meta.clone(),
         crate::connectors::Hosting {
             node_id: node.id,
-            node_address: "127.0.0.1:6570".into(),
+            node_address: "127.0.0.1:0".into(),
             backoff: (std::time::Duration::from_millis(100), std::time::Duration::from_secs(1)),
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),

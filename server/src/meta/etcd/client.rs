@@ -1,0 +1,234 @@
+//! The store's conversation with etcd: connecting, reads (single keys and paged, consistent
+//! listings), transactions, error classification, and the read-modify-write helpers the
+//! `MetaStore` calls share.
+
+use std::time::Duration;
+
+use hstream_proto::etcd::kv_client::KvClient;
+use hstream_proto::etcd::{Compare, RangeRequest, RequestOp, TxnRequest, TxnResponse};
+use hstream_proto::mvccpb::KeyValue;
+use tonic::transport::{Channel, Endpoint};
+
+use super::super::*;
+use super::ops::*;
+use super::records::*;
+use super::{EtcdMetaStore, PAGE, PROGRESS_CHUNK, RETRIES, backend, contended, parse_uri};
+
+/// One key of the shard ids in use (`shard-ids/<id / 64>`), as read.
+pub(super) struct IdChunk {
+    pub(super) chunk: u64,
+    pub(super) key: Vec<u8>,
+    pub(super) ids: std::collections::BTreeSet<u64>,
+    pub(super) guard: Compare,
+}
+
+impl IdChunk {
+    /// The write that leaves the chunk with its ids now (a delete when none is left).
+    pub(super) fn write(&self) -> RequestOp {
+        if self.ids.is_empty() {
+            delete(self.key.clone())
+        } else {
+            put(self.key.clone(), json(&self.ids))
+        }
+    }
+}
+
+/// Guards and writes that take `ids` out of the chunks of shard ids in use.
+pub(super) fn release_ids(chunks: &mut [IdChunk], ids: &[u64], guards: &mut Vec<Compare>, ops: &mut Vec<RequestOp>) {
+    for c in chunks.iter_mut() {
+        for id in ids {
+            c.ids.remove(id);
+        }
+        guards.push(c.guard.clone());
+        ops.push(c.write());
+    }
+}
+
+impl EtcdMetaStore {
+    /// Connects to the etcd cluster `uri` names (no request is made yet: an unreachable etcd
+    /// shows at the first call, within `timeout`).
+    pub async fn connect(uri: &str, timeout: Duration) -> MetaResult<Self> {
+        let (endpoints, prefix) = parse_uri(uri).map_err(MetaError::Invalid)?;
+        let endpoints = endpoints
+            .iter()
+            .map(|e| {
+                Endpoint::from_shared(e.clone())
+                    .map(|e| e.connect_timeout(timeout).timeout(timeout).tcp_nodelay(true))
+                    .map_err(|err| MetaError::Invalid(format!("etcd endpoint {e:?}: {err}")))
+            })
+            .collect::<MetaResult<Vec<_>>>()?;
+        let hosts = endpoints
+            .iter()
+            .map(|e| e.uri().authority().map_or(String::new(), |a| a.to_string()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let channel = Channel::balance_list(endpoints.into_iter());
+        let kv = KvClient::new(channel).max_decoding_message_size(usize::MAX);
+        let store = EtcdMetaStore { kv, prefix, hosts };
+        // Reachable now, or a clear error now rather than at the first request.
+        store.get(store.key("cluster-id")).await?;
+        Ok(store)
+    }
+
+    /// etcd's answer as a MetaError: one that says etcd cannot serve now (unreachable, no
+    /// leader, a timed-out request) is `Unavailable`, naming the endpoints.
+    pub(super) fn failed(&self, s: tonic::Status) -> MetaError {
+        use tonic::Code;
+        match s.code() {
+            // Unknown: a request in flight when the connection broke (h2 I/O errors).
+            Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Aborted
+            | Code::Unknown
+            | Code::ResourceExhausted => MetaError::Unavailable(format!(
+                "etcd at {} cannot serve the request now: {}",
+                self.hosts,
+                s.message()
+            )),
+            _ => backend(s),
+        }
+    }
+
+    pub(super) fn key(&self, rest: &str) -> Vec<u8> {
+        format!("{}/{rest}", self.prefix).into_bytes()
+    }
+
+    pub(super) fn progress_chunk_key(&self, sub: &str, chunk: u64) -> Vec<u8> {
+        self.key(&format!("progress/{sub}/{chunk:020}"))
+    }
+
+    /// The shard ids in use whose id divided by [`PROGRESS_CHUNK`] is the chunk, for each chunk
+    /// that `ids` fall in: its key, its ids now, and a guard that it is still so.
+    pub(super) async fn id_chunks(&self, ids: impl Iterator<Item = u64>) -> MetaResult<Vec<IdChunk>> {
+        let mut wanted: Vec<u64> = ids.map(|id| id / PROGRESS_CHUNK).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut out = Vec::with_capacity(wanted.len());
+        for chunk in wanted {
+            let key = self.key(&format!("shard-ids/{chunk:020}"));
+            let (ids, guard) = match self.get(key.clone()).await? {
+                Some(kv) => (parse("shard ids", &kv)?, unchanged(key.clone(), kv.mod_revision)),
+                None => (std::collections::BTreeSet::new(), absent(key.clone())),
+            };
+            out.push(IdChunk { chunk, key, ids, guard });
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn get(&self, key: Vec<u8>) -> MetaResult<Option<KeyValue>> {
+        let resp = self
+            .kv
+            .clone()
+            .range(RangeRequest {
+                key,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| self.failed(e))?
+            .into_inner();
+        Ok(resp.kvs.into_iter().next())
+    }
+
+    /// Every key under `prefix` in key order, and the revision the listing was read at.
+    pub(super) async fn list(&self, prefix: Vec<u8>) -> MetaResult<(Vec<KeyValue>, i64)> {
+        let end = prefix_end(&prefix);
+        let mut from = prefix.clone();
+        let mut out = Vec::new();
+        let mut revision = 0;
+        loop {
+            let resp = self
+                .kv
+                .clone()
+                .range(RangeRequest {
+                    key: from.clone(),
+                    range_end: end.clone(),
+                    limit: PAGE,
+                    // Later pages at the first page's revision: one consistent listing.
+                    revision,
+                    ..Default::default()
+                })
+                .await;
+            let resp = match resp {
+                // The first page's revision was compacted away while paging: start again.
+                Err(e) if e.code() == tonic::Code::OutOfRange && revision != 0 => {
+                    (from, revision) = (prefix.clone(), 0);
+                    out.clear();
+                    continue;
+                }
+                r => r.map_err(|e| self.failed(e))?.into_inner(),
+            };
+            if revision == 0 {
+                revision = resp.header.as_ref().map_or(0, |h| h.revision);
+            }
+            let more = resp.more;
+            if let Some(last) = resp.kvs.last() {
+                from = last.key.clone();
+                from.push(0);
+            }
+            out.extend(resp.kvs);
+            if !more {
+                return Ok((out, revision));
+            }
+        }
+    }
+
+    pub(super) async fn txn(&self, compare: Vec<Compare>, success: Vec<RequestOp>) -> MetaResult<TxnResponse> {
+        Ok(self
+            .kv
+            .clone()
+            .txn(TxnRequest {
+                compare,
+                success,
+                failure: Vec::new(),
+            })
+            .await
+            .map_err(|e| self.failed(e))?
+            .into_inner())
+    }
+
+    pub(super) async fn stream_rec(&self, name: &str) -> MetaResult<Option<(StreamRec, i64)>> {
+        match self.get(self.key(&format!("streams/{name}"))).await? {
+            Some(kv) => Ok(Some((parse("stream", &kv)?, kv.mod_revision))),
+            None => Ok(None),
+        }
+    }
+
+    pub(super) async fn all_streams(&self) -> MetaResult<Vec<StreamRec>> {
+        let (kvs, _) = self.list(self.key("streams/")).await?;
+        kvs.iter().map(|kv| parse("stream", kv)).collect()
+    }
+
+    pub(super) async fn subs_with_revision(&self) -> MetaResult<(Vec<(SubRec, i64)>, i64)> {
+        let (kvs, rev) = self.list(self.key("subscriptions/")).await?;
+        let subs = kvs
+            .iter()
+            .map(|kv| Ok((parse::<SubRec>("subscription", kv)?, kv.mod_revision)))
+            .collect::<MetaResult<Vec<_>>>()?;
+        Ok((subs, rev))
+    }
+
+    pub(super) async fn connector_rmw(&self, name: &str, change: impl Fn(&mut ConnectorRec)) -> MetaResult<()> {
+        let key = self.key(&format!("connectors/{name}"));
+        for _ in 0..RETRIES {
+            let Some(kv) = self.get(key.clone()).await? else {
+                return Err(MetaError::NotFound {
+                    kind: "connector",
+                    name: name.to_owned(),
+                });
+            };
+            let mut rec: ConnectorRec = parse("connector", &kv)?;
+            change(&mut rec);
+            let resp = self
+                .txn(
+                    vec![unchanged(key.clone(), kv.mod_revision)],
+                    vec![put(key.clone(), json(&rec))],
+                )
+                .await?;
+            if resp.succeeded {
+                return Ok(());
+            }
+        }
+        Err(contended("connector", name))
+    }
+}
