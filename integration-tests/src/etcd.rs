@@ -1,6 +1,7 @@
-//! A throw-away single-member etcd for tests (Debian's `etcd-server`, which `scripts/test.sh`
-//! installs), on free loopback ports (never the machine's own 2379), with its data in a
-//! temporary directory; killed when dropped.
+//! Throw-away etcd clusters for tests (Debian's `etcd-server`, which `scripts/test.sh`
+//! installs): one member for most tests, three for the fault tests; on free loopback ports
+//! (never the machine's own 2379), with their data in a temporary directory; killed when
+//! dropped.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -9,20 +10,36 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+/// One etcd cluster: a single member for most tests, three for the fault tests.
 pub struct Etcd {
     dir: tempfile::TempDir,
-    pub client: SocketAddr,
-    peer: u16,
-    child: Child,
+    members: Vec<Member>,
+    die_with_thread: bool,
 }
 
-fn spawn(dir: &Path, client: u16, peer: u16, die_with_thread: bool) -> Child {
+struct Member {
+    name: String,
+    client: SocketAddr,
+    peer: u16,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn dir(&self, root: &Path) -> std::path::PathBuf {
+        root.join(&self.name)
+    }
+}
+
+/// Starts `member` of the cluster `initial` names (`name=peer-url,…`); `new` on first start.
+fn spawn(root: &Path, member: &Member, initial: &str, die_with_thread: bool) -> Child {
     let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
         .into_iter()
         .find(|p| Path::new(p).exists())
         .expect("etcd is not installed: scripts/test.sh installs Debian's etcd-server");
-    let client_url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
+    let dir = member.dir(root);
+    std::fs::create_dir_all(&dir).expect("member dir");
+    let client_url = format!("http://{}", member.client);
+    let peer_url = format!("http://127.0.0.1:{}", member.peer);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -30,7 +47,7 @@ fn spawn(dir: &Path, client: u16, peer: u16, die_with_thread: bool) -> Child {
         .expect("log file");
     let mut command = Command::new(bin);
     command
-        .args(["--name", "t", "--data-dir"])
+        .args(["--name", &member.name, "--data-dir"])
         .arg(dir.join("data"))
         .args([
             "--listen-client-urls",
@@ -44,7 +61,7 @@ fn spawn(dir: &Path, client: u16, peer: u16, die_with_thread: bool) -> Child {
             "--initial-advertise-peer-urls",
             &peer_url,
         ])
-        .args(["--initial-cluster", &format!("t={peer_url}")])
+        .args(["--initial-cluster", initial, "--initial-cluster-token", "hstream-test"])
         .stdout(Stdio::null())
         .stderr(log);
     if die_with_thread {
@@ -68,9 +85,15 @@ fn die_with_parent_thread(command: &mut Command) {
 }
 
 impl Etcd {
-    /// Starts etcd and waits until it reports itself healthy.
+    /// Starts a single-member etcd and waits until it reports itself healthy.
     pub async fn start() -> Etcd {
-        tokio::task::spawn_blocking(|| Self::launch(None))
+        Self::start_cluster(1).await
+    }
+
+    /// Starts an etcd cluster of `members` members and waits until each reports itself
+    /// healthy (which needs a quorum).
+    pub async fn start_cluster(members: usize) -> Etcd {
+        tokio::task::spawn_blocking(move || Self::launch(None, members))
             .await
             .expect("etcd launcher")
     }
@@ -95,7 +118,7 @@ impl Etcd {
             }
             let dir = tmp.join(format!("hstream-etcd-shared-{}", std::process::id()));
             std::thread::spawn(move || {
-                tx.send(Self::launch(Some(dir))).expect("send etcd");
+                tx.send(Self::launch(Some(dir), 1)).expect("send etcd");
                 loop {
                     std::thread::park();
                 }
@@ -104,9 +127,9 @@ impl Etcd {
         })
     }
 
-    /// A member of its own in a temporary directory, or (`shared`) in that directory, dying
+    /// A cluster of its own in a temporary directory, or (`shared`) in that directory, dying
     /// with the thread that starts it.
-    fn launch(shared: Option<std::path::PathBuf>) -> Etcd {
+    fn launch(shared: Option<std::path::PathBuf>, members: usize) -> Etcd {
         let die_with_thread = shared.is_some();
         let dir = match shared {
             Some(path) => {
@@ -118,67 +141,158 @@ impl Etcd {
                 .tempdir()
                 .expect("tempdir"),
         };
-        let (client, peer) = (super::free_port(), super::free_port());
-        let child = spawn(dir.path(), client, peer, die_with_thread);
-        let etcd = Etcd {
+        let members = (0..members)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client: SocketAddr::from(([127, 0, 0, 1], super::free_port())),
+                peer: super::free_port(),
+                child: None,
+            })
+            .collect();
+        let mut etcd = Etcd {
             dir,
-            client: SocketAddr::from(([127, 0, 0, 1], client)),
-            peer,
-            child,
+            members,
+            die_with_thread,
         };
-        etcd.wait_healthy();
+        for i in 0..etcd.members.len() {
+            etcd.spawn_member(i);
+        }
+        for i in 0..etcd.members.len() {
+            etcd.wait_healthy(i);
+        }
         etcd
     }
 
-    fn wait_healthy(&self) {
-        let healthy = super::holds_within_blocking(Duration::from_secs(30), || self.healthy());
-        assert!(healthy, "etcd did not become healthy:\n{}", self.log());
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
-    /// `GET /health` answers `{"health":"true"}`.
-    fn healthy(&self) -> bool {
-        let Ok(mut s) = std::net::TcpStream::connect(self.client) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let req = format!(
-            "GET /health HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.client
-        );
-        if s.write_all(req.as_bytes()).is_err() {
-            return false;
-        }
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out.starts_with("HTTP/1.1 200") && out.contains(r#""health":"true""#)
+    fn spawn_member(&mut self, i: usize) {
+        let initial = self.initial_cluster();
+        let child = spawn(self.dir.path(), &self.members[i], &initial, self.die_with_thread);
+        self.members[i].child = Some(child);
     }
 
-    /// SIGKILL: etcd is gone until [`restart`](Self::restart).
+    fn wait_healthy(&self, i: usize) {
+        let healthy = super::holds_within_blocking(Duration::from_secs(30), || healthy(self.members[i].client));
+        assert!(healthy, "etcd member {i} did not become healthy:\n{}", self.log());
+    }
+
+    /// SIGKILL to every member: etcd is gone until [`restart`](Self::restart).
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for i in 0..self.members.len() {
+            self.kill_member(i);
+        }
     }
 
-    /// Starts etcd again on the same ports and data, and waits until it is healthy.
+    /// Starts every member again on the same ports and data, and waits until it is healthy.
     pub fn restart(&mut self) {
         self.kill();
-        self.child = spawn(self.dir.path(), self.client.port(), self.peer, false);
-        self.wait_healthy();
+        for i in 0..self.members.len() {
+            self.spawn_member(i);
+        }
+        for i in 0..self.members.len() {
+            self.wait_healthy(i);
+        }
     }
 
-    /// A metastore URI for this etcd under `prefix`.
+    /// SIGKILL to member `i` (0-based).
+    pub fn kill_member(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again on its ports and data, without waiting for it (it is healthy
+    /// only once a quorum of members runs).
+    pub fn start_member(&mut self, i: usize) {
+        self.kill_member(i);
+        self.spawn_member(i);
+    }
+
+    /// Waits until member `i` reports itself healthy (it serves, in a cluster with a leader).
+    pub fn wait_member_healthy(&self, i: usize) {
+        self.wait_healthy(i);
+    }
+
+    /// The index of the member that leads now (`None` without a leader), as the members that
+    /// answer see it (etcd's JSON gateway, `POST /v3/maintenance/status`).
+    pub fn leader(&self) -> Option<usize> {
+        let status = |m: &Member| -> Option<(String, String)> {
+            let body = post(m.client, "/v3/maintenance/status", "{}")?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            Some((
+                v["header"]["member_id"].as_str()?.to_owned(),
+                v["leader"].as_str()?.to_owned(),
+            ))
+        };
+        let seen: Vec<(usize, String, String)> = self
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.child.is_some())
+            .filter_map(|(i, m)| status(m).map(|(id, leader)| (i, id, leader)))
+            .collect();
+        let leader = &seen.first()?.2;
+        seen.iter().find(|(_, id, _)| id == leader).map(|(i, _, _)| *i)
+    }
+
+    /// A metastore URI naming every member, under `prefix`.
     pub fn uri(&self, prefix: &str) -> String {
-        format!("etcd://{}/{prefix}", self.client)
+        let hosts = self
+            .members
+            .iter()
+            .map(|m| m.client.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        format!("etcd://{hosts}/{prefix}")
     }
 
+    /// Every member's log, each headed by its name.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+        self.members
+            .iter()
+            .map(|m| {
+                let log = std::fs::read_to_string(m.dir(self.dir.path()).join("etcd.log")).unwrap_or_default();
+                format!("--- etcd member {}\n{log}", m.name)
+            })
+            .collect()
     }
+}
+
+/// `GET /health` answers `{"health":"true"}`.
+fn healthy(client: SocketAddr) -> bool {
+    request(client, "GET", "/health", "").is_some_and(|body| body.contains(r#""health":"true""#))
+}
+
+fn post(client: SocketAddr, path: &str, body: &str) -> Option<String> {
+    request(client, "POST", path, body)
+}
+
+/// The body of a 200 answer to one HTTP/1.1 request, `None` for anything else.
+fn request(client: SocketAddr, method: &str, path: &str, body: &str) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(client).ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {client}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    if !out.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
 }
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }

@@ -4,6 +4,7 @@ mod airbyte;
 mod cli;
 mod connectors;
 mod etcd;
+mod etcd_faults;
 mod hardening;
 mod metrics;
 mod mqtt;

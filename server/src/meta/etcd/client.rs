@@ -2,10 +2,14 @@
 //! listings), transactions, error classification, and the read-modify-write helpers the
 //! `MetaStore` calls share.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hstream_proto::etcd::kv_client::KvClient;
-use hstream_proto::etcd::{Compare, RangeRequest, RequestOp, TxnRequest, TxnResponse};
+use hstream_proto::etcd::request_op::Request as Op;
+use hstream_proto::etcd::response_op::Response as OpResponse;
+use hstream_proto::etcd::{
+    Compare, DeleteRangeResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, TxnRequest, TxnResponse,
+};
 use hstream_proto::mvccpb::KeyValue;
 use tonic::transport::{Channel, Endpoint};
 
@@ -44,6 +48,62 @@ pub(super) fn release_ids(chunks: &mut [IdChunk], ids: &[u64], guards: &mut Vec<
     }
 }
 
+/// How a request etcd could not serve failed, for deciding whether to send it again.
+enum Failure {
+    /// etcd never received it: no connection to the member, no leader to propose to.
+    NotSent,
+    /// It may or may not have been applied (the connection broke, the leader changed or the
+    /// request timed out meanwhile).
+    Unknown,
+    /// A real answer (refused, invalid, compacted): sending it again would not help.
+    Final,
+}
+
+fn failure(s: &tonic::Status) -> Failure {
+    use tonic::Code;
+    let m = s.message();
+    match s.code() {
+        Code::Unavailable
+            if m.contains("tcp connect")
+                || m.contains("error trying to connect")
+                || m.contains("Connection refused")
+                || m.contains("no leader")
+                || m.contains("not capable") =>
+        {
+            Failure::NotSent
+        }
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Cancelled
+        | Code::Aborted
+        | Code::Unknown
+        | Code::ResourceExhausted => Failure::Unknown,
+        _ => Failure::Final,
+    }
+}
+
+/// The answer of a transaction found in effect after its answer was lost: succeeded, each
+/// delete counted as having deleted one key.
+fn took_effect_response(ops: &[RequestOp]) -> TxnResponse {
+    let responses = ops
+        .iter()
+        .map(|op| ResponseOp {
+            response: match op.request {
+                Some(Op::RequestDeleteRange(_)) => Some(OpResponse::ResponseDeleteRange(DeleteRangeResponse {
+                    deleted: 1,
+                    ..Default::default()
+                })),
+                _ => None,
+            },
+        })
+        .collect();
+    TxnResponse {
+        succeeded: true,
+        responses,
+        ..Default::default()
+    }
+}
+
 impl EtcdMetaStore {
     /// Connects to the etcd cluster `uri` names (no request is made yet: an unreachable etcd
     /// shows at the first call, within `timeout`).
@@ -64,7 +124,12 @@ impl EtcdMetaStore {
             .join(",");
         let channel = Channel::balance_list(endpoints.into_iter());
         let kv = KvClient::new(channel).max_decoding_message_size(usize::MAX);
-        let store = EtcdMetaStore { kv, prefix, hosts };
+        let store = EtcdMetaStore {
+            kv,
+            prefix,
+            hosts,
+            timeout,
+        };
         // Reachable now, or a clear error now rather than at the first request.
         store.get(store.key("cluster-id")).await?;
         Ok(store)
@@ -82,12 +147,97 @@ impl EtcdMetaStore {
             | Code::Aborted
             | Code::Unknown
             | Code::ResourceExhausted => MetaError::Unavailable(format!(
-                "etcd at {} cannot serve the request now: {}",
+                "etcd at {} could not serve the request within {:?} (is a quorum of its members up?): {}",
                 self.hosts,
+                self.timeout,
                 s.message()
             )),
             _ => backend(s),
         }
+    }
+
+    /// Runs `call` until it succeeds, fails for good, or the call's time is up: a request etcd
+    /// never received is sent again, and so is any other that etcd could not serve when
+    /// `repeatable` (a read). Returns the last failure otherwise.
+    async fn retrying<T, F, Fut>(&self, deadline: Instant, repeatable: bool, mut call: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut(Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let err = match call(left.max(Duration::from_millis(1))).await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let again = match failure(&err) {
+                Failure::NotSent => true,
+                Failure::Unknown => repeatable,
+                Failure::Final => false,
+            };
+            if !again || Instant::now() + pause >= deadline {
+                return Err(err);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    async fn range(&self, deadline: Instant, req: RangeRequest) -> Result<RangeResponse, tonic::Status> {
+        self.retrying(deadline, true, |left| {
+            let mut request = tonic::Request::new(req.clone());
+            request.set_timeout(left);
+            let mut kv = self.kv.clone();
+            async move { kv.range(request).await.map(tonic::Response::into_inner) }
+        })
+        .await
+    }
+
+    /// Whether the writes of a transaction whose answer was lost are in effect: every key it
+    /// puts holds what it put, every range it deletes is empty (one consistent read).
+    async fn took_effect(&self, deadline: Instant, ops: &[RequestOp]) -> Result<bool, tonic::Status> {
+        let reads: Vec<RequestOp> = ops
+            .iter()
+            .filter_map(|op| match &op.request {
+                Some(Op::RequestPut(p)) => Some(RangeRequest {
+                    key: p.key.clone(),
+                    ..Default::default()
+                }),
+                Some(Op::RequestDeleteRange(d)) => Some(RangeRequest {
+                    key: d.key.clone(),
+                    range_end: d.range_end.clone(),
+                    count_only: true,
+                    ..Default::default()
+                }),
+                _ => None,
+            })
+            .map(|r| RequestOp {
+                request: Some(Op::RequestRange(r)),
+            })
+            .collect();
+        let resp = self
+            .retrying(deadline, true, |left| {
+                let mut request = tonic::Request::new(TxnRequest {
+                    compare: Vec::new(),
+                    success: reads.clone(),
+                    failure: Vec::new(),
+                });
+                request.set_timeout(left);
+                let mut kv = self.kv.clone();
+                async move { kv.txn(request).await.map(tonic::Response::into_inner) }
+            })
+            .await?;
+        let writes = ops.iter().filter(|op| op.request.is_some());
+        Ok(writes
+            .zip(&resp.responses)
+            .all(|(op, r)| match (&op.request, &r.response) {
+                (Some(Op::RequestPut(p)), Some(OpResponse::ResponseRange(r))) => {
+                    r.kvs.first().is_some_and(|kv| kv.value == p.value)
+                }
+                (Some(Op::RequestDeleteRange(_)), Some(OpResponse::ResponseRange(r))) => r.count == 0,
+                _ => false,
+            }))
     }
 
     pub(super) fn key(&self, rest: &str) -> Vec<u8> {
@@ -117,16 +267,17 @@ impl EtcdMetaStore {
     }
 
     pub(super) async fn get(&self, key: Vec<u8>) -> MetaResult<Option<KeyValue>> {
+        let deadline = Instant::now() + self.timeout;
         let resp = self
-            .kv
-            .clone()
-            .range(RangeRequest {
-                key,
-                ..Default::default()
-            })
+            .range(
+                deadline,
+                RangeRequest {
+                    key,
+                    ..Default::default()
+                },
+            )
             .await
-            .map_err(|e| self.failed(e))?
-            .into_inner();
+            .map_err(|e| self.failed(e))?;
         Ok(resp.kvs.into_iter().next())
     }
 
@@ -136,27 +287,24 @@ impl EtcdMetaStore {
         let mut from = prefix.clone();
         let mut out = Vec::new();
         let mut revision = 0;
+        let deadline = Instant::now() + self.timeout;
         loop {
-            let resp = self
-                .kv
-                .clone()
-                .range(RangeRequest {
-                    key: from.clone(),
-                    range_end: end.clone(),
-                    limit: PAGE,
-                    // Later pages at the first page's revision: one consistent listing.
-                    revision,
-                    ..Default::default()
-                })
-                .await;
-            let resp = match resp {
+            let page = RangeRequest {
+                key: from.clone(),
+                range_end: end.clone(),
+                limit: PAGE,
+                // Later pages at the first page's revision: one consistent listing.
+                revision,
+                ..Default::default()
+            };
+            let resp = match self.range(deadline, page).await {
                 // The first page's revision was compacted away while paging: start again.
                 Err(e) if e.code() == tonic::Code::OutOfRange && revision != 0 => {
                     (from, revision) = (prefix.clone(), 0);
                     out.clear();
                     continue;
                 }
-                r => r.map_err(|e| self.failed(e))?.into_inner(),
+                r => r.map_err(|e| self.failed(e))?,
             };
             if revision == 0 {
                 revision = resp.header.as_ref().map_or(0, |h| h.revision);
@@ -173,18 +321,36 @@ impl EtcdMetaStore {
         }
     }
 
+    /// One transaction: its writes happen if every compare holds. When its answer is lost
+    /// (the outcome is unknown), [`took_effect`](Self::took_effect) decides: in effect, it
+    /// succeeded; if not, it is sent again, its compares guarding against a first attempt
+    /// that lands late.
     pub(super) async fn txn(&self, compare: Vec<Compare>, success: Vec<RequestOp>) -> MetaResult<TxnResponse> {
-        Ok(self
-            .kv
-            .clone()
-            .txn(TxnRequest {
-                compare,
-                success,
-                failure: Vec::new(),
-            })
-            .await
-            .map_err(|e| self.failed(e))?
-            .into_inner())
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let attempt = self
+                .retrying(deadline, false, |left| {
+                    let mut request = tonic::Request::new(TxnRequest {
+                        compare: compare.clone(),
+                        success: success.clone(),
+                        failure: Vec::new(),
+                    });
+                    request.set_timeout(left);
+                    let mut kv = self.kv.clone();
+                    async move { kv.txn(request).await.map(tonic::Response::into_inner) }
+                })
+                .await;
+            let err = match attempt {
+                Ok(resp) => return Ok(resp),
+                Err(e) if matches!(failure(&e), Failure::Unknown) && Instant::now() < deadline => e,
+                Err(e) => return Err(self.failed(e)),
+            };
+            match self.took_effect(deadline, &success).await {
+                Ok(true) => return Ok(took_effect_response(&success)),
+                Ok(false) => tracing::debug!(error = %err.message(), "etcd transaction lost, not in effect: again"),
+                Err(_) => return Err(self.failed(err)),
+            }
+        }
     }
 
     pub(super) async fn stream_rec(&self, name: &str) -> MetaResult<Option<(StreamRec, i64)>> {

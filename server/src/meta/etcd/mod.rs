@@ -22,6 +22,16 @@
 //! overwrite; read-modify-write calls compare the mod revisions of what they read and retry when
 //! another writer came first; a write returns once etcd committed it (its Raft log is fsynced by
 //! a quorum); ranges come back sorted by key, which is the name or the padded id.
+//!
+//! Faults (checked by `integration-tests/tests/server/etcd_faults.rs` on three members): a call
+//! retries what etcd could not serve — on another member, until the connect timeout — so
+//! losing a member or the leader shows as latency, not errors. A request etcd never received
+//! (no connection, no leader) is simply sent again; a read is always safe to repeat; a
+//! transaction whose outcome is unknown (the connection broke, the leader changed under it) is
+//! first checked: if every key it writes holds what it wrote and every key it deletes is gone,
+//! it took effect and the call succeeds (a delete then reports that it deleted); otherwise its
+//! guards make sending it again safe. Only when etcd cannot serve for the whole timeout (no
+//! quorum) does a call fail, with `Unavailable`.
 
 use std::collections::BTreeMap;
 
@@ -89,6 +99,9 @@ pub struct EtcdMetaStore {
     prefix: String,
     /// `host:port,…` as configured, for messages.
     hosts: String,
+    /// How long one call keeps retrying what etcd could not serve (a member down, an
+    /// election) before it answers `Unavailable`.
+    timeout: std::time::Duration,
 }
 
 /// Other writers changed what a call read, `RETRIES` times in a row: retryable.
