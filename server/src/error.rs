@@ -166,6 +166,7 @@ impl ApiError {
                     MetaError::AlreadyExists { .. } => Code::AlreadyExists,
                     MetaError::NotFound { .. } => Code::NotFound,
                     MetaError::Unavailable(_) => Code::Unavailable,
+                    MetaError::Fenced { .. } => Code::FailedPrecondition,
                     _ => Code::Internal,
                 };
                 (code, ErrorCode::InternalError, json!(null))

@@ -252,13 +252,16 @@ pub async fn run(
         host: settings.advertised_address.clone(),
         port: addr.port() as u32,
     };
-    meta.upsert_node(&NodeMeta {
-        id: node.id,
-        host: node.host.clone(),
-        port: node.port,
-        state: "Running".into(),
-        updated_ms: now_ms(),
-    })
+    meta.upsert_node(
+        &NodeMeta {
+            id: node.id,
+            host: node.host.clone(),
+            port: node.port,
+            state: "Running".into(),
+            updated_ms: now_ms(),
+        },
+        None,
+    )
     .await?;
     // The services, each built with what it needs; metrics registered as they are built.
     let tasks = TaskTracker::new();
@@ -370,13 +373,16 @@ pub async fn run(
     tracing::info!("shutdown: flushing log store");
     let s = store.clone();
     tokio::task::spawn_blocking(move || s.shutdown()).await?;
-    meta.upsert_node(&NodeMeta {
-        id: api.node.id,
-        host: api.node.host.clone(),
-        port: api.node.port,
-        state: "Dead".into(),
-        updated_ms: now_ms(),
-    })
+    meta.upsert_node(
+        &NodeMeta {
+            id: api.node.id,
+            host: api.node.host.clone(),
+            port: api.node.port,
+            state: "Dead".into(),
+            updated_ms: now_ms(),
+        },
+        None,
+    )
     .await?;
     meta.close().await;
     tracing::info!("shutdown: done");

@@ -6,6 +6,7 @@
 //! (RUNNING tasks restart from their checkpoints, STOPPED ones stay paused, FAILED ones stay
 //! failed until resumed or altered).
 
+mod checkpoints;
 mod manage;
 mod metrics;
 mod streams;
@@ -21,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::meta::{ConnectorMeta, MetaStore};
+pub use checkpoints::MetaCheckpoints;
 pub use manage::{ConnectorSpec, ConnectorView};
-pub use streams::{LocalStreams, MetaCheckpoints};
+pub use streams::LocalStreams;
 
 pub struct Task {
     pub handle: TaskHandle,
@@ -85,7 +87,7 @@ impl Connectors {
             registry,
             tasks: Arc::new(Mutex::new(HashMap::new())),
             streams: Arc::new(LocalStreams { streams }),
-            checkpoints: Arc::new(MetaCheckpoints { meta: meta.clone() }),
+            checkpoints: Arc::new(MetaCheckpoints::new(meta.clone())),
             meta,
             hosting,
             ddl: tokio::sync::Mutex::new(()),

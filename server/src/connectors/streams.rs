@@ -7,12 +7,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hstream_proto as pb;
 use hstream_runtime::remote::{to_hstream_record, to_sink_record};
-use hstream_runtime::{Checkpoints, ConnectorError, ReadChunk, Record, ShardWatch, Streams};
+use hstream_runtime::{ConnectorError, ReadChunk, Record, ShardWatch, Streams};
 use prost::Message;
 
 use crate::error::ApiError;
 use crate::keyspace;
-use crate::meta::{Checkpoint, MetaStore, connector_checkpoint};
 
 /// Appends are split so that each stored batch stays well under `max-record-size`.
 const BATCH_BUDGET_DIVISOR: usize = 2;
@@ -200,30 +199,5 @@ impl Streams for LocalStreams {
             chunk.next_lsn = lsn + 1;
         }
         Ok(chunk)
-    }
-}
-
-pub struct MetaCheckpoints {
-    pub meta: Arc<dyn MetaStore>,
-}
-
-#[async_trait]
-impl Checkpoints for MetaCheckpoints {
-    async fn load(&self, task: &str) -> Result<Option<(u32, Vec<u8>)>, ConnectorError> {
-        let cp = self
-            .meta
-            .get_checkpoint(&connector_checkpoint(task))
-            .await
-            .map_err(external)?;
-        Ok(cp.map(|c| (c.version, c.data)))
-    }
-
-    async fn store(&self, task: &str, version: u32, data: Vec<u8>) -> Result<(), ConnectorError> {
-        let cp = Checkpoint {
-            owner: connector_checkpoint(task),
-            version,
-            data,
-        };
-        self.meta.put_checkpoint(&cp).await.map_err(external)
     }
 }

@@ -46,6 +46,8 @@ pub async fn run(store: &dyn MetaStore) {
     readers(store).await;
     connectors_checkpoints_kv(store).await;
     nodes(store).await;
+    ownership_and_fencing(store).await;
+    leases(store).await;
 }
 
 async fn identity(store: &dyn MetaStore) {
@@ -420,20 +422,199 @@ async fn connectors_checkpoints_kv(store: &dyn MetaStore) {
     assert!(!store.delete_connector("pg1").await.unwrap());
 }
 
-async fn nodes(store: &dyn MetaStore) {
-    let mut n = NodeMeta {
-        id: 1,
-        host: "10.0.0.1".into(),
+fn node(id: u32) -> NodeMeta {
+    NodeMeta {
+        id,
+        host: format!("10.0.0.{id}"),
         port: 6570,
         state: "Running".into(),
         updated_ms: 1,
-    };
-    store.upsert_node(&n).await.unwrap();
+    }
+}
+
+async fn nodes(store: &dyn MetaStore) {
+    let mut n = node(1);
+    store.upsert_node(&n, None).await.unwrap();
     n.state = "Dead".into();
-    store.upsert_node(&n).await.unwrap();
+    store.upsert_node(&n, None).await.unwrap();
     assert_eq!(store.list_nodes().await.unwrap(), vec![n]);
     assert!(store.remove_node(1).await.unwrap());
     assert!(store.list_nodes().await.unwrap().is_empty());
+}
+
+fn fenced<T: std::fmt::Debug>(r: MetaResult<T>, what: &str) -> String {
+    match r {
+        Err(e @ MetaError::Fenced { .. }) => e.to_string(),
+        other => panic!("{what}: expected Fenced, got {other:?}"),
+    }
+}
+
+/// Claims move the epoch one at a time and only from the epoch the claimant saw; a write
+/// fenced by an ownership that moved on writes nothing, even alongside valid writes.
+async fn ownership_and_fencing(store: &dyn MetaStore) {
+    let res = "subscription/owned";
+    assert_eq!(store.ownership(res).await.unwrap(), None);
+    let first = store.claim(res, 1, 0).await.unwrap();
+    assert_eq!((first.owner, first.epoch), (Some(1), 1));
+    // Node 2 saw the resource unclaimed: too late, and told who holds it.
+    let msg = fenced(store.claim(res, 2, 0).await, "a claim from a stale epoch");
+    assert!(msg.contains("node 1 under epoch 1"), "{msg}");
+    let second = store.claim(res, 2, 1).await.unwrap();
+    assert_eq!((second.owner, second.epoch), (Some(2), 2));
+    assert_eq!(store.ownership(res).await.unwrap(), Some(second.clone()));
+
+    // Node 1 does not know yet: its progress and checkpoint are refused, all of them.
+    let id = store.allocate_shard_ids(1).await.unwrap();
+    store
+        .create_stream(&stream("owned", 1), &[shard(id, "owned", 0, u128::MAX)])
+        .await
+        .unwrap();
+    store.create_subscription(&sub("owned", "owned"), &[]).await.unwrap();
+    let moved = [ShardProgress {
+        shard_id: id,
+        next_lsn: 5,
+    }];
+    let acks = Checkpoint {
+        owner: subscription_checkpoint("owned"),
+        version: 1,
+        data: vec![1],
+    };
+    let stale = Commit {
+        progress: Some(("owned", &moved)),
+        checkpoints: std::slice::from_ref(&acks),
+        fences: std::slice::from_ref(&first),
+    };
+    fenced(store.commit(&stale).await, "a commit fenced by a lost ownership");
+    assert!(
+        store.get_progress("owned").await.unwrap().is_empty(),
+        "fenced progress was written"
+    );
+    assert_eq!(store.get_checkpoint(&acks.owner).await.unwrap(), None);
+    // The holder's commit goes through, progress and checkpoint together.
+    let current = Commit {
+        fences: std::slice::from_ref(&second),
+        ..stale
+    };
+    store.commit(&current).await.unwrap();
+    assert_eq!(store.get_progress("owned").await.unwrap(), moved);
+    assert_eq!(store.get_checkpoint(&acks.owner).await.unwrap(), Some(acks.clone()));
+
+    // Several owners' checkpoints in one commit: one stale fence refuses the whole batch.
+    let other = store.claim("connector/a", 2, 0).await.unwrap();
+    let batch = [
+        Checkpoint {
+            owner: connector_checkpoint("a"),
+            version: 1,
+            data: vec![2],
+        },
+        Checkpoint {
+            owner: connector_checkpoint("b"),
+            version: 1,
+            data: vec![3],
+        },
+    ];
+    let both = [other.clone(), first.clone()];
+    let refused = Commit {
+        checkpoints: &batch,
+        fences: &both,
+        ..Default::default()
+    };
+    fenced(store.commit(&refused).await, "a batch with one stale fence");
+    assert_eq!(store.get_checkpoint(&connector_checkpoint("a")).await.unwrap(), None);
+    let both = [other, second.clone()];
+    store
+        .commit(&Commit {
+            checkpoints: &batch,
+            fences: &both,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_checkpoint(&connector_checkpoint("b")).await.unwrap(),
+        Some(batch[1].clone())
+    );
+
+    // Releasing: only by the holder; the epoch still moves on, and nobody holds it.
+    fenced(store.release(&first).await, "a release by a former holder");
+    let released = store.release(&second).await.unwrap();
+    assert_eq!((released.owner, released.epoch), (None, 3));
+    fenced(
+        store
+            .commit(&Commit {
+                fences: std::slice::from_ref(&second),
+                ..Default::default()
+            })
+            .await,
+        "an empty commit fenced by a released ownership",
+    );
+    assert_eq!(store.claim(res, 1, 3).await.unwrap().epoch, 4);
+    let listed = store.list_ownerships("subscription/").await.unwrap();
+    assert_eq!(listed.iter().map(|o| o.resource.as_str()).collect::<Vec<_>>(), [res]);
+    assert_eq!(store.list_ownerships("").await.unwrap().len(), 2);
+    store.delete_subscription("owned").await.unwrap();
+    store.delete_stream("owned").await.unwrap();
+    store.delete_connector("a").await.unwrap();
+    store.delete_checkpoint(&connector_checkpoint("b")).await.unwrap();
+}
+
+/// Polls `cond` every 100 ms for up to `within`.
+async fn within(within: std::time::Duration, mut cond: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A node record bound to a lease lives while the lease is renewed, and vanishes when it
+/// expires or is revoked; an expired lease cannot be renewed or bound to.
+async fn leases(store: &dyn MetaStore) {
+    use std::time::Duration;
+    let kept = store.grant_lease(Duration::from_secs(2)).await.unwrap();
+    let lapsing = store.grant_lease(Duration::from_secs(1)).await.unwrap();
+    store.upsert_node(&node(7), Some(kept)).await.unwrap();
+    store.upsert_node(&node(8), Some(lapsing)).await.unwrap();
+    store.upsert_node(&node(9), None).await.unwrap();
+    let ids = async || {
+        store
+            .list_nodes()
+            .await
+            .unwrap()
+            .iter()
+            .map(|n| n.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids().await, [7, 8, 9]);
+    // Renewing `kept` twice a second outlives both time-to-lives; `lapsing` goes.
+    let started = std::time::Instant::now();
+    let gone = within(Duration::from_secs(15), async || {
+        assert!(store.keep_lease_alive(kept).await.unwrap(), "a renewed lease expired");
+        ids().await == [7, 9] && started.elapsed() > Duration::from_secs(3)
+    })
+    .await;
+    assert!(
+        gone,
+        "a lease not renewed did not take its node record: {:?}",
+        ids().await
+    );
+    assert!(
+        !store.keep_lease_alive(lapsing).await.unwrap(),
+        "an expired lease was renewed"
+    );
+    match store.upsert_node(&node(8), Some(lapsing)).await {
+        Err(MetaError::NotFound { kind: "lease", .. }) => {}
+        other => panic!("binding to an expired lease: {other:?}"),
+    }
+    store.revoke_lease(kept).await.unwrap();
+    assert_eq!(ids().await, [9]);
+    store.revoke_lease(kept).await.unwrap();
+    assert!(store.remove_node(9).await.unwrap());
 }
 
 /// Writes a little of everything; [`check_durable`] reads it back after a reopen.

@@ -10,7 +10,8 @@
 //! servers wrote to the target since; subscription progress only moves forward, as everywhere.
 //!
 //! Not copied: the per-owner key-value space (`kv_*`), which nothing uses yet and the trait
-//! cannot list.
+//! cannot list; ownership records and leases, which belong to running nodes (a node claims
+//! afresh where it runs; node records are copied unbound).
 
 use super::*;
 
@@ -143,7 +144,7 @@ pub async fn copy(from: &dyn MetaStore, to: &dyn MetaStore) -> MetaResult<Copied
         done.connectors += 1;
     }
     for n in from.list_nodes().await? {
-        to.upsert_node(&n).await?;
+        to.upsert_node(&n, None).await?;
         done.nodes += 1;
     }
     // Last: a target with the cluster id holds everything.
@@ -254,13 +255,16 @@ mod tests {
         })
         .await
         .unwrap();
-        m.upsert_node(&NodeMeta {
-            id: 1,
-            host: "h".into(),
-            port: 6570,
-            state: "Dead".into(),
-            updated_ms: 10,
-        })
+        m.upsert_node(
+            &NodeMeta {
+                id: 1,
+                host: "h".into(),
+                port: 6570,
+                state: "Dead".into(),
+                updated_ms: 10,
+            },
+            None,
+        )
         .await
         .unwrap();
         m

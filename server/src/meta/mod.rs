@@ -7,7 +7,15 @@
 //!   it removes its shards in the same step;
 //! - creating something that exists fails with [`MetaError::AlreadyExists`], and never overwrites;
 //! - a successful write is durable when the call returns;
-//! - listings are ordered by name (or id) so callers see a stable order.
+//! - listings are ordered by name (or id) so callers see a stable order;
+//! - ownership epochs of a resource only grow, and a write fenced by an ownership that is no
+//!   longer current writes nothing ([`MetaError::Fenced`]);
+//! - a node record bound to a lease vanishes once the lease is not renewed within its time to
+//!   live.
+//!
+//! The trait is shaped so a ZooKeeper implementation would fit as well as etcd's: a call is a
+//! `multi` of znode writes, a claim is a versioned `setData`, a fence is a `check` op, and a lease
+//! is a session (ephemeral znodes vanish with it).
 
 pub mod contract;
 pub mod copy;
@@ -33,6 +41,14 @@ pub enum MetaError {
     /// Retrying later is the remedy; a write that timed out may still have been applied.
     #[error("metastore unavailable: {0}")]
     Unavailable(String),
+    /// A claim or a fenced write found the ownership it was conditioned on no longer current
+    /// (another node took the resource, or the caller's view is stale). Nothing was written.
+    #[error("{resource:?} is not held as the write expected ({expected}); now {current}")]
+    Fenced {
+        resource: String,
+        expected: String,
+        current: String,
+    },
 }
 
 pub type MetaResult<T> = Result<T, MetaError>;
@@ -123,6 +139,56 @@ pub struct NodeMeta {
     pub updated_ms: i64,
 }
 
+/// Who holds a resource (a subscription, a shard reader, a connector task, …) and under which
+/// epoch. A resource's epoch only grows: each claim and each release makes the next one, and
+/// the record stays when the resource is deleted, so an epoch is never seen twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ownership {
+    pub resource: String,
+    /// The holding node; `None` once released.
+    pub owner: Option<u32>,
+    pub epoch: u64,
+}
+
+impl Ownership {
+    /// How `current` reads in a [`MetaError::Fenced`] message.
+    pub fn describe(current: Option<&Ownership>) -> String {
+        match current {
+            None => "never claimed".into(),
+            Some(Ownership {
+                owner: Some(node),
+                epoch,
+                ..
+            }) => format!("node {node} under epoch {epoch}"),
+            Some(Ownership { owner: None, epoch, .. }) => format!("nobody under epoch {epoch}"),
+        }
+    }
+
+    /// The error of a claim or write that expected `expected` and found `current`.
+    pub fn fenced(resource: &str, expected: String, current: Option<&Ownership>) -> MetaError {
+        MetaError::Fenced {
+            resource: resource.to_owned(),
+            expected,
+            current: Self::describe(current),
+        }
+    }
+}
+
+/// A lease: what is bound to it vanishes when it is not renewed within its time to live.
+pub type LeaseId = i64;
+
+/// The writes an owner makes at each tick, as one atomic step: a subscription's progress and
+/// any checkpoints (its ack checkpoint; or the checkpoints of several connector tasks), written
+/// only if every fence is still current.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Commit<'a> {
+    /// A subscription and its progress on some of its shards (progress never moves back).
+    pub progress: Option<(&'a str, &'a [ShardProgress])>,
+    pub checkpoints: &'a [Checkpoint],
+    /// Ownerships that must still be current, holder and epoch, for anything to be written.
+    pub fences: &'a [Ownership],
+}
+
 /// Owner of a connector task's checkpoint, which lives and dies with the connector.
 pub fn connector_checkpoint(name: &str) -> String {
     format!("connector/{name}")
@@ -172,8 +238,17 @@ pub trait MetaStore: Send + Sync {
     /// stream, that stream and its shards, all in one step. `None` when it did not exist; else
     /// the shards removed with an archived stream (usually none).
     async fn delete_subscription(&self, id: &str) -> MetaResult<Option<Vec<ShardMeta>>>;
+    /// Writes a [`Commit`] all or nothing: `Fenced` (and nothing written) when one of its fences
+    /// is not current.
+    async fn commit(&self, commit: &Commit<'_>) -> MetaResult<()>;
     /// Stores progress for several shards at once (all or nothing). Progress never moves back.
-    async fn commit_progress(&self, sub: &str, progress: &[ShardProgress]) -> MetaResult<()>;
+    async fn commit_progress(&self, sub: &str, progress: &[ShardProgress]) -> MetaResult<()> {
+        self.commit(&Commit {
+            progress: Some((sub, progress)),
+            ..Default::default()
+        })
+        .await
+    }
     async fn get_progress(&self, sub: &str) -> MetaResult<Vec<ShardProgress>>;
 
     // --- shard readers
@@ -194,14 +269,39 @@ pub trait MetaStore: Send + Sync {
     async fn set_connector_status(&self, name: &str, status: &str) -> MetaResult<()>;
     /// Removes a connector and the checkpoints and key-values it owns.
     async fn delete_connector(&self, name: &str) -> MetaResult<bool>;
-    async fn put_checkpoint(&self, cp: &Checkpoint) -> MetaResult<()>;
+    async fn put_checkpoint(&self, cp: &Checkpoint) -> MetaResult<()> {
+        self.commit(&Commit {
+            checkpoints: std::slice::from_ref(cp),
+            ..Default::default()
+        })
+        .await
+    }
     async fn get_checkpoint(&self, owner: &str) -> MetaResult<Option<Checkpoint>>;
     async fn delete_checkpoint(&self, owner: &str) -> MetaResult<bool>;
     async fn kv_set(&self, owner: &str, key: &str, value: &[u8]) -> MetaResult<()>;
     async fn kv_get(&self, owner: &str, key: &str) -> MetaResult<Option<Vec<u8>>>;
 
+    // --- ownership (fencing) and leases
+    /// Makes `owner` hold `resource` if the resource's epoch is still `expected` (0: never
+    /// claimed), moving it to `expected + 1`; `Fenced`, naming the current holder, otherwise.
+    async fn claim(&self, resource: &str, owner: u32, expected: u64) -> MetaResult<Ownership>;
+    /// Gives `held` up if it is still current: nobody holds the resource, under the next epoch.
+    async fn release(&self, held: &Ownership) -> MetaResult<Ownership>;
+    async fn ownership(&self, resource: &str) -> MetaResult<Option<Ownership>>;
+    /// Ownership records of the resources whose name starts with `prefix`, by resource.
+    async fn list_ownerships(&self, prefix: &str) -> MetaResult<Vec<Ownership>>;
+    /// A new lease living `ttl` (rounded up to whole seconds; a backend may impose a minimum).
+    async fn grant_lease(&self, ttl: std::time::Duration) -> MetaResult<LeaseId>;
+    /// Renews a lease for another time to live; `false` when it had already expired (what
+    /// was bound to it is gone).
+    async fn keep_lease_alive(&self, lease: LeaseId) -> MetaResult<bool>;
+    /// Ends a lease now (a lease already gone is no error); what was bound to it vanishes.
+    async fn revoke_lease(&self, lease: LeaseId) -> MetaResult<()>;
+
     // --- cluster
-    async fn upsert_node(&self, node: &NodeMeta) -> MetaResult<()>;
+    /// Writes a node's record; with a lease, the record vanishes with it (`NotFound` when the
+    /// lease has expired).
+    async fn upsert_node(&self, node: &NodeMeta, lease: Option<LeaseId>) -> MetaResult<()>;
     async fn list_nodes(&self) -> MetaResult<Vec<NodeMeta>>;
     async fn remove_node(&self, id: u32) -> MetaResult<bool>;
 

@@ -23,7 +23,7 @@ use tonic::Status;
 use super::checkpoint;
 use super::tracker::AckTracker;
 use crate::error::{ApiError, ApiResult};
-use crate::meta::{MetaStore, ShardProgress, SubscriptionMeta};
+use crate::meta::{Commit, MetaStore, ShardProgress, SubscriptionMeta};
 use crate::store::{ReadySet, Shard};
 
 mod deliver;
@@ -616,11 +616,15 @@ impl Actor {
                 .iter()
                 .map(|&si| (self.shards[si].id, &self.shards[si].tracker)),
         );
-        let res = async {
-            self.meta.commit_progress(&self.sub.id, &progress).await?;
-            self.meta.put_checkpoint(&cp).await
-        }
-        .await;
+        // Progress and the ack checkpoint in one transaction: one metastore round trip a tick.
+        let res = self
+            .meta
+            .commit(&Commit {
+                progress: Some((&self.sub.id, &progress)),
+                checkpoints: std::slice::from_ref(&cp),
+                fences: &[],
+            })
+            .await;
         {
             // The metrics endpoint's view of the committed positions (for the backlog).
             let mut committed = self.stats.committed.lock().expect("lock");

@@ -5,10 +5,12 @@
 use std::time::{Duration, Instant};
 
 use hstream_proto::etcd::kv_client::KvClient;
+use hstream_proto::etcd::lease_client::LeaseClient;
 use hstream_proto::etcd::request_op::Request as Op;
 use hstream_proto::etcd::response_op::Response as OpResponse;
 use hstream_proto::etcd::{
-    Compare, DeleteRangeResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, TxnRequest, TxnResponse,
+    Compare, DeleteRangeResponse, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, RangeRequest,
+    RangeResponse, RequestOp, ResponseOp, TxnRequest, TxnResponse,
 };
 use hstream_proto::mvccpb::KeyValue;
 use tonic::transport::{Channel, Endpoint};
@@ -123,9 +125,10 @@ impl EtcdMetaStore {
             .collect::<Vec<_>>()
             .join(",");
         let channel = Channel::balance_list(endpoints.into_iter());
-        let kv = KvClient::new(channel).max_decoding_message_size(usize::MAX);
+        let kv = KvClient::new(channel.clone()).max_decoding_message_size(usize::MAX);
         let store = EtcdMetaStore {
             kv,
+            leases: LeaseClient::new(channel),
             prefix,
             hosts,
             timeout,
@@ -242,6 +245,94 @@ impl EtcdMetaStore {
 
     pub(super) fn key(&self, rest: &str) -> Vec<u8> {
         format!("{}/{rest}", self.prefix).into_bytes()
+    }
+
+    pub(super) fn owner_key(&self, resource: &str) -> Vec<u8> {
+        self.key(&format!("owners/{resource}"))
+    }
+
+    /// A resource's ownership as stored, and a guard that it is still so.
+    pub(super) async fn ownership_rec(&self, resource: &str) -> MetaResult<(Option<Ownership>, Compare)> {
+        let key = self.owner_key(resource);
+        Ok(match self.get(key.clone()).await? {
+            Some(kv) => (
+                Some(parse::<OwnerRec>("ownership", &kv)?.ownership(resource)),
+                unchanged(key, kv.mod_revision),
+            ),
+            None => (None, absent(key)),
+        })
+    }
+
+    /// `Fenced` unless every one of `fences` is current.
+    pub(super) async fn check_fences(&self, fences: &[Ownership]) -> MetaResult<()> {
+        for f in fences {
+            let (current, _) = self.ownership_rec(&f.resource).await?;
+            if current.as_ref() != Some(f) {
+                return Err(Ownership::fenced(
+                    &f.resource,
+                    Ownership::describe(Some(f)),
+                    current.as_ref(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn lease_grant(&self, ttl_secs: i64) -> MetaResult<i64> {
+        // Not repeatable: a lost answer leaves a lease nobody renews, which expires by itself.
+        let deadline = Instant::now() + self.timeout;
+        let resp = self
+            .retrying(deadline, false, |left| {
+                let mut request = tonic::Request::new(LeaseGrantRequest { ttl: ttl_secs, id: 0 });
+                request.set_timeout(left);
+                let mut leases = self.leases.clone();
+                async move { leases.lease_grant(request).await.map(tonic::Response::into_inner) }
+            })
+            .await
+            .map_err(|e| self.failed(e))?;
+        if !resp.error.is_empty() {
+            return Err(MetaError::Backend(resp.error.into()));
+        }
+        Ok(resp.id)
+    }
+
+    /// One renewal over etcd's keep-alive stream: `false` when the lease is gone.
+    pub(super) async fn lease_keep_alive(&self, id: i64) -> MetaResult<bool> {
+        let deadline = Instant::now() + self.timeout;
+        let resp = self
+            .retrying(deadline, true, |left| {
+                let mut request = tonic::Request::new(futures::stream::iter([LeaseKeepAliveRequest { id }]));
+                request.set_timeout(left);
+                let mut leases = self.leases.clone();
+                async move {
+                    let mut answers = leases.lease_keep_alive(request).await?.into_inner();
+                    answers
+                        .message()
+                        .await?
+                        .ok_or_else(|| tonic::Status::unavailable("etcd closed the keep-alive stream"))
+                }
+            })
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(resp.ttl > 0)
+    }
+
+    pub(super) async fn lease_revoke(&self, id: i64) -> MetaResult<()> {
+        let deadline = Instant::now() + self.timeout;
+        let res = self
+            .retrying(deadline, true, |left| {
+                let mut request = tonic::Request::new(LeaseRevokeRequest { id });
+                request.set_timeout(left);
+                let mut leases = self.leases.clone();
+                async move { leases.lease_revoke(request).await.map(drop) }
+            })
+            .await;
+        match res {
+            Ok(()) => Ok(()),
+            // Gone already (expired, or an earlier attempt revoked it).
+            Err(e) if e.code() == tonic::Code::NotFound => Ok(()),
+            Err(e) => Err(self.failed(e)),
+        }
     }
 
     pub(super) fn progress_chunk_key(&self, sub: &str, chunk: u64) -> Vec<u8> {

@@ -13,7 +13,11 @@
 //! - `subscriptions/<id>`; `progress/<id>/<chunk>`: the committed progress of the shards whose
 //!   id divided by [`PROGRESS_CHUNK`] is `chunk` (a map shard → next LSN), so a commit of a
 //!   subscription's every shard is one transaction of at most 4096 / 64 puts;
-//! - `readers/<id>`, `connectors/<name>`, `nodes/<id>` (ids zero-padded, so keys sort as ids);
+//! - `readers/<id>`, `connectors/<name>`, `nodes/<id>` (ids zero-padded, so keys sort as ids;
+//!   a node record written with a lease is bound to it and vanishes with it);
+//! - `owners/<resource>`: `{"owner", "epoch"}`, which fenced writes compare byte for byte
+//!   (etcd's value compare), so a write by a node whose ownership moved on is refused inside
+//!   the same transaction;
 //! - `checkpoints/<owner>` and `kv/<owner>/<key>`: raw bytes (a checkpoint is its version, 4
 //!   bytes big-endian, then its data).
 //!
@@ -36,8 +40,9 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use hstream_proto::etcd::Compare;
 use hstream_proto::etcd::kv_client::KvClient;
+use hstream_proto::etcd::lease_client::LeaseClient;
+use hstream_proto::etcd::{Compare, RequestOp};
 use hstream_proto::mvccpb::KeyValue;
 use tonic::transport::Channel;
 
@@ -96,6 +101,7 @@ pub fn parse_uri(uri: &str) -> Result<(Vec<String>, String), String> {
 
 pub struct EtcdMetaStore {
     kv: KvClient<Channel>,
+    leases: LeaseClient<Channel>,
     prefix: String,
     /// `host:port,…` as configured, for messages.
     hosts: String,
@@ -485,36 +491,57 @@ impl MetaStore for EtcdMetaStore {
         Err(contended("subscription", id))
     }
 
-    async fn commit_progress(&self, sub: &str, progress: &[ShardProgress]) -> MetaResult<()> {
+    async fn commit(&self, c: &Commit<'_>) -> MetaResult<()> {
         let mut wanted: BTreeMap<u64, Vec<ShardProgress>> = BTreeMap::new();
-        for p in progress {
+        for p in c.progress.iter().flat_map(|(_, p)| p.iter()) {
             wanted.entry(p.shard_id / PROGRESS_CHUNK).or_default().push(*p);
         }
+        let fences: Vec<Compare> = c
+            .fences
+            .iter()
+            .map(|f| value_is(self.owner_key(&f.resource), json(&OwnerRec::of(f))))
+            .collect();
+        let checkpoints: Vec<RequestOp> = c
+            .checkpoints
+            .iter()
+            .map(|cp| {
+                let mut value = cp.version.to_be_bytes().to_vec();
+                value.extend_from_slice(&cp.data);
+                put(self.key(&format!("checkpoints/{}", cp.owner)), value)
+            })
+            .collect();
         for _ in 0..RETRIES {
-            let mut guards = Vec::new();
-            let mut ops = Vec::new();
-            for (chunk, moves) in &wanted {
-                let key = self.progress_chunk_key(sub, *chunk);
-                let (mut map, guard): (BTreeMap<u64, u64>, Compare) = match self.get(key.clone()).await? {
-                    Some(kv) => (parse("progress", &kv)?, unchanged(key.clone(), kv.mod_revision)),
-                    None => (BTreeMap::new(), absent(key.clone())),
-                };
-                let before = map.clone();
-                for p in moves {
-                    // Progress never moves back.
-                    let e = map.entry(p.shard_id).or_insert(p.next_lsn);
-                    *e = (*e).max(p.next_lsn);
-                }
-                if map != before {
-                    guards.push(guard);
-                    ops.push(put(key, json(&map)));
+            let mut guards = fences.clone();
+            let mut ops = checkpoints.clone();
+            if let Some((sub, _)) = c.progress {
+                for (chunk, moves) in &wanted {
+                    let key = self.progress_chunk_key(sub, *chunk);
+                    let (mut map, guard): (BTreeMap<u64, u64>, Compare) = match self.get(key.clone()).await? {
+                        Some(kv) => (parse("progress", &kv)?, unchanged(key.clone(), kv.mod_revision)),
+                        None => (BTreeMap::new(), absent(key.clone())),
+                    };
+                    let before = map.clone();
+                    for p in moves {
+                        // Progress never moves back.
+                        let e = map.entry(p.shard_id).or_insert(p.next_lsn);
+                        *e = (*e).max(p.next_lsn);
+                    }
+                    if map != before {
+                        guards.push(guard);
+                        ops.push(put(key, json(&map)));
+                    }
                 }
             }
-            if ops.is_empty() || self.txn(guards, ops).await?.succeeded {
+            if ops.is_empty() {
+                return self.check_fences(c.fences).await;
+            }
+            if self.txn(guards, ops).await?.succeeded {
                 return Ok(());
             }
+            // A fence that moved is final; a progress key another writer changed is retried.
+            self.check_fences(c.fences).await?;
         }
-        Err(contended("subscription progress", sub))
+        Err(contended("commit of", c.progress.map_or("checkpoints", |(sub, _)| sub)))
     }
 
     async fn get_progress(&self, sub: &str) -> MetaResult<Vec<ShardProgress>> {
@@ -641,17 +668,6 @@ impl MetaStore for EtcdMetaStore {
         Ok(deleted(&resp, 0) > 0)
     }
 
-    async fn put_checkpoint(&self, cp: &Checkpoint) -> MetaResult<()> {
-        let mut value = cp.version.to_be_bytes().to_vec();
-        value.extend_from_slice(&cp.data);
-        self.txn(
-            Vec::new(),
-            vec![put(self.key(&format!("checkpoints/{}", cp.owner)), value)],
-        )
-        .await
-        .map(drop)
-    }
-
     async fn get_checkpoint(&self, owner: &str) -> MetaResult<Option<Checkpoint>> {
         let Some(kv) = self.get(self.key(&format!("checkpoints/{owner}"))).await? else {
             return Ok(None);
@@ -692,7 +708,89 @@ impl MetaStore for EtcdMetaStore {
             .map(|kv| kv.value))
     }
 
-    async fn upsert_node(&self, node: &NodeMeta) -> MetaResult<()> {
+    async fn claim(&self, resource: &str, owner: u32, expected: u64) -> MetaResult<Ownership> {
+        let key = self.owner_key(resource);
+        for _ in 0..RETRIES {
+            let (current, guard) = self.ownership_rec(resource).await?;
+            if current.as_ref().map_or(0, |c| c.epoch) != expected {
+                return Err(Ownership::fenced(
+                    resource,
+                    format!("epoch {expected}"),
+                    current.as_ref(),
+                ));
+            }
+            let next = Ownership {
+                resource: resource.to_owned(),
+                owner: Some(owner),
+                epoch: expected + 1,
+            };
+            // Another claim between the read and here fails the guard; the next read names it.
+            if self
+                .txn(vec![guard], vec![put(key.clone(), json(&OwnerRec::of(&next)))])
+                .await?
+                .succeeded
+            {
+                return Ok(next);
+            }
+        }
+        Err(contended("ownership of", resource))
+    }
+
+    async fn release(&self, held: &Ownership) -> MetaResult<Ownership> {
+        let key = self.owner_key(&held.resource);
+        for _ in 0..RETRIES {
+            let (current, guard) = self.ownership_rec(&held.resource).await?;
+            if current.as_ref() != Some(held) {
+                return Err(Ownership::fenced(
+                    &held.resource,
+                    Ownership::describe(Some(held)),
+                    current.as_ref(),
+                ));
+            }
+            let next = Ownership {
+                owner: None,
+                epoch: held.epoch + 1,
+                ..held.clone()
+            };
+            if self
+                .txn(vec![guard], vec![put(key.clone(), json(&OwnerRec::of(&next)))])
+                .await?
+                .succeeded
+            {
+                return Ok(next);
+            }
+        }
+        Err(contended("ownership of", &held.resource))
+    }
+
+    async fn ownership(&self, resource: &str) -> MetaResult<Option<Ownership>> {
+        Ok(self.ownership_rec(resource).await?.0)
+    }
+
+    async fn list_ownerships(&self, prefix: &str) -> MetaResult<Vec<Ownership>> {
+        let base = self.owner_key("");
+        let (kvs, _) = self.list(self.owner_key(prefix)).await?;
+        kvs.iter()
+            .map(|kv| {
+                let resource = String::from_utf8_lossy(&kv.key[base.len()..]).into_owned();
+                Ok(parse::<OwnerRec>("ownership", kv)?.ownership(&resource))
+            })
+            .collect()
+    }
+
+    async fn grant_lease(&self, ttl: std::time::Duration) -> MetaResult<LeaseId> {
+        self.lease_grant(ttl.as_millis().div_ceil(1000).max(1) as i64).await
+    }
+
+    async fn keep_lease_alive(&self, lease: LeaseId) -> MetaResult<bool> {
+        self.lease_keep_alive(lease).await
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> MetaResult<()> {
+        self.lease_revoke(lease).await
+    }
+
+    async fn upsert_node(&self, node: &NodeMeta, lease: Option<LeaseId>) -> MetaResult<()> {
         let rec = NodeRec {
             id: node.id,
             host: node.host.clone(),
@@ -700,12 +798,18 @@ impl MetaStore for EtcdMetaStore {
             state: node.state.clone(),
             updated_ms: node.updated_ms,
         };
-        self.txn(
-            Vec::new(),
-            vec![put(self.key(&format!("nodes/{:010}", node.id)), json(&rec))],
-        )
-        .await
-        .map(drop)
+        let key = self.key(&format!("nodes/{:010}", node.id));
+        let op = match lease {
+            Some(lease) => put_leased(key, json(&rec), lease),
+            None => put(key, json(&rec)),
+        };
+        match self.txn(Vec::new(), vec![op]).await {
+            Err(MetaError::Backend(e)) if e.to_string().contains("lease not found") => Err(MetaError::NotFound {
+                kind: "lease",
+                name: lease.unwrap_or_default().to_string(),
+            }),
+            r => r.map(drop),
+        }
     }
 
     async fn list_nodes(&self) -> MetaResult<Vec<NodeMeta>> {

@@ -48,6 +48,29 @@ pub(super) fn delete_prefix(prefix: Vec<u8>) -> RequestOp {
     }
 }
 
+/// A put bound to a lease: the key vanishes with it.
+pub(super) fn put_leased(key: Vec<u8>, value: Vec<u8>, lease: i64) -> RequestOp {
+    RequestOp {
+        request: Some(Op::RequestPut(PutRequest {
+            key,
+            value,
+            lease,
+            ..Default::default()
+        })),
+    }
+}
+
+/// The key holds exactly `value`.
+pub(super) fn value_is(key: Vec<u8>, value: Vec<u8>) -> Compare {
+    Compare {
+        result: CompareResult::Equal as i32,
+        target: CompareTarget::Value as i32,
+        key,
+        range_end: Vec::new(),
+        target_union: Some(TargetUnion::Value(value)),
+    }
+}
+
 /// The key does not exist.
 pub(super) fn absent(key: Vec<u8>) -> Compare {
     Compare {

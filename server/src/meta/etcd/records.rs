@@ -157,6 +157,31 @@ pub(super) struct NodeRec {
     pub(super) updated_ms: i64,
 }
 
+/// `owners/<resource>`: compared byte for byte by fenced writes, so its encoding is fixed
+/// (field order, no optional fields left out).
+#[derive(Serialize, Deserialize)]
+pub(super) struct OwnerRec {
+    pub(super) owner: Option<u32>,
+    pub(super) epoch: u64,
+}
+
+impl OwnerRec {
+    pub(super) fn of(o: &Ownership) -> Self {
+        OwnerRec {
+            owner: o.owner,
+            epoch: o.epoch,
+        }
+    }
+
+    pub(super) fn ownership(self, resource: &str) -> Ownership {
+        Ownership {
+            resource: resource.to_owned(),
+            owner: self.owner,
+            epoch: self.epoch,
+        }
+    }
+}
+
 pub(super) fn json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("metadata serializes")
 }

@@ -62,6 +62,21 @@ impl SqliteMetaStore {
         for stmt in SCHEMA {
             sqlx::query(stmt).execute(&pool).await.map_err(backend)?;
         }
+        for (table, column, def) in ADDED_COLUMNS {
+            let present: i64 = sqlx::query("SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = ?")
+                .bind(table)
+                .bind(column)
+                .fetch_one(&pool)
+                .await
+                .map_err(backend)?
+                .get(0);
+            if present == 0 {
+                sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN {column} {def}"))
+                    .execute(&pool)
+                    .await
+                    .map_err(backend)?;
+            }
+        }
         Ok(SqliteMetaStore { pool })
     }
 
@@ -79,6 +94,49 @@ impl SqliteMetaStore {
                 name: name.to_owned(),
             });
         }
+        Ok(())
+    }
+
+    async fn ownership_in(conn: &mut SqliteConnection, resource: &str) -> MetaResult<Option<Ownership>> {
+        let row = sqlx::query("SELECT owner, epoch FROM owners WHERE resource = ?")
+            .bind(resource)
+            .fetch_optional(conn)
+            .await
+            .map_err(backend)?;
+        Ok(row.map(|r| Ownership {
+            resource: resource.to_owned(),
+            owner: r.get::<Option<i64>, _>(0).map(|o| o as u32),
+            epoch: r.get::<i64, _>(1) as u64,
+        }))
+    }
+
+    async fn set_ownership(conn: &mut SqliteConnection, o: &Ownership) -> MetaResult<()> {
+        sqlx::query(
+            "INSERT INTO owners (resource, owner, epoch) VALUES (?, ?, ?) \
+             ON CONFLICT(resource) DO UPDATE SET owner = excluded.owner, epoch = excluded.epoch",
+        )
+        .bind(&o.resource)
+        .bind(o.owner.map(i64::from))
+        .bind(o.epoch as i64)
+        .execute(conn)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    /// Removes the leases past their deadline and the node records bound to them.
+    async fn sweep_leases(conn: &mut SqliteConnection) -> MetaResult<()> {
+        let now = crate::store::now_ms();
+        sqlx::query("DELETE FROM nodes WHERE lease IN (SELECT id FROM leases WHERE expires_ms <= ?)")
+            .bind(now)
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+        sqlx::query("DELETE FROM leases WHERE expires_ms <= ?")
+            .bind(now)
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
         Ok(())
     }
 
@@ -414,16 +472,40 @@ impl MetaStore for SqliteMetaStore {
         Ok(Some(removed))
     }
 
-    async fn commit_progress(&self, sub: &str, progress: &[ShardProgress]) -> MetaResult<()> {
+    async fn commit(&self, c: &Commit<'_>) -> MetaResult<()> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        for p in progress {
+        for f in c.fences {
+            let current = Self::ownership_in(&mut tx, &f.resource).await?;
+            if current.as_ref() != Some(f) {
+                return Err(Ownership::fenced(
+                    &f.resource,
+                    Ownership::describe(Some(f)),
+                    current.as_ref(),
+                ));
+            }
+        }
+        if let Some((sub, progress)) = c.progress {
+            for p in progress {
+                sqlx::query(
+                    "INSERT INTO sub_progress (sub, shard_id, next_lsn) VALUES (?, ?, ?) \
+                     ON CONFLICT(sub, shard_id) DO UPDATE SET next_lsn = max(next_lsn, excluded.next_lsn)",
+                )
+                .bind(sub)
+                .bind(p.shard_id as i64)
+                .bind(p.next_lsn as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            }
+        }
+        for cp in c.checkpoints {
             sqlx::query(
-                "INSERT INTO sub_progress (sub, shard_id, next_lsn) VALUES (?, ?, ?) \
-                 ON CONFLICT(sub, shard_id) DO UPDATE SET next_lsn = max(next_lsn, excluded.next_lsn)",
+                "INSERT INTO checkpoints (owner, version, data) VALUES (?, ?, ?) \
+                 ON CONFLICT(owner) DO UPDATE SET version = excluded.version, data = excluded.data",
             )
-            .bind(sub)
-            .bind(p.shard_id as i64)
-            .bind(p.next_lsn as i64)
+            .bind(&cp.owner)
+            .bind(cp.version as i64)
+            .bind(&cp.data)
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
@@ -579,20 +661,6 @@ impl MetaStore for SqliteMetaStore {
         Ok(res.rows_affected() > 0)
     }
 
-    async fn put_checkpoint(&self, cp: &Checkpoint) -> MetaResult<()> {
-        sqlx::query(
-            "INSERT INTO checkpoints (owner, version, data) VALUES (?, ?, ?) \
-             ON CONFLICT(owner) DO UPDATE SET version = excluded.version, data = excluded.data",
-        )
-        .bind(&cp.owner)
-        .bind(cp.version as i64)
-        .bind(&cp.data)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(())
-    }
-
     async fn get_checkpoint(&self, owner: &str) -> MetaResult<Option<Checkpoint>> {
         let row = sqlx::query("SELECT owner, version, data FROM checkpoints WHERE owner = ?")
             .bind(owner)
@@ -639,28 +707,149 @@ impl MetaStore for SqliteMetaStore {
         Ok(row.map(|r| r.get(0)))
     }
 
-    async fn upsert_node(&self, node: &NodeMeta) -> MetaResult<()> {
+    async fn claim(&self, resource: &str, owner: u32, expected: u64) -> MetaResult<Ownership> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let current = Self::ownership_in(&mut tx, resource).await?;
+        if current.as_ref().map_or(0, |c| c.epoch) != expected {
+            return Err(Ownership::fenced(
+                resource,
+                format!("epoch {expected}"),
+                current.as_ref(),
+            ));
+        }
+        let next = Ownership {
+            resource: resource.to_owned(),
+            owner: Some(owner),
+            epoch: expected + 1,
+        };
+        Self::set_ownership(&mut tx, &next).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(next)
+    }
+
+    async fn release(&self, held: &Ownership) -> MetaResult<Ownership> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let current = Self::ownership_in(&mut tx, &held.resource).await?;
+        if current.as_ref() != Some(held) {
+            return Err(Ownership::fenced(
+                &held.resource,
+                Ownership::describe(Some(held)),
+                current.as_ref(),
+            ));
+        }
+        let next = Ownership {
+            owner: None,
+            epoch: held.epoch + 1,
+            ..held.clone()
+        };
+        Self::set_ownership(&mut tx, &next).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(next)
+    }
+
+    async fn ownership(&self, resource: &str) -> MetaResult<Option<Ownership>> {
+        let mut conn = self.pool.acquire().await.map_err(backend)?;
+        Self::ownership_in(&mut conn, resource).await
+    }
+
+    async fn list_ownerships(&self, prefix: &str) -> MetaResult<Vec<Ownership>> {
+        let rows = sqlx::query(
+            "SELECT resource, owner, epoch FROM owners WHERE resource LIKE ? ESCAPE '\\' ORDER BY resource",
+        )
+        .bind(like_prefix(prefix))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .map(|r| Ownership {
+                resource: r.get(0),
+                owner: r.get::<Option<i64>, _>(1).map(|o| o as u32),
+                epoch: r.get::<i64, _>(2) as u64,
+            })
+            .collect())
+    }
+
+    async fn grant_lease(&self, ttl: std::time::Duration) -> MetaResult<LeaseId> {
+        let ttl_ms = ttl.as_millis().div_ceil(1000).max(1) as i64 * 1000;
+        let row = sqlx::query("INSERT INTO leases (ttl_ms, expires_ms) VALUES (?, ?) RETURNING id")
+            .bind(ttl_ms)
+            .bind(crate::store::now_ms() + ttl_ms)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(row.get(0))
+    }
+
+    async fn keep_lease_alive(&self, lease: LeaseId) -> MetaResult<bool> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        Self::sweep_leases(&mut tx).await?;
+        let res = sqlx::query("UPDATE leases SET expires_ms = ? + ttl_ms WHERE id = ?")
+            .bind(crate::store::now_ms())
+            .bind(lease)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> MetaResult<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query("DELETE FROM nodes WHERE lease = ?")
+            .bind(lease)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query("DELETE FROM leases WHERE id = ?")
+            .bind(lease)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn upsert_node(&self, node: &NodeMeta, lease: Option<LeaseId>) -> MetaResult<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        Self::sweep_leases(&mut tx).await?;
+        if let Some(id) = lease {
+            let alive = sqlx::query("SELECT 1 FROM leases WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+            if alive.is_none() {
+                return Err(MetaError::NotFound {
+                    kind: "lease",
+                    name: id.to_string(),
+                });
+            }
+        }
         sqlx::query(
-            "INSERT INTO nodes (id, host, port, state, updated_ms) VALUES (?, ?, ?, ?, ?) \
+            "INSERT INTO nodes (id, host, port, state, updated_ms, lease) VALUES (?, ?, ?, ?, ?, ?) \
              ON CONFLICT(id) DO UPDATE SET host = excluded.host, port = excluded.port, \
-             state = excluded.state, updated_ms = excluded.updated_ms",
+             state = excluded.state, updated_ms = excluded.updated_ms, lease = excluded.lease",
         )
         .bind(node.id as i64)
         .bind(&node.host)
         .bind(node.port as i64)
         .bind(&node.state)
         .bind(node.updated_ms)
-        .execute(&self.pool)
+        .bind(lease)
+        .execute(&mut *tx)
         .await
         .map_err(backend)?;
-        Ok(())
+        tx.commit().await.map_err(backend)
     }
 
     async fn list_nodes(&self) -> MetaResult<Vec<NodeMeta>> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        Self::sweep_leases(&mut tx).await?;
         let rows = sqlx::query("SELECT id, host, port, state, updated_ms FROM nodes ORDER BY id")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await
             .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
         Ok(rows
             .iter()
             .map(|r| NodeMeta {
@@ -695,6 +884,44 @@ mod tests {
     async fn contract_in_memory() {
         let store = SqliteMetaStore::in_memory().await.unwrap();
         contract::run(&store).await;
+    }
+
+    /// A database written before node records could be bound to leases gets the column on
+    /// open and keeps its nodes.
+    #[tokio::test]
+    async fn an_older_database_gains_the_lease_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        {
+            let opts = SqliteConnectOptions::new().filename(&path).create_if_missing(true);
+            let pool = SqlitePoolOptions::new().connect_with(opts).await.unwrap();
+            sqlx::query(
+                "CREATE TABLE nodes (id INTEGER PRIMARY KEY, host TEXT NOT NULL, port INTEGER NOT NULL,
+                 state TEXT NOT NULL, updated_ms INTEGER NOT NULL)",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            sqlx::query("INSERT INTO nodes VALUES (3, 'h', 6570, 'Dead', 5)")
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        }
+        let store = SqliteMetaStore::open(&path).await.unwrap();
+        assert_eq!(store.list_nodes().await.unwrap()[0].id, 3);
+        let lease = store.grant_lease(std::time::Duration::from_secs(30)).await.unwrap();
+        let n = NodeMeta {
+            id: 4,
+            host: "h".into(),
+            port: 1,
+            state: "Running".into(),
+            updated_ms: 6,
+        };
+        store.upsert_node(&n, Some(lease)).await.unwrap();
+        store.revoke_lease(lease).await.unwrap();
+        assert_eq!(store.list_nodes().await.unwrap().len(), 1);
+        store.close().await;
     }
 
     #[tokio::test]

@@ -27,7 +27,17 @@ pub(super) const SCHEMA: &[&str] = &[
         PRIMARY KEY (owner, key))",
     "CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, host TEXT NOT NULL, port INTEGER NOT NULL,
         state TEXT NOT NULL, updated_ms INTEGER NOT NULL)",
+    // A resource's holder (NULL once released) and epoch; rows are never deleted.
+    "CREATE TABLE IF NOT EXISTS owners (resource TEXT PRIMARY KEY, owner INTEGER, epoch INTEGER NOT NULL)",
+    // Leases by wall-clock deadline; expired ones are swept (with what is bound to them) by the
+    // calls that would see them.
+    "CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY AUTOINCREMENT, ttl_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL)",
 ];
+
+/// Columns added after a table was first released: (table, column, definition), added to a
+/// database that lacks them when it is opened.
+pub(super) const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("nodes", "lease", "INTEGER")];
 
 pub(super) fn parse_key(s: &str) -> MetaResult<u128> {
     s.parse()

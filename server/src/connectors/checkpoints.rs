@@ -1,0 +1,144 @@
+//! Connector checkpoints in the MetaStore, written together: every task on the node stores its
+//! checkpoint at most once per tick (`CHECKPOINT_EVERY`), and one writer commits all the
+//! checkpoints stored while the previous commit was in flight in one transaction (group
+//! commit), so a node with a hundred tasks makes a few metastore round trips a tick, not a
+//! hundred.
+//!
+//! Guarantees: `store` returns only once a commit holding that checkpoint (or a later one of
+//! the same task) is durable; a failed commit fails every `store` it carried, and nothing of
+//! it is written (a commit is all or nothing); the writer adds no wait of its own: a lone
+//! checkpoint is committed at once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use hstream_runtime::{Checkpoints, ConnectorError};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::meta::{Checkpoint, Commit, MetaStore, connector_checkpoint};
+
+/// Checkpoints per commit: etcd allows 128 operations in one transaction by default.
+const PER_COMMIT: usize = 64;
+
+type Reply = oneshot::Sender<Result<(), String>>;
+
+pub struct MetaCheckpoints {
+    meta: Arc<dyn MetaStore>,
+    queue: mpsc::UnboundedSender<(Checkpoint, Reply)>,
+    /// Commits made so far.
+    commits: Arc<AtomicU64>,
+}
+
+impl MetaCheckpoints {
+    /// Starts the writer (it ends when this is dropped); needs a Tokio runtime.
+    pub fn new(meta: Arc<dyn MetaStore>) -> Self {
+        let (queue, inbox) = mpsc::unbounded_channel();
+        let commits = Arc::new(AtomicU64::new(0));
+        tokio::spawn(write(meta.clone(), inbox, commits.clone()));
+        MetaCheckpoints { meta, queue, commits }
+    }
+
+    /// Commits made so far (each holds one or more tasks' checkpoints).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+}
+
+/// Commits whatever is queued, as one transaction per up to [`PER_COMMIT`] tasks, until every
+/// sender is gone.
+async fn write(
+    meta: Arc<dyn MetaStore>,
+    mut inbox: mpsc::UnboundedReceiver<(Checkpoint, Reply)>,
+    commits: Arc<AtomicU64>,
+) {
+    let mut queued = Vec::new();
+    while inbox.recv_many(&mut queued, PER_COMMIT * 4).await > 0 {
+        // A task that stored twice meanwhile: its latest checkpoint stands for both.
+        let mut latest: BTreeMap<String, Checkpoint> = BTreeMap::new();
+        let mut replies: BTreeMap<String, Vec<Reply>> = BTreeMap::new();
+        for (cp, reply) in queued.drain(..) {
+            replies.entry(cp.owner.clone()).or_default().push(reply);
+            latest.insert(cp.owner.clone(), cp);
+        }
+        let all: Vec<Checkpoint> = latest.into_values().collect();
+        for part in all.chunks(PER_COMMIT) {
+            let res = meta
+                .commit(&Commit {
+                    checkpoints: part,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string());
+            commits.fetch_add(1, Ordering::Relaxed);
+            for cp in part {
+                for reply in replies.remove(&cp.owner).unwrap_or_default() {
+                    // A task that stopped waiting has nothing to learn.
+                    let _ = reply.send(res.clone());
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Checkpoints for MetaCheckpoints {
+    async fn load(&self, task: &str) -> Result<Option<(u32, Vec<u8>)>, ConnectorError> {
+        let cp = self
+            .meta
+            .get_checkpoint(&connector_checkpoint(task))
+            .await
+            .map_err(|e| ConnectorError::external(e.to_string()))?;
+        Ok(cp.map(|c| (c.version, c.data)))
+    }
+
+    async fn store(&self, task: &str, version: u32, data: Vec<u8>) -> Result<(), ConnectorError> {
+        let cp = Checkpoint {
+            owner: connector_checkpoint(task),
+            version,
+            data,
+        };
+        let (reply, answer) = oneshot::channel();
+        let stopped = || ConnectorError::external("the checkpoint writer has stopped");
+        self.queue.send((cp, reply)).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?.map_err(ConnectorError::external)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::SqliteMetaStore;
+
+    /// Many tasks storing at once: each store returns after its checkpoint is durable, and
+    /// the stores share commits (fewer commits than stores).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_stores_share_commits() {
+        let meta: Arc<dyn MetaStore> = Arc::new(SqliteMetaStore::in_memory().await.unwrap());
+        let cps = Arc::new(MetaCheckpoints::new(meta.clone()));
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let cps = cps.clone();
+                tokio::spawn(async move {
+                    for round in 0..5u8 {
+                        cps.store(&format!("t{i}"), 1, vec![round]).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        for i in 0..200 {
+            assert_eq!(
+                cps.load(&format!("t{i}")).await.unwrap(),
+                Some((1, vec![4])),
+                "task t{i}"
+            );
+        }
+        let commits = cps.commits();
+        assert!(commits < 1000, "1000 stores took {commits} commits: none were shared");
+        println!("1000 checkpoint stores by 200 tasks: {commits} commits");
+    }
+}
