@@ -46,6 +46,13 @@ if ! { [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1; } || 
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto mosquitto-clients
 fi
 
+# openssl makes the certificate authorities of the TLS tests (Mosquitto, etcd).
+if ! command -v openssl >/dev/null 2>&1; then
+  echo "==> installing openssl"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl
+fi
+
 # etcd for the etcd MetaStore's contract tests (a throw-away member on free ports).
 if ! [ -x /usr/bin/etcd ] && ! command -v etcd >/dev/null 2>&1; then
   echo "==> installing etcd"

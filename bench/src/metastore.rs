@@ -156,8 +156,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let sqlite: Arc<dyn MetaStore> = Arc::new(SqliteMetaStore::open(&dir.path().join("meta.db")).await?);
     let etcd = hstream_integration_tests::etcd::Etcd::start().await;
-    let remote: Arc<dyn MetaStore> =
-        Arc::new(EtcdMetaStore::connect(&etcd.uri("bench"), Duration::from_secs(10)).await?);
+    let remote: Arc<dyn MetaStore> = Arc::new(EtcdMetaStore::connect(&etcd.uri("bench"), &Default::default()).await?);
     println!(
         "metastore: {} operations of each kind, SQLite (file, synchronous=FULL) beside etcd (1 member), same disk",
         a.ops

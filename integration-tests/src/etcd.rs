@@ -10,17 +10,25 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::tls::TestCa;
+
 /// One etcd cluster: a single member for most tests, three for the fault tests.
 pub struct Etcd {
     dir: tempfile::TempDir,
     members: Vec<Member>,
     die_with_thread: bool,
+    /// With TLS: the CA and certificates (clients must present one signed by the CA).
+    pub tls: Option<TestCa>,
+    /// Extra etcd flags for every member.
+    extra: Vec<String>,
 }
 
 struct Member {
     name: String,
     client: SocketAddr,
     peer: u16,
+    /// Plain-HTTP `/health` (etcd's `--listen-metrics-urls`), which works with TLS too.
+    health: SocketAddr,
     child: Option<Child>,
 }
 
@@ -30,15 +38,23 @@ impl Member {
     }
 }
 
-/// Starts `member` of the cluster `initial` names (`name=peer-url,…`); `new` on first start.
-fn spawn(root: &Path, member: &Member, initial: &str, die_with_thread: bool) -> Child {
+/// Starts `member` of the cluster `initial` names (`name=peer-url,…`).
+fn spawn(
+    root: &Path,
+    member: &Member,
+    initial: &str,
+    die_with_thread: bool,
+    tls: Option<&TestCa>,
+    extra: &[String],
+) -> Child {
     let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
         .into_iter()
         .find(|p| Path::new(p).exists())
         .expect("etcd is not installed: scripts/test.sh installs Debian's etcd-server");
     let dir = member.dir(root);
     std::fs::create_dir_all(&dir).expect("member dir");
-    let client_url = format!("http://{}", member.client);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let client_url = format!("{scheme}://{}", member.client);
     let peer_url = format!("http://127.0.0.1:{}", member.peer);
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -62,8 +78,20 @@ fn spawn(root: &Path, member: &Member, initial: &str, die_with_thread: bool) -> 
             &peer_url,
         ])
         .args(["--initial-cluster", initial, "--initial-cluster-token", "hstream-test"])
+        .args(["--listen-metrics-urls", &format!("http://{}", member.health)])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(log);
+    if let Some(ca) = tls {
+        command
+            .arg("--cert-file")
+            .arg(&ca.server_cert)
+            .arg("--key-file")
+            .arg(&ca.server_key)
+            .arg("--trusted-ca-file")
+            .arg(&ca.ca)
+            .arg("--client-cert-auth");
+    }
     if die_with_thread {
         die_with_parent_thread(&mut command);
     }
@@ -93,7 +121,16 @@ impl Etcd {
     /// Starts an etcd cluster of `members` members and waits until each reports itself
     /// healthy (which needs a quorum).
     pub async fn start_cluster(members: usize) -> Etcd {
-        tokio::task::spawn_blocking(move || Self::launch(None, members))
+        tokio::task::spawn_blocking(move || Self::launch(None, members, false, Vec::new()))
+            .await
+            .expect("etcd launcher")
+    }
+
+    /// A single member that speaks only TLS (its certificate signed by a CA of the test's own,
+    /// [`Etcd::tls`]) and wants a client certificate from that CA; `extra` etcd flags.
+    pub async fn start_tls(extra: &[&str]) -> Etcd {
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || Self::launch(None, 1, true, extra))
             .await
             .expect("etcd launcher")
     }
@@ -118,7 +155,8 @@ impl Etcd {
             }
             let dir = tmp.join(format!("hstream-etcd-shared-{}", std::process::id()));
             std::thread::spawn(move || {
-                tx.send(Self::launch(Some(dir), 1)).expect("send etcd");
+                tx.send(Self::launch(Some(dir), 1, false, Vec::new()))
+                    .expect("send etcd");
                 loop {
                     std::thread::park();
                 }
@@ -129,7 +167,7 @@ impl Etcd {
 
     /// A cluster of its own in a temporary directory, or (`shared`) in that directory, dying
     /// with the thread that starts it.
-    fn launch(shared: Option<std::path::PathBuf>, members: usize) -> Etcd {
+    fn launch(shared: Option<std::path::PathBuf>, members: usize, tls: bool, extra: Vec<String>) -> Etcd {
         let die_with_thread = shared.is_some();
         let dir = match shared {
             Some(path) => {
@@ -146,13 +184,21 @@ impl Etcd {
                 name: format!("m{i}"),
                 client: SocketAddr::from(([127, 0, 0, 1], super::free_port())),
                 peer: super::free_port(),
+                health: SocketAddr::from(([127, 0, 0, 1], super::free_port())),
                 child: None,
             })
             .collect();
+        let tls = tls.then(|| {
+            let certs = dir.path().join("certs");
+            std::fs::create_dir_all(&certs).expect("certs dir");
+            TestCa::make(&certs)
+        });
         let mut etcd = Etcd {
             dir,
             members,
             die_with_thread,
+            tls,
+            extra,
         };
         for i in 0..etcd.members.len() {
             etcd.spawn_member(i);
@@ -173,12 +219,19 @@ impl Etcd {
 
     fn spawn_member(&mut self, i: usize) {
         let initial = self.initial_cluster();
-        let child = spawn(self.dir.path(), &self.members[i], &initial, self.die_with_thread);
+        let child = spawn(
+            self.dir.path(),
+            &self.members[i],
+            &initial,
+            self.die_with_thread,
+            self.tls.as_ref(),
+            &self.extra,
+        );
         self.members[i].child = Some(child);
     }
 
     fn wait_healthy(&self, i: usize) {
-        let healthy = super::holds_within_blocking(Duration::from_secs(30), || healthy(self.members[i].client));
+        let healthy = super::holds_within_blocking(Duration::from_secs(30), || healthy(self.members[i].health));
         assert!(healthy, "etcd member {i} did not become healthy:\n{}", self.log());
     }
 
@@ -242,6 +295,103 @@ impl Etcd {
         seen.iter().find(|(_, id, _)| id == leader).map(|(i, _, _)| *i)
     }
 
+    /// Turns etcd's auth on with a `root` user (password `root_password`) and `user`, whose
+    /// role may read and write only the keys under `prefix` (etcd's API, over TLS with the
+    /// client certificate when the cluster has TLS).
+    pub async fn enable_auth(&self, root_password: &str, user: &str, password: &str, prefix: &str) {
+        use hstream_proto::etcd::auth_client::AuthClient;
+        use hstream_proto::etcd::*;
+        let mut auth = AuthClient::new(self.admin_channel().await);
+        let role = |name: &str| AuthRoleAddRequest { name: name.into() };
+        auth.role_add(role("root")).await.expect("add role root");
+        auth.user_add(AuthUserAddRequest {
+            name: "root".into(),
+            password: root_password.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("add user root");
+        auth.user_grant_role(AuthUserGrantRoleRequest {
+            user: "root".into(),
+            role: "root".into(),
+        })
+        .await
+        .expect("grant root");
+        auth.role_add(role(user)).await.expect("add role");
+        let key = format!("{prefix}/").into_bytes();
+        let mut range_end = key.clone();
+        *range_end.last_mut().expect("prefix") += 1;
+        auth.role_grant_permission(AuthRoleGrantPermissionRequest {
+            name: user.into(),
+            perm: Some(hstream_proto::authpb::Permission {
+                perm_type: hstream_proto::authpb::permission::Type::Readwrite as i32,
+                key,
+                range_end,
+            }),
+        })
+        .await
+        .expect("grant the prefix");
+        auth.user_add(AuthUserAddRequest {
+            name: user.into(),
+            password: password.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("add user");
+        auth.user_grant_role(AuthUserGrantRoleRequest {
+            user: user.into(),
+            role: user.into(),
+        })
+        .await
+        .expect("grant role");
+        auth.auth_enable(AuthEnableRequest {}).await.expect("enable auth");
+    }
+
+    /// Turns etcd's auth off and on again as `root`: every token handed out before is void.
+    pub async fn void_tokens(&self, root_password: &str) {
+        use hstream_proto::etcd::auth_client::AuthClient;
+        use hstream_proto::etcd::*;
+        let channel = self.admin_channel().await;
+        let token = AuthClient::new(channel.clone())
+            .authenticate(AuthenticateRequest {
+                name: "root".into(),
+                password: root_password.into(),
+            })
+            .await
+            .expect("root authenticates")
+            .into_inner()
+            .token;
+        let mut request = tonic::Request::new(AuthDisableRequest {});
+        request
+            .metadata_mut()
+            .insert("token", token.parse().expect("ascii token"));
+        let mut auth = AuthClient::new(channel);
+        auth.auth_disable(request).await.expect("disable auth as root");
+        auth.auth_enable(AuthEnableRequest {}).await.expect("enable auth again");
+    }
+
+    /// A connection to the first member (TLS with the client certificate when the cluster
+    /// has TLS).
+    async fn admin_channel(&self) -> tonic::transport::Channel {
+        let member = &self.members[0];
+        let mut endpoint = tonic::transport::Endpoint::from_shared(match &self.tls {
+            Some(_) => format!("https://{}", member.client),
+            None => format!("http://{}", member.client),
+        })
+        .expect("endpoint");
+        if let Some(ca) = &self.tls {
+            let read = |p: &Path| std::fs::read(p).expect("certificate file");
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(read(&ca.ca)))
+                .identity(tonic::transport::Identity::from_pem(
+                    read(&ca.client_cert),
+                    read(&ca.client_key),
+                ));
+            endpoint = endpoint.tls_config(tls).expect("tls config");
+        }
+        endpoint.connect().await.expect("connect to etcd")
+    }
+
     /// A metastore URI naming every member, under `prefix`.
     pub fn uri(&self, prefix: &str) -> String {
         let hosts = self
@@ -265,9 +415,9 @@ impl Etcd {
     }
 }
 
-/// `GET /health` answers `{"health":"true"}`.
-fn healthy(client: SocketAddr) -> bool {
-    request(client, "GET", "/health", "").is_some_and(|body| body.contains(r#""health":"true""#))
+/// `GET /health` on the metrics listener answers `{"health":"true"}`.
+fn healthy(health: SocketAddr) -> bool {
+    request(health, "GET", "/health", "").is_some_and(|body| body.contains(r#""health":"true""#))
 }
 
 fn post(client: SocketAddr, path: &str, body: &str) -> Option<String> {

@@ -25,6 +25,7 @@ pub mod mosquitto;
 pub mod pg;
 mod records;
 mod server;
+pub mod tls;
 
 pub use connectors::*;
 pub use records::*;

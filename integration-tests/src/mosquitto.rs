@@ -47,37 +47,34 @@ impl Mosquitto {
         m
     }
 
-    /// A broker that speaks only TLS (a certificate for 127.0.0.1 and localhost, signed by a CA
-    /// of its own, made with `openssl`) and accepts only `user` with `password`.
+    /// A broker that speaks only TLS (a certificate for 127.0.0.1 and localhost, signed by a
+    /// [`TestCa`](crate::tls::TestCa) of its own) and accepts only `user` with `password`.
     pub fn start_tls(user: &str, password: &str) -> Mosquitto {
         let dir = tempfile::Builder::new()
             .prefix("hstream-mosquitto")
             .tempdir()
             .expect("tempdir");
         let d = dir.path();
-        let sh = format!(
-            "set -e; cd {}; \
-             openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem; \
-             openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr; \
-             printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > san.ext; \
-             openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out server.pem; \
-             mosquitto_passwd -b -c passwd '{user}' '{password}'",
-            d.display()
-        );
-        let out = Command::new("sh").arg("-c").arg(&sh).output().expect("run openssl");
+        let ca = crate::tls::TestCa::make(d);
+        let out = Command::new("mosquitto_passwd")
+            .args(["-b", "-c"])
+            .arg(d.join("passwd"))
+            .args([user, password])
+            .output()
+            .expect("run mosquitto_passwd");
         assert!(
             out.status.success(),
-            "making certificates failed: {}",
+            "mosquitto_passwd failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         let extra = vec![
-            format!("certfile {}/server.pem", d.display()),
-            format!("keyfile {}/server.key", d.display()),
+            format!("certfile {}", ca.server_cert.display()),
+            format!("keyfile {}", ca.server_key.display()),
             format!("password_file {}/passwd", d.display()),
             "allow_anonymous false".to_owned(),
         ];
         let mut m = Mosquitto {
-            ca_file: Some(d.join("ca.pem")),
+            ca_file: Some(ca.ca),
             dir,
             port: 0,
             child: None,

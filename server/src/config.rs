@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
+use crate::meta::{EtcdOptions, Secret};
 use crate::store::{FsyncPolicy, StoreOptions};
 
 /// How log lines are written.
@@ -54,6 +55,24 @@ pub struct Flags {
     /// default /hstream) [default: sqlite://<data-dir>/meta.db]
     #[arg(long)]
     pub metastore_uri: Option<String>,
+    /// TLS to etcd: PEM file of the CA that signed etcd's certificates (endpoints are then
+    /// reached over https)
+    #[arg(long)]
+    pub metastore_ca_file: Option<PathBuf>,
+    /// TLS to etcd: PEM client certificate, for etcd's --client-cert-auth (with
+    /// --metastore-key-file)
+    #[arg(long)]
+    pub metastore_cert_file: Option<PathBuf>,
+    /// TLS to etcd: PEM private key of --metastore-cert-file
+    #[arg(long)]
+    pub metastore_key_file: Option<PathBuf>,
+    /// etcd user (etcd's auth); the password comes from --metastore-password-file or the
+    /// environment variable HSTREAM_METASTORE_PASSWORD, never from the command line
+    #[arg(long)]
+    pub metastore_user: Option<String>,
+    /// File holding the etcd user's password (one line)
+    #[arg(long)]
+    pub metastore_password_file: Option<PathBuf>,
     /// Copy the metastore (--metastore-uri) into this one and exit, e.g. the embedded SQLite
     /// into etcd://… before running on etcd; stop the server first; a copy that stopped
     /// half-way can be run again, a finished one is refused
@@ -124,6 +143,8 @@ pub struct Settings {
     pub advertised_address: String,
     pub data_dir: PathBuf,
     pub metastore_uri: String,
+    /// How to reach an etcd metastore: TLS files, user and password (shown masked).
+    pub etcd: EtcdOptions,
     /// `--copy-metastore-to`: copy the metastore there and exit instead of serving.
     pub copy_metastore_to: Option<String>,
     pub max_record_size: usize,
@@ -154,6 +175,14 @@ impl Settings {
             .metastore_uri
             .or(file.metastore_uri)
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("meta.db").display()));
+        let etcd = etcd_options(
+            flags.metastore_ca_file.or(file.metastore_ca_file),
+            flags.metastore_cert_file.or(file.metastore_cert_file),
+            flags.metastore_key_file.or(file.metastore_key_file),
+            flags.metastore_user.or(file.metastore_user),
+            flags.metastore_password_file.or(file.metastore_password_file),
+            std::env::var("HSTREAM_METASTORE_PASSWORD").ok(),
+        )?;
         let defaults = StoreOptions::default();
         let store = StoreOptions {
             segment_bytes: flags
@@ -186,6 +215,7 @@ impl Settings {
                 .unwrap_or_else(|| "127.0.0.1".into()),
             data_dir,
             metastore_uri,
+            etcd,
             copy_metastore_to: flags.copy_metastore_to,
             max_record_size: flags.max_record_size.or(file.max_record_size).unwrap_or(1 << 20),
             max_batch_records: flags
@@ -260,6 +290,42 @@ impl Settings {
     }
 }
 
+/// The etcd connection settings; the password from its file (first line) or, without one,
+/// the environment.
+fn etcd_options(
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+) -> anyhow::Result<EtcdOptions> {
+    let password = match password_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading --metastore-password-file {}", path.display()))?;
+            Some(text.lines().next().unwrap_or_default().to_owned())
+        }
+        None => password_env,
+    };
+    if password.is_some() && user.is_none() {
+        anyhow::bail!(
+            "a metastore password is set (--metastore-password-file or HSTREAM_METASTORE_PASSWORD) but --metastore-user is not"
+        );
+    }
+    if user.is_some() && password.is_none() {
+        anyhow::bail!("--metastore-user needs a password: --metastore-password-file or HSTREAM_METASTORE_PASSWORD");
+    }
+    Ok(EtcdOptions {
+        timeout: None,
+        ca_file,
+        cert_file,
+        key_file,
+        user,
+        password: password.map(Secret),
+    })
+}
+
 fn read_file(path: &Path) -> anyhow::Result<Flags> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
     let file: ConfigFile =
@@ -273,6 +339,30 @@ mod tests {
     use clap::CommandFactory;
     use std::collections::BTreeSet;
 
+    /// The etcd password comes from its file and never shows in the settings' Debug; a user
+    /// without a password, or a password without a user, is refused naming what is missing.
+    #[test]
+    fn the_etcd_password_is_read_from_its_file_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret-pw\n").unwrap();
+        let flags = Flags {
+            metastore_user: Some("hstream".into()),
+            metastore_password_file: Some(file.clone()),
+            ..Flags::default()
+        };
+        let s = Settings::resolve(flags).unwrap();
+        assert_eq!(s.etcd.password.as_ref().map(|p| p.0.as_str()), Some("s3cret-pw"));
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("s3cret") && shown.contains("hstream"), "{shown}");
+        let err = etcd_options(None, None, None, Some("u".into()), None, None).unwrap_err();
+        assert!(err.to_string().contains("HSTREAM_METASTORE_PASSWORD"), "{err}");
+        let err = etcd_options(None, None, None, None, Some(file), None).unwrap_err();
+        assert!(err.to_string().contains("--metastore-user"), "{err}");
+        let from_env = etcd_options(None, None, None, Some("u".into()), None, Some("env-pw".into())).unwrap();
+        assert_eq!(from_env.password.map(|p| p.0), Some("env-pw".into()));
+    }
+
     fn full() -> Flags {
         Flags {
             config: None,
@@ -283,6 +373,11 @@ mod tests {
             advertised_address: Some("h1".into()),
             data_dir: Some("/d".into()),
             metastore_uri: Some("sqlite:///m.db".into()),
+            metastore_ca_file: Some("/ca.pem".into()),
+            metastore_cert_file: Some("/client.pem".into()),
+            metastore_key_file: Some("/client.key".into()),
+            metastore_user: None,
+            metastore_password_file: None,
             copy_metastore_to: None,
             max_record_size: Some(2048),
             max_batch_records: Some(10),

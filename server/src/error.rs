@@ -167,6 +167,7 @@ impl ApiError {
                     MetaError::NotFound { .. } => Code::NotFound,
                     MetaError::Unavailable(_) => Code::Unavailable,
                     MetaError::Fenced { .. } => Code::FailedPrecondition,
+                    MetaError::Denied(_) => Code::PermissionDenied,
                     _ => Code::Internal,
                 };
                 (code, ErrorCode::InternalError, json!(null))

@@ -21,7 +21,11 @@ fn main() -> anyhow::Result<()> {
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if let Some(to) = &settings.copy_metastore_to {
-        let c = rt.block_on(hstream_server::node::copy_metastore(&settings.metastore_uri, to))?;
+        let c = rt.block_on(hstream_server::node::copy_metastore(
+            &settings.metastore_uri,
+            to,
+            &settings.etcd,
+        ))?;
         println!(
             "copied {} stream(s) with {} shard(s), {} subscription(s), {} reader(s), {} connector(s), \
              {} checkpoint(s) and {} node(s) from {} into {to}",

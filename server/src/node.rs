@@ -25,7 +25,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::catalog::{Catalog, ShardEntry, StreamEntry};
 use crate::config::Settings;
 use crate::connectors::{Connectors, Hosting};
-use crate::meta::{EtcdMetaStore, MetaStore, NodeMeta, SqliteMetaStore};
+use crate::meta::{EtcdMetaStore, EtcdOptions, MetaStore, NodeMeta, SqliteMetaStore};
 use crate::metrics::Metrics;
 use crate::readers::Readers;
 use crate::service::{Api, HStreamService, NodeInfo};
@@ -33,7 +33,8 @@ use crate::store::{LocalShard, LocalStore, LogStore, Store, now_ms};
 use crate::streams::Streams;
 use crate::subscription::Subscriptions;
 
-pub async fn open_meta(uri: &str) -> anyhow::Result<Arc<dyn MetaStore>> {
+/// Opens the metastore at `uri`; `etcd` says how to reach an etcd one (TLS, user).
+pub async fn open_meta(uri: &str, etcd: &EtcdOptions) -> anyhow::Result<Arc<dyn MetaStore>> {
     if let Some(path) = uri.strip_prefix("sqlite://") {
         let path = std::path::Path::new(path);
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -47,7 +48,7 @@ pub async fn open_meta(uri: &str) -> anyhow::Result<Arc<dyn MetaStore>> {
     }
     if uri.starts_with("etcd://") {
         return Ok(Arc::new(
-            EtcdMetaStore::connect(uri, std::time::Duration::from_secs(10))
+            EtcdMetaStore::connect(uri, etcd)
                 .await
                 .with_context(|| format!("opening metastore {uri}"))?,
         ));
@@ -56,10 +57,10 @@ pub async fn open_meta(uri: &str) -> anyhow::Result<Arc<dyn MetaStore>> {
 }
 
 /// Copies the metastore at `from` into the one at `to` (`--copy-metastore-to`); the server
-/// must not be running on either.
-pub async fn copy_metastore(from: &str, to: &str) -> anyhow::Result<crate::meta::copy::Copied> {
-    let source = open_meta(from).await?;
-    let target = open_meta(to).await?;
+/// must not be running on either. `etcd` applies to whichever of the two is on etcd.
+pub async fn copy_metastore(from: &str, to: &str, etcd: &EtcdOptions) -> anyhow::Result<crate::meta::copy::Copied> {
+    let source = open_meta(from, etcd).await?;
+    let target = open_meta(to, etcd).await?;
     let copied = crate::meta::copy::copy(source.as_ref(), target.as_ref())
         .await
         .with_context(|| format!("copying metastore {from} into {to}"))?;
@@ -232,7 +233,7 @@ pub async fn run(
     std::fs::create_dir_all(&plugins).with_context(|| format!("creating {}", plugins.display()))?;
     hstream_runtime::wasm::set_plugin_dir(plugins);
     hstream_runtime::wasm::set_protected_dir(&settings.data_dir);
-    let meta = open_meta(&settings.metastore_uri).await?;
+    let meta = open_meta(&settings.metastore_uri, &settings.etcd).await?;
     let (root, opts) = (settings.data_dir.clone(), settings.store.clone());
     let store = tokio::task::spawn_blocking(move || LogStore::open(&root, opts)).await??;
     let catalog = reconcile(

@@ -161,3 +161,88 @@ async fn a_single_node_moves_its_metadata_from_sqlite_to_etcd() {
     );
     server.terminate();
 }
+
+/// The server reaches etcd over TLS (its certificate from a CA of the test's own, a client
+/// certificate for `--client-cert-auth`) as a user whose role covers only its prefix: it
+/// serves, survives a restart, and authenticates again by itself when etcd refuses its token
+/// (as once a simple token expired). A wrong password, a CA that did not sign etcd's certificate and
+/// a prefix outside the user's role each stop the start with an error saying so, and the
+/// password appears in no log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_reaches_etcd_over_tls_as_a_user() {
+    const PASSWORD: &str = "hs-s3cret-pw";
+    let etcd = Etcd::start_tls(&[]).await;
+    etcd.enable_auth("root-pw", "hstream", PASSWORD, "/secure").await;
+    let ca = etcd.tls.as_ref().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let pw = tmp.path().join("pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    let wrong_pw = tmp.path().join("wrong-pw");
+    std::fs::write(&wrong_pw, "not-it\n").unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let flags = |uri: String, ca_file: String, password_file: String| {
+        vec![
+            "--metastore-uri".to_owned(),
+            uri,
+            "--metastore-ca-file".into(),
+            ca_file,
+            "--metastore-cert-file".into(),
+            path(&ca.client_cert),
+            "--metastore-key-file".into(),
+            path(&ca.client_key),
+            "--metastore-user".into(),
+            "hstream".into(),
+            "--metastore-password-file".into(),
+            password_file,
+        ]
+    };
+    let good = flags(etcd.uri("secure"), path(&ca.ca), path(&pw));
+    let good: Vec<&str> = good.iter().map(String::as_str).collect();
+    let log = tmp.path().join("server.log");
+    let mut server = Server::start_logged(&data, &good, &log, "hstream_server=debug,info");
+    let mut client = server.client().await;
+    let shards = make_stream(&mut client, "s", 1).await;
+    append_one(&mut client, "s", shards[0], "r0").await.unwrap();
+    // The server's token is void (as after it expired): it authenticates again by itself.
+    etcd.void_tokens("root-pw").await;
+    make_stream(&mut client, "t", 1).await;
+    server.terminate();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("authenticated to etcd again"), "{logged}");
+    let mut server = Server::start_logged(&data, &good, &log, "info");
+    let mut client = server.client().await;
+    assert_eq!(
+        payload_strings(&read_shard_to_tail(&mut client, "s", shards[0]).await),
+        ["r0"]
+    );
+    server.terminate();
+
+    let refused = |flags: Vec<String>| {
+        let dir = tmp.path().join("refused");
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        refused_start(&dir, &flags)
+    };
+    let err = refused(flags(etcd.uri("secure"), path(&ca.ca), path(&wrong_pw)));
+    println!("wrong password: {err}");
+    assert!(
+        err.contains(r#"refused user "hstream""#) && err.contains("authentication failed"),
+        "{err}"
+    );
+    let other_ca = tmp.path().join("other-ca");
+    std::fs::create_dir_all(&other_ca).unwrap();
+    let other = hstream_integration_tests::tls::TestCa::make(&other_ca);
+    let err = refused(flags(etcd.uri("secure"), path(&other.ca), path(&pw)));
+    println!("CA that did not sign etcd's certificate: {err}");
+    assert!(err.contains("certificate"), "{err}");
+    let err = refused(flags(etcd.uri("elsewhere"), path(&ca.ca), path(&pw)));
+    println!("prefix outside the user's role: {err}");
+    assert!(
+        err.contains("permission denied") && err.contains(r#"user "hstream""#),
+        "{err}"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    for text in [&logged, &err] {
+        assert!(!text.contains(PASSWORD), "the password was logged");
+    }
+}

@@ -22,7 +22,7 @@ pub mod copy;
 mod etcd;
 mod sqlite;
 
-pub use etcd::EtcdMetaStore;
+pub use etcd::{EtcdMetaStore, EtcdOptions, Secret};
 pub use sqlite::SqliteMetaStore;
 
 use async_trait::async_trait;
@@ -41,6 +41,10 @@ pub enum MetaError {
     /// Retrying later is the remedy; a write that timed out may still have been applied.
     #[error("metastore unavailable: {0}")]
     Unavailable(String),
+    /// The backend refused us: a password or certificate it does not accept, a user without
+    /// the permission. Retrying will not help; the configuration must change.
+    #[error("metastore refused access: {0}")]
+    Denied(String),
     /// A claim or a fenced write found the ownership it was conditioned on no longer current
     /// (another node took the resource, or the caller's view is stale). Nothing was written.
     #[error("{resource:?} is not held as the write expected ({expected}); now {current}")]

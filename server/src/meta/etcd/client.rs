@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use hstream_proto::etcd::auth_client::AuthClient;
 use hstream_proto::etcd::kv_client::KvClient;
 use hstream_proto::etcd::lease_client::LeaseClient;
 use hstream_proto::etcd::request_op::Request as Op;
@@ -13,12 +14,13 @@ use hstream_proto::etcd::{
     RangeResponse, RequestOp, ResponseOp, TxnRequest, TxnResponse,
 };
 use hstream_proto::mvccpb::KeyValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::super::*;
+use super::auth::{Auth, TokenHeader};
 use super::ops::*;
 use super::records::*;
-use super::{EtcdMetaStore, PAGE, PROGRESS_CHUNK, RETRIES, backend, contended, parse_uri};
+use super::{EtcdMetaStore, EtcdOptions, PAGE, PROGRESS_CHUNK, RETRIES, backend, contended, parse_uri};
 
 /// One key of the shard ids in use (`shard-ids/<id / 64>`), as read.
 pub(super) struct IdChunk {
@@ -50,10 +52,41 @@ pub(super) fn release_ids(chunks: &mut [IdChunk], ids: &[u64], guards: &mut Vec<
     }
 }
 
+/// TLS as `opts` ask for it: `None` without any TLS file; the CA is required with TLS.
+fn tls_config(opts: &EtcdOptions) -> MetaResult<Option<ClientTlsConfig>> {
+    if opts.ca_file.is_none() && opts.cert_file.is_none() && opts.key_file.is_none() {
+        return Ok(None);
+    }
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| MetaError::Invalid(format!("--{flag} {}: {e}", path.display())))
+    };
+    let ca = opts.ca_file.as_ref().ok_or_else(|| {
+        MetaError::Invalid("TLS to etcd needs --metastore-ca-file, the CA that signed etcd's certificate".into())
+    })?;
+    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("metastore-ca-file", ca)?));
+    match (&opts.cert_file, &opts.key_file) {
+        (Some(cert), Some(key)) => {
+            config = config.identity(Identity::from_pem(
+                read("metastore-cert-file", cert)?,
+                read("metastore-key-file", key)?,
+            ));
+        }
+        (None, None) => {}
+        _ => {
+            return Err(MetaError::Invalid(
+                "--metastore-cert-file and --metastore-key-file go together".into(),
+            ));
+        }
+    }
+    Ok(Some(config))
+}
+
 /// How a request etcd could not serve failed, for deciding whether to send it again.
 enum Failure {
     /// etcd never received it: no connection to the member, no leader to propose to.
     NotSent,
+    /// etcd refused the auth token (simple tokens expire): authenticate again, then resend.
+    Token,
     /// It may or may not have been applied (the connection broke, the leader changed or the
     /// request timed out meanwhile).
     Unknown,
@@ -65,6 +98,14 @@ fn failure(s: &tonic::Status) -> Failure {
     use tonic::Code;
     let m = s.message();
     match s.code() {
+        // A token that expired, or that predates a change of etcd's users and roles.
+        Code::Unauthenticated | Code::InvalidArgument
+            if m.contains("invalid auth token") || m.contains("revision of auth store is old") =>
+        {
+            Failure::Token
+        }
+        // A certificate etcd or we refused: no retry will change it.
+        Code::Unavailable | Code::Unknown if m.contains("certificate") || m.contains("handshake") => Failure::Final,
         Code::Unavailable
             if m.contains("tcp connect")
                 || m.contains("error trying to connect")
@@ -107,16 +148,32 @@ fn took_effect_response(ops: &[RequestOp]) -> TxnResponse {
 }
 
 impl EtcdMetaStore {
-    /// Connects to the etcd cluster `uri` names (no request is made yet: an unreachable etcd
-    /// shows at the first call, within `timeout`).
-    pub async fn connect(uri: &str, timeout: Duration) -> MetaResult<Self> {
+    /// Connects to the etcd cluster `uri` names, with TLS and a user as `opts` say, and
+    /// authenticates; an unreachable etcd fails within the timeout, a refused certificate or
+    /// password at once.
+    pub async fn connect(uri: &str, opts: &EtcdOptions) -> MetaResult<Self> {
+        let timeout = opts.timeout.unwrap_or(Duration::from_secs(10));
         let (endpoints, prefix) = parse_uri(uri).map_err(MetaError::Invalid)?;
+        let tls = tls_config(opts)?;
         let endpoints = endpoints
             .iter()
             .map(|e| {
-                Endpoint::from_shared(e.clone())
+                let e = if tls.is_some() {
+                    e.replacen("http://", "https://", 1)
+                } else {
+                    e.clone()
+                };
+                let endpoint = Endpoint::from_shared(e.clone())
                     .map(|e| e.connect_timeout(timeout).timeout(timeout).tcp_nodelay(true))
-                    .map_err(|err| MetaError::Invalid(format!("etcd endpoint {e:?}: {err}")))
+                    .map_err(|err| MetaError::Invalid(format!("etcd endpoint {e:?}: {err}")))?;
+                match &tls {
+                    Some(tls) => endpoint.tls_config(tls.clone()).map_err(|err| {
+                        MetaError::Invalid(format!(
+                            "TLS to etcd (--metastore-ca-file, --metastore-cert-file, --metastore-key-file): {err}"
+                        ))
+                    }),
+                    None => Ok(endpoint),
+                }
             })
             .collect::<MetaResult<Vec<_>>>()?;
         let hosts = endpoints
@@ -124,24 +181,75 @@ impl EtcdMetaStore {
             .map(|e| e.uri().authority().map_or(String::new(), |a| a.to_string()))
             .collect::<Vec<_>>()
             .join(",");
+        let user = match (&opts.user, &opts.password) {
+            (Some(user), Some(password)) => Some((user.clone(), password.clone())),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(MetaError::Invalid(
+                    "--metastore-user needs a password (--metastore-password-file or HSTREAM_METASTORE_PASSWORD)"
+                        .into(),
+                ));
+            }
+            (None, Some(_)) => return Err(MetaError::Invalid("a metastore password needs --metastore-user".into())),
+        };
         let channel = Channel::balance_list(endpoints.into_iter());
-        let kv = KvClient::new(channel.clone()).max_decoding_message_size(usize::MAX);
+        let token = TokenHeader::default();
         let store = EtcdMetaStore {
-            kv,
-            leases: LeaseClient::new(channel),
+            kv: KvClient::with_interceptor(channel.clone(), token.clone()).max_decoding_message_size(usize::MAX),
+            leases: LeaseClient::with_interceptor(channel.clone(), token.clone()),
+            auth: Auth {
+                client: AuthClient::new(channel),
+                user,
+                token,
+            },
             prefix,
             hosts,
             timeout,
         };
+        store.authenticate(Instant::now() + timeout).await?;
         // Reachable now, or a clear error now rather than at the first request.
         store.get(store.key("cluster-id")).await?;
         Ok(store)
+    }
+
+    /// Gets a token for the configured user (nothing without one), retrying what etcd did not
+    /// receive until `deadline`; a refused password is `Invalid`, naming the user only.
+    async fn authenticate(&self, deadline: Instant) -> MetaResult<()> {
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let err = match self.auth.authenticate(left.max(Duration::from_millis(1))).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if err.code() == tonic::Code::InvalidArgument || err.code() == tonic::Code::PermissionDenied {
+                return Err(MetaError::Denied(format!(
+                    "etcd at {} refused user {:?}: {}",
+                    self.hosts,
+                    self.auth.user().unwrap_or_default(),
+                    err.message()
+                )));
+            }
+            if !matches!(failure(&err), Failure::NotSent | Failure::Unknown) || Instant::now() + pause >= deadline {
+                return Err(self.failed(err));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
     }
 
     /// etcd's answer as a MetaError: one that says etcd cannot serve now (unreachable, no
     /// leader, a timed-out request) is `Unavailable`, naming the endpoints.
     pub(super) fn failed(&self, s: tonic::Status) -> MetaError {
         use tonic::Code;
+        let m = s.message();
+        if matches!(s.code(), Code::Unavailable | Code::Unknown) && m.contains("certificate") {
+            return MetaError::Denied(format!(
+                "TLS with etcd at {} failed: {m} (check --metastore-ca-file, --metastore-cert-file and \
+                 --metastore-key-file)",
+                self.hosts
+            ));
+        }
         match s.code() {
             // Unknown: a request in flight when the connection broke (h2 I/O errors).
             Code::Unavailable
@@ -150,11 +258,18 @@ impl EtcdMetaStore {
             | Code::Aborted
             | Code::Unknown
             | Code::ResourceExhausted => MetaError::Unavailable(format!(
-                "etcd at {} could not serve the request within {:?} (is a quorum of its members up?): {}",
-                self.hosts,
-                self.timeout,
-                s.message()
+                "etcd at {} could not serve the request within {:?} (is a quorum of its members up?): {m}",
+                self.hosts, self.timeout,
             )),
+            Code::PermissionDenied | Code::Unauthenticated | Code::InvalidArgument
+                if m.contains("permission denied") || m.contains("user name") || m.contains("auth") =>
+            {
+                MetaError::Denied(format!(
+                    "etcd at {} refused the request{}: {m}",
+                    self.hosts,
+                    self.auth.user().map(|u| format!(" for user {u:?}")).unwrap_or_default(),
+                ))
+            }
             _ => backend(s),
         }
     }
@@ -175,6 +290,16 @@ impl EtcdMetaStore {
                 Err(e) => e,
             };
             let again = match failure(&err) {
+                Failure::Token if self.auth.user.is_some() => {
+                    if let Err(e) = self.authenticate(deadline).await {
+                        tracing::warn!(error = %e, "authenticating to etcd again failed");
+                        return Err(err);
+                    }
+                    tracing::debug!(reason = %err.message(), "authenticated to etcd again");
+                    // A fresh token: send at once.
+                    continue;
+                }
+                Failure::Token => false,
                 Failure::NotSent => true,
                 Failure::Unknown => repeatable,
                 Failure::Final => false,

@@ -44,14 +44,15 @@ use hstream_proto::etcd::kv_client::KvClient;
 use hstream_proto::etcd::lease_client::LeaseClient;
 use hstream_proto::etcd::{Compare, RequestOp};
 use hstream_proto::mvccpb::KeyValue;
-use tonic::transport::Channel;
 
 use super::*;
 
+mod auth;
 mod client;
 mod ops;
 mod records;
 
+use auth::{Auth, Authed};
 use client::*;
 use ops::*;
 use records::*;
@@ -85,7 +86,11 @@ pub fn parse_uri(uri: &str) -> Result<(Vec<String>, String), String> {
     let prefix = if prefix.is_empty() { "/hstream" } else { prefix };
     if hosts.contains('@') {
         // Never echoed: what precedes '@' may be a password.
-        return Err("an etcd metastore URI with user:password@ is not supported yet (etcd auth is not built)".into());
+        return Err(
+            "an etcd metastore URI cannot carry user:password@: give --metastore-user, and the password in \
+             --metastore-password-file or HSTREAM_METASTORE_PASSWORD"
+                .into(),
+        );
     }
     let endpoints: Vec<String> = hosts
         .split(',')
@@ -99,9 +104,48 @@ pub fn parse_uri(uri: &str) -> Result<(Vec<String>, String), String> {
     Ok((endpoints, prefix.to_owned()))
 }
 
+/// How to reach etcd beyond its URI: the call timeout, TLS and a user.
+#[derive(Clone, Default)]
+pub struct EtcdOptions {
+    /// How long one call may keep retrying (default 10 s).
+    pub timeout: Option<std::time::Duration>,
+    /// PEM file of the CA that signed etcd's certificate: TLS to every endpoint (https).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM files of a client certificate and its key, for etcd's `--client-cert-auth`.
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
+    /// etcd user and password (etcd's auth); the password is never logged or echoed.
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+}
+
+/// A password: shown as `***` by `Debug`, so no log or error can carry it by accident.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::fmt::Debug for EtcdOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdOptions")
+            .field("timeout", &self.timeout)
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("user", &self.user)
+            .field("password", &self.password)
+            .finish()
+    }
+}
+
 pub struct EtcdMetaStore {
-    kv: KvClient<Channel>,
-    leases: LeaseClient<Channel>,
+    kv: KvClient<Authed>,
+    leases: LeaseClient<Authed>,
+    auth: Auth,
     prefix: String,
     /// `host:port,…` as configured, for messages.
     hosts: String,

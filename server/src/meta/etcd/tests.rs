@@ -9,7 +9,11 @@ use hstream_integration_tests::etcd::Etcd;
 
 /// Connects to `etcd` under `prefix`.
 async fn store(etcd: &Etcd, prefix: &str) -> EtcdMetaStore {
-    EtcdMetaStore::connect(&etcd.uri(prefix), Duration::from_secs(5))
+    let opts = EtcdOptions {
+        timeout: Some(Duration::from_secs(5)),
+        ..Default::default()
+    };
+    EtcdMetaStore::connect(&etcd.uri(prefix), &opts)
         .await
         .unwrap_or_else(|e| panic!("etcd is healthy but refuses us: {e}\n{}", etcd.log()))
 }
@@ -26,9 +30,9 @@ fn uris_name_hosts_and_prefix() {
     assert_eq!(parse_uri("etcd://a:2379").unwrap().1, "/hstream");
     assert!(parse_uri("etcd:///x").is_err());
     assert!(parse_uri("sqlite:///x").is_err());
-    // Credentials are refused (not built yet) and never echoed.
+    // Credentials belong in their own settings, never in the URI, and are never echoed.
     let err = parse_uri("etcd://root:s3cret@a:2379").unwrap_err();
-    assert!(err.contains("not supported") && !err.contains("s3cret"), "{err}");
+    assert!(err.contains("--metastore-user") && !err.contains("s3cret"), "{err}");
 }
 
 /// The same suite SQLite passes, against a real etcd; then a crash of etcd (SIGKILL) loses
