@@ -46,6 +46,14 @@ if ! { [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1; } || 
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto mosquitto-clients
 fi
 
+# nats-server for the JetStream store's tests (throw-away servers on free ports; the machine's
+# own NATS on 4222 is left alone).
+if ! [ -x /usr/sbin/nats-server ] && ! command -v nats-server >/dev/null 2>&1; then
+  echo "==> installing nats-server"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server
+fi
+
 # openssl makes the certificate authorities of the TLS tests (Mosquitto, etcd).
 if ! command -v openssl >/dev/null 2>&1; then
   echo "==> installing openssl"

@@ -175,8 +175,12 @@ async fn measure_tasks(store: Arc<dyn MetaStore>, n: usize, tasks: usize) -> any
     let batched = timed(n, tasks, move |i| {
         let w = writer.clone();
         async move {
-            w.store(&format!("grouped{}", i % tasks), 1, format!("{{\"lsn\":{i}}}").into_bytes())
-                .await?;
+            w.store(
+                &format!("grouped{}", i % tasks),
+                1,
+                format!("{{\"lsn\":{i}}}").into_bytes(),
+            )
+            .await?;
             Ok(())
         }
     })
@@ -218,13 +222,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         ("each its own transaction", qd, ed),
         ("node's group-commit writer", qb, eb),
     ] {
-        println!("    {what:<30} SQLite {q:>8.0}/s   etcd {e:>8.0}/s   etcd/SQLite {:.2}x", e / q);
+        println!(
+            "    {what:<30} SQLite {q:>8.0}/s   etcd {e:>8.0}/s   etcd/SQLite {:.2}x",
+            e / q
+        );
     }
-    println!(
-        "    writer/direct: SQLite {:.2}x, etcd {:.2}x",
-        qb / qd,
-        eb / ed
-    );
+    println!("    writer/direct: SQLite {:.2}x, etcd {:.2}x", qb / qd, eb / ed);
     println!("  (commit progress: {} shards per commit, one transaction)", a.shards);
     Ok(())
 }

@@ -22,6 +22,7 @@ mod connectors;
 pub mod etcd;
 pub mod mariadb;
 pub mod mosquitto;
+pub mod nats;
 pub mod pg;
 mod records;
 mod server;

@@ -154,7 +154,7 @@ impl ApiError {
             Store(e) => {
                 let code = match e {
                     StoreError::ShardDeleted(_) => Code::NotFound,
-                    StoreError::ShuttingDown | StoreError::Poisoned(_) => Code::Unavailable,
+                    StoreError::ShuttingDown | StoreError::Poisoned(_) | StoreError::Down(_) => Code::Unavailable,
                     StoreError::Corrupt(_) | StoreError::Unavailable { .. } => Code::DataLoss,
                     StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::InvalidData => Code::DataLoss,
                     _ => Code::Internal,

@@ -1,9 +1,10 @@
 //! The log store, our own product: what every store guarantees (`api.rs`, checked by
-//! `contract.rs`), how readers of many shards learn which moved (`ready.rs`), and the local
-//! segment store (`local/`), the one implementation today.
+//! `contract.rs`), how readers of many shards learn which moved (`ready.rs`), the local
+//! segment store (`local/`, the default) and the store on NATS JetStream (`jetstream/`).
 
 mod api;
 pub mod contract;
+pub mod jetstream;
 pub mod local;
 mod ready;
 
@@ -39,6 +40,12 @@ pub enum StoreError {
     ShuttingDown,
     #[error("append failed: {0}")]
     Failed(String),
+    /// A remote store (JetStream) failed a request or was given something it cannot take.
+    #[error("{0}")]
+    Backend(String),
+    /// A remote store cannot be reached or cannot answer now; retrying later may succeed.
+    #[error("the store cannot serve now: {0}")]
+    Down(String),
 }
 
 impl StoreError {

@@ -1,0 +1,392 @@
+//! The store on NATS JetStream (`--store nats://host1:4222,host2:4222[/prefix]`): shards kept in
+//! a replicated log engine every node shares, so any node can serve any stream and losing a
+//! machine loses nothing. We write no replication of our own; JetStream's Raft does it.
+//!
+//! Mapping (decision 024):
+//! - one JetStream stream per shard, `<prefix>_<shard id>`, bound to the one subject
+//!   `<prefix>.s.<shard id>`: JetStream's dense per-stream sequence *is* the shard's LSN, a
+//!   purge up to a sequence is a trim, the replica count is the stream's replication factor;
+//! - one message per appended batch, the payload as the client encoded it, with headers for the
+//!   record count (`Hs-Records`) and compression (`Hs-Compression`) and a `Nats-Msg-Id` unique
+//!   to the append, so a publish retried after a lost acknowledgement is stored once (within
+//!   JetStream's duplicate window);
+//! - a batch's timestamp is the time JetStream stored it (the stream leader's clock);
+//! - tails: after each acknowledged append the appending node announces the new LSN on the
+//!   core-NATS subject `<prefix>.t.<shard id>` (not stored); every node listens on
+//!   `<prefix>.t.*`, so readers anywhere wake without polling.
+//!
+//! Guarantees (the store contract, `../contract.rs`, run against a real nats-server): an append
+//! resolves once JetStream acknowledged it, which means a majority of the stream's replicas
+//! hold it; how soon that reaches a disk is JetStream's `sync_interval` (lazy before
+//! nats-server 2.10: see the README's durability section).
+
+mod shard;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::api::{Shard, Store};
+use super::{Appended, StoreError, now_ms};
+use shard::JsShard;
+
+/// Header holding a batch's record count.
+const RECORDS: &str = "Hs-Records";
+/// Header holding a batch's compression code.
+const COMPRESSION: &str = "Hs-Compression";
+/// How long JetStream remembers message ids for deduplication.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// Largest batch the store accepts beside the headers (JetStream's `max_payload` must allow
+/// it, checked at connect).
+const HEADROOM: usize = 1024;
+
+/// How to reach NATS beyond its URI.
+#[derive(Clone, Default)]
+pub struct NatsOptions {
+    /// Connect and request timeout (default 10 s).
+    pub timeout: Option<Duration>,
+    /// PEM file of the CA that signed the servers' certificates: TLS required.
+    pub ca_file: Option<std::path::PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<crate::meta::Secret>,
+    pub token: Option<crate::meta::Secret>,
+    /// The largest appended batch to expect (`max-record-size`): the servers' `max_payload`
+    /// must hold it.
+    pub max_batch_bytes: usize,
+}
+
+impl std::fmt::Debug for NatsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsOptions")
+            .field("timeout", &self.timeout)
+            .field("ca_file", &self.ca_file)
+            .field("user", &self.user)
+            .field("password", &self.password)
+            .field("token", &self.token)
+            .field("max_batch_bytes", &self.max_batch_bytes)
+            .finish()
+    }
+}
+
+/// `nats://host:port,host:port[/prefix]` → (server addresses, prefix).
+pub fn parse_uri(uri: &str) -> Result<(Vec<String>, String), String> {
+    let rest = uri
+        .strip_prefix("nats://")
+        .ok_or_else(|| format!("{uri:?}: a JetStream store URI starts with nats://"))?;
+    let (hosts, prefix) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i + 1..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    if hosts.contains('@') {
+        // Never echoed: what precedes '@' may be a password.
+        return Err("a JetStream store URI cannot carry credentials: give --store-user and \
+                    --store-password-file (or HSTREAM_STORE_PASSWORD), or a token"
+            .into());
+    }
+    let prefix = if prefix.is_empty() { "HSTREAM" } else { prefix };
+    if !prefix
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(format!(
+            "{uri:?}: the prefix may hold only letters, digits, '_' and '-' (it names JetStream streams)"
+        ));
+    }
+    let servers: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("nats://{h}"))
+        .collect();
+    if servers.is_empty() {
+        return Err(format!("{uri:?}: name at least one NATS host:port"));
+    }
+    Ok((servers, prefix.to_owned()))
+}
+
+pub struct JetStreamStore {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    prefix: String,
+    shards: RwLock<HashMap<u64, Arc<JsShard>>>,
+    /// The task that turns tail announcements into visible LSNs.
+    tails: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for JetStreamStore {
+    fn drop(&mut self) {
+        self.tails.abort();
+    }
+}
+
+fn failed(what: impl std::fmt::Display, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("{what}: {e}"))
+}
+
+fn down(what: impl std::fmt::Display, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Down(format!("{what}: {e}"))
+}
+
+impl JetStreamStore {
+    /// Connects to the NATS servers `uri` names and opens every shard stored under its prefix.
+    /// Fails at once (naming the servers) when none answers, when JetStream is not enabled, or
+    /// when the servers' `max_payload` cannot hold a batch of `opts.max_batch_bytes`.
+    pub async fn connect(uri: &str, opts: &NatsOptions) -> Result<Arc<Self>, StoreError> {
+        let (servers, prefix) = parse_uri(uri).map_err(StoreError::Backend)?;
+        let timeout = opts.timeout.unwrap_or(Duration::from_secs(10));
+        let mut connect = async_nats::ConnectOptions::new()
+            .name("hstream-server")
+            .connection_timeout(timeout)
+            .request_timeout(Some(timeout));
+        if let Some(ca) = &opts.ca_file {
+            connect = connect.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        match (&opts.user, &opts.password, &opts.token) {
+            (Some(user), Some(password), None) => {
+                connect = connect.user_and_password(user.clone(), password.0.clone());
+            }
+            (None, None, Some(token)) => connect = connect.token(token.0.clone()),
+            (None, None, None) => {}
+            _ => {
+                return Err(StoreError::Backend(
+                    "NATS credentials: give a user with a password, or a token, not both".into(),
+                ));
+            }
+        }
+        let addrs: Vec<async_nats::ServerAddr> = servers
+            .iter()
+            .map(|s| s.parse().map_err(|e| failed(format!("NATS server {s:?}"), e)))
+            .collect::<Result<_, _>>()?;
+        let hosts = servers.join(",");
+        let client = connect
+            .connect(addrs)
+            .await
+            .map_err(|e| down(format!("connecting to NATS at {hosts}"), e))?;
+        let max_payload = client.server_info().max_payload;
+        if max_payload < opts.max_batch_bytes + HEADROOM {
+            return Err(StoreError::Backend(format!(
+                "NATS at {hosts} takes messages of at most {max_payload} bytes (its max_payload), but a \
+                 batch may be {} bytes (max-record-size): raise max_payload in the NATS servers' \
+                 configuration or lower max-record-size",
+                opts.max_batch_bytes
+            )));
+        }
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(timeout);
+        let tails = client
+            .subscribe(format!("{prefix}.t.*"))
+            .await
+            .map_err(|e| failed("listening for tails", e))?;
+        let store = Arc::new_cyclic(|weak: &std::sync::Weak<JetStreamStore>| {
+            let weak = weak.clone();
+            JetStreamStore {
+                tails: tokio::spawn(follow_tails(weak, tails)),
+                client,
+                js,
+                prefix,
+                shards: RwLock::new(HashMap::new()),
+            }
+        });
+        store
+            .open_all()
+            .await
+            .map_err(|e| StoreError::Backend(format!("JetStream at {hosts} (is it enabled, -js?): {e}")))?;
+        Ok(store)
+    }
+
+    fn stream_name(&self, id: u64) -> String {
+        format!("{}_{id}", self.prefix)
+    }
+
+    fn subject(&self, id: u64) -> String {
+        format!("{}.s.{id}", self.prefix)
+    }
+
+    /// Opens every shard stream under the prefix.
+    async fn open_all(&self) -> Result<(), StoreError> {
+        let mut names = self.js.stream_names();
+        let head = format!("{}_", self.prefix);
+        let mut ids = Vec::new();
+        while let Some(name) = names.next().await {
+            let name = name.map_err(|e| failed("listing JetStream streams", e))?;
+            if let Some(id) = name.strip_prefix(&head).and_then(|i| i.parse::<u64>().ok()) {
+                ids.push(id);
+            }
+        }
+        for id in ids {
+            let stream = self
+                .js
+                .get_stream(self.stream_name(id))
+                .await
+                .map_err(|e| failed(format!("opening shard {id}"), e))?;
+            self.insert(id, stream);
+        }
+        Ok(())
+    }
+
+    fn insert(&self, id: u64, stream: stream::Stream) -> Arc<JsShard> {
+        let state = stream.cached_info().state.clone();
+        let shard = Arc::new(JsShard::new(id, stream, &state));
+        self.shards.write().expect("lock").insert(id, shard.clone());
+        shard
+    }
+
+    /// Ids of the shards the store holds (for start-up reconciliation).
+    pub fn shard_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.shards.read().expect("lock").keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Creates a shard's stream with `replicas` copies; `ShardExists` if it is there.
+    pub async fn create_replicated(&self, id: u64, replicas: u32) -> Result<Arc<dyn Shard>, StoreError> {
+        if self.shards.read().expect("lock").contains_key(&id) {
+            return Err(StoreError::ShardExists(id));
+        }
+        let name = self.stream_name(id);
+        match self.js.get_stream(&name).await {
+            Ok(_) => return Err(StoreError::ShardExists(id)),
+            Err(e)
+                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {}
+            Err(e) => return Err(down(format!("looking up JetStream stream {name}"), e)),
+        }
+        let config = stream::Config {
+            name: name.clone(),
+            subjects: vec![self.subject(id)],
+            num_replicas: replicas.max(1) as usize,
+            storage: stream::StorageType::File,
+            allow_direct: true,
+            duplicate_window: DUPLICATE_WINDOW,
+            discard: stream::DiscardPolicy::Old,
+            ..Default::default()
+        };
+        let stream = self
+            .js
+            .create_stream(config)
+            .await
+            .map_err(|e| failed(format!("creating JetStream stream {name}"), e))?;
+        let shard: Arc<dyn Shard> = self.insert(id, stream);
+        Ok(shard)
+    }
+}
+
+/// Applies the tail announcements of every node (`<prefix>.t.<id>`, payload the LSN in
+/// decimal) to the shards this node has open, while the store lives.
+async fn follow_tails(store: std::sync::Weak<JetStreamStore>, mut tails: async_nats::Subscriber) {
+    while let Some(msg) = tails.next().await {
+        let Some(store) = store.upgrade() else { return };
+        let id = msg.subject.rsplit('.').next().and_then(|i| i.parse::<u64>().ok());
+        let lsn = std::str::from_utf8(&msg.payload)
+            .ok()
+            .and_then(|l| l.parse::<u64>().ok());
+        if let (Some(id), Some(lsn)) = (id, lsn)
+            && let Some(shard) = store.shards.read().expect("lock").get(&id).cloned()
+        {
+            shard.advance(lsn);
+        }
+    }
+}
+
+#[async_trait]
+impl Store for JetStreamStore {
+    async fn create_shard(&self, id: u64) -> Result<Arc<dyn Shard>, StoreError> {
+        self.create_replicated(id, 1).await
+    }
+
+    async fn delete_shard(&self, id: u64) -> Result<(), StoreError> {
+        let shard = self.shards.write().expect("lock").remove(&id);
+        if let Some(shard) = &shard {
+            shard.mark_deleted();
+        }
+        match self.js.delete_stream(self.stream_name(id)).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("stream not found") => Ok(()),
+            Err(e) => Err(failed(format!("deleting JetStream stream {}", self.stream_name(id)), e)),
+        }
+    }
+
+    fn shard(&self, id: u64) -> Option<Arc<dyn Shard>> {
+        let shard: Arc<dyn Shard> = self.shards.read().expect("lock").get(&id)?.clone();
+        Some(shard)
+    }
+
+    async fn append(
+        &self,
+        shard: u64,
+        payload: Bytes,
+        batch_size: u32,
+        compression: u8,
+    ) -> Result<Appended, StoreError> {
+        let Some(target) = self.shards.read().expect("lock").get(&shard).cloned() else {
+            return Err(StoreError::ShardDeleted(shard));
+        };
+        if target.is_deleted() {
+            return Err(StoreError::ShardDeleted(shard));
+        }
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(RECORDS, batch_size.to_string().as_str());
+        headers.insert(COMPRESSION, compression.to_string().as_str());
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            uuid::Uuid::new_v4().to_string().as_str(),
+        );
+        let subject = self.subject(shard);
+        // A publish whose acknowledgement was lost is sent again with the same message id:
+        // JetStream stores it once.
+        let mut attempts = 0;
+        let ack = loop {
+            attempts += 1;
+            let sent = self
+                .js
+                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                .await;
+            let acked = match sent {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            match acked {
+                Ok(ack) => break ack,
+                Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {
+                    return Err(StoreError::Unavailable {
+                        shard,
+                        reason: format!("its JetStream stream {} is gone", self.stream_name(shard)),
+                    });
+                }
+                Err(e) if e.kind() == jetstream::context::PublishErrorKind::TimedOut && attempts < 3 => {
+                    tracing::debug!(shard, error = %e, "append not acknowledged in time: sending again");
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        jetstream::context::PublishErrorKind::TimedOut
+                            | jetstream::context::PublishErrorKind::BrokenPipe
+                    ) =>
+                {
+                    return Err(down(format!("appending to shard {shard}"), e));
+                }
+                Err(e) => return Err(failed(format!("appending to shard {shard}"), e)),
+            }
+        };
+        target.advance(ack.sequence);
+        // Other nodes' readers learn of it from the announcement; losing one only delays them
+        // until the next.
+        let _ = self
+            .client
+            .publish(format!("{}.t.{shard}", self.prefix), ack.sequence.to_string().into())
+            .await;
+        Ok(Appended {
+            lsn: ack.sequence,
+            timestamp_ms: now_ms(),
+        })
+    }
+
+    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
+}
