@@ -100,7 +100,7 @@ fn spawn(
 
 /// The child gets SIGKILL when the thread that spawned it ends.
 #[allow(unsafe_code)]
-fn die_with_parent_thread(command: &mut Command) {
+pub(crate) fn die_with_parent_thread(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs between fork and exec and calls only prctl(2), which is
     // async-signal-safe and touches no memory of ours.

@@ -33,6 +33,13 @@ pub use records::*;
 pub use server::*;
 
 /// A free TCP port on 127.0.0.1 (for servers that cannot bind port 0 themselves).
+/// Whether servers started by tests keep records in their data directory (the local store),
+/// not in JetStream (`HSTREAM_TEST_STORE=nats`): the few checks of files on disk and of the
+/// local store's own metrics apply only then.
+pub fn on_local_store() -> bool {
+    std::env::var("HSTREAM_TEST_STORE").as_deref() != Ok("nats")
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")

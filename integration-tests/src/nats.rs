@@ -13,6 +13,7 @@ pub struct Nats {
     pub client: SocketAddr,
     monitor: SocketAddr,
     child: Option<Child>,
+    die_with_thread: bool,
 }
 
 impl Nats {
@@ -21,7 +22,30 @@ impl Nats {
         tokio::task::spawn_blocking(Self::launch).await.expect("nats launcher")
     }
 
+    /// One JetStream server for the whole test process, started on first use; it dies with
+    /// the process (the kernel kills it when the thread that started it, which lives as long
+    /// as the process, goes).
+    pub fn shared() -> &'static Nats {
+        static SHARED: std::sync::OnceLock<Nats> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                tx.send(Self::launch_with(true)).expect("send nats");
+                loop {
+                    std::thread::park();
+                }
+            });
+            rx.recv().expect("nats launcher thread")
+        })
+    }
+
     fn launch() -> Nats {
+        Self::launch_with(false)
+    }
+
+    /// A server in a temporary directory; with `die_with_thread` it gets SIGKILL when the
+    /// thread that starts it ends.
+    fn launch_with(die_with_thread: bool) -> Nats {
         let dir = tempfile::Builder::new()
             .prefix("hstream-nats")
             .tempdir()
@@ -31,6 +55,7 @@ impl Nats {
             monitor: SocketAddr::from(([127, 0, 0, 1], super::free_port())),
             dir,
             child: None,
+            die_with_thread,
         };
         nats.spawn();
         nats
@@ -61,13 +86,12 @@ impl Nats {
             .append(true)
             .open(self.dir.path().join("nats.log"))
             .expect("log file");
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting nats-server");
+        let mut command = Command::new(bin);
+        command.arg("-c").arg(&conf).stdout(Stdio::null()).stderr(log);
+        if self.die_with_thread {
+            crate::etcd::die_with_parent_thread(&mut command);
+        }
+        let child = command.spawn().expect("starting nats-server");
         self.child = Some(child);
         let healthy = super::holds_within_blocking(Duration::from_secs(30), || self.healthy());
         assert!(healthy, "nats-server did not become healthy:\n{}", self.log());

@@ -90,6 +90,7 @@ impl Server {
             .arg(data_dir)
             .args(&args)
             .args(etcd_metastore(data_dir, &args))
+            .args(nats_store(data_dir, &args))
             .env("RUST_LOG", level)
             // Airbyte packages are installed once, beside the repo, for every test server; uv
             // (from the test venv) installs them.
@@ -256,4 +257,21 @@ fn etcd_metastore(data_dir: &Path, args: &[String]) -> Vec<String> {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
     vec!["--metastore-uri".into(), etcd.uri(&prefix)]
+}
+
+/// With `HSTREAM_TEST_STORE=nats`, servers started without their own `--store` keep their
+/// records in one JetStream server shared by the test process, under a prefix named after
+/// their data directory (a restart over the same directory finds its shards again): how
+/// `scripts/test.sh` runs the end-to-end suites on the JetStream store.
+fn nats_store(data_dir: &Path, args: &[String]) -> Vec<String> {
+    if std::env::var("HSTREAM_TEST_STORE").as_deref() != Ok("nats") || args.iter().any(|a| a == "--store") {
+        return Vec::new();
+    }
+    let nats = crate::nats::Nats::shared();
+    let prefix: String = data_dir
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    vec!["--store".into(), nats.uri(&prefix)]
 }

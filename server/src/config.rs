@@ -11,6 +11,7 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 
 use crate::meta::{EtcdOptions, Secret};
+use crate::store::jetstream::NatsOptions;
 use crate::store::{FsyncPolicy, StoreOptions};
 
 /// How log lines are written.
@@ -73,6 +74,20 @@ pub struct Flags {
     /// File holding the etcd user's password (one line)
     #[arg(long)]
     pub metastore_password_file: Option<PathBuf>,
+    /// Where streams' records live: the local segment store in --data-dir (the default), or
+    /// NATS JetStream, nats://host:port[,host:port...][/prefix] (prefix default HSTREAM; the
+    /// servers' max_payload must hold --max-record-size)
+    #[arg(long)]
+    pub store: Option<String>,
+    /// TLS to NATS: PEM file of the CA that signed the servers' certificates
+    #[arg(long)]
+    pub store_ca_file: Option<PathBuf>,
+    /// NATS user; the password comes from --store-password-file or HSTREAM_STORE_PASSWORD
+    #[arg(long)]
+    pub store_user: Option<String>,
+    /// File holding the NATS user's password (one line)
+    #[arg(long)]
+    pub store_password_file: Option<PathBuf>,
     /// Copy the metastore (--metastore-uri) into this one and exit, e.g. the embedded SQLite
     /// into etcd://… before running on etcd; stop the server first; a copy that stopped
     /// half-way can be run again, a finished one is refused
@@ -145,6 +160,10 @@ pub struct Settings {
     pub metastore_uri: String,
     /// How to reach an etcd metastore: TLS files, user and password (shown masked).
     pub etcd: EtcdOptions,
+    /// `--store`: JetStream's URI, or `None` for the local store.
+    pub store_uri: Option<String>,
+    /// How to reach NATS (shown masked).
+    pub nats: NatsOptions,
     /// `--copy-metastore-to`: copy the metastore there and exit instead of serving.
     pub copy_metastore_to: Option<String>,
     pub max_record_size: usize,
@@ -183,6 +202,13 @@ impl Settings {
             flags.metastore_password_file.or(file.metastore_password_file),
             std::env::var("HSTREAM_METASTORE_PASSWORD").ok(),
         )?;
+        let store_uri = flags.store.or(file.store).filter(|s| s != "local");
+        let nats = nats_options(
+            flags.store_ca_file.or(file.store_ca_file),
+            flags.store_user.or(file.store_user),
+            flags.store_password_file.or(file.store_password_file),
+            std::env::var("HSTREAM_STORE_PASSWORD").ok(),
+        )?;
         let defaults = StoreOptions::default();
         let store = StoreOptions {
             segment_bytes: flags
@@ -216,6 +242,8 @@ impl Settings {
             data_dir,
             metastore_uri,
             etcd,
+            store_uri,
+            nats,
             copy_metastore_to: flags.copy_metastore_to,
             max_record_size: flags.max_record_size.or(file.max_record_size).unwrap_or(1 << 20),
             max_batch_records: flags
@@ -326,6 +354,35 @@ fn etcd_options(
     })
 }
 
+/// The NATS connection settings; the password from its file (first line) or the environment.
+fn nats_options(
+    ca_file: Option<PathBuf>,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+) -> anyhow::Result<NatsOptions> {
+    let password = match password_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading --store-password-file {}", path.display()))?;
+            Some(text.lines().next().unwrap_or_default().to_owned())
+        }
+        None => password_env.filter(|_| user.is_some()),
+    };
+    if user.is_some() && password.is_none() {
+        anyhow::bail!("--store-user needs a password: --store-password-file or HSTREAM_STORE_PASSWORD");
+    }
+    if password.is_some() && user.is_none() {
+        anyhow::bail!("--store-password-file is set but --store-user is not");
+    }
+    Ok(NatsOptions {
+        ca_file,
+        user,
+        password: password.map(Secret),
+        ..Default::default()
+    })
+}
+
 fn read_file(path: &Path) -> anyhow::Result<Flags> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
     let file: ConfigFile =
@@ -378,6 +435,10 @@ mod tests {
             metastore_key_file: Some("/client.key".into()),
             metastore_user: None,
             metastore_password_file: None,
+            store: Some("nats://n1:4222/p".into()),
+            store_ca_file: Some("/nats-ca.pem".into()),
+            store_user: None,
+            store_password_file: None,
             copy_metastore_to: None,
             max_record_size: Some(2048),
             max_batch_records: Some(10),

@@ -29,7 +29,9 @@ use crate::meta::{EtcdMetaStore, EtcdOptions, MetaStore, NodeMeta, SqliteMetaSto
 use crate::metrics::Metrics;
 use crate::readers::Readers;
 use crate::service::{Api, HStreamService, NodeInfo};
-use crate::store::{LocalShard, LocalStore, LogStore, Store, now_ms};
+use crate::store::admin::{LocalAdmin, StoreAdmin};
+use crate::store::jetstream::{JetStreamStore, NatsOptions};
+use crate::store::{LogStore, Store, now_ms};
 use crate::streams::Streams;
 use crate::subscription::Subscriptions;
 
@@ -83,11 +85,12 @@ pub async fn copy_metastore(from: &str, to: &str, etcd: &EtcdOptions) -> anyhow:
 ///   unavailable (DATA_LOSS), never recreated empty.
 pub async fn reconcile(
     meta: &dyn MetaStore,
-    store: &Arc<LogStore>,
+    store: &dyn StoreAdmin,
     metastore_uri: &str,
     quarantine_unknown: bool,
 ) -> anyhow::Result<Catalog> {
-    let dir = store.root().display().to_string();
+    let dir = store.describe();
+    let flag = store.flag();
     let mut streams = meta.list_streams("").await?;
     let archived = meta.list_archived_streams().await?;
     streams.extend(archived.iter().cloned());
@@ -99,16 +102,16 @@ pub async fn reconcile(
     let on_disk = store.shard_ids();
     let next_id = meta.allocate_shard_ids(0).await?;
 
-    let dir_id = store.cluster_id()?;
+    let dir_id = store.cluster_id().await?;
     let meta_id = meta.cluster_id(None).await?;
     let id = match (&dir_id, &meta_id) {
         (Some(d), Some(m)) if d != m => anyhow::bail!(
-            "data directory {dir} belongs to cluster {d}, but metastore {metastore_uri} belongs to cluster {m}: \
-             one of --data-dir and --metastore-uri is wrong; start with the pair that belong together"
+            "{dir} belongs to cluster {d}, but metastore {metastore_uri} belongs to cluster {m}: \
+             one of {flag} and --metastore-uri is wrong; start with the pair that belong together"
         ),
         (Some(d), None) if !on_disk.is_empty() => anyhow::bail!(
-            "data directory {dir} belongs to cluster {d} and holds {} shard(s), but metastore {metastore_uri} \
-             has no cluster id (a new or wrong metastore?): start with the metastore that lists this directory's \
+            "{dir} belongs to cluster {d} and holds {} shard(s), but metastore {metastore_uri} \
+             has no cluster id (a new or wrong metastore?): start with the metastore that lists its \
              streams; nothing was changed",
             on_disk.len()
         ),
@@ -116,14 +119,14 @@ pub async fn reconcile(
         // a cluster id stopped between tying the metastore and tying the directory.
         (None, Some(m)) if !on_disk.is_empty() && on_disk.iter().all(|s| known.contains(s)) => m.clone(),
         (None, Some(m)) if !known.is_empty() => anyhow::bail!(
-            "metastore {metastore_uri} (cluster {m}) lists {} shard(s), but data directory {dir} has no cluster id \
-             and {} of them (a new or wrong data directory?): start with the data directory that holds them; \
+            "metastore {metastore_uri} (cluster {m}) lists {} shard(s), but {dir} has no cluster id \
+             and {} of them (a new or wrong {flag}?): start with the {flag} that holds them; \
              nothing was changed",
             known.len(),
             if on_disk.is_empty() { "none" } else { "not all" }
         ),
         (None, Some(m)) if !on_disk.is_empty() => anyhow::bail!(
-            "data directory {dir} holds {} shard(s) but no cluster id, and metastore {metastore_uri} belongs to \
+            "{dir} holds {} shard(s) but no cluster id, and metastore {metastore_uri} belongs to \
              cluster {m}: they do not belong together; nothing was changed",
             on_disk.len()
         ),
@@ -147,9 +150,9 @@ pub async fn reconcile(
     unknown.sort_unstable();
     if !unknown.is_empty() && !quarantine_unknown {
         anyhow::bail!(
-            "data directory {dir} holds shard(s) {unknown:?} that metastore {metastore_uri} never handed out \
+            "{dir} holds shard(s) {unknown:?} that metastore {metastore_uri} never handed out \
              (its next shard id is {next_id}): is --metastore-uri right? Nothing was changed. To start anyway, \
-             pass --quarantine-unknown-shards to move them to {dir}/quarantine/"
+             pass --quarantine-unknown-shards to set them aside (a data directory's go to quarantine/)"
         );
     }
 
@@ -165,53 +168,68 @@ pub async fn reconcile(
             tracing::info!(stream = %a.name, "removing an archived stream no subscription reads");
             for sm in meta.delete_stream(&a.name).await? {
                 gone.insert(sm.id);
-                if store.shard(sm.id).is_some() {
-                    store.delete_shard(sm.id)?;
+                if store.shard_ids().contains(&sm.id) {
+                    store.remove_shard(sm.id).await?;
                 }
             }
         }
     }
     if dir_id.is_none() {
-        store.set_cluster_id(&id)?;
-        tracing::info!(cluster = %id, data_dir = %dir, "data directory tied to its metastore");
+        store.set_cluster_id(&id).await?;
+        tracing::info!(cluster = %id, store = %dir, "store tied to its metastore");
     }
     for sid in unknown {
-        let to = store.quarantine_shard(sid)?;
-        tracing::warn!(shard = sid, to = %to.display(), "unknown shard directory quarantined");
+        let to = store.quarantine_shard(sid).await?;
+        tracing::warn!(shard = sid, %to, "unknown shard quarantined");
     }
     for sid in orphans {
-        tracing::info!(
-            shard = sid,
-            "removing the directory of a shard whose create or delete was interrupted"
-        );
-        store.delete_shard(sid)?;
+        if !store.orphan_removable(sid).await {
+            tracing::info!(
+                shard = sid,
+                "keeping a young shard the metastore does not list (another node may be creating it)"
+            );
+            continue;
+        }
+        tracing::info!(shard = sid, "removing a shard whose create or delete was interrupted");
+        store.remove_shard(sid).await?;
     }
     let catalog = Catalog::default();
     for (s, shard_metas) in streams.into_iter().zip(listed) {
         if shard_metas.iter().any(|sm| gone.contains(&sm.id)) {
             continue;
         }
-        let mut shards = Vec::new();
-        for sm in shard_metas {
-            let log = match store.shard(sm.id) {
-                Some(l) => l,
-                None => {
-                    tracing::error!(stream = %s.name, shard = sm.id,
-                        "shard directory missing; the shard is unavailable (not recreated)");
-                    store.missing_shard(sm.id)
-                }
-            };
-            if let Some(reason) = log.unavailable_reason() {
-                tracing::error!(stream = %s.name, shard = sm.id, %reason, "shard unavailable");
-            }
-            shards.push(ShardEntry {
+        let shards = shard_metas
+            .into_iter()
+            .map(|sm| ShardEntry {
+                log: store.shard_or_missing(&s.name, sm.id),
                 meta: sm,
-                log: Arc::new(LocalShard(log)),
-            });
-        }
+            })
+            .collect();
         catalog.insert(StreamEntry { meta: s, shards });
     }
     Ok(catalog)
+}
+
+/// The store `--store` names: the local segment store in the data directory (the default),
+/// or JetStream.
+async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn StoreAdmin>> {
+    match &settings.store_uri {
+        None => {
+            let (root, opts) = (settings.data_dir.clone(), settings.store.clone());
+            let store = tokio::task::spawn_blocking(move || LogStore::open(&root, opts)).await??;
+            Ok(Arc::new(LocalAdmin(store)))
+        }
+        Some(uri) => {
+            let opts = NatsOptions {
+                max_batch_bytes: settings.max_record_size,
+                ..settings.nats.clone()
+            };
+            let store = JetStreamStore::connect(uri, &opts)
+                .await
+                .with_context(|| format!("opening store {uri}"))?;
+            Ok(store)
+        }
+    }
 }
 
 /// A fresh cluster id (a random UUID).
@@ -234,11 +252,10 @@ pub async fn run(
     hstream_runtime::wasm::set_plugin_dir(plugins);
     hstream_runtime::wasm::set_protected_dir(&settings.data_dir);
     let meta = open_meta(&settings.metastore_uri, &settings.etcd).await?;
-    let (root, opts) = (settings.data_dir.clone(), settings.store.clone());
-    let store = tokio::task::spawn_blocking(move || LogStore::open(&root, opts)).await??;
+    let store = open_store(&settings).await?;
     let catalog = reconcile(
         meta.as_ref(),
-        &store,
+        store.as_ref(),
         &settings.metastore_uri,
         settings.quarantine_unknown_shards,
     )
@@ -266,7 +283,7 @@ pub async fn run(
     .await?;
     // The services, each built with what it needs; metrics registered as they are built.
     let tasks = TaskTracker::new();
-    let shared_store: Arc<dyn Store> = Arc::new(LocalStore(store.clone()));
+    let shared_store: Arc<dyn Store> = store.store();
     let mut registry = prometheus_client::registry::Registry::default();
     let stream_metrics = crate::metrics::StreamMetrics::register(&mut registry);
     shared_store.register_metrics(&mut registry);
@@ -372,8 +389,7 @@ pub async fn run(
     tasks.close();
     tasks.wait().await;
     tracing::info!("shutdown: flushing log store");
-    let s = store.clone();
-    tokio::task::spawn_blocking(move || s.shutdown()).await?;
+    store.shutdown().await;
     meta.upsert_node(
         &NodeMeta {
             id: api.node.id,

@@ -6,6 +6,7 @@ mod connectors;
 mod etcd;
 mod etcd_faults;
 mod hardening;
+mod jetstream;
 mod metrics;
 mod mqtt;
 mod mysql;

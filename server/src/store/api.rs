@@ -62,8 +62,9 @@ pub trait Shard: Send + Sync + 'static {
 /// The shards of one node's data.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Creates an empty shard; `ShardExists` if the store holds it already.
-    async fn create_shard(&self, id: u64) -> Result<Arc<dyn Shard>, StoreError>;
+    /// Creates an empty shard kept in `replicas` copies where the store replicates (the local
+    /// store keeps one); `ShardExists` if the store holds it already.
+    async fn create_shard(&self, id: u64, replicas: u32) -> Result<Arc<dyn Shard>, StoreError>;
     /// Removes a shard and its data; appends still queued for it fail.
     async fn delete_shard(&self, id: u64) -> Result<(), StoreError>;
     fn shard(&self, id: u64) -> Option<Arc<dyn Shard>>;

@@ -54,14 +54,14 @@ pub async fn run(store: &dyn Store) {
 
 /// LSNs are 1, 2, 3, … in acknowledgement order; an acknowledged batch is visible.
 async fn dense_lsns(store: &dyn Store) {
-    let shard = store.create_shard(1).await.expect("create shard 1");
+    let shard = store.create_shard(1, 1).await.expect("create shard 1");
     assert_eq!(
         (shard.id(), shard.visible_lsn(), shard.start_lsn()),
         (1, 0, 1),
         "a new shard is empty"
     );
     assert!(
-        matches!(store.create_shard(1).await, Err(StoreError::ShardExists(1))),
+        matches!(store.create_shard(1, 1).await, Err(StoreError::ShardExists(1))),
         "a shard is created once"
     );
     for i in 1..=50 {
@@ -89,7 +89,7 @@ async fn dense_lsns(store: &dyn Store) {
 
 /// Appends racing on one shard get distinct, dense LSNs and all read back.
 async fn concurrent_appends(store: &dyn Store) {
-    let shard = store.create_shard(2).await.expect("create shard 2");
+    let shard = store.create_shard(2, 1).await.expect("create shard 2");
     let lsns: Vec<u64> = futures::future::join_all((0..200u64).map(|i| append(store, 2, i, 1))).await;
     let distinct: BTreeSet<u64> = lsns.iter().copied().collect();
     assert_eq!(distinct.len(), 200, "no LSN is handed out twice");
@@ -104,7 +104,7 @@ async fn concurrent_appends(store: &dyn Store) {
 
 /// Reads honour their limits, start at the first LSN held and never pass the visible LSN.
 async fn reads(store: &dyn Store) {
-    let shard = store.create_shard(3).await.expect("create shard 3");
+    let shard = store.create_shard(3, 1).await.expect("create shard 3");
     assert!(
         shard.read(1, 10, 1 << 20).await.expect("read").is_empty(),
         "an empty shard reads empty"
@@ -136,7 +136,7 @@ async fn reads(store: &dyn Store) {
 
 /// Timestamps never decrease, and seeking by time finds the first batch at or after it.
 async fn timestamps_and_seek(store: &dyn Store) {
-    let shard = store.create_shard(4).await.expect("create shard 4");
+    let shard = store.create_shard(4, 1).await.expect("create shard 4");
     for i in 1..=30 {
         append(store, 4, i, 1).await;
         if i % 10 == 0 {
@@ -176,7 +176,7 @@ async fn timestamps_and_seek(store: &dyn Store) {
 
 /// Trims move the start forward only, clamp to the visible LSN and keep later LSNs dense.
 async fn trims(store: &dyn Store) {
-    let shard = store.create_shard(5).await.expect("create shard 5");
+    let shard = store.create_shard(5, 1).await.expect("create shard 5");
     for i in 1..=40 {
         append(store, 5, i, 1).await;
     }
@@ -207,7 +207,7 @@ async fn trims(store: &dyn Store) {
 
 /// A registered ready set is marked on every append and at deletion; the watch moves too.
 async fn waiting_for_the_tail(store: &dyn Store) {
-    let shard = store.create_shard(6).await.expect("create shard 6");
+    let shard = store.create_shard(6, 1).await.expect("create shard 6");
     let ready = ReadySet::new();
     shard.notify_on_append(&ready, 42);
     let mut watch = shard.subscribe();
@@ -230,7 +230,7 @@ async fn waiting_for_the_tail(store: &dyn Store) {
 /// A deleted shard is gone: appends, reads and trims fail with `ShardDeleted`, and readers
 /// waiting on it are woken.
 async fn deletion(store: &dyn Store) {
-    let shard = store.create_shard(7).await.expect("create shard 7");
+    let shard = store.create_shard(7, 1).await.expect("create shard 7");
     append(store, 7, 1, 1).await;
     let ready = ReadySet::new();
     shard.notify_on_append(&ready, 7);
@@ -268,7 +268,7 @@ async fn deletion(store: &dyn Store) {
 
 /// Appends to shard 100 to be checked by [`check_durable`] after the store is reopened.
 pub async fn seed_durable(store: &dyn Store) -> Vec<Bytes> {
-    store.create_shard(100).await.expect("create shard 100");
+    store.create_shard(100, 1).await.expect("create shard 100");
     let mut written = Vec::new();
     for i in 1..=25 {
         append(store, 100, i, 2).await;

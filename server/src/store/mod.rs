@@ -2,6 +2,7 @@
 //! `contract.rs`), how readers of many shards learn which moved (`ready.rs`), the local
 //! segment store (`local/`, the default) and the store on NATS JetStream (`jetstream/`).
 
+pub mod admin;
 mod api;
 pub mod contract;
 pub mod jetstream;

@@ -146,7 +146,7 @@ impl Streams {
         // start removes, never a stream whose shards are missing.
         let mut logs = Vec::with_capacity(shards.len());
         for s in &shards {
-            match self.store.create_shard(s.id).await {
+            match self.store.create_shard(s.id, meta.replication_factor).await {
                 Ok(log) => logs.push(log),
                 Err(e) => {
                     self.drop_shard_files(shards.iter().map(|s| s.id).collect()).await;

@@ -112,9 +112,16 @@ pub fn parse_uri(uri: &str) -> Result<(Vec<String>, String), String> {
 }
 
 pub struct JetStreamStore {
+    me: std::sync::Weak<JetStreamStore>,
+    /// The URI as given (it holds no credentials), for messages.
+    uri: String,
     client: async_nats::Client,
     js: jetstream::Context,
+    /// The context appends go through (a shorter acknowledgement timeout).
+    publisher: jetstream::Context,
     prefix: String,
+    /// How long an append may wait for JetStream's acknowledgement, resends included.
+    timeout: Duration,
     shards: RwLock<HashMap<u64, Arc<JsShard>>>,
     /// The task that turns tail announcements into visible LSNs.
     tails: tokio::task::JoinHandle<()>,
@@ -124,6 +131,18 @@ impl Drop for JetStreamStore {
     fn drop(&mut self) {
         self.tails.abort();
     }
+}
+
+/// Whether a stream lookup failed because the stream does not exist.
+fn not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
+/// How long ago a time of `unix_nanos` was (zero for a time in the future).
+fn time_since(unix_nanos: i128) -> Duration {
+    let now_ns = now_ms() as i128 * 1_000_000;
+    Duration::from_nanos((now_ns - unix_nanos).max(0) as u64)
 }
 
 fn failed(what: impl std::fmt::Display, e: impl std::fmt::Display) -> StoreError {
@@ -180,17 +199,25 @@ impl JetStreamStore {
         }
         let mut js = jetstream::new(client.clone());
         js.set_timeout(timeout);
+        // Appends wait a quarter of the timeout for each acknowledgement, so an ack lost to a
+        // leader change is resent (same message id) within the timeout.
+        let mut publisher = jetstream::new(client.clone());
+        publisher.set_timeout(timeout / 4);
         let tails = client
             .subscribe(format!("{prefix}.t.*"))
             .await
             .map_err(|e| failed("listening for tails", e))?;
         let store = Arc::new_cyclic(|weak: &std::sync::Weak<JetStreamStore>| {
-            let weak = weak.clone();
+            let me = weak.clone();
             JetStreamStore {
-                tails: tokio::spawn(follow_tails(weak, tails)),
+                tails: tokio::spawn(follow_tails(me.clone(), tails)),
+                me,
+                uri: uri.to_owned(),
                 client,
                 js,
+                publisher,
                 prefix,
+                timeout,
                 shards: RwLock::new(HashMap::new()),
             }
         });
@@ -199,6 +226,100 @@ impl JetStreamStore {
             .await
             .map_err(|e| StoreError::Backend(format!("JetStream at {hosts} (is it enabled, -js?): {e}")))?;
         Ok(store)
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    pub(super) fn self_arc(&self) -> Arc<dyn Store> {
+        let me: Arc<dyn Store> = self.me.upgrade().expect("the store is alive while used");
+        me
+    }
+
+    /// Sends what is buffered (shutdown).
+    pub async fn flush(&self) {
+        if let Err(e) = self.client.flush().await {
+            tracing::warn!(error = %e, "flushing the NATS connection failed");
+        }
+    }
+
+    /// A handle for a listed shard whose stream is missing: every call answers `Unavailable`.
+    pub fn missing_shard(&self, id: u64) -> Arc<dyn Shard> {
+        Arc::new(shard::Missing {
+            id,
+            stream: self.stream_name(id),
+        })
+    }
+
+    fn marker_name(&self) -> String {
+        format!("{}_CLUSTER", self.prefix)
+    }
+
+    /// The cluster this store is tied to: the one message of `<prefix>_CLUSTER`.
+    pub async fn cluster_id(&self) -> Result<Option<String>, StoreError> {
+        let stream = match self.js.get_stream(self.marker_name()).await {
+            Ok(s) => s,
+            Err(e) if not_found(&e) => return Ok(None),
+            Err(e) => return Err(down("reading the store's cluster id", e)),
+        };
+        match stream.direct_get(1).await {
+            Ok(msg) => Ok(Some(String::from_utf8_lossy(&msg.payload).into_owned())),
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(down("reading the store's cluster id", e)),
+        }
+    }
+
+    /// Ties the store to cluster `id`: the first message of `<prefix>_CLUSTER`, written only
+    /// where there is none (expected last sequence 0), so of two racing nodes one wins.
+    pub async fn set_cluster_id(&self, id: &str) -> Result<(), StoreError> {
+        let subject = format!("{}.cluster", self.prefix);
+        self.js
+            .create_stream(stream::Config {
+                name: self.marker_name(),
+                subjects: vec![subject.clone()],
+                allow_direct: true,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| failed("creating the store's cluster marker", e))?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_EXPECTED_LAST_SEQUENCE, "0");
+        let acked = match self
+            .js
+            .publish_with_headers(subject, headers, id.to_owned().into())
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match acked {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                match self.cluster_id().await? {
+                    Some(current) if current == id => Ok(()),
+                    current => Err(StoreError::Backend(format!(
+                        "JetStream store {} belongs to cluster {}, not {id}",
+                        self.uri,
+                        current.unwrap_or_default()
+                    ))),
+                }
+            }
+            Err(e) => Err(down("writing the store's cluster id", e)),
+        }
+    }
+
+    /// Whether shard `id`'s stream was created long enough ago that no node can still be
+    /// creating its stream (10 minutes).
+    pub async fn created_long_ago(&self, id: u64) -> bool {
+        match self.js.get_stream(self.stream_name(id)).await {
+            Ok(s) => {
+                let age = time_since(s.cached_info().created.unix_timestamp_nanos());
+                age > Duration::from_secs(600)
+            }
+            Err(_) => false,
+        }
     }
 
     fn stream_name(&self, id: u64) -> String {
@@ -246,19 +367,17 @@ impl JetStreamStore {
     }
 
     /// Creates a shard's stream with `replicas` copies; `ShardExists` if it is there.
-    pub async fn create_replicated(&self, id: u64, replicas: u32) -> Result<Arc<dyn Shard>, StoreError> {
+    async fn create_replicated(&self, id: u64, replicas: u32) -> Result<Arc<dyn Shard>, StoreError> {
         if self.shards.read().expect("lock").contains_key(&id) {
             return Err(StoreError::ShardExists(id));
         }
         let name = self.stream_name(id);
         match self.js.get_stream(&name).await {
             Ok(_) => return Err(StoreError::ShardExists(id)),
-            Err(e)
-                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
-                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {}
+            Err(e) if not_found(&e) => {}
             Err(e) => return Err(down(format!("looking up JetStream stream {name}"), e)),
         }
-        let config = stream::Config {
+        let config = |replicas: u32| stream::Config {
             name: name.clone(),
             subjects: vec![self.subject(id)],
             num_replicas: replicas.max(1) as usize,
@@ -268,11 +387,32 @@ impl JetStreamStore {
             discard: stream::DiscardPolicy::Old,
             ..Default::default()
         };
-        let stream = self
-            .js
-            .create_stream(config)
-            .await
-            .map_err(|e| failed(format!("creating JetStream stream {name}"), e))?;
+        let stream = match self.js.create_stream(config(replicas)).await {
+            Ok(stream) => stream,
+            // A single NATS server keeps one copy, as the local store does; a cluster with too
+            // few servers for the replicas is refused below, naming the cause.
+            Err(e)
+                if replicas > 1
+                    && matches!(e.kind(), jetstream::context::CreateStreamErrorKind::JetStream(j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_REPLICAS_NOT_SUPPORTED) =>
+            {
+                tracing::info!(
+                    shard = id,
+                    replicas,
+                    "NATS is one server, not a cluster: keeping one copy"
+                );
+                self.js
+                    .create_stream(config(1))
+                    .await
+                    .map_err(|e| failed(format!("creating JetStream stream {name}"), e))?
+            }
+            Err(e) => {
+                return Err(failed(
+                    format!("creating JetStream stream {name} with {replicas} replica(s)"),
+                    e,
+                ));
+            }
+        };
         let shard: Arc<dyn Shard> = self.insert(id, stream);
         Ok(shard)
     }
@@ -297,8 +437,8 @@ async fn follow_tails(store: std::sync::Weak<JetStreamStore>, mut tails: async_n
 
 #[async_trait]
 impl Store for JetStreamStore {
-    async fn create_shard(&self, id: u64) -> Result<Arc<dyn Shard>, StoreError> {
-        self.create_replicated(id, 1).await
+    async fn create_shard(&self, id: u64, replicas: u32) -> Result<Arc<dyn Shard>, StoreError> {
+        self.create_replicated(id, replicas).await
     }
 
     async fn delete_shard(&self, id: u64) -> Result<(), StoreError> {
@@ -341,11 +481,10 @@ impl Store for JetStreamStore {
         let subject = self.subject(shard);
         // A publish whose acknowledgement was lost is sent again with the same message id:
         // JetStream stores it once.
-        let mut attempts = 0;
+        let deadline = std::time::Instant::now() + self.timeout;
         let ack = loop {
-            attempts += 1;
             let sent = self
-                .js
+                .publisher
                 .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
                 .await;
             let acked = match sent {
@@ -360,7 +499,10 @@ impl Store for JetStreamStore {
                         reason: format!("its JetStream stream {} is gone", self.stream_name(shard)),
                     });
                 }
-                Err(e) if e.kind() == jetstream::context::PublishErrorKind::TimedOut && attempts < 3 => {
+                Err(e)
+                    if e.kind() == jetstream::context::PublishErrorKind::TimedOut
+                        && std::time::Instant::now() < deadline =>
+                {
                     tracing::debug!(shard, error = %e, "append not acknowledged in time: sending again");
                 }
                 Err(e)

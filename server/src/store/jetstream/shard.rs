@@ -220,3 +220,59 @@ impl Shard for JsShard {
         Ok(upto)
     }
 }
+
+/// A listed shard whose JetStream stream is missing: served as unavailable, never recreated.
+pub(super) struct Missing {
+    pub(super) id: u64,
+    pub(super) stream: String,
+}
+
+impl Missing {
+    fn err(&self) -> StoreError {
+        StoreError::Unavailable {
+            shard: self.id,
+            reason: format!("its JetStream stream {} is missing", self.stream),
+        }
+    }
+}
+
+#[async_trait]
+impl Shard for Missing {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn start_lsn(&self) -> u64 {
+        0
+    }
+    fn visible_lsn(&self) -> u64 {
+        0
+    }
+    fn written_lsn(&self) -> u64 {
+        0
+    }
+    fn is_deleted(&self) -> bool {
+        false
+    }
+    fn check_available(&self) -> Result<(), StoreError> {
+        Err(self.err())
+    }
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        watch::Sender::new(0).subscribe()
+    }
+    fn notify_on_append(&self, _set: &Arc<ReadySet>, _key: usize) {}
+    fn reads(&self) -> u64 {
+        0
+    }
+    async fn read(&self, _from: u64, _max_batches: usize, _max_bytes: usize) -> Result<Vec<StoredBatch>, StoreError> {
+        Err(self.err())
+    }
+    async fn lsn_at_or_after(&self, _ts: i64) -> Result<u64, StoreError> {
+        Err(self.err())
+    }
+    async fn records_from(&self, _from: u64) -> Result<u64, StoreError> {
+        Err(self.err())
+    }
+    async fn trim(&self, _upto: u64) -> Result<u64, StoreError> {
+        Err(self.err())
+    }
+}

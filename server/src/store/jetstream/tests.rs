@@ -82,7 +82,7 @@ async fn connect_refuses_what_cannot_work() {
 async fn a_second_node_sees_appends_and_deletions() {
     let nats = Nats::start().await;
     let a = store(&nats, "two").await;
-    a.create_replicated(1, 1).await.unwrap();
+    a.create_shard(1, 1).await.unwrap();
     let b = store(&nats, "two").await;
     let on_b = b.shard(1).expect("b opened the shard a created");
     let ready = crate::store::ReadySet::new();

@@ -104,7 +104,7 @@ pub struct LocalStore(pub Arc<LogStore>);
 
 #[async_trait]
 impl Store for LocalStore {
-    async fn create_shard(&self, id: u64) -> Result<Arc<dyn Shard>, StoreError> {
+    async fn create_shard(&self, id: u64, _replicas: u32) -> Result<Arc<dyn Shard>, StoreError> {
         let store = self.0.clone();
         let log = tokio::task::spawn_blocking(move || store.create_shard(id))
             .await
