@@ -10,7 +10,8 @@ use anyhow::Context;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
-use crate::meta::{EtcdOptions, Secret};
+use crate::meta::EtcdOptions;
+use crate::secret::Secret;
 use crate::store::jetstream::NatsOptions;
 use crate::store::{FsyncPolicy, StoreOptions};
 

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod node;
 pub mod readers;
 pub mod rest;
+pub mod secret;
 pub mod service;
 pub mod store;
 pub mod streams;

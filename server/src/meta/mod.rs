@@ -22,7 +22,7 @@ pub mod copy;
 mod etcd;
 mod sqlite;
 
-pub use etcd::{EtcdMetaStore, EtcdOptions, Secret};
+pub use etcd::{EtcdMetaStore, EtcdOptions};
 pub use sqlite::SqliteMetaStore;
 
 use async_trait::async_trait;
@@ -191,6 +191,13 @@ pub struct Commit<'a> {
     pub checkpoints: &'a [Checkpoint],
     /// Ownerships that must still be current, holder and epoch, for anything to be written.
     pub fences: &'a [Ownership],
+}
+
+/// Wall-clock unix milliseconds (lease deadlines).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Owner of a connector task's checkpoint, which lives and dies with the connector.

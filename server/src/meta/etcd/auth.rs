@@ -12,7 +12,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use super::Secret;
+use crate::secret::Secret;
 
 /// A channel whose requests carry the current token (none without a user).
 pub(super) type Authed = InterceptedService<Channel, TokenHeader>;

@@ -116,17 +116,7 @@ pub struct EtcdOptions {
     pub key_file: Option<std::path::PathBuf>,
     /// etcd user and password (etcd's auth); the password is never logged or echoed.
     pub user: Option<String>,
-    pub password: Option<Secret>,
-}
-
-/// A password: shown as `***` by `Debug`, so no log or error can carry it by accident.
-#[derive(Clone)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
-    }
+    pub password: Option<crate::secret::Secret>,
 }
 
 impl std::fmt::Debug for EtcdOptions {

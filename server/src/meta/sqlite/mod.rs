@@ -126,7 +126,7 @@ impl SqliteMetaStore {
 
     /// Removes the leases past their deadline and the node records bound to them.
     async fn sweep_leases(conn: &mut SqliteConnection) -> MetaResult<()> {
-        let now = crate::store::now_ms();
+        let now = now_ms();
         sqlx::query("DELETE FROM nodes WHERE lease IN (SELECT id FROM leases WHERE expires_ms <= ?)")
             .bind(now)
             .execute(&mut *conn)
@@ -774,7 +774,7 @@ impl MetaStore for SqliteMetaStore {
         let ttl_ms = ttl.as_millis().div_ceil(1000).max(1) as i64 * 1000;
         let row = sqlx::query("INSERT INTO leases (ttl_ms, expires_ms) VALUES (?, ?) RETURNING id")
             .bind(ttl_ms)
-            .bind(crate::store::now_ms() + ttl_ms)
+            .bind(now_ms() + ttl_ms)
             .fetch_one(&self.pool)
             .await
             .map_err(backend)?;
@@ -785,7 +785,7 @@ impl MetaStore for SqliteMetaStore {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         Self::sweep_leases(&mut tx).await?;
         let res = sqlx::query("UPDATE leases SET expires_ms = ? + ttl_ms WHERE id = ?")
-            .bind(crate::store::now_ms())
+            .bind(now_ms())
             .bind(lease)
             .execute(&mut *tx)
             .await

@@ -55,8 +55,8 @@ pub struct NatsOptions {
     /// PEM file of the CA that signed the servers' certificates: TLS required.
     pub ca_file: Option<std::path::PathBuf>,
     pub user: Option<String>,
-    pub password: Option<crate::meta::Secret>,
-    pub token: Option<crate::meta::Secret>,
+    pub password: Option<crate::secret::Secret>,
+    pub token: Option<crate::secret::Secret>,
     /// The largest appended batch to expect (`max-record-size`): the servers' `max_payload`
     /// must hold it.
     pub max_batch_bytes: usize,
