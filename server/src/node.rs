@@ -297,6 +297,9 @@ pub async fn run(
         },
         stream_metrics,
     ));
+    // Streams other nodes create and delete reach this node's catalog through the watch.
+    let changes = meta.watch_streams().await?;
+    tasks.spawn(streams.clone().follow(changes, shutdown.clone()));
     let connectors = Arc::new(Connectors::new(
         hstream_connectors::registry(),
         streams.clone(),

@@ -12,7 +12,8 @@ use tonic::Code;
 use crate::hardening::{append_one, payload_strings, refused_start};
 
 /// Two nodes (their own data directories) on one etcd metastore and one JetStream: what one
-/// appends the other reads, and the stream's records are in neither data directory; with
+/// appends the other reads, a stream one creates or deletes later reaches the other without a
+/// restart, and the stream's records are in neither data directory; with
 /// JetStream down an append fails with UNAVAILABLE and the server recovers by itself; a shard
 /// whose JetStream stream was deleted behind the server's back answers with a clear error;
 /// an unreachable JetStream stops the start with a clear error.
@@ -40,6 +41,47 @@ async fn two_nodes_share_records_on_jetstream() {
             ["from one", "from two"]
         );
     }
+    // A stream created on one node after both started is served by the other (the metastore's
+    // watch keeps its catalog current), and its deletion reaches it too.
+    let later = make_stream(&mut c1, "later", 1).await[0];
+    wait_until(
+        Duration::from_secs(20),
+        "node two serving a stream node one created",
+        || {
+            let mut c = c2.clone();
+            async move { append_one(&mut c, "later", later, "on two").await.is_ok() }
+        },
+    )
+    .await;
+    assert_eq!(
+        payload_strings(&read_shard_to_tail(&mut c1, "later", later).await),
+        ["on two"]
+    );
+    c1.delete_stream(hstream_proto::DeleteStreamRequest {
+        stream_name: "later".into(),
+        ignore_non_exist: false,
+        force: false,
+    })
+    .await
+    .unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "node two forgetting the deleted stream",
+        || {
+            let mut c = c2.clone();
+            async move {
+                let listed = c
+                    .list_streams(hstream_proto::ListStreamsRequest {})
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .streams;
+                !listed.iter().any(|s| s.stream_name == "later")
+            }
+        },
+    )
+    .await;
+
     for node in ["one", "two"] {
         let shards_dir = tmp.path().join(node).join("shards");
         let held = std::fs::read_dir(&shards_dir).map_or(0, |d| d.count());

@@ -193,6 +193,23 @@ pub struct Commit<'a> {
     pub fences: &'a [Ownership],
 }
 
+/// A change to the streams, as [`MetaStore::watch_streams`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamChange {
+    /// Created or rewritten (archived under a new name, …): the stream as it is now, with its
+    /// shards in id order.
+    Put(StreamMeta, Vec<ShardMeta>),
+    /// Removed, with its shards (a stream archived under a new name is removed under the old):
+    /// its name and, when the backend says, the shard ids it had (so a follower does not
+    /// remove a newer stream of the same name).
+    Deleted { name: String, shard_ids: Option<Vec<u64>> },
+    /// Changes may have been missed: re-read every stream. Also the first event, once the
+    /// watch is in place, so what changed before it is read once.
+    Resync,
+}
+
+pub type StreamChanges = futures::stream::BoxStream<'static, StreamChange>;
+
 /// Wall-clock unix milliseconds (lease deadlines).
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -234,6 +251,10 @@ pub trait MetaStore: Send + Sync {
     /// Renames a stream out of the live namespace, keeping its shards for its subscriptions.
     async fn archive_stream(&self, name: &str, archived_name: &str) -> MetaResult<()>;
     async fn list_shards(&self, stream: &str) -> MetaResult<Vec<ShardMeta>>;
+    /// Changes to the streams committed by any node from now on, in commit order, beginning
+    /// with a `Resync`; the stream reconnects by itself and ends only when dropped. A
+    /// single-node store (SQLite) reports only the `Resync`: its node mirrors its own changes.
+    async fn watch_streams(&self) -> MetaResult<StreamChanges>;
     async fn get_shard(&self, id: u64) -> MetaResult<Option<ShardMeta>>;
     async fn all_shard_ids(&self) -> MetaResult<Vec<u64>>;
 

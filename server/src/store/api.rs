@@ -68,6 +68,11 @@ pub trait Store: Send + Sync + 'static {
     /// Removes a shard and its data; appends still queued for it fail.
     async fn delete_shard(&self, id: u64) -> Result<(), StoreError>;
     fn shard(&self, id: u64) -> Option<Arc<dyn Shard>>;
+    /// A shard created since the store was opened, possibly by another node of a shared
+    /// store; `None` when the store does not hold it.
+    async fn open_shard(&self, id: u64) -> Result<Option<Arc<dyn Shard>>, StoreError> {
+        Ok(self.shard(id))
+    }
     /// Appends one batch of `batch_size` records (its payload as the client encoded it, with
     /// its compression code); resolves once it is durable (see the module guarantees).
     async fn append(

@@ -22,7 +22,7 @@ use crate::batch::Limits;
 use crate::catalog::{ARCHIVED_PREFIX, Catalog, ShardEntry, StreamEntry, validate_name};
 use crate::error::{ApiError, ApiResult};
 use crate::keyspace;
-use crate::meta::{MetaError, MetaStore, ShardMeta, StreamMeta};
+use crate::meta::{MetaError, MetaStore, ShardMeta, StreamChange, StreamChanges, StreamMeta};
 use crate::metrics::StreamMetrics;
 use crate::store::{Appended, Shard, Store, StoreError, now_ms};
 pub use read::{From, ShardCursor, Until, resolve_from};
@@ -91,6 +91,83 @@ impl Streams {
             metrics,
             ddl: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Keeps the catalog current with the streams every node creates, archives and deletes
+    /// (the MetaStore's watch), until `shutdown`. This node's own changes arrive too and
+    /// change nothing: they are in the catalog already.
+    pub async fn follow(self: Arc<Self>, mut changes: StreamChanges, shutdown: tokio_util::sync::CancellationToken) {
+        use futures::StreamExt;
+        loop {
+            let change = tokio::select! {
+                c = changes.next() => c,
+                _ = shutdown.cancelled() => return,
+            };
+            let Some(change) = change else { return };
+            if let Err(e) = self.apply(change).await {
+                tracing::warn!(error = %e, "following the streams of other nodes");
+            }
+        }
+    }
+
+    async fn apply(&self, change: StreamChange) -> ApiResult<()> {
+        match change {
+            StreamChange::Put(meta, shards) => self.adopt(meta, shards).await,
+            StreamChange::Deleted { name, shard_ids } => {
+                // Only the stream that was deleted: a newer one of the same name (created here
+                // since) has other shard ids.
+                if let Some(entry) = self.catalog.any_stream(&name) {
+                    let held: Vec<u64> = entry.shards.iter().map(|s| s.meta.id).collect();
+                    if shard_ids.is_none_or(|ids| ids == held) {
+                        self.catalog.remove(&name);
+                        tracing::info!(stream = %name, "stream deleted by another node");
+                    }
+                }
+                Ok(())
+            }
+            StreamChange::Resync => {
+                let mut all = self.meta.list_streams("").await?;
+                all.extend(self.meta.list_archived_streams().await?);
+                let names: std::collections::HashSet<&str> = all.iter().map(|s| s.name.as_str()).collect();
+                for entry in self.catalog.all_streams() {
+                    if !names.contains(entry.meta.name.as_str()) {
+                        self.catalog.remove(&entry.meta.name);
+                    }
+                }
+                for s in all {
+                    if self.catalog.any_stream(&s.name).is_none() {
+                        let shards = self.meta.list_shards(&s.name).await?;
+                        self.adopt(s, shards).await?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Puts a stream another node created into the catalog, its shards opened from the store;
+    /// leaves it out while a shard's storage is not there (a store this node does not share,
+    /// or one being deleted).
+    async fn adopt(&self, meta: StreamMeta, shards: Vec<ShardMeta>) -> ApiResult<()> {
+        if let Some(known) = self.catalog.any_stream(&meta.name)
+            && known.meta == meta
+            && known.shards.iter().map(|s| s.meta.id).eq(shards.iter().map(|s| s.id))
+        {
+            return Ok(());
+        }
+        let mut entries = Vec::with_capacity(shards.len());
+        for sm in shards {
+            match self.store.open_shard(sm.id).await? {
+                Some(log) => entries.push(ShardEntry { meta: sm, log }),
+                None => {
+                    tracing::debug!(stream = %meta.name, shard = sm.id, "a stream's shard is not in this node's store");
+                    return Ok(());
+                }
+            }
+        }
+        tracing::info!(stream = %meta.name, shards = entries.len(), "stream adopted from the metastore (created by another node)");
+        self.catalog.insert(StreamEntry { meta, shards: entries });
+        Ok(())
     }
 
     pub fn catalog(&self) -> &Catalog {

@@ -197,6 +197,7 @@ impl EtcdMetaStore {
         let store = EtcdMetaStore {
             kv: KvClient::with_interceptor(channel.clone(), token.clone()).max_decoding_message_size(usize::MAX),
             leases: LeaseClient::with_interceptor(channel.clone(), token.clone()),
+            watches: hstream_proto::etcd::watch_client::WatchClient::with_interceptor(channel.clone(), token.clone()),
             auth: Auth {
                 client: AuthClient::new(channel),
                 user,

@@ -51,6 +51,7 @@ mod auth;
 mod client;
 mod ops;
 mod records;
+mod watch;
 
 use auth::{Auth, Authed};
 use client::*;
@@ -134,6 +135,7 @@ impl std::fmt::Debug for EtcdOptions {
 
 pub struct EtcdMetaStore {
     kv: KvClient<Authed>,
+    watches: hstream_proto::etcd::watch_client::WatchClient<Authed>,
     leases: LeaseClient<Authed>,
     auth: Auth,
     prefix: String,
@@ -740,6 +742,12 @@ impl MetaStore for EtcdMetaStore {
             .get(self.key(&format!("kv/{owner}/{key}")))
             .await?
             .map(|kv| kv.value))
+    }
+
+    async fn watch_streams(&self) -> MetaResult<StreamChanges> {
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(watch::follow(self.watches.clone(), self.key("streams/"), 0, tx));
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
     async fn claim(&self, resource: &str, owner: u32, expected: u64) -> MetaResult<Ownership> {

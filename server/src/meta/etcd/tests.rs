@@ -109,3 +109,57 @@ async fn the_largest_stream_and_its_progress_fit_etcd_transactions() {
     assert_eq!(store.get_progress("all").await.unwrap(), moved);
     assert_eq!(store.delete_stream("wide").await.unwrap().len(), 4096);
 }
+
+/// A watch sees the stream changes another connection (another node) commits, in order,
+/// beginning with a Resync; deletions name the shards they took; after etcd restarts the watch
+/// resumes by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_follows_every_nodes_stream_changes_across_an_etcd_restart() {
+    use futures::StreamExt;
+    let etcd = Etcd::start().await;
+    let (a, b) = (store(&etcd, "w").await, store(&etcd, "w").await);
+    let mut changes = b.watch_streams().await.unwrap();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(20), changes.next())
+            .await
+            .expect("a change within 20 s")
+            .expect("the watch goes on")
+    };
+    assert_eq!(next().await, StreamChange::Resync);
+    let stream = |name: &str| StreamMeta {
+        name: name.into(),
+        replication_factor: 1,
+        backlog_secs: 0,
+        shard_count: 1,
+        created_ms: 5,
+        archived: false,
+    };
+    let shard = |id: u64, name: &str| ShardMeta {
+        id,
+        stream: name.into(),
+        start_key: 0,
+        end_key: u128::MAX,
+        epoch: 1,
+    };
+    let id = a.allocate_shard_ids(2).await.unwrap();
+    a.create_stream(&stream("s1"), &[shard(id, "s1")]).await.unwrap();
+    assert_eq!(next().await, StreamChange::Put(stream("s1"), vec![shard(id, "s1")]));
+    a.delete_stream("s1").await.unwrap();
+    assert_eq!(
+        next().await,
+        StreamChange::Deleted {
+            name: "s1".into(),
+            shard_ids: Some(vec![id])
+        }
+    );
+    let etcd = tokio::task::spawn_blocking(move || {
+        let mut etcd = etcd;
+        etcd.restart();
+        etcd
+    })
+    .await
+    .unwrap();
+    a.create_stream(&stream("s2"), &[shard(id + 1, "s2")]).await.unwrap();
+    assert_eq!(next().await, StreamChange::Put(stream("s2"), vec![shard(id + 1, "s2")]));
+    drop(etcd);
+}

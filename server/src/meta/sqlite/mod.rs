@@ -707,6 +707,14 @@ impl MetaStore for SqliteMetaStore {
         Ok(row.map(|r| r.get(0)))
     }
 
+    async fn watch_streams(&self) -> MetaResult<StreamChanges> {
+        // One process writes this file: the node's own changes are in its catalog already.
+        use futures::StreamExt;
+        Ok(futures::stream::once(async { StreamChange::Resync })
+            .chain(futures::stream::pending())
+            .boxed())
+    }
+
     async fn claim(&self, resource: &str, owner: u32, expected: u64) -> MetaResult<Ownership> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         let current = Self::ownership_in(&mut tx, resource).await?;

@@ -352,11 +352,15 @@ impl JetStreamStore {
         Ok(())
     }
 
+    /// The shard's one handle: a second opening of it (racing) gets the first.
     fn insert(&self, id: u64, stream: stream::Stream) -> Arc<JsShard> {
         let state = stream.cached_info().state.clone();
-        let shard = Arc::new(JsShard::new(id, stream, &state));
-        self.shards.write().expect("lock").insert(id, shard.clone());
-        shard
+        self.shards
+            .write()
+            .expect("lock")
+            .entry(id)
+            .or_insert_with(|| Arc::new(JsShard::new(id, stream, &state)))
+            .clone()
     }
 
     /// Ids of the shards the store holds (for start-up reconciliation).
@@ -456,6 +460,20 @@ impl Store for JetStreamStore {
     fn shard(&self, id: u64) -> Option<Arc<dyn Shard>> {
         let shard: Arc<dyn Shard> = self.shards.read().expect("lock").get(&id)?.clone();
         Some(shard)
+    }
+
+    async fn open_shard(&self, id: u64) -> Result<Option<Arc<dyn Shard>>, StoreError> {
+        if let Some(s) = Store::shard(self, id) {
+            return Ok(Some(s));
+        }
+        match self.js.get_stream(self.stream_name(id)).await {
+            Ok(stream) => {
+                let shard: Arc<dyn Shard> = self.insert(id, stream);
+                Ok(Some(shard))
+            }
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(down(format!("opening shard {id}"), e)),
+        }
     }
 
     async fn append(

@@ -108,6 +108,17 @@ async fn a_second_node_sees_appends_and_deletions() {
         (2..=21).collect::<Vec<_>>(),
         "appends through two nodes share one dense sequence"
     );
+    // A shard created through a after b opened is opened by b on demand.
+    a.create_shard(2, 1).await.unwrap();
+    assert!(b.shard(2).is_none());
+    assert!(
+        b.open_shard(2).await.unwrap().is_some(),
+        "b opens a shard a created since"
+    );
+    assert!(
+        b.open_shard(3).await.unwrap().is_none(),
+        "a shard nobody created is not there"
+    );
     a.delete_shard(1).await.unwrap();
     match b.append(1, Bytes::from_static(b"late"), 1, 0).await {
         Err(StoreError::Unavailable { shard: 1, reason }) => assert!(reason.contains("gone"), "{reason}"),
