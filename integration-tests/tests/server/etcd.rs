@@ -117,6 +117,24 @@ async fn a_single_node_moves_its_metadata_from_sqlite_to_etcd() {
     );
     let shard = stream_shards(&mut client, "moved").await[0].shard_id;
     client.create_subscription(sub_req("sub", "moved")).await.unwrap();
+    // A consumer acks 300 records; the graceful stop commits that progress. (With at most 100
+    // unacked records out, the next 100 arriving proves the server took the acks.)
+    let first = TestConsumer::start(&client, "sub", "c1", false).await.unwrap();
+    let mut acked = std::collections::BTreeSet::new();
+    for round in 1..=3 {
+        wait_until(Duration::from_secs(30), "the next 100 records", || async {
+            first.count() >= 100 * round
+        })
+        .await;
+        let ids: Vec<pb::RecordId> = first.ids().into_iter().take(100 * round).collect();
+        acked.extend(ids.iter().map(|id| (id.shard_id, id.batch_id, id.batch_index)));
+        first.ack(ids).await;
+    }
+    wait_until(Duration::from_secs(30), "the acks taken", || async {
+        first.count() >= 400
+    })
+    .await;
+    first.kill();
     server.terminate();
 
     let out = std::process::Command::new(workspace_bin("hstream-server"))
@@ -143,6 +161,37 @@ async fn a_single_node_moves_its_metadata_from_sqlite_to_etcd() {
         .unwrap()
         .into_inner();
     assert_eq!(got.offsets.iter().map(|o| o.shard_id).collect::<Vec<_>>(), [shard]);
+    // The subscription goes on from its copied progress: together the two consumers saw every
+    // record, and what the first acked is not delivered again (all of it would be, had the
+    // progress stayed behind).
+    let second = TestConsumer::start(&client, "sub", "c2", true).await.unwrap();
+    let total = before as usize;
+    let all_seen = || {
+        let mut seen = acked.clone();
+        seen.extend(second.ids().iter().map(|id| (id.shard_id, id.batch_id, id.batch_index)));
+        seen.len()
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "every record seen once across the move",
+        || async { all_seen() >= total },
+    )
+    .await;
+    let again = second
+        .ids()
+        .iter()
+        .filter(|id| acked.contains(&(id.shard_id, id.batch_id, id.batch_index)))
+        .count();
+    println!(
+        "moved to etcd: {} of {total} records acked before, {again} of them delivered again after",
+        acked.len()
+    );
+    assert!(
+        again < acked.len() / 2,
+        "{again} of the {} records acked before the move were delivered again",
+        acked.len()
+    );
+    second.kill();
     assert_eq!(
         http(h, "GET", "/connectors/gen/status", None).await.1["connector"]["state"],
         "STOPPED"
