@@ -1,7 +1,8 @@
 //! Throw-away NATS servers with JetStream for tests (Debian's `nats-server`, which
-//! `scripts/test.sh` installs), on free loopback ports (never the machine's own 4222), with
-//! their store in a temporary directory and `max_payload` raised to 8 MiB (a batch may be up
-//! to `max-record-size`); killed when dropped.
+//! `scripts/test.sh` installs): one server for most tests, a three-node JetStream cluster
+//! (routes between them) for the fault tests; on free loopback ports (never the machine's own
+//! 4222), with their stores in a temporary directory and `max_payload` raised to 8 MiB (a batch
+//! may be up to `max-record-size`); killed when dropped.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,16 +11,34 @@ use std::time::Duration;
 
 pub struct Nats {
     dir: tempfile::TempDir,
+    /// The first member's client address.
     pub client: SocketAddr,
-    monitor: SocketAddr,
-    child: Option<Child>,
+    members: Vec<Member>,
     die_with_thread: bool,
+}
+
+struct Member {
+    name: String,
+    client: SocketAddr,
+    monitor: SocketAddr,
+    /// Route port (clusters only).
+    route: u16,
+    child: Option<Child>,
 }
 
 impl Nats {
     /// Starts one JetStream server and waits until it reports itself healthy.
     pub async fn start() -> Nats {
-        tokio::task::spawn_blocking(Self::launch).await.expect("nats launcher")
+        tokio::task::spawn_blocking(|| Self::launch(1, false))
+            .await
+            .expect("nats launcher")
+    }
+
+    /// Starts a JetStream cluster of `members` servers and waits until each is healthy.
+    pub async fn start_cluster(members: usize) -> Nats {
+        tokio::task::spawn_blocking(move || Self::launch(members, false))
+            .await
+            .expect("nats launcher")
     }
 
     /// One JetStream server for the whole test process, started on first use; it dies with
@@ -30,7 +49,7 @@ impl Nats {
         SHARED.get_or_init(|| {
             let (tx, rx) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
-                tx.send(Self::launch_with(true)).expect("send nats");
+                tx.send(Self::launch(1, true)).expect("send nats");
                 loop {
                     std::thread::park();
                 }
@@ -39,29 +58,39 @@ impl Nats {
         })
     }
 
-    fn launch() -> Nats {
-        Self::launch_with(false)
-    }
-
-    /// A server in a temporary directory; with `die_with_thread` it gets SIGKILL when the
-    /// thread that starts it ends.
-    fn launch_with(die_with_thread: bool) -> Nats {
+    /// Servers in a temporary directory; with `die_with_thread` they get SIGKILL when the
+    /// thread that starts them ends.
+    fn launch(members: usize, die_with_thread: bool) -> Nats {
         let dir = tempfile::Builder::new()
             .prefix("hstream-nats")
             .tempdir()
             .expect("tempdir");
+        let port = || SocketAddr::from(([127, 0, 0, 1], super::free_port()));
+        let members: Vec<Member> = (0..members)
+            .map(|i| Member {
+                name: format!("n{i}"),
+                client: port(),
+                monitor: port(),
+                route: super::free_port(),
+                child: None,
+            })
+            .collect();
         let mut nats = Nats {
-            client: SocketAddr::from(([127, 0, 0, 1], super::free_port())),
-            monitor: SocketAddr::from(([127, 0, 0, 1], super::free_port())),
+            client: members[0].client,
             dir,
-            child: None,
+            members,
             die_with_thread,
         };
-        nats.spawn();
+        for i in 0..nats.members.len() {
+            nats.spawn(i);
+        }
+        for i in 0..nats.members.len() {
+            nats.wait_healthy(i);
+        }
         nats
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&mut self, i: usize) {
         let bin = [
             "/usr/sbin/nats-server",
             "/usr/bin/nats-server",
@@ -70,74 +99,121 @@ impl Nats {
         .into_iter()
         .find(|p| Path::new(p).exists())
         .expect("nats-server is not installed: scripts/test.sh installs Debian's nats-server");
-        let conf = self.dir.path().join("nats.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listen: {}\nhttp: {}\nmax_payload: 8388608\njetstream {{\n  store_dir: \"{}\"\n}}\n",
-                self.client,
-                self.monitor,
-                self.dir.path().join("js").display()
-            ),
-        )
-        .expect("nats.conf");
+        let m = &self.members[i];
+        let home = self.dir.path().join(&m.name);
+        std::fs::create_dir_all(&home).expect("member dir");
+        let mut conf = format!(
+            "server_name: {}\nlisten: {}\nhttp: {}\nmax_payload: 8388608\njetstream {{\n  store_dir: \"{}\"\n}}\n",
+            m.name,
+            m.client,
+            m.monitor,
+            home.join("js").display()
+        );
+        if self.members.len() > 1 {
+            let routes: Vec<String> = self
+                .members
+                .iter()
+                .filter(|o| o.name != m.name)
+                .map(|o| format!("nats://127.0.0.1:{}", o.route))
+                .collect();
+            conf.push_str(&format!(
+                "cluster {{\n  name: hstream-test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                m.route,
+                routes.join(", ")
+            ));
+        }
+        let conf_file = home.join("nats.conf");
+        std::fs::write(&conf_file, conf).expect("nats.conf");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join("nats.log"))
+            .open(home.join("nats.log"))
             .expect("log file");
         let mut command = Command::new(bin);
-        command.arg("-c").arg(&conf).stdout(Stdio::null()).stderr(log);
+        command.arg("-c").arg(&conf_file).stdout(Stdio::null()).stderr(log);
         if self.die_with_thread {
             crate::etcd::die_with_parent_thread(&mut command);
         }
-        let child = command.spawn().expect("starting nats-server");
-        self.child = Some(child);
-        let healthy = super::holds_within_blocking(Duration::from_secs(30), || self.healthy());
-        assert!(healthy, "nats-server did not become healthy:\n{}", self.log());
+        self.members[i].child = Some(command.spawn().expect("starting nats-server"));
     }
 
-    /// `GET /healthz` on the monitoring port answers `{"status":"ok"}`.
-    fn healthy(&self) -> bool {
-        use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(self.monitor) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let req = format!(
-            "GET /healthz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.monitor
-        );
-        if s.write_all(req.as_bytes()).is_err() {
-            return false;
-        }
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out.starts_with("HTTP/1.1 200") && out.contains(r#""status":"ok""#)
+    fn wait_healthy(&self, i: usize) {
+        let monitor = self.members[i].monitor;
+        let healthy = super::holds_within_blocking(Duration::from_secs(60), || healthy(monitor));
+        assert!(healthy, "nats-server {i} did not become healthy:\n{}", self.log());
     }
 
-    /// SIGKILL: the server is gone until [`restart`](Self::restart).
+    /// SIGKILL to every server: gone until [`restart`](Self::restart).
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        for i in 0..self.members.len() {
+            self.kill_member(i);
+        }
+    }
+
+    /// Starts every server again on the same ports and stores, and waits until healthy.
+    pub fn restart(&mut self) {
+        self.kill();
+        for i in 0..self.members.len() {
+            self.spawn(i);
+        }
+        for i in 0..self.members.len() {
+            self.wait_healthy(i);
+        }
+    }
+
+    /// SIGKILL to server `i`.
+    pub fn kill_member(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    /// Starts the server again on the same ports and store, and waits until it is healthy.
-    pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
+    /// Starts server `i` again and waits until it is healthy.
+    pub fn start_member(&mut self, i: usize) {
+        self.kill_member(i);
+        self.spawn(i);
+        self.wait_healthy(i);
     }
 
-    /// A store URI for this server under `prefix`.
+    /// The index of the server named `name` (`n0`, `n1`, …: JetStream's names for them).
+    pub fn member_named(&self, name: &str) -> Option<usize> {
+        self.members.iter().position(|m| m.name == name)
+    }
+
+    /// A store URI naming every server, under `prefix`.
     pub fn uri(&self, prefix: &str) -> String {
-        format!("nats://{}/{prefix}", self.client)
+        let hosts: Vec<String> = self.members.iter().map(|m| m.client.to_string()).collect();
+        format!("nats://{}/{prefix}", hosts.join(","))
     }
 
+    /// Every server's log, each headed by its name.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
+        self.members
+            .iter()
+            .map(|m| {
+                let log = std::fs::read_to_string(self.dir.path().join(&m.name).join("nats.log")).unwrap_or_default();
+                format!("--- nats-server {}\n{log}", m.name)
+            })
+            .collect()
     }
+}
+
+/// `GET /healthz` on the monitoring port answers `{"status":"ok"}` (in a cluster: JetStream
+/// is current).
+fn healthy(monitor: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(monitor) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let req = format!("GET /healthz HTTP/1.1\r\nHost: {monitor}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.starts_with("HTTP/1.1 200") && out.contains(r#""status":"ok""#)
 }
 
 impl Drop for Nats {

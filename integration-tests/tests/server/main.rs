@@ -7,6 +7,7 @@ mod etcd;
 mod etcd_faults;
 mod hardening;
 mod jetstream;
+mod jetstream_faults;
 mod metrics;
 mod mqtt;
 mod mysql;

@@ -257,16 +257,25 @@ impl JetStreamStore {
     }
 
     /// The cluster this store is tied to: the one message of `<prefix>_CLUSTER`.
+    /// Asked again while JetStream cannot answer (a leader being elected), for up to three
+    /// timeouts.
     pub async fn cluster_id(&self) -> Result<Option<String>, StoreError> {
-        let stream = match self.js.get_stream(self.marker_name()).await {
-            Ok(s) => s,
-            Err(e) if not_found(&e) => return Ok(None),
-            Err(e) => return Err(down("reading the store's cluster id", e)),
-        };
-        match stream.direct_get(1).await {
-            Ok(msg) => Ok(Some(String::from_utf8_lossy(&msg.payload).into_owned())),
-            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(down("reading the store's cluster id", e)),
+        let deadline = std::time::Instant::now() + 3 * self.timeout;
+        loop {
+            let err = match self.publisher.get_stream(self.marker_name()).await {
+                Ok(stream) => match stream.direct_get(1).await {
+                    Ok(msg) => return Ok(Some(String::from_utf8_lossy(&msg.payload).into_owned())),
+                    Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return Ok(None),
+                    Err(e) => e.to_string(),
+                },
+                Err(e) if not_found(&e) => return Ok(None),
+                Err(e) => e.to_string(),
+            };
+            if std::time::Instant::now() >= deadline {
+                return Err(down("reading the store's cluster id", err));
+            }
+            tracing::debug!(error = %err, "JetStream cannot give the cluster id yet");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -274,16 +283,33 @@ impl JetStreamStore {
     /// where there is none (expected last sequence 0), so of two racing nodes one wins.
     pub async fn set_cluster_id(&self, id: &str) -> Result<(), StoreError> {
         let subject = format!("{}.cluster", self.prefix);
-        self.js
-            .create_stream(stream::Config {
-                name: self.marker_name(),
-                subjects: vec![subject.clone()],
-                allow_direct: true,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| failed("creating the store's cluster marker", e))?;
+        // Three copies where NATS is a cluster (the marker must outlive any one server), one
+        // on a single server.
+        let config = |replicas: usize| stream::Config {
+            name: self.marker_name(),
+            subjects: vec![subject.clone()],
+            allow_direct: true,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        match self.js.create_stream(config(3)).await {
+            Ok(_) => {}
+            // There already (made with other settings by an earlier start).
+            Err(e)
+                if matches!(e.kind(), jetstream::context::CreateStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST) => {}
+            Err(e)
+                if matches!(e.kind(), jetstream::context::CreateStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_REPLICAS_NOT_SUPPORTED) =>
+            {
+                self.js
+                    .create_stream(config(1))
+                    .await
+                    .map_err(|e| failed("creating the store's cluster marker", e))?;
+            }
+            Err(e) => return Err(failed("creating the store's cluster marker", e)),
+        }
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(async_nats::header::NATS_EXPECTED_LAST_SEQUENCE, "0");
         let acked = match self
@@ -332,35 +358,74 @@ impl JetStreamStore {
 
     /// Opens every shard stream under the prefix.
     async fn open_all(&self) -> Result<(), StoreError> {
-        let mut names = self.js.stream_names();
         let head = format!("{}_", self.prefix);
-        let mut ids = Vec::new();
-        while let Some(name) = names.next().await {
-            let name = name.map_err(|e| failed("listing JetStream streams", e))?;
-            if let Some(id) = name.strip_prefix(&head).and_then(|i| i.parse::<u64>().ok()) {
-                ids.push(id);
+        // Asked again while JetStream cannot answer (its meta leader being elected after a
+        // server was lost), for up to three timeouts.
+        let deadline = std::time::Instant::now() + 3 * self.timeout;
+        let ids = 'listing: loop {
+            let mut names = self.publisher.stream_names();
+            let mut ids = Vec::new();
+            while let Some(name) = names.next().await {
+                match name {
+                    Ok(name) => {
+                        if let Some(id) = name.strip_prefix(&head).and_then(|i| i.parse::<u64>().ok()) {
+                            ids.push(id);
+                        }
+                    }
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        tracing::debug!(error = %e, "JetStream cannot list streams yet");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue 'listing;
+                    }
+                    Err(e) => return Err(down("listing JetStream streams", e)),
+                }
             }
-        }
+            break ids;
+        };
         for id in ids {
-            let stream = self
-                .js
-                .get_stream(self.stream_name(id))
-                .await
-                .map_err(|e| failed(format!("opening shard {id}"), e))?;
-            self.insert(id, stream);
+            let stream = self.stream_info(id).await?;
+            self.insert(id, stream).await?;
         }
         Ok(())
     }
 
+    /// A shard's stream with its state, asked again while JetStream cannot answer (a stream
+    /// between leaders), for up to three timeouts.
+    async fn stream_info(&self, id: u64) -> Result<stream::Stream, StoreError> {
+        let deadline = std::time::Instant::now() + 3 * self.timeout;
+        loop {
+            match self.publisher.get_stream(self.stream_name(id)).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) if !not_found(&e) && std::time::Instant::now() < deadline => {
+                    tracing::debug!(shard = id, error = %e, "JetStream cannot describe the shard's stream yet");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(down(format!("opening shard {id}"), e)),
+            }
+        }
+    }
+
+    /// Whether shard `id`'s stream is gone from JetStream (not merely between leaders).
+    async fn stream_gone(&self, id: u64) -> bool {
+        matches!(self.publisher.get_stream(self.stream_name(id)).await, Err(e) if not_found(&e))
+    }
+
     /// The shard's one handle: a second opening of it (racing) gets the first.
-    fn insert(&self, id: u64, stream: stream::Stream) -> Arc<JsShard> {
+    async fn insert(&self, id: u64, stream: stream::Stream) -> Result<Arc<JsShard>, StoreError> {
         let state = stream.cached_info().state.clone();
-        self.shards
+        // Reads go through the publisher's context: short requests, asked again on timeout.
+        let reads = self
+            .publisher
+            .get_stream_no_info(self.stream_name(id))
+            .await
+            .map_err(|e| failed(format!("opening shard {id}"), e))?;
+        Ok(self
+            .shards
             .write()
             .expect("lock")
             .entry(id)
-            .or_insert_with(|| Arc::new(JsShard::new(id, stream, &state)))
-            .clone()
+            .or_insert_with(|| Arc::new(JsShard::new(id, reads, &state, self.timeout)))
+            .clone())
     }
 
     /// Ids of the shards the store holds (for start-up reconciliation).
@@ -417,7 +482,7 @@ impl JetStreamStore {
                 ));
             }
         };
-        let shard: Arc<dyn Shard> = self.insert(id, stream);
+        let shard: Arc<dyn Shard> = self.insert(id, stream).await?;
         Ok(shard)
     }
 }
@@ -468,7 +533,7 @@ impl Store for JetStreamStore {
         }
         match self.js.get_stream(self.stream_name(id)).await {
             Ok(stream) => {
-                let shard: Arc<dyn Shard> = self.insert(id, stream);
+                let shard: Arc<dyn Shard> = self.insert(id, stream).await?;
                 Ok(Some(shard))
             }
             Err(e) if not_found(&e) => Ok(None),
@@ -511,11 +576,18 @@ impl Store for JetStreamStore {
             };
             match acked {
                 Ok(ack) => break ack,
+                // Nobody answered for the stream: deleted, or between leaders (a server lost).
                 Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {
-                    return Err(StoreError::Unavailable {
-                        shard,
-                        reason: format!("its JetStream stream {} is gone", self.stream_name(shard)),
-                    });
+                    if self.stream_gone(shard).await {
+                        return Err(StoreError::Unavailable {
+                            shard,
+                            reason: format!("its JetStream stream {} is gone", self.stream_name(shard)),
+                        });
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        return Err(down(format!("appending to shard {shard}"), e));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(e)
                     if e.kind() == jetstream::context::PublishErrorKind::TimedOut

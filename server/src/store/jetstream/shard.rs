@@ -19,7 +19,11 @@ const IN_FLIGHT: usize = 32;
 
 pub struct JsShard {
     id: u64,
-    stream: stream::Stream,
+    /// The shard's stream, through a context with a short request timeout: a get that went to
+    /// a server being lost is asked again soon, within `timeout`.
+    stream: stream::Stream<()>,
+    /// How long one read may keep asking.
+    timeout: std::time::Duration,
     /// First LSN still held.
     start: AtomicU64,
     /// Last acknowledged LSN this node knows of.
@@ -34,10 +38,16 @@ fn unix_ms(t: &async_nats::jetstream::message::StreamMessage) -> i64 {
 }
 
 impl JsShard {
-    pub(super) fn new(id: u64, stream: stream::Stream, state: &stream::State) -> Self {
+    pub(super) fn new(
+        id: u64,
+        stream: stream::Stream<()>,
+        state: &stream::State,
+        timeout: std::time::Duration,
+    ) -> Self {
         JsShard {
             id,
             stream,
+            timeout,
             start: AtomicU64::new(state.first_sequence.max(1)),
             visible: watch::Sender::new(state.last_sequence),
             deleted: AtomicBool::new(false),
@@ -86,10 +96,24 @@ impl JsShard {
         }
     }
 
-    /// The batches at `lsns` (fetched together); a batch purged meanwhile is left out.
+    /// The batches at `lsns` (fetched together); a batch purged meanwhile is left out. A get
+    /// that timed out (its server being lost, a leader changing) is asked again, within the
+    /// store's timeout.
     async fn fetch(&self, lsns: std::ops::RangeInclusive<u64>) -> Result<Vec<StoredBatch>, StoreError> {
-        let gets = lsns.map(|lsn| async move { (lsn, self.stream.direct_get(lsn).await) });
-        let got = futures::future::join_all(gets).await;
+        let deadline = std::time::Instant::now() + self.timeout;
+        let got = loop {
+            let gets = lsns
+                .clone()
+                .map(|lsn| async move { (lsn, self.stream.direct_get(lsn).await) });
+            let got = futures::future::join_all(gets).await;
+            let again = got.iter().any(|(_, r)| {
+                matches!(r, Err(e) if matches!(e.kind(), stream::DirectGetErrorKind::TimedOut | stream::DirectGetErrorKind::Request))
+            });
+            if !again || std::time::Instant::now() >= deadline {
+                break got;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
         let mut out = Vec::with_capacity(got.len());
         for (lsn, res) in got {
             let msg = match res {

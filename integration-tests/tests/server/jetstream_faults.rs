@@ -1,0 +1,203 @@
+//! The server on a three-node JetStream cluster, streams with three replicas, through the loss
+//! of a stream's JetStream leader under a concurrent append load, and through its own SIGKILL.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use hstream_integration_tests::nats::Nats;
+use hstream_integration_tests::*;
+use hstream_proto as pb;
+
+/// What one key's appender saw: payloads acknowledged (with when), and payloads whose append
+/// failed (they may or may not be stored, at most once).
+#[derive(Default)]
+struct Outcome {
+    acked: Vec<(u64, Instant)>,
+    failed: Vec<u64>,
+}
+
+/// Appends `<key>-<i>` for i = 0, 1, … to `shard`, one at a time (each waits for its ack, so
+/// the key's order is the order of its acks), until `stop`.
+fn appender(client: &Client, shard: u64, key: &'static str, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Outcome> {
+    let mut client = client.clone();
+    tokio::spawn(async move {
+        let mut out = Outcome::default();
+        let mut i = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let req = pb::AppendRequest {
+                stream_name: "load".into(),
+                shard_id: shard,
+                records: Some(batch(
+                    key,
+                    &[format!("{key}-{i}").into_bytes()],
+                    pb::CompressionType::None,
+                )),
+            };
+            match client.append(req).await {
+                Ok(_) => out.acked.push((i, Instant::now())),
+                Err(_) => out.failed.push(i),
+            }
+            i += 1;
+        }
+        out
+    })
+}
+
+/// The stream's records per key, in read order: `key → [i, …]`.
+async fn stored(client: &mut Client, shards: &[u64]) -> BTreeMap<String, Vec<u64>> {
+    let mut by_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for &shard in shards {
+        for r in read_shard_to_tail(client, "load", shard).await {
+            for (_, key, payload) in decode(&r) {
+                let text = String::from_utf8(payload).unwrap();
+                let (k, i) = text.rsplit_once('-').unwrap();
+                assert_eq!(k, key, "record {text} carries key {key}");
+                by_key.entry(key).or_default().push(i.parse().unwrap());
+            }
+        }
+    }
+    by_key
+}
+
+/// Every acknowledged append is stored exactly once and in its key's order; a failed one is
+/// stored at most once; nothing else is stored.
+fn exactly_once_in_order(stored: &BTreeMap<String, Vec<u64>>, outcomes: &BTreeMap<&str, Outcome>) {
+    for (key, out) in outcomes {
+        let got = stored.get(*key).cloned().unwrap_or_default();
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "key {key}: stored out of order or twice: {got:?}"
+        );
+        let acked: Vec<u64> = out.acked.iter().map(|(i, _)| *i).collect();
+        let missing: Vec<&u64> = acked.iter().filter(|i| got.binary_search(i).is_err()).collect();
+        assert!(missing.is_empty(), "key {key}: acknowledged appends lost: {missing:?}");
+        let unknown: Vec<&u64> = got
+            .iter()
+            .filter(|i| acked.binary_search(i).is_err() && !out.failed.contains(i))
+            .collect();
+        assert!(unknown.is_empty(), "key {key}: stored but never appended: {unknown:?}");
+    }
+}
+
+/// Under appends of four keys to a stream of two shards with three replicas on a three-node
+/// JetStream cluster: SIGKILL of the JetStream leader of one shard's stream loses no
+/// acknowledged append, doubles none and keeps every key's order, and appends resume within
+/// seconds; SIGKILL of the hstream-server and a restart find exactly the same records, and
+/// appends go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_leader_killed_under_load_loses_and_doubles_nothing() {
+    let mut nats = Nats::start_cluster(3).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let uri = nats.uri("f");
+    let mut server = Server::start(&tmp.path().join("data"), &["--store", uri.as_str()]);
+    let mut client = server.client().await;
+    client
+        .create_stream(pb::Stream {
+            stream_name: "load".into(),
+            replication_factor: 3,
+            backlog_duration: 0,
+            shard_count: 2,
+            creation_time: None,
+        })
+        .await
+        .unwrap();
+    let shards: Vec<u64> = stream_shards(&mut client, "load")
+        .await
+        .iter()
+        .map(|s| s.shard_id)
+        .collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let keys = [
+        ("k0", shards[0]),
+        ("k1", shards[0]),
+        ("k2", shards[1]),
+        ("k3", shards[1]),
+    ];
+    let tasks: Vec<_> = keys
+        .iter()
+        .map(|&(key, shard)| (key, appender(&client, shard, key, stop.clone())))
+        .collect();
+    // The progress of the load, read from the stream itself.
+    let count = || {
+        let c = client.clone();
+        async move { count_stream_records(&c, "load").await }
+    };
+    wait_until(Duration::from_secs(60), "400 appends before the kill", || async {
+        count().await >= 400
+    })
+    .await;
+
+    // The JetStream leader of the first shard's stream, as JetStream names it.
+    let nc = async_nats::connect(nats.client.to_string()).await.unwrap();
+    let js = async_nats::jetstream::new(nc);
+    let info = js
+        .get_stream(format!("f_{}", shards[0]))
+        .await
+        .unwrap()
+        .cached_info()
+        .clone();
+    assert_eq!(
+        info.config.num_replicas, 3,
+        "the stream's replication factor is its replica count"
+    );
+    let leader = info.cluster.and_then(|c| c.leader).expect("a leader");
+    let at_kill = count().await;
+    let killed_at = Instant::now();
+    let leader_index = nats.member_named(&leader).expect("a member");
+    tokio::task::block_in_place(|| nats.kill_member(leader_index));
+    wait_until(Duration::from_secs(90), "400 appends after the kill", || async {
+        count().await >= at_kill + 400
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut outcomes = BTreeMap::new();
+    for (key, task) in tasks {
+        outcomes.insert(key, task.await.unwrap());
+    }
+    // The longest a key waited between two acknowledgements from the kill on.
+    let resumed = outcomes
+        .values()
+        .flat_map(|o| {
+            o.acked
+                .windows(2)
+                .filter(|w| w[1].1 > killed_at)
+                .map(|w| w[1].1 - w[0].1.max(killed_at))
+                .collect::<Vec<_>>()
+        })
+        .max()
+        .expect("appends after the kill");
+    let (acked, failed): (usize, usize) = outcomes
+        .values()
+        .fold((0, 0), |(a, f), o| (a + o.acked.len(), f + o.failed.len()));
+    println!(
+        "JetStream leader {leader} killed: {acked} appends acknowledged, {failed} failed; no key waited longer than {resumed:?} between acknowledgements"
+    );
+    assert!(
+        resumed < Duration::from_secs(15),
+        "appends resumed only after {resumed:?}"
+    );
+
+    let before = stored(&mut client, &shards).await;
+    exactly_once_in_order(&before, &outcomes);
+
+    // The server killed and started again: the same records, and appends go on.
+    server.kill();
+    server.restart();
+    let mut client = server.client().await;
+    assert_eq!(
+        stored(&mut client, &shards).await,
+        before,
+        "a restart changed the stream"
+    );
+    let req = pb::AppendRequest {
+        stream_name: "load".into(),
+        shard_id: shards[0],
+        records: Some(batch("k0", &[b"k0-999999".to_vec()], pb::CompressionType::None)),
+    };
+    client.append(req).await.unwrap();
+    tokio::task::block_in_place(|| nats.start_member(leader_index));
+    server.terminate();
+}
