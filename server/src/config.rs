@@ -294,6 +294,24 @@ impl Settings {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        // Never echoed: what precedes '@' may be a password.
+        for (flag, uri) in [
+            ("--metastore-uri", Some(self.metastore_uri.as_str())),
+            ("--store", self.store_uri.as_deref()),
+        ] {
+            if let Some(uri) = uri
+                && (uri.starts_with("etcd://") || uri.starts_with("nats://"))
+                && uri
+                    .split("://")
+                    .nth(1)
+                    .is_some_and(|rest| rest.split('/').next().is_some_and(|a| a.contains('@')))
+            {
+                anyhow::bail!(
+                    "{flag} cannot carry credentials (user:password@): give them with their own settings \
+                     (--metastore-user/--store-user and a password file or environment variable)"
+                );
+            }
+        }
         anyhow::ensure!(
             (1024..=MAX_RECORD_SIZE).contains(&self.max_record_size),
             "max-record-size must be between 1024 and {MAX_RECORD_SIZE} bytes (a batch is one store entry), got {}",
@@ -396,6 +414,26 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
     use std::collections::BTreeSet;
+
+    /// Credentials in a metastore or store URI are refused, without repeating them.
+    #[test]
+    fn credentials_in_uris_are_refused_unechoed() {
+        for (metastore, store) in [
+            (Some("etcd://u:s3cret@h:2379/p"), None),
+            (None, Some("nats://u:s3cret@h:4222/p")),
+        ] {
+            let flags = Flags {
+                metastore_uri: metastore.map(Into::into),
+                store: store.map(Into::into),
+                ..Flags::default()
+            };
+            let err = Settings::resolve(flags).unwrap_err().to_string();
+            assert!(
+                err.contains("cannot carry credentials") && !err.contains("s3cret"),
+                "{err}"
+            );
+        }
+    }
 
     /// The etcd password comes from its file and never shows in the settings' Debug; a user
     /// without a password, or a password without a user, is refused naming what is missing.

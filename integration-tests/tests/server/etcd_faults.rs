@@ -216,7 +216,10 @@ async fn a_three_member_etcd_loses_its_leader_then_its_quorum() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(matches!(answer, Code::Ok | Code::AlreadyExists), "{answer:?}");
-    assert_eq!(stream_shards(&mut client, "q").await.len(), 1);
+    // Whole either way: listed with its shard, and the shard's storage there.
+    let q = stream_shards(&mut client, "q").await;
+    assert_eq!(q.len(), 1);
+    append_one(&mut client, "q", q[0].shard_id, "q").await.unwrap();
 
     // The server killed while creating streams of 16 shards: after a restart every stream is
     // whole and takes appends.

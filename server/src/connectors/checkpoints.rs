@@ -5,9 +5,11 @@
 //! hundred.
 //!
 //! Guarantees: `store` returns only once a commit holding that checkpoint (or a later one of
-//! the same task) is durable; a failed commit fails every `store` it carried, and nothing of
-//! it is written (a commit is all or nothing); the writer adds no wait of its own: a lone
-//! checkpoint is committed at once.
+//! the same task) is durable; a failed commit fails every `store` it carried (a commit is all
+//! or nothing; one that failed as `Unavailable` may still have been written, as the MetaStore
+//! says); the writer adds no wait of its own: a lone checkpoint is committed at once. A store
+//! whose caller stopped waiting is still committed: a connector created again under the same
+//! name starts without the old checkpoint because creating a connector clears it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -420,6 +420,21 @@ async fn connectors_checkpoints_kv(store: &dyn MetaStore) {
         "key-values go with their connector"
     );
     assert!(!store.delete_connector("pg1").await.unwrap());
+    // A checkpoint written after its connector was deleted (a store still in flight) is not
+    // the next connector's of that name.
+    store
+        .put_checkpoint(&Checkpoint {
+            owner: connector_checkpoint("pg1"),
+            version: 1,
+            data: vec![7],
+        })
+        .await
+        .unwrap();
+    store.kv_set("pg1", "k", b"stale").await.unwrap();
+    store.create_connector(&c).await.unwrap();
+    assert_eq!(store.get_checkpoint(&connector_checkpoint("pg1")).await.unwrap(), None);
+    assert_eq!(store.kv_get("pg1", "k").await.unwrap(), None);
+    assert!(store.delete_connector("pg1").await.unwrap());
 }
 
 fn node(id: u32) -> NodeMeta {

@@ -290,6 +290,8 @@ pub trait MetaStore: Send + Sync {
     async fn delete_reader(&self, id: &str) -> MetaResult<bool>;
 
     // --- connectors and checkpoints
+    /// Creates a connector, clearing any checkpoint or key-value an earlier connector of that
+    /// name left (a write still in flight when it was deleted).
     async fn create_connector(&self, c: &ConnectorMeta) -> MetaResult<()>;
     async fn get_connector(&self, name: &str) -> MetaResult<Option<ConnectorMeta>>;
     async fn list_connectors(&self) -> MetaResult<Vec<ConnectorMeta>>;

@@ -104,8 +104,16 @@ impl Streams {
                 _ = shutdown.cancelled() => return,
             };
             let Some(change) = change else { return };
-            if let Err(e) = self.apply(change).await {
-                tracing::warn!(error = %e, "following the streams of other nodes");
+            let mut result = self.apply(change).await;
+            // A change that could not be applied (the store or metastore busy electing): read
+            // everything again shortly, until it works.
+            while let Err(e) = result {
+                tracing::warn!(error = %e, "following the streams of other nodes; reading them all again in 1 s");
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                result = self.apply(StreamChange::Resync).await;
             }
         }
     }
@@ -134,13 +142,20 @@ impl Streams {
                         self.catalog.remove(&entry.meta.name);
                     }
                 }
+                let mut failed = None;
                 for s in all {
                     if self.catalog.any_stream(&s.name).is_none() {
-                        let shards = self.meta.list_shards(&s.name).await?;
-                        self.adopt(s, shards).await?;
+                        // One stream that cannot be adopted now does not hold up the others.
+                        let adopted = match self.meta.list_shards(&s.name).await {
+                            Ok(shards) => self.adopt(s, shards).await,
+                            Err(e) => Err(e.into()),
+                        };
+                        if let Err(e) = adopted {
+                            failed = Some(e);
+                        }
                     }
                 }
-                Ok(())
+                failed.map_or(Ok(()), Err)
             }
         }
     }
@@ -149,6 +164,10 @@ impl Streams {
     /// leaves it out while a shard's storage is not there (a store this node does not share,
     /// or one being deleted).
     async fn adopt(&self, meta: StreamMeta, shards: Vec<ShardMeta>) -> ApiResult<()> {
+        // Shards listed apart from their stream (a Resync) may already be gone with it.
+        if shards.len() != meta.shard_count as usize {
+            return Ok(());
+        }
         if let Some(known) = self.catalog.any_stream(&meta.name)
             && known.meta == meta
             && known.shards.iter().map(|s| s.meta.id).eq(shards.iter().map(|s| s.id))
@@ -168,6 +187,14 @@ impl Streams {
         tracing::info!(stream = %meta.name, shards = entries.len(), "stream adopted from the metastore (created by another node)");
         self.catalog.insert(StreamEntry { meta, shards: entries });
         Ok(())
+    }
+
+    /// Whether the metastore holds stream `name` with exactly these shards (a create of ours).
+    async fn stored_with(&self, name: &str, shards: &[ShardMeta]) -> bool {
+        match self.meta.list_shards(name).await {
+            Ok(stored) => stored.iter().map(|s| s.id).eq(shards.iter().map(|s| s.id)),
+            Err(_) => false,
+        }
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -231,12 +258,23 @@ impl Streams {
                 }
             }
         }
-        if let Err(e) = self.meta.create_stream(&meta, &shards).await {
-            self.drop_shard_files(shards.iter().map(|s| s.id).collect()).await;
-            return Err(match e {
-                MetaError::AlreadyExists { .. } => ApiError::StreamExists(meta.name),
-                e => e.into(),
-            });
+        match self.meta.create_stream(&meta, &shards).await {
+            Ok(()) => {}
+            // A retried commit can find its own first attempt, which landed after all: the
+            // stream stored with our shard ids is ours.
+            Err(MetaError::AlreadyExists { .. }) if self.stored_with(&meta.name, &shards).await => {}
+            Err(MetaError::AlreadyExists { .. }) => {
+                self.drop_shard_files(shards.iter().map(|s| s.id).collect()).await;
+                return Err(ApiError::StreamExists(meta.name));
+            }
+            // The metastore could not say whether it committed (etcd without a quorum: the
+            // write may still land). The shards stay: if it lands, the stream is whole; if
+            // not, they are orphans the next start removes.
+            Err(e @ MetaError::Unavailable(_)) => return Err(e.into()),
+            Err(e) => {
+                self.drop_shard_files(shards.iter().map(|s| s.id).collect()).await;
+                return Err(e.into());
+            }
         }
         let entry = StreamEntry {
             meta: meta.clone(),

@@ -197,12 +197,13 @@ impl EtcdMetaStore {
         let store = EtcdMetaStore {
             kv: KvClient::with_interceptor(channel.clone(), token.clone()).max_decoding_message_size(usize::MAX),
             leases: LeaseClient::with_interceptor(channel.clone(), token.clone()),
-            watches: hstream_proto::etcd::watch_client::WatchClient::with_interceptor(channel.clone(), token.clone()),
-            auth: Auth {
+            watches: hstream_proto::etcd::watch_client::WatchClient::with_interceptor(channel.clone(), token.clone())
+                .max_decoding_message_size(usize::MAX),
+            auth: std::sync::Arc::new(Auth {
                 client: AuthClient::new(channel),
                 user,
                 token,
-            },
+            }),
             prefix,
             hosts,
             timeout,
@@ -325,8 +326,25 @@ impl EtcdMetaStore {
 
     /// Whether the writes of a transaction whose answer was lost are in effect: every key it
     /// puts holds what it put, every range it deletes is empty (one consistent read).
-    async fn took_effect(&self, deadline: Instant, ops: &[RequestOp]) -> Result<bool, tonic::Status> {
-        let reads: Vec<RequestOp> = ops
+    async fn took_effect(
+        &self,
+        deadline: Instant,
+        compare: &[Compare],
+        ops: &[RequestOp],
+    ) -> Result<bool, tonic::Status> {
+        use hstream_proto::etcd::compare::{CompareTarget, TargetUnion};
+        // Fences (value compares) are read too: a write whose owner moved on did not take
+        // effect for this caller, whatever the keys hold.
+        let fences: Vec<(&[u8], &[u8])> = compare
+            .iter()
+            .filter(|c| c.target == CompareTarget::Value as i32)
+            .filter_map(|c| match &c.target_union {
+                Some(TargetUnion::Value(v)) => Some((c.key.as_slice(), v.as_slice())),
+                _ => None,
+            })
+            .collect();
+        let writes: Vec<&RequestOp> = ops.iter().filter(|op| op.request.is_some()).collect();
+        let reads: Vec<RequestOp> = writes
             .iter()
             .filter_map(|op| match &op.request {
                 Some(Op::RequestPut(p)) => Some(RangeRequest {
@@ -341,6 +359,10 @@ impl EtcdMetaStore {
                 }),
                 _ => None,
             })
+            .chain(fences.iter().map(|(key, _)| RangeRequest {
+                key: key.to_vec(),
+                ..Default::default()
+            }))
             .map(|r| RequestOp {
                 request: Some(Op::RequestRange(r)),
             })
@@ -357,8 +379,8 @@ impl EtcdMetaStore {
                 async move { kv.txn(request).await.map(tonic::Response::into_inner) }
             })
             .await?;
-        let writes = ops.iter().filter(|op| op.request.is_some());
-        Ok(writes
+        let written = writes
+            .iter()
             .zip(&resp.responses)
             .all(|(op, r)| match (&op.request, &r.response) {
                 (Some(Op::RequestPut(p)), Some(OpResponse::ResponseRange(r))) => {
@@ -366,7 +388,14 @@ impl EtcdMetaStore {
                 }
                 (Some(Op::RequestDeleteRange(_)), Some(OpResponse::ResponseRange(r))) => r.count == 0,
                 _ => false,
-            }))
+            });
+        let fences_hold = fences
+            .iter()
+            .zip(resp.responses.iter().skip(writes.len()))
+            .all(|((_, want), r)| {
+                matches!(&r.response, Some(OpResponse::ResponseRange(r)) if r.kvs.first().is_some_and(|kv| kv.value == *want))
+            });
+        Ok(written && fences_hold)
     }
 
     pub(super) fn key(&self, rest: &str) -> Vec<u8> {
@@ -562,7 +591,7 @@ impl EtcdMetaStore {
                 Err(e) if matches!(failure(&e), Failure::Unknown) && Instant::now() < deadline => e,
                 Err(e) => return Err(self.failed(e)),
             };
-            match self.took_effect(deadline, &success).await {
+            match self.took_effect(deadline, &compare, &success).await {
                 Ok(true) => return Ok(took_effect_response(&success)),
                 Ok(false) => tracing::debug!(error = %err.message(), "etcd transaction lost, not in effect: again"),
                 Err(_) => return Err(self.failed(err)),

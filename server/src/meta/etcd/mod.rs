@@ -137,7 +137,7 @@ pub struct EtcdMetaStore {
     kv: KvClient<Authed>,
     watches: hstream_proto::etcd::watch_client::WatchClient<Authed>,
     leases: LeaseClient<Authed>,
-    auth: Auth,
+    auth: std::sync::Arc<Auth>,
     prefix: String,
     /// `host:port,…` as configured, for messages.
     hosts: String,
@@ -646,11 +646,13 @@ impl MetaStore for EtcdMetaStore {
             created_ms: c.created_ms,
             node: c.node,
         };
-        if !self
-            .txn(vec![absent(key.clone())], vec![put(key, json(&rec))])
-            .await?
-            .succeeded
-        {
+        // A checkpoint or key-value left by an earlier connector of this name is not this one's.
+        let ops = vec![
+            put(key.clone(), json(&rec)),
+            delete(self.key(&format!("checkpoints/{}", connector_checkpoint(&c.name)))),
+            delete_prefix(self.key(&format!("kv/{}/", c.name))),
+        ];
+        if !self.txn(vec![absent(key)], ops).await?.succeeded {
             return Err(MetaError::AlreadyExists {
                 kind: "connector",
                 name: c.name.clone(),
@@ -746,7 +748,13 @@ impl MetaStore for EtcdMetaStore {
 
     async fn watch_streams(&self) -> MetaResult<StreamChanges> {
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        tokio::spawn(watch::follow(self.watches.clone(), self.key("streams/"), 0, tx));
+        tokio::spawn(watch::follow(
+            self.watches.clone(),
+            self.auth.clone(),
+            self.timeout,
+            self.key("streams/"),
+            tx,
+        ));
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 

@@ -11,18 +11,20 @@ use hstream_proto::mvccpb::event::EventType;
 use tokio::sync::mpsc;
 
 use super::super::*;
-use super::auth::Authed;
+use super::auth::{Auth, Authed};
 use super::ops::prefix_end;
 use super::records::*;
 
-/// Feeds `out` with the changes under `prefix` (the store's `streams/` key prefix) from
-/// revision `from` on, until `out` is dropped; reconnects by itself.
+/// Feeds `out` with the changes under `prefix` (the store's `streams/` key prefix) from now
+/// on, until `out` is dropped; reconnects (and authenticates again) by itself.
 pub(super) async fn follow(
     mut client: WatchClient<Authed>,
+    auth: std::sync::Arc<Auth>,
+    timeout: Duration,
     prefix: Vec<u8>,
-    mut from: i64,
     out: mpsc::Sender<StreamChange>,
 ) {
+    let mut from = 0;
     let mut pause = Duration::from_millis(50);
     loop {
         let (tx, rx) = mpsc::channel(1);
@@ -60,6 +62,27 @@ pub(super) async fn follow(
                 Ok(Some(r)) => r,
                 Ok(None) | Err(_) => break,
             };
+            if resp.compact_revision > 0 {
+                // What was missed is gone from etcd's history: watched again from now, which
+                // begins with a Resync (the follower re-reads everything).
+                tracing::info!(
+                    compacted = resp.compact_revision,
+                    "etcd watch: history compacted; resyncing"
+                );
+                from = 0;
+                break;
+            }
+            if resp.canceled {
+                // Refused (an expired token, a permission taken away): authenticate again
+                // where a user is configured, then watch again after a pause.
+                tracing::warn!(reason = %resp.cancel_reason, "etcd refused the watch of streams; watching again");
+                if auth.user.is_some()
+                    && let Err(e) = auth.authenticate(timeout).await
+                {
+                    tracing::warn!(error = %e.message(), "authenticating to etcd again failed");
+                }
+                break;
+            }
             pause = Duration::from_millis(50);
             if resp.created && from == 0 {
                 // Watching from now: what changed before is read by the follower once now.
@@ -67,17 +90,6 @@ pub(super) async fn follow(
                     return;
                 }
                 continue;
-            }
-            if resp.compact_revision > 0 || resp.canceled {
-                // What was missed is gone from etcd's history: the follower re-reads
-                // everything, and the watch starts again from now.
-                tracing::info!(
-                    compacted = resp.compact_revision,
-                    "etcd watch: history compacted; resyncing"
-                );
-                // Watched again from now, which begins with a Resync.
-                from = 0;
-                break;
             }
             for ev in resp.events {
                 let Some(kv) = ev.kv else { continue };
@@ -104,11 +116,8 @@ pub(super) async fn follow(
                 }
             }
         }
-        // The connection broke: resume after the last revision seen (a missed change then
-        // arrives; one compacted away gives a Resync).
-        if from == 0 {
-            continue;
-        }
+        // The connection broke or the watch was refused: resume after the last revision seen
+        // (a missed change then arrives; one compacted away gives a Resync), after a pause.
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = out.closed() => return,

@@ -576,6 +576,7 @@ impl MetaStore for SqliteMetaStore {
     }
 
     async fn create_connector(&self, c: &ConnectorMeta) -> MetaResult<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
         let res = sqlx::query(&format!(
             "INSERT INTO connectors ({CONNECTOR_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
         ))
@@ -586,15 +587,29 @@ impl MetaStore for SqliteMetaStore {
         .bind(&c.status)
         .bind(c.created_ms)
         .bind(c.node as i64)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await;
         match res {
-            Err(e) if is_unique_violation(&e) => Err(MetaError::AlreadyExists {
-                kind: "connector",
-                name: c.name.clone(),
-            }),
-            r => r.map(|_| ()).map_err(backend),
-        }
+            Err(e) if is_unique_violation(&e) => {
+                return Err(MetaError::AlreadyExists {
+                    kind: "connector",
+                    name: c.name.clone(),
+                });
+            }
+            r => r.map_err(backend)?,
+        };
+        // A checkpoint or key-value left by an earlier connector of this name is not this one's.
+        sqlx::query("DELETE FROM checkpoints WHERE owner = ?")
+            .bind(connector_checkpoint(&c.name))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query("DELETE FROM kv WHERE owner = ?")
+            .bind(&c.name)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)
     }
 
     async fn get_connector(&self, name: &str) -> MetaResult<Option<ConnectorMeta>> {

@@ -10,10 +10,18 @@
 //!   record count (`Hs-Records`) and compression (`Hs-Compression`) and a `Nats-Msg-Id` unique
 //!   to the append, so a publish retried after a lost acknowledgement is stored once (within
 //!   JetStream's duplicate window);
-//! - a batch's timestamp is the time JetStream stored it (the stream leader's clock);
+//! - a batch's timestamp is the time JetStream stored it (the stream leader's clock), as reads
+//!   and seeks see it; the `timestamp_ms` an append returns is the appending node's clock
+//!   (informational: nothing relies on it);
+//! - reads go to the stream's leader (a replica may be behind), and a batch found missing means
+//!   a purge: the shard's start is refreshed from the leader (another node's trim, the age
+//!   limit);
 //! - tails: after each acknowledged append the appending node announces the new LSN on the
 //!   core-NATS subject `<prefix>.t.<shard id>` (not stored); every node listens on
-//!   `<prefix>.t.*`, so readers anywhere wake without polling.
+//!   `<prefix>.t.*`, so readers anywhere wake without polling. An announcement is not stored:
+//!   one lost (a reconnect, the appender dying between its ack and its announcement) leaves
+//!   other nodes' readers behind until the shard's next append (a periodic refresh is still to
+//!   come, issue 23).
 //!
 //! Guarantees (the store contract, `../contract.rs`, run against a real nats-server): an append
 //! resolves once JetStream acknowledged it, which means a majority of the stream's replicas

@@ -1,7 +1,7 @@
 //! One shard on JetStream: its stream's sequence is the shard's LSN. Positions are kept in
 //! memory (from the stream's state when opened, then from acknowledgements and tail
 //! announcements) so the synchronous calls of the interface answer without a round trip;
-//! batches are fetched with direct gets, several in flight at once.
+//! batches are fetched from the stream's leader, several in flight at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,8 +14,10 @@ use super::{COMPRESSION, RECORDS};
 use crate::store::ready::Listeners;
 use crate::store::{ReadySet, Shard, StoreError, StoredBatch};
 
-/// Direct gets in flight at once for one read.
+/// Gets in flight at once for one read.
 const IN_FLIGHT: usize = 32;
+/// Batches `records_from` counts one by one before it extrapolates.
+const EXACT_COUNT: u64 = 1024;
 
 pub struct JsShard {
     id: u64,
@@ -96,7 +98,9 @@ impl JsShard {
         }
     }
 
-    /// The batches at `lsns` (fetched together); a batch purged meanwhile is left out. A get
+    /// The batches at `lsns` (fetched together, from the stream's leader: a replica behind it
+    /// would answer "no message" for a batch that exists). A batch not found was purged (a
+    /// purge removes a prefix): the start is refreshed and what lies below it left out. A get
     /// that timed out (its server being lost, a leader changing) is asked again, within the
     /// store's timeout.
     async fn fetch(&self, lsns: std::ops::RangeInclusive<u64>) -> Result<Vec<StoredBatch>, StoreError> {
@@ -104,21 +108,35 @@ impl JsShard {
         let got = loop {
             let gets = lsns
                 .clone()
-                .map(|lsn| async move { (lsn, self.stream.direct_get(lsn).await) });
+                .map(|lsn| async move { (lsn, self.stream.get_raw_message(lsn).await) });
             let got = futures::future::join_all(gets).await;
-            let again = got.iter().any(|(_, r)| {
-                matches!(r, Err(e) if matches!(e.kind(), stream::DirectGetErrorKind::TimedOut | stream::DirectGetErrorKind::Request))
-            });
+            let again = got
+                .iter()
+                .any(|(_, r)| matches!(r, Err(e) if matches!(e.kind(), stream::RawMessageErrorKind::Other)));
             if !again || std::time::Instant::now() >= deadline {
                 break got;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         };
+        if got
+            .iter()
+            .any(|(_, r)| matches!(r, Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound))
+        {
+            // Trimmed, maybe by another node: learn where the stream starts now.
+            self.refresh_start().await?;
+        }
+        let start = self.start_lsn();
         let mut out = Vec::with_capacity(got.len());
         for (lsn, res) in got {
             let msg = match res {
                 Ok(msg) => msg,
-                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => continue,
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound && lsn < start => continue,
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {
+                    return Err(StoreError::Unavailable {
+                        shard: self.id,
+                        reason: format!("LSN {lsn} is missing inside the stream (from {start})"),
+                    });
+                }
                 Err(e) => return Err(self.gone(e)),
             };
             let header = |name: &str| msg.headers.get(name).and_then(|v| v.as_str().parse::<u64>().ok());
@@ -137,6 +155,14 @@ impl JsShard {
             });
         }
         Ok(out)
+    }
+
+    /// Moves the start to the stream's first sequence as its leader reports it (a trim made
+    /// by another node, or JetStream's age limit).
+    async fn refresh_start(&self) -> Result<(), StoreError> {
+        let info = self.stream.get_info().await.map_err(|e| self.gone(e))?;
+        self.start.fetch_max(info.state.first_sequence.max(1), Ordering::SeqCst);
+        Ok(())
     }
 
     /// The timestamp of the batch at `lsn` (`None` if purged meanwhile).
@@ -178,25 +204,32 @@ impl Shard for JsShard {
     async fn read(&self, from: u64, max_batches: usize, max_bytes: usize) -> Result<Vec<StoredBatch>, StoreError> {
         self.live()?;
         self.reads.fetch_add(1, Ordering::Relaxed);
-        let first = from.max(self.start_lsn());
-        let last = self
-            .visible_lsn()
-            .min(first.saturating_add(max_batches.max(1) as u64 - 1));
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        let mut next = first;
-        while next <= last && (out.is_empty() || bytes < max_bytes) {
-            let upto = last.min(next + IN_FLIGHT as u64 - 1);
-            for b in self.fetch(next..=upto).await? {
-                if !out.is_empty() && bytes >= max_bytes {
-                    break;
+        loop {
+            let first = from.max(self.start_lsn());
+            let last = self
+                .visible_lsn()
+                .min(first.saturating_add(max_batches.max(1) as u64 - 1));
+            let mut out = Vec::new();
+            let mut bytes = 0;
+            let mut next = first;
+            while next <= last && (out.is_empty() || bytes < max_bytes) {
+                let upto = last.min(next + IN_FLIGHT as u64 - 1);
+                for b in self.fetch(next..=upto).await? {
+                    if !out.is_empty() && bytes >= max_bytes {
+                        break;
+                    }
+                    bytes += b.wire_len();
+                    out.push(b);
                 }
-                bytes += b.wire_len();
-                out.push(b);
+                next = upto + 1;
             }
-            next = upto + 1;
+            // Everything asked for was purged meanwhile (another node's trim): read on from
+            // where the shard starts now.
+            if out.is_empty() && self.start_lsn() > first && self.start_lsn() <= self.visible_lsn() {
+                continue;
+            }
+            return Ok(out);
         }
-        Ok(out)
     }
 
     async fn lsn_at_or_after(&self, ts: i64) -> Result<u64, StoreError> {
@@ -214,21 +247,35 @@ impl Shard for JsShard {
         Ok(lo)
     }
 
+    /// Exact up to [`EXACT_COUNT`] batches; past that, the batches counted at both ends stand
+    /// for the average (reading every header of a large backlog on each metrics scrape would
+    /// cost as much as reading the backlog).
     async fn records_from(&self, from: u64) -> Result<u64, StoreError> {
         self.live()?;
-        let (mut next, last) = (from.max(self.start_lsn()), self.visible_lsn());
-        let mut records = 0;
-        while next <= last {
-            let upto = last.min(next + IN_FLIGHT as u64 - 1);
-            records += self
-                .fetch(next..=upto)
-                .await?
-                .iter()
-                .map(|b| b.batch_size as u64)
-                .sum::<u64>();
-            next = upto + 1;
+        let (first, last) = (from.max(self.start_lsn()), self.visible_lsn());
+        if first > last {
+            return Ok(0);
         }
-        Ok(records)
+        let count = |range: std::ops::RangeInclusive<u64>| async move {
+            let (mut next, end, mut records, mut batches) = (*range.start(), *range.end(), 0u64, 0u64);
+            while next <= end {
+                let upto = end.min(next + IN_FLIGHT as u64 - 1);
+                for b in self.fetch(next..=upto).await? {
+                    records += b.batch_size as u64;
+                    batches += 1;
+                }
+                next = upto + 1;
+            }
+            Ok::<_, StoreError>((records, batches))
+        };
+        let span = last - first + 1;
+        if span <= EXACT_COUNT {
+            return Ok(count(first..=last).await?.0);
+        }
+        let half = EXACT_COUNT / 2;
+        let (r1, b1) = count(first..=first + half - 1).await?;
+        let (r2, b2) = count(last - half + 1..=last).await?;
+        Ok((r1 + r2) * span / (b1 + b2).max(1))
     }
 
     async fn trim(&self, upto: u64) -> Result<u64, StoreError> {
