@@ -3,7 +3,6 @@
 //! (never the machine's own 2379), with their data in a temporary directory; killed when
 //! dropped.
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -417,28 +416,11 @@ impl Etcd {
 
 /// `GET /health` on the metrics listener answers `{"health":"true"}`.
 fn healthy(health: SocketAddr) -> bool {
-    request(health, "GET", "/health", "").is_some_and(|body| body.contains(r#""health":"true""#))
+    super::http_blocking(health, "GET", "/health", "").is_some_and(|body| body.contains(r#""health":"true""#))
 }
 
 fn post(client: SocketAddr, path: &str, body: &str) -> Option<String> {
-    request(client, "POST", path, body)
-}
-
-/// The body of a 200 answer to one HTTP/1.1 request, `None` for anything else.
-fn request(client: SocketAddr, method: &str, path: &str, body: &str) -> Option<String> {
-    let mut s = std::net::TcpStream::connect(client).ok()?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {client}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).ok()?;
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    if !out.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+    super::http_blocking(client, "POST", path, body)
 }
 
 impl Drop for Etcd {

@@ -40,6 +40,25 @@ pub fn on_local_store() -> bool {
     std::env::var("HSTREAM_TEST_STORE").as_deref() != Ok("nats")
 }
 
+/// The body of a 200 answer to one HTTP/1.1 request (a health or admin endpoint of a server a
+/// test runs), `None` for anything else.
+pub(crate) fn http_blocking(addr: SocketAddr, method: &str, path: &str, body: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    if !out.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")

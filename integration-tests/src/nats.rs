@@ -202,18 +202,7 @@ impl Nats {
 /// `GET /healthz` on the monitoring port answers `{"status":"ok"}` (in a cluster: JetStream
 /// is current).
 fn healthy(monitor: SocketAddr) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(monitor) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let req = format!("GET /healthz HTTP/1.1\r\nHost: {monitor}\r\nConnection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).is_err() {
-        return false;
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.starts_with("HTTP/1.1 200") && out.contains(r#""status":"ok""#)
+    super::http_blocking(monitor, "GET", "/healthz", "").is_some_and(|body| body.contains(r#""status":"ok""#))
 }
 
 impl Drop for Nats {
