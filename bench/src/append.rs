@@ -17,22 +17,22 @@ use hstream_proto as pb;
 pub struct Args {
     /// Concurrent writers (each with its own gRPC connection).
     #[arg(long, default_value_t = 8)]
-    writers: usize,
+    pub(crate) writers: usize,
     /// Records per appended batch.
     #[arg(long, default_value_t = 100)]
-    batch_records: usize,
+    pub(crate) batch_records: usize,
     /// Bytes per record.
     #[arg(long, default_value_t = 1024)]
-    record_bytes: usize,
+    pub(crate) record_bytes: usize,
     /// Seconds per measured run.
     #[arg(long, default_value_t = 10)]
-    seconds: u64,
+    pub(crate) seconds: u64,
     /// Shards of the stream.
     #[arg(long, default_value_t = 4)]
-    shards: u32,
+    pub(crate) shards: u32,
     /// Directory on the disk under test (default: target/bench).
     #[arg(long)]
-    dir: Option<std::path::PathBuf>,
+    pub(crate) dir: Option<std::path::PathBuf>,
 }
 
 impl Args {
@@ -48,13 +48,13 @@ impl Args {
     }
 }
 
-struct Run {
-    label: String,
-    records_per_s: f64,
-    mb_per_s: f64,
-    batches_per_s: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+pub(crate) struct Run {
+    pub(crate) label: String,
+    pub(crate) records_per_s: f64,
+    pub(crate) mb_per_s: f64,
+    pub(crate) batches_per_s: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
 }
 
 fn dd(dir: &Path, block: usize, count: usize, oflag: &str) -> anyhow::Result<f64> {
@@ -79,12 +79,23 @@ fn dd(dir: &Path, block: usize, count: usize, oflag: &str) -> anyhow::Result<f64
 }
 
 async fn measure(args: &Args, dir: &Path, label: &str, flags: &[&str]) -> anyhow::Result<Run> {
+    measure_replicated(args, dir, label, flags, 1).await
+}
+
+/// One measured run against a server started with `flags`, on a stream of `replicas` copies.
+pub(crate) async fn measure_replicated(
+    args: &Args,
+    dir: &Path,
+    label: &str,
+    flags: &[&str],
+    replicas: u32,
+) -> anyhow::Result<Run> {
     let data = tempfile::tempdir_in(dir)?;
     let server = Server::start(data.path(), flags);
     let mut c = server.client().await;
     c.create_stream(pb::Stream {
         stream_name: "bench".into(),
-        replication_factor: 1,
+        replication_factor: replicas,
         backlog_duration: 0,
         shard_count: args.shards,
         creation_time: None,

@@ -5,6 +5,7 @@ mod airbyte;
 mod append;
 mod cdc;
 mod connectors;
+mod jetstream;
 mod metastore;
 mod mqtt;
 mod mysql_cdc;
@@ -51,6 +52,9 @@ enum Bench {
     /// MetaStore operations per second (create stream, commit progress, connector checkpoint),
     /// embedded SQLite beside etcd.
     Metastore(metastore::Args),
+    /// Appends on the JetStream store (one server R1, a three-node cluster R3) beside a bare
+    /// async-nats publisher doing the same, and beside the local store.
+    Jetstream(append::Args),
     /// Every benchmark with its defaults.
     All,
 }
@@ -69,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Wasm(args) => rt.block_on(wasm::run(args)),
         Bench::Startup(args) => rt.block_on(startup::run(args)),
         Bench::Metastore(args) => rt.block_on(metastore::run(args)),
+        Bench::Jetstream(args) => rt.block_on(jetstream::run(args)),
         Bench::All => rt.block_on(async {
             append::run(append::Args::default_args()).await?;
             println!();
@@ -88,7 +93,9 @@ fn main() -> anyhow::Result<()> {
             println!();
             startup::run(startup::Args::default_args()).await?;
             println!();
-            metastore::run(metastore::Args::default_args()).await
+            metastore::run(metastore::Args::default_args()).await?;
+            println!();
+            jetstream::run(append::Args::default_args()).await
         }),
     }
 }

@@ -1,0 +1,157 @@
+//! Appends on the JetStream store: the same writers, batches and records as the append bench,
+//! against a server on `--store nats://` with one NATS server (R1) and a three-node cluster
+//! (R3), each beside a bare async-nats JetStream publisher doing the same (one message per
+//! batch, the same concurrency, each writer waiting for its ack) to the same servers, and
+//! beside the local store. The bare publisher is the limit: goal ≥ 0.9× it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use hstream_integration_tests::nats::Nats;
+
+use crate::append::{Args, Run, measure_replicated};
+
+/// `args.writers` publishers, each waiting for JetStream's ack before its next batch-sized
+/// message, on a stream of `replicas` copies per writer shard (like the server's shards).
+async fn bare(args: &Args, nats: &Nats, label: &str, replicas: usize) -> anyhow::Result<Run> {
+    let client = async_nats::connect(nats.client.to_string()).await?;
+    let js = async_nats::jetstream::new(client);
+    let shards = args.shards as usize;
+    for s in 0..shards {
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: format!("BARE{replicas}_{s}"),
+            subjects: vec![format!("bare{replicas}.{s}")],
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await?;
+    }
+    let payload: bytes::Bytes = (0..args.batch_records * args.record_bytes)
+        .map(|j| (j * 7 % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..args.writers {
+        // Each writer its own connection, as each hstream writer has its own gRPC channel.
+        let js = async_nats::jetstream::new(async_nats::connect(nats.client.to_string()).await?);
+        let (stop, payload, subject) = (stop.clone(), payload.clone(), format!("bare{replicas}.{}", w % shards));
+        tasks.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                js.publish(subject.clone(), payload.clone())
+                    .await
+                    .expect("publish")
+                    .await
+                    .expect("ack");
+                let now = Instant::now();
+                done.push((now, now - t));
+            }
+            done
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    let end = Instant::now();
+    stop.store(true, Ordering::Relaxed);
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(
+            t.await?
+                .into_iter()
+                .filter(|(at, _)| *at >= start && *at <= end)
+                .map(|(_, l)| l),
+        );
+    }
+    anyhow::ensure!(!lat.is_empty(), "no publish completed in the measured window");
+    let elapsed = (end - start).as_secs_f64();
+    let batches = lat.len();
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
+    let records = batches * args.batch_records;
+    Ok(Run {
+        label: label.to_owned(),
+        records_per_s: records as f64 / elapsed,
+        mb_per_s: (records * args.record_bytes) as f64 / elapsed / 1e6,
+        batches_per_s: batches as f64 / elapsed,
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+    })
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| hstream_integration_tests::repo_root().join("target/bench"));
+    std::fs::create_dir_all(&dir)?;
+    println!(
+        "jetstream: {} writers, batches of {} x {} B records, {} shards, {} s per run; nats-server {}",
+        args.writers,
+        args.batch_records,
+        args.record_bytes,
+        args.shards,
+        args.seconds,
+        String::from_utf8_lossy(
+            &std::process::Command::new("nats-server")
+                .arg("--version")
+                .output()?
+                .stdout
+        )
+        .trim()
+    );
+    let local = measure_replicated(&args, &dir, "hstream, local store (fsync always)", &[], 1).await?;
+    let one = Nats::start().await;
+    let uri1 = one.uri("bench");
+    let r1 = measure_replicated(&args, &dir, "hstream on JetStream R1", &["--store", uri1.as_str()], 1).await?;
+    let b1 = bare(&args, &one, "bare async-nats publisher R1", 1).await?;
+    drop(one);
+    let three = Nats::start_cluster(3).await;
+    let uri3 = three.uri("bench");
+    let r3 = measure_replicated(
+        &args,
+        &dir,
+        "hstream on JetStream R3 (3 nodes)",
+        &["--store", uri3.as_str()],
+        3,
+    )
+    .await?;
+    let b3 = bare(&args, &three, "bare async-nats publisher R3", 3).await?;
+    drop(three);
+
+    println!();
+    println!(
+        "| {:<38} | {:>11} | {:>9} | {:>10} | {:>7} | {:>7} | {:>16} |",
+        "run", "records/s", "MB/s", "batches/s", "p50 ms", "p99 ms", "vs bare"
+    );
+    println!(
+        "|{:-<40}|{:-<13}|{:-<11}|{:-<12}|{:-<9}|{:-<9}|{:-<18}|",
+        "", "", "", "", "", "", ""
+    );
+    for (r, peer) in [
+        (&local, None),
+        (&b1, None),
+        (&r1, Some(&b1)),
+        (&b3, None),
+        (&r3, Some(&b3)),
+    ] {
+        println!(
+            "| {:<38} | {:>11.0} | {:>9.1} | {:>10.0} | {:>7.2} | {:>7.2} | {:>16} |",
+            r.label,
+            r.records_per_s,
+            r.mb_per_s,
+            r.batches_per_s,
+            r.p50_ms,
+            r.p99_ms,
+            peer.map_or("-".to_owned(), |p| format!("{:.2}x", r.records_per_s / p.records_per_s))
+        );
+    }
+    println!(
+        "\nOne machine: client, hstream-server and every NATS server share its cores. nats-server 2.9 \
+         acknowledges before its disk write (no fsync); the local store fsyncs before every ack."
+    );
+    Ok(())
+}
