@@ -143,7 +143,21 @@ pub(crate) async fn measure_replicated(
             done
         }));
     }
-    // Warm up, then count only appends completed inside the measured window.
+    measured(args, label, "append", stop, tasks).await
+}
+
+/// Per-operation (completion time, latency) of every writer.
+pub(crate) type Timings = tokio::task::JoinHandle<Vec<(Instant, Duration)>>;
+
+/// Lets the writers warm up for a second, then counts only the operations completed inside
+/// the measured window of `args.seconds`; stops the writers and sums up.
+pub(crate) async fn measured(
+    args: &Args,
+    label: &str,
+    what: &str,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<Timings>,
+) -> anyhow::Result<Run> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let start = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
@@ -159,7 +173,7 @@ pub(crate) async fn measure_replicated(
                 .map(|(_, l)| l),
         );
     }
-    anyhow::ensure!(!lat.is_empty(), "no append completed in the measured window");
+    anyhow::ensure!(!lat.is_empty(), "no {what} completed in the measured window");
     let batches = lat.len();
     lat.sort();
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;

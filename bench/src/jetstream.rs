@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hstream_integration_tests::nats::Nats;
 
-use crate::append::{Args, Run, measure_replicated};
+use crate::append::{Args, Run, measure_replicated, measured};
 
 /// `args.writers` publishers, each waiting for JetStream's ack before its next batch-sized
 /// message, on a stream of `replicas` copies per writer shard (like the server's shards).
@@ -52,34 +52,7 @@ async fn bare(args: &Args, nats: &Nats, label: &str, replicas: usize) -> anyhow:
             done
         }));
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let start = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
-    let end = Instant::now();
-    stop.store(true, Ordering::Relaxed);
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(
-            t.await?
-                .into_iter()
-                .filter(|(at, _)| *at >= start && *at <= end)
-                .map(|(_, l)| l),
-        );
-    }
-    anyhow::ensure!(!lat.is_empty(), "no publish completed in the measured window");
-    let elapsed = (end - start).as_secs_f64();
-    let batches = lat.len();
-    lat.sort();
-    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
-    let records = batches * args.batch_records;
-    Ok(Run {
-        label: label.to_owned(),
-        records_per_s: records as f64 / elapsed,
-        mb_per_s: (records * args.record_bytes) as f64 / elapsed / 1e6,
-        batches_per_s: batches as f64 / elapsed,
-        p50_ms: pct(0.5),
-        p99_ms: pct(0.99),
-    })
+    measured(args, label, "publish", stop, tasks).await
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {

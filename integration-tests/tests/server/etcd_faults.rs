@@ -204,17 +204,20 @@ async fn a_three_member_etcd_loses_its_leader_then_its_quorum() {
     });
     // Served again by the same server process. The create etcd timed out on may have been
     // applied after all (a leader without quorum keeps its proposal): then it exists whole.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let answer = loop {
-        let code = match client.create_stream(stream_req("q", 1)).await {
-            Ok(_) => Code::Ok,
-            Err(e) => e.code(),
-        };
-        if code != Code::Unavailable || Instant::now() > deadline {
-            break code;
+    let answer = Arc::new(std::sync::Mutex::new(Code::Unavailable));
+    wait_until(Duration::from_secs(30), "an answer other than UNAVAILABLE", || {
+        let (mut client, answer) = (client.clone(), answer.clone());
+        async move {
+            let code = match client.create_stream(stream_req("q", 1)).await {
+                Ok(_) => Code::Ok,
+                Err(e) => e.code(),
+            };
+            *answer.lock().unwrap() = code;
+            code != Code::Unavailable
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
+    let answer = *answer.lock().unwrap();
     assert!(matches!(answer, Code::Ok | Code::AlreadyExists), "{answer:?}");
     // Whole either way: listed with its shard, and the shard's storage there.
     let q = stream_shards(&mut client, "q").await;

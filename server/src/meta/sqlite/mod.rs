@@ -11,6 +11,7 @@ use sqlx::{Row, SqliteConnection};
 
 use super::*;
 
+mod owners;
 mod rows;
 
 use rows::*;
@@ -94,49 +95,6 @@ impl SqliteMetaStore {
                 name: name.to_owned(),
             });
         }
-        Ok(())
-    }
-
-    async fn ownership_in(conn: &mut SqliteConnection, resource: &str) -> MetaResult<Option<Ownership>> {
-        let row = sqlx::query("SELECT owner, epoch FROM owners WHERE resource = ?")
-            .bind(resource)
-            .fetch_optional(conn)
-            .await
-            .map_err(backend)?;
-        Ok(row.map(|r| Ownership {
-            resource: resource.to_owned(),
-            owner: r.get::<Option<i64>, _>(0).map(|o| o as u32),
-            epoch: r.get::<i64, _>(1) as u64,
-        }))
-    }
-
-    async fn set_ownership(conn: &mut SqliteConnection, o: &Ownership) -> MetaResult<()> {
-        sqlx::query(
-            "INSERT INTO owners (resource, owner, epoch) VALUES (?, ?, ?) \
-             ON CONFLICT(resource) DO UPDATE SET owner = excluded.owner, epoch = excluded.epoch",
-        )
-        .bind(&o.resource)
-        .bind(o.owner.map(i64::from))
-        .bind(o.epoch as i64)
-        .execute(conn)
-        .await
-        .map_err(backend)?;
-        Ok(())
-    }
-
-    /// Removes the leases past their deadline and the node records bound to them.
-    async fn sweep_leases(conn: &mut SqliteConnection) -> MetaResult<()> {
-        let now = now_ms();
-        sqlx::query("DELETE FROM nodes WHERE lease IN (SELECT id FROM leases WHERE expires_ms <= ?)")
-            .bind(now)
-            .execute(&mut *conn)
-            .await
-            .map_err(backend)?;
-        sqlx::query("DELETE FROM leases WHERE expires_ms <= ?")
-            .bind(now)
-            .execute(&mut *conn)
-            .await
-            .map_err(backend)?;
         Ok(())
     }
 
@@ -473,44 +431,7 @@ impl MetaStore for SqliteMetaStore {
     }
 
     async fn commit(&self, c: &Commit<'_>) -> MetaResult<()> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        for f in c.fences {
-            let current = Self::ownership_in(&mut tx, &f.resource).await?;
-            if current.as_ref() != Some(f) {
-                return Err(Ownership::fenced(
-                    &f.resource,
-                    Ownership::describe(Some(f)),
-                    current.as_ref(),
-                ));
-            }
-        }
-        if let Some((sub, progress)) = c.progress {
-            for p in progress {
-                sqlx::query(
-                    "INSERT INTO sub_progress (sub, shard_id, next_lsn) VALUES (?, ?, ?) \
-                     ON CONFLICT(sub, shard_id) DO UPDATE SET next_lsn = max(next_lsn, excluded.next_lsn)",
-                )
-                .bind(sub)
-                .bind(p.shard_id as i64)
-                .bind(p.next_lsn as i64)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-            }
-        }
-        for cp in c.checkpoints {
-            sqlx::query(
-                "INSERT INTO checkpoints (owner, version, data) VALUES (?, ?, ?) \
-                 ON CONFLICT(owner) DO UPDATE SET version = excluded.version, data = excluded.data",
-            )
-            .bind(&cp.owner)
-            .bind(cp.version as i64)
-            .bind(&cp.data)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        }
-        tx.commit().await.map_err(backend)
+        self.commit_fenced(c).await
     }
 
     async fn get_progress(&self, sub: &str) -> MetaResult<Vec<ShardProgress>> {
@@ -731,43 +652,11 @@ impl MetaStore for SqliteMetaStore {
     }
 
     async fn claim(&self, resource: &str, owner: u32, expected: u64) -> MetaResult<Ownership> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        let current = Self::ownership_in(&mut tx, resource).await?;
-        if current.as_ref().map_or(0, |c| c.epoch) != expected {
-            return Err(Ownership::fenced(
-                resource,
-                format!("epoch {expected}"),
-                current.as_ref(),
-            ));
-        }
-        let next = Ownership {
-            resource: resource.to_owned(),
-            owner: Some(owner),
-            epoch: expected + 1,
-        };
-        Self::set_ownership(&mut tx, &next).await?;
-        tx.commit().await.map_err(backend)?;
-        Ok(next)
+        self.claim_resource(resource, owner, expected).await
     }
 
     async fn release(&self, held: &Ownership) -> MetaResult<Ownership> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        let current = Self::ownership_in(&mut tx, &held.resource).await?;
-        if current.as_ref() != Some(held) {
-            return Err(Ownership::fenced(
-                &held.resource,
-                Ownership::describe(Some(held)),
-                current.as_ref(),
-            ));
-        }
-        let next = Ownership {
-            owner: None,
-            epoch: held.epoch + 1,
-            ..held.clone()
-        };
-        Self::set_ownership(&mut tx, &next).await?;
-        tx.commit().await.map_err(backend)?;
-        Ok(next)
+        self.release_resource(held).await
     }
 
     async fn ownership(&self, resource: &str) -> MetaResult<Option<Ownership>> {
@@ -776,113 +665,27 @@ impl MetaStore for SqliteMetaStore {
     }
 
     async fn list_ownerships(&self, prefix: &str) -> MetaResult<Vec<Ownership>> {
-        let rows = sqlx::query(
-            "SELECT resource, owner, epoch FROM owners WHERE resource LIKE ? ESCAPE '\\' ORDER BY resource",
-        )
-        .bind(like_prefix(prefix))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(rows
-            .iter()
-            .map(|r| Ownership {
-                resource: r.get(0),
-                owner: r.get::<Option<i64>, _>(1).map(|o| o as u32),
-                epoch: r.get::<i64, _>(2) as u64,
-            })
-            .collect())
+        self.ownerships_under(prefix).await
     }
 
     async fn grant_lease(&self, ttl: std::time::Duration) -> MetaResult<LeaseId> {
-        let ttl_ms = ttl.as_millis().div_ceil(1000).max(1) as i64 * 1000;
-        let row = sqlx::query("INSERT INTO leases (ttl_ms, expires_ms) VALUES (?, ?) RETURNING id")
-            .bind(ttl_ms)
-            .bind(now_ms() + ttl_ms)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(row.get(0))
+        self.new_lease(ttl).await
     }
 
     async fn keep_lease_alive(&self, lease: LeaseId) -> MetaResult<bool> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        Self::sweep_leases(&mut tx).await?;
-        let res = sqlx::query("UPDATE leases SET expires_ms = ? + ttl_ms WHERE id = ?")
-            .bind(now_ms())
-            .bind(lease)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
-        Ok(res.rows_affected() > 0)
+        self.renew_lease(lease).await
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> MetaResult<()> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        sqlx::query("DELETE FROM nodes WHERE lease = ?")
-            .bind(lease)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        sqlx::query("DELETE FROM leases WHERE id = ?")
-            .bind(lease)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)
+        self.end_lease(lease).await
     }
 
     async fn upsert_node(&self, node: &NodeMeta, lease: Option<LeaseId>) -> MetaResult<()> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        Self::sweep_leases(&mut tx).await?;
-        if let Some(id) = lease {
-            let alive = sqlx::query("SELECT 1 FROM leases WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend)?;
-            if alive.is_none() {
-                return Err(MetaError::NotFound {
-                    kind: "lease",
-                    name: id.to_string(),
-                });
-            }
-        }
-        sqlx::query(
-            "INSERT INTO nodes (id, host, port, state, updated_ms, lease) VALUES (?, ?, ?, ?, ?, ?) \
-             ON CONFLICT(id) DO UPDATE SET host = excluded.host, port = excluded.port, \
-             state = excluded.state, updated_ms = excluded.updated_ms, lease = excluded.lease",
-        )
-        .bind(node.id as i64)
-        .bind(&node.host)
-        .bind(node.port as i64)
-        .bind(&node.state)
-        .bind(node.updated_ms)
-        .bind(lease)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        tx.commit().await.map_err(backend)
+        self.put_node(node, lease).await
     }
 
     async fn list_nodes(&self) -> MetaResult<Vec<NodeMeta>> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        Self::sweep_leases(&mut tx).await?;
-        let rows = sqlx::query("SELECT id, host, port, state, updated_ms FROM nodes ORDER BY id")
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
-        Ok(rows
-            .iter()
-            .map(|r| NodeMeta {
-                id: r.get::<i64, _>(0) as u32,
-                host: r.get(1),
-                port: r.get::<i64, _>(2) as u32,
-                state: r.get(3),
-                updated_ms: r.get(4),
-            })
-            .collect())
+        self.live_nodes().await
     }
 
     async fn remove_node(&self, id: u32) -> MetaResult<bool> {
@@ -900,65 +703,4 @@ impl MetaStore for SqliteMetaStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn contract_in_memory() {
-        let store = SqliteMetaStore::in_memory().await.unwrap();
-        contract::run(&store).await;
-    }
-
-    /// A database written before node records could be bound to leases gets the column on
-    /// open and keeps its nodes.
-    #[tokio::test]
-    async fn an_older_database_gains_the_lease_column() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("meta.db");
-        {
-            let opts = SqliteConnectOptions::new().filename(&path).create_if_missing(true);
-            let pool = SqlitePoolOptions::new().connect_with(opts).await.unwrap();
-            sqlx::query(
-                "CREATE TABLE nodes (id INTEGER PRIMARY KEY, host TEXT NOT NULL, port INTEGER NOT NULL,
-                 state TEXT NOT NULL, updated_ms INTEGER NOT NULL)",
-            )
-            .execute(&pool)
-            .await
-            .unwrap();
-            sqlx::query("INSERT INTO nodes VALUES (3, 'h', 6570, 'Dead', 5)")
-                .execute(&pool)
-                .await
-                .unwrap();
-            pool.close().await;
-        }
-        let store = SqliteMetaStore::open(&path).await.unwrap();
-        assert_eq!(store.list_nodes().await.unwrap()[0].id, 3);
-        let lease = store.grant_lease(std::time::Duration::from_secs(30)).await.unwrap();
-        let n = NodeMeta {
-            id: 4,
-            host: "h".into(),
-            port: 1,
-            state: "Running".into(),
-            updated_ms: 6,
-        };
-        store.upsert_node(&n, Some(lease)).await.unwrap();
-        store.revoke_lease(lease).await.unwrap();
-        assert_eq!(store.list_nodes().await.unwrap().len(), 1);
-        store.close().await;
-    }
-
-    #[tokio::test]
-    async fn contract_on_file_and_data_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("meta.db");
-        {
-            let store = SqliteMetaStore::open(&path).await.unwrap();
-            contract::run(&store).await;
-            contract::seed_durable(&store).await;
-            store.close().await;
-        }
-        let store = SqliteMetaStore::open(&path).await.unwrap();
-        contract::check_durable(&store).await;
-        store.close().await;
-    }
-}
+mod tests;
