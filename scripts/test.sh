@@ -102,10 +102,10 @@ if [ $# -eq 0 ]; then
   # (one throw-away etcd for the run, a key prefix per server).
   echo "==> streams, subscriptions, connectors, REST, CLI and metrics end to end on the etcd MetaStore"
   HSTREAM_TEST_METASTORE=etcd cargo test --workspace --test server -- streams:: subscriptions:: connectors:: rest:: cli:: metrics::
-  # And with the records on the JetStream store (one throw-away nats-server, a prefix per
-  # server; a three-node JetStream cluster and its fault tests are not built yet).
-  echo "==> streams, subscriptions, connectors, REST, CLI and metrics end to end on the JetStream store"
-  HSTREAM_TEST_STORE=nats cargo test --workspace --test server -- streams:: subscriptions:: connectors:: rest:: cli:: metrics::
+  # And with the records on the JetStream store: a throw-away three-node JetStream cluster for
+  # the run, a prefix per server, every stream with three replicas (--min-replication-factor 3).
+  echo "==> streams, subscriptions, connectors, REST, CLI and metrics end to end on a three-node JetStream cluster (R3)"
+  HSTREAM_TEST_STORE=nats3 cargo test --workspace --test server -- streams:: subscriptions:: connectors:: rest:: cli:: metrics::
 fi
 if [ -n "$container_test" ]; then
   CONTAINERS_CONF="$PWD/integration-tests/container/containers.conf" \

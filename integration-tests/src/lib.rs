@@ -32,12 +32,21 @@ pub use connectors::*;
 pub use records::*;
 pub use server::*;
 
-/// A free TCP port on 127.0.0.1 (for servers that cannot bind port 0 themselves).
 /// Whether servers started by tests keep records in their data directory (the local store),
-/// not in JetStream (`HSTREAM_TEST_STORE=nats`): the few checks of files on disk and of the
-/// local store's own metrics apply only then.
+/// not in JetStream (`HSTREAM_TEST_STORE=nats` or `nats3`): the few checks of files on disk
+/// and of the local store's own metrics apply only then.
 pub fn on_local_store() -> bool {
-    std::env::var("HSTREAM_TEST_STORE").as_deref() != Ok("nats")
+    !matches!(std::env::var("HSTREAM_TEST_STORE").as_deref(), Ok("nats" | "nats3"))
+}
+
+/// The replicationFactor a stream created with `requested` reports: at least three with
+/// `HSTREAM_TEST_STORE=nats3`, whose servers run with `--min-replication-factor 3`.
+pub fn reported_replication(requested: u32) -> u32 {
+    if std::env::var("HSTREAM_TEST_STORE").as_deref() == Ok("nats3") {
+        requested.max(3)
+    } else {
+        requested
+    }
 }
 
 /// The body of a 200 answer to one HTTP/1.1 request (a health or admin endpoint of a server a
@@ -59,6 +68,7 @@ pub(crate) fn http_blocking(addr: SocketAddr, method: &str, path: &str, body: &s
     out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
 }
 
+/// A free TCP port on 127.0.0.1 (for servers that cannot bind port 0 themselves).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")

@@ -46,16 +46,25 @@ impl Nats {
     /// as the process, goes).
     pub fn shared() -> &'static Nats {
         static SHARED: std::sync::OnceLock<Nats> = std::sync::OnceLock::new();
-        SHARED.get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                tx.send(Self::launch(1, true)).expect("send nats");
-                loop {
-                    std::thread::park();
-                }
-            });
-            rx.recv().expect("nats launcher thread")
-        })
+        SHARED.get_or_init(|| Self::launch_for_process(1))
+    }
+
+    /// A three-node JetStream cluster for the whole test process, like [`shared`](Self::shared).
+    pub fn shared_cluster() -> &'static Nats {
+        static SHARED: std::sync::OnceLock<Nats> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| Self::launch_for_process(3))
+    }
+
+    /// Servers started from a thread that lives as long as the process, so that they die with it.
+    fn launch_for_process(members: usize) -> Nats {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            tx.send(Self::launch(members, true)).expect("send nats");
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().expect("nats launcher thread")
     }
 
     /// Servers in a temporary directory; with `die_with_thread` they get SIGKILL when the

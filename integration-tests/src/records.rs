@@ -142,16 +142,25 @@ pub fn struct_to_json(s: &prost_types::Struct) -> serde_json::Value {
 /// Every record of every shard of a JSON stream up to its tail, as (partition key, JSON),
 /// in order within each shard; none for a stream that does not exist (yet).
 pub async fn read_json_stream(client: &mut Client, stream: &str) -> Vec<(String, serde_json::Value)> {
+    try_read_json_stream(client, stream).await.expect("reading the stream")
+}
+
+/// Like [`read_json_stream`], with the server's refusal (e.g. UNAVAILABLE while the store
+/// fails over) returned instead of panicking.
+pub async fn try_read_json_stream(
+    client: &mut Client,
+    stream: &str,
+) -> Result<Vec<(String, serde_json::Value)>, tonic::Status> {
     let mut out = Vec::new();
     for shard in stream_shards(client, stream).await {
-        for r in read_shard_to_tail(client, stream, shard.shard_id).await {
+        for r in try_read_shard_to_tail(client, stream, shard.shard_id).await? {
             for (_, key, payload) in decode(&r) {
                 let s = prost_types::Struct::decode(&payload[..]).expect("a JSON (Struct) record");
                 out.push((key, struct_to_json(&s)));
             }
         }
     }
-    out
+    Ok(out)
 }
 
 pub fn earliest() -> pb::ShardOffset {
@@ -172,6 +181,17 @@ pub fn latest() -> pb::ShardOffset {
 
 /// Reads a shard from EARLIEST to its tail as of now, through ReadShardStream.
 pub async fn read_shard_to_tail(client: &mut Client, stream: &str, shard_id: u64) -> Vec<pb::ReceivedRecord> {
+    try_read_shard_to_tail(client, stream, shard_id)
+        .await
+        .expect("read_shard_stream")
+}
+
+/// Like [`read_shard_to_tail`], with the server's refusal returned.
+pub async fn try_read_shard_to_tail(
+    client: &mut Client,
+    stream: &str,
+    shard_id: u64,
+) -> Result<Vec<pb::ReceivedRecord>, tonic::Status> {
     let mut s = client
         .read_shard_stream(pb::ReadShardStreamRequest {
             reader_id: String::new(),
@@ -181,14 +201,13 @@ pub async fn read_shard_to_tail(client: &mut Client, stream: &str, shard_id: u64
             until: Some(latest()),
             stream_name: stream.to_owned(),
         })
-        .await
-        .expect("read_shard_stream")
+        .await?
         .into_inner();
     let mut out = Vec::new();
-    while let Some(resp) = s.message().await.expect("stream message") {
+    while let Some(resp) = s.message().await? {
         out.extend(resp.received_records);
     }
-    out
+    Ok(out)
 }
 
 /// What a test consumer received, in order: (record id, payload).

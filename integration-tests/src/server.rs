@@ -261,17 +261,33 @@ fn etcd_metastore(data_dir: &Path, args: &[String]) -> Vec<String> {
 
 /// With `HSTREAM_TEST_STORE=nats`, servers started without their own `--store` keep their
 /// records in one JetStream server shared by the test process, under a prefix named after
-/// their data directory (a restart over the same directory finds its shards again): how
-/// `scripts/test.sh` runs the end-to-end suites on the JetStream store.
+/// their data directory (a restart over the same directory finds its shards again); with
+/// `HSTREAM_TEST_STORE=nats3` in a shared three-node JetStream cluster, every stream with three
+/// replicas (`--min-replication-factor 3`, whatever the test asks for): how `scripts/test.sh`
+/// runs the end-to-end suites on the JetStream store.
 fn nats_store(data_dir: &Path, args: &[String]) -> Vec<String> {
-    if std::env::var("HSTREAM_TEST_STORE").as_deref() != Ok("nats") || args.iter().any(|a| a == "--store") {
+    let cluster = match std::env::var("HSTREAM_TEST_STORE").as_deref() {
+        Ok("nats") => false,
+        Ok("nats3") => true,
+        _ => return Vec::new(),
+    };
+    if args.iter().any(|a| a == "--store") {
         return Vec::new();
     }
-    let nats = crate::nats::Nats::shared();
     let prefix: String = data_dir
         .to_string_lossy()
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
-    vec!["--store".into(), nats.uri(&prefix)]
+    if cluster {
+        let nats = crate::nats::Nats::shared_cluster();
+        vec![
+            "--store".into(),
+            nats.uri(&prefix),
+            "--min-replication-factor".into(),
+            "3".into(),
+        ]
+    } else {
+        vec!["--store".into(), crate::nats::Nats::shared().uri(&prefix)]
+    }
 }

@@ -89,6 +89,11 @@ pub struct Flags {
     /// File holding the NATS user's password (one line)
     #[arg(long)]
     pub store_password_file: Option<PathBuf>,
+    /// Fewest replicas a stream gets on the JetStream store, whatever CreateStream asked for
+    /// (clients, SQL and connectors ask for 1 unless told): an operator's floor; the stream's
+    /// replicationFactor records what it got [default: 1]
+    #[arg(long)]
+    pub min_replication_factor: Option<u32>,
     /// Copy the metastore (--metastore-uri) into this one and exit, e.g. the embedded SQLite
     /// into etcd://… before running on etcd; stop the server first; a copy that stopped
     /// half-way can be run again, a finished one is refused
@@ -165,6 +170,8 @@ pub struct Settings {
     pub store_uri: Option<String>,
     /// How to reach NATS (shown masked).
     pub nats: NatsOptions,
+    /// `--min-replication-factor`: the fewest replicas a new stream gets.
+    pub min_replication_factor: u32,
     /// `--copy-metastore-to`: copy the metastore there and exit instead of serving.
     pub copy_metastore_to: Option<String>,
     pub max_record_size: usize,
@@ -245,6 +252,10 @@ impl Settings {
             etcd,
             store_uri,
             nats,
+            min_replication_factor: flags
+                .min_replication_factor
+                .or(file.min_replication_factor)
+                .unwrap_or(1),
             copy_metastore_to: flags.copy_metastore_to,
             max_record_size: flags.max_record_size.or(file.max_record_size).unwrap_or(1 << 20),
             max_batch_records: flags
@@ -312,6 +323,16 @@ impl Settings {
                 );
             }
         }
+        anyhow::ensure!(
+            self.min_replication_factor >= 1,
+            "min-replication-factor must be at least 1"
+        );
+        anyhow::ensure!(
+            self.min_replication_factor == 1 || self.store_uri.is_some(),
+            "min-replication-factor {} needs a replicated store (--store nats://…): the local store keeps one copy \
+             on this machine's disk",
+            self.min_replication_factor
+        );
         anyhow::ensure!(
             (1024..=MAX_RECORD_SIZE).contains(&self.max_record_size),
             "max-record-size must be between 1024 and {MAX_RECORD_SIZE} bytes (a batch is one store entry), got {}",
@@ -478,6 +499,7 @@ mod tests {
             store_ca_file: Some("/nats-ca.pem".into()),
             store_user: None,
             store_password_file: None,
+            min_replication_factor: Some(3),
             copy_metastore_to: None,
             max_record_size: Some(2048),
             max_batch_records: Some(10),
@@ -558,6 +580,27 @@ mod tests {
         );
         const { assert!(MAX_RECORD_SIZE <= crate::store::MAX_PAYLOAD_LEN) };
         Settings::resolve(Flags::parse_from(["hstream-server", "--max-record-size", "33554432"])).unwrap();
+    }
+
+    /// A replication floor is for a replicated store; on the local store (one copy) it is
+    /// refused at start rather than recorded as a promise nobody keeps.
+    #[test]
+    fn min_replication_factor_needs_a_replicated_store() {
+        let flags = |extra: &[&str]| Flags::parse_from(["hstream-server"].iter().chain(extra));
+        let err = Settings::resolve(flags(&["--min-replication-factor", "3"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("min-replication-factor 3 needs a replicated store"),
+            "{err}"
+        );
+        let err = Settings::resolve(flags(&["--min-replication-factor", "0"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("min-replication-factor must be at least 1"), "{err}");
+        let s = Settings::resolve(flags(&["--store", "nats://n1:4222", "--min-replication-factor", "3"])).unwrap();
+        assert_eq!(s.min_replication_factor, 3);
+        assert_eq!(Settings::resolve(flags(&[])).unwrap().min_replication_factor, 1);
     }
 
     #[test]

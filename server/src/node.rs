@@ -295,6 +295,7 @@ pub async fn run(
             max_record_size: settings.max_record_size,
             max_batch_records: settings.max_batch_records,
         },
+        settings.min_replication_factor,
         stream_metrics,
     ));
     // Streams other nodes create and delete reach this node's catalog through the watch.

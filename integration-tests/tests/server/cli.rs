@@ -48,7 +48,7 @@ async fn piped_sql_drives_the_pipeline_and_other_doors_see_it() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        has_row(&stdout, &["orders", "2", "1", "0"]),
+        has_row(&stdout, &["orders", "2", &reported_replication(1).to_string(), "0"]),
         "a table of streams: {stdout}"
     );
     assert!(has_row(&stdout, &["hole", "SINK", "blackhole", "STOPPED"]), "{stdout}");
@@ -249,7 +249,10 @@ async fn subcommands_without_sql() {
     };
     assert_eq!(run(&["stream", "create", "cmd_s", "-s", "3"]).await.0, Some(0));
     let (_, out, _) = run(&["stream", "list"]).await;
-    assert!(has_row(&out, &["cmd_s", "3", "1", "0"]), "{out}");
+    assert!(
+        has_row(&out, &["cmd_s", "3", &reported_replication(1).to_string(), "0"]),
+        "{out}"
+    );
     let (_, out, _) = run(&["stream", "list-shard", "cmd_s"]).await;
     assert_eq!(rows(&out).len(), 4, "header and three shards: {out}");
     assert_eq!(

@@ -1,5 +1,6 @@
 //! The server on a three-node JetStream cluster, streams with three replicas, through the loss
-//! of a stream's JetStream leader under a concurrent append load, and through its own SIGKILL.
+//! of a stream's JetStream leader under a concurrent append load, and through its own SIGKILL;
+//! a PostgreSQL CDC source through the loss of its stream's leader.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,8 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hstream_integration_tests::nats::Nats;
+use hstream_integration_tests::pg::{DATABASE, Postgres};
 use hstream_integration_tests::*;
 use hstream_proto as pb;
+use serde_json::json;
+
+use super::postgres::{
+    FAST_RETRY, create, fold_debezium, orders_table, source_config, stream_rows, table_state, wait_streaming,
+};
 
 /// What one key's appender saw: payloads acknowledged (with when), and payloads whose append
 /// failed (they may or may not be stored, at most once).
@@ -59,6 +66,21 @@ async fn stored(client: &mut Client, shards: &[u64]) -> BTreeMap<String, Vec<u64
         }
     }
     by_key
+}
+
+/// The JetStream leader of shard `shard`'s stream under `prefix`, as JetStream names it, with
+/// the stream's replica count.
+async fn shard_leader(nats: &Nats, prefix: &str, shard: u64) -> (String, usize) {
+    let nc = async_nats::connect(nats.client.to_string()).await.unwrap();
+    let js = async_nats::jetstream::new(nc);
+    let info = js
+        .get_stream(format!("{prefix}_{shard}"))
+        .await
+        .unwrap()
+        .cached_info()
+        .clone();
+    let leader = info.cluster.and_then(|c| c.leader).expect("a leader");
+    (leader, info.config.num_replicas)
 }
 
 /// Every acknowledged append is stored exactly once and in its key's order; a failed one is
@@ -130,20 +152,8 @@ async fn a_stream_leader_killed_under_load_loses_and_doubles_nothing() {
     })
     .await;
 
-    // The JetStream leader of the first shard's stream, as JetStream names it.
-    let nc = async_nats::connect(nats.client.to_string()).await.unwrap();
-    let js = async_nats::jetstream::new(nc);
-    let info = js
-        .get_stream(format!("f_{}", shards[0]))
-        .await
-        .unwrap()
-        .cached_info()
-        .clone();
-    assert_eq!(
-        info.config.num_replicas, 3,
-        "the stream's replication factor is its replica count"
-    );
-    let leader = info.cluster.and_then(|c| c.leader).expect("a leader");
+    let (leader, replicas) = shard_leader(&nats, "f", shards[0]).await;
+    assert_eq!(replicas, 3, "the stream's replication factor is its replica count");
     let at_kill = count().await;
     let killed_at = Instant::now();
     let leader_index = nats.member_named(&leader).expect("a member");
@@ -198,6 +208,124 @@ async fn a_stream_leader_killed_under_load_loses_and_doubles_nothing() {
         records: Some(batch("k0", &[b"k0-999999".to_vec()], pb::CompressionType::None)),
     };
     client.append(req).await.unwrap();
+    tokio::task::block_in_place(|| nats.start_member(leader_index));
+    server.terminate();
+}
+
+/// A PostgreSQL CDC source streaming a load of inserts, updates and deletes into a stream on a
+/// three-node JetStream cluster: SIGKILL of the JetStream leader of the stream's shard makes
+/// appends fail for a while; the task retries with backoff, resumes from its checkpoint, and
+/// the stream ends equal to the table with every key's changes in commit order. The source
+/// creates its stream with the client default of one replica: `--min-replication-factor 3`
+/// gives it three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pg_source_keeps_the_table_across_a_stream_leader_kill() {
+    let mut nats = Nats::start_cluster(3).await;
+    let pg = Postgres::start();
+    orders_table(&pg, "orders");
+    pg.psql(
+        DATABASE,
+        "INSERT INTO orders (id, name, amount) SELECT g, 's', g FROM generate_series(1, 5000) g; \
+         CREATE TABLE stop (x int);",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let uri = nats.uri("pg");
+    let mut args = FAST_RETRY.to_vec();
+    args.extend(["--store", uri.as_str(), "--min-replication-factor", "3"]);
+    let mut server = Server::start(&tmp.path().join("data"), &args);
+    let mut c = server.client().await;
+    let cfg = source_config(&pg, "orders_cdc", json!({"table": "orders", "format": "debezium"}));
+    create(&mut c, "pgsrc", "SOURCE", &cfg).await.unwrap();
+    wait_streaming(&pg).await;
+    // Until told to stop: insert a row, update one, delete one, one transaction each round.
+    let mut load = pg
+        .psql_command(
+            DATABASE,
+            "DO $$ DECLARE i int := 0; BEGIN LOOP i := i + 1; \
+               INSERT INTO orders (id, name, amount) VALUES (100000 + i, 'during', i); \
+               UPDATE orders SET name = 'upd' || i, amount = amount + 1 WHERE id = i * 7; \
+               DELETE FROM orders WHERE id = i * 11; \
+               COMMIT; EXIT WHEN EXISTS (SELECT 1 FROM stop); PERFORM pg_sleep(0.002); END LOOP; END $$",
+        )
+        .spawn()
+        .unwrap();
+    // Inserts streamed so far; none while reads are refused (UNAVAILABLE during the failover).
+    let streamed = |c: &Client| {
+        let mut c = c.clone();
+        async move {
+            try_read_json_stream(&mut c, "orders_cdc")
+                .await
+                .map_or(0, |records| records.iter().filter(|(_, r)| r["op"] == "c").count())
+        }
+    };
+    wait_until(Duration::from_secs(60), "streamed changes before the kill", || async {
+        streamed(&c).await > 200
+    })
+    .await;
+
+    let shards = stream_shards(&mut c, "orders_cdc").await;
+    assert_eq!(shards.len(), 1);
+    let (leader, replicas) = shard_leader(&nats, "pg", shards[0].shard_id).await;
+    assert_eq!(
+        replicas, 3,
+        "--min-replication-factor raised the source's stream to three replicas"
+    );
+    let at_kill = streamed(&c).await;
+    let leader_index = nats.member_named(&leader).expect("a member");
+    tokio::task::block_in_place(|| nats.kill_member(leader_index));
+    wait_until(Duration::from_secs(90), "streamed changes after the kill", || async {
+        streamed(&c).await > at_kill + 200
+    })
+    .await;
+    pg.psql(DATABASE, "INSERT INTO stop VALUES (1)");
+    assert!(load.wait().unwrap().success());
+
+    let want = table_state(&pg, "orders");
+    let probe = c.clone();
+    let ok = holds_within(Duration::from_secs(90), || {
+        let mut probe = probe.clone();
+        let want = want.clone();
+        async move {
+            try_read_json_stream(&mut probe, "orders_cdc")
+                .await
+                .is_ok_and(|records| stream_rows(&fold_debezium(&records)) == want)
+        }
+    })
+    .await;
+    let records = read_json_stream(&mut c.clone(), "orders_cdc").await;
+    assert!(
+        ok,
+        "stream {} keys ≠ table {} rows",
+        fold_debezium(&records).len(),
+        want.len()
+    );
+    // Every insert of the load reached the stream, and each key's updates in commit order
+    // (an update sent again after the task's restart repeats an amount, never goes back).
+    let inserted: usize = pg
+        .psql(DATABASE, "SELECT count(*) FROM orders WHERE id > 100000")
+        .parse()
+        .unwrap();
+    let mut inserts: Vec<&String> = records.iter().filter(|(_, r)| r["op"] == "c").map(|(k, _)| k).collect();
+    inserts.sort();
+    inserts.dedup();
+    assert!(
+        inserts.len() >= inserted,
+        "{} distinct inserts streamed, {inserted} in the table",
+        inserts.len()
+    );
+    let mut last: BTreeMap<String, f64> = BTreeMap::new();
+    for (key, r) in records.iter().filter(|(_, r)| r["op"] == "u") {
+        let amount: f64 = r["after"]["amount"].as_str().unwrap().parse().unwrap();
+        if let Some(prev) = last.insert(key.clone(), amount) {
+            assert!(amount >= prev, "key {key}: update to {amount} after {prev}");
+        }
+    }
+    println!(
+        "JetStream leader {leader} killed under a PostgreSQL CDC load: {} records, {} rows, stream equal to the table",
+        records.len(),
+        want.len()
+    );
+    assert_eq!(connector_status(&c, "pgsrc").await, "RUNNING");
     tokio::task::block_in_place(|| nats.start_member(leader_index));
     server.terminate();
 }

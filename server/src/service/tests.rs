@@ -50,6 +50,7 @@ async fn ctx(dir: &std::path::Path) -> Arc<Ctx> {
         store,
         crate::catalog::Catalog::default(),
         crate::batch::Limits::default(),
+        1,
         crate::metrics::StreamMetrics::register(&mut registry),
     ));
     let connectors = Arc::new(Connectors::new(

@@ -66,6 +66,8 @@ pub struct Streams {
     store: Arc<dyn Store>,
     catalog: Catalog,
     limits: Limits,
+    /// The fewest replicas a new stream gets (`--min-replication-factor`).
+    min_replication_factor: u32,
     metrics: StreamMetrics,
     /// Serializes creation and deletion of streams and subscriptions.
     ddl: tokio::sync::Mutex<()>,
@@ -81,6 +83,7 @@ impl Streams {
         store: Arc<dyn Store>,
         catalog: Catalog,
         limits: Limits,
+        min_replication_factor: u32,
         metrics: StreamMetrics,
     ) -> Self {
         Streams {
@@ -88,6 +91,7 @@ impl Streams {
             store,
             catalog,
             limits,
+            min_replication_factor,
             metrics,
             ddl: tokio::sync::Mutex::new(()),
         }
@@ -228,7 +232,7 @@ impl Streams {
         }
         let meta = StreamMeta {
             name: spec.name,
-            replication_factor: spec.replication_factor,
+            replication_factor: spec.replication_factor.max(self.min_replication_factor),
             backlog_secs: spec.backlog_secs,
             shard_count: spec.shard_count,
             created_ms: now_ms(),
