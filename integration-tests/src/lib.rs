@@ -51,7 +51,7 @@ pub fn reported_replication(requested: u32) -> u32 {
 
 /// The body of a 200 answer to one HTTP/1.1 request (a health or admin endpoint of a server a
 /// test runs), `None` for anything else.
-pub(crate) fn http_blocking(addr: SocketAddr, method: &str, path: &str, body: &str) -> Option<String> {
+pub fn http_blocking(addr: SocketAddr, method: &str, path: &str, body: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));

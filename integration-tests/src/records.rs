@@ -83,16 +83,23 @@ pub async fn read_stream_records(client: &Client, stream: &str) -> Vec<pb::HStre
 
 /// How many records a stream holds up to its tail (counted from record ids, nothing decoded).
 pub async fn count_stream_records(client: &Client, stream: &str) -> usize {
+    try_count_stream_records(client, stream)
+        .await
+        .expect("reading the stream")
+}
+
+/// Like [`count_stream_records`], with the server's refusal returned.
+pub async fn try_count_stream_records(client: &Client, stream: &str) -> Result<usize, tonic::Status> {
     let mut client = client.clone();
     let mut n = 0;
     for shard in stream_shards(&mut client, stream).await {
-        n += read_shard_to_tail(&mut client, stream, shard.shard_id)
-            .await
+        n += try_read_shard_to_tail(&mut client, stream, shard.shard_id)
+            .await?
             .iter()
             .map(|r| r.record_ids.len())
             .sum::<usize>();
     }
-    n
+    Ok(n)
 }
 
 /// Decodes a received batch into (record id, key, payload) triples.

@@ -164,7 +164,14 @@ async fn metrics_parse_list_everything_and_count_what_moved() {
     // The local store's own families (disk bytes, fsyncs, …) exist only on the local store.
     for (name, ty) in listed()
         .into_iter()
-        .filter(|(n, _)| on_local_store() || !n.starts_with("hstream_store_"))
+        // The local store's families on the local store, JetStream's on JetStream.
+        .filter(|(n, _)| {
+            if on_local_store() {
+                !n.starts_with("hstream_jetstream_")
+            } else {
+                !n.starts_with("hstream_store_")
+            }
+        })
     {
         assert_eq!(m[&name]["type"], json!(ty), "{name} missing or of another type");
         let samples = m[&name]["samples"].as_array().map_or(0, Vec::len);

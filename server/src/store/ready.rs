@@ -86,6 +86,15 @@ impl Listeners {
         });
     }
 
+    /// Whether any registered set is still held by a reader.
+    pub fn any_live(&self) -> bool {
+        self.0
+            .lock()
+            .expect("listeners lock")
+            .iter()
+            .any(|(w, _)| w.strong_count() > 0)
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.0.lock().expect("listeners lock").len()

@@ -19,9 +19,10 @@
 //! - tails: after each acknowledged append the appending node announces the new LSN on the
 //!   core-NATS subject `<prefix>.t.<shard id>` (not stored); every node listens on
 //!   `<prefix>.t.*`, so readers anywhere wake without polling. An announcement is not stored:
-//!   one lost (a reconnect, the appender dying between its ack and its announcement) leaves
-//!   other nodes' readers behind until the shard's next append (a periodic refresh is still to
-//!   come, issue 23).
+//!   one lost (a reconnect, the appender dying between its ack and its announcement) would
+//!   leave other nodes' readers behind until the shard's next append, so every
+//!   [`REFRESH`] the shards some reader on this node waits on ask their stream's leader for
+//!   its last sequence (one request per watched shard; shards nobody reads cost nothing).
 //!
 //! Guarantees (the store contract, `../contract.rs`, run against a real nats-server): an append
 //! resolves once JetStream acknowledged it, which means a majority of the stream's replicas
@@ -40,6 +41,7 @@ use async_nats::jetstream::{self, stream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
+use prometheus_client::metrics::counter::Counter;
 
 use super::api::{Shard, Store};
 use super::{Appended, StoreError, now_ms};
@@ -133,11 +135,49 @@ pub struct JetStreamStore {
     shards: RwLock<HashMap<u64, Arc<JsShard>>>,
     /// The task that turns tail announcements into visible LSNs.
     tails: tokio::task::JoinHandle<()>,
+    /// The task that asks where watched shards end, every [`REFRESH`].
+    refresher: tokio::task::JoinHandle<()>,
+    metrics: JsMetrics,
 }
+
+/// The store's own counters (`hstream_jetstream_*` in `server/metrics.txt`).
+#[derive(Default)]
+struct JsMetrics {
+    /// Publishes sent again (same message id) after no acknowledgement came in time.
+    resends: Counter,
+    /// Appends that failed (JetStream unreachable past the timeout, a stream gone, a refusal).
+    failures: Counter,
+    /// Refreshes that found a watched shard longer than its announcements had said.
+    refresh_advances: Counter,
+}
+
+/// `hstream_jetstream_connected`: 1 while the connection to NATS is up.
+#[derive(Debug)]
+struct Connected(async_nats::Client);
+
+impl prometheus_client::collector::Collector for Connected {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        let up = self.0.connection_state() == async_nats::connection::State::Connected;
+        let gauge = prometheus_client::metrics::gauge::ConstGauge::new(i64::from(up));
+        let metric = encoder.encode_descriptor(
+            "hstream_jetstream_connected",
+            "1 while this node's connection to NATS is up, else 0",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
+    }
+}
+
+/// How often shards with a waiting reader ask their stream's leader where the stream ends,
+/// behind the tail announcements (which may be lost).
+pub const REFRESH: Duration = Duration::from_secs(1);
 
 impl Drop for JetStreamStore {
     fn drop(&mut self) {
         self.tails.abort();
+        self.refresher.abort();
     }
 }
 
@@ -162,6 +202,64 @@ fn down(what: impl std::fmt::Display, e: impl std::fmt::Display) -> StoreError {
 }
 
 impl JetStreamStore {
+    /// Publishes one batch to `shard`'s stream and waits for JetStream's acknowledgement. A
+    /// publish whose acknowledgement was lost is sent again with the same message id (JetStream
+    /// stores it once); "no responders" (a stream between leaders) is asked again until the
+    /// stream is known gone; both within the store's timeout.
+    async fn publish(
+        &self,
+        shard: u64,
+        headers: async_nats::HeaderMap,
+        payload: Bytes,
+    ) -> Result<jetstream::publish::PublishAck, StoreError> {
+        let subject = self.subject(shard);
+        let deadline = std::time::Instant::now() + self.timeout;
+        loop {
+            let sent = self
+                .publisher
+                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                .await;
+            let acked = match sent {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            match acked {
+                Ok(ack) => return Ok(ack),
+                // Nobody answered for the stream: deleted, or between leaders (a server lost).
+                Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {
+                    if self.stream_gone(shard).await {
+                        return Err(StoreError::Unavailable {
+                            shard,
+                            reason: format!("its JetStream stream {} is gone", self.stream_name(shard)),
+                        });
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        return Err(down(format!("appending to shard {shard}"), e));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    self.metrics.resends.inc();
+                }
+                Err(e)
+                    if e.kind() == jetstream::context::PublishErrorKind::TimedOut
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(shard, error = %e, "append not acknowledged in time: sending again");
+                    self.metrics.resends.inc();
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        jetstream::context::PublishErrorKind::TimedOut
+                            | jetstream::context::PublishErrorKind::BrokenPipe
+                    ) =>
+                {
+                    return Err(down(format!("appending to shard {shard}"), e));
+                }
+                Err(e) => return Err(failed(format!("appending to shard {shard}"), e)),
+            }
+        }
+    }
+
     /// Connects to the NATS servers `uri` names and opens every shard stored under its prefix.
     /// Fails at once (naming the servers) when none answers, when JetStream is not enabled, or
     /// when the servers' `max_payload` cannot hold a batch of `opts.max_batch_bytes`.
@@ -219,6 +317,8 @@ impl JetStreamStore {
             let me = weak.clone();
             JetStreamStore {
                 tails: tokio::spawn(follow_tails(me.clone(), tails)),
+                refresher: tokio::spawn(refresh_watched(me.clone())),
+                metrics: JsMetrics::default(),
                 me,
                 uri: uri.to_owned(),
                 client,
@@ -512,6 +612,38 @@ async fn follow_tails(store: std::sync::Weak<JetStreamStore>, mut tails: async_n
     }
 }
 
+/// Every [`REFRESH`], asks where the shards some reader on this node waits on end (behind the
+/// tail announcements, which may be lost), while the store lives.
+async fn refresh_watched(store: std::sync::Weak<JetStreamStore>) {
+    let mut tick = tokio::time::interval(REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(store) = store.upgrade() else { return };
+        let watched: Vec<Arc<JsShard>> = store
+            .shards
+            .read()
+            .expect("lock")
+            .values()
+            .filter(|s| !s.is_deleted() && s.watched())
+            .cloned()
+            .collect();
+        let store = Arc::downgrade(&store);
+        // A failure (JetStream unreachable, a stream between leaders) waits for the next
+        // round; readers meet the outage on their own reads.
+        let mut advanced = 0;
+        for some in watched.chunks(16) {
+            let results = futures::future::join_all(some.iter().map(|s| s.refresh())).await;
+            advanced += results.into_iter().filter(|r| matches!(r, Ok(true))).count() as u64;
+        }
+        if advanced > 0
+            && let Some(store) = store.upgrade()
+        {
+            store.metrics.refresh_advances.inc_by(advanced);
+        }
+    }
+}
+
 #[async_trait]
 impl Store for JetStreamStore {
     async fn create_shard(&self, id: u64, replicas: u32) -> Result<Arc<dyn Shard>, StoreError> {
@@ -569,55 +701,16 @@ impl Store for JetStreamStore {
             async_nats::header::NATS_MESSAGE_ID,
             uuid::Uuid::new_v4().to_string().as_str(),
         );
-        let subject = self.subject(shard);
-        // A publish whose acknowledgement was lost is sent again with the same message id:
-        // JetStream stores it once.
-        let deadline = std::time::Instant::now() + self.timeout;
-        let ack = loop {
-            let sent = self
-                .publisher
-                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
-                .await;
-            let acked = match sent {
-                Ok(ack) => ack.await,
-                Err(e) => Err(e),
-            };
-            match acked {
-                Ok(ack) => break ack,
-                // Nobody answered for the stream: deleted, or between leaders (a server lost).
-                Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {
-                    if self.stream_gone(shard).await {
-                        return Err(StoreError::Unavailable {
-                            shard,
-                            reason: format!("its JetStream stream {} is gone", self.stream_name(shard)),
-                        });
-                    }
-                    if std::time::Instant::now() >= deadline {
-                        return Err(down(format!("appending to shard {shard}"), e));
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e)
-                    if e.kind() == jetstream::context::PublishErrorKind::TimedOut
-                        && std::time::Instant::now() < deadline =>
-                {
-                    tracing::debug!(shard, error = %e, "append not acknowledged in time: sending again");
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        jetstream::context::PublishErrorKind::TimedOut
-                            | jetstream::context::PublishErrorKind::BrokenPipe
-                    ) =>
-                {
-                    return Err(down(format!("appending to shard {shard}"), e));
-                }
-                Err(e) => return Err(failed(format!("appending to shard {shard}"), e)),
+        let ack = match self.publish(shard, headers, payload).await {
+            Ok(ack) => ack,
+            Err(e) => {
+                self.metrics.failures.inc();
+                return Err(e);
             }
         };
         target.advance(ack.sequence);
         // Other nodes' readers learn of it from the announcement; losing one only delays them
-        // until the next.
+        // until the next, or the refresh.
         let _ = self
             .client
             .publish(format!("{}.t.{shard}", self.prefix), ack.sequence.to_string().into())
@@ -628,5 +721,22 @@ impl Store for JetStreamStore {
         })
     }
 
-    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "hstream_jetstream_append_resends",
+            "Appends published again (same message id, stored once) after no acknowledgement came in time",
+            self.metrics.resends.clone(),
+        );
+        registry.register(
+            "hstream_jetstream_append_failures",
+            "Appends that failed: JetStream unreachable past the timeout, a stream gone, a refusal",
+            self.metrics.failures.clone(),
+        );
+        registry.register(
+            "hstream_jetstream_refresh_advances",
+            "Periodic refreshes that found a watched shard longer than its tail announcements said (late or lost)",
+            self.metrics.refresh_advances.clone(),
+        );
+        registry.register_collector(Box::new(Connected(self.client.clone())));
+    }
 }

@@ -58,8 +58,8 @@ impl JsShard {
         }
     }
 
-    /// Every LSN up to `lsn` is acknowledged: readers may see it.
-    pub(super) fn advance(&self, lsn: u64) {
+    /// Every LSN up to `lsn` is acknowledged: readers may see it. Whether that moved the tail.
+    pub(super) fn advance(&self, lsn: u64) -> bool {
         let moved = self.visible.send_if_modified(|v| {
             if lsn > *v {
                 *v = lsn;
@@ -71,6 +71,7 @@ impl JsShard {
         if moved {
             self.listeners.wake();
         }
+        moved
     }
 
     pub(super) fn mark_deleted(&self) {
@@ -101,8 +102,8 @@ impl JsShard {
     /// The batches at `lsns` (fetched together, from the stream's leader: a replica behind it
     /// would answer "no message" for a batch that exists). A batch not found was purged (a
     /// purge removes a prefix): the start is refreshed and what lies below it left out. A get
-    /// that timed out (its server being lost, a leader changing) is asked again, within the
-    /// store's timeout.
+    /// that timed out or was refused for now (its server being lost, a leader being elected)
+    /// is asked again, within the store's timeout.
     async fn fetch(&self, lsns: std::ops::RangeInclusive<u64>) -> Result<Vec<StoredBatch>, StoreError> {
         let deadline = std::time::Instant::now() + self.timeout;
         let got = loop {
@@ -110,9 +111,15 @@ impl JsShard {
                 .clone()
                 .map(|lsn| async move { (lsn, self.stream.get_raw_message(lsn).await) });
             let got = futures::future::join_all(gets).await;
-            let again = got
-                .iter()
-                .any(|(_, r)| matches!(r, Err(e) if matches!(e.kind(), stream::RawMessageErrorKind::Other)));
+            let again = got.iter().any(|(_, r)| match r {
+                Err(e) => match e.kind() {
+                    stream::RawMessageErrorKind::Other => true,
+                    // "JetStream system temporarily unavailable": a leader being elected.
+                    stream::RawMessageErrorKind::JetStream(e) => e.code() == 503,
+                    _ => false,
+                },
+                Ok(_) => false,
+            });
             if !again || std::time::Instant::now() >= deadline {
                 break got;
             }
@@ -160,9 +167,21 @@ impl JsShard {
     /// Moves the start to the stream's first sequence as its leader reports it (a trim made
     /// by another node, or JetStream's age limit).
     async fn refresh_start(&self) -> Result<(), StoreError> {
+        self.refresh().await.map(drop)
+    }
+
+    /// Whether a reader on this node waits for this shard's appends.
+    pub(super) fn watched(&self) -> bool {
+        self.visible.receiver_count() > 0 || self.listeners.any_live()
+    }
+
+    /// Learns the shard's first and last LSN from its stream's leader: what a trim elsewhere
+    /// or the age limit removed, and appends whose announcement never came. Whether the tail
+    /// moved.
+    pub(super) async fn refresh(&self) -> Result<bool, StoreError> {
         let info = self.stream.get_info().await.map_err(|e| self.gone(e))?;
         self.start.fetch_max(info.state.first_sequence.max(1), Ordering::SeqCst);
-        Ok(())
+        Ok(self.advance(info.state.last_sequence))
     }
 
     /// The timestamp of the batch at `lsn` (`None` if purged meanwhile).

@@ -125,3 +125,42 @@ async fn a_second_node_sees_appends_and_deletions() {
         other => panic!("appending to a shard deleted elsewhere: {other:?}"),
     }
 }
+
+/// A batch stored without its tail announcement (an appender that died between JetStream's
+/// ack and its announcement, a reconnect that lost it) still wakes a reader waiting on
+/// another node within a refresh; a shard nobody reads is not asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_announcement_is_made_up_by_the_refresh() {
+    let nats = Nats::start().await;
+    let a = store(&nats, "lost").await;
+    a.create_shard(1, 1).await.unwrap();
+    a.create_shard(2, 1).await.unwrap();
+    let b = store(&nats, "lost").await;
+    let watched = b.shard(1).expect("b opened shard 1");
+    let unwatched = b.shard(2).expect("b opened shard 2");
+    let ready = crate::store::ReadySet::new();
+    watched.notify_on_append(&ready, 1);
+    // Published straight to JetStream, as our append does, but announced to nobody.
+    let js = jetstream::new(async_nats::connect(nats.client.to_string()).await.unwrap());
+    for shard in [1, 2] {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(RECORDS, "1");
+        headers.insert(COMPRESSION, "0");
+        js.publish_with_headers(format!("lost.s.{shard}"), headers, Bytes::from_static(b"quiet"))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let waited = std::time::Instant::now();
+    tokio::time::timeout(REFRESH * 5, ready.ready())
+        .await
+        .expect("the watched shard learned of the unannounced batch");
+    assert_eq!(watched.visible_lsn(), 1);
+    assert_eq!(
+        watched.read(1, 10, 1 << 20).await.unwrap()[0].payload,
+        Bytes::from_static(b"quiet")
+    );
+    assert!(waited.elapsed() <= REFRESH * 3, "took {:?}", waited.elapsed());
+    assert_eq!(unwatched.visible_lsn(), 0, "a shard nobody reads is not polled");
+}
