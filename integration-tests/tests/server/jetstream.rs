@@ -1,6 +1,7 @@
 //! The server on the JetStream store (`--store nats://…`): records kept in NATS, not in the
 //! data directory; a second node on the same metastore and store serving the same stream;
-//! JetStream going away and coming back under a running server; the bad cases a user meets.
+//! JetStream going away and coming back under a running server (appends and a source
+//! connector); the bad cases a user meets.
 
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,14 @@ async fn two_nodes_share_records_on_jetstream() {
     let tmp = tempfile::tempdir().unwrap();
     let (meta, store) = (etcd.uri("js"), nats.uri("js"));
     let flags = ["--metastore-uri", meta.as_str(), "--store", store.as_str()];
-    let one = Server::start(&tmp.path().join("one"), &flags);
+    let one = Server::start(
+        &tmp.path().join("one"),
+        &[
+            &flags[..],
+            &["--connector-retry-base-ms", "50", "--connector-retry-max-ms", "500"],
+        ]
+        .concat(),
+    );
     let mut c1 = one.client().await;
     let shards = make_stream(&mut c1, "s", 2).await;
     append_one(&mut c1, "s", shards[0], "from one").await.unwrap();
@@ -88,8 +96,23 @@ async fn two_nodes_share_records_on_jetstream() {
         assert_eq!(held, 0, "node {node} keeps shard files beside JetStream");
     }
 
-    // JetStream gone: appends fail with UNAVAILABLE within the timeout; back: served again by
-    // the same processes.
+    // JetStream gone: appends fail with UNAVAILABLE within the timeout; a source connector's
+    // task fails and is restarted with backoff; back: served again by the same processes, and
+    // the connector finishes with every record in its stream.
+    const GENERATED: u64 = 2000;
+    create_connector(
+        &mut c1,
+        "gen",
+        "SOURCE",
+        "generator",
+        &serde_json::json!({"stream": "gen", "count": GENERATED, "rate": 200, "batchSize": 10}),
+    )
+    .await
+    .unwrap();
+    wait_until(Duration::from_secs(20), "the generator under way", || async {
+        count_stream_records(&c1, "gen").await >= 200
+    })
+    .await;
     tokio::task::block_in_place(|| nats.kill());
     let asked = Instant::now();
     let err = append_one(&mut c1, "s", shards[1], "lost").await.unwrap_err();
@@ -111,6 +134,30 @@ async fn two_nodes_share_records_on_jetstream() {
         async move { append_one(&mut c, "s", second, "back").await.is_ok() }
     })
     .await;
+    wait_status(&c1, "gen", "COMPLETED", Duration::from_secs(60)).await;
+    let report = connector_report(&c1, "gen").await;
+    assert!(
+        report["restarts"].as_f64() >= Some(1.0),
+        "the generator's task was restarted: {report}"
+    );
+    let mut seqs: Vec<u64> = read_json_stream(&mut c1, "gen")
+        .await
+        .iter()
+        .map(|(_, r)| r["n"].as_f64().expect("n") as u64)
+        .collect();
+    let appended = seqs.len();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(
+        seqs,
+        (0..GENERATED).collect::<Vec<_>>(),
+        "every generated record is in the stream"
+    );
+    println!(
+        "generator across the outage: {GENERATED} records, {appended} appended ({} again after restarts), restarts {}",
+        appended - GENERATED as usize,
+        report["restarts"]
+    );
 
     // The shard's JetStream stream deleted behind the servers' back.
     let nc = async_nats::connect(nats.client.to_string()).await.unwrap();

@@ -186,8 +186,11 @@ async fn a_stream_leader_killed_under_load_loses_and_doubles_nothing() {
     println!(
         "JetStream leader {leader} killed: {acked} appends acknowledged, {failed} failed; no key waited longer than {resumed:?} between acknowledgements"
     );
+    // Alone, 5–8 s: JetStream's own leader election (waiting 1 s instead of 2.5 s for each
+    // acknowledgement changed nothing, decision 024); up to 10 s while other tests share the
+    // two cores.
     assert!(
-        resumed < Duration::from_secs(15),
+        resumed < Duration::from_secs(20),
         "appends resumed only after {resumed:?}"
     );
 

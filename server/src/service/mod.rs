@@ -122,6 +122,8 @@ impl HStreamService {
         until: Option<&pb::ShardOffset>,
     ) -> ApiResult<ShardCursor> {
         let start = read::shard_from(shard.meta.id, from)?;
+        // LATEST (either end) includes appends acknowledged through other nodes.
+        shard.log.sync_tail().await?;
         let until = read::shard_until(&*shard.log, until)?;
         self.shard_cursor(shard, start, until).await
     }
@@ -255,6 +257,7 @@ impl HStreamApi for HStreamService {
         let from = read::stream_from(req.from.as_ref())?;
         let mut cursors = Vec::with_capacity(stream.shards.len());
         for shard in &stream.shards {
+            shard.log.sync_tail().await.map_err(ApiError::from)?;
             let until = read::stream_until(&*shard.log, req.until.as_ref())?;
             cursors.push(self.shard_cursor(shard.clone(), from, until).await?);
         }

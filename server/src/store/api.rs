@@ -57,6 +57,12 @@ pub trait Shard: Send + Sync + 'static {
     async fn records_from(&self, from: u64) -> Result<u64, StoreError>;
     /// Makes every LSN up to `upto` unreadable; returns the trim point in effect.
     async fn trim(&self, upto: u64) -> Result<u64, StoreError>;
+    /// Brings [`Self::visible_lsn`] up to every append acknowledged before the call, through
+    /// any node (on a shared store, another node's appends reach this one asynchronously), so
+    /// that a LATEST asked for now includes them. A store only this node writes knows already.
+    async fn sync_tail(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// The shards of one node's data.

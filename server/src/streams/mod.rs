@@ -395,7 +395,10 @@ impl Streams {
     async fn trim_to(log: Arc<dyn Shard>, point: From) -> ApiResult<u64> {
         let upto = match point {
             From::Earliest => return Ok(log.start_lsn().saturating_sub(1)),
-            From::Latest => log.visible_lsn(),
+            From::Latest => {
+                log.sync_tail().await?;
+                log.visible_lsn()
+            }
             other => resolve_from(&*log, other).await?,
         };
         Ok(log.trim(upto).await?)

@@ -31,7 +31,10 @@ pub async fn resolve_from(log: &dyn Shard, from: From) -> ApiResult<u64> {
     log.check_available()?;
     Ok(match from {
         From::Earliest => log.start_lsn(),
-        From::Latest => log.visible_lsn() + 1,
+        From::Latest => {
+            log.sync_tail().await?;
+            log.visible_lsn() + 1
+        }
         From::Lsn(l) => l,
         From::Timestamp(t) => log.lsn_at_or_after(t).await?,
     })

@@ -150,6 +150,12 @@ impl Subscriptions {
             offset: spec.offset,
             created_ms: now_ms(),
         };
+        if meta.offset == StartOffset::Latest {
+            // After every append acknowledged so far, through any node.
+            for s in &stream.shards {
+                s.log.sync_tail().await?;
+            }
+        }
         let start: Vec<ShardProgress> = stream
             .shards
             .iter()

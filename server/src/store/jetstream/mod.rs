@@ -127,8 +127,9 @@ pub struct JetStreamStore {
     uri: String,
     client: async_nats::Client,
     js: jetstream::Context,
-    /// The context appends go through (a shorter acknowledgement timeout).
-    publisher: jetstream::Context,
+    /// The contexts appends go through (a shorter acknowledgement timeout), each on its own
+    /// connection; a shard's appends always take the same one, so they keep their order.
+    publishers: Vec<jetstream::Context>,
     prefix: String,
     /// How long an append may wait for JetStream's acknowledgement, resends included.
     timeout: Duration,
@@ -151,24 +152,31 @@ struct JsMetrics {
     refresh_advances: Counter,
 }
 
-/// `hstream_jetstream_connected`: 1 while the connection to NATS is up.
+/// `hstream_jetstream_connected`: 1 while every connection to NATS is up.
 #[derive(Debug)]
-struct Connected(async_nats::Client);
+struct Connected(Vec<async_nats::Client>);
 
 impl prometheus_client::collector::Collector for Connected {
     fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
         use prometheus_client::encoding::EncodeMetric;
-        let up = self.0.connection_state() == async_nats::connection::State::Connected;
+        let up = self
+            .0
+            .iter()
+            .all(|c| c.connection_state() == async_nats::connection::State::Connected);
         let gauge = prometheus_client::metrics::gauge::ConstGauge::new(i64::from(up));
         let metric = encoder.encode_descriptor(
             "hstream_jetstream_connected",
-            "1 while this node's connection to NATS is up, else 0",
+            "1 while every connection of this node to NATS is up, else 0",
             None,
             gauge.metric_type(),
         )?;
         gauge.encode(metric)
     }
 }
+
+/// Connections appends are spread over (by shard): a NATS server reads each connection on
+/// one goroutine, so one connection caps a node's appends at one core of the server's.
+const PUBLISH_CONNECTIONS: usize = 4;
 
 /// How often shards with a waiting reader ask their stream's leader where the stream ends,
 /// behind the tail announcements (which may be lost).
@@ -215,8 +223,7 @@ impl JetStreamStore {
         let subject = self.subject(shard);
         let deadline = std::time::Instant::now() + self.timeout;
         loop {
-            let sent = self
-                .publisher
+            let sent = self.publishers[shard as usize % self.publishers.len()]
                 .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
                 .await;
             let acked = match sent {
@@ -266,32 +273,35 @@ impl JetStreamStore {
     pub async fn connect(uri: &str, opts: &NatsOptions) -> Result<Arc<Self>, StoreError> {
         let (servers, prefix) = parse_uri(uri).map_err(StoreError::Backend)?;
         let timeout = opts.timeout.unwrap_or(Duration::from_secs(10));
-        let mut connect = async_nats::ConnectOptions::new()
-            .name("hstream-server")
-            .connection_timeout(timeout)
-            .request_timeout(Some(timeout));
-        if let Some(ca) = &opts.ca_file {
-            connect = connect.add_root_certificates(ca.clone()).require_tls(true);
-        }
-        match (&opts.user, &opts.password, &opts.token) {
-            (Some(user), Some(password), None) => {
-                connect = connect.user_and_password(user.clone(), password.0.clone());
+        let options = || -> Result<async_nats::ConnectOptions, StoreError> {
+            let mut connect = async_nats::ConnectOptions::new()
+                .name("hstream-server")
+                .connection_timeout(timeout)
+                .request_timeout(Some(timeout));
+            if let Some(ca) = &opts.ca_file {
+                connect = connect.add_root_certificates(ca.clone()).require_tls(true);
             }
-            (None, None, Some(token)) => connect = connect.token(token.0.clone()),
-            (None, None, None) => {}
-            _ => {
-                return Err(StoreError::Backend(
-                    "NATS credentials: give a user with a password, or a token, not both".into(),
-                ));
+            match (&opts.user, &opts.password, &opts.token) {
+                (Some(user), Some(password), None) => {
+                    connect = connect.user_and_password(user.clone(), password.0.clone());
+                }
+                (None, None, Some(token)) => connect = connect.token(token.0.clone()),
+                (None, None, None) => {}
+                _ => {
+                    return Err(StoreError::Backend(
+                        "NATS credentials: give a user with a password, or a token, not both".into(),
+                    ));
+                }
             }
-        }
+            Ok(connect)
+        };
         let addrs: Vec<async_nats::ServerAddr> = servers
             .iter()
             .map(|s| s.parse().map_err(|e| failed(format!("NATS server {s:?}"), e)))
             .collect::<Result<_, _>>()?;
         let hosts = servers.join(",");
-        let client = connect
-            .connect(addrs)
+        let client = options()?
+            .connect(addrs.clone())
             .await
             .map_err(|e| down(format!("connecting to NATS at {hosts}"), e))?;
         let max_payload = client.server_info().max_payload;
@@ -307,8 +317,20 @@ impl JetStreamStore {
         js.set_timeout(timeout);
         // Appends wait a quarter of the timeout for each acknowledgement, so an ack lost to a
         // leader change is resent (same message id) within the timeout.
-        let mut publisher = jetstream::new(client.clone());
-        publisher.set_timeout(timeout / 4);
+        let mut publishers = Vec::with_capacity(PUBLISH_CONNECTIONS);
+        for i in 0..PUBLISH_CONNECTIONS {
+            let conn = if i == 0 {
+                client.clone()
+            } else {
+                options()?
+                    .connect(addrs.clone())
+                    .await
+                    .map_err(|e| down(format!("connecting to NATS at {hosts}"), e))?
+            };
+            let mut publisher = jetstream::new(conn);
+            publisher.set_timeout(timeout / 4);
+            publishers.push(publisher);
+        }
         let tails = client
             .subscribe(format!("{prefix}.t.*"))
             .await
@@ -323,7 +345,7 @@ impl JetStreamStore {
                 uri: uri.to_owned(),
                 client,
                 js,
-                publisher,
+                publishers,
                 prefix,
                 timeout,
                 shards: RwLock::new(HashMap::new()),
@@ -370,7 +392,7 @@ impl JetStreamStore {
     pub async fn cluster_id(&self) -> Result<Option<String>, StoreError> {
         let deadline = std::time::Instant::now() + 3 * self.timeout;
         loop {
-            let err = match self.publisher.get_stream(self.marker_name()).await {
+            let err = match self.publishers[0].get_stream(self.marker_name()).await {
                 Ok(stream) => match stream.direct_get(1).await {
                     Ok(msg) => return Ok(Some(String::from_utf8_lossy(&msg.payload).into_owned())),
                     Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return Ok(None),
@@ -471,7 +493,7 @@ impl JetStreamStore {
         // server was lost), for up to three timeouts.
         let deadline = std::time::Instant::now() + 3 * self.timeout;
         let ids = 'listing: loop {
-            let mut names = self.publisher.stream_names();
+            let mut names = self.publishers[0].stream_names();
             let mut ids = Vec::new();
             while let Some(name) = names.next().await {
                 match name {
@@ -502,7 +524,7 @@ impl JetStreamStore {
     async fn stream_info(&self, id: u64) -> Result<stream::Stream, StoreError> {
         let deadline = std::time::Instant::now() + 3 * self.timeout;
         loop {
-            match self.publisher.get_stream(self.stream_name(id)).await {
+            match self.publishers[0].get_stream(self.stream_name(id)).await {
                 Ok(stream) => return Ok(stream),
                 Err(e) if !not_found(&e) && std::time::Instant::now() < deadline => {
                     tracing::debug!(shard = id, error = %e, "JetStream cannot describe the shard's stream yet");
@@ -515,15 +537,15 @@ impl JetStreamStore {
 
     /// Whether shard `id`'s stream is gone from JetStream (not merely between leaders).
     async fn stream_gone(&self, id: u64) -> bool {
-        matches!(self.publisher.get_stream(self.stream_name(id)).await, Err(e) if not_found(&e))
+        matches!(self.publishers[0].get_stream(self.stream_name(id)).await, Err(e) if not_found(&e))
     }
 
     /// The shard's one handle: a second opening of it (racing) gets the first.
     async fn insert(&self, id: u64, stream: stream::Stream) -> Result<Arc<JsShard>, StoreError> {
         let state = stream.cached_info().state.clone();
-        // Reads go through the publisher's context: short requests, asked again on timeout.
-        let reads = self
-            .publisher
+        // Reads go through the shard's publishing context: short requests, asked again on
+        // timeout, spread over the connections as appends are.
+        let reads = self.publishers[id as usize % self.publishers.len()]
             .get_stream_no_info(self.stream_name(id))
             .await
             .map_err(|e| failed(format!("opening shard {id}"), e))?;
@@ -737,6 +759,7 @@ impl Store for JetStreamStore {
             "Periodic refreshes that found a watched shard longer than its tail announcements said (late or lost)",
             self.metrics.refresh_advances.clone(),
         );
-        registry.register_collector(Box::new(Connected(self.client.clone())));
+        let connections = self.publishers.iter().map(|p| p.client()).collect();
+        registry.register_collector(Box::new(Connected(connections)));
     }
 }

@@ -297,6 +297,11 @@ impl Shard for JsShard {
         Ok((r1 + r2) * span / (b1 + b2).max(1))
     }
 
+    async fn sync_tail(&self) -> Result<(), StoreError> {
+        self.live()?;
+        self.refresh().await.map(drop)
+    }
+
     async fn trim(&self, upto: u64) -> Result<u64, StoreError> {
         self.live()?;
         let upto = upto.min(self.visible_lsn());

@@ -128,7 +128,7 @@ async fn a_second_node_sees_appends_and_deletions() {
 
 /// A batch stored without its tail announcement (an appender that died between JetStream's
 /// ack and its announcement, a reconnect that lost it) still wakes a reader waiting on
-/// another node within a refresh; a shard nobody reads is not asked.
+/// another node within a refresh; a shard nobody reads is not asked until a LATEST is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_announcement_is_made_up_by_the_refresh() {
     let nats = Nats::start().await;
@@ -163,4 +163,7 @@ async fn a_lost_announcement_is_made_up_by_the_refresh() {
     );
     assert!(waited.elapsed() <= REFRESH * 3, "took {:?}", waited.elapsed());
     assert_eq!(unwatched.visible_lsn(), 0, "a shard nobody reads is not polled");
+    // A LATEST asked for now (a read's end, a subscription's start) includes it.
+    unwatched.sync_tail().await.unwrap();
+    assert_eq!(unwatched.visible_lsn(), 1);
 }
