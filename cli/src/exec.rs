@@ -116,6 +116,19 @@ pub async fn execute(c: &mut Client, stmt: Statement) -> Result<String, tonic::S
                 .collect();
             table(&["name", "shards", "replication", "backlog_seconds"], &rows)
         }
+        ShowNodes => {
+            let cluster = c.describe_cluster(()).await?.into_inner();
+            let rows: Vec<Vec<String>> = cluster
+                .server_nodes_status
+                .iter()
+                .map(|s| {
+                    let n = s.node.clone().unwrap_or_default();
+                    let state = pb::NodeState::try_from(s.state).map_or("unknown", |st| st.as_str_name());
+                    vec![n.id.to_string(), format!("{}:{}", n.host, n.port), state.to_owned()]
+                })
+                .collect();
+            table(&["id", "address", "state"], &rows)
+        }
         ShowSubscriptions => {
             let subs = c
                 .list_subscriptions(pb::ListSubscriptionsRequest {})

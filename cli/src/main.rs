@@ -47,6 +47,15 @@ enum Command {
     /// Connectors without SQL.
     #[command(subcommand)]
     Connector(commands::ConnectorCmd),
+    /// The cluster's nodes.
+    #[command(subcommand)]
+    Node(NodeCmd),
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Every node with its address and state (SHOW NODES).
+    List,
 }
 
 fn main() {
@@ -79,6 +88,7 @@ fn main() {
             Command::Stream(cmd) => report(commands::stream(&mut client.clone(), cmd).await),
             Command::Subscription(cmd) => report(commands::subscription(&mut client.clone(), cmd).await),
             Command::Connector(cmd) => report(commands::connector(&mut client.clone(), cmd).await),
+            Command::Node(NodeCmd::List) => report(exec::execute(&mut client.clone(), sql::Statement::ShowNodes).await),
         }
     });
     std::process::exit(code);

@@ -89,6 +89,14 @@ pub struct Flags {
     /// File holding the NATS user's password (one line)
     #[arg(long)]
     pub store_password_file: Option<PathBuf>,
+    /// UDP port of the cluster's gossip (SWIM membership; HStreamDB's --internal-port); unset,
+    /// the node runs alone
+    #[arg(long, alias = "internal-port")]
+    pub gossip_port: Option<u16>,
+    /// Gossip addresses (host:port) of nodes to join the cluster through, comma-separated;
+    /// any may be down or be this node
+    #[arg(long)]
+    pub seed_nodes: Option<String>,
     /// Fewest replicas a stream gets on the JetStream store, whatever CreateStream asked for
     /// (clients, SQL and connectors ask for 1 unless told): an operator's floor; the stream's
     /// replicationFactor records what it got [default: 1]
@@ -172,6 +180,10 @@ pub struct Settings {
     pub nats: NatsOptions,
     /// `--min-replication-factor`: the fewest replicas a new stream gets.
     pub min_replication_factor: u32,
+    /// `--gossip-port`: the cluster's gossip, or `None` to run alone.
+    pub gossip_port: Option<u16>,
+    /// `--seed-nodes`, split.
+    pub seed_nodes: Vec<String>,
     /// `--copy-metastore-to`: copy the metastore there and exit instead of serving.
     pub copy_metastore_to: Option<String>,
     pub max_record_size: usize,
@@ -235,8 +247,14 @@ impl Settings {
                 .unwrap_or(defaults.writer_threads),
             ..defaults
         };
+        let server_id = flags.server_id.or(file.server_id);
+        let gossip_port = flags.gossip_port.or(file.gossip_port);
+        anyhow::ensure!(
+            server_id.is_some() || gossip_port.is_none(),
+            "--gossip-port needs an explicit --server-id: every node of a cluster has its own"
+        );
         let settings = Settings {
-            server_id: flags.server_id.or(file.server_id).unwrap_or(1),
+            server_id: server_id.unwrap_or(1),
             bind_address: flags
                 .bind_address
                 .or(file.bind_address)
@@ -256,6 +274,17 @@ impl Settings {
                 .min_replication_factor
                 .or(file.min_replication_factor)
                 .unwrap_or(1),
+            gossip_port,
+            seed_nodes: flags
+                .seed_nodes
+                .or(file.seed_nodes)
+                .map(|s| {
+                    s.split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
             copy_metastore_to: flags.copy_metastore_to,
             max_record_size: flags.max_record_size.or(file.max_record_size).unwrap_or(1 << 20),
             max_batch_records: flags
@@ -322,6 +351,17 @@ impl Settings {
                      (--metastore-user/--store-user and a password file or environment variable)"
                 );
             }
+        }
+        anyhow::ensure!(
+            self.seed_nodes.is_empty() || self.gossip_port.is_some(),
+            "--seed-nodes needs --gossip-port (the port this node gossips on)"
+        );
+        for seed in &self.seed_nodes {
+            anyhow::ensure!(
+                seed.rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
+                "--seed-nodes: {seed:?} is not host:port"
+            );
         }
         anyhow::ensure!(
             self.min_replication_factor >= 1,
@@ -500,6 +540,8 @@ mod tests {
             store_user: None,
             store_password_file: None,
             min_replication_factor: Some(3),
+            gossip_port: Some(6571),
+            seed_nodes: Some("h1:6571,h2:6571".into()),
             copy_metastore_to: None,
             max_record_size: Some(2048),
             max_batch_records: Some(10),
@@ -580,6 +622,29 @@ mod tests {
         );
         const { assert!(MAX_RECORD_SIZE <= crate::store::MAX_PAYLOAD_LEN) };
         Settings::resolve(Flags::parse_from(["hstream-server", "--max-record-size", "33554432"])).unwrap();
+    }
+
+    /// Seeds need a gossip port to be joined from, and each must be host:port; the internal
+    /// port of HStreamDB's flags is the gossip port.
+    #[test]
+    fn seed_nodes_are_checked() {
+        let flags = |extra: &[&str]| Flags::parse_from(["hstream-server"].iter().chain(extra));
+        let err = Settings::resolve(flags(&["--seed-nodes", "h1:6571"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--seed-nodes needs --gossip-port"), "{err}");
+        let err = Settings::resolve(flags(&["--gossip-port", "6571"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--gossip-port needs an explicit --server-id"), "{err}");
+        let flags = |extra: &[&str]| Flags::parse_from(["hstream-server", "--server-id", "2"].iter().chain(extra));
+        let err = Settings::resolve(flags(&["--gossip-port", "6571", "--seed-nodes", "h1:6571,h2"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(r#""h2" is not host:port"#), "{err}");
+        let s = Settings::resolve(flags(&["--internal-port", "6571", "--seed-nodes", "h1:6571, h2:6572"])).unwrap();
+        assert_eq!(s.gossip_port, Some(6571));
+        assert_eq!(s.seed_nodes, ["h1:6571", "h2:6572"]);
     }
 
     /// A replication floor is for a replicated store; on the local store (one copy) it is

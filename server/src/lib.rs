@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod catalog;
+pub mod cluster;
 pub mod config;
 pub mod connectors;
 pub mod error;

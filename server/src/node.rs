@@ -5,7 +5,8 @@
 //! create or delete are removed, unknown ones refused), bind, then announce readiness.
 //!
 //! Shutdown phases (on the cancellation token, from SIGTERM/SIGINT):
-//! 1. stop intake: the listener closes and new RPCs are refused; tailing reads end;
+//! 1. stop intake: the listener closes and new RPCs are refused; tailing reads end; the node
+//!    leaves the cluster's gossip (the others see it Left, not dead);
 //! 2. drain: in-flight requests finish and request-spawned tasks are awaited;
 //! 3. flush: writer threads commit what is queued, then every shard is fsynced and its LSN
 //!    reservation released;
@@ -23,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::server::TcpIncoming;
 
 use crate::catalog::{Catalog, ShardEntry, StreamEntry};
+use crate::cluster::membership::Membership;
 use crate::config::Settings;
 use crate::connectors::{Connectors, Hosting};
 use crate::meta::{EtcdMetaStore, EtcdOptions, MetaStore, NodeMeta, SqliteMetaStore};
@@ -222,6 +224,7 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn StoreAdmin>> 
         Some(uri) => {
             let opts = NatsOptions {
                 max_batch_bytes: settings.max_record_size,
+                min_replicas: settings.min_replication_factor,
                 ..settings.nats.clone()
             };
             let store = JetStreamStore::connect(uri, &opts)
@@ -230,6 +233,69 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn StoreAdmin>> 
             Ok(store)
         }
     }
+}
+
+/// Starts this node's gossip on `port` (UDP, on the bind address), joining through the seeds;
+/// it leaves the cluster when `shutdown` is cancelled.
+async fn join_cluster(
+    settings: &Settings,
+    node: &NodeInfo,
+    port: u16,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) -> anyhow::Result<Membership> {
+    let resolve = |host_port: String| async move {
+        tokio::net::lookup_host(&host_port)
+            .await
+            .ok()
+            .and_then(|addrs| addrs.into_iter().find(|a| a.is_ipv4()))
+            .with_context(|| format!("{host_port} does not resolve to an IPv4 address"))
+    };
+    let bind = resolve(format!("{}:{port}", settings.bind_address)).await?;
+    let gossip = resolve(format!("{}:{port}", settings.advertised_address))
+        .await
+        .context("--advertised-address must resolve to the address the others gossip to")?;
+    // Others reach this node at its advertised address: a loopback one only works when every
+    // node runs on this machine.
+    for seed in &settings.seed_nodes {
+        if let Ok(addr) = resolve(seed.clone()).await
+            && gossip.ip().is_loopback()
+            && !addr.ip().is_loopback()
+        {
+            anyhow::bail!(
+                "--advertised-address {} is a loopback address but seed {seed} is not: give this node's \
+                 address as the others reach it",
+                settings.advertised_address
+            );
+        }
+    }
+    let me = crate::cluster::membership::Node {
+        id: node.id,
+        gossip,
+        host: node.host.clone(),
+        port: node.port,
+        boot: next_boot(&settings.data_dir)?,
+        leaving: false,
+    };
+    let membership = Membership::start(me, bind, settings.seed_nodes.clone(), shutdown.clone(), tasks)
+        .await
+        .with_context(|| format!("binding the gossip port {bind} (UDP)"))?;
+    tracing::info!(gossip = %membership.me().gossip, seeds = ?settings.seed_nodes, "gossiping");
+    Ok(membership)
+}
+
+/// This process's gossip incarnation: the clock in ms, but always above the last one used
+/// over this data directory (`<data-dir>/gossip-boot`), so a restart wins over its earlier
+/// self even when the clock stepped back.
+fn next_boot(data_dir: &std::path::Path) -> anyhow::Result<u64> {
+    let file = data_dir.join("gossip-boot");
+    let last = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let boot = (now_ms() as u64).max(last + 1);
+    std::fs::write(&file, boot.to_string()).with_context(|| format!("writing {}", file.display()))?;
+    Ok(boot)
 }
 
 /// A fresh cluster id (a random UUID).
@@ -283,6 +349,10 @@ pub async fn run(
     .await?;
     // The services, each built with what it needs; metrics registered as they are built.
     let tasks = TaskTracker::new();
+    let membership = match settings.gossip_port {
+        None => None,
+        Some(port) => Some(Arc::new(join_cluster(&settings, &node, port, &shutdown, &tasks).await?)),
+    };
     let shared_store: Arc<dyn Store> = store.store();
     let mut registry = prometheus_client::registry::Registry::default();
     let stream_metrics = crate::metrics::StreamMetrics::register(&mut registry);
@@ -332,6 +402,7 @@ pub async fn run(
         metrics: Arc::new(Metrics::new(registry)),
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
+        membership,
     });
 
     subscriptions.start_all().await?;

@@ -33,6 +33,7 @@ pub enum Statement {
     ShowStreams,
     ShowConnectors,
     ShowSubscriptions,
+    ShowNodes,
     DropStream {
         name: String,
         if_exists: bool,
@@ -227,8 +228,10 @@ impl Parser {
                 Ok(Statement::ShowConnectors)
             } else if self.eat_kw("subscriptions") {
                 Ok(Statement::ShowSubscriptions)
+            } else if self.eat_kw("nodes") {
+                Ok(Statement::ShowNodes)
             } else {
-                self.error("STREAMS, CONNECTORS or SUBSCRIPTIONS")
+                self.error("STREAMS, CONNECTORS, SUBSCRIPTIONS or NODES")
             };
         }
         if self.eat_kw("drop") {

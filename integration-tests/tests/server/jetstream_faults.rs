@@ -262,7 +262,7 @@ async fn a_pg_source_keeps_the_table_across_a_stream_leader_kill() {
             DATABASE,
             "DO $$ DECLARE i int := 0; BEGIN LOOP i := i + 1; \
                INSERT INTO orders (id, name, amount) VALUES (100000 + i, 'during', i); \
-               UPDATE orders SET name = 'upd' || i, amount = amount + 1 WHERE id = i * 7; \
+               UPDATE orders SET name = 'upd' || i, amount = amount + 1 WHERE id = 1000 + i % 50; \
                DELETE FROM orders WHERE id = i * 11; \
                COMMIT; EXIT WHEN EXISTS (SELECT 1 FROM stop); PERFORM pg_sleep(0.002); END LOOP; END $$",
         )
@@ -318,8 +318,9 @@ async fn a_pg_source_keeps_the_table_across_a_stream_leader_kill() {
         fold_debezium(&records).len(),
         want.len()
     );
-    // Every insert of the load reached the stream, and each key's updates in commit order
-    // (an update sent again after the task's restart repeats an amount, never goes back).
+    // Every insert of the load reached the stream, and each key's updates in commit order:
+    // fifty keys are updated over and over, each raising its amount, so an update out of
+    // order would go back (one sent again after the task's restart repeats an amount).
     let inserted: usize = pg
         .psql(DATABASE, "SELECT count(*) FROM orders WHERE id > 100000")
         .parse()
@@ -339,6 +340,12 @@ async fn a_pg_source_keeps_the_table_across_a_stream_leader_kill() {
             assert!(amount >= prev, "key {key}: update to {amount} after {prev}");
         }
     }
+    let updates = records.iter().filter(|(_, r)| r["op"] == "u").count();
+    assert!(
+        last.len() <= 50 && updates > 4 * last.len(),
+        "{updates} updates of {} keys: each key updated many times",
+        last.len()
+    );
     println!(
         "JetStream leader {leader} killed under a PostgreSQL CDC load: {} records, {} rows, stream equal to the table",
         records.len(),

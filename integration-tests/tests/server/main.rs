@@ -2,6 +2,7 @@
 
 mod airbyte;
 mod cli;
+mod cluster;
 mod connectors;
 mod etcd;
 mod etcd_faults;

@@ -145,6 +145,9 @@ impl Streams for LocalStreams {
     async fn bounds(&self, stream: &str, shard: u64) -> Result<(u64, u64), ConnectorError> {
         let s = self.streams.catalog().shard_of(stream, shard).map_err(external)?;
         s.log.check_available().map_err(external)?;
+        // The end includes appends through other nodes: a sink resuming here must not take
+        // a stale tail for its end and pull its position back.
+        s.log.sync_tail().await.map_err(external)?;
         Ok((s.log.start_lsn(), s.log.visible_lsn() + 1))
     }
 

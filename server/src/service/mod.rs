@@ -53,6 +53,8 @@ pub struct Api {
     pub shutdown: CancellationToken,
     /// Every request-spawned task (server-stream pumps, fetch sessions), awaited at shutdown.
     pub tasks: TaskTracker,
+    /// The cluster's gossip (`--gossip-port`), or `None` for a node running alone.
+    pub membership: Option<Arc<crate::cluster::membership::Membership>>,
 }
 
 impl Api {
@@ -122,8 +124,11 @@ impl HStreamService {
         until: Option<&pb::ShardOffset>,
     ) -> ApiResult<ShardCursor> {
         let start = read::shard_from(shard.meta.id, from)?;
-        // LATEST (either end) includes appends acknowledged through other nodes.
-        shard.log.sync_tail().await?;
+        // A LATEST or timed end includes appends acknowledged through other nodes (a LATEST
+        // start is synced where it is resolved).
+        if read::shard_until_needs_tail(until) {
+            shard.log.sync_tail().await?;
+        }
         let until = read::shard_until(&*shard.log, until)?;
         self.shard_cursor(shard, start, until).await
     }
@@ -183,7 +188,7 @@ impl HStreamApi for HStreamService {
         &self,
         req: Request<pb::GetTailRecordIdRequest>,
     ) -> RpcResult<pb::GetTailRecordIdResponse> {
-        ok(self.get_tail_record_id_rpc(req.into_inner()))
+        ok(self.get_tail_record_id_rpc(req.into_inner()).await)
     }
 
     async fn list_shards(&self, req: Request<pb::ListShardsRequest>) -> RpcResult<pb::ListShardsResponse> {
@@ -255,9 +260,15 @@ impl HStreamApi for HStreamService {
         let req = req.into_inner();
         let stream = self.api.streams.catalog().stream(&req.stream_name)?;
         let from = read::stream_from(req.from.as_ref())?;
+        if read::stream_until_needs_tail(req.until.as_ref()) {
+            let synced = futures::future::join_all(stream.shards.iter().map(|s| s.log.sync_tail())).await;
+            synced
+                .into_iter()
+                .collect::<Result<Vec<()>, _>>()
+                .map_err(ApiError::from)?;
+        }
         let mut cursors = Vec::with_capacity(stream.shards.len());
         for shard in &stream.shards {
-            shard.log.sync_tail().await.map_err(ApiError::from)?;
             let until = read::stream_until(&*shard.log, req.until.as_ref())?;
             cursors.push(self.shard_cursor(shard.clone(), from, until).await?);
         }
@@ -370,14 +381,45 @@ impl HStreamApi for HStreamService {
     }
 
     async fn describe_cluster(&self, _req: Request<()>) -> RpcResult<pb::DescribeClusterResponse> {
-        let node = self.api.server_node();
-        Ok(Response::new(pb::DescribeClusterResponse {
-            protocol_version: "0.1.0".to_owned(),
-            server_nodes: vec![node.clone()],
-            server_nodes_status: vec![pb::ServerNodeStatus {
-                node: Some(node),
+        let me = self.api.server_node();
+        // Alone: this node. In a cluster: every member the gossip knows, with its state;
+        // `serverNodes` holds those that serve (alive or suspected), as HStreamDB's does.
+        let statuses: Vec<pb::ServerNodeStatus> = match &self.api.membership {
+            None => vec![pb::ServerNodeStatus {
+                node: Some(me.clone()),
                 state: pb::NodeState::Running as i32,
             }],
+            Some(m) => {
+                use crate::cluster::membership::State;
+                let mut view: Vec<_> = m.view().into_values().collect();
+                view.sort_by_key(|(n, _)| n.id);
+                view.into_iter()
+                    .map(|(n, state)| pb::ServerNodeStatus {
+                        node: Some(pb::ServerNode {
+                            // Only this node's version is known here.
+                            version: (n.id == me.id).then(|| me.version.clone()).flatten(),
+                            id: n.id,
+                            host: n.host,
+                            port: n.port,
+                        }),
+                        state: match state {
+                            State::Alive => pb::NodeState::Running,
+                            State::Suspect => pb::NodeState::Unavailable,
+                            State::Dead | State::Left => pb::NodeState::Dead,
+                        } as i32,
+                    })
+                    .collect()
+            }
+        };
+        let serving = statuses
+            .iter()
+            .filter(|s| s.state != pb::NodeState::Dead as i32)
+            .filter_map(|s| s.node.clone())
+            .collect();
+        Ok(Response::new(pb::DescribeClusterResponse {
+            protocol_version: "0.1.0".to_owned(),
+            server_nodes: serving,
+            server_nodes_status: statuses,
             cluster_up_time: self.api.started.elapsed().as_secs(),
         }))
     }

@@ -61,6 +61,25 @@ fn check_record_shard(shard_id: u64, r: &RecordId) -> ApiResult<()> {
     Ok(())
 }
 
+/// Whether a shard read ends at LATEST or at a time: its end depends on the tail now, so the
+/// tail is synced first (appends acknowledged through other nodes included).
+pub fn shard_until_needs_tail(o: Option<&ShardOffset>) -> bool {
+    match o.and_then(|o| o.offset.as_ref()) {
+        Some(shard_offset::Offset::SpecialOffset(v)) => *v == SpecialOffset::Latest as i32,
+        Some(shard_offset::Offset::TimestampOffset(_)) => true,
+        _ => false,
+    }
+}
+
+/// Whether a stream read ends at LATEST or at a time.
+pub fn stream_until_needs_tail(o: Option<&StreamOffset>) -> bool {
+    match o.and_then(|o| o.offset.as_ref()) {
+        Some(stream_offset::Offset::SpecialOffset(v)) => *v == SpecialOffset::Latest as i32,
+        Some(stream_offset::Offset::TimestampOffset(_)) => true,
+        _ => false,
+    }
+}
+
 /// `until` as sent, resolved against the shard's state now (LATEST = the tail at this moment).
 pub fn shard_until(log: &dyn Shard, o: Option<&ShardOffset>) -> ApiResult<Until> {
     log.check_available()?;

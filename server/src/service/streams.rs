@@ -106,11 +106,11 @@ impl HStreamService {
         })
     }
 
-    pub(super) fn get_tail_record_id_rpc(
+    pub(super) async fn get_tail_record_id_rpc(
         &self,
         req: pb::GetTailRecordIdRequest,
     ) -> ApiResult<pb::GetTailRecordIdResponse> {
-        let tail = self.api.streams.tail(&req.stream_name, req.shard_id)?;
+        let tail = self.api.streams.tail(&req.stream_name, req.shard_id).await?;
         Ok(pb::GetTailRecordIdResponse {
             tail_record_id: Some(pb::RecordId {
                 shard_id: req.shard_id,

@@ -80,6 +80,7 @@ async fn ctx(dir: &std::path::Path) -> Arc<Ctx> {
         metrics: Arc::new(Metrics::new(registry)),
         shutdown: shutdown.clone(),
         tasks,
+        membership: None,
     });
     Arc::new(Ctx {
         svc: HStreamService::new(api),

@@ -384,10 +384,11 @@ impl Streams {
         Ok(appended)
     }
 
-    /// The last visible LSN of a shard of `stream`.
-    pub fn tail(&self, stream: &str, shard: u64) -> ApiResult<u64> {
+    /// The last visible LSN of a shard of `stream`, appends through other nodes included.
+    pub async fn tail(&self, stream: &str, shard: u64) -> ApiResult<u64> {
         let shard = self.catalog.shard_of(stream, shard)?;
         shard.log.check_available()?;
+        shard.log.sync_tail().await?;
         Ok(shard.log.visible_lsn())
     }
 

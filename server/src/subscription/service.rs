@@ -152,9 +152,8 @@ impl Subscriptions {
         };
         if meta.offset == StartOffset::Latest {
             // After every append acknowledged so far, through any node.
-            for s in &stream.shards {
-                s.log.sync_tail().await?;
-            }
+            let synced = futures::future::join_all(stream.shards.iter().map(|s| s.log.sync_tail())).await;
+            synced.into_iter().collect::<Result<Vec<()>, _>>()?;
         }
         let start: Vec<ShardProgress> = stream
             .shards

@@ -20,9 +20,11 @@
 //!   core-NATS subject `<prefix>.t.<shard id>` (not stored); every node listens on
 //!   `<prefix>.t.*`, so readers anywhere wake without polling. An announcement is not stored:
 //!   one lost (a reconnect, the appender dying between its ack and its announcement) would
-//!   leave other nodes' readers behind until the shard's next append, so every
-//!   [`REFRESH`] the shards some reader on this node waits on ask their stream's leader for
-//!   its last sequence (one request per watched shard; shards nobody reads cost nothing).
+//!   leave other nodes' readers behind until the shard's next append, so the shards some
+//!   reader on this node waits on ask their stream's leader for its last sequence: every
+//!   [`REFRESH`] while they move, backing off to [`MAX_REFRESH`] while they are idle (shards
+//!   nobody reads are never asked); where a client asks for LATEST the shard asks at once
+//!   (`Shard::sync_tail`).
 //!
 //! Guarantees (the store contract, `../contract.rs`, run against a real nats-server): an append
 //! resolves once JetStream acknowledged it, which means a majority of the stream's replicas
@@ -70,6 +72,9 @@ pub struct NatsOptions {
     /// The largest appended batch to expect (`max-record-size`): the servers' `max_payload`
     /// must hold it.
     pub max_batch_bytes: usize,
+    /// The fewest replicas every stream must get (`--min-replication-factor`): above one, a
+    /// single NATS server (which keeps one copy) is refused at connect.
+    pub min_replicas: u32,
 }
 
 impl std::fmt::Debug for NatsOptions {
@@ -81,6 +86,7 @@ impl std::fmt::Debug for NatsOptions {
             .field("password", &self.password)
             .field("token", &self.token)
             .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("min_replicas", &self.min_replicas)
             .finish()
     }
 }
@@ -144,7 +150,7 @@ pub struct JetStreamStore {
 /// The store's own counters (`hstream_jetstream_*` in `server/metrics.txt`).
 #[derive(Default)]
 struct JsMetrics {
-    /// Publishes sent again (same message id) after no acknowledgement came in time.
+    /// Publishes sent again (same message id): no acknowledgement in time, or no leader.
     resends: Counter,
     /// Appends that failed (JetStream unreachable past the timeout, a stream gone, a refusal).
     failures: Counter,
@@ -179,8 +185,10 @@ impl prometheus_client::collector::Collector for Connected {
 const PUBLISH_CONNECTIONS: usize = 4;
 
 /// How often shards with a waiting reader ask their stream's leader where the stream ends,
-/// behind the tail announcements (which may be lost).
+/// behind the tail announcements (which may be lost), while they move.
 pub const REFRESH: Duration = Duration::from_secs(1);
+/// The longest wait between refreshes of a shard whose refreshes find nothing new.
+pub const MAX_REFRESH: Duration = Duration::from_secs(16);
 
 impl Drop for JetStreamStore {
     fn drop(&mut self) {
@@ -304,6 +312,13 @@ impl JetStreamStore {
             .connect(addrs.clone())
             .await
             .map_err(|e| down(format!("connecting to NATS at {hosts}"), e))?;
+        if opts.min_replicas > 1 && client.server_info().cluster.is_none() {
+            return Err(StoreError::Backend(format!(
+                "--min-replication-factor {} needs a NATS cluster, but {hosts} is one server (it keeps \
+                 one copy of each stream)",
+                opts.min_replicas
+            )));
+        }
         let max_payload = client.server_info().max_payload;
         if max_payload < opts.max_batch_bytes + HEADROOM {
             return Err(StoreError::Backend(format!(
@@ -642,21 +657,26 @@ async fn refresh_watched(store: std::sync::Weak<JetStreamStore>) {
     loop {
         tick.tick().await;
         let Some(store) = store.upgrade() else { return };
+        let now = std::time::Instant::now();
         let watched: Vec<Arc<JsShard>> = store
             .shards
             .read()
             .expect("lock")
             .values()
-            .filter(|s| !s.is_deleted() && s.watched())
+            .filter(|s| !s.is_deleted() && s.refresh_due(now))
             .cloned()
             .collect();
         let store = Arc::downgrade(&store);
         // A failure (JetStream unreachable, a stream between leaders) waits for the next
         // round; readers meet the outage on their own reads.
         let mut advanced = 0;
-        for some in watched.chunks(16) {
-            let results = futures::future::join_all(some.iter().map(|s| s.refresh())).await;
-            advanced += results.into_iter().filter(|r| matches!(r, Ok(true))).count() as u64;
+        for some in watched.chunks(64) {
+            let results = futures::future::join_all(some.iter().map(|s| s.refresh_once())).await;
+            for (shard, result) in some.iter().zip(results) {
+                let moved = matches!(result, Ok(true));
+                shard.refreshed(moved);
+                advanced += u64::from(moved);
+            }
         }
         if advanced > 0
             && let Some(store) = store.upgrade()
@@ -746,7 +766,7 @@ impl Store for JetStreamStore {
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         registry.register(
             "hstream_jetstream_append_resends",
-            "Appends published again (same message id, stored once) after no acknowledgement came in time",
+            "Appends published again (same message id, stored once): no acknowledgement came in time, or the stream had no leader",
             self.metrics.resends.clone(),
         );
         registry.register(

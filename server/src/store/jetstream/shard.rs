@@ -10,7 +10,7 @@ use async_nats::jetstream::stream;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use super::{COMPRESSION, RECORDS};
+use super::{COMPRESSION, MAX_REFRESH, RECORDS, REFRESH};
 use crate::store::ready::Listeners;
 use crate::store::{ReadySet, Shard, StoreError, StoredBatch};
 
@@ -33,6 +33,8 @@ pub struct JsShard {
     deleted: AtomicBool,
     listeners: Listeners,
     reads: AtomicU64,
+    /// When the periodic refresh next asks about this shard, and the wait after that.
+    refresh_due: std::sync::Mutex<(std::time::Instant, std::time::Duration)>,
 }
 
 fn unix_ms(t: &async_nats::jetstream::message::StreamMessage) -> i64 {
@@ -55,6 +57,7 @@ impl JsShard {
             deleted: AtomicBool::new(false),
             listeners: Listeners::default(),
             reads: AtomicU64::new(0),
+            refresh_due: std::sync::Mutex::new((std::time::Instant::now(), REFRESH)),
         }
     }
 
@@ -70,6 +73,10 @@ impl JsShard {
         });
         if moved {
             self.listeners.wake();
+            // Moving: a lost announcement would show soon; look again within a second.
+            let mut due = self.refresh_due.lock().expect("refresh lock");
+            due.1 = REFRESH;
+            due.0 = due.0.min(std::time::Instant::now() + REFRESH);
         }
         moved
     }
@@ -89,7 +96,9 @@ impl JsShard {
 
     fn gone(&self, e: impl std::fmt::Display) -> StoreError {
         let text = e.to_string();
-        if text.contains("stream not found") || text.contains("no responders") {
+        // "No responders" is a stream between leaders as often as a stream gone: a retry's
+        // business (UNAVAILABLE), not a loss.
+        if text.contains("stream not found") {
             StoreError::Unavailable {
                 shard: self.id,
                 reason: format!("its JetStream stream is gone ({text})"),
@@ -170,15 +179,43 @@ impl JsShard {
         self.refresh().await.map(drop)
     }
 
-    /// Whether a reader on this node waits for this shard's appends.
-    pub(super) fn watched(&self) -> bool {
-        self.visible.receiver_count() > 0 || self.listeners.any_live()
+    /// Whether a reader on this node waits for this shard's appends and the periodic refresh
+    /// is due: every [`REFRESH`] while the shard moves, backing off to [`MAX_REFRESH`] while
+    /// refreshes find nothing new (a subscription watches every shard of its stream for as
+    /// long as it lives, idle ones too).
+    pub(super) fn refresh_due(&self, now: std::time::Instant) -> bool {
+        (self.visible.receiver_count() > 0 || self.listeners.any_live())
+            && self.refresh_due.lock().expect("refresh lock").0 <= now
+    }
+
+    /// Schedules the next periodic refresh after one that `moved` the tail or not.
+    /// The wait is jittered by ±25 %, so shards that went idle together spread out.
+    pub(super) fn refreshed(&self, moved: bool) {
+        let mut due = self.refresh_due.lock().expect("refresh lock");
+        due.1 = if moved { REFRESH } else { (due.1 * 2).min(MAX_REFRESH) };
+        let jitter = rand::random_range(0.75..1.25);
+        due.0 = std::time::Instant::now() + due.1.mul_f64(jitter);
     }
 
     /// Learns the shard's first and last LSN from its stream's leader: what a trim elsewhere
     /// or the age limit removed, and appends whose announcement never came. Whether the tail
     /// moved.
+    /// Asked again, within the store's timeout, while the stream's leader is being elected.
     pub(super) async fn refresh(&self) -> Result<bool, StoreError> {
+        let deadline = std::time::Instant::now() + self.timeout;
+        loop {
+            match self.refresh_once().await {
+                Err(StoreError::Down(_)) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// Like [`Self::refresh`], asking once (the periodic refresh: a stream without a leader
+    /// must not hold up the others; it is asked again next round).
+    pub(super) async fn refresh_once(&self) -> Result<bool, StoreError> {
         let info = self.stream.get_info().await.map_err(|e| self.gone(e))?;
         self.start.fetch_max(info.state.first_sequence.max(1), Ordering::SeqCst);
         Ok(self.advance(info.state.last_sequence))

@@ -57,7 +57,8 @@ async fn contract_on_jetstream_and_batches_outlive_a_reopen() {
 }
 
 /// Servers whose max_payload cannot hold a batch of max-record-size are refused at connect,
-/// naming both sizes; an unreachable server is refused within the timeout.
+/// naming both sizes; so is one server where every stream must have three replicas; an
+/// unreachable server is refused within the timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_refuses_what_cannot_work() {
     let nats = Nats::start().await;
@@ -70,6 +71,19 @@ async fn connect_refuses_what_cannot_work() {
         .err()
         .expect("refused");
     assert!(err.to_string().contains("max_payload"), "{err}");
+    let floor = NatsOptions {
+        min_replicas: 3,
+        ..opts()
+    };
+    let err = JetStreamStore::connect(&nats.uri("x"), &floor)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("--min-replication-factor 3 needs a NATS cluster"),
+        "{err}"
+    );
     let nowhere = format!("nats://127.0.0.1:{}/x", hstream_integration_tests::free_port());
     let err = JetStreamStore::connect(&nowhere, &opts()).await.err().expect("refused");
     assert!(err.to_string().contains("connecting to NATS"), "{err}");
