@@ -69,6 +69,53 @@ pub(super) async fn wait_for_state(c: &Client, stream: &str, pg: &Postgres, tabl
     .await;
 }
 
+/// Waits until the Debezium-format `stream` folds to exactly `table` (a read refused for a
+/// while, as during a store's failover, counts as not yet) and returns its records; fails
+/// naming both sizes otherwise.
+pub(super) async fn wait_debezium_equals_table(
+    c: &Client,
+    stream: &str,
+    pg: &Postgres,
+    table: &str,
+    within: Duration,
+) -> Vec<(String, Value)> {
+    let want = table_state(pg, table);
+    let ok = holds_within(within, || {
+        let mut probe = c.clone();
+        let want = want.clone();
+        async move {
+            try_read_json_stream(&mut probe, stream)
+                .await
+                .is_ok_and(|records| stream_rows(&fold_debezium(&records)) == want)
+        }
+    })
+    .await;
+    let records = read_json_stream(&mut c.clone(), stream).await;
+    assert!(
+        ok,
+        "stream {} keys ≠ table {} rows",
+        fold_debezium(&records).len(),
+        want.len()
+    );
+    records
+}
+
+/// Per key, streamed updates come in commit order: a key's `amount` never goes back (it is
+/// equal when an update is sent again after a restart, at-least-once). Returns the keys
+/// updated and the updates seen.
+pub(super) fn assert_updates_in_commit_order(records: &[(String, Value)]) -> (usize, usize) {
+    let mut last: BTreeMap<String, f64> = BTreeMap::new();
+    let mut updates = 0;
+    for (key, r) in records.iter().filter(|(_, r)| r["op"] == "u") {
+        updates += 1;
+        let amount: f64 = r["after"]["amount"].as_str().unwrap().parse().unwrap();
+        if let Some(prev) = last.insert(key.clone(), amount) {
+            assert!(amount >= prev, "key {key}: update to {amount} after {prev}");
+        }
+    }
+    (last.len(), updates)
+}
+
 /// Waits until a source streams (its walsender is past slot creation and snapshot), so changes
 /// made from now on are decoded by it.
 pub(super) async fn wait_streaming(pg: &Postgres) {

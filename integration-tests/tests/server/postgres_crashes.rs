@@ -2,7 +2,6 @@
 //! inside the snapshot (held at a known place by an advisory-lock gate), inside an initial_only
 //! snapshot, and at the hand-off under load. The stream must end equal to the tables.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hstream_integration_tests::pg::{DATABASE, Postgres};
@@ -10,8 +9,8 @@ use hstream_integration_tests::*;
 use serde_json::{Value, json};
 
 use super::postgres::{
-    FAST_RETRY, create, fold_debezium, orders_table, source_config, stream_rows, table_state, wait_for_state,
-    wait_streaming,
+    FAST_RETRY, assert_updates_in_commit_order, create, orders_table, source_config, stream_rows, table_state,
+    wait_debezium_equals_table, wait_for_state, wait_streaming,
 };
 
 /// A session holding advisory lock 4242 until it ends; the `gated` tables' rows cannot be read
@@ -299,21 +298,7 @@ async fn pg_kill_at_the_hand_off_under_load_ends_equal_to_the_table() {
     .await;
     pg.psql(DATABASE, "INSERT INTO stop VALUES (1)");
     assert!(load.wait().unwrap().success());
-    let want = table_state(&pg, "orders");
-    let probe = c.clone();
-    let ok = holds_within(Duration::from_secs(60), || {
-        let mut probe = probe.clone();
-        let want = want.clone();
-        async move { stream_rows(&fold_debezium(&read_json_stream(&mut probe, "orders_cdc").await)) == want }
-    })
-    .await;
-    let records = read_json_stream(&mut c.clone(), "orders_cdc").await;
-    assert!(
-        ok,
-        "stream {} keys ≠ table {} rows",
-        fold_debezium(&records).len(),
-        want.len()
-    );
+    let records = wait_debezium_equals_table(&c, "orders_cdc", &pg, "orders", Duration::from_secs(60)).await;
     // The load overlapped the snapshot: some of its rows were read by the snapshot, later ones
     // were streamed.
     let during = |op: &str| {
@@ -328,13 +313,5 @@ async fn pg_kill_at_the_hand_off_under_load_ends_equal_to_the_table() {
         during("r"),
         during("c")
     );
-    // Per key, streamed updates come in commit order: a key's amount never goes back.
-    let mut last: BTreeMap<String, f64> = BTreeMap::new();
-    for (key, r) in records.iter().filter(|(_, r)| r["op"] == "u") {
-        let amount: f64 = r["after"]["amount"].as_str().unwrap().parse().unwrap();
-        if let Some(prev) = last.insert(key.clone(), amount) {
-            // Equal when an update is sent again after the restart (at-least-once).
-            assert!(amount >= prev, "key {key}: update to {amount} after {prev}");
-        }
-    }
+    assert_updates_in_commit_order(&records);
 }
