@@ -46,6 +46,16 @@ impl Args {
             dir: None,
         }
     }
+
+    /// `--dir`, or `target/bench`, created if missing.
+    pub(crate) fn data_dir(&self) -> std::io::Result<std::path::PathBuf> {
+        let dir = self
+            .dir
+            .clone()
+            .unwrap_or_else(|| hstream_integration_tests::repo_root().join("target/bench"));
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
 }
 
 pub(crate) struct Run {
@@ -189,11 +199,7 @@ pub(crate) async fn measured(
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let dir = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| hstream_integration_tests::repo_root().join("target/bench"));
-    std::fs::create_dir_all(&dir)?;
+    let dir = args.data_dir()?;
     let batch_bytes = args.batch_records * args.record_bytes;
     println!(
         "append: {} writers, batches of {} x {} B records, {} shards, {} s per run, data in {}",

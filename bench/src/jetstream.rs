@@ -66,11 +66,7 @@ async fn bare(args: &Args, nats: &Nats, label: &str, replicas: usize, round: usi
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let dir = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| hstream_integration_tests::repo_root().join("target/bench"));
-    std::fs::create_dir_all(&dir)?;
+    let dir = args.data_dir()?;
     println!(
         "jetstream: {} writers, batches of {} x {} B records, {} shards, {} s per run; nats-server {}",
         args.writers,

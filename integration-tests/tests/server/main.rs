@@ -13,6 +13,7 @@ mod metrics;
 mod mqtt;
 mod mysql;
 mod postgres;
+mod postgres_capture;
 mod postgres_crashes;
 mod rest;
 mod streams;

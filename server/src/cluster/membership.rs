@@ -32,8 +32,10 @@ pub const SUSPECT_TO_DEAD: Duration = Duration::from_secs(3);
 const RESEED: Duration = Duration::from_secs(2);
 /// How long dead and departed members stay in the view.
 const FORGET_AFTER: Duration = Duration::from_secs(120);
-/// Largest datagram accepted.
-const MAX_PACKET: usize = 1400;
+/// Largest datagram sent (fits an Ethernet MTU).
+const MAX_PACKET: std::num::NonZeroUsize = std::num::NonZeroUsize::new(1400).unwrap();
+/// The cluster size foca tunes its dissemination for (three nodes, as the clusters).
+const CLUSTER_SIZE: std::num::NonZeroU32 = std::num::NonZeroU32::new(3).unwrap();
 
 /// A member as gossiped: its server id, where its gossip and its clients reach it, and when
 /// this process started (so a restart is a new identity that wins over the old one).
@@ -107,10 +109,10 @@ impl Membership {
         if me.gossip.port() == 0 {
             me.gossip.set_port(socket.local_addr()?.port());
         }
-        let mut config = Config::new_lan(std::num::NonZeroU32::new(3).expect("nonzero"));
+        let mut config = Config::new_lan(CLUSTER_SIZE);
         config.suspect_to_down_after = SUSPECT_TO_DEAD;
         config.remove_down_after = Some(FORGET_AFTER);
-        config.max_packet_size = std::num::NonZeroUsize::new(MAX_PACKET).expect("nonzero");
+        config.max_packet_size = MAX_PACKET;
         let foca = Foca::new(
             me.clone(),
             config,
@@ -192,11 +194,9 @@ async fn run(
             },
             _ = tokio::time::sleep_until(next) => {
                 let now = tokio::time::Instant::now();
-                let due: Vec<_> = timers.keys().take_while(|(at, _)| *at <= now).copied().collect();
                 let mut result = Ok(());
-                for key in due {
-                    let timer = timers.remove(&key).expect("a due timer");
-                    result = result.and(foca.handle_timer(timer, &mut rt));
+                while let Some(entry) = timers.first_entry() && entry.key().0 <= now {
+                    result = result.and(foca.handle_timer(entry.remove(), &mut rt));
                 }
                 result
             }
