@@ -69,7 +69,36 @@ impl Nats {
 
     /// Servers in a temporary directory; with `die_with_thread` they get SIGKILL when the
     /// thread that starts them ends.
+    ///
+    /// A cluster that is not healthy within 30 s is started again from nothing, on new ports,
+    /// up to three times: NATS 2.9 can, when its members start at once, leave one member never
+    /// in contact with the meta leader (seen once in CI: a member elected itself before its
+    /// routes came up), and a free port can be taken between our pick and the server's bind.
+    /// Each failed attempt's logs are printed, so the retry is visible.
     fn launch(members: usize, die_with_thread: bool) -> Nats {
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            let mut nats = Self::spawn_all(members, die_with_thread);
+            let unhealthy = (0..members).find(|&i| !nats.became_healthy(i, Duration::from_secs(30)));
+            match unhealthy {
+                None => return nats,
+                Some(i) if attempt < ATTEMPTS => {
+                    eprintln!(
+                        "nats-server {i} not healthy after 30 s (attempt {attempt} of {ATTEMPTS}); starting the servers again on new ports:\n{}",
+                        nats.log()
+                    );
+                    nats.kill();
+                }
+                Some(i) => panic!(
+                    "nats-server {i} did not become healthy in {ATTEMPTS} attempts:\n{}",
+                    nats.log()
+                ),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    fn spawn_all(members: usize, die_with_thread: bool) -> Nats {
         let dir = tempfile::Builder::new()
             .prefix("hstream-nats")
             .tempdir()
@@ -92,9 +121,6 @@ impl Nats {
         };
         for i in 0..nats.members.len() {
             nats.spawn(i);
-        }
-        for i in 0..nats.members.len() {
-            nats.wait_healthy(i);
         }
         nats
     }
@@ -146,10 +172,17 @@ impl Nats {
         self.members[i].child = Some(command.spawn().expect("starting nats-server"));
     }
 
-    fn wait_healthy(&self, i: usize) {
+    fn became_healthy(&self, i: usize, within: Duration) -> bool {
         let monitor = self.members[i].monitor;
-        let healthy = super::holds_within_blocking(Duration::from_secs(60), || healthy(monitor));
-        assert!(healthy, "nats-server {i} did not become healthy:\n{}", self.log());
+        super::holds_within_blocking(within, || healthy(monitor))
+    }
+
+    fn wait_healthy(&self, i: usize) {
+        assert!(
+            self.became_healthy(i, Duration::from_secs(60)),
+            "nats-server {i} did not become healthy:\n{}",
+            self.log()
+        );
     }
 
     /// SIGKILL to every server: gone until [`restart`](Self::restart).

@@ -97,6 +97,10 @@ pub struct Flags {
     /// any may be down or be this node
     #[arg(long)]
     pub seed_nodes: Option<String>,
+    /// How far above an even share a node's subscriptions and connector tasks may go, in
+    /// percent (ε of consistent hashing with bounded loads) [default: 25]
+    #[arg(long)]
+    pub placement_slack: Option<u32>,
     /// Fewest replicas a stream gets on the JetStream store, whatever CreateStream asked for
     /// (clients, SQL and connectors ask for 1 unless told): an operator's floor; the stream's
     /// replicationFactor records what it got [default: 1]
@@ -184,6 +188,8 @@ pub struct Settings {
     pub gossip_port: Option<u16>,
     /// `--seed-nodes`, split.
     pub seed_nodes: Vec<String>,
+    /// `--placement-slack`: ε of the placement, in percent.
+    pub placement_slack_percent: u32,
     /// `--copy-metastore-to`: copy the metastore there and exit instead of serving.
     pub copy_metastore_to: Option<String>,
     pub max_record_size: usize,
@@ -285,6 +291,10 @@ impl Settings {
                         .collect()
                 })
                 .unwrap_or_default(),
+            placement_slack_percent: flags
+                .placement_slack
+                .or(file.placement_slack)
+                .unwrap_or(crate::cluster::placement::DEFAULT_SLACK_PERCENT),
             copy_metastore_to: flags.copy_metastore_to,
             max_record_size: flags.max_record_size.or(file.max_record_size).unwrap_or(1 << 20),
             max_batch_records: flags
@@ -542,6 +552,7 @@ mod tests {
             min_replication_factor: Some(3),
             gossip_port: Some(6571),
             seed_nodes: Some("h1:6571,h2:6571".into()),
+            placement_slack: Some(10),
             copy_metastore_to: None,
             max_record_size: Some(2048),
             max_batch_records: Some(10),

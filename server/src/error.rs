@@ -83,6 +83,14 @@ pub enum ApiError {
     Unimplemented(&'static str),
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The request must run on the node that holds `what` (HStreamDB's WrongServer): the
+    /// answer names that node, as a lookup would, so a client can go there.
+    #[error("{what} runs on {}; send this request there (look it up first)", owner.as_deref().unwrap_or("no node yet"))]
+    WrongServer {
+        what: String,
+        /// The owner's advertised `host:port`, when one is known.
+        owner: Option<String>,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -151,6 +159,7 @@ impl ApiError {
             ConnectorInvalidStatus(_) => (Code::FailedPrecondition, ErrorCode::ConnectorInvalidStatus, json!(null)),
             Unimplemented(_) => (Code::Unimplemented, ErrorCode::InternalError, json!(null)),
             ShuttingDown => (Code::Unavailable, ErrorCode::InternalError, json!(null)),
+            WrongServer { owner, .. } => (Code::FailedPrecondition, ErrorCode::WrongServer, json!(owner)),
             Store(e) => {
                 let code = match e {
                     StoreError::ShardDeleted(_) => Code::NotFound,

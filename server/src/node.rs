@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::server::TcpIncoming;
 
 use crate::catalog::{Catalog, ShardEntry, StreamEntry};
+use crate::cluster::assign::{Assignments, Hosted};
 use crate::cluster::membership::Membership;
 use crate::config::Settings;
 use crate::connectors::{Connectors, Hosting};
@@ -349,10 +350,23 @@ pub async fn run(
     .await?;
     // The services, each built with what it needs; metrics registered as they are built.
     let tasks = TaskTracker::new();
+    // The gossip outlives the rest of the shutdown: this node leaves only once it released
+    // what it holds (until then nobody else claims it); however `run` ends, it leaves.
+    let gossip_stop = CancellationToken::new();
+    let _leave_on_exit = gossip_stop.clone().drop_guard();
     let membership = match settings.gossip_port {
         None => None,
-        Some(port) => Some(Arc::new(join_cluster(&settings, &node, port, &shutdown, &tasks).await?)),
+        Some(port) => Some(Arc::new(
+            join_cluster(&settings, &node, port, &gossip_stop, &tasks).await?,
+        )),
     };
+    let assignments = Arc::new(Assignments::new(
+        meta.clone(),
+        node.id,
+        format!("{}:{}", node.host, node.port),
+        membership.clone(),
+        settings.placement_slack_percent,
+    ));
     let shared_store: Arc<dyn Store> = store.store();
     let mut registry = prometheus_client::registry::Registry::default();
     let stream_metrics = crate::metrics::StreamMetrics::register(&mut registry);
@@ -382,14 +396,18 @@ pub async fn run(
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
         },
+        assignments.clone(),
     ));
     connectors.register_metrics(&mut registry);
     let subscriptions = Arc::new(Subscriptions::new(
         meta.clone(),
         streams.clone(),
+        assignments.clone(),
         tasks.clone(),
         shutdown.clone(),
     ));
+    assignments.add(Arc::downgrade(&subscriptions) as std::sync::Weak<dyn Hosted>);
+    assignments.add(Arc::downgrade(&connectors) as std::sync::Weak<dyn Hosted>);
     subscriptions.register_metrics(&mut registry);
     let readers = Arc::new(Readers::new(meta.clone(), streams.clone(), shutdown.clone()));
     let api = Arc::new(Api {
@@ -403,10 +421,13 @@ pub async fn run(
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
         membership,
+        assignments: assignments.clone(),
     });
 
-    subscriptions.start_all().await?;
-    connectors.resume_all(&meta.list_connectors().await?);
+    // What the placement puts here starts before clients are served; the placer then
+    // follows membership changes, creations and deletions.
+    assignments.place_now().await?;
+    tasks.spawn(assignments.clone().run(shutdown.clone()));
 
     let every = settings.retention_interval;
     let retention_shutdown = shutdown.clone();
@@ -460,6 +481,9 @@ pub async fn run(
         .await
         .context("grpc server failed")?;
 
+    tracing::info!("shutdown: releasing what this node holds");
+    assignments.release_all().await;
+    gossip_stop.cancel();
     tracing::info!("shutdown: draining");
     tasks.close();
     tasks.wait().await;

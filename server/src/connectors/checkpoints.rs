@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use hstream_runtime::{Checkpoints, ConnectorError};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::meta::{Checkpoint, Commit, MetaStore, connector_checkpoint};
+use crate::meta::{Checkpoint, Commit, MetaError, MetaStore, Ownership, connector_checkpoint};
 
 /// Checkpoints per commit: etcd allows 128 operations in one transaction by default.
 const PER_COMMIT: usize = 64;
@@ -28,7 +28,9 @@ type Reply = oneshot::Sender<Result<(), String>>;
 
 pub struct MetaCheckpoints {
     meta: Arc<dyn MetaStore>,
-    queue: mpsc::UnboundedSender<(Checkpoint, Reply)>,
+    queue: mpsc::UnboundedSender<(Checkpoint, Option<Ownership>, Reply)>,
+    /// The ownership each task runs under on this node: its checkpoints are fenced by it.
+    fences: std::sync::Mutex<std::collections::HashMap<String, Ownership>>,
     /// Commits made so far.
     commits: Arc<AtomicU64>,
 }
@@ -39,7 +41,21 @@ impl MetaCheckpoints {
         let (queue, inbox) = mpsc::unbounded_channel();
         let commits = Arc::new(AtomicU64::new(0));
         tokio::spawn(write(meta.clone(), inbox, commits.clone()));
-        MetaCheckpoints { meta, queue, commits }
+        MetaCheckpoints {
+            meta,
+            queue,
+            fences: Default::default(),
+            commits,
+        }
+    }
+
+    /// Fences `task`'s checkpoints by `held` from now on (`None`: unfenced).
+    pub fn set_fence(&self, task: &str, held: Option<Ownership>) {
+        let mut fences = self.fences.lock().expect("lock");
+        match held {
+            Some(h) => fences.insert(task.to_owned(), h),
+            None => fences.remove(task),
+        };
     }
 
     /// Commits made so far (each holds one or more tasks' checkpoints).
@@ -52,29 +68,34 @@ impl MetaCheckpoints {
 /// sender is gone.
 async fn write(
     meta: Arc<dyn MetaStore>,
-    mut inbox: mpsc::UnboundedReceiver<(Checkpoint, Reply)>,
+    mut inbox: mpsc::UnboundedReceiver<(Checkpoint, Option<Ownership>, Reply)>,
     commits: Arc<AtomicU64>,
 ) {
     let mut queued = Vec::new();
     while inbox.recv_many(&mut queued, PER_COMMIT * 4).await > 0 {
         // A task that stored twice meanwhile: its latest checkpoint stands for both.
-        let mut latest: BTreeMap<String, Checkpoint> = BTreeMap::new();
+        let mut latest: BTreeMap<String, (Checkpoint, Option<Ownership>)> = BTreeMap::new();
         let mut replies: BTreeMap<String, Vec<Reply>> = BTreeMap::new();
-        for (cp, reply) in queued.drain(..) {
+        for (cp, fence, reply) in queued.drain(..) {
             replies.entry(cp.owner.clone()).or_default().push(reply);
-            latest.insert(cp.owner.clone(), cp);
+            latest.insert(cp.owner.clone(), (cp, fence));
         }
-        let all: Vec<Checkpoint> = latest.into_values().collect();
+        let all: Vec<(Checkpoint, Option<Ownership>)> = latest.into_values().collect();
         for part in all.chunks(PER_COMMIT) {
-            let res = meta
-                .commit(&Commit {
-                    checkpoints: part,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| e.to_string());
-            commits.fetch_add(1, Ordering::Relaxed);
-            for cp in part {
+            let res = commit(&meta, part, &commits).await;
+            // One task's lost ownership fails the whole transaction: each then alone, so
+            // only the tasks fenced out fail.
+            let results: Vec<Result<(), String>> = match res {
+                Err(MetaError::Fenced { .. }) if part.len() > 1 => {
+                    let mut each = Vec::with_capacity(part.len());
+                    for one in part.chunks(1) {
+                        each.push(commit(&meta, one, &commits).await.map_err(|e| e.to_string()));
+                    }
+                    each
+                }
+                res => vec![res.map_err(|e| e.to_string()); part.len()],
+            };
+            for ((cp, _), res) in part.iter().zip(results) {
                 for reply in replies.remove(&cp.owner).unwrap_or_default() {
                     // A task that stopped waiting has nothing to learn.
                     let _ = reply.send(res.clone());
@@ -82,6 +103,25 @@ async fn write(
             }
         }
     }
+}
+
+/// Commits `part`'s checkpoints in one transaction, fenced by their tasks' ownerships.
+async fn commit(
+    meta: &Arc<dyn MetaStore>,
+    part: &[(Checkpoint, Option<Ownership>)],
+    commits: &AtomicU64,
+) -> Result<(), MetaError> {
+    let checkpoints: Vec<Checkpoint> = part.iter().map(|(cp, _)| cp.clone()).collect();
+    let fences: Vec<Ownership> = part.iter().filter_map(|(_, f)| f.clone()).collect();
+    let res = meta
+        .commit(&Commit {
+            checkpoints: &checkpoints,
+            fences: &fences,
+            ..Default::default()
+        })
+        .await;
+    commits.fetch_add(1, Ordering::Relaxed);
+    res
 }
 
 #[async_trait]
@@ -101,9 +141,10 @@ impl Checkpoints for MetaCheckpoints {
             version,
             data,
         };
+        let fence = self.fences.lock().expect("lock").get(task).cloned();
         let (reply, answer) = oneshot::channel();
         let stopped = || ConnectorError::external("the checkpoint writer has stopped");
-        self.queue.send((cp, reply)).map_err(|_| stopped())?;
+        self.queue.send((cp, fence, reply)).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?.map_err(ConnectorError::external)
     }
 }

@@ -56,24 +56,31 @@ fn object(config: &Value, what: &str) -> ApiResult<()> {
 }
 
 impl Connectors {
-    /// Resumes every stored connector in the state it had (at node start).
-    pub fn resume_all(&self, stored: &[ConnectorMeta]) {
-        for c in stored {
-            if self.connector_type(&c.kind, &c.target).is_none() {
-                tracing::error!(connector = %c.name, target = %c.target, "connector type is not in this build");
-                continue;
-            }
-            match serde_json::from_str(&c.config) {
-                Ok(config) => {
-                    self.start(c, config);
-                }
-                Err(e) => tracing::error!(connector = %c.name, error = %e, "stored config is unreadable"),
-            }
-        }
+    /// Where connector `name`'s task runs (or will), as its lookup answers.
+    pub async fn locate(&self, name: &str) -> ApiResult<Option<crate::cluster::assign::Location>> {
+        self.assignments.locate(self, name).await
     }
 
-    fn view(&self, c: &ConnectorMeta, detail: bool) -> ConnectorView {
+    /// The task of `name` on this node, started now if the placement puts it here;
+    /// WrongServer naming its node when it runs elsewhere.
+    async fn here(&self, name: &str) -> ApiResult<std::sync::Arc<super::Task>> {
+        if let Some(task) = self.task(name) {
+            return Ok(task);
+        }
+        if self.assignments.ensure_here(self, name).await?
+            && let Some(task) = self.task(name)
+        {
+            return Ok(task);
+        }
+        Err(self
+            .assignments
+            .wrong_server(self, format!("connector {name:?}"), name)
+            .await)
+    }
+
+    fn view(&self, c: &ConnectorMeta, detail: bool, node: Option<&String>) -> ConnectorView {
         let task = self.task(&c.name);
+        let task_here = task.is_some();
         let status = task
             .as_ref()
             .map_or(c.status.clone(), |t| t.handle.status.borrow().state.as_str().to_owned());
@@ -118,7 +125,11 @@ impl Connectors {
             status,
             config: redacted,
             report,
-            node: self.hosting.node_address.clone(),
+            node: match node {
+                Some(n) => n.clone(),
+                None if task_here => self.hosting.node_address.clone(),
+                None => String::new(),
+            },
         }
     }
 
@@ -180,9 +191,12 @@ impl Connectors {
             MetaError::AlreadyExists { .. } => ApiError::ConnectorExists(spec.name.clone()),
             e => e.into(),
         })?;
-        self.start(&meta, config);
         tracing::info!(connector = %meta.name, kind = %meta.kind, target = %meta.target, "connector created");
-        Ok(self.view(&meta, true))
+        // Its task starts where the placement puts it: here at once, or on the node whose
+        // placer runs next.
+        self.assignments.place_now().await?;
+        let holders = self.assignments.holders(self).await?;
+        Ok(self.view(&meta, true, holders.get(&meta.name)))
     }
 
     async fn stored(&self, name: &str) -> ApiResult<ConnectorMeta> {
@@ -193,15 +207,18 @@ impl Connectors {
     }
 
     pub async fn get(&self, name: &str) -> ApiResult<ConnectorView> {
-        Ok(self.view(&self.stored(name).await?, true))
+        let c = self.stored(name).await?;
+        let holders = self.assignments.holders(self).await?;
+        Ok(self.view(&c, true, holders.get(name)))
     }
 
     /// Every connector not deleted, without the task reports.
     pub async fn list(&self) -> ApiResult<Vec<ConnectorView>> {
         let all = self.meta.list_connectors().await?;
+        let holders = self.assignments.holders(self).await?;
         Ok(all
             .iter()
-            .map(|c| self.view(c, false))
+            .map(|c| self.view(c, false, holders.get(&c.name)))
             .filter(|c| c.status != State::Deleted.as_str())
             .collect())
     }
@@ -230,9 +247,7 @@ impl Connectors {
     /// Sends a command and waits until the task reports, after the send, a state `done` accepts
     /// (or its supervisor ends).
     async fn command(&self, name: &str, c: Control, done: impl Fn(State) -> bool) -> ApiResult<()> {
-        let task = self
-            .task(name)
-            .ok_or_else(|| ApiError::ConnectorNotFound(name.to_owned()))?;
+        let task = self.here(name).await?;
         let mut rx = task.handle.status.clone();
         rx.borrow_and_update();
         if task.handle.control.send(c).await.is_err() {
@@ -259,6 +274,7 @@ impl Connectors {
 
     pub async fn pause(&self, name: &str) -> ApiResult<()> {
         self.stored(name).await?;
+        self.here(name).await?;
         match self.current_state(name) {
             Some(State::Stopped | State::Failed | State::Completed) => Ok(()),
             _ => self.command(name, Control::Pause, |s| s == State::Stopped).await,
@@ -269,6 +285,7 @@ impl Connectors {
     /// may fail again: the status says). A running task is left alone.
     pub async fn resume(&self, name: &str) -> ApiResult<()> {
         self.stored(name).await?;
+        self.here(name).await?;
         match self.current_state(name) {
             Some(State::Running | State::New) => Ok(()),
             _ => self.command(name, Control::Resume, |s| s != State::Stopped).await,
@@ -289,6 +306,7 @@ impl Connectors {
     pub async fn delete(&self, name: &str) -> ApiResult<()> {
         let _ddl = self.ddl.lock().await;
         self.stored(name).await?;
+        let mut fenced = None;
         if self.task(name).is_some() {
             // Even a task that is slow to stop is deleted: the supervisor acts on the command
             // when it gets to it, and nothing brings the task back once its row is gone.
@@ -296,8 +314,16 @@ impl Connectors {
                 tracing::warn!(connector = %name, error = %e, "deleting a task that has not stopped yet");
             }
             self.remove(name);
+        } else {
+            // Running on another node (or nowhere): take it first, so that its task commits
+            // no checkpoint after the delete; its node stops it when its placer sees it gone.
+            fenced = Some(self.assignments.fence(self, name).await?);
         }
-        self.meta.delete_connector(name).await?;
+        let deleted = self.meta.delete_connector(name).await;
+        if let Some(held) = &fenced {
+            self.assignments.unfence(held).await;
+        }
+        deleted?;
         tracing::info!(connector = %name, "connector deleted");
         Ok(())
     }
@@ -308,6 +334,8 @@ impl Connectors {
         let _ddl = self.ddl.lock().await;
         let stored = self.stored(name).await?;
         object(&patch, "config")?;
+        // Only where the task runs: it must restart with the new config.
+        self.here(name).await?;
         let mut config: Value = serde_json::from_str(&stored.config).unwrap_or_else(|_| serde_json::json!({}));
         let t = self
             .connector_type(&stored.kind, &stored.target)
@@ -354,5 +382,59 @@ impl Connectors {
             )));
         }
         Ok(self.meta.delete_checkpoint(&connector_checkpoint(name)).await?)
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::cluster::assign::Hosted for Connectors {
+    fn prefix(&self) -> &'static str {
+        "connector/"
+    }
+
+    async fn stored(&self) -> ApiResult<std::collections::BTreeSet<String>> {
+        Ok(self.meta.list_connectors().await?.into_iter().map(|c| c.name).collect())
+    }
+
+    fn running(&self) -> std::collections::BTreeMap<String, crate::meta::Ownership> {
+        let tasks = self.tasks.lock().expect("lock");
+        tasks.iter().map(|(n, t)| (n.clone(), t.held.clone())).collect()
+    }
+
+    async fn start(&self, name: &str, held: crate::meta::Ownership) -> ApiResult<()> {
+        let c = self.stored(name).await?;
+        if self.connector_type(&c.kind, &c.target).is_none() {
+            return Err(ApiError::ConnectorUnknown {
+                kind: "connector",
+                target: c.target,
+            });
+        }
+        let config: Value = serde_json::from_str(&c.config)
+            .map_err(|e| ApiError::InvalidConnectorConfig(format!("stored config is unreadable: {e}")))?;
+        self.start(&c, config, held);
+        tracing::info!(connector = %name, status = %c.status, "connector runs here");
+        Ok(())
+    }
+
+    async fn stop(&self, name: &str, deleted: bool) {
+        let Some(task) = self.task(name) else {
+            return;
+        };
+        if deleted {
+            // Deleted through another node: the task lets go of what it holds upstream.
+            if let Err(e) = self.command(name, Control::Delete, |s| s == State::Deleted).await {
+                tracing::warn!(connector = %name, error = %e, "deleting a task that has not stopped yet");
+            }
+        } else {
+            // Moving: the attempt stops as at shutdown (its checkpoint written), the stored
+            // status stays for the next node.
+            task.stop.cancel();
+            let mut status = task.handle.status.clone();
+            let ended = async { while status.changed().await.is_ok() {} };
+            if tokio::time::timeout(STATE_WAIT, ended).await.is_err() {
+                tracing::warn!(connector = %name, "task did not stop in time; moving it anyway");
+            }
+        }
+        self.checkpoints.set_fence(name, None);
+        self.remove(name);
     }
 }

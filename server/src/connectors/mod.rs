@@ -21,7 +21,8 @@ use hstream_runtime::{ConnectorType, Registry};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::meta::{ConnectorMeta, MetaStore};
+use crate::cluster::assign::Assignments;
+use crate::meta::{ConnectorMeta, MetaStore, Ownership};
 pub use checkpoints::MetaCheckpoints;
 pub use manage::{ConnectorSpec, ConnectorView};
 pub use streams::LocalStreams;
@@ -30,6 +31,10 @@ pub struct Task {
     pub handle: TaskHandle,
     pub connector: Arc<dyn ConnectorType>,
     pub log: Arc<Mutex<VecDeque<String>>>,
+    /// The ownership the task runs under (fencing its checkpoints).
+    pub held: Ownership,
+    /// Stops the task here without changing its stored state (it moves to another node).
+    pub stop: CancellationToken,
 }
 
 /// The running tasks by connector name (shared with the metrics collector).
@@ -58,6 +63,9 @@ pub struct Connectors {
     checkpoints: Arc<MetaCheckpoints>,
     meta: Arc<dyn MetaStore>,
     hosting: Hosting,
+    /// Where each connector's task runs (this node's placer starts and stops tasks through
+    /// [`crate::cluster::assign::Hosted`]).
+    assignments: Arc<Assignments>,
     /// Serializes create, delete and alter.
     ddl: tokio::sync::Mutex<()>,
 }
@@ -77,11 +85,13 @@ fn task_list(tasks: &Tasks) -> Vec<(String, &'static str, Arc<Task>)> {
 }
 
 impl Connectors {
+    /// The service; the caller adds it to `assignments` (which holds it weakly).
     pub fn new(
         registry: Registry,
         streams: Arc<crate::streams::Streams>,
         meta: Arc<dyn MetaStore>,
         hosting: Hosting,
+        assignments: Arc<Assignments>,
     ) -> Self {
         Connectors {
             registry,
@@ -90,6 +100,7 @@ impl Connectors {
             checkpoints: Arc::new(MetaCheckpoints::new(meta.clone())),
             meta,
             hosting,
+            assignments,
             ddl: tokio::sync::Mutex::new(()),
         }
     }
@@ -112,9 +123,12 @@ impl Connectors {
         hstream_runtime::logs::unregister(name);
     }
 
-    /// Starts the supervisor of a connector stored in the MetaStore, in the state it had.
-    fn start(&self, meta: &ConnectorMeta, config: serde_json::Value) -> Arc<Task> {
-        let (tasks, shutdown) = (&self.hosting.tasks, &self.hosting.shutdown);
+    /// Starts the supervisor of a connector stored in the MetaStore, in the state it had,
+    /// under `held` (its checkpoints are fenced by it).
+    fn start(&self, meta: &ConnectorMeta, config: serde_json::Value, held: Ownership) -> Arc<Task> {
+        let tasks = &self.hosting.tasks;
+        let stop = self.hosting.shutdown.child_token();
+        self.checkpoints.set_fence(&meta.name, Some(held.clone()));
         let connector = self
             .connector_type(&meta.kind, &meta.target)
             .expect("validated connector type");
@@ -135,12 +149,14 @@ impl Connectors {
                 backoff_max: self.hosting.backoff.1,
             },
             tasks,
-            shutdown.clone(),
+            stop.clone(),
         );
         let task = Arc::new(Task {
             handle: handle.clone(),
             connector,
             log: log.clone(),
+            held,
+            stop,
         });
         self.tasks.lock().expect("lock").insert(meta.name.clone(), task.clone());
         tasks.spawn(persist_status(meta.clone(), handle, log, self.meta.clone()));

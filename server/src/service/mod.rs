@@ -55,9 +55,24 @@ pub struct Api {
     pub tasks: TaskTracker,
     /// The cluster's gossip (`--gossip-port`), or `None` for a node running alone.
     pub membership: Option<Arc<crate::cluster::membership::Membership>>,
+    /// Where resources run, for lookups.
+    pub assignments: Arc<crate::cluster::assign::Assignments>,
 }
 
 impl Api {
+    /// The node at `at`, as lookups answer (with this node's version when it is this node).
+    fn node_at(&self, at: crate::cluster::assign::Location) -> pb::ServerNode {
+        if at.node == self.node.id {
+            return self.server_node();
+        }
+        pb::ServerNode {
+            id: at.node,
+            host: at.host,
+            port: at.port,
+            version: None,
+        }
+    }
+
     fn server_node(&self) -> pb::ServerNode {
         pb::ServerNode {
             id: self.node.id,
@@ -174,9 +189,13 @@ impl HStreamApi for HStreamService {
     }
 
     async fn lookup_shard(&self, req: Request<pb::LookupShardRequest>) -> RpcResult<pb::LookupShardResponse> {
+        // Any node appends to any shard (the store is shared); the ring spreads the shards'
+        // clients over the nodes.
+        let shard_id = req.into_inner().shard_id;
+        let at = self.api.assignments.spread(&format!("shard/{shard_id}"));
         Ok(Response::new(pb::LookupShardResponse {
-            shard_id: req.into_inner().shard_id,
-            server_node: Some(self.api.server_node()),
+            shard_id,
+            server_node: Some(self.api.node_at(at)),
         }))
     }
 
@@ -210,9 +229,11 @@ impl HStreamApi for HStreamService {
         &self,
         req: Request<pb::LookupShardReaderRequest>,
     ) -> RpcResult<pb::LookupShardReaderResponse> {
+        let reader_id = req.into_inner().reader_id;
+        let at = self.api.assignments.spread(&reader_resource(&reader_id));
         Ok(Response::new(pb::LookupShardReaderResponse {
-            reader_id: req.into_inner().reader_id,
-            server_node: Some(self.api.server_node()),
+            reader_id,
+            server_node: Some(self.api.node_at(at)),
         }))
     }
 
@@ -344,7 +365,7 @@ impl HStreamApi for HStreamService {
         &self,
         req: Request<pb::CheckSubscriptionExistRequest>,
     ) -> RpcResult<pb::CheckSubscriptionExistResponse> {
-        let exists = self.api.subscriptions.exists(&req.into_inner().subscription_id);
+        let exists = self.api.subscriptions.exists(&req.into_inner().subscription_id).await?;
         Ok(Response::new(pb::CheckSubscriptionExistResponse { exists }))
     }
 
@@ -357,9 +378,14 @@ impl HStreamApi for HStreamService {
         &self,
         req: Request<pb::LookupSubscriptionRequest>,
     ) -> RpcResult<pb::LookupSubscriptionResponse> {
+        let id = req.into_inner().subscription_id;
+        let node = match self.api.subscriptions.locate(&id).await? {
+            Some(at) => self.api.node_at(at),
+            None => return Err(ApiError::SubscriptionNotFound(id).into()),
+        };
         Ok(Response::new(pb::LookupSubscriptionResponse {
-            subscription_id: req.into_inner().subscription_id,
-            server_node: Some(self.api.server_node()),
+            subscription_id: id,
+            server_node: Some(node),
         }))
     }
 
@@ -424,12 +450,32 @@ impl HStreamApi for HStreamService {
         }))
     }
 
-    async fn lookup_resource(&self, _req: Request<pb::LookupResourceRequest>) -> RpcResult<pb::ServerNode> {
-        Ok(Response::new(self.api.server_node()))
+    async fn lookup_resource(&self, req: Request<pb::LookupResourceRequest>) -> RpcResult<pb::ServerNode> {
+        let req = req.into_inner();
+        let id = req.res_id;
+        let spread = |what: &str| Ok(Response::new(self.api.node_at(self.api.assignments.spread(what))));
+        match pb::ResourceType::try_from(req.res_type) {
+            Ok(pb::ResourceType::ResStream) => spread(&format!("stream/{id}")),
+            Ok(pb::ResourceType::ResShard) => spread(&format!("shard/{id}")),
+            Ok(pb::ResourceType::ResShardReader) => spread(&reader_resource(&id)),
+            Ok(pb::ResourceType::ResSubscription) => match self.api.subscriptions.locate(&id).await? {
+                Some(at) => Ok(Response::new(self.api.node_at(at))),
+                None => Err(ApiError::SubscriptionNotFound(id).into()),
+            },
+            Ok(pb::ResourceType::ResConnector) => match self.api.connectors.locate(&id).await? {
+                Some(at) => Ok(Response::new(self.api.node_at(at))),
+                None => Err(ApiError::ConnectorNotFound(id).into()),
+            },
+            // Queries and views do not exist here yet: this node answers for them.
+            Ok(pb::ResourceType::ResQuery | pb::ResourceType::ResView) => Ok(Response::new(self.api.server_node())),
+            Err(_) => Err(ApiError::InvalidRequest(format!("unknown resType {}", req.res_type)).into()),
+        }
     }
 
-    async fn lookup_key(&self, _req: Request<pb::LookupKeyRequest>) -> RpcResult<pb::ServerNode> {
-        Ok(Response::new(self.api.server_node()))
+    async fn lookup_key(&self, req: Request<pb::LookupKeyRequest>) -> RpcResult<pb::ServerNode> {
+        let key = req.into_inner().partition_key;
+        let at = self.api.assignments.spread(&format!("key/{key}"));
+        Ok(Response::new(self.api.node_at(at)))
     }
 
     async fn send_admin_command(&self, _req: Request<pb::AdminCommandRequest>) -> RpcResult<pb::AdminCommandResponse> {
@@ -577,6 +623,12 @@ impl HStreamApi for HStreamService {
     ) -> RpcResult<pb::ExecuteViewQueryResponse> {
         unimplemented("ExecuteViewQueryWithNamespace")
     }
+}
+
+/// A shard reader's name on the ring: its position lives in one node's memory, so its reads
+/// go to one node.
+pub(crate) fn reader_resource(id: &str) -> String {
+    format!("reader/{id}")
 }
 
 #[cfg(test)]

@@ -41,6 +41,14 @@ impl HStreamService {
 
     /// Returns up to `maxRecords` batches; waits up to the reader's timeout when none is there.
     pub(super) async fn read_shard_rpc(&self, req: pb::ReadShardRequest) -> ApiResult<pb::ReadShardResponse> {
+        // A reader's position is in one node's memory: the one its lookup names.
+        let at = self.api.assignments.spread(&super::reader_resource(&req.reader_id));
+        if at.node != self.api.node.id {
+            return Err(ApiError::WrongServer {
+                what: format!("shard reader {:?}", req.reader_id),
+                owner: Some(format!("{}:{}", at.host, at.port)),
+            });
+        }
         let (shard_id, batches) = self
             .api
             .readers

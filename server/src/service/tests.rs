@@ -3,6 +3,7 @@
 //! metastore.
 
 use super::*;
+use crate::cluster::assign::{Assignments, Hosted};
 use crate::meta::{MetaStore, SqliteMetaStore, StartOffset, SubscriptionMeta};
 use crate::store::StoreOptions;
 
@@ -53,6 +54,7 @@ async fn ctx(dir: &std::path::Path) -> Arc<Ctx> {
         1,
         crate::metrics::StreamMetrics::register(&mut registry),
     ));
+    let assignments = Arc::new(Assignments::new(meta.clone(), node.id, "127.0.0.1:0".into(), None, 25));
     let connectors = Arc::new(Connectors::new(
         hstream_connectors::registry(),
         streams.clone(),
@@ -64,16 +66,21 @@ async fn ctx(dir: &std::path::Path) -> Arc<Ctx> {
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
         },
+        assignments.clone(),
     ));
+    let subscriptions = Arc::new(Subscriptions::new(
+        meta.clone(),
+        streams.clone(),
+        assignments.clone(),
+        tasks.clone(),
+        shutdown.clone(),
+    ));
+    assignments.add(Arc::downgrade(&subscriptions) as std::sync::Weak<dyn Hosted>);
+    assignments.add(Arc::downgrade(&connectors) as std::sync::Weak<dyn Hosted>);
     let api = Arc::new(Api {
         node,
         started: Instant::now(),
-        subscriptions: Arc::new(Subscriptions::new(
-            meta.clone(),
-            streams.clone(),
-            tasks.clone(),
-            shutdown.clone(),
-        )),
+        subscriptions,
         readers: Arc::new(Readers::new(meta.clone(), streams.clone(), shutdown.clone())),
         streams,
         connectors,
@@ -81,6 +88,7 @@ async fn ctx(dir: &std::path::Path) -> Arc<Ctx> {
         shutdown: shutdown.clone(),
         tasks,
         membership: None,
+        assignments,
     });
     Arc::new(Ctx {
         svc: HStreamService::new(api),

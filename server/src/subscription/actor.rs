@@ -23,7 +23,7 @@ use tonic::Status;
 use super::checkpoint;
 use super::tracker::AckTracker;
 use crate::error::{ApiError, ApiResult};
-use crate::meta::{Commit, MetaStore, ShardProgress, SubscriptionMeta};
+use crate::meta::{Commit, MetaError, MetaStore, Ownership, ShardProgress, SubscriptionMeta};
 use crate::store::{ReadySet, Shard};
 
 mod deliver;
@@ -74,6 +74,11 @@ pub enum Command {
     Stop {
         force: bool,
         reply: oneshot::Sender<ApiResult<()>>,
+    },
+    /// Ends the subscription here, its last commit made, because it moves to another node:
+    /// consumers are told to look it up again.
+    Move {
+        reply: oneshot::Sender<()>,
     },
     /// The size of the actor's bookkeeping (tests hold it bounded).
     #[cfg(test)]
@@ -167,6 +172,10 @@ enum Wake {
 pub struct Actor {
     sub: SubscriptionMeta,
     meta: Arc<dyn MetaStore>,
+    /// The ownership this node runs the subscription under: every commit is fenced by it.
+    fence: Option<Ownership>,
+    /// A commit found the fence no longer current: another node holds the subscription now.
+    lost: bool,
     shards: Vec<ShardSub>,
     consumers: BTreeMap<String, Consumer>,
     inbox: mpsc::Receiver<Command>,
@@ -198,6 +207,7 @@ impl Actor {
     pub async fn start(
         sub: SubscriptionMeta,
         meta: Arc<dyn MetaStore>,
+        fence: Option<Ownership>,
         logs: Vec<Arc<dyn Shard>>,
         inbox: mpsc::Receiver<Command>,
         shutdown: CancellationToken,
@@ -250,6 +260,8 @@ impl Actor {
         Ok(Actor {
             sub,
             meta,
+            fence,
+            lost: false,
             index: shards.iter().enumerate().map(|(i, s)| (s.id, i)).collect(),
             shards,
             consumers: BTreeMap::new(),
@@ -309,14 +321,29 @@ impl Actor {
                     let _ = reply.send(Ok(()));
                     return;
                 }
+                Wake::Command(Command::Move { reply }) => {
+                    self.dirty = true;
+                    self.commit().await;
+                    self.close_all(self.moved());
+                    let _ = reply.send(());
+                    return;
+                }
                 Wake::Command(cmd) => self.handle(cmd),
                 Wake::Due => self.expire_deadlines(),
-                Wake::Tick => self.commit().await,
+                Wake::Tick => {
+                    self.commit().await;
+                    if self.lost {
+                        tracing::warn!(subscription = %self.sub.id, "another node holds this subscription now: stopping here");
+                        self.close_all(self.moved());
+                        return;
+                    }
+                }
                 // `deliver` takes the shards that got data.
                 Wake::Data => {}
                 Wake::Closed => return,
                 Wake::Shutdown => {
                     // Acks already queued count: apply them before the final commit.
+                    let mut moves = Vec::new();
                     while let Ok(cmd) = self.inbox.try_recv() {
                         match cmd {
                             Command::Ack { conn, ids } => self.ack(conn, ids),
@@ -326,12 +353,18 @@ impl Actor {
                             Command::Stop { reply, .. } => {
                                 let _ = reply.send(Err(ApiError::ShuttingDown));
                             }
+                            // Answered once the last commit below is made: the node
+                            // releases the subscription only after it.
+                            Command::Move { reply } => moves.push(reply),
                             other => self.handle(other),
                         }
                     }
                     self.dirty = true;
                     self.commit().await;
                     self.close_all(Status::unavailable("server is shutting down"));
+                    for reply in moves {
+                        let _ = reply.send(());
+                    }
                     return;
                 }
             }
@@ -412,7 +445,7 @@ impl Actor {
             Command::Progress { reply } => {
                 let _ = reply.send(self.progress());
             }
-            Command::Stop { .. } => unreachable!("handled by run"),
+            Command::Stop { .. } | Command::Move { .. } => unreachable!("handled by run"),
             #[cfg(test)]
             Command::Footprint { reply } => {
                 debug_assert_eq!(
@@ -559,6 +592,16 @@ impl Actor {
         self.remove_consumer(name);
     }
 
+    /// What consumers hear when the subscription moves to another node: WrongServer, so
+    /// they look it up again.
+    fn moved(&self) -> Status {
+        ApiError::WrongServer {
+            what: format!("subscription {:?}", self.sub.id),
+            owner: None,
+        }
+        .into()
+    }
+
     fn close_all(&mut self, status: Status) {
         for c in std::mem::take(&mut self.consumers).into_values() {
             let _ = c.tx.try_send(Err(status.clone()));
@@ -622,7 +665,7 @@ impl Actor {
             .commit(&Commit {
                 progress: Some((&self.sub.id, &progress)),
                 checkpoints: std::slice::from_ref(&cp),
-                fences: &[],
+                fences: self.fence.as_slice(),
             })
             .await;
         {
@@ -634,6 +677,10 @@ impl Actor {
         }
         match res {
             Ok(()) => self.dirty = false,
+            Err(e @ MetaError::Fenced { .. }) => {
+                tracing::warn!(subscription = %self.sub.id, error = %e, "progress not committed: fenced");
+                self.lost = true;
+            }
             Err(e) => {
                 tracing::error!(subscription = %self.sub.id, error = %e, "committing progress failed");
                 self.touched.extend(touched);

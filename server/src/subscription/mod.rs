@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::{ApiError, ApiResult};
-use crate::meta::{MetaStore, ShardProgress, SubscriptionMeta};
+use crate::meta::{MetaStore, Ownership, ShardProgress, SubscriptionMeta};
 use crate::store::Shard;
 
 #[derive(Clone)]
@@ -34,6 +34,8 @@ pub struct Handle {
     /// The definition the actor started with (its stream may be archived since: ask the
     /// MetaStore for the current one).
     pub meta: SubscriptionMeta,
+    /// The ownership the actor runs under (fencing its commits).
+    pub held: Option<Ownership>,
     tx: mpsc::Sender<Command>,
     pub stats: Arc<Stats>,
 }
@@ -137,6 +139,17 @@ impl Handle {
         self.ask(|reply| Command::Stop { force, reply }).await?
     }
 
+    /// Ends the actor after its last commit, its consumers told to look the subscription up
+    /// again (it moves to another node). An actor already gone is no error.
+    pub async fn hand_over(&self) {
+        let _ = self.ask(|reply| Command::Move { reply }).await;
+    }
+
+    /// Whether the actor has ended (deleted, moved, or fenced out by another node's claim).
+    pub fn ended(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     #[cfg(test)]
     pub async fn footprint(&self) -> ApiResult<actor::Footprint> {
         self.ask(|reply| Command::Footprint { reply }).await
@@ -155,16 +168,18 @@ impl Registry {
         &self,
         sub: SubscriptionMeta,
         meta: Arc<dyn MetaStore>,
+        held: Option<Ownership>,
         logs: Vec<Arc<dyn Shard>>,
         tasks: &TaskTracker,
         shutdown: CancellationToken,
     ) -> ApiResult<Handle> {
         let (tx, rx) = mpsc::channel(1024);
         let stats = Arc::new(Stats::default());
-        let a = actor::Actor::start(sub.clone(), meta, logs, rx, shutdown, stats.clone()).await?;
+        let a = actor::Actor::start(sub.clone(), meta, held.clone(), logs, rx, shutdown, stats.clone()).await?;
         tasks.spawn(a.run());
         let handle = Handle {
             meta: sub.clone(),
+            held,
             tx,
             stats,
         };
@@ -172,10 +187,13 @@ impl Registry {
         Ok(handle)
     }
 
+    /// The running actor of `id` (one that ended is forgotten here).
     pub fn get(&self, id: &str) -> ApiResult<Handle> {
-        self.running
-            .lock()
-            .expect("lock")
+        let mut running = self.running.lock().expect("lock");
+        if running.get(id).is_some_and(Handle::ended) {
+            running.remove(id);
+        }
+        running
             .get(id)
             .cloned()
             .ok_or_else(|| ApiError::SubscriptionNotFound(id.to_owned()))
@@ -187,7 +205,8 @@ impl Registry {
 
     /// Every running subscription, by id.
     pub fn all(&self) -> Vec<(String, Handle)> {
-        let running = self.running.lock().expect("lock");
+        let mut running = self.running.lock().expect("lock");
+        running.retain(|_, h| !h.ended());
         running.iter().map(|(k, h)| (k.clone(), h.clone())).collect()
     }
 }

@@ -16,8 +16,9 @@ use tokio_util::task::TaskTracker;
 
 use super::{CONSUMER_BUFFER, ConsumerInfo, FetchTx, Handle, Registry};
 use crate::catalog::validate_name;
+use crate::cluster::assign::{Assignments, Hosted};
 use crate::error::{ApiError, ApiResult};
-use crate::meta::{MetaError, MetaStore, ShardProgress, StartOffset, SubscriptionMeta};
+use crate::meta::{MetaError, MetaStore, Ownership, ShardProgress, StartOffset, SubscriptionMeta};
 use crate::store::now_ms;
 use crate::streams::Streams;
 
@@ -37,6 +38,9 @@ pub struct SubscriptionSpec {
 pub struct Subscriptions {
     meta: Arc<dyn MetaStore>,
     streams: Arc<Streams>,
+    /// Where each subscription runs (this node's placer starts and stops actors through
+    /// [`Hosted`]).
+    assignments: Arc<Assignments>,
     running: Arc<Registry>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -70,15 +74,18 @@ impl Drop for Leave {
 }
 
 impl Subscriptions {
+    /// The service; the caller adds it to `assignments` (which holds it weakly).
     pub fn new(
         meta: Arc<dyn MetaStore>,
         streams: Arc<Streams>,
+        assignments: Arc<Assignments>,
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
         Subscriptions {
             meta,
             streams,
+            assignments,
             running: Arc::new(Registry::default()),
             tasks,
             shutdown,
@@ -101,21 +108,6 @@ impl Subscriptions {
     /// The running subscriptions of this node, by id.
     pub fn running(&self) -> &Registry {
         &self.running
-    }
-
-    /// Starts the actors of every subscription in the MetaStore (at node start).
-    pub async fn start_all(&self) -> ApiResult<()> {
-        for sub in self.meta.list_subscriptions("").await? {
-            let Some(stream) = self.streams.catalog().any_stream(&sub.stream) else {
-                tracing::error!(subscription = %sub.id, stream = %sub.stream, "stream of subscription is missing");
-                continue;
-            };
-            let logs = stream.shards.iter().map(|s| s.log.clone()).collect();
-            self.running
-                .start(sub, self.meta.clone(), logs, &self.tasks, self.shutdown.clone())
-                .await?;
-        }
-        Ok(())
     }
 
     /// Checks a new subscription's id and limits, as `create` does first (a front door that
@@ -173,42 +165,62 @@ impl Subscriptions {
                 MetaError::AlreadyExists { .. } => ApiError::SubscriptionExists(meta.id.clone()),
                 e => e.into(),
             })?;
-        let logs = stream.shards.iter().map(|s| s.log.clone()).collect();
-        self.running
-            .start(
-                meta.clone(),
-                self.meta.clone(),
-                logs,
-                &self.tasks,
-                self.shutdown.clone(),
-            )
-            .await?;
         tracing::info!(subscription = %meta.id, stream = %meta.stream, "subscription created");
+        // Its actor starts where the placement puts it: here at once, or on the node whose
+        // placer runs next.
+        self.assignments.place_now().await?;
         Ok(meta)
     }
 
     /// The stored definition (its stream may have been archived since the actor started) and
     /// the committed progress of each shard.
     pub async fn get(&self, id: &str) -> ApiResult<(SubscriptionMeta, Vec<ShardProgress>)> {
-        let handle = self.running.get(id)?;
         let meta = self
             .meta
             .get_subscription(id)
             .await?
             .ok_or_else(|| ApiError::SubscriptionNotFound(id.to_owned()))?;
-        Ok((meta, handle.progress().await?))
+        // Running here: what its actor holds (acks up to now); elsewhere: what was committed.
+        let progress = match self.running.get(id) {
+            Ok(handle) => handle.progress().await?,
+            Err(_) => self.meta.get_progress(id).await?,
+        };
+        Ok((meta, progress))
     }
 
     pub async fn list(&self, prefix: &str) -> ApiResult<Vec<SubscriptionMeta>> {
         Ok(self.meta.list_subscriptions(prefix).await?)
     }
 
-    pub fn exists(&self, id: &str) -> bool {
-        self.running.get(id).is_ok()
+    pub async fn exists(&self, id: &str) -> ApiResult<bool> {
+        Ok(self.meta.get_subscription(id).await?.is_some())
+    }
+
+    /// The running actor of `id` on this node, started now if the placement puts it here;
+    /// WrongServer naming its node when it runs elsewhere.
+    async fn here(&self, id: &str) -> ApiResult<Handle> {
+        if let Ok(handle) = self.running.get(id) {
+            return Ok(handle);
+        }
+        if !self.exists(id).await? {
+            return Err(ApiError::SubscriptionNotFound(id.to_owned()));
+        }
+        if self.assignments.ensure_here(self, id).await? {
+            return self.running.get(id);
+        }
+        Err(self
+            .assignments
+            .wrong_server(self, format!("subscription {id:?}"), id)
+            .await)
     }
 
     pub async fn consumers(&self, id: &str) -> ApiResult<Vec<ConsumerInfo>> {
-        self.running.get(id)?.consumers().await
+        self.here(id).await?.consumers().await
+    }
+
+    /// Where subscription `id` runs (or will), as its lookup answers.
+    pub async fn locate(&self, id: &str) -> ApiResult<Option<crate::cluster::assign::Location>> {
+        self.assignments.locate(self, id).await
     }
 
     pub async fn delete(&self, id: &str, force: bool) -> ApiResult<()> {
@@ -217,13 +229,29 @@ impl Subscriptions {
             return Err(ApiError::SubscriptionNotFound(id.to_owned()));
         };
         // A subscription whose stream was gone at start-up has no actor; it can still go.
+        let mut fenced = None;
         if let Ok(handle) = self.running.get(id) {
             handle.stop(force).await?;
             self.running.remove(id);
+        } else if let Some(owner) = self.locate(id).await?.filter(|l| l.node != self.assignments.me()) {
+            // Running on another node: only its node knows its consumers; with force, take
+            // it from that node first, so its actor commits nothing after the delete (it
+            // stops at its next commit, or when its placer sees the subscription gone).
+            if !force {
+                return Err(ApiError::WrongServer {
+                    what: format!("subscription {id:?}"),
+                    owner: Some(format!("{}:{}", owner.host, owner.port)),
+                });
+            }
+            fenced = Some(self.assignments.fence(self, id).await?);
         }
         // The data of a force-deleted stream goes with its last subscription (one metastore
         // step; its files after it, or as orphans at the next start).
-        let removed = self.meta.delete_subscription(id).await?;
+        let removed = self.meta.delete_subscription(id).await;
+        if let Some(held) = &fenced {
+            self.assignments.unfence(held).await;
+        }
+        let removed = removed?;
         if let Some(shards) = removed.filter(|s| !s.is_empty()) {
             self.streams
                 .drop_archived(&sub.stream, shards.iter().map(|s| s.id).collect())
@@ -241,10 +269,10 @@ impl Subscriptions {
         info: ConsumerInfo,
         acks: Vec<hstream_proto::RecordId>,
     ) -> ApiResult<Session> {
-        let handle = self.running.get(id)?;
         if info.name.is_empty() {
             return Err(ApiError::InvalidRequest("consumerName is empty".into()));
         }
+        let handle = self.here(id).await?;
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx): (FetchTx, _) = mpsc::channel(CONSUMER_BUFFER);
         let closed = CancellationToken::new();
@@ -263,5 +291,67 @@ impl Subscriptions {
             closed,
             leave,
         })
+    }
+}
+
+#[async_trait::async_trait]
+impl Hosted for Subscriptions {
+    fn prefix(&self) -> &'static str {
+        "subscription/"
+    }
+
+    async fn stored(&self) -> ApiResult<std::collections::BTreeSet<String>> {
+        Ok(self
+            .meta
+            .list_subscriptions("")
+            .await?
+            .into_iter()
+            .map(|s| s.id)
+            .collect())
+    }
+
+    fn running(&self) -> std::collections::BTreeMap<String, Ownership> {
+        self.running
+            .all()
+            .into_iter()
+            .filter_map(|(id, h)| Some((id, h.held?)))
+            .collect()
+    }
+
+    async fn start(&self, id: &str, held: Ownership) -> ApiResult<()> {
+        let sub = self
+            .meta
+            .get_subscription(id)
+            .await?
+            .ok_or_else(|| ApiError::SubscriptionNotFound(id.to_owned()))?;
+        // Its stream, even archived by a forced delete (this node's catalog follows every
+        // node's changes).
+        let Some(stream) = self.streams.catalog().any_stream(&sub.stream) else {
+            return Err(ApiError::StreamNotFound(sub.stream));
+        };
+        let logs = stream.shards.iter().map(|s| s.log.clone()).collect();
+        self.running
+            .start(
+                sub,
+                self.meta.clone(),
+                Some(held),
+                logs,
+                &self.tasks,
+                self.shutdown.clone(),
+            )
+            .await?;
+        tracing::info!(subscription = %id, "subscription runs here");
+        Ok(())
+    }
+
+    async fn stop(&self, id: &str, deleted: bool) {
+        if let Ok(handle) = self.running.get(id) {
+            if deleted {
+                let _ = handle.stop(true).await;
+            } else {
+                handle.hand_over().await;
+            }
+        }
+        self.running.remove(id);
     }
 }

@@ -61,6 +61,7 @@ impl Setup {
             .start(
                 s,
                 self.meta.clone(),
+                None,
                 vec![Arc::new(LocalShard(self.log.clone()))],
                 &self.tasks,
                 self.shutdown.clone(),
@@ -175,6 +176,7 @@ async fn idle_shards_cost_an_append_nothing() {
         .start(
             s,
             meta.clone(),
+            None,
             logs.iter()
                 .map(|l| Arc::new(LocalShard(l.clone())) as Arc<dyn crate::store::Shard>)
                 .collect(),
@@ -235,7 +237,7 @@ async fn a_busy_shard_does_not_starve_the_others() {
         .map(|l| Arc::new(LocalShard((*l).clone())) as Arc<dyn crate::store::Shard>)
         .collect();
     let h = registry
-        .start(s, meta.clone(), shards, &tasks, shutdown.clone())
+        .start(s, meta.clone(), None, shards, &tasks, shutdown.clone())
         .await
         .unwrap();
     let mut rx = join(&h, 1).await;
