@@ -170,13 +170,176 @@ async fn python_consumers_follow_their_subscription_across_a_kill() {
     let pids: Vec<String> = cluster.nodes.iter().map(|n| n.pid().to_string()).collect();
     let out = run_python(
         "cluster_failover.py",
-        &["--nodes", &nodes.join(","), "--pids", &pids.join(","), "--records", "20000"],
+        &[
+            "--nodes",
+            &nodes.join(","),
+            "--pids",
+            &pids.join(","),
+            "--records",
+            "20000",
+        ],
     )
     .await;
     println!("subscription failover: {out}");
     assert_eq!(out["lost"], 0, "{out}");
     assert!(out["acked"].as_u64().unwrap() >= 20_000, "{out}");
     let resumed = out["resumed_after_s"].as_f64().expect("records flowed after the kill");
-    assert!(resumed < 10.0, "records flowed again only {resumed:.1} s after the kill: {out}");
+    assert!(
+        resumed < 10.0,
+        "records flowed again only {resumed:.1} s after the kill: {out}"
+    );
     assert_ne!(out["owner_after"], out["killed"], "{out}");
+}
+
+/// Connector name → the node running it (`host:port`) and its status, as ListConnectors says.
+async fn connector_nodes(c: &Client) -> BTreeMap<String, (String, String)> {
+    let Ok(list) = c.clone().list_connectors(pb::ListConnectorsRequest {}).await else {
+        return BTreeMap::new();
+    };
+    list.into_inner()
+        .connectors
+        .into_iter()
+        .map(|c| (c.name, (c.node, c.status)))
+        .collect()
+}
+
+fn loads(placed: &BTreeMap<String, (String, String)>) -> BTreeMap<String, usize> {
+    let mut loads = BTreeMap::new();
+    for (node, _) in placed.values() {
+        *loads.entry(node.clone()).or_default() += 1;
+    }
+    loads
+}
+
+/// Twenty generator sources spread over three nodes within the bound (⌈1.25·20/3⌉ = 9 each);
+/// one node SIGKILLed: its tasks run on the others within 10 s; restarted: only what the bound
+/// requires moves back. Every stream then holds every sequence number, and a stream's
+/// sequence restarts only where its task moved: a task never ran twice at once (two copies
+/// would interleave two sequences).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generator_tasks_move_off_a_killed_node_and_back_within_the_bound() {
+    const TASKS: usize = 20;
+    const BOUND: usize = 9;
+    let mut cluster = Cluster::start(&[]).await;
+    let c1 = cluster.nodes[0].client().await;
+    for i in 0..TASKS {
+        let cfg = serde_json::json!({"stream": format!("gs{i:02}"), "rate": 100, "batchSize": 10});
+        c1.clone()
+            .create_connector(super::connectors::create(
+                &format!("g{i:02}"),
+                "source",
+                "generator",
+                cfg,
+            ))
+            .await
+            .unwrap();
+    }
+    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.to_string()).collect();
+    let all_running = |placed: &BTreeMap<String, (String, String)>, on: &[String]| {
+        placed.len() == TASKS && placed.values().all(|(n, s)| s == "RUNNING" && on.contains(n))
+    };
+    wait_until(Duration::from_secs(30), "every task running", || {
+        let (c, addrs) = (c1.clone(), addrs.clone());
+        async move { all_running(&connector_nodes(&c).await, &addrs) }
+    })
+    .await;
+    let before = connector_nodes(&c1).await;
+    let spread = loads(&before);
+    assert!(spread.values().all(|&l| l <= BOUND), "over the bound: {spread:?}");
+
+    // Kill the busiest node that is not the first (whose client the test keeps).
+    let (victim, moved): (usize, usize) = (1..3)
+        .map(|i| (i, spread.get(&addrs[i]).copied().unwrap_or(0)))
+        .max_by_key(|&(_, l)| l)
+        .unwrap();
+    let survivors: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != victim)
+        .map(|(_, a)| a.clone())
+        .collect();
+    let killed = Instant::now();
+    cluster.nodes[victim].kill();
+    wait_until(
+        Duration::from_secs(30),
+        "the killed node's tasks running elsewhere",
+        || {
+            let (c, on) = (c1.clone(), survivors.clone());
+            async move { all_running(&connector_nodes(&c).await, &on) }
+        },
+    )
+    .await;
+    let took_over = killed.elapsed();
+    assert!(
+        took_over < Duration::from_secs(10),
+        "{moved} tasks ran elsewhere only after {took_over:?}"
+    );
+    let after_kill = connector_nodes(&c1).await;
+    // Two members: ⌈1.25·20/2⌉ = 13 each at most.
+    assert!(
+        loads(&after_kill).values().all(|&l| l <= 13),
+        "{:?}",
+        loads(&after_kill)
+    );
+
+    // Back: the newcomer takes only the excess over the bound of three members.
+    cluster.nodes[victim].restart();
+    let back = cluster.nodes[victim].addr.to_string();
+    let mut now_on = survivors.clone();
+    now_on.push(back.clone());
+    wait_until(Duration::from_secs(30), "the restarted node to take its share", || {
+        let (c, on, back) = (c1.clone(), now_on.clone(), back.clone());
+        async move {
+            let placed = connector_nodes(&c).await;
+            all_running(&placed, &on)
+                && loads(&placed).values().all(|&l| l <= BOUND)
+                && loads(&placed).contains_key(&back)
+        }
+    })
+    .await;
+    let settled = connector_nodes(&c1).await;
+    let moved_back = settled
+        .iter()
+        .filter(|(name, (n, _))| after_kill[*name].0 != *n)
+        .count();
+    let excess: usize = loads(&after_kill).values().map(|&l| l.saturating_sub(BOUND)).sum();
+    assert_eq!(
+        moved_back, excess,
+        "moves on rejoin: {moved_back}, the bound required {excess}"
+    );
+
+    // Let every task write on, then stop them and read every stream.
+    tokio::time::sleep(Duration::from_secs(1)).await; // rate-limited writers: some more records
+    for i in 0..TASKS {
+        // Through the node running it (elsewhere the answer is WrongServer).
+        let name = format!("g{i:02}");
+        let mut owner =
+            hstream_proto::h_stream_api_client::HStreamApiClient::connect(format!("http://{}", settled[&name].0))
+                .await
+                .unwrap();
+        owner.pause_connector(pb::PauseConnectorRequest { name }).await.unwrap();
+    }
+    let mut restarts_total = 0;
+    for i in 0..TASKS {
+        let name = format!("g{i:02}");
+        let moves =
+            usize::from(before[&name].0 != after_kill[&name].0) + usize::from(after_kill[&name].0 != settled[&name].0);
+        let ns: Vec<u64> = super::connectors::generated(&mut c1.clone(), &format!("gs{i:02}"))
+            .await
+            .into_iter()
+            .map(|r| r.2)
+            .collect();
+        let restarts = ns.windows(2).filter(|w| w[1] != w[0] + 1).count();
+        assert!(
+            restarts <= moves,
+            "{name}: {restarts} sequence restarts for {moves} moves (ran twice at once?)"
+        );
+        restarts_total += restarts;
+        let present: std::collections::BTreeSet<u64> = ns.iter().copied().collect();
+        let max = ns.iter().copied().max().unwrap_or(0);
+        assert_eq!(present.len() as u64, max + 1, "{name}: sequence numbers missing");
+    }
+    println!(
+        "connector failover: {moved} tasks of the killed node ran elsewhere after {took_over:?}; on rejoin {moved_back} moved (bound {BOUND}); {restarts_total} sequence restarts over {TASKS} streams"
+    );
 }

@@ -9,7 +9,7 @@ use hstream_proto as pb;
 use prost::Message;
 use tonic::Code;
 
-fn create(name: &str, kind: &str, target: &str, config: serde_json::Value) -> pb::CreateConnectorRequest {
+pub(crate) fn create(name: &str, kind: &str, target: &str, config: serde_json::Value) -> pb::CreateConnectorRequest {
     pb::CreateConnectorRequest {
         name: name.into(),
         r#type: kind.into(),
@@ -37,7 +37,7 @@ async fn wait_status(c: &Client, name: &str, want: &str) {
 }
 
 /// Every generator record of a one-shard stream, in append order: (key, seq, n).
-async fn generated(c: &mut Client, stream: &str) -> Vec<(String, u64, u64)> {
+pub(crate) async fn generated(c: &mut Client, stream: &str) -> Vec<(String, u64, u64)> {
     let shards = c
         .list_shards(pb::ListShardsRequest {
             stream_name: stream.into(),
