@@ -2,15 +2,18 @@
 //!
 //! Start: open the metastore, recover the log store, reconcile the two ([`reconcile`]: the data
 //! directory must belong to the metastore's cluster; orphan shard directories of an interrupted
-//! create or delete are removed, unknown ones refused), bind, then announce readiness.
+//! create or delete are removed, unknown ones refused), bind, join the gossip, start what the
+//! placement puts here, then announce readiness.
 //!
 //! Shutdown phases (on the cancellation token, from SIGTERM/SIGINT):
-//! 1. stop intake: the listener closes and new RPCs are refused; tailing reads end; the node
-//!    leaves the cluster's gossip (the others see it Left, not dead);
-//! 2. drain: in-flight requests finish and request-spawned tasks are awaited;
-//! 3. flush: writer threads commit what is queued, then every shard is fsynced and its LSN
+//! 1. stop intake: the listener closes and new RPCs are refused; tailing reads end;
+//!    subscriptions and connector tasks make their last commits;
+//! 2. release: everything this node holds is released, then it leaves the cluster's gossip
+//!    (the others see it Left, not dead, and claim what it held at once);
+//! 3. drain: in-flight requests finish and request-spawned tasks are awaited;
+//! 4. flush: writer threads commit what is queued, then every shard is fsynced and its LSN
 //!    reservation released;
-//! 4. close: the metastore is closed.
+//! 5. close: the metastore is closed.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

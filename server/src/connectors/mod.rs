@@ -1,10 +1,12 @@
 //! Connector tasks hosted in the server process: the table of supervisors, their persisted status,
 //! and a bounded log of each task's lifecycle events (GetConnectorLogs).
 //!
-//! Guarantees: a connector exists in the MetaStore before its task starts; status changes are
-//! written back as they happen; a restarted server resumes each task in the state it had
-//! (RUNNING tasks restart from their checkpoints, STOPPED ones stay paused, FAILED ones stay
-//! failed until resumed or altered).
+//! Guarantees: a connector exists in the MetaStore before its task starts; a task runs only on
+//! the node holding its ownership (`cluster::assign`), and its checkpoints are fenced by it;
+//! status changes are written back as they happen; wherever a task starts again (a restarted
+//! server, another node after a failover) it resumes in the state it had (RUNNING tasks
+//! restart from their checkpoints, STOPPED ones stay paused, FAILED ones stay failed until
+//! resumed or altered).
 
 mod checkpoints;
 mod manage;
