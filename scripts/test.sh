@@ -68,6 +68,13 @@ if ! [ -x /usr/bin/etcd ] && ! command -v etcd >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server
 fi
 
+# iptables for the cluster's partition test (it drops one node's gossip on loopback).
+if ! command -v iptables >/dev/null 2>&1; then
+  echo "==> installing iptables"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q iptables
+fi
+
 if [ "${CI:-}" = "true" ]; then
   cargo fmt --all --check
   cargo clippy --workspace --all-targets -- -D warnings

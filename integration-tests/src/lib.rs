@@ -24,6 +24,7 @@ pub mod mariadb;
 pub mod mosquitto;
 pub mod nats;
 pub mod pg;
+pub mod proxy;
 mod records;
 mod server;
 pub mod tls;

@@ -83,6 +83,10 @@ pub enum ApiError {
     Unimplemented(&'static str),
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// What the request needs belongs to this node but does not run (it failed to start, or
+    /// is starting).
+    #[error("{0}")]
+    NotRunning(String),
     /// The request must run on the node that holds `what` (HStreamDB's WrongServer): the
     /// answer names that node, as a lookup would, so a client can go there.
     #[error("{what} runs on {}; send this request there (look it up first)", owner.as_deref().unwrap_or("no node yet"))]
@@ -159,6 +163,7 @@ impl ApiError {
             ConnectorInvalidStatus(_) => (Code::FailedPrecondition, ErrorCode::ConnectorInvalidStatus, json!(null)),
             Unimplemented(_) => (Code::Unimplemented, ErrorCode::InternalError, json!(null)),
             ShuttingDown => (Code::Unavailable, ErrorCode::InternalError, json!(null)),
+            NotRunning(_) => (Code::Unavailable, ErrorCode::InternalError, json!(null)),
             WrongServer { owner, .. } => (Code::FailedPrecondition, ErrorCode::WrongServer, json!(owner)),
             Store(e) => {
                 let code = match e {

@@ -7,10 +7,10 @@
 //!
 //! Shutdown phases (on the cancellation token, from SIGTERM/SIGINT):
 //! 1. stop intake: the listener closes and new RPCs are refused; tailing reads end;
-//!    subscriptions and connector tasks make their last commits;
+//!    subscriptions and connector tasks make their last commits; in-flight gRPC calls finish;
 //! 2. release: everything this node holds is released, then it leaves the cluster's gossip
 //!    (the others see it Left, not dead, and claim what it held at once);
-//! 3. drain: in-flight requests finish and request-spawned tasks are awaited;
+//! 3. drain: the REST server and request-spawned tasks are awaited;
 //! 4. flush: writer threads commit what is queued, then every shard is fsynced and its LSN
 //!    reservation released;
 //! 5. close: the metastore is closed.

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use hstream_integration_tests::proxy::CuttableProxy;
 use hstream_integration_tests::*;
 use hstream_proto as pb;
 
@@ -115,20 +116,40 @@ struct Cluster {
     _tmp: tempfile::TempDir,
     _etcd: hstream_integration_tests::etcd::Etcd,
     _nats: hstream_integration_tests::nats::Nats,
+    /// Each node's gossip port.
+    gossip: Vec<String>,
+    /// The proxy between one node and etcd (`start_with`).
+    proxy: Option<CuttableProxy>,
     nodes: Vec<Server>,
 }
 
 impl Cluster {
     async fn start(extra: &[&str]) -> Cluster {
+        Self::start_with(extra, None).await
+    }
+
+    /// With `behind_proxy`, that node reaches etcd through a [`CuttableProxy`] (`self.proxy`).
+    async fn start_with(extra: &[&str], behind_proxy: Option<usize>) -> Cluster {
         let etcd = hstream_integration_tests::etcd::Etcd::start().await;
         let nats = hstream_integration_tests::nats::Nats::start().await;
         let tmp = tempfile::tempdir().unwrap();
         let gossip: Vec<String> = (0..3).map(|_| free_port().to_string()).collect();
         let seed = format!("127.0.0.1:{}", gossip[0]);
         let (meta, store) = (etcd.uri("cluster"), nats.uri("cluster"));
+        let proxy = match behind_proxy {
+            Some(_) => {
+                let target = meta.trim_start_matches("etcd://").trim_end_matches("/cluster");
+                Some(CuttableProxy::start(target.parse().expect("one etcd address")).await)
+            }
+            None => None,
+        };
         let nodes: Vec<Server> = (0..3)
             .map(|i| {
                 let id = (i + 1).to_string();
+                let meta = match (&proxy, behind_proxy) {
+                    (Some(p), Some(j)) if i == j => format!("etcd://{}/cluster", p.addr),
+                    _ => meta.clone(),
+                };
                 let mut args = vec![
                     "--server-id",
                     &id,
@@ -153,6 +174,8 @@ impl Cluster {
             _tmp: tmp,
             _etcd: etcd,
             _nats: nats,
+            gossip,
+            proxy,
             nodes,
         }
     }
@@ -312,12 +335,7 @@ async fn generator_tasks_move_off_a_killed_node_and_back_within_the_bound() {
     tokio::time::sleep(Duration::from_secs(1)).await; // rate-limited writers: some more records
     for i in 0..TASKS {
         // Through the node running it (elsewhere the answer is WrongServer).
-        let name = format!("g{i:02}");
-        let mut owner =
-            hstream_proto::h_stream_api_client::HStreamApiClient::connect(format!("http://{}", settled[&name].0))
-                .await
-                .unwrap();
-        owner.pause_connector(pb::PauseConnectorRequest { name }).await.unwrap();
+        pause_where_it_runs(&c1, &format!("g{i:02}")).await;
     }
     let mut restarts_total = 0;
     for i in 0..TASKS {
@@ -386,19 +404,12 @@ async fn a_rolling_restart_hands_every_task_over_without_a_repeat() {
     }
     assert!(worst < Duration::from_secs(10), "a task was down for up to {worst:?}");
 
-    let placed = connector_nodes(&cluster.nodes[0].client().await).await;
+    let c = cluster.nodes[0].client().await;
     let mut total = 0;
     for i in 0..TASKS {
         let name = format!("r{i}");
-        let mut owner =
-            hstream_proto::h_stream_api_client::HStreamApiClient::connect(format!("http://{}", placed[&name].0))
-                .await
-                .unwrap();
-        owner
-            .pause_connector(pb::PauseConnectorRequest { name: name.clone() })
-            .await
-            .unwrap();
-        let ns: Vec<u64> = super::connectors::generated(&mut owner, &format!("rs{i}"))
+        pause_where_it_runs(&c, &name).await;
+        let ns: Vec<u64> = super::connectors::generated(&mut c.clone(), &format!("rs{i}"))
             .await
             .into_iter()
             .map(|r| r.2)
@@ -410,4 +421,196 @@ async fn a_rolling_restart_hands_every_task_over_without_a_repeat() {
     println!(
         "rolling restart: {total} records over {TASKS} tasks, none repeated or missing; tasks ran elsewhere within {worst:?} of each SIGTERM"
     );
+}
+
+/// Drops every gossip packet from and to one UDP port on loopback, until dropped.
+struct GossipCut {
+    port: String,
+}
+
+impl GossipCut {
+    /// Inserts (`-I`) or deletes (`-D`) the two rules; whether iptables took both.
+    fn apply(&self, op: &str) -> bool {
+        ["--sport", "--dport"].iter().all(|dir| {
+            std::process::Command::new("iptables")
+                .args([op, "OUTPUT", "-o", "lo", "-p", "udp", dir, &self.port, "-j", "DROP"])
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    }
+
+    fn cut(port: &str) -> GossipCut {
+        let cut = GossipCut { port: port.to_owned() };
+        assert!(
+            cut.apply("-I"),
+            "iptables could not drop gossip on port {port}: the partition test needs root and iptables (scripts/test.sh installs it)"
+        );
+        cut
+    }
+}
+
+impl Drop for GossipCut {
+    fn drop(&mut self) {
+        self.apply("-D");
+    }
+}
+
+/// Connector tasks a node runs now, from its own metrics (one gauge series per local task;
+/// this needs no metastore, so it answers while the node is cut off); `None` without an answer.
+fn local_tasks(http: std::net::SocketAddr) -> Option<usize> {
+    let metrics = http_blocking(http, "GET", "/metrics", "")?;
+    metrics.contains("# EOF").then(|| {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("hstream_connector_restarts{"))
+            .count()
+    })
+}
+
+/// A node cut off from the others (its gossip dropped) and from etcd (its proxy cut) while it
+/// runs and still reaches JetStream: within 10 s the others run its tasks. It refuses its
+/// tasks' appends once its metastore has been silent for 4 s, before the others' gossip
+/// declares it dead, and stops the tasks when its watchdog notices; so it writes nothing a new
+/// owner also writes (no stream shows two interleaved sequences) and commits nothing (etcd is
+/// out of reach, and its checkpoints are fenced once it is back). Healed, it rejoins within
+/// the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_writes_nothing_after_its_tasks_moved() {
+    const TASKS: usize = 12;
+    const BOUND: usize = 5; // ⌈1.25·12/3⌉
+    let cluster = Cluster::start_with(&[], Some(2)).await;
+    let c1 = cluster.nodes[0].client().await;
+    for i in 0..TASKS {
+        let cfg = serde_json::json!({"stream": format!("ps{i:02}"), "rate": 200, "batchSize": 10});
+        c1.clone()
+            .create_connector(super::connectors::create(
+                &format!("p{i:02}"),
+                "source",
+                "generator",
+                cfg,
+            ))
+            .await
+            .unwrap();
+    }
+    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.to_string()).collect();
+    let running_on = |placed: &BTreeMap<String, (String, String)>, on: &[String]| {
+        placed.len() == TASKS && placed.values().all(|(n, s)| s == "RUNNING" && on.contains(n))
+    };
+    wait_until(Duration::from_secs(30), "every task running", || {
+        let (c, on) = (c1.clone(), addrs.clone());
+        async move { running_on(&connector_nodes(&c).await, &on) }
+    })
+    .await;
+    let before = connector_nodes(&c1).await;
+    let on_victim = loads(&before).get(&addrs[2]).copied().unwrap_or(0);
+    assert!(on_victim > 0, "node 3 runs nothing to lose: {:?}", loads(&before));
+    assert_eq!(
+        local_tasks(cluster.nodes[2].http),
+        Some(on_victim),
+        "node 3's own metrics"
+    );
+
+    // Cut node 3 off: gossip dropped both ways, etcd unreachable (JetStream still reachable).
+    let cut_at = Instant::now();
+    let gossip_cut = GossipCut::cut(&cluster.gossip[2]);
+    let proxy = cluster.proxy.as_ref().expect("node 3 behind the proxy");
+    proxy.cut();
+    let victim = &cluster.nodes[2];
+    let stopped = tokio::task::spawn_blocking({
+        let http = victim.http;
+        move || {
+            let stopped = holds_within_blocking(Duration::from_secs(30), || local_tasks(http) == Some(0));
+            stopped.then(|| cut_at.elapsed())
+        }
+    });
+    let survivors = addrs[..2].to_vec();
+    wait_until(Duration::from_secs(30), "node 3's tasks running on the others", || {
+        let (c, on) = (c1.clone(), survivors.clone());
+        async move { running_on(&connector_nodes(&c).await, &on) }
+    })
+    .await;
+    let taken_over = cut_at.elapsed();
+    let self_stopped = stopped
+        .await
+        .unwrap()
+        .expect("node 3 kept running its tasks while cut off");
+    assert!(
+        self_stopped < Duration::from_secs(10),
+        "node 3 stopped its tasks only {self_stopped:?} after the cut"
+    );
+    assert!(
+        taken_over < Duration::from_secs(10),
+        "its tasks ran elsewhere only after {taken_over:?}"
+    );
+    assert_eq!(local_tasks(victim.http), Some(0));
+    let after_cut = connector_nodes(&c1).await;
+
+    // Healed: node 3 rejoins and takes a share within the bound again.
+    drop(gossip_cut);
+    proxy.heal();
+    wait_until(Duration::from_secs(60), "node 3 back with its share", || {
+        let (c, on) = (c1.clone(), addrs.clone());
+        async move {
+            let placed = connector_nodes(&c).await;
+            running_on(&placed, &on) && loads(&placed).len() == 3 && loads(&placed).values().all(|&l| l <= BOUND)
+        }
+    })
+    .await;
+    let settled = connector_nodes(&c1).await;
+
+    let mut restarts_total = 0;
+    for i in 0..TASKS {
+        let name = format!("p{i:02}");
+        pause_where_it_runs(&c1, &name).await;
+        let moves =
+            usize::from(before[&name].0 != after_cut[&name].0) + usize::from(after_cut[&name].0 != settled[&name].0);
+        let ns: Vec<u64> = super::connectors::generated(&mut c1.clone(), &format!("ps{i:02}"))
+            .await
+            .into_iter()
+            .map(|r| r.2)
+            .collect();
+        let restarts = ns.windows(2).filter(|w| w[1] != w[0] + 1).count();
+        assert!(
+            restarts <= moves,
+            "{name}: {restarts} sequence restarts for {moves} moves (two copies wrote?)"
+        );
+        let present: std::collections::BTreeSet<u64> = ns.iter().copied().collect();
+        assert_eq!(
+            present.len() as u64,
+            ns.iter().copied().max().unwrap_or(0) + 1,
+            "{name}: sequence numbers missing"
+        );
+        restarts_total += restarts;
+    }
+    println!(
+        "partition: {on_victim} tasks of the cut-off node ran elsewhere {taken_over:?} after the cut; it had stopped them itself {self_stopped:?} after the cut; {restarts_total} sequence restarts over {TASKS} streams"
+    );
+}
+
+/// Pauses a connector through the node running it, following WrongServer as a client would
+/// (its node is named in the error's `extra`; a task moving between nodes is asked again).
+async fn pause_where_it_runs(any: &Client, name: &str) {
+    let mut node = any.clone();
+    for _ in 0..50 {
+        match node
+            .pause_connector(pb::PauseConnectorRequest { name: name.into() })
+            .await
+        {
+            Ok(_) => return,
+            Err(s) if s.code() == tonic::Code::FailedPrecondition && error_code(&s) == 800 => {
+                let v: serde_json::Value = serde_json::from_str(s.message()).unwrap();
+                if let Some(owner) = v["extra"].as_str() {
+                    node = hstream_proto::h_stream_api_client::HStreamApiClient::connect(format!("http://{owner}"))
+                        .await
+                        .unwrap();
+                    continue;
+                }
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable => {}
+            Err(s) => panic!("pausing {name}: {s}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        node = any.clone();
+    }
+    panic!("{name} could not be paused where it runs");
 }

@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::membership::{Membership, State};
@@ -37,13 +36,34 @@ use crate::meta::{MetaError, MetaStore, Ownership};
 /// creations wake it at once).
 pub const PLACE_EVERY: Duration = Duration::from_secs(1);
 
-/// A node whose metastore has not answered for this long stops what it runs (cluster only):
-/// after a gossip death (about 5 s) others claim it.
+/// A node whose metastore has not answered for this long stops what it runs and refuses its
+/// connector tasks' appends (cluster only): others claim only after a gossip death (3 s of
+/// suspicion after a failed probe, about 5 s in all), so the copy here is quiet by then.
 pub const STALE_AFTER: Duration = Duration::from_secs(4);
+
+/// How often the watchdog reads the metastore, and how long a read may take before it counts
+/// as unanswered.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// After a resource failed to start here, how long before this node claims it again.
+const RETRY_FAILED_START: Duration = Duration::from_secs(30);
 
 /// How long after joining a node waits before it treats a holder missing from its view as
 /// gone (its view may not have every member yet).
 pub const SETTLE: Duration = Duration::from_secs(6);
+
+/// Why a local copy stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// It moves to another node: its last commit is made before it is released.
+    Moved,
+    /// It is gone from the metastore.
+    Deleted,
+    /// Another node holds it now, or may: it must write nothing more, at once (its last
+    /// commit is fenced out or cannot reach the metastore anyway).
+    Lost,
+}
 
 /// A kind of resource the placer places (subscriptions, connector tasks).
 #[async_trait]
@@ -56,9 +76,9 @@ pub trait Hosted: Send + Sync {
     fn running(&self) -> BTreeMap<String, Ownership>;
     /// Starts `name` here under `held`.
     async fn start(&self, name: &str, held: Ownership) -> ApiResult<()>;
-    /// Stops the local copy of `name`, its last commit made: `deleted` when the resource is
-    /// gone from the metastore, else it moves to another node and keeps its stored state.
-    async fn stop(&self, name: &str, deleted: bool);
+    /// Stops the local copy of `name` (see [`Stop`]); the resource keeps its stored state
+    /// unless deleted.
+    async fn stop(&self, name: &str, how: Stop);
 }
 
 /// This node's placer and the lookups that follow the placement.
@@ -70,13 +90,15 @@ pub struct Assignments {
     membership: Option<Arc<Membership>>,
     slack_percent: u32,
     kinds: Mutex<Vec<Weak<dyn Hosted>>>,
-    /// Wakes the placer now.
-    kick: Notify,
-    /// One pass at a time (the loop's, and those a request asks for).
+    /// One pass at a time (the loop's, those a request asks for), and deletes exclude them.
     pass: tokio::sync::Mutex<()>,
-    started: Instant,
-    /// When the metastore last answered a whole pass.
+    /// When this node joined, or last regained the metastore after losing it: its view of
+    /// the others may be stale until then + [`SETTLE`].
+    started: Mutex<Instant>,
+    /// When the metastore last answered (a pass's reads, or the watchdog's heartbeat).
     last_ok: Mutex<Instant>,
+    /// Resources that failed to start here: when, and why (not claimed again for a while).
+    failed: Mutex<BTreeMap<String, (Instant, String)>>,
 }
 
 /// Where a resource is, for lookups.
@@ -102,10 +124,10 @@ impl Assignments {
             membership,
             slack_percent,
             kinds: Mutex::new(Vec::new()),
-            kick: Notify::new(),
             pass: tokio::sync::Mutex::new(()),
-            started: Instant::now(),
+            started: Mutex::new(Instant::now()),
             last_ok: Mutex::new(Instant::now()),
+            failed: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -142,6 +164,35 @@ impl Assignments {
             .collect()
     }
 
+    /// Whether this node may claim: alone, always; in a cluster once it sees another member
+    /// alive, or after [`SETTLE`] (the first node of a cluster).
+    fn settled(&self) -> bool {
+        let Some(m) = &self.membership else {
+            return true;
+        };
+        self.started.lock().expect("lock").elapsed() >= SETTLE
+            || m.view().values().any(|(n, s)| n.id != self.me && *s == State::Alive)
+    }
+
+    /// Whether this node sees more than half of the members it knows (those that did not
+    /// leave) alive or suspect. A node on the small side of a partition sees the rest dead:
+    /// it must not take over what they hold.
+    fn in_majority(&self) -> bool {
+        let Some(m) = &self.membership else {
+            return true;
+        };
+        let mut known: BTreeMap<NodeId, bool> = BTreeMap::new();
+        for (n, s) in m.view().into_values() {
+            if s == State::Left {
+                continue;
+            }
+            let serving = matches!(s, State::Alive | State::Suspect);
+            *known.entry(n.id).or_default() |= serving;
+        }
+        let serving = known.values().filter(|s| **s).count();
+        2 * serving > known.len()
+    }
+
     /// Whether `holder` no longer runs what it holds, as far as this node can tell.
     fn gone(&self, holder: NodeId) -> bool {
         if holder == self.me {
@@ -150,20 +201,26 @@ impl Assignments {
         let Some(m) = &self.membership else {
             return true; // alone: no other node runs anything
         };
+        if !self.in_majority() {
+            return false;
+        }
         let view = m.view();
         let mut states = view.values().filter(|(n, _)| n.id == holder).map(|(_, s)| *s);
         match states.next() {
-            None => self.started.elapsed() >= SETTLE,
+            None => self.started.lock().expect("lock").elapsed() >= SETTLE,
             Some(first) => std::iter::once(first)
                 .chain(states)
                 .all(|s| matches!(s, State::Dead | State::Left)),
         }
     }
 
-    /// Runs the placer until `shutdown`: a pass every [`PLACE_EVERY`], when asked, and when
-    /// the membership changes; stops every local copy when the metastore stays silent for
-    /// [`STALE_AFTER`] in a cluster.
+    /// Runs the placer until `shutdown`: a pass every [`PLACE_EVERY`] and whenever the
+    /// membership changes; in a cluster also the watchdog, which stops every local copy once
+    /// the metastore has been silent for [`STALE_AFTER`].
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        if self.membership.is_some() {
+            tokio::spawn(self.clone().watchdog(shutdown.clone()));
+        }
         let mut view = self.membership.as_ref().map(|m| m.watch());
         loop {
             let changed = async {
@@ -179,7 +236,6 @@ impl Assignments {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(PLACE_EVERY) => {}
-                _ = self.kick.notified() => {}
                 _ = changed => {}
             }
             if shutdown.is_cancelled() {
@@ -187,14 +243,36 @@ impl Assignments {
             }
             if let Err(e) = self.place_now().await {
                 tracing::warn!(error = %e, "placing resources failed");
-                self.stop_if_stale().await;
             }
         }
     }
 
-    /// Wakes the placer for a pass soon.
-    pub fn kick(&self) {
-        self.kick.notify_one();
+    /// Reads the metastore every second, independently of passes (which may wait on a slow
+    /// stop); when it has not answered for [`STALE_AFTER`], stops every local copy as lost.
+    async fn watchdog(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+            }
+            if let Ok(Ok(_)) = tokio::time::timeout(HEARTBEAT_TIMEOUT, self.meta.cluster_id(None)).await {
+                self.answered();
+            }
+            if !self.fresh() {
+                self.stop_all_lost().await;
+            }
+        }
+    }
+
+    /// Notes that the metastore answered. Back from being cut off (stale), the node's view of
+    /// the others is stale too (it may see them dead): it settles again before claiming.
+    fn answered(&self) {
+        let mut last_ok = self.last_ok.lock().expect("lock");
+        if self.membership.is_some() && last_ok.elapsed() >= STALE_AFTER {
+            tracing::info!("the metastore answers again: settling before claiming anything");
+            *self.started.lock().expect("lock") = Instant::now();
+        }
+        *last_ok = Instant::now();
     }
 
     /// One pass over every kind, now.
@@ -203,8 +281,13 @@ impl Assignments {
         for kind in self.kinds() {
             self.pass(kind.as_ref()).await?;
         }
-        *self.last_ok.lock().expect("lock") = Instant::now();
         Ok(())
+    }
+
+    /// Holds off passes (for a delete, which must not see this node's placer start or release
+    /// what it is deleting). Never call a pass while holding it.
+    pub async fn exclusive(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.pass.lock().await
     }
 
     /// The placement of one kind now: stored holders that still serve stay (within the
@@ -222,6 +305,7 @@ impl Assignments {
             .into_iter()
             .filter_map(|o| Some((o.resource.strip_prefix(prefix)?.to_owned(), o)))
             .collect();
+        self.answered();
         let members: BTreeSet<NodeId> = self.serving().into_keys().collect();
         let previous: BTreeMap<String, NodeId> = owners
             .iter()
@@ -237,22 +321,29 @@ impl Assignments {
         let running = kind.running();
         // What is gone or placed elsewhere: stop here, then let go.
         for (name, held) in &running {
+            if !stored.contains(name) {
+                tracing::info!(resource = %held.resource, "deleted: stopping");
+                kind.stop(name, Stop::Deleted).await;
+                continue;
+            }
             if owners.get(name).is_some_and(|o| o != held) {
                 // Claimed by another node meanwhile (this one was thought gone): its copy
                 // here can commit nothing more; stop it without touching the new holder's.
                 tracing::warn!(resource = %held.resource, epoch = held.epoch, "taken over by another node: stopping");
-                kind.stop(name, false).await;
+                kind.stop(name, Stop::Lost).await;
                 continue;
             }
             if placed.get(name) == Some(&self.me) {
                 continue;
             }
-            let deleted = !stored.contains(name);
-            tracing::info!(resource = %held.resource, to = ?placed.get(name), deleted, "stopping what moved away");
-            kind.stop(name, deleted).await;
-            if !deleted {
-                self.release(held).await;
-            }
+            tracing::info!(resource = %held.resource, to = ?placed.get(name), "stopping what moved away");
+            kind.stop(name, Stop::Moved).await;
+            self.release(held).await;
+        }
+        // A node that just started and sees nobody else yet claims nothing: it would take
+        // everything nobody holds.
+        if !self.settled() {
+            return Ok(());
         }
         for (name, target) in &placed {
             if *target != self.me || running.contains_key(name) {
@@ -265,6 +356,15 @@ impl Assignments {
                 continue; // its holder stops and releases it first
             }
             let resource = format!("{prefix}{name}");
+            if self
+                .failed
+                .lock()
+                .expect("lock")
+                .get(&resource)
+                .is_some_and(|(at, _)| at.elapsed() < RETRY_FAILED_START)
+            {
+                continue; // failed to start here a moment ago: not claimed again yet
+            }
             let held = match self
                 .meta
                 .claim(&resource, self.me, current.map_or(0, |o| o.epoch))
@@ -275,9 +375,19 @@ impl Assignments {
                 Err(e) => return Err(e.into()),
             };
             tracing::info!(resource = %resource, epoch = held.epoch, "claimed");
-            if let Err(e) = kind.start(name, held.clone()).await {
-                tracing::warn!(resource = %resource, error = %e, "could not start what was claimed");
-                self.release(&held).await;
+            match kind.start(name, held.clone()).await {
+                Ok(()) => {
+                    self.failed.lock().expect("lock").remove(&resource);
+                }
+                Err(e) => {
+                    tracing::warn!(resource = %resource, error = %e, retry_in_s = RETRY_FAILED_START.as_secs(),
+                        "could not start what was claimed");
+                    self.failed
+                        .lock()
+                        .expect("lock")
+                        .insert(resource.clone(), (Instant::now(), e.to_string()));
+                    self.release(&held).await;
+                }
             }
         }
         // Held by an earlier run of this node but placed elsewhere: let go at once.
@@ -300,19 +410,22 @@ impl Assignments {
         }
     }
 
-    async fn stop_if_stale(&self) {
-        if self.membership.is_none() {
-            return;
-        }
-        let silent = self.last_ok.lock().expect("lock").elapsed();
-        if silent < STALE_AFTER {
-            return;
-        }
+    /// Whether this node may act on what it holds: alone, always; in a cluster, while its
+    /// metastore answered a whole pass within [`STALE_AFTER`] (else the others may have taken
+    /// it over). Connector appends check it, so a node cut off or paused stops writing before
+    /// anyone else claims its tasks.
+    pub fn fresh(&self) -> bool {
+        self.membership.is_none() || self.last_ok.lock().expect("lock").elapsed() < STALE_AFTER
+    }
+
+    /// Stops every local copy at once, as lost (the metastore has been silent too long).
+    async fn stop_all_lost(&self) {
+        let silent_ms = self.last_ok.lock().expect("lock").elapsed().as_millis() as u64;
         for kind in self.kinds() {
             for name in kind.running().into_keys() {
-                tracing::warn!(resource = %format!("{}{name}", kind.prefix()), silent_ms = silent.as_millis() as u64,
+                tracing::warn!(resource = %format!("{}{name}", kind.prefix()), silent_ms,
                     "the metastore has not answered: stopping, others may hold this now");
-                kind.stop(&name, false).await;
+                kind.stop(&name, Stop::Lost).await;
             }
         }
     }
@@ -324,7 +437,7 @@ impl Assignments {
         let _one = self.pass.lock().await;
         for kind in self.kinds() {
             for name in kind.running().into_keys() {
-                kind.stop(&name, false).await;
+                kind.stop(&name, Stop::Moved).await;
             }
             match self.meta.list_ownerships(kind.prefix()).await {
                 Ok(all) => {
@@ -406,6 +519,15 @@ impl Assignments {
     /// WrongServer naming the node that does (or will).
     pub async fn wrong_server(&self, kind: &dyn Hosted, what: String, name: &str) -> ApiError {
         let owner = match self.locate(kind, name).await {
+            Ok(Some(l)) if l.node == self.me => {
+                // It belongs here but did not start: say why, not "go here".
+                let resource = format!("{}{name}", kind.prefix());
+                let why = self.failed.lock().expect("lock").get(&resource).map(|(_, e)| e.clone());
+                return ApiError::NotRunning(match why {
+                    Some(e) => format!("{what} could not start on this node: {e}"),
+                    None => format!("{what} is starting on this node; try again"),
+                });
+            }
             Ok(loc) => loc.map(|l| format!("{}:{}", l.host, l.port)),
             Err(e) => return e,
         };
@@ -418,12 +540,17 @@ impl Assignments {
         if kind.running().contains_key(name) {
             return Ok(true);
         }
+        // A node that just started claims nothing before it settled: wait that out.
+        while !self.settled() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         self.place_now().await?;
         Ok(kind.running().contains_key(name))
     }
 
     /// Takes `name` of `kind` from whoever holds it, so that nothing it runs can commit any
-    /// more (before deleting it from another node); the caller releases what it got.
+    /// more (after deleting it on another node's behalf: that node's placer then stops its
+    /// copy as deleted); the caller releases what it got.
     pub async fn fence(&self, kind: &dyn Hosted, name: &str) -> ApiResult<Ownership> {
         let resource = format!("{}{name}", kind.prefix());
         let mut attempts = 0;

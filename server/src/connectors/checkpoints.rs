@@ -29,8 +29,6 @@ type Reply = oneshot::Sender<Result<(), String>>;
 pub struct MetaCheckpoints {
     meta: Arc<dyn MetaStore>,
     queue: mpsc::UnboundedSender<(Checkpoint, Option<Ownership>, Reply)>,
-    /// The ownership each task runs under on this node: its checkpoints are fenced by it.
-    fences: std::sync::Mutex<std::collections::HashMap<String, Ownership>>,
     /// Commits made so far.
     commits: Arc<AtomicU64>,
 }
@@ -41,26 +39,53 @@ impl MetaCheckpoints {
         let (queue, inbox) = mpsc::unbounded_channel();
         let commits = Arc::new(AtomicU64::new(0));
         tokio::spawn(write(meta.clone(), inbox, commits.clone()));
-        MetaCheckpoints {
-            meta,
-            queue,
-            fences: Default::default(),
-            commits,
-        }
+        MetaCheckpoints { meta, queue, commits }
     }
 
-    /// Fences `task`'s checkpoints by `held` from now on (`None`: unfenced).
-    pub fn set_fence(&self, task: &str, held: Option<Ownership>) {
-        let mut fences = self.fences.lock().expect("lock");
-        match held {
-            Some(h) => fences.insert(task.to_owned(), h),
-            None => fences.remove(task),
+    /// Stores `task`'s checkpoint, fenced by `fence` (nothing is written once the ownership
+    /// moved on); returns once committed, as [`Checkpoints::store`].
+    async fn store_fenced(
+        &self,
+        task: &str,
+        version: u32,
+        data: Vec<u8>,
+        fence: Option<Ownership>,
+    ) -> Result<(), ConnectorError> {
+        let cp = Checkpoint {
+            owner: connector_checkpoint(task),
+            version,
+            data,
         };
+        let (reply, answer) = oneshot::channel();
+        let stopped = || ConnectorError::external("the checkpoint writer has stopped");
+        self.queue.send((cp, fence, reply)).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?.map_err(ConnectorError::external)
     }
 
     /// Commits made so far (each holds one or more tasks' checkpoints).
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
+    }
+}
+
+/// One task's checkpoints, fenced by the ownership that copy of the task runs under: a copy
+/// that lost it (another node claimed the task) commits nothing, even if a newer copy of the
+/// same task runs on this node later.
+pub struct TaskCheckpoints {
+    pub inner: Arc<MetaCheckpoints>,
+    pub fence: Ownership,
+}
+
+#[async_trait]
+impl Checkpoints for TaskCheckpoints {
+    async fn load(&self, task: &str) -> Result<Option<(u32, Vec<u8>)>, ConnectorError> {
+        self.inner.load(task).await
+    }
+
+    async fn store(&self, task: &str, version: u32, data: Vec<u8>) -> Result<(), ConnectorError> {
+        self.inner
+            .store_fenced(task, version, data, Some(self.fence.clone()))
+            .await
     }
 }
 
@@ -136,16 +161,7 @@ impl Checkpoints for MetaCheckpoints {
     }
 
     async fn store(&self, task: &str, version: u32, data: Vec<u8>) -> Result<(), ConnectorError> {
-        let cp = Checkpoint {
-            owner: connector_checkpoint(task),
-            version,
-            data,
-        };
-        let fence = self.fences.lock().expect("lock").get(task).cloned();
-        let (reply, answer) = oneshot::channel();
-        let stopped = || ConnectorError::external("the checkpoint writer has stopped");
-        self.queue.send((cp, fence, reply)).map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?.map_err(ConnectorError::external)
+        self.store_fenced(task, version, data, None).await
     }
 }
 

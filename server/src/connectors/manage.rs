@@ -192,9 +192,12 @@ impl Connectors {
             e => e.into(),
         })?;
         tracing::info!(connector = %meta.name, kind = %meta.kind, target = %meta.target, "connector created");
+        drop(_ddl);
         // Its task starts where the placement puts it: here at once, or on the node whose
-        // placer runs next.
-        self.assignments.place_now().await?;
+        // placer runs next (which also retries if this pass fails).
+        if let Err(e) = self.assignments.place_now().await {
+            tracing::warn!(connector = %meta.name, error = %e, "placing the new connector failed; the placer retries");
+        }
         let holders = self.assignments.holders(self).await?;
         Ok(self.view(&meta, true, holders.get(&meta.name)))
     }
@@ -237,9 +240,8 @@ impl Connectors {
     /// Up to `count` of a connector's recent log lines from the `begin`th, oldest first.
     pub async fn logs(&self, name: &str, begin: usize, count: usize) -> ApiResult<Vec<String>> {
         self.stored(name).await?;
-        let Some(task) = self.task(name) else {
-            return Ok(Vec::new());
-        };
+        // The log lives with the task: on the node running it.
+        let task = self.here(name).await?;
         let log = task.log.lock().expect("lock");
         Ok(log.iter().skip(begin).take(count).cloned().collect())
     }
@@ -247,7 +249,16 @@ impl Connectors {
     /// Sends a command and waits until the task reports, after the send, a state `done` accepts
     /// (or its supervisor ends).
     async fn command(&self, name: &str, c: Control, done: impl Fn(State) -> bool) -> ApiResult<()> {
-        let task = self.here(name).await?;
+        self.here(name).await?;
+        self.command_here(name, c, done).await
+    }
+
+    /// [`command`](Self::command) to a task known to run here (no placement pass: callers may
+    /// hold off passes).
+    async fn command_here(&self, name: &str, c: Control, done: impl Fn(State) -> bool) -> ApiResult<()> {
+        let task = self
+            .task(name)
+            .ok_or_else(|| ApiError::ConnectorNotFound(name.to_owned()))?;
         let mut rx = task.handle.status.clone();
         rx.borrow_and_update();
         if task.handle.control.send(c).await.is_err() {
@@ -306,24 +317,25 @@ impl Connectors {
     pub async fn delete(&self, name: &str) -> ApiResult<()> {
         let _ddl = self.ddl.lock().await;
         self.stored(name).await?;
-        let mut fenced = None;
-        if self.task(name).is_some() {
+        // No pass of this node's placer may start or release it meanwhile.
+        let _no_pass = self.assignments.exclusive().await;
+        let here = self.task(name).is_some();
+        if here {
             // Even a task that is slow to stop is deleted: the supervisor acts on the command
             // when it gets to it, and nothing brings the task back once its row is gone.
-            if let Err(e) = self.command(name, Control::Delete, |s| s == State::Deleted).await {
+            if let Err(e) = self.command_here(name, Control::Delete, |s| s == State::Deleted).await {
                 tracing::warn!(connector = %name, error = %e, "deleting a task that has not stopped yet");
             }
             self.remove(name);
-        } else {
-            // Running on another node (or nowhere): take it first, so that its task commits
-            // no checkpoint after the delete; its node stops it when its placer sees it gone.
-            fenced = Some(self.assignments.fence(self, name).await?);
         }
-        let deleted = self.meta.delete_connector(name).await;
-        if let Some(held) = &fenced {
-            self.assignments.unfence(held).await;
+        self.meta.delete_connector(name).await?;
+        if !here {
+            // Running on another node (or nowhere): its node's placer stops it as deleted
+            // (letting go of what it holds upstream); taking the ownership makes sure no
+            // checkpoint it commits meanwhile lands.
+            let held = self.assignments.fence(self, name).await?;
+            self.assignments.unfence(&held).await;
         }
-        deleted?;
         tracing::info!(connector = %name, "connector deleted");
         Ok(())
     }
@@ -415,13 +427,19 @@ impl crate::cluster::assign::Hosted for Connectors {
         Ok(())
     }
 
-    async fn stop(&self, name: &str, deleted: bool) {
+    async fn stop(&self, name: &str, how: crate::cluster::assign::Stop) {
+        use crate::cluster::assign::Stop;
         let Some(task) = self.task(name) else {
             return;
         };
-        if deleted {
+        if how == Stop::Lost {
+            // Another node may run it already: nothing more from this copy, at once; its
+            // attempt ends in the background (its last checkpoint is fenced out).
+            task.revoked.store(true, std::sync::atomic::Ordering::SeqCst);
+            task.stop.cancel();
+        } else if how == Stop::Deleted {
             // Deleted through another node: the task lets go of what it holds upstream.
-            if let Err(e) = self.command(name, Control::Delete, |s| s == State::Deleted).await {
+            if let Err(e) = self.command_here(name, Control::Delete, |s| s == State::Deleted).await {
                 tracing::warn!(connector = %name, error = %e, "deleting a task that has not stopped yet");
             }
         } else {
@@ -431,10 +449,16 @@ impl crate::cluster::assign::Hosted for Connectors {
             let mut status = task.handle.status.clone();
             let ended = async { while status.changed().await.is_ok() {} };
             if tokio::time::timeout(STATE_WAIT, ended).await.is_err() {
+                // Whatever it still does, it writes nothing more.
+                task.revoked.store(true, std::sync::atomic::Ordering::SeqCst);
                 tracing::warn!(connector = %name, "task did not stop in time; moving it anyway");
             }
+            // Its last status reaches the metastore before the next node reads it.
+            let writer = task.status_writer.lock().expect("lock").take();
+            if let Some(writer) = writer {
+                let _ = tokio::time::timeout(STATE_WAIT, writer).await;
+            }
         }
-        self.checkpoints.set_fence(name, None);
         self.remove(name);
     }
 }

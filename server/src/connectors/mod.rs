@@ -37,6 +37,12 @@ pub struct Task {
     pub held: Ownership,
     /// Stops the task here without changing its stored state (it moves to another node).
     pub stop: CancellationToken,
+    /// Set when this copy must write nothing more (another node holds the task now, or this
+    /// node lost touch): its appends are refused from then on.
+    pub revoked: Arc<std::sync::atomic::AtomicBool>,
+    /// The task writing its status changes to the metastore (awaited before a hand-over, so
+    /// the next node reads the last one).
+    pub status_writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// The running tasks by connector name (shared with the metrics collector).
@@ -130,7 +136,7 @@ impl Connectors {
     fn start(&self, meta: &ConnectorMeta, config: serde_json::Value, held: Ownership) -> Arc<Task> {
         let tasks = &self.hosting.tasks;
         let stop = self.hosting.shutdown.child_token();
-        self.checkpoints.set_fence(&meta.name, Some(held.clone()));
+        let revoked = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let connector = self
             .connector_type(&meta.kind, &meta.target)
             .expect("validated connector type");
@@ -144,8 +150,15 @@ impl Connectors {
                 name: meta.name.clone(),
                 connector: connector.clone(),
                 config,
-                streams: self.streams.clone(),
-                checkpoints: self.checkpoints.clone(),
+                streams: Arc::new(streams::TaskStreams {
+                    inner: self.streams.clone(),
+                    revoked: revoked.clone(),
+                    assignments: self.assignments.clone(),
+                }),
+                checkpoints: Arc::new(checkpoints::TaskCheckpoints {
+                    inner: self.checkpoints.clone(),
+                    fence: held.clone(),
+                }),
                 initial,
                 backoff_base: self.hosting.backoff.0,
                 backoff_max: self.hosting.backoff.1,
@@ -159,9 +172,12 @@ impl Connectors {
             log: log.clone(),
             held,
             stop,
+            revoked,
+            status_writer: Mutex::new(None),
         });
         self.tasks.lock().expect("lock").insert(meta.name.clone(), task.clone());
-        tasks.spawn(persist_status(meta.clone(), handle, log, self.meta.clone()));
+        let writer = tasks.spawn(persist_status(meta.clone(), handle, log, self.meta.clone()));
+        *task.status_writer.lock().expect("lock") = Some(writer);
         task
     }
 

@@ -40,6 +40,67 @@ pub struct LocalStreams {
     pub streams: Arc<crate::streams::Streams>,
 }
 
+/// One connector task's door to the streams: its appends are refused for good once the task
+/// is revoked (another node took it over, or this node lost touch and stopped it), and while
+/// this node may have lost its tasks (cut off from the metastore in a cluster), so a copy that
+/// another node may run already never writes.
+pub struct TaskStreams {
+    pub inner: Arc<LocalStreams>,
+    pub revoked: Arc<std::sync::atomic::AtomicBool>,
+    pub assignments: Arc<crate::cluster::assign::Assignments>,
+}
+
+#[async_trait]
+impl Streams for TaskStreams {
+    async fn ensure_stream(&self, name: &str) -> Result<(), ConnectorError> {
+        self.inner.ensure_stream(name).await
+    }
+
+    async fn stream_exists(&self, name: &str) -> Result<bool, ConnectorError> {
+        self.inner.stream_exists(name).await
+    }
+
+    fn max_record_size(&self) -> usize {
+        self.inner.max_record_size()
+    }
+
+    async fn append(&self, stream: &str, records: Vec<Record>) -> Result<(), ConnectorError> {
+        if self.revoked.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(external("not appending: this task runs elsewhere now"));
+        }
+        if !self.assignments.fresh() {
+            return Err(external(format!(
+                "not appending: this node has not heard from the metastore for {} s and may no longer hold this task",
+                crate::cluster::assign::STALE_AFTER.as_secs()
+            )));
+        }
+        self.inner.append(stream, records).await
+    }
+
+    async fn shards(&self, stream: &str) -> Result<Vec<u64>, ConnectorError> {
+        self.inner.shards(stream).await
+    }
+
+    async fn bounds(&self, stream: &str, shard: u64) -> Result<(u64, u64), ConnectorError> {
+        self.inner.bounds(stream, shard).await
+    }
+
+    async fn read(
+        &self,
+        stream: &str,
+        shard: u64,
+        from_lsn: u64,
+        max_batches: usize,
+        wait: Duration,
+    ) -> Result<ReadChunk, ConnectorError> {
+        self.inner.read(stream, shard, from_lsn, max_batches, wait).await
+    }
+
+    async fn watch(&self, stream: &str, shards: &[u64]) -> Result<Box<dyn ShardWatch>, ConnectorError> {
+        self.inner.watch(stream, shards).await
+    }
+}
+
 #[async_trait]
 impl Streams for LocalStreams {
     async fn ensure_stream(&self, name: &str) -> Result<(), ConnectorError> {

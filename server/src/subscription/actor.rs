@@ -39,6 +39,9 @@ const COMMIT_EVERY: Duration = Duration::from_millis(100);
 /// Batches read from a shard per store read.
 const READ_CHUNK: usize = 64;
 
+/// How long a consumer with a full buffer has to take its stream's closing status.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerInfo {
     pub name: String,
@@ -602,9 +605,17 @@ impl Actor {
         .into()
     }
 
+    /// Ends every consumer's stream with `status`. A consumer whose buffer is full still gets
+    /// it (a clean end would read as "nothing more", and the client would not look the
+    /// subscription up again): sent once it takes it, for up to [`CLOSE_WAIT`].
     fn close_all(&mut self, status: Status) {
         for c in std::mem::take(&mut self.consumers).into_values() {
-            let _ = c.tx.try_send(Err(status.clone()));
+            if let Err(mpsc::error::TrySendError::Full(last)) = c.tx.try_send(Err(status.clone())) {
+                let tx = c.tx.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(CLOSE_WAIT, tx.send(last)).await;
+                });
+            }
             c.closed.cancel();
         }
     }

@@ -166,9 +166,12 @@ impl Subscriptions {
                 e => e.into(),
             })?;
         tracing::info!(subscription = %meta.id, stream = %meta.stream, "subscription created");
+        drop(_ddl);
         // Its actor starts where the placement puts it: here at once, or on the node whose
-        // placer runs next.
-        self.assignments.place_now().await?;
+        // placer runs next (which also retries if this pass fails).
+        if let Err(e) = self.assignments.place_now().await {
+            tracing::warn!(subscription = %meta.id, error = %e, "placing the new subscription failed; the placer retries");
+        }
         Ok(meta)
     }
 
@@ -224,34 +227,38 @@ impl Subscriptions {
     }
 
     pub async fn delete(&self, id: &str, force: bool) -> ApiResult<()> {
+        // No pass of this node's placer may start or release it meanwhile (taken before the
+        // DDL lock: a pass may wait on a connector task that waits on that lock).
+        let _no_pass = self.assignments.exclusive().await;
         let _ddl = self.streams.ddl().lock().await;
         let Some(sub) = self.meta.get_subscription(id).await? else {
             return Err(ApiError::SubscriptionNotFound(id.to_owned()));
         };
+        let elsewhere = self.locate(id).await?.filter(|l| l.node != self.assignments.me());
         // A subscription whose stream was gone at start-up has no actor; it can still go.
-        let mut fenced = None;
+        let mut on_other_node = false;
         if let Ok(handle) = self.running.get(id) {
             handle.stop(force).await?;
             self.running.remove(id);
-        } else if let Some(owner) = self.locate(id).await?.filter(|l| l.node != self.assignments.me()) {
-            // Running on another node: only its node knows its consumers; with force, take
-            // it from that node first, so its actor commits nothing after the delete (it
-            // stops at its next commit, or when its placer sees the subscription gone).
+        } else if let Some(owner) = elsewhere {
+            // Running on another node: only its node knows its consumers.
             if !force {
                 return Err(ApiError::WrongServer {
                     what: format!("subscription {id:?}"),
                     owner: Some(format!("{}:{}", owner.host, owner.port)),
                 });
             }
-            fenced = Some(self.assignments.fence(self, id).await?);
+            on_other_node = true;
         }
         // The data of a force-deleted stream goes with its last subscription (one metastore
         // step; its files after it, or as orphans at the next start).
-        let removed = self.meta.delete_subscription(id).await;
-        if let Some(held) = &fenced {
-            self.assignments.unfence(held).await;
+        let removed = self.meta.delete_subscription(id).await?;
+        if on_other_node {
+            // Its node's placer stops the actor when it sees the subscription gone; taking
+            // the ownership makes sure nothing it commits meanwhile lands.
+            let held = self.assignments.fence(self, id).await?;
+            self.assignments.unfence(&held).await;
         }
-        let removed = removed?;
         if let Some(shards) = removed.filter(|s| !s.is_empty()) {
             self.streams
                 .drop_archived(&sub.stream, shards.iter().map(|s| s.id).collect())
@@ -344,12 +351,18 @@ impl Hosted for Subscriptions {
         Ok(())
     }
 
-    async fn stop(&self, id: &str, deleted: bool) {
+    async fn stop(&self, id: &str, how: crate::cluster::assign::Stop) {
+        use crate::cluster::assign::Stop;
         if let Ok(handle) = self.running.get(id) {
-            if deleted {
-                let _ = handle.stop(true).await;
-            } else {
-                handle.hand_over().await;
+            match how {
+                Stop::Deleted => {
+                    let _ = handle.stop(true).await;
+                }
+                Stop::Moved => handle.hand_over().await,
+                // Its last commit is fenced out or cannot reach the metastore: not waited for.
+                Stop::Lost => {
+                    self.tasks.spawn(async move { handle.hand_over().await });
+                }
             }
         }
         self.running.remove(id);

@@ -22,6 +22,10 @@ use super::ops::*;
 use super::records::*;
 use super::{EtcdMetaStore, EtcdOptions, PAGE, PROGRESS_CHUNK, RETRIES, backend, contended, parse_uri};
 
+/// HTTP/2 pings to etcd: how often, and how long an unanswered one may wait.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// One key of the shard ids in use (`shard-ids/<id / 64>`), as read.
 pub(super) struct IdChunk {
     pub(super) chunk: u64,
@@ -164,7 +168,17 @@ impl EtcdMetaStore {
                     e.clone()
                 };
                 let endpoint = Endpoint::from_shared(e.clone())
-                    .map(|e| e.connect_timeout(timeout).timeout(timeout).tcp_nodelay(true))
+                    .map(|e| {
+                        // Pings find a connection that died without a word (a partition, a
+                        // host gone): it is dropped and the next call reconnects, instead of
+                        // every call timing out on it for as long as the kernel keeps it.
+                        e.connect_timeout(timeout)
+                            .timeout(timeout)
+                            .tcp_nodelay(true)
+                            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                            .keep_alive_while_idle(true)
+                    })
                     .map_err(|err| MetaError::Invalid(format!("etcd endpoint {e:?}: {err}")))?;
                 match &tls {
                     Some(tls) => endpoint.tls_config(tls.clone()).map_err(|err| {
