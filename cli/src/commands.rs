@@ -221,9 +221,12 @@ pub async fn subscription(c: &mut Client, cmd: SubscriptionCmd) -> Result<String
             )
         }
         SubscriptionCmd::Delete { id, force } => {
-            c.delete_subscription(pb::DeleteSubscriptionRequest {
-                subscription_id: id.clone(),
-                force,
+            crate::exec::on_owner(c, |mut c| {
+                let req = pb::DeleteSubscriptionRequest {
+                    subscription_id: id.clone(),
+                    force,
+                };
+                async move { c.delete_subscription(req).await }
             })
             .await?;
             format!("deleted subscription {id}")
@@ -302,9 +305,12 @@ pub async fn connector(c: &mut Client, cmd: ConnectorCmd) -> Result<String, toni
             crate::exec::execute(c, Statement::DropConnector { name, if_exists: false }).await?
         }
         ConnectorCmd::AlterConfig { name, config_json } => {
-            c.alter_connector_config(pb::AlterConnectorConfigRequest {
-                name: name.clone(),
-                config: config_json,
+            crate::exec::on_owner(c, |mut c| {
+                let req = pb::AlterConnectorConfigRequest {
+                    name: name.clone(),
+                    config: config_json.clone(),
+                };
+                async move { c.alter_connector_config(req).await }
             })
             .await?;
             format!("altered connector {name}")

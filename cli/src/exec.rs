@@ -11,6 +11,44 @@ use crate::sql::Statement;
 
 pub type Client = HStreamApiClient<Channel>;
 
+/// The node a WrongServer (800) answer names (`host:port`), HStreamDB's way of saying "this
+/// runs on another node of the cluster".
+pub fn wrong_server(s: &tonic::Status) -> Option<String> {
+    if s.code() != tonic::Code::FailedPrecondition {
+        return None;
+    }
+    let v: Value = serde_json::from_str(s.message()).ok()?;
+    (v["error"].as_i64() == Some(pb::ErrorCode::WrongServer as i64))
+        .then(|| v["extra"].as_str().map(str::to_owned))
+        .flatten()
+}
+
+/// A client of the node at `host:port`.
+pub async fn connect_to(host_port: &str) -> Result<Client, tonic::Status> {
+    let unreachable =
+        |e: tonic::transport::Error| tonic::Status::unavailable(format!("connecting to {host_port}: {e}"));
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{host_port}"))
+        .map_err(unreachable)?
+        .connect_timeout(std::time::Duration::from_secs(5));
+    Ok(Client::new(endpoint.connect().await.map_err(unreachable)?))
+}
+
+/// Runs `call` on `c`; when the node answers WrongServer naming another node, runs it there
+/// (once), as HStreamDB's clients follow lookups: the CLI works against any node.
+pub async fn on_owner<T, F, Fut>(c: &Client, mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    match call(c.clone()).await {
+        Err(s) => match wrong_server(&s) {
+            Some(owner) => call(connect_to(&owner).await?).await,
+            None => Err(s),
+        },
+        ok => ok,
+    }
+}
+
 /// The human message of a server error (HStreamDB puts a JSON object in the status message).
 pub fn error_text(s: &tonic::Status) -> String {
     serde_json::from_str::<Value>(s.message())
@@ -188,13 +226,19 @@ pub async fn execute(c: &mut Client, stmt: Statement) -> Result<String, tonic::S
             table(&["name", "type", "target", "status"], &rows)
         }
         PauseConnector(name) => {
-            c.pause_connector(pb::PauseConnectorRequest { name: name.clone() })
-                .await?;
+            on_owner(c, |mut c| {
+                let name = name.clone();
+                async move { c.pause_connector(pb::PauseConnectorRequest { name }).await }
+            })
+            .await?;
             format!("paused connector {name}")
         }
         ResumeConnector(name) => {
-            c.resume_connector(pb::ResumeConnectorRequest { name: name.clone() })
-                .await?;
+            on_owner(c, |mut c| {
+                let name = name.clone();
+                async move { c.resume_connector(pb::ResumeConnectorRequest { name }).await }
+            })
+            .await?;
             format!("resumed connector {name}")
         }
         DropConnector { name, if_exists } => match c

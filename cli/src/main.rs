@@ -270,15 +270,24 @@ async fn emit_changes(client: &mut exec::Client, stream: &str) -> Result<(), ton
             creation_time: None,
         })
         .await?;
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let first = pb::StreamingFetchRequest {
-        subscription_id: sub.clone(),
-        consumer_name: "cli".into(),
-        ack_ids: vec![],
+    // Opens the fetch on `node`: the channel acks go through, and the deliveries.
+    let open = |mut node: exec::Client| {
+        let sub = sub.clone();
+        async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            let first = pb::StreamingFetchRequest {
+                subscription_id: sub,
+                consumer_name: "cli".into(),
+                ack_ids: vec![],
+            };
+            let _ = tx.send(first).await;
+            let inbound = node.streaming_fetch(ReceiverStream::new(rx)).await?.into_inner();
+            Ok::<_, tonic::Status>((tx, inbound))
+        }
     };
-    let _ = tx.send(first).await;
     let result = async {
-        let mut inbound = client.clone().streaming_fetch(ReceiverStream::new(rx)).await?.into_inner();
+        // In a cluster the subscription may run on another node: WrongServer names it.
+        let (tx, mut inbound) = exec::on_owner(client, open).await?;
         // Registered before announcing, so a Ctrl-C right after the announcement is caught.
         let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
             .map_err(|e| tonic::Status::internal(format!("cannot catch Ctrl-C: {e}")))?;

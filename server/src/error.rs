@@ -83,6 +83,10 @@ pub enum ApiError {
     Unimplemented(&'static str),
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// Another node's answer to a request forwarded there (the REST door serves any node): its
+    /// status as it came.
+    #[error("{}", remote_message(.0))]
+    Remote(tonic::Status),
     /// What the request needs belongs to this node but does not run (it failed to start, or
     /// is starting).
     #[error("{0}")]
@@ -102,6 +106,14 @@ pub enum ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The human message of another node's status (HStreamDB's JSON error object, or the text).
+fn remote_message(s: &tonic::Status) -> String {
+    serde_json::from_str::<serde_json::Value>(s.message())
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| s.message().to_owned())
+}
 
 impl ApiError {
     /// The gRPC status code this error maps to.
@@ -163,7 +175,15 @@ impl ApiError {
             ConnectorInvalidStatus(_) => (Code::FailedPrecondition, ErrorCode::ConnectorInvalidStatus, json!(null)),
             Unimplemented(_) => (Code::Unimplemented, ErrorCode::InternalError, json!(null)),
             ShuttingDown => (Code::Unavailable, ErrorCode::InternalError, json!(null)),
-            NotRunning(_) => (Code::Unavailable, ErrorCode::InternalError, json!(null)),
+            NotRunning(_) => (Code::FailedPrecondition, ErrorCode::InternalError, json!(null)),
+            Remote(s) => {
+                let v: serde_json::Value = serde_json::from_str(s.message()).unwrap_or_default();
+                let error = v["error"]
+                    .as_i64()
+                    .and_then(|e| ErrorCode::try_from(e as i32).ok())
+                    .unwrap_or(ErrorCode::InternalError);
+                (s.code(), error, v["extra"].clone())
+            }
             WrongServer { owner, .. } => (Code::FailedPrecondition, ErrorCode::WrongServer, json!(owner)),
             Store(e) => {
                 let code = match e {

@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use hstream_proto as pb;
 use hstream_runtime::Kind;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -246,8 +247,47 @@ async fn put_config(
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> RestResult<Json<Value>> {
     let Json(patch) = body.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
-    ctx.connectors.alter(&name, patch).await?;
+    let config = patch.to_string();
+    on_owner(ctx.connectors.alter(&name, patch).await, |mut c| {
+        let req = pb::AlterConnectorConfigRequest {
+            name: name.clone(),
+            config,
+        };
+        async move { c.alter_connector_config(req).await.map(drop) }
+    })
+    .await?;
     Ok(Json(info(&ctx.connectors.get(&name).await?)))
+}
+
+/// How long a forwarded request may wait to connect, and in all (a pause or alter waits up to
+/// 30 s for the task).
+const FORWARD_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(40);
+
+/// A gRPC client of another node.
+type NodeClient = hstream_proto::h_stream_api_client::HStreamApiClient<tonic::transport::Channel>;
+
+/// `local`'s answer; when it is WrongServer naming another node (what runs there must be
+/// asked there), `remote`'s answer from that node: the REST API works against any node.
+async fn on_owner<T, F, Fut>(local: Result<T, ApiError>, remote: F) -> Result<T, ApiError>
+where
+    F: FnOnce(NodeClient) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    match local {
+        Err(ApiError::WrongServer { owner: Some(owner), .. }) => {
+            let unreachable = |e: tonic::transport::Error| {
+                ApiError::Remote(tonic::Status::unavailable(format!("connecting to {owner}: {e}")))
+            };
+            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{owner}"))
+                .map_err(unreachable)?
+                .connect_timeout(FORWARD_CONNECT_TIMEOUT)
+                .timeout(FORWARD_TIMEOUT);
+            let client = NodeClient::new(endpoint.connect().await.map_err(unreachable)?);
+            remote(client).await.map_err(ApiError::Remote)
+        }
+        other => other,
+    }
 }
 
 fn report(c: &ConnectorView) -> Value {
@@ -256,7 +296,19 @@ fn report(c: &ConnectorView) -> Value {
 
 /// The connector's recent log lines (its lifecycle and what it logged), oldest first.
 async fn get_logs(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<Json<Value>> {
-    let lines = ctx.connectors.logs(&name, 0, usize::MAX).await?;
+    let local = ctx.connectors.logs(&name, 0, usize::MAX).await;
+    let lines = on_owner(local, |mut c| {
+        let req = pb::GetConnectorLogsRequest {
+            name: name.clone(),
+            begin: 0,
+            count: 0,
+        };
+        async move {
+            let logs = c.get_connector_logs(req).await?.into_inner().logs;
+            Ok(logs.lines().map(str::to_owned).collect())
+        }
+    })
+    .await?;
     Ok(Json(json!({ "name": name, "logs": lines })))
 }
 
@@ -275,19 +327,45 @@ async fn get_status(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<Jso
 }
 
 async fn pause(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<StatusCode> {
-    ctx.connectors.pause(&name).await?;
+    let req = pb::PauseConnectorRequest { name: name.clone() };
+    on_owner(ctx.connectors.pause(&name).await, |mut c| async move {
+        c.pause_connector(req).await.map(drop)
+    })
+    .await?;
     Ok(StatusCode::ACCEPTED)
 }
 
 async fn resume(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<StatusCode> {
-    ctx.connectors.resume(&name).await?;
+    let req = pb::ResumeConnectorRequest { name: name.clone() };
+    on_owner(ctx.connectors.resume(&name).await, |mut c| async move {
+        c.resume_connector(req).await.map(drop)
+    })
+    .await?;
     Ok(StatusCode::ACCEPTED)
 }
 
 /// Restarts the task: a running one starts a new attempt (an empty alter), a stopped or failed
 /// one is resumed.
 async fn restart(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<StatusCode> {
-    ctx.connectors.restart(&name).await?;
+    on_owner(ctx.connectors.restart(&name).await, |mut c| async move {
+        // The same choice, made on the node running it (its task's state, not the stored
+        // one): an empty alter, or a resume.
+        let state = c
+            .get_connector(pb::GetConnectorRequest { name: name.clone() })
+            .await?
+            .into_inner()
+            .status;
+        if state == "RUNNING" || state == "NEW" {
+            let req = pb::AlterConnectorConfigRequest {
+                name,
+                config: "{}".into(),
+            };
+            c.alter_connector_config(req).await.map(drop)
+        } else {
+            c.resume_connector(pb::ResumeConnectorRequest { name }).await.map(drop)
+        }
+    })
+    .await?;
     Ok(StatusCode::ACCEPTED)
 }
 

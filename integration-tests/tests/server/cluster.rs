@@ -614,3 +614,105 @@ async fn pause_where_it_runs(any: &Client, name: &str) {
     }
     panic!("{name} could not be paused where it runs");
 }
+
+/// The REST API and the CLI work against any node: pausing, resuming, altering, restarting
+/// and reading the logs of a connector through a node that does not run it reach the node
+/// that does (REST forwards, the CLI follows WrongServer), while a gRPC client asking the
+/// wrong node gets WrongServer (800) naming the right one, as HStreamDB answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_and_cli_reach_the_node_running_a_connector() {
+    let cluster = Cluster::start(&[]).await;
+    let c1 = cluster.nodes[0].client().await;
+    let cfg = serde_json::json!({"stream": "fwd", "rate": 50, "batchSize": 5});
+    c1.clone()
+        .create_connector(super::connectors::create("fw", "source", "generator", cfg))
+        .await
+        .unwrap();
+    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.to_string()).collect();
+    wait_until(Duration::from_secs(30), "the connector running", || {
+        let (c, addrs) = (c1.clone(), addrs.clone());
+        async move {
+            connector_nodes(&c)
+                .await
+                .get("fw")
+                .is_some_and(|(n, s)| s == "RUNNING" && addrs.contains(n))
+        }
+    })
+    .await;
+    let owner = connector_nodes(&c1).await["fw"].0.clone();
+    let other = cluster.nodes.iter().find(|n| n.addr.to_string() != owner).unwrap();
+
+    // gRPC to the wrong node: WrongServer naming the owner.
+    let err = other
+        .client()
+        .await
+        .pause_connector(pb::PauseConnectorRequest { name: "fw".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert_eq!(error_code(&err), 800, "{err:?}");
+    let v: serde_json::Value = serde_json::from_str(err.message()).unwrap();
+    assert_eq!(v["extra"], owner.as_str(), "{v}");
+
+    // REST on the wrong node: forwarded.
+    let (code, body) = http(other.http, "PUT", "/connectors/fw/pause", None).await;
+    assert_eq!(code, 202, "{body}");
+    let status_is = |c: Client, want: &'static str| async move { connector_nodes(&c).await["fw"].1 == want };
+    wait_until(Duration::from_secs(10), "paused through REST on another node", || {
+        status_is(c1.clone(), "STOPPED")
+    })
+    .await;
+    let (code, body) = http(other.http, "GET", "/connectors/fw/logs", None).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body["logs"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|x| x.as_str().unwrap_or_default().contains("STOPPED"))),
+        "{body}"
+    );
+
+    // The CLI on the wrong node: follows WrongServer.
+    let cli = |args: &'static [&'static str]| {
+        let port = other.addr.port().to_string();
+        async move {
+            let out = tokio::process::Command::new(workspace_bin("hstream"))
+                .arg("--port")
+                .arg(port)
+                .args(args)
+                .output()
+                .await
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    cli(&["connector", "resume", "fw"]).await;
+    wait_until(
+        Duration::from_secs(10),
+        "resumed through the CLI on another node",
+        || status_is(c1.clone(), "RUNNING"),
+    )
+    .await;
+    cli(&["connector", "alter-config", "fw", "--config-json", r#"{"rate": 60}"#]).await;
+
+    // REST alter and restart on the wrong node: forwarded; the config is stored as altered.
+    let (code, body) = http(
+        other.http,
+        "PUT",
+        "/connectors/fw/config",
+        Some(&serde_json::json!({"rate": 70})),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = http(other.http, "POST", "/connectors/fw/restart", None).await;
+    assert_eq!(code, 202, "{body}");
+    let (_, config) = http(other.http, "GET", "/connectors/fw/config", None).await;
+    assert_eq!(config["rate"], 70, "{config}");
+    wait_until(Duration::from_secs(10), "running after the forwarded restart", || {
+        status_is(c1.clone(), "RUNNING")
+    })
+    .await;
+}

@@ -10,13 +10,16 @@
 //!   nothing, and stops when its commit is refused.
 //! - **Hand-over before take-over.** A node claims a resource only when nobody holds it, when
 //!   its holder is this node (an earlier run of it), or when the holder is gone: dead or left
-//!   in the gossip, or missing from a view that has had time to settle. A live holder whose
-//!   resource the placement moves stops its copy (its last commit included) and releases it
-//!   first; so a membership change never has a resource running twice, except on a node cut
-//!   off from everything, whose commits the fences refuse.
-//! - **A node that cannot read its assignments stops.** In a cluster, when the metastore has
-//!   not answered for [`STALE_AFTER`], the others may have taken this node's resources: it
-//!   stops every local copy rather than run on (a node alone keeps them: nobody else would).
+//!   in the gossip, or missing from a view that has had time to settle — and only while it
+//!   sees a majority of the members it knows alive (the small side of a partition sees the
+//!   others dead). A live holder whose resource the placement moves stops its copy (its last
+//!   commit included) and releases it first; so a membership change never has a resource
+//!   running twice.
+//! - **A node that cannot reach the metastore stops writing.** In a cluster, when the
+//!   metastore has not answered for [`STALE_AFTER`] (a watchdog reads it twice a second), the
+//!   others may be about to take this node's resources: its connector tasks' appends are
+//!   refused and every local copy is stopped, before a gossip death lets anyone claim them (a
+//!   node alone keeps them: nobody else would).
 //! - **Every node agrees on the placement** given the same view: it is [`placement::place`]
 //!   over the serving members (alive or suspect), sticky to the stored holders.
 
@@ -32,8 +35,8 @@ use super::placement::{self, NodeId};
 use crate::error::{ApiError, ApiResult};
 use crate::meta::{MetaError, MetaStore, Ownership};
 
-/// How often the placer looks again without being asked (membership changes and local
-/// creations wake it at once).
+/// How often the placer looks again without being asked (membership changes wake it at
+/// once; a creation, or a request for something not running yet, runs a pass itself).
 pub const PLACE_EVERY: Duration = Duration::from_secs(1);
 
 /// A node whose metastore has not answered for this long stops what it runs and refuses its
@@ -44,10 +47,12 @@ pub const STALE_AFTER: Duration = Duration::from_secs(4);
 /// How often the watchdog reads the metastore, and how long a read may take before it counts
 /// as unanswered.
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
-const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(500);
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// After a resource failed to start here, how long before this node claims it again.
-const RETRY_FAILED_START: Duration = Duration::from_secs(30);
+/// After a resource failed to start here, this node claims it again after 1 s, doubling with
+/// each further failure up to 30 s.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// How long after joining a node waits before it treats a holder missing from its view as
 /// gone (its view may not have every member yet).
@@ -97,8 +102,12 @@ pub struct Assignments {
     started: Mutex<Instant>,
     /// When the metastore last answered (a pass's reads, or the watchdog's heartbeat).
     last_ok: Mutex<Instant>,
-    /// Resources that failed to start here: when, and why (not claimed again for a while).
-    failed: Mutex<BTreeMap<String, (Instant, String)>>,
+    /// Resources that failed to start here: not before when to claim them again, how often in
+    /// a row, and the last error.
+    failed: Mutex<BTreeMap<String, Failed>>,
+    /// Members registered in the metastore and not stopped gracefully (refreshed each pass):
+    /// counted as known by the majority rule even once the gossip forgot them.
+    registered: Mutex<BTreeSet<NodeId>>,
 }
 
 /// Where a resource is, for lookups.
@@ -128,6 +137,7 @@ impl Assignments {
             started: Mutex::new(Instant::now()),
             last_ok: Mutex::new(Instant::now()),
             failed: Mutex::new(BTreeMap::new()),
+            registered: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -181,7 +191,16 @@ impl Assignments {
         let Some(m) = &self.membership else {
             return true;
         };
-        let mut known: BTreeMap<NodeId, bool> = BTreeMap::new();
+        // Known: every member in the view that did not leave, and every member registered in
+        // the metastore (the gossip forgets the dead after a while; a node whose gossip
+        // never reached anyone sees only itself).
+        let mut known: BTreeMap<NodeId, bool> = self
+            .registered
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|&id| (id, false))
+            .collect();
         for (n, s) in m.view().into_values() {
             if s == State::Left {
                 continue;
@@ -255,8 +274,9 @@ impl Assignments {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
             }
+            let sent = Instant::now();
             if let Ok(Ok(_)) = tokio::time::timeout(HEARTBEAT_TIMEOUT, self.meta.cluster_id(None)).await {
-                self.answered();
+                self.answered_at(sent);
             }
             if !self.fresh() {
                 self.stop_all_lost().await;
@@ -266,13 +286,16 @@ impl Assignments {
 
     /// Notes that the metastore answered. Back from being cut off (stale), the node's view of
     /// the others is stale too (it may see them dead): it settles again before claiming.
-    fn answered(&self) {
+    fn answered_at(&self, sent: Instant) {
         let mut last_ok = self.last_ok.lock().expect("lock");
+        if sent <= *last_ok {
+            return;
+        }
         if self.membership.is_some() && last_ok.elapsed() >= STALE_AFTER {
             tracing::info!("the metastore answers again: settling before claiming anything");
             *self.started.lock().expect("lock") = Instant::now();
         }
-        *last_ok = Instant::now();
+        *last_ok = sent;
     }
 
     /// One pass over every kind, now.
@@ -297,6 +320,7 @@ impl Assignments {
         kind: &dyn Hosted,
     ) -> ApiResult<(BTreeSet<String>, BTreeMap<String, Ownership>, BTreeMap<String, NodeId>)> {
         let prefix = kind.prefix();
+        let sent = Instant::now();
         let stored = kind.stored().await?;
         let owners: BTreeMap<String, Ownership> = self
             .meta
@@ -305,7 +329,12 @@ impl Assignments {
             .into_iter()
             .filter_map(|o| Some((o.resource.strip_prefix(prefix)?.to_owned(), o)))
             .collect();
-        self.answered();
+        self.answered_at(sent);
+        if self.membership.is_some() {
+            let nodes = self.meta.list_nodes().await?;
+            *self.registered.lock().expect("lock") =
+                nodes.into_iter().filter(|n| n.state != "Dead").map(|n| n.id).collect();
+        }
         let members: BTreeSet<NodeId> = self.serving().into_keys().collect();
         let previous: BTreeMap<String, NodeId> = owners
             .iter()
@@ -319,6 +348,12 @@ impl Assignments {
         let prefix = kind.prefix();
         let (stored, owners, placed) = self.placement(kind).await?;
         let running = kind.running();
+        // A failed start of something deleted since is forgotten (a new one of that name
+        // starts afresh).
+        self.failed
+            .lock()
+            .expect("lock")
+            .retain(|r, _| r.strip_prefix(prefix).is_none_or(|n| stored.contains(n)));
         // What is gone or placed elsewhere: stop here, then let go.
         for (name, held) in &running {
             if !stored.contains(name) {
@@ -327,8 +362,13 @@ impl Assignments {
                 continue;
             }
             if owners.get(name).is_some_and(|o| o != held) {
-                // Claimed by another node meanwhile (this one was thought gone): its copy
-                // here can commit nothing more; stop it without touching the new holder's.
+                // Claimed by another node meanwhile (this one was thought gone), or by a
+                // delete made through another node after `stored` was read: look again, so a
+                // deleted one is stopped as deleted (its delete hook runs).
+                if !kind.stored().await?.contains(name) {
+                    kind.stop(name, Stop::Deleted).await;
+                    continue;
+                }
                 tracing::warn!(resource = %held.resource, epoch = held.epoch, "taken over by another node: stopping");
                 kind.stop(name, Stop::Lost).await;
                 continue;
@@ -361,7 +401,7 @@ impl Assignments {
                 .lock()
                 .expect("lock")
                 .get(&resource)
-                .is_some_and(|(at, _)| at.elapsed() < RETRY_FAILED_START)
+                .is_some_and(|f| Instant::now() < f.retry_at)
             {
                 continue; // failed to start here a moment ago: not claimed again yet
             }
@@ -380,12 +420,22 @@ impl Assignments {
                     self.failed.lock().expect("lock").remove(&resource);
                 }
                 Err(e) => {
-                    tracing::warn!(resource = %resource, error = %e, retry_in_s = RETRY_FAILED_START.as_secs(),
+                    let retry_in = {
+                        let mut failed = self.failed.lock().expect("lock");
+                        let streak = failed.get(&resource).map_or(0, |f| f.streak + 1);
+                        let retry_in = RETRY_FIRST.saturating_mul(1 << streak.min(5)).min(RETRY_MAX);
+                        failed.insert(
+                            resource.clone(),
+                            Failed {
+                                retry_at: Instant::now() + retry_in,
+                                streak,
+                                error: e.to_string(),
+                            },
+                        );
+                        retry_in
+                    };
+                    tracing::warn!(resource = %resource, error = %e, retry_in_ms = retry_in.as_millis() as u64,
                         "could not start what was claimed");
-                    self.failed
-                        .lock()
-                        .expect("lock")
-                        .insert(resource.clone(), (Instant::now(), e.to_string()));
                     self.release(&held).await;
                 }
             }
@@ -522,7 +572,12 @@ impl Assignments {
             Ok(Some(l)) if l.node == self.me => {
                 // It belongs here but did not start: say why, not "go here".
                 let resource = format!("{}{name}", kind.prefix());
-                let why = self.failed.lock().expect("lock").get(&resource).map(|(_, e)| e.clone());
+                let why = self
+                    .failed
+                    .lock()
+                    .expect("lock")
+                    .get(&resource)
+                    .map(|f| f.error.clone());
                 return ApiError::NotRunning(match why {
                     Some(e) => format!("{what} could not start on this node: {e}"),
                     None => format!("{what} is starting on this node; try again"),
@@ -572,6 +627,14 @@ impl Assignments {
     pub async fn unfence(&self, held: &Ownership) {
         self.release(held).await;
     }
+}
+
+/// A resource that failed to start here.
+struct Failed {
+    retry_at: Instant,
+    /// Failures in a row, minus one.
+    streak: u32,
+    error: String,
 }
 
 /// `host:port` into its parts (port 0 when absent).

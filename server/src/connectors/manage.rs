@@ -240,8 +240,12 @@ impl Connectors {
     /// Up to `count` of a connector's recent log lines from the `begin`th, oldest first.
     pub async fn logs(&self, name: &str, begin: usize, count: usize) -> ApiResult<Vec<String>> {
         self.stored(name).await?;
-        // The log lives with the task: on the node running it.
-        let task = self.here(name).await?;
+        // The log lives with the task: on the node running it (none when it could not start).
+        let task = match self.here(name).await {
+            Ok(task) => task,
+            Err(ApiError::NotRunning(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
         let log = task.log.lock().expect("lock");
         Ok(log.iter().skip(begin).take(count).cloned().collect())
     }
@@ -325,6 +329,11 @@ impl Connectors {
             // when it gets to it, and nothing brings the task back once its row is gone.
             if let Err(e) = self.command_here(name, Control::Delete, |s| s == State::Deleted).await {
                 tracing::warn!(connector = %name, error = %e, "deleting a task that has not stopped yet");
+                if let Some(task) = self.task(name) {
+                    // Whatever it still does, it writes nothing more.
+                    task.revoked.store(true, std::sync::atomic::Ordering::SeqCst);
+                    task.stop.cancel();
+                }
             }
             self.remove(name);
         }
