@@ -234,6 +234,56 @@ fn loads(placed: &BTreeMap<String, (String, String)>) -> BTreeMap<String, usize>
     loads
 }
 
+/// Creates `n` generator sources `{name}00`, `{name}01`, … writing `rate` records/s into
+/// `{stream}00`, `{stream}01`, … through `c`.
+async fn start_generators(c: &Client, name: &str, stream: &str, n: usize, rate: u32) {
+    for i in 0..n {
+        let cfg = serde_json::json!({"stream": format!("{stream}{i:02}"), "rate": rate, "batchSize": 10});
+        let req = super::connectors::create(&format!("{name}{i:02}"), "source", "generator", cfg);
+        c.clone().create_connector(req).await.unwrap();
+    }
+}
+
+/// Whether ListConnectors shows `n` connectors, each RUNNING on one of the nodes `on`.
+fn running_on(placed: &BTreeMap<String, (String, String)>, n: usize, on: &[String]) -> bool {
+    placed.len() == n && placed.values().all(|(node, s)| s == "RUNNING" && on.contains(node))
+}
+
+/// Waits until `c` lists `n` connectors, each RUNNING on one of the nodes `on`.
+async fn wait_running_on(c: &Client, n: usize, on: &[String], what: &str) {
+    wait_until(Duration::from_secs(30), what, || {
+        let (c, on) = (c.clone(), on.to_vec());
+        async move { running_on(&connector_nodes(&c).await, n, &on) }
+    })
+    .await;
+}
+
+/// Pauses each `(connector, its stream, how often it moved)` where it runs, then reads its
+/// stream: every sequence number is there, and the sequence restarts (a record repeated from
+/// a checkpoint) only where the task moved — two copies writing at once would interleave two
+/// sequences. Returns the restarts counted.
+async fn check_sequences(c: &Client, tasks: &[(String, String, usize)]) -> usize {
+    let mut total = 0;
+    for (name, stream, moves) in tasks {
+        pause_where_it_runs(c, name).await;
+        let ns: Vec<u64> = super::connectors::generated(&mut c.clone(), stream)
+            .await
+            .into_iter()
+            .map(|r| r.2)
+            .collect();
+        let restarts = ns.windows(2).filter(|w| w[1] != w[0] + 1).count();
+        assert!(
+            restarts <= *moves,
+            "{name}: {restarts} sequence restarts for {moves} moves (two copies wrote?)"
+        );
+        let present: std::collections::BTreeSet<u64> = ns.iter().copied().collect();
+        let max = ns.iter().copied().max().unwrap_or(0);
+        assert_eq!(present.len() as u64, max + 1, "{name}: sequence numbers missing");
+        total += restarts;
+    }
+    total
+}
+
 /// Twenty generator sources spread over three nodes within the bound (⌈1.25·20/3⌉ = 9 each);
 /// one node SIGKILLed: its tasks run on the others within 10 s; restarted: only what the bound
 /// requires moves back. Every stream then holds every sequence number, and a stream's
@@ -245,27 +295,9 @@ async fn generator_tasks_move_off_a_killed_node_and_back_within_the_bound() {
     const BOUND: usize = 9;
     let mut cluster = Cluster::start(&[]).await;
     let c1 = cluster.nodes[0].client().await;
-    for i in 0..TASKS {
-        let cfg = serde_json::json!({"stream": format!("gs{i:02}"), "rate": 100, "batchSize": 10});
-        c1.clone()
-            .create_connector(super::connectors::create(
-                &format!("g{i:02}"),
-                "source",
-                "generator",
-                cfg,
-            ))
-            .await
-            .unwrap();
-    }
+    start_generators(&c1, "g", "gs", TASKS, 100).await;
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.to_string()).collect();
-    let all_running = |placed: &BTreeMap<String, (String, String)>, on: &[String]| {
-        placed.len() == TASKS && placed.values().all(|(n, s)| s == "RUNNING" && on.contains(n))
-    };
-    wait_until(Duration::from_secs(30), "every task running", || {
-        let (c, addrs) = (c1.clone(), addrs.clone());
-        async move { all_running(&connector_nodes(&c).await, &addrs) }
-    })
-    .await;
+    wait_running_on(&c1, TASKS, &addrs, "every task running").await;
     let before = connector_nodes(&c1).await;
     let spread = loads(&before);
     assert!(spread.values().all(|&l| l <= BOUND), "over the bound: {spread:?}");
@@ -283,15 +315,7 @@ async fn generator_tasks_move_off_a_killed_node_and_back_within_the_bound() {
         .collect();
     let killed = Instant::now();
     cluster.nodes[victim].kill();
-    wait_until(
-        Duration::from_secs(30),
-        "the killed node's tasks running elsewhere",
-        || {
-            let (c, on) = (c1.clone(), survivors.clone());
-            async move { all_running(&connector_nodes(&c).await, &on) }
-        },
-    )
-    .await;
+    wait_running_on(&c1, TASKS, &survivors, "the killed node's tasks running elsewhere").await;
     let took_over = killed.elapsed();
     assert!(
         took_over < Duration::from_secs(10),
@@ -314,7 +338,7 @@ async fn generator_tasks_move_off_a_killed_node_and_back_within_the_bound() {
         let (c, on, back) = (c1.clone(), now_on.clone(), back.clone());
         async move {
             let placed = connector_nodes(&c).await;
-            all_running(&placed, &on)
+            running_on(&placed, TASKS, &on)
                 && loads(&placed).values().all(|&l| l <= BOUND)
                 && loads(&placed).contains_key(&back)
         }
@@ -333,30 +357,15 @@ async fn generator_tasks_move_off_a_killed_node_and_back_within_the_bound() {
 
     // Let every task write on, then stop them and read every stream.
     tokio::time::sleep(Duration::from_secs(1)).await; // rate-limited writers: some more records
-    for i in 0..TASKS {
-        // Through the node running it (elsewhere the answer is WrongServer).
-        pause_where_it_runs(&c1, &format!("g{i:02}")).await;
-    }
-    let mut restarts_total = 0;
-    for i in 0..TASKS {
-        let name = format!("g{i:02}");
-        let moves =
-            usize::from(before[&name].0 != after_kill[&name].0) + usize::from(after_kill[&name].0 != settled[&name].0);
-        let ns: Vec<u64> = super::connectors::generated(&mut c1.clone(), &format!("gs{i:02}"))
-            .await
-            .into_iter()
-            .map(|r| r.2)
-            .collect();
-        let restarts = ns.windows(2).filter(|w| w[1] != w[0] + 1).count();
-        assert!(
-            restarts <= moves,
-            "{name}: {restarts} sequence restarts for {moves} moves (ran twice at once?)"
-        );
-        restarts_total += restarts;
-        let present: std::collections::BTreeSet<u64> = ns.iter().copied().collect();
-        let max = ns.iter().copied().max().unwrap_or(0);
-        assert_eq!(present.len() as u64, max + 1, "{name}: sequence numbers missing");
-    }
+    let tasks: Vec<(String, String, usize)> = (0..TASKS)
+        .map(|i| {
+            let name = format!("g{i:02}");
+            let moves = usize::from(before[&name].0 != after_kill[&name].0)
+                + usize::from(after_kill[&name].0 != settled[&name].0);
+            (name, format!("gs{i:02}"), moves)
+        })
+        .collect();
+    let restarts_total = check_sequences(&c1, &tasks).await;
     println!(
         "connector failover: {moved} tasks of the killed node ran elsewhere after {took_over:?}; on rejoin {moved_back} moved (bound {BOUND}); {restarts_total} sequence restarts over {TASKS} streams"
     );
@@ -371,16 +380,7 @@ async fn a_rolling_restart_hands_every_task_over_without_a_repeat() {
     const TASKS: usize = 9;
     let mut cluster = Cluster::start(&[]).await;
     let c = cluster.nodes[0].client().await;
-    for i in 0..TASKS {
-        let cfg = serde_json::json!({"stream": format!("rs{i}"), "rate": 200, "batchSize": 10});
-        c.clone()
-            .create_connector(super::connectors::create(&format!("r{i}"), "source", "generator", cfg))
-            .await
-            .unwrap();
-    }
-    let running_on = |placed: &BTreeMap<String, (String, String)>, on: &[String]| {
-        placed.len() == TASKS && placed.values().all(|(n, s)| s == "RUNNING" && on.contains(n))
-    };
+    start_generators(&c, "r", "rs", TASKS, 200).await;
     let mut worst = Duration::ZERO;
     for victim in 0..3 {
         let others: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
@@ -388,18 +388,21 @@ async fn a_rolling_restart_hands_every_task_over_without_a_repeat() {
         let probe = cluster.nodes[others[0]].client().await;
         let stopped = Instant::now();
         cluster.nodes[victim].terminate();
-        wait_until(Duration::from_secs(30), "every task running on the other two", || {
-            let (c, on) = (probe.clone(), on.clone());
-            async move { running_on(&connector_nodes(&c).await, &on) }
-        })
-        .await;
+        wait_running_on(&probe, TASKS, &on, "every task running on the other two").await;
         worst = worst.max(stopped.elapsed());
         cluster.nodes[victim].restart();
         let all: Vec<String> = cluster.nodes.iter().map(|n| n.addr.to_string()).collect();
-        wait_until(Duration::from_secs(30), "the restarted node back with its share", || {
-            let (c, all) = (probe.clone(), all.clone());
-            async move { running_on(&connector_nodes(&c).await, &all) && loads(&connector_nodes(&c).await).len() == 3 }
-        })
+        wait_until(
+            Duration::from_secs(30),
+            "the restarted node back with its share",
+            || {
+                let (c, all) = (probe.clone(), all.clone());
+                async move {
+                    let placed = connector_nodes(&c).await;
+                    running_on(&placed, TASKS, &all) && loads(&placed).len() == 3
+                }
+            },
+        )
         .await;
     }
     assert!(worst < Duration::from_secs(10), "a task was down for up to {worst:?}");
@@ -407,9 +410,9 @@ async fn a_rolling_restart_hands_every_task_over_without_a_repeat() {
     let c = cluster.nodes[0].client().await;
     let mut total = 0;
     for i in 0..TASKS {
-        let name = format!("r{i}");
+        let name = format!("r{i:02}");
         pause_where_it_runs(&c, &name).await;
-        let ns: Vec<u64> = super::connectors::generated(&mut c.clone(), &format!("rs{i}"))
+        let ns: Vec<u64> = super::connectors::generated(&mut c.clone(), &format!("rs{i:02}"))
             .await
             .into_iter()
             .map(|r| r.2)
@@ -480,27 +483,9 @@ async fn a_node_cut_off_writes_nothing_after_its_tasks_moved() {
     const BOUND: usize = 5; // ⌈1.25·12/3⌉
     let cluster = Cluster::start_with(&[], Some(2)).await;
     let c1 = cluster.nodes[0].client().await;
-    for i in 0..TASKS {
-        let cfg = serde_json::json!({"stream": format!("ps{i:02}"), "rate": 200, "batchSize": 10});
-        c1.clone()
-            .create_connector(super::connectors::create(
-                &format!("p{i:02}"),
-                "source",
-                "generator",
-                cfg,
-            ))
-            .await
-            .unwrap();
-    }
+    start_generators(&c1, "p", "ps", TASKS, 200).await;
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.to_string()).collect();
-    let running_on = |placed: &BTreeMap<String, (String, String)>, on: &[String]| {
-        placed.len() == TASKS && placed.values().all(|(n, s)| s == "RUNNING" && on.contains(n))
-    };
-    wait_until(Duration::from_secs(30), "every task running", || {
-        let (c, on) = (c1.clone(), addrs.clone());
-        async move { running_on(&connector_nodes(&c).await, &on) }
-    })
-    .await;
+    wait_running_on(&c1, TASKS, &addrs, "every task running").await;
     let before = connector_nodes(&c1).await;
     let on_victim = loads(&before).get(&addrs[2]).copied().unwrap_or(0);
     assert!(on_victim > 0, "node 3 runs nothing to lose: {:?}", loads(&before));
@@ -524,11 +509,7 @@ async fn a_node_cut_off_writes_nothing_after_its_tasks_moved() {
         }
     });
     let survivors = addrs[..2].to_vec();
-    wait_until(Duration::from_secs(30), "node 3's tasks running on the others", || {
-        let (c, on) = (c1.clone(), survivors.clone());
-        async move { running_on(&connector_nodes(&c).await, &on) }
-    })
-    .await;
+    wait_running_on(&c1, TASKS, &survivors, "node 3's tasks running on the others").await;
     let taken_over = cut_at.elapsed();
     let self_stopped = stopped
         .await
@@ -552,36 +533,20 @@ async fn a_node_cut_off_writes_nothing_after_its_tasks_moved() {
         let (c, on) = (c1.clone(), addrs.clone());
         async move {
             let placed = connector_nodes(&c).await;
-            running_on(&placed, &on) && loads(&placed).len() == 3 && loads(&placed).values().all(|&l| l <= BOUND)
+            running_on(&placed, TASKS, &on) && loads(&placed).len() == 3 && loads(&placed).values().all(|&l| l <= BOUND)
         }
     })
     .await;
     let settled = connector_nodes(&c1).await;
-
-    let mut restarts_total = 0;
-    for i in 0..TASKS {
-        let name = format!("p{i:02}");
-        pause_where_it_runs(&c1, &name).await;
-        let moves =
-            usize::from(before[&name].0 != after_cut[&name].0) + usize::from(after_cut[&name].0 != settled[&name].0);
-        let ns: Vec<u64> = super::connectors::generated(&mut c1.clone(), &format!("ps{i:02}"))
-            .await
-            .into_iter()
-            .map(|r| r.2)
-            .collect();
-        let restarts = ns.windows(2).filter(|w| w[1] != w[0] + 1).count();
-        assert!(
-            restarts <= moves,
-            "{name}: {restarts} sequence restarts for {moves} moves (two copies wrote?)"
-        );
-        let present: std::collections::BTreeSet<u64> = ns.iter().copied().collect();
-        assert_eq!(
-            present.len() as u64,
-            ns.iter().copied().max().unwrap_or(0) + 1,
-            "{name}: sequence numbers missing"
-        );
-        restarts_total += restarts;
-    }
+    let tasks: Vec<(String, String, usize)> = (0..TASKS)
+        .map(|i| {
+            let name = format!("p{i:02}");
+            let moves = usize::from(before[&name].0 != after_cut[&name].0)
+                + usize::from(after_cut[&name].0 != settled[&name].0);
+            (name, format!("ps{i:02}"), moves)
+        })
+        .collect();
+    let restarts_total = check_sequences(&c1, &tasks).await;
     println!(
         "partition: {on_victim} tasks of the cut-off node ran elsewhere {taken_over:?} after the cut; it had stopped them itself {self_stopped:?} after the cut; {restarts_total} sequence restarts over {TASKS} streams"
     );

@@ -97,8 +97,9 @@ pub struct Assignments {
     kinds: Mutex<Vec<Weak<dyn Hosted>>>,
     /// One pass at a time (the loop's, those a request asks for), and deletes exclude them.
     pass: tokio::sync::Mutex<()>,
-    /// When this node joined, or last regained the metastore after losing it: its view of
-    /// the others may be stale until then + [`SETTLE`].
+    /// When this node joined, last regained the metastore after losing it, or last saw itself
+    /// in a minority: its view of the others (who is dead) may be stale until then +
+    /// [`SETTLE`].
     started: Mutex<Instant>,
     /// When the metastore last answered (a pass's reads, or the watchdog's heartbeat).
     last_ok: Mutex<Instant>,
@@ -227,9 +228,15 @@ impl Assignments {
         let mut states = view.values().filter(|(n, _)| n.id == holder).map(|(_, s)| *s);
         match states.next() {
             None => self.started.lock().expect("lock").elapsed() >= SETTLE,
-            Some(first) => std::iter::once(first)
-                .chain(states)
-                .all(|s| matches!(s, State::Dead | State::Left)),
+            Some(first) => {
+                let states: Vec<State> = std::iter::once(first).chain(states).collect();
+                // Left is the holder's own word. Dead is this node's opinion, trusted only
+                // once it has been in touch for a while: a node back from a partition may
+                // still see the others dead after some have rejoined (seen in a test).
+                states.iter().all(|s| *s == State::Left)
+                    || (states.iter().all(|s| matches!(s, State::Dead | State::Left))
+                        && self.started.lock().expect("lock").elapsed() >= SETTLE)
+            }
         }
     }
 
@@ -277,6 +284,10 @@ impl Assignments {
             let sent = Instant::now();
             if let Ok(Ok(_)) = tokio::time::timeout(HEARTBEAT_TIMEOUT, self.meta.cluster_id(None)).await {
                 self.answered_at(sent);
+            }
+            if !self.in_majority() {
+                // Whatever this node now sees dead it may see wrongly for a while after.
+                *self.started.lock().expect("lock") = Instant::now();
             }
             if !self.fresh() {
                 self.stop_all_lost().await;
