@@ -48,7 +48,7 @@ async fn create(c: &mut Client, name: &str, kind: &str, config: &Value) -> Resul
 }
 
 /// `id name amount` rows of a table, as `{"id": n}` key JSON → (name, amount).
-fn table_state(db: &MariaDb, table: &str) -> BTreeMap<String, (String, String)> {
+pub(super) fn table_state(db: &MariaDb, table: &str) -> BTreeMap<String, (String, String)> {
     db.sql(&format!("SELECT id, name, amount FROM {DATABASE}.{table} ORDER BY id"))
         .lines()
         .filter(|l| !l.is_empty())
@@ -116,7 +116,7 @@ async fn wait_streaming(db: &MariaDb, n: usize) {
     .await;
 }
 
-fn orders_table(db: &MariaDb, table: &str) {
+pub(super) fn orders_table(db: &MariaDb, table: &str) {
     db.sql(&format!(
         "CREATE TABLE {DATABASE}.{table} (id BIGINT PRIMARY KEY, name VARCHAR(64) NOT NULL, amount DECIMAL(12,2), \
          payload TEXT, updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))"
