@@ -750,9 +750,10 @@ async fn pause_where_it_runs(any: &Client, name: &str) {
 /// The REST API and the CLI work against any node: pausing, resuming, altering, restarting
 /// and reading the logs of a connector through a node that does not run it reach the node
 /// that does (REST forwards, the CLI follows WrongServer), while a gRPC client asking the
-/// wrong node gets WrongServer (800) naming the right one, as HStreamDB answers.
+/// wrong node gets WrongServer (800) naming the right one, as HStreamDB answers. A shard
+/// reader likewise lives on the node its lookup names: created, read and deleted there only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rest_and_cli_reach_the_node_running_a_connector() {
+async fn rest_cli_and_readers_reach_the_node_that_holds_them() {
     let cluster = Cluster::start(&[]).await;
     let c1 = cluster.nodes[0].client().await;
     let cfg = serde_json::json!({"stream": "fwd", "rate": 50, "batchSize": 5});
@@ -847,4 +848,57 @@ async fn rest_and_cli_reach_the_node_running_a_connector() {
         status_is(c1.clone(), "RUNNING")
     })
     .await;
+
+    // A shard reader of the generator's stream, on the node LookupShardReader names.
+    let shard = stream_shards(&mut c1.clone(), "fwd").await[0].shard_id;
+    let looked = c1
+        .clone()
+        .lookup_shard_reader(pb::LookupShardReaderRequest { reader_id: "rd".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .server_node
+        .unwrap();
+    let holder = format!("{}:{}", looked.host, looked.port);
+    let at = |holds: bool| {
+        cluster
+            .nodes
+            .iter()
+            .find(|n| (n.addr.to_string() == holder) == holds)
+            .unwrap()
+    };
+    let (mut here, mut elsewhere) = (at(true).client().await, at(false).client().await);
+    let wrong = |r: Result<_, tonic::Status>, what: &str| {
+        let err = r.expect_err(what);
+        assert_eq!(error_code(&err), 800, "{what}: {err:?}");
+        let v: serde_json::Value = serde_json::from_str(err.message()).unwrap();
+        assert_eq!(v["extra"], holder.as_str(), "{what}: {v}");
+    };
+    let create = pb::CreateShardReaderRequest {
+        stream_name: "fwd".into(),
+        shard_id: shard,
+        shard_offset: Some(earliest()),
+        reader_id: "rd".into(),
+        timeout: 1000,
+    };
+    wrong(
+        elsewhere.create_shard_reader(create.clone()).await.map(|_| ()),
+        "a reader created elsewhere",
+    );
+    here.create_shard_reader(create).await.unwrap();
+    let read = pb::ReadShardRequest {
+        reader_id: "rd".into(),
+        max_records: 10,
+    };
+    let got = here.read_shard(read.clone()).await.unwrap().into_inner();
+    assert!(!got.received_records.is_empty(), "the holder reads the shard");
+    wrong(elsewhere.read_shard(read.clone()).await.map(|_| ()), "a read elsewhere");
+    let delete = pb::DeleteShardReaderRequest { reader_id: "rd".into() };
+    wrong(
+        elsewhere.delete_shard_reader(delete.clone()).await.map(|_| ()),
+        "a delete elsewhere",
+    );
+    here.delete_shard_reader(delete).await.unwrap();
+    let gone = here.read_shard(read).await.unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound, "{gone:?}");
 }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cluster::assign::Assignments;
-use crate::meta::{ConnectorMeta, MetaStore, Ownership};
+use crate::meta::{ConnectorMeta, MetaError, MetaStore, Ownership};
 pub use checkpoints::MetaCheckpoints;
 pub use manage::{ConnectorSpec, ConnectorView};
 pub use streams::LocalStreams;
@@ -176,7 +176,13 @@ impl Connectors {
             status_writer: Mutex::new(None),
         });
         self.tasks.lock().expect("lock").insert(meta.name.clone(), task.clone());
-        let writer = tasks.spawn(persist_status(meta.clone(), handle, log, self.meta.clone()));
+        let writer = tasks.spawn(persist_status(
+            meta.clone(),
+            task.held.clone(),
+            handle,
+            log,
+            self.meta.clone(),
+        ));
         *task.status_writer.lock().expect("lock") = Some(writer);
         task
     }
@@ -193,9 +199,12 @@ fn push_log(log: &Mutex<VecDeque<String>>, line: String) {
     hstream_runtime::logs::push(log, line);
 }
 
-/// Follows a task's status: writes each change to the MetaStore and the task's log.
+/// Follows a task's status: writes each change to the MetaStore, under the copy's ownership,
+/// and to the task's log. A copy whose ownership moved on writes no more status: what the
+/// MetaStore shows is the new holder's.
 async fn persist_status(
     mut meta: ConnectorMeta,
+    held: Ownership,
     handle: TaskHandle,
     log: Arc<Mutex<VecDeque<String>>>,
     store: Arc<dyn MetaStore>,
@@ -220,8 +229,15 @@ async fn persist_status(
             push_log(&log, line);
             if status.state != State::Deleted && meta.status != status.state.as_str() {
                 meta.status = status.state.as_str().to_owned();
-                if let Err(e) = store.set_connector_status(&meta.name, &meta.status).await {
-                    tracing::warn!(connector = %meta.name, error = %e, "could not persist connector status");
+                match store.set_connector_status(&meta.name, &meta.status, Some(&held)).await {
+                    Ok(()) => {}
+                    Err(e @ MetaError::Fenced { .. }) => {
+                        tracing::info!(connector = %meta.name, reason = %e, "status no longer written: this copy lost the task");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(connector = %meta.name, error = %e, "could not persist connector status")
+                    }
                 }
             }
             last = Some(status.clone());

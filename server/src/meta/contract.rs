@@ -379,7 +379,7 @@ async fn connectors_checkpoints_kv(store: &dyn MetaStore) {
         "config alone changes"
     );
     store.set_connector_config("pg1", &c.config).await.unwrap();
-    store.set_connector_status("pg1", "FAILED").await.unwrap();
+    store.set_connector_status("pg1", "FAILED", None).await.unwrap();
     assert_eq!(store.get_connector("pg1").await.unwrap().unwrap().status, "FAILED");
     assert_eq!(
         store.get_connector("pg1").await.unwrap().unwrap().config,
@@ -387,7 +387,7 @@ async fn connectors_checkpoints_kv(store: &dyn MetaStore) {
         "status alone changes"
     );
     assert!(matches!(
-        store.set_connector_status("nope", "NEW").await,
+        store.set_connector_status("nope", "NEW", None).await,
         Err(MetaError::NotFound { .. })
     ));
     store
@@ -549,6 +549,34 @@ async fn ownership_and_fencing(store: &dyn MetaStore) {
         store.get_checkpoint(&connector_checkpoint("b")).await.unwrap(),
         Some(batch[1].clone())
     );
+
+    // A connector's status: written by its holder, refused to the copy that lost it.
+    let meta = ConnectorMeta {
+        name: "a".into(),
+        kind: "SOURCE".into(),
+        target: "generator".into(),
+        config: "{}".into(),
+        status: "NEW".into(),
+        created_ms: 1,
+        node: 2,
+    };
+    store.create_connector(&meta).await.unwrap();
+    let a = store.ownership("connector/a").await.unwrap().unwrap();
+    store.set_connector_status("a", "RUNNING", Some(&a)).await.unwrap();
+    let stale_a = Ownership {
+        epoch: a.epoch - 1,
+        ..a.clone()
+    };
+    fenced(
+        store.set_connector_status("a", "FAILED", Some(&stale_a)).await,
+        "a status written under a lost ownership",
+    );
+    assert_eq!(store.get_connector("a").await.unwrap().unwrap().status, "RUNNING");
+    fenced(
+        store.set_connector_status("a", "FAILED", Some(&first)).await,
+        "a status fenced by another resource's lost ownership",
+    );
+    store.delete_connector("a").await.unwrap();
 
     // Releasing: only by the holder; the epoch still moves on, and nobody holds it.
     fenced(store.release(&first).await, "a release by a former holder");

@@ -299,8 +299,10 @@ pub trait MetaStore: Send + Sync {
     async fn update_connector(&self, c: &ConnectorMeta) -> MetaResult<()>;
     /// Sets only the config (JSON text) of an existing connector.
     async fn set_connector_config(&self, name: &str, config: &str) -> MetaResult<()>;
-    /// Sets only the status of an existing connector.
-    async fn set_connector_status(&self, name: &str, status: &str) -> MetaResult<()>;
+    /// Sets only the status of an existing connector; with `fence`, only while that ownership
+    /// is still current (`Fenced`, and nothing written, otherwise), so a copy that lost its
+    /// task cannot overwrite what the new holder reports.
+    async fn set_connector_status(&self, name: &str, status: &str, fence: Option<&Ownership>) -> MetaResult<()>;
     /// Removes a connector and the checkpoints and key-values it owns.
     async fn delete_connector(&self, name: &str) -> MetaResult<bool>;
     async fn put_checkpoint(&self, cp: &Checkpoint) -> MetaResult<()> {

@@ -272,7 +272,7 @@ impl HStreamApi for HStreamService {
     }
 
     async fn delete_shard_reader(&self, req: Request<pb::DeleteShardReaderRequest>) -> RpcResult<()> {
-        ok(self.api.readers.delete(&req.into_inner().reader_id).await)
+        ok(self.delete_shard_reader_rpc(req.into_inner()).await)
     }
 
     type ReadStreamStream = BoxStream<pb::ReadStreamResponse>;

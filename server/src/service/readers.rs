@@ -9,6 +9,21 @@ use crate::error::{ApiError, ApiResult};
 use crate::readers::ReaderSpec;
 
 impl HStreamService {
+    /// A reader's position is in one node's memory: the one its lookup names. Creating,
+    /// reading and deleting it elsewhere is WrongServer naming that node, as HStreamDB's
+    /// clients expect (they look a reader up before creating it), so no node keeps a cursor
+    /// for a reader deleted or re-created through another.
+    fn reader_here(&self, id: &str) -> ApiResult<()> {
+        let at = self.api.assignments.spread(&super::reader_resource(id));
+        if at.node != self.api.node.id {
+            return Err(ApiError::WrongServer {
+                what: format!("shard reader {id:?}"),
+                owner: Some(format!("{}:{}", at.host, at.port)),
+            });
+        }
+        Ok(())
+    }
+
     pub(super) async fn create_shard_reader_rpc(
         &self,
         req: pb::CreateShardReaderRequest,
@@ -17,6 +32,7 @@ impl HStreamService {
         self.api
             .readers
             .check_spec(&req.reader_id, &req.stream_name, req.shard_id)?;
+        self.reader_here(&req.reader_id)?;
         let offset = req
             .shard_offset
             .as_ref()
@@ -41,14 +57,7 @@ impl HStreamService {
 
     /// Returns up to `maxRecords` batches; waits up to the reader's timeout when none is there.
     pub(super) async fn read_shard_rpc(&self, req: pb::ReadShardRequest) -> ApiResult<pb::ReadShardResponse> {
-        // A reader's position is in one node's memory: the one its lookup names.
-        let at = self.api.assignments.spread(&super::reader_resource(&req.reader_id));
-        if at.node != self.api.node.id {
-            return Err(ApiError::WrongServer {
-                what: format!("shard reader {:?}", req.reader_id),
-                owner: Some(format!("{}:{}", at.host, at.port)),
-            });
-        }
+        self.reader_here(&req.reader_id)?;
         let (shard_id, batches) = self
             .api
             .readers
@@ -57,6 +66,11 @@ impl HStreamService {
         Ok(pb::ReadShardResponse {
             received_records: batches.into_iter().map(|b| read::received(shard_id, b)).collect(),
         })
+    }
+
+    pub(super) async fn delete_shard_reader_rpc(&self, req: pb::DeleteShardReaderRequest) -> ApiResult<()> {
+        self.reader_here(&req.reader_id)?;
+        self.api.readers.delete(&req.reader_id).await
     }
 
     pub(super) async fn list_shard_readers_rpc(&self) -> ApiResult<pb::ListShardReadersResponse> {

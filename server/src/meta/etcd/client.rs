@@ -634,8 +634,16 @@ impl EtcdMetaStore {
         Ok((subs, rev))
     }
 
-    pub(super) async fn connector_rmw(&self, name: &str, change: impl Fn(&mut ConnectorRec)) -> MetaResult<()> {
+    /// Changes a connector's record in place; with `fence`, only while that ownership is
+    /// current (in the same transaction).
+    pub(super) async fn connector_rmw_fenced(
+        &self,
+        name: &str,
+        change: impl Fn(&mut ConnectorRec),
+        fence: Option<&Ownership>,
+    ) -> MetaResult<()> {
         let key = self.key(&format!("connectors/{name}"));
+        let fences: Vec<Ownership> = fence.into_iter().cloned().collect();
         for _ in 0..RETRIES {
             let Some(kv) = self.get(key.clone()).await? else {
                 return Err(MetaError::NotFound {
@@ -645,15 +653,18 @@ impl EtcdMetaStore {
             };
             let mut rec: ConnectorRec = parse("connector", &kv)?;
             change(&mut rec);
-            let resp = self
-                .txn(
-                    vec![unchanged(key.clone(), kv.mod_revision)],
-                    vec![put(key.clone(), json(&rec))],
-                )
-                .await?;
+            let mut guards = vec![unchanged(key.clone(), kv.mod_revision)];
+            guards.extend(
+                fences
+                    .iter()
+                    .map(|f| value_is(self.owner_key(&f.resource), json(&OwnerRec::of(f)))),
+            );
+            let resp = self.txn(guards, vec![put(key.clone(), json(&rec))]).await?;
             if resp.succeeded {
                 return Ok(());
             }
+            // A fence that moved is final; a record changed by another writer is retried.
+            self.check_fences(&fences).await?;
         }
         Err(contended("connector", name))
     }

@@ -627,20 +627,26 @@ impl MetaStore for EtcdMetaStore {
     }
 
     async fn update_connector(&self, c: &ConnectorMeta) -> MetaResult<()> {
-        self.connector_rmw(&c.name, |r| {
-            r.config = c.config.clone();
-            r.status = c.status.clone();
-            r.node = c.node;
-        })
+        self.connector_rmw_fenced(
+            &c.name,
+            |r| {
+                r.config = c.config.clone();
+                r.status = c.status.clone();
+                r.node = c.node;
+            },
+            None,
+        )
         .await
     }
 
     async fn set_connector_config(&self, name: &str, config: &str) -> MetaResult<()> {
-        self.connector_rmw(name, |r| r.config = config.to_owned()).await
+        self.connector_rmw_fenced(name, |r| r.config = config.to_owned(), None)
+            .await
     }
 
-    async fn set_connector_status(&self, name: &str, status: &str) -> MetaResult<()> {
-        self.connector_rmw(name, |r| r.status = status.to_owned()).await
+    async fn set_connector_status(&self, name: &str, status: &str, fence: Option<&Ownership>) -> MetaResult<()> {
+        self.connector_rmw_fenced(name, |r| r.status = status.to_owned(), fence)
+            .await
     }
 
     async fn delete_connector(&self, name: &str) -> MetaResult<bool> {

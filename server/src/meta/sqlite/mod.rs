@@ -572,8 +572,32 @@ impl MetaStore for SqliteMetaStore {
         self.set_connector_column("config", name, config).await
     }
 
-    async fn set_connector_status(&self, name: &str, status: &str) -> MetaResult<()> {
-        self.set_connector_column("status", name, status).await
+    async fn set_connector_status(&self, name: &str, status: &str, fence: Option<&Ownership>) -> MetaResult<()> {
+        let Some(fence) = fence else {
+            return self.set_connector_column("status", name, status).await;
+        };
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let current = Self::ownership_in(&mut tx, &fence.resource).await?;
+        if current.as_ref() != Some(fence) {
+            return Err(Ownership::fenced(
+                &fence.resource,
+                Ownership::describe(Some(fence)),
+                current.as_ref(),
+            ));
+        }
+        let res = sqlx::query("UPDATE connectors SET status = ? WHERE name = ?")
+            .bind(status)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if res.rows_affected() == 0 {
+            return Err(MetaError::NotFound {
+                kind: "connector",
+                name: name.to_owned(),
+            });
+        }
+        tx.commit().await.map_err(backend)
     }
 
     async fn delete_connector(&self, name: &str) -> MetaResult<bool> {
