@@ -4,6 +4,7 @@
 mod airbyte;
 mod append;
 mod cdc;
+mod cluster;
 mod connectors;
 mod jetstream;
 mod metastore;
@@ -55,6 +56,9 @@ enum Bench {
     /// Appends on the JetStream store (one server R1, a three-node cluster R3) beside a bare
     /// async-nats publisher doing the same, and beside the local store.
     Jetstream(append::Args),
+    /// Three nodes on one etcd and one JetStream server: lookups per second beside Echo, and
+    /// the time from kill -9 to every moved connector task running, beside gossip's detection.
+    Cluster(cluster::Args),
     /// Every benchmark with its defaults.
     All,
 }
@@ -74,6 +78,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Startup(args) => rt.block_on(startup::run(args)),
         Bench::Metastore(args) => rt.block_on(metastore::run(args)),
         Bench::Jetstream(args) => rt.block_on(jetstream::run(args)),
+        Bench::Cluster(args) => rt.block_on(cluster::run(args)),
         Bench::All => rt.block_on(async {
             append::run(append::Args::default_args()).await?;
             println!();
@@ -95,7 +100,9 @@ fn main() -> anyhow::Result<()> {
             println!();
             metastore::run(metastore::Args::default_args()).await?;
             println!();
-            jetstream::run(append::Args::default_args()).await
+            jetstream::run(append::Args::default_args()).await?;
+            println!();
+            cluster::run(cluster::Args::default_args()).await
         }),
     }
 }

@@ -54,6 +54,11 @@ const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// How long a placement read from the metastore answers lookups ([`Assignments::lookup`])
+/// before they read it again: passes refresh it every [`PLACE_EVERY`] and on every membership
+/// change.
+const LOOKUP_FRESH: Duration = Duration::from_secs(2);
+
 /// How long after joining a node waits before it treats a holder missing from its view as
 /// gone (its view may not have every member yet).
 pub const SETTLE: Duration = Duration::from_secs(6);
@@ -109,6 +114,18 @@ pub struct Assignments {
     /// Members registered in the metastore and not stopped gracefully (refreshed each pass):
     /// counted as known by the majority rule even once the gossip forgot them.
     registered: Mutex<BTreeSet<NodeId>>,
+    /// The last placement read of each kind (by prefix), for lookups.
+    last_read: Mutex<BTreeMap<&'static str, Arc<PlacementRead>>>,
+    /// The ring of the serving members, kept while they stay the same (spread lookups).
+    ring: Mutex<Option<(BTreeSet<NodeId>, Arc<placement::Ring>)>>,
+}
+
+/// A kind's resources, their ownership records and the placement, as one read found them.
+struct PlacementRead {
+    at: Instant,
+    stored: BTreeSet<String>,
+    owners: BTreeMap<String, Ownership>,
+    placed: BTreeMap<String, NodeId>,
 }
 
 /// Where a resource is, for lookups.
@@ -139,6 +156,8 @@ impl Assignments {
             last_ok: Mutex::new(Instant::now()),
             failed: Mutex::new(BTreeMap::new()),
             registered: Mutex::new(BTreeSet::new()),
+            last_read: Mutex::new(BTreeMap::new()),
+            ring: Mutex::new(None),
         }
     }
 
@@ -352,6 +371,15 @@ impl Assignments {
             .filter_map(|(name, o)| o.owner.filter(|h| members.contains(h)).map(|h| (name.clone(), h)))
             .collect();
         let placed = placement::place(&members, &stored, &previous, self.slack_percent);
+        self.last_read.lock().expect("lock").insert(
+            prefix,
+            Arc::new(PlacementRead {
+                at: Instant::now(),
+                stored: stored.clone(),
+                owners: owners.clone(),
+                placed: placed.clone(),
+            }),
+        );
         Ok((stored, owners, placed))
     }
 
@@ -518,19 +546,35 @@ impl Assignments {
         if !stored.contains(name) {
             return Ok(None);
         }
+        Ok(self.located(owners.get(name), placed.get(name)))
+    }
+
+    /// [`locate`](Self::locate) for lookups (LookupSubscription, LookupResource): answered
+    /// from the last placement read, under [`LOOKUP_FRESH`] old, when it has `name` and names
+    /// a node that serves now; read afresh otherwise. A client sent to a node that no longer
+    /// holds the resource gets WrongServer from it, naming the holder.
+    pub async fn lookup(&self, kind: &dyn Hosted, name: &str) -> ApiResult<Option<Location>> {
+        let last = self.last_read.lock().expect("lock").get(kind.prefix()).cloned();
+        if let Some(read) = last.filter(|r| r.at.elapsed() < LOOKUP_FRESH && r.stored.contains(name))
+            && let Some(at) = self.located(read.owners.get(name), read.placed.get(name))
+        {
+            return Ok(Some(at));
+        }
+        self.locate(kind, name).await
+    }
+
+    /// The holder when it serves, else the node placed; `None` when that one does not serve.
+    fn located(&self, owner: Option<&Ownership>, placed: Option<&NodeId>) -> Option<Location> {
         let serving = self.serving();
-        let node = owners
-            .get(name)
+        let node = owner
             .and_then(|o| o.owner)
             .filter(|h| serving.contains_key(h))
-            .or_else(|| placed.get(name).copied());
-        Ok(node.and_then(|n| {
-            serving.get(&n).map(|(host, port)| Location {
-                node: n,
-                host: host.clone(),
-                port: *port,
-            })
-        }))
+            .or_else(|| placed.copied())?;
+        serving.get(&node).map(|(host, port)| Location {
+            node,
+            host: host.clone(),
+            port: *port,
+        })
     }
 
     /// The serving member the ring gives `resource`, for what is served by any node but best
@@ -539,10 +583,18 @@ impl Assignments {
     pub fn spread(&self, resource: &str) -> Location {
         let serving = self.serving();
         let members: BTreeSet<NodeId> = serving.keys().copied().collect();
-        let node = placement::place(&members, &BTreeSet::from([resource.to_owned()]), &BTreeMap::new(), 0)
-            .into_values()
-            .next()
-            .unwrap_or(self.me);
+        let ring = {
+            let mut kept = self.ring.lock().expect("lock");
+            match &*kept {
+                Some((m, ring)) if *m == members => ring.clone(),
+                _ => {
+                    let ring = Arc::new(placement::Ring::new(&members));
+                    *kept = Some((members, ring.clone()));
+                    ring
+                }
+            }
+        };
+        let node = ring.owner(resource).unwrap_or(self.me);
         match serving.get(&node) {
             Some((host, port)) => Location {
                 node,

@@ -54,13 +54,30 @@ fn point(text: &str) -> u64 {
 }
 
 /// The ring: [`POINTS`] points per member, sorted (ties broken by member id).
-fn ring(members: &BTreeSet<NodeId>) -> Vec<(u64, NodeId)> {
-    let mut ring: Vec<(u64, NodeId)> = members
-        .iter()
-        .flat_map(|&m| (0..POINTS).map(move |i| (point(&format!("node-{m}-{i}")), m)))
-        .collect();
-    ring.sort_unstable();
-    ring
+#[derive(Debug, Clone)]
+pub struct Ring(Vec<(u64, NodeId)>);
+
+impl Ring {
+    pub fn new(members: &BTreeSet<NodeId>) -> Ring {
+        let mut ring: Vec<(u64, NodeId)> = members
+            .iter()
+            .flat_map(|&m| (0..POINTS).map(move |i| (point(&format!("node-{m}-{i}")), m)))
+            .collect();
+        ring.sort_unstable();
+        Ring(ring)
+    }
+
+    /// Members clockwise from `resource`'s point, each of its points in turn.
+    fn clockwise(&self, resource: &str) -> impl Iterator<Item = NodeId> + '_ {
+        let h = point(resource);
+        let start = self.0.partition_point(|&(p, _)| p < h);
+        (0..self.0.len()).map(move |i| self.0[(start + i) % self.0.len()].1)
+    }
+
+    /// The first member clockwise from `resource`: where [`place`] puts a resource alone.
+    pub fn owner(&self, resource: &str) -> Option<NodeId> {
+        self.clockwise(resource).next()
+    }
 }
 
 /// Places `resources` on `members`, keeping what `previous` placed where it may stay.
@@ -92,12 +109,10 @@ pub fn place(
         return placed;
     }
     // Move: clockwise from the resource's point to the first member with room.
-    let ring = ring(members);
+    let ring = Ring::new(members);
     for r in homeless {
-        let h = point(r);
-        let start = ring.partition_point(|&(p, _)| p < h);
-        let owner = (0..ring.len())
-            .map(|i| ring[(start + i) % ring.len()].1)
+        let owner = ring
+            .clockwise(r)
             .find(|m| load[m] < cap)
             .expect("capacity × members ≥ resources: some member has room");
         *load.get_mut(&owner).expect("a member") += 1;
@@ -139,6 +154,17 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// A ring's owner of a resource is where placement puts that resource alone (what
+        /// lookups of spread resources answer from a ring kept between calls).
+        #[test]
+        fn the_ring_owner_is_the_lone_placement(
+            members in prop::collection::btree_set(0u32..32, 1..9),
+            resource in "[a-z]{1,8}/[0-9]{1,6}",
+        ) {
+            let alone = place(&members, &BTreeSet::from([resource.clone()]), &BTreeMap::new(), 0);
+            prop_assert_eq!(Ring::new(&members).owner(&resource), alone.get(&resource).copied());
+        }
 
         /// Complete and bounded from any previous placement, including one naming
         /// non-members, overloaded members and resources that are gone.

@@ -379,7 +379,7 @@ impl HStreamApi for HStreamService {
         req: Request<pb::LookupSubscriptionRequest>,
     ) -> RpcResult<pb::LookupSubscriptionResponse> {
         let id = req.into_inner().subscription_id;
-        let node = match self.api.subscriptions.locate(&id).await? {
+        let node = match self.api.assignments.lookup(&*self.api.subscriptions, &id).await? {
             Some(at) => self.api.node_at(at),
             None => return Err(ApiError::SubscriptionNotFound(id).into()),
         };
@@ -458,14 +458,18 @@ impl HStreamApi for HStreamService {
             Ok(pb::ResourceType::ResStream) => spread(&format!("stream/{id}")),
             Ok(pb::ResourceType::ResShard) => spread(&format!("shard/{id}")),
             Ok(pb::ResourceType::ResShardReader) => spread(&reader_resource(&id)),
-            Ok(pb::ResourceType::ResSubscription) => match self.api.subscriptions.locate(&id).await? {
-                Some(at) => Ok(Response::new(self.api.node_at(at))),
-                None => Err(ApiError::SubscriptionNotFound(id).into()),
-            },
-            Ok(pb::ResourceType::ResConnector) => match self.api.connectors.locate(&id).await? {
-                Some(at) => Ok(Response::new(self.api.node_at(at))),
-                None => Err(ApiError::ConnectorNotFound(id).into()),
-            },
+            Ok(pb::ResourceType::ResSubscription) => {
+                match self.api.assignments.lookup(&*self.api.subscriptions, &id).await? {
+                    Some(at) => Ok(Response::new(self.api.node_at(at))),
+                    None => Err(ApiError::SubscriptionNotFound(id).into()),
+                }
+            }
+            Ok(pb::ResourceType::ResConnector) => {
+                match self.api.assignments.lookup(&*self.api.connectors, &id).await? {
+                    Some(at) => Ok(Response::new(self.api.node_at(at))),
+                    None => Err(ApiError::ConnectorNotFound(id).into()),
+                }
+            }
             // Queries and views do not exist here yet: this node answers for them.
             Ok(pb::ResourceType::ResQuery | pb::ResourceType::ResView) => Ok(Response::new(self.api.server_node())),
             Err(_) => Err(ApiError::InvalidRequest(format!("unknown resType {}", req.res_type)).into()),
