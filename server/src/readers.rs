@@ -3,8 +3,14 @@
 //! A reader's definition (stream, shard, start, timeout) is kept in the MetaStore, so it can be
 //! looked up and read after a restart; its position is in memory and restarts from the start
 //! offset, as HStreamDB's does.
+//!
+//! In a cluster a reader lives on the node its lookup names, which moves with the membership:
+//! a cursor opened before the membership last changed (the caller's `view`) is checked
+//! against the MetaStore before it is read again, so a reader deleted or re-created through
+//! another node meanwhile is not read from its old cursor.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,7 +41,15 @@ struct ReaderState {
     timeout: Duration,
 }
 
-type Open = Arc<tokio::sync::Mutex<ReaderState>>;
+/// A reader open on this node: its definition, the membership view it was last checked
+/// under, and its cursor.
+struct OpenReader {
+    definition: ReaderMeta,
+    checked: AtomicU64,
+    state: tokio::sync::Mutex<ReaderState>,
+}
+
+type Open = Arc<OpenReader>;
 
 pub struct Readers {
     meta: Arc<dyn MetaStore>,
@@ -61,7 +75,9 @@ impl Readers {
         self.streams.catalog().shard_of(stream, shard_id)
     }
 
-    pub async fn create(&self, spec: ReaderSpec) -> ApiResult<ReaderMeta> {
+    /// Creates a reader and opens it here; `view` is the caller's membership view (see the
+    /// module doc).
+    pub async fn create(&self, spec: ReaderSpec, view: u64) -> ApiResult<ReaderMeta> {
         let shard = self.check_spec(&spec.id, &spec.stream, spec.shard_id)?;
         let start_lsn = resolve_from(&*shard.log, spec.from).await?;
         let meta = ReaderMeta {
@@ -76,46 +92,51 @@ impl Readers {
             MetaError::AlreadyExists { .. } => ApiError::ReaderExists(spec.id.clone()),
             e => e.into(),
         })?;
-        let state = ReaderState {
-            cursor: ShardCursor::new(shard, start_lsn, Until::Forever),
-            timeout: Duration::from_millis(spec.timeout_ms as u64),
-        };
-        self.open
-            .lock()
-            .expect("lock")
-            .insert(spec.id, Arc::new(tokio::sync::Mutex::new(state)));
+        let opened = Self::opened(meta.clone(), shard, view);
+        self.open.lock().expect("lock").insert(spec.id, opened);
         Ok(meta)
     }
 
-    async fn reader(&self, id: &str) -> ApiResult<Open> {
-        if let Some(r) = self.open.lock().expect("lock").get(id) {
+    fn opened(definition: ReaderMeta, shard: ShardEntry, view: u64) -> Open {
+        Arc::new(OpenReader {
+            state: tokio::sync::Mutex::new(ReaderState {
+                cursor: ShardCursor::new(shard, definition.start_lsn, Until::Forever),
+                timeout: Duration::from_millis(definition.timeout_ms as u64),
+            }),
+            definition,
+            checked: AtomicU64::new(view),
+        })
+    }
+
+    async fn reader(&self, id: &str, view: u64) -> ApiResult<Open> {
+        let open = self.open.lock().expect("lock").get(id).cloned();
+        if let Some(r) = &open
+            && r.checked.load(Ordering::SeqCst) == view
+        {
             return Ok(r.clone());
         }
-        // Defined before a restart: reopen at its start offset.
-        let meta = self
-            .meta
-            .get_reader(id)
-            .await?
-            .ok_or_else(|| ApiError::ReaderNotFound(id.to_owned()))?;
+        // Defined before a restart, or open since before the membership changed (deleted or
+        // re-created through another node meanwhile?): as the MetaStore has it.
+        let Some(meta) = self.meta.get_reader(id).await? else {
+            self.open.lock().expect("lock").remove(id);
+            return Err(ApiError::ReaderNotFound(id.to_owned()));
+        };
+        if let Some(r) = open.filter(|r| r.definition == meta) {
+            r.checked.store(view, Ordering::SeqCst);
+            return Ok(r);
+        }
         let shard = self.streams.catalog().shard(meta.shard_id)?;
-        let state = Arc::new(tokio::sync::Mutex::new(ReaderState {
-            cursor: ShardCursor::new(shard, meta.start_lsn, Until::Forever),
-            timeout: Duration::from_millis(meta.timeout_ms as u64),
-        }));
-        Ok(self
-            .open
-            .lock()
-            .expect("lock")
-            .entry(id.to_owned())
-            .or_insert(state)
-            .clone())
+        let opened = Self::opened(meta, shard, view);
+        self.open.lock().expect("lock").insert(id.to_owned(), opened.clone());
+        Ok(opened)
     }
 
     /// Returns up to `max` batches (0 = no count limit) under `max_bytes`, with the id of the
-    /// reader's shard; waits up to the reader's timeout when none is there.
-    pub async fn read(&self, id: &str, max: u32, max_bytes: usize) -> ApiResult<(u64, Vec<StoredBatch>)> {
-        let reader = self.reader(id).await?;
-        let mut state = reader.lock().await;
+    /// reader's shard; waits up to the reader's timeout when none is there. `view`: the
+    /// caller's membership view (see the module doc).
+    pub async fn read(&self, id: &str, max: u32, max_bytes: usize, view: u64) -> ApiResult<(u64, Vec<StoredBatch>)> {
+        let reader = self.reader(id, view).await?;
+        let mut state = reader.state.lock().await;
         let max = if max == 0 { usize::MAX } else { max as usize };
         let mut batches = state.cursor.read_chunk(max, max_bytes).await?;
         if batches.is_empty() && !state.timeout.is_zero() {

@@ -295,6 +295,16 @@ struct CdcLoad {
 
 const CDC_EACH: usize = 5;
 
+impl Drop for CdcLoad {
+    /// A failed test leaves no load running (it ends with its database anyway).
+    fn drop(&mut self) {
+        for load in [&mut self.pg_load, &mut self.db_load] {
+            let _ = load.kill();
+            let _ = load.wait();
+        }
+    }
+}
+
 impl CdcLoad {
     /// Tables `o0`…`o4` in both databases with `rows` rows each, and the load started.
     fn start(rows: usize) -> CdcLoad {

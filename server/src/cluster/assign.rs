@@ -5,7 +5,8 @@
 //! Guarantees:
 //! - **One owner at a time, fenced.** A resource runs on a node only under an ownership that
 //!   node claimed (`MetaStore::claim`, which moves the resource's epoch on by one), and every
-//!   write a running copy makes (subscription progress, connector checkpoints) carries that
+//!   write a running copy makes (subscription progress, connector checkpoints and status)
+//!   carries that
 //!   ownership as a fence: once another node claimed the resource, the old copy commits
 //!   nothing, and stops when its commit is refused.
 //! - **Hand-over before take-over.** A node claims a resource only when nobody holds it, when
@@ -118,6 +119,8 @@ pub struct Assignments {
     last_read: Mutex<BTreeMap<&'static str, Arc<PlacementRead>>>,
     /// The ring of the serving members, kept while they stay the same (spread lookups).
     ring: Mutex<Option<(BTreeSet<NodeId>, Arc<placement::Ring>)>>,
+    /// Membership changes seen so far ([`view`](Self::view)).
+    views: std::sync::atomic::AtomicU64,
 }
 
 /// A kind's resources, their ownership records and the placement, as one read found them.
@@ -158,6 +161,7 @@ impl Assignments {
             registered: Mutex::new(BTreeSet::new()),
             last_read: Mutex::new(BTreeMap::new()),
             ring: Mutex::new(None),
+            views: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -281,7 +285,9 @@ impl Assignments {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(PLACE_EVERY) => {}
-                _ = changed => {}
+                _ = changed => {
+                    self.views.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
             }
             if shutdown.is_cancelled() {
                 return; // what this node holds is released by `release_all`
@@ -328,6 +334,18 @@ impl Assignments {
         *last_ok = sent;
     }
 
+    /// A number that changes whenever this node's view of the membership changed (so what the
+    /// ring names may have moved): what was settled under an older one is worth checking again.
+    pub fn view(&self) -> u64 {
+        self.views.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Forgets the last placement read of `kind` (after a delete through this node: its
+    /// lookups answer NotFound at once).
+    pub fn forget_reads(&self, kind: &dyn Hosted) {
+        self.last_read.lock().expect("lock").remove(kind.prefix());
+    }
+
     /// One pass over every kind, now.
     pub async fn place_now(&self) -> ApiResult<()> {
         let _one = self.pass.lock().await;
@@ -371,15 +389,18 @@ impl Assignments {
             .filter_map(|(name, o)| o.owner.filter(|h| members.contains(h)).map(|h| (name.clone(), h)))
             .collect();
         let placed = placement::place(&members, &stored, &previous, self.slack_percent);
-        self.last_read.lock().expect("lock").insert(
-            prefix,
-            Arc::new(PlacementRead {
-                at: Instant::now(),
-                stored: stored.clone(),
-                owners: owners.clone(),
-                placed: placed.clone(),
-            }),
-        );
+        // Reads run concurrently (passes, and lookups that read afresh): the newest stays.
+        let read = Arc::new(PlacementRead {
+            at: sent,
+            stored: stored.clone(),
+            owners: owners.clone(),
+            placed: placed.clone(),
+        });
+        let mut reads = self.last_read.lock().expect("lock");
+        if reads.get(prefix).is_none_or(|r| r.at <= sent) {
+            reads.insert(prefix, read);
+        }
+        drop(reads);
         Ok((stored, owners, placed))
     }
 

@@ -338,6 +338,7 @@ impl Connectors {
             self.remove(name);
         }
         self.meta.delete_connector(name).await?;
+        self.assignments.forget_reads(self);
         if !here {
             // Running on another node (or nowhere): its node's placer stops it as deleted
             // (letting go of what it holds upstream); taking the ownership makes sure no

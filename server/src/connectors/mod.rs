@@ -2,8 +2,8 @@
 //! and a bounded log of each task's lifecycle events (GetConnectorLogs).
 //!
 //! Guarantees: a connector exists in the MetaStore before its task starts; a task runs only on
-//! the node holding its ownership (`cluster::assign`), and its checkpoints are fenced by it;
-//! status changes are written back as they happen; wherever a task starts again (a restarted
+//! the node holding its ownership (`cluster::assign`), and its checkpoints and status writes
+//! are fenced by it; status changes are written back as they happen; wherever a task starts again (a restarted
 //! server, another node after a failover) it resumes in the state it had (RUNNING tasks
 //! restart from their checkpoints, STOPPED ones stay paused, FAILED ones stay failed until
 //! resumed or altered).
@@ -33,7 +33,7 @@ pub struct Task {
     pub handle: TaskHandle,
     pub connector: Arc<dyn ConnectorType>,
     pub log: Arc<Mutex<VecDeque<String>>>,
-    /// The ownership the task runs under (fencing its checkpoints).
+    /// The ownership the task runs under (fencing its checkpoints and status writes).
     pub held: Ownership,
     /// Stops the task here without changing its stored state (it moves to another node).
     pub stop: CancellationToken,

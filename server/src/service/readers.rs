@@ -11,8 +11,8 @@ use crate::readers::ReaderSpec;
 impl HStreamService {
     /// A reader's position is in one node's memory: the one its lookup names. Creating,
     /// reading and deleting it elsewhere is WrongServer naming that node, as HStreamDB's
-    /// clients expect (they look a reader up before creating it), so no node keeps a cursor
-    /// for a reader deleted or re-created through another.
+    /// clients expect (they look a reader up before creating it); a cursor kept from before a
+    /// membership change is checked before it is read again (`Readers`).
     fn reader_here(&self, id: &str) -> ApiResult<()> {
         let at = self.api.assignments.spread(&super::reader_resource(id));
         if at.node != self.api.node.id {
@@ -45,7 +45,7 @@ impl HStreamService {
             timeout_ms: req.timeout,
             offset_spec: offset.encode_to_vec(),
         };
-        self.api.readers.create(spec).await?;
+        self.api.readers.create(spec, self.api.assignments.view()).await?;
         Ok(pb::CreateShardReaderResponse {
             stream_name: req.stream_name,
             shard_id: req.shard_id,
@@ -61,7 +61,12 @@ impl HStreamService {
         let (shard_id, batches) = self
             .api
             .readers
-            .read(&req.reader_id, req.max_records, RESPONSE_BYTES)
+            .read(
+                &req.reader_id,
+                req.max_records,
+                RESPONSE_BYTES,
+                self.api.assignments.view(),
+            )
             .await?;
         Ok(pb::ReadShardResponse {
             received_records: batches.into_iter().map(|b| read::received(shard_id, b)).collect(),

@@ -349,3 +349,54 @@ async fn tailing_read_touches_only_shards_that_got_data() {
     ctx.shutdown.cancel();
     pumped.await.unwrap();
 }
+
+/// A reader's cursor is trusted while the membership view it was opened under holds; under a
+/// newer view (the ring may have sent its clients to another node meanwhile) it is checked
+/// against the MetaStore: deleted there, it is gone here too; re-created with another start,
+/// it is read from that start.
+#[tokio::test]
+async fn a_reader_kept_from_an_older_view_is_checked_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = ctx(dir.path()).await;
+    ctx.create_stream(stream("r")).await.unwrap();
+    let shard = ctx.catalog().stream("r").unwrap().shards[0].meta.id;
+    for _ in 0..3 {
+        ctx.append(pb::AppendRequest {
+            stream_name: "r".into(),
+            shard_id: shard,
+            records: Some(one_record()),
+        })
+        .await
+        .unwrap();
+    }
+    let readers = &ctx.svc.api.readers;
+    let spec = crate::readers::ReaderSpec {
+        id: "rd".into(),
+        stream: "r".into(),
+        shard_id: shard,
+        from: crate::streams::From::Earliest,
+        timeout_ms: 0,
+        offset_spec: Vec::new(),
+    };
+    readers.create(spec.clone(), 0).await.unwrap();
+    let lsns = |b: &[crate::store::StoredBatch]| b.iter().map(|b| b.lsn).collect::<Vec<_>>();
+    let (_, first) = readers.read("rd", 1, usize::MAX, 0).await.unwrap();
+    assert_eq!(lsns(&first), [1]);
+
+    // Deleted through another node: this node's view has not changed, its cursor stands…
+    ctx.meta.delete_reader("rd").await.unwrap();
+    assert_eq!(lsns(&readers.read("rd", 1, usize::MAX, 0).await.unwrap().1), [2]);
+    // …until it has: then the reader is gone here too.
+    let gone = readers.read("rd", 1, usize::MAX, 1).await.unwrap_err();
+    assert!(matches!(gone, ApiError::ReaderNotFound(_)), "{gone}");
+
+    // Re-created through another node, from the third batch: read from there under a newer
+    // view, not from the old cursor (here at the second).
+    readers.create(spec, 1).await.unwrap();
+    assert_eq!(lsns(&readers.read("rd", 1, usize::MAX, 1).await.unwrap().1), [1]);
+    let mut elsewhere = ctx.meta.get_reader("rd").await.unwrap().unwrap();
+    ctx.meta.delete_reader("rd").await.unwrap();
+    elsewhere.start_lsn = 3;
+    ctx.meta.create_reader(&elsewhere).await.unwrap();
+    assert_eq!(lsns(&readers.read("rd", 1, usize::MAX, 2).await.unwrap().1), [3]);
+}

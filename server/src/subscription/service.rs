@@ -253,6 +253,7 @@ impl Subscriptions {
         // The data of a force-deleted stream goes with its last subscription (one metastore
         // step; its files after it, or as orphans at the next start).
         let removed = self.meta.delete_subscription(id).await?;
+        self.assignments.forget_reads(self);
         if on_other_node {
             // Its node's placer stops the actor when it sees the subscription gone; taking
             // the ownership makes sure nothing it commits meanwhile lands.
