@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use hstream_integration_tests::etcd::Etcd;
 use hstream_integration_tests::nats::Nats;
-use hstream_integration_tests::{Client, Server, free_port};
+use hstream_integration_tests::{Client, Server, cluster_node_args, free_port};
 use hstream_proto as pb;
 
 #[derive(clap::Args, Clone)]
@@ -59,26 +59,12 @@ async fn start_cluster() -> anyhow::Result<Cluster> {
     std::fs::create_dir_all(&dir)?;
     let tmp = tempfile::tempdir_in(&dir)?;
     let gossip: Vec<String> = (0..3).map(|_| free_port().to_string()).collect();
-    let seed = format!("127.0.0.1:{}", gossip[0]);
     let (meta, store) = (etcd.uri("bench"), nats.uri("bench"));
     let nodes: Vec<Server> = (0..3)
         .map(|i| {
-            let id = (i + 1).to_string();
-            Server::start(
-                &tmp.path().join(format!("n{id}")),
-                &[
-                    "--server-id",
-                    &id,
-                    "--gossip-port",
-                    &gossip[i],
-                    "--seed-nodes",
-                    &seed,
-                    "--metastore-uri",
-                    &meta,
-                    "--store",
-                    &store,
-                ],
-            )
+            let args = cluster_node_args(i, &gossip, &meta, &store);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Server::start(&tmp.path().join(format!("n{}", i + 1)), &args)
         })
         .collect();
     let c = nodes[0].client().await;

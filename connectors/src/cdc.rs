@@ -19,6 +19,13 @@ pub enum SnapshotMode {
     Never,
     /// Copy the tables' rows, then complete.
     InitialOnly,
+    /// Copy the tables' rows at every start, then stream changes (from the stored position
+    /// when the source still has it, so changes made while stopped, deletes included, follow
+    /// the copy; from the copy's position otherwise).
+    Always,
+    /// As `initial`, and copy the rows again when the stored position is gone from the source
+    /// (rows deleted while it was missing stay in the stream). PostgreSQL only for now.
+    WhenNeeded,
 }
 
 impl SnapshotMode {
@@ -27,6 +34,8 @@ impl SnapshotMode {
             SnapshotMode::Initial => "initial",
             SnapshotMode::Never => "never",
             SnapshotMode::InitialOnly => "initial_only",
+            SnapshotMode::Always => "always",
+            SnapshotMode::WhenNeeded => "when_needed",
         }
     }
 }

@@ -291,3 +291,20 @@ fn nats_store(data_dir: &Path, args: &[String]) -> Vec<String> {
         vec!["--store".into(), crate::nats::Nats::shared().uri(&prefix)]
     }
 }
+
+/// The flags of node `index` (id `index + 1`) of a cluster whose members gossip on the ports
+/// `gossip` (one per node, the first the seed) and share `metastore` and `store`.
+pub fn cluster_node_args(index: usize, gossip: &[String], metastore: &str, store: &str) -> Vec<String> {
+    vec![
+        "--server-id".into(),
+        (index + 1).to_string(),
+        "--gossip-port".into(),
+        gossip[index].clone(),
+        "--seed-nodes".into(),
+        format!("127.0.0.1:{}", gossip[0]),
+        "--metastore-uri".into(),
+        metastore.into(),
+        "--store".into(),
+        store.into(),
+    ]
+}

@@ -145,6 +145,11 @@ impl ConnectorConfig for MySqlSourceConfig {
         if self.server_id == Some(0) {
             return Err(ConnectorError::config("serverId: must be at least 1"));
         }
+        if self.capture.snapshot_mode == SnapshotMode::WhenNeeded {
+            return Err(ConnectorError::config(
+                "snapshotMode: when_needed is not supported by the mysql source yet (initial, never, initial_only or always)",
+            ));
+        }
         if self.capture.snapshot_mode != SnapshotMode::Never
             && (self.start_file.is_some() || self.start_gtid.is_some() || self.start_position.is_some())
         {

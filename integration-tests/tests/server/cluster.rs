@@ -134,7 +134,6 @@ impl Cluster {
         let nats = hstream_integration_tests::nats::Nats::start().await;
         let tmp = tempfile::tempdir().unwrap();
         let gossip: Vec<String> = (0..3).map(|_| free_port().to_string()).collect();
-        let seed = format!("127.0.0.1:{}", gossip[0]);
         let (meta, store) = (etcd.uri("cluster"), nats.uri("cluster"));
         let proxy = match behind_proxy {
             Some(_) => {
@@ -145,25 +144,14 @@ impl Cluster {
         };
         let nodes: Vec<Server> = (0..3)
             .map(|i| {
-                let id = (i + 1).to_string();
                 let meta = match (&proxy, behind_proxy) {
                     (Some(p), Some(j)) if i == j => format!("etcd://{}/cluster", p.addr),
                     _ => meta.clone(),
                 };
-                let mut args = vec![
-                    "--server-id",
-                    &id,
-                    "--gossip-port",
-                    &gossip[i],
-                    "--seed-nodes",
-                    &seed,
-                    "--metastore-uri",
-                    &meta,
-                    "--store",
-                    &store,
-                ];
-                args.extend_from_slice(extra);
-                Server::start(&tmp.path().join(format!("n{id}")), &args)
+                let mut args = cluster_node_args(i, &gossip, &meta, &store);
+                args.extend(extra.iter().map(|a| a.to_string()));
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                Server::start(&tmp.path().join(format!("n{}", i + 1)), &args)
             })
             .collect();
         let all = [(1, "Running"), (2, "Running"), (3, "Running")];

@@ -420,6 +420,91 @@ async fn pg_restart_mid_stream_resumes_from_the_checkpoint() {
     assert_eq!(conn.status, "RUNNING");
 }
 
+/// snapshotMode=always takes the snapshot again at every start and then streams from the
+/// stored position, so rows deleted while the server was down leave the stream too;
+/// when_needed takes a new snapshot only when the stored position is gone (its slot dropped
+/// while the server was down), where initial would fail. Counted: each snapshot's `r` records
+/// are exactly the rows the table had then.
+#[tokio::test]
+async fn pg_snapshot_modes_always_and_when_needed() {
+    let pg = Postgres::start();
+    for t in ["alw", "whn"] {
+        orders_table(&pg, t);
+        pg.psql(
+            DATABASE,
+            &format!("INSERT INTO {t} (id, name, amount) SELECT g, 'a', g FROM generate_series(1, 1000) g"),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), FAST_RETRY);
+    let mut c = server.client().await;
+    for (name, table, mode) in [("alw", "alw", "always"), ("whn", "whn", "when_needed")] {
+        let cfg = source_config(
+            &pg,
+            &format!("{name}_cdc"),
+            json!({"table": table, "format": "debezium", "snapshotMode": mode}),
+        );
+        create(&mut c, name, "SOURCE", &cfg).await.unwrap();
+    }
+    for t in ["alw", "whn"] {
+        wait_debezium_equals_table(&c, &format!("{t}_cdc"), &pg, t, Duration::from_secs(60)).await;
+    }
+
+    // Down: rows change, some go; when_needed's slot is dropped.
+    server.terminate();
+    for t in ["alw", "whn"] {
+        pg.psql(
+            DATABASE,
+            &format!(
+                "UPDATE {t} SET name = 'b', amount = amount + 1 WHERE id <= 20; DELETE FROM {t} WHERE id > 990; \
+                 INSERT INTO {t} (id, name, amount) SELECT g, 'c', g FROM generate_series(2001, 2005) g"
+            ),
+        );
+    }
+    wait_until(Duration::from_secs(30), "the slots released", || async {
+        pg.psql("postgres", "SELECT count(*) FROM pg_replication_slots WHERE active") == "0"
+    })
+    .await;
+    pg.psql("postgres", "SELECT pg_drop_replication_slot('hstream_whn_cdc')");
+    server.restart();
+    let c = server.client().await;
+    let snapshot_rows = |records: &[(String, Value)]| records.iter().filter(|(_, r)| r["op"] == "r").count();
+    // always: a second snapshot (995 rows), then the changes since the stored position,
+    // deletes included (the first snapshot's rows 991..1000 leave the stream).
+    let records = wait_debezium_equals_table(&c, "alw_cdc", &pg, "alw", Duration::from_secs(60)).await;
+    assert_eq!(snapshot_rows(&records), 1000 + 995, "two snapshots");
+    let deletes = records.iter().filter(|(_, r)| r["op"] == "d").count();
+    assert_eq!(
+        deletes, 10,
+        "the deletes made while down, streamed after the new snapshot"
+    );
+    // when_needed: its slot was gone, so a new snapshot (995 rows). The rows deleted while the
+    // position was lost stay in the stream (as with Debezium): the table plus those ten.
+    let wait_second_snapshot = holds_within(Duration::from_secs(60), || {
+        let mut probe = c.clone();
+        async move {
+            try_read_json_stream(&mut probe, "whn_cdc")
+                .await
+                .is_ok_and(|r| snapshot_rows(&r) == 1000 + 995)
+        }
+    })
+    .await;
+    let records = read_json_stream(&mut c.clone(), "whn_cdc").await;
+    assert!(
+        wait_second_snapshot,
+        "when_needed: {} snapshot rows",
+        snapshot_rows(&records)
+    );
+    let mut want = table_state(&pg, "whn");
+    for id in 991..=1000 {
+        want.insert(json!({"id": id as f64}).to_string(), ("a".into(), format!("{id}.00")));
+    }
+    assert_eq!(stream_rows(&fold_debezium(&records)), want);
+    for name in ["alw", "whn"] {
+        assert_eq!(connector_status(&c, name).await, "RUNNING", "{name}");
+    }
+}
+
 #[tokio::test]
 async fn pg_round_trip_through_the_sink_reproduces_the_table() {
     let pg = Postgres::start();

@@ -293,7 +293,7 @@ impl Source for MySqlSource {
             Some(o) if o.snapshot_done && self.cfg.capture.snapshot_mode == SnapshotMode::InitialOnly => {
                 return Ok(Done::Completed);
             }
-            Some(o) if o.snapshot_done => o,
+            Some(o) if o.snapshot_done && self.cfg.capture.snapshot_mode != SnapshotMode::Always => o,
             _ => match self.cfg.capture.snapshot_mode {
                 SnapshotMode::Never => {
                     let o = match (&self.cfg.start_file, &self.cfg.start_gtid) {
@@ -321,7 +321,14 @@ impl Source for MySqlSource {
                     o
                 }
                 mode => {
-                    let (at, done) = self.snapshot(out).await?;
+                    // Rows from an earlier start (a snapshot cut short, an `always` restart):
+                    // the changes since replay after this snapshot (see `snapshot`).
+                    let earlier = self.resume.clone();
+                    if let Some(o) = &earlier {
+                        tracing::info!(file = %o.file, pos = o.pos, gtid = ?o.gtid, mode = mode.as_str(),
+                            "snapshot taken again; the changes since the stored position follow it");
+                    }
+                    let (at, done) = self.snapshot(out, earlier).await?;
                     if let Some(done) = done {
                         return Ok(done);
                     }

@@ -51,9 +51,17 @@ fn cell<'a>(kind: &Kind, v: &'a Value) -> Cell<'a> {
 impl MySqlSource {
     /// Copies every table; returns the offset streaming starts from, and `Some(done)` when the
     /// task stopped meanwhile.
+    ///
+    /// `replay_from`: a position the stream already holds rows from (an earlier snapshot cut
+    /// short, or an `always` restart). Those rows may since have changed or gone, and no row of
+    /// this snapshot says so, so streaming starts there rather than at this snapshot's
+    /// position: the changes since replay after the copy (those of the gap twice,
+    /// at-least-once) and the stream ends equal to the table. Until the copy is complete the
+    /// checkpoint stays at it too, so a crash meanwhile does not lose it.
     pub(super) async fn snapshot(
         &mut self,
         out: &mut SourceOutput<MySqlOffset>,
+        replay_from: Option<MySqlOffset>,
     ) -> Result<(MySqlOffset, Option<Done>), ConnectorError> {
         let mut conn = self
             .ep
@@ -94,7 +102,13 @@ impl MySqlSource {
             ));
         }
         tracing::info!(file = %file, pos, gtid = ?gtid, "consistent snapshot begins");
-        let at = self.offset(file.clone(), pos, gtid.clone(), false);
+        let at = match &replay_from {
+            Some(o) => MySqlOffset {
+                snapshot_done: false,
+                ..o.clone()
+            },
+            None => self.offset(file.clone(), pos, gtid.clone(), false),
+        };
         let origin = Origin {
             file: &file,
             pos,
@@ -162,7 +176,13 @@ impl MySqlSource {
         }
         conn.query_drop("COMMIT").await.map_err(snap)?;
         let _ = conn.disconnect().await;
-        let done = self.offset(file, pos, gtid, true);
+        let done = match replay_from {
+            Some(o) => MySqlOffset {
+                snapshot_done: true,
+                ..o
+            },
+            None => self.offset(file, pos, gtid, true),
+        };
         out.emit(Vec::new(), done.clone()).await?;
         out.report(format!("snapshot done: {count} tables, {total} rows"));
         Ok((done, None))

@@ -255,6 +255,27 @@ impl Source for PgSource {
 
     async fn run(&mut self, out: &mut SourceOutput<PgOffset>) -> Result<Done, ConnectorError> {
         let mut repl = self.ep.connect(true, "hstream-cdc").await?;
+        let mode = self.cfg.capture.snapshot_mode;
+        if let Some(o) = self
+            .resume
+            .clone()
+            .filter(|o| o.snapshot_done && matches!(mode, SnapshotMode::Always | SnapshotMode::WhenNeeded))
+        {
+            if Self::slot_state(&mut repl, &self.slot).await?.is_none() {
+                // The position is gone with its slot: a new snapshot over a new slot.
+                tracing::warn!(
+                    slot = %self.slot,
+                    lsn = %format_lsn(o.lsn),
+                    mode = mode.as_str(),
+                    "replication slot gone: taking a new snapshot (rows deleted since stay in the stream)"
+                );
+                self.resume = None;
+            } else if mode == SnapshotMode::Always {
+                // Taken again over the slot, as a snapshot cut short is: the changes since the
+                // stored position (deletes included) follow the new snapshot.
+                self.resume = Some(self.offset(o.lsn, false));
+            }
+        }
         let start = match self.resume.clone() {
             // initial_only already complete (a restart after its end, a resume): nothing is
             // left but the slot, which may be gone already.
@@ -265,7 +286,7 @@ impl Source for PgSource {
                 if Self::slot_state(&mut repl, &self.slot).await?.is_none() {
                     return Err(ConnectorError::config(format!(
                         "slotName: replication slot {:?} no longer exists; changes after {} are lost to it \
-                         (delete and re-create the connector to take a new snapshot)",
+                         (snapshotMode=when_needed takes a new snapshot then; or delete and re-create the connector)",
                         self.slot,
                         format_lsn(o.lsn)
                     )));

@@ -82,11 +82,23 @@ impl SqliteMetaStore {
     }
 
     /// Sets one text column of an existing connector (`column` is one of ours, never input).
-    async fn set_connector_column(&self, column: &'static str, name: &str, value: &str) -> MetaResult<()> {
+    /// Sets one column of a connector; with `fence`, only while that ownership is current (in
+    /// the same transaction).
+    async fn set_connector_column(
+        &self,
+        column: &'static str,
+        name: &str,
+        value: &str,
+        fence: Option<&Ownership>,
+    ) -> MetaResult<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        if let Some(fence) = fence {
+            Self::check_fence_in(&mut tx, fence).await?;
+        }
         let res = sqlx::query(&format!("UPDATE connectors SET {column} = ? WHERE name = ?"))
             .bind(value)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(backend)?;
         if res.rows_affected() == 0 {
@@ -95,7 +107,7 @@ impl SqliteMetaStore {
                 name: name.to_owned(),
             });
         }
-        Ok(())
+        tx.commit().await.map_err(backend)
     }
 
     async fn shards_where(conn: &mut SqliteConnection, stream: &str) -> MetaResult<Vec<ShardMeta>> {
@@ -569,35 +581,11 @@ impl MetaStore for SqliteMetaStore {
     }
 
     async fn set_connector_config(&self, name: &str, config: &str) -> MetaResult<()> {
-        self.set_connector_column("config", name, config).await
+        self.set_connector_column("config", name, config, None).await
     }
 
     async fn set_connector_status(&self, name: &str, status: &str, fence: Option<&Ownership>) -> MetaResult<()> {
-        let Some(fence) = fence else {
-            return self.set_connector_column("status", name, status).await;
-        };
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        let current = Self::ownership_in(&mut tx, &fence.resource).await?;
-        if current.as_ref() != Some(fence) {
-            return Err(Ownership::fenced(
-                &fence.resource,
-                Ownership::describe(Some(fence)),
-                current.as_ref(),
-            ));
-        }
-        let res = sqlx::query("UPDATE connectors SET status = ? WHERE name = ?")
-            .bind(status)
-            .bind(name)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        if res.rows_affected() == 0 {
-            return Err(MetaError::NotFound {
-                kind: "connector",
-                name: name.to_owned(),
-            });
-        }
-        tx.commit().await.map_err(backend)
+        self.set_connector_column("status", name, status, fence).await
     }
 
     async fn delete_connector(&self, name: &str) -> MetaResult<bool> {

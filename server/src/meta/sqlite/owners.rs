@@ -51,17 +51,23 @@ impl SqliteMetaStore {
         Ok(())
     }
 
+    /// `Fenced` unless `f` is still the resource's current ownership.
+    pub(super) async fn check_fence_in(conn: &mut SqliteConnection, f: &Ownership) -> MetaResult<()> {
+        let current = Self::ownership_in(conn, &f.resource).await?;
+        if current.as_ref() != Some(f) {
+            return Err(Ownership::fenced(
+                &f.resource,
+                Ownership::describe(Some(f)),
+                current.as_ref(),
+            ));
+        }
+        Ok(())
+    }
+
     pub(super) async fn commit_fenced(&self, c: &Commit<'_>) -> MetaResult<()> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         for f in c.fences {
-            let current = Self::ownership_in(&mut tx, &f.resource).await?;
-            if current.as_ref() != Some(f) {
-                return Err(Ownership::fenced(
-                    &f.resource,
-                    Ownership::describe(Some(f)),
-                    current.as_ref(),
-                ));
-            }
+            Self::check_fence_in(&mut tx, f).await?;
         }
         if let Some((sub, progress)) = c.progress {
             for p in progress {
