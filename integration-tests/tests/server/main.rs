@@ -3,6 +3,7 @@
 mod airbyte;
 mod cli;
 mod cluster;
+mod cluster_cdc;
 mod connectors;
 mod etcd;
 mod etcd_faults;
