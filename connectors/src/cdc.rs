@@ -62,23 +62,63 @@ pub struct Capture {
     /// Tables to capture (Debezium's table include list); unqualified names as for `table`.
     #[serde(default)]
     pub tables: Vec<String>,
+    /// Tables by pattern (Debezium's `table.include.list`): regular expressions, each matched
+    /// whole and case-insensitively against `schema.table` (`database.table` for MySQL), looked
+    /// up in the catalog at every start of the task.
+    #[serde(default)]
+    pub table_include_list: Vec<String>,
+    /// Tables left out (Debezium's `table.exclude.list`), also when `table`/`tables` name them.
+    #[serde(default)]
+    pub table_exclude_list: Vec<String>,
+    /// Columns left out of every record (Debezium's `column.exclude.list`): patterns matched
+    /// against `schema.table.column`. Not key columns.
+    #[serde(default)]
+    pub column_exclude_list: Vec<String>,
+    /// Columns whose non-null values are replaced by `columnMaskChars` asterisks (Debezium's
+    /// `column.mask.with.N.chars`). Not key columns.
+    #[serde(default)]
+    pub column_mask_list: Vec<String>,
+    #[serde(default = "default_mask_chars")]
+    #[schemars(range(min = 1, max = 255))]
+    pub column_mask_chars: u32,
+    /// Columns whose non-null values are replaced by the hex SHA-256 of `columnHashSalt`
+    /// followed by the value's text (Debezium's `column.mask.hash.SHA-256.with.salt.<salt>`):
+    /// equal values stay equal, so they can still be joined. Not key columns.
+    #[serde(default)]
+    pub column_hash_list: Vec<String>,
+    #[serde(default)]
+    pub column_hash_salt: Option<hstream_runtime::Secret>,
     #[serde(default)]
     pub snapshot_mode: SnapshotMode,
     #[serde(default)]
     pub format: RecordFormat,
 }
 
+fn default_mask_chars() -> u32 {
+    8
+}
+
 impl Capture {
     /// At least one table, and no empty name.
     pub fn validate(&self) -> Result<(), hstream_runtime::ConnectorError> {
         use hstream_runtime::ConnectorError;
-        if self.table.is_none() && self.tables.is_empty() {
-            return Err(ConnectorError::config("table: name a table (or list them in tables)"));
+        if self.table.is_none() && self.tables.is_empty() && self.table_include_list.is_empty() {
+            return Err(ConnectorError::config(
+                "table: name a table (or list them in tables, or give patterns in tableIncludeList)",
+            ));
         }
         if self.table.as_deref() == Some("") || self.tables.iter().any(String::is_empty) {
             return Err(ConnectorError::config("table: table names must not be empty"));
         }
-        Ok(())
+        if !(1..=255).contains(&self.column_mask_chars) {
+            return Err(ConnectorError::config("columnMaskChars: from 1 to 255"));
+        }
+        if !self.column_hash_list.is_empty() && self.column_hash_salt.is_none() {
+            return Err(ConnectorError::config(
+                "columnHashSalt: columnHashList needs a salt (without one, a hash of a guessable value is guessed)",
+            ));
+        }
+        crate::selection::Selection::new(self).map(|_| ())
     }
 }
 

@@ -12,6 +12,8 @@ pub mod mqtt;
 pub mod mysql;
 pub use hstream_runtime::pbstruct;
 pub mod postgres;
+pub mod selection;
+pub mod tls;
 
 use hstream_runtime::Registry;
 

@@ -14,6 +14,9 @@ use std::time::Duration;
 pub const CDC_USER: &str = "cdc";
 pub const CDC_PASSWORD: &str = "cdc-Maria-7c2";
 pub const DATABASE: &str = "app";
+/// The account that logs in by client certificate on a server from [`MariaDb::start_tls`]
+/// (`REQUIRE SUBJECT` of [`crate::tls::TestCa`]'s client certificate, no password).
+pub const CERT_USER: &str = "hstream-client";
 
 pub struct MariaDb {
     _dir: tempfile::TempDir,
@@ -85,6 +88,32 @@ impl MariaDb {
             }
         }
         panic!("MariaDB did not start: {}", db.error_log());
+    }
+
+    /// A server with TLS from `ca`'s server certificate, refusing unencrypted TCP connections
+    /// (`require_secure_transport`), listening on 127.0.0.1 and 127.0.0.2 (an address the
+    /// certificate does not name), with [`CERT_USER`] logging in by certificate. `ca`'s
+    /// directory and files are made readable to the server's account (test keys only).
+    pub fn start_tls(ca: &crate::tls::TestCa) -> MariaDb {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = ca.ca.parent().expect("CA directory");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        for f in [&ca.ca, &ca.server_cert, &ca.server_key] {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        }
+        let db = Self::start_with(&[
+            &format!("--ssl-ca={}", ca.ca.display()),
+            &format!("--ssl-cert={}", ca.server_cert.display()),
+            &format!("--ssl-key={}", ca.server_key.display()),
+            "--require-secure-transport=ON",
+            "--bind-address=127.0.0.1,127.0.0.2",
+        ]);
+        db.sql(&format!(
+            "CREATE USER '{CERT_USER}'@'127.0.0.%' REQUIRE SUBJECT '/CN={CERT_USER}'; \
+             GRANT SELECT, RELOAD, SHOW DATABASES, LOCK TABLES, REPLICATION SLAVE, BINLOG MONITOR \
+             ON *.* TO '{CERT_USER}'@'127.0.0.%'; GRANT ALL ON {DATABASE}.* TO '{CERT_USER}'@'127.0.0.%';"
+        ));
+        db
     }
 
     fn error_log(&self) -> String {

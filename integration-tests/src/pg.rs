@@ -14,6 +14,9 @@ use std::process::{Command, Output, Stdio};
 pub const CDC_USER: &str = "cdc";
 pub const CDC_PASSWORD: &str = "cdc-Secret-9f1";
 pub const DATABASE: &str = "app";
+/// The role that logs in by client certificate on a server with [`Postgres::enable_tls`]: the
+/// CN of [`crate::tls::TestCa`]'s client certificate.
+pub const CERT_USER: &str = "hstream-client";
 
 /// Directory of the newest installed PostgreSQL's server binaries.
 pub fn bin_dir() -> PathBuf {
@@ -219,6 +222,47 @@ impl Postgres {
             "pg_ctl start: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Turns TLS on with `ca`'s server certificate and restarts: over TCP only encrypted
+    /// connections are let in, on 127.0.0.1 and 127.0.0.2 (an address the certificate does not
+    /// name). The role [`CERT_USER`] (the client certificate's CN, a member of `cdc`, with
+    /// REPLICATION) logs in by its certificate, every other role by password.
+    pub fn enable_tls(&self, ca: &crate::tls::TestCa) {
+        for (from, to) in [
+            (&ca.server_cert, "server.crt"),
+            (&ca.server_key, "server.key"),
+            (&ca.ca, "root.crt"),
+        ] {
+            let dest = self.data.join(to);
+            std::fs::copy(from, &dest).expect("copy certificate");
+            std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+            if let Some((uid, gid)) = self.owner {
+                std::os::unix::fs::chown(&dest, Some(uid), Some(gid)).expect("chown");
+            }
+        }
+        let conf_path = self.data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf_path).expect("read conf");
+        text.push_str(
+            "\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nssl_ca_file = 'root.crt'\n\
+             listen_addresses = '127.0.0.1,127.0.0.2'\n",
+        );
+        std::fs::write(&conf_path, text).expect("write conf");
+        std::fs::write(
+            self.data.join("pg_hba.conf"),
+            format!(
+                "local all all trust\n\
+                 hostssl all \"{CERT_USER}\" 127.0.0.0/8 cert\n\
+                 hostssl all all 127.0.0.0/8 scram-sha-256\n\
+                 hostnossl all all 127.0.0.0/8 reject\n"
+            ),
+        )
+        .expect("write pg_hba.conf");
+        self.psql(
+            "postgres",
+            &format!("CREATE ROLE \"{CERT_USER}\" LOGIN REPLICATION IN ROLE {CDC_USER}"),
+        );
+        self.restart();
     }
 
     pub fn data_dir(&self) -> &Path {

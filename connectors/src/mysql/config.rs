@@ -36,12 +36,63 @@ pub struct Endpoint {
     pub password: Option<Secret>,
     /// The default database (of unqualified table names).
     pub database: String,
-    /// Require TLS.
+    /// TLS, as MySQL's `--ssl-mode` (Debezium's `database.ssl.mode`): `disabled`, `preferred`
+    /// (encrypt when the server offers it, certificate unchecked), `required` (encrypt or fail;
+    /// with `sslCa` also check the chain), `verify_ca` (the chain; for now also the host name,
+    /// a limit of the MySQL client library), `verify_identity` (the chain and the host name).
+    /// Default `preferred`; `disabled` when `tls` is false. A Unix socket is never encrypted.
     #[serde(default)]
-    pub tls: bool,
-    /// With tls: accept any server certificate (testing only).
+    pub ssl_mode: Option<MySqlSslMode>,
+    /// CA certificates (PEM) to check the server's against; default: the system's roots.
+    #[serde(default)]
+    pub ssl_ca: Option<String>,
+    /// Client certificate (PEM), for users that `REQUIRE X509`.
+    #[serde(default)]
+    pub ssl_cert: Option<String>,
+    /// The client certificate's private key (PEM, unencrypted).
+    #[serde(default)]
+    pub ssl_key: Option<String>,
+    /// Older option: true is `sslMode=verify_identity` (`required` with `tlsSkipVerify`), false
+    /// is `disabled`.
+    #[serde(default)]
+    pub tls: Option<bool>,
+    /// With tls: accept any server certificate.
     #[serde(default)]
     pub tls_skip_verify: bool,
+}
+
+/// MySQL's `--ssl-mode` values, in Debezium's spelling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MySqlSslMode {
+    Disabled,
+    Preferred,
+    Required,
+    VerifyCa,
+    VerifyIdentity,
+}
+
+impl MySqlSslMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MySqlSslMode::Disabled => "disabled",
+            MySqlSslMode::Preferred => "preferred",
+            MySqlSslMode::Required => "required",
+            MySqlSslMode::VerifyCa => "verify_ca",
+            MySqlSslMode::VerifyIdentity => "verify_identity",
+        }
+    }
+
+    pub fn level(self) -> crate::tls::Level {
+        use crate::tls::Level;
+        match self {
+            MySqlSslMode::Disabled => Level::Disable,
+            MySqlSslMode::Preferred => Level::Prefer,
+            MySqlSslMode::Required => Level::Require,
+            MySqlSslMode::VerifyCa => Level::VerifyCa,
+            MySqlSslMode::VerifyIdentity => Level::VerifyFull,
+        }
+    }
 }
 
 /// How the position is tracked and resumed.

@@ -13,7 +13,9 @@ use hstream_runtime::ConnectorError;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, SslOpts};
 
-pub use config::{Endpoint, MySqlSinkConfig, MySqlSourceConfig, PositionMode};
+pub use config::{Endpoint, MySqlSinkConfig, MySqlSourceConfig, MySqlSslMode, PositionMode};
+
+use crate::tls;
 pub use sink::MySqlSink;
 pub use source::{MySqlOffset, MySqlSource};
 
@@ -28,10 +30,59 @@ impl Endpoint {
         if self.database.is_empty() {
             return Err(ConnectorError::config("database: must not be empty"));
         }
-        Ok(())
+        if self.ssl_mode.is_some() && self.tls.is_some() {
+            return Err(ConnectorError::config("tls: give sslMode or tls, not both"));
+        }
+        self.tls_files().validate()
     }
 
-    fn opts(&self, with_db: bool, init: Vec<String>) -> OptsBuilder {
+    fn tls_files(&self) -> tls::Files<'_> {
+        tls::Files {
+            ca: self.ssl_ca.as_deref(),
+            ca_option: "sslCa",
+            cert: self.ssl_cert.as_deref(),
+            cert_option: "sslCert",
+            key: self.ssl_key.as_deref(),
+            key_option: "sslKey",
+        }
+    }
+
+    /// The mode in effect: `sslMode`, else the older `tls` flag, else `preferred`.
+    pub fn effective_ssl_mode(&self) -> MySqlSslMode {
+        match (self.ssl_mode, self.tls) {
+            (Some(m), _) => m,
+            (None, Some(false)) => MySqlSslMode::Disabled,
+            (None, Some(true)) if self.tls_skip_verify => MySqlSslMode::Required,
+            (None, Some(true)) => MySqlSslMode::VerifyIdentity,
+            (None, None) => MySqlSslMode::Preferred,
+        }
+    }
+
+    /// `mysql_async`'s TLS options for a policy (`None`: plain).
+    fn ssl_opts(&self, policy: tls::Policy) -> Option<SslOpts> {
+        let check = match policy {
+            tls::Policy::Plain => return None,
+            tls::Policy::Opportunistic => tls::Check::Nothing,
+            tls::Policy::Required(c) => c,
+        };
+        let mut o = SslOpts::default()
+            .with_danger_accept_invalid_certs(check == tls::Check::Nothing)
+            .with_danger_skip_domain_validation(check != tls::Check::ChainAndName);
+        if let Some(ca) = &self.ssl_ca {
+            o = o
+                .with_root_certs(vec![std::path::PathBuf::from(ca).into()])
+                .with_disable_built_in_roots(true);
+        }
+        if let (Some(cert), Some(key)) = (&self.ssl_cert, &self.ssl_key) {
+            o = o.with_client_identity(Some(mysql_async::ClientIdentity::new(
+                std::path::PathBuf::from(cert).into(),
+                std::path::PathBuf::from(key).into(),
+            )));
+        }
+        Some(o)
+    }
+
+    fn opts(&self, with_db: bool, init: Vec<String>, ssl: Option<SslOpts>) -> OptsBuilder {
         let mut o = OptsBuilder::default()
             .user(Some(self.user.clone()))
             .pass(self.password.as_ref().map(|p| p.expose().to_owned()))
@@ -46,12 +97,9 @@ impl Endpoint {
         } else {
             o.ip_or_hostname(self.host.clone()).tcp_port(self.port)
         };
-        if self.tls {
-            o = o.ssl_opts(Some(
-                SslOpts::default()
-                    .with_danger_accept_invalid_certs(self.tls_skip_verify)
-                    .with_danger_skip_domain_validation(self.tls_skip_verify),
-            ));
+        // A Unix socket is never encrypted (mysql_async leaves it plain whatever is asked).
+        if !self.host.starts_with('/') {
+            o = o.ssl_opts(ssl);
         }
         o
     }
@@ -60,13 +108,34 @@ impl Endpoint {
     pub(crate) async fn connect(&self, init: &[&str]) -> Result<Conn, ConnectorError> {
         let mut all = vec!["SET time_zone = '+00:00'".to_owned(), "SET NAMES utf8mb4".to_owned()];
         all.extend(init.iter().map(|s| s.to_string()));
-        let connect = Conn::new(self.opts(true, all));
-        match tokio::time::timeout(std::time::Duration::from_secs(15), connect).await {
-            Ok(r) => r.map_err(|e| connect_error(self, e)),
-            Err(_) => Err(ConnectorError::external(format!(
-                "host/port: no answer from {}:{} within 15 s",
-                self.host, self.port
-            ))),
+        let mode = self.effective_ssl_mode();
+        let policy = mode.level().policy(self.ssl_ca.is_some());
+        let attempt = |ssl: Option<SslOpts>| {
+            let connect = Conn::new(self.opts(true, all.clone(), ssl));
+            async move {
+                match tokio::time::timeout(std::time::Duration::from_secs(15), connect).await {
+                    Ok(r) => r,
+                    Err(_) => Err(mysql_async::Error::Io(mysql_async::IoError::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no answer within 15 s",
+                    )))),
+                }
+            }
+        };
+        if let tls::Policy::Required(check) = policy {
+            // Reads and checks the files first, so that a bad one is named (mysql_async would
+            // report it as a failed connection).
+            tls::client_config(check, &self.tls_files())?;
+        }
+        match attempt(self.ssl_opts(policy)).await {
+            Ok(c) => Ok(c),
+            // preferred: a server without TLS is spoken to in plain text.
+            Err(mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer))
+                if policy == tls::Policy::Opportunistic =>
+            {
+                attempt(None).await.map_err(|e| connect_error(self, e))
+            }
+            Err(e) => Err(connect_error(self, e)),
         }
     }
 }
@@ -76,10 +145,34 @@ impl Endpoint {
 pub(crate) fn connect_error(ep: &Endpoint, e: mysql_async::Error) -> ConnectorError {
     match e {
         mysql_async::Error::Server(ref s) => match s.code {
-            1045 => ConnectorError::config(format!("password: access denied for user {:?}", ep.user)),
+            1045 => ConnectorError::config(format!(
+                "password: access denied for user {:?}: {} (an account that REQUIRES SSL or X509 also needs \
+                 sslMode, sslCert and sslKey)",
+                ep.user, s.message
+            )),
             1044 | 1049 => ConnectorError::config(format!("database: {} (error {})", s.message, s.code)),
             _ => query_error("connect", e),
         },
+        mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer) => {
+            ConnectorError::config(format!(
+                "sslMode: {}: the server does not accept TLS connections",
+                ep.effective_ssl_mode().as_str()
+            ))
+        }
+        mysql_async::Error::Io(mysql_async::IoError::Tls(ref t))
+            if !matches!(t, mysql_async::TlsError::Tls(_)) || tls::is_certificate_error(t) =>
+        {
+            ConnectorError::config(format!(
+                "sslMode: {} refused: {t} (check sslCa, sslCert and sslKey)",
+                ep.effective_ssl_mode().as_str()
+            ))
+        }
+        mysql_async::Error::Io(mysql_async::IoError::Io(ref io)) if tls::is_certificate_error(io) => {
+            ConnectorError::config(format!(
+                "sslMode: {} refused: {io} (check sslCa, sslCert and sslKey)",
+                ep.effective_ssl_mode().as_str()
+            ))
+        }
         // The I/O error itself is the cause (the outer one only repeats its text).
         mysql_async::Error::Io(io) => {
             ConnectorError::external(format!("host/port: could not connect to {}:{}", ep.host, ep.port)).with_source(io)

@@ -37,6 +37,58 @@ pub struct Endpoint {
     #[serde(default)]
     pub password: Option<Secret>,
     pub database: String,
+    /// TLS, as libpq's `sslmode`: `disable`, `prefer` (encrypt when the server offers it,
+    /// certificate unchecked), `require` (encrypt or fail; with `sslRootCert` also check the
+    /// chain), `verify-ca` (the chain), `verify-full` (the chain and the host name). A Unix
+    /// socket is never encrypted.
+    #[serde(default)]
+    pub sslmode: PgSslMode,
+    /// CA certificates (PEM) to check the server's against; default: the system's roots.
+    #[serde(default)]
+    pub sslrootcert: Option<String>,
+    /// Client certificate (PEM), for servers that authenticate by certificate.
+    #[serde(default)]
+    pub sslcert: Option<String>,
+    /// The client certificate's private key (PEM, unencrypted).
+    #[serde(default)]
+    pub sslkey: Option<String>,
+}
+
+/// libpq's `sslmode` values (`allow` is taken as `prefer`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PgSslMode {
+    Disable,
+    Allow,
+    #[default]
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl PgSslMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PgSslMode::Disable => "disable",
+            PgSslMode::Allow => "allow",
+            PgSslMode::Prefer => "prefer",
+            PgSslMode::Require => "require",
+            PgSslMode::VerifyCa => "verify-ca",
+            PgSslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    pub fn level(self) -> crate::tls::Level {
+        use crate::tls::Level;
+        match self {
+            PgSslMode::Disable => Level::Disable,
+            PgSslMode::Allow | PgSslMode::Prefer => Level::Prefer,
+            PgSslMode::Require => Level::Require,
+            PgSslMode::VerifyCa => Level::VerifyCa,
+            PgSslMode::VerifyFull => Level::VerifyFull,
+        }
+    }
 }
 
 /// Configuration of the `postgresql` source.

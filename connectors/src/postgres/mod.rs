@@ -12,11 +12,13 @@ use hstream_runtime::ConnectorError;
 pub use config::{Endpoint, PgSinkConfig, PgSourceConfig};
 pub use sink::PgSink;
 pub use source::{PgOffset, PgSource};
-use wire::{ConnectParams, Connection, PgError};
+use wire::{ConnectParams, Connection, PgError, TlsParams};
+
+use crate::tls;
 
 impl Endpoint {
-    pub(crate) fn params(&self, replication: bool, application_name: &str) -> ConnectParams {
-        ConnectParams {
+    pub(crate) fn params(&self, replication: bool, application_name: &str) -> Result<ConnectParams, ConnectorError> {
+        Ok(ConnectParams {
             host: self.host.clone(),
             port: self.port,
             user: self.user.clone(),
@@ -24,7 +26,33 @@ impl Endpoint {
             database: self.database.clone(),
             replication,
             application_name: application_name.to_owned(),
+            tls: self.tls()?,
+        })
+    }
+
+    pub(crate) fn tls_files(&self) -> tls::Files<'_> {
+        tls::Files {
+            ca: self.sslrootcert.as_deref(),
+            ca_option: "sslrootcert",
+            cert: self.sslcert.as_deref(),
+            cert_option: "sslcert",
+            key: self.sslkey.as_deref(),
+            key_option: "sslkey",
         }
+    }
+
+    /// The TLS setup of a TCP connection (`None`: plain text).
+    pub(crate) fn tls(&self) -> Result<Option<TlsParams>, ConnectorError> {
+        let (required, check) = match self.sslmode.level().policy(self.sslrootcert.is_some()) {
+            tls::Policy::Plain => return Ok(None),
+            tls::Policy::Opportunistic => (false, tls::Check::Nothing),
+            tls::Policy::Required(check) => (true, check),
+        };
+        Ok(Some(TlsParams {
+            config: tls::client_config(check, &self.tls_files())?,
+            server_name: tls::server_name(&self.host, "host")?,
+            required,
+        }))
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConnectorError> {
@@ -37,7 +65,7 @@ impl Endpoint {
         if self.database.is_empty() {
             return Err(ConnectorError::config("database: must not be empty"));
         }
-        Ok(())
+        self.tls_files().validate()
     }
 
     /// Opens a session; errors say which option is wrong where the server tells.
@@ -46,7 +74,7 @@ impl Endpoint {
         replication: bool,
         application_name: &str,
     ) -> Result<Connection, ConnectorError> {
-        Connection::connect(&self.params(replication, application_name))
+        Connection::connect(&self.params(replication, application_name)?)
             .await
             .map_err(|e| connect_error(self, replication, e))
     }
@@ -66,12 +94,28 @@ pub(crate) fn connect_error(ep: &Endpoint, replication: bool, e: PgError) -> Con
         Some("53300") => ConnectorError::external(e.to_string()),
         _ => match &e {
             PgError::Protocol(m) if m.contains("password") => ConnectorError::config(format!("password: {m}")),
+            PgError::Tls(..) => tls_error(ep.sslmode, e),
             PgError::Io(_) => {
                 ConnectorError::external(format!("host/port: could not connect to {}:{}", ep.host, ep.port))
                     .with_source(e)
             }
             _ => ConnectorError::external(e.to_string()),
         },
+    }
+}
+
+/// A failed TLS negotiation: a refused certificate or a server without TLS is the TLS options'
+/// fault (named); anything else during the handshake is an outage (retried).
+fn tls_error(mode: config::PgSslMode, e: PgError) -> ConnectorError {
+    if tls::is_certificate_error(&e) {
+        ConnectorError::config(format!(
+            "sslmode: {} refused: {e} (check sslrootcert, sslcert and sslkey)",
+            mode.as_str()
+        ))
+    } else if matches!(e, PgError::Tls(_, None)) {
+        ConnectorError::config(format!("sslmode: {e}"))
+    } else {
+        ConnectorError::external("TLS").with_source(e)
     }
 }
 

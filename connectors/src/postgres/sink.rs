@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use base64::Engine;
 use hstream_runtime::{ConnectorError, Sink, SinkRecord, Written};
 use serde_json::{Map, Value};
-use tokio_postgres::NoTls;
+use tokio_postgres::config::SslMode;
 
 pub use super::config::PgSinkConfig;
 use super::split_table;
@@ -60,8 +60,33 @@ async fn connect(cfg: &PgSinkConfig) -> Result<tokio_postgres::Client, Connector
     if let Some(p) = &ep.password {
         pc.password(p.expose());
     }
-    let (client, conn) = pc.connect(NoTls).await.map_err(|e| match e.as_db_error() {
+    let tls = match ep.tls()? {
+        Some(t) => {
+            pc.ssl_mode(if t.required { SslMode::Require } else { SslMode::Prefer });
+            crate::tls::PgRustls {
+                config: t.config,
+                server_name: t.server_name,
+            }
+        }
+        None => {
+            pc.ssl_mode(SslMode::Disable);
+            // Never used with sslmode=disable; tokio-postgres wants one connector type.
+            crate::tls::PgRustls {
+                config: crate::tls::client_config(crate::tls::Check::Nothing, &crate::tls::Files::none())?,
+                server_name: crate::tls::server_name("localhost", "host")?,
+            }
+        }
+    };
+    let (client, conn) = pc.connect(tls).await.map_err(|e| match e.as_db_error() {
         Some(_) => pg_error("connect", e),
+        None if crate::tls::is_certificate_error(&e) => ConnectorError::config(format!(
+            "sslmode: {} refused: {e} (check sslrootcert, sslcert and sslkey)",
+            ep.sslmode.as_str()
+        )),
+        None if e.to_string().contains("server does not support TLS") => ConnectorError::config(format!(
+            "sslmode: {}: the server does not accept TLS connections",
+            ep.sslmode.as_str()
+        )),
         None => {
             ConnectorError::external(format!("host/port: could not connect to {}:{}", ep.host, ep.port)).with_source(e)
         }

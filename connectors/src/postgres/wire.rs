@@ -34,6 +34,18 @@ pub struct ConnectParams {
     /// `replication=database`: a walsender session that also takes SQL.
     pub replication: bool,
     pub application_name: String,
+    /// TLS over TCP (a Unix socket is never encrypted, as with libpq).
+    pub tls: Option<TlsParams>,
+}
+
+/// How to secure a TCP connection.
+#[derive(Clone)]
+pub struct TlsParams {
+    pub config: std::sync::Arc<rustls::ClientConfig>,
+    /// The name the certificate is checked against (when the config checks names).
+    pub server_name: rustls::pki_types::ServerName<'static>,
+    /// Fail when the server does not offer TLS (else go on in plain text: `prefer`).
+    pub required: bool,
 }
 
 /// An error from the server (with its SQLSTATE) or from the connection.
@@ -46,6 +58,8 @@ pub enum PgError {
         detail: Option<String>,
     },
     Protocol(String),
+    /// TLS refused by the server (`required`) or the handshake failed.
+    Tls(String, Option<Box<dyn std::error::Error + Send + Sync>>),
 }
 
 impl PgError {
@@ -69,11 +83,21 @@ impl fmt::Display for PgError {
                 Ok(())
             }
             PgError::Protocol(m) => write!(f, "protocol error: {m}"),
+            PgError::Tls(m, Some(e)) => write!(f, "{m}: {e}"),
+            PgError::Tls(m, None) => write!(f, "{m}"),
         }
     }
 }
 
-impl std::error::Error for PgError {}
+impl std::error::Error for PgError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PgError::Io(e) => Some(e),
+            PgError::Tls(_, Some(e)) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+}
 
 impl From<io::Error> for PgError {
     fn from(e: io::Error) -> Self {
@@ -148,8 +172,43 @@ pub enum ReplicationMessage {
     Keepalive { wal_end: u64, reply: bool },
 }
 
+/// Asks the server for TLS (SSLRequest) and makes the handshake; plain text when the server
+/// declines and TLS is only preferred. Returns the stream and whether it is encrypted.
+async fn secure(mut s: tokio::net::TcpStream, p: &TlsParams) -> Result<(Box<dyn Io>, bool), PgError> {
+    let mut req = BytesMut::new();
+    frontend::ssl_request(&mut req);
+    s.write_all(&req).await?;
+    let mut answer = [0u8; 1];
+    tokio::time::timeout(CONNECT_TIMEOUT, s.read_exact(&mut answer))
+        .await
+        .map_err(|_| PgError::Io(io::Error::new(io::ErrorKind::TimedOut, "no answer to the TLS request")))??;
+    match answer[0] {
+        b'S' => {
+            let connector = tokio_rustls::TlsConnector::from(p.config.clone());
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(p.server_name.clone(), s))
+                .await
+                .map_err(|_| PgError::Io(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")))?
+                .map_err(|e| {
+                    // rustls reports through io::Error: keep its own error as the cause.
+                    let cause: Box<dyn std::error::Error + Send + Sync> = match e.into_inner() {
+                        Some(inner) => inner,
+                        None => "the connection closed during the handshake".into(),
+                    };
+                    PgError::Tls("TLS handshake failed".into(), Some(cause))
+                })?;
+            Ok((Box::new(stream), true))
+        }
+        b'N' if !p.required => Ok((Box::new(s), false)),
+        b'N' => Err(PgError::Tls("the server does not accept TLS connections".into(), None)),
+        other => Err(PgError::Protocol(format!(
+            "unexpected answer {other:#x} to the TLS request"
+        ))),
+    }
+}
+
 /// A session with the server.
 pub struct Connection {
+    tls: bool,
     io: Box<dyn Io>,
     rbuf: BytesMut,
     wbuf: BytesMut,
@@ -158,6 +217,7 @@ pub struct Connection {
 
 impl Connection {
     pub async fn connect(p: &ConnectParams) -> Result<Connection, PgError> {
+        let mut tls = false;
         let io: Box<dyn Io> = if p.host.starts_with('/') {
             let path = format!("{}/.s.PGSQL.{}", p.host, p.port);
             Box::new(
@@ -173,9 +233,17 @@ impl Connection {
             .await
             .map_err(|_| PgError::Io(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))??;
             s.set_nodelay(true)?;
-            Box::new(s)
+            match &p.tls {
+                Some(params) => {
+                    let (io, on) = secure(s, params).await?;
+                    tls = on;
+                    io
+                }
+                None => Box::new(s),
+            }
         };
         let mut c = Connection {
+            tls,
             io,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             wbuf: BytesMut::new(),
@@ -209,6 +277,11 @@ impl Connection {
                 _ => {}
             }
         }
+    }
+
+    /// Whether the session is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     async fn authenticate(&mut self, p: &ConnectParams) -> Result<(), PgError> {

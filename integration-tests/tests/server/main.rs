@@ -5,6 +5,7 @@ mod cli;
 mod cluster;
 mod cluster_cdc;
 mod connectors;
+mod db_tls;
 mod etcd;
 mod etcd_faults;
 mod hardening;

@@ -8,6 +8,7 @@
 //! resumes at that transaction boundary, by GTID (MariaDB) or by file and position; records of a
 //! transaction cut short are sent again (at-least-once).
 
+use crate::selection::Selection;
 use async_trait::async_trait;
 use futures::StreamExt;
 use hstream_runtime::{ConnectorError, Done, Offset, Source, SourceOutput};
@@ -15,6 +16,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStreamRequest, Conn};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 pub use crate::cdc::{RecordFormat, SnapshotMode};
 
@@ -180,16 +182,42 @@ pub struct MySqlSource {
     resume: Option<MySqlOffset>,
     mariadb: bool,
     collations: HashMap<u16, String>,
+    /// Table patterns and column rules.
+    selection: Arc<Selection>,
 }
 
 impl MySqlSource {
-    /// The captured tables, checked to exist, with their descriptions.
+    /// The captured tables with their descriptions: those named (checked to exist) and those
+    /// the patterns match, less the excluded ones. Column rules on key columns are refused.
     async fn tables(
         conn: &mut Conn,
         cfg: &MySqlSourceConfig,
+        selection: &Selection,
     ) -> Result<Vec<(String, String, schema::Described)>, ConnectorError> {
+        let mut names: Vec<(String, String)> = Vec::new();
+        if selection.has_patterns() {
+            let rows = query_rows(
+                conn,
+                "SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' \
+                 AND table_schema NOT IN ('mysql', 'sys', 'information_schema', 'performance_schema') ORDER BY 1, 2",
+                "listing the tables",
+            )
+            .await?;
+            for r in rows {
+                if let [Some(db), Some(t), ..] = r.as_slice() {
+                    let q = format!("{db}.{t}");
+                    if selection.included(&q) && !selection.excluded(&q) {
+                        names.push((db.clone(), t.clone()));
+                    }
+                }
+            }
+        }
         let mut out = Vec::new();
         for (db, table, field) in cfg.table_list() {
+            if selection.excluded(&format!("{db}.{table}")) {
+                continue;
+            }
+            names.retain(|(d, t)| !(*d == db && *t == table));
             let Some(d) = schema::describe(conn, &db, &table).await? else {
                 return Err(ConnectorError::config(format!(
                     "{field}: table {}.{} does not exist (or the user cannot see it)",
@@ -197,7 +225,21 @@ impl MySqlSource {
                     ident(&table)
                 )));
             };
+            selection.column_rules(&format!("{db}.{table}"), &d.columns, &d.key)?;
             out.push((db, table, d));
+        }
+        for (db, table) in names {
+            // Dropped since it was listed: nothing to capture.
+            if let Some(d) = schema::describe(conn, &db, &table).await? {
+                selection.column_rules(&format!("{db}.{table}"), &d.columns, &d.key)?;
+                out.push((db, table, d));
+            }
+        }
+        if out.is_empty() {
+            return Err(ConnectorError::config(format!(
+                "tableIncludeList: no table is left to capture (tables named: {}, after tableExcludeList)",
+                cfg.table_list().len()
+            )));
         }
         Ok(out)
     }
@@ -220,7 +262,7 @@ impl Source for MySqlSource {
     async fn check(cfg: &MySqlSourceConfig) -> Result<(), ConnectorError> {
         let mut conn = cfg.endpoint.connect(&[]).await?;
         let info = server_info(&mut conn).await?;
-        let tables = Self::tables(&mut conn, cfg).await?;
+        let tables = Self::tables(&mut conn, cfg, &Selection::new(&cfg.capture)?).await?;
         for (db, t, _) in &tables {
             conn.query_drop(format!("SELECT 1 FROM {}.{} LIMIT 0", ident(db), ident(t)))
                 .await
@@ -272,7 +314,8 @@ impl Source for MySqlSource {
         let ep = cfg.endpoint.clone();
         let mut conn = ep.connect(&[]).await?;
         let info = server_info(&mut conn).await?;
-        Self::tables(&mut conn, &cfg).await?;
+        let selection = Arc::new(Selection::new(&cfg.capture)?);
+        Self::tables(&mut conn, &cfg, &selection).await?;
         let collations = schema::collations(&mut conn).await?;
         let _ = conn.disconnect().await;
         Ok(MySqlSource {
@@ -281,6 +324,7 @@ impl Source for MySqlSource {
             resume: offset,
             mariadb: info.mariadb,
             collations,
+            selection,
         })
     }
 

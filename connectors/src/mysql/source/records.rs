@@ -6,6 +6,7 @@ use super::schema::Table;
 use crate::cdc::{self, Op, RecordFormat, RowImage};
 use crate::mysql::values::{self, Cell};
 use crate::pbstruct as pb;
+use crate::selection::{self, ColumnRule};
 
 /// Where a change came from (Debezium's `source` block for MySQL).
 pub struct Origin<'a> {
@@ -28,9 +29,16 @@ impl RowImage for Image<'_, '_> {
     }
 
     fn write_row(&self, buf: &mut Vec<u8>) {
-        for ((name, kind), cell) in self.table.columns.iter().zip(&self.table.kinds).zip(self.cells) {
-            if *cell != Cell::Absent {
-                pb::field(buf, name, |b| values::write(b, kind, cell));
+        let t = self.table;
+        for (i, ((name, kind), cell)) in t.columns.iter().zip(&t.kinds).zip(self.cells).enumerate() {
+            match (selection::rule(&t.rules, i), cell) {
+                (ColumnRule::Exclude, _) | (_, Cell::Absent) => {}
+                (ColumnRule::Keep, _) | (_, Cell::Null) => pb::field(buf, name, |b| values::write(b, kind, cell)),
+                (ColumnRule::Mask, _) => pb::field(buf, name, |b| pb::string(b, t.selection.mask())),
+                (ColumnRule::Hash, _) => {
+                    let text = values::text(kind, cell);
+                    pb::field(buf, name, |b| pb::string(b, &t.selection.hash(text.as_bytes())))
+                }
             }
         }
     }

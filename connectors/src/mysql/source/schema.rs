@@ -22,6 +22,9 @@ pub struct Table {
     pub key: Vec<usize>,
     /// Set on each of its records: the table's identity (`cdc::source_attributes`).
     pub attributes: hstream_runtime::Attributes,
+    /// What each column shows (empty: every column as it is), by `selection`.
+    pub rules: Vec<crate::selection::ColumnRule>,
+    pub selection: Arc<crate::selection::Selection>,
 }
 
 /// A table as `information_schema` describes it now.
@@ -154,6 +157,7 @@ pub fn from_table_map(
     tm: &TableMap,
     described: &Described,
     collations: &HashMap<u16, String>,
+    selection: &Arc<crate::selection::Selection>,
 ) -> Result<Arc<Table>, ConnectorError> {
     let n = tm.types.len();
     if tm.names.len() != n {
@@ -248,6 +252,8 @@ pub fn from_table_map(
             .collect(),
     };
     Ok(Arc::new(Table {
+        rules: selection.column_rules(&format!("{}.{}", tm.schema, tm.table), &tm.names, &key)?,
+        selection: selection.clone(),
         attributes: crate::cdc::source_attributes(&tm.schema, None, &tm.table),
         db: tm.schema.clone(),
         name: tm.table.clone(),

@@ -117,7 +117,7 @@ impl MySqlSource {
             ts_ms: now_ms(),
             snapshot: true,
         };
-        let tables = Self::tables(&mut conn, &self.cfg).await?;
+        let tables = Self::tables(&mut conn, &self.cfg, &self.selection).await?;
         let cancel = out.cancelled();
         let format = self.cfg.capture.format;
         let mut total = 0u64;
@@ -136,6 +136,10 @@ impl MySqlSource {
                 attributes: crate::cdc::source_attributes(&db, None, &name),
                 db: db.clone(),
                 name: name.clone(),
+                rules: self
+                    .selection
+                    .column_rules(&format!("{db}.{name}"), &described.columns, &described.key)?,
+                selection: self.selection.clone(),
                 columns: described.columns.clone(),
                 kinds,
                 key: described.key.clone(),

@@ -158,7 +158,7 @@ impl MySqlSource {
             }
         }
         let mut described = HashMap::new();
-        for (db, t, d) in Self::tables(&mut conn, &self.cfg).await? {
+        for (db, t, d) in Self::tables(&mut conn, &self.cfg, &self.selection).await? {
             described.insert((db, t), d);
         }
         let server_id = self.cfg.server_id();
@@ -403,7 +403,7 @@ impl MySqlSource {
             let _ = conn.disconnect().await;
             st.stale = false;
         }
-        let table = schema::from_table_map(&tm, &st.described[&key], &self.collations)?;
+        let table = schema::from_table_map(&tm, &st.described[&key], &self.collations, &self.selection)?;
         if table.key.is_empty() {
             tracing::debug!(table = %format!("{}.{}", key.0, key.1), "table has no primary key: records have a null key");
         }

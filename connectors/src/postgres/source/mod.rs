@@ -10,6 +10,7 @@
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,6 +23,7 @@ pub use super::config::PgSourceConfig;
 use super::types::{PgType, TypeMap};
 use super::wire::{Connection, format_lsn, ident, literal};
 use super::{Endpoint, query_error};
+use crate::selection::Selection;
 
 mod publication;
 mod records;
@@ -122,6 +124,10 @@ pub struct PgSource {
     server_version: u32,
     /// `(schema, table)` of the captured tables, as the catalog names them.
     captured: HashSet<(String, String)>,
+    /// The same, in the order they are snapshotted.
+    tables: Vec<(String, String)>,
+    /// Table patterns and column rules.
+    selection: Arc<Selection>,
     /// initial_only taken again over its slot: the WAL position streaming must reach (the new
     /// snapshot's end) before the run is complete.
     catch_up: Option<u64>,
@@ -135,10 +141,18 @@ impl PgSource {
         Ok(self.control.as_mut().expect("just set"))
     }
 
-    /// The tables, checked to exist.
-    async fn tables(conn: &mut Connection, cfg: &PgSourceConfig) -> Result<Vec<(String, String)>, ConnectorError> {
+    /// The tables: those named (checked to exist) and those the patterns match in the catalog,
+    /// less the excluded ones.
+    async fn tables(
+        conn: &mut Connection,
+        cfg: &PgSourceConfig,
+        selection: &Selection,
+    ) -> Result<Vec<(String, String)>, ConnectorError> {
         let mut out = Vec::new();
         for (schema, table, field) in cfg.table_list() {
+            if selection.excluded(&format!("{schema}.{table}")) {
+                continue;
+            }
             let info = super::table_info(conn, &schema, &table)
                 .await
                 .map_err(|e| query_error("reading the catalog", e))?;
@@ -151,6 +165,35 @@ impl PgSource {
                 )));
             }
             out.push((schema, table));
+        }
+        if selection.has_patterns() {
+            // Tables and partitioned tables; a partition's changes are its parent's.
+            let rows = conn
+                .query(
+                    "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+                     AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' \
+                     ORDER BY 1, 2",
+                )
+                .await
+                .map_err(|e| query_error("listing the tables", e))?;
+            for r in rows {
+                let (Some(schema), Some(table)) = (r[0].clone(), r[1].clone()) else {
+                    continue;
+                };
+                let q = format!("{schema}.{table}");
+                if selection.included(&q) && !selection.excluded(&q) && !out.contains(&(schema.clone(), table.clone()))
+                {
+                    out.push((schema, table));
+                }
+            }
+        }
+        if out.is_empty() {
+            return Err(ConnectorError::config(format!(
+                "tableIncludeList: no table of database {:?} is left to capture (tables named: {}, after tableExcludeList)",
+                cfg.endpoint.database,
+                cfg.table_list().len()
+            )));
         }
         Ok(out)
     }
@@ -195,7 +238,18 @@ impl Source for PgSource {
                 cfg.endpoint.user
             )));
         }
-        Self::tables(&mut conn, cfg).await?;
+        let selection = Selection::new(&cfg.capture)?;
+        let tables = Self::tables(&mut conn, cfg, &selection).await?;
+        // Column rules on key columns are refused now rather than at the first change.
+        for (schema, table) in &tables {
+            if let Some(info) = super::table_info(&mut conn, schema, table)
+                .await
+                .map_err(|e| query_error("reading the catalog", e))?
+            {
+                let names: Vec<String> = info.columns.iter().map(|c| c.0.clone()).collect();
+                selection.column_rules(&format!("{schema}.{table}"), &names, &info.key)?;
+            }
+        }
         if !cfg.publication_autocreate {
             let p = cfg.publication();
             let rows = conn
@@ -228,6 +282,8 @@ impl Source for PgSource {
             types: TypeMap::default(),
             server_version: 0,
             captured: HashSet::new(),
+            tables: Vec::new(),
+            selection: Arc::new(Selection::new(&cfg.capture)?),
             catch_up: None,
             cfg,
         };
@@ -242,10 +298,13 @@ impl Source for PgSource {
             .and_then(|r| r[0].as_deref())
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let tables = Self::tables(conn, &cfg_copy).await?;
+        let selection = src.selection.clone();
+        let conn = src.control().await?;
+        let tables = Self::tables(conn, &cfg_copy, &selection).await?;
         src.server_version = version;
         src.ensure_publication(&tables).await?;
-        src.captured = tables.into_iter().collect();
+        src.captured = tables.iter().cloned().collect();
+        src.tables = tables;
         Ok(src)
     }
 

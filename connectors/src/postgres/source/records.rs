@@ -8,6 +8,8 @@ pub(super) use crate::cdc::{Op, now_ms};
 use crate::pbstruct as pb;
 use crate::postgres::pgoutput::Col;
 use crate::postgres::types::{self, Kind};
+use crate::selection::{self, ColumnRule, Selection};
+use std::sync::Arc;
 
 /// A captured table as the stream encodes it.
 #[derive(Debug)]
@@ -19,6 +21,9 @@ pub(super) struct Rel {
     pub(super) key: Vec<usize>,
     /// Set on each of its records: the table's identity (`cdc::source_attributes`).
     pub(super) attributes: hstream_runtime::Attributes,
+    /// What each column shows (empty: every column as it is), by `selection`.
+    pub(super) rules: Vec<ColumnRule>,
+    pub(super) selection: Arc<Selection>,
 }
 
 /// Where a change came from (Debezium's `source` block).
@@ -35,12 +40,17 @@ pub(super) fn write_row(buf: &mut Vec<u8>, rel: &Rel, cols: &[Col<'_>]) {
         let (Some(name), Some(kind)) = (rel.names.get(i), rel.kinds.get(i)) else {
             break;
         };
-        match c {
-            Col::Null => pb::field(buf, name, pb::null),
+        match (selection::rule(&rel.rules, i), c) {
+            (ColumnRule::Exclude, _) => {}
+            (_, Col::Null) => pb::field(buf, name, pb::null),
             // An unchanged TOASTed value is not sent: the column is left out, not nulled.
-            Col::Unchanged => {}
-            Col::Text(t) => pb::field(buf, name, |b| types::write_value(b, kind, t)),
-            Col::Binary(t) => pb::field(buf, name, |b| pb::string_bytes(b, t)),
+            (_, Col::Unchanged) => {}
+            (ColumnRule::Mask, _) => pb::field(buf, name, |b| pb::string(b, rel.selection.mask())),
+            (ColumnRule::Hash, Col::Text(t) | Col::Binary(t)) => {
+                pb::field(buf, name, |b| pb::string(b, &rel.selection.hash(t)))
+            }
+            (_, Col::Text(t)) => pb::field(buf, name, |b| types::write_value(b, kind, t)),
+            (_, Col::Binary(t)) => pb::field(buf, name, |b| pb::string_bytes(b, t)),
         }
     }
 }

@@ -54,7 +54,7 @@ impl PgSource {
             None => {}
         }
         let finished = snapshot.is_some() || self.cfg.capture.snapshot_mode != SnapshotMode::InitialOnly;
-        let tables = Self::tables(&mut conn, &self.cfg).await?;
+        let tables = self.tables.clone();
         let cancel = out.cancelled();
         let origin = Origin {
             lsn: at,
@@ -72,13 +72,18 @@ impl PgSource {
                 .ok_or_else(|| ConnectorError::config(format!("table: {schema}.{table} disappeared")))?;
             let oids: Vec<u32> = info.columns.iter().map(|c| c.1).collect();
             learn_types(&mut conn, &mut self.types, &oids).await?;
+            let names: Vec<String> = info.columns.iter().map(|c| c.0.clone()).collect();
             let rel = Rel {
                 attributes: crate::cdc::source_attributes(&self.cfg.endpoint.database, Some(schema), table),
                 schema: schema.clone(),
                 table: table.clone(),
-                names: info.columns.iter().map(|c| c.0.clone()).collect(),
+                rules: self
+                    .selection
+                    .column_rules(&format!("{schema}.{table}"), &names, &info.key)?,
+                names,
                 kinds: info.columns.iter().map(|c| self.types.kind(c.1)).collect(),
                 key: info.key.clone(),
+                selection: self.selection.clone(),
             };
             let estimate = conn
                 .query(&format!(

@@ -460,13 +460,19 @@ impl PgSource {
                 .collect()
         };
         let (schema, table) = captured;
+        let names: Vec<String> = r.columns.iter().map(|c| c.name.clone()).collect();
+        let rules = self
+            .selection
+            .column_rules(&format!("{schema}.{table}"), &names, &key)?;
         let rel = Rel {
             attributes: crate::cdc::source_attributes(&self.cfg.endpoint.database, Some(&schema), &table),
             schema,
             table,
-            names: r.columns.iter().map(|c| c.name.clone()).collect(),
+            names,
             kinds: r.columns.iter().map(|c| self.types.kind(c.type_oid)).collect(),
             key,
+            rules,
+            selection: self.selection.clone(),
         };
         Ok((r.id, rel))
     }
