@@ -136,6 +136,15 @@ pub struct PgSourceConfig {
     #[serde(default = "default_streaming_memory")]
     #[schemars(range(min = 65536))]
     pub streaming_memory_bytes: u64,
+    /// Rows per chunk of an incremental snapshot (a table that joins the capture later is
+    /// copied in key order, a chunk at a time, while streaming goes on; PostgreSQL 14+).
+    #[serde(default = "default_chunk_size")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub incremental_snapshot_chunk_size: u32,
+}
+
+fn default_chunk_size() -> u32 {
+    1024
 }
 
 fn yes() -> bool {
@@ -210,6 +219,11 @@ impl ConnectorConfig for PgSourceConfig {
         {
             return Err(ConnectorError::config(
                 "slotName: only lower case letters, digits and underscores, at most 63",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.incremental_snapshot_chunk_size) {
+            return Err(ConnectorError::config(
+                "incrementalSnapshotChunkSize: from 1 to 1000000",
             ));
         }
         if self.publication().is_empty() {

@@ -80,7 +80,12 @@ pub enum Message<'a> {
     Truncate {
         rels: Vec<u32>,
     },
-    Message,
+    /// A logical decoding message (`pg_logical_emit_message`; sent with the `messages` option).
+    Message {
+        transactional: bool,
+        prefix: String,
+        content: &'a [u8],
+    },
     StreamStart {
         xid: u32,
     },
@@ -265,7 +270,18 @@ pub fn decode(data: &[u8], streaming: bool) -> Result<Message<'_>> {
             }
             Message::Truncate { rels }
         }
-        b'M' => Message::Message,
+        b'M' => {
+            skip_xid(&mut r)?;
+            let flags = r.u8()?;
+            let _lsn = r.u64()?;
+            let prefix = r.cstr()?;
+            let len = r.u32()? as usize;
+            Message::Message {
+                transactional: flags & 1 == 1,
+                prefix,
+                content: r.take(len)?,
+            }
+        }
         b'S' => Message::StreamStart { xid: r.u32()? },
         b'E' => Message::StreamStop,
         b'c' => {
@@ -312,6 +328,36 @@ mod tests {
             }
         }
         b
+    }
+
+    #[test]
+    fn logical_messages() {
+        let mut m = vec![b'M', 0];
+        m.extend(0x1234u64.to_be_bytes());
+        m.extend(b"hstream-cdc\0");
+        m.extend(5u32.to_be_bytes());
+        m.extend(b"s/1/2");
+        assert_eq!(
+            decode(&m, false).unwrap(),
+            Message::Message {
+                transactional: false,
+                prefix: "hstream-cdc".into(),
+                content: b"s/1/2"
+            }
+        );
+        // Inside a streamed transaction the xid comes first.
+        let mut s = vec![b'M'];
+        s.extend(77u32.to_be_bytes());
+        s.extend(&m[1..]);
+        s[5] = 1;
+        assert!(matches!(
+            decode(&s, true).unwrap(),
+            Message::Message {
+                transactional: true,
+                ..
+            }
+        ));
+        assert!(decode(&m[..m.len() - 1], false).is_err(), "a cut message is an error");
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod mysql;
 mod postgres;
 mod postgres_capture;
 mod postgres_crashes;
+mod postgres_incremental;
 mod rest;
 mod streams;
 mod subscriptions;

@@ -16,10 +16,10 @@ use super::postgres::{
 /// A session holding advisory lock 4242 until it ends; the `gated` tables' rows cannot be read
 /// by the connector meanwhile (a row security policy waits for the lock), so a snapshot stops
 /// at a known place.
-struct Gate(std::process::Child);
+pub(super) struct Gate(std::process::Child);
 
 impl Gate {
-    fn close(pg: &Postgres) -> Gate {
+    pub(super) fn close(pg: &Postgres) -> Gate {
         use std::io::Write;
         let mut child = pg
             .psql_command(DATABASE, "SELECT 1")
@@ -42,14 +42,14 @@ impl Gate {
         gate
     }
 
-    fn open(mut self) {
+    pub(super) fn open(mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
 /// Makes `table` readable by the connector only while the gate is open.
-fn gated(pg: &Postgres, table: &str) {
+pub(super) fn gated(pg: &Postgres, table: &str) {
     pg.psql(
         DATABASE,
         &format!(
@@ -63,14 +63,21 @@ fn gated(pg: &Postgres, table: &str) {
 
 /// Waits until the connector's snapshot waits at the gate.
 async fn wait_at_gate(pg: &Postgres) {
+    wait_at_gate_as(pg, "hstream-cdc-snapshot").await
+}
+
+/// Waits until the connector's session `application` waits at the gate.
+pub(super) async fn wait_at_gate_as(pg: &Postgres, application: &str) {
     wait_until(
         Duration::from_secs(60),
         "the snapshot to wait at the gate",
         || async move {
             pg.psql(
                 "postgres",
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'hstream-cdc-snapshot' \
-             AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+                &format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{application}' \
+                     AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+                ),
             ) == "1"
         },
     )

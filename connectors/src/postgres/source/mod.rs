@@ -24,7 +24,10 @@ use super::types::{PgType, TypeMap};
 use super::wire::{Connection, format_lsn, ident, literal};
 use super::{Endpoint, query_error};
 use crate::selection::Selection;
+use incremental::Incremental;
+pub use incremental::IncrementalOffset;
 
+mod incremental;
 mod publication;
 mod records;
 mod slot;
@@ -52,6 +55,13 @@ pub struct PgOffset {
     pub lsn: u64,
     /// The initial snapshot is complete (or was not wanted).
     pub snapshot_done: bool,
+    /// The captured tables, `[schema, table]`: one captured later and not listed here gets an
+    /// incremental snapshot. Absent (an offset of an older version): every table counts as known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables: Option<Vec<[String; 2]>>,
+    /// Incremental snapshots not finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<IncrementalOffset>,
 }
 
 impl Offset for PgOffset {
@@ -128,6 +138,8 @@ pub struct PgSource {
     tables: Vec<(String, String)>,
     /// Table patterns and column rules.
     selection: Arc<Selection>,
+    /// Incremental snapshots of this run (tables captured since the initial snapshot).
+    inc: Option<Incremental>,
     /// initial_only taken again over its slot: the WAL position streaming must reach (the new
     /// snapshot's end) before the run is complete.
     catch_up: Option<u64>,
@@ -203,7 +215,58 @@ impl PgSource {
             slot: self.slot.clone(),
             lsn,
             snapshot_done,
+            tables: Some(self.tables.iter().map(|(s, t)| [s.clone(), t.clone()]).collect()),
+            incremental: self.inc.as_ref().and_then(Incremental::offset),
         }
+    }
+
+    /// Resuming the stream from `o`: the incremental snapshots it left unfinished go on, and
+    /// tables captured now that it did not know get one.
+    fn plan_incremental(&mut self, o: &PgOffset) -> Result<(), ConnectorError> {
+        let captured = |t: &(String, String)| self.captured.contains(t);
+        let mut pending: std::collections::VecDeque<(String, String)> = std::collections::VecDeque::new();
+        let mut after = None;
+        if let Some(inc) = &o.incremental {
+            for [s, t] in &inc.pending {
+                let t = (s.clone(), t.clone());
+                if captured(&t) && !pending.contains(&t) {
+                    pending.push_back(t);
+                }
+            }
+            // The first table still first: its copy goes on after the stored key.
+            if inc.pending.first().map(|[s, t]| (s.clone(), t.clone())).as_ref() == pending.front() {
+                after = inc.after.clone();
+            }
+        }
+        if let Some(known) = &o.tables
+            && self.cfg.capture.snapshot_mode != SnapshotMode::Never
+        {
+            for t in &self.tables {
+                if !known.iter().any(|[s, n]| *s == t.0 && *n == t.1) && !pending.contains(t) {
+                    tracing::info!(table = %format!("{}.{}", t.0, t.1), "table added: an incremental snapshot follows");
+                    pending.push_back(t.clone());
+                }
+            }
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if self.server_version < 140_000 {
+            return Err(ConnectorError::config(format!(
+                "tables: {} joined the capture; its incremental snapshot needs PostgreSQL 14 or later                  (logical decoding messages)",
+                pending
+                    .iter()
+                    .map(|(s, t)| format!("{s}.{t}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        self.inc = Some(Incremental::new(
+            pending,
+            after,
+            self.cfg.incremental_snapshot_chunk_size as usize,
+        ));
+        Ok(())
     }
 }
 
@@ -284,6 +347,7 @@ impl Source for PgSource {
             captured: HashSet::new(),
             tables: Vec::new(),
             selection: Arc::new(Selection::new(&cfg.capture)?),
+            inc: None,
             catch_up: None,
             cfg,
         };
@@ -342,6 +406,7 @@ impl Source for PgSource {
                 return self.complete(repl, out, o.lsn).await;
             }
             Some(o) if o.snapshot_done => {
+                self.plan_incremental(&o)?;
                 if Self::slot_state(&mut repl, &self.slot).await?.is_none() {
                     return Err(ConnectorError::config(format!(
                         "slotName: replication slot {:?} no longer exists; changes after {} are lost to it \

@@ -11,6 +11,28 @@ use crate::postgres::query_error;
 use crate::postgres::wire::{ident, literal};
 
 impl PgSource {
+    /// A table as the snapshot reads it (its types learnt already).
+    pub(super) fn table_rel(
+        &self,
+        schema: &str,
+        table: &str,
+        info: &crate::postgres::TableInfo,
+    ) -> Result<Rel, ConnectorError> {
+        let names: Vec<String> = info.columns.iter().map(|c| c.0.clone()).collect();
+        Ok(Rel {
+            attributes: crate::cdc::source_attributes(&self.cfg.endpoint.database, Some(schema), table),
+            schema: schema.to_owned(),
+            table: table.to_owned(),
+            rules: self
+                .selection
+                .column_rules(&format!("{schema}.{table}"), &names, &info.key)?,
+            names,
+            kinds: info.columns.iter().map(|c| self.types.kind(c.1)).collect(),
+            key: info.key.clone(),
+            selection: self.selection.clone(),
+        })
+    }
+
     /// Copies every table's rows as of the snapshot the slot exported (`snapshot`), or, taken
     /// again over an existing slot (`None`), as of now. The last rows go out in one emit with
     /// the offset that marks the snapshot done, so there is no moment at which every row is in
@@ -72,19 +94,7 @@ impl PgSource {
                 .ok_or_else(|| ConnectorError::config(format!("table: {schema}.{table} disappeared")))?;
             let oids: Vec<u32> = info.columns.iter().map(|c| c.1).collect();
             learn_types(&mut conn, &mut self.types, &oids).await?;
-            let names: Vec<String> = info.columns.iter().map(|c| c.0.clone()).collect();
-            let rel = Rel {
-                attributes: crate::cdc::source_attributes(&self.cfg.endpoint.database, Some(schema), table),
-                schema: schema.clone(),
-                table: table.clone(),
-                rules: self
-                    .selection
-                    .column_rules(&format!("{schema}.{table}"), &names, &info.key)?,
-                names,
-                kinds: info.columns.iter().map(|c| self.types.kind(c.1)).collect(),
-                key: info.key.clone(),
-                selection: self.selection.clone(),
-            };
+            let rel = self.table_rel(schema, table, &info)?;
             let estimate = conn
                 .query(&format!(
                     "SELECT greatest(reltuples, 0)::int8 FROM pg_class WHERE oid = {}",

@@ -50,12 +50,15 @@ impl PgSource {
             .and_then(|t| parse_pg_duration(&t));
         // A plain literal: the replication grammar takes no E'' strings.
         let publication_names = format!("'{}'", ident(&self.publication).replace('\'', "''"));
+        // Logical decoding messages (PostgreSQL 14+) carry the incremental snapshots' watermarks.
+        let messages = self.server_version >= 140_000;
         let command = format!(
-            "START_REPLICATION SLOT {} LOGICAL {} (\"proto_version\" '{}', \"publication_names\" {publication_names}{})",
+            "START_REPLICATION SLOT {} LOGICAL {} (\"proto_version\" '{}', \"publication_names\" {publication_names}{}{})",
             ident(&self.slot),
             format_lsn(start),
             if v2 { 2 } else { 1 },
-            if v2 { ", \"streaming\" 'on'" } else { "" }
+            if v2 { ", \"streaming\" 'on'" } else { "" },
+            if messages { ", \"messages\" 'true'" } else { "" }
         );
         let mut rs = repl.start_replication(&command).await.map_err(|e| match e.code() {
             Some("55006") => ConnectorError::external("slotName").with_source(e),
@@ -146,6 +149,21 @@ impl PgSource {
                         st.received = st.received.max(wal_start);
                         st.change_lsn = wal_start;
                         self.on_data(&mut st, &data).await?;
+                        if self.inc.as_ref().is_some_and(|i| i.is_ready()) {
+                            // A chunk's watermark: what came before goes out, then the chunk,
+                            // with an offset that counts it, before anything decoded after it.
+                            self.flush(&mut st, out, &mut rs, &mut committed).await?;
+                            let (records, report) = self.chunk_records(wal_start);
+                            if let Some(records) = records {
+                                let lsn = st.emitted;
+                                self.emit_answering(&mut st, out, &mut rs, &mut committed, records, lsn)
+                                    .await?;
+                            }
+                            if !report.is_empty() {
+                                out.report(report);
+                            }
+                            last_heard = tokio::time::Instant::now();
+                        }
                     }
                     ReplicationMessage::Keepalive { wal_end, reply } => {
                         st.received = st.received.max(wal_end);
@@ -181,6 +199,31 @@ impl PgSource {
                 self.flush(&mut st, out, &mut rs, &mut committed).await?;
                 // Not reading while the pipeline was full is not the server's silence.
                 last_heard = tokio::time::Instant::now();
+            }
+            if self.inc.as_ref().is_some_and(|i| i.wants_chunk()) {
+                self.read_chunk().await?;
+                if self
+                    .inc
+                    .as_ref()
+                    .is_some_and(|i| i.wants_chunk() || i.offset().is_none())
+                {
+                    // A table gone, or the last one: its progress goes into the next offset.
+                    if self.inc.as_ref().is_some_and(|i| i.offset().is_none()) {
+                        self.inc = None;
+                    }
+                    let lsn = st.emitted;
+                    self.emit_answering(&mut st, out, &mut rs, &mut committed, Vec::new(), lsn)
+                        .await?;
+                }
+                continue;
+            }
+            if self.inc.as_ref().is_some_and(|i| i.offset().is_none()) {
+                // Every incremental snapshot is complete: the next offset says so.
+                self.inc = None;
+                let lsn = st.emitted;
+                self.emit_answering(&mut st, out, &mut rs, &mut committed, Vec::new(), lsn)
+                    .await?;
+                out.report("incremental snapshots complete".to_owned());
             }
             if let Some(end) = self.catch_up
                 && (st.emitted >= end || (st.quiet_through >= end && st.batch.is_empty() && st.spilled.is_none()))
@@ -355,10 +398,19 @@ impl PgSource {
                 if st.foreign.contains(&rel) => {}
             Message::Insert { rel, new } => {
                 let r = st.relation(rel)?;
+                if let Some(inc) = self.inc.as_mut() {
+                    inc.note_change(&r, origin.tx_id, streaming, &new);
+                }
                 produced.push(change(format, &r, Op::Create, None, Some(&new), &origin));
             }
             Message::Update { rel, old, new } => {
                 let r = st.relation(rel)?;
+                if let Some(inc) = self.inc.as_mut() {
+                    inc.note_change(&r, origin.tx_id, streaming, &new);
+                    if let Some(old) = &old {
+                        inc.note_change(&r, origin.tx_id, streaming, old);
+                    }
+                }
                 match old {
                     // The key changed: the old row is gone, a new one appears.
                     Some(old) if !r.key.is_empty() && !same_key(&r, &old, &new) => {
@@ -370,6 +422,9 @@ impl PgSource {
             }
             Message::Delete { rel, old } => {
                 let r = st.relation(rel)?;
+                if let Some(inc) = self.inc.as_mut() {
+                    inc.note_change(&r, origin.tx_id, streaming, &old);
+                }
                 produced.push(change(format, &r, Op::Delete, Some(&old), None, &origin));
             }
             Message::Truncate { rels } => {
@@ -382,22 +437,36 @@ impl PgSource {
                     }
                 }
             }
-            Message::StreamCommit { xid, end_lsn, .. } => match st.streamed.commit(xid).map_err(spill_err)? {
-                Some(Committed::Spilled(reader)) => {
-                    // Emitted by the next flush (right away), before anything decoded after it.
-                    st.spilled = Some((reader, end_lsn));
+            Message::StreamCommit { xid, end_lsn, .. } => {
+                if let Some(inc) = self.inc.as_mut() {
+                    inc.stream_committed(xid);
                 }
-                Some(Committed::Memory(changes)) => {
-                    st.batch.extend(changes);
-                    st.last_commit = st.last_commit.max(end_lsn);
+                match st.streamed.commit(xid).map_err(spill_err)? {
+                    Some(Committed::Spilled(reader)) => {
+                        // Emitted by the next flush (right away), before anything decoded after it.
+                        st.spilled = Some((reader, end_lsn));
+                    }
+                    Some(Committed::Memory(changes)) => {
+                        st.batch.extend(changes);
+                        st.last_commit = st.last_commit.max(end_lsn);
+                    }
+                    None => st.last_commit = st.last_commit.max(end_lsn),
                 }
-                None => st.last_commit = st.last_commit.max(end_lsn),
-            },
-            Message::StreamAbort { xid, subxid } => st.streamed.abort(xid, subxid),
+            }
+            Message::StreamAbort { xid, subxid } => {
+                if let Some(inc) = self.inc.as_mut() {
+                    inc.stream_aborted(xid, subxid);
+                }
+                st.streamed.abort(xid, subxid)
+            }
+            Message::Message { prefix, content, .. } => {
+                if let Some(inc) = self.inc.as_mut() {
+                    inc.on_message(&self.slot, &prefix, content);
+                }
+            }
             Message::Relation(_)
             | Message::Type { .. }
             | Message::Origin
-            | Message::Message
             | Message::StreamStart { .. }
             | Message::StreamStop => {}
         }

@@ -1,0 +1,461 @@
+//! Incremental snapshots (Debezium's, after Netflix's DBLog): a table that joins the capture
+//! after the initial snapshot is copied while streaming goes on, in primary-key chunks, each
+//! checkpointed with the stream's position, so a restart goes on from the last chunk.
+//!
+//! A chunk is read in its own REPEATABLE READ transaction together with that transaction's
+//! snapshot (`pg_current_snapshot()`); after it commits, a watermark goes into the WAL
+//! (`pg_logical_emit_message`, not transactional, so it is decoded at its place). Every
+//! transaction the chunk's snapshot saw ended before the snapshot, so its commit comes before the
+//! watermark in the stream; a change that comes after the watermark is newer than the chunk.
+//! When the watermark arrives, the chunk's rows go out, less those a transaction the snapshot did
+//! not see has changed: such a transaction committed before the watermark has already been
+//! streamed, and its change is newer than the chunk's row. The rows of transactions since are
+//! streamed after the chunk, so each key's last record is its latest state. No lock is taken and
+//! no window of DBLog's low and high watermarks is needed: the snapshot says exactly which
+//! transactions the chunk holds, whatever the order of commit records and visibility (a
+//! synchronous standby can hold a commit invisible long after its record).
+//!
+//! Keys are tracked only for the table being copied, by transaction id, and forgotten once every
+//! later snapshot sees the transaction. A transaction streamed while in progress (protocol 2)
+//! may abort parts of itself, so its keys are not trusted: when the chunk's snapshot did not see
+//! it, the chunk is read again instead.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use hstream_runtime::{ConnectorError, Record};
+use serde::{Deserialize, Serialize};
+
+use super::records::{Op, Origin, Rel, change, now_ms};
+use super::{PgSource, learn_types};
+use crate::postgres::pgoutput::Col;
+use crate::postgres::query_error;
+use crate::postgres::wire::{ident, literal};
+
+/// The prefix of our watermark messages (their content names the slot, the run and the chunk).
+pub(super) const WATERMARK_PREFIX: &str = "hstream-cdc";
+
+/// Where the incremental snapshots stand, as the offset keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IncrementalOffset {
+    /// Tables waiting, `[schema, table]`; the first is being copied.
+    pub pending: Vec<[String; 2]>,
+    /// The key (each key column's text) of the last row copied of the first table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Vec<String>>,
+}
+
+/// A key: each key column's text.
+pub(super) type Key = Vec<Option<Vec<u8>>>;
+
+/// Which transactions a snapshot sees, on the 32-bit transaction ids pgoutput sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Visibility {
+    xmin: u32,
+    xmax: u32,
+    xip: HashSet<u32>,
+}
+
+/// `a` is older than `b`, modulo wraparound (PostgreSQL's TransactionIdPrecedes).
+fn precedes(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+impl Visibility {
+    /// `pg_current_snapshot()` as text: `xmin:xmax:xip,xip,…` of 64-bit ids.
+    pub(super) fn parse(text: &str) -> Option<Visibility> {
+        let mut parts = text.trim().splitn(3, ':');
+        let low = |s: &str| s.parse::<u64>().ok().map(|x| x as u32);
+        let xmin = low(parts.next()?)?;
+        let xmax = low(parts.next()?)?;
+        let xip = match parts.next() {
+            Some("") | None => HashSet::new(),
+            Some(list) => list.split(',').map(low).collect::<Option<HashSet<u32>>>()?,
+        };
+        Some(Visibility { xmin, xmax, xip })
+    }
+
+    /// Whether a transaction's committed changes are in what the snapshot saw.
+    pub(super) fn sees(&self, xid: u32) -> bool {
+        precedes(xid, self.xmin) || (precedes(xid, self.xmax) && !self.xip.contains(&xid))
+    }
+}
+
+/// A chunk read, waiting for its watermark.
+pub(super) struct Chunk {
+    seq: u64,
+    rel: Arc<Rel>,
+    rows: Vec<(Key, Vec<Option<Vec<u8>>>)>,
+    visibility: Visibility,
+    /// Fewer rows than asked: the table is complete with this chunk.
+    last: bool,
+}
+
+/// The state of the incremental snapshots of one run of the task.
+pub(super) struct Incremental {
+    pending: VecDeque<(String, String)>,
+    after: Option<Vec<String>>,
+    chunk: Option<Chunk>,
+    /// The watermark of `chunk` has arrived: its rows go out before anything decoded after it.
+    ready: bool,
+    /// Keys of the first pending table changed by committed transactions, by transaction id.
+    touched: HashMap<u32, Vec<Key>>,
+    /// Committed transactions streamed while in progress that changed it.
+    touched_unknown: HashSet<u32>,
+    /// Transactions streamed while in progress that changed it, not committed yet.
+    streaming: HashSet<u32>,
+    /// Tells this run's watermarks from an earlier run's still in the WAL.
+    nonce: u64,
+    seq: u64,
+    /// Rows of the first pending table sent in this run, and the estimate of its size.
+    rows: u64,
+    estimate: u64,
+    chunk_size: usize,
+}
+
+impl Incremental {
+    pub(super) fn new(pending: VecDeque<(String, String)>, after: Option<Vec<String>>, chunk_size: usize) -> Self {
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id());
+        Incremental {
+            pending,
+            after,
+            chunk: None,
+            ready: false,
+            touched: HashMap::new(),
+            touched_unknown: HashSet::new(),
+            streaming: HashSet::new(),
+            nonce,
+            seq: 0,
+            rows: 0,
+            estimate: 0,
+            chunk_size: chunk_size.max(1),
+        }
+    }
+
+    pub(super) fn offset(&self) -> Option<IncrementalOffset> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        Some(IncrementalOffset {
+            pending: self.pending.iter().map(|(s, t)| [s.clone(), t.clone()]).collect(),
+            after: self.after.clone(),
+        })
+    }
+
+    /// A chunk should be read now.
+    pub(super) fn wants_chunk(&self) -> bool {
+        !self.pending.is_empty() && self.chunk.is_none()
+    }
+
+    /// The watermark of the chunk in flight has arrived.
+    pub(super) fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    fn is_current(&self, rel: &Rel) -> bool {
+        self.pending
+            .front()
+            .is_some_and(|(s, t)| *s == rel.schema && *t == rel.table)
+    }
+
+    /// A change of `rel` by transaction `xid` (streamed while in progress or not).
+    pub(super) fn note_change(&mut self, rel: &Rel, xid: u32, streamed: bool, cols: &[Col<'_>]) {
+        if !self.is_current(rel) {
+            return;
+        }
+        if streamed {
+            self.streaming.insert(xid);
+            return;
+        }
+        let key = rel
+            .key
+            .iter()
+            .map(|&i| match cols.get(i) {
+                Some(Col::Text(t) | Col::Binary(t)) => Some(t.to_vec()),
+                _ => None,
+            })
+            .collect();
+        self.touched.entry(xid).or_default().push(key);
+    }
+
+    pub(super) fn stream_committed(&mut self, xid: u32) {
+        if self.streaming.remove(&xid) {
+            self.touched_unknown.insert(xid);
+        }
+    }
+
+    pub(super) fn stream_aborted(&mut self, xid: u32, subxid: u32) {
+        // A subtransaction's abort keeps the mark: the rest may still commit.
+        if xid == subxid {
+            self.streaming.remove(&xid);
+        }
+    }
+
+    fn watermark(&self, slot: &str, seq: u64) -> String {
+        format!("{slot}/{:x}/{seq}", self.nonce)
+    }
+
+    /// A logical message decoded: whether it is the watermark of the chunk in flight.
+    pub(super) fn on_message(&mut self, slot: &str, prefix: &str, content: &[u8]) {
+        if prefix != WATERMARK_PREFIX {
+            return;
+        }
+        if let Some(c) = &self.chunk
+            && content == self.watermark(slot, c.seq).as_bytes()
+        {
+            self.ready = true;
+        }
+    }
+
+    /// The rows of the chunk whose watermark came, as records, and the progress moved past them;
+    /// `None` when the chunk must be read again (a transaction streamed while in progress, which
+    /// its snapshot did not see, changed the table: its keys are not known). A report line too.
+    pub(super) fn take_chunk(
+        &mut self,
+        format: crate::cdc::RecordFormat,
+        origin: &Origin<'_>,
+    ) -> (Option<Vec<Record>>, String) {
+        self.ready = false;
+        let Some(c) = self.chunk.take() else {
+            return (Some(Vec::new()), String::new());
+        };
+        let unseen = |xid: &u32| !c.visibility.sees(*xid);
+        if self.touched_unknown.iter().any(unseen) {
+            return (
+                None,
+                format!(
+                    "incremental snapshot {}.{}: chunk read again",
+                    c.rel.schema, c.rel.table
+                ),
+            );
+        }
+        let changed: HashSet<&Key> = self
+            .touched
+            .iter()
+            .filter(|(xid, _)| unseen(xid))
+            .flat_map(|(_, keys)| keys.iter())
+            .collect();
+        let mut records = Vec::with_capacity(c.rows.len());
+        for (key, values) in &c.rows {
+            if changed.contains(key) {
+                continue;
+            }
+            let cols: Vec<Col<'_>> = values
+                .iter()
+                .map(|v| v.as_deref().map_or(Col::Null, Col::Text))
+                .collect();
+            records.push(change(format, &c.rel, Op::Read, None, Some(&cols), origin));
+        }
+        self.rows += c.rows.len() as u64;
+        let table = format!("{}.{}", c.rel.schema, c.rel.table);
+        let report;
+        if c.last {
+            tracing::info!(table = %table, rows = self.rows, "incremental snapshot finished");
+            report = format!("incremental snapshot {table}: done, {} rows", self.rows);
+            self.pending.pop_front();
+            self.after = None;
+            self.rows = 0;
+            self.estimate = 0;
+            self.touched.clear();
+            self.touched_unknown.clear();
+            self.streaming.clear();
+        } else {
+            self.after = c.rows.last().map(|(k, _)| {
+                k.iter()
+                    .map(|v| String::from_utf8_lossy(v.as_deref().unwrap_or_default()).into_owned())
+                    .collect()
+            });
+            report = format!(
+                "incremental snapshot {table}: {} rows of ~{}{}",
+                self.rows,
+                self.estimate.max(self.rows),
+                match self.pending.len() {
+                    1 => String::new(),
+                    n => format!(", {} more tables waiting", n - 1),
+                }
+            );
+        }
+        (Some(records), report)
+    }
+
+    /// Forgets a table that is gone (dropped since it was listed).
+    fn skip_current(&mut self) {
+        self.pending.pop_front();
+        self.after = None;
+        self.rows = 0;
+        self.touched.clear();
+        self.touched_unknown.clear();
+        self.streaming.clear();
+    }
+}
+
+impl PgSource {
+    /// Reads the next chunk of the first pending table in a snapshot of its own, then writes the
+    /// chunk's watermark into the WAL.
+    pub(super) async fn read_chunk(&mut self) -> Result<(), ConnectorError> {
+        let result = self.read_chunk_inner().await;
+        if result.is_err() {
+            // The catalog connection may be inside a failed transaction: start afresh.
+            self.control = None;
+        }
+        result
+    }
+
+    async fn read_chunk_inner(&mut self) -> Result<(), ConnectorError> {
+        let Some(inc) = self.inc.as_ref() else { return Ok(()) };
+        let Some((schema, table)) = inc.pending.front().cloned() else {
+            return Ok(());
+        };
+        let after = inc.after.clone();
+        let limit = inc.chunk_size;
+        let first = after.is_none() && inc.rows == 0;
+        let mut types = std::mem::take(&mut self.types);
+        let looked = async {
+            let conn = self.control().await?;
+            let info = crate::postgres::table_info(conn, &schema, &table)
+                .await
+                .map_err(|e| query_error("reading the catalog", e))?;
+            if let Some(info) = &info {
+                let oids: Vec<u32> = info.columns.iter().map(|c| c.1).collect();
+                learn_types(conn, &mut types, &oids).await?;
+            }
+            Ok::<_, ConnectorError>(info)
+        }
+        .await;
+        self.types = types;
+        let Some(info) = looked? else {
+            tracing::warn!(table = %format!("{schema}.{table}"), "table gone before its incremental snapshot finished");
+            if let Some(inc) = self.inc.as_mut() {
+                inc.skip_current();
+            }
+            return Ok(());
+        };
+        if info.key.is_empty() {
+            return Err(ConnectorError::config(format!(
+                "tables: {schema}.{table} has no primary key (nor replica identity index): an incremental snapshot \
+                 copies by key"
+            )));
+        }
+        let rel = Arc::new(self.table_rel(&schema, &table, &info)?);
+        let cols = rel.names.iter().map(|n| ident(n)).collect::<Vec<_>>().join(", ");
+        let keys = rel
+            .key
+            .iter()
+            .map(|&i| ident(&rel.names[i]))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let filter = match &after {
+            Some(k) => format!(
+                " WHERE ({keys}) > ({})",
+                k.iter().map(|v| literal(v)).collect::<Vec<_>>().join(", ")
+            ),
+            None => String::new(),
+        };
+        let select = format!(
+            "SELECT {cols} FROM {}.{}{filter} ORDER BY {keys} LIMIT {limit}",
+            ident(&schema),
+            ident(&table)
+        );
+        let conn = self.control().await?;
+        let err = |e| query_error("incremental snapshot", e);
+        conn.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(err)?;
+        let visibility = conn
+            .query("SELECT pg_current_snapshot()::text")
+            .await
+            .map_err(err)?
+            .first()
+            .and_then(|r| r[0].as_deref().and_then(Visibility::parse))
+            .ok_or_else(|| ConnectorError::internal("pg_current_snapshot() gave nothing readable"))?;
+        let estimate = if first {
+            conn.query(&format!(
+                "SELECT greatest(reltuples, 0)::int8 FROM pg_class WHERE oid = {}",
+                info.oid
+            ))
+            .await
+            .map_err(err)?
+            .first()
+            .and_then(|r| r[0].as_deref().and_then(|s| s.parse::<u64>().ok()))
+        } else {
+            None
+        };
+        let mut rows = Vec::with_capacity(limit);
+        conn.query_each(&select, |row| {
+            let values: Vec<Option<Vec<u8>>> = (0..row.len()).map(|i| row.get(i).map(<[u8]>::to_vec)).collect();
+            let key: Key = rel.key.iter().map(|&i| values.get(i).cloned().flatten()).collect();
+            rows.push((key, values));
+            Ok(())
+        })
+        .await
+        .map_err(err)?;
+        conn.query("COMMIT").await.map_err(err)?;
+        let inc = self.inc.as_mut().expect("checked above");
+        if let Some(e) = estimate {
+            inc.estimate = e;
+            tracing::info!(table = %format!("{schema}.{table}"), estimate = e, "incremental snapshot started");
+        }
+        // Transactions every later snapshot sees can no longer matter.
+        inc.touched.retain(|xid, _| !precedes(*xid, visibility.xmin));
+        inc.touched_unknown.retain(|xid| !precedes(*xid, visibility.xmin));
+        inc.seq += 1;
+        let seq = inc.seq;
+        let last = rows.len() < limit;
+        inc.chunk = Some(Chunk {
+            seq,
+            rel,
+            rows,
+            visibility,
+            last,
+        });
+        let content = inc.watermark(&self.slot, seq);
+        let conn = self.control().await?;
+        conn.query(&format!(
+            "SELECT pg_logical_emit_message(false, {}, {})",
+            literal(WATERMARK_PREFIX),
+            literal(&content)
+        ))
+        .await
+        .map_err(err)?;
+        Ok(())
+    }
+
+    /// The chunk whose watermark came, as records (`None`: to be read again), with the report.
+    pub(super) fn chunk_records(&mut self, lsn: u64) -> (Option<Vec<Record>>, String) {
+        let format = self.cfg.capture.format;
+        let db = self.cfg.endpoint.database.clone();
+        let origin = Origin {
+            lsn,
+            tx_id: 0,
+            ts_ms: now_ms(),
+            snapshot: true,
+            db: &db,
+        };
+        match self.inc.as_mut() {
+            Some(inc) => inc.take_chunk(format, &origin),
+            None => (Some(Vec::new()), String::new()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn visibility_follows_the_snapshot_and_wraps_around() {
+        let v = Visibility::parse("100:110:102,105").unwrap();
+        assert!(v.sees(99) && v.sees(101) && v.sees(109));
+        assert!(!v.sees(102) && !v.sees(105) && !v.sees(110) && !v.sees(200));
+        assert_eq!(Visibility::parse("7:7:").unwrap().xip.len(), 0);
+        // 64-bit ids of a later epoch: compared on their low 32 bits, modulo wraparound.
+        let epoch = 1u64 << 32;
+        let v = Visibility::parse(&format!("{}:{}:", epoch - 5, epoch + 3)).unwrap();
+        assert!(v.sees((epoch - 6) as u32) && v.sees(1) && !v.sees(3) && !v.sees(4));
+        assert!(Visibility::parse("x:1:").is_none());
+    }
+}
