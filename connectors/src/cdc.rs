@@ -122,6 +122,18 @@ impl Capture {
     }
 }
 
+/// Where a source's incremental snapshots stand, as its offset keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IncrementalOffset {
+    /// Tables waiting, `[schema or database, table]`; the first is being copied.
+    pub pending: Vec<[String; 2]>,
+    /// The key of the last row copied of the first table (each key column's text; MySQL: each
+    /// column's SQL literal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Vec<String>>,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Op {
     Read,

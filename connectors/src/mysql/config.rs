@@ -149,6 +149,15 @@ pub struct MySqlSourceConfig {
     #[serde(default = "default_heartbeat")]
     #[schemars(range(min = 100, max = 60000))]
     pub heartbeat_interval_ms: u64,
+    /// Rows per chunk of an incremental snapshot (a table that joins the capture later is
+    /// copied in key order, a chunk at a time, while the binlog streams).
+    #[serde(default = "default_chunk_size")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub incremental_snapshot_chunk_size: u32,
+}
+
+fn default_chunk_size() -> u32 {
+    1024
 }
 
 fn default_heartbeat() -> u64 {
@@ -195,6 +204,11 @@ impl ConnectorConfig for MySqlSourceConfig {
         self.capture.validate()?;
         if self.server_id == Some(0) {
             return Err(ConnectorError::config("serverId: must be at least 1"));
+        }
+        if !(1..=1_000_000).contains(&self.incremental_snapshot_chunk_size) {
+            return Err(ConnectorError::config(
+                "incrementalSnapshotChunkSize: from 1 to 1000000",
+            ));
         }
         if self.capture.snapshot_mode == SnapshotMode::WhenNeeded {
             return Err(ConnectorError::config(

@@ -24,6 +24,7 @@ pub use super::config::{MySqlSourceConfig, PositionMode};
 use super::{Endpoint, ident, query_error, query_rows};
 
 mod gtid_set;
+mod incremental;
 mod records;
 pub mod schema;
 mod snapshot;
@@ -44,6 +45,13 @@ pub struct MySqlOffset {
     pub gtid: Option<String>,
     /// The initial snapshot is complete (or was not wanted).
     pub snapshot_done: bool,
+    /// The captured tables, `[database, table]`: one captured later and not listed here gets an
+    /// incremental snapshot. Absent (an offset of an older version): every table counts as known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables: Option<Vec<[String; 2]>>,
+    /// Incremental snapshots not finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<crate::cdc::IncrementalOffset>,
 }
 
 impl Offset for MySqlOffset {
@@ -184,6 +192,11 @@ pub struct MySqlSource {
     collations: HashMap<u16, String>,
     /// Table patterns and column rules.
     selection: Arc<Selection>,
+    /// The captured tables, as found at open.
+    tables: Vec<(String, String)>,
+    /// Incremental snapshots of this run, and the connection that reads their chunks.
+    inc: Option<incremental::Incremental>,
+    chunk_conn: Option<Conn>,
 }
 
 impl MySqlSource {
@@ -250,7 +263,48 @@ impl MySqlSource {
             pos,
             gtid,
             snapshot_done,
+            tables: Some(self.tables.iter().map(|(d, t)| [d.clone(), t.clone()]).collect()),
+            incremental: None,
         }
+    }
+
+    /// `o` with this run's table list and incremental progress.
+    fn stamped(&self, o: &MySqlOffset) -> MySqlOffset {
+        MySqlOffset {
+            tables: Some(self.tables.iter().map(|(d, t)| [d.clone(), t.clone()]).collect()),
+            incremental: self.inc.as_ref().and_then(incremental::Incremental::offset),
+            ..o.clone()
+        }
+    }
+
+    /// Streaming from `o`: the incremental snapshots it left unfinished go on, and tables
+    /// captured now that it did not know get one.
+    fn plan_incremental(&mut self, o: &MySqlOffset) {
+        let mut pending: std::collections::VecDeque<(String, String)> = std::collections::VecDeque::new();
+        let mut after = None;
+        if let Some(inc) = &o.incremental {
+            for [d, t] in &inc.pending {
+                let t = (d.clone(), t.clone());
+                if self.tables.contains(&t) && !pending.contains(&t) {
+                    pending.push_back(t);
+                }
+            }
+            if inc.pending.first().map(|[d, t]| (d.clone(), t.clone())).as_ref() == pending.front() {
+                after = inc.after.clone();
+            }
+        }
+        if let Some(known) = &o.tables
+            && self.cfg.capture.snapshot_mode != SnapshotMode::Never
+        {
+            for t in &self.tables {
+                if !known.iter().any(|[d, n]| *d == t.0 && *n == t.1) && !pending.contains(t) {
+                    tracing::info!(table = %format!("{}.{}", t.0, t.1), "table added: an incremental snapshot follows");
+                    pending.push_back(t.clone());
+                }
+            }
+        }
+        self.inc = (!pending.is_empty())
+            .then(|| incremental::Incremental::new(pending, after, self.cfg.incremental_snapshot_chunk_size as usize));
     }
 }
 
@@ -315,7 +369,11 @@ impl Source for MySqlSource {
         let mut conn = ep.connect(&[]).await?;
         let info = server_info(&mut conn).await?;
         let selection = Arc::new(Selection::new(&cfg.capture)?);
-        Self::tables(&mut conn, &cfg, &selection).await?;
+        let tables = Self::tables(&mut conn, &cfg, &selection)
+            .await?
+            .into_iter()
+            .map(|(d, t, _)| (d, t))
+            .collect();
         let collations = schema::collations(&mut conn).await?;
         let _ = conn.disconnect().await;
         Ok(MySqlSource {
@@ -325,6 +383,9 @@ impl Source for MySqlSource {
             mariadb: info.mariadb,
             collations,
             selection,
+            tables,
+            inc: None,
+            chunk_conn: None,
         })
     }
 

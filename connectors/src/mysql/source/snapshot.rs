@@ -18,7 +18,7 @@ use crate::mysql::{ident, query_error, query_rows};
 
 /// One snapshot value as a cell of `kind` (binary protocol: numbers and temporal values arrive
 /// binary, strings as bytes in the session's utf8mb4).
-fn cell<'a>(kind: &Kind, v: &'a Value) -> Cell<'a> {
+pub(super) fn cell<'a>(kind: &Kind, v: &'a Value) -> Cell<'a> {
     match v {
         Value::NULL => Cell::Null,
         Value::Bytes(b) => Cell::Bytes(b),
@@ -49,6 +49,36 @@ fn cell<'a>(kind: &Kind, v: &'a Value) -> Cell<'a> {
 }
 
 impl MySqlSource {
+    /// A table as a snapshot reads it.
+    pub(super) fn snapshot_table(
+        &self,
+        db: &str,
+        name: &str,
+        described: &super::schema::Described,
+    ) -> Result<super::schema::Table, ConnectorError> {
+        // Snapshot strings arrive in the session's utf8mb4, whatever the column's charset.
+        let kinds: Vec<Kind> = described
+            .kinds
+            .iter()
+            .map(|k| match k {
+                Kind::Text(_) => Kind::Text(None),
+                k => k.clone(),
+            })
+            .collect();
+        Ok(super::schema::Table {
+            attributes: crate::cdc::source_attributes(db, None, name),
+            db: db.to_owned(),
+            name: name.to_owned(),
+            rules: self
+                .selection
+                .column_rules(&format!("{db}.{name}"), &described.columns, &described.key)?,
+            selection: self.selection.clone(),
+            columns: described.columns.clone(),
+            kinds,
+            key: described.key.clone(),
+        })
+    }
+
     /// Copies every table; returns the offset streaming starts from, and `Some(done)` when the
     /// task stopped meanwhile.
     ///
@@ -105,6 +135,8 @@ impl MySqlSource {
         let at = match &replay_from {
             Some(o) => MySqlOffset {
                 snapshot_done: false,
+                tables: self.offset(String::new(), 0, None, false).tables,
+                incremental: None,
                 ..o.clone()
             },
             None => self.offset(file.clone(), pos, gtid.clone(), false),
@@ -123,27 +155,7 @@ impl MySqlSource {
         let mut total = 0u64;
         let count = tables.len();
         for (db, name, described) in tables {
-            // Snapshot strings arrive in the session's utf8mb4, whatever the column's charset.
-            let kinds: Vec<Kind> = described
-                .kinds
-                .iter()
-                .map(|k| match k {
-                    Kind::Text(_) => Kind::Text(None),
-                    k => k.clone(),
-                })
-                .collect();
-            let table = super::schema::Table {
-                attributes: crate::cdc::source_attributes(&db, None, &name),
-                db: db.clone(),
-                name: name.clone(),
-                rules: self
-                    .selection
-                    .column_rules(&format!("{db}.{name}"), &described.columns, &described.key)?,
-                selection: self.selection.clone(),
-                columns: described.columns.clone(),
-                kinds,
-                key: described.key.clone(),
-            };
+            let table = self.snapshot_table(&db, &name, &described)?;
             let list = table.columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
             let sql = format!("SELECT {list} FROM {}.{}", ident(&db), ident(&name));
             let estimate = described.estimated_rows;
@@ -183,6 +195,8 @@ impl MySqlSource {
         let done = match replay_from {
             Some(o) => MySqlOffset {
                 snapshot_done: true,
+                tables: self.offset(String::new(), 0, None, false).tables,
+                incremental: None,
                 ..o
             },
             None => self.offset(file, pos, gtid, true),

@@ -51,6 +51,8 @@ struct State {
     stale: bool,
     /// End position of the last MySQL TRANSACTION_PAYLOAD event.
     payload_end: u64,
+    /// The end of the last event read outside a transaction: every change before it is read.
+    at: super::incremental::BinlogPos,
     last_flush: std::time::Instant,
 }
 
@@ -180,6 +182,11 @@ impl MySqlSource {
             "binlog streaming begins"
         );
         let mut binlog = conn.get_binlog_stream(request).await.map_err(binlog_error)?;
+        self.plan_incremental(&start);
+        let start_at = super::incremental::BinlogPos {
+            file: start.file.clone(),
+            pos: start.pos,
+        };
         let mut st = State {
             file: start.file.clone(),
             gtid: if self.mariadb {
@@ -198,6 +205,7 @@ impl MySqlSource {
             described,
             stale: false,
             payload_end: 0,
+            at: start_at,
             last_flush: std::time::Instant::now(),
             event_ts: 0,
         };
@@ -210,6 +218,10 @@ impl MySqlSource {
                 None => {
                     // Nothing more to read right now: what we have goes out.
                     self.flush(&mut st, out).await?;
+                    if !st.in_txn && self.inc.is_some() && self.incremental_step(&mut st, out).await? {
+                        // A chunk went out or was read: look for events again before waiting.
+                        continue;
+                    }
                     tokio::select! {
                         biased;
                         _ = cancel.cancelled() => return Ok(Done::Cancelled),
@@ -236,6 +248,16 @@ impl MySqlSource {
                 out.set_lag(hstream_runtime::Lag::Seconds(0.0));
             }
             self.handle(&mut st, &ev).await?;
+            if !st.in_txn {
+                let end = u64::from(ev.header().log_pos());
+                if end > 0 && ev.header().event_type_raw() != event::ROTATE {
+                    st.at = super::incremental::BinlogPos {
+                        file: st.file.clone(),
+                        pos: end,
+                    };
+                }
+                self.incremental_step(&mut st, out).await?;
+            }
             // Full batches go out; so does a moved position at least every second, even while
             // the binlog never runs dry (e.g. busy with tables we do not capture).
             if st.batch.len() >= MAX_BATCH || (st.dirty && st.last_flush.elapsed() >= Duration::from_secs(1)) {
@@ -255,12 +277,49 @@ impl MySqlSource {
         if st.batch.is_empty() && !st.dirty {
             return Ok(());
         }
-        if st.dirty {
+        if st.dirty && self.inc.is_none() {
             out.report(format!("streaming at {}:{}", st.committed.file, st.committed.pos));
         }
         st.dirty = false;
         st.last_flush = std::time::Instant::now();
-        out.emit(std::mem::take(&mut st.batch), st.committed.clone()).await
+        out.emit(std::mem::take(&mut st.batch), self.stamped(&st.committed))
+            .await
+    }
+
+    /// Between transactions: the chunk in flight goes out once the stream has read up to its
+    /// position (after what came before it, in an emit of its own that records its progress),
+    /// and the next chunk is read.
+    /// Returns whether anything was done (a chunk sent or read).
+    async fn incremental_step(
+        &mut self,
+        st: &mut State,
+        out: &mut SourceOutput<MySqlOffset>,
+    ) -> Result<bool, ConnectorError> {
+        let mut progressed = false;
+        // A chunk read at a position already reached (an idle binlog) goes out at once.
+        for _ in 0..2 {
+            let Some(inc) = self.inc.as_mut() else { break };
+            if inc.ready_at(&st.at) {
+                let (records, report) = inc.take_chunk(self.cfg.capture.format);
+                self.flush(st, out).await?;
+                out.emit(records, self.stamped(&st.committed)).await?;
+                out.report(report);
+                progressed = true;
+            }
+            if !self.inc.as_ref().is_some_and(|i| i.wants_chunk()) {
+                break;
+            }
+            self.read_chunk().await?;
+            progressed = true;
+        }
+        if self.inc.as_ref().is_some_and(|i| i.offset().is_none()) {
+            self.inc = None;
+            self.flush(st, out).await?;
+            out.emit(Vec::new(), self.stamped(&st.committed)).await?;
+            out.report("incremental snapshots complete".to_owned());
+            progressed = true;
+        }
+        Ok(progressed)
     }
 
     fn commit(&self, st: &mut State, end: u64) {
@@ -280,6 +339,8 @@ impl MySqlSource {
                 st.mysql_set.as_ref().map(ToString::to_string)
             },
             snapshot_done: true,
+            tables: None,
+            incremental: None,
         };
         st.dirty = true;
     }

@@ -24,7 +24,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use hstream_runtime::{ConnectorError, Record};
-use serde::{Deserialize, Serialize};
 
 use super::records::{Op, Origin, Rel, change, now_ms};
 use super::{PgSource, learn_types};
@@ -35,16 +34,7 @@ use crate::postgres::wire::{ident, literal};
 /// The prefix of our watermark messages (their content names the slot, the run and the chunk).
 pub(super) const WATERMARK_PREFIX: &str = "hstream-cdc";
 
-/// Where the incremental snapshots stand, as the offset keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct IncrementalOffset {
-    /// Tables waiting, `[schema, table]`; the first is being copied.
-    pub pending: Vec<[String; 2]>,
-    /// The key (each key column's text) of the last row copied of the first table.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub after: Option<Vec<String>>,
-}
+pub use crate::cdc::IncrementalOffset;
 
 /// A key: each key column's text.
 pub(super) type Key = Vec<Option<Vec<u8>>>;
