@@ -24,7 +24,8 @@ pub enum SnapshotMode {
     /// the copy; from the copy's position otherwise).
     Always,
     /// As `initial`, and copy the rows again when the stored position is gone from the source
-    /// (rows deleted while it was missing stay in the stream). PostgreSQL only for now.
+    /// (a dropped or invalidated slot, a purged binlog; rows deleted while it was missing stay
+    /// in the stream).
     WhenNeeded,
 }
 

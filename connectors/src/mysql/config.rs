@@ -210,11 +210,6 @@ impl ConnectorConfig for MySqlSourceConfig {
                 "incrementalSnapshotChunkSize: from 1 to 1000000",
             ));
         }
-        if self.capture.snapshot_mode == SnapshotMode::WhenNeeded {
-            return Err(ConnectorError::config(
-                "snapshotMode: when_needed is not supported by the mysql source yet (initial, never, initial_only or always)",
-            ));
-        }
         if self.capture.snapshot_mode != SnapshotMode::Never
             && (self.start_file.is_some() || self.start_gtid.is_some() || self.start_position.is_some())
         {

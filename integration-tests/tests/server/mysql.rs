@@ -456,15 +456,6 @@ async fn mysql_snapshot_mode_always_replays_what_changed_while_down() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), FAST_RETRY);
     let mut c = server.client().await;
-    let refused = create(
-        &mut c,
-        "whn",
-        "SOURCE",
-        &source_config(&db, "whn_cdc", json!({"table": "alw", "snapshotMode": "when_needed"})),
-    )
-    .await
-    .unwrap_err();
-    assert!(refused.message().contains("snapshotMode: when_needed"), "{refused:?}");
     let cfg = source_config(
         &db,
         "alw_cdc",
@@ -914,4 +905,100 @@ async fn mysql_table_added_later_is_copied_in_chunks_through_two_kills() {
     );
     assert!(streamed > 0, "the load was streamed meanwhile");
     eprintln!("mysql incremental snapshot: {reads} reads of {ROWS} rows, {streamed} streamed changes");
+}
+
+/// A stored position the binlog no longer holds (purged while the task was down) is found
+/// before anything is copied: `initial` fails naming it and the way out; `when_needed` takes a
+/// new snapshot. While the position is held, `when_needed` resumes without one.
+#[tokio::test]
+async fn mysql_purged_position_fails_initial_and_resnapshots_when_needed() {
+    let db = MariaDb::start();
+    for t in ["ini", "whn"] {
+        orders_table(&db, t);
+        db.sql(&format!(
+            "INSERT INTO {DATABASE}.{t} (id, name, amount) SELECT seq, 'a', seq FROM {DATABASE}.seq_1_to_1000"
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), FAST_RETRY);
+    let mut c = server.client().await;
+    for (name, mode) in [("ini", "initial"), ("whn", "when_needed")] {
+        let cfg = source_config(
+            &db,
+            &format!("{name}_cdc"),
+            json!({"table": name, "format": "debezium", "snapshotMode": mode}),
+        );
+        create(&mut c, name, "SOURCE", &cfg).await.unwrap();
+    }
+    let fold = |r: &[(String, Value)]| super::postgres::stream_rows(&super::postgres::fold_debezium(r));
+    let db_ref = &db;
+    let equal = |c: Client, t: &'static str| async move {
+        let want = table_state(db_ref, t);
+        holds_within(Duration::from_secs(60), || {
+            let (c, want) = (c.clone(), want.clone());
+            async move { fold(&records(&c, &format!("{t}_cdc")).await) == want }
+        })
+        .await
+    };
+    for t in ["ini", "whn"] {
+        assert!(equal(c.clone(), t).await, "{t}: the first snapshot");
+    }
+    let reads = |recs: &[(String, Value)]| recs.iter().filter(|(_, r)| r["op"] == "r").count();
+    // A restart with the position held: when_needed streams on, no second snapshot.
+    server.terminate();
+    db.sql(&format!("UPDATE {DATABASE}.whn SET name = 'b' WHERE id <= 10"));
+    server.restart();
+    c = server.client().await;
+    assert!(equal(c.clone(), "whn").await, "after a restart");
+    assert_eq!(
+        reads(&records(&c, "whn_cdc").await),
+        1000,
+        "no snapshot while the position is held"
+    );
+
+    // Down while the binlog holding both positions is purged.
+    server.terminate();
+    db.sql(&format!(
+        "UPDATE {DATABASE}.whn SET name = 'c' WHERE id <= 20; DELETE FROM {DATABASE}.whn WHERE id > 990; \
+         FLUSH BINARY LOGS;"
+    ));
+    // A binlog a reader still has open is not purged: wait for the readers to go.
+    wait_streaming(&db, 0).await;
+    let newest = db
+        .sql("SHOW BINARY LOGS")
+        .lines()
+        .last()
+        .unwrap()
+        .split('\t')
+        .next()
+        .unwrap()
+        .to_owned();
+    // Nor one InnoDB has not checkpointed yet: flush its log until the purge takes.
+    wait_until(Duration::from_secs(30), "the older binlogs purged", || async {
+        db.sql(&format!("FLUSH ENGINE LOGS; PURGE BINARY LOGS TO '{newest}'"));
+        db.sql("SHOW BINARY LOGS").lines().count() == 1
+    })
+    .await;
+    server.restart();
+    let c = server.client().await;
+    wait_status(&c, "ini", "FAILED", Duration::from_secs(60)).await;
+    let report = connector_report(&c, "ini").await.to_string();
+    assert!(
+        report.contains("no longer holds the stored position") && report.contains("when_needed"),
+        "initial with a purged position: {report}"
+    );
+    // when_needed: a new snapshot (990 rows); the ten rows deleted while the position was lost
+    // stay in the stream (as with Debezium).
+    let probe = c.clone();
+    wait_until(Duration::from_secs(60), "when_needed's second snapshot", || {
+        let probe = probe.clone();
+        async move { reads(&records(&probe, "whn_cdc").await) == 1000 + 990 }
+    })
+    .await;
+    let mut want = table_state(&db, "whn");
+    for id in 991..=1000 {
+        want.insert(json!({"id": id as f64}).to_string(), ("a".into(), format!("{id}.00")));
+    }
+    assert_eq!(fold(&records(&c, "whn_cdc").await), want);
+    wait_connector_status(&c, "whn", "RUNNING").await;
 }

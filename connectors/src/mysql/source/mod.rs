@@ -268,6 +268,56 @@ impl MySqlSource {
         }
     }
 
+    /// Whether the binlog still holds `o`'s position: by GTID where it is resumed by GTID
+    /// (MariaDB: every domain at or past where the oldest binlog begins; MySQL: the purged set
+    /// inside the stored one), else by its file still being listed.
+    async fn position_held(&self, o: &MySqlOffset) -> Result<bool, ConnectorError> {
+        let mut conn = self.ep.connect(&[]).await?;
+        let files: Vec<String> = query_rows(&mut conn, "SHOW BINARY LOGS", "SHOW BINARY LOGS")
+            .await?
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
+            .collect();
+        let by_gtid = self.cfg.position_mode == PositionMode::Gtid && o.gtid.as_deref().is_some_and(|g| !g.is_empty());
+        let held = if by_gtid && self.mariadb {
+            let stored = parse_gtid_state(o.gtid.as_deref().unwrap_or_default()).unwrap_or_default();
+            // The oldest binlog's Gtid_list event: the GTID position where it begins.
+            let oldest = match files.first() {
+                Some(f) => query_rows(
+                    &mut conn,
+                    &format!("SHOW BINLOG EVENTS IN {} LIMIT 4", super::literal(f)),
+                    "SHOW BINLOG EVENTS",
+                )
+                .await?
+                .into_iter()
+                .find(|r| r.get(2).cloned().flatten().as_deref() == Some("Gtid_list"))
+                .and_then(|r| r.get(5).cloned().flatten())
+                .unwrap_or_default(),
+                None => String::new(),
+            };
+            let oldest = parse_gtid_state(oldest.trim_matches(|c| c == '[' || c == ']')).unwrap_or_default();
+            // A domain the stored position does not know is left to the server to judge.
+            oldest
+                .iter()
+                .all(|(domain, (_, seq))| stored.get(domain).is_none_or(|(_, s)| *s >= *seq))
+        } else if by_gtid {
+            let rows = query_rows(
+                &mut conn,
+                &format!(
+                    "SELECT GTID_SUBSET(@@GLOBAL.gtid_purged, {})",
+                    super::literal(o.gtid.as_deref().unwrap_or_default())
+                ),
+                "GTID_SUBSET",
+            )
+            .await?;
+            rows.first().and_then(|r| r.first().cloned().flatten()).as_deref() == Some("1")
+        } else {
+            o.file.is_empty() || files.contains(&o.file)
+        };
+        let _ = conn.disconnect().await;
+        Ok(held)
+    }
+
     /// `o` with this run's table list and incremental progress.
     fn stamped(&self, o: &MySqlOffset) -> MySqlOffset {
         MySqlOffset {
@@ -394,6 +444,30 @@ impl Source for MySqlSource {
     }
 
     async fn run(&mut self, out: &mut SourceOutput<MySqlOffset>) -> Result<Done, ConnectorError> {
+        let mode = self.cfg.capture.snapshot_mode;
+        // A stored position the binlog no longer holds (purged): found before anything is copied
+        // or streamed. when_needed and always take a new snapshot without it (rows deleted
+        // meanwhile stay in the stream, as with Debezium); the other modes stop, saying so.
+        if let Some(o) = self.resume.clone()
+            && !(o.snapshot_done && mode == SnapshotMode::InitialOnly)
+            && !self.position_held(&o).await?
+        {
+            if matches!(mode, SnapshotMode::WhenNeeded | SnapshotMode::Always) {
+                tracing::warn!(file = %o.file, pos = o.pos, gtid = ?o.gtid, mode = mode.as_str(),
+                    "stored binlog position purged: taking a new snapshot (rows deleted since stay in the stream)");
+                self.resume = None;
+            } else {
+                return Err(ConnectorError::config(format!(
+                    "snapshotMode: the binlog no longer holds the stored position ({}:{}{}): it was purged \
+                     (binlog_expire_logs_seconds / expire_logs_days, PURGE BINARY LOGS); changes since are lost \
+                     to this connector (snapshotMode=when_needed takes a new snapshot then; or delete and \
+                     re-create the connector)",
+                    o.file,
+                    o.pos,
+                    o.gtid.as_deref().map(|g| format!(", GTIDs {g}")).unwrap_or_default()
+                )));
+            }
+        }
         let start = match self.resume.clone() {
             Some(o) if o.snapshot_done && self.cfg.capture.snapshot_mode == SnapshotMode::InitialOnly => {
                 return Ok(Done::Completed);

@@ -384,14 +384,21 @@ impl Source for PgSource {
             .clone()
             .filter(|o| o.snapshot_done && matches!(mode, SnapshotMode::Always | SnapshotMode::WhenNeeded))
         {
-            if Self::slot_state(&mut repl, &self.slot).await?.is_none() {
-                // The position is gone with its slot: a new snapshot over a new slot.
+            let exists = Self::slot_state(&mut repl, &self.slot).await?.is_some();
+            let lost = exists && Self::slot_lost(&mut repl, &self.slot, self.server_version).await?;
+            if !exists || lost {
+                // The position is gone with its slot (dropped, or invalidated: the WAL it needed
+                // was removed): a new snapshot over a new slot.
                 tracing::warn!(
                     slot = %self.slot,
                     lsn = %format_lsn(o.lsn),
                     mode = mode.as_str(),
+                    invalidated = lost,
                     "replication slot gone: taking a new snapshot (rows deleted since stay in the stream)"
                 );
+                if lost {
+                    Self::drop_slot(&mut repl, &self.slot).await?;
+                }
                 self.resume = None;
             } else if mode == SnapshotMode::Always {
                 // Taken again over the slot, as a snapshot cut short is: the changes since the
@@ -411,6 +418,15 @@ impl Source for PgSource {
                     return Err(ConnectorError::config(format!(
                         "slotName: replication slot {:?} no longer exists; changes after {} are lost to it \
                          (snapshotMode=when_needed takes a new snapshot then; or delete and re-create the connector)",
+                        self.slot,
+                        format_lsn(o.lsn)
+                    )));
+                }
+                if Self::slot_lost(&mut repl, &self.slot, self.server_version).await? {
+                    return Err(ConnectorError::config(format!(
+                        "slotName: replication slot {:?} was invalidated: the server removed WAL it still needed \
+                         (max_slot_wal_keep_size), so changes after {} are lost to it (snapshotMode=when_needed \
+                         takes a new snapshot then; or delete and re-create the connector)",
                         self.slot,
                         format_lsn(o.lsn)
                     )));

@@ -28,6 +28,26 @@ impl PgSource {
         Ok(Some((r[0].as_deref() == Some("true"), lsn)))
     }
 
+    /// Whether the slot was invalidated (`wal_status = 'lost'`: the server removed WAL it still
+    /// needed, past `max_slot_wal_keep_size`): it exists, but streaming from it fails.
+    pub(super) async fn slot_lost(
+        conn: &mut Connection,
+        slot: &str,
+        server_version: u32,
+    ) -> Result<bool, ConnectorError> {
+        if server_version < 130_000 {
+            return Ok(false);
+        }
+        let rows = conn
+            .query(&format!(
+                "SELECT (wal_status = 'lost')::text FROM pg_replication_slots WHERE slot_name = {}",
+                literal(slot)
+            ))
+            .await
+            .map_err(|e| query_error("reading pg_replication_slots", e))?;
+        Ok(rows.first().and_then(|r| r[0].as_deref()) == Some("true"))
+    }
+
     pub(super) async fn drop_slot(conn: &mut Connection, slot: &str) -> Result<(), ConnectorError> {
         match Self::slot_state(conn, slot).await? {
             None => Ok(()),
