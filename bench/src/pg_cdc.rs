@@ -114,6 +114,105 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         println!("  over {}:", if tcp { "TCP (127.0.0.1)" } else { "the Unix socket" });
         compare(pg, tcp, &end_lsn, total, id_sum).await?;
     }
+    snapshots(pg, rows, id_sum).await?;
+    Ok(())
+}
+
+/// The same table copied three ways over TCP, in the same run: `COPY … TO STDOUT` by psql into
+/// a file (the peer: the server's own fastest export), our initial snapshot (one pass in the
+/// slot's exported snapshot) and our incremental snapshot (key chunks of 4096 with their
+/// watermarks, while streaming), both into a durable stream.
+async fn snapshots(pg: &Postgres, rows: u64, id_sum: f64) -> anyhow::Result<()> {
+    println!("  snapshots of the {rows}-row table over TCP:");
+    let bin = hstream_integration_tests::pg::bin_dir();
+    let psql = bin.join("psql");
+    let out = tempfile::NamedTempFile::new()?;
+    let script = format!(
+        "PGPASSWORD={} {} -h 127.0.0.1 -p {} -U {} -d {DATABASE} -X -q -c \"\\copy orders TO '{}'\" && times",
+        hstream_integration_tests::pg::CDC_PASSWORD,
+        psql.display(),
+        pg.port,
+        hstream_integration_tests::pg::CDC_USER,
+        out.path().display()
+    );
+    let t = Instant::now();
+    let o = std::process::Command::new("bash").arg("-c").arg(&script).output()?;
+    let copy_secs = t.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        o.status.success(),
+        "psql \\copy: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    drop(out);
+    pg.psql(
+        DATABASE,
+        "CREATE TABLE seed (id int PRIMARY KEY); ALTER TABLE seed OWNER TO cdc; INSERT INTO seed VALUES (1)",
+    );
+
+    let dir = hstream_integration_tests::repo_root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let mut rates = Vec::new();
+    for (name, incremental) in [
+        ("initial snapshot (one pass)", false),
+        ("incremental (chunks of 4096)", true),
+    ] {
+        let data = tempfile::tempdir_in(&dir)?;
+        let server = Server::start(data.path(), &["--fsync", "always"]);
+        let mut c = server.client().await;
+        let mut config = pg.connector_config();
+        config["stream"] = "snap".into();
+        config["format"] = "debezium".into();
+        config["slotName"] = "snap".into();
+        config["incrementalSnapshotChunkSize"] = 4096.into();
+        let secs = if incremental {
+            // Streaming first (one seed row), then the table joins the capture.
+            config["tables"] = serde_json::json!(["seed"]);
+            crate::cdc::drain_source(&mut c, "postgresql", &config, 1).await?;
+            let t = Instant::now();
+            c.alter_connector_config(hstream_proto::AlterConnectorConfigRequest {
+                name: "cdc".into(),
+                config: serde_json::json!({"tables": ["seed", "orders"]}).to_string(),
+            })
+            .await?;
+            loop {
+                let conn = c
+                    .get_connector(hstream_proto::GetConnectorRequest { name: "cdc".into() })
+                    .await?
+                    .into_inner();
+                if crate::cdc::delivered(&conn) >= (rows + 1) as f64 {
+                    break t.elapsed().as_secs_f64();
+                }
+                anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "timed out");
+                // A benchmark's progress probe, not a test's synchronisation.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        } else {
+            config["table"] = "orders".into();
+            config["snapshotMode"] = "initial_only".into();
+            crate::cdc::drain_source(&mut c, "postgresql", &config, rows).await?
+        };
+        let records = read_json_stream(&mut c, "snap").await;
+        let sum: f64 = records
+            .iter()
+            .filter(|(_, r)| r["source"]["table"] == "orders")
+            .filter_map(|(_, r)| r["after"]["id"].as_f64())
+            .sum();
+        anyhow::ensure!(sum == id_sum, "{name}: id sum {sum} != {id_sum}");
+        drop(server);
+        walsenders_gone(pg).await;
+        let _ = pg.psql_output(DATABASE, "SELECT pg_drop_replication_slot('snap')");
+        let rate = rows as f64 / secs;
+        println!("  {name:<29}: {secs:6.2} s  {rate:9.0} rows/s  (durable stream, fsync=always)");
+        rates.push(rate);
+    }
+    let copy_rate = rows as f64 / copy_secs;
+    println!("  psql \\copy -> file           : {copy_secs:6.2} s  {copy_rate:9.0} rows/s");
+    println!(
+        "  ratios: initial {:.2}x and incremental {:.2}x of \\copy; incremental/initial {:.2}x",
+        rates[0] / copy_rate,
+        rates[1] / copy_rate,
+        rates[1] / rates[0]
+    );
     Ok(())
 }
 

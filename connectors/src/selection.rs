@@ -26,7 +26,7 @@ pub enum ColumnRule {
 }
 
 /// The compiled filters of a [`Capture`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Selection {
     include: Option<RegexSet>,
     exclude: Option<RegexSet>,
@@ -34,7 +34,8 @@ pub struct Selection {
     columns_masked: Option<RegexSet>,
     columns_hashed: Option<RegexSet>,
     mask: String,
-    salt: Vec<u8>,
+    /// A secret: masked in `Debug`.
+    salt: hstream_runtime::Secret,
 }
 
 fn compile(patterns: &[String], option: &str) -> Result<Option<RegexSet>, ConnectorError> {
@@ -63,9 +64,8 @@ impl Selection {
             mask: "*".repeat(c.column_mask_chars as usize),
             salt: c
                 .column_hash_salt
-                .as_ref()
-                .map(|s| s.expose().as_bytes().to_vec())
-                .unwrap_or_default(),
+                .clone()
+                .unwrap_or_else(|| hstream_runtime::Secret::new("")),
         })
     }
 
@@ -133,7 +133,7 @@ impl Selection {
     /// The hex SHA-256 of the salt followed by `value`.
     pub fn hash(&self, value: &[u8]) -> String {
         let mut h = Sha256::new();
-        h.update(&self.salt);
+        h.update(self.salt.expose().as_bytes());
         h.update(value);
         let digest = h.finalize();
         let mut out = String::with_capacity(64);

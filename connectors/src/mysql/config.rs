@@ -202,6 +202,7 @@ impl ConnectorConfig for MySqlSourceConfig {
         }
         self.endpoint.validate()?;
         self.capture.validate()?;
+        crate::selection::Selection::new(&self.capture)?;
         if self.server_id == Some(0) {
             return Err(ConnectorError::config("serverId: must be at least 1"));
         }

@@ -33,6 +33,16 @@ impl Endpoint {
         if self.ssl_mode.is_some() && self.tls.is_some() {
             return Err(ConnectorError::config("tls: give sslMode or tls, not both"));
         }
+        if self.ssl_mode.is_some() && self.tls_skip_verify {
+            return Err(ConnectorError::config(
+                "tlsSkipVerify: goes with tls; with sslMode, choose the mode (required checks nothing)",
+            ));
+        }
+        if self.effective_ssl_mode() == MySqlSslMode::VerifyCa && self.ssl_ca.is_none() {
+            return Err(ConnectorError::config(
+                "sslCa: sslMode=verify_ca checks the chain only, so it needs the CA named (or use verify_identity)",
+            ));
+        }
         self.tls_files().validate()
     }
 
@@ -124,17 +134,23 @@ impl Endpoint {
         };
         if let tls::Policy::Required(check) = policy {
             // Reads and checks the files first, so that a bad one is named (mysql_async would
-            // report it as a failed connection).
+            // report it as a failed connection). Without sslCa mysql_async trusts its own roots:
+            // only the client files are checked here then.
+            let check = if self.ssl_ca.is_some() {
+                check
+            } else {
+                tls::Check::Nothing
+            };
             tls::client_config(check, &self.tls_files())?;
         }
         match attempt(self.ssl_opts(policy)).await {
             Ok(c) => Ok(c),
-            // preferred: a server without TLS is spoken to in plain text.
-            Err(mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer))
-                if policy == tls::Policy::Opportunistic =>
-            {
-                attempt(None).await.map_err(|e| connect_error(self, e))
-            }
+            // preferred: a server without TLS, or a handshake that fails, is spoken to in plain
+            // text (as the MySQL client does).
+            Err(
+                mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer)
+                | mysql_async::Error::Io(mysql_async::IoError::Tls(_)),
+            ) if policy == tls::Policy::Opportunistic => attempt(None).await.map_err(|e| connect_error(self, e)),
             Err(e) => Err(connect_error(self, e)),
         }
     }

@@ -38,7 +38,7 @@ pub struct Endpoint {
     pub password: Option<Secret>,
     pub database: String,
     /// TLS, as libpq's `sslmode`: `disable`, `prefer` (encrypt when the server offers it,
-    /// certificate unchecked), `require` (encrypt or fail; with `sslRootCert` also check the
+    /// certificate unchecked), `require` (encrypt or fail; with `sslrootcert` also check the
     /// chain), `verify-ca` (the chain), `verify-full` (the chain and the host name). A Unix
     /// socket is never encrypted.
     #[serde(default)]
@@ -210,6 +210,7 @@ impl ConnectorConfig for PgSourceConfig {
         }
         self.endpoint.validate()?;
         self.capture.validate()?;
+        crate::selection::Selection::new(&self.capture)?;
         let slot = self.slot();
         if slot.is_empty()
             || slot.len() > 63

@@ -43,6 +43,10 @@ impl Endpoint {
 
     /// The TLS setup of a TCP connection (`None`: plain text).
     pub(crate) fn tls(&self) -> Result<Option<TlsParams>, ConnectorError> {
+        if self.host.starts_with('/') {
+            // A Unix socket is never encrypted (as with libpq).
+            return Ok(None);
+        }
         let (required, check) = match self.sslmode.level().policy(self.sslrootcert.is_some()) {
             tls::Policy::Plain => return Ok(None),
             tls::Policy::Opportunistic => (false, tls::Check::Nothing),
@@ -64,6 +68,13 @@ impl Endpoint {
         }
         if self.database.is_empty() {
             return Err(ConnectorError::config("database: must not be empty"));
+        }
+        if self.sslmode == config::PgSslMode::VerifyCa && self.sslrootcert.is_none() {
+            // Against the system's roots with no name check, any publicly trusted certificate
+            // would pass: libpq too wants the CA named for verify-ca.
+            return Err(ConnectorError::config(
+                "sslrootcert: sslmode=verify-ca checks the chain only, so it needs the CA named (or use verify-full)",
+            ));
         }
         self.tls_files().validate()
     }

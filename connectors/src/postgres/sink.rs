@@ -77,7 +77,18 @@ async fn connect(cfg: &PgSinkConfig) -> Result<tokio_postgres::Client, Connector
             }
         }
     };
-    let (client, conn) = pc.connect(tls).await.map_err(|e| match e.as_db_error() {
+    let prefer = pc.get_ssl_mode() == SslMode::Prefer;
+    let connected = match pc.connect(tls.clone()).await {
+        // prefer: a handshake that fails (not a refusal by the server) is followed by a plain
+        // connection, as libpq does.
+        Err(e) if prefer && e.as_db_error().is_none() && e.to_string().contains("TLS handshake") => {
+            tracing::debug!(error = %e, "TLS failed; sslmode=prefer goes on in plain text");
+            pc.ssl_mode(SslMode::Disable);
+            pc.connect(tls).await
+        }
+        other => other,
+    };
+    let (client, conn) = connected.map_err(|e| match e.as_db_error() {
         Some(_) => pg_error("connect", e),
         None if crate::tls::is_certificate_error(&e) => ConnectorError::config(format!(
             "sslmode: {} refused: {e} (check sslrootcert, sslcert and sslkey)",

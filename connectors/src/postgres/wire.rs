@@ -226,19 +226,31 @@ impl Connection {
                     .map_err(|_| PgError::Io(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))??,
             )
         } else {
-            let s = tokio::time::timeout(
-                CONNECT_TIMEOUT,
-                tokio::net::TcpStream::connect((p.host.as_str(), p.port)),
-            )
-            .await
-            .map_err(|_| PgError::Io(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))??;
-            s.set_nodelay(true)?;
+            let tcp = || async {
+                let s = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    tokio::net::TcpStream::connect((p.host.as_str(), p.port)),
+                )
+                .await
+                .map_err(|_| PgError::Io(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))??;
+                s.set_nodelay(true)?;
+                Ok::<_, PgError>(s)
+            };
+            let s = tcp().await?;
             match &p.tls {
-                Some(params) => {
-                    let (io, on) = secure(s, params).await?;
-                    tls = on;
-                    io
-                }
+                Some(params) => match secure(s, params).await {
+                    Ok((io, on)) => {
+                        tls = on;
+                        io
+                    }
+                    // prefer: a handshake that fails (a protocol or key rustls refuses) is
+                    // followed by a plain connection, as libpq does.
+                    Err(PgError::Tls(m, e)) if !params.required && e.is_some() => {
+                        tracing::debug!(error = %PgError::Tls(m, e), "TLS failed; sslmode=prefer goes on in plain text");
+                        Box::new(tcp().await?)
+                    }
+                    Err(e) => return Err(e),
+                },
                 None => Box::new(s),
             }
         };

@@ -62,8 +62,9 @@ async fn pg_source_and_sinks_over_tls_check_what_each_sslmode_promises() {
     pg.psql(
         DATABASE,
         &format!(
-            "CREATE TABLE src {ddl}; CREATE TABLE dst {ddl}; CREATE TABLE dst2 {ddl}; \
+            "CREATE TABLE src {ddl}; CREATE TABLE dst {ddl}; CREATE TABLE dst2 {ddl}; CREATE TABLE dst3 {ddl}; \
              ALTER TABLE src OWNER TO cdc; ALTER TABLE dst OWNER TO cdc; ALTER TABLE dst2 OWNER TO cdc; \
+             ALTER TABLE dst3 OWNER TO cdc; \
              INSERT INTO src SELECT g, 'n' || g, g / 4.0 FROM generate_series(1, 500) g"
         ),
     );
@@ -153,24 +154,32 @@ async fn pg_source_and_sinks_over_tls_check_what_each_sslmode_promises() {
     )
     .await
     .unwrap();
+    // Over the Unix socket the default (prefer) stays plain, as with libpq.
+    let socket = with(
+        &sink_base,
+        json!({"table": "dst3", "host": pg.data_dir().to_str().unwrap()}),
+    );
+    create_connector(&mut c, "dst3", "SINK", "postgresql", &socket)
+        .await
+        .unwrap();
     pg.psql(
         DATABASE,
         "UPDATE src SET name = 'changed' WHERE id % 10 = 0; DELETE FROM src WHERE id % 7 = 0; \
          INSERT INTO src SELECT g, 'late', 1 FROM generate_series(1001, 1100) g",
     );
     let dump = |t: &str| pg.psql(DATABASE, &format!("SELECT * FROM {t} ORDER BY id"));
-    for t in ["dst", "dst2"] {
+    for t in ["dst", "dst2", "dst3"] {
         wait_until(Duration::from_secs(60), &format!("{t} to equal src"), || {
             let equal = dump(t) == dump("src");
             async move { equal }
         })
         .await;
     }
-    // Every session of ours is encrypted (the server lets in nothing else over TCP anyway).
+    // Every TCP session of ours is encrypted (the server lets in nothing else over TCP anyway).
     let sessions = pg.psql(
         "postgres",
         "SELECT a.application_name, s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
-         WHERE a.application_name LIKE 'hstream%' ORDER BY 1",
+         WHERE a.application_name LIKE 'hstream%' AND a.client_addr IS NOT NULL ORDER BY 1",
     );
     assert!(
         sessions.contains("hstream-cdc|t") && sessions.contains("hstream-sink|t") && !sessions.contains("|f"),

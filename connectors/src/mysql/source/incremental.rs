@@ -23,7 +23,7 @@ use super::records::{Origin, change};
 use super::schema::Table;
 use super::{MySqlSource, current_position};
 use crate::cdc::{IncrementalOffset, Op, now_ms};
-use crate::mysql::values::Cell;
+use crate::mysql::values::{Cell, Kind};
 use crate::mysql::{ident, query_error, query_rows};
 
 /// A binlog position, ordered by file number then position.
@@ -195,9 +195,43 @@ impl MySqlSource {
             .map(|&i| ident(&table.columns[i]))
             .collect::<Vec<_>>()
             .join(", ");
-        let filter = match &after {
-            Some(k) => format!(" WHERE ({keys}) > ({})", k.join(", ")),
-            None => String::new(),
+        // Keys compared as the server orders them: types whose `>` against a parameter follows
+        // ORDER BY (DECIMAL cast to itself: a string would be compared as a double).
+        let mut marks = Vec::with_capacity(table.key.len());
+        for &i in &table.key {
+            marks.push(match &table.kinds[i] {
+                Kind::Decimal { precision, scale } => format!("CAST(? AS DECIMAL({precision}, {scale}))"),
+                Kind::Int { .. }
+                | Kind::Text(_)
+                | Kind::Bytes { .. }
+                | Kind::Date
+                | Kind::DateTime { .. }
+                | Kind::Timestamp { .. }
+                | Kind::Time { .. }
+                | Kind::Year => "?".to_owned(),
+                other => {
+                    return Err(ConnectorError::config(format!(
+                        "tables: {db}.{name}: key column {} is of a kind ({other:?}) an incremental snapshot cannot page \
+                         by (integers, decimals, strings, binary, dates and times can)",
+                        table.columns[i]
+                    )));
+                }
+            });
+        }
+        let params: Vec<Value> = match &after {
+            Some(k) => k
+                .iter()
+                .map(|v| {
+                    decode_key_value(v)
+                        .ok_or_else(|| ConnectorError::internal(format!("stored incremental key {v:?} unreadable")))
+                })
+                .collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        };
+        let filter = if params.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE ({keys}) > ({})", marks.join(", "))
         };
         let select = format!(
             "SELECT {cols} FROM {}.{}{filter} ORDER BY {keys} LIMIT {limit}",
@@ -221,16 +255,21 @@ impl MySqlSource {
                 file: get("Binlog_snapshot_file"),
                 pos: get("Binlog_snapshot_position").parse().unwrap_or(4),
             };
-            let rows = read_rows(conn, &select).await.map_err(err)?;
+            let rows = read_rows(conn, &select, params.clone()).await.map_err(err)?;
             conn.query_drop("COMMIT").await.map_err(err)?;
             (at, rows)
         } else {
+            // Waiting behind a long transaction would hold every writer queued behind the lock:
+            // give up after a few seconds and try again later.
+            conn.query_drop("SET SESSION lock_wait_timeout = 5")
+                .await
+                .map_err(err)?;
             conn.query_drop(format!("LOCK TABLES {}.{} READ", ident(&db), ident(&name)))
                 .await
                 .map_err(err)?;
             let read = async {
                 let (file, pos, _) = current_position(conn, false).await?;
-                let rows = read_rows(conn, &select).await.map_err(err)?;
+                let rows = read_rows(conn, &select, params.clone()).await.map_err(err)?;
                 Ok::<_, ConnectorError>((BinlogPos { file, pos }, rows))
             }
             .await;
@@ -242,7 +281,7 @@ impl MySqlSource {
             table
                 .key
                 .iter()
-                .map(|&i| r.get(i).map_or_else(|| "NULL".to_owned(), |v| v.as_sql(false)))
+                .map(|&i| encode_key_value(r.get(i).unwrap_or(&Value::NULL)))
                 .collect()
         });
         let inc = self.inc.as_mut().expect("checked above");
@@ -262,14 +301,112 @@ impl MySqlSource {
     }
 }
 
-async fn read_rows(conn: &mut mysql_async::Conn, select: &str) -> Result<Vec<Vec<Value>>, mysql_async::Error> {
-    let stream = conn.exec_stream::<Row, _, _>(select, ()).await?;
+async fn read_rows(
+    conn: &mut mysql_async::Conn,
+    select: &str,
+    params: Vec<Value>,
+) -> Result<Vec<Vec<Value>>, mysql_async::Error> {
+    let params = if params.is_empty() {
+        mysql_async::Params::Empty
+    } else {
+        mysql_async::Params::Positional(params)
+    };
+    let stream = conn.exec_stream::<Row, _, _>(select, params).await?;
     stream.map_ok(Row::unwrap).try_collect().await
+}
+
+/// A key value as the offset keeps it: typed, so that it is bound back as the same value (never
+/// pasted into SQL).
+fn encode_key_value(v: &Value) -> String {
+    match v {
+        Value::NULL => "n".to_owned(),
+        Value::Int(i) => format!("i:{i}"),
+        Value::UInt(u) => format!("u:{u}"),
+        Value::Float(f) => format!("f:{}", f.to_bits()),
+        Value::Double(d) => format!("g:{}", d.to_bits()),
+        Value::Bytes(b) => {
+            let mut s = String::with_capacity(2 + 2 * b.len());
+            s.push_str("x:");
+            for byte in b {
+                s.push_str(&format!("{byte:02x}"));
+            }
+            s
+        }
+        Value::Date(y, mo, d, h, mi, sec, us) => format!("d:{y}:{mo}:{d}:{h}:{mi}:{sec}:{us}"),
+        Value::Time(neg, days, h, m, sec, us) => format!("t:{}:{days}:{h}:{m}:{sec}:{us}", u8::from(*neg)),
+    }
+}
+
+fn decode_key_value(s: &str) -> Option<Value> {
+    let (tag, rest) = s.split_once(':').unwrap_or((s, ""));
+    let nums = |n: usize| -> Option<Vec<u64>> {
+        let v: Vec<u64> = rest.split(':').map(|x| x.parse().ok()).collect::<Option<_>>()?;
+        (v.len() == n).then_some(v)
+    };
+    Some(match tag {
+        "n" => Value::NULL,
+        "i" => Value::Int(rest.parse().ok()?),
+        "u" => Value::UInt(rest.parse().ok()?),
+        "f" => Value::Float(f32::from_bits(rest.parse().ok()?)),
+        "g" => Value::Double(f64::from_bits(rest.parse().ok()?)),
+        "x" => {
+            if rest.len() % 2 != 0 {
+                return None;
+            }
+            let bytes = (0..rest.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(rest.get(i..i + 2)?, 16).ok())
+                .collect::<Option<Vec<u8>>>()?;
+            Value::Bytes(bytes)
+        }
+        "d" => {
+            let v = nums(7)?;
+            Value::Date(
+                u16::try_from(v[0]).ok()?,
+                u8::try_from(v[1]).ok()?,
+                u8::try_from(v[2]).ok()?,
+                u8::try_from(v[3]).ok()?,
+                u8::try_from(v[4]).ok()?,
+                u8::try_from(v[5]).ok()?,
+                u32::try_from(v[6]).ok()?,
+            )
+        }
+        "t" => {
+            let v = nums(6)?;
+            Value::Time(
+                v[0] == 1,
+                u32::try_from(v[1]).ok()?,
+                u8::try_from(v[2]).ok()?,
+                u8::try_from(v[3]).ok()?,
+                u8::try_from(v[4]).ok()?,
+                u32::try_from(v[5]).ok()?,
+            )
+        }
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_values_round_trip_typed() {
+        for v in [
+            Value::NULL,
+            Value::Int(-5),
+            Value::UInt(u64::MAX),
+            Value::Bytes(b"it's a \\ key".to_vec()),
+            Value::Bytes(vec![0, 255, 7]),
+            Value::Date(2024, 2, 29, 23, 59, 58, 123_456),
+            Value::Time(true, 3, 4, 5, 6, 7),
+            Value::Double(0.1),
+        ] {
+            assert_eq!(decode_key_value(&encode_key_value(&v)), Some(v.clone()), "{v:?}");
+        }
+        assert_eq!(decode_key_value("x:0"), None);
+        assert_eq!(decode_key_value("d:1:2"), None);
+    }
 
     #[test]
     fn positions_order_by_file_number_then_offset() {

@@ -295,11 +295,21 @@ impl MySqlSource {
                 .unwrap_or_default(),
                 None => String::new(),
             };
-            let oldest = parse_gtid_state(oldest.trim_matches(|c| c == '[' || c == ']')).unwrap_or_default();
+            // The list names each (domain, server) pair: per domain, the highest sequence
+            // number is where the binlog begins.
+            let mut begins: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
+            for part in oldest.trim_matches(|c| c == '[' || c == ']').split(',') {
+                if let Some(g) = parse_gtid_state(part) {
+                    for (domain, (_, seq)) in g {
+                        let e = begins.entry(domain).or_default();
+                        *e = (*e).max(seq);
+                    }
+                }
+            }
             // A domain the stored position does not know is left to the server to judge.
-            oldest
+            begins
                 .iter()
-                .all(|(domain, (_, seq))| stored.get(domain).is_none_or(|(_, s)| *s >= *seq))
+                .all(|(domain, seq)| stored.get(domain).is_none_or(|(_, s)| *s >= *seq))
         } else if by_gtid {
             let rows = query_rows(
                 &mut conn,

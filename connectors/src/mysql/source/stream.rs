@@ -298,10 +298,12 @@ impl MySqlSource {
         let mut progressed = false;
         // A chunk read at a position already reached (an idle binlog) goes out at once.
         for _ in 0..2 {
-            let Some(inc) = self.inc.as_mut() else { break };
-            if inc.ready_at(&st.at) {
-                let (records, report) = inc.take_chunk(self.cfg.capture.format);
+            if self.inc.as_ref().is_some_and(|i| i.ready_at(&st.at)) {
+                // What came before goes out with the progress before the chunk; then the chunk,
+                // with the progress past it.
                 self.flush(st, out).await?;
+                let Some(inc) = self.inc.as_mut() else { break };
+                let (records, report) = inc.take_chunk(self.cfg.capture.format);
                 out.emit(records, self.stamped(&st.committed)).await?;
                 out.report(report);
                 progressed = true;
@@ -313,8 +315,9 @@ impl MySqlSource {
             progressed = true;
         }
         if self.inc.as_ref().is_some_and(|i| i.offset().is_none()) {
-            self.inc = None;
+            // Every chunk is out already (in emits of their own): nothing is claimed early.
             self.flush(st, out).await?;
+            self.inc = None;
             out.emit(Vec::new(), self.stamped(&st.committed)).await?;
             out.report("incremental snapshots complete".to_owned());
             progressed = true;

@@ -36,8 +36,16 @@ pub(super) const WATERMARK_PREFIX: &str = "hstream-cdc";
 
 pub use crate::cdc::IncrementalOffset;
 
-/// A key: each key column's text.
-pub(super) type Key = Vec<Option<Vec<u8>>>;
+/// A key: each key column's name and text, by name (a partition may order its columns
+/// differently from its parent).
+pub(super) type Key = Vec<(String, Option<Vec<u8>>)>;
+
+/// The key of a row of `rel` (`cols` in `rel`'s column order).
+fn key_of(rel: &Rel, cols: impl Fn(usize) -> Option<Vec<u8>>) -> Key {
+    let mut k: Key = rel.key.iter().map(|&i| (rel.names[i].clone(), cols(i))).collect();
+    k.sort_by(|a, b| a.0.cmp(&b.0));
+    k
+}
 
 /// Which transactions a snapshot sees, on the 32-bit transaction ids pgoutput sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,11 +97,15 @@ pub(super) struct Incremental {
     chunk: Option<Chunk>,
     /// The watermark of `chunk` has arrived: its rows go out before anything decoded after it.
     ready: bool,
-    /// Keys of the first pending table changed by committed transactions, by transaction id.
-    touched: HashMap<u32, Vec<Key>>,
-    /// Committed transactions streamed while in progress that changed it.
+    /// Keys of the pending tables changed by committed transactions, by table and transaction
+    /// id: kept for every pending table from the stream's start, so a transaction decoded before
+    /// its table's turn (still invisible, as behind a synchronous standby) is known at that turn.
+    touched: HashMap<(String, String), HashMap<u32, Vec<Key>>>,
+    /// Committed transactions that changed a pending table in a way whose keys are not known
+    /// (streamed while in progress, or a TRUNCATE): a chunk whose snapshot did not see one is
+    /// read again.
     touched_unknown: HashSet<u32>,
-    /// Transactions streamed while in progress that changed it, not committed yet.
+    /// Transactions streamed while in progress that changed a pending table, not committed yet.
     streaming: HashSet<u32>,
     /// Tells this run's watermarks from an earlier run's still in the WAL.
     nonce: u64,
@@ -146,30 +158,36 @@ impl Incremental {
         self.ready
     }
 
-    fn is_current(&self, rel: &Rel) -> bool {
-        self.pending
-            .front()
-            .is_some_and(|(s, t)| *s == rel.schema && *t == rel.table)
+    fn is_pending(&self, rel: &Rel) -> bool {
+        self.pending.iter().any(|(s, t)| *s == rel.schema && *t == rel.table)
     }
 
     /// A change of `rel` by transaction `xid` (streamed while in progress or not).
     pub(super) fn note_change(&mut self, rel: &Rel, xid: u32, streamed: bool, cols: &[Col<'_>]) {
-        if !self.is_current(rel) {
+        if !self.is_pending(rel) {
             return;
         }
         if streamed {
             self.streaming.insert(xid);
             return;
         }
-        let key = rel
-            .key
-            .iter()
-            .map(|&i| match cols.get(i) {
-                Some(Col::Text(t) | Col::Binary(t)) => Some(t.to_vec()),
-                _ => None,
-            })
-            .collect();
-        self.touched.entry(xid).or_default().push(key);
+        let key = key_of(rel, |i| match cols.get(i) {
+            Some(Col::Text(t) | Col::Binary(t)) => Some(t.to_vec()),
+            _ => None,
+        });
+        self.touched
+            .entry((rel.schema.clone(), rel.table.clone()))
+            .or_default()
+            .entry(xid)
+            .or_default()
+            .push(key);
+    }
+
+    /// A TRUNCATE of `rel` by transaction `xid`: every key of it changed.
+    pub(super) fn note_truncate(&mut self, rel: &Rel, xid: u32) {
+        if self.is_pending(rel) {
+            self.touched_unknown.insert(xid);
+        }
     }
 
     pub(super) fn stream_committed(&mut self, xid: u32) {
@@ -223,9 +241,12 @@ impl Incremental {
                 ),
             );
         }
+        let table = (c.rel.schema.clone(), c.rel.table.clone());
         let changed: HashSet<&Key> = self
             .touched
-            .iter()
+            .get(&table)
+            .into_iter()
+            .flat_map(|by_xid| by_xid.iter())
             .filter(|(xid, _)| unseen(xid))
             .flat_map(|(_, keys)| keys.iter())
             .collect();
@@ -241,26 +262,30 @@ impl Incremental {
             records.push(change(format, &c.rel, Op::Read, None, Some(&cols), origin));
         }
         self.rows += c.rows.len() as u64;
-        let table = format!("{}.{}", c.rel.schema, c.rel.table);
+        let name = format!("{}.{}", c.rel.schema, c.rel.table);
         let report;
         if c.last {
-            tracing::info!(table = %table, rows = self.rows, "incremental snapshot finished");
-            report = format!("incremental snapshot {table}: done, {} rows", self.rows);
+            tracing::info!(table = %name, rows = self.rows, "incremental snapshot finished");
+            report = format!("incremental snapshot {name}: done, {} rows", self.rows);
             self.pending.pop_front();
             self.after = None;
             self.rows = 0;
             self.estimate = 0;
-            self.touched.clear();
-            self.touched_unknown.clear();
-            self.streaming.clear();
+            self.touched.remove(&table);
         } else {
-            self.after = c.rows.last().map(|(k, _)| {
-                k.iter()
-                    .map(|v| String::from_utf8_lossy(v.as_deref().unwrap_or_default()).into_owned())
+            // In the key's own column order, as the next chunk's query compares it.
+            self.after = c.rows.last().map(|(_, values)| {
+                c.rel
+                    .key
+                    .iter()
+                    .map(|&i| {
+                        String::from_utf8_lossy(values.get(i).cloned().flatten().as_deref().unwrap_or_default())
+                            .into_owned()
+                    })
                     .collect()
             });
             report = format!(
-                "incremental snapshot {table}: {} rows of ~{}{}",
+                "incremental snapshot {name}: {} rows of ~{}{}",
                 self.rows,
                 self.estimate.max(self.rows),
                 match self.pending.len() {
@@ -274,12 +299,11 @@ impl Incremental {
 
     /// Forgets a table that is gone (dropped since it was listed).
     fn skip_current(&mut self) {
-        self.pending.pop_front();
+        if let Some(t) = self.pending.pop_front() {
+            self.touched.remove(&t);
+        }
         self.after = None;
         self.rows = 0;
-        self.touched.clear();
-        self.touched_unknown.clear();
-        self.streaming.clear();
     }
 }
 
@@ -377,7 +401,7 @@ impl PgSource {
         let mut rows = Vec::with_capacity(limit);
         conn.query_each(&select, |row| {
             let values: Vec<Option<Vec<u8>>> = (0..row.len()).map(|i| row.get(i).map(<[u8]>::to_vec)).collect();
-            let key: Key = rel.key.iter().map(|&i| values.get(i).cloned().flatten()).collect();
+            let key = key_of(&rel, |i| values.get(i).cloned().flatten());
             rows.push((key, values));
             Ok(())
         })
@@ -390,7 +414,9 @@ impl PgSource {
             tracing::info!(table = %format!("{schema}.{table}"), estimate = e, "incremental snapshot started");
         }
         // Transactions every later snapshot sees can no longer matter.
-        inc.touched.retain(|xid, _| !precedes(*xid, visibility.xmin));
+        for by_xid in inc.touched.values_mut() {
+            by_xid.retain(|xid, _| !precedes(*xid, visibility.xmin));
+        }
         inc.touched_unknown.retain(|xid| !precedes(*xid, visibility.xmin));
         inc.seq += 1;
         let seq = inc.seq;

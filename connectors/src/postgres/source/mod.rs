@@ -183,7 +183,7 @@ impl PgSource {
             let rows = conn
                 .query(
                     "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                     WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+                     WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence = 'p' \
                      AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' \
                      ORDER BY 1, 2",
                 )
@@ -253,7 +253,8 @@ impl PgSource {
         }
         if self.server_version < 140_000 {
             return Err(ConnectorError::config(format!(
-                "tables: {} joined the capture; its incremental snapshot needs PostgreSQL 14 or later                  (logical decoding messages)",
+                "tables: {} joined the capture; its incremental snapshot needs PostgreSQL 14 or later \
+                 (logical decoding messages)",
                 pending
                     .iter()
                     .map(|(s, t)| format!("{s}.{t}"))

@@ -29,7 +29,8 @@ impl PgSource {
     }
 
     /// Whether the slot was invalidated (`wal_status = 'lost'`: the server removed WAL it still
-    /// needed, past `max_slot_wal_keep_size`): it exists, but streaming from it fails.
+    /// needed, past `max_slot_wal_keep_size`; or, PostgreSQL 16+, a conflict or another
+    /// invalidation reason): it exists, but streaming from it fails.
     pub(super) async fn slot_lost(
         conn: &mut Connection,
         slot: &str,
@@ -40,7 +41,9 @@ impl PgSource {
         }
         let rows = conn
             .query(&format!(
-                "SELECT (wal_status = 'lost')::text FROM pg_replication_slots WHERE slot_name = {}",
+                "SELECT (s.wal_status = 'lost' OR coalesce((to_jsonb(s) ->> 'conflicting')::bool, false) \
+                 OR to_jsonb(s) ->> 'invalidation_reason' IS NOT NULL)::text \
+                 FROM pg_replication_slots s WHERE s.slot_name = {}",
                 literal(slot)
             ))
             .await

@@ -431,6 +431,9 @@ impl PgSource {
                 // Foreign relations are not in `relations`: their truncates stay out too.
                 for id in rels {
                     if let Some(r) = st.relations.get(&id).cloned() {
+                        if let Some(inc) = self.inc.as_mut() {
+                            inc.note_truncate(&r, origin.tx_id);
+                        }
                         produced.push(crate::cdc::truncate(format, &r.attributes, |b| {
                             write_source_fields(b, &r, &origin)
                         }));
