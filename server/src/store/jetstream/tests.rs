@@ -175,7 +175,8 @@ async fn a_lost_announcement_is_made_up_by_the_refresh() {
         watched.read(1, 10, 1 << 20).await.unwrap()[0].payload,
         Bytes::from_static(b"quiet")
     );
-    assert!(waited.elapsed() <= REFRESH * 3, "took {:?}", waited.elapsed());
+    // Within a few refresh periods (a loaded 2-core CI machine once took 3.0 of them).
+    assert!(waited.elapsed() <= REFRESH * 4, "took {:?}", waited.elapsed());
     assert_eq!(unwatched.visible_lsn(), 0, "a shard nobody reads is not polled");
     // A LATEST asked for now (a read's end, a subscription's start) includes it.
     unwatched.sync_tail().await.unwrap();
