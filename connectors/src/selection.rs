@@ -136,10 +136,11 @@ impl Selection {
         h.update(self.salt.expose().as_bytes());
         h.update(value);
         let digest = h.finalize();
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = String::with_capacity(64);
         for b in digest {
-            out.push(char::from_digit(u32::from(b >> 4), 16).expect("hex"));
-            out.push(char::from_digit(u32::from(b & 15), 16).expect("hex"));
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
         }
         out
     }

@@ -1,16 +1,18 @@
-//! Incremental snapshots of the PostgreSQL source: a table that joins the capture after the
-//! initial snapshot is copied in key chunks while streaming goes on, under a load that changes
-//! it throughout, through kill -9s in the middle of the copy.
+//! Snapshots of the PostgreSQL source beyond the first: `always` and `when_needed` (a slot
+//! dropped or invalidated while the task was down), and incremental snapshots of a table that
+//! joins the capture later, copied in key chunks while streaming goes on, under a load that
+//! changes it throughout, through kill -9s in the middle of the copy.
 
 use std::time::Duration;
 
 use hstream_integration_tests::pg::{DATABASE, Postgres};
 use hstream_integration_tests::*;
 use hstream_proto as pb;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::postgres::{
-    FAST_RETRY, create, fold_debezium, orders_table, source_config, stream_rows, table_state, wait_streaming,
+    FAST_RETRY, create, fold_debezium, orders_table, source_config, stream_rows, table_state,
+    wait_debezium_equals_table, wait_streaming,
 };
 
 const ROWS: u64 = 1_000_000;
@@ -233,5 +235,188 @@ async fn pg_changes_made_while_a_chunk_is_read_win_over_the_chunk() {
         reads,
         1000 - 210 + 10,
         "the chunk left out exactly the rows changed while it was read"
+    );
+}
+
+/// snapshotMode=always takes the snapshot again at every start and then streams from the
+/// stored position, so rows deleted while the server was down leave the stream too;
+/// when_needed takes a new snapshot only when the stored position is gone (its slot dropped
+/// while the server was down), where initial would fail. Counted: each snapshot's `r` records
+/// are exactly the rows the table had then.
+#[tokio::test]
+async fn pg_snapshot_modes_always_and_when_needed() {
+    let pg = Postgres::start();
+    for t in ["alw", "whn"] {
+        orders_table(&pg, t);
+        pg.psql(
+            DATABASE,
+            &format!("INSERT INTO {t} (id, name, amount) SELECT g, 'a', g FROM generate_series(1, 1000) g"),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), FAST_RETRY);
+    let mut c = server.client().await;
+    for (name, table, mode) in [("alw", "alw", "always"), ("whn", "whn", "when_needed")] {
+        let cfg = source_config(
+            &pg,
+            &format!("{name}_cdc"),
+            json!({"table": table, "format": "debezium", "snapshotMode": mode}),
+        );
+        create(&mut c, name, "SOURCE", &cfg).await.unwrap();
+    }
+    for t in ["alw", "whn"] {
+        wait_debezium_equals_table(&c, &format!("{t}_cdc"), &pg, t, Duration::from_secs(60)).await;
+    }
+
+    // Down: rows change, some go; when_needed's slot is dropped.
+    server.terminate();
+    for t in ["alw", "whn"] {
+        pg.psql(
+            DATABASE,
+            &format!(
+                "UPDATE {t} SET name = 'b', amount = amount + 1 WHERE id <= 20; DELETE FROM {t} WHERE id > 990; \
+                 INSERT INTO {t} (id, name, amount) SELECT g, 'c', g FROM generate_series(2001, 2005) g"
+            ),
+        );
+    }
+    wait_until(Duration::from_secs(30), "the slots released", || async {
+        pg.psql("postgres", "SELECT count(*) FROM pg_replication_slots WHERE active") == "0"
+    })
+    .await;
+    pg.psql("postgres", "SELECT pg_drop_replication_slot('hstream_whn_cdc')");
+    server.restart();
+    let c = server.client().await;
+    let snapshot_rows = |records: &[(String, Value)]| records.iter().filter(|(_, r)| r["op"] == "r").count();
+    // always: a second snapshot (995 rows), then the changes since the stored position,
+    // deletes included (the first snapshot's rows 991..1000 leave the stream).
+    let records = wait_debezium_equals_table(&c, "alw_cdc", &pg, "alw", Duration::from_secs(60)).await;
+    assert_eq!(snapshot_rows(&records), 1000 + 995, "two snapshots");
+    let deletes = records.iter().filter(|(_, r)| r["op"] == "d").count();
+    assert_eq!(
+        deletes, 10,
+        "the deletes made while down, streamed after the new snapshot"
+    );
+    // when_needed: its slot was gone, so a new snapshot (995 rows). The rows deleted while the
+    // position was lost stay in the stream (as with Debezium): the table plus those ten.
+    let wait_second_snapshot = holds_within(Duration::from_secs(60), || {
+        let mut probe = c.clone();
+        async move {
+            try_read_json_stream(&mut probe, "whn_cdc")
+                .await
+                .is_ok_and(|r| snapshot_rows(&r) == 1000 + 995)
+        }
+    })
+    .await;
+    let records = read_json_stream(&mut c.clone(), "whn_cdc").await;
+    assert!(
+        wait_second_snapshot,
+        "when_needed: {} snapshot rows",
+        snapshot_rows(&records)
+    );
+    let mut want = table_state(&pg, "whn");
+    for id in 991..=1000 {
+        want.insert(json!({"id": id as f64}).to_string(), ("a".into(), format!("{id}.00")));
+    }
+    assert_eq!(stream_rows(&fold_debezium(&records)), want);
+    for name in ["alw", "whn"] {
+        assert_eq!(connector_status(&c, name).await, "RUNNING", "{name}");
+    }
+}
+
+/// A slot invalidated while the task was down (the server removed WAL it still needed, past
+/// `max_slot_wal_keep_size`): `initial` fails naming the slot and the way out; `when_needed`
+/// takes a new snapshot over a new slot. While its slot is intact, `when_needed` resumes without
+/// a new snapshot.
+#[tokio::test]
+async fn pg_invalidated_slot_fails_initial_and_resnapshots_when_needed() {
+    let pg = Postgres::start_with(&["max_slot_wal_keep_size = '1MB'", "wal_keep_size = 0"]);
+    for t in ["ini", "whn"] {
+        orders_table(&pg, t);
+        pg.psql(
+            DATABASE,
+            &format!("INSERT INTO {t} (id, name, amount) SELECT g, 'a', g FROM generate_series(1, 1000) g"),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), FAST_RETRY);
+    let mut c = server.client().await;
+    for (name, mode) in [("ini", "initial"), ("whn", "when_needed")] {
+        let cfg = source_config(
+            &pg,
+            &format!("{name}_cdc"),
+            json!({"table": name, "format": "debezium", "snapshotMode": mode}),
+        );
+        create(&mut c, name, "SOURCE", &cfg).await.unwrap();
+    }
+    for t in ["ini", "whn"] {
+        wait_debezium_equals_table(&c, &format!("{t}_cdc"), &pg, t, Duration::from_secs(60)).await;
+    }
+    let snapshot_rows = |records: &[(String, Value)]| records.iter().filter(|(_, r)| r["op"] == "r").count();
+    // A restart with the slot intact: when_needed streams on, no second snapshot.
+    server.terminate();
+    pg.psql(DATABASE, "UPDATE whn SET name = 'b' WHERE id <= 10");
+    server.restart();
+    c = server.client().await;
+    let records = wait_debezium_equals_table(&c, "whn_cdc", &pg, "whn", Duration::from_secs(60)).await;
+    assert_eq!(snapshot_rows(&records), 1000, "no snapshot while the slot is intact");
+
+    // Down while the server writes far more WAL than the slots may keep.
+    server.terminate();
+    wait_until(Duration::from_secs(30), "the slots released", || async {
+        pg.psql("postgres", "SELECT count(*) FROM pg_replication_slots WHERE active") == "0"
+    })
+    .await;
+    pg.psql(
+        DATABASE,
+        "UPDATE whn SET name = 'c' WHERE id <= 20; DELETE FROM whn WHERE id > 990; \
+         CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 150000) g;",
+    );
+    wait_until(Duration::from_secs(60), "both slots invalidated", || async {
+        pg.psql("postgres", "SELECT pg_switch_wal(); CHECKPOINT;");
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_replication_slots WHERE wal_status = 'lost'",
+        ) == "2"
+    })
+    .await;
+    server.restart();
+    let c = server.client().await;
+    wait_status(&c, "ini", "FAILED", Duration::from_secs(60)).await;
+    let report = connector_report(&c, "ini").await;
+    let error = report["error"]
+        .as_str()
+        .or(report["lastError"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        report.to_string().contains("was invalidated") && report.to_string().contains("when_needed"),
+        "initial with an invalidated slot: {report} {error}"
+    );
+    // when_needed: a new snapshot (990 rows) over a new slot; the ten rows deleted while the
+    // position was lost stay in the stream (as with Debezium).
+    let probe = c.clone();
+    wait_until(Duration::from_secs(60), "when_needed's second snapshot", || {
+        let mut probe = probe.clone();
+        async move {
+            try_read_json_stream(&mut probe, "whn_cdc")
+                .await
+                .is_ok_and(|r| snapshot_rows(&r) == 1000 + 990)
+        }
+    })
+    .await;
+    let records = read_json_stream(&mut c.clone(), "whn_cdc").await;
+    let mut want = table_state(&pg, "whn");
+    for id in 991..=1000 {
+        want.insert(json!({"id": id as f64}).to_string(), ("a".into(), format!("{id}.00")));
+    }
+    assert_eq!(stream_rows(&fold_debezium(&records)), want);
+    assert_eq!(connector_status(&c, "whn").await, "RUNNING");
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'hstream_whn_cdc'"
+        ),
+        "reserved",
+        "a new slot"
     );
 }
