@@ -93,6 +93,13 @@ pub struct Capture {
     pub snapshot_mode: SnapshotMode,
     #[serde(default)]
     pub format: RecordFormat,
+    /// The signal table (Debezium's `signal.data.collection`), `schema.table` (`database.table`
+    /// for MySQL): a row inserted into it asks the running source for an incremental snapshot
+    /// (`execute-snapshot`), to stop, pause or resume them, or to log a line. Its first three
+    /// columns are the signal's id, type and data (JSON), as Debezium's signal table has them.
+    /// Its own changes are not captured unless it is also among the captured tables.
+    #[serde(default)]
+    pub signal_data_collection: Option<String>,
 }
 
 fn default_mask_chars() -> u32 {
@@ -107,6 +114,13 @@ impl Capture {
             return Err(ConnectorError::config(
                 "table: name a table (or list them in tables, or give patterns in tableIncludeList)",
             ));
+        }
+        if self
+            .signal_data_collection
+            .as_deref()
+            .is_some_and(|s| s.trim().is_empty())
+        {
+            return Err(ConnectorError::config("signalDataCollection: must not be empty"));
         }
         if self.table.as_deref() == Some("") || self.tables.iter().any(String::is_empty) {
             return Err(ConnectorError::config("table: table names must not be empty"));
@@ -134,6 +148,9 @@ pub struct IncrementalOffset {
     /// column's SQL literal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<Vec<String>>,
+    /// Paused by a `pause-snapshot` signal.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

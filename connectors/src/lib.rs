@@ -13,6 +13,7 @@ pub mod mysql;
 pub use hstream_runtime::pbstruct;
 pub mod postgres;
 pub mod selection;
+pub mod snapshots;
 pub mod tls;
 
 use hstream_runtime::Registry;

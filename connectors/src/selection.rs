@@ -38,7 +38,7 @@ pub struct Selection {
     salt: hstream_runtime::Secret,
 }
 
-fn compile(patterns: &[String], option: &str) -> Result<Option<RegexSet>, ConnectorError> {
+pub(crate) fn compile(patterns: &[String], option: &str) -> Result<Option<RegexSet>, ConnectorError> {
     if patterns.is_empty() {
         return Ok(None);
     }

@@ -165,6 +165,14 @@ fn default_heartbeat() -> u64 {
 }
 
 impl MySqlSourceConfig {
+    /// The signal table, `(database, table)`.
+    pub(crate) fn signal_table(&self) -> Option<(String, String)> {
+        self.capture
+            .signal_data_collection
+            .as_deref()
+            .map(|t| split_table(t, &self.endpoint.database))
+    }
+
     /// `(database, table, option)` of every captured table.
     pub(crate) fn table_list(&self) -> Vec<(String, String, &'static str)> {
         let mut v: Vec<(String, String, &'static str)> = Vec::new();

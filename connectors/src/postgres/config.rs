@@ -184,6 +184,14 @@ impl PgSourceConfig {
             .unwrap_or_else(|| derived_name(&self.stream))
     }
 
+    /// The signal table, `(schema, table)`.
+    pub(crate) fn signal_table(&self) -> Option<(String, String)> {
+        self.capture
+            .signal_data_collection
+            .as_deref()
+            .map(|t| split_table(t, &self.schema))
+    }
+
     /// `(schema, table)` of every captured table, with the option each came from.
     pub(crate) fn table_list(&self) -> Vec<(String, String, &'static str)> {
         let mut v: Vec<(String, String, &'static str)> = Vec::new();

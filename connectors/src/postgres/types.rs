@@ -5,14 +5,21 @@
 //! | bool | boolean |
 //! | int2, int4, oid, float4, float8 | number (NaN/±Infinity as strings) |
 //! | int8 | number within ±2^53, else a string (doubles cannot hold it exactly) |
-//! | numeric | string, exact |
+//! | numeric | string, exact (`NaN`, `Infinity` as PostgreSQL prints them) |
+//! | money | string, exact, without currency sign or grouping (`-1234.56`; read with `lc_monetary=C`) |
+//! | interval | ISO 8601 duration string (`P1Y2M3DT4H5M6.5S`; read with `IntervalStyle=iso_8601`) |
 //! | bytea | base64 string |
 //! | json, jsonb | the document's exact text, a string (as Debezium's `io.debezium.data.Json`; decision 020) |
 //! | date, time | ISO 8601 string as PostgreSQL prints it |
 //! | timestamp | ISO 8601 string without zone (`2024-01-02T03:04:05.5`) |
 //! | timestamptz, timetz | ISO 8601 string with offset, `Z` for UTC |
 //! | arrays of any of these | lists (nested for multi-dimensional arrays) |
+//! | bit, varbit | string of `0`/`1` |
+//! | inet, cidr, macaddr, point, line, lseg, box, path, polygon, circle | string as PostgreSQL prints it |
 //! | enums, text, varchar, uuid and everything else | string |
+//!
+//! Arrays of a type whose elements are separated by something other than a comma (`box[]`,
+//! separated by `;`) stay the array's text rather than risk a wrong split.
 
 use std::collections::HashMap;
 
@@ -28,6 +35,8 @@ pub enum Kind {
     Number,
     Int8,
     Numeric,
+    /// money as `lc_monetary=C` prints it (`-$1,234.56`): written as an exact decimal.
+    Money,
     Bytea,
     Json,
     Timestamp,
@@ -45,6 +54,8 @@ pub fn builtin(oid: u32) -> Option<Kind> {
         21 | 23 | 26 | 700 | 701 => Number,
         20 => Int8,
         1700 => Numeric,
+        790 => Money,
+        791 => Array(Box::new(Money)),
         17 => Bytea,
         114 | 3802 => Json,
         1114 => Timestamp,
@@ -69,13 +80,15 @@ pub struct TypeMap {
     known: HashMap<u32, Kind>,
 }
 
-/// One `pg_type` row: oid, typtype, typelem, typcategory, typbasetype.
+/// One `pg_type` row: oid, typtype, typelem, typcategory, typbasetype, typdelim.
 pub struct PgType {
     pub oid: u32,
     pub typtype: u8,
     pub elem: u32,
     pub category: u8,
     pub base: u32,
+    /// The separator of this type's values inside an array's text.
+    pub delim: u8,
 }
 
 impl TypeMap {
@@ -102,7 +115,10 @@ impl TypeMap {
             }
             match (t.typtype, t.category) {
                 (b'd', _) => resolve(t.base, by, map, depth + 1),
-                (_, b'A') if t.elem != 0 => Kind::Array(Box::new(resolve(t.elem, by, map, depth + 1))),
+                // Only comma-separated elements are split (box[] uses ';').
+                (_, b'A') if t.elem != 0 && by.get(&t.elem).is_none_or(|e| e.delim == b',') => {
+                    Kind::Array(Box::new(resolve(t.elem, by, map, depth + 1)))
+                }
                 _ => Kind::Text,
             }
         }
@@ -126,6 +142,10 @@ pub fn write_value(buf: &mut Vec<u8>, kind: &Kind, text: &[u8]) {
             _ => pb::string_bytes(buf, text),
         },
         Kind::Numeric | Kind::Text => pb::string_bytes(buf, text),
+        Kind::Money => match money_decimal(text) {
+            Some(d) => pb::string(buf, &d),
+            None => pb::string_bytes(buf, text),
+        },
         Kind::Bytea => pb::string(buf, &bytea_base64(text)),
         // The document's exact text, as Debezium's io.debezium.data.Json: a number in it that a
         // double cannot hold keeps its value.
@@ -147,6 +167,28 @@ pub fn write_value(buf: &mut Vec<u8>, kind: &Kind, text: &[u8]) {
             }
         }
     }
+}
+
+/// `-$1,234.56` (or `($1,234.56)`) → `-1234.56`: the digits and the decimal point, signed.
+/// `None` for text that is not such an amount.
+fn money_decimal(text: &[u8]) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    if text.iter().any(|&c| c == b'-' || c == b'(') {
+        out.push('-');
+    }
+    let mut digits = false;
+    for &c in text {
+        match c {
+            b'0'..=b'9' => {
+                digits = true;
+                out.push(c as char);
+            }
+            b'.' => out.push('.'),
+            b'$' | b',' | b'-' | b'(' | b')' | b' ' => {}
+            _ => return None,
+        }
+    }
+    digits.then_some(out)
 }
 
 fn parse_f64(text: &[u8]) -> Option<f64> {
@@ -350,6 +392,17 @@ mod tests {
             "12345678901234567890.12"
         );
         assert_eq!(json_of(&Kind::Bytea, "\\x00ff10"), "AP8Q");
+        assert_eq!(json_of(&Kind::Money, "-$1,234.56"), "-1234.56");
+        assert_eq!(
+            json_of(&Kind::Money, "($92,233,720,368,547,758.07)"),
+            "-92233720368547758.07"
+        );
+        assert_eq!(json_of(&Kind::Money, "$0.00"), "0.00");
+        assert_eq!(
+            json_of(&Kind::Money, "1,00 €"),
+            "1,00 €",
+            "not C's format: kept as text"
+        );
         assert_eq!(
             json_of(&Kind::Json, r#"{"a": [1, null], "n": 12345678901234567890}"#),
             r#"{"a": [1, null], "n": 12345678901234567890}"#
@@ -416,6 +469,7 @@ mod tests {
                 elem: 0,
                 category: b'E',
                 base: 0,
+                delim: b',',
             },
             PgType {
                 oid: 90002,
@@ -423,6 +477,7 @@ mod tests {
                 elem: 90001,
                 category: b'A',
                 base: 0,
+                delim: b',',
             },
             PgType {
                 oid: 90003,
@@ -430,8 +485,27 @@ mod tests {
                 elem: 0,
                 category: b'N',
                 base: 20,
+                delim: b',',
+            },
+            // box and box[]: elements separated by ';'.
+            PgType {
+                oid: 603,
+                typtype: b'b',
+                elem: 0,
+                category: b'G',
+                base: 0,
+                delim: b';',
+            },
+            PgType {
+                oid: 1020,
+                typtype: b'b',
+                elem: 603,
+                category: b'A',
+                base: 0,
+                delim: b',',
             },
         ]);
+        assert_eq!(m.kind(1020), Kind::Text, "box[] is not split at commas");
         assert_eq!(m.kind(90001), Kind::Text);
         assert_eq!(m.kind(90002), Kind::Array(Box::new(Kind::Text)));
         assert_eq!(m.kind(90003), Kind::Int8);

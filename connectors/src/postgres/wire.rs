@@ -270,6 +270,8 @@ impl Connection {
             ("TimeZone", "UTC"),
             ("IntervalStyle", "iso_8601"),
             ("extra_float_digits", "3"),
+            // money prints as `-$1,234.56` whatever the server's locale (types.rs strips it).
+            ("lc_monetary", "C"),
             ("bytea_output", "hex"),
         ];
         if p.replication {

@@ -245,9 +245,23 @@ async fn pg_type_matrix() {
          CREATE TABLE types (id int PRIMARY KEY, i2 smallint, i4 int, i8 bigint, big8 bigint, num numeric(30,10), \
            f4 real, f8 double precision, fnan double precision, b bool, t text, vc varchar(10), ch char(3), \
            by bytea, u uuid, j json, jb jsonb, d date, tm time, ts timestamp, tstz timestamptz, \
-           ai int[], at text[], a2 int[][], m mood, am mood[], big text); \
+           ai int[], at text[], a2 int[][], m mood, am mood[], \
+           iv interval, mo money, ttz timetz, ip inet, cid cidr, mac macaddr, nnan numeric, ninf numeric, \
+           bt bit(3), vb varbit(8), pt point, ln line, ls lseg, bx box, pa path, pg polygon, ci circle, \
+           amo money[], abx box[], apt point[], aiv interval[], big text); \
          ALTER TABLE types ALTER COLUMN big SET STORAGE EXTERNAL; \
          ALTER TABLE types OWNER TO cdc;",
+    );
+    // A server whose sessions print dates, times and intervals its own way by default: the
+    // source's session settings must win.
+    pg.psql(
+        "postgres",
+        &format!(
+            "ALTER DATABASE {DATABASE} SET DateStyle = 'SQL, DMY'; \
+             ALTER DATABASE {DATABASE} SET IntervalStyle = 'postgres_verbose'; \
+             ALTER DATABASE {DATABASE} SET TimeZone = 'Asia/Kolkata'; \
+             ALTER DATABASE {DATABASE} SET extra_float_digits = -3;"
+        ),
     );
     // The same values through the snapshot (row 100) and through streaming (row 1).
     let row = |id: u32| {
@@ -257,7 +271,12 @@ async fn pg_type_matrix() {
                'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{{\"a\": [1, 2], \"n\": 12345678901234567890}}', \
                '{{\"b\": {{\"c\": null}}, \"n\": [-9007199254740993, 0.1000000000000000055511151231257827, 123456789012345678901234567890]}}', \
                '2024-02-29', '13:14:15.5', '2024-01-02 03:04:05.123456', '2024-01-02 03:04:05+02', '{{1,NULL,3}}', \
-               '{{\"x y\",\"q\\\"z\",NULL}}', '{{{{1,2}},{{3,4}}}}', 'happy', '{{sad,ok}}', repeat(md5('x'), 400));"
+               '{{\"x y\",\"q\\\"z\",NULL}}', '{{{{1,2}},{{3,4}}}}', 'happy', '{{sad,ok}}', \
+               '1 year 2 months 3 days 04:05:06.5', '-92233720368547758.08', '13:14:15.5+02', '192.168.1.5/24', \
+               '10.0.0.0/8', '08:00:2b:01:02:03', 'NaN', 'Infinity', B'101', B'1101', '(1.5,2)', '{{1,-1,0}}', \
+               '[(0,0),(1,1)]', '(2,2),(0,0)', '[(0,0),(1,1),(2,0)]', '((0,0),(1,1),(1,0))', '<(0,0),5>', \
+               '{{1.5,-2}}', ARRAY['(1,1),(0,0)'::box, '(3,3),(2,2)'], '{{\"(1,2)\",\"(3,4)\"}}', \
+               ARRAY['1 day'::interval, '-1 hour'], repeat(md5('x'), 400));"
         )
     };
     pg.psql(DATABASE, &row(100));
@@ -301,6 +320,18 @@ async fn pg_type_matrix() {
         "ai": [1.0, null, 3.0], "at": ["x y", "q\"z", null], "a2": [[1.0, 2.0], [3.0, 4.0]],
         "m": "happy", "am": ["sad", "ok"],
     });
+    let more = json!({
+        // Session settings make these texts the same whatever the server's configuration.
+        "iv": "P1Y2M3DT4H5M6.5S", "mo": "-92233720368547758.08", "ttz": "13:14:15.5+02:00",
+        "ip": "192.168.1.5/24", "cid": "10.0.0.0/8", "mac": "08:00:2b:01:02:03",
+        "nnan": "NaN", "ninf": "Infinity", "bt": "101", "vb": "1101",
+        "pt": "(1.5,2)", "ln": "{1,-1,0}", "ls": "[(0,0),(1,1)]", "bx": "(2,2),(0,0)",
+        "pa": "[(0,0),(1,1),(2,0)]", "pg": "((0,0),(1,1),(1,0))", "ci": "<(0,0),5>",
+        "amo": ["1.50", "-2.00"], "abx": "{(1,1),(0,0);(3,3),(2,2)}", "apt": ["(1,2)", "(3,4)"],
+        "aiv": ["P1D", "PT-1H"],
+    });
+    let mut want = want;
+    want.as_object_mut().unwrap().extend(more.as_object().unwrap().clone());
     for (n, path) in [(0, "snapshot"), (1, "streaming")] {
         let v = &records[n].1["value"];
         for (k, w) in want.as_object().unwrap() {

@@ -420,3 +420,133 @@ async fn pg_invalidated_slot_fails_initial_and_resnapshots_when_needed() {
         "a new slot"
     );
 }
+
+/// A row inserted into the signal table (Debezium's `execute-snapshot`) snapshots a captured table
+/// again while streaming goes on. Just before the signal, a transaction changed a row of it and
+/// committed, but a synchronous standby that never answers keeps the commit invisible: the
+/// stream already has the change, and a chunk read now would bring the old row back after it.
+/// The chunk waits (read again) until the commit shows. Counted: the second copy is the table
+/// once; the signal table's rows and a malformed signal never reach the stream.
+#[tokio::test]
+async fn pg_signal_row_snapshots_a_table_again_and_waits_for_an_invisible_commit() {
+    const N: u64 = 3000;
+    let pg = Postgres::start();
+    orders_table(&pg, "orders");
+    pg.psql(
+        DATABASE,
+        &format!(
+            "INSERT INTO orders (id, name, amount) SELECT g, 's', g FROM generate_series(1, {N}) g; \
+             CREATE TABLE dbz_signal (id varchar(42) PRIMARY KEY, type varchar(32) NOT NULL, data varchar(2048)); \
+             ALTER TABLE dbz_signal OWNER TO cdc;"
+        ),
+    );
+    // Every session commits locally unless it asks for the (phantom) standby.
+    pg.psql(
+        "postgres",
+        &format!("ALTER DATABASE {DATABASE} SET synchronous_commit = local"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST_RETRY);
+    let mut c = server.client().await;
+    let cfg = source_config(
+        &pg,
+        "sig",
+        json!({"tables": ["orders"], "format": "debezium", "signalDataCollection": "public.dbz_signal",
+               "incrementalSnapshotChunkSize": 500}),
+    );
+    create(&mut c, "sig", "SOURCE", &cfg).await.unwrap();
+    wait_streaming(&pg).await;
+    let reads = |records: &[(String, Value)]| records.iter().filter(|(_, r)| r["op"] == "r").count() as u64;
+    let probe = c.clone();
+    wait_until(Duration::from_secs(60), "the initial snapshot", || {
+        let mut probe = probe.clone();
+        async move { reads(&read_json_stream(&mut probe, "sig").await) == N }
+    })
+    .await;
+    pg.psql(
+        DATABASE,
+        "INSERT INTO dbz_signal VALUES ('bad-1', 'execute-snapshot', 'not json'); \
+         INSERT INTO dbz_signal VALUES ('bad-2', 'execute-snapshot', '{\"data-collections\": [\"public.orders\"], \"type\": \"blocking\"}');",
+    );
+    // A commit held invisible: decoded and streamed, not yet seen by new snapshots.
+    pg.psql("postgres", "ALTER SYSTEM SET synchronous_standby_names = 'phantom'");
+    pg.psql("postgres", "SELECT pg_reload_conf()");
+    let mut held = pg
+        .psql_command(
+            DATABASE,
+            "SET synchronous_commit = on; UPDATE orders SET name = 'held' WHERE id = 7",
+        )
+        .spawn()
+        .unwrap();
+    let probe = c.clone();
+    wait_until(Duration::from_secs(30), "the held update in the stream", || {
+        let mut probe = probe.clone();
+        async move {
+            read_json_stream(&mut probe, "sig")
+                .await
+                .iter()
+                .any(|(_, r)| r["op"] == "u" && r["after"]["name"] == "held")
+        }
+    })
+    .await;
+    assert_eq!(
+        pg.psql(DATABASE, "SELECT name FROM orders WHERE id = 7"),
+        "s",
+        "the update is not visible yet"
+    );
+    pg.psql(
+        DATABASE,
+        r#"INSERT INTO dbz_signal VALUES ('s-1', 'execute-snapshot', '{"data-collections": ["public\\.orders"], "type": "incremental"}')"#,
+    );
+    let probe = c.clone();
+    wait_until(
+        Duration::from_secs(30),
+        "the chunk to wait for the invisible commit",
+        || {
+            let probe = probe.clone();
+            async move {
+                connector_report(&probe, "sig").await["progress"]
+                    .as_str()
+                    .is_some_and(|p| p.contains("not visible yet"))
+            }
+        },
+    )
+    .await;
+    pg.psql("postgres", "ALTER SYSTEM RESET synchronous_standby_names");
+    pg.psql("postgres", "SELECT pg_reload_conf()");
+    assert!(held.wait().unwrap().success());
+    let probe = c.clone();
+    wait_until(Duration::from_secs(60), "the signalled snapshot to finish", || {
+        let probe = probe.clone();
+        async move {
+            connector_report(&probe, "sig").await["progress"]
+                .as_str()
+                .is_some_and(|p| p.contains("public.orders: done") || p == "incremental snapshots complete")
+        }
+    })
+    .await;
+    let want = table_state(&pg, "orders");
+    let ok = holds_within(Duration::from_secs(30), || {
+        let mut probe = c.clone();
+        let want = want.clone();
+        async move { stream_rows(&fold_debezium(&read_json_stream(&mut probe, "sig").await)) == want }
+    })
+    .await;
+    let records = read_json_stream(&mut c, "sig").await;
+    let got = stream_rows(&fold_debezium(&records));
+    assert!(
+        ok,
+        "row 7: stream {:?}, table {:?}",
+        got.get(r#"{"id":7.0}"#),
+        want.get(r#"{"id":7.0}"#)
+    );
+    assert_eq!(
+        reads(&records),
+        2 * N,
+        "the table copied twice: at the start and on the signal"
+    );
+    assert!(
+        records.iter().all(|(_, r)| r["source"]["table"] == "orders"),
+        "only the captured table's changes are in the stream"
+    );
+}

@@ -11,7 +11,6 @@
 //! table wait for the chunk's read, a few milliseconds) with the binlog position read under the
 //! same lock. (MySQL's path runs only against MySQL, which these machines do not have.)
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use futures::TryStreamExt;
@@ -25,6 +24,7 @@ use super::{MySqlSource, current_position};
 use crate::cdc::{IncrementalOffset, Op, now_ms};
 use crate::mysql::values::{Cell, Kind};
 use crate::mysql::{ident, query_error, query_rows};
+use crate::snapshots::{Applied, Signal, SnapshotQueue, TableName};
 
 /// A binlog position, ordered by file number then position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,38 +55,35 @@ struct Chunk {
 
 /// The incremental snapshots of one run of the task.
 pub(super) struct Incremental {
-    pending: VecDeque<(String, String)>,
-    after: Option<Vec<String>>,
+    pub(super) queue: SnapshotQueue,
     chunk: Option<Chunk>,
-    rows: u64,
-    estimate: u64,
     chunk_size: usize,
 }
 
 impl Incremental {
-    pub(super) fn new(pending: VecDeque<(String, String)>, after: Option<Vec<String>>, chunk_size: usize) -> Self {
+    pub(super) fn new(queue: SnapshotQueue, chunk_size: usize) -> Self {
         Incremental {
-            pending,
-            after,
+            queue,
             chunk: None,
-            rows: 0,
-            estimate: 0,
             chunk_size: chunk_size.max(1),
         }
     }
 
     pub(super) fn offset(&self) -> Option<IncrementalOffset> {
-        if self.pending.is_empty() {
-            return None;
-        }
-        Some(IncrementalOffset {
-            pending: self.pending.iter().map(|(d, t)| [d.clone(), t.clone()]).collect(),
-            after: self.after.clone(),
-        })
+        self.queue.offset()
     }
 
     pub(super) fn wants_chunk(&self) -> bool {
-        !self.pending.is_empty() && self.chunk.is_none()
+        self.queue.ready() && self.chunk.is_none()
+    }
+
+    /// Acts on a signal; a chunk of a table no longer waiting does not go out.
+    pub(super) fn apply(&mut self, signal: &Signal, captured: &[TableName]) -> Applied {
+        let applied = self.queue.apply(signal, captured);
+        if applied.front_removed {
+            self.chunk = None;
+        }
+        applied
     }
 
     /// Whether the chunk in flight can go out once the stream stands at `at` (outside a
@@ -117,28 +114,13 @@ impl Incremental {
                 .collect();
             records.push(change(format, &c.table, Op::Read, None, Some(&cells), &origin));
         }
-        self.rows += c.rows.len() as u64;
         let table = format!("{}.{}", c.table.db, c.table.name);
-        let report = if c.last {
-            tracing::info!(table = %table, rows = self.rows, "incremental snapshot finished");
-            let r = format!("incremental snapshot {table}: done, {} rows", self.rows);
-            self.pending.pop_front();
-            self.after = None;
-            self.rows = 0;
-            self.estimate = 0;
-            r
-        } else {
-            self.after = c.key_literals;
-            format!(
-                "incremental snapshot {table}: {} rows of ~{}{}",
-                self.rows,
-                self.estimate.max(self.rows),
-                match self.pending.len() {
-                    1 => String::new(),
-                    n => format!(", {} more tables waiting", n - 1),
-                }
-            )
-        };
+        self.queue.advance(c.rows.len(), c.key_literals);
+        let report = self.queue.report(&table, c.last);
+        if c.last {
+            tracing::info!(table = %table, rows = self.queue.rows, "incremental snapshot finished");
+            self.queue.pop_front();
+        }
         (records, report)
     }
 }
@@ -158,12 +140,12 @@ impl MySqlSource {
 
     async fn read_chunk_inner(&mut self) -> Result<(), ConnectorError> {
         let Some(inc) = self.inc.as_ref() else { return Ok(()) };
-        let Some((db, name)) = inc.pending.front().cloned() else {
+        let Some((db, name)) = inc.queue.front().cloned() else {
             return Ok(());
         };
-        let after = inc.after.clone();
+        let after = inc.queue.after.clone();
         let limit = inc.chunk_size;
-        let first = after.is_none() && inc.rows == 0;
+        let first = after.is_none() && inc.queue.rows == 0;
         if self.chunk_conn.is_none() {
             self.chunk_conn = Some(
                 self.ep
@@ -175,10 +157,7 @@ impl MySqlSource {
         let described = super::schema::describe(conn, &db, &name).await?;
         let Some(described) = described else {
             tracing::warn!(table = %format!("{db}.{name}"), "table gone before its incremental snapshot finished");
-            let inc = self.inc.as_mut().expect("checked above");
-            inc.pending.pop_front();
-            inc.after = None;
-            inc.rows = 0;
+            self.inc.as_mut().expect("checked above").queue.pop_front();
             return Ok(());
         };
         if described.key.is_empty() {
@@ -286,7 +265,7 @@ impl MySqlSource {
         });
         let inc = self.inc.as_mut().expect("checked above");
         if let Some(e) = estimate {
-            inc.estimate = e;
+            inc.queue.estimate = e;
             tracing::info!(table = %format!("{db}.{name}"), estimate = e, "incremental snapshot started");
         }
         let last = rows.len() < limit;

@@ -197,6 +197,8 @@ pub struct MySqlSource {
     /// Incremental snapshots of this run, and the connection that reads their chunks.
     inc: Option<incremental::Incremental>,
     chunk_conn: Option<Conn>,
+    /// The signal table (`signalDataCollection`), checked to exist.
+    signal: Option<(String, String)>,
 }
 
 impl MySqlSource {
@@ -255,6 +257,29 @@ impl MySqlSource {
             )));
         }
         Ok(out)
+    }
+
+    /// The signal table, checked to exist with the three columns of Debezium's.
+    async fn signal_table(
+        conn: &mut Conn,
+        cfg: &MySqlSourceConfig,
+    ) -> Result<Option<(String, String)>, ConnectorError> {
+        let Some((db, table)) = cfg.signal_table() else {
+            return Ok(None);
+        };
+        match schema::describe(conn, &db, &table).await? {
+            None => Err(ConnectorError::config(format!(
+                "signalDataCollection: table {}.{} does not exist (or the user cannot see it)",
+                ident(&db),
+                ident(&table)
+            ))),
+            Some(d) if d.columns.len() < 3 => Err(ConnectorError::config(format!(
+                "signalDataCollection: {db}.{table} needs the columns of Debezium's signal table \
+                 (id varchar(42), type varchar(32), data varchar(2048)); it has {}",
+                d.columns.len()
+            ))),
+            Some(_) => Ok(Some((db, table))),
+        }
     }
 
     fn offset(&self, file: String, pos: u64, gtid: Option<String>, snapshot_done: bool) -> MySqlOffset {
@@ -340,31 +365,14 @@ impl MySqlSource {
     /// Streaming from `o`: the incremental snapshots it left unfinished go on, and tables
     /// captured now that it did not know get one.
     fn plan_incremental(&mut self, o: &MySqlOffset) {
-        let mut pending: std::collections::VecDeque<(String, String)> = std::collections::VecDeque::new();
-        let mut after = None;
-        if let Some(inc) = &o.incremental {
-            for [d, t] in &inc.pending {
-                let t = (d.clone(), t.clone());
-                if self.tables.contains(&t) && !pending.contains(&t) {
-                    pending.push_back(t);
-                }
-            }
-            if inc.pending.first().map(|[d, t]| (d.clone(), t.clone())).as_ref() == pending.front() {
-                after = inc.after.clone();
-            }
-        }
-        if let Some(known) = &o.tables
-            && self.cfg.capture.snapshot_mode != SnapshotMode::Never
-        {
-            for t in &self.tables {
-                if !known.iter().any(|[d, n]| *d == t.0 && *n == t.1) && !pending.contains(t) {
-                    tracing::info!(table = %format!("{}.{}", t.0, t.1), "table added: an incremental snapshot follows");
-                    pending.push_back(t.clone());
-                }
-            }
-        }
-        self.inc = (!pending.is_empty())
-            .then(|| incremental::Incremental::new(pending, after, self.cfg.incremental_snapshot_chunk_size as usize));
+        let queue = crate::snapshots::SnapshotQueue::resume(
+            o.incremental.as_ref(),
+            o.tables.as_deref(),
+            &self.tables,
+            self.cfg.capture.snapshot_mode != SnapshotMode::Never,
+        );
+        self.inc = (!queue.is_empty())
+            .then(|| incremental::Incremental::new(queue, self.cfg.incremental_snapshot_chunk_size as usize));
     }
 }
 
@@ -377,6 +385,7 @@ impl Source for MySqlSource {
         let mut conn = cfg.endpoint.connect(&[]).await?;
         let info = server_info(&mut conn).await?;
         let tables = Self::tables(&mut conn, cfg, &Selection::new(&cfg.capture)?).await?;
+        Self::signal_table(&mut conn, cfg).await?;
         for (db, t, _) in &tables {
             conn.query_drop(format!("SELECT 1 FROM {}.{} LIMIT 0", ident(db), ident(t)))
                 .await
@@ -434,6 +443,7 @@ impl Source for MySqlSource {
             .into_iter()
             .map(|(d, t, _)| (d, t))
             .collect();
+        let signal = Self::signal_table(&mut conn, &cfg).await?;
         let collations = schema::collations(&mut conn).await?;
         let _ = conn.disconnect().await;
         Ok(MySqlSource {
@@ -446,6 +456,7 @@ impl Source for MySqlSource {
             tables,
             inc: None,
             chunk_conn: None,
+            signal,
         })
     }
 

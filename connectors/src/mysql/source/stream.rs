@@ -19,6 +19,7 @@ use crate::mysql::binlog::{self, MariaGtid, Rows, TableMap, event};
 use crate::mysql::values::{Cell, DecodeError};
 use crate::mysql::{literal, query_error};
 use crate::pbstruct as pb;
+use crate::snapshots::{Signal, SnapshotQueue};
 
 /// A captured table's layout as of its last TABLE_MAP.
 struct Mapped {
@@ -53,6 +54,8 @@ struct State {
     payload_end: u64,
     /// The end of the last event read outside a transaction: every change before it is read.
     at: super::incremental::BinlogPos,
+    /// Signals of the transaction being read, acted on at its commit.
+    signals: Vec<Signal>,
     last_flush: std::time::Instant,
 }
 
@@ -163,6 +166,13 @@ impl MySqlSource {
         for (db, t, d) in Self::tables(&mut conn, &self.cfg, &self.selection).await? {
             described.insert((db, t), d);
         }
+        // The signal table's rows are decoded too: read as signals, emitted only if captured.
+        if let Some((db, t)) = self.signal.clone()
+            && !described.contains_key(&(db.clone(), t.clone()))
+            && let Some(d) = schema::describe(&mut conn, &db, &t).await?
+        {
+            described.insert((db, t), d);
+        }
         let server_id = self.cfg.server_id();
         let file = if by_gtid { String::new() } else { start.file.clone() };
         let pos = if by_gtid { 4 } else { start.pos.max(4) };
@@ -208,6 +218,7 @@ impl MySqlSource {
             at: start_at,
             last_flush: std::time::Instant::now(),
             event_ts: 0,
+            signals: Vec::new(),
         };
         let cancel = out.cancelled();
         // Three missed heartbeats: the connection is dead even if TCP has not noticed.
@@ -372,7 +383,10 @@ impl MySqlSource {
                 let (uuid, gno) = binlog::mysql_gtid(data).map_err(decode_error)?;
                 st.current_mysql = Some((uuid, gno));
             }
-            event::XID => self.commit(st, end),
+            event::XID => {
+                self.commit(st, end);
+                self.apply_signals(st);
+            }
             event::QUERY => {
                 let (schema, sql) = binlog::query(data).map_err(decode_error)?;
                 let sql = String::from_utf8_lossy(sql);
@@ -381,6 +395,7 @@ impl MySqlSource {
                     st.in_txn = true;
                 } else if sql.eq_ignore_ascii_case("COMMIT") {
                     self.commit(st, end);
+                    self.apply_signals(st);
                 } else {
                     if is_ddl(sql) {
                         // The statement's first words only: DDL such as CREATE USER … IDENTIFIED BY
@@ -392,12 +407,13 @@ impl MySqlSource {
                     }
                     let db = String::from_utf8_lossy(schema).into_owned();
                     if let Some(key) = truncated_table(sql, &db)
-                        && st.described.contains_key(&key)
+                        && self.tables.contains(&key)
                     {
                         self.truncated(st, &key, &h, end);
                     }
                     if !st.in_txn {
                         self.commit(st, end);
+                        self.apply_signals(st);
                     }
                 }
             }
@@ -422,6 +438,18 @@ impl MySqlSource {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Signals of the transaction just committed, in order.
+    fn apply_signals(&mut self, st: &mut State) {
+        for signal in std::mem::take(&mut st.signals) {
+            let chunk_size = self.cfg.incremental_snapshot_chunk_size as usize;
+            let inc = self
+                .inc
+                .get_or_insert_with(|| super::incremental::Incremental::new(SnapshotQueue::default(), chunk_size));
+            let applied = inc.apply(&signal, &self.tables);
+            tracing::info!("{}", applied.message);
+        }
     }
 
     fn truncated(
@@ -526,6 +554,11 @@ impl MySqlSource {
         };
         let format = self.cfg.capture.format;
         let table = &*m.table;
+        let is_signal = self
+            .signal
+            .as_ref()
+            .is_some_and(|(d, t)| *d == table.db && *t == table.name);
+        let captured = !is_signal || self.tables.iter().any(|(d, t)| *d == table.db && *t == table.name);
         let mut before: Vec<Cell<'_>> = Vec::with_capacity(m.types.len());
         let mut after: Vec<Cell<'_>> = Vec::with_capacity(m.types.len());
         let mut pos = 0;
@@ -562,11 +595,30 @@ impl MySqlSource {
             } else if delete {
                 produced.push(change(format, table, Op::Delete, Some(&before), None, &origin));
             } else {
+                if is_signal {
+                    let (id, kind, data) = (cell_text(&before, 0), cell_text(&before, 1), cell_text(&before, 2));
+                    match Signal::parse(kind.as_deref().unwrap_or_default(), data.as_deref()) {
+                        Ok(s) => st.signals.push(s),
+                        Err(why) => tracing::warn!(id = %id.unwrap_or_default(), "signal ignored: {why}"),
+                    }
+                }
                 produced.push(change(format, table, Op::Create, None, Some(&before), &origin));
             }
         }
-        st.batch.append(&mut produced);
+        if captured {
+            st.batch.append(&mut produced);
+        }
         Ok(())
+    }
+}
+
+/// A signal column's text (strings, or integers for an id).
+fn cell_text(cells: &[Cell<'_>], i: usize) -> Option<String> {
+    match cells.get(i)? {
+        Cell::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Cell::Int(n) => Some(n.to_string()),
+        Cell::UInt(n) => Some(n.to_string()),
+        _ => None,
     }
 }
 

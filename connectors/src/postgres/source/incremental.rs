@@ -15,12 +15,19 @@
 //! transactions the chunk holds, whatever the order of commit records and visibility (a
 //! synchronous standby can hold a commit invisible long after its record).
 //!
-//! Keys are tracked only for the table being copied, by transaction id, and forgotten once every
-//! later snapshot sees the transaction. A transaction streamed while in progress (protocol 2)
-//! may abort parts of itself, so its keys are not trusted: when the chunk's snapshot did not see
-//! it, the chunk is read again instead.
+//! Keys are tracked for the waiting tables, by transaction id, and forgotten once every later
+//! snapshot sees the transaction. A transaction streamed while in progress (protocol 2) may abort
+//! parts of itself, so its keys are not trusted: when the chunk's snapshot did not see it, the
+//! chunk is read again instead.
+//!
+//! Tracking starts when a table starts waiting: at the stream's start, or when a signal queues
+//! it. A transaction whose commit was decoded before a signal, but which the chunk's snapshot
+//! does not see yet (a synchronous standby holds its visibility), changed keys nobody noted. With
+//! a signal table configured, the xids of the last [`RECENT_COMMITS`] commits decoded are kept
+//! ([`Decoded`]); a chunk whose snapshot misses one decoded before its table started waiting is
+//! read again, a little later, until that commit shows.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use hstream_runtime::{ConnectorError, Record};
@@ -30,6 +37,7 @@ use super::{PgSource, learn_types};
 use crate::postgres::pgoutput::Col;
 use crate::postgres::query_error;
 use crate::postgres::wire::{ident, literal};
+use crate::snapshots::{Applied, Signal, SnapshotQueue, TableName};
 
 /// The prefix of our watermark messages (their content names the slot, the run and the chunk).
 pub(super) const WATERMARK_PREFIX: &str = "hstream-cdc";
@@ -90,10 +98,47 @@ pub(super) struct Chunk {
     last: bool,
 }
 
+/// How long a chunk waits before it is read again because a commit it must see is not visible.
+const INVISIBLE_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// How many decoded commits [`Decoded`] remembers (12 bytes each, about 1 MiB in all).
+pub(super) const RECENT_COMMITS: usize = 1 << 16;
+
+/// The xids of the commits decoded lately, each with its decoding order: what a table queued by
+/// a signal needs to know of the time before it was tracked.
+#[derive(Default)]
+pub(super) struct Decoded {
+    seq: u64,
+    by_xid: HashMap<u32, u64>,
+    order: std::collections::VecDeque<u32>,
+}
+
+impl Decoded {
+    pub(super) fn note(&mut self, xid: u32) {
+        self.seq += 1;
+        if self.order.len() >= RECENT_COMMITS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.by_xid.remove(&old);
+        }
+        self.order.push_back(xid);
+        self.by_xid.insert(xid, self.seq);
+    }
+
+    pub(super) fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Forgets what a snapshot sees: every later snapshot sees it too.
+    fn forget_seen(&mut self, v: &Visibility) {
+        self.by_xid.retain(|xid, _| !v.sees(*xid));
+        self.order.retain(|xid| self.by_xid.contains_key(xid));
+    }
+}
+
 /// The state of the incremental snapshots of one run of the task.
 pub(super) struct Incremental {
-    pending: VecDeque<(String, String)>,
-    after: Option<Vec<String>>,
+    pub(super) queue: SnapshotQueue,
     chunk: Option<Chunk>,
     /// The watermark of `chunk` has arrived: its rows go out before anything decoded after it.
     ready: bool,
@@ -107,50 +152,68 @@ pub(super) struct Incremental {
     touched_unknown: HashSet<u32>,
     /// Transactions streamed while in progress that changed a pending table, not committed yet.
     streaming: HashSet<u32>,
+    /// The decoding order ([`Decoded`]) from which each table queued by a signal is tracked.
+    since: HashMap<TableName, u64>,
+    /// A chunk read again because of a commit not yet visible waits until then.
+    pub(super) retry_at: Option<tokio::time::Instant>,
     /// Tells this run's watermarks from an earlier run's still in the WAL.
     nonce: u64,
     seq: u64,
-    /// Rows of the first pending table sent in this run, and the estimate of its size.
-    rows: u64,
-    estimate: u64,
     chunk_size: usize,
 }
 
 impl Incremental {
-    pub(super) fn new(pending: VecDeque<(String, String)>, after: Option<Vec<String>>, chunk_size: usize) -> Self {
+    pub(super) fn new(queue: SnapshotQueue, chunk_size: usize) -> Self {
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
             ^ u64::from(std::process::id());
         Incremental {
-            pending,
-            after,
+            queue,
             chunk: None,
             ready: false,
             touched: HashMap::new(),
             touched_unknown: HashSet::new(),
             streaming: HashSet::new(),
+            since: HashMap::new(),
+            retry_at: None,
             nonce,
             seq: 0,
-            rows: 0,
-            estimate: 0,
             chunk_size: chunk_size.max(1),
         }
     }
 
     pub(super) fn offset(&self) -> Option<IncrementalOffset> {
-        if self.pending.is_empty() {
-            return None;
-        }
-        Some(IncrementalOffset {
-            pending: self.pending.iter().map(|(s, t)| [s.clone(), t.clone()]).collect(),
-            after: self.after.clone(),
-        })
+        self.queue.offset()
     }
 
     /// A chunk should be read now.
     pub(super) fn wants_chunk(&self) -> bool {
-        !self.pending.is_empty() && self.chunk.is_none()
+        self.queue.ready() && self.chunk.is_none() && self.retry_at.is_none_or(|t| t <= tokio::time::Instant::now())
+    }
+
+    /// Acts on a signal, `decoded` commits having been decoded so far. Tables it queues are
+    /// tracked from here on. While paused nothing is tracked (so nothing grows) and no chunk is
+    /// in flight; a resume starts tracking afresh.
+    pub(super) fn apply(&mut self, signal: &Signal, captured: &[TableName], decoded: u64) -> Applied {
+        let applied = self.queue.apply(signal, captured);
+        for t in &applied.added {
+            self.since.insert(t.clone(), decoded);
+        }
+        if applied.front_removed || self.queue.paused {
+            // Its rows would go out with keys changed meanwhile unknown (or it is gone).
+            self.chunk = None;
+            self.ready = false;
+        }
+        if self.queue.paused {
+            self.touched.clear();
+            self.touched_unknown.clear();
+        } else if matches!(signal, Signal::Resume) {
+            for t in self.queue.iter() {
+                self.since.insert(t.clone(), decoded);
+            }
+        }
+        applied
     }
 
     /// The watermark of the chunk in flight has arrived.
@@ -159,7 +222,7 @@ impl Incremental {
     }
 
     fn is_pending(&self, rel: &Rel) -> bool {
-        self.pending.iter().any(|(s, t)| *s == rel.schema && *t == rel.table)
+        self.queue.iter().any(|(s, t)| *s == rel.schema && *t == rel.table)
     }
 
     /// A change of `rel` by transaction `xid` (streamed while in progress or not).
@@ -169,6 +232,9 @@ impl Incremental {
         }
         if streamed {
             self.streaming.insert(xid);
+            return;
+        }
+        if self.queue.paused {
             return;
         }
         let key = key_of(rel, |i| match cols.get(i) {
@@ -185,7 +251,7 @@ impl Incremental {
 
     /// A TRUNCATE of `rel` by transaction `xid`: every key of it changed.
     pub(super) fn note_truncate(&mut self, rel: &Rel, xid: u32) {
-        if self.is_pending(rel) {
+        if self.is_pending(rel) && !self.queue.paused {
             self.touched_unknown.insert(xid);
         }
     }
@@ -226,6 +292,7 @@ impl Incremental {
         &mut self,
         format: crate::cdc::RecordFormat,
         origin: &Origin<'_>,
+        decoded: Option<&Decoded>,
     ) -> (Option<Vec<Record>>, String) {
         self.ready = false;
         let Some(c) = self.chunk.take() else {
@@ -242,6 +309,26 @@ impl Incremental {
             );
         }
         let table = (c.rel.schema.clone(), c.rel.table.clone());
+        let since = self.since.get(&table).copied();
+        if let (Some(since), Some(decoded)) = (since, decoded)
+            && let Some(x) = c
+                .visibility
+                .xip
+                .iter()
+                .find(|x| decoded.by_xid.get(x).is_some_and(|&at| at <= since))
+        {
+            // Committed before this table was tracked, and still invisible: its keys are not
+            // known. Read again once it shows.
+            self.retry_at = Some(tokio::time::Instant::now() + INVISIBLE_RETRY);
+            return (
+                None,
+                format!(
+                    "incremental snapshot {}.{}: chunk read again (transaction {x} committed but not visible yet)",
+                    c.rel.schema, c.rel.table
+                ),
+            );
+        }
+        self.retry_at = None;
         let changed: HashSet<&Key> = self
             .touched
             .get(&table)
@@ -261,20 +348,12 @@ impl Incremental {
                 .collect();
             records.push(change(format, &c.rel, Op::Read, None, Some(&cols), origin));
         }
-        self.rows += c.rows.len() as u64;
         let name = format!("{}.{}", c.rel.schema, c.rel.table);
-        let report;
-        if c.last {
-            tracing::info!(table = %name, rows = self.rows, "incremental snapshot finished");
-            report = format!("incremental snapshot {name}: done, {} rows", self.rows);
-            self.pending.pop_front();
-            self.after = None;
-            self.rows = 0;
-            self.estimate = 0;
-            self.touched.remove(&table);
+        // In the key's own column order, as the next chunk's query compares it.
+        let after = if c.last {
+            None
         } else {
-            // In the key's own column order, as the next chunk's query compares it.
-            self.after = c.rows.last().map(|(_, values)| {
+            c.rows.last().map(|(_, values)| {
                 c.rel
                     .key
                     .iter()
@@ -283,27 +362,23 @@ impl Incremental {
                             .into_owned()
                     })
                     .collect()
-            });
-            report = format!(
-                "incremental snapshot {name}: {} rows of ~{}{}",
-                self.rows,
-                self.estimate.max(self.rows),
-                match self.pending.len() {
-                    1 => String::new(),
-                    n => format!(", {} more tables waiting", n - 1),
-                }
-            );
+            })
+        };
+        self.queue.advance(c.rows.len(), after);
+        let report = self.queue.report(&name, c.last);
+        if c.last {
+            tracing::info!(table = %name, rows = self.queue.rows, "incremental snapshot finished");
+            self.skip_current();
         }
         (Some(records), report)
     }
 
-    /// Forgets a table that is gone (dropped since it was listed).
+    /// The first table is done, or gone (dropped since it was listed): the next one's turn.
     fn skip_current(&mut self) {
-        if let Some(t) = self.pending.pop_front() {
+        if let Some(t) = self.queue.pop_front() {
             self.touched.remove(&t);
+            self.since.remove(&t);
         }
-        self.after = None;
-        self.rows = 0;
     }
 }
 
@@ -321,12 +396,12 @@ impl PgSource {
 
     async fn read_chunk_inner(&mut self) -> Result<(), ConnectorError> {
         let Some(inc) = self.inc.as_ref() else { return Ok(()) };
-        let Some((schema, table)) = inc.pending.front().cloned() else {
+        let Some((schema, table)) = inc.queue.front().cloned() else {
             return Ok(());
         };
-        let after = inc.after.clone();
+        let after = inc.queue.after.clone();
         let limit = inc.chunk_size;
-        let first = after.is_none() && inc.rows == 0;
+        let first = after.is_none() && inc.queue.rows == 0;
         let mut types = std::mem::take(&mut self.types);
         let looked = async {
             let conn = self.control().await?;
@@ -410,7 +485,7 @@ impl PgSource {
         conn.query("COMMIT").await.map_err(err)?;
         let inc = self.inc.as_mut().expect("checked above");
         if let Some(e) = estimate {
-            inc.estimate = e;
+            inc.queue.estimate = e;
             tracing::info!(table = %format!("{schema}.{table}"), estimate = e, "incremental snapshot started");
         }
         // Transactions every later snapshot sees can no longer matter.
@@ -418,7 +493,12 @@ impl PgSource {
             by_xid.retain(|xid, _| !precedes(*xid, visibility.xmin));
         }
         inc.touched_unknown.retain(|xid| !precedes(*xid, visibility.xmin));
+        if let Some(d) = self.decoded.as_mut() {
+            d.forget_seen(&visibility);
+        }
+        let inc = self.inc.as_mut().expect("checked above");
         inc.seq += 1;
+        inc.retry_at = None;
         let seq = inc.seq;
         let last = rows.len() < limit;
         inc.chunk = Some(Chunk {
@@ -452,7 +532,7 @@ impl PgSource {
             db: &db,
         };
         match self.inc.as_mut() {
-            Some(inc) => inc.take_chunk(format, &origin),
+            Some(inc) => inc.take_chunk(format, &origin, self.decoded.as_ref()),
             None => (Some(Vec::new()), String::new()),
         }
     }

@@ -94,8 +94,8 @@ async fn learn_types(conn: &mut Connection, types: &mut TypeMap, oids: &[u32]) -
         let list = want.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
         let got = conn
             .query(&format!(
-                "SELECT oid::int8, typtype::text, typelem::int8, typcategory::text, typbasetype::int8 \
-                 FROM pg_type WHERE oid IN ({list})"
+                "SELECT oid::int8, typtype::text, typelem::int8, typcategory::text, typbasetype::int8, \
+                 typdelim::text FROM pg_type WHERE oid IN ({list})"
             ))
             .await
             .map_err(|e| query_error("reading pg_type", e))?;
@@ -109,6 +109,7 @@ async fn learn_types(conn: &mut Connection, types: &mut TypeMap, oids: &[u32]) -
                 elem: num(2),
                 category: ch(3),
                 base: num(4),
+                delim: ch(5),
             };
             for o in [t.elem, t.base] {
                 if o != 0 && !types.is_known(o) && !rows.iter().any(|x: &PgType| x.oid == o) {
@@ -143,6 +144,10 @@ pub struct PgSource {
     /// initial_only taken again over its slot: the WAL position streaming must reach (the new
     /// snapshot's end) before the run is complete.
     catch_up: Option<u64>,
+    /// The signal table (`signalDataCollection`), checked to exist.
+    signal: Option<(String, String)>,
+    /// With a signal table: the commits decoded lately (decision 029).
+    decoded: Option<incremental::Decoded>,
 }
 
 impl PgSource {
@@ -210,6 +215,33 @@ impl PgSource {
         Ok(out)
     }
 
+    /// The signal table, checked to exist with the three columns of Debezium's.
+    async fn signal_table(
+        conn: &mut Connection,
+        cfg: &PgSourceConfig,
+    ) -> Result<Option<(String, String)>, ConnectorError> {
+        let Some((schema, table)) = cfg.signal_table() else {
+            return Ok(None);
+        };
+        let info = super::table_info(conn, &schema, &table)
+            .await
+            .map_err(|e| query_error("reading the catalog", e))?;
+        match info {
+            None => Err(ConnectorError::config(format!(
+                "signalDataCollection: relation {}.{} does not exist in database {:?}",
+                ident(&schema),
+                ident(&table),
+                cfg.endpoint.database
+            ))),
+            Some(i) if i.columns.len() < 3 => Err(ConnectorError::config(format!(
+                "signalDataCollection: {schema}.{table} needs the columns of Debezium's signal table \
+                 (id varchar(42), type varchar(32), data varchar(2048)); it has {}",
+                i.columns.len()
+            ))),
+            Some(_) => Ok(Some((schema, table))),
+        }
+    }
+
     fn offset(&self, lsn: u64, snapshot_done: bool) -> PgOffset {
         PgOffset {
             slot: self.slot.clone(),
@@ -223,39 +255,20 @@ impl PgSource {
     /// Resuming the stream from `o`: the incremental snapshots it left unfinished go on, and
     /// tables captured now that it did not know get one.
     fn plan_incremental(&mut self, o: &PgOffset) -> Result<(), ConnectorError> {
-        let captured = |t: &(String, String)| self.captured.contains(t);
-        let mut pending: std::collections::VecDeque<(String, String)> = std::collections::VecDeque::new();
-        let mut after = None;
-        if let Some(inc) = &o.incremental {
-            for [s, t] in &inc.pending {
-                let t = (s.clone(), t.clone());
-                if captured(&t) && !pending.contains(&t) {
-                    pending.push_back(t);
-                }
-            }
-            // The first table still first: its copy goes on after the stored key.
-            if inc.pending.first().map(|[s, t]| (s.clone(), t.clone())).as_ref() == pending.front() {
-                after = inc.after.clone();
-            }
-        }
-        if let Some(known) = &o.tables
-            && self.cfg.capture.snapshot_mode != SnapshotMode::Never
-        {
-            for t in &self.tables {
-                if !known.iter().any(|[s, n]| *s == t.0 && *n == t.1) && !pending.contains(t) {
-                    tracing::info!(table = %format!("{}.{}", t.0, t.1), "table added: an incremental snapshot follows");
-                    pending.push_back(t.clone());
-                }
-            }
-        }
-        if pending.is_empty() {
+        let queue = crate::snapshots::SnapshotQueue::resume(
+            o.incremental.as_ref(),
+            o.tables.as_deref(),
+            &self.tables,
+            self.cfg.capture.snapshot_mode != SnapshotMode::Never,
+        );
+        if queue.is_empty() {
             return Ok(());
         }
         if self.server_version < 140_000 {
             return Err(ConnectorError::config(format!(
                 "tables: {} joined the capture; its incremental snapshot needs PostgreSQL 14 or later \
                  (logical decoding messages)",
-                pending
+                queue
                     .iter()
                     .map(|(s, t)| format!("{s}.{t}"))
                     .collect::<Vec<_>>()
@@ -263,8 +276,7 @@ impl PgSource {
             )));
         }
         self.inc = Some(Incremental::new(
-            pending,
-            after,
+            queue,
             self.cfg.incremental_snapshot_chunk_size as usize,
         ));
         Ok(())
@@ -304,6 +316,7 @@ impl Source for PgSource {
         }
         let selection = Selection::new(&cfg.capture)?;
         let tables = Self::tables(&mut conn, cfg, &selection).await?;
+        Self::signal_table(&mut conn, cfg).await?;
         // Column rules on key columns are refused now rather than at the first change.
         for (schema, table) in &tables {
             if let Some(info) = super::table_info(&mut conn, schema, table)
@@ -350,6 +363,8 @@ impl Source for PgSource {
             selection: Arc::new(Selection::new(&cfg.capture)?),
             inc: None,
             catch_up: None,
+            signal: None,
+            decoded: None,
             cfg,
         };
         let cfg_copy = src.cfg.clone();
@@ -366,8 +381,18 @@ impl Source for PgSource {
         let selection = src.selection.clone();
         let conn = src.control().await?;
         let tables = Self::tables(conn, &cfg_copy, &selection).await?;
+        let signal = Self::signal_table(conn, &cfg_copy).await?;
         src.server_version = version;
-        src.ensure_publication(&tables).await?;
+        // The signal table's rows are decoded too (only to be read as signals, unless captured).
+        let mut published = tables.clone();
+        if let Some(s) = &signal
+            && !published.contains(s)
+        {
+            published.push(s.clone());
+        }
+        src.ensure_publication(&published).await?;
+        src.decoded = signal.as_ref().map(|_| incremental::Decoded::default());
+        src.signal = signal;
         src.captured = tables.iter().cloned().collect();
         src.tables = tables;
         Ok(src)

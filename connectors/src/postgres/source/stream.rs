@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use hstream_runtime::{ConnectorError, Done, Record, SourceOutput};
 
+use super::incremental::Incremental;
 use super::records::{Op, Origin, Rel, change, same_key, write_source_fields};
 use super::spill::{Committed, InProgress, SpillReader};
 use super::{MAX_BATCH, PG_EPOCH_US, PgOffset, PgSource, learn_types};
-use crate::postgres::pgoutput::{self, Message};
+use crate::postgres::pgoutput::{self, Col, Message};
 use crate::postgres::query_error;
 use crate::postgres::wire::{self, Connection, ReplicationMessage, ReplicationStream, format_lsn, ident};
+use crate::snapshots::{Signal, SnapshotQueue};
 
 /// How often the slot's lag is measured (one `pg_current_wal_lsn()` query on the catalog
 /// connection), how long a probe may take, and the pause after a failed one.
@@ -83,6 +85,9 @@ impl PgSource {
             spilled: None,
             relations: HashMap::new(),
             foreign: HashSet::new(),
+            signal_rel: None,
+            signals: Vec::new(),
+            streamed_signals: HashMap::new(),
             batch: Vec::with_capacity(MAX_BATCH),
             produced: Vec::with_capacity(4),
         };
@@ -234,6 +239,8 @@ impl PgSource {
                 let repl = self.ep.connect(true, "hstream-cdc").await?;
                 return self.complete(repl, out, st.emitted).await;
             }
+            // A chunk waiting to be read again wakes the loop when its time comes.
+            let retry = self.inc.as_ref().filter(|i| i.queue.ready()).and_then(|i| i.retry_at);
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
@@ -257,6 +264,7 @@ impl PgSource {
                     r.map_err(stream_err)?;
                     last_heard = tokio::time::Instant::now();
                 }
+                _ = tokio::time::sleep_until(retry.unwrap_or(last_heard + silence)), if retry.is_some() => {}
                 _ = tokio::time::sleep_until(last_heard + silence) => {
                     return Err(ConnectorError::external(format!(
                         "replication stream: no message from the server for {silence:?}"
@@ -342,6 +350,13 @@ impl PgSource {
                 let Message::Relation(r) = pgoutput::decode(data, streaming).map_err(decode_err)? else {
                     return Ok(());
                 };
+                if self
+                    .signal
+                    .as_ref()
+                    .is_some_and(|(s, t)| *s == r.namespace && *t == r.name)
+                {
+                    st.signal_rel = Some(r.id);
+                }
                 // A publication may hold tables this connector was not asked for (a shared one,
                 // or a table since removed from `tables`): their changes are not ours.
                 let Some(captured) = self.captures(r.id, &r.namespace, &r.name).await? else {
@@ -377,6 +392,23 @@ impl PgSource {
             snapshot: false,
             db,
         };
+        if let Message::Insert { rel, new } = &msg
+            && st.signal_rel == Some(*rel)
+        {
+            // A signal: acted on when its transaction commits.
+            let text = |i: usize| match new.get(i) {
+                Some(Col::Text(t) | Col::Binary(t)) => Some(String::from_utf8_lossy(t).into_owned()),
+                _ => None,
+            };
+            let (id, kind, data) = (text(0).unwrap_or_default(), text(1).unwrap_or_default(), text(2));
+            match Signal::parse(&kind, data.as_deref()) {
+                Ok(s) => match st.in_stream {
+                    Some(top) => st.streamed_signals.entry(top).or_default().push(s),
+                    None => st.signals.push(s),
+                },
+                Err(why) => tracing::warn!(id = %id, "signal ignored: {why}"),
+            }
+        }
         // Reused across messages: no allocation per change.
         let mut produced = std::mem::take(&mut st.produced);
         match msg {
@@ -393,6 +425,11 @@ impl PgSource {
             Message::Commit { end_lsn, .. } => {
                 st.in_txn = false;
                 st.last_commit = st.last_commit.max(end_lsn);
+                if let Some(d) = self.decoded.as_mut() {
+                    d.note(st.xid);
+                }
+                let signals = std::mem::take(&mut st.signals);
+                self.apply_signals(signals);
             }
             Message::Insert { rel, .. } | Message::Update { rel, .. } | Message::Delete { rel, .. }
                 if st.foreign.contains(&rel) => {}
@@ -444,6 +481,11 @@ impl PgSource {
                 if let Some(inc) = self.inc.as_mut() {
                     inc.stream_committed(xid);
                 }
+                if let Some(d) = self.decoded.as_mut() {
+                    d.note(xid);
+                }
+                let signals = st.streamed_signals.remove(&xid).unwrap_or_default();
+                self.apply_signals(signals);
                 match st.streamed.commit(xid).map_err(spill_err)? {
                     Some(Committed::Spilled(reader)) => {
                         // Emitted by the next flush (right away), before anything decoded after it.
@@ -459,6 +501,9 @@ impl PgSource {
             Message::StreamAbort { xid, subxid } => {
                 if let Some(inc) = self.inc.as_mut() {
                     inc.stream_aborted(xid, subxid);
+                }
+                if xid == subxid {
+                    st.streamed_signals.remove(&xid);
                 }
                 st.streamed.abort(xid, subxid)
             }
@@ -481,6 +526,24 @@ impl PgSource {
         }
         st.produced = produced;
         Ok(())
+    }
+
+    /// Signals of a committed transaction, in order: incremental snapshots queued, stopped,
+    /// paused or resumed. The next offset carries the queue.
+    fn apply_signals(&mut self, signals: Vec<Signal>) {
+        for signal in signals {
+            if self.server_version < 140_000 && matches!(signal, Signal::ExecuteSnapshot { .. }) {
+                tracing::warn!("signal execute-snapshot ignored: incremental snapshots need PostgreSQL 14 or later");
+                continue;
+            }
+            let chunk_size = self.cfg.incremental_snapshot_chunk_size as usize;
+            let inc = self
+                .inc
+                .get_or_insert_with(|| Incremental::new(SnapshotQueue::default(), chunk_size));
+            let decoded = self.decoded.as_ref().map_or(0, |d| d.seq());
+            let applied = inc.apply(&signal, &self.tables, decoded);
+            tracing::info!("{}", applied.message);
+        }
     }
 
     /// A Relation message: column kinds (looking up user-defined types) and the key. The key is
@@ -578,6 +641,11 @@ struct StreamState {
     relations: HashMap<u32, Arc<Rel>>,
     /// Relations of the publication that this connector does not capture.
     foreign: HashSet<u32>,
+    /// The signal table's relation.
+    signal_rel: Option<u32>,
+    /// Signals of the transaction being decoded, and of transactions streamed while in progress.
+    signals: Vec<Signal>,
+    streamed_signals: HashMap<u32, Vec<Signal>>,
     batch: Vec<Record>,
     /// Scratch for the records of one message.
     produced: Vec<Record>,
