@@ -16,6 +16,16 @@ use std::collections::VecDeque;
 
 use crate::cdc::IncrementalOffset;
 
+/// Signals held for transactions not yet committed, at most: more are ignored (with a warning)
+/// rather than held without bound.
+pub const MAX_SIGNALS: usize = 1000;
+
+/// A signal's data, at most (Debezium's column is `varchar(2048)`).
+const MAX_DATA: usize = 64 * 1024;
+/// Patterns of one signal, at most, and the length of each.
+const MAX_PATTERNS: usize = 256;
+const MAX_PATTERN_LEN: usize = 1024;
+
 /// A table: `(schema or database, name)`.
 pub type TableName = (String, String);
 
@@ -69,8 +79,9 @@ impl SnapshotQueue {
         q
     }
 
+    /// `None` once nothing is left to remember: no table waits and no pause holds.
     pub fn offset(&self) -> Option<IncrementalOffset> {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && !self.paused {
             return None;
         }
         Some(IncrementalOffset {
@@ -240,6 +251,9 @@ pub enum Signal {
 impl Signal {
     /// A signal row's `type` and `data` columns; the error says why it is ignored.
     pub fn parse(kind: &str, data: Option<&str>) -> Result<Signal, String> {
+        if data.is_some_and(|d| d.len() > MAX_DATA) {
+            return Err(format!("data longer than {MAX_DATA} bytes"));
+        }
         let data: serde_json::Value = match data.map(str::trim) {
             None | Some("") => serde_json::Value::Null,
             Some(d) => serde_json::from_str(d).map_err(|e| format!("data is not JSON: {e}"))?,
@@ -268,6 +282,11 @@ impl Signal {
             Some(t) => Err(format!("snapshot type {t:?} is not supported (only \"incremental\")")),
         };
         let check_patterns = |c: &[String]| {
+            if c.len() > MAX_PATTERNS || c.iter().any(|p| p.len() > MAX_PATTERN_LEN) {
+                return Err(format!(
+                    "data-collections: at most {MAX_PATTERNS} patterns of {MAX_PATTERN_LEN} bytes"
+                ));
+            }
             for p in c {
                 regex::Regex::new(p).map_err(|e| format!("data-collections: {p:?}: {e}"))?;
             }
@@ -362,6 +381,7 @@ mod tests {
             Signal::parse("log", Some(r#"{"message": "hello"}"#)),
             Ok(Signal::Log("hello".into()))
         );
+        let long = format!("{{\"message\": \"{}\"}}", "x".repeat(70_000));
         for (kind, data, why) in [
             ("execute-snapshot", "{}", "needs data-collections"),
             (
@@ -382,6 +402,7 @@ mod tests {
             ("execute-snapshot", "not json", "not JSON"),
             ("execute-snapshot", "[1]", "JSON object"),
             ("drop-everything", "{}", "unknown signal type"),
+            ("log", long.as_str(), "longer than"),
         ] {
             let e = Signal::parse(kind, Some(data)).unwrap_err();
             assert!(e.contains(why), "{kind} {data}: {e}");
@@ -430,6 +451,11 @@ mod tests {
         let a = q.apply(&Signal::StopSnapshot { collections: None }, &captured);
         assert!(a.front_removed);
         assert!(q.is_empty() && q.after.is_none() && q.offset().is_none());
+        // A pause with nothing waiting is kept (in the offset) for what is asked later.
+        q.apply(&Signal::Pause, &captured);
+        assert!(q.offset().is_some_and(|o| o.paused && o.pending.is_empty()));
+        let back = SnapshotQueue::resume(q.offset().as_ref(), None, &captured, false);
+        assert!(back.paused);
     }
 
     #[test]

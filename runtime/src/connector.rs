@@ -163,6 +163,24 @@ impl<O: Offset> SourceOutput<O> {
         self.committed.clone()
     }
 
+    /// Waits until `offset` (emitted before) is the committed one: what a source does before it
+    /// lets anything depend on that checkpoint. False when the task stops first.
+    pub async fn wait_committed(&self, offset: &O) -> bool
+    where
+        O: PartialEq,
+    {
+        let mut committed = self.committed.clone();
+        loop {
+            if committed.borrow_and_update().as_ref() == Some(offset) {
+                return true;
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return false,
+                changed = committed.changed() => if changed.is_err() { return false },
+            }
+        }
+    }
+
     /// The latest offset whose records are all durable in the stream, which may run ahead of
     /// [`committed`](Self::committed) by up to one checkpoint interval. A source whose upstream
     /// keeps the position itself (an MQTT broker's session, not a checkpoint of ours) may

@@ -78,6 +78,8 @@ pub fn builtin(oid: u32) -> Option<Kind> {
 #[derive(Debug, Default, Clone)]
 pub struct TypeMap {
     known: HashMap<u32, Kind>,
+    /// The array delimiter of each learnt type other than a comma (box: `;`).
+    delims: HashMap<u32, u8>,
 }
 
 /// One `pg_type` row: oid, typtype, typelem, typcategory, typbasetype, typdelim.
@@ -116,7 +118,14 @@ impl TypeMap {
             match (t.typtype, t.category) {
                 (b'd', _) => resolve(t.base, by, map, depth + 1),
                 // Only comma-separated elements are split (box[] uses ';').
-                (_, b'A') if t.elem != 0 && by.get(&t.elem).is_none_or(|e| e.delim == b',') => {
+                (_, b'A')
+                    if t.elem != 0
+                        && by
+                            .get(&t.elem)
+                            .map(|e| e.delim)
+                            .or_else(|| map.delims.get(&t.elem).copied())
+                            .is_none_or(|d| d == b',') =>
+                {
                     Kind::Array(Box::new(resolve(t.elem, by, map, depth + 1)))
                 }
                 _ => Kind::Text,
@@ -125,6 +134,9 @@ impl TypeMap {
         for r in rows {
             let k = resolve(r.oid, &by_oid, self, 0);
             self.known.insert(r.oid, k);
+            if r.delim != b',' {
+                self.delims.insert(r.oid, r.delim);
+            }
         }
     }
 }
@@ -506,6 +518,19 @@ mod tests {
             },
         ]);
         assert_eq!(m.kind(1020), Kind::Text, "box[] is not split at commas");
+        // box learnt first (a column of its own), box[] later: still not split.
+        let mut later = TypeMap::default();
+        let boxed = |oid, elem, category, delim| PgType {
+            oid,
+            typtype: b'b',
+            elem,
+            category,
+            base: 0,
+            delim,
+        };
+        later.learn(&[boxed(603, 0, b'G', b';')]);
+        later.learn(&[boxed(1020, 603, b'A', b',')]);
+        assert_eq!(later.kind(1020), Kind::Text);
         assert_eq!(m.kind(90001), Kind::Text);
         assert_eq!(m.kind(90002), Kind::Array(Box::new(Kind::Text)));
         assert_eq!(m.kind(90003), Kind::Int8);

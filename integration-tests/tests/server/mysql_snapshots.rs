@@ -348,17 +348,31 @@ async fn mysql_signal_rows_start_and_stop_incremental_snapshots() {
         ))
         .spawn()
         .unwrap();
+    // Asked for while paused: it waits, in the offset, until resumed.
     db.sql(&format!(
-        "INSERT INTO {DATABASE}.dbz_signal VALUES ('s-1', 'execute-snapshot', \
-         '{{\"data-collections\": [\"[a-z_]+\\\\\\\\.ORDERS\"], \"type\": \"incremental\"}}')"
+        "BEGIN; INSERT INTO {DATABASE}.dbz_signal VALUES ('p-1', 'pause-snapshot', NULL); \
+         INSERT INTO {DATABASE}.dbz_signal VALUES ('s-1', 'execute-snapshot', \
+         '{{\"data-collections\": [\"[a-z_]+\\\\\\\\.ORDERS\"], \"type\": \"incremental\"}}'); COMMIT;"
     ));
+    let probe = c.clone();
+    wait_until(Duration::from_secs(30), "the paused snapshot in the offset", || {
+        let probe = probe.clone();
+        async move {
+            let inc = &connector_report(&probe, "sig").await["offset"]["incremental"];
+            inc["paused"] == true && inc["pending"] == json!([[DATABASE, "orders"]])
+        }
+    })
+    .await;
+    db.sql(&format!(
+        "INSERT INTO {DATABASE}.dbz_signal VALUES ('r-1', 'resume-snapshot', NULL)"
+    ));
+    // The queue leaves the offset once the copy is complete.
     let probe = c.clone();
     wait_until(Duration::from_secs(120), "the signalled snapshot to finish", || {
         let probe = probe.clone();
         async move {
-            connector_report(&probe, "sig").await["progress"]
-                .as_str()
-                .is_some_and(|p| p.contains("orders: done") || p == "incremental snapshots complete")
+            let offset = connector_report(&probe, "sig").await["offset"].clone();
+            offset.is_object() && offset.get("incremental").is_none()
         }
     })
     .await;
@@ -396,4 +410,68 @@ async fn mysql_signal_rows_start_and_stop_incremental_snapshots() {
         "only the captured table's changes are in the stream"
     );
     eprintln!("signalled snapshot: {second} reads while {loops} load iterations ran");
+}
+
+/// Killed as the first copied rows become durable: the snapshot's position was checkpointed
+/// before any row went out, so the restart copies again and replays the changes since that
+/// position (the deletes made while the server was down included), in `initial` and in
+/// `initial_only` alike (which then completes only once it has caught up). Asserted first: no
+/// record is ever in the stream before a checkpoint is.
+#[tokio::test]
+async fn mysql_kill_at_the_first_copied_rows_replays_from_the_checkpointed_position() {
+    const N: u64 = 200_000;
+    let db = MariaDb::start();
+    for t in ["ini", "only"] {
+        orders_table(&db, t);
+        db.sql(&format!(
+            "INSERT INTO {DATABASE}.{t} (id, name, amount) SELECT seq, 's', seq FROM {DATABASE}.seq_1_to_{N}"
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), FAST_RETRY);
+    for (t, mode) in [("ini", "initial"), ("only", "initial_only")] {
+        let mut c = server.client().await;
+        let stream = format!("{t}_cdc");
+        let cfg = source_config(
+            &db,
+            &stream,
+            json!({"table": t, "format": "debezium", "snapshotMode": mode}),
+        );
+        create(&mut c, t, "SOURCE", &cfg).await.unwrap();
+        // The first rows in the stream: the checkpoint is already there.
+        let probe = c.clone();
+        wait_until(Duration::from_secs(60), "the first copied rows", || {
+            let probe = probe.clone();
+            let stream = stream.clone();
+            async move { !records(&probe, &stream).await.is_empty() }
+        })
+        .await;
+        let report = connector_report(&c, t).await;
+        assert_eq!(report["offset"]["snapshotDone"], false, "{mode}: {report}");
+        server.kill();
+        db.sql(&format!(
+            "DELETE FROM {DATABASE}.{t} WHERE id <= 10; UPDATE {DATABASE}.{t} SET name = 'down' WHERE id BETWEEN 11 AND 20"
+        ));
+        server.restart();
+        let c = server.client().await;
+        if mode == "initial_only" {
+            wait_connector_status(&c, t, "COMPLETED").await;
+        }
+        let want = table_state(&db, t);
+        let fold = |r: &[(String, Value)]| super::postgres::stream_rows(&super::postgres::fold_debezium(r));
+        let ok = holds_within(Duration::from_secs(120), || {
+            let probe = c.clone();
+            let want = want.clone();
+            let stream = stream.clone();
+            async move { fold(&records(&probe, &stream).await) == want }
+        })
+        .await;
+        let got = fold(&records(&c, &stream).await);
+        let differ: Vec<_> = want.iter().filter(|(k, v)| got.get(*k) != Some(*v)).take(5).collect();
+        let back: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).take(5).collect();
+        assert!(
+            ok,
+            "{mode}: stale {differ:?}, deleted rows still in the stream {back:?}"
+        );
+    }
 }

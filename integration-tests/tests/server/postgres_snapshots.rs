@@ -468,6 +468,32 @@ async fn pg_signal_row_snapshots_a_table_again_and_waits_for_an_invisible_commit
         "INSERT INTO dbz_signal VALUES ('bad-1', 'execute-snapshot', 'not json'); \
          INSERT INTO dbz_signal VALUES ('bad-2', 'execute-snapshot', '{\"data-collections\": [\"public.orders\"], \"type\": \"blocking\"}');",
     );
+    // The signal's transaction takes its xid first and waits at a gate, so that the held
+    // transaction's xid is higher: a snapshot then has it at or past its xmax, not in its list
+    // of transactions in progress.
+    let gate = super::postgres_crashes::Gate::close(&pg);
+    let mut signal = pg
+        .psql_command(
+            DATABASE,
+            r#"BEGIN; SET LOCAL synchronous_commit = local;
+               INSERT INTO dbz_signal VALUES ('s-1', 'execute-snapshot', '{"data-collections": ["public\\.orders"], "type": "incremental"}');
+               SELECT pg_advisory_lock_shared(4242); COMMIT;"#,
+        )
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pgr = &pg;
+    wait_until(
+        Duration::from_secs(10),
+        "the signal's transaction at the gate",
+        || async move {
+            pgr.psql(
+                "postgres",
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted",
+            ) == "1"
+        },
+    )
+    .await;
     // A commit held invisible: decoded and streamed, not yet seen by new snapshots.
     pg.psql("postgres", "ALTER SYSTEM SET synchronous_standby_names = 'phantom'");
     pg.psql("postgres", "SELECT pg_reload_conf()");
@@ -494,10 +520,8 @@ async fn pg_signal_row_snapshots_a_table_again_and_waits_for_an_invisible_commit
         "s",
         "the update is not visible yet"
     );
-    pg.psql(
-        DATABASE,
-        r#"INSERT INTO dbz_signal VALUES ('s-1', 'execute-snapshot', '{"data-collections": ["public\\.orders"], "type": "incremental"}')"#,
-    );
+    gate.open();
+    assert!(signal.wait().unwrap().success());
     let probe = c.clone();
     wait_until(
         Duration::from_secs(30),
@@ -505,9 +529,10 @@ async fn pg_signal_row_snapshots_a_table_again_and_waits_for_an_invisible_commit
         || {
             let probe = probe.clone();
             async move {
-                connector_report(&probe, "sig").await["progress"]
-                    .as_str()
-                    .is_some_and(|p| p.contains("not visible yet"))
+                // Waiting, with the queue checkpointed.
+                let r = connector_report(&probe, "sig").await;
+                r["progress"].as_str().is_some_and(|p| p.contains("not visible yet"))
+                    && r["offset"]["incremental"]["pending"] == json!([["public", "orders"]])
             }
         },
     )
@@ -516,12 +541,12 @@ async fn pg_signal_row_snapshots_a_table_again_and_waits_for_an_invisible_commit
     pg.psql("postgres", "SELECT pg_reload_conf()");
     assert!(held.wait().unwrap().success());
     let probe = c.clone();
+    // The queue leaves the offset once the copy is complete.
     wait_until(Duration::from_secs(60), "the signalled snapshot to finish", || {
         let probe = probe.clone();
         async move {
-            connector_report(&probe, "sig").await["progress"]
-                .as_str()
-                .is_some_and(|p| p.contains("public.orders: done") || p == "incremental snapshots complete")
+            let offset = connector_report(&probe, "sig").await["offset"].clone();
+            offset.is_object() && offset.get("incremental").is_none()
         }
     })
     .await;

@@ -199,6 +199,9 @@ pub struct MySqlSource {
     chunk_conn: Option<Conn>,
     /// The signal table (`signalDataCollection`), checked to exist.
     signal: Option<(String, String)>,
+    /// initial_only taken again: the position (the new snapshot's) streaming must reach
+    /// before the run is complete; until then offsets say the snapshot is not done.
+    catch_up: Option<incremental::BinlogPos>,
 }
 
 impl MySqlSource {
@@ -356,6 +359,7 @@ impl MySqlSource {
     /// `o` with this run's table list and incremental progress.
     fn stamped(&self, o: &MySqlOffset) -> MySqlOffset {
         MySqlOffset {
+            snapshot_done: o.snapshot_done && self.catch_up.is_none(),
             tables: Some(self.tables.iter().map(|(d, t)| [d.clone(), t.clone()]).collect()),
             incremental: self.inc.as_ref().and_then(incremental::Incremental::offset),
             ..o.clone()
@@ -371,7 +375,10 @@ impl MySqlSource {
             &self.tables,
             self.cfg.capture.snapshot_mode != SnapshotMode::Never,
         );
-        self.inc = (!queue.is_empty())
+        // Kept while tables wait or a signal's pause holds.
+        self.inc = queue
+            .offset()
+            .is_some()
             .then(|| incremental::Incremental::new(queue, self.cfg.incremental_snapshot_chunk_size as usize));
     }
 }
@@ -457,6 +464,7 @@ impl Source for MySqlSource {
             inc: None,
             chunk_conn: None,
             signal,
+            catch_up: None,
         })
     }
 
@@ -532,7 +540,7 @@ impl Source for MySqlSource {
                     if let Some(done) = done {
                         return Ok(done);
                     }
-                    if mode == SnapshotMode::InitialOnly {
+                    if mode == SnapshotMode::InitialOnly && self.catch_up.is_none() {
                         return Ok(Done::Completed);
                     }
                     at

@@ -141,6 +141,22 @@ impl MySqlSource {
             },
             None => self.offset(file.clone(), pos, gtid.clone(), false),
         };
+        if replay_from.is_none() {
+            // Checkpointed before any row goes out: a crash from the first row on takes the
+            // snapshot again and replays the changes since this position (deletes included),
+            // never a new snapshot from a later position that would leave deleted rows behind.
+            out.emit(Vec::new(), at.clone()).await?;
+            if !out.wait_committed(&at).await {
+                return Ok((at, Some(Done::Cancelled)));
+            }
+        } else if self.cfg.capture.snapshot_mode == crate::cdc::SnapshotMode::InitialOnly {
+            // initial_only taken again: complete only once the stream, replayed from the stored
+            // position, has reached this snapshot's.
+            self.catch_up = Some(super::incremental::BinlogPos {
+                file: file.clone(),
+                pos,
+            });
+        }
         let origin = Origin {
             file: &file,
             pos,

@@ -19,7 +19,7 @@ use crate::mysql::binlog::{self, MariaGtid, Rows, TableMap, event};
 use crate::mysql::values::{Cell, DecodeError};
 use crate::mysql::{literal, query_error};
 use crate::pbstruct as pb;
-use crate::snapshots::{Signal, SnapshotQueue};
+use crate::snapshots::{MAX_SIGNALS, Signal, SnapshotQueue};
 
 /// A captured table's layout as of its last TABLE_MAP.
 struct Mapped {
@@ -224,6 +224,18 @@ impl MySqlSource {
         // Three missed heartbeats: the connection is dead even if TCP has not noticed.
         let silence = heartbeat * 3 + Duration::from_secs(5);
         loop {
+            if !st.in_txn
+                && let Some(end) = &self.catch_up
+                && st.at.reached(end)
+            {
+                // initial_only taken again has replayed up to its new snapshot: complete.
+                self.catch_up = None;
+                self.flush(&mut st, out).await?;
+                let done = self.stamped(&st.committed);
+                out.emit(Vec::new(), done.clone()).await?;
+                out.report("snapshot done; caught up with the changes since the first attempt".to_owned());
+                return Ok(Done::Completed);
+            }
             let next = match binlog.next().now_or_never() {
                 Some(ev) => ev,
                 None => {
@@ -406,8 +418,10 @@ impl MySqlSource {
                         st.maps.clear();
                     }
                     let db = String::from_utf8_lossy(schema).into_owned();
+                    // The signal table's own truncate is not captured unless the table is.
                     if let Some(key) = truncated_table(sql, &db)
-                        && self.tables.contains(&key)
+                        && st.described.contains_key(&key)
+                        && (self.signal.as_ref() != Some(&key) || self.tables.contains(&key))
                     {
                         self.truncated(st, &key, &h, end);
                     }
@@ -597,9 +611,13 @@ impl MySqlSource {
             } else {
                 if is_signal {
                     let (id, kind, data) = (cell_text(&before, 0), cell_text(&before, 1), cell_text(&before, 2));
+                    let id: String = id.unwrap_or_default().chars().take(64).collect();
                     match Signal::parse(kind.as_deref().unwrap_or_default(), data.as_deref()) {
+                        Err(why) => tracing::warn!(id = %id, "signal ignored: {why}"),
+                        Ok(_) if st.signals.len() >= MAX_SIGNALS => {
+                            tracing::warn!(id = %id, "signal ignored: more than {MAX_SIGNALS} in one transaction");
+                        }
                         Ok(s) => st.signals.push(s),
-                        Err(why) => tracing::warn!(id = %id.unwrap_or_default(), "signal ignored: {why}"),
                     }
                 }
                 produced.push(change(format, table, Op::Create, None, Some(&before), &origin));

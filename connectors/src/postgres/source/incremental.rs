@@ -192,13 +192,24 @@ impl Incremental {
         self.queue.ready() && self.chunk.is_none() && self.retry_at.is_none_or(|t| t <= tokio::time::Instant::now())
     }
 
-    /// Acts on a signal, `decoded` commits having been decoded so far. Tables it queues are
-    /// tracked from here on. While paused nothing is tracked (so nothing grows) and no chunk is
-    /// in flight; a resume starts tracking afresh.
-    pub(super) fn apply(&mut self, signal: &Signal, captured: &[TableName], decoded: u64) -> Applied {
+    /// Acts on a signal, `decoded` commits having been decoded so far and the transactions
+    /// `open_streams` being streamed while in progress. Tables it queues are tracked from here
+    /// on. While paused nothing is tracked (so nothing grows) and no chunk is in flight; a resume
+    /// starts tracking afresh.
+    pub(super) fn apply(
+        &mut self,
+        signal: &Signal,
+        captured: &[TableName],
+        decoded: u64,
+        open_streams: &HashSet<u32>,
+    ) -> Applied {
         let applied = self.queue.apply(signal, captured);
         for t in &applied.added {
             self.since.insert(t.clone(), decoded);
+        }
+        if !applied.added.is_empty() || matches!(signal, Signal::Resume) {
+            // Their changes before now were not noted: treated as changing every key.
+            self.streaming.extend(open_streams.iter().copied());
         }
         if applied.front_removed || self.queue.paused {
             // Its rows would go out with keys changed meanwhile unknown (or it is gone).
@@ -310,12 +321,14 @@ impl Incremental {
         }
         let table = (c.rel.schema.clone(), c.rel.table.clone());
         let since = self.since.get(&table).copied();
+        // Any xid the snapshot does not see: in its in-progress list, or at or past its xmax (a
+        // held commit does not move xmax).
         if let (Some(since), Some(decoded)) = (since, decoded)
-            && let Some(x) = c
-                .visibility
-                .xip
+            && let Some(x) = decoded
+                .by_xid
                 .iter()
-                .find(|x| decoded.by_xid.get(x).is_some_and(|&at| at <= since))
+                .find(|(x, at)| **at <= since && !c.visibility.sees(**x))
+                .map(|(x, _)| *x)
         {
             // Committed before this table was tracked, and still invisible: its keys are not
             // known. Read again once it shows.
@@ -510,8 +523,13 @@ impl PgSource {
         });
         let content = inc.watermark(&self.slot, seq);
         let conn = self.control().await?;
+        // A message alone is not flushed: the walsender would send it only after the WAL
+        // writer's next flush (wal_writer_delay, 200 ms by default: one chunk per 200 ms). A
+        // transaction with an xid flushes at its commit, locally (a synchronous standby is not
+        // waited for; the message needs no durability).
         conn.query(&format!(
-            "SELECT pg_logical_emit_message(false, {}, {})",
+            "BEGIN; SET LOCAL synchronous_commit = local; SELECT txid_current(); \
+             SELECT pg_logical_emit_message(false, {}, {}); COMMIT",
             literal(WATERMARK_PREFIX),
             literal(&content)
         ))
@@ -541,6 +559,45 @@ impl PgSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signal_distrusts_transactions_streamed_before_it() {
+        let captured = [("public".to_owned(), "t".to_owned())];
+        let mut inc = Incremental::new(SnapshotQueue::default(), 10);
+        let open: HashSet<u32> = [5, 9].into_iter().collect();
+        let a = inc.apply(
+            &Signal::ExecuteSnapshot {
+                collections: vec!["public.t".into()],
+            },
+            &captured,
+            3,
+            &open,
+        );
+        assert_eq!(a.added.len(), 1);
+        assert_eq!(inc.since.get(&captured[0]), Some(&3));
+        // Streamed before the signal, committed after it: its keys of `t` were never noted.
+        inc.stream_committed(5);
+        assert!(inc.touched_unknown.contains(&5));
+        inc.stream_aborted(9, 9);
+        assert!(!inc.touched_unknown.contains(&9));
+        // Paused: the chunk in flight and what was tracked go.
+        inc.apply(&Signal::Pause, &captured, 4, &HashSet::new());
+        assert!(inc.touched_unknown.is_empty() && !inc.wants_chunk());
+        assert!(inc.offset().is_some_and(|o| o.paused));
+    }
+
+    #[test]
+    fn decoded_commits_are_bounded_and_forgotten_once_seen() {
+        let mut d = Decoded::default();
+        for x in 0..(RECENT_COMMITS as u32 + 10) {
+            d.note(x);
+        }
+        assert_eq!(d.by_xid.len(), RECENT_COMMITS);
+        assert!(!d.by_xid.contains_key(&0) && d.by_xid.contains_key(&(RECENT_COMMITS as u32 + 9)));
+        d.forget_seen(&Visibility::parse(&format!("{0}:{0}:", RECENT_COMMITS + 5)).unwrap());
+        assert_eq!(d.by_xid.len(), 5);
+        assert_eq!(d.order.len(), 5);
+    }
 
     #[test]
     fn visibility_follows_the_snapshot_and_wraps_around() {

@@ -68,21 +68,6 @@ impl Offset for PgOffset {
     const VERSION: u32 = 1;
 }
 
-/// Waits until `offset` is committed; false when the task stops first.
-async fn wait_committed(out: &SourceOutput<PgOffset>, offset: &PgOffset) -> bool {
-    let mut committed = out.committed();
-    let cancel = out.cancelled();
-    loop {
-        if committed.borrow_and_update().as_ref() == Some(offset) {
-            return true;
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return false,
-            changed = committed.changed() => if changed.is_err() { return false },
-        }
-    }
-}
-
 /// Learns the kinds of the user-defined types among `oids` (and what they refer to).
 async fn learn_types(conn: &mut Connection, types: &mut TypeMap, oids: &[u32]) -> Result<(), ConnectorError> {
     let mut want: Vec<u32> = oids.iter().copied().filter(|o| !types.is_known(*o)).collect();
@@ -261,10 +246,10 @@ impl PgSource {
             &self.tables,
             self.cfg.capture.snapshot_mode != SnapshotMode::Never,
         );
-        if queue.is_empty() {
+        if queue.offset().is_none() {
             return Ok(());
         }
-        if self.server_version < 140_000 {
+        if !queue.is_empty() && self.server_version < 140_000 {
             return Err(ConnectorError::config(format!(
                 "tables: {} joined the capture; its incremental snapshot needs PostgreSQL 14 or later \
                  (logical decoding messages)",
@@ -538,7 +523,7 @@ impl Source for PgSource {
                     // slot that would miss the changes in between.
                     let created = self.offset(lsn, false);
                     out.emit(Vec::new(), created.clone()).await?;
-                    if !wait_committed(out, &created).await {
+                    if !out.wait_committed(&created).await {
                         repl.close().await;
                         return Ok(Done::Cancelled);
                     }

@@ -2,7 +2,7 @@
 
 use hstream_runtime::{ConnectorError, Done, SourceOutput};
 
-use super::{DROP_SLOT_WAIT, PgOffset, PgSource, wait_committed};
+use super::{DROP_SLOT_WAIT, PgOffset, PgSource};
 use crate::postgres::query_error;
 use crate::postgres::wire::{self, Connection, ident, literal};
 
@@ -104,7 +104,7 @@ impl PgSource {
     ) -> Result<Done, ConnectorError> {
         let last = self.offset(lsn, true);
         out.emit(Vec::new(), last.clone()).await?;
-        if !wait_committed(out, &last).await {
+        if !out.wait_committed(&last).await {
             repl.close().await;
             return Ok(Done::Cancelled);
         }

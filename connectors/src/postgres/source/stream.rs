@@ -14,7 +14,7 @@ use super::{MAX_BATCH, PG_EPOCH_US, PgOffset, PgSource, learn_types};
 use crate::postgres::pgoutput::{self, Col, Message};
 use crate::postgres::query_error;
 use crate::postgres::wire::{self, Connection, ReplicationMessage, ReplicationStream, format_lsn, ident};
-use crate::snapshots::{Signal, SnapshotQueue};
+use crate::snapshots::{MAX_SIGNALS, Signal, SnapshotQueue};
 
 /// How often the slot's lag is measured (one `pg_current_wal_lsn()` query on the catalog
 /// connection), how long a probe may take, and the pause after a failed one.
@@ -88,6 +88,7 @@ impl PgSource {
             signal_rel: None,
             signals: Vec::new(),
             streamed_signals: HashMap::new(),
+            open_streams: HashSet::new(),
             batch: Vec::with_capacity(MAX_BATCH),
             produced: Vec::with_capacity(4),
         };
@@ -372,6 +373,7 @@ impl PgSource {
             b'S' => {
                 if let Message::StreamStart { xid } = pgoutput::decode(data, false).map_err(decode_err)? {
                     st.in_stream = Some(xid);
+                    st.open_streams.insert(xid);
                 }
                 return Ok(());
             }
@@ -401,12 +403,21 @@ impl PgSource {
                 _ => None,
             };
             let (id, kind, data) = (text(0).unwrap_or_default(), text(1).unwrap_or_default(), text(2));
+            let id: String = id.chars().take(64).collect();
+            let held = st.signals.len() + st.streamed_signals.values().map(Vec::len).sum::<usize>();
             match Signal::parse(&kind, data.as_deref()) {
+                Err(why) => tracing::warn!(id = %id, "signal ignored: {why}"),
+                Ok(_) if held >= MAX_SIGNALS => {
+                    tracing::warn!(id = %id, "signal ignored: more than {MAX_SIGNALS} signals in open transactions");
+                }
                 Ok(s) => match st.in_stream {
-                    Some(top) => st.streamed_signals.entry(top).or_default().push(s),
+                    Some(top) => st
+                        .streamed_signals
+                        .entry(top)
+                        .or_default()
+                        .push((subxid.unwrap_or(top), s)),
                     None => st.signals.push(s),
                 },
-                Err(why) => tracing::warn!(id = %id, "signal ignored: {why}"),
             }
         }
         // Reused across messages: no allocation per change.
@@ -429,7 +440,7 @@ impl PgSource {
                     d.note(st.xid);
                 }
                 let signals = std::mem::take(&mut st.signals);
-                self.apply_signals(signals);
+                self.apply_signals(signals, &st.open_streams);
             }
             Message::Insert { rel, .. } | Message::Update { rel, .. } | Message::Delete { rel, .. }
                 if st.foreign.contains(&rel) => {}
@@ -484,8 +495,9 @@ impl PgSource {
                 if let Some(d) = self.decoded.as_mut() {
                     d.note(xid);
                 }
+                st.open_streams.remove(&xid);
                 let signals = st.streamed_signals.remove(&xid).unwrap_or_default();
-                self.apply_signals(signals);
+                self.apply_signals(signals.into_iter().map(|(_, s)| s).collect(), &st.open_streams);
                 match st.streamed.commit(xid).map_err(spill_err)? {
                     Some(Committed::Spilled(reader)) => {
                         // Emitted by the next flush (right away), before anything decoded after it.
@@ -503,7 +515,11 @@ impl PgSource {
                     inc.stream_aborted(xid, subxid);
                 }
                 if xid == subxid {
+                    st.open_streams.remove(&xid);
                     st.streamed_signals.remove(&xid);
+                } else if let Some(v) = st.streamed_signals.get_mut(&xid) {
+                    // A rolled-back subtransaction's signals are gone with it.
+                    v.retain(|(sub, _)| *sub != subxid);
                 }
                 st.streamed.abort(xid, subxid)
             }
@@ -530,7 +546,7 @@ impl PgSource {
 
     /// Signals of a committed transaction, in order: incremental snapshots queued, stopped,
     /// paused or resumed. The next offset carries the queue.
-    fn apply_signals(&mut self, signals: Vec<Signal>) {
+    fn apply_signals(&mut self, signals: Vec<Signal>, open_streams: &HashSet<u32>) {
         for signal in signals {
             if self.server_version < 140_000 && matches!(signal, Signal::ExecuteSnapshot { .. }) {
                 tracing::warn!("signal execute-snapshot ignored: incremental snapshots need PostgreSQL 14 or later");
@@ -541,7 +557,7 @@ impl PgSource {
                 .inc
                 .get_or_insert_with(|| Incremental::new(SnapshotQueue::default(), chunk_size));
             let decoded = self.decoded.as_ref().map_or(0, |d| d.seq());
-            let applied = inc.apply(&signal, &self.tables, decoded);
+            let applied = inc.apply(&signal, &self.tables, decoded, open_streams);
             tracing::info!("{}", applied.message);
         }
     }
@@ -643,9 +659,12 @@ struct StreamState {
     foreign: HashSet<u32>,
     /// The signal table's relation.
     signal_rel: Option<u32>,
-    /// Signals of the transaction being decoded, and of transactions streamed while in progress.
+    /// Signals of the transaction being decoded, and of transactions streamed while in progress
+    /// (by top-level transaction, with the subtransaction that inserted each).
     signals: Vec<Signal>,
-    streamed_signals: HashMap<u32, Vec<Signal>>,
+    streamed_signals: HashMap<u32, Vec<(u32, Signal)>>,
+    /// Transactions being streamed while in progress.
+    open_streams: HashSet<u32>,
     batch: Vec<Record>,
     /// Scratch for the records of one message.
     produced: Vec<Record>,
