@@ -100,6 +100,12 @@ pub struct Capture {
     /// Its own changes are not captured unless it is also among the captured tables.
     #[serde(default)]
     pub signal_data_collection: Option<String>,
+    /// Debezium's heartbeat topic: when set, a heartbeat record goes to this stream (created on
+    /// first use) every `heartbeatIntervalMs` while the source streams, idle tables or not:
+    /// `{"serverName": <stream>, "ts_ms", "source": {the position}}`, keyed by the source's
+    /// stream. Consumers see the source is alive and how far it has read.
+    #[serde(default)]
+    pub heartbeat_stream: Option<String>,
 }
 
 fn default_mask_chars() -> u32 {
@@ -113,6 +119,15 @@ impl Capture {
         if self.table.is_none() && self.tables.is_empty() && self.table_include_list.is_empty() {
             return Err(ConnectorError::config(
                 "table: name a table (or list them in tables, or give patterns in tableIncludeList)",
+            ));
+        }
+        if let Some(h) = &self.heartbeat_stream
+            && !(h.len() <= 255
+                && h.starts_with(|c: char| c.is_ascii_alphabetic())
+                && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            return Err(ConnectorError::config(
+                "heartbeatStream: a stream name (a letter, then letters, digits, '-' and '_'; at most 255)",
             ));
         }
         if self
@@ -221,6 +236,16 @@ pub fn truncate(format: RecordFormat, attributes: &Attributes, source: impl FnOn
     let mut r = Record::new(String::new(), PayloadFlag::Json, Bytes::from(buf));
     r.attributes = attributes.clone();
     r
+}
+
+/// A heartbeat record of the source writing to `stream`: `{"serverName", "ts_ms", "source"}`,
+/// `source` writing the position.
+pub fn heartbeat(stream: &str, source: impl FnOnce(&mut Vec<u8>)) -> Record {
+    let mut buf = Vec::with_capacity(96);
+    pb::field(&mut buf, "serverName", |b| pb::string(b, stream));
+    pb::field(&mut buf, "ts_ms", |b| pb::number(b, now_ms() as f64));
+    pb::field(&mut buf, "source", |b| pb::object(b, source));
+    Record::new(stream.to_owned(), PayloadFlag::Json, Bytes::from(buf))
 }
 
 /// A change record. `source` writes the body of Debezium's `source` block.

@@ -218,6 +218,11 @@ impl ConnectorConfig for PgSourceConfig {
         }
         self.endpoint.validate()?;
         self.capture.validate()?;
+        if self.capture.heartbeat_stream.as_deref() == Some(self.stream.as_str()) {
+            return Err(ConnectorError::config(
+                "heartbeatStream: must differ from stream (heartbeats would mix with the changes)",
+            ));
+        }
         crate::selection::Selection::new(&self.capture)?;
         let slot = self.slot();
         if slot.is_empty()

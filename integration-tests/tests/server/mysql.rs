@@ -743,3 +743,55 @@ async fn mysql_table_patterns_and_column_rules() {
         }
     }
 }
+
+/// Heartbeat records on MariaDB: while the captured table is idle and another table changes,
+/// heartbeats keep coming to their own stream with a binlog position that moves on; the change
+/// stream holds only changes.
+#[tokio::test]
+async fn mysql_heartbeat_records_show_the_position_while_tables_are_idle() {
+    let db = MariaDb::start();
+    orders_table(&db, "hbo");
+    db.sql(&format!(
+        "CREATE TABLE {DATABASE}.other (id INT AUTO_INCREMENT PRIMARY KEY, v TEXT)"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST_RETRY);
+    let mut c = server.client().await;
+    let cfg = source_config(
+        &db,
+        "hbo_cdc",
+        json!({"table": "hbo", "heartbeatStream": "hbo_hb", "heartbeatIntervalMs": 200}),
+    );
+    create(&mut c, "hb", "SOURCE", &cfg).await.unwrap();
+    wait_streaming(&db, 1).await;
+    let pos = |r: &Value| {
+        (
+            r["source"]["file"].as_str().unwrap_or("").to_owned(),
+            r["source"]["pos"].as_f64().unwrap_or(0.0),
+        )
+    };
+    let first = wait_records(&c, "hbo_hb", 3).await;
+    for (key, r) in &first {
+        assert_eq!(key, "hbo_cdc");
+        assert_eq!(r["serverName"], "hbo_cdc", "{r}");
+        assert!(r["source"]["gtid"].is_string() && pos(r).1 > 0.0, "{r}");
+    }
+    let start = pos(&first[first.len() - 1].1);
+    db.sql(&format!("INSERT INTO {DATABASE}.other (v) VALUES ('x'), ('y')"));
+    let probe = c.clone();
+    wait_until(
+        Duration::from_secs(30),
+        "a heartbeat past the other table's change",
+        || {
+            let probe = probe.clone();
+            let start = start.clone();
+            async move { records(&probe, "hbo_hb").await.iter().any(|(_, r)| pos(r) > start) }
+        },
+    )
+    .await;
+    db.sql(&format!(
+        "INSERT INTO {DATABASE}.hbo (id, name, amount) VALUES (1, 'a', 1)"
+    ));
+    let changes = wait_records(&c, "hbo_cdc", 1).await;
+    assert_eq!(changes.len(), 1, "only the change in the change stream: {changes:?}");
+}

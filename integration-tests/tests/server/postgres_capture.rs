@@ -589,3 +589,84 @@ async fn pg_table_patterns_and_column_rules() {
         assert_eq!(after["card"], card, "{r}");
     }
 }
+
+/// Heartbeat records (Debezium's heartbeat topic): while the captured table is idle and other
+/// tables change, heartbeats keep coming to their own stream, each with a position that moves
+/// on; the change stream holds only changes. A heartbeat stream named like the change stream,
+/// or not a stream name, is refused naming the option.
+#[tokio::test]
+async fn pg_heartbeat_records_show_the_position_while_tables_are_idle() {
+    let pg = Postgres::start();
+    orders_table(&pg, "orders");
+    pg.psql(DATABASE, "CREATE TABLE other (id serial PRIMARY KEY, v text)");
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST_RETRY);
+    let mut c = server.client().await;
+    for (hb, why) in [("orders_cdc", "must differ from stream"), ("9hb", "a stream name")] {
+        let cfg = source_config(&pg, "orders_cdc", json!({"table": "orders", "heartbeatStream": hb}));
+        let e = create(&mut c, "bad", "SOURCE", &cfg).await.unwrap_err();
+        assert!(
+            e.message().contains("heartbeatStream") && e.message().contains(why),
+            "{}",
+            e.message()
+        );
+    }
+    let cfg = source_config(
+        &pg,
+        "orders_cdc",
+        json!({"table": "orders", "heartbeatStream": "orders_hb", "heartbeatIntervalMs": 200}),
+    );
+    create(&mut c, "hb", "SOURCE", &cfg).await.unwrap();
+    wait_streaming(&pg).await;
+    let lsn = |r: &Value| r["source"]["lsn"].as_f64().unwrap_or(0.0);
+    let probe = c.clone();
+    wait_until(Duration::from_secs(30), "three heartbeats", || {
+        let mut probe = probe.clone();
+        async move { read_json_stream(&mut probe, "orders_hb").await.len() >= 3 }
+    })
+    .await;
+    let first = read_json_stream(&mut c, "orders_hb").await;
+    for (key, r) in &first {
+        assert_eq!(key, "orders_cdc");
+        assert_eq!(r["serverName"], "orders_cdc", "{r}");
+        assert!(r["ts_ms"].as_f64().is_some_and(|t| t > 1.6e12), "{r}");
+        assert!(lsn(r) > 0.0, "{r}");
+    }
+    let start = lsn(&first[first.len() - 1].1);
+    // Only another table changes: the captured one stays idle, the position moves on.
+    pg.psql(
+        DATABASE,
+        "INSERT INTO other (v) SELECT 'x' FROM generate_series(1, 1000)",
+    );
+    let probe = c.clone();
+    wait_until(
+        Duration::from_secs(30),
+        "a heartbeat past the other table's changes",
+        || {
+            let mut probe = probe.clone();
+            async move {
+                read_json_stream(&mut probe, "orders_hb")
+                    .await
+                    .iter()
+                    .any(|(_, r)| lsn(r) > start)
+            }
+        },
+    )
+    .await;
+    let beats = read_json_stream(&mut c, "orders_hb").await;
+    assert!(
+        beats
+            .windows(2)
+            .all(|w| lsn(&w[0].1) <= lsn(&w[1].1) && w[0].1["ts_ms"].as_f64() <= w[1].1["ts_ms"].as_f64()),
+        "heartbeats in order"
+    );
+    pg.psql(DATABASE, "INSERT INTO orders (id, name, amount) VALUES (1, 'a', 1)");
+    let probe = c.clone();
+    wait_until(Duration::from_secs(30), "the change", || {
+        let mut probe = probe.clone();
+        async move { !read_json_stream(&mut probe, "orders_cdc").await.is_empty() }
+    })
+    .await;
+    let changes = read_json_stream(&mut c, "orders_cdc").await;
+    assert_eq!(changes.len(), 1, "only the change in the change stream: {changes:?}");
+}

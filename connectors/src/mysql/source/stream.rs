@@ -223,7 +223,26 @@ impl MySqlSource {
         let cancel = out.cancelled();
         // Three missed heartbeats: the connection is dead even if TCP has not noticed.
         let silence = heartbeat * 3 + Duration::from_secs(5);
+        let heartbeats: Option<Arc<str>> = self.cfg.capture.heartbeat_stream.as_deref().map(Arc::from);
+        let mut next_heartbeat = std::time::Instant::now();
         loop {
+            if let Some(to) = &heartbeats
+                && std::time::Instant::now() >= next_heartbeat
+            {
+                next_heartbeat = std::time::Instant::now() + heartbeat;
+                // What was read goes out first: the heartbeat's offset claims nothing beyond it.
+                self.flush(&mut st, out).await?;
+                let o = self.stamped(&st.committed);
+                let record = crate::cdc::heartbeat(&self.cfg.stream, |b| {
+                    pb::field(b, "connector", |b| pb::string(b, "mysql"));
+                    pb::field(b, "file", |b| pb::string(b, &o.file));
+                    pb::field(b, "pos", |b| pb::number(b, o.pos as f64));
+                    if let Some(g) = &o.gtid {
+                        pb::field(b, "gtid", |b| pb::string(b, g));
+                    }
+                });
+                out.emit_to(to.clone(), vec![record], o).await?;
+            }
             if !st.in_txn
                 && let Some(end) = &self.catch_up
                 && st.at.reached(end)

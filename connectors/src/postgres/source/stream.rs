@@ -11,6 +11,7 @@ use super::incremental::Incremental;
 use super::records::{Op, Origin, Rel, change, same_key, write_source_fields};
 use super::spill::{Committed, InProgress, SpillReader};
 use super::{MAX_BATCH, PG_EPOCH_US, PgOffset, PgSource, learn_types};
+use crate::pbstruct as pb;
 use crate::postgres::pgoutput::{self, Col, Message};
 use crate::postgres::query_error;
 use crate::postgres::wire::{self, Connection, ReplicationMessage, ReplicationStream, format_lsn, ident};
@@ -116,7 +117,32 @@ impl PgSource {
         let status_every = Duration::from_millis(self.cfg.heartbeat_interval_ms);
         let mut last_status = tokio::time::Instant::now();
         let mut next_lag_probe = tokio::time::Instant::now();
+        let heartbeats: Option<Arc<str>> = self.cfg.capture.heartbeat_stream.as_deref().map(Arc::from);
+        let mut next_heartbeat = tokio::time::Instant::now();
         loop {
+            if let Some(to) = &heartbeats
+                && tokio::time::Instant::now() >= next_heartbeat
+            {
+                next_heartbeat = tokio::time::Instant::now() + status_every;
+                let lsn = st.emitted;
+                let db = &self.cfg.endpoint.database;
+                let record = crate::cdc::heartbeat(&self.cfg.stream, |b| {
+                    pb::field(b, "connector", |b| pb::string(b, "postgresql"));
+                    pb::field(b, "db", |b| pb::string(b, db));
+                    pb::field(b, "slot", |b| pb::string(b, &self.slot));
+                    pb::field(b, "lsn", |b| pb::number(b, lsn as f64));
+                });
+                self.emit_answering_to(
+                    Some(to.clone()),
+                    &mut st,
+                    out,
+                    &mut rs,
+                    &mut committed,
+                    vec![record],
+                    lsn,
+                )
+                .await?;
+            }
             if cancel.is_cancelled() {
                 rs.close().await;
                 return Ok(Done::Cancelled);
@@ -324,9 +350,30 @@ impl PgSource {
         records: Vec<Record>,
         lsn: u64,
     ) -> Result<(), ConnectorError> {
+        self.emit_answering_to(None, st, out, rs, committed, records, lsn).await
+    }
+
+    /// [`emit_answering`](Self::emit_answering) to the stream `to` (`None`: the source's).
+    #[allow(clippy::too_many_arguments)]
+    async fn emit_answering_to(
+        &self,
+        to: Option<Arc<str>>,
+        st: &mut StreamState,
+        out: &mut SourceOutput<PgOffset>,
+        rs: &mut ReplicationStream,
+        committed: &mut tokio::sync::watch::Receiver<Option<PgOffset>>,
+        records: Vec<Record>,
+        lsn: u64,
+    ) -> Result<(), ConnectorError> {
         st.emitted = lsn;
         // While an initial_only run catches up, its snapshot does not count as done yet.
-        let emit = out.emit(records, self.offset(lsn, self.catch_up.is_none()));
+        let offset = self.offset(lsn, self.catch_up.is_none());
+        let emit = async {
+            match to {
+                Some(to) => out.emit_to(to, records, offset).await,
+                None => out.emit(records, offset).await,
+            }
+        };
         tokio::pin!(emit);
         let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.heartbeat_interval_ms));
         tick.tick().await;
