@@ -106,6 +106,14 @@ pub struct Capture {
     /// stream. Consumers see the source is alive and how far it has read.
     #[serde(default)]
     pub heartbeat_stream: Option<String>,
+    /// Debezium's transaction metadata: a BEGIN and an END record per transaction that changed
+    /// captured tables go to `transactionStream`, and each change record (Debezium's format)
+    /// carries `"transaction": {"id", "total_order", "data_collection_order"}`.
+    #[serde(default)]
+    pub provide_transaction_metadata: bool,
+    /// Where the BEGIN/END records go; default `<stream>_transaction`.
+    #[serde(default)]
+    pub transaction_stream: Option<String>,
 }
 
 fn default_mask_chars() -> u32 {
@@ -113,6 +121,33 @@ fn default_mask_chars() -> u32 {
 }
 
 impl Capture {
+    /// The stream of BEGIN/END records, when transaction metadata is asked for.
+    pub fn transaction_stream(&self, stream: &str) -> Option<String> {
+        self.provide_transaction_metadata.then(|| {
+            self.transaction_stream
+                .clone()
+                .unwrap_or_else(|| format!("{stream}_transaction"))
+        })
+    }
+
+    /// The extra streams (heartbeats, transactions) are other than `stream` and each other.
+    pub fn validate_streams(&self, stream: &str) -> Result<(), hstream_runtime::ConnectorError> {
+        use hstream_runtime::ConnectorError;
+        if self.heartbeat_stream.as_deref() == Some(stream) {
+            return Err(ConnectorError::config(
+                "heartbeatStream: must differ from stream (heartbeats would mix with the changes)",
+            ));
+        }
+        if let Some(t) = self.transaction_stream(stream)
+            && (t == stream || self.heartbeat_stream.as_deref() == Some(t.as_str()))
+        {
+            return Err(ConnectorError::config(
+                "transactionStream: must differ from stream and heartbeatStream",
+            ));
+        }
+        Ok(())
+    }
+
     /// At least one table, and no empty name.
     pub fn validate(&self) -> Result<(), hstream_runtime::ConnectorError> {
         use hstream_runtime::ConnectorError;
@@ -121,14 +156,20 @@ impl Capture {
                 "table: name a table (or list them in tables, or give patterns in tableIncludeList)",
             ));
         }
-        if let Some(h) = &self.heartbeat_stream
-            && !(h.len() <= 255
+        let stream_name = |h: &str| {
+            h.len() <= 255
                 && h.starts_with(|c: char| c.is_ascii_alphabetic())
-                && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-        {
-            return Err(ConnectorError::config(
-                "heartbeatStream: a stream name (a letter, then letters, digits, '-' and '_'; at most 255)",
-            ));
+                && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        for (option, name) in [
+            ("heartbeatStream", &self.heartbeat_stream),
+            ("transactionStream", &self.transaction_stream),
+        ] {
+            if name.as_deref().is_some_and(|h| !stream_name(h)) {
+                return Err(ConnectorError::config(format!(
+                    "{option}: a stream name (a letter, then letters, digits, '-' and '_'; at most 255)"
+                )));
+            }
         }
         if self
             .signal_data_collection
@@ -236,6 +277,95 @@ pub fn truncate(format: RecordFormat, attributes: &Attributes, source: impl FnOn
     let mut r = Record::new(String::new(), PayloadFlag::Json, Bytes::from(buf));
     r.attributes = attributes.clone();
     r
+}
+
+/// One transaction's metadata (Debezium's `provide.transaction.metadata`): its id, and how
+/// many change records it had so far, in all and per table.
+#[derive(Debug)]
+pub struct TxMeta {
+    id: String,
+    ts_ms: i64,
+    total: u64,
+    per_table: Vec<(String, u64)>,
+}
+
+impl TxMeta {
+    pub fn new(id: String, ts_ms: i64) -> TxMeta {
+        TxMeta {
+            id,
+            ts_ms,
+            total: 0,
+            per_table: Vec::new(),
+        }
+    }
+
+    /// Counts a change record (its table from its `source.*` attributes) and, in Debezium's
+    /// format, appends the envelope's `transaction` block.
+    pub fn annotate(&mut self, record: &mut Record, format: RecordFormat) {
+        let a = &record.attributes;
+        let table = format!(
+            "{}.{}",
+            a.get(ATTR_SCHEMA).or_else(|| a.get(ATTR_DB)).map_or("", String::as_str),
+            a.get(ATTR_TABLE).map_or("", String::as_str)
+        );
+        self.total += 1;
+        let order = match self.per_table.iter_mut().find(|(t, _)| *t == table) {
+            Some((_, n)) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                self.per_table.push((table, 1));
+                1
+            }
+        };
+        if format == RecordFormat::Debezium {
+            // A Struct's fields are map entries: one more appended is one more field.
+            let mut buf = Vec::with_capacity(record.payload.len() + 96);
+            buf.extend_from_slice(&record.payload);
+            pb::field(&mut buf, "transaction", |b| {
+                pb::object(b, |b| {
+                    pb::field(b, "id", |b| pb::string(b, &self.id));
+                    pb::field(b, "total_order", |b| pb::number(b, self.total as f64));
+                    pb::field(b, "data_collection_order", |b| pb::number(b, order as f64));
+                })
+            });
+            record.payload = Bytes::from(buf);
+        }
+    }
+
+    /// The transaction's BEGIN and END records (none when it changed no captured table), keyed
+    /// by its id.
+    pub fn records(&self) -> Vec<Record> {
+        if self.total == 0 {
+            return Vec::new();
+        }
+        let one = |end: bool| {
+            let mut buf = Vec::with_capacity(128);
+            pb::field(&mut buf, "status", |b| pb::string(b, if end { "END" } else { "BEGIN" }));
+            pb::field(&mut buf, "id", |b| pb::string(b, &self.id));
+            pb::field(&mut buf, "ts_ms", |b| pb::number(b, self.ts_ms as f64));
+            pb::field(&mut buf, "event_count", |b| match end {
+                true => pb::number(b, self.total as f64),
+                false => pb::null(b),
+            });
+            pb::field(&mut buf, "data_collections", |b| match end {
+                true => pb::list(b, |b| {
+                    for (t, n) in &self.per_table {
+                        pb::item(b, |b| {
+                            pb::object(b, |b| {
+                                pb::field(b, "data_collection", |b| pb::string(b, t));
+                                pb::field(b, "event_count", |b| pb::number(b, *n as f64));
+                            })
+                        });
+                    }
+                }),
+                false => pb::null(b),
+            });
+            Record::new(self.id.clone(), PayloadFlag::Json, Bytes::from(buf))
+        };
+        vec![one(false), one(true)]
+    }
 }
 
 /// A heartbeat record of the source writing to `stream`: `{"serverName", "ts_ms", "source"}`,

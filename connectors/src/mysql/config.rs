@@ -210,11 +210,7 @@ impl ConnectorConfig for MySqlSourceConfig {
         }
         self.endpoint.validate()?;
         self.capture.validate()?;
-        if self.capture.heartbeat_stream.as_deref() == Some(self.stream.as_str()) {
-            return Err(ConnectorError::config(
-                "heartbeatStream: must differ from stream (heartbeats would mix with the changes)",
-            ));
-        }
+        self.capture.validate_streams(&self.stream)?;
         crate::selection::Selection::new(&self.capture)?;
         if self.server_id == Some(0) {
             return Err(ConnectorError::config("serverId: must be at least 1"));

@@ -218,11 +218,7 @@ impl ConnectorConfig for PgSourceConfig {
         }
         self.endpoint.validate()?;
         self.capture.validate()?;
-        if self.capture.heartbeat_stream.as_deref() == Some(self.stream.as_str()) {
-            return Err(ConnectorError::config(
-                "heartbeatStream: must differ from stream (heartbeats would mix with the changes)",
-            ));
-        }
+        self.capture.validate_streams(&self.stream)?;
         crate::selection::Selection::new(&self.capture)?;
         let slot = self.slot();
         if slot.is_empty()
@@ -233,6 +229,12 @@ impl ConnectorConfig for PgSourceConfig {
         {
             return Err(ConnectorError::config(
                 "slotName: only lower case letters, digits and underscores, at most 63",
+            ));
+        }
+        if self.capture.provide_transaction_metadata && self.streaming {
+            return Err(ConnectorError::config(
+                "provideTransactionMetadata: not with streaming=true (a transaction received while in progress has no \
+                 counted order yet); turn one of them off",
             ));
         }
         if !(1..=1_000_000).contains(&self.incremental_snapshot_chunk_size) {

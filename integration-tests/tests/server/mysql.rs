@@ -795,3 +795,66 @@ async fn mysql_heartbeat_records_show_the_position_while_tables_are_idle() {
     let changes = wait_records(&c, "hbo_cdc", 1).await;
     assert_eq!(changes.len(), 1, "only the change in the change stream: {changes:?}");
 }
+
+/// Transaction metadata on MariaDB: BEGIN/END records per transaction that changed captured
+/// tables, ids by GTID, and each change's place in its transaction in Debezium's envelope.
+#[tokio::test]
+async fn mysql_transaction_metadata_counts_each_transactions_changes() {
+    let db = MariaDb::start();
+    orders_table(&db, "ta");
+    orders_table(&db, "tb");
+    db.sql(&format!("CREATE TABLE {DATABASE}.other (id INT PRIMARY KEY)"));
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST_RETRY);
+    let mut c = server.client().await;
+    let cfg = source_config(
+        &db,
+        "mtx",
+        json!({"tables": ["ta", "tb"], "format": "debezium", "provideTransactionMetadata": true,
+               "transactionStream": "mtx_tx"}),
+    );
+    create(&mut c, "mtx", "SOURCE", &cfg).await.unwrap();
+    wait_streaming(&db, 1).await;
+    db.sql(&format!(
+        "BEGIN; INSERT INTO {DATABASE}.ta (id, name, amount) VALUES (1, 'x', 1), (2, 'y', 2); \
+         INSERT INTO {DATABASE}.tb (id, name, amount) VALUES (1, 'z', 3); \
+         UPDATE {DATABASE}.ta SET name = 'u' WHERE id = 1; COMMIT; \
+         INSERT INTO {DATABASE}.other VALUES (1); \
+         INSERT INTO {DATABASE}.tb (id, name, amount) VALUES (2, 'w', 4);"
+    ));
+    let changes = wait_records(&c, "mtx", 5).await;
+    let txs = wait_records(&c, "mtx_tx", 4).await;
+    assert_eq!((changes.len(), txs.len()), (5, 4), "{txs:?}");
+    let block = |i: usize| changes[i].1["transaction"].clone();
+    let id1 = block(0)["id"].as_str().unwrap().to_owned();
+    let id2 = block(4)["id"].as_str().unwrap().to_owned();
+    // MariaDB GTIDs: domain-server-sequence.
+    assert!(id1.split('-').count() == 3 && id1 != id2, "{id1} {id2}");
+    let orders: Vec<(f64, f64)> = (0..5)
+        .map(|i| {
+            (
+                block(i)["total_order"].as_f64().unwrap(),
+                block(i)["data_collection_order"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(orders, [(1.0, 1.0), (2.0, 2.0), (3.0, 1.0), (4.0, 3.0), (1.0, 1.0)]);
+    let status: Vec<(&str, &str)> = txs
+        .iter()
+        .map(|(_, r)| (r["status"].as_str().unwrap(), r["id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        status,
+        [
+            ("BEGIN", id1.as_str()),
+            ("END", id1.as_str()),
+            ("BEGIN", id2.as_str()),
+            ("END", id2.as_str())
+        ]
+    );
+    assert_eq!(
+        txs[1].1["data_collections"],
+        json!([{"data_collection": format!("{DATABASE}.ta"), "event_count": 3.0},
+               {"data_collection": format!("{DATABASE}.tb"), "event_count": 1.0}])
+    );
+}

@@ -10,6 +10,7 @@ use hstream_integration_tests::*;
 use hstream_proto as pb;
 use serde_json::{Value, json};
 
+use super::mysql::wait_records;
 use super::postgres::{
     FAST_RETRY, create, fold_debezium, orders_table, source_config, stream_rows, table_state, wait_streaming,
 };
@@ -669,4 +670,78 @@ async fn pg_heartbeat_records_show_the_position_while_tables_are_idle() {
     .await;
     let changes = read_json_stream(&mut c, "orders_cdc").await;
     assert_eq!(changes.len(), 1, "only the change in the change stream: {changes:?}");
+}
+
+/// Debezium's transaction metadata: each transaction that changed captured tables gets a BEGIN
+/// and an END record in the transaction stream (the END counting its changes per table), and
+/// each change record's envelope says its transaction and its place in it. A transaction of an
+/// uncaptured table gets none. Refused together with streaming=true, naming the option.
+#[tokio::test]
+async fn pg_transaction_metadata_counts_each_transactions_changes() {
+    let pg = Postgres::start();
+    orders_table(&pg, "a");
+    orders_table(&pg, "b");
+    pg.psql(DATABASE, "CREATE TABLE other (id int PRIMARY KEY)");
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST_RETRY);
+    let mut c = server.client().await;
+    let with = |extra: Value| {
+        let mut v = json!({"tables": ["a", "b"], "format": "debezium", "provideTransactionMetadata": true});
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        source_config(&pg, "tx_cdc", v)
+    };
+    let e = create(&mut c, "bad", "SOURCE", &with(json!({"streaming": true})))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("provideTransactionMetadata"), "{}", e.message());
+    create(&mut c, "tx", "SOURCE", &with(json!({}))).await.unwrap();
+    wait_streaming(&pg).await;
+    pg.psql(
+        DATABASE,
+        "BEGIN; INSERT INTO a (id, name, amount) VALUES (1, 'x', 1), (2, 'y', 2); \
+         INSERT INTO b (id, name, amount) VALUES (1, 'z', 3); UPDATE a SET name = 'u' WHERE id = 1; COMMIT; \
+         INSERT INTO other VALUES (1); \
+         INSERT INTO b (id, name, amount) VALUES (2, 'w', 4);",
+    );
+    let changes = wait_records(&c, "tx_cdc", 5).await;
+    let txs = wait_records(&c, "tx_cdc_transaction", 4).await;
+    assert_eq!(changes.len(), 5);
+    assert_eq!(txs.len(), 4, "BEGIN and END of two transactions: {txs:?}");
+    let block = |i: usize| changes[i].1["transaction"].clone();
+    let id1 = block(0)["id"].as_str().unwrap().to_owned();
+    let id2 = block(4)["id"].as_str().unwrap().to_owned();
+    assert!(id1.contains(':') && id1 != id2, "{id1} {id2}");
+    let orders: Vec<(f64, f64)> = (0..5)
+        .map(|i| {
+            (
+                block(i)["total_order"].as_f64().unwrap(),
+                block(i)["data_collection_order"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(orders, [(1.0, 1.0), (2.0, 2.0), (3.0, 1.0), (4.0, 3.0), (1.0, 1.0)]);
+    assert!((0..4).all(|i| block(i)["id"] == id1.as_str()));
+    let status: Vec<(&str, &str)> = txs
+        .iter()
+        .map(|(_, r)| (r["status"].as_str().unwrap(), r["id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        status,
+        [
+            ("BEGIN", id1.as_str()),
+            ("END", id1.as_str()),
+            ("BEGIN", id2.as_str()),
+            ("END", id2.as_str())
+        ]
+    );
+    assert_eq!(txs[0].1["event_count"], Value::Null);
+    assert_eq!(txs[1].1["event_count"], 4.0);
+    assert_eq!(
+        txs[1].1["data_collections"],
+        json!([{"data_collection": "public.a", "event_count": 3.0}, {"data_collection": "public.b", "event_count": 1.0}])
+    );
+    assert_eq!(
+        txs[3].1["data_collections"],
+        json!([{"data_collection": "public.b", "event_count": 1.0}])
+    );
 }

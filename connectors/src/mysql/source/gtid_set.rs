@@ -82,12 +82,7 @@ impl fmt::Display for GtidSet {
             if i > 0 {
                 f.write_str(",")?;
             }
-            for (n, b) in uuid.iter().enumerate() {
-                if matches!(n, 4 | 6 | 8 | 10) {
-                    f.write_str("-")?;
-                }
-                write!(f, "{b:02x}")?;
-            }
+            f.write_str(&format_uuid(uuid))?;
             for &(a, b) in ranges {
                 if a == b {
                     write!(f, ":{a}")?;
@@ -98,6 +93,18 @@ impl fmt::Display for GtidSet {
         }
         Ok(())
     }
+}
+
+/// A server UUID as MySQL prints it: `8-4-4-4-12` lower-case hexadecimal digits.
+pub fn format_uuid(uuid: &[u8; 16]) -> String {
+    let mut s = String::with_capacity(36);
+    for (n, b) in uuid.iter().enumerate() {
+        if matches!(n, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
 }
 
 /// `8-4-4-4-12` hexadecimal digits.

@@ -202,6 +202,8 @@ pub struct MySqlSource {
     /// initial_only taken again: the position (the new snapshot's) streaming must reach
     /// before the run is complete; until then offsets say the snapshot is not done.
     catch_up: Option<incremental::BinlogPos>,
+    /// With transaction metadata: the stream of BEGIN/END records.
+    transactions: Option<Arc<str>>,
 }
 
 impl MySqlSource {
@@ -454,7 +456,6 @@ impl Source for MySqlSource {
         let collations = schema::collations(&mut conn).await?;
         let _ = conn.disconnect().await;
         Ok(MySqlSource {
-            cfg,
             ep,
             resume: offset,
             mariadb: info.mariadb,
@@ -463,8 +464,10 @@ impl Source for MySqlSource {
             tables,
             inc: None,
             chunk_conn: None,
+            transactions: cfg.capture.transaction_stream(&cfg.stream).map(Arc::from),
             signal,
             catch_up: None,
+            cfg,
         })
     }
 

@@ -210,7 +210,8 @@ impl MySqlSource {
         let _ = conn.disconnect().await;
         let done = match replay_from {
             Some(o) => MySqlOffset {
-                snapshot_done: true,
+                // initial_only taken again is not done before it has caught up.
+                snapshot_done: self.catch_up.is_none(),
                 tables: self.offset(String::new(), 0, None, false).tables,
                 incremental: None,
                 ..o

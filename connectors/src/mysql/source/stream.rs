@@ -14,7 +14,7 @@ use super::gtid_set::GtidSet;
 use super::records::{Origin, change, same_key};
 use super::schema::{self, Described, Table};
 use super::{GtidState, MAX_BATCH, MySqlOffset, MySqlSource, PositionMode, format_gtid_state, parse_gtid_state};
-use crate::cdc::Op;
+use crate::cdc::{Op, TxMeta};
 use crate::mysql::binlog::{self, MariaGtid, Rows, TableMap, event};
 use crate::mysql::values::{Cell, DecodeError};
 use crate::mysql::{literal, query_error};
@@ -54,8 +54,15 @@ struct State {
     payload_end: u64,
     /// The end of the last event read outside a transaction: every change before it is read.
     at: super::incremental::BinlogPos,
+    /// `at` comes from an event read (not the stored start position).
+    at_known: bool,
     /// Signals of the transaction being read, acted on at its commit.
     signals: Vec<Signal>,
+    /// The metadata of the transaction being read, and BEGIN/END records not emitted yet.
+    tx: Option<TxMeta>,
+    tx_batch: Vec<Record>,
+    /// The offset of the last batch emitted.
+    emitted: MySqlOffset,
     last_flush: std::time::Instant,
 }
 
@@ -208,6 +215,7 @@ impl MySqlSource {
             current_mysql: None,
             current: None,
             in_txn: false,
+            emitted: self.stamped(&start),
             committed: start,
             dirty: false,
             batch: Vec::with_capacity(MAX_BATCH),
@@ -216,15 +224,19 @@ impl MySqlSource {
             stale: false,
             payload_end: 0,
             at: start_at,
+            at_known: false,
             last_flush: std::time::Instant::now(),
             event_ts: 0,
             signals: Vec::new(),
+            tx: None,
+            tx_batch: Vec::new(),
         };
         let cancel = out.cancelled();
         // Three missed heartbeats: the connection is dead even if TCP has not noticed.
         let silence = heartbeat * 3 + Duration::from_secs(5);
         let heartbeats: Option<Arc<str>> = self.cfg.capture.heartbeat_stream.as_deref().map(Arc::from);
         let mut next_heartbeat = std::time::Instant::now();
+        let mut last_event = std::time::Instant::now();
         loop {
             if let Some(to) = &heartbeats
                 && std::time::Instant::now() >= next_heartbeat
@@ -243,9 +255,12 @@ impl MySqlSource {
                 });
                 out.emit_to(to.clone(), vec![record], o).await?;
             }
+            // The start position's file name is the stored one, which after a failover or a
+            // binlog reset may number differently: only positions read from events count, or
+            // the very position of the new snapshot (nothing in between).
             if !st.in_txn
                 && let Some(end) = &self.catch_up
-                && st.at.reached(end)
+                && ((st.at_known && st.at.reached(end)) || st.at == *end)
             {
                 // initial_only taken again has replayed up to its new snapshot: complete.
                 self.catch_up = None;
@@ -267,8 +282,16 @@ impl MySqlSource {
                     tokio::select! {
                         biased;
                         _ = cancel.cancelled() => return Ok(Done::Cancelled),
-                        r = tokio::time::timeout(silence, binlog.next()) => match r {
+                        // Woken for our heartbeat records too, on time.
+                        r = tokio::time::timeout(
+                            match &heartbeats {
+                                Some(_) => next_heartbeat.saturating_duration_since(std::time::Instant::now()).min(silence),
+                                None => silence,
+                            },
+                            binlog.next(),
+                        ) => match r {
                             Ok(ev) => ev,
+                            Err(_) if last_event.elapsed() < silence => continue,
                             Err(_) => return Err(ConnectorError::external(format!(
                                 "binlog: no event or heartbeat for {silence:?}; reconnecting"
                             ))),
@@ -281,6 +304,7 @@ impl MySqlSource {
                 Some(Err(e)) => return Err(binlog_error(e)),
                 Some(Ok(ev)) => ev,
             };
+            last_event = std::time::Instant::now();
             // Heartbeats and artificial events carry no time; a heartbeat comes only while the
             // server has nothing newer to send: then we are not behind.
             let ts = ev.header().timestamp();
@@ -297,6 +321,7 @@ impl MySqlSource {
                         file: st.file.clone(),
                         pos: end,
                     };
+                    st.at_known = true;
                 }
                 self.incremental_step(&mut st, out).await?;
             }
@@ -324,8 +349,16 @@ impl MySqlSource {
         }
         st.dirty = false;
         st.last_flush = std::time::Instant::now();
-        out.emit(std::mem::take(&mut st.batch), self.stamped(&st.committed))
-            .await
+        if let Some(to) = &self.transactions
+            && !st.tx_batch.is_empty()
+        {
+            // BEGIN/END records of the transactions in this batch, with the offset before them.
+            out.emit_to(to.clone(), std::mem::take(&mut st.tx_batch), st.emitted.clone())
+                .await?;
+        }
+        let offset = self.stamped(&st.committed);
+        st.emitted = offset.clone();
+        out.emit(std::mem::take(&mut st.batch), offset).await
     }
 
     /// Between transactions: the chunk in flight goes out once the stream has read up to its
@@ -368,6 +401,9 @@ impl MySqlSource {
     }
 
     fn commit(&self, st: &mut State, end: u64) {
+        if let Some(tx) = st.tx.take() {
+            st.tx_batch.extend(tx.records());
+        }
         if let Some((d, s, n)) = st.current.take() {
             st.gtid.insert(d, (s, n));
         }
@@ -502,7 +538,36 @@ impl MySqlSource {
             pb::field(b, "pos", |b| pb::number(b, end as f64));
             pb::field(b, "ts_ms", |b| pb::number(b, f64::from(h.timestamp()) * 1000.0));
         });
-        st.batch.push(record);
+        let mut produced = vec![record];
+        self.annotate(st, &mut produced, h, end);
+        st.batch.append(&mut produced);
+    }
+
+    /// With transaction metadata: counts the change records of the transaction being read
+    /// (its id: the GTID, else the binlog position of its first change) and gives Debezium's
+    /// envelope its `transaction` block.
+    fn annotate(
+        &self,
+        st: &mut State,
+        produced: &mut [Record],
+        h: &mysql_async::binlog::events::BinlogEventHeader,
+        end: u64,
+    ) {
+        if self.transactions.is_none() || produced.is_empty() {
+            return;
+        }
+        if st.tx.is_none() {
+            let id = match (st.current, st.current_mysql) {
+                (Some((d, s, n)), _) => format!("{d}-{s}-{n}"),
+                (None, Some((uuid, gno))) => format!("{}:{gno}", super::gtid_set::format_uuid(&uuid)),
+                (None, None) => format!("{}:{end}", st.file),
+            };
+            st.tx = Some(TxMeta::new(id, i64::from(h.timestamp()) * 1000));
+        }
+        let tx = st.tx.as_mut().expect("just set");
+        for r in produced.iter_mut() {
+            tx.annotate(r, self.cfg.capture.format);
+        }
     }
 
     async fn table_map(&mut self, st: &mut State, data: &[u8]) -> Result<(), ConnectorError> {
@@ -643,6 +708,7 @@ impl MySqlSource {
             }
         }
         if captured {
+            self.annotate(st, &mut produced, h, end);
             st.batch.append(&mut produced);
         }
         Ok(())

@@ -133,6 +133,8 @@ pub struct PgSource {
     signal: Option<(String, String)>,
     /// With a signal table: the commits decoded lately (decision 029).
     decoded: Option<incremental::Decoded>,
+    /// With transaction metadata: the stream of BEGIN/END records.
+    transactions: Option<Arc<str>>,
 }
 
 impl PgSource {
@@ -350,6 +352,7 @@ impl Source for PgSource {
             catch_up: None,
             signal: None,
             decoded: None,
+            transactions: cfg.capture.transaction_stream(&cfg.stream).map(Arc::from),
             cfg,
         };
         let cfg_copy = src.cfg.clone();

@@ -11,6 +11,7 @@ use super::incremental::Incremental;
 use super::records::{Op, Origin, Rel, change, same_key, write_source_fields};
 use super::spill::{Committed, InProgress, SpillReader};
 use super::{MAX_BATCH, PG_EPOCH_US, PgOffset, PgSource, learn_types};
+use crate::cdc::TxMeta;
 use crate::pbstruct as pb;
 use crate::postgres::pgoutput::{self, Col, Message};
 use crate::postgres::query_error;
@@ -90,6 +91,8 @@ impl PgSource {
             signals: Vec::new(),
             streamed_signals: HashMap::new(),
             open_streams: HashSet::new(),
+            tx: None,
+            tx_batch: Vec::new(),
             batch: Vec::with_capacity(MAX_BATCH),
             produced: Vec::with_capacity(4),
         };
@@ -310,6 +313,15 @@ impl PgSource {
         rs: &mut ReplicationStream,
         committed: &mut tokio::sync::watch::Receiver<Option<PgOffset>>,
     ) -> Result<(), ConnectorError> {
+        if let Some(to) = &self.transactions
+            && !st.tx_batch.is_empty()
+        {
+            // BEGIN/END records of the transactions in this batch, with the offset before them.
+            let records = std::mem::take(&mut st.tx_batch);
+            let lsn = st.emitted;
+            self.emit_answering_to(Some(to.clone()), st, out, rs, committed, records, lsn)
+                .await?;
+        }
         let mut records = std::mem::replace(&mut st.batch, Vec::with_capacity(MAX_BATCH));
         // A big streamed transaction arrives whole: it goes out in batches, all but the last
         // with the previous offset.
@@ -478,11 +490,17 @@ impl PgSource {
                 st.in_txn = true;
                 st.xid = xid;
                 st.commit_ts_ms = (commit_ts_us + PG_EPOCH_US) / 1000;
-                let _ = final_lsn;
+                if self.transactions.is_some() {
+                    // Debezium's id for PostgreSQL: the xid and the commit's LSN.
+                    st.tx = Some(TxMeta::new(format!("{xid}:{final_lsn}"), st.commit_ts_ms));
+                }
             }
             Message::Commit { end_lsn, .. } => {
                 st.in_txn = false;
                 st.last_commit = st.last_commit.max(end_lsn);
+                if let Some(tx) = st.tx.take() {
+                    st.tx_batch.extend(tx.records());
+                }
                 if let Some(d) = self.decoded.as_mut() {
                     d.note(st.xid);
                 }
@@ -580,6 +598,13 @@ impl PgSource {
             | Message::Origin
             | Message::StreamStart { .. }
             | Message::StreamStop => {}
+        }
+        if st.in_stream.is_none()
+            && let Some(tx) = st.tx.as_mut()
+        {
+            for r in produced.iter_mut() {
+                tx.annotate(r, format);
+            }
         }
         match (st.in_stream, subxid) {
             (Some(top), Some(sub)) if !produced.is_empty() => {
@@ -712,6 +737,9 @@ struct StreamState {
     streamed_signals: HashMap<u32, Vec<(u32, Signal)>>,
     /// Transactions being streamed while in progress.
     open_streams: HashSet<u32>,
+    /// The metadata of the transaction being decoded, and BEGIN/END records not emitted yet.
+    tx: Option<TxMeta>,
+    tx_batch: Vec<Record>,
     batch: Vec<Record>,
     /// Scratch for the records of one message.
     produced: Vec<Record>,
