@@ -142,6 +142,42 @@ pub(super) async fn wait_records(c: &Client, stream: &str, n: usize) -> Vec<(Str
     records(c, stream).await
 }
 
+/// Checks the transaction metadata of two transactions: changes 0..4 (tables A, A, B, A) in the
+/// first, change 4 in the second; each envelope's orders, and BEGIN/END of each in turn.
+/// Returns the two ids.
+pub(super) fn two_transactions(changes: &[(String, Value)], txs: &[(String, Value)]) -> (String, String) {
+    assert_eq!((changes.len(), txs.len()), (5, 4), "{txs:?}");
+    let block = |i: usize| changes[i].1["transaction"].clone();
+    let id = |i: usize| block(i)["id"].as_str().unwrap().to_owned();
+    let (id1, id2) = (id(0), id(4));
+    assert!((0..4).all(|i| id(i) == id1), "one id for the first transaction");
+    let orders: Vec<(f64, f64)> = (0..5)
+        .map(|i| {
+            (
+                block(i)["total_order"].as_f64().unwrap(),
+                block(i)["data_collection_order"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(orders, [(1.0, 1.0), (2.0, 2.0), (3.0, 1.0), (4.0, 3.0), (1.0, 1.0)]);
+    let status: Vec<(&str, &str)> = txs
+        .iter()
+        .map(|(_, r)| (r["status"].as_str().unwrap(), r["id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        status,
+        [
+            ("BEGIN", id1.as_str()),
+            ("END", id1.as_str()),
+            ("BEGIN", id2.as_str()),
+            ("END", id2.as_str())
+        ]
+    );
+    assert_eq!(txs[0].1["event_count"], Value::Null);
+    assert_eq!(txs[1].1["event_count"], 4.0);
+    (id1, id2)
+}
+
 #[tokio::test]
 async fn mysql_snapshot_and_streaming_end_as_the_table() {
     let db = MariaDb::start();
@@ -824,34 +860,9 @@ async fn mysql_transaction_metadata_counts_each_transactions_changes() {
     ));
     let changes = wait_records(&c, "mtx", 5).await;
     let txs = wait_records(&c, "mtx_tx", 4).await;
-    assert_eq!((changes.len(), txs.len()), (5, 4), "{txs:?}");
-    let block = |i: usize| changes[i].1["transaction"].clone();
-    let id1 = block(0)["id"].as_str().unwrap().to_owned();
-    let id2 = block(4)["id"].as_str().unwrap().to_owned();
+    let (id1, id2) = two_transactions(&changes, &txs);
     // MariaDB GTIDs: domain-server-sequence.
     assert!(id1.split('-').count() == 3 && id1 != id2, "{id1} {id2}");
-    let orders: Vec<(f64, f64)> = (0..5)
-        .map(|i| {
-            (
-                block(i)["total_order"].as_f64().unwrap(),
-                block(i)["data_collection_order"].as_f64().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(orders, [(1.0, 1.0), (2.0, 2.0), (3.0, 1.0), (4.0, 3.0), (1.0, 1.0)]);
-    let status: Vec<(&str, &str)> = txs
-        .iter()
-        .map(|(_, r)| (r["status"].as_str().unwrap(), r["id"].as_str().unwrap()))
-        .collect();
-    assert_eq!(
-        status,
-        [
-            ("BEGIN", id1.as_str()),
-            ("END", id1.as_str()),
-            ("BEGIN", id2.as_str()),
-            ("END", id2.as_str())
-        ]
-    );
     assert_eq!(
         txs[1].1["data_collections"],
         json!([{"data_collection": format!("{DATABASE}.ta"), "event_count": 3.0},

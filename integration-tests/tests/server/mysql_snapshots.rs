@@ -14,6 +14,22 @@ use super::mysql::{
     FAST_RETRY, create, orders_table, records, source_config, stream_rows, table_state, wait_streaming,
 };
 
+/// A load on `table` (keys 1..=`rows`) until a row is put into `stop`: one insert past the
+/// keys, one update and one delete inside them per round, `sleep` seconds apart; the inserted
+/// keys count the rounds (2000000 + round).
+fn churn(db: &MariaDb, table: &str, rows: u64, sleep: f64) -> std::process::Child {
+    db.sql_command(&format!(
+        "BEGIN NOT ATOMIC DECLARE i INT DEFAULT 0; \
+         WHILE NOT EXISTS (SELECT 1 FROM {DATABASE}.stop) DO SET i = i + 1; \
+           INSERT INTO {DATABASE}.{table} (id, name, amount) VALUES (2000000 + i, 'during', i); \
+           UPDATE {DATABASE}.{table} SET name = CONCAT('upd', i), amount = amount + 1 WHERE id = (i * 7919) % {rows} + 1; \
+           DELETE FROM {DATABASE}.{table} WHERE id = (i * 104729) % {rows} + 1; \
+           DO SLEEP({sleep}); END WHILE; END"
+    ))
+    .spawn()
+    .unwrap()
+}
+
 /// snapshotMode=always takes the snapshot again at every start, then streams from the stored
 /// position: rows deleted while the server was down leave the stream too (counted: two
 /// snapshots of exactly the rows the table had, and the ten deletes). when_needed is refused
@@ -91,17 +107,7 @@ async fn mysql_table_added_later_is_copied_in_chunks_through_two_kills() {
     );
     create(&mut c, "inc", "SOURCE", &cfg).await.unwrap();
     wait_streaming(&db, 1).await;
-    let mut load = db
-        .sql_command(&format!(
-            "BEGIN NOT ATOMIC DECLARE i INT DEFAULT 0; \
-             WHILE NOT EXISTS (SELECT 1 FROM {DATABASE}.stop) DO SET i = i + 1; \
-               INSERT INTO {DATABASE}.big (id, name, amount) VALUES (2000000 + i, 'during', i); \
-               UPDATE {DATABASE}.big SET name = CONCAT('upd', i), amount = amount + 1 WHERE id = (i * 7919) % {ROWS} + 1; \
-               DELETE FROM {DATABASE}.big WHERE id = (i * 104729) % {ROWS} + 1; \
-               DO SLEEP(0.03); END WHILE; END"
-        ))
-        .spawn()
-        .unwrap();
+    let mut load = churn(&db, "big", ROWS, 0.03);
     c.alter_connector_config(pb::AlterConnectorConfigRequest {
         name: "inc".into(),
         config: json!({"tables": ["first", "big"]}).to_string(),
@@ -337,17 +343,7 @@ async fn mysql_signal_rows_start_and_stop_incremental_snapshots() {
         N,
         "a withdrawn snapshot copies nothing"
     );
-    let mut load = db
-        .sql_command(&format!(
-            "BEGIN NOT ATOMIC DECLARE i INT DEFAULT 0; \
-             WHILE NOT EXISTS (SELECT 1 FROM {DATABASE}.stop) DO SET i = i + 1; \
-               INSERT INTO {DATABASE}.orders (id, name, amount) VALUES (2000000 + i, 'during', i); \
-               UPDATE {DATABASE}.orders SET name = CONCAT('upd', i), amount = amount + 1 WHERE id = (i * 7919) % {N} + 1; \
-               DELETE FROM {DATABASE}.orders WHERE id = (i * 104729) % {N} + 1; \
-               DO SLEEP(0.01); END WHILE; END"
-        ))
-        .spawn()
-        .unwrap();
+    let mut load = churn(&db, "orders", N, 0.01);
     // Asked for while paused: it waits, in the offset, until resumed.
     db.sql(&format!(
         "BEGIN; INSERT INTO {DATABASE}.dbz_signal VALUES ('p-1', 'pause-snapshot', NULL); \
