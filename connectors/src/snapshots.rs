@@ -333,6 +333,21 @@ impl Signal {
     }
 }
 
+/// A signal to be written into a signal table (sent through the REST API): checked as the
+/// source will read it, with a fresh id. Returns the id and the data column's text.
+pub fn outgoing(
+    kind: &str,
+    data: &serde_json::Value,
+) -> Result<(String, Option<String>), hstream_runtime::ConnectorError> {
+    let text = (!data.is_null()).then(|| data.to_string());
+    Signal::parse(kind, text.as_deref())
+        .map_err(|why| hstream_runtime::ConnectorError::config(format!("signal: {why}")))?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    Ok((format!("rest-{nanos:x}"), text))
+}
+
 /// The tables among `tables` that a pattern matches (whole name, case-insensitively), in order.
 fn matching(patterns: &[String], tables: &[TableName]) -> Vec<TableName> {
     let Ok(Some(set)) = crate::selection::compile(patterns, "data-collections") else {

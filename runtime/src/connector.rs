@@ -245,6 +245,14 @@ pub trait Source: Send + 'static {
     async fn on_delete(_config: &Self::Config) -> Result<(), ConnectorError> {
         Ok(())
     }
+
+    /// Sends the source a signal (`kind`, `data`) through its upstream, where its running task
+    /// reads it back in order (a CDC source: a row in the database's signal table), so the
+    /// signal is as durable as the upstream's own changes; returns the signal's id. Works
+    /// whether or not the task runs now, from any node. Sources without signals refuse.
+    async fn signal(_config: &Self::Config, _kind: &str, _data: &serde_json::Value) -> Result<String, ConnectorError> {
+        Err(ConnectorError::config("this connector takes no signals"))
+    }
 }
 
 /// Whether a sink's write is merely accepted (buffered) or durable downstream.

@@ -64,6 +64,10 @@ pub trait ConnectorType: Send + Sync {
     async fn on_delete(&self, _config: &Value) -> Result<(), ConnectorError> {
         Ok(())
     }
+    /// Sends a source a signal through its upstream ([`Source::signal`]); returns its id.
+    async fn signal(&self, _config: &Value, _kind: &str, _data: &Value) -> Result<String, ConnectorError> {
+        Err(ConnectorError::config("this connector takes no signals"))
+    }
 }
 
 /// Validates the connector's own config and the shape of its transforms.
@@ -135,6 +139,9 @@ impl<S: Source> ConnectorType for SourceType<S> {
             return Ok(Done::Cancelled);
         };
         pipeline::run_source::<S>(ctx, config, chain).await
+    }
+    async fn signal(&self, config: &Value, kind: &str, data: &Value) -> Result<String, ConnectorError> {
+        S::signal(&parse::<S::Config>(&*self.transforms, &self.spec, config)?, kind, data).await
     }
     async fn on_delete(&self, config: &Value) -> Result<(), ConnectorError> {
         S::on_delete(&parse::<S::Config>(&*self.transforms, &self.spec, config)?).await

@@ -57,6 +57,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "/connectors/{name}/offsets",
         "Reset a paused connector's position",
     ),
+    (
+        "post",
+        "/connectors/{name}/signals",
+        "Send a CDC source a signal, as Debezium's signal table does (`{\"type\": \"execute-snapshot\", \"data\": {\"data-collections\": [...]}}`): written to its signal table, acted on by its task",
+    ),
     ("get", "/connector-plugins", "Connector types of this build"),
     (
         "get",
@@ -137,6 +142,7 @@ pub fn router(ctx: Arc<Api>) -> Router {
         .route("/connectors/{name}/resume", put(resume))
         .route("/connectors/{name}/restart", post(restart))
         .route("/connectors/{name}/offsets", get(get_offsets).delete(reset_offsets))
+        .route("/connectors/{name}/signals", post(send_signal))
         .route("/connector-plugins", get(plugins))
         .route("/connector-plugins/{type}/spec", get(plugin_spec))
         .route("/connector-plugins/{type}/config/validate", put(validate))
@@ -371,6 +377,20 @@ async fn restart(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<Status
 
 async fn get_offsets(State(ctx): Ctx, Path(name): Path<String>) -> RestResult<Json<Value>> {
     Ok(Json(report(&ctx.connectors.get(&name).await?)))
+}
+
+/// A signal for a source (`{"type", "data"}`), written to its upstream's signal table.
+async fn send_signal(
+    State(ctx): Ctx,
+    Path(name): Path<String>,
+    Json(body): Json<Value>,
+) -> RestResult<(StatusCode, Json<Value>)> {
+    let kind = body["type"]
+        .as_str()
+        .ok_or_else(|| ApiError::InvalidRequest("type: the signal's type, e.g. \"execute-snapshot\"".into()))?;
+    let data = body.get("data").cloned().unwrap_or(Value::Null);
+    let id = ctx.connectors.signal(&name, kind, &data).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "name": name, "id": id }))))
 }
 
 /// Forgets a paused connector's checkpoint: on resume it starts from its configured beginning.

@@ -359,9 +359,15 @@ async fn mysql_signal_rows_start_and_stop_incremental_snapshots() {
         }
     })
     .await;
-    db.sql(&format!(
-        "INSERT INTO {DATABASE}.dbz_signal VALUES ('r-1', 'resume-snapshot', NULL)"
-    ));
+    // Resumed through the REST API (written to the signal table for the task to read).
+    let (code, body) = http(
+        server.http,
+        "POST",
+        "/connectors/sig/signals",
+        Some(&json!({"type": "resume-snapshot"})),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
     // The queue leaves the offset once the copy is complete.
     let probe = c.clone();
     wait_until(Duration::from_secs(120), "the signalled snapshot to finish", || {

@@ -574,4 +574,25 @@ async fn pg_signal_row_snapshots_a_table_again_and_waits_for_an_invisible_commit
         records.iter().all(|(_, r)| r["source"]["table"] == "orders"),
         "only the captured table's changes are in the stream"
     );
+    // The same through the REST API: written to the signal table, read back by the task. A
+    // malformed signal is refused before anything is written.
+    let rest = server.http;
+    let signal = |body: Value| async move { http(rest, "POST", "/connectors/sig/signals", Some(&body)).await };
+    let (code, body) = signal(json!({"type": "execute-snapshot", "data": {"data-collections": 5}})).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.to_string().contains("data-collections"), "{body}");
+    let (code, body) =
+        signal(json!({"type": "execute-snapshot", "data": {"data-collections": ["public.orders"]}})).await;
+    assert_eq!(code, 202, "{body}");
+    let probe = c.clone();
+    wait_until(Duration::from_secs(60), "a third copy, asked for over REST", || {
+        let mut probe = probe.clone();
+        async move { reads(&read_json_stream(&mut probe, "sig").await) == 3 * N }
+    })
+    .await;
+    assert_eq!(
+        pg.psql(DATABASE, "SELECT count(*) FROM dbz_signal WHERE id LIKE 'rest-%'"),
+        "1",
+        "only the valid signal was written"
+    );
 }

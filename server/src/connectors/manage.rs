@@ -394,6 +394,23 @@ impl Connectors {
         }
     }
 
+    /// Sends a source a signal through its upstream (a CDC source's signal table), from this
+    /// node, whichever runs the task; returns the signal's id.
+    pub async fn signal(&self, name: &str, kind: &str, data: &Value) -> ApiResult<String> {
+        let stored = self.stored(name).await?;
+        let t = self
+            .connector_type(&stored.kind, &stored.target)
+            .ok_or_else(|| ApiError::ConnectorUnknown {
+                kind: "connector",
+                target: stored.target.clone(),
+            })?;
+        let config: Value = serde_json::from_str(&stored.config).unwrap_or_else(|_| serde_json::json!({}));
+        t.signal(&config, kind, data).await.map_err(|e| {
+            let secrets = secret::secret_values(&t.config_schema(&config), &config);
+            ApiError::InvalidRequest(secret::scrub(&e.to_string(), &secrets))
+        })
+    }
+
     /// Forgets a paused connector's checkpoint: on resume it starts from its configured
     /// beginning. Returns whether there was one.
     pub async fn reset_offsets(&self, name: &str) -> ApiResult<bool> {

@@ -471,6 +471,25 @@ impl Source for MySqlSource {
         })
     }
 
+    async fn signal(cfg: &MySqlSourceConfig, kind: &str, data: &serde_json::Value) -> Result<String, ConnectorError> {
+        let Some((db, table)) = cfg.signal_table() else {
+            return Err(ConnectorError::config(
+                "signalDataCollection: this source has no signal table to send signals through",
+            ));
+        };
+        let (id, text) = crate::snapshots::outgoing(kind, data)?;
+        let mut conn = cfg.endpoint.connect(&[]).await?;
+        let r = conn
+            .exec_drop(
+                format!("INSERT INTO {}.{} VALUES (?, ?, ?)", ident(&db), ident(&table)),
+                (id.as_str(), kind, text.as_deref()),
+            )
+            .await
+            .map_err(|e| query_error("signalDataCollection: writing the signal", e));
+        let _ = conn.disconnect().await;
+        r.map(|()| id)
+    }
+
     fn stream(cfg: &MySqlSourceConfig) -> &str {
         &cfg.stream
     }

@@ -546,6 +546,29 @@ impl Source for PgSource {
         self.stream(repl, start, out).await
     }
 
+    async fn signal(cfg: &PgSourceConfig, kind: &str, data: &serde_json::Value) -> Result<String, ConnectorError> {
+        let Some((schema, table)) = cfg.signal_table() else {
+            return Err(ConnectorError::config(
+                "signalDataCollection: this source has no signal table to send signals through",
+            ));
+        };
+        let (id, text) = crate::snapshots::outgoing(kind, data)?;
+        let mut conn = cfg.endpoint.connect(false, "hstream-cdc-signal").await?;
+        let r = conn
+            .query(&format!(
+                "INSERT INTO {}.{} VALUES ({}, {}, {})",
+                ident(&schema),
+                ident(&table),
+                literal(&id),
+                literal(kind),
+                text.as_deref().map_or_else(|| "NULL".to_owned(), literal)
+            ))
+            .await
+            .map_err(|e| query_error("signalDataCollection: writing the signal", e));
+        conn.close().await;
+        r.map(|_| id)
+    }
+
     async fn on_delete(cfg: &PgSourceConfig) -> Result<(), ConnectorError> {
         // initial_only's slot exists only for its snapshot: always ours to drop by default.
         let default = cfg.slot_name.is_none() || cfg.capture.snapshot_mode == SnapshotMode::InitialOnly;
