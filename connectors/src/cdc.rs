@@ -138,12 +138,23 @@ impl Capture {
                 "heartbeatStream: must differ from stream (heartbeats would mix with the changes)",
             ));
         }
-        if let Some(t) = self.transaction_stream(stream)
-            && (t == stream || self.heartbeat_stream.as_deref() == Some(t.as_str()))
-        {
+        if self.transaction_stream.is_some() && !self.provide_transaction_metadata {
             return Err(ConnectorError::config(
-                "transactionStream: must differ from stream and heartbeatStream",
+                "transactionStream: only with provideTransactionMetadata=true",
             ));
+        }
+        if let Some(t) = self.transaction_stream(stream) {
+            if t == stream || self.heartbeat_stream.as_deref() == Some(t.as_str()) {
+                return Err(ConnectorError::config(
+                    "transactionStream: must differ from stream and heartbeatStream",
+                ));
+            }
+            // The default (`<stream>_transaction`) too must be a stream name.
+            if t.len() > 255 {
+                return Err(ConnectorError::config(
+                    "transactionStream: at most 255 characters (name one: the default adds 12 to stream)",
+                ));
+            }
         }
         Ok(())
     }

@@ -333,19 +333,20 @@ impl Signal {
     }
 }
 
-/// A signal to be written into a signal table (sent through the REST API): checked as the
-/// source will read it, with a fresh id. Returns the id and the data column's text.
+/// A signal to be written into a signal table (sent through the REST API), checked as the
+/// source will read it: its fresh id, its type as the source spells it, and the data column's
+/// text.
 pub fn outgoing(
     kind: &str,
     data: &serde_json::Value,
-) -> Result<(String, Option<String>), hstream_runtime::ConnectorError> {
+) -> Result<(String, String, Option<String>), hstream_runtime::ConnectorError> {
     let text = (!data.is_null()).then(|| data.to_string());
     Signal::parse(kind, text.as_deref())
         .map_err(|why| hstream_runtime::ConnectorError::config(format!("signal: {why}")))?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    Ok((format!("rest-{nanos:x}"), text))
+    Ok((format!("rest-{nanos:x}"), kind.trim().to_ascii_lowercase(), text))
 }
 
 /// The tables among `tables` that a pattern matches (whole name, case-insensitively), in order.

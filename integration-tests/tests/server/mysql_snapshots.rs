@@ -296,7 +296,8 @@ async fn mysql_signal_rows_start_and_stop_incremental_snapshots() {
     orders_table(&db, "orders");
     db.sql(&format!(
         "INSERT INTO {DATABASE}.orders (id, name, amount) SELECT seq, 's', seq FROM {DATABASE}.seq_1_to_{N}; \
-         CREATE TABLE {DATABASE}.dbz_signal (id VARCHAR(42) PRIMARY KEY, type VARCHAR(32) NOT NULL, data VARCHAR(2048)); \
+         CREATE TABLE {DATABASE}.dbz_signal (id VARCHAR(42) PRIMARY KEY, type VARCHAR(32) NOT NULL, data VARCHAR(2048), \
+           created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)); \
          CREATE TABLE {DATABASE}.stop (x int);"
     ));
     let dir = tempfile::tempdir().unwrap();
@@ -320,10 +321,10 @@ async fn mysql_signal_rows_start_and_stop_incremental_snapshots() {
     // Asked for and withdrawn in one transaction: nothing is copied (a marker row after it
     // shows the stream has passed it).
     db.sql(&format!(
-        "INSERT INTO {DATABASE}.dbz_signal VALUES ('bad', 'execute-snapshot', '{{\"data-collections\": 5}}'); \
+        "INSERT INTO {DATABASE}.dbz_signal (id, type, data) VALUES ('bad', 'execute-snapshot', '{{\"data-collections\": 5}}'); \
          BEGIN; \
-         INSERT INTO {DATABASE}.dbz_signal VALUES ('s-0', 'execute-snapshot', '{{\"data-collections\": [\"{DATABASE}.orders\"]}}'); \
-         INSERT INTO {DATABASE}.dbz_signal VALUES ('s-0-stop', 'stop-snapshot', '{{\"type\": \"incremental\"}}'); \
+         INSERT INTO {DATABASE}.dbz_signal (id, type, data) VALUES ('s-0', 'execute-snapshot', '{{\"data-collections\": [\"{DATABASE}.orders\"]}}'); \
+         INSERT INTO {DATABASE}.dbz_signal (id, type, data) VALUES ('s-0-stop', 'stop-snapshot', '{{\"type\": \"incremental\"}}'); \
          COMMIT; \
          INSERT INTO {DATABASE}.orders (id, name, amount) VALUES (1999999, 'marker', 0);"
     ));
@@ -346,8 +347,8 @@ async fn mysql_signal_rows_start_and_stop_incremental_snapshots() {
     let mut load = churn(&db, "orders", N, 0.01);
     // Asked for while paused: it waits, in the offset, until resumed.
     db.sql(&format!(
-        "BEGIN; INSERT INTO {DATABASE}.dbz_signal VALUES ('p-1', 'pause-snapshot', NULL); \
-         INSERT INTO {DATABASE}.dbz_signal VALUES ('s-1', 'execute-snapshot', \
+        "BEGIN; INSERT INTO {DATABASE}.dbz_signal (id, type, data) VALUES ('p-1', 'pause-snapshot', NULL); \
+         INSERT INTO {DATABASE}.dbz_signal (id, type, data) VALUES ('s-1', 'execute-snapshot', \
          '{{\"data-collections\": [\"[a-z_]+\\\\\\\\.ORDERS\"], \"type\": \"incremental\"}}'); COMMIT;"
     ));
     let probe = c.clone();

@@ -477,15 +477,32 @@ impl Source for MySqlSource {
                 "signalDataCollection: this source has no signal table to send signals through",
             ));
         };
-        let (id, text) = crate::snapshots::outgoing(kind, data)?;
+        let (id, kind, text) = crate::snapshots::outgoing(kind, data)?;
         let mut conn = cfg.endpoint.connect(&[]).await?;
-        let r = conn
-            .exec_drop(
-                format!("INSERT INTO {}.{} VALUES (?, ?, ?)", ident(&db), ident(&table)),
-                (id.as_str(), kind, text.as_deref()),
+        // Its first three columns by name: a table with more (a timestamp, say) fills them itself.
+        let r = async {
+            let columns = schema::describe(&mut conn, &db, &table)
+                .await?
+                .map(|d| d.columns)
+                .filter(|c| c.len() >= 3)
+                .ok_or_else(|| {
+                    ConnectorError::config(format!(
+                        "signalDataCollection: {db}.{table} is gone or has fewer than three columns"
+                    ))
+                })?;
+            let names = columns[..3].iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+            conn.exec_drop(
+                format!(
+                    "INSERT INTO {}.{} ({names}) VALUES (?, ?, ?)",
+                    ident(&db),
+                    ident(&table)
+                ),
+                (id.as_str(), kind.as_str(), text.as_deref()),
             )
             .await
-            .map_err(|e| query_error("signalDataCollection: writing the signal", e));
+            .map_err(|e| query_error("signalDataCollection: writing the signal", e))
+        }
+        .await;
         let _ = conn.disconnect().await;
         r.map(|()| id)
     }

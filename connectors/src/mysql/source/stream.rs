@@ -379,7 +379,8 @@ impl MySqlSource {
                 self.flush(st, out).await?;
                 let Some(inc) = self.inc.as_mut() else { break };
                 let (records, report) = inc.take_chunk(self.cfg.capture.format);
-                out.emit(records, self.stamped(&st.committed)).await?;
+                st.emitted = self.stamped(&st.committed);
+                out.emit(records, st.emitted.clone()).await?;
                 out.report(report);
                 progressed = true;
             }
@@ -393,7 +394,8 @@ impl MySqlSource {
             // Every chunk is out already (in emits of their own): nothing is claimed early.
             self.flush(st, out).await?;
             self.inc = None;
-            out.emit(Vec::new(), self.stamped(&st.committed)).await?;
+            st.emitted = self.stamped(&st.committed);
+            out.emit(Vec::new(), st.emitted.clone()).await?;
             out.report("incremental snapshots complete".to_owned());
             progressed = true;
         }

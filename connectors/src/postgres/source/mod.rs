@@ -552,7 +552,7 @@ impl Source for PgSource {
                 "signalDataCollection: this source has no signal table to send signals through",
             ));
         };
-        let (id, text) = crate::snapshots::outgoing(kind, data)?;
+        let (id, kind, text) = crate::snapshots::outgoing(kind, data)?;
         let mut conn = cfg.endpoint.connect(false, "hstream-cdc-signal").await?;
         let r = conn
             .query(&format!(
@@ -560,7 +560,7 @@ impl Source for PgSource {
                 ident(&schema),
                 ident(&table),
                 literal(&id),
-                literal(kind),
+                literal(&kind),
                 text.as_deref().map_or_else(|| "NULL".to_owned(), literal)
             ))
             .await
