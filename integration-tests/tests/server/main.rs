@@ -14,6 +14,7 @@ mod jetstream_faults;
 mod metrics;
 mod mqtt;
 mod mysql;
+mod mysql_capture;
 mod mysql_snapshots;
 mod postgres;
 mod postgres_capture;

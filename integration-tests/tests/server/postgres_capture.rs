@@ -10,7 +10,8 @@ use hstream_integration_tests::*;
 use hstream_proto as pb;
 use serde_json::{Value, json};
 
-use super::mysql::{two_transactions, wait_records};
+use super::mysql::wait_records;
+use super::mysql_capture::two_transactions;
 use super::postgres::{
     FAST_RETRY, create, fold_debezium, orders_table, source_config, stream_rows, table_state, wait_streaming,
 };

@@ -202,6 +202,15 @@ impl Connectors {
         Ok(self.view(&meta, true, holders.get(&meta.name)))
     }
 
+    /// The type of a stored connector.
+    fn type_of(&self, stored: &ConnectorMeta) -> ApiResult<std::sync::Arc<dyn hstream_runtime::ConnectorType>> {
+        self.connector_type(&stored.kind, &stored.target)
+            .ok_or_else(|| ApiError::ConnectorUnknown {
+                kind: "connector",
+                target: stored.target.clone(),
+            })
+    }
+
     async fn stored(&self, name: &str) -> ApiResult<ConnectorMeta> {
         self.meta
             .get_connector(name)
@@ -359,12 +368,7 @@ impl Connectors {
         // Only where the task runs: it must restart with the new config.
         self.here(name).await?;
         let mut config: Value = serde_json::from_str(&stored.config).unwrap_or_else(|_| serde_json::json!({}));
-        let t = self
-            .connector_type(&stored.kind, &stored.target)
-            .ok_or_else(|| ApiError::ConnectorUnknown {
-                kind: "connector",
-                target: stored.target.clone(),
-            })?;
+        let t = self.type_of(&stored)?;
         t.normalize(&mut patch);
         // Clients send back what they were shown: a masked secret means "unchanged".
         secret::unmask(&t.config_schema(&config), &config, &mut patch);
@@ -398,12 +402,7 @@ impl Connectors {
     /// node, whichever runs the task; returns the signal's id.
     pub async fn signal(&self, name: &str, kind: &str, data: &Value) -> ApiResult<String> {
         let stored = self.stored(name).await?;
-        let t = self
-            .connector_type(&stored.kind, &stored.target)
-            .ok_or_else(|| ApiError::ConnectorUnknown {
-                kind: "connector",
-                target: stored.target.clone(),
-            })?;
+        let t = self.type_of(&stored)?;
         let config: Value = serde_json::from_str(&stored.config).unwrap_or_else(|_| serde_json::json!({}));
         t.signal(&config, kind, data).await.map_err(|e| {
             let secrets = secret::secret_values(&t.config_schema(&config), &config);
