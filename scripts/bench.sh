@@ -3,6 +3,12 @@
 # Each benchmark prints its figures beside the physical limit or a peer measured in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p hstream-server -p hstream-bench
+# The server exactly as the README builds it (built alone, its dependencies' features are
+# unified as in that build, so an earlier `cargo run --release -p hstream-server` is reused),
+# then the benchmark driver.
+cargo build --release -p hstream-server
+cargo build --release -p hstream-bench
+# The Airbyte benchmark runs connectors installed with the test venv's uv.
+scripts/venv.sh
 scripts/build-plugins.sh >/dev/null
 exec target/release/hstream-bench "${@:-all}"

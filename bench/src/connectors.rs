@@ -57,7 +57,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     .await?;
     let cpu0 = server.cpu_seconds();
     let t = Instant::now();
-    let source = serde_json::json!({"stream": "bench", "count": args.records, "keys": 16, "batchSize": args.batch_size,
+    let source = serde_json::json!({"stream": "bench", "count": args.records, "rate": 0, "keys": 16, "batchSize": args.batch_size,
                                     "shape": "bytes", "payloadBytes": args.payload_bytes});
     c.create_connector(pb::CreateConnectorRequest {
         name: "gen".into(),

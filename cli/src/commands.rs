@@ -108,20 +108,20 @@ pub enum ConnectorCmd {
 
 pub async fn stream(c: &mut Client, cmd: StreamCmd) -> Result<String, tonic::Status> {
     Ok(match cmd {
-        StreamCmd::List => crate::exec::execute(c, crate::sql::Statement::ShowStreams).await?,
+        StreamCmd::List => crate::exec::execute(c, hstream_sql::Statement::ShowStreams, "").await?,
         StreamCmd::Create {
             name,
             replication_factor,
             backlog_duration,
             shards,
         } => {
-            let stmt = crate::sql::Statement::CreateStream {
+            let stmt = hstream_sql::Statement::CreateStream {
                 name,
                 replication: replication_factor,
                 shards,
                 backlog_secs: backlog_duration,
             };
-            crate::exec::execute(c, stmt).await?
+            crate::exec::execute(c, stmt, "").await?
         }
         StreamCmd::Describe { name } => {
             let s = c
@@ -170,7 +170,7 @@ pub async fn stream(c: &mut Client, cmd: StreamCmd) -> Result<String, tonic::Sta
 
 pub async fn subscription(c: &mut Client, cmd: SubscriptionCmd) -> Result<String, tonic::Status> {
     Ok(match cmd {
-        SubscriptionCmd::List => crate::exec::execute(c, crate::sql::Statement::ShowSubscriptions).await?,
+        SubscriptionCmd::List => crate::exec::execute(c, hstream_sql::Statement::ShowSubscriptions, "").await?,
         SubscriptionCmd::Create {
             id,
             stream,
@@ -235,9 +235,9 @@ pub async fn subscription(c: &mut Client, cmd: SubscriptionCmd) -> Result<String
 }
 
 pub async fn connector(c: &mut Client, cmd: ConnectorCmd) -> Result<String, tonic::Status> {
-    use crate::sql::Statement;
+    use hstream_sql::Statement;
     Ok(match cmd {
-        ConnectorCmd::List => crate::exec::execute(c, Statement::ShowConnectors).await?,
+        ConnectorCmd::List => crate::exec::execute(c, Statement::ShowConnectors, "").await?,
         ConnectorCmd::Describe { name } => {
             let k = c.get_connector(pb::GetConnectorRequest { name }).await?.into_inner();
             // The task's report: records moved and what it is doing (snapshot progress).
@@ -299,10 +299,10 @@ pub async fn connector(c: &mut Client, cmd: ConnectorCmd) -> Result<String, toni
             c.create_connector(req).await?;
             format!("created connector {name}")
         }
-        ConnectorCmd::Pause { name } => crate::exec::execute(c, Statement::PauseConnector(name)).await?,
-        ConnectorCmd::Resume { name } => crate::exec::execute(c, Statement::ResumeConnector(name)).await?,
+        ConnectorCmd::Pause { name } => crate::exec::execute(c, Statement::PauseConnector(name), "").await?,
+        ConnectorCmd::Resume { name } => crate::exec::execute(c, Statement::ResumeConnector(name), "").await?,
         ConnectorCmd::Delete { name } => {
-            crate::exec::execute(c, Statement::DropConnector { name, if_exists: false }).await?
+            crate::exec::execute(c, Statement::DropConnector { name, if_exists: false }, "").await?
         }
         ConnectorCmd::AlterConfig { name, config_json } => {
             crate::exec::on_owner(c, |mut c| {

@@ -7,7 +7,7 @@ use prost::Message;
 use serde_json::Value;
 use tonic::transport::Channel;
 
-use crate::sql::Statement;
+use hstream_sql::Statement;
 
 pub type Client = HStreamApiClient<Channel>;
 
@@ -119,10 +119,79 @@ pub fn pb_to_json(v: &prost_types::Value) -> Value {
     }
 }
 
-/// Runs one statement; returns what to print.
-pub async fn execute(c: &mut Client, stmt: Statement) -> Result<String, tonic::Status> {
+/// A name for a query the shell creates, as HStreamDB's CLI names them.
+fn generated_query_name() -> String {
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("cli_generated_{}_{nonce}", std::process::id())
+}
+
+fn query_status(code: i32) -> &'static str {
+    match pb::TaskStatusPb::try_from(code) {
+        Ok(pb::TaskStatusPb::TaskCreating) => "CREATING",
+        Ok(pb::TaskStatusPb::TaskRunning) => "RUNNING",
+        Ok(pb::TaskStatusPb::TaskAborted) => "ABORTED",
+        Ok(pb::TaskStatusPb::TaskPaused) => "PAUSED",
+        Ok(pb::TaskStatusPb::TaskResuming) => "RESUMING",
+        Ok(pb::TaskStatusPb::TaskTerminated) => "TERMINATED",
+        _ => "UNKNOWN",
+    }
+}
+
+/// Runs one statement (`text` is its SQL, which persistent queries carry to the server);
+/// returns what to print.
+pub async fn execute(c: &mut Client, stmt: Statement, text: &str) -> Result<String, tonic::Status> {
     use Statement::*;
     Ok(match stmt {
+        CreateStreamAs { .. } | InsertSelect { .. } => {
+            let q = c
+                .create_query(pb::CreateQueryRequest {
+                    sql: text.to_owned(),
+                    query_name: generated_query_name(),
+                })
+                .await?
+                .into_inner();
+            format!("created query {} writing to {}", q.id, q.result_name)
+        }
+        ShowQueries => {
+            let list = c.list_queries(pb::ListQueriesRequest {}).await?.into_inner().queries;
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|q| vec![q.id.clone(), query_status(q.status).to_owned(), q.query_text.clone()])
+                .collect();
+            table(&["query_id", "status", "sql"], &rows)
+        }
+        TerminateQuery(id) => {
+            on_owner(c, |mut c| {
+                let query_id = id.clone();
+                async move { c.terminate_query(pb::TerminateQueryRequest { query_id }).await }
+            })
+            .await?;
+            format!("terminated query {id}")
+        }
+        PauseQuery(id) => {
+            on_owner(c, |mut c| {
+                let id = id.clone();
+                async move { c.pause_query(pb::PauseQueryRequest { id }).await }
+            })
+            .await?;
+            format!("paused query {id}")
+        }
+        ResumeQuery(id) => {
+            on_owner(c, |mut c| {
+                let id = id.clone();
+                async move { c.resume_query(pb::ResumeQueryRequest { id }).await }
+            })
+            .await?;
+            format!("resumed query {id}")
+        }
+        DropQuery { name, if_exists } => match c.delete_query(pb::DeleteQueryRequest { id: name.clone() }).await {
+            Ok(_) => format!("dropped query {name}"),
+            Err(s) if if_exists && s.code() == tonic::Code::NotFound => format!("query {name} does not exist"),
+            Err(s) => return Err(s),
+        },
         CreateStream {
             name,
             replication,
@@ -291,6 +360,6 @@ pub async fn execute(c: &mut Client, stmt: Statement) -> Result<String, tonic::S
             .await?;
             format!("inserted 1 row into {stream}")
         }
-        SelectEmitChanges { .. } => unreachable!("tailing queries are run by the shell"),
+        Select(_) => unreachable!("push queries are run by the shell"),
     })
 }

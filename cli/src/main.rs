@@ -5,7 +5,6 @@
 
 mod commands;
 mod exec;
-mod sql;
 
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -32,7 +31,8 @@ enum Command {
     /// HStreamDB SQL: an interactive shell, or one script with -e.
     Sql {
         /// Execute this script and exit.
-        #[arg(short = 'e', long = "execute")]
+        // A script may start with '-' (a `--` comment).
+        #[arg(short = 'e', long = "execute", allow_hyphen_values = true)]
         execute: Option<String>,
         /// History file of the interactive shell [default: ~/.hstream_history]
         #[arg(long)]
@@ -88,7 +88,9 @@ fn main() {
             Command::Stream(cmd) => report(commands::stream(&mut client.clone(), cmd).await),
             Command::Subscription(cmd) => report(commands::subscription(&mut client.clone(), cmd).await),
             Command::Connector(cmd) => report(commands::connector(&mut client.clone(), cmd).await),
-            Command::Node(NodeCmd::List) => report(exec::execute(&mut client.clone(), sql::Statement::ShowNodes).await),
+            Command::Node(NodeCmd::List) => {
+                report(exec::execute(&mut client.clone(), hstream_sql::Statement::ShowNodes, "").await)
+            }
         }
     });
     std::process::exit(code);
@@ -110,25 +112,25 @@ fn report(r: Result<String, tonic::Status>) -> i32 {
 
 /// Parses the whole script, then runs it statement by statement; stops at the first failure.
 async fn run_script(mut client: exec::Client, script: &str) -> i32 {
-    let statements = match sql::parse(script) {
+    let statements = match hstream_sql::parse_with_text(script) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
             return 1;
         }
     };
-    for stmt in statements {
-        if run(&mut client, stmt).await.is_err() {
+    for (stmt, text) in statements {
+        if run(&mut client, stmt, &text).await.is_err() {
             return 1;
         }
     }
     0
 }
 
-async fn run(client: &mut exec::Client, stmt: sql::Statement) -> Result<(), ()> {
+async fn run(client: &mut exec::Client, stmt: hstream_sql::Statement, text: &str) -> Result<(), ()> {
     let result = match stmt {
-        sql::Statement::SelectEmitChanges { stream } => emit_changes(client, &stream).await,
-        other => exec::execute(client, other).await.map(|out| println!("{out}")),
+        hstream_sql::Statement::Select(select) => emit_changes(client, &select).await,
+        other => exec::execute(client, other, text).await.map(|out| println!("{out}")),
     };
     result.map_err(|s| eprintln!("error: {}", exec::error_text(&s)))
 }
@@ -224,14 +226,14 @@ async fn shell(mut client: exec::Client, history: Option<std::path::PathBuf>) ->
         }
         buf.push_str(&line);
         buf.push('\n');
-        if !sql::complete(&buf) {
+        if !hstream_sql::complete(&buf) {
             continue;
         }
         let text = std::mem::take(&mut buf);
-        match sql::parse(&text) {
+        match hstream_sql::parse_with_text(&text) {
             Ok(statements) => {
-                for stmt in statements {
-                    failed |= run(&mut client, stmt).await.is_err();
+                for (stmt, text) in statements {
+                    failed |= run(&mut client, stmt, &text).await.is_err();
                 }
             }
             Err(e) => {
@@ -252,9 +254,12 @@ async fn shell(mut client: exec::Client, history: Option<std::path::PathBuf>) ->
     if failed && !interactive { 1 } else { 0 }
 }
 
-/// Tails new records of a stream through a temporary subscription until Ctrl-C, printing each
-/// as a JSON row; the subscription is deleted on the way out.
-async fn emit_changes(client: &mut exec::Client, stream: &str) -> Result<(), tonic::Status> {
+/// A push query: tails new records of the stream through a temporary subscription until
+/// Ctrl-C, and prints the query's result of each as a JSON row (evaluated here, by the same
+/// evaluator as the server's persistent queries; a record the query cannot evaluate is
+/// reported on stderr and skipped); the subscription is deleted on the way out.
+async fn emit_changes(client: &mut exec::Client, select: &hstream_sql::Select) -> Result<(), tonic::Status> {
+    let stream = select.from.as_str();
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -297,8 +302,12 @@ async fn emit_changes(client: &mut exec::Client, stream: &str) -> Result<(), ton
                 msg = inbound.message() => {
                     let Some(resp) = msg? else { return Ok(()) };
                     let Some(rr) = resp.received_records else { continue };
-                    for line in rows(&rr) {
-                        println!("{line}");
+                    for row in rows(&rr) {
+                        match apply(select, row) {
+                            Ok(Some(line)) => println!("{line}"),
+                            Ok(None) => {}
+                            Err(e) => eprintln!("-- skipped a record: {e}"),
+                        }
                     }
                     let _ = std::io::stdout().flush();
                     let ack = pb::StreamingFetchRequest { subscription_id: sub.clone(), consumer_name: "cli".into(), ack_ids: rr.record_ids };
@@ -318,14 +327,42 @@ async fn emit_changes(client: &mut exec::Client, stream: &str) -> Result<(), ton
     result
 }
 
-/// Each record of a received batch as one line: JSON records as JSON, raw ones as text.
-fn rows(rr: &pb::ReceivedRecord) -> Vec<String> {
+/// A received record: a JSON record's fields, or a RAW payload.
+enum Row {
+    Json(serde_json::Map<String, Value>),
+    Raw(Vec<u8>),
+    /// What cannot be shown (a compressed or undecodable batch), said as text.
+    Note(String),
+}
+
+/// A query's result of one row as a line; `Ok(None)` when the row is filtered out. RAW
+/// payloads pass a `SELECT *` as text; other queries read them as JSON objects.
+fn apply(select: &hstream_sql::Select, row: Row) -> Result<Option<String>, String> {
+    let fields = match row {
+        Row::Note(n) => return Ok(Some(n)),
+        Row::Raw(bytes) if select.is_identity() => return Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+        Row::Raw(bytes) => match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(m)) => m,
+            _ => return Err("a RAW record that is not a JSON object".into()),
+        },
+        Row::Json(m) => m,
+    };
+    match select.apply(&fields) {
+        // Whole numbers shown without a fraction (JSON records carry every number as a double).
+        Ok(Some(out)) => Ok(Some(hstream_sql::integral(&Value::Object(out)).to_string())),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The records of a received batch.
+fn rows(rr: &pb::ReceivedRecord) -> Vec<Row> {
     let Some(b) = &rr.record else { return Vec::new() };
     if b.compression_type != pb::CompressionType::None as i32 {
-        return vec![format!("<{} compressed records>", b.batch_size)];
+        return vec![Row::Note(format!("<{} compressed records>", b.batch_size))];
     }
     let Ok(recs) = pb::BatchHStreamRecords::decode(b.payload.clone()) else {
-        return vec!["<undecodable batch>".into()];
+        return vec![Row::Note("<undecodable batch>".into())];
     };
     recs.records
         .iter()
@@ -336,12 +373,11 @@ fn rows(rr: &pb::ReceivedRecord) -> Vec<String> {
                 .is_some_and(|h| h.flag == pb::h_stream_record_header::Flag::Json as i32);
             if json {
                 match prost_types::Struct::decode(r.payload.clone()) {
-                    Ok(s) => Value::Object(s.fields.iter().map(|(k, v)| (k.clone(), exec::pb_to_json(v))).collect())
-                        .to_string(),
-                    Err(_) => "<undecodable JSON record>".into(),
+                    Ok(s) => Row::Json(s.fields.iter().map(|(k, v)| (k.clone(), exec::pb_to_json(v))).collect()),
+                    Err(_) => Row::Note("<undecodable JSON record>".into()),
                 }
             } else {
-                String::from_utf8_lossy(&r.payload).into_owned()
+                Row::Raw(r.payload.to_vec())
             }
         })
         .collect()

@@ -12,7 +12,6 @@
 //! task runs one connector instance at a time; `run` is never called concurrently with itself.
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use schemars::JsonSchema;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -20,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ConnectorError;
+pub use crate::record::{Attributes, PayloadFlag, Record, SinkRecord};
 
 /// A connector's typed configuration: parsed with serde (unknown fields refused), checked against
 /// its JSON Schema (derived with schemars, published in `specs/`), then by [`validate`].
@@ -36,59 +36,6 @@ pub trait ConnectorConfig: DeserializeOwned + Serialize + JsonSchema + Send + Sy
 /// not know is refused rather than guessed at.
 pub trait Offset: DeserializeOwned + Serialize + Clone + Send + Sync + std::fmt::Debug + 'static {
     const VERSION: u32;
-}
-
-/// How a record's payload is encoded, as HStreamDB's record header flag says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PayloadFlag {
-    /// A protobuf `google.protobuf.Struct` (what HStreamDB calls a JSON record).
-    Json,
-    Raw,
-}
-
-/// A record's attributes (HStreamDB's record header attributes): string pairs beside the payload,
-/// such as an MQTT message's topic.
-pub type Attributes = std::collections::HashMap<String, String>;
-
-/// One record a source emits.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Record {
-    /// Partition key: records with one key keep their order.
-    pub key: String,
-    pub flag: PayloadFlag,
-    pub payload: Bytes,
-    pub attributes: Attributes,
-}
-
-impl Record {
-    /// A record without attributes.
-    pub fn new(key: impl Into<String>, flag: PayloadFlag, payload: impl Into<Bytes>) -> Record {
-        Record {
-            key: key.into(),
-            flag,
-            payload: payload.into(),
-            attributes: Attributes::new(),
-        }
-    }
-
-    /// An upper bound of the record's encoded size in a stored batch (payload, key, attributes
-    /// and their protobuf framing): what is compared with the stream's max record size.
-    pub fn encoded_size_bound(&self) -> usize {
-        let attrs: usize = self.attributes.iter().map(|(k, v)| k.len() + v.len() + 18).sum();
-        self.payload.len() + self.key.len() + attrs + 32
-    }
-}
-
-/// One record a sink receives, with where it came from.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SinkRecord {
-    pub shard_id: u64,
-    pub lsn: u64,
-    pub index: u32,
-    pub key: String,
-    pub flag: PayloadFlag,
-    pub payload: Bytes,
-    pub attributes: Attributes,
 }
 
 /// How a run ended without error.
@@ -271,6 +218,19 @@ pub trait Sink: Send + 'static {
     async fn open(config: Self::Config) -> Result<Self, ConnectorError>
     where
         Self: Sized;
+
+    /// What the runtime calls: [`open`](Self::open), with the task's access to the streams for
+    /// a sink that writes into streams itself (a persistent query), its appends fenced like a
+    /// source's.
+    async fn open_in(
+        config: Self::Config,
+        _streams: std::sync::Arc<dyn crate::streams::Streams>,
+    ) -> Result<Self, ConnectorError>
+    where
+        Self: Sized,
+    {
+        Self::open(config).await
+    }
 
     /// The stream records come from.
     fn stream(config: &Self::Config) -> &str;

@@ -17,6 +17,7 @@ pub mod options;
 pub mod pbstruct;
 pub mod pipeline;
 pub mod progress;
+pub mod record;
 pub mod registry;
 pub mod remote;
 pub mod secret;

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::connector::{Record, SinkRecord};
 use crate::error::ConnectorError;
+use crate::record::{Record, SinkRecord};
 
 /// A chunk read from one shard: its records and the LSN to read next.
 #[derive(Debug, Clone, Default)]

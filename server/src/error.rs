@@ -69,7 +69,8 @@ pub enum ApiError {
     ConnectorExists(String),
     #[error("connector type must be SOURCE or SINK, got {0:?}")]
     ConnectorInvalidType(String),
-    #[error("unknown {kind} connector type {target:?}")]
+    /// `kind` is SOURCE or SINK, or empty when the request named no kind.
+    #[error("unknown {}connector type {target:?}", if kind.is_empty() { String::new() } else { format!("{} ", kind.to_lowercase()) })]
     ConnectorUnknown { kind: &'static str, target: String },
     #[error("invalid connector config: {0}")]
     InvalidConnectorConfig(String),
@@ -77,6 +78,8 @@ pub enum ApiError {
     ConnectorCheckFailed(String),
     #[error("{0}")]
     ConnectorInvalidStatus(String),
+    #[error("{message}")]
+    Query { code: ErrorCode, message: String },
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     #[error("{0} is not implemented by this server yet")]
@@ -166,6 +169,15 @@ impl ApiError {
             ConsumerExists { consumer, .. } => (Code::AlreadyExists, ErrorCode::InternalError, json!(consumer)),
             InvalidSubscription(_) => (Code::InvalidArgument, ErrorCode::InternalError, json!(null)),
             InvalidRequest(_) => (Code::InvalidArgument, ErrorCode::InternalError, json!(null)),
+            Query { code, .. } => {
+                let status = match code {
+                    ErrorCode::QueryNotFound => Code::NotFound,
+                    ErrorCode::QueryExists => Code::AlreadyExists,
+                    ErrorCode::QueryInvalidSql | ErrorCode::QueryInvalidObjectIdentifier => Code::InvalidArgument,
+                    _ => Code::FailedPrecondition,
+                };
+                (status, *code, json!(null))
+            }
             ConnectorNotFound(n) => (Code::NotFound, ErrorCode::ConnectorNotFound, json!(n)),
             ConnectorExists(n) => (Code::AlreadyExists, ErrorCode::ConnectorExists, json!(n)),
             ConnectorInvalidType(t) => (Code::InvalidArgument, ErrorCode::ConnectorInvalidType, json!(t)),
@@ -210,13 +222,83 @@ impl ApiError {
     }
 }
 
+/// The longest quoted value an error repeats back; a longer one is cut (a 1 MB bad value must
+/// not make a 1 MB error).
+const QUOTED_MAX: usize = 64;
+/// The longest error message sent.
+const MESSAGE_MAX: usize = 4096;
+
+/// A value as an error repeats it: cut after [`QUOTED_MAX`] characters, saying how much was
+/// left out.
+pub fn cut(value: &str) -> String {
+    let n = value.chars().count();
+    if n <= QUOTED_MAX {
+        return value.to_owned();
+    }
+    let kept: String = value.chars().take(QUOTED_MAX - 16).collect();
+    format!("{kept}…({} more characters)", n - (QUOTED_MAX - 16))
+}
+
+/// `text` with each quoted part ("…" or '…') cut as [`cut`] does, and the whole bounded.
+pub fn bounded(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len().min(MESSAGE_MAX));
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        out.push(c);
+        i += 1;
+        if c != '"' && c != '\'' {
+            continue;
+        }
+        // The quoted part: up to the next unescaped closing quote (or the end).
+        let start = i;
+        while i < chars.len() && chars[i] != c {
+            i += if chars[i] == '\\' { 2 } else { 1 };
+        }
+        let inner: String = chars[start..i.min(chars.len())].iter().collect();
+        out.push_str(&cut(&inner));
+        if i < chars.len() {
+            out.push(c);
+            i += 1;
+        }
+        if out.len() > MESSAGE_MAX {
+            break;
+        }
+    }
+    if out.len() > MESSAGE_MAX {
+        let mut end = MESSAGE_MAX;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+        out.push_str("…(cut)");
+    }
+    out
+}
+
+impl ApiError {
+    /// The error's text as clients get it: quoted values and the whole bounded.
+    pub fn message(&self) -> String {
+        bounded(&self.to_string())
+    }
+
+    /// HStreamDB's `extra` field, its text bounded.
+    pub fn extra(&self) -> serde_json::Value {
+        match self.parts().2 {
+            serde_json::Value::String(s) => serde_json::Value::String(cut(&s)),
+            other => other,
+        }
+    }
+}
+
 impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> Self {
-        let (code, error, extra) = e.parts();
+        let (code, error, _) = e.parts();
         if matches!(code, Code::Internal | Code::DataLoss) {
             tracing::error!(error = %e, "request failed");
         }
-        let body = json!({ "error": error as i32, "message": e.to_string(), "extra": extra });
+        let body = json!({ "error": error as i32, "message": e.message(), "extra": e.extra() });
         tonic::Status::new(code, body.to_string())
     }
 }
@@ -233,5 +315,19 @@ mod tests {
         assert_eq!(v["error"], 200);
         assert_eq!(v["extra"], "s1");
         assert_eq!(v["message"], "stream \"s1\" not found");
+    }
+
+    #[test]
+    fn errors_cut_what_they_repeat() {
+        let huge = "x".repeat(1 << 20);
+        let s: tonic::Status = ApiError::StreamNotFound(huge.clone()).into();
+        assert!(s.message().len() < 400, "{}", s.message().len());
+        let v: serde_json::Value = serde_json::from_str(s.message()).unwrap();
+        assert!(v["message"].as_str().unwrap().contains("more characters"), "{v}");
+        assert!(v["extra"].as_str().unwrap().len() < 100);
+        let text = format!("bad value '{huge}' and \"{huge}\" in {huge}");
+        assert!(bounded(&text).len() <= MESSAGE_MAX + 16);
+        assert_eq!(bounded("stream \"s1\" not found"), "stream \"s1\" not found");
+        assert_eq!(bounded("it's \"a \\\"q\\\"\" ok"), "it's \"a \\\"q\\\"\" ok");
     }
 }

@@ -420,6 +420,10 @@ pub async fn run(
         subscriptions: subscriptions.clone(),
         readers,
         connectors: connectors.clone(),
+        queries: Arc::new(crate::connectors::queries::Queries::new(
+            connectors.clone(),
+            streams.clone(),
+        )),
         metrics: Arc::new(Metrics::new(registry)),
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),

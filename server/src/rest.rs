@@ -104,8 +104,7 @@ impl IntoResponse for RestError {
             tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let body =
-            json!({ "code": status.as_u16(), "error": self.0.error_code() as i32, "message": self.0.to_string() });
+        let body = json!({ "code": status.as_u16(), "error": self.0.error_code() as i32, "message": self.0.message() });
         (status, Json(body)).into_response()
     }
 }
@@ -499,6 +498,7 @@ async fn plugins(State(ctx): Ctx) -> Json<Value> {
         .connectors
         .registry
         .iter()
+        .filter(|(_, target, _)| *target != crate::connectors::queries::TARGET)
         .map(|(kind, target, _)| json!({ "id": plugin_id(kind, target), "type": kind.as_str().to_lowercase(), "target": target }))
         .collect();
     Json(Value::Array(list))
@@ -514,16 +514,25 @@ fn plugin(ctx: &Api, id: &str) -> Result<Arc<dyn hstream_runtime::ConnectorType>
         .connectors
         .registry
         .iter()
+        .filter(|(_, t, _)| *t != crate::connectors::queries::TARGET)
         .filter(|(k, t, _)| plugin_id(*k, t) == id || *t == id)
-        .map(|(_, _, t)| t.clone())
+        .map(|(k, t, c)| (plugin_id(k, t), c.clone()))
         .collect();
     match found.as_slice() {
-        [one] => Ok(one.clone()),
-        _ => Err(ApiError::ConnectorUnknown {
-            kind: "connector",
-            target: id.to_owned(),
+        [(_, one)] => Ok(one.clone()),
+        [] => Err(ApiError::ConnectorUnknown {
+            kind: "",
+            target: crate::error::cut(id),
         }
         .into()),
+        several => {
+            let ids: Vec<&str> = several.iter().map(|(id, _)| id.as_str()).collect();
+            Err(ApiError::InvalidRequest(format!(
+                "{id:?} is more than one connector type: name one of {}",
+                ids.join(", ")
+            ))
+            .into())
+        }
     }
 }
 
@@ -543,7 +552,7 @@ async fn validate(
         Ok(()) => Vec::new(),
         Err(errors) => errors
             .iter()
-            .map(|e| json!({ "field": e.path, "message": e.message }))
+            .map(|e| json!({ "field": crate::error::cut(&e.path), "message": crate::error::bounded(&e.message) }))
             .collect(),
     };
     Ok(Json(json!({ "valid": errors.is_empty(), "errors": errors })))

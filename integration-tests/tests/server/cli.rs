@@ -34,7 +34,7 @@ async fn piped_sql_drives_the_pipeline_and_other_doors_see_it() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let script = "CREATE STREAM orders WITH (SHARD_COUNT = 2,\n  REPLICATE = 1);\nSHOW STREAMS;\n\
-                  CREATE SOURCE CONNECTOR gen FROM generator WITH (\"stream\" = 'orders', \"count\" = 500);\n\
+                  CREATE SOURCE CONNECTOR gen FROM generator WITH (\"stream\" = 'orders', \"count\" = 500, \"rate\" = 0);\n\
                   CREATE SINK CONNECTOR hole TO blackhole WITH (stream = \"orders\");\n\
                   PAUSE CONNECTOR hole;\nSHOW CONNECTORS;\n";
     let mut child = hstream(&server)
@@ -171,7 +171,7 @@ async fn insert_then_select_emit_changes_shows_the_rows() {
         .unwrap()
         .unwrap();
     let row: serde_json::Value = serde_json::from_str(&row).unwrap();
-    assert_eq!(row, json!({"id": 7.0, "name": "seven"}));
+    assert_eq!(row, json!({"id": 7, "name": "seven"}));
     // Ctrl-C ends the query cleanly and removes its subscription.
     let pid = tail.id().unwrap() as i32;
     assert_eq!(sigint(pid), 0);

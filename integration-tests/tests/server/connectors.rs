@@ -70,7 +70,7 @@ async fn generator_to_blackhole_lifecycle() {
     let server = Server::start(dir.path(), &[]);
     let mut c = server.client().await;
     let n = 20_000u64;
-    let gen_cfg = serde_json::json!({"stream": "gen", "count": n, "keys": 10, "batchSize": 500});
+    let gen_cfg = serde_json::json!({"stream": "gen", "count": n, "rate": 0, "keys": 10, "batchSize": 500});
     let created = c
         .create_connector(create("gen1", "source", "generator", gen_cfg))
         .await
@@ -436,7 +436,8 @@ async fn standalone_runtime_over_grpc_resumes_from_its_checkpoint() {
     let server = Server::start(dir.path(), &[]);
     let cp = dir.path().join("runtime-checkpoints");
     let run = |count: u64| {
-        let cfg = serde_json::json!({"stream": "remote", "count": count, "keys": 3, "batchSize": 250}).to_string();
+        let cfg =
+            serde_json::json!({"stream": "remote", "count": count, "rate": 0, "keys": 3, "batchSize": 250}).to_string();
         let (endpoint, cp) = (server.endpoint(), cp.clone());
         async move {
             tokio::process::Command::new(workspace_bin("hstream-runtime"))

@@ -20,6 +20,7 @@ mod postgres;
 mod postgres_capture;
 mod postgres_crashes;
 mod postgres_snapshots;
+mod queries;
 mod rest;
 mod streams;
 mod subscriptions;

@@ -65,7 +65,7 @@ async fn metrics_parse_list_everything_and_count_what_moved() {
         "gen",
         "SOURCE",
         "generator",
-        &json!({"stream": "gen", "count": N}),
+        &json!({"stream": "gen", "count": N, "rate": 0}),
     )
     .await
     .unwrap();
@@ -481,7 +481,7 @@ async fn json_logs_write_one_object_per_line() {
         "gen",
         "SOURCE",
         "generator",
-        &json!({"stream": "g", "count": 10}),
+        &json!({"stream": "g", "count": 10, "rate": 0}),
     )
     .await
     .unwrap();

@@ -114,7 +114,7 @@ async fn transforms_filter_and_reshape_records_into_streams_and_sinks() {
     let out = sql(
         &server,
         &format!(
-            "CREATE SOURCE CONNECTOR gen FROM generator WITH (\"stream\" = 'kept', \"count\" = 10000, \
+            "CREATE SOURCE CONNECTOR gen FROM generator WITH (\"stream\" = 'kept', \"count\" = 10000, \"rate\" = 0, \
              \"keys\" = 4, \"transforms\" = 'keep', \"transforms.keep.module\" = '{filter}', \
              \"transforms.keep.config\" = '{{\"filter\": {{\"field\": \"n\", \"greater_than\": 2999}}, \
              \"rename\": {{\"n\": \"num\"}}, \"remove\": [\"data\"]}}');\n"
@@ -137,7 +137,7 @@ async fn transforms_filter_and_reshape_records_into_streams_and_sinks() {
     assert_eq!(shown["deliveredRecords"].as_f64(), Some(7000.0), "{shown}");
 
     // JSON config (REST/gRPC form): route each record to a stream named after its key.
-    let config = json!({"stream": "unused", "count": 1000, "keys": 3, "transforms": [
+    let config = json!({"stream": "unused", "count": 1000, "rate": 0, "keys": 3, "transforms": [
         {"name": "route", "module": filter, "config": {"route": {"field": "$key", "prefix": "by_"}}}]});
     create_connector(&mut c, "router", "SOURCE", "generator", &config)
         .await

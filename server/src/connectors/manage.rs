@@ -149,6 +149,8 @@ impl Connectors {
         let connector = self
             .registry
             .get(kind, target)
+            // Queries run as tasks of their own type, created through the query service only.
+            .filter(|_| target != crate::connectors::queries::TARGET)
             .ok_or_else(|| ApiError::ConnectorUnknown {
                 kind: kind.as_str(),
                 target: target.to_owned(),
@@ -163,12 +165,31 @@ impl Connectors {
 
     pub async fn create(&self, spec: ConnectorSpec) -> ApiResult<ConnectorView> {
         let (kind, connector) = self.check_identity(&spec.name, &spec.kind, &spec.target)?;
+        self.create_as(spec, kind, connector).await
+    }
+
+    /// Creates a task whose name and type were checked by the caller (a connector by
+    /// [`check_identity`](Self::check_identity), a query by the query service).
+    pub(crate) async fn create_as(
+        &self,
+        spec: ConnectorSpec,
+        kind: hstream_runtime::Kind,
+        connector: std::sync::Arc<dyn hstream_runtime::ConnectorType>,
+    ) -> ApiResult<ConnectorView> {
         let mut config = spec.config;
         object(&config, "config")?;
         connector.normalize(&mut config);
         connector.validate(&config).map_err(|errors| {
             ApiError::InvalidConnectorConfig(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
         })?;
+        // The stream it reads or writes must be one a stream can be named, or the task would
+        // only fail once started.
+        if let Ok(stream) = connector.stream(&config)
+            && !stream.is_empty()
+        {
+            validate_name("stream", ErrorCode::StreamInvalidObjectIdentifier, &stream)
+                .map_err(|e| ApiError::InvalidConnectorConfig(format!("stream: {e}")))?;
+        }
         let _ddl = self.ddl.lock().await;
         if self.meta.get_connector(&spec.name).await?.is_some() {
             return Err(ApiError::ConnectorExists(spec.name));
@@ -206,7 +227,7 @@ impl Connectors {
     fn type_of(&self, stored: &ConnectorMeta) -> ApiResult<std::sync::Arc<dyn hstream_runtime::ConnectorType>> {
         self.connector_type(&stored.kind, &stored.target)
             .ok_or_else(|| ApiError::ConnectorUnknown {
-                kind: "connector",
+                kind: "",
                 target: stored.target.clone(),
             })
     }
@@ -224,15 +245,38 @@ impl Connectors {
         Ok(self.view(&c, true, holders.get(name)))
     }
 
-    /// Every connector not deleted, without the task reports.
+    /// Every connector not deleted, without the task reports (queries are not connectors).
     pub async fn list(&self) -> ApiResult<Vec<ConnectorView>> {
+        let mut all = self.list_all().await?;
+        all.retain(|c| !crate::connectors::queries::is_query_task(&c.name));
+        Ok(all)
+    }
+
+    /// Every task not deleted, queries included, with the reports of those running here.
+    pub(crate) async fn list_all(&self) -> ApiResult<Vec<ConnectorView>> {
         let all = self.meta.list_connectors().await?;
         let holders = self.assignments.holders(self).await?;
         Ok(all
             .iter()
-            .map(|c| self.view(c, false, holders.get(&c.name)))
+            .map(|c| {
+                self.view(
+                    c,
+                    crate::connectors::queries::is_query_task(&c.name),
+                    holders.get(&c.name),
+                )
+            })
             .filter(|c| c.status != State::Deleted.as_str())
             .collect())
+    }
+
+    /// Sets one key of a stored config without restarting the task (a flag of the task's
+    /// owner, such as a query's `terminated`).
+    pub(crate) async fn set_config_key(&self, name: &str, key: &str, value: Value) -> ApiResult<()> {
+        let _ddl = self.ddl.lock().await;
+        let stored = self.stored(name).await?;
+        let mut config: Value = serde_json::from_str(&stored.config).unwrap_or_else(|_| serde_json::json!({}));
+        config[key] = value;
+        Ok(self.meta.set_connector_config(name, &config.to_string()).await?)
     }
 
     /// A connector type's config schema (the spec's `connectionSpecification`).
@@ -240,7 +284,7 @@ impl Connectors {
         let t = self
             .connector_type(kind, target)
             .ok_or_else(|| ApiError::ConnectorUnknown {
-                kind: "connector",
+                kind: "",
                 target: format!("{kind} {target}"),
             })?;
         Ok(t.spec()["connectionSpecification"].clone())
@@ -442,7 +486,7 @@ impl crate::cluster::assign::Hosted for Connectors {
         let c = self.stored(name).await?;
         if self.connector_type(&c.kind, &c.target).is_none() {
             return Err(ApiError::ConnectorUnknown {
-                kind: "connector",
+                kind: "",
                 target: c.target,
             });
         }

@@ -11,6 +11,7 @@
 mod checkpoints;
 mod manage;
 mod metrics;
+pub mod queries;
 mod streams;
 
 use std::collections::{HashMap, VecDeque};
@@ -101,6 +102,9 @@ impl Connectors {
         hosting: Hosting,
         assignments: Arc<Assignments>,
     ) -> Self {
+        let mut registry = registry;
+        // Persistent queries run as tasks of this service.
+        registry.sink::<crate::connectors::queries::QueryTask>(crate::connectors::queries::TARGET);
         Connectors {
             registry,
             tasks: Arc::new(Mutex::new(HashMap::new())),

@@ -3,6 +3,7 @@
 //! become responses and statuses. One file per area translates; the work is in the services.
 
 mod connectors;
+mod queries;
 pub mod read;
 mod readers;
 mod streams;
@@ -48,6 +49,7 @@ pub struct Api {
     pub subscriptions: Arc<Subscriptions>,
     pub readers: Arc<Readers>,
     pub connectors: Arc<Connectors>,
+    pub queries: Arc<crate::connectors::queries::Queries>,
     pub metrics: Arc<Metrics>,
     /// Cancelled when the server begins to shut down; long-lived streams end on it.
     pub shutdown: CancellationToken,
@@ -508,8 +510,9 @@ impl HStreamApi for HStreamService {
         unimplemented("ExecuteQuery")
     }
 
-    async fn create_query(&self, _req: Request<pb::CreateQueryRequest>) -> RpcResult<pb::Query> {
-        unimplemented("CreateQuery")
+    async fn create_query(&self, req: Request<pb::CreateQueryRequest>) -> RpcResult<pb::Query> {
+        let req = req.into_inner();
+        ok(self.create_query_rpc(&req.sql, &req.query_name).await)
     }
 
     async fn create_query_with_namespace(
@@ -520,27 +523,27 @@ impl HStreamApi for HStreamService {
     }
 
     async fn list_queries(&self, _req: Request<pb::ListQueriesRequest>) -> RpcResult<pb::ListQueriesResponse> {
-        unimplemented("ListQueries")
+        ok(self.list_queries_rpc().await)
     }
 
-    async fn get_query(&self, _req: Request<pb::GetQueryRequest>) -> RpcResult<pb::Query> {
-        unimplemented("GetQuery")
+    async fn get_query(&self, req: Request<pb::GetQueryRequest>) -> RpcResult<pb::Query> {
+        ok(self.get_query_rpc(&req.into_inner().id).await)
     }
 
-    async fn terminate_query(&self, _req: Request<pb::TerminateQueryRequest>) -> RpcResult<()> {
-        unimplemented("TerminateQuery")
+    async fn terminate_query(&self, req: Request<pb::TerminateQueryRequest>) -> RpcResult<()> {
+        ok(self.api.queries.terminate(&req.into_inner().query_id).await)
     }
 
-    async fn delete_query(&self, _req: Request<pb::DeleteQueryRequest>) -> RpcResult<()> {
-        unimplemented("DeleteQuery")
+    async fn delete_query(&self, req: Request<pb::DeleteQueryRequest>) -> RpcResult<()> {
+        ok(self.api.queries.delete(&req.into_inner().id).await)
     }
 
-    async fn resume_query(&self, _req: Request<pb::ResumeQueryRequest>) -> RpcResult<()> {
-        unimplemented("ResumeQuery")
+    async fn resume_query(&self, req: Request<pb::ResumeQueryRequest>) -> RpcResult<()> {
+        ok(self.api.queries.resume(&req.into_inner().id).await)
     }
 
-    async fn pause_query(&self, _req: Request<pb::PauseQueryRequest>) -> RpcResult<()> {
-        unimplemented("PauseQuery")
+    async fn pause_query(&self, req: Request<pb::PauseQueryRequest>) -> RpcResult<()> {
+        ok(self.api.queries.pause(&req.into_inner().id).await)
     }
 
     async fn parse_sql(&self, _req: Request<pb::ParseSqlRequest>) -> RpcResult<pb::ParseSqlResponse> {

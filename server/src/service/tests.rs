@@ -82,6 +82,10 @@ async fn ctx(dir: &std::path::Path) -> Arc<Ctx> {
         started: Instant::now(),
         subscriptions,
         readers: Arc::new(Readers::new(meta.clone(), streams.clone(), shutdown.clone())),
+        queries: Arc::new(crate::connectors::queries::Queries::new(
+            connectors.clone(),
+            streams.clone(),
+        )),
         streams,
         connectors,
         metrics: Arc::new(Metrics::new(registry)),

@@ -20,8 +20,9 @@ pub enum PayloadShape {
 pub struct GeneratorConfig {
     /// Stream the records are appended to (created if missing).
     pub stream: String,
-    /// Records per second; 0 means as fast as the stream takes them.
-    #[serde(default)]
+    /// Records per second, 10 unless set (a gentle default, as other data generators have);
+    /// 0 means as fast as the stream takes them.
+    #[serde(default = "default_rate")]
     #[schemars(range(max = 100000000))]
     pub rate: u64,
     /// Stop after this many records (the task then completes); unset runs forever.
@@ -47,6 +48,12 @@ pub struct GeneratorConfig {
 /// Highest accepted `rate` (records per second).
 pub const MAX_RATE: u64 = 100_000_000;
 
+/// The default `rate`: records per second.
+pub const DEFAULT_RATE: u64 = 10;
+
+fn default_rate() -> u64 {
+    DEFAULT_RATE
+}
 fn default_keys() -> u32 {
     1
 }
