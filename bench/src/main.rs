@@ -11,6 +11,7 @@ mod metastore;
 mod mqtt;
 mod mysql_cdc;
 mod pg_cdc;
+mod queries;
 mod startup;
 mod subscribe;
 mod wasm;
@@ -48,6 +49,9 @@ enum Bench {
     Airbyte(airbyte::Args),
     /// The field-filter WASM transform beside the same filter written natively, in process.
     Wasm(wasm::Args),
+    /// A persistent filter + projection query over 1M JSON records, beside the bare
+    /// subscription read of the same stream.
+    Queries(queries::Args),
     /// Start-up time, RSS and open files over 1 GB, 10 GB and 10,000 streams / 100,000 shards.
     Startup(startup::Args),
     /// MetaStore operations per second (create stream, commit progress, connector checkpoint),
@@ -75,6 +79,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Mqtt(args) => rt.block_on(mqtt::run(args)),
         Bench::Airbyte(args) => rt.block_on(airbyte::run(args)),
         Bench::Wasm(args) => rt.block_on(wasm::run(args)),
+        Bench::Queries(args) => rt.block_on(queries::run(args)),
         Bench::Startup(args) => rt.block_on(startup::run(args)),
         Bench::Metastore(args) => rt.block_on(metastore::run(args)),
         Bench::Jetstream(args) => rt.block_on(jetstream::run(args)),
@@ -95,6 +100,8 @@ fn main() -> anyhow::Result<()> {
             airbyte::run(airbyte::Args::default_args()).await?;
             println!();
             wasm::run(wasm::Args::default_args()).await?;
+            println!();
+            queries::run(queries::Args::default_args()).await?;
             println!();
             startup::run(startup::Args::default_args()).await?;
             println!();

@@ -88,7 +88,7 @@ async fn setup(server: &Server, name: &str, sub: &str, shard_count: u32) -> anyh
 }
 
 /// Consumes until `want` records arrived, acking each batch; calls `seen` per record payload.
-async fn consume(c: &Client, sub: &str, want: usize, mut seen: impl FnMut(&[u8])) -> anyhow::Result<()> {
+pub(crate) async fn consume(c: &Client, sub: &str, want: usize, mut seen: impl FnMut(&[u8])) -> anyhow::Result<()> {
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
     tx.send(pb::StreamingFetchRequest {
         subscription_id: sub.into(),

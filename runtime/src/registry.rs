@@ -287,6 +287,15 @@ mod tests {
         );
     }
 
+    /// A generator created with only its stream writes 10 records a second, and its spec says so.
+    #[test]
+    fn the_generator_is_gentle_by_default() {
+        let cfg: crate::builtin::generator::GeneratorConfig = serde_json::from_value(json!({"stream": "s"})).unwrap();
+        assert_eq!(cfg.rate, 10);
+        let spec = builtin().get(Kind::Source, "generator").unwrap().spec().clone();
+        assert_eq!(spec["connectionSpecification"]["properties"]["rate"]["default"], 10);
+    }
+
     #[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields)]
     struct WithSecret {

@@ -248,13 +248,15 @@ pub fn bounded(text: &str) -> String {
         let c = chars[i];
         out.push(c);
         i += 1;
-        if c != '"' && c != '\'' {
+        // A `'` opens a quote only where a word does not continue (not in "it's").
+        let opens = c == '"' || (c == '\'' && (i < 2 || !chars[i - 2].is_alphanumeric()));
+        if !opens {
             continue;
         }
-        // The quoted part: up to the next unescaped closing quote (or the end).
+        // The quoted part: up to the closing quote (or the end); `\"` inside "…" is escaped.
         let start = i;
         while i < chars.len() && chars[i] != c {
-            i += if chars[i] == '\\' { 2 } else { 1 };
+            i += if c == '"' && chars[i] == '\\' { 2 } else { 1 };
         }
         let inner: String = chars[start..i.min(chars.len())].iter().collect();
         out.push_str(&cut(&inner));
@@ -328,6 +330,13 @@ mod tests {
         let text = format!("bad value '{huge}' and \"{huge}\" in {huge}");
         assert!(bounded(&text).len() <= MESSAGE_MAX + 16);
         assert_eq!(bounded("stream \"s1\" not found"), "stream \"s1\" not found");
+        let apostrophes = format!("the record's value isn't '{}'", "v".repeat(100));
+        assert!(
+            bounded(&apostrophes).starts_with("the record's value isn't 'vvv"),
+            "{}",
+            bounded(&apostrophes)
+        );
+        assert!(bounded(&apostrophes).contains("more characters"));
         assert_eq!(bounded("it's \"a \\\"q\\\"\" ok"), "it's \"a \\\"q\\\"\" ok");
     }
 }

@@ -44,7 +44,8 @@ pub(crate) fn whole(f: f64) -> Option<i64> {
 
 /// A value read from a record: HStreamDB's JSON records carry every number as a double, and a
 /// whole one within 64 bits is an INTEGER (as HStreamDB reads them); nested values likewise.
-/// A FLOAT computed by an expression stays one (`20 * 1.8` is 36.0).
+/// A FLOAT computed by an expression stays one (`20 * 1.8` is 36.0) until it is stored
+/// in a record.
 pub fn integral(v: &Value) -> Value {
     match v {
         Value::Number(n) if n.is_f64() => match whole(n.as_f64().unwrap_or(f64::NAN)) {

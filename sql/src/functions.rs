@@ -95,6 +95,35 @@ fn extreme(name: &str, items: &[Value], want: Ordering, at: &Expr) -> Result<Val
     Ok(best.cloned().unwrap_or(Value::Null))
 }
 
+fn type_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// A total order of NULLs (last) and scalars of one kind: numbers by value, exact integers
+/// breaking ties among numbers a double cannot tell apart.
+fn sort_order(x: &Value, y: &Value) -> Ordering {
+    match (x, y) {
+        (Value::Null, Value::Null) => Ordering::Equal,
+        (Value::Null, _) => Ordering::Greater,
+        (_, Value::Null) => Ordering::Less,
+        (Value::Number(_), Value::Number(_)) => {
+            let key = |v: &Value| (v.as_f64().unwrap_or(0.0), as_int(v).map_or(i128::MIN, i128::from));
+            let ((fx, ix), (fy, iy)) = (key(x), key(y));
+            fx.total_cmp(&fy).then(ix.cmp(&iy))
+        }
+        (Value::String(p), Value::String(q)) => p.cmp(q),
+        (Value::Bool(p), Value::Bool(q)) => p.cmp(q),
+        _ => Ordering::Equal,
+    }
+}
+
 pub fn call(name: &str, args: Vec<Value>, at: &Expr) -> Result<Value, EvalError> {
     // Functions that look at NULL themselves.
     match name {
@@ -258,25 +287,20 @@ pub fn call(name: &str, args: Vec<Value>, at: &Expr) -> Result<Value, EvalError>
         "ARRAY_MIN" => extreme(name, array(name, a, at)?, Ordering::Less, at),
         "ARRAY_SORT" => {
             let mut items = array(name, a, at)?.clone();
-            let mut bad = None;
-            // NULLs last; elements of types that do not order are an error.
-            items.sort_by(|x, y| match (x, y) {
-                (Value::Null, Value::Null) => Ordering::Equal,
-                (Value::Null, _) => Ordering::Greater,
-                (_, Value::Null) => Ordering::Less,
-                _ => compare(x, y).unwrap_or_else(|| {
-                    bad = Some(format!(
-                        "ARRAY_SORT cannot compare {} with {}",
-                        type_name(x),
-                        type_name(y)
-                    ));
-                    Ordering::Equal
-                }),
-            });
-            match bad {
-                Some(m) => fail(at, m),
-                None => Ok(Value::Array(items)),
+            // One kind of scalar (NULLs aside), so the order is total and sorting cannot fail.
+            let kinds: std::collections::BTreeSet<&str> =
+                items.iter().filter(|v| !v.is_null()).map(type_kind).collect();
+            if kinds.len() > 1 || kinds.contains("array") || kinds.contains("object") {
+                return fail(
+                    at,
+                    format!(
+                        "ARRAY_SORT sorts numbers, strings or booleans of one kind, got {}",
+                        kinds.into_iter().collect::<Vec<_>>().join(" and ")
+                    ),
+                );
             }
+            items.sort_by(sort_order);
+            Ok(Value::Array(items))
         }
         other => fail(at, format!("unknown function {other}")),
     }

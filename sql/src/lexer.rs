@@ -114,7 +114,11 @@ pub fn lex(src: &str) -> Result<Vec<Token>, SqlError> {
                 return Err(SqlError::at(tl, tc, format!("bad number {w}{}", chars[i])));
             }
             if float {
-                Tok::Float(w.parse().map_err(|_| SqlError::at(tl, tc, format!("bad number {w}")))?)
+                match w.parse::<f64>() {
+                    Ok(f) if f.is_finite() => Tok::Float(f),
+                    Ok(_) => return Err(SqlError::at(tl, tc, format!("number {w} is out of range"))),
+                    Err(_) => return Err(SqlError::at(tl, tc, format!("bad number {w}"))),
+                }
             } else {
                 Tok::Int(
                     w.parse()
@@ -211,6 +215,7 @@ mod tests {
                 .contains("out of range")
         );
         assert!(lex("12abc").unwrap_err().message.contains("bad number"));
+        assert!(lex("1e400").unwrap_err().message.contains("out of range"));
         assert!(lex("/* open").unwrap_err().message.contains("unterminated"));
     }
 }

@@ -68,9 +68,21 @@ pub enum Statement {
     },
 }
 
+/// Operators, calls and parentheses one expression may hold: it bounds the depth of the tree,
+/// so parsing, evaluating, printing and dropping it cannot exhaust the stack however hostile
+/// the text.
+pub const MAX_EXPRESSION_NODES: usize = 256;
+/// How deep parentheses, calls, casts and IN lists may nest in one expression (each level is a
+/// dozen frames of the parser).
+pub const MAX_EXPRESSION_NESTING: usize = 32;
+
 struct Parser {
     toks: Vec<Token>,
     pos: usize,
+    /// Nodes of the expression being parsed (see [`MAX_EXPRESSION_NODES`]).
+    nodes: usize,
+    /// Expressions being parsed inside one another (see [`MAX_EXPRESSION_NESTING`]).
+    nesting: usize,
 }
 
 fn describe(t: &Tok) -> String {
@@ -410,16 +422,14 @@ impl Parser {
         if self.eat_kw("with") {
             self.sym("(")?;
             loop {
+                let at = self.peek().clone();
                 let key = self.name("REPLICATE, SHARD_COUNT or BACKLOG_DURATION")?;
                 self.sym("=")?;
                 match key.to_ascii_uppercase().as_str() {
                     "REPLICATE" => replication = self.int("a replication factor")?,
                     "SHARD_COUNT" => shards = self.int("a shard count")?,
                     "BACKLOG_DURATION" => backlog_secs = self.int("a backlog duration in seconds")?,
-                    _ => {
-                        let t = self.toks[self.pos - 2].clone();
-                        return Self::error_at(&t, format!("unknown stream option {key:?}"));
-                    }
+                    _ => return Self::error_at(&at, format!("unknown stream option {key:?}")),
                 }
                 if self.eat_sym(",") {
                     continue;
@@ -519,15 +529,47 @@ impl Parser {
     /// An expression whose constant parts evaluate: a type error among constants is refused
     /// here, naming the expression, rather than on every record.
     fn checked_expr(&mut self) -> Result<Expr, SqlError> {
+        self.nodes = 0;
+        self.nesting = 0;
         let at = self.peek().clone();
         let e = self.expr()?;
         check_constants(&e).map_err(|m| SqlError::at(at.line, at.col, m))?;
         Ok(e)
     }
 
+    /// Counts one more node of the expression; errs past [`MAX_EXPRESSION_NODES`].
+    fn grow(&mut self) -> Result<(), SqlError> {
+        self.nodes += 1;
+        if self.nodes > MAX_EXPRESSION_NODES {
+            let t = self.peek().clone();
+            return Self::error_at(
+                &t,
+                format!(
+                    "the expression is too large: more than {MAX_EXPRESSION_NODES} operators, calls and parentheses"
+                ),
+            );
+        }
+        Ok(())
+    }
+
     pub(crate) fn expr(&mut self) -> Result<Expr, SqlError> {
+        self.nesting += 1;
+        if self.nesting > MAX_EXPRESSION_NESTING {
+            let t = self.peek().clone();
+            return Self::error_at(
+                &t,
+                format!("the expression is too large: nested more than {MAX_EXPRESSION_NESTING} deep"),
+            );
+        }
+        let e = self.or();
+        self.nesting -= 1;
+        e
+    }
+
+    fn or(&mut self) -> Result<Expr, SqlError> {
         let mut left = self.and()?;
         while self.eat_kw("or") {
+            self.grow()?;
             left = Expr::Bin(BinOp::Or, Box::new(left), Box::new(self.and()?));
         }
         Ok(left)
@@ -536,6 +578,7 @@ impl Parser {
     fn and(&mut self) -> Result<Expr, SqlError> {
         let mut left = self.not()?;
         while self.eat_kw("and") {
+            self.grow()?;
             left = Expr::Bin(BinOp::And, Box::new(left), Box::new(self.not()?));
         }
         Ok(left)
@@ -543,6 +586,7 @@ impl Parser {
 
     fn not(&mut self) -> Result<Expr, SqlError> {
         if self.eat_kw("not") {
+            self.grow()?;
             return Ok(Expr::Not(Box::new(self.not()?)));
         }
         self.is_null()
@@ -551,6 +595,7 @@ impl Parser {
     fn is_null(&mut self) -> Result<Expr, SqlError> {
         let mut e = self.comparison()?;
         while self.eat_kw("is") {
+            self.grow()?;
             let negated = self.eat_kw("not");
             self.kw("null")?;
             e = Expr::IsNull {
@@ -573,6 +618,7 @@ impl Parser {
             _ => return Ok(left),
         };
         self.next();
+        self.grow()?;
         let right = self.predicate()?;
         Ok(Expr::Bin(op, Box::new(left), Box::new(right)))
     }
@@ -585,6 +631,7 @@ impl Parser {
             self.next();
         }
         if self.eat_kw("between") {
+            self.grow()?;
             let symmetric = self.eat_kw("symmetric");
             let low = self.json()?;
             self.kw("and")?;
@@ -598,6 +645,7 @@ impl Parser {
             });
         }
         if self.eat_kw("in") {
+            self.grow()?;
             self.sym("(")?;
             let mut list = vec![self.expr()?];
             while self.eat_sym(",") {
@@ -624,6 +672,7 @@ impl Parser {
                 _ => return Ok(left),
             };
             self.next();
+            self.grow()?;
             left = Expr::Bin(op, Box::new(left), Box::new(self.additive()?));
         }
     }
@@ -637,6 +686,7 @@ impl Parser {
                 _ => return Ok(left),
             };
             self.next();
+            self.grow()?;
             left = Expr::Bin(op, Box::new(left), Box::new(self.multiplicative()?));
         }
     }
@@ -651,6 +701,7 @@ impl Parser {
                 _ => return Ok(left),
             };
             self.next();
+            self.grow()?;
             left = Expr::Bin(op, Box::new(left), Box::new(self.unary()?));
         }
     }
@@ -667,9 +718,11 @@ impl Parser {
                     None => Self::error_at(&t, format!("number -{i} is out of range")),
                 };
             }
+            self.grow()?;
             return Ok(Expr::Neg(Box::new(self.unary()?)));
         }
         if self.eat_sym("+") {
+            self.grow()?;
             return self.unary();
         }
         self.postfix()
@@ -678,6 +731,9 @@ impl Parser {
     fn postfix(&mut self) -> Result<Expr, SqlError> {
         let mut e = self.primary()?;
         loop {
+            if self.is_sym("::") || self.is_sym("[") {
+                self.grow()?;
+            }
             if self.eat_sym("::") {
                 e = Expr::Cast(Box::new(e), self.data_type()?);
             } else if self.eat_sym("[") {
@@ -742,9 +798,13 @@ impl Parser {
     fn primary(&mut self) -> Result<Expr, SqlError> {
         let t = self.peek().clone();
         match &t.tok {
+            Tok::Int(i) if *i > i64::MAX as u64 => Self::error_at(
+                &t,
+                format!("number {i} is out of INTEGER's range (64 bits); write it as a FLOAT ({i}.0)"),
+            ),
             Tok::Int(i) => {
                 self.next();
-                Ok(Expr::Lit(signed(*i, false).unwrap_or_else(|| Value::from(*i))))
+                Ok(Expr::Lit(Value::from(*i)))
             }
             Tok::Float(f) => {
                 self.next();
@@ -762,6 +822,7 @@ impl Parser {
             }
             Tok::Sym("(") => {
                 self.next();
+                self.grow()?;
                 let e = self.expr()?;
                 self.sym(")")?;
                 Ok(e)
@@ -780,6 +841,7 @@ impl Parser {
                     "cast" if self.peek_at(1).tok == Tok::Sym("(") => {
                         self.next();
                         self.next();
+                        self.grow()?;
                         let e = self.expr()?;
                         self.kw("as")?;
                         let ty = self.data_type()?;
@@ -831,6 +893,7 @@ impl Parser {
             return Self::error_at(at, format!("unknown function {name:?}"));
         };
         self.next();
+        self.grow()?;
         self.sym("(")?;
         let mut args = Vec::new();
         if !self.is_sym(")") {
@@ -906,6 +969,8 @@ pub fn parse_with_text(src: &str) -> Result<Vec<(Statement, String)>, SqlError> 
     let mut p = Parser {
         toks: lex(src)?,
         pos: 0,
+        nodes: 0,
+        nesting: 0,
     };
     let mut out = Vec::new();
     loop {

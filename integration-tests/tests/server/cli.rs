@@ -118,6 +118,14 @@ async fn malformed_sql_names_the_position_and_executes_nothing() {
             .is_empty(),
         "nothing executed"
     );
+    // A script may start with '-' (a comment), as scripts do.
+    let out = hstream(&server)
+        .args(["-e", "-- made by a script\nCREATE STREAM commented;"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("created stream commented"));
     // Server-side errors come back as their message.
     let out = hstream(&server)
         .args(["-e", "DROP STREAM nope;"])

@@ -249,6 +249,13 @@ async fn persistent_query_lifecycle_and_errors() {
             "a query is CREATE STREAM",
         ),
         (
+            "INSERT INTO readings SELECT * FROM wet;",
+            "q2",
+            Code::InvalidArgument,
+            402,
+            "feeds",
+        ),
+        (
             "CREATE STREAM y AS SELECT * FROM readings;",
             "q1",
             Code::AlreadyExists,
@@ -305,6 +312,27 @@ async fn persistent_query_lifecycle_and_errors() {
         .await
         .unwrap_err();
     assert_eq!(error_code(&e), 605, "{e:?}");
+    // Nor reach the tasks of queries: their rules (terminated stays terminated) hold.
+    for e in [
+        c.resume_connector(pb::ResumeConnectorRequest {
+            name: "query:q1".into(),
+        })
+        .await
+        .unwrap_err(),
+        c.delete_connector(pb::DeleteConnectorRequest {
+            name: "query:q1".into(),
+        })
+        .await
+        .unwrap_err(),
+        c.get_connector(pb::GetConnectorRequest {
+            name: "query:q1".into(),
+        })
+        .await
+        .unwrap_err(),
+    ] {
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    }
+    assert_eq!(http(server.http, "GET", "/connectors/query:q1", None).await.0, 404);
 
     // Pause, resume, terminate, delete.
     c.pause_query(pb::PauseQueryRequest { id: "q1".into() }).await.unwrap();

@@ -147,6 +147,58 @@ async fn connectors_over_rest_match_grpc() {
     .await
     .1;
     assert_eq!(v, json!({"valid": true, "errors": []}));
+    // A plain type both kinds have is named back as the choice; an unknown one says so once.
+    let (code, body) = http(
+        h,
+        "PUT",
+        "/connector-plugins/postgresql/config/validate",
+        Some(&json!({})),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    let msg = body["message"].as_str().unwrap();
+    assert!(
+        msg.contains("source-postgresql") && msg.contains("sink-postgresql"),
+        "{msg}"
+    );
+    let (code, body) = http(h, "PUT", "/connector-plugins/nope/config/validate", Some(&json!({}))).await;
+    assert_eq!(
+        (code, body["message"].as_str()),
+        (404, Some("unknown connector type \"nope\"")),
+        "{body}"
+    );
+    // Queries are no connector type.
+    assert_eq!(http(h, "GET", "/connector-plugins/sink-query/spec", None).await.0, 404);
+    // A connector whose stream cannot exist is refused at create, naming the field.
+    let (code, body) = http(
+        h,
+        "POST",
+        "/connectors",
+        Some(&json!({"name": "badstream", "type": "source", "target": "generator", "config": {"stream": "no spaces allowed"}})),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("stream: invalid stream name"),
+        "{body}"
+    );
+    // A huge bad value is not echoed back whole.
+    let huge = "x".repeat(1 << 20);
+    let (code, body) = http(
+        h,
+        "POST",
+        "/connectors",
+        Some(&json!({"name": "big", "type": "source", "target": "generator", "config": {"stream": "s", "rate": huge}})),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(body.to_string().len() < 8192, "a {}-byte error", body.to_string().len());
+    let (code, body) = http(h, "GET", &format!("/connectors/{}", "y".repeat(4000)), None).await;
+    assert_eq!(code, 404);
+    assert!(body.to_string().len() < 8192, "a {}-byte error", body.to_string().len());
 
     assert!(
         http(h, "GET", "/streams", None)

@@ -46,6 +46,15 @@ pub struct ConnectorView {
     pub node: String,
 }
 
+/// Connector doors do not reach queries' tasks (their own service keeps their rules: a
+/// terminated query stays terminated, a running one is not deleted).
+fn no_query(name: &str) -> ApiResult<()> {
+    if crate::connectors::queries::is_query_task(name) {
+        return Err(ApiError::ConnectorNotFound(name.to_owned()));
+    }
+    Ok(())
+}
+
 fn object(config: &Value, what: &str) -> ApiResult<()> {
     if !config.is_object() {
         return Err(ApiError::InvalidConnectorConfig(format!(
@@ -160,7 +169,13 @@ impl Connectors {
 
     /// Fails with ConnectorNotFound unless the connector is stored.
     pub async fn check_exists(&self, name: &str) -> ApiResult<()> {
+        no_query(name)?;
         self.stored(name).await.map(drop)
+    }
+
+    /// Whether a task of this name is stored (a connector, or a query by its task name).
+    pub(crate) async fn task_exists(&self, name: &str) -> ApiResult<bool> {
+        Ok(self.meta.get_connector(name).await?.is_some())
     }
 
     pub async fn create(&self, spec: ConnectorSpec) -> ApiResult<ConnectorView> {
@@ -240,6 +255,12 @@ impl Connectors {
     }
 
     pub async fn get(&self, name: &str) -> ApiResult<ConnectorView> {
+        no_query(name)?;
+        self.get_task(name).await
+    }
+
+    /// [`get`](Self::get) of any task, a query's included.
+    pub(crate) async fn get_task(&self, name: &str) -> ApiResult<ConnectorView> {
         let c = self.stored(name).await?;
         let holders = self.assignments.holders(self).await?;
         Ok(self.view(&c, true, holders.get(name)))
@@ -292,6 +313,7 @@ impl Connectors {
 
     /// Up to `count` of a connector's recent log lines from the `begin`th, oldest first.
     pub async fn logs(&self, name: &str, begin: usize, count: usize) -> ApiResult<Vec<String>> {
+        no_query(name)?;
         self.stored(name).await?;
         // The log lives with the task: on the node running it (none when it could not start).
         let task = match self.here(name).await {
@@ -341,6 +363,12 @@ impl Connectors {
     }
 
     pub async fn pause(&self, name: &str) -> ApiResult<()> {
+        no_query(name)?;
+        self.pause_task(name).await
+    }
+
+    /// [`pause`](Self::pause) of any task, a query's included.
+    pub(crate) async fn pause_task(&self, name: &str) -> ApiResult<()> {
         self.stored(name).await?;
         self.here(name).await?;
         match self.current_state(name) {
@@ -352,6 +380,12 @@ impl Connectors {
     /// Resumes a STOPPED, FAILED or COMPLETED task; returns once its next attempt started (which
     /// may fail again: the status says). A running task is left alone.
     pub async fn resume(&self, name: &str) -> ApiResult<()> {
+        no_query(name)?;
+        self.resume_task(name).await
+    }
+
+    /// [`resume`](Self::resume) of any task, a query's included.
+    pub(crate) async fn resume_task(&self, name: &str) -> ApiResult<()> {
         self.stored(name).await?;
         self.here(name).await?;
         match self.current_state(name) {
@@ -363,6 +397,7 @@ impl Connectors {
     /// Restarts the task: a running one starts a new attempt (an empty alter), a stopped or
     /// failed one is resumed.
     pub async fn restart(&self, name: &str) -> ApiResult<()> {
+        no_query(name)?;
         let c = self.get(name).await?;
         if c.status == State::Running.as_str() || c.status == State::New.as_str() {
             self.alter(name, serde_json::json!({})).await
@@ -372,6 +407,12 @@ impl Connectors {
     }
 
     pub async fn delete(&self, name: &str) -> ApiResult<()> {
+        no_query(name)?;
+        self.delete_task(name).await
+    }
+
+    /// [`delete`](Self::delete) of any task, a query's included.
+    pub(crate) async fn delete_task(&self, name: &str) -> ApiResult<()> {
         let _ddl = self.ddl.lock().await;
         self.stored(name).await?;
         // No pass of this node's placer may start or release it meanwhile.
@@ -406,6 +447,7 @@ impl Connectors {
     /// Merges the given top-level keys over the config, validates, stores, and restarts the task;
     /// returns once the new attempt started (a paused task keeps the config for its resume).
     pub async fn alter(&self, name: &str, mut patch: Value) -> ApiResult<()> {
+        no_query(name)?;
         let _ddl = self.ddl.lock().await;
         let stored = self.stored(name).await?;
         object(&patch, "config")?;
@@ -445,6 +487,7 @@ impl Connectors {
     /// Sends a source a signal through its upstream (a CDC source's signal table), from this
     /// node, whichever runs the task; returns the signal's id.
     pub async fn signal(&self, name: &str, kind: &str, data: &Value) -> ApiResult<String> {
+        no_query(name)?;
         let stored = self.stored(name).await?;
         let t = self.type_of(&stored)?;
         let config: Value = serde_json::from_str(&stored.config).unwrap_or_else(|_| serde_json::json!({}));

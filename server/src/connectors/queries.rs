@@ -277,11 +277,25 @@ fn query_not_found(id: &str) -> ApiError {
 pub struct Queries {
     connectors: Arc<Connectors>,
     streams: Arc<crate::streams::Streams>,
+    /// Serializes this node's query changes (create, pause, resume, terminate, delete), so a
+    /// check and the change it guards are not interleaved with another.
+    ddl: tokio::sync::Mutex<()>,
+}
+
+fn not_running(id: &str) -> ApiError {
+    ApiError::Query {
+        code: ErrorCode::QueryNotRunning,
+        message: format!("query {id:?} is not running"),
+    }
 }
 
 impl Queries {
     pub fn new(connectors: Arc<Connectors>, streams: Arc<crate::streams::Streams>) -> Self {
-        Queries { connectors, streams }
+        Queries {
+            connectors,
+            streams,
+            ddl: tokio::sync::Mutex::new(()),
+        }
     }
 
     fn view(&self, c: ConnectorView) -> Option<QueryView> {
@@ -293,6 +307,7 @@ impl Queries {
             Some(State::Stopped) => S::TaskPaused,
             Some(State::Running) => S::TaskRunning,
             Some(State::New) => S::TaskCreating,
+            Some(State::Failed) if config.terminated => S::TaskTerminated,
             Some(State::Failed) => S::TaskAborted,
             Some(State::Completed) | Some(State::Deleted) => S::TaskTerminated,
             None => S::TaskUnknown,
@@ -319,21 +334,46 @@ impl Queries {
         })
     }
 
-    /// Creates and starts a query (`CREATE STREAM … AS SELECT …` creates its stream first).
+    /// Creates and starts a query (`CREATE STREAM … AS SELECT …` creates its stream first; a
+    /// query refused after that takes its stream away again).
     pub async fn create(&self, sql: &str, id: &str) -> ApiResult<QueryView> {
         validate_name("query", ErrorCode::QueryInvalidObjectIdentifier, id)?;
         let plan = plan(sql).map_err(|message| ApiError::Query {
             code: ErrorCode::QueryInvalidSql,
             message,
         })?;
+        let _ddl = self.ddl.lock().await;
         let name = task_name(id);
-        if self.connectors.check_exists(&name).await.is_ok() {
-            return Err(ApiError::Query {
-                code: ErrorCode::QueryExists,
-                message: format!("query {id:?} already exists"),
-            });
+        let exists = || ApiError::Query {
+            code: ErrorCode::QueryExists,
+            message: format!("query {id:?} already exists"),
+        };
+        if self.connectors.task_exists(&name).await? {
+            return Err(exists());
         }
         self.streams.catalog().stream(&plan.select.from)?;
+        // Queries feeding each other in a circle would append forever.
+        let existing = self.list().await?;
+        let mut reached = vec![plan.target.clone()];
+        let mut i = 0;
+        while i < reached.len() {
+            if reached[i] == plan.select.from {
+                return Err(ApiError::Query {
+                    code: ErrorCode::QueryInvalidSql,
+                    message: format!(
+                        "the query would read its own results: {:?} feeds {:?} through other queries",
+                        plan.target, plan.select.from
+                    ),
+                });
+            }
+            let from = reached[i].clone();
+            for q in existing.iter().filter(|q| q.source == from) {
+                if !reached.contains(&q.result) {
+                    reached.push(q.result.clone());
+                }
+            }
+            i += 1;
+        }
         match plan.create {
             Some((replication_factor, shard_count, backlog_secs)) => {
                 self.streams
@@ -367,7 +407,24 @@ impl Queries {
             target: TARGET.into(),
             config: serde_json::to_value(&config).expect("serializable"),
         };
-        let view = self.connectors.create_as(spec, Kind::Sink, connector).await?;
+        let view = match self.connectors.create_as(spec, Kind::Sink, connector).await {
+            Ok(view) => view,
+            Err(e) => {
+                if plan.create.is_some() {
+                    let mode = crate::streams::DeleteMode {
+                        ignore_missing: true,
+                        force: false,
+                    };
+                    if let Err(d) = self.streams.delete(&plan.target, mode).await {
+                        tracing::warn!(query = %id, stream = %plan.target, error = %d, "could not remove the stream of a refused query");
+                    }
+                }
+                return Err(match e {
+                    ApiError::ConnectorExists(_) => exists(),
+                    e => e,
+                });
+            }
+        };
         tracing::info!(query = %id, "query created");
         self.view(view).ok_or_else(|| query_not_found(id))
     }
@@ -378,7 +435,7 @@ impl Queries {
     }
 
     pub async fn get(&self, id: &str) -> ApiResult<QueryView> {
-        match self.connectors.get(&task_name(id)).await {
+        match self.connectors.get_task(&task_name(id)).await {
             Ok(c) => self.view(c).ok_or_else(|| query_not_found(id)),
             Err(ApiError::ConnectorNotFound(_)) => Err(query_not_found(id)),
             Err(e) => Err(e),
@@ -392,8 +449,10 @@ impl Queries {
         }
     }
 
-    /// Stops a query for good (it can be deleted then, not resumed).
+    /// Stops a query for good (it can be deleted then, not resumed). The mark comes first, so
+    /// whatever happens to the task after it, the query reads as terminated.
     pub async fn terminate(&self, id: &str) -> ApiResult<()> {
+        let _ddl = self.ddl.lock().await;
         let q = self.get(id).await?;
         if q.status == hstream_proto::TaskStatusPb::TaskTerminated {
             return Err(ApiError::Query {
@@ -402,32 +461,30 @@ impl Queries {
             });
         }
         let name = task_name(id);
-        if q.status != hstream_proto::TaskStatusPb::TaskPaused {
-            self.connectors.pause(&name).await.map_err(|e| Self::renamed(id, e))?;
-        }
         self.connectors
             .set_config_key(&name, "terminated", Value::Bool(true))
+            .await
+            .map_err(|e| Self::renamed(id, e))?;
+        self.connectors
+            .pause_task(&name)
             .await
             .map_err(|e| Self::renamed(id, e))
     }
 
     pub async fn pause(&self, id: &str) -> ApiResult<()> {
-        let q = self.get(id).await?;
-        if q.status != hstream_proto::TaskStatusPb::TaskRunning {
-            return Err(ApiError::Query {
-                code: ErrorCode::QueryNotRunning,
-                message: format!("query {id:?} is not running"),
-            });
+        let _ddl = self.ddl.lock().await;
+        if self.get(id).await?.status != hstream_proto::TaskStatusPb::TaskRunning {
+            return Err(not_running(id));
         }
         self.connectors
-            .pause(&task_name(id))
+            .pause_task(&task_name(id))
             .await
             .map_err(|e| Self::renamed(id, e))
     }
 
     pub async fn resume(&self, id: &str) -> ApiResult<()> {
-        let q = self.get(id).await?;
-        match q.status {
+        let _ddl = self.ddl.lock().await;
+        match self.get(id).await?.status {
             hstream_proto::TaskStatusPb::TaskTerminated => Err(ApiError::Query {
                 code: ErrorCode::QueryAlreadyTerminated,
                 message: format!("query {id:?} is terminated; create it again"),
@@ -438,7 +495,7 @@ impl Queries {
             }),
             _ => self
                 .connectors
-                .resume(&task_name(id))
+                .resume_task(&task_name(id))
                 .await
                 .map_err(|e| Self::renamed(id, e)),
         }
@@ -447,6 +504,7 @@ impl Queries {
     /// Deletes a query that is not running (terminate or pause it first); its result stream
     /// stays.
     pub async fn delete(&self, id: &str) -> ApiResult<()> {
+        let _ddl = self.ddl.lock().await;
         let q = self.get(id).await?;
         if matches!(
             q.status,
@@ -458,7 +516,7 @@ impl Queries {
             });
         }
         self.connectors
-            .delete(&task_name(id))
+            .delete_task(&task_name(id))
             .await
             .map_err(|e| Self::renamed(id, e))?;
         SKIPPED.lock().expect("lock").remove(id);
