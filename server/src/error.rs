@@ -82,6 +82,9 @@ pub enum ApiError {
     Query { code: ErrorCode, message: String },
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// A system the request needs (a connector's database) cannot be reached now: try again.
+    #[error("{0}")]
+    UpstreamUnavailable(String),
     #[error("{0} is not implemented by this server yet")]
     Unimplemented(&'static str),
     #[error("the server is shutting down")]
@@ -169,6 +172,7 @@ impl ApiError {
             ConsumerExists { consumer, .. } => (Code::AlreadyExists, ErrorCode::InternalError, json!(consumer)),
             InvalidSubscription(_) => (Code::InvalidArgument, ErrorCode::InternalError, json!(null)),
             InvalidRequest(_) => (Code::InvalidArgument, ErrorCode::InternalError, json!(null)),
+            UpstreamUnavailable(_) => (Code::Unavailable, ErrorCode::InternalError, json!(null)),
             Query { code, .. } => {
                 let status = match code {
                     ErrorCode::QueryNotFound => Code::NotFound,

@@ -595,4 +595,10 @@ async fn pg_signal_row_snapshots_a_table_again_and_waits_for_an_invisible_commit
         "1",
         "only the valid signal was written"
     );
+    // The database down: the signal cannot be written, and the answer says try again (503),
+    // not that the request was wrong.
+    pg.stop();
+    let (code, body) =
+        signal(json!({"type": "execute-snapshot", "data": {"data-collections": ["public.orders"]}})).await;
+    assert_eq!(code, 503, "{body}");
 }

@@ -119,6 +119,24 @@ async fn persistent_query_lifecycle_and_errors() {
         ),
         ("q1", "wet", vec!["readings".to_owned()])
     );
+    // Clients look a query up before they call its node, as HStreamDB's do.
+    let node = c
+        .lookup_resource(pb::LookupResourceRequest {
+            res_type: pb::ResourceType::ResQuery as i32,
+            res_id: "q1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(node.port, server.addr.port() as u32);
+    let e = c
+        .lookup_resource(pb::LookupResourceRequest {
+            res_type: pb::ResourceType::ResQuery as i32,
+            res_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&e), 400);
     let wet_shards = stream_shards(&mut c, "wet").await;
     assert_eq!(wet_shards.len(), 2, "the result stream takes the WITH options");
     let probe = c.clone();

@@ -493,7 +493,12 @@ impl Connectors {
         let config: Value = serde_json::from_str(&stored.config).unwrap_or_else(|_| serde_json::json!({}));
         t.signal(&config, kind, data).await.map_err(|e| {
             let secrets = secret::secret_values(&t.config_schema(&config), &config);
-            ApiError::InvalidRequest(secret::scrub(&e.to_string(), &secrets))
+            let text = secret::scrub(&e.to_string(), &secrets);
+            // A database that cannot be reached is no fault of the request.
+            match e.kind {
+                hstream_runtime::ErrorKind::External => ApiError::UpstreamUnavailable(text),
+                _ => ApiError::InvalidRequest(text),
+            }
         })
     }
 

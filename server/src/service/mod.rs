@@ -473,7 +473,19 @@ impl HStreamApi for HStreamService {
                 }
             }
             // Queries and views do not exist here yet: this node answers for them.
-            Ok(pb::ResourceType::ResQuery | pb::ResourceType::ResView) => Ok(Response::new(self.api.server_node())),
+            // A query runs where its task is placed, as a connector's does.
+            Ok(pb::ResourceType::ResQuery) => {
+                let task = crate::connectors::queries::task_name(&id);
+                match self.api.assignments.lookup(&*self.api.connectors, &task).await? {
+                    Some(at) => Ok(Response::new(self.api.node_at(at))),
+                    None => Err(ApiError::Query {
+                        code: pb::ErrorCode::QueryNotFound,
+                        message: format!("query {id:?} not found"),
+                    }
+                    .into()),
+                }
+            }
+            Ok(pb::ResourceType::ResView) => Ok(Response::new(self.api.server_node())),
             Err(_) => Err(ApiError::InvalidRequest(format!("unknown resType {}", req.res_type)).into()),
         }
     }

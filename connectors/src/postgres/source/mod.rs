@@ -69,6 +69,19 @@ impl Offset for PgOffset {
 }
 
 /// Learns the kinds of the user-defined types among `oids` (and what they refer to).
+/// The server's `server_version_num` (150004 for 15.4).
+async fn server_version(conn: &mut Connection) -> Result<u32, ConnectorError> {
+    let rows = conn
+        .query("SHOW server_version_num")
+        .await
+        .map_err(|e| query_error("SHOW server_version_num", e))?;
+    Ok(rows
+        .first()
+        .and_then(|r| r[0].as_deref())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0))
+}
+
 async fn learn_types(conn: &mut Connection, types: &mut TypeMap, oids: &[u32]) -> Result<(), ConnectorError> {
     let mut want: Vec<u32> = oids.iter().copied().filter(|o| !types.is_known(*o)).collect();
     let mut rows = Vec::new();
@@ -356,16 +369,7 @@ impl Source for PgSource {
             cfg,
         };
         let cfg_copy = src.cfg.clone();
-        let conn = src.control().await?;
-        let version = conn
-            .query("SHOW server_version_num")
-            .await
-            .map_err(|e| query_error("SHOW server_version_num", e))?;
-        let version = version
-            .first()
-            .and_then(|r| r[0].as_deref())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let version = server_version(src.control().await?).await?;
         let selection = src.selection.clone();
         let conn = src.control().await?;
         let tables = Self::tables(conn, &cfg_copy, &selection).await?;
@@ -554,6 +558,18 @@ impl Source for PgSource {
         };
         let (id, kind, text) = crate::snapshots::outgoing(kind, data)?;
         let mut conn = cfg.endpoint.connect(false, "hstream-cdc-signal").await?;
+        // A snapshot asked of a server that cannot run one would be read and ignored: refused
+        // here, where the asker hears it.
+        if kind == "execute-snapshot" {
+            let version = server_version(&mut conn).await?;
+            if version < 140_000 {
+                conn.close().await;
+                return Err(ConnectorError::config(format!(
+                    "execute-snapshot: incremental snapshots need PostgreSQL 14 or later (logical \
+                     decoding messages); this server is version {version}"
+                )));
+            }
+        }
         let r = conn
             .query(&format!(
                 "INSERT INTO {}.{} VALUES ({}, {}, {})",
