@@ -442,10 +442,118 @@ fn write_value(r: &mut Wire<'_>, out: &mut Vec<u8>, depth: usize) -> Result<(), 
     Ok(())
 }
 
+/// Reads the fields of Struct bytes (a JSON record) into a JSON object, in one pass over the
+/// wire format; only the fields `wanted` accepts are decoded (the others are skipped by their
+/// length), all of them when `wanted` is `None`. Numbers come as doubles, as every HStreamDB
+/// client writes them; a repeated key keeps its last value (protobuf's map rule). Errs on bytes
+/// that are not a well-formed Struct.
+pub fn struct_fields(
+    bytes: &[u8],
+    wanted: Option<&dyn Fn(&str) -> bool>,
+) -> Result<serde_json::Map<String, serde_json::Value>, StructError> {
+    read_struct(&mut Wire(bytes), wanted, 0)
+}
+
+fn utf8(s: &[u8]) -> Result<&str, StructError> {
+    std::str::from_utf8(s).map_err(|_| StructError("string is not UTF-8"))
+}
+
+fn read_struct(
+    r: &mut Wire<'_>,
+    wanted: Option<&dyn Fn(&str) -> bool>,
+    depth: usize,
+) -> Result<serde_json::Map<String, serde_json::Value>, StructError> {
+    if depth > MAX_NESTING {
+        return Err(StructError("nested too deep"));
+    }
+    let mut out = serde_json::Map::new();
+    while let Some((field, wt)) = r.tag()? {
+        if field != 1 || wt != 2 {
+            r.skip(wt)?;
+            continue;
+        }
+        let mut entry = Wire(r.bytes()?);
+        let (mut key, mut value): (&[u8], Option<&[u8]>) = (b"", None);
+        while let Some((f, wt)) = entry.tag()? {
+            match (f, wt) {
+                (1, 2) => key = entry.bytes()?,
+                (2, 2) => value = Some(entry.bytes()?),
+                _ => entry.skip(wt)?,
+            }
+        }
+        let key = utf8(key)?;
+        if wanted.is_some_and(|w| !w(key)) {
+            continue;
+        }
+        let v = read_value(&mut Wire(value.unwrap_or_default()), depth + 1)?;
+        out.insert(key.to_owned(), v);
+    }
+    Ok(out)
+}
+
+fn read_value(r: &mut Wire<'_>, depth: usize) -> Result<serde_json::Value, StructError> {
+    use serde_json::Value;
+    if depth > MAX_NESTING {
+        return Err(StructError("nested too deep"));
+    }
+    let mut kind: Option<(u64, Wire<'_>, u64)> = None;
+    while let Some((field, wt)) = r.tag()? {
+        match (field, wt) {
+            (1 | 4, 0) => kind = Some((field, Wire(&[]), r.varint()?)),
+            (2, 1) => kind = Some((2, Wire(&[]), r.fixed64()?)),
+            (3 | 5 | 6, 2) => kind = Some((field, Wire(r.bytes()?), 0)),
+            _ => r.skip(wt)?,
+        }
+    }
+    Ok(match kind {
+        None | Some((1, _, _)) => Value::Null,
+        Some((2, _, bits)) => serde_json::Number::from_f64(f64::from_bits(bits)).map_or(Value::Null, Value::Number),
+        Some((3, w, _)) => Value::String(utf8(w.0)?.to_owned()),
+        Some((4, _, v)) => Value::Bool(v != 0),
+        Some((5, mut w, _)) => Value::Object(read_struct(&mut w, None, depth + 1)?),
+        Some((_, mut w, _)) => {
+            let mut items = Vec::new();
+            while let Some((f, wt)) = w.tag()? {
+                if f != 1 || wt != 2 {
+                    w.skip(wt)?;
+                    continue;
+                }
+                items.push(read_value(&mut Wire(w.bytes()?), depth + 1)?);
+            }
+            Value::Array(items)
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use prost::Message;
+
+    #[test]
+    fn fields_read_as_prost_reads_them_and_only_those_wanted() {
+        let v = serde_json::json!({"a": 1.5, "b": [true, null, "x", {"c": [2.0]}], "d": {"e": "f"}, "g": null});
+        let bytes = crate::structs::encode_json(&v);
+        let all = struct_fields(&bytes, None).unwrap();
+        assert_eq!(
+            serde_json::Value::Object(all),
+            crate::structs::decode_json(&bytes).unwrap()
+        );
+        let only = struct_fields(&bytes, Some(&|k: &str| k == "a" || k == "d")).unwrap();
+        assert_eq!(
+            serde_json::Value::Object(only),
+            serde_json::json!({"a": 1.5, "d": {"e": "f"}})
+        );
+        assert!(struct_fields(&[0x0a, 0x05, 0x0a], None).is_err(), "truncated");
+        // Nesting past the guard is refused, not a stack overflow.
+        let mut deep = serde_json::json!(1);
+        for _ in 0..400 {
+            deep = serde_json::json!([deep]);
+        }
+        let mut buf = Vec::new();
+        field(&mut buf, "x", |b| json(b, &deep));
+        assert!(struct_fields(&buf, None).is_err());
+    }
 
     #[test]
     fn matches_prost_types() {

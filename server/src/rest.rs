@@ -79,6 +79,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "/wasm-plugins/{name}",
         "Upload a WASM plugin (the component's bytes, application/wasm); connectors name it by `module`",
     ),
+    (
+        "get",
+        "/queries",
+        "Persistent queries: status, SQL, streams, and records read and skipped (those it could not evaluate) where they run",
+    ),
     ("get", "/streams", "List streams"),
     ("get", "/subscriptions", "List subscriptions"),
     ("get", "/health", "Liveness"),
@@ -152,6 +157,7 @@ pub fn router(ctx: Arc<Api>) -> Router {
                 hstream_runtime::wasm::MAX_MODULE_BYTES as usize,
             )),
         )
+        .route("/queries", get(queries))
         .route("/streams", get(streams))
         .route("/subscriptions", get(subscriptions))
         .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
@@ -556,6 +562,27 @@ async fn validate(
             .collect(),
     };
     Ok(Json(json!({ "valid": errors.is_empty(), "errors": errors })))
+}
+
+async fn queries(State(ctx): Ctx) -> RestResult<Json<Value>> {
+    let list = ctx.queries.list().await?;
+    Ok(Json(Value::Array(
+        list.iter()
+            .map(|q| {
+                json!({
+                    "id": q.id,
+                    "status": q.status.as_str_name(),
+                    "sql": q.sql,
+                    "stream": q.source,
+                    "resultStream": q.result,
+                    "node": q.node,
+                    "createdMs": q.created_ms,
+                    "recordsRead": q.records_in,
+                    "recordsSkipped": q.skipped,
+                })
+            })
+            .collect(),
+    )))
 }
 
 async fn streams(State(ctx): Ctx) -> Json<Value> {

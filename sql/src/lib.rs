@@ -66,6 +66,47 @@ impl Select {
         Ok(Some(out))
     }
 
+    /// The top-level fields of a record the query reads; `None` when it reads them all (`*`).
+    pub fn columns(&self) -> Option<std::collections::BTreeSet<String>> {
+        fn walk(e: &Expr, out: &mut std::collections::BTreeSet<String>) {
+            match e {
+                Expr::Lit(_) => {}
+                Expr::Col(c) => {
+                    out.insert(c.clone());
+                }
+                Expr::Not(x) | Expr::Neg(x) | Expr::Cast(x, _) | Expr::Index(x, _) | Expr::Slice(x, _, _) => {
+                    walk(x, out)
+                }
+                Expr::IsNull { expr, .. } => walk(expr, out),
+                Expr::Bin(_, a, b) => {
+                    walk(a, out);
+                    walk(b, out);
+                }
+                Expr::Between { expr, low, high, .. } => {
+                    walk(expr, out);
+                    walk(low, out);
+                    walk(high, out);
+                }
+                Expr::In { expr, list, .. } => {
+                    walk(expr, out);
+                    list.iter().for_each(|x| walk(x, out));
+                }
+                Expr::Call(_, args) => args.iter().for_each(|x| walk(x, out)),
+            }
+        }
+        let mut out = std::collections::BTreeSet::new();
+        for item in &self.items {
+            match item {
+                SelectItem::Wildcard => return None,
+                SelectItem::Expr { expr, .. } => walk(expr, &mut out),
+            }
+        }
+        if let Some(c) = &self.condition {
+            walk(c, &mut out);
+        }
+        Some(out)
+    }
+
     /// Whether the query passes every record through unchanged (`SELECT * FROM s`).
     pub fn is_identity(&self) -> bool {
         self.condition.is_none() && self.items == [SelectItem::Wildcard]

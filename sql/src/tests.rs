@@ -410,6 +410,16 @@ fn select_filters_and_projects() {
         Some(record(json!({"a": 1, "one": 1})))
     );
     assert!(select("* FROM demo").is_identity());
+    assert_eq!(select("* FROM demo WHERE a > 1").columns(), None);
+    assert_eq!(
+        q.columns().map(|c| c.into_iter().collect::<Vec<_>>()),
+        Some(vec![
+            "humidity".to_owned(),
+            "id".to_owned(),
+            "meta".to_owned(),
+            "temperature".to_owned()
+        ])
+    );
     let unnamed = select("humidity + 1 FROM demo");
     assert_eq!(unnamed.items[0].name().unwrap(), "(humidity + 1)");
     let e = select("a FROM s WHERE a").apply(&record(json!({"a": 1}))).unwrap_err();

@@ -179,6 +179,23 @@ async fn persistent_query_lifecycle_and_errors() {
             .all(|r| r.header.as_ref().unwrap().attributes.get("origin").map(String::as_str) == Some("test"))
     );
 
+    // REST shows what the query read and what it skipped (the record it could not evaluate).
+    let (code, body) = http(server.http, "GET", "/queries", None).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        (
+            body[0]["id"].as_str(),
+            body[0]["recordsSkipped"].as_u64(),
+            body[0]["status"].as_str()
+        ),
+        (Some("q1"), Some(1), Some("TASK_RUNNING")),
+        "{body}"
+    );
+    let rest = server.http;
+    wait_until(WAIT, "the query's count of records read", || async move {
+        http(rest, "GET", "/queries", None).await.1[0]["recordsRead"].as_u64() >= Some(6)
+    })
+    .await;
     // Listing, through RPC and the shell; queries are no connectors.
     let list = c
         .list_queries(pb::ListQueriesRequest {})

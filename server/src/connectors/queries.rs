@@ -123,6 +123,8 @@ pub fn plan(sql: &str) -> Result<Plan, String> {
 /// A running query: the sink of its task.
 pub struct QueryTask {
     select: Select,
+    /// The fields the query reads (`None`: all of them).
+    columns: Option<std::collections::BTreeSet<String>>,
     identity: bool,
     target: String,
     streams: Arc<dyn Streams>,
@@ -139,10 +141,13 @@ impl QueryTask {
             PayloadFlag::Json if self.identity => r.payload.clone(),
             _ => {
                 let record: Map<String, Value> = match r.flag {
-                    PayloadFlag::Json => match hstream_runtime::structs::decode_json(&r.payload) {
-                        Ok(Value::Object(m)) => m,
-                        _ => return Err("the payload is not a well-formed JSON record".into()),
-                    },
+                    // Only the fields the query reads are decoded.
+                    PayloadFlag::Json => {
+                        let wanted = self.columns.as_ref().map(|c| move |k: &str| c.contains(k));
+                        let wanted = wanted.as_ref().map(|w| w as &dyn Fn(&str) -> bool);
+                        hstream_runtime::pbstruct::struct_fields(&r.payload, wanted)
+                            .map_err(|e| format!("the payload is not a well-formed JSON record ({e})"))?
+                    }
                     PayloadFlag::Raw => match serde_json::from_slice::<Value>(&r.payload) {
                         Ok(Value::Object(m)) => m,
                         _ => return Err("a RAW payload that is not a JSON object".into()),
@@ -211,6 +216,7 @@ impl Sink for QueryTask {
         }
         Ok(QueryTask {
             identity: plan.select.is_identity(),
+            columns: plan.select.columns(),
             select: plan.select,
             target: plan.target,
             max_record_size: streams.max_record_size(),
