@@ -788,6 +788,8 @@ impl Parser {
         };
         self.next();
         while self.is_sym("[") && self.peek_at(1).tok == Tok::Sym("]") {
+            // Each dimension is a level of the type: counted like an operator.
+            self.grow()?;
             self.next();
             self.next();
             ty = Type::Array(Box::new(ty));

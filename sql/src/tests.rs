@@ -183,6 +183,8 @@ fn hostile_expressions_are_bounded() {
         ("NOTs", format!("{}TRUE", "NOT ".repeat(100_000))),
         ("minuses", format!("{}1", "- ".repeat(100_000))),
         ("casts", format!("a{}", "::STRING".repeat(100_000))),
+        ("array types", format!("a::INTEGER{}", "[]".repeat(100_000))),
+        ("array casts", format!("CAST(a AS INTEGER{})", "[]".repeat(100_000))),
         ("calls", format!("{}a{}", "ABS(".repeat(100_000), ")".repeat(100_000))),
     ] {
         let e = parse(&format!("SELECT {text} FROM s EMIT CHANGES;")).unwrap_err();

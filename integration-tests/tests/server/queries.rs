@@ -368,6 +368,14 @@ async fn persistent_query_lifecycle_and_errors() {
         assert_eq!(e.code(), Code::NotFound, "{e:?}");
     }
     assert_eq!(http(server.http, "GET", "/connectors/query:q1", None).await.0, 404);
+    let e = c
+        .get_connector_spec(pb::GetConnectorSpecRequest {
+            r#type: "sink".into(),
+            target: "query".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&e), 605, "queries are no connector type: {e:?}");
 
     // Pause, resume, terminate, delete.
     c.pause_query(pb::PauseQueryRequest { id: "q1".into() }).await.unwrap();

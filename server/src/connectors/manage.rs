@@ -304,6 +304,7 @@ impl Connectors {
     pub fn config_spec(&self, kind: &str, target: &str) -> ApiResult<Value> {
         let t = self
             .connector_type(kind, target)
+            .filter(|_| target != crate::connectors::queries::TARGET)
             .ok_or_else(|| ApiError::ConnectorUnknown {
                 kind: "",
                 target: format!("{kind} {target}"),

@@ -373,13 +373,20 @@ impl Queries {
                 });
             }
             let from = reached[i].clone();
-            for q in existing.iter().filter(|q| q.source == from) {
+            // A terminated query never runs again: it closes no loop.
+            let live = |q: &&QueryView| q.status != hstream_proto::TaskStatusPb::TaskTerminated;
+            for q in existing.iter().filter(live).filter(|q| q.source == from) {
                 if !reached.contains(&q.result) {
                     reached.push(q.result.clone());
                 }
             }
             i += 1;
         }
+        let connector = self
+            .connectors
+            .registry
+            .get(Kind::Sink, TARGET)
+            .ok_or(ApiError::Unimplemented("queries"))?;
         match plan.create {
             Some((replication_factor, shard_count, backlog_secs)) => {
                 self.streams
@@ -395,11 +402,6 @@ impl Queries {
                 self.streams.catalog().stream(&plan.target)?;
             }
         }
-        let connector = self
-            .connectors
-            .registry
-            .get(Kind::Sink, TARGET)
-            .ok_or(ApiError::Unimplemented("queries"))?;
         let config = QueryConfig {
             id: id.to_owned(),
             sql: sql.trim().to_owned(),
@@ -416,7 +418,10 @@ impl Queries {
         let view = match self.connectors.create_as(spec, Kind::Sink, connector).await {
             Ok(view) => view,
             Err(e) => {
-                if plan.create.is_some() {
+                // The stream goes only if the query was not stored after all (a failure after
+                // the task's row was written leaves a query that needs it).
+                let stored = self.connectors.task_exists(&task_name(id)).await.unwrap_or(true);
+                if plan.create.is_some() && !stored {
                     let mode = crate::streams::DeleteMode {
                         ignore_missing: true,
                         force: false,
