@@ -73,7 +73,7 @@ if [ "${CI:-}" = "true" ]; then
 fi
 
 # The crates' top-level modules must not import each other in a circle (issue 19).
-python3 scripts/module-cycles.py server/src runtime/src connectors/src
+python3 scripts/module-cycles.py server/src runtime/src connectors/src sql/src
 
 # The Airbyte container test needs podman (with runc) and busybox to build its image; where
 # they cannot be installed or cannot run an image, the test is not run and the reason is printed.

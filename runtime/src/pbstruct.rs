@@ -352,6 +352,36 @@ impl<'a> Wire<'a> {
         }
     }
 
+    /// One entry of a Struct's `fields` map (a length-delimited field 1): its key and its
+    /// `Value`'s bytes (`None` when absent).
+    fn map_entry(&mut self) -> Result<(&'a [u8], Option<&'a [u8]>), StructError> {
+        let mut entry = Wire(self.bytes()?);
+        let (mut key, mut value): (&[u8], Option<&[u8]>) = (b"", None);
+        while let Some((f, wt)) = entry.tag()? {
+            match (f, wt) {
+                (1, 2) => key = entry.bytes()?,
+                (2, 2) => value = Some(entry.bytes()?),
+                _ => entry.skip(wt)?,
+            }
+        }
+        Ok((key, value))
+    }
+
+    /// The one kind a `Value`'s bytes hold (its field number, then its bytes or its scalar);
+    /// should several come, the last one counts (protobuf's rule). `None`: no kind (NULL).
+    fn value_kind(&mut self) -> Result<Option<(u64, Wire<'a>, u64)>, StructError> {
+        let mut kind = None;
+        while let Some((field, wt)) = self.tag()? {
+            match (field, wt) {
+                (1 | 4, 0) => kind = Some((field, Wire(&[]), self.varint()?)),
+                (2, 1) => kind = Some((2, Wire(&[]), self.fixed64()?)),
+                (3 | 5 | 6, 2) => kind = Some((field, Wire(self.bytes()?), 0)),
+                _ => self.skip(wt)?,
+            }
+        }
+        Ok(kind)
+    }
+
     /// The next field's number and wire type, or `None` at the end.
     fn tag(&mut self) -> Result<Option<(u64, u64)>, StructError> {
         if self.0.is_empty() {
@@ -379,15 +409,7 @@ fn write_struct(r: &mut Wire<'_>, out: &mut Vec<u8>, depth: usize) -> Result<(),
             continue;
         }
         // A map entry: key (1), value (2).
-        let mut entry = Wire(r.bytes()?);
-        let (mut key, mut value): (&[u8], Option<&[u8]>) = (b"", None);
-        while let Some((f, wt)) = entry.tag()? {
-            match (f, wt) {
-                (1, 2) => key = entry.bytes()?,
-                (2, 2) => value = Some(entry.bytes()?),
-                _ => entry.skip(wt)?,
-            }
-        }
+        let (key, value) = r.map_entry()?;
         if !first {
             out.push(b',');
         }
@@ -404,16 +426,7 @@ fn write_value(r: &mut Wire<'_>, out: &mut Vec<u8>, depth: usize) -> Result<(), 
     if depth > MAX_NESTING {
         return Err(StructError("nested too deep"));
     }
-    // A Value holds one kind; should several come, the last one counts (protobuf's rule).
-    let mut kind: Option<(u64, Wire<'_>, u64)> = None;
-    while let Some((field, wt)) = r.tag()? {
-        match (field, wt) {
-            (1 | 4, 0) => kind = Some((field, Wire(&[]), r.varint()?)),
-            (2, 1) => kind = Some((2, Wire(&[]), r.fixed64()?)),
-            (3 | 5 | 6, 2) => kind = Some((field, Wire(r.bytes()?), 0)),
-            _ => r.skip(wt)?,
-        }
-    }
+    let kind = r.value_kind()?;
     match kind {
         None | Some((1, _, _)) => out.extend_from_slice(b"null"),
         Some((2, _, bits)) => {
@@ -472,15 +485,7 @@ fn read_struct(
             r.skip(wt)?;
             continue;
         }
-        let mut entry = Wire(r.bytes()?);
-        let (mut key, mut value): (&[u8], Option<&[u8]>) = (b"", None);
-        while let Some((f, wt)) = entry.tag()? {
-            match (f, wt) {
-                (1, 2) => key = entry.bytes()?,
-                (2, 2) => value = Some(entry.bytes()?),
-                _ => entry.skip(wt)?,
-            }
-        }
+        let (key, value) = r.map_entry()?;
         let key = utf8(key)?;
         if wanted.is_some_and(|w| !w(key)) {
             continue;
@@ -496,15 +501,7 @@ fn read_value(r: &mut Wire<'_>, depth: usize) -> Result<serde_json::Value, Struc
     if depth > MAX_NESTING {
         return Err(StructError("nested too deep"));
     }
-    let mut kind: Option<(u64, Wire<'_>, u64)> = None;
-    while let Some((field, wt)) = r.tag()? {
-        match (field, wt) {
-            (1 | 4, 0) => kind = Some((field, Wire(&[]), r.varint()?)),
-            (2, 1) => kind = Some((2, Wire(&[]), r.fixed64()?)),
-            (3 | 5 | 6, 2) => kind = Some((field, Wire(r.bytes()?), 0)),
-            _ => r.skip(wt)?,
-        }
-    }
+    let kind = r.value_kind()?;
     Ok(match kind {
         None | Some((1, _, _)) => Value::Null,
         Some((2, _, bits)) => serde_json::Number::from_f64(f64::from_bits(bits)).map_or(Value::Null, Value::Number),

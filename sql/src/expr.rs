@@ -191,6 +191,31 @@ pub enum Expr {
     Call(Func, Vec<Expr>),
 }
 
+impl Expr {
+    /// The expressions this one is made of, in order.
+    pub fn children(&self) -> Vec<&Expr> {
+        match self {
+            Expr::Lit(_) | Expr::Col(_) => Vec::new(),
+            Expr::Not(x) | Expr::Neg(x) | Expr::Cast(x, _) | Expr::Index(x, _) | Expr::Slice(x, _, _) => vec![x],
+            Expr::IsNull { expr, .. } => vec![expr],
+            Expr::Bin(_, a, b) => vec![a, b],
+            Expr::Between { expr, low, high, .. } => vec![expr, low, high],
+            Expr::In { expr, list, .. } => std::iter::once(&**expr).chain(list).collect(),
+            Expr::Call(_, args) => args.iter().collect(),
+        }
+    }
+
+    /// Adds the record fields this expression reads to `out`.
+    pub fn columns_into(&self, out: &mut std::collections::BTreeSet<String>) {
+        match self {
+            Expr::Col(c) => {
+                out.insert(c.clone());
+            }
+            e => e.children().into_iter().for_each(|x| x.columns_into(out)),
+        }
+    }
+}
+
 fn quote_ident(name: &str) -> String {
     let plain = name.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_alphanumeric() || c == '_');

@@ -6,15 +6,8 @@ use std::cmp::Ordering;
 
 use serde_json::Value;
 
-use crate::eval::{EvalError, as_int, compare, equal, float, to_text, type_name, whole};
 use crate::expr::Expr;
-
-fn fail<T>(at: &Expr, message: impl Into<String>) -> Result<T, EvalError> {
-    Err(EvalError {
-        expr: at.to_string(),
-        message: message.into(),
-    })
-}
+use crate::values::{EvalError, as_int, compare, equal, fail, float, to_text, type_name, whole};
 
 fn number(name: &str, v: &Value, at: &Expr) -> Result<f64, EvalError> {
     match v.as_f64() {

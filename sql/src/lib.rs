@@ -15,10 +15,12 @@ mod lexer;
 mod parser;
 #[cfg(test)]
 mod tests;
+mod values;
 
-pub use eval::{EvalError, as_int, cast, eval, integral, to_text};
+pub use eval::{cast, eval};
 pub use expr::{BinOp, Expr, FUNCTIONS, Func, Select, SelectItem, Type};
 pub use parser::{Statement, complete, parse, parse_with_text};
+pub use values::{EvalError, as_int, integral, to_text};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("line {line}, column {col}: {message}")]
@@ -68,41 +70,15 @@ impl Select {
 
     /// The top-level fields of a record the query reads; `None` when it reads them all (`*`).
     pub fn columns(&self) -> Option<std::collections::BTreeSet<String>> {
-        fn walk(e: &Expr, out: &mut std::collections::BTreeSet<String>) {
-            match e {
-                Expr::Lit(_) => {}
-                Expr::Col(c) => {
-                    out.insert(c.clone());
-                }
-                Expr::Not(x) | Expr::Neg(x) | Expr::Cast(x, _) | Expr::Index(x, _) | Expr::Slice(x, _, _) => {
-                    walk(x, out)
-                }
-                Expr::IsNull { expr, .. } => walk(expr, out),
-                Expr::Bin(_, a, b) => {
-                    walk(a, out);
-                    walk(b, out);
-                }
-                Expr::Between { expr, low, high, .. } => {
-                    walk(expr, out);
-                    walk(low, out);
-                    walk(high, out);
-                }
-                Expr::In { expr, list, .. } => {
-                    walk(expr, out);
-                    list.iter().for_each(|x| walk(x, out));
-                }
-                Expr::Call(_, args) => args.iter().for_each(|x| walk(x, out)),
-            }
-        }
         let mut out = std::collections::BTreeSet::new();
         for item in &self.items {
             match item {
                 SelectItem::Wildcard => return None,
-                SelectItem::Expr { expr, .. } => walk(expr, &mut out),
+                SelectItem::Expr { expr, .. } => expr.columns_into(&mut out),
             }
         }
         if let Some(c) = &self.condition {
-            walk(c, &mut out);
+            c.columns_into(&mut out);
         }
         Some(out)
     }
