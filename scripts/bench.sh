@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the benchmarks (release build). Usage: scripts/bench.sh [all|append|subscribe|connectors|pg-cdc|mysql-cdc|mqtt|airbyte|wasm|queries|startup|metastore|jetstream|cluster] [bench flags]
+# Runs the benchmarks (release build). Usage: scripts/bench.sh [all|append|subscribe|connectors|pg-cdc|mysql-cdc|mqtt|kafka|airbyte|wasm|queries|startup|metastore|jetstream|cluster] [bench flags]
 # Each benchmark prints its figures beside the physical limit or a peer measured in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."

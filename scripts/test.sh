@@ -7,6 +7,7 @@
 #     (airbyte-source-faker, airbyte-source-hardcoded-records) into .airbyte/ on first use;
 #   - PostgreSQL's and MariaDB's server binaries (Debian packages), for the CDC tests;
 #   - Mosquitto (Debian package), for the MQTT tests;
+#   - libssl-dev and pkg-config (Debian packages), for librdkafka's TLS (the kafka connectors);
 #   - podman, runc and busybox (Debian packages), to build and run the Airbyte container test's
 #     image (skipped with the reason printed where that cannot work);
 #   - the wasm32-wasip2 Rust target, to build the WASM plugins of plugins/ (scripts/build-plugins.sh).
@@ -44,6 +45,15 @@ if ! [ -x /usr/sbin/nats-server ] && ! command -v nats-server >/dev/null 2>&1; t
   echo "==> installing nats-server"
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server
+fi
+
+# The kafka connectors link librdkafka (built from rdkafka's bundled sources) against Debian's
+# OpenSSL: its headers, found with pkg-config. The Kafka tests need no broker package: their
+# broker is librdkafka's mock cluster, in the test process.
+if ! pkg-config --exists openssl 2>/dev/null; then
+  echo "==> installing libssl-dev and pkg-config (librdkafka's TLS)"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q libssl-dev pkg-config
 fi
 
 # openssl makes the certificate authorities of the TLS tests (Mosquitto, etcd).
@@ -109,4 +119,12 @@ fi
 if [ -n "$container_test" ]; then
   CONTAINERS_CONF="$PWD/integration-tests/container/containers.conf" \
     cargo test --workspace --test server -- --ignored airbyte::container
+fi
+# The Kafka tests above ran against librdkafka's mock cluster (a Kafka-protocol broker inside
+# librdkafka, not Apache Kafka); the live tier runs only against a real broker.
+if [ -n "${HSTREAM_TEST_KAFKA:-}" ]; then
+  echo "==> kafka live tier against $HSTREAM_TEST_KAFKA"
+  cargo test --workspace --test server -- --ignored kafka::kafka_live
+else
+  echo "==> NOT RUN (not passed): kafka::kafka_live_broker_round_trip (live Kafka tier): set HSTREAM_TEST_KAFKA=host:port to run it"
 fi

@@ -7,6 +7,7 @@ mod cdc;
 mod cluster;
 mod connectors;
 mod jetstream;
+mod kafka;
 mod metastore;
 mod mqtt;
 mod mysql_cdc;
@@ -44,6 +45,9 @@ enum Bench {
     /// QoS 1 messages through Mosquitto into a durable stream by the mqtt source, beside
     /// mosquitto_sub taking the same messages from the same broker.
     Mqtt(mqtt::Args),
+    /// The kafka source and sink beside a bare rdkafka consumer and producer moving the same
+    /// records through the same (mock) broker.
+    Kafka(kafka::Args),
     /// source-hardcoded-records into a durable stream by the airbyte source, beside the bare
     /// connector into `wc -l` and PyAirbyte into its DuckDB cache.
     Airbyte(airbyte::Args),
@@ -77,6 +81,7 @@ fn main() -> anyhow::Result<()> {
         Bench::PgCdc(args) => rt.block_on(pg_cdc::run(args)),
         Bench::MysqlCdc(args) => rt.block_on(mysql_cdc::run(args)),
         Bench::Mqtt(args) => rt.block_on(mqtt::run(args)),
+        Bench::Kafka(args) => rt.block_on(kafka::run(args)),
         Bench::Airbyte(args) => rt.block_on(airbyte::run(args)),
         Bench::Wasm(args) => rt.block_on(wasm::run(args)),
         Bench::Queries(args) => rt.block_on(queries::run(args)),
@@ -96,6 +101,8 @@ fn main() -> anyhow::Result<()> {
             mysql_cdc::run(mysql_cdc::Args::default_args()).await?;
             println!();
             mqtt::run(mqtt::Args::default_args()).await?;
+            println!();
+            kafka::run(kafka::Args::default_args()).await?;
             println!();
             airbyte::run(airbyte::Args::default_args()).await?;
             println!();

@@ -1,6 +1,6 @@
 //! The connectors this build ships, beyond the runtime's built-in generator and blackhole:
-//! PostgreSQL and MySQL/MariaDB CDC sources and sinks, the MQTT source and sink, and any Airbyte
-//! source or destination.
+//! PostgreSQL and MySQL/MariaDB CDC sources and sinks, the MQTT and Kafka sources and sinks, and
+//! any Airbyte source or destination.
 //!
 //! [`registry`] is the one list of every connector type the server offers; `specs/` holds each
 //! one's `ConnectorSpecification`, kept equal to the Rust config types by a test.
@@ -8,6 +8,7 @@
 pub mod airbyte;
 pub mod cdc;
 pub mod changes;
+pub mod kafka;
 pub mod mqtt;
 pub mod mysql;
 pub use hstream_runtime::pbstruct;
@@ -27,6 +28,8 @@ pub fn registry() -> Registry {
     r.sink::<mysql::MySqlSink>("mysql");
     r.source::<mqtt::MqttSource>("mqtt");
     r.sink::<mqtt::MqttSink>("mqtt");
+    r.source::<kafka::KafkaSource>("kafka");
+    r.sink::<kafka::KafkaSink>("kafka");
     r.source::<airbyte::source::AirbyteSource>("airbyte");
     r.sink::<airbyte::sink::AirbyteSink>("airbyte");
     r

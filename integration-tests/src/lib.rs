@@ -20,6 +20,7 @@ use tonic::transport::Channel;
 
 mod connectors;
 pub mod etcd;
+pub mod kafka;
 pub mod mariadb;
 pub mod mosquitto;
 pub mod nats;

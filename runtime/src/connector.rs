@@ -202,6 +202,13 @@ pub trait Source: Send + 'static {
     }
 }
 
+/// What a sink is opened with beside its config ([`Sink::open_in`]).
+pub struct SinkContext {
+    /// The task (connector) name: stable across restarts.
+    pub task: String,
+    pub streams: std::sync::Arc<dyn crate::streams::Streams>,
+}
+
 /// Whether a sink's write is merely accepted (buffered) or durable downstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
@@ -219,13 +226,11 @@ pub trait Sink: Send + 'static {
     where
         Self: Sized;
 
-    /// What the runtime calls: [`open`](Self::open), with the task's access to the streams for
-    /// a sink that writes into streams itself (a persistent query), its appends fenced like a
-    /// source's.
-    async fn open_in(
-        config: Self::Config,
-        _streams: std::sync::Arc<dyn crate::streams::Streams>,
-    ) -> Result<Self, ConnectorError>
+    /// What the runtime calls: [`open`](Self::open), with the task's name and access to the
+    /// streams, for a sink that needs them (a persistent query writes into streams itself, its
+    /// appends fenced like a source's; a transactional Kafka sink names its producer after the
+    /// task).
+    async fn open_in(config: Self::Config, _ctx: SinkContext) -> Result<Self, ConnectorError>
     where
         Self: Sized,
     {
@@ -252,6 +257,12 @@ pub trait Sink: Send + 'static {
 
     /// Makes everything accepted so far durable.
     async fn flush(&mut self) -> Result<(), ConnectorError>;
+
+    /// Releases what the connector (task `task`) holds downstream once it is deleted (e.g. a
+    /// position stored there). Called after the last attempt stopped.
+    async fn on_delete(_config: &Self::Config, _task: &str) -> Result<(), ConnectorError> {
+        Ok(())
+    }
 
     /// At a graceful stop: makes everything accepted so far durable, promptly (a periodic
     /// [`Sink::flush`] may be interrupted by the stop; this one is awaited).

@@ -31,7 +31,8 @@ pub mod wasm;
 
 pub use builtin::registry as builtin;
 pub use connector::{
-    Attributes, ConnectorConfig, Done, Offset, PayloadFlag, Record, Sink, SinkRecord, Source, SourceOutput, Written,
+    Attributes, ConnectorConfig, Done, Offset, PayloadFlag, Record, Sink, SinkContext, SinkRecord, Source,
+    SourceOutput, Written,
 };
 pub use error::{ConnectorError, ErrorKind};
 pub use progress::{Lag, Progress};

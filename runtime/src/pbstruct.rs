@@ -130,22 +130,43 @@ pub fn struct_from_json(
     text: &str,
     keys: &[String],
 ) -> Result<Vec<Option<String>>, serde_json::Error> {
+    from_json(buf, text.as_bytes(), keys, false)
+}
+
+/// Like [`struct_from_json`] (no keys), but errs on a number a double cannot hold exactly (an
+/// integer beyond ±2^53, written as an integer or not), rather than changing its value: for a
+/// caller that can keep such a document as it is instead (a RAW record).
+pub fn struct_from_json_exact(buf: &mut Vec<u8>, text: &[u8]) -> Result<(), serde_json::Error> {
+    from_json(buf, text, &[], true).map(|_| ())
+}
+
+fn from_json(
+    buf: &mut Vec<u8>,
+    text: &[u8],
+    keys: &[String],
+    exact: bool,
+) -> Result<Vec<Option<String>>, serde_json::Error> {
     use serde::Deserializer as _;
     let mut found = vec![None; keys.len()];
-    let mut de = serde_json::Deserializer::from_str(text);
+    let mut de = serde_json::Deserializer::from_slice(text);
     de.deserialize_map(TopLevel {
         buf,
         keys,
         found: &mut found,
+        exact,
     })?;
     de.end()?;
     Ok(found)
 }
 
+/// The largest magnitude up to which every integer is a double.
+const EXACT_INTEGERS: f64 = 9_007_199_254_740_992.0;
+
 struct TopLevel<'b> {
     buf: &'b mut Vec<u8>,
     keys: &'b [String],
     found: &'b mut Vec<Option<String>>,
+    exact: bool,
 }
 
 impl<'de> serde::de::Visitor<'de> for TopLevel<'_> {
@@ -161,9 +182,10 @@ impl<'de> serde::de::Visitor<'de> for TopLevel<'_> {
                 Some(i) => {
                     let raw: &'de serde_json::value::RawValue = map.next_value()?;
                     let mut err = None;
+                    let exact = self.exact;
                     field(self.buf, &name, |b| {
                         let mut de = serde_json::Deserializer::from_str(raw.get());
-                        if let Err(e) = serde::de::DeserializeSeed::deserialize(ValueBody(b), &mut de) {
+                        if let Err(e) = serde::de::DeserializeSeed::deserialize(ValueBody(b, exact), &mut de) {
                             err = Some(e);
                         }
                     });
@@ -178,8 +200,9 @@ impl<'de> serde::de::Visitor<'de> for TopLevel<'_> {
                 }
                 None => {
                     let mut err = None;
+                    let exact = self.exact;
                     field(self.buf, &name, |b| {
-                        if let Err(e) = map.next_value_seed(ValueBody(b)) {
+                        if let Err(e) = map.next_value_seed(ValueBody(b, exact)) {
                             err = Some(e);
                         }
                     });
@@ -193,8 +216,9 @@ impl<'de> serde::de::Visitor<'de> for TopLevel<'_> {
     }
 }
 
-/// Writes the body of a `google.protobuf.Value` for whatever JSON value comes next.
-struct ValueBody<'b>(&'b mut Vec<u8>);
+/// Writes the body of a `google.protobuf.Value` for whatever JSON value comes next; with `.1`,
+/// errs on a number a double cannot hold exactly.
+struct ValueBody<'b>(&'b mut Vec<u8>, bool);
 
 impl<'de> serde::de::DeserializeSeed<'de> for ValueBody<'_> {
     type Value = ();
@@ -214,15 +238,28 @@ impl<'de> serde::de::Visitor<'de> for ValueBody<'_> {
         boolean(self.0, v);
         Ok(())
     }
-    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        if self.1 && v.unsigned_abs() > EXACT_INTEGERS as u64 {
+            return Err(E::custom(format_args!("the number {v} does not fit a double exactly")));
+        }
         number(self.0, v as f64);
         Ok(())
     }
-    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        if self.1 && v > EXACT_INTEGERS as u64 {
+            return Err(E::custom(format_args!("the number {v} does not fit a double exactly")));
+        }
         number(self.0, v as f64);
         Ok(())
     }
-    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        // An integer too long for u64 arrives here already rounded: refuse every integral
+        // value past 2^53, whether it was written as an integer or not.
+        if self.1 && v.fract() == 0.0 && v.abs() > EXACT_INTEGERS {
+            return Err(E::custom(format_args!(
+                "the number {v:e} may not be the one written: a double holds integers exactly only up to 2^53"
+            )));
+        }
         number(self.0, v);
         Ok(())
     }
@@ -240,10 +277,13 @@ impl<'de> serde::de::Visitor<'de> for ValueBody<'_> {
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let mut result = Ok(());
+        let exact = self.1;
         list(self.0, |b| {
             loop {
                 let mut got = Ok(false);
-                item(b, |b| got = seq.next_element_seed(ValueBody(b)).map(|o| o.is_some()));
+                item(b, |b| {
+                    got = seq.next_element_seed(ValueBody(b, exact)).map(|o| o.is_some())
+                });
                 match got {
                     Ok(true) => {}
                     Ok(false) => {
@@ -262,12 +302,13 @@ impl<'de> serde::de::Visitor<'de> for ValueBody<'_> {
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let mut result = Ok(());
+        let exact = self.1;
         object(self.0, |b| {
             loop {
                 match map.next_key::<std::borrow::Cow<'de, str>>() {
                     Ok(Some(name)) => {
                         let mut got = Ok(());
-                        field(b, &name, |b| got = map.next_value_seed(ValueBody(b)));
+                        field(b, &name, |b| got = map.next_value_seed(ValueBody(b, exact)));
                         if let Err(e) = got {
                             result = Err(e);
                             break;
@@ -584,6 +625,38 @@ mod tests {
         match as_value.kind {
             Some(prost_types::value::Kind::StructValue(s)) => assert_eq!(s, decoded),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn exact_refuses_numbers_a_double_would_change() {
+        let mut buf = Vec::new();
+        struct_from_json_exact(
+            &mut buf,
+            br#"{"a": 9007199254740992, "b": -9007199254740992, "c": [0.1, 1e300]}"#,
+        )
+        .unwrap_err();
+        for ok in [
+            r#"{"a": 9007199254740992, "b": -9007199254740992, "c": [0.1, 1.5e-300]}"#,
+            r#"{"n": {"deep": [1, 2.5, -3]}}"#,
+        ] {
+            buf.clear();
+            struct_from_json_exact(&mut buf, ok.as_bytes()).unwrap();
+            let mut same = Vec::new();
+            struct_from_json(&mut same, ok, &[]).unwrap();
+            assert_eq!(buf, same, "{ok}");
+        }
+        for bad in [
+            r#"{"a": 9007199254740993}"#,
+            r#"{"a": -9007199254740993}"#,
+            r#"{"a": 12345678901234567890}"#,
+            r#"{"a": {"b": [123456789012345678901234567890]}}"#,
+            r#"{"a": 1e300}"#,
+        ] {
+            let e = struct_from_json_exact(&mut Vec::new(), bad.as_bytes()).unwrap_err();
+            assert!(e.to_string().contains("double"), "{bad}: {e}");
+            // The lenient reader takes it, rounded.
+            struct_from_json(&mut Vec::new(), bad, &[]).unwrap();
         }
     }
 

@@ -274,7 +274,7 @@ pub async fn run_sink<K: Sink>(
     }
     let flush_every = K::flush_every(&config);
     let mut sink = tokio::select! {
-        s = K::open_in(config, ctx.streams.clone()) => s?,
+        s = K::open_in(config, crate::connector::SinkContext { task: ctx.task.clone(), streams: ctx.streams.clone() }) => s?,
         _ = ctx.cancel.cancelled() => return Ok(Done::Cancelled),
     };
     let shards: Vec<u64> = position.shards.keys().copied().collect();

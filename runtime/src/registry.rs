@@ -61,7 +61,7 @@ pub trait ConnectorType: Send + Sync {
     /// Runs one attempt of a task until it ends, fails or is cancelled.
     async fn run(&self, ctx: RunContext) -> Result<Done, ConnectorError>;
     /// Releases upstream resources of a deleted task (after its last attempt stopped).
-    async fn on_delete(&self, _config: &Value) -> Result<(), ConnectorError> {
+    async fn on_delete(&self, _task: &str, _config: &Value) -> Result<(), ConnectorError> {
         Ok(())
     }
     /// Sends a source a signal through its upstream ([`Source::signal`]); returns its id.
@@ -143,7 +143,7 @@ impl<S: Source> ConnectorType for SourceType<S> {
     async fn signal(&self, config: &Value, kind: &str, data: &Value) -> Result<String, ConnectorError> {
         S::signal(&parse::<S::Config>(&*self.transforms, &self.spec, config)?, kind, data).await
     }
-    async fn on_delete(&self, config: &Value) -> Result<(), ConnectorError> {
+    async fn on_delete(&self, _task: &str, config: &Value) -> Result<(), ConnectorError> {
         S::on_delete(&parse::<S::Config>(&*self.transforms, &self.spec, config)?).await
     }
 }
@@ -190,6 +190,9 @@ impl<K: Sink> ConnectorType for SinkType<K> {
             return Ok(Done::Cancelled);
         };
         pipeline::run_sink::<K>(ctx, config, chain).await
+    }
+    async fn on_delete(&self, task: &str, config: &Value) -> Result<(), ConnectorError> {
+        K::on_delete(&parse::<K::Config>(&*self.transforms, &self.spec, config)?, task).await
     }
 }
 

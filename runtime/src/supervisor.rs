@@ -148,7 +148,7 @@ const RELEASE_WAIT: Duration = Duration::from_secs(20);
 /// Lets the connector release what it holds upstream once its task is deleted; a failure is
 /// logged (with secrets scrubbed), not fatal: the task is deleted either way.
 async fn release(spec: &TaskSpec) {
-    let released = tokio::time::timeout(RELEASE_WAIT, spec.connector.on_delete(&spec.config))
+    let released = tokio::time::timeout(RELEASE_WAIT, spec.connector.on_delete(&spec.name, &spec.config))
         .await
         .unwrap_or_else(|_| Err(ConnectorError::external(format!("gave up after {RELEASE_WAIT:?}"))));
     if let Err(e) = released {

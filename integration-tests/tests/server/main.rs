@@ -11,6 +11,7 @@ mod etcd_faults;
 mod hardening;
 mod jetstream;
 mod jetstream_faults;
+mod kafka;
 mod metrics;
 mod mqtt;
 mod mysql;

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use hstream_proto::ErrorCode;
-use hstream_runtime::connector::{ConnectorConfig, PayloadFlag, Record, Sink, SinkRecord, Written};
+use hstream_runtime::connector::{ConnectorConfig, PayloadFlag, Record, Sink, SinkContext, SinkRecord, Written};
 use hstream_runtime::supervisor::State;
 use hstream_runtime::{ConnectorError, Kind, Streams};
 use hstream_sql::{Select, Statement};
@@ -206,7 +206,8 @@ impl Sink for QueryTask {
         ))
     }
 
-    async fn open_in(config: QueryConfig, streams: Arc<dyn Streams>) -> Result<Self, ConnectorError> {
+    async fn open_in(config: QueryConfig, ctx: SinkContext) -> Result<Self, ConnectorError> {
+        let streams = ctx.streams;
         let plan = plan(&config.sql).map_err(|e| ConnectorError::config(format!("sql: {e}")))?;
         if !streams.stream_exists(&plan.target).await? {
             return Err(ConnectorError::config(format!(
