@@ -2,9 +2,9 @@
 //! records through the same broker in the same run. The broker is librdkafka's mock cluster (in
 //! this process; no Kafka broker is packaged here), so both sides pay the same broker costs.
 //!
-//! - source: N messages already in a 6-partition topic, read into a durable stream (fsync
+//! - source: N messages already in a 16-partition topic, read into a durable stream (fsync
 //!   always) by our source, beside a bare rdkafka consumer reading them to nothing;
-//! - sink: N records already in a stream, produced to a 6-partition topic by our sink (acks=all,
+//! - sink: N records already in a stream, produced to a 16-partition topic by our sink (acks=all,
 //!   idempotent, position moved only past delivered records), beside a bare rdkafka producer
 //!   (the same settings) producing the same records from memory.
 
@@ -21,7 +21,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 #[derive(clap::Args, Clone)]
 pub struct Args {
     /// Records each way.
-    #[arg(long, default_value_t = 500_000)]
+    #[arg(long, default_value_t = 400_000)]
     records: usize,
     /// Payload bytes per record.
     #[arg(long, default_value_t = 100)]
@@ -34,7 +34,7 @@ pub struct Args {
 impl Args {
     pub fn default_args() -> Args {
         Args {
-            records: 500_000,
+            records: 400_000,
             payload: 100,
             keys: 1000,
         }
@@ -47,7 +47,11 @@ fn payload(args: &Args, i: usize) -> Vec<u8> {
     p
 }
 
-/// Reads every message of `topic` (6 partitions) from the start with a bare consumer; seconds.
+/// Partitions per topic: librdkafka's mock broker keeps at most 5 MB (or 100k message sets) per
+/// partition and drops the oldest beyond that, so the records are spread wide enough to stay.
+const PARTITIONS: i32 = 16;
+
+/// Reads every message of `topic` from the start with a bare consumer; seconds.
 fn bare_consume(kafka: &Kafka, topic: &str, n: usize) -> anyhow::Result<f64> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka.bootstrap())
@@ -55,7 +59,7 @@ fn bare_consume(kafka: &Kafka, topic: &str, n: usize) -> anyhow::Result<f64> {
         .set("enable.auto.commit", "false")
         .create()?;
     let mut tpl = TopicPartitionList::new();
-    for p in 0..6 {
+    for p in 0..PARTITIONS {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;
     }
     let t = Instant::now();
@@ -82,13 +86,13 @@ async fn delivered(c: &mut hstream_integration_tests::Client, name: &str) -> any
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let n = args.records;
     println!(
-        "kafka: {n} records of {} bytes over {} keys, librdkafka mock cluster (1 broker, in process), 6 partitions",
+        "kafka: {n} records of {} bytes over {} keys, librdkafka mock cluster (1 broker, in process), {PARTITIONS} partitions",
         args.payload, args.keys
     );
     let kafka = Kafka::start(1);
-    kafka.create_topic("in", 6);
-    kafka.create_topic("out", 6);
-    kafka.create_topic("peer", 6);
+    kafka.create_topic("in", PARTITIONS);
+    kafka.create_topic("out", PARTITIONS);
+    kafka.create_topic("peer", PARTITIONS);
     let messages: Vec<Outgoing> = (0..n)
         .map(|i| (Some(format!("k{}", i % args.keys)), payload(&args, i), Vec::new()))
         .collect();

@@ -13,6 +13,9 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
+/// librdkafka's mock broker keeps at most 5 MB (or 100k message sets) per partition and drops
+/// the oldest beyond that: tests spread their messages so that every one stays.
+///
 /// The tests' Kafka: librdkafka's mock cluster (what the README calls the mock-cluster tier),
 /// or a live broker named by `HSTREAM_TEST_KAFKA` (the live tier).
 pub struct Kafka {

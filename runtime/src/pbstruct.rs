@@ -253,9 +253,9 @@ impl<'de> serde::de::Visitor<'de> for ValueBody<'_> {
         Ok(())
     }
     fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
-        // An integer too long for u64 arrives here already rounded: refuse every integral
-        // value past 2^53, whether it was written as an integer or not.
-        if self.1 && v.fract() == 0.0 && v.abs() > EXACT_INTEGERS {
+        // An integer too long for u64 arrives here already rounded (2^53 + 1 arrives as 2^53):
+        // refuse every integral value from 2^53 on, whether it was written as an integer or not.
+        if self.1 && v.fract() == 0.0 && v.abs() >= EXACT_INTEGERS {
             return Err(E::custom(format_args!(
                 "the number {v:e} may not be the one written: a double holds integers exactly only up to 2^53"
             )));
@@ -652,6 +652,7 @@ mod tests {
             r#"{"a": 12345678901234567890}"#,
             r#"{"a": {"b": [123456789012345678901234567890]}}"#,
             r#"{"a": 1e300}"#,
+            r#"{"a": 9007199254740993.0}"#,
         ] {
             let e = struct_from_json_exact(&mut Vec::new(), bad.as_bytes()).unwrap_err();
             assert!(e.to_string().contains("double"), "{bad}: {e}");

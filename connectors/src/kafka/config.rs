@@ -38,9 +38,21 @@ impl JsonSchema for Properties {
     }
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // librdkafka's sensitive properties are named here, so a value of theirs is masked (and
+        // never quoted by a validation error) whether or not the rest of the config parses.
+        let secrets: serde_json::Map<String, serde_json::Value> = super::SECRET_PROPERTIES
+            .iter()
+            .map(|p| {
+                (
+                    (*p).to_owned(),
+                    serde_json::json!({"type": "string", "airbyte_secret": true}),
+                )
+            })
+            .collect();
         json_schema!({
             "type": "object",
-            "description": "librdkafka properties (https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md), as `\"kafka.<property>\"` options or this object: security.protocol, sasl.*, ssl.*, compression.type, linger.ms, … Values whose property name holds `password` or `secret`, `ssl.key.pem` and `sasl.oauthbearer.config` are masked wherever the config is shown.",
+            "description": "librdkafka properties (https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md), as `\"kafka.<property>\"` options or this object: security.protocol, sasl.*, ssl.*, compression.type, linger.ms, … Values of librdkafka's sensitive properties and of any whose name holds `password`, `secret`, `passphrase` or `private.key` are masked wherever the config is shown.",
+            "properties": secrets,
             "additionalProperties": { "type": "string" }
         })
     }
@@ -121,6 +133,10 @@ fn default_offsets_topic() -> String {
     "hstream-sink-offsets".into()
 }
 
+fn default_txn_prefix() -> String {
+    "hstream-".into()
+}
+
 /// Configuration of the `kafka` sink.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -137,8 +153,9 @@ pub struct KafkaSinkConfig {
     pub topic: String,
     #[serde(default)]
     pub partitioning: Partitioning,
-    /// Exactly-once into Kafka: each flush is a transaction (transactional.id `hstream-<connector
-    /// name>`) that also writes the sink's position to `offsetsTopic`; consumers with
+    /// Exactly-once into Kafka: each flush is a transaction (transactional.id
+    /// `<transactionalIdPrefix><connector name>`) that also writes the sink's position to
+    /// `offsetsTopic`; consumers with
     /// isolation.level=read_committed see every record once.
     #[serde(default)]
     pub transactional: bool,
@@ -146,6 +163,11 @@ pub struct KafkaSinkConfig {
     /// one partition, cleanup.policy=compact recommended).
     #[serde(default = "default_offsets_topic")]
     pub offsets_topic: String,
+    /// With transactional: the transactional.id is this followed by the connector name. Give
+    /// each HStream cluster writing to one Kafka cluster its own, or same-named connectors of
+    /// two clusters fence each other.
+    #[serde(default = "default_txn_prefix")]
+    pub transactional_id_prefix: String,
     /// librdkafka producer properties. Defaults: acks=all, enable.idempotence=true,
     /// allow.auto.create.topics=false.
     #[serde(default)]
@@ -169,6 +191,14 @@ impl ConnectorConfig for KafkaSinkConfig {
         ));
         if self.transactional {
             reserved.push(("enable.idempotence", "transactions need idempotence; leave it unset"));
+        }
+        if matches!(self.kafka.0.get("acks").map(String::as_str), Some("0")) {
+            return Err(ConnectorError::config(
+                "kafka.acks: 0 asks for no acknowledgement, so no delivery could be confirmed before the stream position moves; use 1 or all",
+            ));
+        }
+        if self.transactional_id_prefix.contains(char::is_whitespace) {
+            return Err(ConnectorError::config("transactionalIdPrefix: must not hold spaces"));
         }
         self.kafka.check(&reserved)
     }
@@ -315,6 +345,7 @@ impl ConnectorConfig for KafkaSourceConfig {
                 "enable.auto.offset.store",
                 "the source keeps its position in its checkpoint",
             ),
+            ("enable.partition.eof", "the source reads on past a partition's end"),
         ]);
         self.kafka.check(&reserved)
     }

@@ -32,14 +32,28 @@ use serde_json::{Map, Value};
 /// How long `check` (and a task's first metadata request) waits for a broker to answer.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The properties librdkafka 2.12 itself treats as sensitive: named in the config schema as
+/// secrets, so they are masked even in a config that does not parse.
+pub const SECRET_PROPERTIES: [&str; 9] = [
+    "sasl.password",
+    "sasl.oauthbearer.config",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.assertion.private.key.passphrase",
+    "sasl.oauthbearer.assertion.private.key.pem",
+    "ssl.key.password",
+    "ssl.key.pem",
+    "ssl_key",
+    "ssl.keystore.password",
+];
+
 /// Whether a librdkafka property holds a secret (its value is masked wherever a config is
-/// shown): passwords, secrets, private keys and the OAUTHBEARER config.
+/// shown): librdkafka's sensitive ones, and any whose name speaks of a password, a secret, a
+/// passphrase or a private key.
 pub fn is_secret(property: &str) -> bool {
-    property.contains("password")
-        || property.contains("secret")
-        || property == "ssl.key.pem"
-        || property == "ssl_key"
-        || property == "sasl.oauthbearer.config"
+    SECRET_PROPERTIES.contains(&property)
+        || ["password", "secret", "passphrase", "private.key"]
+            .iter()
+            .any(|w| property.contains(w))
 }
 
 /// Folds SQL's flat `"kafka.<property>"` options into the stored `kafka` object, with every
@@ -64,10 +78,14 @@ pub fn normalize(config: &mut Value) {
             props.insert(k["kafka.".len()..].to_owned(), v);
         }
     }
-    for v in props.values_mut() {
+    for (k, v) in props.iter_mut() {
         match v {
             Value::Number(n) => *v = Value::String(n.to_string()),
             Value::Bool(b) => *v = Value::String(b.to_string()),
+            Value::String(_) => {}
+            // Any other shape of a secret becomes text, so no error ever quotes it (librdkafka
+            // then judges the text); others are left for validation to refuse.
+            _ if is_secret(k) => *v = Value::String(v.to_string()),
             _ => {}
         }
     }
@@ -154,6 +172,34 @@ pub(crate) fn property_error(key: &str, desc: &str) -> ConnectorError {
         ConnectorError::config(format!("kafka.{key}: librdkafka refused the value"))
     } else {
         ConnectorError::config(format!("kafka.{key}: {desc}"))
+    }
+}
+
+/// Holds a librdkafka client whose drop blocks (a producer flushes, a consumer closes), and
+/// drops it on a blocking thread instead of the async one.
+pub(crate) struct OffThread<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> OffThread<T> {
+    pub(crate) fn new(t: T) -> Self {
+        OffThread(Some(t))
+    }
+}
+
+impl<T: Send + 'static> std::ops::Deref for OffThread<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl<T: Send + 'static> Drop for OffThread<T> {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) => drop(h.spawn_blocking(move || drop(t))),
+                Err(_) => drop(t),
+            }
+        }
     }
 }
 
@@ -306,14 +352,10 @@ mod tests {
 
     #[test]
     fn secret_properties() {
-        for s in [
-            "sasl.password",
-            "ssl.key.password",
-            "ssl.keystore.password",
-            "ssl.key.pem",
-            "sasl.oauthbearer.client.secret",
-            "sasl.oauthbearer.config",
-        ] {
+        for s in SECRET_PROPERTIES
+            .iter()
+            .chain(&["sasl.oauthbearer.assertion.private.key.file.passphrase"])
+        {
             assert!(is_secret(s), "{s}");
         }
         for s in ["sasl.username", "ssl.ca.location", "acks", "ssl.certificate.pem"] {

@@ -22,7 +22,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use super::config::{KafkaSinkConfig, Partitioning};
-use super::{METADATA_TIMEOUT, blocking, error};
+use super::{METADATA_TIMEOUT, OffThread, blocking, error};
 
 /// How long a transaction's init, commit or abort may take.
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -46,7 +46,7 @@ struct Txn {
 
 pub struct KafkaSink {
     config: KafkaSinkConfig,
-    producer: FutureProducer,
+    producer: OffThread<FutureProducer>,
     /// Deliveries not yet confirmed, in produce order.
     pending: VecDeque<DeliveryFuture>,
     partitions: i32,
@@ -55,8 +55,8 @@ pub struct KafkaSink {
 }
 
 /// The transactional id of a connector's producer.
-fn transactional_id(task: &str) -> String {
-    format!("hstream-{task}")
+fn transactional_id(config: &KafkaSinkConfig, task: &str) -> String {
+    format!("{}{task}", config.transactional_id_prefix)
 }
 
 /// The partition count of `topic`, which must exist.
@@ -106,29 +106,47 @@ fn producer(config: &KafkaSinkConfig, transactional_id: Option<&str>) -> Result<
         .map_err(|e| error("creating the Kafka producer", e))
 }
 
-/// Reads the position the last committed transaction of `id` stored (read_committed).
-async fn read_stored(config: &KafkaSinkConfig, id: &str) -> Result<Option<Stored>, ConnectorError> {
-    let mut c = super::config::client_config(
-        &config.bootstrap_servers,
-        &[
-            ("group.id", id),
-            ("enable.auto.commit", "false"),
-            ("isolation.level", "read_committed"),
-            ("enable.partition.eof", "true"),
-        ],
-        &super::Properties::default(),
-    );
-    // The user's security settings, not their tuning of a producer.
+/// Reads the position the last committed transaction of `id` stored: a read_committed
+/// consumer reads partition 0 of `offsetsTopic` up to its high watermark as it is now (after
+/// `init_transactions` ended our own open transaction), waiting out other producers' open
+/// transactions there (a read_committed reader stops at the first of them) for up to
+/// [`TXN_TIMEOUT`], so an older position is never taken for the last one.
+async fn read_stored(
+    config: &KafkaSinkConfig,
+    producer: &FutureProducer,
+    id: &str,
+) -> Result<Option<Stored>, ConnectorError> {
+    let topic = config.offsets_topic.clone();
+    let p = producer.clone();
+    let t = topic.clone();
+    let (_, high) = blocking(move || {
+        let w = p.client().fetch_watermarks(&t, 0, METADATA_TIMEOUT).map_err(no_answer);
+        drop(p);
+        w
+    })
+    .await?;
+    if high == 0 {
+        return Ok(None);
+    }
+    // The user's properties (security, TLS and the rest: producer-only ones are ignored with a
+    // warning), then what this reader must be.
+    let mut c = rdkafka::ClientConfig::new();
+    c.set("bootstrap.servers", &config.bootstrap_servers);
     for (k, v) in &config.kafka.0 {
-        if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
-            c.set(k, v);
-        }
+        c.set(k, v);
+    }
+    for (k, v) in [
+        ("group.id", id),
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        ("isolation.level", "read_committed"),
+        ("enable.partition.eof", "false"),
+    ] {
+        c.set(k, v);
     }
     let consumer: BaseConsumer = c.create().map_err(|e| error("creating the Kafka consumer", e))?;
-    let topic = config.offsets_topic.clone();
     let id = id.to_owned();
     blocking(move || {
-        let (_, high) = consumer.fetch_watermarks(&topic, 0, METADATA_TIMEOUT).map_err(no_answer)?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&topic, 0, Offset::Beginning)
             .map_err(|e| error("reading offsetsTopic", e))?;
@@ -136,34 +154,34 @@ async fn read_stored(config: &KafkaSinkConfig, id: &str) -> Result<Option<Stored
         let mut found = None;
         let deadline = std::time::Instant::now() + TXN_TIMEOUT;
         loop {
+            if let Ok(pos) = consumer.position()
+                && let Some(Offset::Offset(n)) = pos.find_partition(&topic, 0).map(|e| e.offset())
+                && n >= high
+            {
+                return Ok(found);
+            }
             if std::time::Instant::now() > deadline {
                 return Err(ConnectorError::external(format!(
-                    "offsetsTopic: could not read {topic:?} to its end within {} s (an open transaction of another producer holds it?)",
+                    "offsetsTopic: could not read {topic:?} to offset {high} within {} s (an open transaction of another producer holds it back)",
                     TXN_TIMEOUT.as_secs()
                 )));
             }
             match consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => {
-                    if m.key() == Some(id.as_bytes()) {
-                        found = match m.payload() {
-                            None => None,
-                            Some(v) => Some(serde_json::from_slice::<Stored>(v).map_err(|e| {
-                                ConnectorError::internal(format!("offsetsTopic: an unreadable position at offset {}", m.offset()))
-                                    .with_source(e)
-                            })?),
-                        };
-                    }
-                    if m.offset() + 1 >= high {
-                        return Ok(found);
-                    }
+                Some(Ok(m)) if m.key() == Some(id.as_bytes()) => {
+                    found = match m.payload() {
+                        None => None,
+                        Some(v) => Some(serde_json::from_slice::<Stored>(v).map_err(|e| {
+                            ConnectorError::internal(format!(
+                                "offsetsTopic: an unreadable position at offset {}",
+                                m.offset()
+                            ))
+                            .with_source(e)
+                        })?),
+                    };
                 }
-                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(found),
+                Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(error("reading offsetsTopic", e)),
-                None => {
-                    if high == 0 {
-                        return Ok(None);
-                    }
-                }
+                None => {}
             }
         }
     })
@@ -185,7 +203,7 @@ impl Sink for KafkaSink {
 
     /// Reaches a broker and finds the topic (and, transactional, offsetsTopic).
     async fn check(config: &KafkaSinkConfig) -> Result<(), ConnectorError> {
-        let p = producer(config, None)?;
+        let p = OffThread::new(producer(config, None)?);
         partitions(&p, "topic", &config.topic).await?;
         if config.transactional {
             partitions(&p, "offsetsTopic", &config.offsets_topic).await?;
@@ -200,21 +218,21 @@ impl Sink for KafkaSink {
     }
 
     async fn open_in(config: KafkaSinkConfig, ctx: SinkContext) -> Result<Self, ConnectorError> {
-        let id = config.transactional.then(|| transactional_id(&ctx.task));
-        let producer = producer(&config, id.as_deref())?;
+        let id = config.transactional.then(|| transactional_id(&config, &ctx.task));
+        let producer = OffThread::new(producer(&config, id.as_deref())?);
         let n = partitions(&producer, "topic", &config.topic).await?;
         let txn = match id {
             None => None,
             Some(id) => {
                 partitions(&producer, "offsetsTopic", &config.offsets_topic).await?;
                 // Fences an older producer of this id and ends its open transaction.
-                let p = producer.clone();
+                let p = OffThread::new((*producer).clone());
                 blocking(move || {
                     p.init_transactions(TXN_TIMEOUT)
                         .map_err(|e| error("starting transactions", e))
                 })
                 .await?;
-                let committed = read_stored(&config, &id)
+                let committed = read_stored(&config, &producer, &id)
                     .await?
                     .filter(|s| s.stream == config.stream)
                     .map(|s| s.shards)
@@ -337,8 +355,11 @@ impl Sink for KafkaSink {
             && let Some(t) = &mut self.txn
             && t.open
         {
+            // What the aborted transaction held is not written: a later commit must not cover it.
             t.open = false;
-            let p = self.producer.clone();
+            t.written = t.committed.clone();
+            self.pending.clear();
+            let p = OffThread::new((*self.producer).clone());
             // Best effort: the restarted task fences this producer anyway.
             let _ = blocking(move || p.abort_transaction(TXN_TIMEOUT).map_err(|e| error("aborting", e))).await;
         }
@@ -351,17 +372,19 @@ impl Sink for KafkaSink {
         if !config.transactional {
             return Ok(());
         }
-        let id = transactional_id(task);
+        let id = transactional_id(config, task);
         let p = producer(config, Some(&id))?;
         let topic = config.offsets_topic.clone();
+        // Within the supervisor's 20 s for a release.
+        let within = Duration::from_secs(8);
         blocking(move || {
-            p.init_transactions(TXN_TIMEOUT)
+            p.init_transactions(within)
                 .map_err(|e| error("starting transactions", e))?;
             p.begin_transaction().map_err(|e| error("beginning a transaction", e))?;
             let f = p
                 .send_result(FutureRecord::<str, [u8]>::to(&topic).key(id.as_str()).partition(0))
                 .map_err(|(e, _)| error("producing to offsetsTopic", e))?;
-            p.commit_transaction(TXN_TIMEOUT)
+            p.commit_transaction(within)
                 .map_err(|e| error("committing a transaction", e))?;
             match futures::executor::block_on(f) {
                 Ok(Ok(_)) => Ok(()),
@@ -376,8 +399,16 @@ impl Sink for KafkaSink {
 impl KafkaSink {
     async fn settle(&mut self) -> Result<(), ConnectorError> {
         let topic = self.config.topic.clone();
-        while let Some(f) = self.pending.pop_front() {
-            delivered(&topic, f).await?;
+        // A report leaves the list only once it is in: a stop that interrupts this wait leaves
+        // the rest for `close` to wait for.
+        while let Some(f) = self.pending.front_mut() {
+            let r = f.await;
+            self.pending.pop_front();
+            match r {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(error(&format!("delivering to topic {topic:?}"), e)),
+                Err(_) => return Err(ConnectorError::external("the Kafka producer closed")),
+            }
         }
         let Some(t) = &mut self.txn else { return Ok(()) };
         if !t.open {
@@ -397,7 +428,7 @@ impl KafkaSink {
             .send_result(rec)
             .map_err(|(e, _)| error("producing to offsetsTopic", e))?;
         delivered(&self.config.offsets_topic, f).await?;
-        let p = self.producer.clone();
+        let p = OffThread::new((*self.producer).clone());
         blocking(move || {
             p.commit_transaction(TXN_TIMEOUT)
                 .map_err(|e| error("committing a transaction", e))

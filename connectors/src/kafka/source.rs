@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use super::config::{Format, KafkaSourceConfig, StartFrom};
 use super::sink::no_answer;
-use super::{METADATA_TIMEOUT, blocking, error};
+use super::{METADATA_TIMEOUT, OffThread, blocking, error};
 
 /// Messages per emitted batch at most (a batch also goes out whenever nothing more is ready).
 const MAX_BATCH: usize = 4096;
@@ -37,6 +37,9 @@ pub const ATTR_TIMESTAMP: &str = "kafka.timestamp";
 pub const ATTR_KEY_ENCODING: &str = "kafka.key.encoding";
 /// Set to `true` for a message without a value (a tombstone), which becomes an empty RAW record.
 pub const ATTR_TOMBSTONE: &str = "kafka.tombstone";
+/// The message's headers as a JSON list of `[name, value]` (value: text, `null`, or
+/// `{"base64": …}`), set only when attributes alone cannot hold them exactly.
+pub const ATTR_HEADERS: &str = "kafka.headers";
 
 /// The next offset to read, per topic and partition.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,12 +187,13 @@ impl Source for KafkaSource {
 
     async fn run(&mut self, out: &mut SourceOutput<KafkaOffset>) -> Result<Done, ConnectorError> {
         let cancel = out.cancelled();
-        let consumer: Arc<KConsumer> = Arc::new(
+        // Dropped off the async threads (a consumer's drop closes it, waiting).
+        let consumer: OffThread<Arc<KConsumer>> = OffThread::new(Arc::new(
             self.config
                 .client_config()
                 .create()
                 .map_err(|e| error("creating the Kafka consumer", e))?,
-        );
+        ));
         let mut assigned = BTreeSet::new();
         tokio::select! {
             r = self.refresh(&consumer, &mut assigned) => r?,
@@ -199,7 +203,7 @@ impl Source for KafkaSource {
             // Where "latest" or a timestamp led, stored before any message: a restart before
             // the first one must not start from a later "latest".
             self.fresh = false;
-            if out.emit(Vec::new(), self.position.clone()).await.is_err() {
+            if out.emit(Vec::new(), self.position.clone()).await.is_err() || !out.wait_committed(&self.position).await {
                 return Ok(Done::Cancelled);
             }
         }
@@ -329,8 +333,13 @@ impl KafkaSource {
         e: rdkafka::error::KafkaError,
         out: &SourceOutput<KafkaOffset>,
     ) -> Result<(), ConnectorError> {
+        // A topic deleted under us: the next refresh drops it from the assignment.
+        let gone = matches!(
+            e.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
+        );
         let err = error("reading from Kafka", e);
-        if !err.retry {
+        if !err.retry && !gone {
             return Err(err);
         }
         tracing::warn!(error = %err, "Kafka consumer error");
@@ -340,8 +349,17 @@ impl KafkaSource {
 
     /// Turns a message into a record (or rejects it) and moves the position past it.
     fn take(&mut self, m: &BorrowedMessage<'_>, max: usize, batch: &mut Vec<Record>, out: &SourceOutput<KafkaOffset>) {
-        let next = self.position.next.entry(m.topic().to_owned()).or_default();
-        next.insert(m.partition(), m.offset() + 1);
+        // No allocation for a topic already known (every message but a topic's first).
+        match self.position.next.get_mut(m.topic()) {
+            Some(parts) => {
+                parts.insert(m.partition(), m.offset() + 1);
+            }
+            None => {
+                self.position
+                    .next
+                    .insert(m.topic().to_owned(), BTreeMap::from([(m.partition(), m.offset() + 1)]));
+            }
+        }
         match self.record(m) {
             Ok(r) if r.encoded_size_bound() <= max => batch.push(r),
             Ok(r) => self.reject(
@@ -371,9 +389,36 @@ impl KafkaSource {
     fn record(&self, m: &BorrowedMessage<'_>) -> Result<Record, String> {
         let mut attributes = Attributes::with_capacity(4 + m.headers().map_or(0, |h| h.count()));
         if let Some(h) = m.headers() {
+            // Attributes are text pairs: headers that are not (a value that is not UTF-8, no
+            // value, a name given twice) are also kept exactly, as one JSON list.
+            let mut exact = false;
             for h in h.iter() {
-                let v = h.value.map(String::from_utf8_lossy).unwrap_or_default();
-                attributes.insert(h.key.to_owned(), v.into_owned());
+                match h.value.map(std::str::from_utf8) {
+                    Some(Ok(v)) => {
+                        if attributes.insert(h.key.to_owned(), v.to_owned()).is_some() {
+                            exact = true;
+                        }
+                    }
+                    _ => exact = true,
+                }
+            }
+            if exact {
+                let list: Vec<serde_json::Value> = h
+                    .iter()
+                    .map(|h| {
+                        let v = match h.value {
+                            None => serde_json::Value::Null,
+                            Some(b) => match std::str::from_utf8(b) {
+                                Ok(s) => serde_json::Value::String(s.to_owned()),
+                                Err(_) => serde_json::json!({
+                                    "base64": base64::engine::general_purpose::STANDARD.encode(b)
+                                }),
+                            },
+                        };
+                        serde_json::json!([h.key, v])
+                    })
+                    .collect();
+                attributes.insert(ATTR_HEADERS.into(), serde_json::Value::Array(list).to_string());
             }
         }
         let key = match m.key() {

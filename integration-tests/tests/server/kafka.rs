@@ -9,6 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::FutureExt as _;
 use hstream_integration_tests::kafka::{Kafka, Msg, Outgoing};
 use hstream_integration_tests::*;
 use hstream_proto as pb;
@@ -167,7 +168,12 @@ async fn kafka_sink_delivers_200k_records_once_in_key_order_with_headers_across_
     wait_end_offsets(&kafka, &c, "out", 50_000, Duration::from_secs(120)).await;
     // Every broker away for a while (the outage's length, not a synchronisation): librdkafka
     // holds and retries what is in flight; the sink's position waits for it.
+    let at_outage = kafka.end_offsets("out");
     kafka.down();
+    assert!(
+        at_outage < (KEYS * PER_KEY) as i64,
+        "mid-load: {at_outage} delivered when the brokers went down"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     kafka.up();
     wait_end_offsets(&kafka, &c, "out", (KEYS * PER_KEY) as i64, Duration::from_secs(180)).await;
@@ -192,6 +198,11 @@ async fn kafka_sink_loses_nothing_when_the_server_is_killed_mid_load() {
         .unwrap();
     wait_end_offsets(&kafka, &c, "out", 50_000, Duration::from_secs(120)).await;
     server.kill();
+    let at_kill = kafka.end_offsets("out");
+    assert!(
+        at_kill < (KEYS * PER_KEY) as i64,
+        "mid-load: {at_kill} delivered at the kill"
+    );
     server.restart();
     let c = server.client().await;
     // At-least-once: the records after the last checkpoint may come twice.
@@ -260,6 +271,11 @@ async fn kafka_sink_in_transactional_mode_resumes_at_the_position_kafka_committe
     assert!(positions_before > 0, "transactions carried positions");
     server.kill();
     let killed_at = now_ms();
+    let at_kill = kafka.end_offsets("out");
+    assert!(
+        at_kill < (KEYS * PER_KEY) as i64,
+        "mid-load: {at_kill} produced at the kill"
+    );
     server.restart();
     let c = server.client().await;
     let start = Instant::now();
@@ -460,22 +476,137 @@ async fn kafka_source_reads_200k_messages_once_in_key_order() {
 async fn kafka_source_resumes_from_its_checkpoint_after_kill_9() {
     let kafka = Kafka::start(1);
     kafka.create_topic("in", 4);
-    kafka.produce("in", &source_messages()).await;
+    let messages = source_messages();
+    let (first, second) = messages.split_at(messages.len() / 2);
+    kafka.produce("in", first).await;
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), FAST_RETRY);
     let mut c = server.client().await;
     let cfg = json!({"bootstrapServers": kafka.bootstrap(), "topics": "in", "stream": "fromk"});
     create_connector(&mut c, "ks", "SOURCE", "kafka", &cfg).await.unwrap();
-    wait_until(Duration::from_secs(120), "50k records in", || async {
-        count_stream_records(&c, "fromk").await >= 50_000
+    let delivered = |c: Client| async move {
+        connector_report(&c, "ks").await["deliveredRecords"]
+            .as_f64()
+            .unwrap_or(0.0)
+    };
+    wait_until(Duration::from_secs(120), "30k records in", || {
+        delivered(c.clone()).map(|n| n >= 30_000.0)
     })
     .await;
+    let before_kill = delivered(c.clone()).await;
     server.kill();
+    assert!(
+        before_kill < first.len() as f64,
+        "mid-load: {before_kill} delivered just before the kill"
+    );
+    // The rest arrives while the server is down.
+    kafka.produce("in", second).await;
     server.restart();
     let c = server.client().await;
     let records = wait_stream_distinct(&c, "fromk", Duration::from_secs(180)).await;
     let dup = assert_stream_complete(&records);
     println!("kill -9 mid-load: {dup} messages appended twice (after the last checkpoint)");
+}
+
+/// A topic pattern matches whole names and leaves the rest alone; a matching topic created
+/// later is picked up from its start; `latest` starts at the end as it was at the first start,
+/// and a non-UTF-8 key and a tombstone are carried exactly.
+#[tokio::test]
+async fn kafka_source_follows_a_topic_pattern_and_starts_where_asked() {
+    let kafka = Kafka::start(1);
+    kafka.create_topic("orders.eu", 2);
+    kafka.create_topic("orders.us", 2);
+    kafka.create_topic("orders.eu.audit", 1);
+    kafka.create_topic("xorders.eu", 1);
+    let msg = |k: &str, v: &str| (Some(k.to_owned()), v.as_bytes().to_vec(), vec![]);
+    for t in ["orders.eu", "orders.us", "orders.eu.audit", "xorders.eu"] {
+        kafka.produce(t, &[msg("old", &format!("{t}:old"))]).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST_RETRY);
+    let mut c = server.client().await;
+    let all = json!({"bootstrapServers": kafka.bootstrap(), "topicPattern": "orders\\.[a-z]+",
+                     "stream": "all", "topicRefreshSecs": 1});
+    create_connector(&mut c, "ks", "SOURCE", "kafka", &all).await.unwrap();
+    let latest = json!({"bootstrapServers": kafka.bootstrap(), "topics": "orders.eu", "stream": "new",
+                        "startFrom": "latest"});
+    create_connector(&mut c, "kl", "SOURCE", "kafka", &latest)
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(60), "the old messages", || async {
+        count_stream_records(&c, "all").await >= 2
+    })
+    .await;
+    // Only once "latest" is fixed (its first checkpoint) does a new message count as new.
+    wait_until(
+        Duration::from_secs(60),
+        "the latest source's first checkpoint",
+        || async { connector_report(&c, "kl").await["offset"]["next"]["orders.eu"].is_object() },
+    )
+    .await;
+    kafka.create_topic("orders.asia", 3);
+    kafka
+        .produce("orders.asia", &[msg("a", "orders.asia:1"), msg("b", "orders.asia:2")])
+        .await;
+    kafka.produce("orders.eu", &[msg("n", "orders.eu:new")]).await;
+    // A tombstone and a key that is not UTF-8, through a producer of our own.
+    {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let p: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", kafka.bootstrap())
+            .create()
+            .unwrap();
+        p.send(
+            FutureRecord::<[u8], [u8]>::to("orders.us").key(&[0xff, 0xfe][..]),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    }
+    wait_until(
+        Duration::from_secs(60),
+        "the later topic, the new and the odd message",
+        || async { count_stream_records(&c, "all").await >= 6 },
+    )
+    .await;
+    let mut got: Vec<(String, String)> = read_stream_records(&c, "all")
+        .await
+        .iter()
+        .map(|r| {
+            (
+                attr(r, "kafka.topic").unwrap().to_owned(),
+                String::from_utf8_lossy(&r.payload).into_owned(),
+            )
+        })
+        .collect();
+    got.sort();
+    let want: Vec<(String, String)> = [
+        ("orders.asia", "orders.asia:1"),
+        ("orders.asia", "orders.asia:2"),
+        ("orders.eu", "orders.eu:new"),
+        ("orders.eu", "orders.eu:old"),
+        ("orders.us", ""),
+        ("orders.us", "orders.us:old"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(got, want, "whole-name matches only, the later topic from its start");
+    let odd = read_stream_records(&c, "all")
+        .await
+        .into_iter()
+        .find(|r| r.payload.is_empty())
+        .unwrap();
+    assert_eq!(attr(&odd, "kafka.tombstone"), Some("true"));
+    assert_eq!(attr(&odd, "kafka.key.encoding"), Some("base64"));
+    assert_eq!(odd.header.as_ref().unwrap().key, "//4=");
+    wait_until(Duration::from_secs(60), "the latest source's message", || async {
+        count_stream_records(&c, "new").await >= 1
+    })
+    .await;
+    let new = read_stream_records(&c, "new").await;
+    assert_eq!(new.len(), 1, "latest: nothing from before the start");
+    assert_eq!(&new[0].payload[..], b"orders.eu:new");
 }
 
 #[tokio::test]
@@ -521,14 +652,35 @@ async fn kafka_bad_configs_are_refused_naming_the_field_and_secrets_stay_hidden(
     )
     .await;
     assert!(e.contains("missing") && e.contains("does not exist"), "{e}");
-    // A secret with a value librdkafka refuses: the message names it and hides the value.
+    // A value librdkafka refuses is named with librdkafka's reason.
     let e = refused(
         "SINK",
-        json!({"stream": "s", "topic": "out", "bootstrapServers": kafka.bootstrap(), "kafka.sasl.password": "hunter2-secret", "kafka.linger.ms": "not-a-number"}),
+        json!({"stream": "s", "topic": "out", "bootstrapServers": kafka.bootstrap(), "kafka.linger.ms": "not-a-number"}),
     )
     .await;
-    assert!(e.contains("kafka.linger.ms"), "{e}");
-    assert!(!e.contains("hunter2"), "{e}");
+    assert!(e.contains("kafka.linger.ms") && e.contains("Invalid value"), "{e}");
+    // A secret of the wrong shape (REST JSON), of librdkafka's own and of a name that only looks
+    // secret: whatever happens to the config, its value is never shown.
+    for (prop, value) in [
+        ("sasl.password", json!({"nested": "hunter2-secret"})),
+        ("sasl.password", json!(["hunter2-secret"])),
+        ("custom.password", json!(["hunter2-secret"])),
+        ("custom.password", json!("hunter2-secret")),
+    ] {
+        let mut cc = c.clone();
+        let cfg = json!({"stream": "s", "topic": "out", "bootstrapServers": kafka.bootstrap(), "kafka": {prop: value}});
+        let shown = match create_connector(&mut cc, "shape", "SINK", "kafka", &cfg).await {
+            Err(e) => e.message().to_owned(),
+            Ok(conn) => {
+                let (_, listed) = http(server.http, "GET", "/connectors/shape", None).await;
+                cc.delete_connector(pb::DeleteConnectorRequest { name: "shape".into() })
+                    .await
+                    .unwrap();
+                format!("{conn:?} {listed}")
+            }
+        };
+        assert!(!shown.contains("hunter2"), "{prop}: {shown}");
+    }
     // A broker that takes connections and never answers: refused within a bounded time.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = silent.local_addr().unwrap();
@@ -570,8 +722,12 @@ async fn kafka_secrets_are_masked_in_show_connectors_and_rest() {
         .await
         .unwrap()
         .into_inner();
-    let text = format!("{got:?}{shown}");
+    let (status, rest) = http(server.http, "GET", "/connectors/masked", None).await;
+    assert_eq!(status, 200, "{rest}");
+    let (_, rest_list) = http(server.http, "GET", "/connectors", None).await;
+    let text = format!("{got:?}{shown}{rest}{rest_list}");
     assert!(!text.contains("hunter2") && !text.contains("other-secret-pw"), "{text}");
+    assert!(rest.to_string().contains("**********"), "{rest}");
 }
 
 /// The live tier: the sink (transactional) and the source through a real Kafka broker named by
