@@ -185,6 +185,60 @@ async fn kafka_sink_delivers_200k_records_once_in_key_order_with_headers_across_
     assert_eq!(connector_report(&c, "k").await["restarts"], json!(0.0));
 }
 
+/// `partitioning = shard`: every record of a shard goes to partition `shard id mod partitions`,
+/// in the shard's order, whatever its key.
+#[tokio::test]
+async fn kafka_sink_partitions_by_shard_when_asked() {
+    let kafka = Kafka::start(1);
+    kafka.create_topic("out", 4);
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST_RETRY);
+    let mut c = server.client().await;
+    let shards = make_stream(&mut c, "src", 3).await;
+    for (i, shard) in shards.iter().enumerate() {
+        for n in 0..20 {
+            // Keys vary within a shard: the key must not decide the partition here.
+            let payloads: Vec<Vec<u8>> = (0..50).map(|j| format!("{i}/{}", n * 50 + j).into_bytes()).collect();
+            c.append(pb::AppendRequest {
+                stream_name: "src".into(),
+                shard_id: *shard,
+                records: Some(batch(&format!("key{n}"), &payloads, pb::CompressionType::None)),
+            })
+            .await
+            .unwrap();
+        }
+    }
+    create_connector(
+        &mut c,
+        "k",
+        "SINK",
+        "kafka",
+        &sink_config(&kafka, "src", json!({"partitioning": "shard"})),
+    )
+    .await
+    .unwrap();
+    wait_end_offsets(&kafka, &c, "out", 3_000, Duration::from_secs(60)).await;
+    let msgs = kafka.read_all("out", false);
+    assert_eq!(msgs.len(), 3_000);
+    for (i, shard) in shards.iter().enumerate() {
+        let want = (shard % 4) as i32;
+        let seqs: Vec<usize> = msgs
+            .iter()
+            .filter(|m| m.value.as_deref().unwrap().starts_with(format!("{i}/").as_bytes()))
+            .map(|m| {
+                assert_eq!(m.partition, want, "shard {shard}");
+                let v = String::from_utf8(m.value.clone().unwrap()).unwrap();
+                v.split('/').nth(1).unwrap().parse().unwrap()
+            })
+            .collect();
+        assert_eq!(
+            seqs,
+            (0..1_000).collect::<Vec<_>>(),
+            "shard {shard}: every record, in order"
+        );
+    }
+}
+
 #[tokio::test]
 async fn kafka_sink_loses_nothing_when_the_server_is_killed_mid_load() {
     let kafka = Kafka::start(1);
