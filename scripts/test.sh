@@ -124,7 +124,7 @@ fi
 # librdkafka, not Apache Kafka); the live tier runs only against a real broker.
 if [ -n "${HSTREAM_TEST_KAFKA:-}" ]; then
   echo "==> kafka live tier against $HSTREAM_TEST_KAFKA"
-  cargo test --workspace --test server -- --ignored kafka::kafka_live
+  cargo test --workspace --test server -- --ignored kafka::live::
 else
-  echo "==> NOT RUN (not passed): kafka::kafka_live_broker_round_trip (live Kafka tier): set HSTREAM_TEST_KAFKA=host:port to run it"
+  echo "==> NOT RUN (not passed): kafka::live::kafka_live_broker_round_trip (live Kafka tier): set HSTREAM_TEST_KAFKA=host:port to run it"
 fi

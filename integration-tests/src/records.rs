@@ -130,6 +130,29 @@ pub fn decode_records(r: &pb::ReceivedRecord) -> Vec<(pb::RecordId, pb::HStreamR
     r.record_ids.iter().copied().zip(recs.records).collect()
 }
 
+/// A JSON object as a protobuf Struct (an HStreamDB JSON record; numbers become doubles).
+pub fn json_struct(v: &serde_json::Value) -> prost_types::Struct {
+    use prost_types::value::Kind;
+    use serde_json::Value;
+    fn val(v: &Value) -> prost_types::Value {
+        let kind = match v {
+            Value::Null => Kind::NullValue(0),
+            Value::Bool(b) => Kind::BoolValue(*b),
+            Value::Number(n) => Kind::NumberValue(n.as_f64().expect("serde_json numbers convert to f64")),
+            Value::String(s) => Kind::StringValue(s.clone()),
+            Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+                values: a.iter().map(val).collect(),
+            }),
+            Value::Object(_) => Kind::StructValue(json_struct(v)),
+        };
+        prost_types::Value { kind: Some(kind) }
+    }
+    let fields = v.as_object().expect("a JSON object");
+    prost_types::Struct {
+        fields: fields.iter().map(|(k, x)| (k.clone(), val(x))).collect(),
+    }
+}
+
 /// A protobuf Struct (an HStreamDB JSON record) as JSON.
 pub fn struct_to_json(s: &prost_types::Struct) -> serde_json::Value {
     use prost_types::value::Kind;

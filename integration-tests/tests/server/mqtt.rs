@@ -360,32 +360,6 @@ async fn mqtt_sink_publishes_every_record_of_a_stream() {
     .await;
 }
 
-fn json_struct(v: &Value) -> prost_types::Struct {
-    fn val(v: &Value) -> prost_types::Value {
-        use prost_types::value::Kind;
-        prost_types::Value {
-            kind: Some(match v {
-                Value::Null => Kind::NullValue(0),
-                Value::Bool(b) => Kind::BoolValue(*b),
-                Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
-                Value::String(s) => Kind::StringValue(s.clone()),
-                Value::Array(a) => Kind::ListValue(prost_types::ListValue {
-                    values: a.iter().map(val).collect(),
-                }),
-                Value::Object(_) => Kind::StructValue(json_struct(v)),
-            }),
-        }
-    }
-    prost_types::Struct {
-        fields: v
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, x)| (k.clone(), val(x)))
-            .collect(),
-    }
-}
-
 #[tokio::test]
 async fn mqtt_oversized_and_malformed_messages_are_rejected_without_stopping_the_task() {
     let broker = Mosquitto::start();

@@ -24,30 +24,10 @@ async fn hstream_quick_start_through_the_shell() {
     assert_eq!(summary["shown"].as_array().map(Vec::len), Some(4), "{summary}");
 }
 
-fn pb_value(v: &Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match v {
-        Value::Null => Kind::NullValue(0),
-        Value::Bool(b) => Kind::BoolValue(*b),
-        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
-        Value::String(s) => Kind::StringValue(s.clone()),
-        Value::Array(a) => Kind::ListValue(prost_types::ListValue {
-            values: a.iter().map(pb_value).collect(),
-        }),
-        Value::Object(o) => Kind::StructValue(prost_types::Struct {
-            fields: o.iter().map(|(k, v)| (k.clone(), pb_value(v))).collect(),
-        }),
-    };
-    prost_types::Value { kind: Some(kind) }
-}
-
 /// A JSON record (a protobuf Struct, as HStreamDB's clients write them) with an attribute.
 fn json_record(key: &str, v: Value) -> pb::HStreamRecord {
     use prost::Message;
-    let Some(prost_types::value::Kind::StructValue(st)) = pb_value(&v).kind else {
-        panic!("an object")
-    };
-    let s = st.encode_to_vec().into();
+    let s = json_struct(&v).encode_to_vec().into();
     pb::HStreamRecord {
         header: Some(pb::HStreamRecordHeader {
             flag: pb::h_stream_record_header::Flag::Json as i32,
