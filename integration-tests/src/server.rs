@@ -14,19 +14,29 @@ pub struct Server {
     log: Option<(PathBuf, String)>,
     /// RLIMIT_NOFILE the process runs under (set with prlimit), if not inherited.
     nofile: Option<u64>,
+    /// Environment variables set for the process beyond the test's own.
+    env: Vec<(String, String)>,
 }
 
 impl Server {
     /// Starts a server on a free port over `data_dir` with extra flags.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        Self::spawn(data_dir, args, None, None)
+        Self::spawn(data_dir, args, None, None, Vec::new())
+    }
+
+    /// As [`start`](Self::start), with these environment variables set for the server (and so
+    /// for what it runs: `DOCKER_HOST` for the docker CLI, say).
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self::spawn(data_dir, args, None, None, env)
     }
 
     /// As [`start`](Self::start), under an open-file limit of `nofile` (soft and hard).
     pub fn start_with_nofile(data_dir: &Path, extra: &[&str], nofile: u64) -> Server {
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        Self::spawn(data_dir, args, None, Some(nofile))
+        Self::spawn(data_dir, args, None, Some(nofile), Vec::new())
     }
 
     /// The process's peak resident memory so far (VmHWM), in KiB.
@@ -48,10 +58,22 @@ impl Server {
     /// `log` instead of the test's stderr, for tests that read what it logs.
     pub fn start_logged(data_dir: &Path, extra: &[&str], log: &Path, level: &str) -> Server {
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        Self::spawn(data_dir, args, Some((log.to_owned(), level.to_owned())), None)
+        Self::spawn(
+            data_dir,
+            args,
+            Some((log.to_owned(), level.to_owned())),
+            None,
+            Vec::new(),
+        )
     }
 
-    fn spawn(data_dir: &Path, args: Vec<String>, log: Option<(PathBuf, String)>, nofile: Option<u64>) -> Server {
+    fn spawn(
+        data_dir: &Path,
+        args: Vec<String>,
+        log: Option<(PathBuf, String)>,
+        nofile: Option<u64>,
+        env: Vec<(String, String)>,
+    ) -> Server {
         let stderr = match &log {
             Some((path, _)) => Stdio::from(
                 std::fs::OpenOptions::new()
@@ -96,6 +118,7 @@ impl Server {
             // (from the test venv) installs them.
             .env("HSTREAM_AIRBYTE_DIR", airbyte_dir())
             .env("PATH", path_with_venv())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -135,6 +158,7 @@ impl Server {
             args,
             log,
             nofile,
+            env,
         }
     }
 
@@ -203,7 +227,13 @@ impl Server {
 
     /// Starts a new process over the same data directory and flags (on a new free port).
     pub fn restart(&mut self) {
-        let next = Self::spawn(&self.data_dir.clone(), self.args.clone(), self.log.clone(), self.nofile);
+        let next = Self::spawn(
+            &self.data_dir.clone(),
+            self.args.clone(),
+            self.log.clone(),
+            self.nofile,
+            self.env.clone(),
+        );
         // Dropping the old handle reaps its (already stopped) process.
         drop(std::mem::replace(self, next));
     }

@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::host::Launcher;
+use super::host::{ContainerRun, Launcher};
 use super::{ConnectorJson, NameList};
 
 /// Which sync mode to ask for.
@@ -42,6 +42,17 @@ pub struct AirbyteSourceConfig {
     /// With image: `docker` or `podman` (default: podman where installed, else docker).
     #[serde(default)]
     pub engine: Option<String>,
+    /// With image: the container's memory limit, as docker and podman take it (`512m`, `2g`). A
+    /// connector going over it is killed (exit 137) and the task says so.
+    #[serde(default)]
+    pub memory_limit: Option<String>,
+    /// With image: how many CPUs the container may use (`0.5`, `2`).
+    #[serde(default)]
+    pub cpu_limit: Option<f64>,
+    /// With image: the container's network: `host` (the default: the connector reaches what
+    /// this server reaches), `bridge`, `none`, or a network's name.
+    #[serde(default)]
+    pub network: Option<String>,
     /// The connector's own config (its spec's connectionSpecification), as an object or JSON text.
     /// Shown with only the fields its spec marks `airbyte_secret` masked once that spec is known
     /// to the server; masked whole until then.
@@ -89,7 +100,17 @@ impl ConnectorConfig for AirbyteSourceConfig {
 
 impl AirbyteSourceConfig {
     pub fn launcher(&self) -> Result<Launcher, ConnectorError> {
-        super::launcher(&self.package, &self.command, &self.image, &self.engine)
+        super::launcher(
+            &self.package,
+            &self.command,
+            &self.image,
+            &self.engine,
+            ContainerRun {
+                memory: self.memory_limit.clone(),
+                cpus: self.cpu_limit,
+                network: self.network.clone(),
+            },
+        )
     }
 }
 

@@ -16,15 +16,96 @@ use tokio::process::Command;
 use super::protocol::{self, LogLevel, Message, Trace};
 
 /// How a connector is started.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Launcher {
     /// An executable: a name found on PATH, or a path.
     Command(String),
     /// A PyPI requirement such as `airbyte-source-faker==7.2.1`, installed into a venv under
     /// `root`; the executable is the package's console script (`source-faker`).
     Package { requirement: String, root: PathBuf },
-    /// A container image run with `engine` (`docker` or `podman`).
-    Image { image: String, engine: String },
+    /// A container image run with `engine` (`docker` or `podman`), under `run`'s limits.
+    Image {
+        image: String,
+        engine: String,
+        run: ContainerRun,
+    },
+}
+
+/// How an image's container runs: the options `memory_limit`, `cpu_limit` and `network`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ContainerRun {
+    /// `--memory` (`512m`, `2g`): a connector going over it is killed (exit 137).
+    pub memory: Option<String>,
+    /// `--cpus` (`0.5`, `2`).
+    pub cpus: Option<f64>,
+    /// `--network`: `host` (the default) reaches what this server reaches.
+    pub network: Option<String>,
+}
+
+impl ContainerRun {
+    /// Refuses values the engine would refuse (or misread), naming the option.
+    pub fn validate(&self) -> Result<(), ConnectorError> {
+        if let Some(m) = &self.memory {
+            let t = m.trim().to_ascii_lowercase();
+            let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+                Some(i) => t.split_at(i),
+                None => (t.as_str(), "b"),
+            };
+            let scale: u64 = match unit {
+                "b" => 1,
+                "k" | "kb" => 1 << 10,
+                "m" | "mb" => 1 << 20,
+                "g" | "gb" => 1 << 30,
+                _ => 0,
+            };
+            let bytes = num.parse::<u64>().ok().and_then(|n| n.checked_mul(scale));
+            match bytes {
+                Some(b) if b >= 6 << 20 => {}
+                Some(_) if scale > 0 => {
+                    return Err(ConnectorError::config(format!(
+                        "memory_limit: {m:?} is under the engines' minimum of 6m"
+                    )));
+                }
+                _ => {
+                    return Err(ConnectorError::config(format!(
+                        "memory_limit: {m:?} is not a size such as 512m or 2g"
+                    )));
+                }
+            }
+        }
+        if let Some(c) = self.cpus
+            && !(c.is_finite() && c > 0.0 && c <= 1024.0)
+        {
+            return Err(ConnectorError::config(format!(
+                "cpu_limit: {c} is not a number of CPUs above 0 (e.g. 0.5 or 2)"
+            )));
+        }
+        if let Some(n) = &self.network
+            && (n.is_empty()
+                || n.starts_with('-')
+                || !n.chars().all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c)))
+        {
+            return Err(ConnectorError::config(format!(
+                "network: {n:?} is not a network mode (host, bridge, none, container:<name>) or a network's name"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The engine's `run` options for these limits.
+    fn args(&self) -> Vec<String> {
+        let mut a = vec![
+            "--network".to_owned(),
+            self.network.clone().unwrap_or_else(|| "host".into()),
+        ];
+        if let Some(m) = &self.memory {
+            a.extend(["--memory".to_owned(), m.trim().to_owned()]);
+        }
+        if let Some(c) = self.cpus {
+            a.extend(["--cpus".to_owned(), c.to_string()]);
+        }
+        a
+    }
 }
 
 /// The console script of an Airbyte package: `airbyte-source-faker==7.2.1` → `source-faker`.
@@ -156,23 +237,74 @@ pub fn which(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
 }
 
+/// Which side of the protocol a connector is: it names the files it is given, as Airbyte's
+/// platform names them (`source_config.json`, `source_catalog.json`, `input_state.json`;
+/// `destination_config.json`, `destination_catalog.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Source,
+    Destination,
+}
+
+impl Role {
+    pub fn config_file(self) -> &'static str {
+        match self {
+            Role::Source => "source_config.json",
+            Role::Destination => "destination_config.json",
+        }
+    }
+
+    pub fn catalog_file(self) -> &'static str {
+        match self {
+            Role::Source => "source_catalog.json",
+            Role::Destination => "destination_catalog.json",
+        }
+    }
+}
+
+/// Where an image's container finds its files: Airbyte's platform mounts them at `/config`.
+const CONTAINER_FILES: &str = "/config";
+
 /// A connector command ready to spawn: the program, its leading arguments, and how files
 /// given as arguments are seen by it (a container sees them under a mount).
 pub struct Invocation {
     program: PathBuf,
     args: Vec<String>,
+    pub role: Role,
     /// Files for `--config`/`--catalog`/`--state`, written here.
     files: tempfile::TempDir,
     /// The path prefix the connector sees for `files` (a container mount point).
     seen_as: Option<String>,
+    /// An image's ID (the digest of its configuration): what its cached spec, check and
+    /// discover are kept under, with how it runs (engine and container options; a check
+    /// without network is not a check with it).
+    image_id: Option<String>,
+    run_key: String,
+    /// The group that may read `files`, given to the container (`--group-add`), so an image
+    /// running as a user of its own (Airbyte's run as `airbyte`, uid 1000) reads its config
+    /// while no user of this machine other than ours can.
+    files_group: Option<u32>,
+    /// The memory limit an image runs under, to explain an exit 137.
+    memory_limit: Option<String>,
 }
 
 impl Invocation {
-    pub async fn new(launcher: &Launcher) -> Result<Invocation, ConnectorError> {
+    pub async fn new(launcher: &Launcher, role: Role) -> Result<Invocation, ConnectorError> {
         let files = tempfile::Builder::new()
             .prefix("hstream-airbyte")
             .tempdir()
             .map_err(|e| ConnectorError::external("temporary directory").with_source(e))?;
+        let plain = |program, files| Invocation {
+            program,
+            args: Vec::new(),
+            role,
+            files,
+            seen_as: None,
+            image_id: None,
+            run_key: String::new(),
+            files_group: None,
+            memory_limit: None,
+        };
         Ok(match launcher {
             Launcher::Command(c) => {
                 let program = if c.contains('/') {
@@ -180,55 +312,97 @@ impl Invocation {
                 } else {
                     which(c).ok_or_else(|| ConnectorError::config(format!("command: {c:?} is not on PATH")))?
                 };
-                Invocation {
-                    program,
-                    args: Vec::new(),
-                    files,
-                    seen_as: None,
-                }
+                plain(program, files)
             }
-            Launcher::Package { requirement, root } => Invocation {
-                program: ensure_package(requirement, root).await?,
-                args: Vec::new(),
-                files,
-                seen_as: None,
-            },
-            Launcher::Image { image, engine } => {
+            Launcher::Package { requirement, root } => plain(ensure_package(requirement, root).await?, files),
+            Launcher::Image { image, engine, run } => {
                 let program = which(engine).ok_or_else(|| {
                     ConnectorError::config(format!("image: {engine} is not installed here, so images cannot run"))
                 })?;
+                let image_id = image_id(&program, engine, image).await?;
+                let group = files_group(files.path())
+                    .map_err(|e| ConnectorError::external("the connector's file directory").with_source(e))?;
                 // The Airbyte convention: the image's ENTRYPOINT is the connector (and equals
                 // AIRBYTE_ENTRYPOINT); arguments follow the image name. Files are mounted
-                // read-only at /airbyte-io.
-                let mount = format!("{}:/airbyte-io:ro", files.path().display());
+                // read-only at /config.
+                // podman removes its container at the end (--rm), so one left by a killed server
+                // goes too. Not so through the docker CLI: against podman's API socket, `docker
+                // run --rm` exits 0 whatever the container's exit code was (a connector killed
+                // at its memory limit would look like a clean end). There the container is
+                // removed by the guard once its client has returned the true exit code.
+                let mut args = vec!["run".into(), "-i".into()];
+                if engine == "podman" {
+                    args.push("--rm".into());
+                }
+                args.extend(run.args());
+                args.extend([
+                    "--group-add".into(),
+                    group.to_string(),
+                    "-v".into(),
+                    format!("{}:{CONTAINER_FILES}:ro", files.path().display()),
+                    image.clone(),
+                ]);
                 Invocation {
                     program,
-                    args: vec![
-                        "run".into(),
-                        "--rm".into(),
-                        "-i".into(),
-                        "--network".into(),
-                        "host".into(),
-                        "-v".into(),
-                        mount,
-                        image.clone(),
-                    ],
+                    args,
+                    role,
                     files,
-                    seen_as: Some("/airbyte-io".into()),
+                    seen_as: Some(CONTAINER_FILES.into()),
+                    image_id: Some(image_id),
+                    run_key: format!("{engine} {}", run.args().join(" ")),
+                    files_group: Some(group),
+                    memory_limit: run.memory.clone(),
                 }
             }
         })
     }
 
+    /// The image's ID, for an image.
+    pub fn image_id(&self) -> Option<&str> {
+        self.image_id.as_deref()
+    }
+
+    /// For an image: its ID, the engine and the container options, which a check's or a
+    /// discover's outcome depends on beside the config.
+    pub fn image_run(&self) -> Option<String> {
+        self.image_id.as_ref().map(|id| format!("{id} {}", self.run_key))
+    }
+
     /// Writes `value` as file `name` and returns the path the connector sees.
     pub fn file(&self, name: &str, value: &Value) -> Result<String, ConnectorError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let path = self.files.path().join(name);
-        std::fs::write(&path, value.to_string())
-            .map_err(|e| ConnectorError::external(format!("{}", path.display())).with_source(e))?;
+        let write = || {
+            // Written whole before the connector starts; readable by the owner and, for an
+            // image, by the group the container is given.
+            let _ = std::fs::remove_file(&path);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o640)
+                .open(&path)?;
+            if let Some(g) = self.files_group {
+                std::os::unix::fs::fchown(&f, None, Some(g))?;
+            }
+            f.write_all(value.to_string().as_bytes())
+        };
+        write().map_err(|e| ConnectorError::external(format!("{}", path.display())).with_source(e))?;
         Ok(match &self.seen_as {
             Some(prefix) => format!("{prefix}/{name}"),
             None => path.display().to_string(),
         })
+    }
+
+    /// How a connector's exit reads in an error: the status, and for an image killed at its
+    /// memory limit, which limit.
+    pub fn exit(&self, status: std::process::ExitStatus) -> String {
+        match (&self.memory_limit, status.code()) {
+            (Some(m), Some(137)) => {
+                format!("{status} (killed: the container went over its memory_limit of {m}, or was stopped)")
+            }
+            _ => status.to_string(),
+        }
     }
 
     /// A command running `verb` with `args`.
@@ -260,6 +434,70 @@ impl Invocation {
         c.arg(verb).args(args).kill_on_drop(true);
         (c, guard)
     }
+}
+
+/// The image's ID, pulled first if it is not on this machine.
+async fn image_id(program: &Path, engine: &str, image: &str) -> Result<String, ConnectorError> {
+    let inspect = || async {
+        let out = Command::new(program)
+            .args(["image", "inspect", "--format", "{{.Id}}", image])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| ConnectorError::external(format!("running {engine} image inspect")).with_source(e))?;
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        Ok::<_, ConnectorError>((out.status.success() && !id.is_empty()).then_some(id))
+    };
+    if let Some(id) = inspect().await? {
+        return Ok(id);
+    }
+    tracing::info!(image, engine, "pulling the connector image");
+    let out = tokio::time::timeout(
+        INSTALL_LIMIT,
+        Command::new(program)
+            .args(["pull", "-q", image])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| {
+        ConnectorError::external(format!(
+            "image: pulling {image} did not finish within {INSTALL_LIMIT:?}"
+        ))
+    })?
+    .map_err(|e| ConnectorError::external(format!("running {engine} pull")).with_source(e))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+        return Err(ConnectorError::config(format!(
+            "image: {image} is not on this machine and {engine} could not pull it: {last}"
+        )));
+    }
+    inspect()
+        .await?
+        .ok_or_else(|| ConnectorError::external(format!("image: {engine} pulled {image} but cannot inspect it")))
+}
+
+/// The group that may read a container's files in `dir`: a group no account of this machine
+/// has (the first gid from 47000 up that /etc/group does not list) when we may hand files to
+/// any group (as root), else our own. `dir` becomes that group's, readable by it.
+fn files_group(dir: &Path) -> std::io::Result<u32> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let listed: std::collections::HashSet<u32> = std::fs::read_to_string("/etc/group")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(':').nth(2)?.parse().ok())
+        .collect();
+    let free = (47_000u32..).find(|g| !listed.contains(g)).unwrap_or(47_000);
+    let group = match std::os::unix::fs::chown(dir, None, Some(free)) {
+        Ok(()) => free,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => std::fs::metadata(dir)?.gid(),
+        Err(e) => return Err(e),
+    };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+    Ok(group)
 }
 
 /// Removes a connector's container when dropped (in the background; a container that already
@@ -460,7 +698,7 @@ pub async fn run_once(
         };
         return Err(classify(
             &out,
-            format!("the connector's {verb} exited with {status}: {why}"),
+            format!("the connector's {verb} exited with {}: {why}", inv.exit(status)),
         ));
     }
     Ok(out)
@@ -484,7 +722,7 @@ pub async fn spec(inv: &Invocation, limit: Duration) -> Result<Value, ConnectorE
 /// `check`: Ok when the connector says SUCCEEDED; a FAILED status is a config error with the
 /// connector's message.
 pub async fn check(inv: &Invocation, config: &Value, limit: Duration) -> Result<(), ConnectorError> {
-    let path = inv.file("config.json", config)?;
+    let path = inv.file(inv.role.config_file(), config)?;
     let out = run_once(inv, "check", &["--config".into(), path], limit).await?;
     match out.status {
         Some((true, _)) => Ok(()),
@@ -504,7 +742,7 @@ pub async fn check(inv: &Invocation, config: &Value, limit: Duration) -> Result<
 
 /// `discover`: the CATALOG.
 pub async fn discover(inv: &Invocation, config: &Value, limit: Duration) -> Result<Value, ConnectorError> {
-    let path = inv.file("config.json", config)?;
+    let path = inv.file(inv.role.config_file(), config)?;
     let out = run_once(inv, "discover", &["--config".into(), path], limit).await?;
     match out.catalog {
         Some(c) => Ok(c),
@@ -553,7 +791,7 @@ esac
     #[tokio::test]
     async fn spec_check_and_discover_of_a_connector_that_obeys() {
         let (_d, l) = script(FAKE);
-        let inv = Invocation::new(&l).await.unwrap();
+        let inv = Invocation::new(&l, Role::Source).await.unwrap();
         let t = Duration::from_secs(10);
         let spec = spec(&inv, t).await.unwrap();
         assert_eq!(spec["connectionSpecification"]["required"], json!(["count"]));
@@ -572,7 +810,7 @@ esac
         let (_d, l) = script(
             r#"echo '{"type":"TRACE","trace":{"type":"ERROR","emitted_at":1,"error":{"message":"API key rejected","failure_type":"config_error"}}}'; exit 1"#,
         );
-        let inv = Invocation::new(&l).await.unwrap();
+        let inv = Invocation::new(&l, Role::Source).await.unwrap();
         let e = check(&inv, &json!({}), t).await.unwrap_err();
         assert_eq!(e.kind, hstream_runtime::ErrorKind::Config);
         assert!(
@@ -581,7 +819,7 @@ esac
         );
         // Crashes with only stderr to say why: external, with the stderr tail.
         let (_d, l) = script("echo 'Traceback: boom' >&2; exit 3");
-        let inv = Invocation::new(&l).await.unwrap();
+        let inv = Invocation::new(&l, Role::Source).await.unwrap();
         let e = spec(&inv, t).await.unwrap_err();
         assert_eq!(e.kind, hstream_runtime::ErrorKind::External);
         assert!(
@@ -590,7 +828,7 @@ esac
         );
         // A malformed AirbyteMessage is an error; plain text lines are log noise.
         let (_d, l) = script(r#"echo 'hello'; echo '{"type":"RECORD","record":{"data":{}}}'"#);
-        let inv = Invocation::new(&l).await.unwrap();
+        let inv = Invocation::new(&l, Role::Source).await.unwrap();
         let e = spec(&inv, t).await.unwrap_err();
         assert!(e.message.contains("malformed message"), "{e}");
         // Floods stderr (beyond a pipe's buffer) and still answers.
@@ -598,26 +836,131 @@ esac
             r#"i=0; while [ $i -lt 2000 ]; do echo "log line $i with some padding to fill the pipe" >&2; i=$((i+1)); done
 echo '{"type":"SPEC","spec":{"connectionSpecification":{}}}'"#,
         );
-        let inv = Invocation::new(&l).await.unwrap();
+        let inv = Invocation::new(&l, Role::Source).await.unwrap();
         spec(&inv, t).await.unwrap();
         // Says nothing useful.
         let (_d, l) = script("echo 'just text'");
-        let inv = Invocation::new(&l).await.unwrap();
+        let inv = Invocation::new(&l, Role::Source).await.unwrap();
         let e = spec(&inv, t).await.unwrap_err();
         assert!(e.message.contains("no SPEC"), "{e}");
         // Hangs: stopped at the limit.
         let (_d, l) = script("sleep 30");
-        let inv = Invocation::new(&l).await.unwrap();
+        let inv = Invocation::new(&l, Role::Source).await.unwrap();
         let started = std::time::Instant::now();
         let e = spec(&inv, Duration::from_millis(300)).await.unwrap_err();
         assert!(e.message.contains("did not finish"), "{e}");
         assert!(started.elapsed() < Duration::from_secs(5));
         // Not there.
-        let e = Invocation::new(&Launcher::Command("no-such-airbyte-connector".into()))
+        let e = Invocation::new(&Launcher::Command("no-such-airbyte-connector".into()), Role::Source)
             .await
             .err()
             .unwrap();
         assert!(e.message.starts_with("command:"), "{e}");
+    }
+
+    #[test]
+    fn container_options_are_checked_naming_the_option() {
+        let ok = ContainerRun {
+            memory: Some("512m".into()),
+            cpus: Some(0.5),
+            network: Some("bridge".into()),
+        };
+        ok.validate().unwrap();
+        assert_eq!(ok.args(), ["--network", "bridge", "--memory", "512m", "--cpus", "0.5"]);
+        assert_eq!(ContainerRun::default().args(), ["--network", "host"]);
+        for (run, field) in [
+            (
+                ContainerRun {
+                    memory: Some("lots".into()),
+                    ..Default::default()
+                },
+                "memory_limit:",
+            ),
+            (
+                ContainerRun {
+                    memory: Some("5m".into()),
+                    ..Default::default()
+                },
+                "memory_limit:",
+            ),
+            (
+                ContainerRun {
+                    memory: Some("1t".into()),
+                    ..Default::default()
+                },
+                "memory_limit:",
+            ),
+            (
+                ContainerRun {
+                    memory: Some("99999999999999999999g".into()),
+                    ..Default::default()
+                },
+                "memory_limit:",
+            ),
+            (
+                ContainerRun {
+                    cpus: Some(0.0),
+                    ..Default::default()
+                },
+                "cpu_limit:",
+            ),
+            (
+                ContainerRun {
+                    cpus: Some(f64::NAN),
+                    ..Default::default()
+                },
+                "cpu_limit:",
+            ),
+            (
+                ContainerRun {
+                    network: Some("--privileged".into()),
+                    ..Default::default()
+                },
+                "network:",
+            ),
+            (
+                ContainerRun {
+                    network: Some("a b".into()),
+                    ..Default::default()
+                },
+                "network:",
+            ),
+        ] {
+            let e = run.validate().unwrap_err();
+            assert_eq!(e.kind, hstream_runtime::ErrorKind::Config);
+            assert!(e.message.starts_with(field), "{e}");
+        }
+        ContainerRun {
+            memory: Some("2G".into()),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        ContainerRun {
+            memory: Some("6291456".into()),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+    }
+
+    /// Files for an image are readable by the group the container is given and by no other
+    /// account; files for a process are the owner's.
+    #[test]
+    fn container_files_are_readable_by_their_group_only() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let g = files_group(dir.path()).unwrap();
+        let m = std::fs::metadata(dir.path()).unwrap();
+        assert_eq!((m.gid(), m.permissions().mode() & 0o777), (g, 0o750));
+        let listed = std::fs::read_to_string("/etc/group").unwrap_or_default();
+        if m.uid() == 0 {
+            // As root: a group no account has.
+            assert!(
+                !listed.lines().any(|l| l.split(':').nth(2) == Some(&g.to_string())),
+                "{g}"
+            );
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::time::Duration;
 use hstream_runtime::ConnectorError;
 use serde_json::Value;
 
-pub use host::Launcher;
+pub use host::{ContainerRun, Launcher};
 
 /// Time limit of `spec`, `check` and `discover` (Python connectors take ~3 s to start).
 pub const COMMAND_LIMIT: Duration = Duration::from_secs(180);
@@ -43,12 +43,14 @@ pub fn install_root() -> PathBuf {
 
 pub use hstream_runtime::options::{ConnectorJson, NameList};
 
-/// The launcher named by a config's `package` / `command` / `image` (exactly one) and `engine`.
+/// The launcher named by a config's `package` / `command` / `image` (exactly one), and for an
+/// image its `engine` and container options.
 pub fn launcher(
     package: &Option<String>,
     command: &Option<String>,
     image: &Option<String>,
     engine: &Option<String>,
+    run: ContainerRun,
 ) -> Result<Launcher, ConnectorError> {
     let given = [package.is_some(), command.is_some(), image.is_some()]
         .iter()
@@ -59,9 +61,18 @@ pub fn launcher(
             "package: give exactly one of package, command or image",
         ));
     }
-    if engine.is_some() && image.is_none() {
-        return Err(ConnectorError::config("engine: only with image"));
+    if image.is_none() {
+        let only_with_image = [
+            ("engine", engine.is_some()),
+            ("memory_limit", run.memory.is_some()),
+            ("cpu_limit", run.cpus.is_some()),
+            ("network", run.network.is_some()),
+        ];
+        if let Some((field, _)) = only_with_image.iter().find(|(_, set)| *set) {
+            return Err(ConnectorError::config(format!("{field}: only with image")));
+        }
     }
+    run.validate()?;
     if let Some(p) = package {
         host::package_executable(p)?;
         return Ok(Launcher::Package {
@@ -89,14 +100,15 @@ pub fn launcher(
         None if host::which("podman").is_some() => "podman".to_owned(),
         None => "docker".to_owned(),
     };
-    Ok(Launcher::Image { image, engine })
+    Ok(Launcher::Image { image, engine, run })
 }
 
 /// What identifies one connector build, for its cached SPEC.
 fn spec_key(l: &Launcher) -> String {
     match l {
         Launcher::Package { requirement, .. } => format!("package {requirement}"),
-        Launcher::Image { image, engine } => format!("image {engine} {image}"),
+        // The spec last seen of an image of this name; `connector_spec` keys by the image's ID.
+        Launcher::Image { image, engine, .. } => format!("image {engine} {image}"),
         Launcher::Command(c) => {
             let path = if c.contains('/') {
                 Some(PathBuf::from(c))
@@ -125,27 +137,50 @@ fn spec_file(key: &str) -> PathBuf {
 
 /// The connector's SPEC if it was asked for before (in this process, or on this machine).
 pub fn cached_spec(l: &Launcher) -> Option<Value> {
-    let key = spec_key(l);
-    if let Some(v) = SPECS.lock().expect("lock").as_ref().and_then(|m| m.get(&key)) {
+    cached_spec_of(&spec_key(l))
+}
+
+/// The connector's SPEC: cached, or asked for (and then cached). An image's is kept under its
+/// ID, so a tag moved to another build asks again.
+pub async fn connector_spec(l: &Launcher, inv: &host::Invocation) -> Result<Value, ConnectorError> {
+    let by_id = inv.image_id().map(|id| format!("image-id {id}"));
+    match &by_id {
+        Some(key) => {
+            if let Some(v) = cached_spec_of(key) {
+                remember_spec(&spec_key(l), &v);
+                return Ok(v);
+            }
+        }
+        None => {
+            if let Some(v) = cached_spec(l) {
+                return Ok(v);
+            }
+        }
+    }
+    let v = host::spec(inv, COMMAND_LIMIT).await?;
+    for key in by_id.iter().chain([&spec_key(l)]) {
+        remember_spec(key, &v);
+    }
+    Ok(v)
+}
+
+/// A spec cached under `key`, in this process or on this machine.
+fn cached_spec_of(key: &str) -> Option<Value> {
+    if let Some(v) = SPECS.lock().expect("lock").as_ref().and_then(|m| m.get(key)) {
         return Some(v.clone());
     }
-    let v: Value = serde_json::from_slice(&std::fs::read(spec_file(&key)).ok()?).ok()?;
+    let v: Value = serde_json::from_slice(&std::fs::read(spec_file(key)).ok()?).ok()?;
     SPECS
         .lock()
         .expect("lock")
         .get_or_insert_with(HashMap::new)
-        .insert(key, v.clone());
+        .insert(key.to_owned(), v.clone());
     Some(v)
 }
 
-/// The connector's SPEC: cached, or asked for (and then cached).
-pub async fn connector_spec(l: &Launcher, inv: &host::Invocation) -> Result<Value, ConnectorError> {
-    if let Some(v) = cached_spec(l) {
-        return Ok(v);
-    }
-    let v = host::spec(inv, COMMAND_LIMIT).await?;
-    let key = spec_key(l);
-    let file = spec_file(&key);
+/// Keeps a spec under `key`, in memory and on disk.
+fn remember_spec(key: &str, v: &Value) {
+    let file = spec_file(key);
     if let Some(dir) = file.parent()
         && std::fs::create_dir_all(dir).is_ok()
     {
@@ -159,7 +194,65 @@ pub async fn connector_spec(l: &Launcher, inv: &host::Invocation) -> Result<Valu
         .lock()
         .expect("lock")
         .get_or_insert_with(HashMap::new)
-        .insert(key, v.clone());
+        .insert(key.to_owned(), v.clone());
+}
+
+/// How long an image's successful `check` and its `discover` catalog are reused for the same
+/// config (creating a connector runs check and discover, and its first start discover again:
+/// each a container start).
+const IMAGE_RESULTS_FOR: Duration = Duration::from_secs(600);
+
+static IMAGE_RESULTS: Mutex<Option<HashMap<String, (std::time::Instant, Value)>>> = Mutex::new(None);
+
+/// The key of an image's `verb` result for `config`: the image's ID, how it runs, and the
+/// config's digest.
+fn result_key(inv: &host::Invocation, verb: &str, config: &Value) -> Option<String> {
+    use md5::Digest;
+    let id = inv.image_run()?;
+    let d = md5::Md5::digest(config.to_string().as_bytes());
+    let d: String = d.iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!("{verb} {id} {d}"))
+}
+
+fn recent_result(key: &Option<String>, verb: &str) -> Option<Value> {
+    let key = key.as_ref()?;
+    let mut g = IMAGE_RESULTS.lock().expect("lock");
+    let m = g.get_or_insert_with(HashMap::new);
+    m.retain(|_, (at, _)| at.elapsed() < IMAGE_RESULTS_FOR);
+    let (at, v) = m.get(key)?;
+    tracing::info!(target: "airbyte", "the image's {verb} for this config, from {}s ago", at.elapsed().as_secs());
+    Some(v.clone())
+}
+
+fn keep_result(key: Option<String>, v: &Value) {
+    if let Some(key) = key {
+        IMAGE_RESULTS
+            .lock()
+            .expect("lock")
+            .get_or_insert_with(HashMap::new)
+            .insert(key, (std::time::Instant::now(), v.clone()));
+    }
+}
+
+/// `check`, reusing an image's recent success for the same config (a failure is never reused).
+pub async fn check_cached(inv: &host::Invocation, config: &Value) -> Result<(), ConnectorError> {
+    let key = result_key(inv, "check", config);
+    if recent_result(&key, "check").is_some() {
+        return Ok(());
+    }
+    host::check(inv, config, COMMAND_LIMIT).await?;
+    keep_result(key, &Value::Bool(true));
+    Ok(())
+}
+
+/// `discover`, reusing an image's recent catalog for the same config.
+pub async fn discover_cached(inv: &host::Invocation, config: &Value) -> Result<Value, ConnectorError> {
+    let key = result_key(inv, "discover", config);
+    if let Some(v) = recent_result(&key, "discover") {
+        return Ok(v);
+    }
+    let v = host::discover(inv, config, COMMAND_LIMIT).await?;
+    keep_result(key, &v);
     Ok(v)
 }
 

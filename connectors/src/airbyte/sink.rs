@@ -19,7 +19,7 @@ use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::host::{Invocation, Launcher};
+use super::host::{ContainerRun, Invocation, Launcher, Role};
 use super::protocol::{self, Message, Trace};
 use super::{COMMAND_LIMIT, ConnectorJson};
 
@@ -45,6 +45,17 @@ pub struct AirbyteSinkConfig {
     /// With image: `docker` or `podman` (default: podman where installed, else docker).
     #[serde(default)]
     pub engine: Option<String>,
+    /// With image: the container's memory limit, as docker and podman take it (`512m`, `2g`). A
+    /// connector going over it is killed (exit 137) and the task says so.
+    #[serde(default)]
+    pub memory_limit: Option<String>,
+    /// With image: how many CPUs the container may use (`0.5`, `2`).
+    #[serde(default)]
+    pub cpu_limit: Option<f64>,
+    /// With image: the container's network: `host` (the default: the connector reaches what
+    /// this server reaches), `bridge`, `none`, or a network's name.
+    #[serde(default)]
+    pub network: Option<String>,
     /// The destination's own config, as an object or JSON text.
     /// Shown with only the fields its spec marks `airbyte_secret` masked once that spec is known
     /// to the server; masked whole until then.
@@ -110,7 +121,17 @@ impl ConnectorConfig for AirbyteSinkConfig {
 
 impl AirbyteSinkConfig {
     pub fn launcher(&self) -> Result<Launcher, ConnectorError> {
-        super::launcher(&self.package, &self.command, &self.image, &self.engine)
+        super::launcher(
+            &self.package,
+            &self.command,
+            &self.image,
+            &self.engine,
+            ContainerRun {
+                memory: self.memory_limit.clone(),
+                cpus: self.cpu_limit,
+                network: self.network.clone(),
+            },
+        )
     }
 
     fn catalog(&self) -> Value {
@@ -180,16 +201,16 @@ impl Sink for AirbyteSink {
     async fn check(config: &AirbyteSinkConfig) -> Result<(), ConnectorError> {
         let cc = config.config.object()?;
         let launcher = config.launcher()?;
-        let inv = Invocation::new(&launcher).await?;
+        let inv = Invocation::new(&launcher, Role::Destination).await?;
         let spec = super::connector_spec(&launcher, &inv).await?;
         super::validate_against(&spec, &cc)?;
-        super::host::check(&inv, &cc, COMMAND_LIMIT).await
+        super::check_cached(&inv, &cc).await
     }
 
     async fn open(config: AirbyteSinkConfig) -> Result<AirbyteSink, ConnectorError> {
         let cc = config.config.object()?;
         let launcher = config.launcher()?;
-        let inv = Invocation::new(&launcher).await?;
+        let inv = Invocation::new(&launcher, Role::Destination).await?;
         let spec = super::connector_spec(&launcher, &inv).await?;
         super::validate_against(&spec, &cc)?;
         let catalog = config.catalog();
@@ -359,9 +380,9 @@ impl AirbyteSink {
     async fn start(&mut self) -> Result<Writer, ConnectorError> {
         let args = vec![
             "--config".to_owned(),
-            self.inv.file("config.json", &self.connector_config)?,
+            self.inv.file(Role::Destination.config_file(), &self.connector_config)?,
             "--catalog".to_owned(),
-            self.inv.file("catalog.json", &self.catalog)?,
+            self.inv.file(Role::Destination.catalog_file(), &self.catalog)?,
         ];
         let (mut cmd, container) = self.inv.command("write", &args);
         let mut child = cmd
@@ -479,7 +500,8 @@ impl AirbyteSink {
         match tokio::time::timeout(COMMAND_LIMIT, w.child.wait()).await {
             Ok(Ok(s)) if s.success() => Ok(()),
             Ok(Ok(s)) => Err(ConnectorError::external(format!(
-                "the destination's write exited with {s}: {}",
+                "the destination's write exited with {}: {}",
+                self.inv.exit(s),
                 w.stderr.last_words().await
             ))),
             Ok(Err(e)) => Err(ConnectorError::external("waiting for the destination").with_source(e)),
@@ -496,7 +518,7 @@ impl AirbyteSink {
         };
         drop(w.stdin.take());
         let status = match tokio::time::timeout(Duration::from_secs(5), w.child.wait()).await {
-            Ok(Ok(s)) => s.to_string(),
+            Ok(Ok(s)) => self.inv.exit(s),
             _ => {
                 let _ = w.child.kill().await;
                 "killed".to_owned()

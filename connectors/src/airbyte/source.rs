@@ -21,10 +21,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::io::BufReader;
 
-use super::COMMAND_LIMIT;
 pub use super::catalog::{AirbyteSourceConfig, SyncMode, stream_name};
 use super::catalog::{Target, configure};
-use super::host::{self, Invocation, Launcher};
+use super::host::{self, Invocation, Launcher, Role};
 use super::protocol::{self, Message, StateKind, Trace};
 
 /// Records per emitted batch at most (a batch also goes out whenever the pipe is drained).
@@ -124,7 +123,7 @@ async fn prepare(
     connector_config: &Value,
 ) -> Result<(Launcher, Invocation, Value), ConnectorError> {
     let launcher = config.launcher()?;
-    let inv = Invocation::new(&launcher).await?;
+    let inv = Invocation::new(&launcher, Role::Source).await?;
     let spec = super::connector_spec(&launcher, &inv).await?;
     super::validate_against(&spec, connector_config)?;
     Ok((launcher, inv, spec))
@@ -138,8 +137,8 @@ impl Source for AirbyteSource {
     async fn check(config: &AirbyteSourceConfig) -> Result<(), ConnectorError> {
         let cc = config.config.object()?;
         let (_, inv, _) = prepare(config, &cc).await?;
-        host::check(&inv, &cc, COMMAND_LIMIT).await?;
-        let catalog = host::discover(&inv, &cc, COMMAND_LIMIT).await?;
+        super::check_cached(&inv, &cc).await?;
+        let catalog = super::discover_cached(&inv, &cc).await?;
         configure(config, &catalog)?;
         Ok(())
     }
@@ -148,7 +147,7 @@ impl Source for AirbyteSource {
         let offset = offset.unwrap_or_default();
         let cc = effective_config(&config, &offset)?;
         let (_, inv, spec) = prepare(&config, &cc).await?;
-        let discovered = host::discover(&inv, &cc, COMMAND_LIMIT).await?;
+        let discovered = super::discover_cached(&inv, &cc).await?;
         let (catalog, targets) = configure(&config, &discovered)?;
         Ok(AirbyteSource {
             config,
@@ -268,13 +267,16 @@ impl AirbyteSource {
         let cc = effective_config(&self.config, &self.offset)?;
         let mut args = vec![
             "--config".to_owned(),
-            self.inv.file("config.json", &cc)?,
+            self.inv.file(Role::Source.config_file(), &cc)?,
             "--catalog".to_owned(),
-            self.inv.file("catalog.json", &self.catalog)?,
+            self.inv.file(Role::Source.catalog_file(), &self.catalog)?,
         ];
         if !self.offset.states.is_empty() {
             args.push("--state".into());
-            args.push(self.inv.file("state.json", &Value::Array(self.offset.states.clone()))?);
+            args.push(
+                self.inv
+                    .file("input_state.json", &Value::Array(self.offset.states.clone()))?,
+            );
         }
         for t in self.targets.values_mut() {
             t.count = 0;
@@ -491,6 +493,7 @@ impl AirbyteSource {
         };
         if !status.success() {
             let tail = stderr.last_words().await;
+            let status = self.inv.exit(status);
             return Err(match &last_error {
                 Some((m, t)) => classify(format!("the connector's read exited with {status}: {m}"), t.as_deref()),
                 None => classify(format!("the connector's read exited with {status}: {tail}"), None),
@@ -536,7 +539,9 @@ mod tests {
         };
         let mut src = AirbyteSource {
             config: serde_json::from_value(json!({"command": "/bin/sh"})).unwrap(),
-            inv: Invocation::new(&Launcher::Command("/bin/sh".into())).await.unwrap(),
+            inv: Invocation::new(&Launcher::Command("/bin/sh".into()), Role::Source)
+                .await
+                .unwrap(),
             spec: Value::Null,
             catalog: Value::Null,
             targets: HashMap::from([("a".to_owned(), target(10, None)), ("b".to_owned(), target(20, None))]),

@@ -3,7 +3,7 @@
 //! with per-stream counts equal to the bare connector's; pause/resume and SIGKILL mid-sync resume
 //! from the last durable STATE; a destination that obeys the protocol gets every record and our
 //! position moves only on its echoes; malformed output, a non-zero exit and a hang are classified,
-//! restarted, and store no state past the last good one; the container path where podman runs.
+//! restarted, and store no state past the last good one. Images: `airbyte_images.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
@@ -13,11 +13,11 @@ use hstream_integration_tests::*;
 use hstream_proto as pb;
 use serde_json::{Value, json};
 
-const FAKER: &str = "airbyte-source-faker==7.2.1";
-const HARDCODED: &str = "airbyte-source-hardcoded-records==0.0.48";
-const FAST_RETRY: &[&str] = &["--connector-retry-base-ms", "50", "--connector-retry-max-ms", "500"];
+pub(crate) const FAKER: &str = "airbyte-source-faker==7.2.1";
+pub(crate) const HARDCODED: &str = "airbyte-source-hardcoded-records==0.0.48";
+pub(crate) const FAST_RETRY: &[&str] = &["--connector-retry-base-ms", "50", "--connector-retry-max-ms", "500"];
 /// Installing a package and Python's start-up (~3 s a command) make first steps slow.
-const SLOW: Duration = Duration::from_secs(300);
+pub(crate) const SLOW: Duration = Duration::from_secs(300);
 
 fn script(name: &str) -> String {
     repo_root()
@@ -28,7 +28,7 @@ fn script(name: &str) -> String {
 }
 
 /// The executable the server installed for a package (`.airbyte/.venv-<exe>-<hash>/bin/<exe>`).
-fn installed(exe: &str) -> std::path::PathBuf {
+pub(crate) fn installed(exe: &str) -> std::path::PathBuf {
     let dir = std::fs::read_dir(airbyte_dir())
         .unwrap()
         .filter_map(Result::ok)
@@ -43,7 +43,7 @@ fn installed(exe: &str) -> std::path::PathBuf {
 }
 
 /// RECORD counts per stream of the bare connector's `read` with this config and catalog.
-async fn bare_counts(exe: &std::path::Path, config: &Value, catalog: &Value) -> BTreeMap<String, usize> {
+pub(crate) async fn bare_counts(exe: &std::path::Path, config: &Value, catalog: &Value) -> BTreeMap<String, usize> {
     let dir = tempfile::tempdir().unwrap();
     let (c, k) = (dir.path().join("config.json"), dir.path().join("catalog.json"));
     std::fs::write(&c, config.to_string()).unwrap();
@@ -73,7 +73,7 @@ async fn bare_counts(exe: &std::path::Path, config: &Value, catalog: &Value) -> 
 }
 
 /// A configured catalog of `streams` of a discovered catalog (as the connector configures it).
-fn configured(discovered: &Value, streams: &[&str], mode: &str) -> Value {
+pub(crate) fn configured(discovered: &Value, streams: &[&str], mode: &str) -> Value {
     let list: Vec<Value> = discovered["streams"]
         .as_array()
         .unwrap()
@@ -84,7 +84,7 @@ fn configured(discovered: &Value, streams: &[&str], mode: &str) -> Value {
     json!({ "streams": list })
 }
 
-async fn discover(exe: &std::path::Path, config: &Value) -> Value {
+pub(crate) async fn discover(exe: &std::path::Path, config: &Value) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let c = dir.path().join("config.json");
     std::fs::write(&c, config.to_string()).unwrap();
@@ -104,7 +104,13 @@ async fn discover(exe: &std::path::Path, config: &Value) -> Value {
         .expect("a CATALOG")
 }
 
-async fn wait_report(c: &Client, name: &str, within: Duration, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn wait_report(
+    c: &Client,
+    name: &str,
+    within: Duration,
+    what: &str,
+    cond: impl Fn(&Value) -> bool,
+) -> Value {
     let last = std::sync::Mutex::new(Value::Null);
     let ok = holds_within(within, || async {
         let r = connector_report(c, name).await;
@@ -119,7 +125,7 @@ async fn wait_report(c: &Client, name: &str, within: Duration, what: &str, cond:
 }
 
 /// Record ids (`id` field) of a JSON stream, with how often each occurs.
-async fn ids(c: &mut Client, stream: &str) -> BTreeMap<i64, usize> {
+pub(crate) async fn ids(c: &mut Client, stream: &str) -> BTreeMap<i64, usize> {
     let mut m = BTreeMap::new();
     for (_, v) in read_json_stream(c, stream).await {
         *m.entry(v["id"].as_f64().expect("id") as i64).or_insert(0) += 1;
@@ -470,44 +476,4 @@ async fn destination_gets_every_record_and_position_moves_only_on_echoes() {
             .all(|(s, n)| r["offset"]["shards"][s].as_f64().map(|f| f as u64) == Some(*n)),
         "after the echoes at the end of input the position is at the end: {r}"
     );
-}
-
-/// The container path: an image following Airbyte's conventions (ENTRYPOINT = AIRBYTE_ENTRYPOINT,
-/// files mounted) run by podman, paused mid-sync and resumed from its STATE. Run by
-/// scripts/test.sh (with `--ignored`) only where `integration-tests/container/build-image.sh`
-/// could build and run the image; elsewhere the script prints why it is skipped.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs podman: scripts/test.sh runs it where the test image builds and runs"]
-async fn container_image_source_reads_into_a_stream() {
-    assert!(
-        std::env::var_os("CONTAINERS_CONF").is_some(),
-        "run through scripts/test.sh (CONTAINERS_CONF names integration-tests/container/containers.conf)"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), FAST_RETRY);
-    let mut c = server.client().await;
-    let count = 3000;
-    let config = json!({"image": "localhost/hstream-test-airbyte-source:1", "engine": "podman",
-        "config": {"count": count, "password": "pw-in-image"}, "stream_prefix": "img_"});
-    create_connector(&mut c, "img", "SOURCE", "airbyte", &config)
-        .await
-        .unwrap();
-    wait_status(&c, "img", "COMPLETED", SLOW).await;
-    let got = ids(&mut c, "img_rows").await;
-    assert_eq!(got.len(), count);
-    assert!(got.values().all(|n| *n == 1));
-    let recs = read_json_stream(&mut c, "img_rows").await;
-    assert!(recs.iter().all(|(_, v)| v["image"] == "hstream-test-airbyte-source"));
-    let r = connector_report(&c, "img").await;
-    assert_eq!(
-        r["offset"]["states"][0]["stream"]["stream_state"]["next"],
-        (count + 1) as f64
-    );
-    let shown = c
-        .get_connector(pb::GetConnectorRequest { name: "img".into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .config;
-    assert!(!shown.contains("pw-in-image"), "{shown}");
 }

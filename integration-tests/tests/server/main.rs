@@ -1,6 +1,7 @@
 //! End-to-end tests against real `hstream-server` processes (one test binary, to link once).
 
 mod airbyte;
+mod airbyte_images;
 mod cli;
 mod cluster;
 mod cluster_cdc;

@@ -1,0 +1,369 @@
+//! Airbyte connector images as Airbyte runs them: the published packages airbyte-source-faker and
+//! airbyte-source-hardcoded-records inside real images (`scripts/airbyte-image.sh`: a Debian base
+//! made by debootstrap, the package pip-installed, the connector as ENTRYPOINT, run as the
+//! non-root user `airbyte`), read through SQL with counts equal to the same packages run as local
+//! processes; a kill -9 of the server mid-sync; the docker CLI against podman's API socket; the
+//! container options (memory, CPUs, network); spec, check and discover cached by image ID.
+//!
+//! Ignored by default: `scripts/test.sh` builds the images and runs these (`--ignored
+//! airbyte_images::`) where podman can build and run them, and prints why they are not run
+//! elsewhere. Containers are counted from podman's own event log, by the names our server gives
+//! them (`hstream-airbyte-<server pid>-<n>`).
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hstream_integration_tests::*;
+use serde_json::json;
+
+use super::airbyte::{
+    FAKER, FAST_RETRY, HARDCODED, SLOW, bare_counts, configured, discover, ids, installed, wait_report,
+};
+
+const FAKER_IMAGE: &str = "localhost/airbyte/source-faker:7.2.1";
+const HARDCODED_IMAGE: &str = "localhost/airbyte/source-hardcoded-records:0.0.48";
+
+fn require_podman() {
+    assert!(
+        std::env::var_os("CONTAINERS_CONF").is_some(),
+        "run through scripts/test.sh (CONTAINERS_CONF names integration-tests/container/containers.conf, and the images are built there)"
+    );
+}
+
+/// Now, as podman's `--since` takes it (Unix seconds with nanoseconds).
+fn engine_now() -> String {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+}
+
+/// Containers of `server` started since `since`, from podman's event log.
+fn containers_started(server: &Server, since: &str) -> usize {
+    let out = Command::new("podman")
+        .args(["events", "--stream=false", "--since", since, "--filter", "event=start"])
+        .args(["--format", "{{.Name}}"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("podman events");
+    assert!(out.status.success());
+    let prefix = format!("hstream-airbyte-{}-", server.pid());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|n| n.trim().starts_with(&prefix))
+        .count()
+}
+
+/// Record counts per catalog stream of a connector's streams (`<prefix><stream>`).
+async fn stream_counts(c: &Client, prefix: &str, streams: &[String]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for s in streams {
+        m.insert(s.clone(), count_stream_records(c, &format!("{prefix}{s}")).await);
+    }
+    m
+}
+
+async fn create_sql(server: &Server, name: &str, with: &str) -> String {
+    sql(
+        server,
+        &format!("CREATE SOURCE CONNECTOR {name} FROM airbyte WITH ({with});\n"),
+    )
+    .await
+}
+
+/// Both images through SQL, each beside the same package run as a local process (our `package`
+/// launcher) and the bare executable: equal counts per stream; a config the image's own spec
+/// refuses names its field; spec, check and discover are asked of an image once per config
+/// (a second connector of the same image and config starts one container: its read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs podman and the images: scripts/test.sh builds them and runs these"]
+async fn images_read_what_their_packages_read() {
+    require_podman();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST_RETRY);
+    let c = server.client().await;
+
+    let out = create_sql(
+        &server,
+        "bad",
+        &format!("\"image\" = '{FAKER_IMAGE}', \"config\" = '{{\"count\": \"many\"}}'"),
+    )
+    .await;
+    assert!(out.contains("config.count"), "{out}");
+
+    let hc = json!({"count": 3000});
+    let fk = json!({"count": 4000, "seed": 11, "records_per_slice": 500, "parallelism": 1});
+    for (name, launcher, cfg, prefix) in [
+        ("hc_img", format!("\"image\" = '{HARDCODED_IMAGE}'"), &hc, "hci_"),
+        ("hc_pkg", format!("\"package\" = '{HARDCODED}'"), &hc, "hcp_"),
+        (
+            "fk_img",
+            format!("\"image\" = '{FAKER_IMAGE}', \"memory_limit\" = '1g', \"cpu_limit\" = 1.5"),
+            &fk,
+            "fki_",
+        ),
+        ("fk_pkg", format!("\"package\" = '{FAKER}'"), &fk, "fkp_"),
+    ] {
+        let streams = if name.starts_with("fk") {
+            ", \"streams\" = 'users,products'"
+        } else {
+            ""
+        };
+        let out = create_sql(
+            &server,
+            name,
+            &format!("{launcher}, \"config\" = '{cfg}', \"stream_prefix\" = '{prefix}'{streams}"),
+        )
+        .await;
+        assert!(out.contains(&format!("created connector {name}")), "{out}");
+    }
+    for name in ["hc_img", "hc_pkg", "fk_img", "fk_pkg"] {
+        wait_status(&c, name, "COMPLETED", SLOW).await;
+    }
+
+    // hardcoded-records: three streams, the same counts from the image, the package and the bare
+    // executable.
+    let exe = installed("source-hardcoded-records");
+    let discovered = discover(&exe, &hc).await;
+    let names: Vec<String> = discovered["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let bare = bare_counts(&exe, &hc, &configured(&discovered, &refs, "full_refresh")).await;
+    assert_eq!(bare.len(), 3, "{bare:?}");
+    assert_eq!(stream_counts(&c, "hci_", &names).await, bare, "image");
+    assert_eq!(stream_counts(&c, "hcp_", &names).await, bare, "package");
+
+    // faker: the same users and products (by id, each once) from the image and the package,
+    // and the bare executable's counts.
+    let exe = installed("source-faker");
+    let catalog = configured(&discover(&exe, &fk).await, &["users", "products"], "incremental");
+    let bare = bare_counts(&exe, &fk, &catalog).await;
+    assert_eq!(bare.get("users"), Some(&4000));
+    let mut c2 = c.clone();
+    for stream in ["users", "products"] {
+        let img = ids(&mut c2, &format!("fki_{stream}")).await;
+        let pkg = ids(&mut c2, &format!("fkp_{stream}")).await;
+        assert_eq!(img, pkg, "{stream}");
+        assert_eq!(Some(&img.values().sum::<usize>()), bare.get(stream), "{stream}");
+        assert!(img.values().all(|n| *n == 1), "{stream}");
+    }
+
+    // Spec, check and discover of this image and config are known: one container, the read.
+    let since = engine_now();
+    let out = create_sql(
+        &server,
+        "fk_img2",
+        &format!(
+            "\"image\" = '{FAKER_IMAGE}', \"memory_limit\" = '1g', \"cpu_limit\" = 1.5, \"config\" = '{fk}', \
+             \"stream_prefix\" = 'fkj_', \"streams\" = 'users,products'"
+        ),
+    )
+    .await;
+    assert!(out.contains("created connector fk_img2"), "{out}");
+    wait_status(&c, "fk_img2", "COMPLETED", SLOW).await;
+    assert_eq!(ids(&mut c2, "fkj_users").await.len(), 4000);
+    assert_eq!(containers_started(&server, &since), 1);
+    let logs = task_logs(&c, "fk_img2").await;
+    assert!(logs.contains("the image's discover for this config"), "{logs}");
+}
+
+/// kill -9 of the server while an image's read is mid-sync: the restarted task runs the image
+/// again with the stored STATE, and every user is in the stream. (Faker re-emits every user when
+/// resumed with `always_updated`, its default, so records are counted by id.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs podman and the images: scripts/test.sh builds them and runs these"]
+async fn image_killed_mid_sync_resumes_from_the_stored_state() {
+    require_podman();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), FAST_RETRY);
+    let c = server.client().await;
+    let count = 30_000;
+    let cfg = json!({"count": count, "seed": 3, "records_per_slice": 500, "parallelism": 1});
+    let out = create_sql(
+        &server,
+        "fk",
+        &format!("\"image\" = '{FAKER_IMAGE}', \"config\" = '{cfg}', \"stream_prefix\" = 'k_', \"streams\" = 'users'"),
+    )
+    .await;
+    assert!(out.contains("created connector fk"), "{out}");
+    let r = wait_report(&c, "fk", SLOW, "a checkpointed state mid-sync", |r| {
+        r["offset"]["states"].as_array().is_some_and(|s| !s.is_empty())
+            && r["offset"]["records"].as_f64() > Some(2000.0)
+    })
+    .await;
+    let first_pid = server.pid();
+    server.kill();
+    assert!(
+        r["offset"]["records"].as_f64() < Some(count as f64),
+        "the sync finished before the kill: {r}"
+    );
+    server.restart();
+    let mut c = server.client().await;
+    wait_status(&c, "fk", "COMPLETED", SLOW).await;
+    let logs = task_logs(&c, "fk").await;
+    assert!(
+        logs.split("starting read (sync 1, ")
+            .nth(1)
+            .is_some_and(|t| !t.starts_with('0')),
+        "the restarted read was not given the stored state: {logs}"
+    );
+    let users = ids(&mut c, "k_users").await;
+    assert_eq!(users.len(), count);
+    assert_eq!(users.keys().next(), Some(&1));
+    assert_eq!(users.keys().last(), Some(&(count as i64)));
+    // The killed server's container ended with it (its output pipe closed), and --rm removed it.
+    let leftover = Command::new("podman")
+        .args(["ps", "-a", "--format", "{{.Names}}"])
+        .output()
+        .unwrap();
+    let prefix = format!("hstream-airbyte-{first_pid}-");
+    let stuck = !holds_within_blocking(Duration::from_secs(60), || {
+        let out = Command::new("podman")
+            .args(["ps", "-a", "--format", "{{.Names}}"])
+            .output()
+            .unwrap();
+        !String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|n| n.starts_with(&prefix))
+    });
+    assert!(
+        !stuck,
+        "a container of the killed server is still there: {}",
+        String::from_utf8_lossy(&leftover.stdout)
+    );
+}
+
+/// podman's Docker-compatible API socket, served for one test.
+struct PodmanSocket {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    url: String,
+}
+
+impl PodmanSocket {
+    fn start() -> PodmanSocket {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("podman.sock");
+        let url = format!("unix://{}", sock.display());
+        // In its own directory: podman's conmon leaves a file `oom` in its working directory
+        // when a container is killed for memory.
+        let child = Command::new("podman")
+            .args(["system", "service", "--time=0", &url])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("podman system service");
+        assert!(
+            holds_within_blocking(Duration::from_secs(30), || sock.exists()),
+            "podman's API socket did not appear"
+        );
+        PodmanSocket { child, _dir: dir, url }
+    }
+}
+
+impl Drop for PodmanSocket {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `"engine" = 'docker'`: the docker CLI, pointed at podman's API socket by `DOCKER_HOST` in the
+/// server's environment, runs the image (no network, one CPU) with the same counts as podman;
+/// an image over its memory limit is killed and the error names the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs podman, the docker CLI and the images: scripts/test.sh runs it where they are"]
+async fn images_run_through_the_docker_cli_against_podmans_socket() {
+    require_podman();
+    let docker = Command::new("docker").arg("--version").output();
+    assert!(
+        docker.is_ok_and(|o| o.status.success()),
+        "the docker CLI is not installed"
+    );
+    let socket = PodmanSocket::start();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(dir.path(), FAST_RETRY, &[("DOCKER_HOST", socket.url.as_str())]);
+    let c = server.client().await;
+    let since = engine_now();
+    let hc = json!({"count": 2500});
+    for (name, extra, prefix) in [
+        (
+            "hc_docker",
+            "\"engine\" = 'docker', \"network\" = 'none', \"cpu_limit\" = 1",
+            "hcd_",
+        ),
+        ("hc_podman", "\"engine\" = 'podman'", "hcq_"),
+    ] {
+        let out = create_sql(
+            &server,
+            name,
+            &format!("\"image\" = '{HARDCODED_IMAGE}', {extra}, \"config\" = '{hc}', \"stream_prefix\" = '{prefix}'"),
+        )
+        .await;
+        assert!(out.contains(&format!("created connector {name}")), "{out}");
+    }
+    wait_status(&c, "hc_docker", "COMPLETED", SLOW).await;
+    wait_status(&c, "hc_podman", "COMPLETED", SLOW).await;
+    let r = connector_report(&c, "hc_docker").await;
+    let total = r["offset"]["records"].as_f64().unwrap() as usize;
+    assert_eq!(total, 3 * 2500, "{r}");
+    let names = streams_with_prefix(&c, "hcd_").await;
+    assert_eq!(names.len(), 3, "{names:?}");
+    for n in &names {
+        let other = n.replacen("hcd_", "hcq_", 1);
+        assert_eq!(
+            count_stream_records(&c, n).await,
+            count_stream_records(&c, &other).await,
+            "{n}"
+        );
+    }
+    // The docker CLI's containers are podman's (named by our server).
+    assert!(containers_started(&server, &since) >= 2);
+
+    // 8 MiB cannot hold Python: the check is killed, and the refusal says which limit.
+    let out = create_sql(
+        &server,
+        "tiny",
+        &format!(
+            "\"image\" = '{HARDCODED_IMAGE}', \"engine\" = 'docker', \"memory_limit\" = '8m', \"config\" = '{hc}'"
+        ),
+    )
+    .await;
+    assert!(out.contains("memory_limit of 8m"), "{out}");
+    // A limit the engines refuse is refused at create, naming the option.
+    let out = create_sql(
+        &server,
+        "tiny2",
+        &format!("\"image\" = '{HARDCODED_IMAGE}', \"memory_limit\" = '2m', \"config\" = '{hc}'"),
+    )
+    .await;
+    assert!(out.contains("memory_limit:"), "{out}");
+    let out = create_sql(
+        &server,
+        "nolimit",
+        &format!("\"package\" = '{HARDCODED}', \"network\" = 'none', \"config\" = '{hc}'"),
+    )
+    .await;
+    assert!(out.contains("network: only with image"), "{out}");
+}
+
+/// Streams whose names start with `prefix`.
+async fn streams_with_prefix(c: &Client, prefix: &str) -> Vec<String> {
+    let mut c = c.clone();
+    let list = c
+        .list_streams(hstream_proto::ListStreamsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .streams;
+    let mut names: Vec<String> = list
+        .into_iter()
+        .map(|s| s.stream_name)
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    names.sort();
+    names
+}
