@@ -14,12 +14,12 @@
 #      with `podman import`. Made once per machine (about a minute); later builds find it in
 #      podman's store.
 #   2. the connector: `podman build` FROM the base, the pinned requirement pip-installed into
-#      /airbyte/venv. Podman caches the layer, so building the same requirement again takes
-#      seconds.
+#      /airbyte/venv; its console script is `<name>` (or `airbyte-<name>`, linked as `<name>`).
+#      Podman caches the layer, so building the same requirement again takes seconds.
 # The build trusts the host's CA bundle (mounted for the build step only, not kept in the image),
 # so a TLS-intercepting proxy the host trusts also works for pip inside the build.
 #
-# Needs root (debootstrap), podman and debootstrap. Prints why and exits 1 when something is
+# Needs podman, and root and debootstrap for the base image (once per machine). Prints why and exits 1 when something is
 # missing or cannot run here. Prints the image name on success.
 # Environment: DEBIAN_MIRROR (default: the first `URIs:` of apt's debian.sources, else
 # http://deb.debian.org/debian), CONTAINERS_CONF (podman's settings, passed through).
@@ -39,13 +39,13 @@ case "$exe$version" in *[!A-Za-z0-9._-]*) echo "$req: unexpected characters"; ex
 image="localhost/airbyte/$exe:$version"
 
 # The recipe's version: a change to how the base is made gets a new base tag.
-recipe=1
+recipe=2
 base="localhost/hstream-airbyte-python:bookworm-$recipe"
 
-[ "$(id -u)" = 0 ] || { echo "building the base image needs root (debootstrap)"; exit 1; }
 command -v podman >/dev/null || { echo "podman is not installed"; exit 1; }
 
 if ! podman image exists "$base"; then
+  [ "$(id -u)" = 0 ] || { echo "making the base image needs root (debootstrap)"; exit 1; }
   command -v debootstrap >/dev/null || { echo "debootstrap is not installed"; exit 1; }
   mirror="${DEBIAN_MIRROR:-}"
   if [ -z "$mirror" ] && [ -r /etc/apt/sources.list.d/debian.sources ]; then
@@ -53,7 +53,7 @@ if ! podman image exists "$base"; then
   fi
   mirror="${mirror:-http://deb.debian.org/debian}"
   root=$(mktemp -d /var/tmp/hstream-airbyte-base.XXXXXX)
-  trap 'rm -rf "$root"' EXIT
+  trap 'rm -rf --one-file-system "$root"' EXIT
   echo "==> making the base image $base (debootstrap bookworm from $mirror)" >&2
   if ! out=$(debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
       bookworm "$root" "$mirror" 2>&1); then
@@ -63,12 +63,13 @@ if ! podman image exists "$base"; then
   # Airbyte's images run the connector as `airbyte` (uid 1000), from /airbyte.
   chroot "$root" useradd --uid 1000 --user-group --create-home --shell /bin/sh airbyte
   mkdir -p "$root/airbyte"
+  chroot "$root" chown airbyte:airbyte /airbyte
   # What a connector never needs: downloaded packages, package lists, documentation.
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
     "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/locale/*
   tar --numeric-owner -C "$root" -c . | podman import -q \
     --change 'WORKDIR /airbyte' --change 'CMD ["/bin/sh"]' - "$base" >/dev/null
-  rm -rf "$root"
+  rm -rf --one-file-system "$root"
   trap - EXIT
 fi
 
@@ -79,6 +80,8 @@ FROM $base
 ARG PIP_CERT
 RUN python3 -m venv /airbyte/venv \\
  && /airbyte/venv/bin/pip install --no-cache-dir --disable-pip-version-check --quiet '$req' \\
+ && if [ ! -x /airbyte/venv/bin/$exe ] && [ -x /airbyte/venv/bin/airbyte-$exe ]; then \\
+      ln -s airbyte-$exe /airbyte/venv/bin/$exe; fi \\
  && test -x /airbyte/venv/bin/$exe
 ENV AIRBYTE_ENTRYPOINT="/airbyte/venv/bin/$exe"
 ENTRYPOINT ["/airbyte/venv/bin/$exe"]

@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 # then the benchmark driver.
 cargo build --release -p hstream-server
 cargo build --release -p hstream-bench
-# The Airbyte benchmark runs connectors installed with the test venv's uv.
+# The Airbyte benchmark runs connectors installed with the test venv's uv, and the image
+# scripts/airbyte-image.sh builds (podman, with the tests' settings).
+export CONTAINERS_CONF="$PWD/integration-tests/container/containers.conf"
 scripts/venv.sh
 scripts/build-plugins.sh >/dev/null
 exec target/release/hstream-bench "${@:-all}"

@@ -85,29 +85,37 @@ if [ "${CI:-}" = "true" ]; then
   # (clippy::all and every rustc warning denied, as `cargo clippy --all-targets -- -D warnings`)
   # and code-generated in the same pass. The wrapper stays set for every cargo command below, so
   # none of them recompiles. (A separate `cargo clippy` compiled every dependency a second time, in
-  # check mode: about 12 of the cold run's minutes.)
-  export RUSTC_WORKSPACE_WRAPPER="$(command -v clippy-driver)"
+  # check mode: about 12 of the cold run's minutes.) clippy-driver builds with MIR optimisations
+  # off, as clippy always compiles: the tests run on such binaries. A missing clippy fails here
+  # rather than leaving an empty wrapper, which cargo would take as none (no lints at all).
+  clippy_driver=$(command -v clippy-driver) || { echo "clippy-driver is missing: rustup component add clippy"; exit 1; }
+  "$clippy_driver" --version >/dev/null
+  export RUSTC_WORKSPACE_WRAPPER="$clippy_driver"
   export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 fi
 
 # The crates' top-level modules must not import each other in a circle (issue 19).
 python3 scripts/module-cycles.py server/src runtime/src connectors/src sql/src
 
-# The Airbyte image tests run published connectors (airbyte-source-faker and
-# airbyte-source-hardcoded-records, pinned as in integration-tests/tests/server/airbyte.rs) inside
-# real images that scripts/airbyte-image.sh builds without a registry: a Debian base made with
-# debootstrap, the package pip-installed. The base and the connector layers stay in podman's store,
-# so only a machine's first run builds them (about three minutes). Where podman, runc or
-# debootstrap cannot be installed, or the images cannot be built or run, the tests are not run
-# and the reason is printed.
-export CONTAINERS_CONF="$PWD/integration-tests/container/containers.conf"
-if ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
+# The Airbyte image tests run published connectors (airbyte-source-faker,
+# airbyte-source-hardcoded-records and airbyte-destination-ailake, pinned as in
+# integration-tests/tests/server/airbyte*.rs) inside real images that scripts/airbyte-image.sh
+# builds without a registry: a Debian base made with debootstrap, the package pip-installed (in a
+# container: an image that builds also runs). The base and the connector layers stay in podman's
+# store, so only a machine's first run builds them (about four minutes). Where podman, runc or
+# debootstrap cannot be installed, or the images cannot be built, the tests are not run and the
+# reason is printed. Podman's settings here (containers.conf) apply to these steps only.
+containers_conf="$PWD/integration-tests/container/containers.conf"
+if [ $# -eq 0 ] && { ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; }; then
   echo "==> installing podman, runc and debootstrap (Airbyte image tests)"
   { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q podman runc debootstrap; } \
     || echo "==> could not install podman or debootstrap (the image tests will not run)"
 fi
 image_tests=""
-if why=$(for r in airbyte-source-faker==7.2.1 airbyte-source-hardcoded-records==0.0.48; do
+if [ $# -gt 0 ]; then
+  :  # a filtered run: the image tests are not part of it
+elif why=$(export CONTAINERS_CONF="$containers_conf"; for r in airbyte-source-faker==7.2.1 airbyte-source-hardcoded-records==0.0.48 \
+      airbyte-destination-ailake==0.1.16; do
       scripts/airbyte-image.sh "$r" || exit 1
     done 2>&1); then
   image_tests=yes
@@ -142,7 +150,8 @@ if [ -n "$image_tests" ]; then
     echo "==> NOT RUN (not passed): airbyte_images::images_run_through_the_docker_cli_against_podmans_socket: the docker CLI is not installed"
     skip=(--skip images_run_through_the_docker_cli)
   fi
-  cargo test --workspace --test server -- --ignored airbyte_images:: "${skip[@]}"
+  CONTAINERS_CONF="$containers_conf" \
+    cargo test --workspace --test server -- --ignored airbyte_images:: "${skip[@]}"
 fi
 # The Kafka tests above ran against librdkafka's mock cluster (a Kafka-protocol broker inside
 # librdkafka, not Apache Kafka); the live tier runs only against a real broker.

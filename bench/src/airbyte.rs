@@ -25,6 +25,10 @@ pub struct Args {
     /// Skip PyAirbyte (its install takes a minute or more the first time).
     #[arg(long)]
     no_pyairbyte: bool,
+    /// Skip the image (`scripts/airbyte-image.sh` builds it; it is skipped, saying so, when
+    /// podman or the image is missing).
+    #[arg(long)]
+    no_image: bool,
 }
 
 impl Args {
@@ -32,6 +36,7 @@ impl Args {
         Args {
             records: 200_000,
             no_pyairbyte: false,
+            no_image: false,
         }
     }
 }
@@ -101,6 +106,80 @@ async fn logged_at(c: &mut hstream_integration_tests::Client, name: &str, what: 
         .and_then(|l| l.split_whitespace().next())
         .and_then(|t| t.parse::<f64>().ok())
         .ok_or_else(|| anyhow::anyhow!("no {what:?} in the task log:\n{logs}"))
+}
+
+/// The image `scripts/airbyte-image.sh` builds from PACKAGE.
+const IMAGE: &str = "localhost/airbyte/source-hardcoded-records:0.0.48";
+
+/// The read duration of a finished sync, from the task's log.
+async fn read_secs(c: &mut hstream_integration_tests::Client, name: &str) -> anyhow::Result<f64> {
+    Ok(logged_at(c, name, "sync completed").await? - logged_at(c, name, "starting read").await?)
+}
+
+/// The same sync through the image (podman), beside the package run above: records/s, and the
+/// start-up a container adds to each command and to each sync.
+async fn image(c: &mut hstream_integration_tests::Client, exe: &Path, n: u64, package_secs: f64) -> anyhow::Result<()> {
+    let have = std::process::Command::new("podman")
+        .args(["image", "exists", IMAGE])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        println!("  image: NOT RUN ({IMAGE} is not built: scripts/airbyte-image.sh {PACKAGE})");
+        return Ok(());
+    }
+    // Start-up of one command: `spec` as a process and in a container.
+    let (proc_spec, _, _) = shell(&format!("{} spec >/dev/null", exe.display()))?;
+    let (img_spec, _, _) = shell(&format!("podman run --rm -i --network host {IMAGE} spec >/dev/null"))?;
+    println!(
+        "  spec: process {:.2} s, container {:.2} s (+{:.2} s a command)",
+        proc_spec,
+        img_spec,
+        img_spec - proc_spec
+    );
+    // A 1-record sync each way (spec, check and discover are cached by then: only the read).
+    let one = |name: &str, launcher: serde_json::Value| {
+        let mut cfg =
+            serde_json::json!({"config": {"count": 1}, "streams": "products", "stream_prefix": format!("{name}_")});
+        for (k, v) in launcher.as_object().unwrap() {
+            cfg[k] = v.clone();
+        }
+        cfg
+    };
+    let mut sync_secs = Vec::new();
+    for (name, launcher) in [
+        ("one_img", serde_json::json!({"image": IMAGE})),
+        ("one_img2", serde_json::json!({"image": IMAGE})),
+        ("one_pkg", serde_json::json!({"package": PACKAGE})),
+    ] {
+        create(c, name, one(name, launcher)).await?;
+        wait_completed(c, name).await?;
+        sync_secs.push(read_secs(c, name).await?);
+    }
+    println!(
+        "  a 1-record sync's read: process {:.2} s, container {:.2} s (+{:.2} s a sync)",
+        sync_secs[2],
+        sync_secs[1],
+        sync_secs[1] - sync_secs[2]
+    );
+    create(
+        c,
+        "hc_img",
+        serde_json::json!({"image": IMAGE, "config": {"count": n}, "streams": "products", "stream_prefix": "img_"}),
+    )
+    .await?;
+    wait_completed(c, "hc_img").await?;
+    let secs = read_secs(c, "hc_img").await?;
+    let stored = hstream_integration_tests::count_stream_records(c, "img_products").await as u64;
+    anyhow::ensure!(stored == n, "{stored} records stored from the image, {n} expected");
+    println!(
+        "  hstream airbyte image -> stream: {secs:6.2} s {:9.0} rec/s",
+        n as f64 / secs
+    );
+    println!(
+        "    image / package: {:.3}x the rate (same server, same run)",
+        package_secs / secs
+    );
+    Ok(())
 }
 
 /// Runs a shell line; returns (wall seconds, its stdout, the children's CPU seconds from `times`).
@@ -228,6 +307,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         fixed_cpu * 1e3
     );
     println!("    ours / bare: {:.3}x the rate", ours_rate / bare_rate);
+
+    if !args.no_image {
+        image(&mut c, &exe, n, ours_secs).await?;
+    }
 
     if args.no_pyairbyte {
         return Ok(());

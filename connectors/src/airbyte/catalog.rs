@@ -53,6 +53,11 @@ pub struct AirbyteSourceConfig {
     /// this server reaches), `bridge`, `none`, or a network's name.
     #[serde(default)]
     pub network: Option<String>,
+    /// With image: a directory of this machine mounted read-write at `/local` in the container,
+    /// as Airbyte mounts its `LOCAL_ROOT`, for connectors that read or write local files (it
+    /// must be writable by the image's user: `airbyte`, uid 1000, in Airbyte's images).
+    #[serde(default)]
+    pub local_root: Option<String>,
     /// The connector's own config (its spec's connectionSpecification), as an object or JSON text.
     /// Shown with only the fields its spec marks `airbyte_secret` masked once that spec is known
     /// to the server; masked whole until then.
@@ -109,6 +114,7 @@ impl AirbyteSourceConfig {
                 memory: self.memory_limit.clone(),
                 cpus: self.cpu_limit,
                 network: self.network.clone(),
+                local_root: self.local_root.clone(),
             },
         )
     }

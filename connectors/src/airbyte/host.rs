@@ -15,6 +15,35 @@ use tokio::process::Command;
 
 use super::protocol::{self, LogLevel, Message, Trace};
 
+/// Bytes of a memory size as docker and podman read one (go-units' RAMInBytes): a number,
+/// optionally with a fraction, then optionally k, m, g, t or p (powers of 1024), `i`, `b`.
+fn memory_bytes(text: &str) -> Option<u64> {
+    let t = text.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, rest) = t.split_at(split);
+    let rest = rest.trim_start();
+    let (unit, rest) = match rest.chars().next() {
+        Some(u @ ('k' | 'm' | 'g' | 't' | 'p')) => (Some(u), &rest[1..]),
+        _ => (None, rest),
+    };
+    let rest = rest.strip_prefix('i').unwrap_or(rest);
+    let rest = rest.strip_prefix('b').unwrap_or(rest);
+    if !rest.is_empty() || num.is_empty() || num.starts_with('.') || num.matches('.').count() > 1 {
+        return None;
+    }
+    let scale = match unit {
+        None => 1u64,
+        Some('k') => 1 << 10,
+        Some('m') => 1 << 20,
+        Some('g') => 1 << 30,
+        Some('t') => 1 << 40,
+        _ => 1 << 50,
+    };
+    let n: f64 = num.parse().ok()?;
+    let bytes = n * scale as f64;
+    (bytes.is_finite() && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
 /// How a connector is started.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Launcher {
@@ -40,35 +69,25 @@ pub struct ContainerRun {
     pub cpus: Option<f64>,
     /// `--network`: `host` (the default) reaches what this server reaches.
     pub network: Option<String>,
+    /// A directory of this machine mounted read-write at `/local`, as Airbyte's platform mounts
+    /// its `LOCAL_ROOT` for connectors that read or write local files.
+    pub local_root: Option<String>,
 }
 
 impl ContainerRun {
     /// Refuses values the engine would refuse (or misread), naming the option.
     pub fn validate(&self) -> Result<(), ConnectorError> {
         if let Some(m) = &self.memory {
-            let t = m.trim().to_ascii_lowercase();
-            let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
-                Some(i) => t.split_at(i),
-                None => (t.as_str(), "b"),
-            };
-            let scale: u64 = match unit {
-                "b" => 1,
-                "k" | "kb" => 1 << 10,
-                "m" | "mb" => 1 << 20,
-                "g" | "gb" => 1 << 30,
-                _ => 0,
-            };
-            let bytes = num.parse::<u64>().ok().and_then(|n| n.checked_mul(scale));
-            match bytes {
+            match memory_bytes(m) {
                 Some(b) if b >= 6 << 20 => {}
-                Some(_) if scale > 0 => {
+                Some(_) => {
                     return Err(ConnectorError::config(format!(
                         "memory_limit: {m:?} is under the engines' minimum of 6m"
                     )));
                 }
-                _ => {
+                None => {
                     return Err(ConnectorError::config(format!(
-                        "memory_limit: {m:?} is not a size such as 512m or 2g"
+                        "memory_limit: {m:?} is not a size such as 512m, 1.5g or 2GiB"
                     )));
                 }
             }
@@ -78,6 +97,13 @@ impl ContainerRun {
         {
             return Err(ConnectorError::config(format!(
                 "cpu_limit: {c} is not a number of CPUs above 0 (e.g. 0.5 or 2)"
+            )));
+        }
+        if let Some(d) = &self.local_root
+            && (!d.starts_with('/') || d.contains([':', ',']) || d.chars().any(char::is_control))
+        {
+            return Err(ConnectorError::config(format!(
+                "local_root: {d:?} is not an absolute directory path (without ':' or ',')"
             )));
         }
         if let Some(n) = &self.network
@@ -103,6 +129,9 @@ impl ContainerRun {
         }
         if let Some(c) = self.cpus {
             a.extend(["--cpus".to_owned(), c.to_string()]);
+        }
+        if let Some(d) = &self.local_root {
+            a.extend(["-v".to_owned(), format!("{d}:/local")]);
         }
         a
     }
@@ -171,10 +200,18 @@ static INSTALLS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 pub async fn ensure_package(requirement: &str, root: &Path) -> Result<PathBuf, ConnectorError> {
     let exe_name = package_executable(requirement)?;
     let dir = venv_dir(root, requirement)?;
-    let exe = dir.join("bin").join(&exe_name);
+    // The console script is `<name>` (`source-faker`), or for some packages `airbyte-<name>`.
+    let exe = || {
+        let bin = dir.join("bin");
+        [bin.join(&exe_name), bin.join(format!("airbyte-{exe_name}"))]
+            .into_iter()
+            .find(|p| p.is_file())
+    };
     let marker = dir.join(".complete");
     let _one = INSTALLS.lock().await;
-    if marker.is_file() {
+    if marker.is_file()
+        && let Some(exe) = exe()
+    {
         return Ok(exe);
     }
     std::fs::create_dir_all(root)
@@ -189,7 +226,9 @@ pub async fn ensure_package(requirement: &str, root: &Path) -> Result<PathBuf, C
     .await
     .map_err(|e| ConnectorError::internal(e.to_string()))?
     .map_err(|e| ConnectorError::external(format!("locking {}", root.display())).with_source(e))?;
-    if marker.is_file() {
+    if marker.is_file()
+        && let Some(exe) = exe()
+    {
         return Ok(exe);
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -221,11 +260,11 @@ pub async fn ensure_package(requirement: &str, root: &Path) -> Result<PathBuf, C
             .await?;
         }
     }
-    if !exe.is_file() {
+    let Some(exe) = exe() else {
         return Err(ConnectorError::config(format!(
-            "package: {requirement} installed no executable {exe_name}"
+            "package: {requirement} installed no executable {exe_name} (or airbyte-{exe_name})"
         )));
-    }
+    };
     std::fs::write(&marker, requirement)
         .map_err(|e| ConnectorError::external(format!("{}", marker.display())).with_source(e))?;
     Ok(exe)
@@ -282,7 +321,8 @@ pub struct Invocation {
     run_key: String,
     /// The group that may read `files`, given to the container (`--group-add`), so an image
     /// running as a user of its own (Airbyte's run as `airbyte`, uid 1000) reads its config
-    /// while no user of this machine other than ours can.
+    /// while no account of this machine but ours can. None when this server may not give files
+    /// to another group (not root): the files are then ours alone.
     files_group: Option<u32>,
     /// The memory limit an image runs under, to explain an exit 137.
     memory_limit: Option<String>,
@@ -319,6 +359,14 @@ impl Invocation {
                 let program = which(engine).ok_or_else(|| {
                     ConnectorError::config(format!("image: {engine} is not installed here, so images cannot run"))
                 })?;
+                if let Some(d) = &run.local_root
+                    && !Path::new(d).is_dir()
+                {
+                    return Err(ConnectorError::config(format!(
+                        "local_root: {d} is not a directory of this machine"
+                    )));
+                }
+                sweep_leftovers(&program);
                 let image_id = image_id(&program, engine, image).await?;
                 let group = files_group(files.path())
                     .map_err(|e| ConnectorError::external("the connector's file directory").with_source(e))?;
@@ -330,17 +378,26 @@ impl Invocation {
                 // run --rm` exits 0 whatever the container's exit code was (a connector killed
                 // at its memory limit would look like a clean end). There the container is
                 // removed by the guard once its client has returned the true exit code.
+                //
+                // The container's output reaches us without a copy in between: podman hands it
+                // our pipe (`--log-driver passthrough`; conmon would otherwise log every record
+                // to a file), so it also gets EPIPE and ends when this server is gone. Docker has
+                // no such mode; `none` at least keeps no log. It runs by the image's ID, so what
+                // runs is what was inspected (a tag moved meanwhile does not mix two builds).
                 let mut args = vec!["run".into(), "-i".into()];
                 if engine == "podman" {
-                    args.push("--rm".into());
+                    args.extend(["--rm".into(), "--log-driver".into(), "passthrough".into()]);
+                } else {
+                    args.extend(["--log-driver".into(), "none".into()]);
                 }
                 args.extend(run.args());
+                if let Some(g) = group {
+                    args.extend(["--group-add".into(), g.to_string()]);
+                }
                 args.extend([
-                    "--group-add".into(),
-                    group.to_string(),
                     "-v".into(),
                     format!("{}:{CONTAINER_FILES}:ro", files.path().display()),
-                    image.clone(),
+                    image_id.clone(),
                 ]);
                 Invocation {
                     program,
@@ -350,7 +407,7 @@ impl Invocation {
                     seen_as: Some(CONTAINER_FILES.into()),
                     image_id: Some(image_id),
                     run_key: format!("{engine} {}", run.args().join(" ")),
-                    files_group: Some(group),
+                    files_group: group,
                     memory_limit: run.memory.clone(),
                 }
             }
@@ -371,27 +428,38 @@ impl Invocation {
     /// Writes `value` as file `name` and returns the path the connector sees.
     pub fn file(&self, name: &str, value: &Value) -> Result<String, ConnectorError> {
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let path = self.files.path().join(name);
         let write = || {
-            // Written whole before the connector starts; readable by the owner and, for an
-            // image, by the group the container is given.
-            let _ = std::fs::remove_file(&path);
+            // Written whole beside and renamed over the old one, so a reader sees one or the
+            // other; readable by the owner and, for an image, by the group the container is
+            // given (the mode is set after creating, so no umask narrows it).
+            let tmp = self.files.path().join(format!(".{name}.tmp"));
+            let _ = std::fs::remove_file(&tmp);
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .mode(0o640)
-                .open(&path)?;
+                .mode(0o600)
+                .open(&tmp)?;
             if let Some(g) = self.files_group {
                 std::os::unix::fs::fchown(&f, None, Some(g))?;
+                f.set_permissions(std::fs::Permissions::from_mode(0o640))?;
             }
-            f.write_all(value.to_string().as_bytes())
+            f.write_all(value.to_string().as_bytes())?;
+            drop(f);
+            std::fs::rename(&tmp, &path)
         };
         write().map_err(|e| ConnectorError::external(format!("{}", path.display())).with_source(e))?;
         Ok(match &self.seen_as {
             Some(prefix) => format!("{prefix}/{name}"),
             None => path.display().to_string(),
         })
+    }
+
+    /// For an image: whether the engine itself refused to run the container (exit 125: an
+    /// option it does not take, such as more CPUs than the machine has), which no retry mends.
+    pub fn engine_refused(&self, status: std::process::ExitStatus) -> bool {
+        self.image_id.is_some() && status.code() == Some(125)
     }
 
     /// How a connector's exit reads in an error: the status, and for an image killed at its
@@ -401,6 +469,7 @@ impl Invocation {
             (Some(m), Some(137)) => {
                 format!("{status} (killed: the container went over its memory_limit of {m}, or was stopped)")
             }
+            _ if self.engine_refused(status) => format!("{status} (the container engine refused to run it)"),
             _ => status.to_string(),
         }
     }
@@ -436,16 +505,27 @@ impl Invocation {
     }
 }
 
+/// How long `image inspect` may take (a stuck engine or socket).
+const INSPECT_LIMIT: Duration = Duration::from_secs(60);
+
 /// The image's ID, pulled first if it is not on this machine.
 async fn image_id(program: &Path, engine: &str, image: &str) -> Result<String, ConnectorError> {
     let inspect = || async {
-        let out = Command::new(program)
-            .args(["image", "inspect", "--format", "{{.Id}}", image])
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output()
-            .await
-            .map_err(|e| ConnectorError::external(format!("running {engine} image inspect")).with_source(e))?;
+        let out = tokio::time::timeout(
+            INSPECT_LIMIT,
+            Command::new(program)
+                .args(["image", "inspect", "--format", "{{.Id}}", "--", image])
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .map_err(|_| {
+            ConnectorError::external(format!(
+                "{engine} image inspect did not answer within {INSPECT_LIMIT:?}"
+            ))
+        })?
+        .map_err(|e| ConnectorError::external(format!("running {engine} image inspect")).with_source(e))?;
         let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         Ok::<_, ConnectorError>((out.status.success() && !id.is_empty()).then_some(id))
     };
@@ -456,7 +536,7 @@ async fn image_id(program: &Path, engine: &str, image: &str) -> Result<String, C
     let out = tokio::time::timeout(
         INSTALL_LIMIT,
         Command::new(program)
-            .args(["pull", "-q", image])
+            .args(["pull", "-q", "--", image])
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .output(),
@@ -471,9 +551,26 @@ async fn image_id(program: &Path, engine: &str, image: &str) -> Result<String, C
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
-        return Err(ConnectorError::config(format!(
-            "image: {image} is not on this machine and {engine} could not pull it: {last}"
-        )));
+        let message = format!("image: {image} is not on this machine and {engine} could not pull it: {last}");
+        // The registry's answer about the image itself is the user's to fix; anything else
+        // (a registry or network down) may pass.
+        let lower = last.to_ascii_lowercase();
+        let final_answer = [
+            "not found",
+            "manifest unknown",
+            "unauthorized",
+            "denied",
+            "does not exist",
+            "invalid reference",
+            "repository name must",
+        ]
+        .iter()
+        .any(|w| lower.contains(w));
+        return Err(if final_answer {
+            ConnectorError::config(message)
+        } else {
+            ConnectorError::external(message)
+        });
     }
     inspect()
         .await?
@@ -481,23 +578,61 @@ async fn image_id(program: &Path, engine: &str, image: &str) -> Result<String, C
 }
 
 /// The group that may read a container's files in `dir`: a group no account of this machine
-/// has (the first gid from 47000 up that /etc/group does not list) when we may hand files to
-/// any group (as root), else our own. `dir` becomes that group's, readable by it.
-fn files_group(dir: &Path) -> std::io::Result<u32> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+/// has (the first gid from 47000 up that /etc/group does not list), to which `dir` is given
+/// (mode 0750). None when this process may not give files to another group (not root): `dir`
+/// stays ours alone (0700), and only an image running as our user reads it.
+fn files_group(dir: &Path) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::PermissionsExt;
     let listed: std::collections::HashSet<u32> = std::fs::read_to_string("/etc/group")
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split(':').nth(2)?.parse().ok())
         .collect();
     let free = (47_000u32..).find(|g| !listed.contains(g)).unwrap_or(47_000);
-    let group = match std::os::unix::fs::chown(dir, None, Some(free)) {
-        Ok(()) => free,
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => std::fs::metadata(dir)?.gid(),
-        Err(e) => return Err(e),
-    };
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
-    Ok(group)
+    match std::os::unix::fs::chown(dir, None, Some(free)) {
+        Ok(()) => {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+            Ok(Some(free))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes, once per process, the containers that servers before this one left (a server
+/// killed while its connector ran through the docker CLI, which runs them without `--rm`):
+/// exited ones named `hstream-airbyte-<pid>-<n>` whose server process is gone. Best effort.
+fn sweep_leftovers(engine: &Path) {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    let engine = engine.to_owned();
+    SWEPT.call_once(|| {
+        std::thread::spawn(move || {
+            let Ok(out) = std::process::Command::new(&engine)
+                .args(["ps", "-a", "--filter", "status=exited", "--filter", "status=created"])
+                .args(["--filter", "name=hstream-airbyte-", "--format", "{{.Names}}"])
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .output()
+            else {
+                return;
+            };
+            for name in String::from_utf8_lossy(&out.stdout).lines().map(str::trim) {
+                let pid = name
+                    .strip_prefix("hstream-airbyte-")
+                    .and_then(|r| r.split('-').next())
+                    .and_then(|p| p.parse::<u32>().ok());
+                let gone = pid.is_some_and(|p| p != std::process::id() && !Path::new(&format!("/proc/{p}")).exists());
+                if gone {
+                    let _ = std::process::Command::new(&engine)
+                        .args(["rm", "-f", name])
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
+        });
+    });
 }
 
 /// Removes a connector's container when dropped (in the background; a container that already
@@ -696,10 +831,11 @@ pub async fn run_once(
             Some((m, _)) => m.clone(),
             None => stderr.last_words().await,
         };
-        return Err(classify(
-            &out,
-            format!("the connector's {verb} exited with {}: {why}", inv.exit(status)),
-        ));
+        let message = format!("the connector's {verb} exited with {}: {why}", inv.exit(status));
+        if inv.engine_refused(status) {
+            return Err(ConnectorError::config(message));
+        }
+        return Err(classify(&out, message));
     }
     Ok(out)
 }
@@ -864,9 +1000,22 @@ echo '{"type":"SPEC","spec":{"connectionSpecification":{}}}'"#,
             memory: Some("512m".into()),
             cpus: Some(0.5),
             network: Some("bridge".into()),
+            local_root: Some("/srv/airbyte".into()),
         };
         ok.validate().unwrap();
-        assert_eq!(ok.args(), ["--network", "bridge", "--memory", "512m", "--cpus", "0.5"]);
+        assert_eq!(
+            ok.args(),
+            [
+                "--network",
+                "bridge",
+                "--memory",
+                "512m",
+                "--cpus",
+                "0.5",
+                "-v",
+                "/srv/airbyte:/local"
+            ]
+        );
         assert_eq!(ContainerRun::default().args(), ["--network", "host"]);
         for (run, field) in [
             (
@@ -885,7 +1034,7 @@ echo '{"type":"SPEC","spec":{"connectionSpecification":{}}}'"#,
             ),
             (
                 ContainerRun {
-                    memory: Some("1t".into()),
+                    memory: Some("1x".into()),
                     ..Default::default()
                 },
                 "memory_limit:",
@@ -925,6 +1074,20 @@ echo '{"type":"SPEC","spec":{"connectionSpecification":{}}}'"#,
                 },
                 "network:",
             ),
+            (
+                ContainerRun {
+                    local_root: Some("relative/dir".into()),
+                    ..Default::default()
+                },
+                "local_root:",
+            ),
+            (
+                ContainerRun {
+                    local_root: Some("/tmp/x:/etc".into()),
+                    ..Default::default()
+                },
+                "local_root:",
+            ),
         ] {
             let e = run.validate().unwrap_err();
             assert_eq!(e.kind, hstream_runtime::ErrorKind::Config);
@@ -942,24 +1105,62 @@ echo '{"type":"SPEC","spec":{"connectionSpecification":{}}}'"#,
         }
         .validate()
         .unwrap();
+        // As the engines read sizes (go-units).
+        assert_eq!(memory_bytes("1.5g"), Some(3 << 29));
+        assert_eq!(memory_bytes("2GiB"), Some(2 << 30));
+        assert_eq!(memory_bytes("512 m"), Some(512 << 20));
+        assert_eq!(memory_bytes("1t"), Some(1 << 40));
+        assert_eq!(memory_bytes("100"), Some(100));
+        for bad in ["", "m", ".5g", "1..5g", "1gx", "-1g", "1 g b"] {
+            assert_eq!(memory_bytes(bad), None, "{bad:?}");
+        }
     }
 
-    /// Files for an image are readable by the group the container is given and by no other
-    /// account; files for a process are the owner's.
-    #[test]
-    fn container_files_are_readable_by_their_group_only() {
+    /// Files for an image are readable by the group the container is given (whatever the
+    /// umask) and by no other account; without such a group they are the owner's alone.
+    #[tokio::test]
+    async fn container_files_are_readable_by_their_group_only() {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         let dir = tempfile::tempdir().unwrap();
         let g = files_group(dir.path()).unwrap();
-        let m = std::fs::metadata(dir.path()).unwrap();
-        assert_eq!((m.gid(), m.permissions().mode() & 0o777), (g, 0o750));
+        let root = std::fs::metadata(dir.path()).unwrap().uid() == 0;
+        assert_eq!(g.is_some(), root);
         let listed = std::fs::read_to_string("/etc/group").unwrap_or_default();
-        if m.uid() == 0 {
-            // As root: a group no account has.
+        if let Some(g) = g {
+            assert_eq!(std::fs::metadata(dir.path()).unwrap().gid(), g);
+            assert_eq!(mode(dir.path()), 0o750);
             assert!(
                 !listed.lines().any(|l| l.split(':').nth(2) == Some(&g.to_string())),
                 "{g}"
             );
+        } else {
+            assert_eq!(mode(dir.path()), 0o700);
+        }
+        // The files an invocation writes, with a group, and rewritten.
+        let inv = Invocation {
+            program: PathBuf::from("/bin/true"),
+            args: Vec::new(),
+            role: Role::Source,
+            files: tempfile::tempdir().unwrap(),
+            seen_as: Some(CONTAINER_FILES.into()),
+            image_id: Some("sha256:x".into()),
+            run_key: String::new(),
+            files_group: g,
+            memory_limit: None,
+        };
+        for v in [json!({"a": 1}), json!({"a": 2})] {
+            assert_eq!(
+                inv.file("source_config.json", &v).unwrap(),
+                "/config/source_config.json"
+            );
+            let p = inv.files.path().join("source_config.json");
+            assert_eq!(std::fs::read_to_string(&p).unwrap(), v.to_string());
+            let m = std::fs::metadata(&p).unwrap();
+            match g {
+                Some(g) => assert_eq!((m.gid(), mode(&p)), (g, 0o640)),
+                None => assert_eq!(mode(&p), 0o600),
+            }
         }
     }
 

@@ -67,6 +67,7 @@ pub fn launcher(
             ("memory_limit", run.memory.is_some()),
             ("cpu_limit", run.cpus.is_some()),
             ("network", run.network.is_some()),
+            ("local_root", run.local_root.is_some()),
         ];
         if let Some((field, _)) = only_with_image.iter().find(|(_, set)| *set) {
             return Err(ConnectorError::config(format!("{field}: only with image")));
@@ -89,6 +90,11 @@ pub fn launcher(
     let image = image.clone().unwrap_or_default();
     if image.trim().is_empty() {
         return Err(ConnectorError::config("image: must not be empty"));
+    }
+    if image.starts_with('-') || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConnectorError::config(format!(
+            "image: {image:?} is not an image name (no spaces, not starting with '-')"
+        )));
     }
     let engine = match engine.as_deref() {
         Some(e @ ("docker" | "podman")) => e.to_owned(),
@@ -205,13 +211,10 @@ const IMAGE_RESULTS_FOR: Duration = Duration::from_secs(600);
 static IMAGE_RESULTS: Mutex<Option<HashMap<String, (std::time::Instant, Value)>>> = Mutex::new(None);
 
 /// The key of an image's `verb` result for `config`: the image's ID, how it runs, and the
-/// config's digest.
+/// config itself (kept in memory only).
 fn result_key(inv: &host::Invocation, verb: &str, config: &Value) -> Option<String> {
-    use md5::Digest;
     let id = inv.image_run()?;
-    let d = md5::Md5::digest(config.to_string().as_bytes());
-    let d: String = d.iter().map(|b| format!("{b:02x}")).collect();
-    Some(format!("{verb} {id} {d}"))
+    Some(format!("{verb} {id} {config}"))
 }
 
 fn recent_result(key: &Option<String>, verb: &str) -> Option<Value> {
@@ -231,6 +234,17 @@ fn keep_result(key: Option<String>, v: &Value) {
             .expect("lock")
             .get_or_insert_with(HashMap::new)
             .insert(key, (std::time::Instant::now(), v.clone()));
+    }
+}
+
+/// Forgets an image's check and discover for `config`: a sync failed, so the next start asks
+/// again (the catalog may have changed upstream).
+pub fn forget_results(inv: &host::Invocation, config: &Value) {
+    let keys = [result_key(inv, "check", config), result_key(inv, "discover", config)];
+    if let Some(m) = IMAGE_RESULTS.lock().expect("lock").as_mut() {
+        for k in keys.into_iter().flatten() {
+            m.remove(&k);
+        }
     }
 }
 

@@ -56,6 +56,11 @@ pub struct AirbyteSinkConfig {
     /// this server reaches), `bridge`, `none`, or a network's name.
     #[serde(default)]
     pub network: Option<String>,
+    /// With image: a directory of this machine mounted read-write at `/local` in the container,
+    /// as Airbyte mounts its `LOCAL_ROOT`, for connectors that read or write local files (it
+    /// must be writable by the image's user: `airbyte`, uid 1000, in Airbyte's images).
+    #[serde(default)]
+    pub local_root: Option<String>,
     /// The destination's own config, as an object or JSON text.
     /// Shown with only the fields its spec marks `airbyte_secret` masked once that spec is known
     /// to the server; masked whole until then.
@@ -130,6 +135,7 @@ impl AirbyteSinkConfig {
                 memory: self.memory_limit.clone(),
                 cpus: self.cpu_limit,
                 network: self.network.clone(),
+                local_root: self.local_root.clone(),
             },
         )
     }

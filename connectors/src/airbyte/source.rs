@@ -194,9 +194,16 @@ impl Source for AirbyteSource {
                     }
                 }
             }
-            match self.sync(out).await? {
-                Done::Cancelled => return Ok(Done::Cancelled),
-                Done::Completed => {}
+            match self.sync(out).await {
+                Ok(Done::Cancelled) => return Ok(Done::Cancelled),
+                Ok(Done::Completed) => {}
+                Err(e) => {
+                    // The next start asks an image for its catalog again.
+                    if let Ok(cc) = effective_config(&self.config, &self.offset) {
+                        super::forget_results(&self.inv, &cc);
+                    }
+                    return Err(e);
+                }
             }
             self.offset.syncs += 1;
             self.offset.last_sync_ms = unix_ms();
@@ -493,6 +500,12 @@ impl AirbyteSource {
         };
         if !status.success() {
             let tail = stderr.last_words().await;
+            if self.inv.engine_refused(status) {
+                return Err(ConnectorError::config(format!(
+                    "the connector's read exited with {}: {tail}",
+                    self.inv.exit(status)
+                )));
+            }
             let status = self.inv.exit(status);
             return Err(match &last_error {
                 Some((m, t)) => classify(format!("the connector's read exited with {status}: {m}"), t.as_deref()),

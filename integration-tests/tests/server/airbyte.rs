@@ -19,7 +19,7 @@ pub(crate) const FAST_RETRY: &[&str] = &["--connector-retry-base-ms", "50", "--c
 /// Installing a package and Python's start-up (~3 s a command) make first steps slow.
 pub(crate) const SLOW: Duration = Duration::from_secs(300);
 
-fn script(name: &str) -> String {
+pub(crate) fn script(name: &str) -> String {
     repo_root()
         .join("integration-tests/python")
         .join(name)

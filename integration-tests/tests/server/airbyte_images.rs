@@ -2,8 +2,9 @@
 //! airbyte-source-hardcoded-records inside real images (`scripts/airbyte-image.sh`: a Debian base
 //! made by debootstrap, the package pip-installed, the connector as ENTRYPOINT, run as the
 //! non-root user `airbyte`), read through SQL with counts equal to the same packages run as local
-//! processes; a kill -9 of the server mid-sync; the docker CLI against podman's API socket; the
-//! container options (memory, CPUs, network); spec, check and discover cached by image ID.
+//! processes; a kill -9 of the server mid-sync; a destination image (AI-Lake) beside its package;
+//! the docker CLI against podman's API socket; the container options (memory, CPUs, network,
+//! local_root); spec, check and discover cached by image ID.
 //!
 //! Ignored by default: `scripts/test.sh` builds the images and runs these (`--ignored
 //! airbyte_images::`) where podman can build and run them, and prints why they are not run
@@ -18,11 +19,19 @@ use hstream_integration_tests::*;
 use serde_json::json;
 
 use super::airbyte::{
-    FAKER, FAST_RETRY, HARDCODED, SLOW, bare_counts, configured, discover, ids, installed, wait_report,
+    FAKER, FAST_RETRY, HARDCODED, SLOW, bare_counts, configured, discover, ids, installed, script, wait_report,
 };
 
 const FAKER_IMAGE: &str = "localhost/airbyte/source-faker:7.2.1";
 const HARDCODED_IMAGE: &str = "localhost/airbyte/source-hardcoded-records:0.0.48";
+/// A destination published on PyPI that runs offline: AI-Lake (Iceberg tables of Parquet files
+/// with a vector index; a third party's, built on Airbyte's CDK). Airbyte's own PyPI
+/// destinations need a cloud service (glassflow) or cannot be installed (every pgvector release
+/// pins an airbyte-cdk its own PyAirbyte pin excludes).
+const AILAKE: &str = "airbyte-destination-ailake==0.1.16";
+const AILAKE_IMAGE: &str = "localhost/airbyte/destination-ailake:0.1.16";
+/// AI-Lake's `cmd` embedder: a JSON array of texts in, one vector per text out.
+const EMBED: &str = "python3 -c 'import sys,json; t=json.load(sys.stdin); json.dump([[float(len(x)),1.0,0.0,0.5] for x in t], sys.stdout)'";
 
 fn require_podman() {
     assert!(
@@ -180,8 +189,10 @@ async fn image_killed_mid_sync_resumes_from_the_stored_state() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), FAST_RETRY);
     let c = server.client().await;
-    let count = 30_000;
-    let cfg = json!({"count": count, "seed": 3, "records_per_slice": 500, "parallelism": 1});
+    // Faker makes about 9,000 users a second in its image here: the users left after the kill
+    // keep a container that ignored the kill busy for several times the 5 s allowed below.
+    let count = 100_000;
+    let cfg = json!({"count": count, "seed": 3, "records_per_slice": 1000, "parallelism": 1});
     let out = create_sql(
         &server,
         "fk",
@@ -200,6 +211,22 @@ async fn image_killed_mid_sync_resumes_from_the_stored_state() {
         r["offset"]["records"].as_f64() < Some(count as f64),
         "the sync finished before the kill: {r}"
     );
+    // The killed server's container ends with it: its output is the server's pipe (podman's
+    // passthrough log driver), so its next write fails.
+    let prefix = format!("hstream-airbyte-{first_pid}-");
+    let names = || {
+        let out = Command::new("podman")
+            .args(["ps", "-a", "--format", "{{.Names}}"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|n| n.starts_with(&prefix))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let gone = holds_within_blocking(Duration::from_secs(5), || names().is_empty());
+    assert!(gone, "the killed server's container is still there: {:?}", names());
     server.restart();
     let mut c = server.client().await;
     wait_status(&c, "fk", "COMPLETED", SLOW).await;
@@ -214,26 +241,135 @@ async fn image_killed_mid_sync_resumes_from_the_stored_state() {
     assert_eq!(users.len(), count);
     assert_eq!(users.keys().next(), Some(&1));
     assert_eq!(users.keys().last(), Some(&(count as i64)));
-    // The killed server's container ended with it (its output pipe closed), and --rm removed it.
-    let leftover = Command::new("podman")
-        .args(["ps", "-a", "--format", "{{.Names}}"])
+}
+
+/// The `id`s of the rows AI-Lake wrote under `table` (its Parquet data files), with how often
+/// each occurs, read with the pyarrow of the destination's own package venv.
+fn lake_ids(table: &std::path::Path) -> BTreeMap<i64, usize> {
+    let python = installed("destination-ailake").with_file_name("python");
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(
+            "import sys, glob, json, pyarrow.parquet as pq\n\
+             ids = [i for f in glob.glob(sys.argv[1] + '/data/*.parquet') for i in pq.read_table(f, columns=['id']).column('id').to_pylist()]\n\
+             print(json.dumps(ids))",
+        )
+        .arg(table)
         .output()
+        .expect("python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Our JSON records hold numbers as doubles, so the destination wrote them as such.
+    let ids: Vec<f64> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut m = BTreeMap::new();
+    for i in ids {
+        *m.entry(i as i64).or_insert(0) += 1;
+    }
+    m
+}
+
+/// A destination image: AI-Lake in an image (run as `airbyte`, writing into `local_root`
+/// mounted at /local, as Airbyte mounts its LOCAL_ROOT) and the same package run as a local
+/// process are fed one stream: each writes every record once, and our position reaches the end
+/// of the stream only through the destination's echoed states.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs podman and the images: scripts/test.sh builds them and runs these"]
+async fn destination_image_writes_what_its_package_writes() {
+    require_podman();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST_RETRY);
+    let mut c = server.client().await;
+    let count = 5000;
+    let src = json!({"command": script("airbyte_fake_source.py"), "config": {"count": count, "state_every": 500},
+        "stream_prefix": "d_"});
+    create_connector(&mut c, "dsrc", "SOURCE", "airbyte", &src)
+        .await
         .unwrap();
-    let prefix = format!("hstream-airbyte-{first_pid}-");
-    let stuck = !holds_within_blocking(Duration::from_secs(60), || {
-        let out = Command::new("podman")
+    wait_status(&c, "dsrc", "COMPLETED", SLOW).await;
+    let end: BTreeMap<String, u64> = {
+        let mut m = BTreeMap::new();
+        for s in stream_shards(&mut c, "d_events").await {
+            let r = read_shard_to_tail(&mut c, "d_events", s.shard_id).await;
+            m.insert(s.shard_id.to_string(), r.len() as u64 + 1);
+        }
+        m
+    };
+    // The image's user (uid 1000) writes into local_root.
+    let local = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(local.path(), Some(1000), Some(1000)).unwrap();
+    let by_package = dir.path().join("lake-by-package");
+    let lake = |path: &str| {
+        json!({"table_base_path": path, "embed_mode": "cmd", "embed_cmd": EMBED, "embedding_dim": 4,
+            "text_field": "body", "batch_size": 500, "openai_api_key": "sk-unused-secret"})
+    };
+    for (name, sink) in [
+        (
+            "dimg",
+            json!({"stream": "d_events", "image": AILAKE_IMAGE, "local_root": local.path().display().to_string(),
+                "config": lake("/local/lake")}),
+        ),
+        (
+            "dpkg",
+            json!({"stream": "d_events", "package": AILAKE, "config": lake(&by_package.display().to_string())}),
+        ),
+    ] {
+        create_connector(&mut c, name, "SINK", "airbyte", &sink).await.unwrap();
+    }
+    for name in ["dimg", "dpkg"] {
+        let r = wait_report(&c, name, SLOW, "the position at the end", |r| {
+            end.iter()
+                .all(|(s, n)| r["offset"]["shards"][s].as_f64().map(|f| f as u64) == Some(*n))
+        })
+        .await;
+        assert_eq!(r["deliveredRecords"], count as f64, "{name}: {r}");
+    }
+    let img = lake_ids(&local.path().join("lake/d_events"));
+    let pkg = lake_ids(&by_package.join("d_events"));
+    assert_eq!(img.len(), count, "distinct ids from the image");
+    assert!(img.values().all(|n| *n == 1), "an id written twice by the image");
+    assert_eq!(img, pkg);
+    // The destination's spec (read from the image) marks its API key secret: never shown.
+    let shown = c
+        .get_connector(hstream_proto::GetConnectorRequest { name: "dimg".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .config;
+    assert!(
+        !shown.contains("sk-unused-secret") && shown.contains("embedding_dim"),
+        "{shown}"
+    );
+    // A local_root that is not a directory here is refused at create, naming the option.
+    let e = create_connector(
+        &mut c,
+        "dbad",
+        "SINK",
+        "airbyte",
+        &json!({"stream": "d_events", "image": AILAKE_IMAGE, "local_root": "/nonexistent/lake", "config": lake("/local/x")}),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.message().contains("local_root:"), "{e:?}");
+}
+
+/// Removes, when dropped (a failed test too), the containers whose names start with its prefix:
+/// the docker CLI runs them without `--rm`.
+struct RemoveContainers(String);
+
+impl Drop for RemoveContainers {
+    fn drop(&mut self) {
+        let Ok(out) = Command::new("podman")
             .args(["ps", "-a", "--format", "{{.Names}}"])
             .output()
-            .unwrap();
-        !String::from_utf8_lossy(&out.stdout)
+        else {
+            return;
+        };
+        for name in String::from_utf8_lossy(&out.stdout)
             .lines()
-            .any(|n| n.starts_with(&prefix))
-    });
-    assert!(
-        !stuck,
-        "a container of the killed server is still there: {}",
-        String::from_utf8_lossy(&leftover.stdout)
-    );
+            .filter(|n| n.starts_with(&self.0))
+        {
+            let _ = Command::new("podman").args(["rm", "-f", name]).output();
+        }
+    }
 }
 
 /// podman's Docker-compatible API socket, served for one test.
@@ -286,6 +422,7 @@ async fn images_run_through_the_docker_cli_against_podmans_socket() {
     let socket = PodmanSocket::start();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_with_env(dir.path(), FAST_RETRY, &[("DOCKER_HOST", socket.url.as_str())]);
+    let _cleanup = RemoveContainers(format!("hstream-airbyte-{}-", server.pid()));
     let c = server.client().await;
     let since = engine_now();
     let hc = json!({"count": 2500});
