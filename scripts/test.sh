@@ -113,7 +113,7 @@ if [ $# -eq 0 ] && { ! command -v podman >/dev/null 2>&1 || ! command -v runc >/
 fi
 image_tests=""
 if [ $# -gt 0 ]; then
-  :  # a filtered run: the image tests are not part of it
+  echo "==> a filtered run: the Airbyte image tests (airbyte_images::) are not part of it"
 elif why=$(export CONTAINERS_CONF="$containers_conf"; for r in airbyte-source-faker==7.2.1 airbyte-source-hardcoded-records==0.0.48 \
       airbyte-destination-ailake==0.1.16; do
       scripts/airbyte-image.sh "$r" || exit 1

@@ -16,19 +16,23 @@ use tokio::process::Command;
 use super::protocol::{self, LogLevel, Message, Trace};
 
 /// Bytes of a memory size as docker and podman read one (go-units' RAMInBytes): a number,
-/// optionally with a fraction, then optionally k, m, g, t or p (powers of 1024), `i`, `b`.
+/// optionally with a fraction, one optional space, then optionally k, m, g, t or p (powers of
+/// 1024) followed by nothing, `b` or `ib`; or just `b`.
 fn memory_bytes(text: &str) -> Option<u64> {
     let t = text.trim().to_ascii_lowercase();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, rest) = t.split_at(split);
-    let rest = rest.trim_start();
+    let rest = rest.strip_prefix(' ').unwrap_or(rest);
     let (unit, rest) = match rest.chars().next() {
         Some(u @ ('k' | 'm' | 'g' | 't' | 'p')) => (Some(u), &rest[1..]),
         _ => (None, rest),
     };
-    let rest = rest.strip_prefix('i').unwrap_or(rest);
-    let rest = rest.strip_prefix('b').unwrap_or(rest);
-    if !rest.is_empty() || num.is_empty() || num.starts_with('.') || num.matches('.').count() > 1 {
+    // After a unit, nothing, `b` or `ib` (KiB, MB); without one, nothing or `b`.
+    let suffix_ok = match unit {
+        Some(_) => matches!(rest, "" | "b" | "ib"),
+        None => matches!(rest, "" | "b"),
+    };
+    if !suffix_ok || num.is_empty() || num.starts_with('.') || num.matches('.').count() > 1 {
         return None;
     }
     let scale = match unit {
@@ -41,7 +45,8 @@ fn memory_bytes(text: &str) -> Option<u64> {
     };
     let n: f64 = num.parse().ok()?;
     let bytes = n * scale as f64;
-    (bytes.is_finite() && bytes < u64::MAX as f64).then_some(bytes as u64)
+    // The engines hold it in an int64.
+    (bytes.is_finite() && bytes < i64::MAX as f64).then_some(bytes as u64)
 }
 
 /// How a connector is started.
@@ -366,7 +371,9 @@ impl Invocation {
                         "local_root: {d} is not a directory of this machine"
                     )));
                 }
-                sweep_leftovers(&program);
+                if engine == "docker" {
+                    sweep_leftovers(&program);
+                }
                 let image_id = image_id(&program, engine, image).await?;
                 let group = files_group(files.path())
                     .map_err(|e| ConnectorError::external("the connector's file directory").with_source(e))?;
@@ -456,10 +463,27 @@ impl Invocation {
         })
     }
 
-    /// For an image: whether the engine itself refused to run the container (exit 125: an
-    /// option it does not take, such as more CPUs than the machine has), which no retry mends.
-    pub fn engine_refused(&self, status: std::process::ExitStatus) -> bool {
-        self.image_id.is_some() && status.code() == Some(125)
+    /// For an image: whether the engine refused the container's options (exit 125 with its
+    /// words for an option it does not take, such as more CPUs than the machine has), which no
+    /// retry mends. Its other errors exit 125 too (its daemon unreachable, an image gone since
+    /// the inspect): those may pass, and a restart inspects again.
+    pub fn engine_refused(&self, status: std::process::ExitStatus, stderr: &str) -> bool {
+        let said = stderr.to_ascii_lowercase();
+        self.image_id.is_some()
+            && status.code() == Some(125)
+            && [
+                "invalid argument",
+                "range of cpus",
+                "minimum memory",
+                "unknown flag",
+                "invalid reference format",
+                "no such network",
+                "network not found",
+                "invalid volume",
+                "invalid mount",
+            ]
+            .iter()
+            .any(|w| said.contains(w))
     }
 
     /// How a connector's exit reads in an error: the status, and for an image killed at its
@@ -469,7 +493,7 @@ impl Invocation {
             (Some(m), Some(137)) => {
                 format!("{status} (killed: the container went over its memory_limit of {m}, or was stopped)")
             }
-            _ if self.engine_refused(status) => format!("{status} (the container engine refused to run it)"),
+            (_, Some(125)) if self.image_id.is_some() => format!("{status} (the container engine could not run it)"),
             _ => status.to_string(),
         }
     }
@@ -483,13 +507,22 @@ impl Invocation {
         let guard = match self.seen_as {
             Some(_) => {
                 static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                // The server's pid (the sweep reads it), a token of this process (a pid comes
+                // back, in a container it is always the same), and a counter.
                 let name = format!(
-                    "hstream-airbyte-{}-{}",
+                    "hstream-airbyte-{}-{}-{}",
                     std::process::id(),
+                    process_token(),
                     N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                 );
-                // `run` first, then the name, then the rest (which ends with the image).
-                c.arg(&self.args[0]).arg("--name").arg(&name).args(&self.args[1..]);
+                // `run` first, then the name and this host's label, then the rest (which ends
+                // with the image).
+                c.arg(&self.args[0])
+                    .arg("--name")
+                    .arg(&name)
+                    .arg("--label")
+                    .arg(format!("{HOST_LABEL}={}", boot_id()))
+                    .args(&self.args[1..]);
                 Some(ContainerGuard {
                     engine: self.program.clone(),
                     name,
@@ -563,6 +596,8 @@ async fn image_id(program: &Path, engine: &str, image: &str) -> Result<String, C
             "does not exist",
             "invalid reference",
             "repository name must",
+            "did not resolve to an alias",
+            "short-name",
         ]
         .iter()
         .any(|w| lower.contains(w));
@@ -579,10 +614,11 @@ async fn image_id(program: &Path, engine: &str, image: &str) -> Result<String, C
 
 /// The group that may read a container's files in `dir`: a group no account of this machine
 /// has (the first gid from 47000 up that /etc/group does not list), to which `dir` is given
-/// (mode 0750). None when this process may not give files to another group (not root): `dir`
-/// stays ours alone (0700), and only an image running as our user reads it.
+/// (mode 0750). Not root (files cannot be given to another group): our own group if it is ours
+/// alone, else None: `dir` stays ours alone (0700), and only an image running as our user (or
+/// as root) reads it.
 fn files_group(dir: &Path) -> std::io::Result<Option<u32>> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let listed: std::collections::HashSet<u32> = std::fs::read_to_string("/etc/group")
         .unwrap_or_default()
         .lines()
@@ -594,21 +630,71 @@ fn files_group(dir: &Path) -> std::io::Result<Option<u32>> {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
             Ok(Some(free))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            // Not root. A group that is ours alone (a user-private group: no other account has
+            // it, as primary group or as member) may read; otherwise nobody but us.
+            let gid = std::fs::metadata(dir)?.gid();
+            let private = private_group(gid);
+            std::fs::set_permissions(
+                dir,
+                std::fs::Permissions::from_mode(if private { 0o750 } else { 0o700 }),
+            )?;
+            Ok(private.then_some(gid))
+        }
         Err(e) => Err(e),
     }
 }
 
-/// Removes, once per process, the containers that servers before this one left (a server
-/// killed while its connector ran through the docker CLI, which runs them without `--rm`):
-/// exited ones named `hstream-airbyte-<pid>-<n>` whose server process is gone. Best effort.
+/// Whether `gid` is a user-private group: the primary group of exactly one account in
+/// /etc/passwd, with no members listed in /etc/group.
+fn private_group(gid: u32) -> bool {
+    let g = gid.to_string();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let primary = passwd.lines().filter(|l| l.split(':').nth(3) == Some(&g)).count();
+    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let no_members = group
+        .lines()
+        .find(|l| l.split(':').nth(2) == Some(&g))
+        .is_some_and(|l| l.split(':').nth(3).is_none_or(|m| m.trim().is_empty()));
+    primary == 1 && no_members
+}
+
+/// The label naming the host (by its boot) a container was started on, so that a sweep on a
+/// shared engine only judges containers whose server it can see.
+const HOST_LABEL: &str = "io.hstream.airbyte.boot";
+
+fn boot_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".into())
+    })
+}
+
+/// A random token of this process, for container names.
+fn process_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        format!("{:06x}", h.finish() & 0xff_ffff)
+    })
+}
+
+/// Removes, once per process, the containers that servers before this one left through the
+/// docker CLI (which runs them without `--rm`, and with a Docker daemon a killed server's source
+/// container even runs on): those started on this host since its boot (our label) whose name's
+/// server process is gone. Best effort, in the background.
 fn sweep_leftovers(engine: &Path) {
     static SWEPT: std::sync::Once = std::sync::Once::new();
     let engine = engine.to_owned();
     SWEPT.call_once(|| {
         std::thread::spawn(move || {
             let Ok(out) = std::process::Command::new(&engine)
-                .args(["ps", "-a", "--filter", "status=exited", "--filter", "status=created"])
+                .args(["ps", "-a", "--filter"])
+                .arg(format!("label={HOST_LABEL}={}", boot_id()))
                 .args(["--filter", "name=hstream-airbyte-", "--format", "{{.Names}}"])
                 .stdin(Stdio::null())
                 .stderr(Stdio::null())
@@ -832,7 +918,7 @@ pub async fn run_once(
             None => stderr.last_words().await,
         };
         let message = format!("the connector's {verb} exited with {}: {why}", inv.exit(status));
-        if inv.engine_refused(status) {
+        if inv.engine_refused(status, &why) {
             return Err(ConnectorError::config(message));
         }
         return Err(classify(&out, message));
@@ -1111,7 +1197,9 @@ echo '{"type":"SPEC","spec":{"connectionSpecification":{}}}'"#,
         assert_eq!(memory_bytes("512 m"), Some(512 << 20));
         assert_eq!(memory_bytes("1t"), Some(1 << 40));
         assert_eq!(memory_bytes("100"), Some(100));
-        for bad in ["", "m", ".5g", "1..5g", "1gx", "-1g", "1 g b"] {
+        for bad in [
+            "", "m", ".5g", "1..5g", "1gx", "-1g", "1 g b", "10gi", "100i", "1\tg", "1  g", "10000p",
+        ] {
             assert_eq!(memory_bytes(bad), None, "{bad:?}");
         }
     }

@@ -115,6 +115,8 @@ pub struct AirbyteSource {
     offset: AirbyteOffset,
     /// The connector's estimate of the whole sync's records (TRACE ESTIMATE of type SYNC).
     sync_estimate: Option<u64>,
+    /// The connector config `open` discovered with.
+    opened_with: Value,
 }
 
 /// Spec, config validation against it, and the catalog: what `check` and `open` share.
@@ -157,6 +159,7 @@ impl Source for AirbyteSource {
             targets,
             offset,
             sync_estimate: None,
+            opened_with: cc,
         })
     }
 
@@ -198,7 +201,9 @@ impl Source for AirbyteSource {
                 Ok(Done::Cancelled) => return Ok(Done::Cancelled),
                 Ok(Done::Completed) => {}
                 Err(e) => {
-                    // The next start asks an image for its catalog again.
+                    // The next start asks an image for its catalog again (under the config it
+                    // was opened with, and the one now, should a CONTROL message have changed it).
+                    super::forget_results(&self.inv, &self.opened_with);
                     if let Ok(cc) = effective_config(&self.config, &self.offset) {
                         super::forget_results(&self.inv, &cc);
                     }
@@ -500,7 +505,7 @@ impl AirbyteSource {
         };
         if !status.success() {
             let tail = stderr.last_words().await;
-            if self.inv.engine_refused(status) {
+            if self.inv.engine_refused(status, &tail) {
                 return Err(ConnectorError::config(format!(
                     "the connector's read exited with {}: {tail}",
                     self.inv.exit(status)
@@ -560,6 +565,7 @@ mod tests {
             targets: HashMap::from([("a".to_owned(), target(10, None)), ("b".to_owned(), target(20, None))]),
             offset: AirbyteOffset::default(),
             sync_estimate: Some(1000),
+            opened_with: Value::Null,
         };
         assert_eq!(src.progress(), "sync 1: 30/~1000 rows (a: 10 rows | b: 20 rows)");
         src.targets.get_mut("a").unwrap().estimate = Some(50);

@@ -190,8 +190,8 @@ async fn image_killed_mid_sync_resumes_from_the_stored_state() {
     let mut server = Server::start(dir.path(), FAST_RETRY);
     let c = server.client().await;
     // Faker makes about 9,000 users a second in its image here: the users left after the kill
-    // keep a container that ignored the kill busy for several times the 5 s allowed below.
-    let count = 100_000;
+    // keep a container that ignored the kill busy for well over the 8 s allowed below.
+    let count = 150_000;
     let cfg = json!({"count": count, "seed": 3, "records_per_slice": 1000, "parallelism": 1});
     let out = create_sql(
         &server,
@@ -214,19 +214,32 @@ async fn image_killed_mid_sync_resumes_from_the_stored_state() {
     // The killed server's container ends with it: its output is the server's pipe (podman's
     // passthrough log driver), so its next write fails.
     let prefix = format!("hstream-airbyte-{first_pid}-");
-    let names = || {
-        let out = Command::new("podman")
-            .args(["ps", "-a", "--format", "{{.Names}}"])
-            .output()
-            .unwrap();
+    let names = |running_only: bool| {
+        let mut ps = Command::new("podman");
+        ps.args(["ps", "-a", "--format", "{{.Names}}"]);
+        if running_only {
+            ps.args(["--filter", "status=running"]);
+        }
+        let out = ps.output().unwrap();
+        assert!(
+            out.status.success(),
+            "podman ps: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|n| n.starts_with(&prefix))
             .map(str::to_owned)
             .collect::<Vec<_>>()
     };
-    let gone = holds_within_blocking(Duration::from_secs(5), || names().is_empty());
-    assert!(gone, "the killed server's container is still there: {:?}", names());
+    let stopped = holds_within_blocking(Duration::from_secs(8), || names(true).is_empty());
+    assert!(stopped, "the killed server's container still runs: {:?}", names(true));
+    let removed = holds_within_blocking(Duration::from_secs(60), || names(false).is_empty());
+    assert!(
+        removed,
+        "the killed server's container was not removed: {:?}",
+        names(false)
+    );
     server.restart();
     let mut c = server.client().await;
     wait_status(&c, "fk", "COMPLETED", SLOW).await;
