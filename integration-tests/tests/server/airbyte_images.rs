@@ -500,6 +500,81 @@ async fn images_run_through_the_docker_cli_against_podmans_socket() {
     assert!(out.contains("network: only with image"), "{out}");
 }
 
+/// kill -9 of the server while a faker image runs through the docker CLI (against podman's
+/// socket): the restarted task resumes from the stored STATE with every user in the stream, and
+/// the killed server's container (docker has no passthrough: it may run on) is removed by the
+/// restarted server, which sees that its server process is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs podman, the docker CLI and the images: scripts/test.sh runs it where they are"]
+async fn docker_image_killed_mid_sync_resumes_and_its_leftover_is_removed() {
+    require_podman();
+    let docker = Command::new("docker").arg("--version").output();
+    assert!(
+        docker.is_ok_and(|o| o.status.success()),
+        "the docker CLI is not installed"
+    );
+    let socket = PodmanSocket::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_with_env(dir.path(), FAST_RETRY, &[("DOCKER_HOST", socket.url.as_str())]);
+    let first_pid = server.pid();
+    let _cleanup = RemoveContainers(format!("hstream-airbyte-{first_pid}-"));
+    let c = server.client().await;
+    let count = 60_000;
+    let cfg = json!({"count": count, "seed": 5, "records_per_slice": 1000, "parallelism": 1});
+    let out = create_sql(
+        &server,
+        "fkd",
+        &format!(
+            "\"image\" = '{FAKER_IMAGE}', \"engine\" = 'docker', \"config\" = '{cfg}', \"stream_prefix\" = 'kd_', \
+             \"streams\" = 'users'"
+        ),
+    )
+    .await;
+    assert!(out.contains("created connector fkd"), "{out}");
+    let r = wait_report(&c, "fkd", SLOW, "a checkpointed state mid-sync", |r| {
+        r["offset"]["states"].as_array().is_some_and(|s| !s.is_empty())
+            && r["offset"]["records"].as_f64() > Some(2000.0)
+    })
+    .await;
+    server.kill();
+    assert!(
+        r["offset"]["records"].as_f64() < Some(count as f64),
+        "the sync finished before the kill: {r}"
+    );
+    let left = || {
+        let out = Command::new("podman")
+            .args(["ps", "-a", "--format", "{{.Names}}"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "podman ps: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|n| n.starts_with(&format!("hstream-airbyte-{first_pid}-")))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert!(!left().is_empty(), "the killed server's container is already gone");
+    server.restart();
+    let _cleanup2 = RemoveContainers(format!("hstream-airbyte-{}-", server.pid()));
+    let mut c = server.client().await;
+    wait_status(&c, "fkd", "COMPLETED", SLOW).await;
+    let logs = task_logs(&c, "fkd").await;
+    assert!(
+        logs.split("starting read (sync 1, ")
+            .nth(1)
+            .is_some_and(|t| !t.starts_with('0')),
+        "the restarted read was not given the stored state: {logs}"
+    );
+    let users = ids(&mut c, "kd_users").await;
+    assert_eq!(users.len(), count);
+    let removed = holds_within_blocking(Duration::from_secs(60), || left().is_empty());
+    assert!(removed, "the killed server's container is still there: {:?}", left());
+}
+
 /// Streams whose names start with `prefix`.
 async fn streams_with_prefix(c: &Client, prefix: &str) -> Vec<String> {
     let mut c = c.clone();
