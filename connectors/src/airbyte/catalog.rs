@@ -10,7 +10,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::host::{ContainerRun, Launcher};
+use super::ContainerRun;
+use super::host::Launcher;
 use super::{ConnectorJson, NameList};
 
 /// Which sync mode to ask for.

@@ -10,7 +10,9 @@
 //! Python start-up after the first time.
 
 pub mod catalog;
+pub mod container;
 pub mod host;
+pub mod package;
 pub mod protocol;
 pub mod sink;
 pub mod source;
@@ -23,7 +25,8 @@ use std::time::Duration;
 use hstream_runtime::ConnectorError;
 use serde_json::Value;
 
-pub use host::{ContainerRun, Launcher};
+pub use container::ContainerRun;
+pub use host::Launcher;
 
 /// Time limit of `spec`, `check` and `discover` (Python connectors take ~3 s to start).
 pub const COMMAND_LIMIT: Duration = Duration::from_secs(180);
@@ -75,7 +78,7 @@ pub fn launcher(
     }
     run.validate()?;
     if let Some(p) = package {
-        host::package_executable(p)?;
+        package::package_executable(p)?;
         return Ok(Launcher::Package {
             requirement: p.trim().to_owned(),
             root: install_root(),
@@ -153,7 +156,11 @@ pub async fn connector_spec(l: &Launcher, inv: &host::Invocation) -> Result<Valu
     match &by_id {
         Some(key) => {
             if let Some(v) = cached_spec_of(key) {
-                remember_spec(&spec_key(l), &v);
+                // The name's spec follows the ID's (written only when it changed).
+                let name = spec_key(l);
+                if cached_spec_of(&name).as_ref() != Some(&v) {
+                    remember_spec(&name, &v);
+                }
                 return Ok(v);
             }
         }

@@ -19,7 +19,8 @@ use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::host::{ContainerRun, Invocation, Launcher, Role};
+use super::ContainerRun;
+use super::host::{Invocation, Launcher, Role};
 use super::protocol::{self, Message, Trace};
 use super::{COMMAND_LIMIT, ConnectorJson};
 
@@ -182,7 +183,7 @@ struct Writer {
     said: mpsc::UnboundedReceiver<Said>,
     stderr: super::host::Stderr,
     /// Removes the container (for an image) once the writer is gone.
-    _container: Option<super::host::ContainerGuard>,
+    _container: Option<super::container::ContainerGuard>,
 }
 
 pub struct AirbyteSink {

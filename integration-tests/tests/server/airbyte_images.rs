@@ -214,24 +214,7 @@ async fn image_killed_mid_sync_resumes_from_the_stored_state() {
     // The killed server's container ends with it: its output is the server's pipe (podman's
     // passthrough log driver), so its next write fails.
     let prefix = format!("hstream-airbyte-{first_pid}-");
-    let names = |running_only: bool| {
-        let mut ps = Command::new("podman");
-        ps.args(["ps", "-a", "--format", "{{.Names}}"]);
-        if running_only {
-            ps.args(["--filter", "status=running"]);
-        }
-        let out = ps.output().unwrap();
-        assert!(
-            out.status.success(),
-            "podman ps: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|n| n.starts_with(&prefix))
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-    };
+    let names = |running_only: bool| container_names(&prefix, running_only);
     let stopped = holds_within_blocking(Duration::from_secs(8), || names(true).is_empty());
     assert!(stopped, "the killed server's container still runs: {:?}", names(true));
     let removed = holds_within_blocking(Duration::from_secs(60), || names(false).is_empty());
@@ -243,13 +226,7 @@ async fn image_killed_mid_sync_resumes_from_the_stored_state() {
     server.restart();
     let mut c = server.client().await;
     wait_status(&c, "fk", "COMPLETED", SLOW).await;
-    let logs = task_logs(&c, "fk").await;
-    assert!(
-        logs.split("starting read (sync 1, ")
-            .nth(1)
-            .is_some_and(|t| !t.starts_with('0')),
-        "the restarted read was not given the stored state: {logs}"
-    );
+    assert_read_given_stored_state(&task_logs(&c, "fk").await);
     let users = ids(&mut c, "k_users").await;
     assert_eq!(users.len(), count);
     assert_eq!(users.keys().next(), Some(&1));
@@ -362,6 +339,36 @@ async fn destination_image_writes_what_its_package_writes() {
     .await
     .unwrap_err();
     assert!(e.message().contains("local_root:"), "{e:?}");
+}
+
+/// Names of the containers (running ones only, if asked) whose names start with `prefix`.
+fn container_names(prefix: &str, running_only: bool) -> Vec<String> {
+    let mut ps = Command::new("podman");
+    ps.args(["ps", "-a", "--format", "{{.Names}}"]);
+    if running_only {
+        ps.args(["--filter", "status=running"]);
+    }
+    let out = ps.output().unwrap();
+    assert!(
+        out.status.success(),
+        "podman ps: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The restarted sync's read was handed the states stored before the kill.
+fn assert_read_given_stored_state(logs: &str) {
+    assert!(
+        logs.split("starting read (sync 1, ")
+            .nth(1)
+            .is_some_and(|t| !t.starts_with('0')),
+        "the restarted read was not given the stored state: {logs}"
+    );
 }
 
 /// Removes, when dropped (a failed test too), the containers whose names start with its prefix:
@@ -541,34 +548,13 @@ async fn docker_image_killed_mid_sync_resumes_and_its_leftover_is_removed() {
         r["offset"]["records"].as_f64() < Some(count as f64),
         "the sync finished before the kill: {r}"
     );
-    let left = || {
-        let out = Command::new("podman")
-            .args(["ps", "-a", "--format", "{{.Names}}"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "podman ps: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|n| n.starts_with(&format!("hstream-airbyte-{first_pid}-")))
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-    };
+    let left = || container_names(&format!("hstream-airbyte-{first_pid}-"), false);
     assert!(!left().is_empty(), "the killed server's container is already gone");
     server.restart();
     let _cleanup2 = RemoveContainers(format!("hstream-airbyte-{}-", server.pid()));
     let mut c = server.client().await;
     wait_status(&c, "fkd", "COMPLETED", SLOW).await;
-    let logs = task_logs(&c, "fkd").await;
-    assert!(
-        logs.split("starting read (sync 1, ")
-            .nth(1)
-            .is_some_and(|t| !t.starts_with('0')),
-        "the restarted read was not given the stored state: {logs}"
-    );
+    assert_read_given_stored_state(&task_logs(&c, "fkd").await);
     let users = ids(&mut c, "kd_users").await;
     assert_eq!(users.len(), count);
     let removed = holds_within_blocking(Duration::from_secs(60), || left().is_empty());
