@@ -367,7 +367,14 @@ fn status_line(k: &pb::Connector, last: &mut Option<Sample>) -> String {
         Some(p) => format!("  {}{p}{eta}", bar(p)),
         None => String::new(),
     };
-    format!("{} {}  {records:.0} records{rates}{lag}{progress}", k.name, k.status)
+    let dead = match num("deadLetters") {
+        0.0 => String::new(),
+        n => format!("  {n:.0} dead letters"),
+    };
+    format!(
+        "{} {}  {records:.0} records{rates}{dead}{lag}{progress}",
+        k.name, k.status
+    )
 }
 
 /// `(n, N)` of a progress text holding `n/~N rows` or `n/N records` (decimal counts followed

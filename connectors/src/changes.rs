@@ -197,12 +197,12 @@ pub struct Routed {
 }
 
 /// Splits a batch by target table (in the order tables first appear), each record parsed once.
-/// A record that cannot be applied fails the batch, naming it.
+/// A record that cannot be applied fails the batch, naming it (a data error).
 pub fn route(records: &[SinkRecord], routing: &mut Routing) -> Result<Vec<Routed>, ConnectorError> {
     let mut parts: Vec<Routed> = Vec::new();
     for (i, r) in records.iter().enumerate() {
         let bad = |why: String| {
-            ConnectorError::config(format!(
+            ConnectorError::data(format!(
                 "record {}-{}-{} cannot be applied: {why}",
                 r.shard_id, r.lsn, r.index
             ))
@@ -272,7 +272,7 @@ pub fn reduce(
     for (i, change) in part.changes {
         let r = &records[i];
         let bad = |why: String| {
-            ConnectorError::config(format!(
+            ConnectorError::data(format!(
                 "record {}-{}-{} cannot be applied to {table}: {why}",
                 r.shard_id, r.lsn, r.index
             ))

@@ -361,3 +361,44 @@ pub fn fold_changes(records: &[(String, serde_json::Value)]) -> std::collections
     }
     state
 }
+
+/// A JSON record (a protobuf Struct, as HStreamDB's clients write them) with `attributes`.
+pub fn json_record(key: &str, v: &serde_json::Value, attributes: &[(&str, &str)]) -> pb::HStreamRecord {
+    use prost::Message;
+    pb::HStreamRecord {
+        header: Some(pb::HStreamRecordHeader {
+            flag: pb::h_stream_record_header::Flag::Json as i32,
+            attributes: attributes
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            key: key.to_owned(),
+        }),
+        payload: json_struct(v).encode_to_vec().into(),
+    }
+}
+
+/// Appends `records` as one uncompressed batch to a shard; returns their record ids.
+pub async fn append_batch(
+    c: &mut Client,
+    stream: &str,
+    shard: u64,
+    records: Vec<pb::HStreamRecord>,
+) -> Vec<pb::RecordId> {
+    use prost::Message;
+    let batch = pb::BatchedRecord {
+        compression_type: pb::CompressionType::None as i32,
+        publish_time: None,
+        batch_size: records.len() as u32,
+        payload: pb::BatchHStreamRecords { records }.encode_to_vec().into(),
+    };
+    c.append(pb::AppendRequest {
+        stream_name: stream.into(),
+        shard_id: shard,
+        records: Some(batch),
+    })
+    .await
+    .expect("append")
+    .into_inner()
+    .record_ids
+}

@@ -55,7 +55,10 @@ pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_mill
 pub(crate) struct Emitted<O> {
     pub(crate) stream: Option<std::sync::Arc<str>>,
     pub(crate) records: Vec<Record>,
-    pub(crate) offset: O,
+    /// `None`: no new position (dead letters sent on their own).
+    pub(crate) offset: Option<O>,
+    /// Dead letters for the dead-letter stream (`stream`): not transformed.
+    pub(crate) dead: bool,
 }
 
 /// Where a source's output goes: a bounded pipeline, so a slow stream slows the source.
@@ -66,6 +69,7 @@ pub struct SourceOutput<O: Offset> {
     pub(crate) max_record_size: usize,
     pub(crate) cancel: CancellationToken,
     pub(crate) progress: std::sync::Arc<crate::progress::Progress>,
+    pub(crate) letters: crate::tolerance::DeadLetters,
 }
 
 impl<O: Offset> SourceOutput<O> {
@@ -96,12 +100,55 @@ impl<O: Offset> SourceOutput<O> {
         let e = Emitted {
             stream,
             records,
-            offset,
+            offset: Some(offset),
+            dead: false,
         };
+        self.queue(e).await
+    }
+
+    async fn queue(&mut self, e: Emitted<O>) -> Result<(), ConnectorError> {
         tokio::select! {
             r = self.tx.send(e) => r.map_err(|_| ConnectorError::internal("the append pipeline stopped")),
             _ = self.cancel.cancelled() => Err(ConnectorError::internal("task is stopping")),
         }
+    }
+
+    /// A record the source could not produce (`record`: what it has of it, as close to what
+    /// the upstream sent as it can; `position`: where it was upstream, in the source's terms).
+    /// Under `errors.tolerance=none` this returns the task's error, which the source returns;
+    /// under `all` the record becomes a dead letter, durable before any offset emitted after
+    /// this call, and the source goes on.
+    pub async fn reject(
+        &mut self,
+        record: Record,
+        stage: crate::tolerance::Stage,
+        position: serde_json::Value,
+        error: &ConnectorError,
+    ) -> Result<(), ConnectorError> {
+        let letter = self.letters.fail(
+            (record.key, record.flag, record.payload, record.attributes),
+            stage,
+            crate::tolerance::Position::Source(position),
+            error,
+        )?;
+        match (letter, &self.letters.policy.deadletter) {
+            (Some(letter), Some(stream)) => {
+                let e = Emitted {
+                    stream: Some(stream.as_str().into()),
+                    records: vec![letter],
+                    offset: None,
+                    dead: true,
+                };
+                self.queue(e).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether failed records are tolerated (`errors.tolerance=all`): a source that can skip a
+    /// record may then [`reject`](Self::reject) it and go on.
+    pub fn tolerates_errors(&self) -> bool {
+        self.letters.tolerates()
     }
 
     /// The latest offset whose records are all durable and checkpointed: only up to here may a
@@ -136,8 +183,9 @@ impl<O: Offset> SourceOutput<O> {
         self.durable.clone()
     }
 
-    /// The largest record the stream accepts (compare [`Record::encoded_size_bound`]); a bigger
-    /// one fails the append, so a source that can skip a message (rather than stop) checks first.
+    /// The largest record the stream accepts (compare [`Record::encoded_size_bound`]). A bigger
+    /// one emitted is a failed record (stage `write`): the task's error, or a dead letter under
+    /// `errors.tolerance=all`.
     pub fn max_record_size(&self) -> usize {
         self.max_record_size
     }
@@ -253,6 +301,12 @@ pub trait Sink: Send + 'static {
 
     /// Writes records in order. The runtime commits the read position after a `Durable` answer,
     /// or after the next successful [`Sink::flush`] following `Accepted` ones.
+    ///
+    /// A write refused for what the records hold (a value a column cannot take, a constraint)
+    /// fails with a [`data`](ConnectorError::data) error, and then must have had no effect (one
+    /// transaction per write): under `errors.tolerance=all` the runtime writes the batch again
+    /// in halves to find the refused records, which become dead letters. A sink whose writes
+    /// can half-succeed never returns data errors.
     async fn write(&mut self, records: &[SinkRecord]) -> Result<Written, ConnectorError>;
 
     /// Makes everything accepted so far durable.

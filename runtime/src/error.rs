@@ -11,6 +11,10 @@ pub enum ErrorKind {
     External,
     /// A bug in a connector or the runtime.
     Internal,
+    /// One record's content is refused (a value a column cannot hold, a constraint, a message
+    /// that does not decode): retrying cannot help, but other records can go on. What
+    /// `errors.tolerance=all` turns into a dead letter ([`crate::tolerance`]).
+    Data,
 }
 
 impl fmt::Display for ErrorKind {
@@ -19,6 +23,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Config => "config",
             ErrorKind::External => "external",
             ErrorKind::Internal => "internal",
+            ErrorKind::Data => "data",
         })
     }
 }
@@ -93,6 +98,16 @@ impl ConnectorError {
     pub fn internal(message: impl Into<String>) -> Self {
         ConnectorError {
             kind: ErrorKind::Internal,
+            message: message.into(),
+            retry: false,
+            source: None,
+        }
+    }
+
+    /// A record's content is refused ([`ErrorKind::Data`]).
+    pub fn data(message: impl Into<String>) -> Self {
+        ConnectorError {
+            kind: ErrorKind::Data,
             message: message.into(),
             retry: false,
             source: None,

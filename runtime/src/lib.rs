@@ -26,6 +26,7 @@ pub mod streams;
 pub mod structs;
 pub mod supervisor;
 pub mod testing;
+pub mod tolerance;
 pub mod transform;
 pub mod wasm;
 

@@ -14,11 +14,14 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::connector::{CHECKPOINT_EVERY, Done, Emitted, Offset, Record, Sink, Source, SourceOutput, Written};
+use crate::connector::{
+    CHECKPOINT_EVERY, Done, Emitted, Offset, Record, Sink, SinkRecord, Source, SourceOutput, Written,
+};
 use crate::error::ConnectorError;
 use crate::progress::Progress;
 use crate::streams::{Checkpoints, Streams};
-use crate::transform::Transform;
+use crate::tolerance::{DeadLetters, Position, Stage};
+use crate::transform::{Segments, Transform};
 
 /// Emitted batches buffered between a source and its appender.
 const PIPELINE_DEPTH: usize = 16;
@@ -101,10 +104,49 @@ async fn append_groups(
     Ok((n, bytes))
 }
 
+/// Takes the records over the stream's max record size out of `groups`: each is the task's
+/// error, or (tolerated) a dead letter pushed to `dead`. `offset` is the source position after
+/// them, which is what a dead letter can tell of where the record was.
+fn take_oversized(
+    groups: &mut Segments,
+    max: usize,
+    letters: &DeadLetters,
+    offset: Option<&Value>,
+    dead: &mut Vec<Record>,
+) -> Result<(), ConnectorError> {
+    for (_, records) in groups.iter_mut() {
+        if records.iter().all(|r| r.encoded_size_bound() <= max) {
+            continue;
+        }
+        let mut kept = Vec::with_capacity(records.len());
+        for r in records.drain(..) {
+            let size = r.encoded_size_bound();
+            if size <= max {
+                kept.push(r);
+                continue;
+            }
+            let why = ConnectorError::data(format!(
+                "a record (key {:?}) of {size} bytes is over the stream's max record size of {max} \
+                 (raise the server's max-record-size, or set errors.tolerance=all to dead-letter such records)",
+                r.key
+            ));
+            let position = Position::Source(serde_json::json!({ "before": offset }));
+            if let Some(letter) =
+                letters.fail((r.key, r.flag, r.payload, r.attributes), Stage::Write, position, &why)?
+            {
+                dead.push(letter);
+            }
+        }
+        *records = kept;
+    }
+    Ok(())
+}
+
 pub async fn run_source<S: Source>(
     ctx: RunContext,
     config: S::Config,
     chain: Option<Arc<dyn Transform>>,
+    letters: DeadLetters,
 ) -> Result<Done, ConnectorError> {
     let stream = S::stream(&config).to_owned();
     if !stream.is_empty() {
@@ -128,10 +170,12 @@ pub async fn run_source<S: Source>(
         max_record_size: ctx.streams.max_record_size(),
         cancel: stop.clone(),
         progress: ctx.progress.clone(),
+        letters: letters.clone(),
     };
 
     // The appender runs as its own task, so encoding and appending overlap with the source's
     // decoding on another core.
+    let max_record_size = ctx.streams.max_record_size();
     let ctx = Arc::new(ctx);
     let actx = ctx.clone();
     let astop = stop.clone();
@@ -160,41 +204,55 @@ pub async fn run_source<S: Source>(
                         Some(Some(first)) => {
                             // Batches that queued up while the last append was in flight go out
                             // together (one append, one fsync, per stream), in order, with the
-                            // last offset.
-                            let mut offset = first.offset;
-                            let mut queued = first.records.len();
-                            let mut groups = vec![(first.stream, first.records)];
-                            while queued < COALESCE_RECORDS {
-                                match rx.try_recv() {
-                                    Ok(more) => {
-                                        queued += more.records.len();
-                                        offset = more.offset;
-                                        // Transforms see emits in order (they may route
-                                        // several streams' records together); otherwise each
-                                        // stream's records form one group.
-                                        let slot = if chain.is_some() {
-                                            groups.last_mut().filter(|(s, _)| *s == more.stream)
-                                        } else {
-                                            groups.iter_mut().find(|(s, _)| *s == more.stream)
-                                        };
-                                        match slot {
-                                            Some((_, records)) => records.extend(more.records),
-                                            None => groups.push((more.stream, more.records)),
-                                        }
+                            // last offset. Dead letters go to their stream beside them,
+                            // untransformed, and are as durable before the offset moves.
+                            let mut offset = None;
+                            let mut queued = 0;
+                            let mut groups: Segments = Vec::new();
+                            let mut dead: Vec<Record> = Vec::new();
+                            let mut next = Some(first);
+                            while let Some(more) = next.take() {
+                                queued += more.records.len();
+                                if more.offset.is_some() {
+                                    offset = more.offset;
+                                }
+                                if more.dead {
+                                    dead.extend(more.records);
+                                } else {
+                                    // Transforms see emits in order (they may route several
+                                    // streams' records together); otherwise each stream's
+                                    // records form one group.
+                                    let slot = if chain.is_some() {
+                                        groups.last_mut().filter(|(s, _)| *s == more.stream)
+                                    } else {
+                                        groups.iter_mut().find(|(s, _)| *s == more.stream)
+                                    };
+                                    match slot {
+                                        Some((_, records)) => records.extend(more.records),
+                                        None => groups.push((more.stream, more.records)),
                                     }
-                                    Err(_) => break,
+                                }
+                                if queued < COALESCE_RECORDS {
+                                    next = rx.try_recv().ok();
                                 }
                             }
-                            let groups = match &chain {
-                                Some(c) => c.apply_source(groups, &stream).await?,
-                                None => groups,
+                            let mut groups = match &chain {
+                                Some(c) if !groups.is_empty() => c.apply_source(groups, &stream).await?,
+                                _ => groups,
                             };
+                            let shown = offset.as_ref().and_then(|o| serde_json::to_value(o).ok());
+                            take_oversized(&mut groups, max_record_size, &letters, shown.as_ref(), &mut dead)?;
                             let (n, bytes) = append_groups(&ctx, &stream, groups, &mut ensured).await?;
+                            if let Some(d) = letters.policy.deadletter.as_deref().filter(|_| !dead.is_empty()) {
+                                append_groups(&ctx, &stream, vec![(Some(d.into()), dead)], &mut ensured).await?;
+                            }
                             if n > 0 {
                                 ctx.progress.moved(n, bytes);
                             }
-                            let _ = durable_tx.send(Some(offset.clone()));
-                            pending = Some(offset);
+                            if let Some(offset) = offset {
+                                let _ = durable_tx.send(Some(offset.clone()));
+                                pending = Some(offset);
+                            }
                         }
                         None => {}
                     }
@@ -246,10 +304,91 @@ impl Offset for SinkPosition {
     const VERSION: u32 = 1;
 }
 
+/// First wait between retries in place of a failed write.
+const RETRY_DELAY_FIRST: Duration = Duration::from_millis(100);
+
+/// One write, with a retryable failure retried in place for up to `errors.retry.timeout`
+/// (waits doubling up to `errors.retry.delay.max.ms`).
+async fn write_retrying<K: Sink>(
+    sink: &mut K,
+    records: &[SinkRecord],
+    letters: &DeadLetters,
+) -> Result<Written, ConnectorError> {
+    let policy = &letters.policy;
+    let started = Instant::now();
+    let mut delay = RETRY_DELAY_FIRST.min(policy.retry_delay_max);
+    loop {
+        match sink.write(records).await {
+            Err(e) if e.retryable() => {
+                let left = match policy.retry_timeout {
+                    None => delay,
+                    Some(limit) => limit.saturating_sub(started.elapsed()),
+                };
+                if left.is_zero() {
+                    return Err(e);
+                }
+                tracing::debug!(error = %e, "write failed; retrying in place");
+                tokio::time::sleep(delay.min(left)).await;
+                delay = (delay * 2).min(policy.retry_delay_max);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Writes `records` in order under the task's error policy. A write refused for a record's
+/// content ([`crate::ErrorKind::Data`]; such a write has no effect) is split in halves, in
+/// order, until each refused record stands alone. Under `errors.tolerance=all` those become
+/// dead letters, durable in the dead-letter stream before this returns, and the rest is
+/// written; under `none` the first one fails the task, named, with what came before it
+/// written. Anything else that fails the write fails it.
+async fn write_tolerant<K: Sink>(
+    ctx: &RunContext,
+    sink: &mut K,
+    stream: &str,
+    records: &[SinkRecord],
+    letters: &DeadLetters,
+    dlq_ready: &mut bool,
+) -> Result<Written, ConnectorError> {
+    let mut written = Written::Durable;
+    let mut dead = Vec::new();
+    // Ranges still to write, the next one last.
+    let mut todo: Vec<std::ops::Range<usize>> = Vec::with_capacity(16);
+    todo.push(0..records.len());
+    while let Some(range) = todo.pop() {
+        match write_retrying(sink, &records[range.clone()], letters).await {
+            Ok(w) => {
+                if w == Written::Accepted {
+                    written = Written::Accepted;
+                }
+            }
+            Err(e) if DeadLetters::is_record_failure(&e) => {
+                if range.len() == 1 {
+                    dead.extend(letters.fail_read(stream, &records[range.start], Stage::Write, &e)?);
+                } else {
+                    let mid = range.start + range.len() / 2;
+                    todo.push(mid..range.end);
+                    todo.push(range.start..mid);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(d) = letters.policy.deadletter.as_deref().filter(|_| !dead.is_empty()) {
+        if !*dlq_ready {
+            ctx.streams.ensure_stream(d).await?;
+            *dlq_ready = true;
+        }
+        ctx.streams.append(d, dead).await?;
+    }
+    Ok(written)
+}
+
 pub async fn run_sink<K: Sink>(
     ctx: RunContext,
     config: K::Config,
     chain: Option<Arc<dyn Transform>>,
+    letters: DeadLetters,
 ) -> Result<Done, ConnectorError> {
     let stream = K::stream(&config).to_owned();
     if !ctx.streams.stream_exists(&stream).await? {
@@ -284,6 +423,7 @@ pub async fn run_sink<K: Sink>(
     let mut durable = position;
     let mut unflushed = false;
     let mut saved_at = Instant::now();
+    let mut dlq_ready = false;
     // Shards take turns, a chunk each; one that came back empty sits out until the watch
     // (started before the first read, so it misses nothing) names it again.
     let mut watch = ctx.streams.watch(&stream, &shards).await?;
@@ -337,7 +477,7 @@ pub async fn run_sink<K: Sink>(
                 let written_now = if records.is_empty() {
                     Written::Durable
                 } else {
-                    let write = sink.write(&records);
+                    let write = write_tolerant(&ctx, &mut sink, &stream, &records, &letters, &mut dlq_ready);
                     tokio::pin!(write);
                     tokio::select! {
                         w = &mut write => w?,
@@ -446,7 +586,8 @@ mod tests {
         };
         let cancel = ctx.cancel.clone();
         let config = CountConfig { stream: stream.into() };
-        (cancel, tokio::spawn(run_sink::<Count>(ctx, config, None)))
+        let letters = DeadLetters::none("count", ctx.progress.clone());
+        (cancel, tokio::spawn(run_sink::<Count>(ctx, config, None, letters)))
     }
 
     #[async_trait::async_trait]
@@ -530,6 +671,113 @@ mod tests {
             }
             assert!(writes < 5, "shard 2 waited behind {writes} writes of shard 1");
         }
+        cancel.cancel();
+        assert_eq!(run.await.unwrap().unwrap(), Done::Cancelled);
+    }
+
+    /// Refuses (with a data error, writing nothing) any batch holding a record whose payload is
+    /// `bad`; otherwise writes it. Tells its test each payload written, and each write tried.
+    struct Picky(Tried);
+
+    /// (payload, written) of each record written, or (empty, false) for a refused write.
+    type Tried = mpsc::UnboundedSender<(Vec<u8>, bool)>;
+
+    static PICKY: std::sync::Mutex<Option<Tried>> = std::sync::Mutex::new(None);
+
+    #[async_trait::async_trait]
+    impl Sink for Picky {
+        type Config = CountConfig;
+        async fn check(_: &CountConfig) -> Result<(), ConnectorError> {
+            Ok(())
+        }
+        async fn open(_: CountConfig) -> Result<Self, ConnectorError> {
+            Ok(Picky(PICKY.lock().unwrap().clone().unwrap()))
+        }
+        fn stream(config: &CountConfig) -> &str {
+            &config.stream
+        }
+        async fn write(&mut self, records: &[SinkRecord]) -> Result<Written, ConnectorError> {
+            if records.iter().any(|r| &r.payload[..] == b"bad") {
+                let _ = self.0.send((Vec::new(), false));
+                return Err(ConnectorError::data("refused"));
+            }
+            for r in records {
+                let _ = self.0.send((r.payload.to_vec(), true));
+            }
+            Ok(Written::Durable)
+        }
+        async fn flush(&mut self) -> Result<(), ConnectorError> {
+            Ok(())
+        }
+    }
+
+    /// Under errors.tolerance=all a refused batch is split until each refused record stands
+    /// alone: every other record is written once, in order, and each refused one is a dead
+    /// letter, durable before the position passes it.
+    #[tokio::test]
+    async fn a_refused_batch_is_split_until_the_refused_records_stand_alone() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        *PICKY.lock().unwrap() = Some(tx);
+        let streams = MemoryStreams::new();
+        streams.create("in", 1);
+        let bad: Vec<usize> = vec![0, 1, 500, 777, 778, 999];
+        let records: Vec<Record> = (0..1000)
+            .map(|i| {
+                let p = if bad.contains(&i) {
+                    b"bad".to_vec()
+                } else {
+                    i.to_string().into_bytes()
+                };
+                Record::new(format!("k{i}"), PayloadFlag::Raw, p)
+            })
+            .collect();
+        streams.append_to("in", 1, records);
+        let progress = Arc::new(Progress::default());
+        let policy = serde_json::json!({"errors.tolerance": "all", "errors.deadletter.stream": "dlq"});
+        let letters = DeadLetters::new(
+            crate::tolerance::ErrorPolicy::parse(&policy).unwrap(),
+            "picky",
+            Vec::new(),
+            progress.clone(),
+            usize::MAX,
+        );
+        let ctx = RunContext {
+            task: "picky".into(),
+            config: Value::Null,
+            streams: streams.clone(),
+            checkpoints: MemoryCheckpoints::new(),
+            cancel: CancellationToken::new(),
+            progress: progress.clone(),
+        };
+        let cancel = ctx.cancel.clone();
+        let run = tokio::spawn(run_sink::<Picky>(
+            ctx,
+            CountConfig { stream: "in".into() },
+            None,
+            letters,
+        ));
+        let (mut written, mut refused) = (Vec::new(), 0);
+        while written.len() < 1000 - bad.len() {
+            let (p, ok) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            if ok {
+                written.push(String::from_utf8(p).unwrap());
+            } else {
+                refused += 1;
+            }
+        }
+        let want: Vec<String> = (0..1000).filter(|i| !bad.contains(i)).map(|i| i.to_string()).collect();
+        assert_eq!(written, want, "every other record once, in order");
+        // A few writes per refused record, not one per record.
+        assert!(refused < 6 * 12, "{refused} refused writes");
+        let dead = streams.records("dlq");
+        let keys: Vec<&str> = dead.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, ["k0", "k1", "k500", "k777", "k778", "k999"]);
+        assert!(dead.iter().all(|r| &r.payload[..] == b"bad"));
+        assert_eq!(dead[2].attributes["__connect.errors.batch.index"], "500");
+        assert_eq!(progress.dead_letters.load(std::sync::atomic::Ordering::Relaxed), 6);
         cancel.cancel();
         assert_eq!(run.await.unwrap().unwrap(), Done::Cancelled);
     }

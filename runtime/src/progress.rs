@@ -21,8 +21,11 @@ pub struct Progress {
     pub status: std::sync::Mutex<Option<String>>,
     /// Unix ms of the last checkpoint stored (0: none yet).
     pub last_checkpoint_ms: AtomicI64,
-    /// Failed attempts by error class: config, external, internal.
-    pub errors: [AtomicU64; 3],
+    /// Failed attempts by error class: config, external, internal, data.
+    pub errors: [AtomicU64; 4],
+    /// Records that failed and were tolerated (`errors.tolerance=all`): dead-lettered, or
+    /// skipped when no dead-letter stream is set.
+    pub dead_letters: AtomicU64,
     /// How far behind its upstream the source is, in the source's own terms.
     pub lag: std::sync::Mutex<Option<Lag>>,
     /// Notified when a stored checkpoint moved: the supervisor clears a recovered task's last
@@ -50,6 +53,7 @@ impl Progress {
             ErrorKind::Config => 0,
             ErrorKind::External => 1,
             ErrorKind::Internal => 2,
+            ErrorKind::Data => 3,
         };
         self.errors[i].fetch_add(1, Ordering::Relaxed);
     }

@@ -13,6 +13,7 @@ use crate::connector::{ConnectorConfig, Done, Sink, Source};
 use crate::error::ConnectorError;
 use crate::pipeline::{self, RunContext};
 use crate::spec::{self, FieldError};
+use crate::tolerance::{self, DeadLetters, ErrorPolicy};
 use crate::transform::{NoTransforms, Transform, TransformOption};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -70,14 +71,42 @@ pub trait ConnectorType: Send + Sync {
     }
 }
 
-/// Validates the connector's own config and the shape of its transforms.
+/// The connector's own part of a config: without the transform keys and the runtime's
+/// `errors.*` options.
+fn own(t: &dyn TransformOption, config: &Value) -> Value {
+    let mut own = t.own(config);
+    if let Value::Object(map) = &mut own {
+        map.retain(|k, _| !tolerance::is_key(k));
+    }
+    own
+}
+
+/// Validates the connector's own config, the shape of its transforms and its error options
+/// (`stream` gives the connector's own stream from its parsed config).
 fn validate_with_transforms<C: ConnectorConfig>(
     t: &dyn TransformOption,
     spec: &Value,
     config: &Value,
+    stream: fn(&C) -> &str,
 ) -> Result<(), Vec<FieldError>> {
     t.validate(config)?;
-    spec::validate::<C>(&spec["connectionSpecification"], &t.own(config)).map(|_| ())
+    let policy = ErrorPolicy::parse(config)?;
+    let parsed = spec::validate::<C>(&spec["connectionSpecification"], &own(t, config))?;
+    policy.check_stream(stream(&parsed))
+}
+
+/// A task's error policy at work, with the secrets of its config to scrub from error texts.
+fn dead_letters(ctx: &RunContext, schema: &Value) -> Result<DeadLetters, ConnectorError> {
+    let policy = ErrorPolicy::parse(&ctx.config).map_err(|errors| {
+        ConnectorError::config(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+    })?;
+    Ok(DeadLetters::new(
+        policy,
+        &ctx.task,
+        crate::secret::secret_values(schema, &ctx.config),
+        ctx.progress.clone(),
+        ctx.streams.max_record_size(),
+    ))
 }
 
 /// Starts a task's transforms, unless the task is stopped first (`Ok(None)` then).
@@ -93,7 +122,7 @@ async fn open_chain(
 
 /// The connector's own part of `config`, parsed and checked.
 fn parse<C: ConnectorConfig>(t: &dyn TransformOption, spec: &Value, config: &Value) -> Result<C, ConnectorError> {
-    spec::validate::<C>(&spec["connectionSpecification"], &t.own(config))
+    spec::validate::<C>(&spec["connectionSpecification"], &own(t, config))
         .map_err(|errors| ConnectorError::config(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))
 }
 
@@ -112,7 +141,7 @@ impl<S: Source> ConnectorType for SourceType<S> {
         &self.spec
     }
     fn validate(&self, config: &Value) -> Result<(), Vec<FieldError>> {
-        validate_with_transforms::<S::Config>(&*self.transforms, &self.spec, config)
+        validate_with_transforms::<S::Config>(&*self.transforms, &self.spec, config, S::stream)
     }
     fn stream(&self, config: &Value) -> Result<String, ConnectorError> {
         Ok(S::stream(&parse::<S::Config>(&*self.transforms, &self.spec, config)?).to_owned())
@@ -135,10 +164,11 @@ impl<S: Source> ConnectorType for SourceType<S> {
     }
     async fn run(&self, ctx: RunContext) -> Result<Done, ConnectorError> {
         let config = parse::<S::Config>(&*self.transforms, &self.spec, &ctx.config)?;
+        let letters = dead_letters(&ctx, &self.config_schema(&ctx.config))?;
         let Some(chain) = open_chain(&*self.transforms, &ctx).await? else {
             return Ok(Done::Cancelled);
         };
-        pipeline::run_source::<S>(ctx, config, chain).await
+        pipeline::run_source::<S>(ctx, config, chain, letters).await
     }
     async fn signal(&self, config: &Value, kind: &str, data: &Value) -> Result<String, ConnectorError> {
         S::signal(&parse::<S::Config>(&*self.transforms, &self.spec, config)?, kind, data).await
@@ -163,7 +193,7 @@ impl<K: Sink> ConnectorType for SinkType<K> {
         &self.spec
     }
     fn validate(&self, config: &Value) -> Result<(), Vec<FieldError>> {
-        validate_with_transforms::<K::Config>(&*self.transforms, &self.spec, config)
+        validate_with_transforms::<K::Config>(&*self.transforms, &self.spec, config, K::stream)
     }
     fn stream(&self, config: &Value) -> Result<String, ConnectorError> {
         Ok(K::stream(&parse::<K::Config>(&*self.transforms, &self.spec, config)?).to_owned())
@@ -186,14 +216,22 @@ impl<K: Sink> ConnectorType for SinkType<K> {
     }
     async fn run(&self, ctx: RunContext) -> Result<Done, ConnectorError> {
         let config = parse::<K::Config>(&*self.transforms, &self.spec, &ctx.config)?;
+        let letters = dead_letters(&ctx, &self.config_schema(&ctx.config))?;
         let Some(chain) = open_chain(&*self.transforms, &ctx).await? else {
             return Ok(Done::Cancelled);
         };
-        pipeline::run_sink::<K>(ctx, config, chain).await
+        pipeline::run_sink::<K>(ctx, config, chain, letters).await
     }
     async fn on_delete(&self, task: &str, config: &Value) -> Result<(), ConnectorError> {
         K::on_delete(&parse::<K::Config>(&*self.transforms, &self.spec, config)?, task).await
     }
+}
+
+/// A connector type's spec: its config's, with the `errors.*` options every connector takes.
+fn spec_of<C: ConnectorConfig>(name: &str) -> Value {
+    let mut spec = spec::specification::<C>(name);
+    ErrorPolicy::add_to_spec(&mut spec);
+    spec
 }
 
 /// Connector types by (kind, name), and the transforms every one of them takes.
@@ -221,7 +259,7 @@ impl Registry {
 
     pub fn source<S: Source>(&mut self, name: &str) -> &mut Self {
         let t = SourceType::<S> {
-            spec: spec::specification::<S::Config>(name),
+            spec: spec_of::<S::Config>(name),
             transforms: self.transforms.clone(),
             _s: PhantomData,
         };
@@ -231,7 +269,7 @@ impl Registry {
 
     pub fn sink<K: Sink>(&mut self, name: &str) -> &mut Self {
         let t = SinkType::<K> {
-            spec: spec::specification::<K::Config>(name),
+            spec: spec_of::<K::Config>(name),
             transforms: self.transforms.clone(),
             _k: PhantomData,
         };

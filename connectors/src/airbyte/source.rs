@@ -399,16 +399,8 @@ impl AirbyteSource {
                             .collect::<Vec<_>>()
                             .join(","),
                     };
-                    let record = Record::new(key, PayloadFlag::Json, buf);
-                    if record.encoded_size_bound() > max_record {
-                        return Err(ConnectorError::config(format!(
-                            "a record of stream {} is {} bytes, over the server's max-record-size of {max_record}; \
-                             raise it and resume (the sync resumes at the last STATE)",
-                            r.stream,
-                            record.encoded_size_bound()
-                        )));
-                    }
-                    t.batch.push(record);
+                    // One over the stream's size limit is the runtime's to refuse (or dead-letter).
+                    t.batch.push(Record::new(key, PayloadFlag::Json, buf));
                     t.count += 1;
                     pending += 1;
                     since_state += 1;

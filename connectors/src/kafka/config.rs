@@ -228,8 +228,8 @@ pub enum Format {
     /// double cannot hold exactly) a RAW record with the value as it is.
     #[default]
     Auto,
-    /// Every value must be a JSON object whose numbers a double holds exactly; others are
-    /// rejected (logged, counted, skipped).
+    /// Every value must be a JSON object whose numbers a double holds exactly; another is a
+    /// failed record (`errors.tolerance`: the task fails, or it is dead-lettered).
     Json,
     /// Every value as it is, a RAW record.
     Raw,

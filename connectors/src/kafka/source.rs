@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use bytes::Bytes;
 use futures::FutureExt;
+use hstream_runtime::tolerance::Stage;
 use hstream_runtime::{Attributes, ConnectorError, Done, Offset, PayloadFlag, Record, Source, SourceOutput};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
@@ -57,7 +58,9 @@ pub struct KafkaSource {
     position: KafkaOffset,
     /// No checkpoint yet: the start positions are resolved and stored before anything else.
     fresh: bool,
-    rejected: u64,
+    /// Messages that could not become records, since the last emit: failed records for the
+    /// runtime's error policy (`errors.tolerance`), with the reason and where they were.
+    rejected: Vec<(Record, String, serde_json::Value)>,
 }
 
 type KConsumer = StreamConsumer;
@@ -169,7 +172,7 @@ impl Source for KafkaSource {
             pattern,
             fresh: offset.is_none(),
             position: offset.unwrap_or_default(),
-            rejected: 0,
+            rejected: Vec::new(),
         })
     }
 
@@ -207,7 +210,6 @@ impl Source for KafkaSource {
                 return Ok(Done::Cancelled);
             }
         }
-        let max = out.max_record_size();
         let mut committed = out.committed();
         committed.borrow_and_update();
         let mut refresh = tokio::time::interval(Duration::from_secs(u64::from(self.config.topic_refresh_secs)));
@@ -241,12 +243,18 @@ impl Source for KafkaSource {
                     let mut next = Some(m);
                     while let Some(m) = next.take() {
                         match m {
-                            Ok(m) => self.take(&m, max, &mut batch, out),
+                            Ok(m) => self.take(&m, &mut batch),
                             Err(e) => self.consume_error(e, out)?,
                         }
                         if batch.len() < MAX_BATCH {
                             next = consumer.recv().now_or_never();
                         }
+                    }
+                    // Rejected messages first: their dead letters are durable before the
+                    // position that passes them.
+                    for (r, why, at) in std::mem::take(&mut self.rejected) {
+                        let error = ConnectorError::data(format!("Kafka message at {at}: {why}"));
+                        out.reject(r, Stage::Decode, at, &error).await?;
                     }
                     if out.emit(std::mem::take(&mut batch), self.position.clone()).await.is_err() {
                         return Ok(Done::Cancelled);
@@ -347,8 +355,9 @@ impl KafkaSource {
         Ok(())
     }
 
-    /// Turns a message into a record (or rejects it) and moves the position past it.
-    fn take(&mut self, m: &BorrowedMessage<'_>, max: usize, batch: &mut Vec<Record>, out: &SourceOutput<KafkaOffset>) {
+    /// Turns a message into a record (or sets it aside as rejected) and moves the position past
+    /// it. A record over the stream's size limit is the runtime's to refuse.
+    fn take(&mut self, m: &BorrowedMessage<'_>, batch: &mut Vec<Record>) {
         // No allocation for a topic already known (every message but a topic's first).
         match self.position.next.get_mut(m.topic()) {
             Some(parts) => {
@@ -361,29 +370,24 @@ impl KafkaSource {
             }
         }
         match self.record(m) {
-            Ok(r) if r.encoded_size_bound() <= max => batch.push(r),
-            Ok(r) => self.reject(
-                m,
-                &format!(
-                    "{} bytes, over the stream's max record size of {max}",
-                    r.encoded_size_bound()
-                ),
-                out,
-            ),
-            Err(why) => self.reject(m, &why, out),
+            Ok(r) => batch.push(r),
+            Err(why) => {
+                // The message as it came: its key (base64 when not UTF-8), the value as is.
+                let key = match m.key() {
+                    None => String::new(),
+                    Some(k) => std::str::from_utf8(k)
+                        .map(str::to_owned)
+                        .unwrap_or_else(|_| base64::engine::general_purpose::STANDARD.encode(k)),
+                };
+                let r = Record::new(
+                    key,
+                    PayloadFlag::Raw,
+                    Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+                );
+                let at = serde_json::json!({ "topic": m.topic(), "partition": m.partition(), "offset": m.offset() });
+                self.rejected.push((r, why, at));
+            }
         }
-    }
-
-    fn reject(&mut self, m: &BorrowedMessage<'_>, why: &str, out: &SourceOutput<KafkaOffset>) {
-        self.rejected += 1;
-        tracing::warn!(topic = %m.topic(), partition = m.partition(), offset = m.offset(), "Kafka message rejected: {why}");
-        out.report(format!(
-            "{} message(s) rejected; last {}/{} at offset {}: {why}",
-            self.rejected,
-            m.topic(),
-            m.partition(),
-            m.offset()
-        ));
     }
 
     fn record(&self, m: &BorrowedMessage<'_>) -> Result<Record, String> {

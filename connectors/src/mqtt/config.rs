@@ -90,7 +90,8 @@ pub enum PayloadFormat {
     #[default]
     Raw,
     /// The payload parsed as a JSON object into a JSON record (a protobuf Struct), so SQL can
-    /// read its fields; a message that is not a JSON object is rejected.
+    /// read its fields; a message that is not a JSON object is a failed record
+    /// (`errors.tolerance`: the task fails, or it is dead-lettered).
     Json,
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use hstream_runtime::tolerance::Stage;
 use hstream_runtime::{Attributes, ConnectorError, Done, Offset, PayloadFlag, Record, Source, SourceOutput};
 use serde::{Deserialize, Serialize};
 
@@ -49,7 +50,9 @@ pub struct MqttSource {
     subscribed: Vec<String>,
     key: Template,
     taken: u64,
-    rejected: u64,
+    /// Messages that could not become records, since the last emit: failed records for the
+    /// runtime's error policy (`errors.tolerance`), with the reason and the message count.
+    rejected: Vec<(Record, String, u64)>,
 }
 
 /// The QoS to subscribe with: QoS 2 is taken as QoS 1. A QoS 2 delivery ends with the broker's
@@ -125,7 +128,7 @@ impl Source for MqttSource {
             subscribed,
             key,
             taken,
-            rejected: 0,
+            rejected: Vec::new(),
         })
     }
 
@@ -179,7 +182,6 @@ impl Source for MqttSource {
             ));
         }
         out.report(status);
-        let max = out.max_record_size();
         let mut durable = out.durable();
         durable.borrow_and_update();
         let acker = conn.acker();
@@ -187,8 +189,9 @@ impl Source for MqttSource {
         let mut unacked: VecDeque<(u64, Msg)> = VecDeque::new();
         let mut batch: Vec<Record> = Vec::new();
         for m in early {
-            self.take(m, max, &mut batch, &mut unacked, out);
+            self.take(m, &mut batch, &mut unacked);
         }
+        self.reject_taken(out).await?;
         if !batch.is_empty() && out.emit(std::mem::take(&mut batch), self.offset()).await.is_err() {
             return Ok(Done::Cancelled);
         }
@@ -221,7 +224,7 @@ impl Source for MqttSource {
                         match next {
                             None => failed = Some(ConnectorError::external("MQTT connection ended")),
                             Some(Err(e)) => failed = Some(e),
-                            Some(Ok(Event::Publish(m))) => self.take(m, max, &mut batch, &mut unacked, out),
+                            Some(Ok(Event::Publish(m))) => self.take(m, &mut batch, &mut unacked),
                             Some(Ok(Event::SubAck(_) | Event::Acked(_))) => {}
                         }
                         if failed.is_some() || batch.len() >= MAX_BATCH {
@@ -235,6 +238,7 @@ impl Source for MqttSource {
                     // Also when every message of the round was rejected: the new count lets
                     // their acknowledgements go out in order. What was taken before a failure
                     // is kept (QoS 0 messages would not come again).
+                    self.reject_taken(out).await?;
                     if out.emit(std::mem::take(&mut batch), self.offset()).await.is_err() {
                         break; // stopping
                     }
@@ -276,43 +280,39 @@ impl MqttSource {
         }
     }
 
-    /// Turns a message into a record (or rejects it) and queues its acknowledgement.
-    fn take(
-        &mut self,
-        m: Msg,
-        max_record_size: usize,
-        batch: &mut Vec<Record>,
-        unacked: &mut VecDeque<(u64, Msg)>,
-        out: &SourceOutput<MqttOffset>,
-    ) {
+    /// Turns a message into a record (or sets it aside as rejected) and queues its
+    /// acknowledgement. A record over the stream's size limit is the runtime's to refuse.
+    fn take(&mut self, m: Msg, batch: &mut Vec<Record>, unacked: &mut VecDeque<(u64, Msg)>) {
         self.taken += 1;
         match self.record(&m) {
-            Ok(r) if r.encoded_size_bound() <= max_record_size => batch.push(r),
-            Ok(r) => self.reject(
-                &m,
-                &format!(
-                    "{} bytes, over the stream's max record size of {max_record_size}",
-                    r.encoded_size_bound()
-                ),
-                out,
-            ),
-            Err(why) => self.reject(&m, &why, out),
+            Ok(r) => batch.push(r),
+            Err(why) => {
+                // The message as it came: its topic as the key, the payload as is.
+                let mut r = Record::new(m.topic().into_owned(), PayloadFlag::Raw, Bytes::clone(m.payload()));
+                r.attributes.insert(ATTR_TOPIC.into(), m.topic().into_owned());
+                self.rejected.push((r, why, self.taken));
+            }
         }
         if m.qos() > 0 {
             unacked.push_back((self.taken, m));
         }
     }
 
-    /// A rejected message is logged, counted and acknowledged (in turn): it cannot be stored,
-    /// and holding it would stop the session.
-    fn reject(&mut self, m: &Msg, why: &str, out: &SourceOutput<MqttOffset>) {
-        self.rejected += 1;
-        tracing::warn!(topic = %m.topic(), "MQTT message rejected: {why}");
-        out.report(format!(
-            "{} message(s) rejected; last on topic {}: {why}",
-            self.rejected,
-            m.topic()
-        ));
+    /// Hands the rejected messages to the error policy: the task's error (`errors.tolerance`
+    /// none), or dead letters durable before the count that acknowledges them.
+    async fn reject_taken(&mut self, out: &mut SourceOutput<MqttOffset>) -> Result<(), ConnectorError> {
+        for (r, why, n) in std::mem::take(&mut self.rejected) {
+            let topic = r.key.clone();
+            let error = ConnectorError::data(format!("MQTT message on topic {topic}: {why}"));
+            out.reject(
+                r,
+                Stage::Decode,
+                serde_json::json!({ "topic": topic, "message": n }),
+                &error,
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     fn record(&self, m: &Msg) -> Result<Record, String> {

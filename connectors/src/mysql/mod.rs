@@ -211,6 +211,10 @@ pub(crate) fn query_error(context: &str, e: mysql_async::Error) -> ConnectorErro
                     "user: lacks a privilege: {msg} (a CDC user needs SELECT, RELOAD, SHOW DATABASES, LOCK TABLES, \
                      REPLICATION SLAVE and REPLICATION CLIENT/BINLOG MONITOR)"
                 )),
+                // A value a column cannot take, a key or constraint it breaks: the records'
+                // content, not the setup, is refused (strict mode makes bad values errors).
+                1048 | 1062 | 1264 | 1265 | 1292 | 1364 | 1366 | 1367 | 1406 | 1451 | 1452 | 1690 | 3140 | 3819
+                | 4025 => ConnectorError::data(msg),
                 1146 => ConnectorError::config(format!("table: {msg}")),
                 1049 => ConnectorError::config(format!("database: {msg}")),
                 _ => ConnectorError::config(msg),

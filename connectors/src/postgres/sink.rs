@@ -44,6 +44,9 @@ fn pg_error(context: &str, e: tokio_postgres::Error) -> ConnectorError {
         "28P01" => ConnectorError::config("password: authentication failed"),
         "3D000" => ConnectorError::config(format!("database: {msg}")),
         c if super::retryable_sqlstate(c) => ConnectorError::external(msg),
+        // A value a column cannot take (22), a constraint (23), a trigger's RAISE (P0001): the
+        // records' content, not the setup, is refused.
+        c if c.starts_with("22") || c.starts_with("23") || c == "P0001" => ConnectorError::data(msg),
         _ => ConnectorError::config(msg),
     }
 }

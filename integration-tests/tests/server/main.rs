@@ -7,6 +7,7 @@ mod cluster;
 mod cluster_cdc;
 mod connectors;
 mod db_tls;
+mod dead_letters;
 mod etcd;
 mod etcd_faults;
 mod hardening;

@@ -37,12 +37,12 @@ async fn subscribe_earliest(c: &mut Client, id: &str, stream: &str) {
     .unwrap();
 }
 
-async fn scrape(server: &Server) -> Value {
+pub(super) async fn scrape(server: &Server) -> Value {
     run_python("metrics_parse.py", &[&format!("http://{}/metrics", server.http)]).await
 }
 
 /// The value of the sample `name` whose labels include every pair of `labels`.
-fn sample(m: &Value, family: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(super) fn sample(m: &Value, family: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     m[family]["samples"].as_array()?.iter().find_map(|s| {
         let ok = s[0] == name && labels.iter().all(|(k, v)| s[1][*k] == *v);
         ok.then(|| s[2].as_f64()).flatten()

@@ -361,7 +361,7 @@ async fn mqtt_sink_publishes_every_record_of_a_stream() {
 }
 
 #[tokio::test]
-async fn mqtt_oversized_and_malformed_messages_are_rejected_without_stopping_the_task() {
+async fn mqtt_oversized_and_malformed_messages_are_dead_lettered_without_stopping_the_task() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     // A small max record size, so an oversized message is cheap to make.
@@ -370,7 +370,8 @@ async fn mqtt_oversized_and_malformed_messages_are_rejected_without_stopping_the
     let cfg = source_config(
         &broker,
         "iot",
-        json!({"topic": "dev/#", "payload_format": "json", "key_template": "${payload.device}", "client_id": "hs-bad"}),
+        json!({"topic": "dev/#", "payload_format": "json", "key_template": "${payload.device}", "client_id": "hs-bad",
+               "errors.tolerance": "all", "errors.deadletter.stream": "iot-dlq", "errors.log.enable": true}),
     );
     create_connector(&mut c, "mq", "SOURCE", "mqtt", &cfg).await.unwrap();
     wait_subscribed(&c, "mq").await;
@@ -384,6 +385,7 @@ async fn mqtt_oversized_and_malformed_messages_are_rejected_without_stopping_the
     ];
     mosquitto::publish(broker.port, "pub-bad", msgs, QoS::AtLeastOnce).await;
     wait_count(&c, "iot", 2, Duration::from_secs(30)).await;
+    wait_count(&c, "iot-dlq", 3, Duration::from_secs(30)).await;
     let recs = read_json_stream(&mut c, "iot").await;
     assert_eq!(
         recs,
@@ -392,17 +394,41 @@ async fn mqtt_oversized_and_malformed_messages_are_rejected_without_stopping_the
             ("d2".to_owned(), json!({"device": "d2", "n": 2.0})),
         ]
     );
-    let r = connector_report(&c, "mq").await;
+    // Each dead letter holds what came (the oversized one cut to fit, saying so) and why.
+    let dead = read_stream_records(&c, "iot-dlq").await;
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    let attrs = |i: usize| dead[i].header.as_ref().unwrap().attributes.clone();
+    let a = attrs(0);
+    assert_eq!(a["__connect.errors.stage"], "write", "{a:?}");
+    assert_eq!(a["__connect.errors.class.name"], "data");
+    assert_eq!(a["__connect.errors.connector.name"], "mq");
     assert!(
-        r["progress"]
-            .as_str()
-            .unwrap_or("")
-            .starts_with("3 message(s) rejected"),
-        "{r}"
+        a["__connect.errors.exception.message"].contains("over the stream's max record size of 65536"),
+        "{a:?}"
     );
+    assert!(
+        a["__connect.errors.payload.truncated"].parse::<usize>().unwrap() > 100_000,
+        "{a:?}"
+    );
+    assert_eq!(a["mqtt.topic"], "dev/a", "the original attributes are kept: {a:?}");
+    assert!(dead[0].payload.len() > 60_000 && dead[0].payload.len() < 65536);
+    for (i, payload) in [(1, &b"not json"[..]), (2, &b"[1, 2]"[..])] {
+        let a = attrs(i);
+        assert_eq!(a["__connect.errors.stage"], "decode", "{a:?}");
+        assert!(a["__connect.errors.exception.message"].contains("topic dev/b"), "{a:?}");
+        assert_eq!(&dead[i].payload[..], payload, "the original payload");
+        assert_eq!(dead[i].header.as_ref().unwrap().key, "dev/b");
+        let at: Value = serde_json::from_str(&a["__connect.errors.source.position"]).unwrap();
+        assert_eq!(at["topic"], "dev/b", "{at}");
+    }
+    assert!(attrs(1)["__connect.errors.exception.message"].contains("not JSON"));
+    assert!(attrs(2)["__connect.errors.exception.message"].contains("not an object"));
+    let r = connector_report(&c, "mq").await;
+    assert_eq!(r["deadLetters"], json!(3.0), "{r}");
     assert_eq!(r["restarts"], json!(0.0), "{r}");
     wait_connector_status(&c, "mq", "RUNNING").await;
-    // What the connector logged is in its own log, over gRPC and REST.
+    // With errors.log.enable, each failure is a line in the connector's own log, over gRPC and
+    // REST.
     let logs = c
         .get_connector_logs(pb::GetConnectorLogsRequest {
             name: "mq".into(),
@@ -413,16 +439,16 @@ async fn mqtt_oversized_and_malformed_messages_are_rejected_without_stopping_the
         .unwrap()
         .into_inner()
         .logs;
-    assert_eq!(logs.matches("MQTT message rejected").count(), 3, "{logs}");
-    assert!(logs.contains("topic=dev/b") && logs.contains("RUNNING"), "{logs}");
+    assert_eq!(logs.matches("failed: MQTT message on topic").count(), 2, "{logs}");
+    assert_eq!(logs.matches("failed: a record (key").count(), 1, "{logs}");
     let (status, body) = http(server.http, "GET", "/connectors/mq/logs", None).await;
     assert_eq!(status, 200);
     let lines = body["logs"].as_array().unwrap();
-    let rejected = lines
+    let failed = lines
         .iter()
-        .filter(|l| l.as_str().unwrap_or("").contains("MQTT message rejected"))
+        .filter(|l| l.as_str().unwrap_or("").contains("stage=decode"))
         .count();
-    assert_eq!(rejected, 3, "{body}");
+    assert_eq!(failed, 2, "{body}");
     // The rejected messages were acknowledged in turn, and a paused source acknowledges what
     // it appended before it disconnects: the session, taken over by a plain client, holds
     // nothing before a marker published now.

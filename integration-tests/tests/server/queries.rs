@@ -24,35 +24,12 @@ async fn hstream_quick_start_through_the_shell() {
     assert_eq!(summary["shown"].as_array().map(Vec::len), Some(4), "{summary}");
 }
 
-/// A JSON record (a protobuf Struct, as HStreamDB's clients write them) with an attribute.
 fn json_record(key: &str, v: Value) -> pb::HStreamRecord {
-    use prost::Message;
-    let s = json_struct(&v).encode_to_vec().into();
-    pb::HStreamRecord {
-        header: Some(pb::HStreamRecordHeader {
-            flag: pb::h_stream_record_header::Flag::Json as i32,
-            attributes: [("origin".to_owned(), "test".to_owned())].into_iter().collect(),
-            key: key.to_owned(),
-        }),
-        payload: s,
-    }
+    hstream_integration_tests::json_record(key, &v, &[("origin", "test")])
 }
 
 async fn append(c: &mut Client, stream: &str, shard: u64, records: Vec<pb::HStreamRecord>) {
-    use prost::Message;
-    let batch = pb::BatchedRecord {
-        compression_type: pb::CompressionType::None as i32,
-        publish_time: None,
-        batch_size: records.len() as u32,
-        payload: pb::BatchHStreamRecords { records }.encode_to_vec().into(),
-    };
-    c.append(pb::AppendRequest {
-        stream_name: stream.into(),
-        shard_id: shard,
-        records: Some(batch),
-    })
-    .await
-    .unwrap();
+    append_batch(c, stream, shard, records).await;
 }
 
 async fn query(c: &mut Client, id: &str) -> Result<pb::Query, tonic::Status> {

@@ -215,26 +215,16 @@ impl Source for WasmSource {
     async fn run(&mut self, out: &mut SourceOutput<WasmOffset>) -> Result<Done, ConnectorError> {
         let cancel = out.cancelled();
         let max = self.batch_size;
-        let limit = out.max_record_size();
         loop {
             let batch = tokio::select! {
                 b = self.instance.call(move |g| g.source_next(max)) => b?,
                 _ = cancel.cancelled() => return Ok(Done::Cancelled),
             };
             let name = self.instance.name.clone();
+            // A record over the stream's size limit is the pipeline's to refuse (or dead-letter).
             let mut records = Vec::with_capacity(batch.records.len());
             for r in batch.records {
-                let r = from_wit(&name, r)?;
-                // Refused whole, before anything of the batch is appended.
-                if r.encoded_size_bound() > limit {
-                    return Err(ConnectorError::internal(format!(
-                        "plugin {name} produced a record (key {:?}) of {} bytes, over the stream's \
-                         limit of {limit}",
-                        r.key,
-                        r.encoded_size_bound()
-                    )));
-                }
-                records.push(r);
+                records.push(from_wit(&name, r)?);
             }
             let moved = match batch.offset {
                 Some(o) => {

@@ -110,6 +110,8 @@ impl Connectors {
                 "offset": offset,
                 "deliveredRecords": p.records.load(std::sync::atomic::Ordering::Relaxed),
                 "deliveredBytes": p.bytes.load(std::sync::atomic::Ordering::Relaxed),
+                // Records that failed and were tolerated (errors.tolerance=all).
+                "deadLetters": p.dead_letters.load(std::sync::atomic::Ordering::Relaxed),
                 "restarts": t.handle.status.borrow().restarts,
                 // Health by progress: when the task last moved a record (unix ms, 0 = never).
                 "lastProgressMs": p.last_progress_ms.load(std::sync::atomic::Ordering::Relaxed),

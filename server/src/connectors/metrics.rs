@@ -40,6 +40,11 @@ fn families(running: &Tasks) -> Vec<ConstFamily> {
         "Failed attempts of a connector by error class",
         C,
     );
+    let mut dead_letters = ConstFamily::new(
+        "hstream_connector_dead_letters",
+        "Records that failed and were tolerated (errors.tolerance=all): dead-lettered or skipped",
+        C,
+    );
     let mut restarts = ConstFamily::new(
         "hstream_connector_restarts",
         "Restarts of a connector since its last healthy run",
@@ -80,8 +85,9 @@ fn families(running: &Tasks) -> Vec<ConstFamily> {
         };
         let p = &task.handle.progress;
         records.add(l(None), p.records.load(Ordering::Relaxed) as f64);
+        dead_letters.add(l(None), p.dead_letters.load(Ordering::Relaxed) as f64);
         bytes.add(l(None), p.bytes.load(Ordering::Relaxed) as f64);
-        for (i, class) in ["config", "external", "internal"].iter().enumerate() {
+        for (i, class) in ["config", "external", "internal", "data"].iter().enumerate() {
             errors.add(
                 l(Some(("class", (*class).to_owned()))),
                 p.errors[i].load(Ordering::Relaxed) as f64,
@@ -111,6 +117,7 @@ fn families(running: &Tasks) -> Vec<ConstFamily> {
         records,
         bytes,
         errors,
+        dead_letters,
         restarts,
         state,
         checkpoint,

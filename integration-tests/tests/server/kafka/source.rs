@@ -267,3 +267,71 @@ async fn kafka_source_follows_a_topic_pattern_and_starts_where_asked() {
     assert_eq!(new.len(), 1, "latest: nothing from before the start");
     assert_eq!(&new[0].payload[..], b"orders.eu:new");
 }
+
+/// `format: json` refuses a value that is not a JSON object: by default the task fails naming
+/// the message; with `errors.tolerance=all` it is a dead letter (the value as it came) and the
+/// rest goes on.
+#[tokio::test]
+async fn kafka_source_undecodable_messages_fail_the_task_or_are_dead_lettered() {
+    let kafka = Kafka::start(1);
+    kafka.create_topic("events", 1);
+    let msg = |k: &str, v: &str| (Some(k.to_owned()), v.as_bytes().to_vec(), vec![]);
+    kafka
+        .produce(
+            "events",
+            &[
+                msg("a", r#"{"n": 1}"#),
+                msg("b", "not json"),
+                msg("c", "[1]"),
+                msg("d", r#"{"n": 4}"#),
+            ],
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), FAST_RETRY);
+    let mut c = server.client().await;
+    let base = json!({"bootstrapServers": kafka.bootstrap(), "topics": "events", "format": "json"});
+    let strict = config_with(base.clone(), "strict", json!({}));
+    create_connector(&mut c, "strict", "SOURCE", "kafka", &strict)
+        .await
+        .unwrap();
+    let tolerant = config_with(
+        base,
+        "tolerant",
+        json!({"errors.tolerance": "all", "errors.deadletter.stream": "tolerant-dlq"}),
+    );
+    create_connector(&mut c, "tolerant", "SOURCE", "kafka", &tolerant)
+        .await
+        .unwrap();
+    wait_status(&c, "strict", "FAILED", Duration::from_secs(60)).await;
+    let error = connector_report(&c, "strict").await["lastError"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        error.starts_with("data error: the record at {")
+            && error.contains("\"offset\":1")
+            && error.contains("not a JSON object"),
+        "{error}"
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "the good messages and the dead letters",
+        || async {
+            count_stream_records(&c, "tolerant").await >= 2 && count_stream_records(&c, "tolerant-dlq").await >= 2
+        },
+    )
+    .await;
+    let keys =
+        |rs: Vec<pb::HStreamRecord>| -> Vec<String> { rs.iter().map(|r| r.header.clone().unwrap().key).collect() };
+    assert_eq!(keys(read_stream_records(&c, "tolerant").await), ["a", "d"]);
+    let dead = read_stream_records(&c, "tolerant-dlq").await;
+    assert_eq!(keys(dead.clone()), ["b", "c"]);
+    assert_eq!(&dead[0].payload[..], b"not json", "the value as it came");
+    assert_eq!(&dead[1].payload[..], b"[1]");
+    let a = &dead[1].header.as_ref().unwrap().attributes;
+    assert_eq!(a["__connect.errors.stage"], "decode");
+    let at: serde_json::Value = serde_json::from_str(&a["__connect.errors.source.position"]).unwrap();
+    assert_eq!(at, json!({"topic": "events", "partition": 0, "offset": 2}));
+    assert_eq!(connector_report(&c, "tolerant").await["deadLetters"], json!(2.0));
+}
