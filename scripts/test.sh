@@ -140,8 +140,9 @@ if [ $# -eq 0 ]; then
   HSTREAM_TEST_METASTORE=etcd cargo test --workspace --test server -- streams:: subscriptions:: connectors:: rest:: cli:: metrics::
   # And with the records on the JetStream store: a throw-away three-node JetStream cluster for
   # the run, a prefix per server, every stream with three replicas (--min-replication-factor 3).
-  echo "==> streams, subscriptions, connectors, REST, CLI and metrics end to end on a three-node JetStream cluster (R3)"
-  HSTREAM_TEST_STORE=nats3 cargo test --workspace --test server -- streams:: subscriptions:: connectors:: rest:: cli:: metrics::
+  # Exactly-once appends too: a source's tags ride in the stored batches, on any store.
+  echo "==> streams, subscriptions, connectors, exactly-once, REST, CLI and metrics end to end on a three-node JetStream cluster (R3)"
+  HSTREAM_TEST_STORE=nats3 cargo test --workspace --test server -- streams:: subscriptions:: connectors:: exactly_once::generator rest:: cli:: metrics::
 fi
 if [ -n "$image_tests" ]; then
   echo "==> Airbyte connector images (podman; the docker CLI against podman's API socket)"

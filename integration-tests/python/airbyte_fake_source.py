@@ -2,7 +2,7 @@
 """An Airbyte source for the runtime's tests, obeying the protocol or, by config, breaking it.
 
 config: {"count": N, "state_every": K, "mode": "ok" | "malformed" | "nan" | "exit" | "hang",
-         "fail_at": M, "hang_secs": S, "token": <secret>}
+         "fail_at": M, "hang_secs": S, "state_sleep": seconds after each state, "token": <secret>}
 One stream, "events": records {"id": i, "body": ...} for i in 1..=N with a STREAM state
 {"next": i + 1} after every K records; `read --state` resumes at "next". In the failing modes the
 connector breaks once it reaches record M: a RECORD without data, a RECORD with NaN (not
@@ -86,6 +86,8 @@ def main():
             out({"type": "STATE", "state": {"type": "STREAM", "stream": {
                 "stream_descriptor": {"name": "events"}, "stream_state": {"next": i + 1}},
                 "sourceStats": {"recordCount": float(every)}}})
+            # A pace for tests that need a long sync.
+            time.sleep(config.get("state_sleep", 0))
     return 0
 
 

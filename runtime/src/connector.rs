@@ -8,8 +8,14 @@
 //!
 //! Ordering: records of one `emit` call are appended in order, per partition key; batches are
 //! appended in emit order. Duplicates: after a crash a source restarts from its last committed
-//! offset, so records emitted after it may be appended twice (at-least-once). Concurrency: one
-//! task runs one connector instance at a time; `run` is never called concurrently with itself.
+//! offset and emits again what followed it; the runtime numbers records as they are emitted and
+//! drops a replayed record already stored under its number with the same content
+//! (exactly-once appends, [`crate::once`]), so a source that replays from an offset as it first
+//! emitted appends each record once. For that, an offset covers the records emitted before it
+//! only when its [`Offset::resume_point`] changed with that emit: records a restart at that
+//! offset emits again (the rows of a transaction still open) go out after the covered ones,
+//! with the unchanged offset. Concurrency: one task runs one connector instance at a time;
+//! `run` is never called concurrently with itself.
 
 use async_trait::async_trait;
 use schemars::JsonSchema;
@@ -36,6 +42,14 @@ pub trait ConnectorConfig: DeserializeOwned + Serialize + JsonSchema + Send + Sy
 /// not know is refused rather than guessed at.
 pub trait Offset: DeserializeOwned + Serialize + Clone + Send + Sync + std::fmt::Debug + 'static {
     const VERSION: u32;
+
+    /// The part of the offset that says where a restart replays from. Records emitted while it
+    /// stays the same (the rows of a transaction still open, behind the last transaction end)
+    /// are not covered by it: a restart emits them again. The whole offset by default; an
+    /// offset that also counts things for people watching leaves the counts out.
+    fn resume_point(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
 }
 
 /// How a run ended without error.

@@ -18,10 +18,11 @@ use crate::connector::{
     CHECKPOINT_EVERY, Done, Emitted, Offset, Record, Sink, SinkRecord, Source, SourceOutput, Written,
 };
 use crate::error::ConnectorError;
+use crate::once::{self, Producer, SourceCheckpoint};
 use crate::progress::Progress;
 use crate::streams::{Checkpoints, Streams};
 use crate::tolerance::{DeadLetters, Position, Stage};
-use crate::transform::{Segments, Transform};
+use crate::transform::Transform;
 
 /// Emitted batches buffered between a source and its appender.
 const PIPELINE_DEPTH: usize = 16;
@@ -69,16 +70,55 @@ async fn save<O: Offset>(ctx: &RunContext, offset: &O) -> Result<(), ConnectorEr
     Ok(())
 }
 
-/// Appends emitted records grouped by target stream, each group in emit order; creates a named
-/// stream on its first use. Returns (records, bytes) appended.
-async fn append_groups(
+/// Records on their way to one stream (`None`: the source's own), in emit order, with their
+/// numbers (empty when appends are not numbered: see [`crate::once`]).
+struct Group {
+    stream: Option<Arc<str>>,
+    records: Vec<Record>,
+    seqs: Vec<u64>,
+}
+
+/// Where the appender stands: the offset whose records are all durable and not yet stored, and
+/// the last stored one, each with the number a restart at it starts from.
+struct Standing<O> {
+    pending: Option<(O, u64)>,
+    saved: (Option<O>, u64),
+}
+
+impl<O: Offset> Standing<O> {
+    /// The checkpoint that covers what is durable now.
+    fn checkpoint(&self, once: &mut Producer) -> SourceCheckpoint<O> {
+        let (offset, next_seq) = match &self.pending {
+            Some((o, seq)) => (Some(o.clone()), *seq),
+            None => self.saved.clone(),
+        };
+        SourceCheckpoint {
+            offset,
+            next_seq,
+            tails: once.tails_for(next_seq).clone(),
+        }
+    }
+}
+
+/// Appends each group to its stream (creating a named stream on first use), tagged with its
+/// records' numbers when exactly-once is on, after dropping the records a replay brought
+/// again. A stream appended to for the first time is added to the tails, which are stored
+/// before that append. Returns (records, bytes) appended.
+async fn append_groups<O: Offset>(
     ctx: &RunContext,
     default: &str,
-    groups: Vec<(Option<Arc<str>>, Vec<Record>)>,
+    groups: Vec<Group>,
     ensured: &mut std::collections::HashSet<Arc<str>>,
+    once: &mut Producer,
+    standing: &Standing<O>,
 ) -> Result<(u64, u64), ConnectorError> {
     let (mut n, mut bytes) = (0u64, 0u64);
-    for (stream, records) in groups {
+    for Group {
+        stream,
+        mut records,
+        mut seqs,
+    } in groups
+    {
         if records.is_empty() {
             continue;
         }
@@ -97,47 +137,64 @@ async fn append_groups(
             }
             None => default,
         };
-        n += records.len() as u64;
-        bytes += records.iter().map(|r| r.payload.len() as u64).sum::<u64>();
-        ctx.streams.append(name, records).await?;
+        if once.on && seqs.len() == records.len() {
+            if once.track(ctx, name).await? {
+                once::save(ctx, &standing.checkpoint(once), true).await?;
+            }
+            once.drop_landed(name, &mut records, &mut seqs);
+            if records.is_empty() {
+                continue;
+            }
+            n += records.len() as u64;
+            bytes += records.iter().map(|r| r.payload.len() as u64).sum::<u64>();
+            ctx.streams.append_tagged(name, records, &ctx.task, &seqs).await?;
+        } else {
+            n += records.len() as u64;
+            bytes += records.iter().map(|r| r.payload.len() as u64).sum::<u64>();
+            ctx.streams.append(name, records).await?;
+        }
     }
     Ok((n, bytes))
 }
 
 /// Takes the records over the stream's max record size out of `groups`: each is the task's
-/// error, or (tolerated) a dead letter pushed to `dead`. `offset` is the source position after
-/// them, which is what a dead letter can tell of where the record was.
+/// error, or (tolerated) a dead letter pushed to `dead` under the record's number. `offset` is
+/// the source position after them, which is what a dead letter can tell of where it was.
 fn take_oversized(
-    groups: &mut Segments,
+    groups: &mut [Group],
     max: usize,
     letters: &DeadLetters,
     offset: Option<&Value>,
-    dead: &mut Vec<Record>,
+    dead: &mut Group,
 ) -> Result<(), ConnectorError> {
-    for (_, records) in groups.iter_mut() {
-        if records.iter().all(|r| r.encoded_size_bound() <= max) {
+    for g in groups.iter_mut() {
+        if g.records.iter().all(|r| r.encoded_size_bound() <= max) {
             continue;
         }
-        let mut kept = Vec::with_capacity(records.len());
-        for r in records.drain(..) {
+        let numbered = g.seqs.len() == g.records.len();
+        let (mut kept, mut kept_seqs) = (Vec::with_capacity(g.records.len()), Vec::new());
+        for (i, r) in g.records.drain(..).enumerate() {
+            let seq = numbered.then(|| g.seqs[i]);
             let size = r.encoded_size_bound();
             if size <= max {
                 kept.push(r);
+                kept_seqs.extend(seq);
                 continue;
             }
             let why = ConnectorError::data(format!(
-                "a record (key {:?}) of {size} bytes is over the stream's max record size of {max} \
-                 (raise the server's max-record-size, or set errors.tolerance=all to dead-letter such records)",
-                r.key
+                "a record of {size} bytes is over the stream's max record size of {max} \
+                 (raise the server's max-record-size, or set errors.tolerance=all to dead-letter such records)"
             ));
             let position = Position::Source(serde_json::json!({ "before": offset }));
             if let Some(letter) =
                 letters.fail((r.key, r.flag, r.payload, r.attributes), Stage::Write, position, &why)?
             {
-                dead.push(letter);
+                dead.records.push(letter);
+                dead.seqs.extend(seq);
             }
         }
-        *records = kept;
+        g.records = kept;
+        g.seqs = kept_seqs;
     }
     Ok(())
 }
@@ -147,12 +204,24 @@ pub async fn run_source<S: Source>(
     config: S::Config,
     chain: Option<Arc<dyn Transform>>,
     letters: DeadLetters,
+    exactly_once: bool,
 ) -> Result<Done, ConnectorError> {
     let stream = S::stream(&config).to_owned();
     if !stream.is_empty() {
         ctx.streams.ensure_stream(&stream).await?;
     }
-    let start = load::<S::Offset>(&ctx).await?;
+    let (start, state) = once::load::<S::Offset>(&ctx).await?;
+    // Exactly-once needs records numbered as the source emitted them: a transform may reorder
+    // them across streams, so a task with transforms appends at least once.
+    let first_run = state.is_none();
+    let mut producer = Producer::start(&ctx, start.as_ref(), state, exactly_once && chain.is_none()).await?;
+    let mut standing = Standing {
+        pending: None,
+        saved: (start.clone(), producer.resume_seq()),
+    };
+    if producer.on && !stream.is_empty() && (producer.track(&ctx, &stream).await? || first_run) {
+        once::save(&ctx, &standing.checkpoint(&mut producer), true).await?;
+    }
     // Opening may take long (a connector install): a stop does not wait for it.
     let mut source = tokio::select! {
         s = S::open(config, start.clone()) => s?,
@@ -184,13 +253,23 @@ pub async fn run_source<S: Source>(
             // However the appender ends (even by a panic), the source stops.
             let _stop_source = astop.drop_guard();
             let ctx = actx;
-            let mut pending: Option<S::Offset> = None;
             let mut saved_at = Instant::now();
             let mut ensured = std::collections::HashSet::new();
+            let save = async |ctx: &RunContext,
+                              standing: &mut Standing<S::Offset>,
+                              producer: &mut Producer|
+                   -> Result<Option<S::Offset>, ConnectorError> {
+                let Some((p, seq)) = standing.pending.take() else {
+                    return Ok(None);
+                };
+                standing.saved = (Some(p.clone()), seq);
+                once::save(ctx, &standing.checkpoint(producer), producer.on).await?;
+                Ok(Some(p))
+            };
             let result = async {
                 loop {
                     // A quiet source still gets its last offset committed within CHECKPOINT_EVERY.
-                    let next = if pending.is_some() {
+                    let next = if standing.pending.is_some() {
                         let due = tokio::time::sleep_until((saved_at + CHECKPOINT_EVERY).into());
                         tokio::select! {
                             m = rx.recv() => Some(m),
@@ -206,60 +285,97 @@ pub async fn run_source<S: Source>(
                             // together (one append, one fsync, per stream), in order, with the
                             // last offset. Dead letters go to their stream beside them,
                             // untransformed, and are as durable before the offset moves.
+                            // Records are numbered as they were emitted.
                             let mut offset = None;
                             let mut queued = 0;
-                            let mut groups: Segments = Vec::new();
-                            let mut dead: Vec<Record> = Vec::new();
+                            let mut groups: Vec<Group> = Vec::new();
+                            let mut dead = Group {
+                                stream: letters.policy.deadletter.as_deref().map(Arc::from),
+                                records: Vec::new(),
+                                seqs: Vec::new(),
+                            };
                             let mut next = Some(first);
                             while let Some(more) = next.take() {
                                 queued += more.records.len();
+                                let seqs = if producer.on {
+                                    producer.number(more.records.len(), more.offset.as_ref())
+                                } else {
+                                    Vec::new()
+                                };
                                 if more.offset.is_some() {
                                     offset = more.offset;
                                 }
                                 if more.dead {
-                                    dead.extend(more.records);
+                                    dead.records.extend(more.records);
+                                    dead.seqs.extend(seqs);
                                 } else {
                                     // Transforms see emits in order (they may route several
                                     // streams' records together); otherwise each stream's
                                     // records form one group.
                                     let slot = if chain.is_some() {
-                                        groups.last_mut().filter(|(s, _)| *s == more.stream)
+                                        groups.last_mut().filter(|g| g.stream == more.stream)
                                     } else {
-                                        groups.iter_mut().find(|(s, _)| *s == more.stream)
+                                        groups.iter_mut().find(|g| g.stream == more.stream)
                                     };
                                     match slot {
-                                        Some((_, records)) => records.extend(more.records),
-                                        None => groups.push((more.stream, more.records)),
+                                        Some(g) => {
+                                            g.records.extend(more.records);
+                                            g.seqs.extend(seqs);
+                                        }
+                                        None => groups.push(Group {
+                                            stream: more.stream,
+                                            records: more.records,
+                                            seqs,
+                                        }),
                                     }
                                 }
                                 if queued < COALESCE_RECORDS {
                                     next = rx.try_recv().ok();
                                 }
                             }
-                            let mut groups = match &chain {
-                                Some(c) if !groups.is_empty() => c.apply_source(groups, &stream).await?,
-                                _ => groups,
-                            };
+                            if let Some(c) = chain.as_ref().filter(|_| !groups.is_empty()) {
+                                let segments = groups.into_iter().map(|g| (g.stream, g.records)).collect();
+                                groups = c
+                                    .apply_source(segments, &stream)
+                                    .await?
+                                    .into_iter()
+                                    .map(|(stream, records)| Group {
+                                        stream,
+                                        records,
+                                        seqs: Vec::new(),
+                                    })
+                                    .collect();
+                            }
+                            // Every record appended from here on has at least this number.
+                            let first = groups
+                                .iter()
+                                .chain([&dead])
+                                .filter_map(|g| g.seqs.first().copied())
+                                .min()
+                                .unwrap_or(producer.next_seq());
+                            producer.before_append(&ctx, first).await?;
                             let shown = offset.as_ref().and_then(|o| serde_json::to_value(o).ok());
                             take_oversized(&mut groups, max_record_size, &letters, shown.as_ref(), &mut dead)?;
-                            let (n, bytes) = append_groups(&ctx, &stream, groups, &mut ensured).await?;
-                            if let Some(d) = letters.policy.deadletter.as_deref().filter(|_| !dead.is_empty()) {
-                                append_groups(&ctx, &stream, vec![(Some(d.into()), dead)], &mut ensured).await?;
+                            let (n, bytes) =
+                                append_groups(&ctx, &stream, groups, &mut ensured, &mut producer, &standing).await?;
+                            if dead.stream.is_some() && !dead.records.is_empty() {
+                                append_groups(&ctx, &stream, vec![dead], &mut ensured, &mut producer, &standing)
+                                    .await?;
                             }
                             if n > 0 {
                                 ctx.progress.moved(n, bytes);
                             }
                             if let Some(offset) = offset {
                                 let _ = durable_tx.send(Some(offset.clone()));
-                                pending = Some(offset);
+                                standing.pending = Some((offset, producer.resume_seq()));
                             }
                         }
                         None => {}
                     }
-                    if pending.is_some() && saved_at.elapsed() >= CHECKPOINT_EVERY {
-                        let p = pending.take().expect("checked");
-                        save(&ctx, &p).await?;
-                        let _ = committed_tx.send(Some(p));
+                    if standing.pending.is_some() && saved_at.elapsed() >= CHECKPOINT_EVERY {
+                        if let Some(p) = save(&ctx, &mut standing, &mut producer).await? {
+                            let _ = committed_tx.send(Some(p));
+                        }
                         saved_at = Instant::now();
                     }
                 }
@@ -271,8 +387,7 @@ pub async fn run_source<S: Source>(
                 stop.cancel();
             }
             // Whatever was appended durably is checkpointed, even when a later append failed.
-            if let Some(p) = pending.take() {
-                save(&ctx, &p).await?;
+            if let Some(p) = save(&ctx, &mut standing, &mut producer).await? {
                 let _ = committed_tx.send(Some(p));
             }
             result
@@ -327,7 +442,7 @@ async fn write_retrying<K: Sink>(
                 if left.is_zero() {
                     return Err(e);
                 }
-                tracing::debug!(error = %e, "write failed; retrying in place");
+                tracing::warn!(error = %e, "write failed; retrying in place (errors.retry.timeout)");
                 tokio::time::sleep(delay.min(left)).await;
                 delay = (delay * 2).min(policy.retry_delay_max);
             }

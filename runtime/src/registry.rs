@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::connector::{ConnectorConfig, Done, Sink, Source};
 use crate::error::ConnectorError;
+use crate::once;
 use crate::pipeline::{self, RunContext};
 use crate::spec::{self, FieldError};
 use crate::tolerance::{self, DeadLetters, ErrorPolicy};
@@ -72,11 +73,11 @@ pub trait ConnectorType: Send + Sync {
 }
 
 /// The connector's own part of a config: without the transform keys and the runtime's
-/// `errors.*` options.
+/// `errors.*` and `exactly.once` options.
 fn own(t: &dyn TransformOption, config: &Value) -> Value {
     let mut own = t.own(config);
     if let Value::Object(map) = &mut own {
-        map.retain(|k, _| !tolerance::is_key(k));
+        map.retain(|k, _| !tolerance::is_key(k) && k != once::KEY);
     }
     own
 }
@@ -88,11 +89,30 @@ fn validate_with_transforms<C: ConnectorConfig>(
     spec: &Value,
     config: &Value,
     stream: fn(&C) -> &str,
+    kind: Kind,
 ) -> Result<(), Vec<FieldError>> {
     t.validate(config)?;
-    let policy = ErrorPolicy::parse(config)?;
-    let parsed = spec::validate::<C>(&spec["connectionSpecification"], &own(t, config))?;
-    policy.check_stream(stream(&parsed))
+    let exactly_once = match (kind, config.get(once::KEY)) {
+        (Kind::Sink, Some(_)) => Err(FieldError {
+            path: once::KEY.into(),
+            message: "is an option of sources (a sink's delivery guarantee is its own)".into(),
+        }),
+        _ => once::enabled(config).map(|_| ()),
+    };
+    // The runtime options' problems and the connector's own, at once.
+    match (
+        ErrorPolicy::parse(config),
+        spec::validate::<C>(&spec["connectionSpecification"], &own(t, config)),
+    ) {
+        (Ok(policy), Ok(parsed)) if exactly_once.is_ok() => policy.check_stream(stream(&parsed)),
+        (policy, parsed) => Err(policy
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .chain(exactly_once.err())
+            .chain(parsed.err().unwrap_or_default())
+            .collect()),
+    }
 }
 
 /// A task's error policy at work, with the secrets of its config to scrub from error texts.
@@ -141,7 +161,7 @@ impl<S: Source> ConnectorType for SourceType<S> {
         &self.spec
     }
     fn validate(&self, config: &Value) -> Result<(), Vec<FieldError>> {
-        validate_with_transforms::<S::Config>(&*self.transforms, &self.spec, config, S::stream)
+        validate_with_transforms::<S::Config>(&*self.transforms, &self.spec, config, S::stream, Kind::Source)
     }
     fn stream(&self, config: &Value) -> Result<String, ConnectorError> {
         Ok(S::stream(&parse::<S::Config>(&*self.transforms, &self.spec, config)?).to_owned())
@@ -168,7 +188,8 @@ impl<S: Source> ConnectorType for SourceType<S> {
         let Some(chain) = open_chain(&*self.transforms, &ctx).await? else {
             return Ok(Done::Cancelled);
         };
-        pipeline::run_source::<S>(ctx, config, chain, letters).await
+        let exactly_once = once::enabled(&ctx.config).map_err(|e| ConnectorError::config(e.to_string()))?;
+        pipeline::run_source::<S>(ctx, config, chain, letters, exactly_once).await
     }
     async fn signal(&self, config: &Value, kind: &str, data: &Value) -> Result<String, ConnectorError> {
         S::signal(&parse::<S::Config>(&*self.transforms, &self.spec, config)?, kind, data).await
@@ -193,7 +214,7 @@ impl<K: Sink> ConnectorType for SinkType<K> {
         &self.spec
     }
     fn validate(&self, config: &Value) -> Result<(), Vec<FieldError>> {
-        validate_with_transforms::<K::Config>(&*self.transforms, &self.spec, config, K::stream)
+        validate_with_transforms::<K::Config>(&*self.transforms, &self.spec, config, K::stream, Kind::Sink)
     }
     fn stream(&self, config: &Value) -> Result<String, ConnectorError> {
         Ok(K::stream(&parse::<K::Config>(&*self.transforms, &self.spec, config)?).to_owned())
@@ -258,8 +279,10 @@ impl Registry {
     }
 
     pub fn source<S: Source>(&mut self, name: &str) -> &mut Self {
+        let mut spec = spec_of::<S::Config>(name);
+        once::add_to_spec(&mut spec);
         let t = SourceType::<S> {
-            spec: spec_of::<S::Config>(name),
+            spec,
             transforms: self.transforms.clone(),
             _s: PhantomData,
         };

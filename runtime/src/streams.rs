@@ -15,6 +15,13 @@ pub struct ReadChunk {
     pub next_lsn: u64,
 }
 
+/// Stored batches with their producer tags, and the LSN to read next.
+#[derive(Debug, Clone, Default)]
+pub struct TaggedChunk {
+    pub batches: Vec<(Option<crate::producer::ProducerTag>, Vec<Record>)>,
+    pub next_lsn: u64,
+}
+
 /// HStreamDB's default `max-record-size`.
 pub const DEFAULT_MAX_RECORD_SIZE: usize = 1 << 20;
 
@@ -34,6 +41,41 @@ pub trait Streams: Send + Sync {
     /// over [`max_record_size`](Self::max_record_size) fails the whole call before anything is
     /// written.
     async fn append(&self, stream: &str, records: Vec<Record>) -> Result<(), ConnectorError>;
+
+    /// Whether [`append_tagged`](Self::append_tagged) stores tags that
+    /// [`read_tagged`](Self::read_tagged) gives back (what exactly-once appends need).
+    fn tags_supported(&self) -> bool {
+        false
+    }
+
+    /// Like [`append`](Self::append), with the records numbered `seqs` (increasing, one per
+    /// record) by task `producer`; the numbers are stored with their batches
+    /// ([`crate::producer`]) for [`read_tagged`](Self::read_tagged). An access that cannot
+    /// store them appends plainly (and then answers `None` there).
+    async fn append_tagged(
+        &self,
+        stream: &str,
+        records: Vec<Record>,
+        producer: &str,
+        seqs: &[u64],
+    ) -> Result<(), ConnectorError> {
+        let _ = (producer, seqs);
+        self.append(stream, records).await
+    }
+
+    /// Up to `max_batches` stored batches of a shard from `from_lsn` (not waiting), with their
+    /// producer tags; `None` when this access cannot read tags (then a source's appends are
+    /// at-least-once).
+    async fn read_tagged(
+        &self,
+        stream: &str,
+        shard: u64,
+        from_lsn: u64,
+        max_batches: usize,
+    ) -> Result<Option<TaggedChunk>, ConnectorError> {
+        let _ = (stream, shard, from_lsn, max_batches);
+        Ok(None)
+    }
 
     /// Shard ids of a stream.
     async fn shards(&self, stream: &str) -> Result<Vec<u64>, ConnectorError>;

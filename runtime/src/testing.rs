@@ -22,12 +22,15 @@ use tokio::sync::watch;
 
 use crate::connector::{Record, SinkRecord};
 use crate::error::ConnectorError;
-use crate::streams::{Checkpoints, ReadChunk, ShardWatch, Streams};
+use crate::producer::ProducerTag;
+use crate::streams::{Checkpoints, ReadChunk, ShardWatch, Streams, TaggedChunk};
 
 #[derive(Default)]
 struct Shard {
     /// Batch `i` has LSN `i + 1`.
     batches: Vec<Vec<Record>>,
+    /// Each batch's producer tag (`append_tagged`).
+    tags: Vec<Option<ProducerTag>>,
     reads: u64,
 }
 
@@ -63,6 +66,49 @@ impl Default for MemoryStreams {
 impl MemoryStreams {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// Stores one batch per shard the records touch, each with its producer tag when given.
+    fn store(&self, stream: &str, records: Vec<Record>, tag: Option<(&str, &[u64])>) -> Result<(), ConnectorError> {
+        let max = self.max_record_size();
+        if let Some(r) = records.iter().find(|r| r.payload.len() > max) {
+            return Err(ConnectorError::external(format!(
+                "record of {} bytes is over the {max}-byte record limit",
+                r.payload.len()
+            )));
+        }
+        if tag.is_some_and(|(_, seqs)| seqs.len() != records.len()) {
+            return Err(ConnectorError::internal("append: one number per record"));
+        }
+        {
+            let mut st = self.state.lock().expect("lock");
+            if !st.streams.contains_key(stream) {
+                return Err(Self::unknown(stream));
+            }
+            let total = st.stored + records.len() as u64;
+            if st.refuse_after.is_some_and(|limit| total > limit) {
+                st.refused += 1;
+                return Err(ConnectorError::external(
+                    "the store refused the append (a test's fault)",
+                ));
+            }
+            st.stored = total;
+            let s = st.streams.get_mut(stream).expect("checked above");
+            let n = s.len() as u64;
+            let mut by_shard: BTreeMap<u64, (Vec<Record>, Vec<u64>)> = BTreeMap::new();
+            for (i, r) in records.into_iter().enumerate() {
+                let slot = by_shard.entry(shard_of(&r.key, n)).or_default();
+                slot.0.push(r);
+                slot.1.push(tag.map_or(0, |(_, seqs)| seqs[i]));
+            }
+            for (id, (batch, seqs)) in by_shard {
+                let shard = s.get_mut(&id).expect("shard ids are 1..=n");
+                shard.batches.push(batch);
+                shard.tags.push(tag.map(|(p, _)| ProducerTag::new(p, &seqs)));
+            }
+        }
+        self.appended.send_modify(|v| *v += 1);
+        Ok(())
     }
 
     /// Creates `name` with shards 1..=`shards` (replacing any stream of that name).
@@ -168,38 +214,46 @@ impl Streams for MemoryStreams {
     }
 
     async fn append(&self, stream: &str, records: Vec<Record>) -> Result<(), ConnectorError> {
-        let max = self.max_record_size();
-        if let Some(r) = records.iter().find(|r| r.payload.len() > max) {
-            return Err(ConnectorError::external(format!(
-                "record of {} bytes is over the {max}-byte record limit",
-                r.payload.len()
-            )));
+        self.store(stream, records, None)
+    }
+
+    fn tags_supported(&self) -> bool {
+        true
+    }
+
+    async fn append_tagged(
+        &self,
+        stream: &str,
+        records: Vec<Record>,
+        producer: &str,
+        seqs: &[u64],
+    ) -> Result<(), ConnectorError> {
+        self.store(stream, records, Some((producer, seqs)))
+    }
+
+    async fn read_tagged(
+        &self,
+        stream: &str,
+        shard: u64,
+        from_lsn: u64,
+        max_batches: usize,
+    ) -> Result<Option<TaggedChunk>, ConnectorError> {
+        let st = self.state.lock().expect("lock");
+        let s = st
+            .streams
+            .get(stream)
+            .and_then(|s| s.get(&shard))
+            .ok_or_else(|| Self::unknown(stream))?;
+        let from = from_lsn.max(1);
+        let mut chunk = TaggedChunk {
+            batches: Vec::new(),
+            next_lsn: from,
+        };
+        for (i, batch) in s.batches.iter().enumerate().skip(from as usize - 1).take(max_batches) {
+            chunk.batches.push((s.tags[i].clone(), batch.clone()));
+            chunk.next_lsn = i as u64 + 2;
         }
-        {
-            let mut st = self.state.lock().expect("lock");
-            if !st.streams.contains_key(stream) {
-                return Err(Self::unknown(stream));
-            }
-            let total = st.stored + records.len() as u64;
-            if st.refuse_after.is_some_and(|limit| total > limit) {
-                st.refused += 1;
-                return Err(ConnectorError::external(
-                    "the store refused the append (a test's fault)",
-                ));
-            }
-            st.stored = total;
-            let s = st.streams.get_mut(stream).expect("checked above");
-            let n = s.len() as u64;
-            let mut by_shard: BTreeMap<u64, Vec<Record>> = BTreeMap::new();
-            for r in records {
-                by_shard.entry(shard_of(&r.key, n)).or_default().push(r);
-            }
-            for (id, batch) in by_shard {
-                s.get_mut(&id).expect("shard ids are 1..=n").batches.push(batch);
-            }
-        }
-        self.appended.send_modify(|v| *v += 1);
-        Ok(())
+        Ok(Some(chunk))
     }
 
     async fn shards(&self, stream: &str) -> Result<Vec<u64>, ConnectorError> {

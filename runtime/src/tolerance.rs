@@ -50,6 +50,10 @@ pub mod attr {
     pub const SOURCE_POSITION: &str = "__connect.errors.source.position";
     /// Set when the payload was cut to fit the dead-letter stream: the original size in bytes.
     pub const TRUNCATED: &str = "__connect.errors.payload.truncated";
+    /// Set when the record's own attributes were left out to fit: how many there were.
+    pub const ATTRIBUTES_DROPPED: &str = "__connect.errors.attributes.dropped";
+    /// Set when the key was cut to fit: its original size in bytes.
+    pub const KEY_TRUNCATED: &str = "__connect.errors.key.truncated";
 }
 
 /// Whether a failed record stops the task.
@@ -232,17 +236,52 @@ impl ErrorPolicy {
             "type": "string",
         });
         props[RETRY_TIMEOUT] = json!({
-            "description": "How long (ms) a retryable write failure is retried in place before the attempt fails and the supervisor restarts the task; -1: without end. A destination outage is never a dead letter.",
+            "description": "Sinks: how long (ms) a retryable write failure is retried in place (connecting again where the connection was lost) before the attempt fails and the supervisor restarts the task; -1: without end. A destination outage is never a dead letter.",
             "type": ["integer", "string"], "default": 0,
         });
         props[RETRY_DELAY_MAX] = json!({
-            "description": "The longest wait (ms) between retries in place.",
+            "description": "Sinks: the longest wait (ms) between retries in place.",
             "type": ["integer", "string"], "default": 60000,
         });
         props[LOG_ENABLE] = json!({
             "description": "Log a line for every failed record (its position and the reason, never its content).",
             "type": ["boolean", "string"], "default": false,
         });
+    }
+}
+
+/// The longest error message, position or key text a dead letter keeps.
+const MAX_TEXT: usize = 2048;
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn cut(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut at = max;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+    }
+    text
+}
+
+/// Masks every `control_config` (a connector's own config kept in its offset) in `v`.
+fn mask_configs(v: &mut Value, depth: usize) {
+    if depth > 16 {
+        return;
+    }
+    match v {
+        Value::Object(map) => {
+            for (k, x) in map.iter_mut() {
+                if k == "control_config" && !x.is_null() {
+                    *x = Value::from(crate::secret::MASK);
+                } else {
+                    mask_configs(x, depth + 1);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|x| mask_configs(x, depth + 1)),
+        _ => {}
     }
 }
 
@@ -321,7 +360,8 @@ impl DeadLetters {
         position: Position,
         error: &ConnectorError,
     ) -> Result<Option<Record>, ConnectorError> {
-        let message = crate::secret::scrub(&error.full_message(), &self.secrets);
+        let message = cut(crate::secret::scrub(&error.full_message(), &self.secrets), MAX_TEXT);
+        let position = self.shown(position);
         if !self.tolerates() {
             return Err(ConnectorError {
                 kind: error.kind,
@@ -355,7 +395,7 @@ impl DeadLetters {
                 attributes.insert(attr::INDEX.into(), index.to_string());
             }
             Position::Source(v) => {
-                attributes.insert(attr::SOURCE_POSITION.into(), v.to_string());
+                attributes.insert(attr::SOURCE_POSITION.into(), cut(v.to_string(), MAX_TEXT));
             }
         }
         let mut letter = Record {
@@ -364,20 +404,54 @@ impl DeadLetters {
             payload: Bytes::new(),
             attributes,
         };
-        // What the dead letter holds besides its payload; the payload is cut (and then RAW,
-        // as a cut Struct is no Struct) only when the whole would not fit the stream.
-        let room = self.max_record_size.saturating_sub(letter.encoded_size_bound() + 32);
-        if payload.len() > room {
+        // The dead letter must fit the stream, or it would fail the task it is there to keep
+        // going: first the record's own attributes are left out, then the key is cut, then the
+        // payload (and it is then RAW, as a cut Struct is no Struct).
+        let fits = |l: &Record, extra: usize| l.encoded_size_bound() + extra + 64 <= self.max_record_size;
+        if !fits(&letter, payload.len()) {
+            let own: Vec<String> = letter
+                .attributes
+                .keys()
+                .filter(|k| !k.starts_with("__connect.errors."))
+                .cloned()
+                .collect();
+            if !own.is_empty() && !fits(&letter, 0) {
+                for k in &own {
+                    letter.attributes.remove(k);
+                }
+                letter
+                    .attributes
+                    .insert(attr::ATTRIBUTES_DROPPED.into(), own.len().to_string());
+            }
+            if !fits(&letter, 0) && letter.key.len() > MAX_TEXT {
+                letter
+                    .attributes
+                    .insert(attr::KEY_TRUNCATED.into(), letter.key.len().to_string());
+                letter.key = cut(std::mem::take(&mut letter.key), MAX_TEXT);
+            }
             letter
                 .attributes
                 .insert(attr::TRUNCATED.into(), payload.len().to_string());
-            let room = self.max_record_size.saturating_sub(letter.encoded_size_bound() + 32);
+            let room = self.max_record_size.saturating_sub(letter.encoded_size_bound() + 64);
             payload = payload.slice(..room.min(payload.len()));
             flag = PayloadFlag::Raw;
         }
         letter.flag = flag;
         letter.payload = payload;
         Ok(Some(letter))
+    }
+
+    /// A position as dead letters and errors show it: a config a source keeps in its offset
+    /// (an Airbyte connector's CONTROL config) masked, and the config's secrets scrubbed.
+    fn shown(&self, position: Position) -> Position {
+        match position {
+            Position::Source(mut v) => {
+                mask_configs(&mut v, 0);
+                let text = crate::secret::scrub(&v.to_string(), &self.secrets);
+                Position::Source(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+            }
+            p => p,
+        }
     }
 
     /// [`fail`](Self::fail) for a record a sink read.
@@ -540,6 +614,40 @@ mod tests {
         assert_eq!(l.attributes[attr::TRUNCATED], "10000");
         assert_eq!(l.attributes[attr::SOURCE_POSITION], r#"{"lsn":"0/16"}"#);
         assert!(l.payload.len() > 3000 && l.payload.iter().all(|&b| b == 7));
+    }
+
+    /// A record whose key and attributes alone are over the limit still makes a dead letter
+    /// that fits; a config kept in the offset and the config's secrets never show.
+    #[test]
+    fn a_dead_letter_always_fits_and_shows_no_secret() {
+        let max = 8192;
+        let (d, _) = letters(
+            json!({"errors.tolerance": "all", "errors.deadletter.stream": "dlq"}),
+            max,
+        );
+        let attrs: Attributes = (0..100).map(|i| (format!("h{i}"), "v".repeat(200))).collect();
+        let key = "k".repeat(20_000);
+        let pos =
+            Position::Source(json!({"before": {"states": [1], "control_config": {"token": "abc"}, "p": "hunter2"}}));
+        let e = ConnectorError::data("too big");
+        let l = d
+            .fail(
+                (key, PayloadFlag::Json, Bytes::from(vec![1u8; 50_000]), attrs),
+                Stage::Write,
+                pos,
+                &e,
+            )
+            .unwrap()
+            .unwrap();
+        assert!(l.encoded_size_bound() <= max, "{}", l.encoded_size_bound());
+        assert_eq!(l.attributes[attr::ATTRIBUTES_DROPPED], "100");
+        assert_eq!(l.attributes[attr::KEY_TRUNCATED], "20000");
+        assert_eq!(l.key.len(), MAX_TEXT);
+        let shown = &l.attributes[attr::SOURCE_POSITION];
+        assert!(
+            !shown.contains("abc") && !shown.contains("hunter2") && shown.contains("states"),
+            "{shown}"
+        );
     }
 
     #[test]

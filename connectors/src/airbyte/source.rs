@@ -16,6 +16,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use hstream_runtime::tolerance::Stage;
 use hstream_runtime::{ConnectorError, Done, Lag, Offset, PayloadFlag, Record, Source, SourceOutput};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -79,6 +80,12 @@ fn effective_config(config: &AirbyteSourceConfig, offset: &AirbyteOffset) -> Res
 
 impl Offset for AirbyteOffset {
     const VERSION: u32 = 1;
+
+    /// A restart reads again from the stored STATEs (with the config they were taken under):
+    /// the counts do not move it.
+    fn resume_point(&self) -> Value {
+        serde_json::json!([self.states, self.control_config])
+    }
 }
 
 impl AirbyteOffset {
@@ -381,14 +388,26 @@ impl AirbyteSource {
                     };
                     // The record's own buffer, sized like the last one.
                     let mut buf = Vec::with_capacity(last_len + 16);
-                    let mut keys =
-                        crate::pbstruct::struct_from_json(&mut buf, r.data.get(), &t.primary_key).map_err(|e| {
-                            // The same record would fail again on every retry: the task parks
-                            // with the reason (nothing after the last STATE is claimed).
-                            ConnectorError::config(format!(
+                    let mut keys = match crate::pbstruct::struct_from_json(&mut buf, r.data.get(), &t.primary_key) {
+                        Ok(keys) => keys,
+                        Err(e) => {
+                            // A failed record (errors.tolerance): the task's error, or a dead
+                            // letter holding the data as the connector wrote it.
+                            let error = ConnectorError::data(format!(
                                 "the connector's line {line_no}: RECORD data cannot be stored as a JSON record: {e}"
-                            ))
-                        })?;
+                            ));
+                            let data = bytes::Bytes::copy_from_slice(r.data.get().as_bytes());
+                            let at = serde_json::json!({ "stream": r.stream.as_ref(), "line": line_no });
+                            out.reject(
+                                Record::new(String::new(), PayloadFlag::Raw, data),
+                                Stage::Convert,
+                                at,
+                                &error,
+                            )
+                            .await?;
+                            continue;
+                        }
+                    };
                     last_len = buf.len();
                     let key = match keys.as_mut_slice() {
                         [] => String::new(),

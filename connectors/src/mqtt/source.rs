@@ -51,8 +51,9 @@ pub struct MqttSource {
     key: Template,
     taken: u64,
     /// Messages that could not become records, since the last emit: failed records for the
-    /// runtime's error policy (`errors.tolerance`), with the reason and the message count.
-    rejected: Vec<(Record, String, u64)>,
+    /// runtime's error policy (`errors.tolerance`), with the reason, the message count, and how
+    /// many records of the round's batch came before it.
+    rejected: Vec<(Record, String, u64, usize)>,
 }
 
 /// The QoS to subscribe with: QoS 2 is taken as QoS 1. A QoS 2 delivery ends with the broker's
@@ -191,7 +192,9 @@ impl Source for MqttSource {
         for m in early {
             self.take(m, &mut batch, &mut unacked);
         }
-        self.reject_taken(out).await?;
+        if !self.reject_taken(&mut batch, out).await? {
+            return Ok(Done::Cancelled);
+        }
         if !batch.is_empty() && out.emit(std::mem::take(&mut batch), self.offset()).await.is_err() {
             return Ok(Done::Cancelled);
         }
@@ -238,7 +241,9 @@ impl Source for MqttSource {
                     // Also when every message of the round was rejected: the new count lets
                     // their acknowledgements go out in order. What was taken before a failure
                     // is kept (QoS 0 messages would not come again).
-                    self.reject_taken(out).await?;
+                    if !self.reject_taken(&mut batch, out).await? {
+                        break; // stopping
+                    }
                     if out.emit(std::mem::take(&mut batch), self.offset()).await.is_err() {
                         break; // stopping
                     }
@@ -290,7 +295,7 @@ impl MqttSource {
                 // The message as it came: its topic as the key, the payload as is.
                 let mut r = Record::new(m.topic().into_owned(), PayloadFlag::Raw, Bytes::clone(m.payload()));
                 r.attributes.insert(ATTR_TOPIC.into(), m.topic().into_owned());
-                self.rejected.push((r, why, self.taken));
+                self.rejected.push((r, why, self.taken, batch.len()));
             }
         }
         if m.qos() > 0 {
@@ -298,21 +303,39 @@ impl MqttSource {
         }
     }
 
-    /// Hands the rejected messages to the error policy: the task's error (`errors.tolerance`
-    /// none), or dead letters durable before the count that acknowledges them.
-    async fn reject_taken(&mut self, out: &mut SourceOutput<MqttOffset>) -> Result<(), ConnectorError> {
-        for (r, why, n) in std::mem::take(&mut self.rejected) {
+    /// Hands the round's rejected messages to the error policy. Tolerated, each becomes a dead
+    /// letter, durable before the count that acknowledges it. Not tolerated, the records taken
+    /// before the first one are emitted with the count before it (so it is not acknowledged,
+    /// and QoS 0 messages before it are not lost) and its error is returned. `Ok(false)`: the
+    /// task is stopping.
+    async fn reject_taken(
+        &mut self,
+        batch: &mut Vec<Record>,
+        out: &mut SourceOutput<MqttOffset>,
+    ) -> Result<bool, ConnectorError> {
+        for (r, why, n, before) in std::mem::take(&mut self.rejected) {
             let topic = r.key.clone();
             let error = ConnectorError::data(format!("MQTT message on topic {topic}: {why}"));
-            out.reject(
-                r,
-                Stage::Decode,
-                serde_json::json!({ "topic": topic, "message": n }),
-                &error,
-            )
-            .await?;
+            let at = serde_json::json!({ "topic": topic, "message": n });
+            if !out.tolerates_errors() {
+                let Err(e) = out.reject(r, Stage::Decode, at, &error).await else {
+                    continue;
+                };
+                batch.truncate(before);
+                let upto = MqttOffset {
+                    messages: n - 1,
+                    filters: self.subscribed.clone(),
+                };
+                if out.emit(std::mem::take(batch), upto).await.is_err() {
+                    return Ok(false);
+                }
+                return Err(e);
+            }
+            if out.reject(r, Stage::Decode, at, &error).await.is_err() {
+                return Ok(false);
+            }
         }
-        Ok(())
+        Ok(true)
     }
 
     fn record(&self, m: &Msg) -> Result<Record, String> {

@@ -143,6 +143,9 @@ fn normalized(v: &Value) -> Value {
 
 pub struct MySqlSink {
     conn: Conn,
+    /// Set when a write failed for a reason a retry may fix: the next write connects again
+    /// first (the connection may be gone).
+    reconnect: bool,
     cfg: MySqlSinkConfig,
     routing: changes::Routing,
     /// Target tables by the name records are routed to, read on first use.
@@ -257,6 +260,7 @@ impl Sink for MySqlSink {
             targets.insert(t.clone(), target(&mut conn, &cfg, t).await?);
         }
         Ok(MySqlSink {
+            reconnect: false,
             conn,
             routing: cfg.targets.routing(),
             cfg,
@@ -269,6 +273,25 @@ impl Sink for MySqlSink {
     }
 
     async fn write(&mut self, records: &[SinkRecord]) -> Result<Written, ConnectorError> {
+        if self.reconnect {
+            self.conn = connect(&self.cfg).await?;
+            self.reconnect = false;
+        }
+        let written = self.write_batch(records).await;
+        if written.as_ref().is_err_and(ConnectorError::retryable) {
+            self.reconnect = true;
+        }
+        written
+    }
+
+    async fn flush(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+}
+
+impl MySqlSink {
+    /// One batch in one transaction (see [`Sink::write`]).
+    async fn write_batch(&mut self, records: &[SinkRecord]) -> Result<Written, ConnectorError> {
         let parts = changes::route(records, &mut self.routing)?;
         for p in &parts {
             if !self.targets.contains_key(&p.target) {
@@ -321,10 +344,6 @@ impl Sink for MySqlSink {
             let _ = conn.query_drop("ROLLBACK").await;
         }
         result.map(|()| Written::Durable)
-    }
-
-    async fn flush(&mut self) -> Result<(), ConnectorError> {
-        Ok(())
     }
 }
 

@@ -46,7 +46,8 @@ fn pg_error(context: &str, e: tokio_postgres::Error) -> ConnectorError {
         c if super::retryable_sqlstate(c) => ConnectorError::external(msg),
         // A value a column cannot take (22), a constraint (23), a trigger's RAISE (P0001): the
         // records' content, not the setup, is refused.
-        c if c.starts_with("22") || c.starts_with("23") || c == "P0001" => ConnectorError::data(msg),
+        // An index entry too big for one row (54000) too.
+        c if c.starts_with("22") || c.starts_with("23") || c == "P0001" || c == "54000" => ConnectorError::data(msg),
         _ => ConnectorError::config(msg),
     }
 }
@@ -362,6 +363,10 @@ impl Sink for PgSink {
     }
 
     async fn write(&mut self, records: &[SinkRecord]) -> Result<Written, ConnectorError> {
+        // A connection lost in an earlier write: connect again (a retry in place).
+        if self.client.is_closed() {
+            self.client = connect(&self.cfg).await?;
+        }
         let parts = changes::route(records, &mut self.routing)?;
         for p in &parts {
             if !self.targets.contains_key(&p.target) {

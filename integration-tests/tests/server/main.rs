@@ -10,6 +10,7 @@ mod db_tls;
 mod dead_letters;
 mod etcd;
 mod etcd_faults;
+mod exactly_once;
 mod hardening;
 mod jetstream;
 mod jetstream_faults;

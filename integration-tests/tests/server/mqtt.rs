@@ -394,9 +394,15 @@ async fn mqtt_oversized_and_malformed_messages_are_dead_lettered_without_stoppin
             ("d2".to_owned(), json!({"device": "d2", "n": 2.0})),
         ]
     );
-    // Each dead letter holds what came (the oversized one cut to fit, saying so) and why.
-    let dead = read_stream_records(&c, "iot-dlq").await;
+    // Each dead letter holds what came (the oversized one cut to fit, saying so) and why. The
+    // oversized one is refused in the pipeline, the undecodable ones in the source: their order
+    // in the dead-letter stream depends on how the messages arrived, so they are sorted here.
+    let mut dead = read_stream_records(&c, "iot-dlq").await;
     assert_eq!(dead.len(), 3, "{dead:?}");
+    dead.sort_by_key(|r| r.payload.len() < 60_000);
+    if dead[1].payload[..] != b"not json"[..] {
+        dead.swap(1, 2);
+    }
     let attrs = |i: usize| dead[i].header.as_ref().unwrap().attributes.clone();
     let a = attrs(0);
     assert_eq!(a["__connect.errors.stage"], "write", "{a:?}");
@@ -440,7 +446,7 @@ async fn mqtt_oversized_and_malformed_messages_are_dead_lettered_without_stoppin
         .into_inner()
         .logs;
     assert_eq!(logs.matches("failed: MQTT message on topic").count(), 2, "{logs}");
-    assert_eq!(logs.matches("failed: a record (key").count(), 1, "{logs}");
+    assert_eq!(logs.matches("failed: a record of").count(), 1, "{logs}");
     let (status, body) = http(server.http, "GET", "/connectors/mq/logs", None).await;
     assert_eq!(status, 200);
     let lines = body["logs"].as_array().unwrap();

@@ -45,6 +45,8 @@ struct State {
     /// `committed` moved since the last emit.
     dirty: bool,
     batch: Vec<Record>,
+    /// How many records of `batch` belong to committed transactions (the rest to the open one).
+    committed_len: usize,
     /// TABLE_MAP per table id; `None`: a table we do not capture.
     maps: HashMap<u64, Option<Mapped>>,
     described: HashMap<(String, String), Described>,
@@ -219,6 +221,7 @@ impl MySqlSource {
             committed: start,
             dirty: false,
             batch: Vec::with_capacity(MAX_BATCH),
+            committed_len: 0,
             maps: HashMap::new(),
             described,
             stale: false,
@@ -339,7 +342,7 @@ impl MySqlSource {
     }
 
     /// Emits the batch with the last transaction end (records of an open transaction go out
-    /// with the offset before it).
+    /// after it, with the same offset, which does not cover them).
     async fn flush(&self, st: &mut State, out: &mut SourceOutput<MySqlOffset>) -> Result<(), ConnectorError> {
         if st.batch.is_empty() && !st.dirty {
             return Ok(());
@@ -358,7 +361,17 @@ impl MySqlSource {
         }
         let offset = self.stamped(&st.committed);
         st.emitted = offset.clone();
-        out.emit(std::mem::take(&mut st.batch), offset).await
+        // The open transaction's records go out in an emit of their own with the same offset,
+        // which does not cover them (a restart sends them again): so the runtime knows where
+        // a restart at this offset replays from (exactly-once appends).
+        let mut records = std::mem::take(&mut st.batch);
+        let open = records.split_off(st.committed_len.min(records.len()));
+        st.committed_len = 0;
+        out.emit(records, offset.clone()).await?;
+        if open.is_empty() {
+            return Ok(());
+        }
+        out.emit(open, offset).await
     }
 
     /// Between transactions: the chunk in flight goes out once the stream has read up to its
@@ -413,6 +426,7 @@ impl MySqlSource {
             set.add(uuid, gno);
         }
         st.in_txn = false;
+        st.committed_len = st.batch.len();
         st.committed = MySqlOffset {
             file: st.file.clone(),
             pos: end,

@@ -78,6 +78,7 @@ impl PgSource {
             confirmed: start,
             emitted: start,
             last_commit: start,
+            committed_len: 0,
             quiet_through: start,
             change_lsn: start,
             in_txn: false,
@@ -324,6 +325,11 @@ impl PgSource {
                 .await?;
         }
         let mut records = std::mem::replace(&mut st.batch, Vec::with_capacity(MAX_BATCH));
+        // Records of the transaction still open go out after the committed ones, with the same
+        // offset, which does not cover them (a restart sends them again): so the runtime knows
+        // where a restart at an offset replays from (exactly-once appends).
+        let open = records.split_off(st.committed_len.min(records.len()));
+        st.committed_len = 0;
         // A big streamed transaction arrives whole: it goes out in batches, all but the last
         // with the previous offset.
         while !records.is_empty() || st.last_commit > st.emitted {
@@ -335,6 +341,10 @@ impl PgSource {
             let lsn = if rest.is_empty() { st.last_commit } else { st.emitted };
             self.emit_answering(st, out, rs, committed, std::mem::replace(&mut records, rest), lsn)
                 .await?;
+        }
+        if !open.is_empty() {
+            let lsn = st.emitted;
+            self.emit_answering(st, out, rs, committed, open, lsn).await?;
         }
         // A spilled transaction that just committed: read back in batches with the offset
         // before it, then its end.
@@ -415,6 +425,8 @@ struct StreamState {
     emitted: u64,
     /// The end of the last transaction seen (or the server position while idle).
     last_commit: u64,
+    /// How many records of `batch` belong to committed transactions (the rest to the open one).
+    committed_len: usize,
     /// The server's position in a keepalive received outside a decoded transaction: every
     /// commit before it has been received (transactions streamed while open aside).
     quiet_through: u64,

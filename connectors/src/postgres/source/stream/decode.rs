@@ -113,6 +113,7 @@ impl PgSource {
             Message::Commit { end_lsn, .. } => {
                 st.in_txn = false;
                 st.last_commit = st.last_commit.max(end_lsn);
+                st.committed_len = st.batch.len();
                 if let Some(tx) = st.tx.take() {
                     st.tx_batch.extend(tx.records());
                 }
@@ -186,6 +187,7 @@ impl PgSource {
                     Some(Committed::Memory(changes)) => {
                         st.batch.extend(changes);
                         st.last_commit = st.last_commit.max(end_lsn);
+                        st.committed_len = st.batch.len();
                     }
                     None => st.last_commit = st.last_commit.max(end_lsn),
                 }
