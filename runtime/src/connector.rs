@@ -226,6 +226,12 @@ pub trait Source: Send + 'static {
     type Config: ConnectorConfig;
     type Offset: Offset;
 
+    /// Whether a restart at an offset emits again exactly what followed it, in the same order:
+    /// then the runtime stores each record once ([`crate::once`]). Not for a source whose
+    /// upstream resends by its own rules (an MQTT broker's session) or in another order (Kafka
+    /// partitions interleaving differently on each read).
+    const REPLAYS: bool = false;
+
     /// Tests connectivity and permissions without starting anything.
     async fn check(config: &Self::Config) -> Result<(), ConnectorError>;
 

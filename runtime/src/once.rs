@@ -123,12 +123,16 @@ pub(crate) async fn save<O: Offset>(ctx: &RunContext, c: &SourceCheckpoint<O>, o
     Ok(())
 }
 
-/// What a record is, for telling a replayed record from the one stored under its number.
+/// What a record is, for telling a replayed record from the one stored under its number:
+/// everything stored of it.
 fn content(r: &Record) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     r.key.hash(&mut h);
     matches!(r.flag, crate::connector::PayloadFlag::Json).hash(&mut h);
     r.payload.hash(&mut h);
+    let mut attrs: Vec<(&String, &String)> = r.attributes.iter().collect();
+    attrs.sort_unstable();
+    attrs.hash(&mut h);
     h.finish()
 }
 
@@ -151,6 +155,8 @@ pub(crate) struct Producer {
     tails_at: Instant,
     /// This task's records stored past its checkpoint, by number: (stream, content).
     landed: HashMap<u64, Vec<(Arc<str>, u64)>>,
+    /// The highest number in `landed`: once the numbering passes it, nothing is left to match.
+    landed_max: u64,
     /// Replayed records dropped as already stored, and replayed records whose number held
     /// another record.
     pub skipped: u64,
@@ -176,6 +182,7 @@ impl Producer {
             next_tails: None,
             tails_at: Instant::now(),
             landed: HashMap::new(),
+            landed_max: 0,
             skipped: 0,
             differed: 0,
         };
@@ -219,6 +226,7 @@ impl Producer {
                         for (seq, r) in tag.seqs(records.len()).into_iter().zip(&records) {
                             if seq >= self.next_seq {
                                 self.landed.entry(seq).or_default().push((name.clone(), content(r)));
+                                self.landed_max = self.landed_max.max(seq);
                             }
                         }
                     }
@@ -233,6 +241,7 @@ impl Producer {
     pub(crate) fn number<O: Offset>(&mut self, n: usize, offset: Option<&O>) -> Vec<u64> {
         let seqs: Vec<u64> = (self.next_seq..self.next_seq + n as u64).collect();
         self.next_seq += n as u64;
+
         if let Some(o) = offset {
             let point = o.resume_point();
             if self.last_point.as_ref() != Some(&point) {
@@ -241,6 +250,15 @@ impl Producer {
             }
         }
         seqs
+    }
+
+    /// After every record numbered so far was appended (or dropped): once the numbering passed
+    /// every stored record, what is left of them was not emitted again and can match nothing.
+    pub(crate) fn appended(&mut self) {
+        if !self.landed.is_empty() && self.next_seq > self.landed_max {
+            tracing::info!(left = self.landed.len(), "stored records the replay did not emit again");
+            self.landed.clear();
+        }
     }
 
     /// The number a restart at the last emitted offset starts from.
@@ -322,7 +340,9 @@ impl Producer {
     /// checkpoints' tails once a checkpoint resumes at or past `first`. So a restart reads
     /// only a few seconds of the streams, however long the task ran.
     pub(crate) async fn before_append(&mut self, ctx: &RunContext, first: u64) -> Result<(), ConnectorError> {
-        if !self.on || self.next_tails.is_some() || self.tails_at.elapsed() < TAILS_EVERY {
+        // Not while a replay is still matching what was stored: those records lie before any
+        // tails taken now, and a crash before the replay passed them must find them again.
+        if !self.on || self.next_tails.is_some() || !self.landed.is_empty() || self.tails_at.elapsed() < TAILS_EVERY {
             return Ok(());
         }
         let mut fresh = Tails::new();
@@ -392,6 +412,7 @@ mod tests {
     impl Source for Replay {
         type Config = ReplayConfig;
         type Offset = TxEnd;
+        const REPLAYS: bool = true;
         async fn check(_: &ReplayConfig) -> Result<(), ConnectorError> {
             Ok(())
         }
@@ -544,6 +565,13 @@ mod tests {
             "tails taken along the way: {:?}",
             early.tails
         );
+        // The replay loses its later checkpoints too (a second crash during the replay), and
+        // a third run replays from what the second stored.
+        let lossy = Arc::new(Lossy {
+            inner: stored.clone(),
+            keep: Mutex::new(1),
+        });
+        run(streams.clone(), lossy, N).await;
         run(streams.clone(), stored.clone(), N).await;
         let c = copies(&streams);
         let twice: Vec<_> = c.iter().filter(|(_, n)| **n > 1).map(|(k, _)| *k).take(5).collect();

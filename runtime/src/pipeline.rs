@@ -362,6 +362,7 @@ pub async fn run_source<S: Source>(
                                 append_groups(&ctx, &stream, vec![dead], &mut ensured, &mut producer, &standing)
                                     .await?;
                             }
+                            producer.appended();
                             if n > 0 {
                                 ctx.progress.moved(n, bytes);
                             }

@@ -89,13 +89,13 @@ fn validate_with_transforms<C: ConnectorConfig>(
     spec: &Value,
     config: &Value,
     stream: fn(&C) -> &str,
-    kind: Kind,
+    replays: bool,
 ) -> Result<(), Vec<FieldError>> {
     t.validate(config)?;
-    let exactly_once = match (kind, config.get(once::KEY)) {
-        (Kind::Sink, Some(_)) => Err(FieldError {
+    let exactly_once = match (replays, config.get(once::KEY)) {
+        (false, Some(_)) => Err(FieldError {
             path: once::KEY.into(),
-            message: "is an option of sources (a sink's delivery guarantee is its own)".into(),
+            message: "is an option of sources that replay from their offset (this connector's delivery is at-least-once, or its own)".into(),
         }),
         _ => once::enabled(config).map(|_| ()),
     };
@@ -161,7 +161,7 @@ impl<S: Source> ConnectorType for SourceType<S> {
         &self.spec
     }
     fn validate(&self, config: &Value) -> Result<(), Vec<FieldError>> {
-        validate_with_transforms::<S::Config>(&*self.transforms, &self.spec, config, S::stream, Kind::Source)
+        validate_with_transforms::<S::Config>(&*self.transforms, &self.spec, config, S::stream, S::REPLAYS)
     }
     fn stream(&self, config: &Value) -> Result<String, ConnectorError> {
         Ok(S::stream(&parse::<S::Config>(&*self.transforms, &self.spec, config)?).to_owned())
@@ -188,7 +188,8 @@ impl<S: Source> ConnectorType for SourceType<S> {
         let Some(chain) = open_chain(&*self.transforms, &ctx).await? else {
             return Ok(Done::Cancelled);
         };
-        let exactly_once = once::enabled(&ctx.config).map_err(|e| ConnectorError::config(e.to_string()))?;
+        let exactly_once =
+            S::REPLAYS && once::enabled(&ctx.config).map_err(|e| ConnectorError::config(e.to_string()))?;
         pipeline::run_source::<S>(ctx, config, chain, letters, exactly_once).await
     }
     async fn signal(&self, config: &Value, kind: &str, data: &Value) -> Result<String, ConnectorError> {
@@ -214,7 +215,7 @@ impl<K: Sink> ConnectorType for SinkType<K> {
         &self.spec
     }
     fn validate(&self, config: &Value) -> Result<(), Vec<FieldError>> {
-        validate_with_transforms::<K::Config>(&*self.transforms, &self.spec, config, K::stream, Kind::Sink)
+        validate_with_transforms::<K::Config>(&*self.transforms, &self.spec, config, K::stream, false)
     }
     fn stream(&self, config: &Value) -> Result<String, ConnectorError> {
         Ok(K::stream(&parse::<K::Config>(&*self.transforms, &self.spec, config)?).to_owned())
@@ -280,7 +281,9 @@ impl Registry {
 
     pub fn source<S: Source>(&mut self, name: &str) -> &mut Self {
         let mut spec = spec_of::<S::Config>(name);
-        once::add_to_spec(&mut spec);
+        if S::REPLAYS {
+            once::add_to_spec(&mut spec);
+        }
         let t = SourceType::<S> {
             spec,
             transforms: self.transforms.clone(),
@@ -348,6 +351,50 @@ mod tests {
                 .unwrap()
                 .validate(&json!({"stream": "s"}))
                 .is_ok()
+        );
+    }
+
+    /// `exactly.once` is an option of sources that replay from their offset: refused elsewhere,
+    /// and its value checked; the error options are checked beside the connector's own.
+    #[test]
+    fn runtime_options_are_checked_where_they_apply() {
+        let e = errors(
+            Kind::Source,
+            "generator",
+            json!({"stream": "s", "exactly.once": "maybe"}),
+        );
+        assert!(e.iter().any(|m| m == "exactly.once: must be true or false"), "{e:?}");
+        let gen_spec = builtin().get(Kind::Source, "generator").unwrap().spec().clone();
+        assert_eq!(
+            gen_spec["connectionSpecification"]["properties"]["exactly.once"]["default"],
+            true
+        );
+        let e = errors(Kind::Sink, "blackhole", json!({"stream": "s", "exactly.once": true}));
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("exactly.once: is an option of sources that replay")),
+            "{e:?}"
+        );
+        let e = errors(
+            Kind::Source,
+            "wasm",
+            json!({"stream": "s", "module": "/nope.wasm", "exactly.once": false}),
+        );
+        assert!(e.iter().any(|m| m.starts_with("exactly.once: ")), "{e:?}");
+        let wasm_spec = builtin().get(Kind::Source, "wasm").unwrap().spec().clone();
+        assert!(
+            wasm_spec["connectionSpecification"]["properties"]
+                .get("exactly.once")
+                .is_none()
+        );
+        let e = errors(
+            Kind::Source,
+            "generator",
+            json!({"stream": "s", "rate": "x", "errors.tolerance": "some"}),
+        );
+        assert!(
+            e.iter().any(|m| m.starts_with("rate: ")) && e.iter().any(|m| m.starts_with("errors.tolerance: ")),
+            "{e:?}"
         );
     }
 

@@ -15,7 +15,8 @@ pub struct ReadChunk {
     pub next_lsn: u64,
 }
 
-/// Stored batches with their producer tags, and the LSN to read next.
+/// Stored batches with their producer tags (an untagged batch's records may be left out), and
+/// the LSN to read next.
 #[derive(Debug, Clone, Default)]
 pub struct TaggedChunk {
     pub batches: Vec<(Option<crate::producer::ProducerTag>, Vec<Record>)>,

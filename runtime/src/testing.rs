@@ -134,6 +134,7 @@ impl MemoryStreams {
             .expect("append_to an existing shard");
         let n = records.len() as u64;
         s.batches.push(records);
+        s.tags.push(None);
         st.stored += n;
         drop(st);
         self.appended.send_modify(|v| *v += 1);

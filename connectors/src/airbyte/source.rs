@@ -81,10 +81,10 @@ fn effective_config(config: &AirbyteSourceConfig, offset: &AirbyteOffset) -> Res
 impl Offset for AirbyteOffset {
     const VERSION: u32 = 1;
 
-    /// A restart reads again from the stored STATEs (with the config they were taken under):
-    /// the counts do not move it.
+    /// A restart reads again from the stored STATEs (with the config they were taken under),
+    /// in a new sync once a sync completed: the record count does not move it.
     fn resume_point(&self) -> Value {
-        serde_json::json!([self.states, self.control_config])
+        serde_json::json!([self.states, self.control_config, self.syncs])
     }
 }
 
@@ -142,6 +142,7 @@ async fn prepare(
 impl Source for AirbyteSource {
     type Config = AirbyteSourceConfig;
     type Offset = AirbyteOffset;
+    const REPLAYS: bool = true;
 
     async fn check(config: &AirbyteSourceConfig) -> Result<(), ConnectorError> {
         let cc = config.config.object()?;

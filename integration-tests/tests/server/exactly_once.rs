@@ -113,7 +113,7 @@ async fn pg_changes_are_stored_once_through_ten_kills() {
             "DO $$ BEGIN FOR b IN 0..399 LOOP \
                INSERT INTO orders (id, name, amount, payload) \
                SELECT b * 500 + g - 1, 'n', g, repeat('p', 100) FROM generate_series(1, 500) g; \
-               COMMIT; PERFORM pg_sleep(0.03); END LOOP; END $$",
+               COMMIT; PERFORM pg_sleep(0.05); END LOOP; END $$",
         )
         .spawn()
         .unwrap();
@@ -151,7 +151,7 @@ async fn airbyte_records_are_stored_once_through_ten_kills() {
     let mut server = Server::start(dir.path(), super::airbyte::FAST_RETRY);
     let mut c = server.client().await;
     let config = json!({"command": super::airbyte::script("airbyte_fake_source.py"),
-        "config": {"count": count, "state_every": 1000, "state_sleep": 0.02}, "stream_prefix": "eo_"});
+        "config": {"count": count, "state_every": 1000, "state_sleep": 0.04}, "stream_prefix": "eo_"});
     create_connector(&mut c, "ab", "SOURCE", "airbyte", &config)
         .await
         .unwrap();
@@ -167,4 +167,54 @@ async fn airbyte_records_are_stored_once_through_ten_kills() {
     assert!(twice.is_empty(), "records stored more than once: {twice:?}");
     assert_eq!(got.len() as u64, count, "every record");
     assert_eq!(got.values().sum::<usize>() as u64, count, "every record once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_changes_are_stored_once_through_ten_kills() {
+    const ROWS: u64 = 200_000;
+    use hstream_integration_tests::mariadb::{DATABASE as MY, MariaDb};
+    let db = MariaDb::start();
+    super::mysql::orders_table(&db, "orders");
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), super::mysql::FAST_RETRY);
+    let mut c = server.client().await;
+    let cfg = config_with(db.connector_config(), "orders_cdc", json!({"table": "orders"}));
+    create_connector(&mut c, "mysrc", "SOURCE", "mysql", &cfg)
+        .await
+        .unwrap();
+    super::mysql::wait_streaming(&db, 1).await;
+    // 400 transactions of 500 rows, paced so that the kills fall across the whole load.
+    let mut load = db
+        .sql_command(&format!(
+            "BEGIN NOT ATOMIC FOR b IN 0..399 DO \
+               INSERT INTO {MY}.orders (id, name, amount, payload) \
+               SELECT b * 500 + seq - 1, 'n', seq, REPEAT('p', 100) FROM {MY}.seq_1_to_500; \
+               DO SLEEP(0.05); \
+             END FOR; END"
+        ))
+        .spawn()
+        .unwrap();
+    let c = kill_at_random(&mut server, async |_| load.try_wait().unwrap().is_none()).await;
+    assert!(load.wait().unwrap().success());
+    assert_eq!(db.sql(&format!("SELECT count(*) FROM {MY}.orders")), ROWS.to_string());
+    let ids = |records: &[(String, serde_json::Value)]| {
+        counts(
+            records
+                .iter()
+                .map(|(_, r)| r["value"]["id"].as_f64().expect("an insert") as u64),
+        )
+    };
+    wait_until(
+        Duration::from_secs(180),
+        "every committed row in the stream",
+        || async {
+            let mut probe = c.clone();
+            ids(&read_json_stream(&mut probe, "orders_cdc").await).len() as u64 == ROWS
+        },
+    )
+    .await;
+    let mut probe = c.clone();
+    let records = read_json_stream(&mut probe, "orders_cdc").await;
+    assert_each_once(&ids(&records), ROWS);
+    assert_eq!(records.len() as u64, ROWS, "every change once, none twice");
 }

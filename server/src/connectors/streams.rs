@@ -289,10 +289,16 @@ impl Streams for LocalStreams {
         };
         for b in batches {
             let lsn = b.lsn;
-            // Our own appends are never compressed: a compressed batch is a client's.
+            chunk.next_lsn = lsn + 1;
+            // Our own appends are never compressed: a compressed batch is a client's. Only a
+            // tagged batch's records are decoded (no one asks for the others').
             let tag = (b.compression == pb::CompressionType::None as u8)
                 .then(|| ProducerTag::of(&b.payload))
                 .flatten();
+            if tag.is_none() {
+                chunk.batches.push((None, Vec::new()));
+                continue;
+            }
             let batch = pb::BatchedRecord {
                 compression_type: b.compression as i32,
                 publish_time: None,
@@ -315,7 +321,6 @@ impl Streams for LocalStreams {
                 })
                 .collect();
             chunk.batches.push((tag, records));
-            chunk.next_lsn = lsn + 1;
         }
         Ok(Some(chunk))
     }

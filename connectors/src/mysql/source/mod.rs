@@ -389,6 +389,7 @@ impl MySqlSource {
 impl Source for MySqlSource {
     type Config = MySqlSourceConfig;
     type Offset = MySqlOffset;
+    const REPLAYS: bool = true;
 
     async fn check(cfg: &MySqlSourceConfig) -> Result<(), ConnectorError> {
         let mut conn = cfg.endpoint.connect(&[]).await?;

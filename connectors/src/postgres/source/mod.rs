@@ -287,6 +287,7 @@ impl PgSource {
 impl Source for PgSource {
     type Config = PgSourceConfig;
     type Offset = PgOffset;
+    const REPLAYS: bool = true;
 
     async fn check(cfg: &PgSourceConfig) -> Result<(), ConnectorError> {
         let ep = cfg.endpoint.clone();

@@ -37,6 +37,7 @@ impl GeneratorSource {
 impl Source for GeneratorSource {
     type Config = GeneratorConfig;
     type Offset = GeneratorOffset;
+    const REPLAYS: bool = true;
 
     async fn check(_: &GeneratorConfig) -> Result<(), ConnectorError> {
         Ok(())
