@@ -456,6 +456,15 @@ mod tests {
         keep: Mutex<usize>,
     }
 
+    impl Lossy {
+        fn keeping(stored: &Arc<MemoryCheckpoints>, keep: usize) -> Arc<Lossy> {
+            Arc::new(Lossy {
+                inner: stored.clone(),
+                keep: Mutex::new(keep),
+            })
+        }
+    }
+
     #[async_trait]
     impl Checkpoints for Lossy {
         async fn load(&self, task: &str) -> Result<Option<(u32, Vec<u8>)>, ConnectorError> {
@@ -544,10 +553,7 @@ mod tests {
         let streams = MemoryStreams::new();
         streams.create("out", 3);
         let stored = MemoryCheckpoints::new();
-        let lossy = Arc::new(Lossy {
-            inner: stored.clone(),
-            keep: Mutex::new(2),
-        });
+        let lossy = Lossy::keeping(&stored, 2);
         run(streams.clone(), lossy, N).await;
         assert_eq!(copies(&streams).len() as u64, N);
         let (version, data) = stored.load("replay").await.unwrap().expect("an early checkpoint");
@@ -567,10 +573,7 @@ mod tests {
         );
         // The replay loses its later checkpoints too (a second crash during the replay), and
         // a third run replays from what the second stored.
-        let lossy = Arc::new(Lossy {
-            inner: stored.clone(),
-            keep: Mutex::new(1),
-        });
+        let lossy = Lossy::keeping(&stored, 1);
         run(streams.clone(), lossy, N).await;
         run(streams.clone(), stored.clone(), N).await;
         let c = copies(&streams);
@@ -592,10 +595,7 @@ mod tests {
         let streams = MemoryStreams::new();
         streams.create("out", 3);
         let stored = MemoryCheckpoints::new();
-        let lossy = Arc::new(Lossy {
-            inner: stored.clone(),
-            keep: Mutex::new(2),
-        });
+        let lossy = Lossy::keeping(&stored, 2);
         let untagged = Arc::new(Untagged(streams.clone()));
         run(untagged.clone(), lossy, N).await;
         let (version, data) = stored.load("replay").await.unwrap().expect("an early checkpoint");

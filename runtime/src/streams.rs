@@ -23,6 +23,23 @@ pub struct TaggedChunk {
     pub next_lsn: u64,
 }
 
+/// What is wrong with a stream name by HStreamDB's rule (1 to 255 characters, a letter first,
+/// then letters, digits, `-` and `_`), if anything: the server's rule for every resource name,
+/// and what the runtime checks of the streams a config names.
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("must not be empty")
+    } else if name.len() > 255 {
+        Some("must be at most 255 characters")
+    } else if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        Some("must start with a letter")
+    } else if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        Some("may hold only letters, digits, '-' and '_'")
+    } else {
+        None
+    }
+}
+
 /// HStreamDB's default `max-record-size`.
 pub const DEFAULT_MAX_RECORD_SIZE: usize = 1 << 20;
 

@@ -138,22 +138,6 @@ fn boolean(v: &Value) -> Option<bool> {
     }
 }
 
-/// HStreamDB's rule for stream names: 1 to 255 characters, a letter first, then letters, digits,
-/// `-` and `_`.
-fn stream_name_problem(name: &str) -> Option<&'static str> {
-    if name.is_empty() {
-        Some("must not be empty")
-    } else if name.len() > 255 {
-        Some("must be at most 255 characters")
-    } else if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
-        Some("must start with a letter")
-    } else if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        Some("may hold only letters, digits, '-' and '_'")
-    } else {
-        None
-    }
-}
-
 impl ErrorPolicy {
     /// The `errors.*` options of a whole connector config; errors name the field. An
     /// `errors.` key this build does not know is refused (a misspelt option must not silently
@@ -178,7 +162,7 @@ impl ErrorPolicy {
                     _ => bad(k, "must be \"none\" or \"all\"".into()),
                 },
                 DEADLETTER_STREAM => match v.as_str() {
-                    Some(s) => match stream_name_problem(s) {
+                    Some(s) => match crate::streams::name_problem(s) {
                         None => policy.deadletter = Some(s.to_owned()),
                         Some(p) => bad(k, format!("a stream name that {p}")),
                     },

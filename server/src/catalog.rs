@@ -106,19 +106,7 @@ impl Catalog {
 /// HStreamDB's rule for resource names: 1 to 255 characters, starting with a letter, then
 /// letters, digits, `-` and `_`; "zookeeper" is reserved.
 pub fn validate_name(kind: &'static str, code: ErrorCode, name: &str) -> ApiResult<()> {
-    let reason = if name.is_empty() {
-        Some("must not be empty")
-    } else if name.len() > 255 {
-        Some("must be at most 255 characters")
-    } else if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
-        Some("must start with a letter")
-    } else if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        Some("may hold only letters, digits, '-' and '_'")
-    } else if name == "zookeeper" {
-        Some("is reserved")
-    } else {
-        None
-    };
+    let reason = hstream_runtime::streams::name_problem(name).or((name == "zookeeper").then_some("is reserved"));
     match reason {
         Some(reason) => Err(ApiError::InvalidName {
             kind,

@@ -92,15 +92,21 @@ async fn pg_sink_dead_letters_refused_records_and_writes_all_others() {
     let bad = bad_ids();
     assert_eq!(bad.len(), 37);
     let at = append_rows(&mut c, "orders", shard, 0..RECORDS, &bad).await;
-    let cfg = sink_config(
-        &pg,
-        "orders",
-        "dst",
-        json!({"errors.tolerance": "all", "errors.deadletter.stream": "orders-dlq"}),
-    );
-    create_connector(&mut c, "dst", "SINK", "postgresql", &cfg)
-        .await
-        .unwrap();
+    // Created the way users do, from the SQL shell; a misspelt error option is refused naming it.
+    let create = |extra: &str| {
+        format!(
+            "CREATE SINK CONNECTOR dst TO postgresql WITH (host = '127.0.0.1', port = {}, user = 'cdc', \
+             password = '{}', database = '{DATABASE}', stream = 'orders', table = 'dst', \
+             \"errors.tolerance\" = 'all', {extra});",
+            pg.port,
+            pg::CDC_PASSWORD
+        )
+    };
+    let out = sql(&server, &create("\"errors.deadletter.topic\" = 'orders-dlq'")).await;
+    assert!(out.contains("errors.deadletter.topic: unknown option"), "{out}");
+    let out = sql(&server, &create("\"errors.deadletter.stream\" = 'orders-dlq'")).await;
+    let made = c.get_connector(pb::GetConnectorRequest { name: "dst".into() }).await;
+    assert!(made.is_ok(), "{out}");
     let want: BTreeSet<u64> = (0..RECORDS).filter(|i| !bad.contains_key(i)).collect();
     wait_until(Duration::from_secs(120), "9,963 rows in the table", || async {
         ids_in(&pg, "dst").len() == want.len()

@@ -75,6 +75,31 @@ fn assert_each_once(counts: &BTreeMap<u64, usize>, want: u64) {
     assert_eq!(counts.len() as u64, want);
 }
 
+/// Waits until the CDC stream holds an insert of every id 0..`rows`, then checks each is there
+/// once and nothing else is.
+async fn assert_inserts_once(c: &Client, stream: &str, rows: u64) {
+    let ids = |records: &[(String, serde_json::Value)]| {
+        counts(
+            records
+                .iter()
+                .map(|(_, r)| r["value"]["id"].as_f64().expect("an insert") as u64),
+        )
+    };
+    wait_until(
+        Duration::from_secs(180),
+        "every committed row in the stream",
+        || async {
+            let mut probe = c.clone();
+            ids(&read_json_stream(&mut probe, stream).await).len() as u64 == rows
+        },
+    )
+    .await;
+    let mut probe = c.clone();
+    let records = read_json_stream(&mut probe, stream).await;
+    assert_each_once(&ids(&records), rows);
+    assert_eq!(records.len() as u64, rows, "every change once, none twice");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generator_records_are_stored_once_through_ten_kills() {
     const N: u64 = 200_000;
@@ -120,26 +145,7 @@ async fn pg_changes_are_stored_once_through_ten_kills() {
     let c = kill_at_random(&mut server, async |_| load.try_wait().unwrap().is_none()).await;
     assert!(load.wait().unwrap().success());
     assert_eq!(pg.psql(DATABASE, "SELECT count(*) FROM orders"), ROWS.to_string());
-    let ids = |records: &[(String, serde_json::Value)]| {
-        counts(
-            records
-                .iter()
-                .map(|(_, r)| r["value"]["id"].as_f64().expect("an insert") as u64),
-        )
-    };
-    wait_until(
-        Duration::from_secs(180),
-        "every committed row in the stream",
-        || async {
-            let mut probe = c.clone();
-            ids(&read_json_stream(&mut probe, "orders_cdc").await).len() as u64 == ROWS
-        },
-    )
-    .await;
-    let mut probe = c.clone();
-    let records = read_json_stream(&mut probe, "orders_cdc").await;
-    assert_each_once(&ids(&records), ROWS);
-    assert_eq!(records.len() as u64, ROWS, "every change once, none twice");
+    assert_inserts_once(&c, "orders_cdc", ROWS).await;
 }
 
 /// An Airbyte source (records between STATEs come again from the last stored STATE): each
@@ -197,24 +203,5 @@ async fn mariadb_changes_are_stored_once_through_ten_kills() {
     let c = kill_at_random(&mut server, async |_| load.try_wait().unwrap().is_none()).await;
     assert!(load.wait().unwrap().success());
     assert_eq!(db.sql(&format!("SELECT count(*) FROM {MY}.orders")), ROWS.to_string());
-    let ids = |records: &[(String, serde_json::Value)]| {
-        counts(
-            records
-                .iter()
-                .map(|(_, r)| r["value"]["id"].as_f64().expect("an insert") as u64),
-        )
-    };
-    wait_until(
-        Duration::from_secs(180),
-        "every committed row in the stream",
-        || async {
-            let mut probe = c.clone();
-            ids(&read_json_stream(&mut probe, "orders_cdc").await).len() as u64 == ROWS
-        },
-    )
-    .await;
-    let mut probe = c.clone();
-    let records = read_json_stream(&mut probe, "orders_cdc").await;
-    assert_each_once(&ids(&records), ROWS);
-    assert_eq!(records.len() as u64, ROWS, "every change once, none twice");
+    assert_inserts_once(&c, "orders_cdc", ROWS).await;
 }

@@ -21,6 +21,21 @@ fn external(e: impl std::fmt::Display) -> ConnectorError {
     ConnectorError::external(e.to_string())
 }
 
+/// The records of a stored batch. Stored batches were validated on append: one that does not
+/// decode is damage, which retrying cannot fix.
+fn stored_records(shard: u64, b: crate::store::StoredBatch) -> Result<Vec<pb::HStreamRecord>, ConnectorError> {
+    let lsn = b.lsn;
+    let batch = pb::BatchedRecord {
+        compression_type: b.compression as i32,
+        publish_time: None,
+        batch_size: b.batch_size,
+        payload: b.payload,
+    };
+    crate::batch::decode_records(&batch, usize::MAX)
+        .map(|d| d.records)
+        .map_err(|e| ConnectorError::internal(format!("shard {shard} lsn {lsn}")).with_source(e))
+}
+
 /// The shards of a stream whose tail moved, as the store marks them.
 struct StoreWatch {
     ready: Arc<crate::store::ReadySet>,
@@ -299,16 +314,7 @@ impl Streams for LocalStreams {
                 chunk.batches.push((None, Vec::new()));
                 continue;
             }
-            let batch = pb::BatchedRecord {
-                compression_type: b.compression as i32,
-                publish_time: None,
-                batch_size: b.batch_size,
-                payload: b.payload,
-            };
-            let decoded = crate::batch::decode_records(&batch, usize::MAX)
-                .map_err(|e| ConnectorError::internal(format!("shard {shard} lsn {lsn}")).with_source(e))?;
-            let records = decoded
-                .records
+            let records = stored_records(shard, b)?
                 .into_iter()
                 .map(|r| {
                     let s = to_sink_record(shard, lsn, 0, r);
@@ -374,17 +380,7 @@ impl Streams for LocalStreams {
         };
         for b in batches {
             let lsn = b.lsn;
-            let batch = pb::BatchedRecord {
-                compression_type: b.compression as i32,
-                publish_time: None,
-                batch_size: b.batch_size,
-                payload: b.payload,
-            };
-            // Stored batches were validated on append: one that does not decode is damage, which
-            // retrying cannot fix.
-            let decoded = crate::batch::decode_records(&batch, usize::MAX)
-                .map_err(|e| ConnectorError::internal(format!("shard {shard} lsn {lsn}")).with_source(e))?;
-            for (i, r) in decoded.records.into_iter().enumerate() {
+            for (i, r) in stored_records(shard, b)?.into_iter().enumerate() {
                 chunk.records.push(to_sink_record(shard, lsn, i as u32, r));
             }
             chunk.next_lsn = lsn + 1;
