@@ -41,6 +41,23 @@ pub struct ConnectorError {
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
+/// One problem with a config, at a JSON path such as `rate` or `shape.bytes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
 /// A cause at least this long that its parent's text holds anywhere counts as shown by it.
 const QUOTED_CAUSE_MIN: usize = 24;
 

@@ -15,6 +15,7 @@
 
 pub mod builtin;
 pub mod connector;
+pub mod context;
 pub mod error;
 pub mod logs;
 pub mod once;

@@ -8,10 +8,11 @@
 //! *tails*: each shard's next LSN at a moment when no record numbered past the checkpoint had
 //! been appended). A restarted task reads its own tagged records from the tails on ("landed"),
 //! numbers the replayed records from the checkpoint's number again, and drops a replayed record
-//! whose number landed *with the same content* (key, flag, payload): a source that replays
-//! from its offset as it emitted (CDC from a transaction end, Kafka from offsets, the generator)
-//! gets each record once; one that replays differently (a snapshot taken again over changed
-//! rows) gets what differs appended again, never a record dropped that is not stored.
+//! whose number landed *with the same content* (key, flag, payload, attributes): a source that
+//! replays from its offset as it emitted ([`crate::connector::Source::REPLAYS`]: CDC from a
+//! transaction end, Airbyte from its STATEs, the generator) gets each record once; one that
+//! replays differently (a snapshot taken again over changed rows) gets what differs appended
+//! again, never a record dropped that is not stored.
 //!
 //! The number a restart starts from is that of the first emit whose offset reached the
 //! checkpoint's [`Offset::resume_point`]: records a source emits with an unchanged resume point
@@ -26,20 +27,20 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::connector::{Offset, Record};
+use crate::context::RunContext;
 use crate::error::ConnectorError;
-use crate::pipeline::RunContext;
 
 /// The option that turns exactly-once appends off for a source (`false`); on by default.
 pub const KEY: &str = "exactly.once";
 
 /// Whether a config asks for exactly-once appends (the default), its error naming the key.
-pub fn enabled(config: &Value) -> Result<bool, crate::spec::FieldError> {
+pub fn enabled(config: &Value) -> Result<bool, crate::error::FieldError> {
     match config.get(KEY) {
         None | Some(Value::Bool(true)) => Ok(true),
         Some(Value::Bool(false)) => Ok(false),
         Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("true") => Ok(true),
         Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("false") => Ok(false),
-        Some(_) => Err(crate::spec::FieldError {
+        Some(_) => Err(crate::error::FieldError {
             path: KEY.into(),
             message: "must be true or false".into(),
         }),
@@ -124,13 +125,19 @@ pub(crate) async fn save<O: Offset>(ctx: &RunContext, c: &SourceCheckpoint<O>, o
 }
 
 /// What a record is, for telling a replayed record from the one stored under its number:
-/// everything stored of it.
+/// everything stored of it but what a dead letter says of its failure (`__connect.errors.*`:
+/// its position reads the offset after the batch it was in, and batches form differently in a
+/// replay).
 fn content(r: &Record) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     r.key.hash(&mut h);
     matches!(r.flag, crate::connector::PayloadFlag::Json).hash(&mut h);
     r.payload.hash(&mut h);
-    let mut attrs: Vec<(&String, &String)> = r.attributes.iter().collect();
+    let mut attrs: Vec<(&String, &String)> = r
+        .attributes
+        .iter()
+        .filter(|(k, _)| !k.starts_with("__connect.errors."))
+        .collect();
     attrs.sort_unstable();
     attrs.hash(&mut h);
     h.finish()

@@ -12,15 +12,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
 
 use crate::connector::{
     CHECKPOINT_EVERY, Done, Emitted, Offset, Record, Sink, SinkRecord, Source, SourceOutput, Written,
 };
 use crate::error::ConnectorError;
 use crate::once::{self, Producer, SourceCheckpoint};
-use crate::progress::Progress;
-use crate::streams::{Checkpoints, Streams};
 use crate::tolerance::{DeadLetters, Position, Stage};
 use crate::transform::Transform;
 
@@ -35,15 +32,7 @@ const WRITE_GRACE: Duration = Duration::from_secs(10);
 /// How long a stopping sink may take to make its writes durable.
 const CLOSE_LIMIT: Duration = Duration::from_secs(60);
 
-pub struct RunContext {
-    /// The task (connector) name, which owns the checkpoint.
-    pub task: String,
-    pub config: Value,
-    pub streams: Arc<dyn Streams>,
-    pub checkpoints: Arc<dyn Checkpoints>,
-    pub cancel: CancellationToken,
-    pub progress: Arc<Progress>,
-}
+pub use crate::context::RunContext;
 
 async fn load<O: Offset>(ctx: &RunContext) -> Result<Option<O>, ConnectorError> {
     let Some((version, data)) = ctx.checkpoints.load(&ctx.task).await? else {
@@ -665,8 +654,11 @@ pub async fn run_sink<K: Sink>(
 
 #[cfg(test)]
 mod tests {
+    use tokio_util::sync::CancellationToken;
+
     use super::*;
     use crate::connector::{ConnectorConfig, PayloadFlag, Record, SinkRecord};
+    use crate::progress::Progress;
     use crate::testing::{MemoryCheckpoints, MemoryStreams};
 
     #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]

@@ -92,12 +92,14 @@ fn validate_with_transforms<C: ConnectorConfig>(
     replays: bool,
 ) -> Result<(), Vec<FieldError>> {
     t.validate(config)?;
-    let exactly_once = match (replays, config.get(once::KEY)) {
-        (false, Some(_)) => Err(FieldError {
+    // `false` is what such a connector does anyway: accepted, so a config holding it stays
+    // alterable.
+    let exactly_once = match (replays, once::enabled(config)) {
+        (false, Ok(true)) if config.get(once::KEY).is_some() => Err(FieldError {
             path: once::KEY.into(),
             message: "is an option of sources that replay from their offset (this connector's delivery is at-least-once, or its own)".into(),
         }),
-        _ => once::enabled(config).map(|_| ()),
+        (_, e) => e.map(|_| ()),
     };
     // The runtime options' problems and the connector's own, at once.
     match (
@@ -378,9 +380,17 @@ mod tests {
         let e = errors(
             Kind::Source,
             "wasm",
-            json!({"stream": "s", "module": "/nope.wasm", "exactly.once": false}),
+            json!({"stream": "s", "module": "/nope.wasm", "exactly.once": true}),
         );
-        assert!(e.iter().any(|m| m.starts_with("exactly.once: ")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("exactly.once: is an option of sources that replay")),
+            "{e:?}"
+        );
+        // `false` is what it does anyway.
+        let wasm = builtin().get(Kind::Source, "wasm").unwrap();
+        let r = wasm.validate(&json!({"stream": "s", "module": "/nope.wasm", "exactly.once": false}));
+        assert!(r.is_ok(), "{r:?}");
         let wasm_spec = builtin().get(Kind::Source, "wasm").unwrap().spec().clone();
         assert!(
             wasm_spec["connectionSpecification"]["properties"]

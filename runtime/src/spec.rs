@@ -7,22 +7,7 @@ use serde_json::{Value, json};
 use crate::connector::ConnectorConfig;
 use crate::error::ConnectorError;
 
-/// One problem with a config, at a JSON path such as `rate` or `shape.bytes`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub path: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for FieldError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
+pub use crate::error::FieldError;
 
 /// The JSON Schema of a config type.
 pub fn schema_of<C: JsonSchema>() -> Value {

@@ -22,10 +22,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+use crate::error::FieldError;
 use crate::error::{ConnectorError, ErrorKind};
 use crate::progress::Progress;
 use crate::record::{Attributes, PayloadFlag, Record, SinkRecord};
-use crate::spec::FieldError;
 
 pub const TOLERANCE: &str = "errors.tolerance";
 pub const DEADLETTER_STREAM: &str = "errors.deadletter.stream";
